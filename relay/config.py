@@ -1,0 +1,400 @@
+"""TOML → typed, validated configuration.
+
+Rule: every key relay reads is declared here, with its default, as a frozen
+msgspec Struct. `load()` walks the raw TOML against these declarations and
+collects *every* problem (unknown key, wrong type, bad unit, out of range) with
+its key path, the value it saw and what it expected, so `relay check-config`
+can print them all at once. Nothing else in relay parses configuration.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import msgspec
+
+# ---------------------------------------------------------------------------
+# Value types with their own syntax
+
+
+class Duration(float):
+    """Seconds, written in config as "30s", "5m", "72h", "90d" or a plain number of seconds."""
+
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: object) -> Duration:
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like \"30s\", \"5m\", \"72h\" or \"90d\"")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("expected a non-negative duration")
+        return Duration(value)
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            return Duration(float(m.group(1)) * _UNIT_SECONDS[m.group(2)])
+    raise ValueError("expected a duration like \"30s\", \"5m\", \"72h\" or \"90d\"")
+
+
+class Size(int):
+    """Bytes, written as 40000000, "40MB", "512KiB"."""
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*(b|kb|kib|mb|mib|gb|gib)?\s*$", re.IGNORECASE)
+_UNIT_BYTES = {None: 1, "b": 1, "kb": 1000, "kib": 1024, "mb": 1000**2, "mib": 1024**2,
+               "gb": 1000**3, "gib": 1024**3}
+
+
+def parse_size(value: object) -> Size:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return Size(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return Size(int(m.group(1)) * _UNIT_BYTES[unit])
+    raise ValueError("expected a size in bytes like 40000000 or \"40MB\"")
+
+
+class HostPort(msgspec.Struct, frozen=True):
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_host_port(value: object, default_port: int | None = None) -> HostPort:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected \"host:port\"")
+    text = value.strip()
+    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", text)  # [v6]:port
+    if m:
+        host, port_s = m.group(1), m.group(2)
+    elif text.count(":") == 1:
+        host, port_s = text.split(":")
+    elif text.count(":") > 1:  # bare IPv6 literal without port
+        host, port_s = text, None
+    else:
+        host, port_s = text, None
+    if port_s is None:
+        if default_port is None:
+            raise ValueError("expected \"host:port\" (the port is missing)")
+        port = default_port
+    else:
+        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+            raise ValueError("expected a port between 1 and 65535")
+        port = int(port_s)
+    if not host:
+        raise ValueError("expected \"host:port\" (the host is missing)")
+    return HostPort(host, port)
+
+
+class Address(HostPort, frozen=True):
+    """A listen address "host:port"."""
+
+
+class Nameserver(HostPort, frozen=True):
+    """A DNS server "host" or "host:port" (default port 53)."""
+
+
+class NextHop(HostPort, frozen=True):
+    """A fixed next hop "host:port" (default port 25), like a Postfix transport entry."""
+
+
+class Network(str):
+    """A CIDR like "10.0.0.0/8" or "::1/128"."""
+
+
+def parse_network(value: object) -> Network:
+    if not isinstance(value, str):
+        raise ValueError("expected a CIDR like \"10.0.0.0/8\"")
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError("expected a CIDR like \"10.0.0.0/8\"") from None
+    return Network(value)
+
+
+_CUSTOM: dict[type, Any] = {
+    Duration: parse_duration,
+    Size: parse_size,
+    Address: lambda v: Address(**msgspec.structs.asdict(parse_host_port(v))),
+    Nameserver: lambda v: Nameserver(**msgspec.structs.asdict(parse_host_port(v, 53))),
+    NextHop: lambda v: NextHop(**msgspec.structs.asdict(parse_host_port(v, 25))),
+    Network: parse_network,
+}
+
+# ---------------------------------------------------------------------------
+# Sections
+
+
+class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    hostname: str = "localhost"
+    state_dir: str = "./var"
+    # LMDB map size; a sparse reservation, grown on MapFull when the disk allows.
+    queue_map_size: Size = Size(1 << 30)
+    # Group commit: gather submissions for up to this long, or this many, per fsync.
+    commit_window: Duration = Duration(0.002)
+    commit_batch_max: int = 256
+    # Write a development credential on first start and print it once (make run).
+    dev_credential: bool = False
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    address: Address
+    tls: Literal["starttls", "implicit", "none"] = "starttls"
+    auth: Literal["required", "none"] = "required"
+    role: Literal["submission", "feedback"] = "submission"
+    trusted_networks: list[Network] = []
+
+    def __post_init__(self) -> None:
+        if self.role == "submission" and self.auth == "none" and not self.trusted_networks:
+            raise ValueError(
+                "auth = \"none\" on a submission listener needs trusted_networks; "
+                "relay is never an open relay")
+
+
+class Tls(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Empty: a self-signed certificate is made under state_dir on first start.
+    cert: str = ""
+    key: str = ""
+
+
+class Dns(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    nameservers: list[Nameserver] = []
+    timeout: Duration = Duration(5.0)
+    # Upper bound on how long any answer is cached, whatever its TTL.
+    max_cache_ttl: Duration = Duration(3600.0)
+    negative_cache_ttl: Duration = Duration(300.0)
+
+
+DEFAULT_RETRY_SCHEDULE = ["1m", "5m", "15m", "30m", "1h", "2h"]
+
+
+class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    port: int = 25
+    tls: Literal["opportunistic", "require"] = "opportunistic"
+    max_delivery_time: Duration = Duration(72 * 3600)
+    # Delay before retry N (1-based); the last entry repeats. RFC 5321 §4.5.4.1.
+    retry_schedule: list[Duration] = [parse_duration(d) for d in DEFAULT_RETRY_SCHEDULE]
+    retry_jitter: float = 0.1
+    connect_timeout: Duration = Duration(30.0)
+    command_timeout: Duration = Duration(300.0)
+    data_timeout: Duration = Duration(600.0)
+    max_connections_per_destination: int = 10
+    max_messages_per_connection: int = 100
+    max_recipients_per_transaction: int = 100
+    # In-memory ready queue per destination (Postfix's active queue limit).
+    ready_queue_limit: int = 1000
+    # Total recipients held in memory across all destinations.
+    active_limit: int = 20000
+    # Idle pooled connections are closed after this long.
+    idle_connection_timeout: Duration = Duration(10.0)
+    routes: dict[str, NextHop] = {}
+    # Source address to bind for outbound connections (empty: the kernel's choice).
+    source_address: str = ""
+    # Verify the remote MX certificate when tls = require.
+    verify_certificates: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0 < self.port < 65536:
+            raise ValueError("port must be between 1 and 65535")
+        if not self.retry_schedule:
+            raise ValueError("retry_schedule must list at least one delay")
+        if not 0 <= self.retry_jitter < 1:
+            raise ValueError("retry_jitter must be in [0, 1)")
+
+
+class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    max_message_size: Size = Size(40 * 1000 * 1000)  # the SES limit
+    max_recipients: int = 50
+    max_messages_per_connection: int = 1000
+    line_length_limit: int = 1000  # RFC 5321 §4.5.3.1.6, incl. CRLF
+    idle_timeout: Duration = Duration(300.0)
+    max_connections: int = 1000
+    max_connections_per_ip: int = 100
+    # Authentication failures: growing delay, then a per-IP lockout.
+    auth_failure_delay: Duration = Duration(0.5)
+    auth_max_failures: int = 5
+    auth_lockout: Duration = Duration(900.0)
+
+
+class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    address: Address = Address("127.0.0.1", 8025)
+    enabled: bool = False
+
+
+class Events(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # JSON lines; relative paths are under server.state_dir.
+    log: str = "events.jsonl"
+
+
+class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    server: Server = Server()
+    listener: list[Listener] = []
+    tls: Tls = Tls()
+    dns: Dns = Dns()
+    delivery: Delivery = Delivery()
+    limits: Limits = Limits()
+    admin: Admin = Admin()
+    events: Events = Events()
+
+    @property
+    def state_path(self) -> Path:
+        return Path(self.server.state_dir)
+
+
+# ---------------------------------------------------------------------------
+# Loading
+
+
+class ConfigError(Exception):
+    """Every problem found in one config file, each naming key path, value and expectation."""
+
+    def __init__(self, problems: list[str], source: str = "") -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(repr(a).replace("'", '"') for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return f"a table of {_describe(typing.get_args(tp)[1])}"
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        return "a table"
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        tp, getattr(tp, "__name__", str(tp)))
+
+
+def _show(value: object) -> str:
+    if isinstance(value, str):
+        return '"' + value + '"'
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "a table"
+    return repr(value)
+
+
+def _walk(raw: object, tp: Any, path: str, problems: list[str]) -> Any:
+    """Convert raw TOML data to `tp`, appending every problem to `problems`."""
+    origin = typing.get_origin(tp)
+    if tp in _CUSTOM:
+        try:
+            return _CUSTOM[tp](raw)
+        except ValueError as e:
+            problems.append(f"{path}: {e}, got {_show(raw)}")
+            return None
+    if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
+        if not isinstance(raw, dict):
+            problems.append(f"{path}: expected a table, got {_show(raw)}")
+            return None
+        fields = {f.encode_name: f for f in msgspec.structs.fields(tp)}
+        for key in raw:
+            if key not in fields:
+                known = ", ".join(sorted(fields))
+                problems.append(f"{path}.{key}: unknown key (known keys: {known})".lstrip("."))
+        values: dict[str, Any] = {}
+        before = len(problems)
+        hints = typing.get_type_hints(tp)
+        for name, field in fields.items():
+            sub = f"{path}.{name}" if path else name
+            if name in raw:
+                values[field.name] = _walk(raw[name], hints[field.name], sub, problems)
+            elif field.required:
+                problems.append(f"{sub}: missing, expected {_describe(hints[field.name])}")
+        if len(problems) > before:
+            return None
+        try:
+            return tp(**values)
+        except (ValueError, TypeError) as e:
+            problems.append(f"{path or '(top level)'}: {e}")
+            return None
+    if origin is list:
+        if not isinstance(raw, list):
+            problems.append(f"{path}: expected {_describe(tp)}, got {_show(raw)}")
+            return None
+        (item_tp,) = typing.get_args(tp)
+        return [_walk(item, item_tp, f"{path}[{i}]", problems) for i, item in enumerate(raw)]
+    if origin is dict:
+        if not isinstance(raw, dict):
+            problems.append(f"{path}: expected {_describe(tp)}, got {_show(raw)}")
+            return None
+        _, val_tp = typing.get_args(tp)
+        return {k: _walk(v, val_tp, f"{path}.{k}", problems) for k, v in raw.items()}
+    if origin in (typing.Union, types.UnionType):
+        try:
+            return msgspec.convert(raw, tp, strict=True)
+        except msgspec.ValidationError:
+            problems.append(f"{path}: expected {_describe(tp)}, got {_show(raw)}")
+            return None
+    try:
+        if tp is float and isinstance(raw, int) and not isinstance(raw, bool):
+            return float(raw)
+        return msgspec.convert(raw, tp, strict=True)
+    except msgspec.ValidationError:
+        problems.append(f"{path}: expected {_describe(tp)}, got {_show(raw)}")
+        return None
+
+
+def _check_whole(cfg: Config) -> Iterable[str]:
+    """Rules that span sections."""
+    seen: dict[tuple[str, int], int] = {}
+    for i, lst in enumerate(cfg.listener):
+        key = (lst.address.host, lst.address.port)
+        if key in seen:
+            yield f"listener[{i}].address: \"{lst.address}\" is already used by listener[{seen[key]}]"
+        seen[key] = i
+    if bool(cfg.tls.cert) != bool(cfg.tls.key):
+        yield "tls: cert and key must be given together (or both left out for a self-signed one)"
+    for name, path in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
+        if path and not Path(path).is_file():
+            yield f"{name}: file \"{path}\" does not exist"
+
+
+def from_dict(raw: dict[str, Any], source: str = "") -> Config:
+    problems: list[str] = []
+    cfg = _walk(raw, Config, "", problems)
+    if cfg is not None:
+        problems.extend(_check_whole(cfg))
+    if problems:
+        raise ConfigError(problems, source)
+    assert isinstance(cfg, Config)
+    return cfg
+
+
+def loads(text: str, source: str = "") -> Config:
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError([f"not valid TOML: {e}"], source) from None
+    return from_dict(raw, source)
+
+
+def load(path: str | Path) -> Config:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError([f"cannot read config file: {e.strerror}"], str(p)) from None
+    except UnicodeDecodeError:
+        raise ConfigError(["config file is not UTF-8 text"], str(p)) from None
+    return loads(text, str(p))

@@ -1,0 +1,1 @@
+"""Durable LMDB queue: message bodies, per-recipient state and the schedule index."""
