@@ -1,0 +1,1 @@
+"""SES-shaped events: Send, Delivery, Bounce, DeliveryDelay; the JSON-lines log."""

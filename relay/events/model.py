@@ -1,0 +1,182 @@
+"""Event records shaped like SES event publishing.
+
+Field names follow the SES event JSON (eventType, mail.messageId,
+mail.commonHeaders, delivery.smtpResponse, bounce.bouncedRecipients ...), so
+code written against SES notifications reads relay's events unchanged. Builders
+here are pure: records in, event out; time comes in as an argument.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+
+import msgspec
+
+from relay.queue.records import MessageRecord
+
+
+def iso(ts: float) -> str:
+    """SES timestamps: ISO 8601, UTC, milliseconds, trailing Z."""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.") + \
+        f"{int(ts * 1000) % 1000:03d}Z"
+
+
+class Header(msgspec.Struct):
+    name: str
+    value: str
+
+
+class CommonHeaders(msgspec.Struct, omit_defaults=True):
+    messageId: str = ""
+    date: str = ""
+    subject: str = ""
+    from_: list[str] = msgspec.field(default_factory=list, name="from")
+    to: list[str] = msgspec.field(default_factory=list)
+
+
+class Mail(msgspec.Struct):
+    timestamp: str
+    messageId: str
+    source: str
+    sourceIp: str
+    sendingAccountId: str
+    destination: list[str]
+    headersTruncated: bool
+    headers: list[Header]
+    commonHeaders: CommonHeaders
+    tags: dict[str, list[str]]
+
+
+class Send(msgspec.Struct):
+    pass
+
+
+class Delivery(msgspec.Struct):
+    timestamp: str
+    processingTimeMillis: int
+    recipients: list[str]
+    smtpResponse: str
+    reportingMTA: str
+    remoteMtaIp: str = ""
+
+
+class BouncedRecipient(msgspec.Struct):
+    emailAddress: str
+    action: str
+    status: str
+    diagnosticCode: str
+
+
+class Bounce(msgspec.Struct):
+    bounceType: str          # Permanent | Transient | Undetermined
+    bounceSubType: str       # General | NoEmail | MailboxFull | MessageTooLarge | ...
+    bouncedRecipients: list[BouncedRecipient]
+    timestamp: str
+    feedbackId: str
+    reportingMTA: str
+
+
+class DelayedRecipient(msgspec.Struct):
+    emailAddress: str
+    status: str
+    diagnosticCode: str
+
+
+class DeliveryDelay(msgspec.Struct):
+    timestamp: str
+    delayType: str
+    expirationTime: str
+    delayedRecipients: list[DelayedRecipient]
+    reportingMTA: str
+
+
+class Event(msgspec.Struct, omit_defaults=True):
+    eventType: str
+    mail: Mail
+    send: Send | None = None
+    delivery: Delivery | None = None
+    bounce: Bounce | None = None
+    deliveryDelay: DeliveryDelay | None = None
+
+
+_ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+def enhanced_of(response: str) -> str:
+    m = _ENHANCED.search(response)
+    return m.group(0) if m else ""
+
+
+def bounce_subtype(response: str) -> str:
+    """SES bounceSubType for a permanent failure, from its enhanced status code (RFC 3463)."""
+    code = enhanced_of(response)
+    if code in ("5.1.1", "5.1.6", "5.1.0") or code.startswith("5.1.1"):
+        return "NoEmail"
+    if code in ("5.2.2", "4.2.2"):
+        return "MailboxFull"
+    if code in ("5.3.4", "5.2.3"):
+        return "MessageTooLarge"
+    if code.startswith("5.7."):
+        return "ContentRejected"
+    return "General"
+
+
+def delay_type(response: str) -> str:
+    """SES delayType for a temporary failure."""
+    code = enhanced_of(response)
+    if code == "4.2.2":
+        return "MailboxFull"
+    if code.startswith("4.4."):
+        return "TransientCommunicationFailure"
+    if code.startswith("4.7."):
+        return "IPFailure"
+    return "Undetermined"
+
+
+def mail_of(msg: MessageRecord, destination: list[str] | None = None) -> Mail:
+    h = msg.headers
+    common = CommonHeaders(
+        messageId=h.get("Message-ID", ""), date=h.get("Date", ""), subject=h.get("Subject", ""),
+        from_=[h["From"]] if "From" in h else [], to=[h["To"]] if "To" in h else [])
+    return Mail(
+        timestamp=iso(msg.received_at), messageId=msg.id, source=msg.sender,
+        sourceIp=msg.client_ip, sendingAccountId=msg.auth_user,
+        destination=list(destination if destination is not None else msg.recipients),
+        headersTruncated=False, headers=[Header(k, v) for k, v in h.items()],
+        commonHeaders=common, tags=msg.tags)
+
+
+def send_event(msg: MessageRecord) -> Event:
+    return Event(eventType="Send", mail=mail_of(msg), send=Send())
+
+
+def delivery_event(msg: MessageRecord, recipients: list[str], response: str, now: float,
+                   reporting_mta: str, remote_ip: str = "") -> Event:
+    return Event(eventType="Delivery", mail=mail_of(msg), delivery=Delivery(
+        timestamp=iso(now), processingTimeMillis=max(0, int((now - msg.received_at) * 1000)),
+        recipients=recipients, smtpResponse=response, reportingMTA=reporting_mta,
+        remoteMtaIp=remote_ip))
+
+
+def bounce_event(msg: MessageRecord, recipients: list[str], response: str, now: float,
+                 reporting_mta: str, *, expired: bool = False,
+                 subtype: str | None = None) -> Event:
+    status = enhanced_of(response) or ("4.4.7" if expired else "5.0.0")
+    bounce_type = "Transient" if expired else "Permanent"
+    sub = subtype or ("General" if expired else bounce_subtype(response))
+    return Event(eventType="Bounce", mail=mail_of(msg), bounce=Bounce(
+        bounceType=bounce_type, bounceSubType=sub,
+        bouncedRecipients=[BouncedRecipient(r, "failed", status, f"smtp; {response}")
+                           for r in recipients],
+        timestamp=iso(now), feedbackId=f"{msg.id}-{int(now * 1000):x}",
+        reportingMTA=f"dns; {reporting_mta}"))
+
+
+def delay_event(msg: MessageRecord, recipients: list[str], response: str, now: float,
+                expires_at: float, reporting_mta: str) -> Event:
+    status = enhanced_of(response) or "4.0.0"
+    return Event(eventType="DeliveryDelay", mail=mail_of(msg), deliveryDelay=DeliveryDelay(
+        timestamp=iso(now), delayType=delay_type(response), expirationTime=iso(expires_at),
+        delayedRecipients=[DelayedRecipient(r, status, f"smtp; {response}") for r in recipients],
+        reportingMTA=f"dns; {reporting_mta}"))

@@ -1,0 +1,626 @@
+"""LMDB queue store: the only module that imports lmdb.
+
+Theory of operation
+-------------------
+Rule 1 (acknowledge after commit): `submit()` returns a queue id only after the
+LMDB transaction holding the message has committed with sync; the SMTP server
+answers 250 only then (RFC 5321 §6.1, Postfix mail_stream.c).
+
+Rule 2 (group commit): every write (submissions, leases, delivery results,
+operator actions) is an operation queued to one committer. The committer runs
+a batch of operations in one write transaction on one dedicated OS thread
+(py-lmdb binds the write lock to a thread, #465) and resolves each caller's
+future after the commit returns. While one fsync is in flight the next batch
+gathers, so concurrent sessions share fsyncs instead of paying one each.
+
+Rule 3 (durable, visible schedule): each recipient not yet final has exactly
+one key in a schedule index, `due_new` (never attempted) or `due_retry`
+(attempted, or leased), keyed by due time. The scheduler finds due work with a
+cursor from the start of an index, never by scanning messages. A leased
+(in-flight) recipient stays in `due_retry` at its lease expiry, so a lease that
+is never settled comes back by itself; `recover()` at start makes every
+in-flight recipient due at once.
+
+Rule 4: a message whose recipients are all final is removed (record, body and
+recipients); its history lives in the event log.
+
+Failure mapping: MapFullError grows the map (twice the size, bounded by free
+disk) and retries the batch; if it cannot grow, StoreFull (452 4.3.1). Any
+other LMDB/OS error on commit fails the whole batch with StoreUnavailable
+(451 4.3.0), or StoreFull when the disk is (nearly) full. Nothing is half
+written: a failed transaction is aborted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import struct
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import lmdb
+import msgspec
+
+from relay.clock import Clock
+from relay.queue.records import (
+    FINAL_STATES,
+    TRANSITIONS,
+    Action,
+    MessageRecord,
+    RecipientRecord,
+    State,
+    recipient_domain,
+    transition,
+)
+
+T = TypeVar("T")
+
+
+class StoreFull(Exception):
+    """The LMDB map or the disk is full: answer 452 4.3.1, keep serving."""
+
+
+class StoreUnavailable(Exception):
+    """Any other failure to commit: answer 451 4.3.0, never 250."""
+
+
+class NewMessage(msgspec.Struct):
+    sender: str
+    recipients: list[str]
+    body: bytes
+    client_ip: str = ""
+    helo: str = ""
+    auth_user: str = ""
+    headers: dict[str, str] = {}
+    tags: dict[str, list[str]] = {}
+
+
+@dataclass(frozen=True)
+class DueItem:
+    message_id: str
+    index: int
+
+
+@dataclass(frozen=True)
+class Leased:
+    message: MessageRecord
+    index: int
+    recipient: RecipientRecord
+
+
+@dataclass(frozen=True)
+class Result:
+    """A settled delivery attempt (or operator action) for one recipient."""
+
+    message_id: str
+    index: int
+    action: Action
+    response: str = ""
+    remote_mta: str = ""
+    next_attempt_at: float = 0.0   # for DEFER/RECOVER/RETRY/RELEASE
+
+
+@dataclass
+class Settled:
+    """What a Result did, for events: the record after the change."""
+
+    message: MessageRecord
+    index: int
+    recipient: RecipientRecord
+    message_done: bool = False
+
+
+_enc = msgspec.msgpack.Encoder()
+_msg_dec = msgspec.msgpack.Decoder(MessageRecord)
+_rcpt_dec = msgspec.msgpack.Decoder(RecipientRecord)
+
+ID_LEN = 20
+_IDX = struct.Struct(">H")
+_TS = struct.Struct(">Q")
+MAX_RECIPIENTS = 0xFFFF
+
+
+def new_message_id(now: float) -> str:
+    """Time-sortable, 20 characters: 12 hex digits of milliseconds + 8 random hex."""
+    return f"{int(now * 1000):012x}{secrets.token_hex(4)}"
+
+
+def _rcpt_key(mid: str, idx: int) -> bytes:
+    return mid.encode("ascii") + _IDX.pack(idx)
+
+
+def _due_key(at: float, mid: str, idx: int) -> bytes:
+    return _TS.pack(max(0, int(at * 1000))) + mid.encode("ascii") + _IDX.pack(idx)
+
+
+def _parse_due_key(key: bytes) -> tuple[float, DueItem]:
+    (ms,) = _TS.unpack_from(key)
+    mid = key[8:8 + ID_LEN].decode("ascii")
+    (idx,) = _IDX.unpack_from(key, 8 + ID_LEN)
+    return ms / 1000.0, DueItem(mid, idx)
+
+
+@dataclass
+class _Op:
+    fn: Callable[[Any], Any]
+    future: asyncio.Future[Any]
+    size: int = 0
+
+
+@dataclass
+class StoreStats:
+    commits: int = 0
+    committed_ops: int = 0
+    last_batch: int = 0
+    last_fsync_seconds: float = 0.0
+    map_grows: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class QueueStore:
+    """The queue spool. Open once per process (never across fork)."""
+
+    DBS = ("messages", "bodies", "recipients", "due_new", "due_retry")
+
+    def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
+                 commit_window: float = 0.002, commit_batch_max: int = 256,
+                 lease_seconds: float = 1800.0) -> None:
+        self.path = Path(path)
+        self.clock = clock
+        self.commit_window = commit_window
+        self.commit_batch_max = commit_batch_max
+        self.lease_seconds = lease_seconds
+        self.stats = StoreStats()
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.env = lmdb.open(
+            str(self.path), map_size=map_size, subdir=True, max_dbs=len(self.DBS) + 2,
+            sync=True, metasync=True, writemap=False, max_readers=512, lock=True,
+            readahead=False)
+        # Clear reader slots left by a process killed with -9.
+        self.env.reader_check()
+        self._db = {name: self.env.open_db(name.encode()) for name in self.DBS}
+        self._pending: list[_Op] = []
+        self._wakeup: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        self._closing = False
+        self.on_commit: list[Callable[[], None]] = []
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        self._writer = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="lmdb-writer")
+        self._wakeup = asyncio.Event()
+        self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._committer is not None:
+            assert self._wakeup is not None
+            self._wakeup.set()
+            await self._committer
+            self._committer = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+        self.env.close()
+
+    def close_sync(self) -> None:
+        """Close a store used only for reads and direct writes (the CLI)."""
+        self.env.close()
+
+    # ------------------------------------------------------------------ writing
+
+    async def write(self, fn: Callable[[Any], T], size: int = 0) -> T:
+        """Run `fn(txn)` inside the next group commit; return its result after the sync."""
+        if self._committer is None or self._wakeup is None:
+            raise RuntimeError("store not started")
+        if self._closing:
+            raise StoreUnavailable("queue is shutting down")
+        fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append(_Op(fn, fut, size))
+        self._wakeup.set()
+        return await fut
+
+    def write_now(self, fn: Callable[[Any], T]) -> T:
+        """A synchronous write transaction on the calling thread (CLI, tests, recovery)."""
+        result: T = self._run_batch_sync([fn])[0]
+        if isinstance(result, _OpFailed):
+            raise result.error
+        return result
+
+    async def submit(self, msg: NewMessage) -> str:
+        if not msg.recipients:
+            raise ValueError("a message needs at least one recipient")
+        if len(msg.recipients) > MAX_RECIPIENTS:
+            raise ValueError("too many recipients")
+        now = self.clock.now()
+        mid = new_message_id(now)
+        record = MessageRecord(
+            id=mid, sender=msg.sender, recipients=list(msg.recipients), received_at=now,
+            size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
+            auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags))
+        body = msg.body
+
+        def op(txn: Any) -> str:
+            self._put_message(txn, record, body)
+            return mid
+
+        return await self.write(op, size=len(body))
+
+    def _put_message(self, txn: Any, record: MessageRecord, body: bytes) -> None:
+        mid = record.id
+        key = mid.encode("ascii")
+        txn.put(key, _enc.encode(record), db=self._db["messages"])
+        txn.put(key, body, db=self._db["bodies"])
+        for idx, addr in enumerate(record.recipients):
+            rr = RecipientRecord(address=addr, domain=recipient_domain(addr),
+                                 state=State.QUEUED, next_attempt_at=record.received_at,
+                                 updated_at=record.received_at)
+            txn.put(_rcpt_key(mid, idx), _enc.encode(rr), db=self._db["recipients"])
+            txn.put(_due_key(rr.next_attempt_at, mid, idx), b"", db=self._db["due_new"])
+
+    async def _commit_loop(self) -> None:
+        assert self._wakeup is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._pending:
+                if self._closing:
+                    return
+                continue
+            # Let concurrent sessions join this batch. This is I/O batching, not policy,
+            # so it uses the event loop's own timer rather than the injected Clock.
+            if self.commit_window > 0 and len(self._pending) < self.commit_batch_max:
+                await asyncio.sleep(self.commit_window)
+            batch = self._pending[: self.commit_batch_max]
+            del self._pending[: self.commit_batch_max]
+            if self._pending:
+                self._wakeup.set()
+            try:
+                results = await loop.run_in_executor(
+                    self._writer, self._run_batch_sync, [op.fn for op in batch])
+            except _MapFull:
+                grown = self._grow_map()
+                results = None
+                if grown:
+                    try:
+                        results = await loop.run_in_executor(
+                            self._writer, self._run_batch_sync, [op.fn for op in batch])
+                    except _MapFull:
+                        results = None
+                    except Exception as e:  # mapped for every caller
+                        self._fail(batch, self._map_error(e))
+                        continue
+                if results is None:
+                    self._fail(batch, StoreFull("queue storage is full"))
+                    continue
+            except Exception as e:  # mapped for every caller
+                self._fail(batch, self._map_error(e))
+                continue
+            assert results is not None
+            for op, res in zip(batch, results, strict=True):
+                if op.future.done():
+                    continue
+                if isinstance(res, _OpFailed):
+                    op.future.set_exception(res.error)
+                else:
+                    op.future.set_result(res)
+            for cb in self.on_commit:
+                cb()
+
+    def _fail(self, batch: list[_Op], error: Exception) -> None:
+        for op in batch:
+            if not op.future.done():
+                op.future.set_exception(error)
+
+    def _map_error(self, e: BaseException) -> Exception:
+        disk_full = isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+        if isinstance(e, lmdb.Error) and ("No space" in str(e) or "MDB_MAP_FULL" in str(e)):
+            disk_full = True
+        if not disk_full:
+            # LMDB reports a short write as EIO; call it "full" when the disk nearly is.
+            with contextlib.suppress(OSError):
+                usage = shutil.disk_usage(self.path)
+                disk_full = usage.free < max(64 << 20, usage.total // 100)
+        if disk_full:
+            return StoreFull(f"queue storage is full ({e})")
+        return StoreUnavailable(f"queue commit failed ({e})")
+
+    def _run_batch_sync(self, fns: list[Callable[[Any], Any]]) -> list[Any]:
+        t0 = self.clock.monotonic()
+        results: list[Any] = []
+        try:
+            with self.env.begin(write=True) as txn:
+                for fn in fns:
+                    try:
+                        results.append(fn(txn))
+                    except (lmdb.MapFullError, lmdb.Error, OSError):
+                        raise
+                    except Exception as e:  # one bad op must not sink the batch
+                        results.append(_OpFailed(e))
+        except lmdb.MapFullError:
+            raise _MapFull() from None
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            raise _MapFull() from None
+        self.stats.commits += 1
+        self.stats.committed_ops += len(fns)
+        self.stats.last_batch = len(fns)
+        self.stats.last_fsync_seconds = self.clock.monotonic() - t0
+        return results
+
+    def _grow_map(self) -> bool:
+        """Double the map if the disk can hold it. Called with no transaction open."""
+        current = self.env.info()["map_size"]
+        try:
+            free = shutil.disk_usage(self.path).free
+        except OSError:
+            return False
+        used = os.path.getsize(self.path / "data.mdb") if (self.path / "data.mdb").exists() else 0
+        target = min(current * 2, used + free)
+        if target <= current:
+            return False
+        try:
+            self.env.set_mapsize(target)
+        except lmdb.Error:
+            return False
+        self.stats.map_grows += 1
+        return True
+
+    # ------------------------------------------------------------------ reading
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[Any]:
+        try:
+            txn = self.env.begin(write=False, buffers=False)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            txn = self.env.begin(write=False, buffers=False)
+        try:
+            yield txn
+        finally:
+            txn.abort()
+
+    def due(self, now: float, *, lane: str, limit: int) -> list[DueItem]:
+        """Up to `limit` recipients due at `now` from lane "new" or "retry", oldest first."""
+        db = self._db["due_new" if lane == "new" else "due_retry"]
+        out: list[DueItem] = []
+        bound = _TS.pack(int(now * 1000) + 1)
+        with self._read() as txn, txn.cursor(db=db) as cur:
+            if not cur.first():
+                return out
+            for key in cur.iternext(keys=True, values=False):
+                if key >= bound or len(out) >= limit:
+                    break
+                out.append(_parse_due_key(key)[1])
+        return out
+
+    def next_due_at(self) -> float | None:
+        """The earliest due time in either lane (for sleeping until then)."""
+        best: float | None = None
+        with self._read() as txn:
+            for lane in ("due_new", "due_retry"):
+                with txn.cursor(db=self._db[lane]) as cur:
+                    if cur.first():
+                        at, _ = _parse_due_key(cur.key())
+                        best = at if best is None else min(best, at)
+        return best
+
+    def message(self, mid: str) -> MessageRecord | None:
+        with self._read() as txn:
+            raw = txn.get(mid.encode("ascii"), db=self._db["messages"])
+        return _msg_dec.decode(raw) if raw is not None else None
+
+    def body(self, mid: str) -> bytes | None:
+        with self._read() as txn:
+            raw = txn.get(mid.encode("ascii"), db=self._db["bodies"])
+        return bytes(raw) if raw is not None else None
+
+    def recipients(self, mid: str) -> list[RecipientRecord]:
+        with self._read() as txn:
+            return [r for _, r in self._recipients_in(txn, mid)]
+
+    def _recipients_in(self, txn: Any, mid: str) -> list[tuple[int, RecipientRecord]]:
+        prefix = mid.encode("ascii")
+        out: list[tuple[int, RecipientRecord]] = []
+        with txn.cursor(db=self._db["recipients"]) as cur:
+            if not cur.set_range(prefix):
+                return out
+            for key, val in cur.iternext():
+                if not key.startswith(prefix) or len(key) != ID_LEN + 2:
+                    break
+                (idx,) = _IDX.unpack_from(key, ID_LEN)
+                out.append((idx, _rcpt_dec.decode(val)))
+        return out
+
+    def messages(self) -> Iterator[tuple[MessageRecord, list[RecipientRecord]]]:
+        """Every queued message with its recipients, oldest first (ids sort by time)."""
+        with self._read() as txn, txn.cursor(db=self._db["messages"]) as cur:
+            for key, val in cur.iternext():
+                mid = bytes(key).decode("ascii")
+                yield _msg_dec.decode(val), [r for _, r in self._recipients_in(txn, mid)]
+
+    def count_by_state(self) -> dict[str, int]:
+        counts = {s.value: 0 for s in State}
+        with self._read() as txn, txn.cursor(db=self._db["recipients"]) as cur:
+            for val in cur.iternext(keys=False, values=True):
+                counts[_rcpt_dec.decode(val).state.value] += 1
+        return counts
+
+    def message_count(self) -> int:
+        with self._read() as txn:
+            return int(txn.stat(self._db["messages"])["entries"])
+
+    # ------------------------------------------------------------------ state changes (ops)
+
+    def _move(self, txn: Any, mid: str, idx: int, old: RecipientRecord,
+              new: RecipientRecord) -> None:
+        """Rewrite a recipient record and keep its single schedule-index key in step."""
+        old_db = "due_new" if old.state is State.QUEUED else "due_retry"
+        if old.state not in FINAL_STATES:
+            txn.delete(_due_key(old.next_attempt_at, mid, idx), db=self._db[old_db])
+        if new.state not in FINAL_STATES:
+            new_db = "due_new" if new.state is State.QUEUED else "due_retry"
+            txn.put(_due_key(new.next_attempt_at, mid, idx), b"", db=self._db[new_db])
+        txn.put(_rcpt_key(mid, idx), _enc.encode(new), db=self._db["recipients"])
+
+    def lease_op(self, items: list[DueItem], now: float) -> Callable[[Any], list[Leased]]:
+        """An op that marks due recipients in flight and returns what it leased.
+
+        Items whose state changed since they were read (delivered, deleted, retried by
+        the operator in another process) are skipped, so the in-memory queue never
+        holds work the spool no longer has.
+        """
+        def op(txn: Any) -> list[Leased]:
+            out: list[Leased] = []
+            messages: dict[str, MessageRecord | None] = {}
+            for item in items:
+                raw = txn.get(_rcpt_key(item.message_id, item.index), db=self._db["recipients"])
+                if raw is None:
+                    continue
+                rr = _rcpt_dec.decode(raw)
+                if rr.state not in (State.QUEUED, State.DEFERRED) or rr.next_attempt_at > now:
+                    continue
+                if item.message_id not in messages:
+                    mraw = txn.get(item.message_id.encode("ascii"), db=self._db["messages"])
+                    messages[item.message_id] = (
+                        _msg_dec.decode(mraw) if mraw is not None else None)
+                msg = messages[item.message_id]
+                if msg is None:
+                    continue
+                new = msgspec.structs.replace(
+                    rr, state=transition(rr.state, Action.LEASE),
+                    next_attempt_at=now + self.lease_seconds, updated_at=now)
+                self._move(txn, item.message_id, item.index, rr, new)
+                out.append(Leased(msg, item.index, new))
+            return out
+        return op
+
+    def settle_op(self, results: list[Result], now: float) -> Callable[[Any], list[Settled]]:
+        """An op applying delivery results; removes messages whose recipients are all final."""
+        def op(txn: Any) -> list[Settled]:
+            out: list[Settled] = []
+            touched: dict[str, MessageRecord] = {}
+            for res in results:
+                raw = txn.get(_rcpt_key(res.message_id, res.index), db=self._db["recipients"])
+                mraw = txn.get(res.message_id.encode("ascii"), db=self._db["messages"])
+                if raw is None or mraw is None:
+                    continue
+                rr = _rcpt_dec.decode(raw)
+                if (rr.state, res.action) not in TRANSITIONS:
+                    continue  # settled elsewhere meanwhile (operator, recovery): skip
+                state = transition(rr.state, res.action)
+                attempted = res.action in (Action.DELIVER, Action.DEFER, Action.BOUNCE,
+                                           Action.EXPIRE) and rr.state is State.INFLIGHT
+                new = msgspec.structs.replace(
+                    rr, state=state,
+                    attempts=rr.attempts + (1 if attempted else 0),
+                    next_attempt_at=(res.next_attempt_at if state not in FINAL_STATES
+                                     else rr.next_attempt_at),
+                    last_attempt_at=now if attempted else rr.last_attempt_at,
+                    last_response=res.response or rr.last_response,
+                    remote_mta=res.remote_mta or rr.remote_mta,
+                    updated_at=now)
+                self._move(txn, res.message_id, res.index, rr, new)
+                msg = _msg_dec.decode(mraw)
+                touched[res.message_id] = msg
+                out.append(Settled(msg, res.index, new))
+            done = {mid for mid in touched if self._remove_if_done(txn, mid)}
+            for s in out:
+                s.message_done = s.message.id in done
+            return out
+        return op
+
+    def _remove_if_done(self, txn: Any, mid: str) -> bool:
+        rcpts = self._recipients_in(txn, mid)
+        if any(r.state not in FINAL_STATES for _, r in rcpts):
+            return False
+        self._delete_message(txn, mid, rcpts)
+        return True
+
+    def _delete_message(self, txn: Any, mid: str,
+                        rcpts: list[tuple[int, RecipientRecord]]) -> None:
+        for idx, r in rcpts:
+            if r.state not in FINAL_STATES:
+                db = "due_new" if r.state is State.QUEUED else "due_retry"
+                txn.delete(_due_key(r.next_attempt_at, mid, idx), db=self._db[db])
+            txn.delete(_rcpt_key(mid, idx), db=self._db["recipients"])
+        key = mid.encode("ascii")
+        txn.delete(key, db=self._db["messages"])
+        txn.delete(key, db=self._db["bodies"])
+
+    def recover_op(self, now: float) -> Callable[[Any], int]:
+        """An op run once at start: every in-flight recipient becomes due now.
+
+        A crash between a remote 250 and our commit of DELIVERED means one duplicate
+        delivery; that is the price of never losing a message.
+        """
+        def op(txn: Any) -> int:
+            moved: list[tuple[str, int, RecipientRecord]] = []
+            with txn.cursor(db=self._db["recipients"]) as cur:
+                for key, val in cur.iternext():
+                    rr = _rcpt_dec.decode(val)
+                    if rr.state is State.INFLIGHT:
+                        mid = bytes(key[:ID_LEN]).decode("ascii")
+                        (idx,) = _IDX.unpack_from(key, ID_LEN)
+                        moved.append((mid, idx, rr))
+            for mid, idx, rr in moved:
+                new = msgspec.structs.replace(
+                    rr, state=transition(rr.state, Action.RECOVER), next_attempt_at=now,
+                    updated_at=now)
+                self._move(txn, mid, idx, rr, new)
+            return len(moved)
+        return op
+
+    def operator_op(self, mid: str, action: Action, now: float,
+                    response: str = "") -> Callable[[Any], list[Settled]]:
+        """retry / bounce for every non-final, not in-flight recipient of a message."""
+        def op(txn: Any) -> list[Settled]:
+            mraw = txn.get(mid.encode("ascii"), db=self._db["messages"])
+            if mraw is None:
+                raise KeyError(mid)
+            msg = _msg_dec.decode(mraw)
+            out: list[Settled] = []
+            for idx, rr in self._recipients_in(txn, mid):
+                if rr.state in FINAL_STATES or rr.state is State.INFLIGHT:
+                    continue
+                new = msgspec.structs.replace(
+                    rr, state=transition(rr.state, action),
+                    next_attempt_at=now if action is Action.RETRY else rr.next_attempt_at,
+                    last_response=response or rr.last_response, updated_at=now)
+                self._move(txn, mid, idx, rr, new)
+                out.append(Settled(msg, idx, new))
+            done = self._remove_if_done(txn, mid)
+            for s in out:
+                s.message_done = done
+            return out
+        return op
+
+    def delete_op(self, mid: str) -> Callable[[Any], MessageRecord]:
+        def op(txn: Any) -> MessageRecord:
+            mraw = txn.get(mid.encode("ascii"), db=self._db["messages"])
+            if mraw is None:
+                raise KeyError(mid)
+            self._delete_message(txn, mid, self._recipients_in(txn, mid))
+            return _msg_dec.decode(mraw)
+        return op
+
+
+class _MapFull(Exception):
+    pass
+
+
+@dataclass
+class _OpFailed:
+    error: Exception
