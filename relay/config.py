@@ -10,13 +10,14 @@ can print them all at once. Nothing else in relay parses configuration.
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 import tomllib
 import types
 import typing
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -36,8 +37,8 @@ def parse_duration(value: object) -> Duration:
     if isinstance(value, bool):
         raise ValueError("expected a duration like \"30s\", \"5m\", \"72h\" or \"90d\"")
     if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("expected a non-negative duration")
+        if value < 0 or not math.isfinite(value):
+            raise ValueError("expected a finite, non-negative duration")
         return Duration(value)
     if isinstance(value, str):
         m = _DURATION_RE.match(value)
@@ -78,12 +79,16 @@ def parse_host_port(value: object, default_port: int | None = None) -> HostPort:
     if not isinstance(value, str) or not value.strip():
         raise ValueError("expected \"host:port\"")
     text = value.strip()
-    m = re.match(r"^\[([^\]]+)\](?::(\d+))?$", text)  # [v6]:port
+    m = re.match(r"^\[([^\]]*)\](?::(.*))?$", text)  # [v6] or [v6]:port
     if m:
         host, port_s = m.group(1), m.group(2)
+        if not _is_ipv6(host):
+            raise ValueError("expected an IPv6 address inside [brackets]")
     elif text.count(":") == 1:
         host, port_s = text.split(":")
-    elif text.count(":") > 1:  # bare IPv6 literal without port
+    elif text.count(":") > 1:  # a bare IPv6 literal; a port needs [brackets]
+        if not _is_ipv6(text):
+            raise ValueError("expected \"host:port\", with an IPv6 address as \"[::1]:port\"")
         host, port_s = text, None
     else:
         host, port_s = text, None
@@ -92,12 +97,20 @@ def parse_host_port(value: object, default_port: int | None = None) -> HostPort:
             raise ValueError("expected \"host:port\" (the port is missing)")
         port = default_port
     else:
-        if not port_s.isdigit() or not 0 < int(port_s) < 65536:
+        if not re.fullmatch(r"[0-9]{1,5}", port_s) or not 0 < int(port_s) < 65536:
             raise ValueError("expected a port between 1 and 65535")
         port = int(port_s)
     if not host:
         raise ValueError("expected \"host:port\" (the host is missing)")
     return HostPort(host, port)
+
+
+def _is_ipv6(text: str) -> bool:
+    try:
+        ipaddress.IPv6Address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class Address(HostPort, frozen=True):
@@ -135,6 +148,11 @@ _CUSTOM: dict[type, Any] = {
     Network: parse_network,
 }
 
+# Bounded numbers (Postfix-style min/max tables), checked by load() with the key path.
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+Fraction = Annotated[float, msgspec.Meta(ge=0, lt=1)]
+
 # ---------------------------------------------------------------------------
 # Sections
 
@@ -146,7 +164,7 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue_map_size: Size = Size(1 << 30)
     # Group commit: gather submissions for up to this long, or this many, per fsync.
     commit_window: Duration = Duration(0.002)
-    commit_batch_max: int = 256
+    commit_batch_max: PositiveInt = 256
     # Write a development credential on first start and print it once (make run).
     dev_credential: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
@@ -184,22 +202,23 @@ DEFAULT_RETRY_SCHEDULE = ["1m", "5m", "15m", "30m", "1h", "2h"]
 
 
 class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    port: int = 25
+    port: Port = 25
     tls: Literal["opportunistic", "require"] = "opportunistic"
     max_delivery_time: Duration = Duration(72 * 3600)
     # Delay before retry N (1-based); the last entry repeats. RFC 5321 §4.5.4.1.
-    retry_schedule: list[Duration] = [parse_duration(d) for d in DEFAULT_RETRY_SCHEDULE]
-    retry_jitter: float = 0.1
+    retry_schedule: Annotated[list[Duration], msgspec.Meta(min_length=1)] = msgspec.field(
+        default_factory=lambda: [parse_duration(d) for d in DEFAULT_RETRY_SCHEDULE])
+    retry_jitter: Fraction = 0.1
     connect_timeout: Duration = Duration(30.0)
     command_timeout: Duration = Duration(300.0)
     data_timeout: Duration = Duration(600.0)
-    max_connections_per_destination: int = 10
-    max_messages_per_connection: int = 100
-    max_recipients_per_transaction: int = 100
+    max_connections_per_destination: PositiveInt = 10
+    max_messages_per_connection: PositiveInt = 100
+    max_recipients_per_transaction: PositiveInt = 100
     # In-memory ready queue per destination (Postfix's active queue limit).
-    ready_queue_limit: int = 1000
+    ready_queue_limit: PositiveInt = 1000
     # Total recipients held in memory across all destinations.
-    active_limit: int = 20000
+    active_limit: PositiveInt = 20000
     # Idle pooled connections are closed after this long.
     idle_connection_timeout: Duration = Duration(10.0)
     routes: dict[str, NextHop] = {}
@@ -208,26 +227,18 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Verify the remote MX certificate when tls = require.
     verify_certificates: bool = False
 
-    def __post_init__(self) -> None:
-        if not 0 < self.port < 65536:
-            raise ValueError("port must be between 1 and 65535")
-        if not self.retry_schedule:
-            raise ValueError("retry_schedule must list at least one delay")
-        if not 0 <= self.retry_jitter < 1:
-            raise ValueError("retry_jitter must be in [0, 1)")
-
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_message_size: Size = Size(40 * 1000 * 1000)  # the SES limit
-    max_recipients: int = 50
-    max_messages_per_connection: int = 1000
-    line_length_limit: int = 1000  # RFC 5321 §4.5.3.1.6, incl. CRLF
+    max_recipients: PositiveInt = 50
+    max_messages_per_connection: PositiveInt = 1000
+    line_length_limit: PositiveInt = 1000  # RFC 5321 §4.5.3.1.6, incl. CRLF
     idle_timeout: Duration = Duration(300.0)
-    max_connections: int = 1000
-    max_connections_per_ip: int = 100
+    max_connections: PositiveInt = 1000
+    max_connections_per_ip: PositiveInt = 100
     # Authentication failures: growing delay, then a per-IP lockout.
     auth_failure_delay: Duration = Duration(0.5)
-    auth_max_failures: int = 5
+    auth_max_failures: PositiveInt = 5
     auth_lockout: Duration = Duration(900.0)
 
 
@@ -270,14 +281,49 @@ class ConfigError(Exception):
         super().__init__(where + "; ".join(problems))
 
 
+def _bounds(meta: msgspec.Meta) -> str:
+    if meta.ge is not None and meta.le is not None:
+        return f"between {meta.ge} and {meta.le}"
+    if meta.ge is not None and meta.lt is not None:
+        return f"in [{meta.ge}, {meta.lt})"
+    parts = [f"{op} {v}" for op, v in ((">=", meta.ge), (">", meta.gt), ("<=", meta.le),
+                                        ("<", meta.lt)) if v is not None]
+    if meta.min_length is not None:
+        parts.append(f"with at least {meta.min_length} item(s)")
+    return " and ".join(parts)
+
+
+def _within(value: Any, meta: msgspec.Meta) -> bool:
+    return not (
+        (meta.ge is not None and value < meta.ge) or (meta.gt is not None and value <= meta.gt)
+        or (meta.le is not None and value > meta.le) or (meta.lt is not None and value >= meta.lt)
+        or (meta.min_length is not None and len(value) < meta.min_length))
+
+
+_NAMES: dict[Any, str] = {
+    Duration: 'a duration like "30s"',
+    Size: 'a size like "40MB"',
+    Address: '"host:port"',
+    Nameserver: '"host" or "host:port"',
+    NextHop: '"host" or "host:port"',
+    Network: 'a CIDR like "10.0.0.0/8"',
+}
+
+
 def _describe(tp: Any) -> str:
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        bounds = [_bounds(m) for m in extras if isinstance(m, msgspec.Meta)]
+        return " ".join([_describe(base), *[b for b in bounds if b]])
     if origin is Literal:
         return " | ".join(repr(a).replace("'", '"') for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
+        return f"a list (each {_describe(typing.get_args(tp)[0])})"
     if origin is dict:
-        return f"a table of {_describe(typing.get_args(tp)[1])}"
+        return f"a table (each value {_describe(typing.get_args(tp)[1])})"
+    if tp in _NAMES:
+        return _NAMES[tp]
     if isinstance(tp, type) and issubclass(tp, msgspec.Struct):
         return "a table"
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
@@ -291,12 +337,27 @@ def _show(value: object) -> str:
         return "true" if value else "false"
     if isinstance(value, dict):
         return "a table"
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
     return repr(value)
 
 
 def _walk(raw: object, tp: Any, path: str, problems: list[str]) -> Any:
     """Convert raw TOML data to `tp`, appending every problem to `problems`."""
     origin = typing.get_origin(tp)
+    if origin is Annotated:
+        base, *extras = typing.get_args(tp)
+        inner: list[str] = []
+        value = _walk(raw, base, path, inner)
+        if inner:  # a bare number names its bounds too; a container keeps item-level detail
+            problems.extend([f"{path}: expected {_describe(tp)}, got {_show(raw)}"]
+                            if base in (int, float) else inner)
+            return None
+        for meta in extras:
+            if isinstance(meta, msgspec.Meta) and not _within(value, meta):
+                problems.append(f"{path}: expected {_describe(tp)}, got {_show(raw)}")
+                return None
+        return value
     if tp in _CUSTOM:
         try:
             return _CUSTOM[tp](raw)
@@ -314,7 +375,7 @@ def _walk(raw: object, tp: Any, path: str, problems: list[str]) -> Any:
                 problems.append(f"{path}.{key}: unknown key (known keys: {known})".lstrip("."))
         values: dict[str, Any] = {}
         before = len(problems)
-        hints = typing.get_type_hints(tp)
+        hints = typing.get_type_hints(tp, include_extras=True)
         for name, field in fields.items():
             sub = f"{path}.{name}" if path else name
             if name in raw:
@@ -355,14 +416,26 @@ def _walk(raw: object, tp: Any, path: str, problems: list[str]) -> Any:
         return None
 
 
+def _hosts_overlap(a: str, b: str) -> bool:
+    """Whether binding both hosts on one port clashes ("::" also takes IPv4 on Linux)."""
+    if a == b or {a, b} & {"::", "*", ""}:
+        return True
+    if "0.0.0.0" in (a, b):
+        other = b if a == "0.0.0.0" else a
+        return ":" not in other
+    return False
+
+
 def _check_whole(cfg: Config) -> Iterable[str]:
     """Rules that span sections."""
-    seen: dict[tuple[str, int], int] = {}
-    for i, lst in enumerate(cfg.listener):
-        key = (lst.address.host, lst.address.port)
-        if key in seen:
-            yield f"listener[{i}].address: \"{lst.address}\" is already used by listener[{seen[key]}]"
-        seen[key] = i
+    binds = [(f"listener[{i}].address", lst.address) for i, lst in enumerate(cfg.listener)]
+    if cfg.admin.enabled:
+        binds.append(("admin.address", cfg.admin.address))
+    for i, (name, addr) in enumerate(binds):
+        for other_name, other in binds[:i]:
+            if addr.port == other.port and _hosts_overlap(addr.host, other.host):
+                yield f"{name}: \"{addr}\" clashes with {other_name} \"{other}\""
+                break
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         yield "tls: cert and key must be given together (or both left out for a self-signed one)"
     for name, path in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):

@@ -239,6 +239,10 @@ class QueueStore:
         return result
 
     async def submit(self, msg: NewMessage) -> str:
+        """Queue a message durably; return its id only after the synced commit."""
+        return (await self.submit_record(msg)).id
+
+    async def submit_record(self, msg: NewMessage) -> MessageRecord:
         if not msg.recipients:
             raise ValueError("a message needs at least one recipient")
         if len(msg.recipients) > MAX_RECIPIENTS:
@@ -251,9 +255,9 @@ class QueueStore:
             auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags))
         body = msg.body
 
-        def op(txn: Any) -> str:
+        def op(txn: Any) -> MessageRecord:
             self._put_message(txn, record, body)
-            return mid
+            return record
 
         return await self.write(op, size=len(body))
 
@@ -490,7 +494,9 @@ class QueueStore:
                 if raw is None:
                     continue
                 rr = _rcpt_dec.decode(raw)
-                if rr.state not in (State.QUEUED, State.DEFERRED) or rr.next_attempt_at > now:
+                # Compare at the index's millisecond precision.
+                if (rr.state not in (State.QUEUED, State.DEFERRED)
+                        or int(rr.next_attempt_at * 1000) > int(now * 1000)):
                     continue
                 if item.message_id not in messages:
                     mraw = txn.get(item.message_id.encode("ascii"), db=self._db["messages"])

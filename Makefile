@@ -1,0 +1,67 @@
+# relay: developer entry points.
+#
+#   make run     create .venv if needed, install relay, run it with the embedded dev config
+#   make test    create .venv if needed, install relay[test], ruff + mypy + pytest
+#   make lint    ruff + mypy only
+#   make bench   pytest-benchmark suites under bench/
+#   make clean   caches and build output (keeps .venv and ./var); make distclean removes those too
+#
+# pip runs only when pyproject.toml is newer than the stamp file in .venv, so a
+# second `make run` starts in about a second.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PYTEST_ARGS ?=
+LINT_PATHS := relay tests $(wildcard bench)
+
+.PHONY: run test lint pytest bench clean distclean venv
+
+run: $(VENV)/.installed-run
+	$(BIN)/relay serve
+
+test: $(VENV)/.installed-test lint pytest
+
+venv: $(BIN)/pip
+
+# A venv without pip (python3-venv missing on Debian) is removed so the next try starts clean.
+$(BIN)/pip:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "relay needs Python >= 3.11; $(PYTHON) is $$($(PYTHON) -V 2>&1)." \
+	       "Run with PYTHON=python3.11 (or newer)." >&2; exit 1; }
+	@$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); \
+	  echo "'$(PYTHON) -m venv' failed; on Debian: apt-get install python3-venv" >&2; exit 1; }
+	@test -x $(BIN)/pip || { rm -rf $(VENV); \
+	  echo "the venv has no pip; on Debian: apt-get install python3-venv" >&2; exit 1; }
+
+$(VENV)/.installed-run: pyproject.toml | $(BIN)/pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	@touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/pip
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	@touch $@
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
+
+# pytest exit code 5 means "no tests collected": a warning, not a failure.
+pytest: $(VENV)/.installed-test
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: warning: pytest collected no tests" >&2; exit 0; fi; \
+	exit $$rc
+
+bench: $(VENV)/.installed-test
+	@if [ -d bench ]; then \
+	  $(BIN)/pytest bench --benchmark-enable $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc -eq 5 ]; then echo "make bench: warning: no benchmarks in bench/ yet" >&2; \
+	  exit 0; fi; exit $$rc; \
+	else echo "make bench: no bench/ directory yet" >&2; fi
+
+clean:
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .benchmarks bench/out
+	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0r rm -rf
+
+distclean: clean
+	rm -rf $(VENV) var *.egg-info

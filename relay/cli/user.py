@@ -1,0 +1,126 @@
+"""`relay user add|list|remove|passwd`: SMTP credentials in <state_dir>/users.json.
+
+Passwords come from `--password-stdin` (one line, for scripts) or are prompted for twice
+with getpass; they are never printed, logged or put in an error message. Exit codes:
+0 done, 1 a problem the user can fix (unknown/duplicate user, empty or mismatched
+password, unreadable users file), 2 usage error (argparse).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import Any
+
+from relay.cli import CliError, load_config
+from relay.users import UserError, UserStore
+
+
+def register(sub: Any) -> None:
+    p: argparse.ArgumentParser = sub.add_parser(
+        "user", help="manage SMTP credentials (scrypt hashes in <state_dir>/users.json)",
+        description="Manage the users that may authenticate to the submission listeners.")
+    actions = p.add_subparsers(dest="user_command", metavar="ACTION", required=True)
+
+    add = actions.add_parser("add", help="add a user", description="Add an SMTP user.")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--password-stdin", action="store_true",
+                     help="read the password from the first line of standard input")
+    add.set_defaults(func=run_add)
+
+    passwd = actions.add_parser("passwd", help="change a user's password",
+                                description="Set a new password for an existing user.")
+    passwd.add_argument("name", metavar="NAME")
+    passwd.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input")
+    passwd.set_defaults(func=run_passwd)
+
+    remove = actions.add_parser("remove", help="remove a user",
+                                description="Remove an SMTP user.")
+    remove.add_argument("name", metavar="NAME")
+    remove.set_defaults(func=run_remove)
+
+    lst = actions.add_parser("list", help="list users", description="List SMTP users.")
+    lst.add_argument("--json", action="store_true", help="print a JSON array")
+    lst.set_defaults(func=run_list)
+
+
+def _store(args: argparse.Namespace) -> UserStore:
+    cfg = load_config(args)
+    try:
+        return UserStore(cfg.state_path / "users.json")
+    except UserError as e:
+        raise CliError(str(e)) from None
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        line = sys.stdin.readline()
+        password = line.removesuffix("\n").removesuffix("\r")
+        if not password:
+            raise CliError("no password on standard input (--password-stdin)")
+        return password
+    if not sys.stdin.isatty():
+        raise CliError("standard input is not a terminal; use --password-stdin")
+    try:
+        first = getpass.getpass("Password: ")
+        second = getpass.getpass("Password (again): ")
+    except EOFError:
+        raise CliError("no password given") from None
+    if first != second:
+        raise CliError("the passwords do not match")
+    return first
+
+
+def run_add(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if store.get(args.name) is not None:
+            raise CliError(f"user {args.name!r} already exists (use `relay user passwd`)")
+        store.add(args.name, _read_password(args))
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"user {args.name!r} added")
+    return 0
+
+
+def run_passwd(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        if store.get(args.name) is None:
+            raise CliError(f"no user {args.name!r}")
+        store.set_password(args.name, _read_password(args))
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"password of {args.name!r} changed")
+    return 0
+
+
+def run_remove(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        store.remove(args.name)
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"user {args.name!r} removed")
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        records = dict(sorted(store.read_all().items()))
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        rows = [{"name": name, "created_at": rec.created_at, "updated_at": rec.updated_at}
+                for name, rec in records.items()]
+        print(json.dumps(rows))
+        return 0
+    if not records:
+        print("no users")
+    for name in records:
+        print(name)
+    return 0

@@ -1,0 +1,1 @@
+"""Delivery: routing, scheduling, the SMTP client and result classification."""

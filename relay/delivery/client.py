@@ -1,0 +1,463 @@
+"""Outbound SMTP client: one transaction toward one destination, over pooled connections.
+
+Owns: the only use of aiosmtplib in relay. `Sender.send()` tries the targets
+(MX hosts, already ordered by routing) in order, speaks EHLO / STARTTLS /
+MAIL / RCPT… / DATA, and returns one Outcome per recipient. Idle connections
+are kept per (destination, source address) and reused, RSET first.
+
+Must not: raise. Every library exception, OSError and timeout is translated
+here into an Outcome via relay.delivery.classify (STYLE §3 rule 9); only
+cancellation propagates. Must not decide retry timing, warm-up or which source
+IP to use — the scheduler passes those in.
+
+Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
+- A connection failure, or a 4xx/5xx greeting or EHLO, moves on to the next
+  target. A 5xx greeting is skipped like Postfix's smtp_skip_5xx_greeting: if
+  no target is left the result is deferred, not bounced.
+- tls = "opportunistic": STARTTLS when offered, certificates not verified. If
+  the STARTTLS exchange or handshake fails, that host is retried once in
+  plaintext (what opportunistic TLS means in practice; Postfix does the same
+  with smtp_tls_security_level = may).
+- tls = "require": no STARTTLS offered, or it fails → that target is skipped
+  with `451 4.7.5 TLS required but not available`; never DATA in plaintext.
+  Certificates are verified (against the MX host name) when
+  delivery.verify_certificates is set.
+- One transaction per message: RCPT for each recipient, per-recipient RCPT
+  replies recorded; if none accepted, RSET instead of DATA; the DATA reply
+  applies to every accepted recipient.
+- aiosmtplib normalises bare CR/LF to CRLF and dot-stuffs on the wire
+  (RELIABILITY V2) and refuses control characters in addresses with ValueError
+  (V6), mapped to `501 5.1.3 invalid address`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiosmtplib
+import msgspec
+from aiosmtplib import (
+    SMTPConnectError,
+    SMTPException,
+    SMTPResponseException,
+    SMTPServerDisconnected,
+    SMTPTimeoutError,
+)
+from aiosmtplib.email import parse_address
+
+from relay.clock import Clock, SystemClock
+from relay.config import Delivery
+from relay.delivery.classify import Failure, Outcome, from_failure, from_reply
+
+__all__ = ["Sender", "Target", "TransactionResult"]
+
+
+class Target(Protocol):
+    """One host to try, as routing produces it (relay/delivery/routing.py `Target`)."""
+
+    @property
+    def host_name(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def preference(self) -> int: ...
+
+
+class TransactionResult(msgspec.Struct, frozen=True):
+    """One Outcome per recipient, in the order the recipients were given."""
+
+    recipients: list[str]
+    outcomes: list[Outcome]
+    remote_mta: str = ""   # host name of the target that answered, "" if none did
+    address: str = ""      # its IP address
+    tls: bool = False
+    reused: bool = False   # the transaction ran on a pooled connection
+
+    def by_recipient(self) -> dict[str, Outcome]:
+        return dict(zip(self.recipients, self.outcomes, strict=True))
+
+
+@dataclass
+class _Conn:
+    smtp: aiosmtplib.SMTP
+    host_name: str
+    address: str
+    tls: bool
+    messages: int = 0
+    idle_since: float = 0.0
+
+
+class _TargetFailed(Exception):
+    def __init__(self, outcome: Outcome, plaintext_retry: bool = False) -> None:
+        super().__init__(outcome.diagnostic)
+        self.outcome = outcome
+        self.plaintext_retry = plaintext_retry
+
+
+_PoolKey = tuple[str, str]
+
+
+def _failure_kind(exc: BaseException) -> Failure:
+    """Map a transport-level exception (no SMTP reply) to a classify.Failure."""
+    if isinstance(exc, ValueError):  # aiosmtplib: control characters in an argument
+        return "invalid_address"
+    if isinstance(exc, TimeoutError | SMTPTimeoutError):
+        return "timeout"
+    if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+        return "tls_failed"
+    if isinstance(exc, SMTPConnectError):
+        cause = exc.__cause__
+        if isinstance(cause, ConnectionRefusedError):
+            return "refused"
+        if isinstance(cause, SMTPServerDisconnected | ConnectionError):
+            return "dropped"
+        return "unreachable"
+    if isinstance(exc, SMTPServerDisconnected | ConnectionError):
+        return "dropped"
+    if isinstance(exc, OSError):
+        return "unreachable"
+    return "local_error"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:200]
+
+
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _valid_address(address: str) -> bool:
+    """True if aiosmtplib would put exactly this address on the wire.
+
+    aiosmtplib refuses control characters (ValueError) but first runs the
+    address through email.utils.parseaddr, which silently turns
+    "a@x>\r\nRCPT TO:<v@y" into "a@x". Either way the recipient is not the one
+    we were given: refuse it (RELIABILITY V6) instead of delivering elsewhere.
+    """
+    if _CONTROL_RE.search(address):
+        return False
+    try:
+        return parse_address(address) == address
+    except ValueError:
+        return False
+
+
+def _remote_name(host_name: str, address: str) -> str:
+    return host_name.rstrip(".") or address
+
+
+class Sender:
+    """Pooled SMTP sender.
+
+    `Sender(delivery, hostname=..., clock=SystemClock(), tls_context=None)`:
+    `delivery` is the config's [delivery] section; `hostname` the EHLO name
+    (config server.hostname); `tls_context` overrides the client TLS context
+    (tests pass one trusting a trustme CA together with verify_certificates).
+    """
+
+    def __init__(self, delivery: Delivery, *, hostname: str, clock: Clock | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        self._cfg = delivery
+        self._hostname = hostname
+        self._clock: Clock = clock if clock is not None else SystemClock()
+        self._pool: dict[_PoolKey, list[_Conn]] = {}
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+        self._verify = delivery.tls == "require" and delivery.verify_certificates
+        if tls_context is not None:
+            self._tls_context = tls_context
+        elif self._verify:
+            self._tls_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        else:
+            ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            self._tls_context = ctx
+
+    # ------------------------------------------------------------------ public
+
+    async def send(self, destination: str, targets: Sequence[Target], sender: str,
+                   recipients: Sequence[str], data: bytes, *,
+                   source_address: str | None = None) -> TransactionResult:
+        """Deliver one message to `recipients` at `destination`; never raises (but on cancel).
+
+        `source_address` overrides delivery.source_address ("" = the kernel's choice).
+        """
+        src = self._cfg.source_address if source_address is None else source_address
+        key: _PoolKey = (destination, src)
+        invalid = from_failure("invalid_address")
+        if not _valid_address(sender):
+            return TransactionResult(list(recipients), [invalid] * len(recipients))
+        valid = [r for r in recipients if _valid_address(r)]
+        if len(valid) < len(recipients):
+            if not valid:
+                return TransactionResult(list(recipients), [invalid] * len(recipients))
+            part = await self.send(destination, targets, sender, valid, data,
+                                   source_address=source_address)
+            got = iter(part.outcomes)
+            merged = [next(got) if _valid_address(r) else invalid for r in recipients]
+            return msgspec.structs.replace(part, recipients=list(recipients), outcomes=merged)
+        try:
+            conn = await self._take(key)
+            reused = conn is not None
+            if conn is None:
+                conn, failed = await self._open_any(destination, targets, src)
+                if conn is None:
+                    return TransactionResult(list(recipients), [failed] * len(recipients))
+            outcomes, keep, fresh_retry = await self._transact(conn, sender, recipients, data)
+            if reused and fresh_retry:
+                # The pooled connection died under us before MAIL was accepted:
+                # nothing was attempted, so a fresh connection costs no duplicate.
+                await self._discard(conn)
+                conn, failed = await self._open_any(destination, targets, src)
+                if conn is None:
+                    return TransactionResult(list(recipients), [failed] * len(recipients))
+                reused = False
+                outcomes, keep, _ = await self._transact(conn, sender, recipients, data)
+            conn.messages += 1
+            if keep and conn.messages < self._cfg.max_messages_per_connection \
+                    and conn.smtp.is_connected and not self._closed:
+                self._put(key, conn)
+            else:
+                await self._discard(conn, polite=conn.smtp.is_connected)
+            return TransactionResult(list(recipients), outcomes,
+                                     remote_mta=_remote_name(conn.host_name, conn.address),
+                                     address=conn.address, tls=conn.tls, reused=reused)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # the boundary: nothing escapes as an exception
+            failed = from_failure("local_error", destination, _short(e))
+            return TransactionResult(list(recipients), [failed] * len(recipients))
+
+    def idle_connections(self, destination: str | None = None) -> int:
+        return sum(len(v) for k, v in self._pool.items()
+                   if destination is None or k[0] == destination)
+
+    async def reap(self) -> int:
+        """Close idle connections older than delivery.idle_connection_timeout; return how many."""
+        now = self._clock.monotonic()
+        limit = self._cfg.idle_connection_timeout
+        expired: list[_Conn] = []
+        for key in list(self._pool):
+            keep: list[_Conn] = []
+            for c in self._pool[key]:
+                (expired if now - c.idle_since >= limit or not c.smtp.is_connected
+                 else keep).append(c)
+            if keep:
+                self._pool[key] = keep
+            else:
+                del self._pool[key]
+        for c in expired:
+            await self._discard(c, polite=True)
+        return len(expired)
+
+    async def close(self) -> None:
+        """QUIT and close every pooled connection; stop the reaper."""
+        self._closed = True
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
+        conns = [c for v in self._pool.values() for c in v]
+        self._pool.clear()
+        await asyncio.gather(*(self._discard(c, polite=True) for c in conns))
+
+    # ------------------------------------------------------------------ pool
+
+    async def _take(self, key: _PoolKey) -> _Conn | None:
+        idle = self._pool.get(key)
+        while idle:
+            conn = idle.pop()
+            if not idle:
+                self._pool.pop(key, None)
+            if (self._clock.monotonic() - conn.idle_since >= self._cfg.idle_connection_timeout
+                    or not conn.smtp.is_connected):
+                await self._discard(conn, polite=conn.smtp.is_connected)
+                continue
+            try:
+                await conn.smtp.rset(timeout=self._cfg.command_timeout)
+            except Exception:
+                await self._discard(conn)
+                continue
+            return conn
+        return None
+
+    def _put(self, key: _PoolKey, conn: _Conn) -> None:
+        idle = self._pool.setdefault(key, [])
+        if len(idle) >= self._cfg.max_connections_per_destination:
+            conn.smtp.close()
+            return
+        conn.idle_since = self._clock.monotonic()
+        idle.append(conn)
+        if self._reaper is None or self._reaper.done():
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+
+    async def _reap_loop(self) -> None:
+        period = max(self._cfg.idle_connection_timeout / 2, 0.05)
+        while self._pool:
+            await self._clock.sleep(period)
+            with contextlib.suppress(Exception):
+                await self.reap()
+
+    async def _discard(self, conn: _Conn, polite: bool = False) -> None:
+        if polite and conn.smtp.is_connected:
+            with contextlib.suppress(Exception):
+                await conn.smtp.quit(timeout=min(self._cfg.command_timeout, 5.0))
+        conn.smtp.close()
+
+    # ------------------------------------------------------------------ connect
+
+    async def _open_any(self, destination: str, targets: Sequence[Target],
+                        src: str) -> tuple[_Conn | None, Outcome]:
+        last = from_failure("unreachable", destination, "no usable host")
+        for target in targets:
+            plaintext = False
+            while True:
+                try:
+                    return await self._open(target, src, plaintext), last
+                except _TargetFailed as f:
+                    last = f.outcome
+                    if f.plaintext_retry and not plaintext:
+                        plaintext = True
+                        continue
+                    break
+        return None, last
+
+    async def _open(self, target: Target, src: str, plaintext: bool) -> _Conn:
+        cfg = self._cfg
+        name = _remote_name(target.host_name, target.address)
+        smtp = aiosmtplib.SMTP(
+            hostname=target.address, port=target.port, local_hostname=self._hostname,
+            source_address=(src, 0) if src else None, timeout=cfg.command_timeout,
+            start_tls=False, tls_context=self._tls_context)
+        stage = "connect"
+        try:
+            await smtp.connect(timeout=cfg.connect_timeout)
+            stage = "ehlo"
+            await self._hello(smtp)
+            tls = False
+            offered = smtp.supports_extension("starttls")
+            if cfg.tls == "require" and not offered:
+                raise _TargetFailed(from_failure(
+                    "tls_required", name, f"{name} does not offer STARTTLS", name))
+            if offered and not plaintext:
+                stage = "starttls"
+                server_name = target.host_name.rstrip(".") or None
+                await smtp.starttls(server_hostname=server_name,
+                                    timeout=cfg.command_timeout)
+                await self._hello(smtp)
+                tls = True
+            return _Conn(smtp, target.host_name, target.address, tls)
+        except _TargetFailed:
+            smtp.close()
+            raise
+        except asyncio.CancelledError:
+            smtp.close()
+            raise
+        except Exception as e:
+            smtp.close()
+            if stage == "starttls":
+                detail = (f"{e.code} {e.message}" if isinstance(e, SMTPResponseException)
+                          else _short(e))
+                if cfg.tls == "require":
+                    raise _TargetFailed(from_failure(
+                        "tls_required", name, f"STARTTLS with {name} failed: {detail}",
+                        name)) from None
+                raise _TargetFailed(from_failure("tls_failed", name, detail, name),
+                                    plaintext_retry=True) from None
+            if isinstance(e, SMTPResponseException):
+                out = from_reply(e.code, e.message, name)
+                if out.kind == "bounced":  # skip a 5xx greeting/EHLO; do not bounce on it
+                    out = Outcome("deferred", 451, "4" + out.enhanced[1:],
+                                  f"{name} refused to talk to me: {out.code} {out.text}", name)
+                elif out.kind == "delivered":  # a 2xx where 220 was expected
+                    out = from_reply(451, f"4.5.0 unexpected greeting {e.code} {e.message}",
+                                     name)
+                raise _TargetFailed(out) from None
+            raise _TargetFailed(from_failure(_failure_kind(e), name, _short(e), name)) from None
+
+    async def _hello(self, smtp: aiosmtplib.SMTP) -> None:
+        try:
+            await smtp.ehlo(timeout=self._cfg.command_timeout)
+        except SMTPResponseException as e:
+            if e.code // 100 == 5 and smtp.is_connected:  # EHLO unknown: fall back to HELO
+                await smtp.helo(timeout=self._cfg.command_timeout)
+            else:
+                raise
+
+    # ------------------------------------------------------------------ transaction
+
+    async def _transact(self, conn: _Conn, sender: str, recipients: Sequence[str],
+                        data: bytes) -> tuple[list[Outcome], bool, bool]:
+        """Run MAIL/RCPT/DATA. Returns (outcomes, connection reusable, failed before MAIL)."""
+        cfg = self._cfg
+        smtp = conn.smtp
+        name = _remote_name(conn.host_name, conn.address)
+        n = len(recipients)
+        out: list[Outcome | None] = [None] * n
+
+        def fill(o: Outcome, indices: Sequence[int] | None = None) -> list[Outcome]:
+            for i in range(n) if indices is None else indices:
+                if out[i] is None:
+                    out[i] = o
+            return [x if x is not None else o for x in out]
+
+        def failed(e: BaseException) -> Outcome:
+            if isinstance(e, SMTPResponseException):
+                return from_reply(e.code, e.message, name)
+            return from_failure(_failure_kind(e), name, _short(e), name)
+
+        # MAIL FROM, with the ESMTP parameters the server understands.
+        utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        encoding = "utf-8" if utf8 and smtp.supports_extension("smtputf8") else "ascii"
+        options: list[str] = []
+        if smtp.supports_extension("size"):
+            options.append(f"SIZE={len(data)}")
+        if smtp.supports_extension("8bitmime") and not data.isascii():
+            options.append("BODY=8BITMIME")
+        if encoding == "utf-8":
+            options.append("SMTPUTF8")
+        try:
+            await smtp.mail(sender, options=options, encoding=encoding,
+                            timeout=cfg.command_timeout)
+        except (ValueError, SMTPResponseException) as e:
+            return fill(failed(e)), smtp.is_connected, False
+        except (SMTPException, OSError) as e:
+            return fill(failed(e)), False, True
+
+        accepted: list[int] = []
+        for i, rcpt in enumerate(recipients):
+            try:
+                await smtp.rcpt(rcpt, encoding=encoding, timeout=cfg.command_timeout)
+                accepted.append(i)
+            except (ValueError, SMTPResponseException) as e:
+                out[i] = failed(e)
+                if not smtp.is_connected:  # 421: the server is closing
+                    return fill(failed(e)), False, False
+            except (SMTPException, OSError) as e:
+                return fill(failed(e)), False, False
+
+        if not accepted:
+            try:
+                await smtp.rset(timeout=cfg.command_timeout)
+            except Exception:
+                return fill(from_failure("local_error", name)), False, False
+            return fill(from_failure("local_error", name)), True, False
+
+        try:
+            reply = await smtp.data(data, timeout=cfg.data_timeout)
+        except SMTPResponseException as e:
+            return fill(failed(e), accepted), smtp.is_connected, False
+        except (ValueError, SMTPException, OSError) as e:
+            return fill(failed(e), accepted), False, False
+        return fill(from_reply(reply.code, reply.message, name), accepted), True, False

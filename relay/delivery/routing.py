@@ -1,0 +1,61 @@
+"""Mail routing: from a recipient domain to the addresses to try, or a reason not to.
+
+Owns: the I/O order of lookups (delivery.routes first, then MX, then each MX host's
+A/AAAA, concurrently). Every decision (preference order, null MX, implicit MX, which
+failure is permanent) is made by the pure functions in relay.dns.route; this module only
+asks the Resolver and never sees a dnspython exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from relay.config import Delivery
+from relay.dns.answers import Lookup, Resolver, normalize_name
+from relay.dns.route import (
+    Route,
+    RouteFailure,
+    Target,
+    Targets,
+    address_literal,
+    expand,
+    invalid_domain,
+    is_ip_literal,
+    next_hop,
+    plan_mx,
+    select_next_hop,
+)
+
+__all__ = ["Route", "RouteFailure", "Router", "Target", "Targets"]
+
+
+class Router:
+    def __init__(self, delivery_cfg: Delivery, resolver: Resolver, rng: random.Random) -> None:
+        self._cfg = delivery_cfg
+        self._resolver = resolver
+        self._rng = rng
+
+    async def route(self, domain: str) -> Route:
+        name = normalize_name(domain)
+        if not name or len(name) > 253:
+            return invalid_domain(domain)
+        hop = select_next_hop(name, self._cfg.routes)
+        if hop is not None:
+            found = None if is_ip_literal(hop.host) else await self._resolver.addresses(hop.host)
+            return next_hop(name, hop.host, hop.port, found)
+        literal = address_literal(name)
+        if isinstance(literal, RouteFailure):
+            return literal
+        if literal is not None:
+            return Targets([Target(literal, literal, self._cfg.port, 0)])
+        mx = await self._resolver.mx(name)
+        plan = plan_mx(name, mx, self._rng)
+        if isinstance(plan, RouteFailure):
+            return plan
+        names = list(dict.fromkeys(h.name for h in plan))
+        results: list[Lookup[str]] = await asyncio.gather(
+            *(self._resolver.addresses(n) for n in names))
+        implicit = mx.ok and not mx.records
+        return expand(name, plan, dict(zip(names, results, strict=True)), self._cfg.port,
+                      implicit=implicit)

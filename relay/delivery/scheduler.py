@@ -1,0 +1,332 @@
+"""The delivery scheduler: from the LMDB schedule index to SMTP transactions.
+
+Theory of operation
+-------------------
+Two tiers, like Postfix's incoming/deferred queues feeding the active queue:
+
+1. *Promotion.* Due recipients are read from the two schedule lanes of the
+   store, `new` (never attempted) and `retry`, each given half of the free room
+   so a deferred backlog cannot starve new mail, leased in one group-committed
+   write, and grouped by (message, destination domain) into tasks on bounded
+   in-memory ready queues. Memory holds at most `delivery.active_limit`
+   recipients whatever the spool depth; a destination whose ready queue is over
+   `delivery.ready_queue_limit` gives its excess leases back for later.
+2. *Dispatch.* Each destination gets up to `max_connections_per_destination`
+   workers; a worker takes tasks from its destination's ready queue, routes
+   (MX / routes), sends all recipients of a task in one transaction through the
+   pooled client, and settles the results in the store before emitting events.
+
+Rule: a result reaches the event log only after the store has committed it, and
+the store decides (through the transition table) whether it still applies.
+Timing (retry, expiry) comes from relay.delivery.retry and the injected Clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from relay.clock import Clock
+from relay.config import Delivery
+from relay.delivery import retry
+from relay.events.log import EventLog
+from relay.events.model import Event, bounce_event, delay_event, delivery_event
+from relay.queue.records import Action, MessageRecord, State
+from relay.queue.store import DueItem, Leased, QueueStore, Result, Settled
+
+log = logging.getLogger("relay.scheduler")
+
+
+class OutcomeLike(Protocol):
+    @property
+    def kind(self) -> str: ...          # "delivered" | "deferred" | "bounced"
+    @property
+    def code(self) -> int: ...
+    @property
+    def enhanced(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def remote_mta(self) -> str: ...
+
+
+class SenderLike(Protocol):
+    async def send(self, destination: str, targets: Sequence[Any], sender: str,
+                   recipients: Sequence[str], data: bytes) -> Any: ...
+
+
+class RouterLike(Protocol):
+    async def route(self, domain: str) -> Any: ...
+
+
+@dataclass
+class Task:
+    """Recipients of one message at one destination: one SMTP transaction."""
+
+    message: MessageRecord
+    destination: str
+    items: list[Leased] = field(default_factory=list)
+
+
+def _response(o: OutcomeLike) -> str:
+    text = o.text
+    if o.enhanced and not text.startswith(o.enhanced):
+        text = f"{o.enhanced} {text}"
+    return f"{o.code} {text}".strip()
+
+
+def outcomes_of(result: Any) -> list[OutcomeLike]:
+    """The per-recipient outcomes of a client result (a list, or an object holding one)."""
+    if isinstance(result, list):
+        return result
+    for name in ("outcomes", "recipients", "results"):
+        value = getattr(result, name, None)
+        if isinstance(value, list):
+            return value
+    raise TypeError(f"cannot read outcomes from {type(result).__name__}")
+
+
+class Scheduler:
+    def __init__(self, store: QueueStore, router: RouterLike, sender: SenderLike,
+                 events: EventLog, clock: Clock, cfg: Delivery, *, hostname: str,
+                 rng: random.Random | None = None, poll_interval: float = 1.0,
+                 max_workers: int = 200) -> None:
+        self.store = store
+        self.router = router
+        self.sender = sender
+        self.events = events
+        self.clock = clock
+        self.cfg = cfg
+        self.hostname = hostname
+        self.rng = rng or random.Random()
+        self.poll_interval = poll_interval
+        self.max_workers = max_workers
+        self.ready: dict[str, deque[Task]] = {}
+        self.active: dict[str, int] = {}
+        self.held = 0
+        self._workers: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._loop_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        self._loop_task = asyncio.create_task(self.run(), name="scheduler")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def run(self) -> None:
+        while not self._stopping:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; retrying")
+            wait = self.poll_interval
+            nd = self.store.next_due_at()
+            if nd is not None:
+                wait = min(wait, max(0.0, nd - self.clock.now()))
+            await self._sleep_or_wake(wait)
+
+    async def _sleep_or_wake(self, seconds: float) -> None:
+        if self._wake.is_set():
+            self._wake.clear()
+            return
+        sleeper = asyncio.ensure_future(self.clock.sleep(seconds))
+        waker = asyncio.ensure_future(self._wake.wait())
+        await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (sleeper, waker):
+            t.cancel()
+        self._wake.clear()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Stop promoting, let transactions under way finish, give back unstarted leases."""
+        self._stopping = True
+        self._wake.set()
+        if self._loop_task is not None:
+            await self._loop_task
+        if self._workers:
+            _, pending = await asyncio.wait(self._workers, timeout=timeout)
+            for t in pending:
+                t.cancel()  # left INFLIGHT: recovered at next start
+        now = self.clock.now()
+        results = [Result(t.message.id, it.index, Action.RELEASE, next_attempt_at=now)
+                   for q in self.ready.values() for t in q for it in t.items]
+        self.ready.clear()
+        if results:
+            with contextlib.suppress(Exception):
+                await self.store.write(self.store.settle_op(results, now))
+
+    async def run_until_idle(self) -> None:
+        """Process everything due now and wait for it to settle (tests with a FakeClock)."""
+        while True:
+            leased = await self.promote()
+            self.dispatch()
+            if self._workers:
+                await asyncio.gather(*list(self._workers))
+                continue
+            if not leased:
+                return
+
+    # ------------------------------------------------------------------ promotion
+
+    async def tick(self) -> None:
+        if self._stopping:
+            return
+        await self.promote()
+        self.dispatch()
+
+    async def promote(self) -> int:
+        """Lease due recipients into the ready queues; return how many were leased."""
+        room = self.cfg.active_limit - self.held
+        if room <= 0:
+            return 0
+        now = self.clock.now()
+        half = max(1, room // 2)
+        new = self.store.due(now, lane="new", limit=half)
+        old = self.store.due(now, lane="retry", limit=room - len(new))
+        if len(old) < room - len(new) and len(new) == half:
+            new += self.store.due(now, lane="new", limit=room - len(old))[len(new):]
+        items: list[DueItem] = new + old
+        if not items:
+            return 0
+        leased = await self.store.write(self.store.lease_op(items, now))
+        tasks: dict[tuple[str, str], Task] = {}
+        for lease in leased:
+            key = (lease.message.id, lease.recipient.domain)
+            task = tasks.get(key)
+            if task is None:
+                task = tasks[key] = Task(lease.message, lease.recipient.domain)
+            task.items.append(lease)
+        give_back: list[Result] = []
+        for task in tasks.values():
+            for chunk in self._chunks(task):
+                queue = self.ready.setdefault(chunk.destination, deque())
+                if sum(len(t.items) for t in queue) >= self.cfg.ready_queue_limit:
+                    give_back += [Result(chunk.message.id, it.index, Action.RELEASE,
+                                         next_attempt_at=now + self.poll_interval * 5)
+                                  for it in chunk.items]
+                    continue
+                queue.append(chunk)
+                self.held += len(chunk.items)
+        if give_back:
+            await self.store.write(self.store.settle_op(give_back, now))
+        return len(leased)
+
+    def _chunks(self, task: Task) -> list[Task]:
+        size = max(1, self.cfg.max_recipients_per_transaction)
+        return [Task(task.message, task.destination, task.items[i:i + size])
+                for i in range(0, len(task.items), size)]
+
+    # ------------------------------------------------------------------ dispatch
+
+    def dispatch(self) -> None:
+        for dest, queue in self.ready.items():
+            while (queue and self.active.get(dest, 0) < self.cfg.max_connections_per_destination
+                   and self.active.get(dest, 0) < len(queue)
+                   and len(self._workers) < self.max_workers):
+                self.active[dest] = self.active.get(dest, 0) + 1
+                worker = asyncio.create_task(self._worker(dest), name=f"deliver:{dest}")
+                self._workers.add(worker)
+                worker.add_done_callback(self._workers.discard)
+
+    async def _worker(self, dest: str) -> None:
+        queue = self.ready[dest]
+        try:
+            while queue and not self._stopping:
+                task = queue.popleft()
+                try:
+                    await self.deliver(task)
+                except Exception:
+                    log.exception("delivery to %s failed unexpectedly", dest)
+                    await self._settle(task, [None] * len(task.items), local_error=True)
+                finally:
+                    self.held -= len(task.items)
+        finally:
+            self.active[dest] -= 1
+            if not queue:
+                self.ready.pop(dest, None)
+                self.active.pop(dest, None)
+            self.wake()
+
+    async def deliver(self, task: Task) -> None:
+        route = await self.router.route(task.destination)
+        hosts = getattr(route, "hosts", None)
+        if hosts is None:  # a RouteFailure: same answer for every recipient
+            outcome = _LocalOutcome(
+                kind="bounced" if route.permanent else "deferred", code=route.code,
+                enhanced=route.enhanced, text=route.text, remote_mta="")
+            await self._settle(task, [outcome] * len(task.items))
+            return
+        body = self.store.body(task.message.id)
+        if body is None:  # deleted by the operator meanwhile
+            return
+        result = await self.sender.send(
+            task.destination, hosts, task.message.sender,
+            [it.recipient.address for it in task.items], body)
+        await self._settle(task, outcomes_of(result))
+
+    async def _settle(self, task: Task, outcomes: Sequence[OutcomeLike | None], *,
+                      local_error: bool = False) -> None:
+        now = self.clock.now()
+        msg = task.message
+        results: list[Result] = []
+        for lease, o in zip(task.items, outcomes, strict=True):
+            if o is None:
+                o = _LocalOutcome("deferred", 451, "4.3.0", "local error during delivery", "")
+            response = _response(o)
+            if o.kind == "delivered":
+                results.append(Result(msg.id, lease.index, Action.DELIVER, response,
+                                      o.remote_mta))
+            elif o.kind == "bounced":
+                results.append(Result(msg.id, lease.index, Action.BOUNCE, response,
+                                      o.remote_mta))
+            else:
+                at = retry.next_attempt_at(
+                    received_at=msg.received_at, attempts=lease.recipient.attempts + 1,
+                    now=now, schedule=self.cfg.retry_schedule,
+                    max_delivery_time=self.cfg.max_delivery_time,
+                    jitter=self.cfg.retry_jitter, rng=self.rng)
+                action = Action.EXPIRE if at is None else Action.DEFER
+                results.append(Result(msg.id, lease.index, action, response, o.remote_mta,
+                                      next_attempt_at=at or 0.0))
+        settled = await self.store.write(self.store.settle_op(results, now))
+        self.events.emit(self._events_for(settled, now))
+
+    def _events_for(self, settled: list[Settled], now: float) -> list[Event]:
+        groups: dict[tuple[str, State, str], list[Settled]] = {}
+        for s in settled:
+            groups.setdefault((s.message.id, s.recipient.state, s.recipient.last_response),
+                              []).append(s)
+        out: list[Event] = []
+        deadline_of = self.cfg.max_delivery_time
+        for (_, state, response), group in groups.items():
+            msg = group[0].message
+            rcpts = [s.recipient.address for s in group]
+            remote = group[0].recipient.remote_mta
+            if state is State.DELIVERED:
+                out.append(delivery_event(msg, rcpts, response, now, remote or self.hostname))
+            elif state is State.BOUNCED:
+                out.append(bounce_event(msg, rcpts, response, now, self.hostname))
+            elif state is State.EXPIRED:
+                out.append(bounce_event(msg, rcpts, response, now, self.hostname, expired=True))
+            elif state is State.DEFERRED:
+                out.append(delay_event(msg, rcpts, response, now,
+                                       msg.received_at + deadline_of, self.hostname))
+        return out
+
+
+@dataclass(frozen=True)
+class _LocalOutcome:
+    kind: str
+    code: int
+    enhanced: str
+    text: str
+    remote_mta: str

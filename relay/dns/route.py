@@ -1,0 +1,221 @@
+"""Where mail for a domain goes: the pure decision from DNS answers to a Route.
+
+Owns: RFC 5321 §5.1 (MX preference order, random among equal preference, implicit MX),
+RFC 7505 (null MX), transport-map style fixed next hops, and the SMTP reply for each
+failure. Must not do I/O or import dnspython/asyncio: relay/delivery/routing.py asks the
+Resolver and hands the answers to these functions. Randomness comes in as random.Random.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from relay.dns.answers import Lookup, MxRecord, Status, normalize_name
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    host_name: str   # the MX host (or next hop) name, for logs, TLS SNI and Received lines
+    address: str     # an IP address to connect to
+    port: int
+    preference: int
+
+
+@dataclass(frozen=True, slots=True)
+class Targets:
+    """Addresses in the order to try them."""
+
+    hosts: list[Target]
+
+
+@dataclass(frozen=True, slots=True)
+class RouteFailure:
+    """No place to deliver to, with the reply to record (RFC 3463 enhanced code)."""
+
+    permanent: bool
+    code: int
+    enhanced: str
+    text: str
+
+
+Route = Targets | RouteFailure
+
+
+@dataclass(frozen=True, slots=True)
+class MxHost:
+    name: str
+    preference: int
+
+
+class HostPort(Protocol):
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+
+
+# ---------------------------------------------------------------------------
+# Failures
+
+
+def null_mx(domain: str) -> RouteFailure:
+    # RFC 7505 §4.2: "556 5.1.10 Recipient address has null MX".
+    return RouteFailure(True, 556, "5.1.10", f"Recipient address has null MX ({domain})")
+
+
+def no_such_domain(domain: str) -> RouteFailure:
+    return RouteFailure(True, 550, "5.1.2", f"Recipient domain {domain} does not exist")
+
+
+def invalid_domain(domain: str, why: str = "") -> RouteFailure:
+    detail = f": {why}" if why else ""
+    return RouteFailure(True, 550, "5.1.2", f"Recipient domain {domain!r} is not valid{detail}")
+
+
+def no_mail_host(domain: str) -> RouteFailure:
+    return RouteFailure(True, 550, "5.1.2",
+                        f"Recipient domain {domain} has no MX and no address records")
+
+
+def unroutable(domain: str, detail: str) -> RouteFailure:
+    return RouteFailure(False, 451, "4.4.4", f"Unable to route mail for {domain}: {detail}")
+
+
+def dns_tempfail(name: str, reason: str) -> RouteFailure:
+    why = f": {reason}" if reason else ""
+    return RouteFailure(False, 451, "4.4.3", f"DNS temporary failure looking up {name}{why}")
+
+
+# ---------------------------------------------------------------------------
+# Decisions
+
+
+def is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def address_literal(domain: str) -> str | RouteFailure | None:
+    """RFC 5321 §4.1.3: "[192.0.2.1]" or "[IPv6:2001:db8::1]" → the address; else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    if inner[:5].lower() == "ipv6:":
+        inner = inner[5:]
+        if ":" not in inner:
+            return invalid_domain(domain, "not an IPv6 address literal")
+    elif ":" in inner:
+        return invalid_domain(domain, "an IPv6 literal must be written [IPv6:...]")
+    try:
+        return str(ipaddress.ip_address(inner))
+    except ValueError:
+        return invalid_domain(domain, "not an address literal")
+
+
+def select_next_hop(domain: str, routes: Mapping[str, HostPort]) -> HostPort | None:
+    """The fixed next hop for `domain` from delivery.routes, like a Postfix transport map.
+
+    Precedence: the exact domain, then the closest ".parent" entry (which matches
+    subdomains only, as in Postfix), then "*" (smarthost mode).
+    """
+    if not routes:
+        return None
+    wanted = normalize_name(domain)
+    table = {normalize_name(k): v for k, v in routes.items()}
+    if wanted in table:
+        return table[wanted]
+    labels = wanted.split(".")
+    for i in range(1, len(labels)):
+        parent = "." + ".".join(labels[i:])
+        if parent in table:
+            return table[parent]
+    return table.get("*")
+
+
+def plan_mx(domain: str, mx: Lookup[MxRecord], rng: random.Random) -> list[MxHost] | RouteFailure:
+    """From the MX answer to the MX hosts in the order to try (RFC 5321 §5.1).
+
+    Preference ascending, random order among equal preference (load spreading the
+    domain owner asked for). No MX records → the domain itself at preference 0
+    (implicit MX). A lone MX with the root as exchange is a null MX (RFC 7505); root
+    entries mixed with real ones are a misconfiguration and are skipped.
+    """
+    if mx.status is Status.NXDOMAIN:
+        return no_such_domain(domain)
+    if mx.status is Status.TEMPFAIL:
+        return dns_tempfail(f"MX {domain}", mx.reason)
+    if not mx.records:
+        return [MxHost(domain, 0)]
+    real = [r for r in mx.records if not r.is_null]
+    if not real:
+        return null_mx(domain)
+    by_pref: dict[int, list[str]] = {}
+    for r in real:
+        names = by_pref.setdefault(r.preference, [])
+        if r.exchange not in names:
+            names.append(r.exchange)
+    hosts: list[MxHost] = []
+    for pref in sorted(by_pref):
+        names = sorted(by_pref[pref])  # a stable base, so a seeded rng gives a stable order
+        rng.shuffle(names)
+        hosts.extend(MxHost(n, pref) for n in names)
+    return hosts
+
+
+def expand(domain: str, hosts: Sequence[MxHost], addresses: Mapping[str, Lookup[str]],
+           port: int, *, implicit: bool = False) -> Route:
+    """Each MX host replaced by its addresses, keeping the order; unresolvable hosts skipped.
+
+    `implicit` is true when `hosts` is the implicit MX (the domain itself): then a
+    domain without addresses is a permanent failure, not a routing problem.
+    """
+    targets: list[Target] = []
+    seen: set[str] = set()
+    temp_reasons: list[str] = []
+    for h in hosts:
+        found = addresses.get(h.name)
+        if found is None:
+            continue
+        if found.status is Status.TEMPFAIL:
+            temp_reasons.append(f"{h.name}: {found.reason}" if found.reason else h.name)
+            continue
+        for addr in found.records:
+            if addr not in seen:
+                seen.add(addr)
+                targets.append(Target(h.name, addr, port, h.preference))
+    if targets:
+        return Targets(targets)
+    if temp_reasons:
+        return dns_tempfail(", ".join(h.name for h in hosts), "; ".join(temp_reasons))
+    if implicit:
+        only = addresses.get(domain)
+        if only is not None and only.status is Status.NXDOMAIN:
+            return no_such_domain(domain)
+        return no_mail_host(domain)
+    names = ", ".join(h.name for h in hosts)
+    return unroutable(domain, f"no MX host has an address ({names})")
+
+
+def next_hop(domain: str, host: str, port: int, addresses: Lookup[str] | None) -> Route:
+    """A fixed next hop from delivery.routes: an IP literal is used as is, a name by its
+    A/AAAA addresses (never MX). A next hop that does not resolve is our configuration's
+    fault, so mail waits (4.4.4) instead of bouncing."""
+    if is_ip_literal(host):
+        return Targets([Target(host, host, port, 0)])
+    if addresses is None or addresses.status is Status.NXDOMAIN or (
+            addresses.ok and not addresses.records):
+        return unroutable(domain, f"next hop {host} has no address")
+    if addresses.status is Status.TEMPFAIL:
+        return dns_tempfail(host, addresses.reason)
+    targets: list[Target] = []
+    for addr in addresses.records:
+        if all(t.address != addr for t in targets):
+            targets.append(Target(host, addr, port, 0))
+    return Targets(targets)

@@ -1,0 +1,15 @@
+"""SMTP listeners: the submission server (TLS, AUTH, session policy) in front of the queue.
+
+Owns: replies (every reply as a constant), authpolicy (pure brute-force defence),
+session (the aiosmtpd protocol subclass), server (binding, connection limits, shutdown).
+Must not: touch LMDB directly (it calls a `Submitter`), read the wall clock (a Clock is
+injected), or accept mail from a client that is neither authenticated nor trusted.
+"""
+
+from __future__ import annotations
+
+from relay.smtp.authpolicy import AuthPolicy
+from relay.smtp.server import SubmissionServer
+from relay.smtp.session import Submitter
+
+__all__ = ["AuthPolicy", "SubmissionServer", "Submitter"]

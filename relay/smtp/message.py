@@ -1,0 +1,67 @@
+"""PURE message helpers for submission: the Received: line, commonHeaders, SES tags.
+
+No I/O. Header values are unfolded and otherwise left as sent (no RFC 2047 decoding),
+which is what SES puts in `mail.commonHeaders`/`mail.headers` of its events.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from email.parser import HeaderParser
+from email.policy import compat32
+
+COMMON_HEADERS = ("From", "To", "Subject", "Message-ID", "Date")
+TAGS_HEADER = "X-SES-MESSAGE-TAGS"
+_FOLD = re.compile(r"\r?\n(?=[ \t])")
+_HEADER_LIMIT = 256 * 1024  # headers past this are not examined (they are kept in the body)
+
+
+def header_block(body: bytes) -> bytes:
+    end = body.find(b"\r\n\r\n", 0, _HEADER_LIMIT)
+    return body[: end + 2] if end >= 0 else body[:_HEADER_LIMIT]
+
+
+def extract_headers(body: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Return (common headers, X-SES-MESSAGE-TAGS) from a message with CRLF line endings."""
+    text = header_block(body).decode("utf-8", "replace")
+    msg = HeaderParser(policy=compat32).parsestr(text, headersonly=True)
+    headers: dict[str, str] = {}
+    for name in COMMON_HEADERS:
+        value = msg.get(name)
+        if isinstance(value, str):
+            headers[name] = _FOLD.sub("", value).strip()
+    tags: dict[str, list[str]] = {}
+    for value in msg.get_all(TAGS_HEADER) or []:
+        if isinstance(value, str):
+            for name, vals in parse_tags(_FOLD.sub("", value)).items():
+                tags.setdefault(name, []).extend(vals)
+    return headers, tags
+
+
+def parse_tags(value: str) -> dict[str, list[str]]:
+    """`name=value, name2=value2` → {"name": ["value"], "name2": ["value2"]}."""
+    tags: dict[str, list[str]] = {}
+    for item in value.split(","):
+        name, eq, val = item.partition("=")
+        name, val = name.strip(), val.strip()
+        if name and eq:
+            tags.setdefault(name, []).append(val)
+    return tags
+
+
+def received_header(*, helo: str, client_ip: str, hostname: str, tls: bool,
+                    authenticated: bool, recipients: list[str], now: float,
+                    queue_id: str = "") -> bytes:
+    """RFC 5321 §4.4 trace line; protocol per RFC 3848 (ESMTP, ESMTPS, ESMTPSA)."""
+    protocol = "ESMTP" + ("S" if tls else "") + ("A" if authenticated else "")
+    if authenticated and not tls:
+        protocol = "ESMTPA"
+    parts = [f"Received: from {helo} ([{client_ip}])", f"\tby {hostname} with {protocol}"]
+    if queue_id:
+        parts[-1] += f" id {queue_id}"
+    if len(recipients) == 1:
+        parts.append(f"\tfor <{recipients[0]}>")
+    parts[-1] += ";"
+    parts.append("\t" + email.utils.formatdate(now, localtime=False))
+    return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")

@@ -1,0 +1,119 @@
+"""SubmissionServer: binds one `role = "submission"` listener and runs its sessions.
+
+Owns the listening socket (asyncio `loop.create_server` with the aiosmtpd protocol, so it
+runs on uvloop; not aiosmtpd's threaded Controller), the total/per-IP connection caps
+(421 4.7.0 at greeting), and graceful shutdown. Policy per connection is in session.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import ssl
+from collections import Counter
+
+from relay.clock import Clock
+from relay.config import Limits, Listener
+from relay.smtp import replies as R
+from relay.smtp.authpolicy import AuthPolicy
+from relay.smtp.session import ListenerContext, SubmissionSession, Submitter
+from relay.users import UserStore
+
+log = logging.getLogger(__name__)
+
+
+class ConnectionLimiter:
+    """Counts open connections in total and per client IP (pure bookkeeping)."""
+
+    def __init__(self, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+
+    def admit(self, ip: str) -> R.Reply | None:
+        if self.total >= self.max_total:
+            return R.TOO_MANY_CONNECTIONS
+        if self.per_ip[ip] >= self.max_per_ip:
+            return R.TOO_MANY_CONNECTIONS_FROM_IP
+        self.total += 1
+        self.per_ip[ip] += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+
+
+class SubmissionServer:
+    def __init__(self, listener: Listener, limits: Limits, hostname: str,
+                 submitter: Submitter, users: UserStore, clock: Clock,
+                 ssl_context: ssl.SSLContext | None, *,
+                 auth_policy: AuthPolicy | None = None, shutdown_grace: float = 10.0) -> None:
+        if listener.role != "submission":
+            raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
+                             "SubmissionServer serves role \"submission\" only")
+        if listener.tls == "implicit" and ssl_context is None:
+            raise ValueError(f"listener {listener.address}: tls = \"implicit\" needs a "
+                             "certificate (ssl_context)")
+        self.listener = listener
+        self.limits = limits
+        self.shutdown_grace = shutdown_grace
+        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        policy = auth_policy or AuthPolicy(float(limits.auth_failure_delay),
+                                           limits.auth_max_failures, float(limits.auth_lockout))
+        self.context = ListenerContext(
+            listener=listener, limits=limits, hostname=hostname, submitter=submitter,
+            users=users, clock=clock, ssl_context=ssl_context, auth_policy=policy,
+            trusted=[ipaddress.ip_network(n, strict=False) for n in listener.trusted_networks],
+            admit=self.limiter.admit, release=self.limiter.release)
+        self._server: asyncio.Server | None = None
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        if self._server is None:
+            return ()
+        return tuple(self._server.sockets)
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when the listener asked for port 0)."""
+        for sock in self.sockets:
+            return int(sock.getsockname()[1])
+        raise RuntimeError("the server is not started")
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        ctx = self.context
+        implicit = self.listener.tls == "implicit"
+        self._server = await loop.create_server(
+            lambda: SubmissionSession(ctx, loop),
+            host=self.listener.address.host, port=self.listener.address.port,
+            ssl=ctx.ssl_context if implicit else None,
+            reuse_address=True, backlog=512)
+        log.info("submission listener on %s (tls=%s, auth=%s)", self.listener.address,
+                 self.listener.tls, self.listener.auth)
+
+    async def stop(self) -> None:
+        """Stop accepting; close idle sessions now, give busy ones `shutdown_grace` s."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.close()
+        ctx = self.context
+        ctx.shutting_down = True
+        for session in list(ctx.sessions):
+            session.close_idle()
+        pending = [session.done for session in ctx.sessions if not session.done.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=self.shutdown_grace)
+        for session in list(ctx.sessions):
+            session.force_close()
+        try:
+            await asyncio.wait_for(server.wait_closed(), timeout=1.0)
+        except TimeoutError:
+            log.warning("submission listener %s: sessions still closing", self.listener.address)

@@ -1,0 +1,485 @@
+"""aiosmtpd glue for one submission connection: `SubmissionSession` (an aiosmtpd SMTP subclass).
+
+Owns the per-connection policy that aiosmtpd does not: who may send (AUTH over TLS, or a
+trusted network; never an open relay, RFC 5321 §3.6), AUTH with brute-force defence
+(authpolicy), EHLO keywords, recipient/message/size caps, bare CR/LF rejection in DATA
+(RFC 5321 §2.3.8, anti-smuggling), the Received: line, and "250 only after commit"
+(it awaits `Submitter.submit`). Every reply comes from `replies`; aiosmtpd's own literals
+are given enhanced codes in `push()`. Decisions that need no I/O live in authpolicy and
+message; this module must not read the wall clock (Clock injected) or touch storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, AnyStr, Protocol
+
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+
+from relay.clock import Clock
+from relay.config import Limits, Listener
+from relay.queue.store import NewMessage, StoreFull, StoreUnavailable
+from relay.smtp import replies as R
+from relay.smtp.authpolicy import AuthPolicy
+from relay.smtp.message import extract_headers, received_header
+from relay.users import UserStore
+
+log = logging.getLogger(__name__)
+
+IDENT = "ESMTP relay"
+_CONTROL = frozenset(chr(c) for c in range(32)) | {"\x7f"}
+
+
+class Submitter(Protocol):
+    """Commits a message durably and returns its queue id (raises StoreFull/StoreUnavailable)."""
+
+    async def submit(self, msg: NewMessage) -> str: ...
+
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass
+class ListenerContext:
+    """What every session of one listener shares; built once by SubmissionServer."""
+
+    listener: Listener
+    limits: Limits
+    hostname: str
+    submitter: Submitter
+    users: UserStore
+    clock: Clock
+    ssl_context: Any  # ssl.SSLContext | None
+    auth_policy: AuthPolicy
+    trusted: list[IPNetwork]
+    admit: Callable[[str], R.Reply | None]
+    release: Callable[[str], None]
+    sessions: set[SubmissionSession] = field(default_factory=set)
+    shutting_down: bool = False
+    max_auth_attempts: int = 10
+
+    def is_trusted(self, ip: str) -> bool:
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.trusted)
+
+
+def _has_control(text: str) -> bool:
+    return any(c in _CONTROL for c in text)
+
+
+class SubmissionSession(SMTP):
+    def __init__(self, ctx: ListenerContext, loop: asyncio.AbstractEventLoop) -> None:
+        self.ctx = ctx
+        limits = ctx.limits
+        # aiosmtpd sizes its StreamReader from this class attribute in __init__.
+        self.line_length_limit = limits.line_length_limit + 1  # + a transparency dot
+        starttls = ctx.listener.tls == "starttls" and ctx.ssl_context is not None
+        super().__init__(
+            _NoHooks(),
+            data_size_limit=int(limits.max_message_size),
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=ctx.hostname,
+            ident=IDENT,
+            tls_context=ctx.ssl_context if starttls else None,
+            timeout=float(limits.idle_timeout),
+            auth_required=False,  # enforced in smtp_MAIL (trusted networks may skip AUTH)
+            auth_require_tls=True,
+            loop=loop,
+        )
+        # Per-instance limits (aiosmtpd's are a class-level dict that grows on every EHLO).
+        self.command_size_limits: defaultdict[str, int] = defaultdict(
+            lambda: SMTP.command_size_limit,
+            {"MAIL": SMTP.command_size_limit + 26 + 10, "AUTH": limits.line_length_limit})
+        self.client_ip = ""
+        self.admitted = False
+        self._registered = False
+        self._implicit_tls = False
+        self._in_data = False
+        self.message_count = 0
+        self.auth_attempts = 0
+        self.auth_user = ""
+        self._last_timer_reset = 0.0
+        self.done: asyncio.Future[None] = loop.create_future()
+
+    # --- connection lifecycle ------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None
+        super().connection_made(transport)
+        if first:
+            peer = transport.get_extra_info("peername")
+            self.client_ip = str(peer[0]) if peer else ""
+            self._implicit_tls = transport.get_extra_info("sslcontext") is not None
+            refusal = self.ctx.admit(self.client_ip)
+            self.admitted = refusal is None
+            self._refusal = refusal
+            self._registered = self.admitted
+            self.ctx.sessions.add(self)
+        else:
+            # STARTTLS completed: aiosmtpd made a fresh Session (AUTH state reset, RFC 3207
+            # §4.2) and cleared the plaintext read buffer (CVE-2024-34083).
+            self.auth_user = ""
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._registered:
+            self._registered = False
+            self.ctx.release(self.client_ip)
+        self.ctx.sessions.discard(self)
+        if not self.done.done():
+            self.done.set_result(None)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if not self.admitted:
+            await self.push(str(self._refusal or R.TOO_MANY_CONNECTIONS))
+            self._close()
+            return
+        await super()._handle_client()
+
+    def _close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _timeout_cb(self) -> None:
+        # RFC 5321 §4.5.3.2: tell the client why before closing.
+        self._write_now(R.TIMEOUT)
+        super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def close_idle(self) -> bool:
+        """On shutdown: close now if between transactions; return True if closed."""
+        if self._in_data or (self.envelope is not None and self.envelope.mail_from):
+            return False
+        self.force_close()
+        return True
+
+    def force_close(self) -> None:
+        self._write_now(R.SHUTTING_DOWN)
+        self._close()
+
+    def _write_now(self, reply: R.Reply) -> None:
+        """Write a reply outside the command loop (timeout, shutdown)."""
+        transport = self.transport
+        write = getattr(transport, "write", None)  # uvloop's transports are duck-typed
+        if transport is not None and callable(write) and not transport.is_closing():
+            write(f"{reply}\r\n".encode())
+
+    @property
+    def tls_active(self) -> bool:
+        return self._implicit_tls or self._tls_protocol is not None
+
+    def may_send(self) -> bool:
+        """Authenticated, or connecting from a trusted network; nobody else (no open relay)."""
+        authenticated = self.session is not None and bool(self.session.authenticated)
+        return authenticated or self.ctx.is_trusted(self.client_ip)
+
+    # --- replies ---------------------------------------------------------------------------
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str):
+            status = R.enhance(status)
+        await super().push(status)
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.exception("%s: session error", self.client_ip, exc_info=error)
+        return str(R.INTERNAL_ERROR)
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        hook = self._hooks().get(command)
+        if hook is None:
+            return await super()._call_handler_hook(command, *args)
+        return await hook(*args)
+
+    def _hooks(self) -> dict[str, Callable[..., Awaitable[str]]]:
+        return {"MAIL": self._hook_mail, "RCPT": self._hook_rcpt}
+
+    # --- commands --------------------------------------------------------------------------
+
+    def _ehlo_keywords(self) -> list[str]:
+        keywords = ["PIPELINING", f"SIZE {int(self.ctx.limits.max_message_size)}", "8BITMIME",
+                    "SMTPUTF8", "ENHANCEDSTATUSCODES"]
+        if self.tls_context is not None and not self.tls_active:
+            keywords.append("STARTTLS")
+        if self.ctx.listener.auth == "required" and self.tls_active:
+            keywords.append("AUTH PLAIN LOGIN")
+        return keywords
+
+    async def smtp_EHLO(self, hostname: str | None) -> None:
+        if not hostname or _has_control(hostname):
+            await self.push(str(R.BAD_HELO))
+            return
+        assert self.session is not None
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.session.extended_smtp = True
+        self.session.host_name = hostname
+        lines = [self.hostname, *self._ehlo_keywords()]
+        for line in lines[:-1]:
+            await self.push(f"250-{line}")
+        await self.push(f"250 {lines[-1]}")
+
+    async def smtp_HELO(self, hostname: str | None) -> None:
+        if hostname and _has_control(hostname):
+            await self.push(str(R.BAD_HELO.with_text("Syntax: HELO hostname "
+                                                     "(printable characters only)")))
+            return
+        await super().smtp_HELO(hostname)
+
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        assert self.session is not None
+        if await self.check_helo_needed("EHLO"):
+            return
+        if not self.session.extended_smtp:
+            await self.push(str(R.NEED_EHLO))
+            return
+        if self.ctx.listener.auth != "required":
+            await self.push(str(R.AUTH_UNAVAILABLE))
+            return
+        if not self.tls_active:
+            await self.push(str(R.ENCRYPTION_REQUIRED))
+            return
+        if self.session.authenticated:
+            await self.push(str(R.ALREADY_AUTHENTICATED))
+            return
+        args = (arg or "").split()
+        if not 1 <= len(args) <= 2:
+            await self.push(str(R.AUTH_SYNTAX))
+            return
+        mechanism = args[0].upper()
+        if mechanism not in ("PLAIN", "LOGIN"):
+            await self.push(str(R.AUTH_MECHANISM_UNKNOWN))
+            return
+        self.auth_attempts += 1
+        if self.auth_attempts > self.ctx.max_auth_attempts:
+            await self.push(str(R.TOO_MANY_AUTH_ATTEMPTS))
+            self._close()
+            return
+        policy, clock = self.ctx.auth_policy, self.ctx.clock
+        if policy.is_locked(self.client_ip, None, clock.monotonic()):
+            await self.push(str(R.AUTH_LOCKED))
+            return
+        method = SMTP.auth_PLAIN if mechanism == "PLAIN" else SMTP.auth_LOGIN
+        result: AuthResult = await method(self, self, [mechanism, *args[1:]])
+        if not result.success:
+            return  # aiosmtpd already answered (bad base64, '*' abort, ...)
+        creds = result.auth_data
+        assert isinstance(creds, LoginPassword)
+        user = creds.login.decode("utf-8", "replace")
+        if policy.is_locked(self.client_ip, user, clock.monotonic()):
+            await self.push(str(R.AUTH_LOCKED))
+            return
+        ok = await asyncio.get_running_loop().run_in_executor(
+            None, self.ctx.users.verify, user, creds.password)
+        if ok:
+            policy.record_success(self.client_ip, user, clock.monotonic())
+            self.session.authenticated = True
+            self.auth_user = user
+            log.info("%s: authenticated as %r", self.client_ip, user)
+            await self.push(str(R.AUTH_OK))
+            return
+        delay = policy.record_failure(self.client_ip, user, clock.monotonic())
+        log.info("%s: AUTH failed for %r", self.client_ip, user)
+        await clock.sleep(delay)
+        await self.push(str(R.AUTH_INVALID))
+
+    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
+                             log_client_response: bool = False) -> Any:
+        try:
+            return await super().challenge_auth(challenge, encode_to_b64, False)
+        except ValueError:  # StreamReader.readline: an over-long continuation line (V12)
+            await self.push(str(R.LINE_TOO_LONG))
+            self._close()
+            return MISSING
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        # Called by aiosmtpd's auth_PLAIN/auth_LOGIN once the credentials are decoded; the
+        # (slow, scrypt) check happens asynchronously in smtp_AUTH.
+        return AuthResult(success=True, auth_data=auth_data)
+
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        assert self.session is not None
+        if self.ctx.shutting_down:
+            await self.push(str(R.SHUTTING_DOWN))
+            self._close()
+            return
+        if self.message_count >= self.ctx.limits.max_messages_per_connection:
+            await self.push(str(R.TOO_MANY_MESSAGES))
+            self._close()
+            return
+        if self.session.host_name and not self.may_send():
+            await self.push(str(R.AUTH_REQUIRED))
+            return
+        if arg is not None:
+            if _has_control(arg):
+                await self.push(str(R.BAD_SENDER))
+                return
+            path = self._strip_command_keyword("FROM:", arg)
+            if path is not None and path.startswith("<@"):
+                await self.push(str(R.SOURCE_ROUTE))
+                return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        assert self.session is not None
+        if self.session.host_name and not self.may_send():
+            await self.push(str(R.AUTH_REQUIRED))
+            return
+        if arg is not None:
+            if _has_control(arg):
+                await self.push(str(R.BAD_RECIPIENT))
+                return
+            path = self._strip_command_keyword("TO:", arg)
+            if path is not None and path.startswith("<@"):
+                await self.push(str(R.SOURCE_ROUTE))
+                return
+        await super().smtp_RCPT(arg)
+
+    async def _hook_mail(self, address: str, options: list[str]) -> str:
+        assert self.envelope is not None
+        if _has_control(address):
+            return str(R.BAD_SENDER)
+        self.envelope.mail_from = address
+        self.envelope.mail_options.extend(options)
+        return str(R.SENDER_OK)
+
+    async def _hook_rcpt(self, address: str, options: list[str]) -> str:
+        assert self.envelope is not None
+        if _has_control(address):
+            return str(R.BAD_RECIPIENT)
+        if len(self.envelope.rcpt_tos) >= self.ctx.limits.max_recipients:
+            return str(R.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10: 452, not 552
+        self.envelope.rcpt_tos.append(address)
+        self.envelope.rcpt_options.extend(options)
+        return str(R.RECIPIENT_OK)
+
+    def _reset_timeout_sometimes(self) -> None:
+        now = self.loop.time()
+        if now - self._last_timer_reset >= 1.0:
+            self._last_timer_reset = now
+            self._reset_timeout()
+
+    async def smtp_DATA(self, arg: str | None) -> None:
+        assert self.session is not None
+        if await self.check_helo_needed():
+            return
+        if not self.may_send():
+            await self.push(str(R.AUTH_REQUIRED))
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(str(R.NEED_RCPT))
+            return
+        if arg:
+            await self.push(str(R.DATA_SYNTAX))
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        self._in_data = True
+        try:
+            body, fault = await self._read_data()
+        finally:
+            self._in_data = False
+        self.message_count += 1
+        if fault is not None or body is None:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(str(fault or R.INTERNAL_ERROR))
+            return
+        reply = await self._submit(body)
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(reply)
+        if self.ctx.shutting_down:
+            self.close_idle()
+
+    async def _read_data(self) -> tuple[list[bytes] | None, R.Reply | None]:
+        """Read up to the lone '.', keeping at most max_message_size bytes in memory.
+
+        Only CRLF '.' CRLF ends the data (aiosmtpd reads lines with readuntil(b"\\r\\n")).
+        A bare CR or LF anywhere marks the message rejected, but reading continues to the
+        real end, so a smuggled "\\n.\\r\\nMAIL FROM..." is data of this one rejected
+        message, never a second transaction (RELIABILITY V1).
+        """
+        limit = self.data_size_limit
+        parts: list[bytes] = []
+        size = 0
+        fault: R.Reply | None = None
+        pending_fragment = False
+        while self.transport is not None:
+            try:
+                line: bytes = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as e:
+                await self._reader.read(e.consumed)
+                pending_fragment = True
+                if fault is None:
+                    fault = R.LINE_TOO_LONG
+                parts.clear()
+                self._reset_timeout_sometimes()
+                continue
+            except asyncio.IncompleteReadError:
+                self._close()
+                return None, None
+            self._reset_timeout_sometimes()
+            if line == b".\r\n" and not pending_fragment:
+                break
+            pending_fragment = False
+            if fault is not None:
+                continue
+            size += len(line)
+            if limit and size > limit:
+                fault = R.MESSAGE_TOO_BIG
+                parts.clear()
+                continue
+            end = len(line) - 2
+            if line.find(b"\n", 0, end) >= 0 or line.find(b"\r", 0, end) >= 0:
+                fault = R.BARE_NEWLINE
+                parts.clear()
+                continue
+            parts.append(line[1:] if line.startswith(b".") else line)
+        else:
+            return None, None
+        if fault is not None:
+            return None, fault
+        return parts, None
+
+    async def _submit(self, parts: list[bytes]) -> str:
+        assert self.session is not None and self.envelope is not None
+        envelope = self.envelope
+        recipients = list(envelope.rcpt_tos)
+        trace = received_header(
+            helo=self.session.host_name or "unknown", client_ip=self.client_ip,
+            hostname=self.hostname, tls=self.tls_active,
+            authenticated=bool(self.session.authenticated), recipients=recipients,
+            now=self.ctx.clock.now())
+        parts.insert(0, trace)
+        body = b"".join(parts)  # the only whole copy of the message
+        parts.clear()
+        headers, tags = extract_headers(body)  # looks at the header block only
+        msg = NewMessage(
+            sender=envelope.mail_from or "", recipients=recipients, body=body,
+            client_ip=self.client_ip, helo=self.session.host_name or "",
+            auth_user=self.auth_user, headers=headers, tags=tags)
+        try:
+            queue_id = await self.ctx.submitter.submit(msg)
+        except StoreFull:
+            log.warning("%s: store full, answering 452", self.client_ip)
+            return str(R.STORE_FULL)
+        except StoreUnavailable:
+            log.exception("%s: store unavailable, answering 451", self.client_ip)
+            return str(R.STORE_UNAVAILABLE)
+        except Exception:
+            log.exception("%s: submit failed, answering 451", self.client_ip)
+            return str(R.STORE_UNAVAILABLE)
+        log.info("%s: queued %s from=<%s> rcpts=%d size=%d", self.client_ip, queue_id,
+                 msg.sender, len(recipients), len(msg.body))
+        return str(R.QUEUED.with_text(R.QUEUED.text.format(queue_id=queue_id)))
+
+
+class _NoHooks:
+    """aiosmtpd wants a handler object; all our hooks are methods of the session."""

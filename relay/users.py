@@ -1,0 +1,222 @@
+"""SMTP credentials: `<state_dir>/users.json`, scrypt hashes only.
+
+Owns the file format and every read/write of it. Passwords are never stored, logged or
+returned: each record keeps scrypt's parameters, a random salt and the derived key.
+Writes are atomic (temp file in the same directory, fsync, rename, directory fsync) with
+mode 0600, under an advisory lock so two CLI invocations cannot lose an edit.
+`verify()` does the same scrypt work for an unknown user as for a known one and compares
+in constant time; it reloads the file when it changed (the CLI edits it while the
+server runs). Must not: import asyncio or sockets (callers run verify() in a thread).
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import re
+import secrets
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+import msgspec
+
+from relay.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+SCRYPT_N = 2**14
+SCRYPT_R = 8
+SCRYPT_P = 1
+KEY_LEN = 32
+SALT_LEN = 16
+_MAXMEM = 128 * 1024 * 1024
+MAX_PASSWORD_BYTES = 1024
+_NAME_RE = re.compile(r"^[A-Za-z0-9._@+=-]{1,255}$")
+
+
+class UserError(Exception):
+    """A user-fixable problem (unknown user, duplicate, bad name); one line of text."""
+
+
+class UserRecord(msgspec.Struct, frozen=True):
+    scheme: str
+    n: int
+    r: int
+    p: int
+    salt: str  # base64
+    hash: str  # base64
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class _UsersFile(msgspec.Struct):
+    version: int = 1
+    users: dict[str, UserRecord] = {}
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _derive(password: bytes, salt: bytes, n: int, r: int, p: int, dklen: int) -> bytes:
+    return hashlib.scrypt(password, salt=salt, n=n, r=r, p=p, dklen=dklen, maxmem=_MAXMEM)
+
+
+def hash_password(password: str | bytes, *, n: int = SCRYPT_N, r: int = SCRYPT_R,
+                  p: int = SCRYPT_P, now: float = 0.0) -> UserRecord:
+    pw = password.encode("utf-8") if isinstance(password, str) else password
+    salt = secrets.token_bytes(SALT_LEN)
+    key = _derive(pw, salt, n, r, p, KEY_LEN)
+    return UserRecord("scrypt", n, r, p, _b64(salt), _b64(key), now, now)
+
+
+def check_name(name: str) -> None:
+    if not _NAME_RE.match(name):
+        raise UserError(f"invalid user name {name!r}: use 1-255 characters from "
+                        "letters, digits and . _ @ + = -")
+
+
+def check_password(password: str) -> None:
+    if not password:
+        raise UserError("the password is empty")
+    if len(password.encode("utf-8")) > MAX_PASSWORD_BYTES:
+        raise UserError(f"the password is longer than {MAX_PASSWORD_BYTES} bytes")
+
+
+class UserStore:
+    def __init__(self, path: str | Path, clock: Clock | None = None) -> None:
+        self.path = Path(path)
+        self._clock: Clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._users: dict[str, UserRecord] = {}
+        self._stamp: tuple[int, int, int] | None = None
+        # Work for unknown users: the same scrypt cost against a salt nobody has.
+        self._dummy = hash_password(secrets.token_bytes(16))
+        self._maybe_reload()
+
+    # --- reading ---------------------------------------------------------------------
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def _read(self) -> dict[str, UserRecord]:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        try:
+            return msgspec.json.decode(data, type=_UsersFile).users
+        except msgspec.DecodeError as e:
+            raise UserError(f"{self.path} is not a valid users file: {e}") from None
+
+    def _maybe_reload(self) -> None:
+        with self._lock:
+            stamp = self._stat()
+            if stamp == self._stamp:
+                return
+            try:
+                self._users = self._read()
+            except UserError as e:
+                log.error("keeping the previous users: %s", e)
+                return
+            self._stamp = stamp
+
+    def read_all(self) -> dict[str, UserRecord]:
+        """Every record as on disk now; raises UserError if the file is not valid."""
+        return self._read()
+
+    def names(self) -> list[str]:
+        self._maybe_reload()
+        return sorted(self._users)
+
+    def get(self, name: str) -> UserRecord | None:
+        self._maybe_reload()
+        return self._users.get(name)
+
+    def verify(self, name: str, password: str | bytes) -> bool:
+        """Constant-time check; an unknown user costs the same scrypt work as a known one."""
+        self._maybe_reload()
+        pw = password.encode("utf-8", "surrogateescape") if isinstance(password, str) \
+            else password
+        record = self._users.get(name)
+        known = record is not None and record.scheme == "scrypt"
+        rec = record if record is not None and known else self._dummy
+        try:
+            salt = base64.b64decode(rec.salt)
+            expected = base64.b64decode(rec.hash)
+            got = _derive(pw, salt, rec.n, rec.r, rec.p, len(expected))
+        except (ValueError, MemoryError):
+            log.error("user %r has an unusable password record", name)
+            return False
+        return hmac.compare_digest(got, expected) and known
+
+    # --- writing (CLI) ---------------------------------------------------------------
+
+    @contextmanager
+    def _editing(self) -> Iterator[dict[str, UserRecord]]:
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            users = dict(self._read())
+            yield users
+            self._write(users)
+        finally:
+            os.close(fd)
+        self._maybe_reload()
+
+    def _write(self, users: dict[str, UserRecord]) -> None:
+        data = msgspec.json.format(
+            msgspec.json.encode(_UsersFile(users=dict(sorted(users.items())))), indent=2)
+        fd, tmp = tempfile.mkstemp(prefix=".users.", suffix=".tmp", dir=self.path.parent)
+        try:
+            os.fchmod(fd, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def add(self, name: str, password: str) -> None:
+        check_name(name)
+        check_password(password)
+        record = hash_password(password, now=self._clock.now())
+        with self._editing() as users:
+            if name in users:
+                raise UserError(f"user {name!r} already exists (use `relay user passwd`)")
+            users[name] = record
+
+    def set_password(self, name: str, password: str) -> None:
+        check_password(password)
+        with self._editing() as users:
+            old = users.get(name)
+            if old is None:
+                raise UserError(f"no user {name!r}")
+            new = hash_password(password, now=self._clock.now())
+            users[name] = msgspec.structs.replace(new, created_at=old.created_at)
+
+    def remove(self, name: str) -> None:
+        with self._editing() as users:
+            if users.pop(name, None) is None:
+                raise UserError(f"no user {name!r}")

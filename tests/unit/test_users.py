@@ -1,0 +1,104 @@
+"""UserStore: scrypt records, constant-work verify, atomic 0600 writes, reload on change."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from relay.clock import FakeClock
+from relay.users import UserError, UserStore
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> UserStore:
+    return UserStore(tmp_path / "state" / "users.json", clock=FakeClock(1_800_000_000.0))
+
+
+def test_add_and_verify(store: UserStore) -> None:
+    store.add("app", "correct horse")
+    assert store.verify("app", "correct horse")
+    assert store.verify("app", b"correct horse")
+    assert not store.verify("app", "wrong")
+    assert not store.verify("nobody", "correct horse")
+    assert store.names() == ["app"]
+
+
+def test_file_has_scrypt_record_no_plaintext_mode_0600(store: UserStore) -> None:
+    store.add("app", "correct horse")
+    raw = store.path.read_bytes()
+    assert b"correct horse" not in raw
+    record = json.loads(raw)["users"]["app"]
+    assert record["scheme"] == "scrypt" and record["n"] >= 2**14
+    assert {"r", "p", "salt", "hash"} <= record.keys()
+    assert record["created_at"] == 1_800_000_000.0
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert [p.name for p in store.path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_same_password_gets_different_salts(store: UserStore) -> None:
+    store.add("a", "same")
+    store.add("b", "same")
+    users = store.read_all()
+    assert users["a"].salt != users["b"].salt and users["a"].hash != users["b"].hash
+
+
+def test_passwd_and_remove(store: UserStore) -> None:
+    store.add("app", "one")
+    store.set_password("app", "two")
+    assert not store.verify("app", "one") and store.verify("app", "two")
+    store.remove("app")
+    assert store.names() == [] and not store.verify("app", "two")
+
+
+def test_errors(store: UserStore) -> None:
+    store.add("app", "pw")
+    with pytest.raises(UserError, match="already exists"):
+        store.add("app", "pw")
+    with pytest.raises(UserError, match="no user"):
+        store.remove("ghost")
+    with pytest.raises(UserError, match="no user"):
+        store.set_password("ghost", "pw")
+    with pytest.raises(UserError, match="empty"):
+        store.add("other", "")
+    with pytest.raises(UserError, match="invalid user name"):
+        store.add("bad name\n", "pw")
+
+
+def test_reloads_when_another_process_edits(store: UserStore, tmp_path: Path) -> None:
+    assert not store.verify("late", "pw")
+    other = UserStore(store.path)  # e.g. the CLI, while the server runs
+    other.add("late", "pw")
+    assert store.verify("late", "pw")
+    other.remove("late")
+    assert not store.verify("late", "pw")
+
+
+def test_corrupt_file_keeps_previous_users(store: UserStore) -> None:
+    store.add("app", "pw")
+    assert store.verify("app", "pw")
+    store.path.write_text("{not json")
+    assert store.verify("app", "pw")  # keeps serving with the last good set
+    with pytest.raises(UserError, match="not a valid users file"):
+        store.read_all()
+
+
+def test_unknown_user_does_scrypt_work(store: UserStore, monkeypatch: pytest.MonkeyPatch
+                                       ) -> None:
+    import hashlib
+
+    calls: list[int] = []
+    real = hashlib.scrypt
+
+    def counting(*args: object, **kw: object) -> bytes:
+        calls.append(1)
+        return real(*args, **kw)  # type: ignore[arg-type]
+
+    store.add("app", "pw")
+    monkeypatch.setattr(hashlib, "scrypt", counting)
+    store.verify("app", "x")
+    store.verify("nobody", "x")
+    assert len(calls) == 2
