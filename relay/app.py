@@ -17,20 +17,37 @@ import secrets
 import signal
 import ssl
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
+from relay import sdnotify
+from relay.admin.api import AdminContext
+from relay.admin.metrics import Metrics, StateCollector
+from relay.admin.server import AdminServer
+from relay.admin.tokens import TokenStore
 from relay.clock import Clock, SystemClock
-from relay.config import Config
+from relay.config import Config, ConfigError, load
+from relay.delivery.attempts import RecordingSender
 from relay.delivery.client import Sender
 from relay.delivery.routing import Router
 from relay.delivery.scheduler import Scheduler
+from relay.delivery.shaper import ShapedSender, provider_map
+from relay.dkim.keys import KeyStore
+from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
 from relay.events.log import EventLog
 from relay.events.model import send_event
+from relay.identity.authorize import SenderPolicy
+from relay.identity.check import rotation_tick
+from relay.identity.outbound import Outbound
+from relay.identity.store import IdentityStore
 from relay.queue.store import NewMessage, QueueStore
 from relay.smtp import AuthPolicy, SubmissionServer
 from relay.tlsutil import ensure_self_signed, server_context
 from relay.users import UserStore
+from relay.verp import Verp
 
 log = logging.getLogger("relay")
 
@@ -44,9 +61,12 @@ class QueueSubmitter:
         self.store = store
         self.events = events
         self.scheduler = scheduler
+        self.on_accept: list[Callable[[], None]] = []
 
     async def submit(self, msg: NewMessage) -> str:
         record = await self.store.submit_record(msg)
+        for cb in self.on_accept:
+            cb()
         self.events.emit([send_event(record)])
         self.scheduler.wake()
         return record.id
@@ -62,6 +82,9 @@ class RelayApp:
         self.listeners: list[SubmissionServer] = []
         self.recovered = 0
         self.dev_password: str | None = None
+        self.metrics = Metrics()
+        self.admin: AdminServer | None = None
+        self.tls: ssl.SSLContext | None = None
 
     def _lease_seconds(self) -> float:
         d = self.cfg.delivery
@@ -90,6 +113,9 @@ class RelayApp:
             log.warning("recovered %d recipients that were in flight at the last stop",
                         self.recovered)
         await self.store.start()
+        stats = self.store.stats
+        self.store.on_commit.append(
+            lambda: self.metrics.observe_commit(stats.last_batch, stats.last_fsync_seconds))
         events_path = Path(cfg.events.log)
         self.events = EventLog(events_path if events_path.is_absolute()
                                else self.state_dir / events_path)
@@ -100,33 +126,164 @@ class RelayApp:
         self.resolver = DnsResolver.from_config(cfg.dns, self.clock)
         self.router = Router(cfg.delivery, self.resolver, self.rng)
         self.sender = Sender(cfg.delivery, hostname=cfg.server.hostname, clock=self.clock)
-        self.scheduler = Scheduler(self.store, self.router, self.sender, self.events, self.clock,
-                                   cfg.delivery, hostname=cfg.server.hostname, rng=self.rng)
+        # Below the shaper: one log line and one metric per attempted transaction.
+        self.attempts = RecordingSender(self.sender, provider_map(cfg),
+                                        default_source=cfg.delivery.source_address,
+                                        observers=[self.metrics.observe_attempt])
+        # Pools and warm-up (delivery.pool): transactions go through the shaper, which picks
+        # and binds the source IP, keeps the per-IP caps and holds the excess.
+        self.shaped = (ShapedSender(cfg, self.attempts, self.store, self.clock)
+                       if cfg.delivery.pool else None)
+        self.identities = IdentityStore.in_state_dir(self.state_dir, self.clock)
+        self.dkim_keys = KeyStore.in_state_dir(self.state_dir, self.clock,
+                                               rsa_bits=cfg.dkim.rsa_bits)
+        outbound = Outbound(
+            signer=Signer(self.dkim_keys), verp=Verp.from_state_dir(self.state_dir),
+            resolver=self.resolver, identities=cfg.identity,
+            default_domain=cfg.server.return_path_domain or cfg.server.hostname)
+        self.scheduler = Scheduler(self.store, self.router, self.shaped or self.attempts,
+                                   self.events, self.clock,
+                                   cfg.delivery, hostname=cfg.server.hostname, rng=self.rng,
+                                   outbound=outbound)
+        self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
         self.scheduler.start()
         submitter = QueueSubmitter(self.store, self.events, self.scheduler)
-        tls = self._tls_context()
+        submitter.on_accept.append(self.metrics.accepted.inc)
+        self.events.subscribers.append(self.metrics.observe_event)
+        tls = self.tls = self._tls_context()
         # One lockout tracker for every listener: a lockout on 587 holds on 465 too.
         auth_policy = AuthPolicy(cfg.limits.auth_failure_delay, cfg.limits.auth_max_failures,
                                  cfg.limits.auth_lockout)
+        sender_check = (SenderPolicy(self.identities, self.users)
+                        if cfg.server.sender_authorization == "verified" else None)
         for lst in cfg.listener:
             if lst.role != "submission":
                 continue  # the feedback listener arrives with bounce processing
             server = SubmissionServer(lst, cfg.limits, cfg.server.hostname, submitter,
-                                      self.users, self.clock, tls, auth_policy=auth_policy)
+                                      self.users, self.clock, tls, auth_policy=auth_policy,
+                                      sender_check=sender_check)
+            self._observe(server, str(lst.address))
             await server.start()
             self.listeners.append(server)
+        if cfg.admin.enabled:
+            await self._start_admin()
+
+    def _observe(self, server: SubmissionServer, name: str) -> None:
+        """Session and reply metrics through the listener context's hooks."""
+        ctx = server.context
+        admit = ctx.admit
+
+        def counted(ip: str) -> object:
+            refusal = admit(ip)
+            self.metrics.observe_session(name, refusal)
+            return refusal
+
+        ctx.admit = counted  # type: ignore[assignment]
+        ctx.on_reply = self.metrics.observe_reply
+
+    def listener_status(self) -> list[dict[str, object]]:
+        return [{"address": str(s.listener.address), "port": s.port, "tls": s.listener.tls,
+                 "auth": s.listener.auth, "open_sessions": len(s.context.sessions)}
+                for s in self.listeners if s.sockets]
+
+    async def _start_admin(self) -> None:
+        gate = self.shaped.gate if self.shaped is not None else None
+        ctx = AdminContext(
+            config=lambda: self.cfg, store=self.store, users=self.users,
+            tokens=TokenStore.in_state_dir(self.state_dir), events=self.events,
+            metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
+            identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
+            listeners=self.listener_status)
+        self.metrics.add_collector(StateCollector(
+            depth=ctx.depth, oldest_age=ctx.oldest_age,
+            open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)
+                                   for s in self.listeners},
+            warmup=ctx.warmup_status))
+        self.admin = AdminServer(ctx, self.cfg.admin.address)
+        await self.admin.start()
+
+    # ------------------------------------------------------------------ reload (SIGHUP)
+
+    # Sections applied by reload; a change anywhere else is reported as needing a restart.
+    LIVE_SECTIONS = frozenset({"tls", "dkim", "admin"})
+
+    def reload(self, path: Path) -> tuple[bool, str]:
+        """Re-read config, TLS certificate, credentials and DKIM keys; keep everything
+        running (listeners, sessions, queue). An invalid config or certificate changes
+        nothing. Returns (applied, one-line summary)."""
+        try:
+            new = load(path)
+        except ConfigError as e:
+            return False, f"config {path} is not valid, keeping the running one: " + \
+                "; ".join(e.problems)
+        old = self.cfg
+        if self.tls is not None:
+            try:
+                if new.tls.cert:
+                    cert, key = Path(new.tls.cert), Path(new.tls.key)
+                else:
+                    cert, key = ensure_self_signed(self.state_dir, new.server.hostname)
+                server_context(cert, key)  # validate on a scratch context first
+                # Same SSLContext object the listeners use: new handshakes get the new
+                # certificate, established sessions keep theirs.
+                self.tls.load_cert_chain(str(cert), str(key))
+            except (OSError, ssl.SSLError) as e:
+                return False, f"TLS certificate not loaded, keeping the running one: {e}"
+        needs_restart = []
+        for field in msgspec.structs.fields(Config):
+            name = field.name
+            if name in self.LIVE_SECTIONS or getattr(old, name) == getattr(new, name):
+                continue
+            if name == "server" and msgspec.structs.replace(
+                    old.server, log_level=new.server.log_level) == new.server:
+                continue
+            needs_restart.append(name)
+        if old.admin.address != new.admin.address or old.admin.enabled != new.admin.enabled:
+            needs_restart.append("admin")
+        self.cfg = new
+        logging.getLogger().setLevel(new.server.log_level.upper())
+        # Credentials, identities and DKIM state are files the stores re-read when they
+        # change; drop the DKIM key cache so a replaced key file is read again too.
+        for cache in ("_cache", "_private"):
+            getattr(self.dkim_keys, cache, {}).clear()
+        self.users.read_all()
+        summary = "reloaded config, TLS certificate, credentials and DKIM keys"
+        if needs_restart:
+            summary += ("; changes to " + ", ".join(f"[{n}]" for n in needs_restart)
+                        + " take effect at the next restart")
+        return True, summary
+
+    async def _dkim_loop(self) -> None:
+        """DKIM rotation on schedule; switch to a pending selector once it is in DNS."""
+        while True:
+            try:
+                for line in await rotation_tick(self.dkim_keys, self.resolver,
+                                                now=self.clock.now(),
+                                                rotate_every=self.cfg.dkim.rotate_every):
+                    log.info("dkim: %s", line)
+            except Exception:
+                log.exception("DKIM rotation check failed")
+            await self.clock.sleep(self.cfg.dkim.check_interval)
 
     async def stop(self) -> None:
+        self._dkim_task.cancel()
+        if self.admin is not None:
+            await self.admin.stop()
         for server in self.listeners:
             await server.stop()
         await self.scheduler.stop()
+        if self.shaped is not None:
+            await self.shaped.close()
         await self.sender.close()
         await self.store.close()
         self.events.close()
 
 
-async def serve(cfg: Config) -> None:
-    """Run until SIGTERM/SIGINT, then drain and exit."""
+async def serve(cfg: Config, config_path: Path | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then drain and exit; SIGHUP reloads `config_path`.
+
+    Under systemd (Type=notify) readiness, reloads and the stop are reported through
+    $NOTIFY_SOCKET; relay's own status lines go to stdout either way."""
     app = RelayApp(cfg)
     await app.start()
     if app.dev_password is not None:
@@ -136,11 +293,35 @@ async def serve(cfg: Config) -> None:
                            strict=True):
         print(f"relay: listening on {lst.address} (tls={lst.tls}, auth={lst.auth}) "
               f"port {server.port}", flush=True)
+    if app.admin is not None:
+        print(f"relay: admin API and dashboard on {cfg.admin.address} port {app.admin.port}",
+              flush=True)
     print(f"relay: ready (state {app.state_dir}, recovered {app.recovered})", flush=True)
+    sdnotify.notify("READY=1", f"STATUS=serving, {len(app.listeners)} listener(s)")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def hangup() -> None:
+        if config_path is None:
+            log.warning("SIGHUP: relay runs on the embedded config; nothing to reload")
+            return
+        sdnotify.reloading()
+        try:
+            applied, summary = app.reload(config_path)
+        except Exception as e:  # a reload must never take the server down
+            log.exception("reload failed")
+            applied, summary = False, f"reload failed, keeping the running config: {e}"
+        if applied:
+            log.info("%s", summary)
+        else:
+            log.error("reload refused: %s", summary)
+        print(f"relay: {'reloaded' if applied else 'reload refused'}: {summary}", flush=True)
+        sdnotify.notify("READY=1")
+
+    loop.add_signal_handler(signal.SIGHUP, hangup)
     await stop.wait()
+    sdnotify.notify("STOPPING=1")
     print("relay: stopping (draining)", file=sys.stderr, flush=True)
     await app.stop()

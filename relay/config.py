@@ -16,6 +16,7 @@ import tomllib
 import types
 import typing
 from collections.abc import Iterable
+from datetime import date as _date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -148,6 +149,34 @@ _CUSTOM: dict[type, Any] = {
     Network: parse_network,
 }
 
+
+class PoolIp(msgspec.Struct, frozen=True):
+    """A source IP of a pool, with its EHLO name ("" = server.hostname or the pool's ehlo table)."""
+
+    address: str
+    ehlo: str = ""
+
+
+def parse_pool_ip(value: object) -> PoolIp:
+    expected = 'expected "IP" or {address = "IP", ehlo = "name"}'
+    address: object = value
+    ehlo: object = ""
+    if isinstance(value, dict):
+        unknown = sorted(set(value) - {"address", "ehlo"})
+        if unknown:
+            raise ValueError(f"unknown key(s) {', '.join(unknown)} (known keys: address, ehlo)")
+        address, ehlo = value.get("address"), value.get("ehlo", "")
+    if not isinstance(address, str) or not isinstance(ehlo, str):
+        raise ValueError(expected)
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        raise ValueError(f"{address!r} is not an IP address") from None
+    return PoolIp(address, ehlo)
+
+
+_CUSTOM[PoolIp] = parse_pool_ip
+
 # Bounded numbers (Postfix-style min/max tables), checked by load() with the key path.
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
@@ -168,6 +197,12 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Write a development credential on first start and print it once (make run).
     dev_credential: bool = False
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Domain of the VERP return path (envelope sender) when an identity has no mail_from
+    # or its MX is missing with on_mx_failure = "use_default". Empty: server.hostname.
+    return_path_domain: str = ""
+    # "verified": the From header and envelope sender must be a verified identity the
+    # credential may use (554 5.7.1 otherwise). "off": no check (development only).
+    sender_authorization: Literal["verified", "off"] = "verified"
 
 
 class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -226,6 +261,9 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     source_address: str = ""
     # Verify the remote MX certificate when tls = require.
     verify_certificates: bool = False
+    # The pool (see [[pool]]) mail is sent from when nothing chooses another ("" = no pool:
+    # source_address above, no warm-up).
+    pool: str = ""
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -245,11 +283,138 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     address: Address = Address("127.0.0.1", 8025)
     enabled: bool = False
+    # Whether GET /metrics needs a bearer token too (Prometheus: `authorization` in the
+    # scrape config). The JSON API always does; tokens: `relay admin token add`.
+    metrics_auth: bool = False
+    # How often the dashboard's queue-depth history is sampled (kept in memory, 360 points).
+    history_interval: Duration = Duration(10.0)
 
 
 class Events(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # JSON lines; relative paths are under server.state_dir.
     log: str = "events.jsonl"
+
+
+_DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
+
+
+def valid_domain(name: str) -> bool:
+    return bool(_DOMAIN_RE.match(name))
+
+
+class Identity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Settings of one sending identity (the identity itself is added with `relay identity`)."""
+
+    domain: str
+    # Set to one address in `domain` to make this an address identity.
+    address: str = ""
+    # Custom MAIL FROM: a subdomain of `domain` for the VERP return path ("" = the default).
+    mail_from: str = ""
+    on_mx_failure: Literal["use_default", "reject"] = "use_default"
+
+    def __post_init__(self) -> None:
+        domain = self.domain.lower()
+        if not valid_domain(domain):
+            raise ValueError(f"domain {self.domain!r} is not a domain name")
+        if self.address and self.address.rpartition("@")[2].lower() != domain:
+            raise ValueError(f"address {self.address!r} is not in domain {self.domain!r}")
+        mf = self.mail_from.lower()
+        if mf and (not valid_domain(mf) or not mf.endswith("." + domain)):
+            raise ValueError(f"mail_from {self.mail_from!r} must be a subdomain of "
+                             f"{self.domain!r}, e.g. \"bounce.{domain}\"")
+
+
+class Dkim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # Key types `relay dkim keygen` makes by default: rsa | ed25519 | both (dual signing).
+    key_type: Literal["rsa", "ed25519", "both"] = "both"
+    rsa_bits: Annotated[int, msgspec.Meta(ge=1024, le=4096)] = 2048
+    # Start a new selector this long after the current one became active ("0" = never).
+    rotate_every: Duration = Duration(90 * 86400)
+    # After a switch, the old public record is reported safe to remove after this long.
+    grace_period: Duration = Duration(7 * 86400)
+    # How often the server checks DNS for pending selectors and rotation schedules.
+    check_interval: Duration = Duration(3600)
+
+
+class Pool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A named set of source IPs with a warm-up plan and an overflow policy."""
+
+    name: str
+    ips: Annotated[list[PoolIp], msgspec.Meta(min_length=1)]
+    # EHLO name per IP, for IPs given as plain strings: { "203.0.113.10" = "mta1.example.com" }.
+    ehlo: dict[str, str] = {}
+    # A built-in plan (ses-standard, double-every-other-day) or a [[warmup_plan]] name;
+    # "" = the IPs are already warm (no caps).
+    warmup_plan: str = ""
+    # Day 1 of the plan, "YYYY-MM-DD" (required with warmup_plan); the IPs send nothing before.
+    warmup_start: str = ""
+    # Where mail beyond the caps goes: another pool's name, or "defer" (wait for the next window).
+    overflow: str = "defer"
+
+    def __post_init__(self) -> None:
+        if self.warmup_start:
+            try:
+                _date.fromisoformat(self.warmup_start)
+            except ValueError:
+                raise ValueError(f"warmup_start {self.warmup_start!r} is not a date "
+                                 "like \"2026-11-23\"") from None
+        elif self.warmup_plan:
+            raise ValueError("warmup_start (day 1 of the plan) is required with warmup_plan")
+
+
+class WarmupPlan(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str
+    caps: Annotated[list[PositiveInt], msgspec.Meta(min_length=1)]
+
+
+class Warmup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # UTC time of day "HH:MM" at which a warm-up day begins.
+    day_boundary: str = "00:00"
+    # hourly: at most ceil(cap * burst_factor / 24) per IP per provider in a clock hour.
+    # none: only the daily cap.
+    pacing: Literal["hourly", "none"] = "hourly"
+    burst_factor: Annotated[float, msgspec.Meta(ge=1, le=24)] = 2.0
+    # Freeze an IP's plan when its bounce or complaint rate over the window exceeds these
+    # (once at least reputation_min_messages were sent in the window).
+    bounce_rate_limit: Fraction = 0.05
+    complaint_rate_limit: Fraction = 0.001
+    reputation_window: Duration = Duration(24 * 3600)
+    reputation_min_messages: PositiveInt = 200
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", self.day_boundary):
+            raise ValueError(f"day_boundary {self.day_boundary!r} is not a time like \"00:00\"")
+
+    @property
+    def boundary_seconds(self) -> float:
+        hours, minutes = self.day_boundary.split(":")
+        return int(hours) * 3600.0 + int(minutes) * 60.0
+
+
+class Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A mailbox provider recognised by MX host patterns; its site's shaping limits."""
+
+    name: str
+    mx: Annotated[list[str], msgspec.Meta(min_length=1)]
+    max_connections: PositiveInt = 10
+    messages_per_connection: PositiveInt = 100
+    messages_per_second: Annotated[float, msgspec.Meta(ge=0)] = 0.0  # 0 = no limit
+    messages_per_hour: Annotated[int, msgspec.Meta(ge=0)] = 0      # 0 = no limit
+
+
+class Backoff(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A response pattern (regular expression) and what it does to the IP toward the provider."""
+
+    pattern: str
+    action: Literal["pause", "freeze", "pause_and_freeze"] = "pause_and_freeze"
+    duration: Duration = Duration(3600.0)
+    provider: str = ""   # "" = any provider
+
+    def __post_init__(self) -> None:
+        try:
+            re.compile(self.pattern)
+        except re.error as e:
+            raise ValueError(f"pattern {self.pattern!r} is not a regular expression: {e}") from None
 
 
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -261,6 +426,13 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: Limits = Limits()
     admin: Admin = Admin()
     events: Events = Events()
+    identity: list[Identity] = []
+    dkim: Dkim = Dkim()
+    pool: list[Pool] = []
+    warmup_plan: list[WarmupPlan] = []
+    warmup: Warmup = Warmup()
+    provider: list[Provider] = []
+    backoff: list[Backoff] = []
 
     @property
     def state_path(self) -> Path:
@@ -307,6 +479,7 @@ _NAMES: dict[Any, str] = {
     Nameserver: '"host" or "host:port"',
     NextHop: '"host" or "host:port"',
     Network: 'a CIDR like "10.0.0.0/8"',
+    PoolIp: '"IP" or {address = "IP", ehlo = "name"}',
 }
 
 
@@ -428,6 +601,7 @@ def _hosts_overlap(a: str, b: str) -> bool:
 
 def _check_whole(cfg: Config) -> Iterable[str]:
     """Rules that span sections."""
+    yield from _check_pools(cfg)
     binds = [(f"listener[{i}].address", lst.address) for i, lst in enumerate(cfg.listener)]
     if cfg.admin.enabled:
         binds.append(("admin.address", cfg.admin.address))
@@ -436,11 +610,64 @@ def _check_whole(cfg: Config) -> Iterable[str]:
             if addr.port == other.port and _hosts_overlap(addr.host, other.host):
                 yield f"{name}: \"{addr}\" clashes with {other_name} \"{other}\""
                 break
+    seen: set[str] = set()
+    for i, ident in enumerate(cfg.identity):
+        name = (ident.address or ident.domain).lower()
+        if name in seen:
+            yield f"identity[{i}]: \"{name}\" is declared twice"
+        seen.add(name)
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         yield "tls: cert and key must be given together (or both left out for a self-signed one)"
     for name, path in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
         if path and not Path(path).is_file():
             yield f"{name}: file \"{path}\" does not exist"
+
+
+def _check_pools(cfg: Config) -> Iterable[str]:
+    """Pools, warm-up plans, providers and backoff rules refer to each other by name."""
+    from relay.warmup.plans import BUILTIN_PLANS
+    from relay.warmup.providers import BUILTIN_PROVIDER_NAMES
+
+    plans: set[str] = set()
+    for i, plan in enumerate(cfg.warmup_plan):
+        if plan.name in BUILTIN_PLANS or plan.name in plans:
+            yield f"warmup_plan[{i}].name: \"{plan.name}\" is already a plan name"
+        plans.add(plan.name)
+    pools: dict[str, int] = {}
+    owner: dict[str, str] = {}
+    for i, pool in enumerate(cfg.pool):
+        if pool.name in pools or pool.name == "defer" or not pool.name:
+            yield f"pool[{i}].name: \"{pool.name}\" is empty, \"defer\" or used twice"
+        pools.setdefault(pool.name, i)
+        for j, ip in enumerate(pool.ips):
+            if ip.address in owner:
+                yield (f"pool[{i}].ips[{j}]: \"{ip.address}\" is already in pool "
+                       f"\"{owner[ip.address]}\"")
+            owner.setdefault(ip.address, pool.name)
+        addresses = {ip.address for ip in pool.ips}
+        for ip_text in pool.ehlo:
+            if ip_text not in addresses:
+                yield f"pool[{i}].ehlo.{ip_text}: not one of this pool's ips"
+        if pool.warmup_plan and pool.warmup_plan not in BUILTIN_PLANS \
+                and pool.warmup_plan not in plans:
+            known = ", ".join(sorted({*BUILTIN_PLANS, *plans}))
+            yield (f"pool[{i}].warmup_plan: no plan \"{pool.warmup_plan}\" "
+                   f"(known plans: {known})")
+    for i, pool in enumerate(cfg.pool):
+        if pool.overflow != "defer" and (pool.overflow not in pools
+                                         or pool.overflow == pool.name):
+            yield (f"pool[{i}].overflow: expected \"defer\" or another pool's name, "
+                   f"got \"{pool.overflow}\"")
+    if cfg.delivery.pool and cfg.delivery.pool not in pools:
+        yield f"delivery.pool: no [[pool]] named \"{cfg.delivery.pool}\""
+    providers: set[str] = set()
+    for i, prov in enumerate(cfg.provider):
+        if prov.name in providers or prov.name == "other":
+            yield f"provider[{i}].name: \"{prov.name}\" is \"other\" or used twice"
+        providers.add(prov.name)
+    for i, rule in enumerate(cfg.backoff):
+        if rule.provider and rule.provider not in providers | BUILTIN_PROVIDER_NAMES | {"other"}:
+            yield f"backoff[{i}].provider: no provider \"{rule.provider}\""
 
 
 def from_dict(raw: dict[str, Any], source: str = "") -> Config:

@@ -54,6 +54,9 @@ class UserRecord(msgspec.Struct, frozen=True):
     hash: str  # base64
     created_at: float = 0.0
     updated_at: float = 0.0
+    # Sending authorization: identities / address patterns this credential may send as
+    # ("example.com", "ops@other.org", "*@news.example.com"); empty = any verified identity.
+    allow: list[str] = []
 
 
 class _UsersFile(msgspec.Struct):
@@ -198,10 +201,12 @@ class UserStore:
         finally:
             os.close(dir_fd)
 
-    def add(self, name: str, password: str) -> None:
+    def add(self, name: str, password: str, allow: list[str] | None = None) -> None:
         check_name(name)
         check_password(password)
         record = hash_password(password, now=self._clock.now())
+        if allow:
+            record = msgspec.structs.replace(record, allow=list(allow))
         with self._editing() as users:
             if name in users:
                 raise UserError(f"user {name!r} already exists (use `relay user passwd`)")
@@ -214,7 +219,17 @@ class UserStore:
             if old is None:
                 raise UserError(f"no user {name!r}")
             new = hash_password(password, now=self._clock.now())
-            users[name] = msgspec.structs.replace(new, created_at=old.created_at)
+            users[name] = msgspec.structs.replace(new, created_at=old.created_at,
+                                                  allow=old.allow)
+
+    def set_allow(self, name: str, allow: list[str]) -> None:
+        """Replace the identities/patterns `name` may send as (empty: any verified one)."""
+        with self._editing() as users:
+            old = users.get(name)
+            if old is None:
+                raise UserError(f"no user {name!r}")
+            users[name] = msgspec.structs.replace(old, allow=list(allow),
+                                                  updated_at=self._clock.now())
 
     def remove(self, name: str) -> None:
         with self._editing() as users:

@@ -18,7 +18,8 @@ from pathlib import Path
 from relay.config import Config, ConfigError, load
 
 # Modules adding sub-commands; each has register(subparsers).
-_COMMAND_MODULES = ("serve", "check_config", "user", "queue")
+_COMMAND_MODULES = ("serve", "check_config", "user", "queue", "identity", "dkim", "warmup",
+                    "admin", "status")
 
 
 def default_config_path() -> Path:

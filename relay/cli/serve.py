@@ -6,7 +6,7 @@ import argparse
 import logging
 from typing import Any
 
-from relay.cli import load_config
+from relay.cli import config_path, default_config_path, load_config
 
 
 def register(sub: Any) -> None:
@@ -14,19 +14,23 @@ def register(sub: Any) -> None:
         "serve", help="run the relay (listeners, queue, delivery) in the foreground")
     p.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                    help="config file (default: $RELAY_CONFIG or the embedded dev config)")
+    p.add_argument("--log-format", choices=("human", "json"), default="human",
+                   help="log lines on stderr: human-readable (default) or JSON lines")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args)
-    logging.basicConfig(level=cfg.server.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from relay import logfmt
+
+    logfmt.setup(cfg.server.log_level, args.log_format)
     import uvloop
 
     from relay.app import serve
 
+    path = config_path(args)
     try:
-        uvloop.run(serve(cfg))
+        uvloop.run(serve(cfg, None if path == default_config_path() else path.resolve()))
     except OSError as e:
         # The usual cause: a listen address already in use or not permitted.
         logging.getLogger("relay").error("cannot start: %s", e)

@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from relay.cli import CliError, load_config
+from relay.identity.model import IdentityError, check_pattern
 from relay.users import UserError, UserStore
 
 
@@ -28,7 +29,19 @@ def register(sub: Any) -> None:
     add.add_argument("name", metavar="NAME")
     add.add_argument("--password-stdin", action="store_true",
                      help="read the password from the first line of standard input")
+    add.add_argument("--allow", action="append", default=[], metavar="IDENTITY",
+                     help="an identity or address pattern this user may send as "
+                          "(repeat; default: any verified identity)")
     add.set_defaults(func=run_add)
+
+    allow = actions.add_parser("allow", help="set the identities a user may send as",
+                               description="Replace a user's sending authorization: the "
+                                           "identities or address patterns it may use.")
+    allow.add_argument("name", metavar="NAME")
+    allow.add_argument("patterns", nargs="*", metavar="IDENTITY",
+                       help="domains, addresses or patterns like '*@news.example.com'; "
+                            "none = any verified identity")
+    allow.set_defaults(func=run_allow)
 
     passwd = actions.add_parser("passwd", help="change a user's password",
                                 description="Set a new password for an existing user.")
@@ -79,10 +92,28 @@ def run_add(args: argparse.Namespace) -> int:
     try:
         if store.get(args.name) is not None:
             raise CliError(f"user {args.name!r} already exists (use `relay user passwd`)")
-        store.add(args.name, _read_password(args))
+        store.add(args.name, _read_password(args), _patterns(args.allow))
     except (UserError, OSError) as e:
         raise CliError(str(e)) from None
     print(f"user {args.name!r} added")
+    return 0
+
+
+def _patterns(raw: list[str]) -> list[str]:
+    try:
+        return [check_pattern(p) for p in raw]
+    except IdentityError as e:
+        raise CliError(str(e)) from None
+
+
+def run_allow(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        store.set_allow(args.name, _patterns(args.patterns))
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    shown = ", ".join(args.patterns) or "any verified identity"
+    print(f"user {args.name!r} may send as: {shown}")
     return 0
 
 
@@ -115,7 +146,8 @@ def run_list(args: argparse.Namespace) -> int:
     except (UserError, OSError) as e:
         raise CliError(str(e)) from None
     if args.json:
-        rows = [{"name": name, "created_at": rec.created_at, "updated_at": rec.updated_at}
+        rows = [{"name": name, "created_at": rec.created_at, "updated_at": rec.updated_at,
+                 "allow": rec.allow}
                 for name, rec in records.items()]
         print(json.dumps(rows))
         return 0

@@ -187,10 +187,12 @@ class Sender:
 
     async def send(self, destination: str, targets: Sequence[Target], sender: str,
                    recipients: Sequence[str], data: bytes, *,
-                   source_address: str | None = None) -> TransactionResult:
+                   source_address: str | None = None,
+                   ehlo: str | None = None) -> TransactionResult:
         """Deliver one message to `recipients` at `destination`; never raises (but on cancel).
 
-        `source_address` overrides delivery.source_address ("" = the kernel's choice).
+        `source_address` overrides delivery.source_address ("" = the kernel's choice);
+        `ehlo` the EHLO name for new connections (the name that source IP's PTR gives).
         """
         src = self._cfg.source_address if source_address is None else source_address
         key: _PoolKey = (destination, src)
@@ -202,7 +204,7 @@ class Sender:
             if not valid:
                 return TransactionResult(list(recipients), [invalid] * len(recipients))
             part = await self.send(destination, targets, sender, valid, data,
-                                   source_address=source_address)
+                                   source_address=source_address, ehlo=ehlo)
             got = iter(part.outcomes)
             merged = [next(got) if _valid_address(r) else invalid for r in recipients]
             return msgspec.structs.replace(part, recipients=list(recipients), outcomes=merged)
@@ -210,7 +212,7 @@ class Sender:
             conn = await self._take(key)
             reused = conn is not None
             if conn is None:
-                conn, failed = await self._open_any(destination, targets, src)
+                conn, failed = await self._open_any(destination, targets, src, ehlo)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
             outcomes, keep, fresh_retry = await self._transact(conn, sender, recipients, data)
@@ -218,7 +220,7 @@ class Sender:
                 # The pooled connection died under us before MAIL was accepted:
                 # nothing was attempted, so a fresh connection costs no duplicate.
                 await self._discard(conn)
-                conn, failed = await self._open_any(destination, targets, src)
+                conn, failed = await self._open_any(destination, targets, src, ehlo)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
                 reused = False
@@ -318,13 +320,13 @@ class Sender:
     # ------------------------------------------------------------------ connect
 
     async def _open_any(self, destination: str, targets: Sequence[Target],
-                        src: str) -> tuple[_Conn | None, Outcome]:
+                        src: str, ehlo: str | None = None) -> tuple[_Conn | None, Outcome]:
         last = from_failure("unreachable", destination, "no usable host")
         for target in targets:
             plaintext = False
             while True:
                 try:
-                    return await self._open(target, src, plaintext), last
+                    return await self._open(target, src, plaintext, ehlo), last
                 except _TargetFailed as f:
                     last = f.outcome
                     if f.plaintext_retry and not plaintext:
@@ -333,11 +335,12 @@ class Sender:
                     break
         return None, last
 
-    async def _open(self, target: Target, src: str, plaintext: bool) -> _Conn:
+    async def _open(self, target: Target, src: str, plaintext: bool,
+                    ehlo: str | None = None) -> _Conn:
         cfg = self._cfg
         name = _remote_name(target.host_name, target.address)
         smtp = aiosmtplib.SMTP(
-            hostname=target.address, port=target.port, local_hostname=self._hostname,
+            hostname=target.address, port=target.port, local_hostname=ehlo or self._hostname,
             source_address=(src, 0) if src else None, timeout=cfg.command_timeout,
             start_tls=False, tls_context=self._tls_context)
         stage = "connect"

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from relay.clock import Clock
 from relay.config import Delivery
 from relay.delivery import retry
+from relay.delivery.attempts import current_message_id
 from relay.events.log import EventLog
 from relay.events.model import Event, bounce_event, delay_event, delivery_event
 from relay.queue.records import Action, MessageRecord, State
@@ -59,6 +60,11 @@ class OutcomeLike(Protocol):
 class SenderLike(Protocol):
     async def send(self, destination: str, targets: Sequence[Any], sender: str,
                    recipients: Sequence[str], data: bytes) -> Any: ...
+
+
+class OutboundLike(Protocol):
+    async def prepare(self, msg: MessageRecord, body: bytes) -> Any: ...
+    def sender_for(self, prepared: Any, msg: MessageRecord, index: int) -> str: ...
 
 
 class RouterLike(Protocol):
@@ -96,7 +102,7 @@ class Scheduler:
     def __init__(self, store: QueueStore, router: RouterLike, sender: SenderLike,
                  events: EventLog, clock: Clock, cfg: Delivery, *, hostname: str,
                  rng: random.Random | None = None, poll_interval: float = 1.0,
-                 max_workers: int = 200) -> None:
+                 max_workers: int = 200, outbound: OutboundLike | None = None) -> None:
         self.store = store
         self.router = router
         self.sender = sender
@@ -107,6 +113,7 @@ class Scheduler:
         self.rng = rng or random.Random()
         self.poll_interval = poll_interval
         self.max_workers = max_workers
+        self.outbound = outbound  # DKIM signing + VERP return path (relay.identity.outbound)
         self.ready: dict[str, deque[Task]] = {}
         self.active: dict[str, int] = {}
         self.held = 0
@@ -250,13 +257,16 @@ class Scheduler:
                 finally:
                     self.held -= len(task.items)
         finally:
-            self.active[dest] -= 1
-            if not queue:
-                self.ready.pop(dest, None)
+            # Several workers may serve one destination: the last one out cleans up.
+            self.active[dest] = self.active.get(dest, 1) - 1
+            if not queue and self.active[dest] <= 0:
+                if self.ready.get(dest) is queue:
+                    self.ready.pop(dest, None)
                 self.active.pop(dest, None)
             self.wake()
 
     async def deliver(self, task: Task) -> None:
+        current_message_id.set(task.message.id)  # for the per-attempt log line
         route = await self.router.route(task.destination)
         hosts = getattr(route, "hosts", None)
         if hosts is None:  # a RouteFailure: same answer for every recipient
@@ -268,10 +278,35 @@ class Scheduler:
         body = self.store.body(task.message.id)
         if body is None:  # deleted by the operator meanwhile
             return
+        if self.outbound is not None:
+            await self._deliver_prepared(task, hosts, body)
+            return
         result = await self.sender.send(
             task.destination, hosts, task.message.sender,
             [it.recipient.address for it in task.items], body)
         await self._settle(task, outcomes_of(result))
+
+    async def _deliver_prepared(self, task: Task, hosts: Any, body: bytes) -> None:
+        """Sign once (cached per message), then one transaction per recipient when each
+        gets its own VERP return path, so a bounce maps to exactly one recipient."""
+        assert self.outbound is not None
+        msg = task.message
+        prep = await self.outbound.prepare(msg, body)
+        if prep.failure is not None:
+            await self._settle(task, [prep.failure] * len(task.items))
+            return
+        outcomes: list[OutcomeLike] = []
+        groups: dict[str, list[Leased]] = {}
+        for it in task.items:
+            groups.setdefault(self.outbound.sender_for(prep, msg, it.index), []).append(it)
+        by_index: dict[int, OutcomeLike] = {}
+        for sender, items in groups.items():
+            result = await self.sender.send(task.destination, hosts, sender,
+                                            [it.recipient.address for it in items], prep.data)
+            for it, o in zip(items, outcomes_of(result), strict=True):
+                by_index[it.index] = o
+        outcomes = [by_index[it.index] for it in task.items]
+        await self._settle(task, outcomes)
 
     async def _settle(self, task: Task, outcomes: Sequence[OutcomeLike | None], *,
                       local_error: bool = False) -> None:
@@ -288,6 +323,13 @@ class Scheduler:
             elif o.kind == "bounced":
                 results.append(Result(msg.id, lease.index, Action.BOUNCE, response,
                                       o.remote_mta))
+            elif (hold := getattr(o, "hold_until", None)) is not None:
+                # Held back by warm-up caps or shaping (relay/delivery/shaper.py): no attempt
+                # was made; due again at the next window, never past max delivery time.
+                deadline = msg.received_at + self.cfg.max_delivery_time
+                results.append(Result(
+                    msg.id, lease.index, Action.EXPIRE if now >= deadline else Action.RELEASE,
+                    response, next_attempt_at=min(hold, deadline)))
             else:
                 at = retry.next_attempt_at(
                     received_at=msg.received_at, attempts=lease.recipient.attempts + 1,

@@ -168,7 +168,8 @@ class StoreStats:
 class QueueStore:
     """The queue spool. Open once per process (never across fork)."""
 
-    DBS = ("messages", "bodies", "recipients", "due_new", "due_retry")
+    # "warmup": per-IP warm-up counters (relay/delivery/shaper.py), committed with the queue.
+    DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup")
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
                  commit_window: float = 0.002, commit_batch_max: int = 256,
@@ -381,6 +382,15 @@ class QueueStore:
             return False
         self.stats.map_grows += 1
         return True
+
+    def named_db(self, name: str) -> Any:
+        """A sub-database handle for ops run through write()/write_now() (one of DBS)."""
+        return self._db[name]
+
+    def read_db(self, name: str) -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a small sub-database, in one read transaction."""
+        with self._read() as txn, txn.cursor(db=self._db[name]) as cur:
+            return [(bytes(k), bytes(v)) for k, v in cur.iternext()]
 
     # ------------------------------------------------------------------ reading
 

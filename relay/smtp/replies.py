@@ -50,6 +50,9 @@ INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal error, try again later")
 
 # --- permanent failures --------------------------------------------------------------
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+# Sending authorization (identities): text is replaced by the reason naming the address.
+SENDER_NOT_AUTHORIZED = Reply(550, "5.7.1", "Sender address rejected")
+MESSAGE_REJECTED = Reply(554, "5.7.1", "Message rejected")
 ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication "
                                            "mechanism")
 AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")

@@ -18,7 +18,7 @@ from relay.clock import Clock
 from relay.config import Limits, Listener
 from relay.smtp import replies as R
 from relay.smtp.authpolicy import AuthPolicy
-from relay.smtp.session import ListenerContext, SubmissionSession, Submitter
+from relay.smtp.session import ListenerContext, SenderCheck, SubmissionSession, Submitter
 from relay.users import UserStore
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,8 @@ class SubmissionServer:
     def __init__(self, listener: Listener, limits: Limits, hostname: str,
                  submitter: Submitter, users: UserStore, clock: Clock,
                  ssl_context: ssl.SSLContext | None, *,
-                 auth_policy: AuthPolicy | None = None, shutdown_grace: float = 10.0) -> None:
+                 auth_policy: AuthPolicy | None = None, shutdown_grace: float = 10.0,
+                 sender_check: SenderCheck | None = None) -> None:
         if listener.role != "submission":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "SubmissionServer serves role \"submission\" only")
@@ -70,7 +71,7 @@ class SubmissionServer:
             listener=listener, limits=limits, hostname=hostname, submitter=submitter,
             users=users, clock=clock, ssl_context=ssl_context, auth_policy=policy,
             trusted=[ipaddress.ip_network(n, strict=False) for n in listener.trusted_networks],
-            admit=self.limiter.admit, release=self.limiter.release)
+            admit=self.limiter.admit, release=self.limiter.release, sender_check=sender_check)
         self._server: asyncio.Server | None = None
 
     @property

@@ -12,6 +12,7 @@ message; this module must not read the wall clock (Clock injected) or touch stor
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import ipaddress
 import logging
 from collections import defaultdict
@@ -42,6 +43,8 @@ class Submitter(Protocol):
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# Sending authorization: (user or None for a trusted client, address) -> refusal text or None.
+SenderCheck = Callable[[str | None, str], str | None]
 
 
 @dataclass
@@ -62,6 +65,8 @@ class ListenerContext:
     sessions: set[SubmissionSession] = field(default_factory=set)
     shutting_down: bool = False
     max_auth_attempts: int = 10
+    sender_check: SenderCheck | None = None
+    on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -188,6 +193,8 @@ class SubmissionSession(SMTP):
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
             status = R.enhance(status)
+            if self.ctx.on_reply is not None:
+                self.ctx.on_reply(status)
         await super().push(status)
 
     async def handle_exception(self, error: Exception) -> str:
@@ -347,6 +354,11 @@ class SubmissionSession(SMTP):
         assert self.envelope is not None
         if _has_control(address):
             return str(R.BAD_SENDER)
+        if self.ctx.sender_check is not None and address:
+            reason = self.ctx.sender_check(self.auth_user or None, address)
+            if reason is not None:
+                log.info("%s: MAIL FROM <%s> refused: %s", self.client_ip, address, reason)
+                return str(R.SENDER_NOT_AUTHORIZED.with_text(reason))
         self.envelope.mail_from = address
         self.envelope.mail_options.extend(options)
         return str(R.SENDER_OK)
@@ -461,6 +473,10 @@ class SubmissionSession(SMTP):
         body = b"".join(parts)  # the only whole copy of the message
         parts.clear()
         headers, tags = extract_headers(body)  # looks at the header block only
+        refusal = self._check_from(headers.get("From"))
+        if refusal is not None:
+            log.info("%s: message refused: %s", self.client_ip, refusal)
+            return str(R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}"))
         msg = NewMessage(
             sender=envelope.mail_from or "", recipients=recipients, body=body,
             client_ip=self.client_ip, helo=self.session.host_name or "",
@@ -479,6 +495,21 @@ class SubmissionSession(SMTP):
         log.info("%s: queued %s from=<%s> rcpts=%d size=%d", self.client_ip, queue_id,
                  msg.sender, len(recipients), len(msg.body))
         return str(R.QUEUED.with_text(R.QUEUED.text.format(queue_id=queue_id)))
+
+
+    def _check_from(self, value: str | None) -> str | None:
+        """Every From: address must be an identity this client may send as."""
+        check = self.ctx.sender_check
+        if check is None:
+            return None
+        addresses = [a for _, a in email.utils.getaddresses([value or ""]) if a]
+        if not addresses:
+            return "the message has no From: address"
+        for address in addresses:
+            reason = check(self.auth_user or None, address)
+            if reason is not None:
+                return reason
+        return None
 
 
 class _NoHooks:

@@ -31,3 +31,15 @@ def require_program(name: str) -> None:
         pytest.fail(f"{reason} [{REQUIRE_ALL_ENV}=1 turns this skip into a failure]",
                     pytrace=False)
     pytest.skip(reason)
+
+
+def require_path(path: str | os.PathLike[str], how: str) -> None:
+    """Skip (or, with RELAY_REQUIRE_ALL=1, fail) when `path` does not exist; `how` says how
+    to make it (e.g. "npm ci --prefix tests/node")."""
+    if os.path.exists(path):
+        return
+    reason = f"{os.fspath(path)!r} is missing; run `{how}` (as .ci/run does)"
+    if require_all():
+        pytest.fail(f"{reason} [{REQUIRE_ALL_ENV}=1 turns this skip into a failure]",
+                    pytrace=False)
+    pytest.skip(reason)

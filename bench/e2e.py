@@ -1,0 +1,322 @@
+"""End-to-end benchmark: loadgen → relay (subprocess) → bench sink, all on loopback.
+
+    .venv/bin/python bench/e2e.py                      # 2 KB and 20 KB, 50 sessions, 5000 msgs
+    .venv/bin/python bench/e2e.py --messages 2000 --sizes 2048 --record
+
+For each message size it starts, fresh:
+- a DNS server (relay.testing.dnsserver.DnsServer, in this process) with
+  `bench.test MX 10 mx.bench.test` and `mx.bench.test A 127.0.0.2`;
+- the bench sink (bench/sinkserver.py, a subprocess) on 127.0.0.2:PORT;
+- relay (`python -m relay serve --config <tmp>/relay.toml`, a subprocess) with a
+  STARTTLS + AUTH submission listener (user `bench` created with
+  `relay --config F user add bench --password-stdin`) and a plain listener for
+  127.0.0.0/8 as trusted network (`--tls none` uses it), delivering to port PORT;
+- the load generator (bench/loadgen.py, a subprocess).
+
+It reports (a) the accept rate: messages / (first connection → last 250), and (b) the
+end-to-end rate: messages / (first connection → last message at the sink), with the
+end-of-DATA → 250 latency. `--record` appends the table, the command, the date and the
+machine to bench/RESULTS.md. Everything is bounded: message count, per-step timeouts,
+and every child process is terminated (then killed) at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from relay.testing.dnsserver import DnsServer  # noqa: E402
+
+DOMAIN = "bench.test"
+SENDER_DOMAIN = "sender.test"   # loadgen sends as bench@sender.test
+SINK_HOST = "127.0.0.2"
+PASSWORD = "bench-password-not-secret"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_line(path: Path, needle: str, proc: subprocess.Popen[bytes],
+                  timeout: float) -> str:
+    """Poll a child's stdout file until a line containing `needle` appears."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            if needle in line:
+                return line
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{text[-2000:]}")
+        time.sleep(0.05)
+    raise TimeoutError(f"no {needle!r} from {proc.args!r} within {timeout}s")
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def relay_config(state: Path, submit_port: int, plain_port: int, nameserver: str,
+                 sink_port: int) -> str:
+    return f"""\
+[server]
+hostname = "relay.bench"
+state_dir = "{state}"
+log_level = "warning"
+
+[[listener]]
+address = "127.0.0.1:{submit_port}"
+tls = "starttls"
+auth = "required"
+role = "submission"
+
+[[listener]]
+address = "127.0.0.1:{plain_port}"
+tls = "none"
+auth = "none"
+role = "submission"
+trusted_networks = ["127.0.0.0/8"]
+
+[dns]
+nameservers = ["{nameserver}"]
+
+[delivery]
+port = {sink_port}
+tls = "opportunistic"
+
+[limits]
+max_connections_per_ip = 200
+"""
+
+
+def _relay_cli(cfg: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "relay", "--config", str(cfg), *args],
+                          input=stdin, cwd=ROOT, timeout=60, capture_output=True, check=False)
+
+
+def setup_identity(cfg: Path, dns: DnsServer) -> None:
+    """Make the bench sender's domain a verified identity (DKIM keys published in `dns`).
+
+    Only verified identities may send; verification needs the active DKIM selector(s) in
+    DNS. So: keygen, add, verify (prints the records to publish), publish them, verify.
+    """
+    keygen = _relay_cli(cfg, "dkim", "keygen", SENDER_DOMAIN)
+    if keygen.returncode == 2 and b"invalid choice" in keygen.stderr:
+        return  # a relay without identities/DKIM: nothing to set up
+    if keygen.returncode != 0:
+        raise RuntimeError(f"dkim keygen failed: {keygen.stderr.decode()[-1000:]}")
+    added = _relay_cli(cfg, "identity", "add", SENDER_DOMAIN)
+    if added.returncode != 0:
+        raise RuntimeError(f"identity add failed: {added.stderr.decode()[-1000:]}")
+    report = json.loads(_relay_cli(cfg, "identity", "verify", SENDER_DOMAIN, "--json").stdout)
+    for rec in report["records"]:
+        if rec["check"] == "dkim" and rec["expected"] and rec["rtype"] == "TXT":
+            dns.add(rec["name"], "TXT", rec["expected"], 3600)
+    verify = _relay_cli(cfg, "identity", "verify", SENDER_DOMAIN)
+    if verify.returncode != 0:
+        raise RuntimeError(f"identity verify failed:\n{verify.stdout.decode()[-2000:]}")
+
+
+@dataclass
+class Scenario:
+    size: int
+    messages: int
+    sessions: int
+    tls: str
+    reuse: bool
+
+
+def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
+    py = sys.executable
+    work.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    dns = DnsServer({DOMAIN: [("MX", f"10 mx.{DOMAIN}", 3600)],
+                     f"mx.{DOMAIN}": [("A", SINK_HOST, 3600)]}).start()
+    try:
+        sink_out = work / "sink.out"
+        with sink_out.open("wb") as out:
+            sink = subprocess.Popen(
+                [py, str(HERE / "sinkserver.py"), "--host", SINK_HOST, "--port", "0",
+                 "--expect", str(sc.messages), "--timeout", str(timeout + 30)],
+                stdout=out, stderr=subprocess.STDOUT)
+        procs.append(sink)
+        sink_port = int(json.loads(wait_for_line(sink_out, '"ready"', sink, 10))["port"])
+
+        submit_port, plain_port = free_port(), free_port()
+        cfg = work / "relay.toml"
+        cfg.write_text(relay_config(work / "state", submit_port, plain_port, dns.nameserver,
+                                    sink_port))
+        subprocess.run([py, "-m", "relay", "--config", str(cfg), "user", "add", "bench",
+                        "--password-stdin"], input=(PASSWORD + "\n").encode(), check=True,
+                       cwd=ROOT, timeout=60, capture_output=True)
+        setup_identity(cfg, dns)
+        relay_out = work / "relay.out"
+        with relay_out.open("wb") as out:
+            relay = subprocess.Popen([py, "-m", "relay", "serve", "--config", str(cfg)],
+                                     stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        procs.append(relay)
+        wait_for_line(relay_out, "relay: ready", relay, 30)
+
+        lg = [py, str(HERE / "loadgen.py"), "--host", "127.0.0.1",
+              "--messages", str(sc.messages), "--size", str(sc.size),
+              "--concurrency", str(sc.sessions), "--timeout", str(timeout),
+              "--domain", DOMAIN, "--reuse" if sc.reuse else "--no-reuse"]
+        if sc.tls == "none":
+            lg += ["--port", str(plain_port), "--tls", "none"]
+        else:
+            lg += ["--port", str(submit_port), "--tls", sc.tls, "--user", "bench",
+                   "--password", PASSWORD]
+        done = subprocess.run(lg, capture_output=True, timeout=timeout + 30, check=False)
+        try:
+            load = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        except (IndexError, json.JSONDecodeError):
+            raise RuntimeError(f"loadgen failed: {done.stderr.decode()[-2000:]}") from None
+
+        # The sink exits by itself once it has every message (or at its own timeout).
+        try:
+            sink.wait(timeout + 30)
+        except subprocess.TimeoutExpired:
+            stop(sink)
+        summary = [json.loads(x) for x in sink_out.read_text().splitlines()
+                   if x.startswith("{") and '"summary"' in x]
+        at_sink = summary[-1] if summary else {"messages": 0, "last_at": 0.0}
+        start = float(load["first_connect_at"])
+        e2e_elapsed = at_sink["last_at"] - start if at_sink["messages"] else 0.0
+        return {
+            "size": sc.size, "sessions": sc.sessions, "tls": sc.tls, "reuse": sc.reuse,
+            "messages": sc.messages, "accepted": load["accepted"], "failed": load["failed"],
+            "errors": load.get("errors", []),
+            "accept_elapsed": load["elapsed"], "accept_rate": load["msgs_per_s"],
+            "p50_ms": load["latency_ms"]["p50"], "p99_ms": load["latency_ms"]["p99"],
+            "delivered": at_sink["messages"], "e2e_elapsed": round(e2e_elapsed, 3),
+            "e2e_rate": round(at_sink["messages"] / e2e_elapsed, 1) if e2e_elapsed > 0 else 0.0,
+            "sink_connections": at_sink.get("connections", 0),
+        }
+    finally:
+        for p in reversed(procs):
+            stop(p)
+        dns.stop()
+
+
+def run_ceiling(size: int, messages: int, sessions: int, timeout: float,
+                work: Path) -> dict[str, Any]:
+    """loadgen straight into the bench sink (no relay): the harness's own ceiling."""
+    py = sys.executable
+    work.mkdir(parents=True, exist_ok=True)
+    sink_out = work / "sink.out"
+    with sink_out.open("wb") as out:
+        sink = subprocess.Popen(
+            [py, str(HERE / "sinkserver.py"), "--host", SINK_HOST, "--port", "0",
+             "--expect", str(messages), "--timeout", str(timeout + 10)],
+            stdout=out, stderr=subprocess.STDOUT)
+    try:
+        port = int(json.loads(wait_for_line(sink_out, '"ready"', sink, 10))["port"])
+        done = subprocess.run(
+            [py, str(HERE / "loadgen.py"), "--host", SINK_HOST, "--port", str(port),
+             "--messages", str(messages), "--size", str(size), "--concurrency", str(sessions),
+             "--tls", "none", "--timeout", str(timeout)],
+            capture_output=True, timeout=timeout + 30, check=False)
+        load = json.loads(done.stdout.decode().strip().splitlines()[-1])
+        return {"size": size, "rate": load["msgs_per_s"], "p50_ms": load["latency_ms"]["p50"],
+                "p99_ms": load["latency_ms"]["p99"], "accepted": load["accepted"]}
+    finally:
+        stop(sink)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = ("| size | sessions | tls | msgs | accepted | accept msgs/s | p50 ms | p99 ms "
+            "| at sink | e2e msgs/s | failed |")
+    sep = "|" + "---|" * 11
+    lines = [head, sep]
+    for r in rows:
+        failed = ", ".join(f"{k}: {v}" for k, v in r["failed"].items()) or "-"
+        lines.append(
+            f"| {r['size'] // 1024} KB | {r['sessions']} | {r['tls']}"
+            f"{'' if r['reuse'] else ' (new conn/msg)'} | {r['messages']} | {r['accepted']} "
+            f"| {r['accept_rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['delivered']} | {r['e2e_rate']:.0f} | {failed} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="relay end-to-end benchmark (loopback only)")
+    p.add_argument("--messages", type=int, default=5000)
+    p.add_argument("--sizes", default="2048,20480", help="comma-separated message sizes")
+    p.add_argument("--sessions", type=int, default=50)
+    p.add_argument("--tls", choices=["starttls", "implicit", "none"], default="starttls",
+                   help="none: the trusted-network plain listener, no AUTH")
+    p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--timeout", type=float, default=180.0, help="per-scenario limit (s)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also measure loadgen → sink without relay (harness ceiling)")
+    p.add_argument("--record", action="store_true", help="append the results to RESULTS.md")
+    p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, state)")
+    args = p.parse_args(argv)
+    if args.tls == "implicit":
+        p.error("the generated config has no implicit-TLS listener; use starttls or none")
+
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
+    rows: list[dict[str, Any]] = []
+    ceilings: list[dict[str, Any]] = []
+    for size in sizes:
+        sc = Scenario(size, args.messages, args.sessions, args.tls, args.reuse)
+        row = run_scenario(sc, tmp / f"run-{size}", args.timeout)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+        if args.ceiling:
+            ceilings.append(run_ceiling(size, args.messages, args.sessions, args.timeout,
+                                        tmp / f"ceiling-{size}"))
+    out = table(rows)
+    if ceilings:
+        out += "\n\nHarness ceiling (loadgen → bench sink, no relay, plain SMTP):\n\n"
+        out += "| size | msgs/s | p50 ms | p99 ms |\n|---|---|---|---|\n"
+        out += "\n".join(f"| {c['size'] // 1024} KB | {c['rate']:.0f} | {c['p50_ms']:.1f} "
+                         f"| {c['p99_ms']:.1f} |" for c in ceilings)
+    print(out)
+    if args.record:
+        cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/e2e.py",
+                                                 *(argv if argv is not None else sys.argv[1:])])
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        machine = (f"{os.cpu_count()} cores (nproc), {platform.machine()}, "
+                   f"Python {platform.python_version()}, {platform.system()} "
+                   f"{platform.release()}")
+        with (HERE / "RESULTS.md").open("a") as f:
+            f.write(f"\n### End-to-end, {when}\n\nCommand: `{cmd}`  \nMachine: {machine}\n\n"
+                    f"{out}\n")
+    if not args.keep:
+        import shutil
+        shutil.rmtree(tmp, ignore_errors=True)
+    else:
+        print(f"kept {tmp}", file=sys.stderr)
+    ok = all(r["accepted"] == r["messages"] and r["delivered"] >= r["messages"] for r in rows)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,569 @@
+"""The admin HTTP API (aiohttp): JSON under /api/, /metrics, /openapi.json, the dashboard at /.
+
+Rules: every /api/ request needs `Authorization: Bearer <token>` (401 otherwise; tokens
+from relay.admin.tokens); wrong input is a 400 `{"error": ..., "field": ...}` naming the
+query parameter, path part or JSON key; unknown ids are 404. Responses never contain a
+secret: no password hash, no token or token hash, no DKIM private key, no message body.
+Queue actions go through the store's group committer like the scheduler's own writes.
+Suppression has no store yet (relay/suppression is not built): its endpoints answer
+501 with a JSON error saying so.
+Must not: block the event loop on slow work (scrypt runs in a thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from relay.admin.metrics import CONTENT_TYPE, Metrics
+from relay.admin.tokens import TokenStore
+from relay.clock import Clock
+from relay.config import Config
+from relay.events.log import EventLog
+from relay.events.model import bounce_event, iso
+from relay.identity.model import IdentityError, check_pattern
+from relay.queue.records import Action, MessageRecord, RecipientRecord, State
+from relay.queue.store import QueueStore
+from relay.users import UserError, UserStore
+
+VERSION = "1"
+PENDING_STATES = [s.value for s in State if not s.final]
+EVENT_TYPES = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject"]
+MAX_LIMIT = 10_000
+HISTORY_POINTS = 360
+_EVENT_TAIL_BYTES = 8 << 20   # /api/events reads at most the last 8 MiB of the log
+
+
+class BadInput(Exception):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+@dataclass
+class AdminContext:
+    """What the API reads and acts on; built by RelayApp (or a test) from live objects."""
+
+    config: Callable[[], Config]
+    store: QueueStore
+    users: UserStore
+    tokens: TokenStore
+    events: EventLog
+    metrics: Metrics
+    clock: Clock
+    wake_scheduler: Callable[[], None] = lambda: None
+    identities: Any = None                      # relay.identity.store.IdentityStore
+    dkim_keys: Any = None                       # relay.dkim.keys.KeyStore
+    warmup_gate: Any = None                     # relay.warmup.gate.WarmupGate
+    listeners: Callable[[], list[dict[str, Any]]] = list
+    started_at: float = 0.0                     # clock.now() at start (0: set in __post_init__)
+    history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+
+    def __post_init__(self) -> None:
+        if not self.started_at:
+            self.started_at = self.clock.now()
+
+    # -------------------------------------------------------------- shared readers
+
+    def depth(self) -> dict[str, int]:
+        counts = self.store.count_by_state()
+        return {s: counts.get(s, 0) for s in PENDING_STATES}
+
+    def oldest_age(self) -> float | None:
+        gen = self.store.messages()
+        try:
+            first = next(gen, None)
+        finally:
+            close = getattr(gen, "close", None)  # a generator: end its read transaction now
+            if close is not None:
+                close()
+        if first is None:
+            return None
+        return max(0.0, self.clock.now() - first[0].received_at)
+
+    def warmup_status(self) -> list[dict[str, Any]]:
+        gate = self.warmup_gate
+        if gate is None:
+            return []
+        now = self.clock.now()
+        rows: list[dict[str, Any]] = gate.status(now)
+        for row in rows:
+            pool = gate.pools.get(row["pool"])
+            plan = getattr(pool, "plan", None)
+            if plan is not None:
+                day = int(row.get("day") or 1)
+                days = max(len(plan.caps), day + 3)
+                row["plan_caps"] = [plan.cap(d) for d in range(1, days + 1)]
+            else:
+                row["plan_caps"] = []
+        return rows
+
+    def sample(self) -> dict[str, Any]:
+        point: dict[str, Any] = {"t": self.clock.now(), **self.depth()}
+        return point
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=msgspec.json.encode(data), status=status,
+                        content_type="application/json")
+
+
+def _error(status: int, message: str, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if field is not None:
+        body["field"] = field
+    return _json(body, status)
+
+
+def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadInput(name, f"{name}: expected an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise BadInput(name, f"{name}: expected an integer between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice_param(request: web.Request, name: str, choices: list[str]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    if raw not in choices:
+        raise BadInput(name, f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
+    return raw
+
+
+def _check_query(request: web.Request, known: set[str]) -> None:
+    for key in request.query:
+        if key not in known:
+            raise BadInput(key, f"{key}: unknown query parameter (known: "
+                                f"{', '.join(sorted(known)) or 'none'})")
+
+
+async def _body(request: web.Request, fields: dict[str, type],
+                required: set[str]) -> dict[str, Any]:
+    try:
+        data = await request.json(loads=msgspec.json.decode)
+    except (msgspec.DecodeError, ValueError):
+        raise BadInput("body", "body: expected a JSON object") from None
+    if not isinstance(data, dict):
+        raise BadInput("body", "body: expected a JSON object")
+    for key in data:
+        if key not in fields:
+            raise BadInput(key, f"{key}: unknown field (known: {', '.join(sorted(fields))})")
+    for key in required:
+        if key not in data:
+            raise BadInput(key, f"{key}: missing")
+    for key, value in data.items():
+        tp = fields[key]
+        if tp is list:
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise BadInput(key, f"{key}: expected a list of strings")
+        elif not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
+            raise BadInput(key, f"{key}: expected {tp.__name__}")
+    return data
+
+
+def _message_row(msg: MessageRecord, rcpts: list[RecipientRecord]) -> dict[str, Any]:
+    return {
+        "id": msg.id, "received_at": iso(msg.received_at), "sender": msg.sender,
+        "size": msg.size, "subject": msg.headers.get("Subject", ""),
+        "auth_user": msg.auth_user, "client_ip": msg.client_ip,
+        "recipients": [
+            {"address": r.address, "domain": r.domain, "state": r.state.value,
+             "attempts": r.attempts,
+             "next_attempt_at": iso(r.next_attempt_at) if not r.state.final else None,
+             "last_attempt_at": iso(r.last_attempt_at) if r.last_attempt_at else None,
+             "last_response": r.last_response, "remote_mta": r.remote_mta}
+            for r in rcpts],
+    }
+
+
+def _ctx(request: web.Request) -> AdminContext:
+    ctx: AdminContext = request.app[CTX]
+    return ctx
+
+
+CTX: web.AppKey[AdminContext] = web.AppKey("relay_admin", AdminContext)
+
+# ------------------------------------------------------------------ queue
+
+
+async def queue_list(request: web.Request) -> web.Response:
+    _check_query(request, {"domain", "state", "limit"})
+    ctx = _ctx(request)
+    state = _choice_param(request, "state", PENDING_STATES)
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    domain = request.query.get("domain", "").strip().lower() or None
+    if domain is not None and ("@" in domain or " " in domain or "." not in domain):
+        raise BadInput("domain", f"domain: expected a domain name like example.com, "
+                                 f"got {domain!r}")
+    rows: list[dict[str, Any]] = []
+    total = 0
+    for msg, rcpts in ctx.store.messages():
+        if domain and not any(r.domain == domain for r in rcpts):
+            continue
+        if state and not any(r.state.value == state for r in rcpts):
+            continue
+        total += 1
+        if len(rows) < limit:
+            rows.append(_message_row(msg, rcpts))
+    return _json({"messages": rows, "count": len(rows), "matched": total})
+
+
+def _message_id(request: web.Request) -> str:
+    mid = request.match_info["id"]
+    if len(mid) != 20 or not all(c in "0123456789abcdef" for c in mid):
+        raise BadInput("id", f"id: expected a 20-character queue id, got {mid!r}")
+    return mid
+
+
+async def queue_show(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    mid = _message_id(request)
+    msg = ctx.store.message(mid)
+    if msg is None:
+        return _error(404, f"no queued message with id {mid!r}", "id")
+    return _json(_message_row(msg, ctx.store.recipients(mid)))
+
+
+async def _queue_action(request: web.Request, what: str) -> web.Response:
+    ctx = _ctx(request)
+    mid = _message_id(request)
+    store = ctx.store
+    now = ctx.clock.now()
+    try:
+        if what == "delete":
+            await store.write(store.delete_op(mid))
+            return _json({"id": mid, "deleted": True})
+        if what == "retry":
+            settled = await store.write(store.operator_op(mid, Action.RETRY, now))
+            ctx.wake_scheduler()
+            return _json({"id": mid, "retried": len(settled)})
+        settled = await store.write(store.operator_op(
+            mid, Action.BOUNCE, now, "554 5.0.0 bounced by the operator"))
+    except KeyError:
+        return _error(404, f"no queued message with id {mid!r}", "id")
+    if settled:
+        ctx.events.emit([bounce_event(
+            settled[0].message, [s.recipient.address for s in settled],
+            settled[0].recipient.last_response, now, ctx.config().server.hostname)])
+    return _json({"id": mid, "bounced": len(settled)})
+
+
+async def queue_retry(request: web.Request) -> web.Response:
+    return await _queue_action(request, "retry")
+
+
+async def queue_delete(request: web.Request) -> web.Response:
+    return await _queue_action(request, "delete")
+
+
+async def queue_bounce(request: web.Request) -> web.Response:
+    return await _queue_action(request, "bounce")
+
+
+# ------------------------------------------------------------------ suppression
+
+
+async def suppression_unavailable(request: web.Request) -> web.Response:
+    return _error(501, "suppression list is not available in this build "
+                       "(relay/suppression is not implemented yet)")
+
+
+# ------------------------------------------------------------------ identities, warm-up
+
+
+async def identities(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    cfg = ctx.config()
+    stored: dict[str, Any] = ctx.identities.all() if ctx.identities is not None else {}
+    declared = {(i.address or i.domain).lower(): i for i in cfg.identity}
+    rows: list[dict[str, Any]] = []
+    for name in sorted(set(stored) | set(declared)):
+        rec = stored.get(name)
+        decl = declared.get(name)
+        domain = name.rpartition("@")[2]
+        dkim: dict[str, Any] | None = None
+        if ctx.dkim_keys is not None:
+            try:
+                keys = ctx.dkim_keys.get(domain)
+            except Exception:
+                keys = None
+            active = keys.active if keys is not None else None
+            pending = keys.pending if keys is not None else None
+            dkim = {"active": [k.selector for k in active.keys] if active else [],
+                    "pending": [k.selector for k in pending.keys] if pending else []}
+        rows.append({
+            "name": name, "declared_in_config": decl is not None,
+            "mail_from": getattr(decl, "mail_from", "") if decl else "",
+            "verified": bool(rec.verified) if rec else False,
+            "verified_at": iso(rec.verified_at) if rec and rec.verified_at else None,
+            "checked_at": iso(rec.checked_at) if rec and rec.checked_at else None,
+            "dkim": dkim,
+        })
+    return _json({"identities": rows})
+
+
+async def warmup(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    return _json({"enabled": ctx.warmup_gate is not None, "ips": ctx.warmup_status()})
+
+
+# ------------------------------------------------------------------ users
+
+
+async def users_list(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    rows = [{"name": name, "allow": list(rec.allow)}
+            for name, rec in sorted(ctx.users.read_all().items())]
+    return _json({"users": rows})
+
+
+async def users_add(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    data = await _body(request, {"name": str, "password": str, "allow": list},
+                       {"name", "password"})
+    name, password = data["name"], data["password"]
+    for pattern in data.get("allow", []):
+        try:
+            check_pattern(pattern)
+        except IdentityError as e:
+            raise BadInput("allow", f"allow: {e}") from None
+    try:
+        await asyncio.to_thread(ctx.users.add, name, password, list(data.get("allow", [])))
+    except UserError as e:
+        text = str(e)
+        field_name = "password" if "password" in text.lower() else "name"
+        if "already" in text:
+            return _error(409, text, "name")
+        raise BadInput(field_name, f"{field_name}: {text}") from None
+    return _json({"name": name, "allow": list(data.get("allow", []))}, 201)
+
+
+async def users_remove(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    name = request.match_info["name"]
+    if ctx.users.get(name) is None:
+        return _error(404, f"no user {name!r}", "name")
+    try:
+        await asyncio.to_thread(ctx.users.remove, name)
+    except UserError as e:
+        return _error(404, str(e), "name")
+    return _json({"name": name, "removed": True})
+
+
+# ------------------------------------------------------------------ events
+
+
+def _tail_events(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, "rb") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(max(0, size - _EVENT_TAIL_BYTES))
+        data = f.read()
+    lines = data.split(b"\n")
+    if size > _EVENT_TAIL_BYTES:
+        lines = lines[1:]  # the first line may be cut
+    out: list[dict[str, Any]] = []
+    for line in lines:
+        if line.strip():
+            try:
+                out.append(msgspec.json.decode(line))
+            except msgspec.DecodeError:
+                continue
+    return out
+
+
+async def events(request: web.Request) -> web.Response:
+    _check_query(request, {"type", "message_id", "recipient", "limit"})
+    ctx = _ctx(request)
+    etype = _choice_param(request, "type", EVENT_TYPES)
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    mid = request.query.get("message_id") or None
+    rcpt = (request.query.get("recipient") or "").lower() or None
+    if rcpt is not None and "@" not in rcpt:
+        raise BadInput("recipient", f"recipient: expected an address, got {rcpt!r}")
+    found = await asyncio.to_thread(_tail_events, ctx.events.path)
+    out: list[dict[str, Any]] = []
+    for ev in reversed(found):
+        mail = ev.get("mail") or {}
+        if etype and ev.get("eventType") != etype:
+            continue
+        if mid and mail.get("messageId") != mid:
+            continue
+        if rcpt and rcpt not in [d.lower() for d in mail.get("destination", [])]:
+            continue
+        out.append(ev)
+        if len(out) >= limit:
+            break
+    return _json({"events": out, "count": len(out)})
+
+
+# ------------------------------------------------------------------ status, dashboard data
+
+
+async def status(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    cfg = ctx.config()
+    depth = ctx.depth()
+    warm = ctx.warmup_status()
+    return _json({
+        "hostname": cfg.server.hostname,
+        "uptime_seconds": round(ctx.clock.now() - ctx.started_at, 1),
+        "listeners": ctx.listeners(),
+        "queue": {"depth": depth, "messages": ctx.store.message_count(),
+                  "oldest_age_seconds": ctx.oldest_age()},
+        "users": len(ctx.users.names()),
+        "warmup": [{k: row.get(k) for k in ("ip", "pool", "plan", "day", "cap_today",
+                                            "sent_today", "frozen")} for row in warm],
+        "deliveries": {p: dict(t) for p, t in sorted(ctx.metrics.by_provider.items())},
+    })
+
+
+async def dashboard_data(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    now_point = ctx.sample()
+    oldest: list[dict[str, Any]] = []
+    for scanned, (msg, rcpts) in enumerate(ctx.store.messages(), 1):
+        deferred = [r for r in rcpts if r.state is State.DEFERRED]
+        if deferred:
+            oldest.append({
+                "id": msg.id, "received_at": iso(msg.received_at),
+                "age_seconds": round(ctx.clock.now() - msg.received_at, 1),
+                "sender": msg.sender, "recipients": [r.address for r in deferred],
+                "attempts": max(r.attempts for r in deferred),
+                "last_response": deferred[0].last_response})
+        if len(oldest) >= 10 or scanned >= 50_000:
+            break
+    providers: dict[str, dict[str, Any]] = {}
+    for name, tally in sorted(ctx.metrics.by_provider.items()):
+        delivered, bounced = tally.get("delivered", 0), tally.get("bounced", 0)
+        deferred_n, complained = tally.get("deferred", 0), tally.get("complained", 0)
+        attempts = delivered + bounced + deferred_n
+        providers[name] = {
+            "delivered": delivered, "bounced": bounced, "deferred": deferred_n,
+            "complained": complained, "attempts": attempts,
+            "delivery_rate": delivered / attempts if attempts else 0.0,
+            "bounce_rate": bounced / attempts if attempts else 0.0,
+            "complaint_rate": complained / delivered if delivered else 0.0}
+    return _json({
+        "now": iso(ctx.clock.now()),
+        "history": [*ctx.history, now_point],
+        "depth": {k: v for k, v in now_point.items() if k != "t"},
+        "oldest_age_seconds": ctx.oldest_age(),
+        "providers": providers,
+        "warmup": ctx.warmup_status(),
+        "oldest_deferred": oldest,
+    })
+
+
+# ------------------------------------------------------------------ open endpoints
+
+
+async def metrics(request: web.Request) -> web.Response:
+    body = await asyncio.to_thread(_ctx(request).metrics.render)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def openapi(request: web.Request) -> web.Response:
+    from relay.admin.openapi import document
+    return _json(document())
+
+
+def dashboard_html() -> bytes:
+    return (resources.files("relay") / "admin" / "dashboard.html").read_bytes()
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    return web.Response(body=dashboard_html(), content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store",
+                                 "Content-Security-Policy":
+                                     "default-src 'self'; script-src 'unsafe-inline'; "
+                                     "style-src 'unsafe-inline'; img-src 'self' data:"})
+
+
+# ------------------------------------------------------------------ app
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_OPEN = {"/", "/openapi.json", "/favicon.ico"}
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    ctx = _ctx(request)
+    path = request.path
+    needs = path.startswith("/api/") or (path == "/metrics" and ctx.config().admin.metrics_auth)
+    if needs:
+        token = _bearer(request)
+        if token is None or await asyncio.to_thread(ctx.tokens.verify, token) is None:
+            resp = _error(401, "a valid bearer token is required "
+                               "(Authorization: Bearer TOKEN; create one with "
+                               "`relay admin token add NAME`)")
+            resp.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
+            return resp
+    try:
+        return await handler(request)
+    except BadInput as e:
+        return _error(400, e.message, e.field)
+    except web.HTTPException as e:
+        if path.startswith("/api/") or path in ("/metrics", "/openapi.json"):
+            return _error(e.status, e.reason)
+        raise
+
+
+ROUTES: list[tuple[str, str, Handler]] = [
+    ("GET", "/api/queue", queue_list),
+    ("GET", "/api/queue/{id}", queue_show),
+    ("POST", "/api/queue/{id}/retry", queue_retry),
+    ("POST", "/api/queue/{id}/bounce", queue_bounce),
+    ("DELETE", "/api/queue/{id}", queue_delete),
+    ("GET", "/api/suppression", suppression_unavailable),
+    ("POST", "/api/suppression", suppression_unavailable),
+    ("DELETE", "/api/suppression/{address}", suppression_unavailable),
+    ("GET", "/api/identities", identities),
+    ("GET", "/api/warmup", warmup),
+    ("GET", "/api/users", users_list),
+    ("POST", "/api/users", users_add),
+    ("DELETE", "/api/users/{name}", users_remove),
+    ("GET", "/api/events", events),
+    ("GET", "/api/status", status),
+    ("GET", "/api/dashboard", dashboard_data),
+    ("GET", "/metrics", metrics),
+    ("GET", "/openapi.json", openapi),
+    ("GET", "/", dashboard),
+]
+
+
+def make_app(ctx: AdminContext) -> web.Application:
+    app = web.Application(middlewares=[_guard], client_max_size=1 << 20)
+    app[CTX] = ctx
+    for method, path, handler in ROUTES:
+        app.router.add_route(method, path, handler)
+    return app

@@ -1,0 +1,132 @@
+"""Prometheus metrics of one relay process (prometheus-client, its own registry).
+
+Counters and histograms are fed by small hooks: the SMTP reply hook and the
+submitter (accepted/rejected), `RecordingSender` (deliveries, bounces,
+deferrals by provider and source IP), the store's `on_commit` callbacks (commit
+batch size and commit+fsync latency) and the listeners' admission hook
+(sessions). Gauges that describe state (queue depth by state, oldest message
+age, open sessions, warm-up cap and usage per IP) are computed at scrape time
+by `StateCollector`, from the live objects, never cached.
+Must not: import aiohttp (the HTTP side is relay.admin.api).
+"""
+
+from __future__ import annotations
+
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from relay.delivery.attempts import Attempt
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.accepted = Counter("relay_messages_accepted", "Messages accepted (250 after DATA)",
+                                registry=r)
+        self.rejected = Counter(
+            "relay_smtp_rejections",
+            "SMTP replies refusing something (4xx/5xx), by reply code and enhanced status code",
+            ["code", "reason"], registry=r)
+        labels = ["provider", "source_ip"]
+        self.deliveries = Counter("relay_deliveries", "Recipients delivered (remote 2xx)",
+                                  labels, registry=r)
+        self.bounces = Counter("relay_bounces", "Recipients bounced by the remote (5xx)",
+                               labels, registry=r)
+        self.deferrals = Counter("relay_deferrals",
+                                 "Delivery attempts deferred (4xx, timeouts, connection errors)",
+                                 labels, registry=r)
+        self.sessions = Counter("relay_smtp_sessions", "SMTP connections, by listener and result",
+                                ["listener", "result"], registry=r)
+        self.commit_batch = Histogram(
+            "relay_queue_commit_batch_size", "Operations per queue group commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
+        self.commit_seconds = Histogram(
+            "relay_queue_commit_seconds", "Queue write transaction time including fsync",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r)
+        # For the dashboard: per provider, outcome -> count (since start).
+        self.by_provider: dict[str, Tally[str]] = {}
+
+    # ------------------------------------------------------------------ hooks
+
+    def observe_attempt(self, a: Attempt) -> None:
+        counter = {"delivered": self.deliveries, "bounced": self.bounces}.get(a.kind,
+                                                                             self.deferrals)
+        counter.labels(a.provider, a.source_ip).inc()
+        self.by_provider.setdefault(a.provider, Tally())[a.kind or "deferred"] += 1
+
+    def observe_event(self, event: Any) -> None:
+        """Complaints arrive as events (feedback loop); count them per provider 'other'."""
+        if getattr(event, "eventType", "") == "Complaint":
+            self.by_provider.setdefault("other", Tally())["complained"] += 1
+
+    def observe_reply(self, reply: str) -> None:
+        code = reply[:3]
+        if code[:1] not in ("4", "5") or not code.isdigit():
+            return
+        rest = reply[4:].split(" ", 1)[0]
+        reason = rest if rest[:1] in ("4", "5") and rest.count(".") == 2 else ""
+        self.rejected.labels(code, reason).inc()
+
+    def observe_commit(self, batch: int, seconds: float) -> None:
+        self.commit_batch.observe(batch)
+        self.commit_seconds.observe(seconds)
+
+    def observe_session(self, listener: str, refusal: object | None) -> None:
+        self.sessions.labels(listener, "accepted" if refusal is None else "refused").inc()
+
+    def add_collector(self, collector: Collector) -> None:
+        self.registry.register(collector)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    """Gauges computed at scrape time from functions that read live state."""
+
+    def __init__(self, *, depth: Callable[[], dict[str, int]],
+                 oldest_age: Callable[[], float | None],
+                 open_sessions: Callable[[], dict[str, int]],
+                 warmup: Callable[[], list[dict[str, Any]]]) -> None:
+        self.depth = depth
+        self.oldest_age = oldest_age
+        self.open_sessions = open_sessions
+        self.warmup = warmup
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # computed only at collect time; nothing to check at registration
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        depth = GaugeMetricFamily("relay_queue_depth", "Queued recipients by state",
+                                  labels=["state"])
+        for state, n in sorted(self.depth().items()):
+            depth.add_metric([state], n)
+        yield depth
+        age = self.oldest_age()
+        yield GaugeMetricFamily("relay_queue_oldest_message_age_seconds",
+                                "Age of the oldest message in the queue (0 when empty)",
+                                value=age or 0.0)
+        sessions = GaugeMetricFamily("relay_smtp_sessions_open", "Open SMTP sessions",
+                                     labels=["listener"])
+        for name, n in sorted(self.open_sessions().items()):
+            sessions.add_metric([name], n)
+        yield sessions
+        cap = GaugeMetricFamily("relay_warmup_cap", "Today's warm-up cap per source IP "
+                                "(absent: no plan)", labels=["ip", "pool"])
+        sent = GaugeMetricFamily("relay_warmup_sent_today", "Recipients sent today per "
+                                 "source IP", labels=["ip", "pool"])
+        for row in self.warmup():
+            if row.get("cap_today") is not None:
+                cap.add_metric([row["ip"], row["pool"]], float(row["cap_today"]))
+            sent.add_metric([row["ip"], row["pool"]], float(row.get("sent_today") or 0))
+        yield cap
+        yield sent

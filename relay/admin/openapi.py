@@ -1,0 +1,155 @@
+"""The OpenAPI 3.1 document of the admin API, served at /openapi.json.
+
+Written by hand next to the routes (relay.admin.api.ROUTES); a test checks that
+every route is described here and every described path is routed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_ERROR = {"$ref": "#/components/schemas/Error"}
+
+
+def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    body: dict[str, Any] = {"description": description}
+    if schema is not None:
+        body["content"] = {"application/json": {"schema": schema}}
+    return body
+
+
+def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None = None,
+        body: dict[str, Any] | None = None, errors: tuple[int, ...] = (400, 401),
+        secured: bool = True, status: str = "200") -> dict[str, Any]:
+    op: dict[str, Any] = {"summary": summary, "responses": {status: ok}}
+    for code in errors:
+        op["responses"][str(code)] = _resp({400: "Wrong input; `field` names it",
+                                            401: "Missing or unknown bearer token",
+                                            404: "No such item", 409: "Already exists",
+                                            501: "Not available in this build"}[code], _ERROR)
+    if params:
+        op["parameters"] = params
+    if body is not None:
+        op["requestBody"] = {"required": True,
+                             "content": {"application/json": {"schema": body}}}
+    if not secured:
+        op["security"] = []
+    return op
+
+
+def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+def _p(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
+            "description": description}
+
+
+_OBJ = {"type": "object"}
+_LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
+            "at most this many")
+_ID = _p("id", "queue id (20 hex characters)")
+
+
+def document() -> dict[str, Any]:
+    from relay.admin.api import EVENT_TYPES, PENDING_STATES
+
+    message = {"type": "object", "properties": {
+        "id": {"type": "string"}, "received_at": {"type": "string"},
+        "sender": {"type": "string"}, "size": {"type": "integer"},
+        "subject": {"type": "string"},
+        "recipients": {"type": "array", "items": {"type": "object", "properties": {
+            "address": {"type": "string"}, "state": {"enum": [
+                *PENDING_STATES, "delivered", "bounced", "expired"]},
+            "attempts": {"type": "integer"}, "last_response": {"type": "string"}}}}}}
+    paths: dict[str, Any] = {
+        "/api/queue": {"get": _op(
+            "List queued messages, oldest first",
+            _resp("Messages", {"type": "object", "properties": {
+                "messages": {"type": "array", "items": message},
+                "count": {"type": "integer"}, "matched": {"type": "integer"}}}),
+            params=[_q("domain", {"type": "string"}, "only messages with a recipient here"),
+                    _q("state", {"enum": PENDING_STATES}, "only messages with a recipient "
+                                                          "in this state"), _LIMIT])},
+        "/api/queue/{id}": {
+            "get": _op("One message with its recipients", _resp("The message", message),
+                       params=[_ID], errors=(400, 401, 404)),
+            "delete": _op("Remove a message without a bounce", _resp("Deleted", _OBJ),
+                          params=[_ID], errors=(400, 401, 404))},
+        "/api/queue/{id}/retry": {"post": _op(
+            "Attempt the message's pending recipients now", _resp("Retried", _OBJ),
+            params=[_ID], errors=(400, 401, 404))},
+        "/api/queue/{id}/bounce": {"post": _op(
+            "Fail the message's pending recipients, with a Bounce event", _resp("Bounced", _OBJ),
+            params=[_ID], errors=(400, 401, 404))},
+        "/api/suppression": {
+            "get": _op("List suppressed addresses (not available yet: 501)",
+                       _resp("Addresses", _OBJ), errors=(401, 501)),
+            "post": _op("Suppress an address (not available yet: 501)", _resp("Added", _OBJ),
+                        body={"type": "object", "properties": {
+                            "address": {"type": "string"}, "reason": {"type": "string"}},
+                            "required": ["address"]}, errors=(400, 401, 501))},
+        "/api/suppression/{address}": {"delete": _op(
+            "Remove an address from the suppression list (not available yet: 501)",
+            _resp("Removed", _OBJ), params=[_p("address", "the suppressed address")],
+            errors=(401, 404, 501))},
+        "/api/identities": {"get": _op(
+            "Identities (config and `relay identity add`) with their DNS verification and "
+            "DKIM selectors", _resp("Identities", _OBJ), errors=(401,))},
+        "/api/warmup": {"get": _op(
+            "Warm-up status per source IP: plan, day, today's cap and usage, plan curve",
+            _resp("Warm-up", _OBJ), errors=(401,))},
+        "/api/users": {
+            "get": _op("SMTP users (names and sending authorization; never hashes)",
+                       _resp("Users", _OBJ), errors=(401,)),
+            "post": _op("Add an SMTP user", _resp("Created", _OBJ), status="201",
+                        body={"type": "object", "properties": {
+                            "name": {"type": "string"}, "password": {"type": "string"},
+                            "allow": {"type": "array", "items": {"type": "string"}}},
+                            "required": ["name", "password"], "additionalProperties": False},
+                        errors=(400, 401, 409))},
+        "/api/users/{name}": {"delete": _op(
+            "Remove an SMTP user", _resp("Removed", _OBJ), params=[_p("name", "user name")],
+            errors=(401, 404))},
+        "/api/events": {"get": _op(
+            "Recent events, newest first (SES event publishing shape)",
+            _resp("Events", _OBJ),
+            params=[_q("type", {"enum": EVENT_TYPES}, "eventType"),
+                    _q("message_id", {"type": "string"}, "mail.messageId"),
+                    _q("recipient", {"type": "string"}, "an address in mail.destination"),
+                    _LIMIT])},
+        "/api/status": {"get": _op("Summary of the running instance (relay status)",
+                                   _resp("Status", _OBJ), errors=(401,))},
+        "/api/dashboard": {"get": _op(
+            "Everything the dashboard draws: queue-depth history, per-provider rates, "
+            "warm-up, oldest deferred messages", _resp("Dashboard data", _OBJ),
+            errors=(401,))},
+        "/metrics": {"get": {"summary": "Prometheus metrics (text format; a bearer token "
+                                        "only with [admin] metrics_auth = true)",
+                             "security": [],
+                             "responses": {"200": {"description": "Metrics",
+                                                   "content": {"text/plain": {}}}}}},
+        "/openapi.json": {"get": {"summary": "This document", "security": [],
+                                  "responses": {"200": {"description": "OpenAPI 3.1"}}}},
+        "/": {"get": {"summary": "The dashboard page (HTML; asks for a token)", "security": [],
+                      "responses": {"200": {"description": "HTML",
+                                            "content": {"text/html": {}}}}}},
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "relay admin API", "version": "1",
+                 "description": "Queue, users, identities, warm-up and events of one relay "
+                                "process. Every /api/ call needs `Authorization: Bearer "
+                                "TOKEN` (`relay admin token add NAME`)."},
+        "servers": [{"url": "/"}],
+        "security": [{"bearer": []}],
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {
+                "error": {"type": "string"},
+                "field": {"type": "string", "description": "the input that was wrong"}}}},
+        },
+        "paths": paths,
+    }

@@ -1,0 +1,95 @@
+"""One record, one log line and one metric per delivery attempt.
+
+`RecordingSender` wraps the SMTP client (relay.delivery.client.Sender) below the
+warm-up shaper, so it sees exactly the transactions that were attempted (held
+recipients never reach it) with the source IP the shaper bound. For each
+recipient it logs one line (queue id, recipient domain, source IP, provider,
+response) on the "relay.delivery" logger, with the same fields as `extra` for
+the JSON log format, and hands an `Attempt` to its observers (Prometheus).
+
+The queue id comes from `current_message_id`, a context variable the scheduler
+sets for the task delivering a message (asyncio copies it into child tasks).
+Must not: change what is sent or its outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any
+
+from relay.warmup.providers import ProviderMap
+
+log = logging.getLogger("relay.delivery")
+
+current_message_id: ContextVar[str] = ContextVar("relay_current_message_id", default="")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    queue_id: str
+    recipient_domain: str
+    source_ip: str
+    provider: str
+    kind: str        # delivered | deferred | bounced
+    response: str
+    remote_mta: str
+
+
+def _response(o: Any) -> str:
+    text = str(getattr(o, "text", ""))
+    enhanced = str(getattr(o, "enhanced", ""))
+    if enhanced and not text.startswith(enhanced):
+        text = f"{enhanced} {text}"
+    return f"{getattr(o, 'code', '')} {text}".strip()
+
+
+def _outcomes(result: Any) -> list[Any]:
+    if isinstance(result, list):
+        return result
+    return list(getattr(result, "outcomes", []))
+
+
+class RecordingSender:
+    def __init__(self, inner: Any, providers: ProviderMap, *, default_source: str = "",
+                 observers: Sequence[Callable[[Attempt], None]] = ()) -> None:
+        self.inner = inner
+        self.providers = providers
+        self.default_source = default_source
+        self.observers = list(observers)
+
+    async def send(self, destination: str, targets: Sequence[Any], sender: str,
+                   recipients: Sequence[str], data: bytes, **kwargs: Any) -> Any:
+        result = await self.inner.send(destination, targets, sender, recipients, data, **kwargs)
+        try:
+            self._record(targets, recipients, result, kwargs.get("source_address"))
+        except Exception:  # observability must never break delivery
+            log.exception("could not record a delivery attempt")
+        return result
+
+    def _record(self, targets: Sequence[Any], recipients: Sequence[str], result: Any,
+                source: str | None) -> None:
+        hosts = [getattr(t, "host_name", "") or getattr(t, "address", "") for t in targets]
+        provider = self.providers.site(hosts).provider
+        src = (source if source is not None else self.default_source) or "default"
+        qid = current_message_id.get()
+        for rcpt, o in zip(recipients, _outcomes(result), strict=False):
+            attempt = Attempt(qid, rcpt.rpartition("@")[2].lower(), src, provider,
+                              str(getattr(o, "kind", "")), _response(o),
+                              str(getattr(o, "remote_mta", "")))
+            log.info("attempt %s domain=%s source_ip=%s provider=%s result=%s response=%r",
+                     attempt.queue_id or "-", attempt.recipient_domain, attempt.source_ip,
+                     attempt.provider, attempt.kind, attempt.response,
+                     extra={"queue_id": attempt.queue_id,
+                            "recipient_domain": attempt.recipient_domain,
+                            "source_ip": attempt.source_ip, "provider": attempt.provider,
+                            "result": attempt.kind, "response": attempt.response,
+                            "remote_mta": attempt.remote_mta})
+            for observe in self.observers:
+                observe(attempt)
+
+    def __getattr__(self, name: str) -> Any:
+        # close() and anything else the app or shaper calls on the client.
+        return getattr(self.inner, name)

@@ -1,0 +1,196 @@
+"""The warm-up and shaping shell around the SMTP client: pools, source IPs, caps.
+
+Owns: the I/O side of relay.warmup. `ShapedSender` has the same `send()` as
+relay.delivery.client.Sender, so the scheduler (and the DKIM/VERP step before
+it) calls it unchanged. For each transaction it:
+1. classifies the destination's MX hosts into a provider and site;
+2. asks the pure WarmupGate which source IPs of the pool may take how many
+   recipients now (overflow to another pool, or hold for the next window), and
+   the site throttle how many per second/hour;
+3. sends each granted part through the real Sender bound to that source IP
+   with that IP's EHLO name, under the site's connection limit;
+4. settles the gate (refund what was not taken, backoff, reputation), persists
+   the touched IpStates in the queue's "warmup" sub-database through the
+   store's group committer, and returns one outcome per recipient.
+Recipients held back get a `HeldOutcome`: the scheduler releases them without
+counting an attempt, due at `hold_until` (never past max delivery time), and
+emits a DeliveryDelay event.
+
+Operator changes (`relay warmup freeze|resume|set`) are written by the CLI
+with a higher op_seq; this process merges them (counters.merge_operator) when
+it persists and every `sync_interval` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from relay.clock import Clock
+from relay.config import Config
+from relay.warmup import counters, gate
+from relay.warmup.counters import IpState
+from relay.warmup.providers import ProviderMap, ProviderRule, SiteLimits
+from relay.warmup.shaping import SiteThrottle
+
+log = logging.getLogger("relay.warmup")
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(IpState)
+
+
+@dataclass(frozen=True)
+class HeldOutcome:
+    """A recipient not sent now because of warm-up caps or shaping; due again at hold_until."""
+
+    kind: str
+    code: int
+    enhanced: str
+    text: str
+    remote_mta: str
+    hold_until: float
+
+
+def load_states(store: Any) -> dict[str, IpState]:
+    return {k.decode("ascii"): _dec.decode(v) for k, v in store.read_db("warmup")}
+
+
+def persist_op(store: Any, snapshot: dict[str, bytes]) -> Any:
+    """An op writing IpStates; returns the stored ones the operator changed meanwhile."""
+    db = store.named_db("warmup")
+
+    def op(txn: Any) -> dict[str, IpState]:
+        newer: dict[str, IpState] = {}
+        for ip, blob in snapshot.items():
+            key = ip.encode("ascii")
+            raw = txn.get(key, db=db)
+            if raw is not None:
+                stored = _dec.decode(raw)
+                if stored.op_seq > _dec.decode(blob).op_seq:
+                    newer[ip] = stored
+                    continue
+            txn.put(key, blob, db=db)
+        return newer
+    return op
+
+
+def provider_map(cfg: Config) -> ProviderMap:
+    rules = [ProviderRule(p.name, tuple(p.mx), SiteLimits(
+        p.max_connections, p.messages_per_connection, p.messages_per_second,
+        p.messages_per_hour)) for p in cfg.provider]
+    return ProviderMap(rules, default_limits=SiteLimits(
+        max_connections=cfg.delivery.max_connections_per_destination))
+
+
+def _response(o: Any) -> str:
+    text = o.text
+    if o.enhanced and not text.startswith(o.enhanced):
+        text = f"{o.enhanced} {text}"
+    return f"{o.code} {text}".strip()
+
+
+def _outcomes(result: Any) -> list[Any]:
+    return result if isinstance(result, list) else list(result.outcomes)
+
+
+class ShapedSender:
+    def __init__(self, cfg: Config, sender: Any, store: Any, clock: Clock, *,
+                 pool: str | None = None, sync_interval: float = 5.0) -> None:
+        self.sender = sender
+        self.store = store
+        self.clock = clock
+        self.pool = pool if pool is not None else cfg.delivery.pool
+        self.gate = gate.from_config(cfg, load_states(store))
+        self.providers = provider_map(cfg)
+        self.throttle = SiteThrottle()
+        self.sync_interval = sync_interval
+        self._synced_at = clock.now()
+        self._conns: dict[str, asyncio.Semaphore] = {}
+        self.notices: list[str] = []
+
+    async def send(self, destination: str, targets: Sequence[Any], sender: str,
+                   recipients: Sequence[str], data: bytes, **kwargs: Any) -> list[Any]:
+        if not self.pool:
+            return _outcomes(await self.sender.send(destination, targets, sender, recipients,
+                                                    data, **kwargs))
+        now = self.clock.now()
+        if now - self._synced_at >= self.sync_interval:
+            self.sync()
+        site = self.providers.site([getattr(t, "host_name", "") or t.address for t in targets])
+        want = self.throttle.allowed(site.key, site.limits, now, len(recipients))
+        decision = self.gate.acquire(self.pool, site.provider, want, now)
+        granted = sum(g.count for g in decision.grants)
+        self.throttle.take(site.key, site.limits, now, granted)
+        out: list[Any] = []
+        start = 0
+        parts: list[tuple[gate.Grant, list[str]]] = []
+        for g in decision.grants:
+            parts.append((g, list(recipients[start:start + g.count])))
+            start += g.count
+        results = await asyncio.gather(*(
+            self._send_part(destination, targets, sender, rcpts, data, g, site.key,
+                            site.limits) for g, rcpts in parts))
+        for r in results:
+            out.extend(r)
+        rest = len(recipients) - start
+        if rest:
+            at = decision.retry_at
+            if want < len(recipients):
+                at = min(at, self.throttle.next_at(site.key, site.limits, now))
+            if not math.isfinite(at):
+                at = now + 300.0
+            reason = decision.reason or (
+                f"shaping: site {site.key} is at its rate limit until {gate._iso(at)}")
+            out.extend([HeldOutcome("deferred", 451, "4.7.0", reason, "", at)] * rest)
+        if self.gate.dirty:
+            await self.flush()
+        return out
+
+    async def _send_part(self, destination: str, targets: Sequence[Any], sender: str,
+                         rcpts: list[str], data: bytes, grant: gate.Grant, site: str,
+                         limits: SiteLimits) -> list[Any]:
+        sem = self._conns.get(site)
+        if sem is None:
+            sem = self._conns[site] = asyncio.Semaphore(max(1, limits.max_connections or 1000))
+        async with sem:
+            result = await self.sender.send(destination, targets, sender, rcpts, data,
+                                            source_address=grant.ip, ehlo=grant.ehlo or None)
+        outs = _outcomes(result)
+        notices = self.gate.settle(grant, [(o.kind, _response(o)) for o in outs],
+                                   self.clock.now())
+        for n in notices:
+            log.warning("%s", n)
+        self.notices.extend(notices)
+        return outs
+
+    async def flush(self) -> None:
+        """Persist the IpStates changed since the last flush (one group commit)."""
+        dirty, self.gate.dirty = self.gate.dirty, set()
+        snapshot = {ip: _enc.encode(self.gate.state(ip)) for ip in dirty}
+        newer = await self.store.write(persist_op(self.store, snapshot))
+        for ip, stored in newer.items():
+            counters.merge_operator(self.gate.state(ip), stored)
+            self.gate.dirty.add(ip)
+            self.gate.invalidate()
+
+    def sync(self) -> None:
+        """Adopt operator changes (CLI) made since the last look."""
+        self._synced_at = self.clock.now()
+        for ip, stored in load_states(self.store).items():
+            mine = self.gate.states.get(ip)
+            if mine is None:
+                self.gate.states[ip] = stored
+            elif stored.op_seq > mine.op_seq:
+                counters.merge_operator(mine, stored)
+                self.gate.dirty.add(ip)
+                self.gate.invalidate()
+
+    async def close(self) -> None:
+        if self.gate.dirty:
+            await self.flush()

@@ -1,0 +1,1 @@
+"""DKIM: keys and selectors in the state dir, rotation state, signing on delivery."""

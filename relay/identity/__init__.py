@@ -1,0 +1,1 @@
+"""Sending identities (domains and addresses), sending authorization and their DNS checks."""

@@ -1,0 +1,97 @@
+"""What happens to a message on its way out: DKIM signature and VERP return path.
+
+`Outbound.prepare()` runs once per delivery attempt of a message to one destination:
+it prepends the (cached) DKIM signature and picks the return-path domain: the
+identity's `mail_from` when its MX is published; otherwise the server default
+(`on_mx_failure = "use_default"`) or a permanent refusal (`"reject"`). A null sender
+(a bounce) is never rewritten. `sender_for()` gives each recipient its own VERP address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from relay.config import Identity
+from relay.dkim.sign import Signer
+from relay.dns.answers import Resolver
+from relay.identity.model import covering, normalize
+from relay.queue.records import MessageRecord
+from relay.verp import Verp
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # "bounced" | "deferred"
+    code: int
+    enhanced: str
+    text: str
+    remote_mta: str = ""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    data: bytes
+    return_domain: str | None  # None: keep the submitted envelope sender
+    failure: Failure | None = None
+
+
+def settings_for(address: str, identities: Sequence[Identity]) -> Identity | None:
+    """The [[identity]] settings covering `address` (an address entry beats its domain)."""
+    by_name = {normalize(i.address or i.domain): i for i in identities}
+    name = covering(address, by_name)
+    return by_name.get(name) if name else None
+
+
+class Outbound:
+    def __init__(self, *, signer: Signer | None, verp: Verp | None, resolver: Resolver,
+                 identities: Sequence[Identity], default_domain: str) -> None:
+        self.signer = signer
+        self.verp = verp
+        self.resolver = resolver
+        self.identities = list(identities)
+        self.default_domain = default_domain
+
+    async def return_domain(self, address: str) -> str | Failure:
+        ident = settings_for(address, self.identities) if address else None
+        if ident is None or not ident.mail_from:
+            return self.default_domain
+        mail_from = ident.mail_from.lower()
+        mx = await self.resolver.mx(mail_from)
+        if mx.ok and any(not r.is_null for r in mx.records):
+            return mail_from
+        if mx.temporary:
+            return Failure("deferred", 451, "4.4.3",
+                           f"MAIL FROM domain {mail_from}: MX lookup failed ({mx.reason})")
+        if ident.on_mx_failure == "use_default":
+            log.warning("MAIL FROM domain %s has no MX record; using %s", mail_from,
+                        self.default_domain)
+            return self.default_domain
+        return Failure("bounced", 550, "5.7.1",
+                       f"MAIL FROM domain {mail_from} has no MX record and its identity "
+                       f"has on_mx_failure = \"reject\"; message not sent")
+
+    async def prepare(self, msg: MessageRecord, body: bytes) -> Prepared:
+        domain: str | None = None
+        if msg.sender and self.verp is not None:
+            addrs = [a for _, a in email.utils.getaddresses([msg.headers.get("From", "")])
+                     if "@" in a]
+            rd = await self.return_domain(addrs[0] if addrs else msg.sender)
+            if isinstance(rd, Failure):
+                return Prepared(body, None, rd)
+            domain = rd
+        if self.signer is not None:
+            sig = await asyncio.to_thread(self.signer.signature, msg.id, body, msg.headers)
+            if sig:
+                body = sig + body
+        return Prepared(body, domain)
+
+    def sender_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> str:
+        if prepared.return_domain is None or self.verp is None:
+            return msg.sender
+        return self.verp.address(msg.id, index, prepared.return_domain)

@@ -1,0 +1,192 @@
+"""Per-IP warm-up counters: sent per calendar day per provider, plan progress, freezes.
+
+Theory of operation
+-------------------
+Rule 1: counters are keyed by (source IP, provider). A provider's plan day is
+1 + the number of *counted* sending days: a calendar day counts when the IP
+sent to that provider that day, the day was not frozen by backoff, and the IP
+was not frozen by the operator or its reputation. So a pause never skips the
+ramp, and each provider ramps on its own.
+Rule 2: a counter rolls over lazily: the first touch on a new calendar day
+(`roll`) decides whether the previous day counted, then resets the day count.
+Rule 3: everything is plain msgspec data so the shell can persist an `IpState`
+as-is; nothing here reads a clock (callers pass `now`) or does I/O.
+
+The calendar day starts at `DayClock.boundary` seconds after 00:00 UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import msgspec
+
+DAY = 86400.0
+HOUR = 3600.0
+
+
+class DayClock:
+    """Calendar days relay counts in: day n starts at boundary + n * DAY (epoch seconds)."""
+
+    def __init__(self, boundary: float = 0.0) -> None:
+        self.boundary = boundary
+
+    def day_of(self, now: float) -> int:
+        return math.floor((now - self.boundary) / DAY)
+
+    def hour_of(self, now: float) -> int:
+        return math.floor((now - self.boundary) / HOUR)
+
+    def start_of(self, day: int) -> float:
+        return self.boundary + day * DAY
+
+    def day_of_date(self, date: str) -> int:
+        """The calendar day that begins on `date` ("YYYY-MM-DD")."""
+        epoch = dt.datetime.combine(dt.date.fromisoformat(date), dt.time(),
+                                    tzinfo=dt.UTC).timestamp()
+        return self.day_of(epoch + self.boundary)
+
+
+class ProviderCounter(msgspec.Struct):
+    advanced: int = 0        # counted sending days so far (plan day = advanced + 1)
+    day: int = -1            # the calendar day `sent` belongs to
+    sent: int = 0
+    hour: int = -1           # the clock hour `hour_sent` belongs to
+    hour_sent: int = 0
+    freeze_day: int = -1     # a calendar day whose progress backoff froze
+    paused_until: float = 0.0
+    pause_reason: str = ""
+
+
+class Bucket(msgspec.Struct, array_like=True):
+    hour: int
+    sent: int = 0
+    bounced: int = 0
+    complained: int = 0
+
+
+class IpState(msgspec.Struct):
+    frozen: bool = False
+    frozen_reason: str = ""
+    base_advanced: int = 0   # progress given to providers not seen yet (set --day)
+    op_seq: int = 0          # bumped by every operator change (CLI), see merge_operator
+    providers: dict[str, ProviderCounter] = {}
+    reputation: list[Bucket] = []
+
+
+def counter(ip: IpState, provider: str) -> ProviderCounter:
+    pc = ip.providers.get(provider)
+    if pc is None:
+        pc = ip.providers[provider] = ProviderCounter(advanced=ip.base_advanced)
+    return pc
+
+
+def _counts(pc: ProviderCounter, ip: IpState) -> bool:
+    """Whether the counter's recorded day advances the plan."""
+    return pc.day >= 0 and pc.sent > 0 and pc.freeze_day != pc.day and not ip.frozen
+
+
+def roll(pc: ProviderCounter, ip: IpState, today: int) -> None:
+    if pc.day == today:
+        return
+    if pc.day < today and _counts(pc, ip):
+        pc.advanced += 1
+    pc.day, pc.sent = today, 0
+
+
+def plan_day(pc: ProviderCounter, ip: IpState, today: int) -> int:
+    pending = 1 if pc.day < today and _counts(pc, ip) else 0
+    return pc.advanced + pending + 1
+
+
+def sent_today(pc: ProviderCounter, today: int) -> int:
+    return pc.sent if pc.day == today else 0
+
+
+def hour_sent(pc: ProviderCounter, hour: int) -> int:
+    return pc.hour_sent if pc.hour == hour else 0
+
+
+def record(pc: ProviderCounter, ip: IpState, n: int, today: int, hour: int) -> None:
+    roll(pc, ip, today)
+    pc.sent += n
+    if pc.hour != hour:
+        pc.hour, pc.hour_sent = hour, 0
+    pc.hour_sent += n
+
+
+def refund(pc: ProviderCounter, n: int, today: int, hour: int) -> None:
+    """Give back sends that never reached the provider (connection failed, 4xx)."""
+    if pc.day == today:
+        pc.sent = max(0, pc.sent - n)
+    if pc.hour == hour:
+        pc.hour_sent = max(0, pc.hour_sent - n)
+
+
+# ---------------------------------------------------------------------- operator actions
+
+
+def freeze(ip: IpState, today: int, reason: str = "frozen by the operator") -> None:
+    for pc in ip.providers.values():
+        roll(pc, ip, today)  # earlier days still count
+    ip.frozen, ip.frozen_reason = True, reason
+
+
+def resume(ip: IpState, today: int) -> None:
+    for pc in ip.providers.values():
+        roll(pc, ip, today)  # days sent while frozen do not count
+    ip.frozen, ip.frozen_reason = False, ""
+
+
+def set_day(ip: IpState, day: int, today: int) -> None:
+    """Make `day` the plan day for every provider today."""
+    ip.base_advanced = day - 1
+    for pc in ip.providers.values():
+        roll(pc, ip, today)
+        pc.advanced = day - 1
+
+
+def merge_operator(mine: IpState, stored: IpState) -> IpState:
+    """`mine` (in memory, counting) with the operator's changes from `stored` (the CLI).
+
+    The operator owns frozen/base_advanced/advanced when the stored op_seq is newer;
+    the counting process owns the day's counts.
+    """
+    if stored.op_seq <= mine.op_seq:
+        return mine
+    mine.frozen, mine.frozen_reason = stored.frozen, stored.frozen_reason
+    mine.base_advanced, mine.op_seq = stored.base_advanced, stored.op_seq
+    for name, spc in stored.providers.items():
+        pc = counter(mine, name)
+        pc.advanced = spc.advanced
+        if pc.day == spc.day:
+            pc.freeze_day = spc.freeze_day
+        if spc.paused_until < pc.paused_until:  # the operator may lift a pause
+            pc.paused_until = spc.paused_until
+    return mine
+
+
+# ---------------------------------------------------------------------- reputation
+
+
+def note_results(ip: IpState, hour: int, *, sent: int = 0, bounced: int = 0,
+                 complained: int = 0, window_hours: int = 24) -> None:
+    if not ip.reputation or ip.reputation[-1].hour != hour:
+        ip.reputation.append(Bucket(hour))
+    b = ip.reputation[-1]
+    b.sent += sent
+    b.bounced += bounced
+    b.complained += complained
+    while ip.reputation and ip.reputation[0].hour <= hour - window_hours:
+        ip.reputation.pop(0)
+
+
+def rates(ip: IpState, hour: int, window_hours: int) -> tuple[int, float, float]:
+    """(sent, bounce rate, complaint rate) over the window ending at `hour`."""
+    live = [b for b in ip.reputation if b.hour > hour - window_hours]
+    sent = sum(b.sent for b in live)
+    if not sent:
+        return 0, 0.0, 0.0
+    return (sent, sum(b.bounced for b in live) / sent,
+            sum(b.complained for b in live) / sent)
