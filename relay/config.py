@@ -272,6 +272,8 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_messages_per_connection: PositiveInt = 1000
     line_length_limit: PositiveInt = 1000  # RFC 5321 §4.5.3.1.6, incl. CRLF
     idle_timeout: Duration = Duration(300.0)
+    # Absolute cap on one connection, however active (slowloris that keeps sending).
+    session_timeout: Duration = Duration(3600.0)
     max_connections: PositiveInt = 1000
     max_connections_per_ip: PositiveInt = 100
     # Authentication failures: growing delay, then a per-IP lockout.
@@ -293,6 +295,66 @@ class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class Events(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # JSON lines; relative paths are under server.state_dir.
     log: str = "events.jsonl"
+    # Webhook delivery (durable outbox): timeout per POST, backoff between retries
+    # (doubling from webhook_retry_min up to webhook_retry_max), and how long an event
+    # is kept trying before it is dropped (logged).
+    webhook_timeout: Duration = Duration(10.0)
+    webhook_retry_min: Duration = Duration(5.0)
+    webhook_retry_max: Duration = Duration(600.0)
+    webhook_max_age: Duration = Duration(7 * 86400)
+
+
+EventType = Literal["send", "reject", "delivery", "bounce", "complaint", "deliveryDelay",
+                    "subscription"]
+EVENT_TYPES: tuple[EventType, ...] = typing.get_args(EventType)
+SuppressionReason = Literal["BOUNCE", "COMPLAINT"]
+
+
+class Suppression(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The account-level suppression list: recipients on it are not attempted.
+    enabled: bool = True
+    # Which reasons put an address on the list automatically and keep it from being mailed.
+    reasons: list[SuppressionReason] = msgspec.field(
+        default_factory=lambda: ["BOUNCE", "COMPLAINT"])
+    # How long a sent message's record is kept so a late bounce or complaint can be matched.
+    feedback_window: Duration = Duration(14 * 86400)
+
+
+class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Chosen per message with X-SES-CONFIGURATION-SET (or X-Relay-Configuration-Set)."""
+
+    name: str
+    # Which suppression reasons apply to its mail; ["account"] = those of [suppression].
+    suppression_reasons: list[Literal["account", "BOUNCE", "COMPLAINT"]] = msgspec.field(
+        default_factory=lambda: ["account"])
+    # "" = delivery.tls; "require" refuses plain-text delivery.
+    tls: Literal["", "opportunistic", "require"] = ""
+    # "0" = delivery.max_delivery_time; otherwise shorter than it.
+    max_delivery_time: Duration = Duration(0.0)
+    # "" = delivery.pool.
+    pool: str = ""
+    # Whether events carry the message's headers (mail.headers).
+    include_original_headers: bool = True
+
+
+class EventDestination(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where events go: a JSON-lines file or a webhook (HTTP POST, HMAC-signed)."""
+
+    name: str
+    # A [[configuration_set]] name; "" = every message (account-level).
+    configuration_set: str = ""
+    type: Literal["file", "webhook"] = "file"
+    # file: JSON lines; relative paths are under server.state_dir ("" = "<name>.jsonl").
+    path: str = ""
+    # webhook: the URL POSTed to, and the secret of the X-Relay-Signature HMAC-SHA256.
+    url: str = ""
+    secret: str = ""
+    event_types: list[EventType] = msgspec.field(default_factory=lambda: list(EVENT_TYPES))
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if self.type == "webhook" and not re.match(r"^https?://", self.url):
+            raise ValueError("a webhook event destination needs url = \"http(s)://...\"")
 
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -433,6 +495,15 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     warmup: Warmup = Warmup()
     provider: list[Provider] = []
     backoff: list[Backoff] = []
+    suppression: Suppression = Suppression()
+    configuration_set: list[ConfigurationSet] = []
+    event_destination: list[EventDestination] = []
+
+    def configuration_set_named(self, name: str) -> ConfigurationSet | None:
+        for cs in self.configuration_set:
+            if cs.name.lower() == name.lower():
+                return cs
+        return None
 
     @property
     def state_path(self) -> Path:
@@ -602,6 +673,7 @@ def _hosts_overlap(a: str, b: str) -> bool:
 def _check_whole(cfg: Config) -> Iterable[str]:
     """Rules that span sections."""
     yield from _check_pools(cfg)
+    yield from _check_configuration_sets(cfg)
     binds = [(f"listener[{i}].address", lst.address) for i, lst in enumerate(cfg.listener)]
     if cfg.admin.enabled:
         binds.append(("admin.address", cfg.admin.address))
@@ -621,6 +693,28 @@ def _check_whole(cfg: Config) -> Iterable[str]:
     for name, path in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
         if path and not Path(path).is_file():
             yield f"{name}: file \"{path}\" does not exist"
+
+
+def _check_configuration_sets(cfg: Config) -> Iterable[str]:
+    names: set[str] = set()
+    pools = {p.name for p in cfg.pool}
+    for i, cs in enumerate(cfg.configuration_set):
+        if not cs.name or cs.name.lower() in names:
+            yield f"configuration_set[{i}].name: \"{cs.name}\" is empty or used twice"
+        names.add(cs.name.lower())
+        if cs.pool and cs.pool not in pools:
+            yield f"configuration_set[{i}].pool: no [[pool]] named \"{cs.pool}\""
+        if cs.max_delivery_time > cfg.delivery.max_delivery_time:
+            yield (f"configuration_set[{i}].max_delivery_time: must not be longer than "
+                   "delivery.max_delivery_time")
+    dests: set[str] = set()
+    for i, d in enumerate(cfg.event_destination):
+        if d.name in dests:
+            yield f"event_destination[{i}].name: \"{d.name}\" is used twice"
+        dests.add(d.name)
+        if d.configuration_set and d.configuration_set.lower() not in names:
+            yield (f"event_destination[{i}].configuration_set: no [[configuration_set]] "
+                   f"named \"{d.configuration_set}\"")
 
 
 def _check_pools(cfg: Config) -> Iterable[str]:

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -37,7 +37,13 @@ from relay.config import Delivery
 from relay.delivery import retry
 from relay.delivery.attempts import current_message_id
 from relay.events.log import EventLog
-from relay.events.model import Event, bounce_event, delay_event, delivery_event
+from relay.events.model import (
+    SUPPRESSED_RESPONSE,
+    Event,
+    bounce_event,
+    delay_event,
+    delivery_event,
+)
 from relay.queue.records import Action, MessageRecord, State
 from relay.queue.store import DueItem, Leased, QueueStore, Result, Settled
 
@@ -69,6 +75,23 @@ class OutboundLike(Protocol):
 
 class RouterLike(Protocol):
     async def route(self, domain: str) -> Any: ...
+
+
+class SuppressionLike(Protocol):
+    """relay/suppression/guard.py: which recipients of a message are on the list."""
+
+    def suppressed(self, msg: MessageRecord, addresses: Sequence[str]) -> set[str]: ...
+
+
+class LocalDeliveryLike(Protocol):
+    """relay/simulator.py: destinations answered inside relay, with no network."""
+
+    def handles(self, domain: str) -> bool: ...
+    def outcomes(self, msg: MessageRecord, addresses: Sequence[str]) -> list[OutcomeLike]: ...
+    async def after(self, msg: MessageRecord, settled: list[Settled]) -> None: ...
+
+
+SettleHook = Callable[[list[Settled], float], Awaitable[None]]
 
 
 @dataclass
@@ -114,6 +137,13 @@ class Scheduler:
         self.poll_interval = poll_interval
         self.max_workers = max_workers
         self.outbound = outbound  # DKIM signing + VERP return path (relay.identity.outbound)
+        # Optional parts (relay/app.py wires them): the suppression check before an attempt,
+        # the mailbox simulator, hooks run after every settle (automatic suppression), and
+        # the configuration set of a message (its max_delivery_time).
+        self.suppression: SuppressionLike | None = None
+        self.simulator: LocalDeliveryLike | None = None
+        self.after_settle: list[SettleHook] = []
+        self.configuration_set: Callable[[str], Any] | None = None
         self.ready: dict[str, deque[Task]] = {}
         self.active: dict[str, int] = {}
         self.held = 0
@@ -267,6 +297,24 @@ class Scheduler:
 
     async def deliver(self, task: Task) -> None:
         current_message_id.set(task.message.id)  # for the per-attempt log line
+        if self.suppression is not None:
+            listed = self.suppression.suppressed(
+                task.message, [it.recipient.address for it in task.items])
+            if listed:
+                # Not attempted: a Bounce with bounceSubType OnAccountSuppressionList.
+                held = [it for it in task.items if it.recipient.address in listed]
+                await self._settle(Task(task.message, task.destination, held),
+                                   [_SUPPRESSED] * len(held))
+                task = Task(task.message, task.destination,
+                            [it for it in task.items if it.recipient.address not in listed])
+                if not task.items:
+                    return
+        if self.simulator is not None and self.simulator.handles(task.destination):
+            outcomes = self.simulator.outcomes(
+                task.message, [it.recipient.address for it in task.items])
+            settled = await self._settle(task, outcomes)
+            await self.simulator.after(task.message, settled)
+            return
         route = await self.router.route(task.destination)
         hosts = getattr(route, "hosts", None)
         if hosts is None:  # a RouteFailure: same answer for every recipient
@@ -308,10 +356,19 @@ class Scheduler:
         outcomes = [by_index[it.index] for it in task.items]
         await self._settle(task, outcomes)
 
+    def _max_delivery_time(self, msg: MessageRecord) -> float:
+        limit = float(self.cfg.max_delivery_time)
+        if msg.configuration_set and self.configuration_set is not None:
+            cs = self.configuration_set(msg.configuration_set)
+            if cs is not None and cs.max_delivery_time > 0:
+                return min(limit, float(cs.max_delivery_time))
+        return limit
+
     async def _settle(self, task: Task, outcomes: Sequence[OutcomeLike | None], *,
-                      local_error: bool = False) -> None:
+                      local_error: bool = False) -> list[Settled]:
         now = self.clock.now()
         msg = task.message
+        max_time = self._max_delivery_time(msg)
         results: list[Result] = []
         for lease, o in zip(task.items, outcomes, strict=True):
             if o is None:
@@ -326,7 +383,7 @@ class Scheduler:
             elif (hold := getattr(o, "hold_until", None)) is not None:
                 # Held back by warm-up caps or shaping (relay/delivery/shaper.py): no attempt
                 # was made; due again at the next window, never past max delivery time.
-                deadline = msg.received_at + self.cfg.max_delivery_time
+                deadline = msg.received_at + max_time
                 results.append(Result(
                     msg.id, lease.index, Action.EXPIRE if now >= deadline else Action.RELEASE,
                     response, next_attempt_at=min(hold, deadline)))
@@ -334,13 +391,19 @@ class Scheduler:
                 at = retry.next_attempt_at(
                     received_at=msg.received_at, attempts=lease.recipient.attempts + 1,
                     now=now, schedule=self.cfg.retry_schedule,
-                    max_delivery_time=self.cfg.max_delivery_time,
+                    max_delivery_time=max_time,
                     jitter=self.cfg.retry_jitter, rng=self.rng)
                 action = Action.EXPIRE if at is None else Action.DEFER
                 results.append(Result(msg.id, lease.index, action, response, o.remote_mta,
                                       next_attempt_at=at or 0.0))
         settled = await self.store.write(self.store.settle_op(results, now))
         self.events.emit(self._events_for(settled, now))
+        for hook in self.after_settle:
+            try:
+                await hook(settled, now)
+            except Exception:
+                log.exception("after-settle hook failed")
+        return settled
 
     def _events_for(self, settled: list[Settled], now: float) -> list[Event]:
         groups: dict[tuple[str, State, str], list[Settled]] = {}
@@ -348,7 +411,6 @@ class Scheduler:
             groups.setdefault((s.message.id, s.recipient.state, s.recipient.last_response),
                               []).append(s)
         out: list[Event] = []
-        deadline_of = self.cfg.max_delivery_time
         for (_, state, response), group in groups.items():
             msg = group[0].message
             rcpts = [s.recipient.address for s in group]
@@ -361,7 +423,8 @@ class Scheduler:
                 out.append(bounce_event(msg, rcpts, response, now, self.hostname, expired=True))
             elif state is State.DEFERRED:
                 out.append(delay_event(msg, rcpts, response, now,
-                                       msg.received_at + deadline_of, self.hostname))
+                                       msg.received_at + self._max_delivery_time(msg),
+                                       self.hostname))
         return out
 
 
@@ -372,3 +435,6 @@ class _LocalOutcome:
     enhanced: str
     text: str
     remote_mta: str
+
+
+_SUPPRESSED = _LocalOutcome("bounced", 550, "5.1.1", SUPPRESSED_RESPONSE[10:], "")

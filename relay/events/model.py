@@ -91,6 +91,32 @@ class DeliveryDelay(msgspec.Struct):
     reportingMTA: str
 
 
+class ComplainedRecipient(msgspec.Struct):
+    emailAddress: str
+
+
+class Complaint(msgspec.Struct, omit_defaults=True):
+    complainedRecipients: list[ComplainedRecipient]
+    timestamp: str
+    feedbackId: str
+    complaintSubType: str | None = None   # SES: null, or "OnAccountSuppressionList"
+    userAgent: str = ""
+    complaintFeedbackType: str = ""       # abuse | fraud | virus | not-spam | other ...
+    arrivalDate: str = ""
+
+
+class Reject(msgspec.Struct):
+    reason: str
+
+
+class Subscription(msgspec.Struct):
+    contactList: str
+    timestamp: str
+    source: str
+    newTopicPreferences: dict[str, object]
+    oldTopicPreferences: dict[str, object]
+
+
 class Event(msgspec.Struct, omit_defaults=True):
     eventType: str
     mail: Mail
@@ -98,6 +124,14 @@ class Event(msgspec.Struct, omit_defaults=True):
     delivery: Delivery | None = None
     bounce: Bounce | None = None
     deliveryDelay: DeliveryDelay | None = None
+    complaint: Complaint | None = None
+    reject: Reject | None = None
+    subscription: Subscription | None = None
+
+
+# The diagnostic of a recipient that relay did not attempt because it is suppressed.
+SUPPRESSED_RESPONSE = ("550 5.1.1 Recipient address is on the suppression list for this "
+                       "account (OnAccountSuppressionList); relay did not send the message")
 
 
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
@@ -110,6 +144,8 @@ def enhanced_of(response: str) -> str:
 
 def bounce_subtype(response: str) -> str:
     """SES bounceSubType for a permanent failure, from its enhanced status code (RFC 3463)."""
+    if "OnAccountSuppressionList" in response:
+        return "OnAccountSuppressionList"
     code = enhanced_of(response)
     if code in ("5.1.1", "5.1.6", "5.1.0") or code.startswith("5.1.1"):
         return "NoEmail"
@@ -144,7 +180,19 @@ def mail_of(msg: MessageRecord, destination: list[str] | None = None) -> Mail:
         sourceIp=msg.client_ip, sendingAccountId=msg.auth_user,
         destination=list(destination if destination is not None else msg.recipients),
         headersTruncated=False, headers=[Header(k, v) for k, v in h.items()],
-        commonHeaders=common, tags=msg.tags)
+        commonHeaders=common, tags=tags_of(msg))
+
+
+def tags_of(msg: MessageRecord) -> dict[str, list[str]]:
+    """The message tags, plus SES's `ses:configuration-set` when the message has one."""
+    if not msg.configuration_set:
+        return msg.tags
+    return {**msg.tags, "ses:configuration-set": [msg.configuration_set]}
+
+
+def configuration_set_of(event: Event) -> str:
+    values = event.mail.tags.get("ses:configuration-set") or [""]
+    return values[0]
 
 
 def send_event(msg: MessageRecord) -> Event:
@@ -180,3 +228,29 @@ def delay_event(msg: MessageRecord, recipients: list[str], response: str, now: f
         timestamp=iso(now), delayType=delay_type(response), expirationTime=iso(expires_at),
         delayedRecipients=[DelayedRecipient(r, status, f"smtp; {response}") for r in recipients],
         reportingMTA=f"dns; {reporting_mta}"))
+
+
+def complaint_event(msg: MessageRecord, recipients: list[str], now: float, *,
+                    feedback_type: str = "", user_agent: str = "", arrival: float | None = None,
+                    feedback_id: str = "") -> Event:
+    return Event(eventType="Complaint", mail=mail_of(msg), complaint=Complaint(
+        complainedRecipients=[ComplainedRecipient(r) for r in recipients],
+        timestamp=iso(now), feedbackId=feedback_id or f"{msg.id}-c{int(now * 1000):x}",
+        userAgent=user_agent, complaintFeedbackType=feedback_type,
+        arrivalDate=iso(arrival if arrival is not None else now)))
+
+
+def feedback_bounce_event(msg: MessageRecord, recipients: list[tuple[str, str, str, str]],
+                          now: float, reporting_mta: str, *, bounce_type: str,
+                          subtype: str, feedback_id: str = "") -> Event:
+    """A Bounce from an asynchronous report: (address, action, status, diagnostic) each."""
+    return Event(eventType="Bounce", mail=mail_of(msg), bounce=Bounce(
+        bounceType=bounce_type, bounceSubType=subtype,
+        bouncedRecipients=[BouncedRecipient(a, act, st, diag)
+                           for a, act, st, diag in recipients],
+        timestamp=iso(now), feedbackId=feedback_id or f"{msg.id}-b{int(now * 1000):x}",
+        reportingMTA=reporting_mta))
+
+
+def reject_event(msg: MessageRecord, reason: str) -> Event:
+    return Event(eventType="Reject", mail=mail_of(msg), reject=Reject(reason))

@@ -86,6 +86,7 @@ class MessageRecord(msgspec.Struct, array_like=True, tag=1):
     auth_user: str = ""              # "" when accepted from a trusted network
     headers: dict[str, str] = {}     # commonHeaders for events: From, To, Subject, Message-ID, Date
     tags: dict[str, list[str]] = {}  # X-SES-MESSAGE-TAGS and later configuration sets
+    configuration_set: str = ""      # X-SES-CONFIGURATION-SET ("" = none)
 
 
 class RecipientRecord(msgspec.Struct, array_like=True, tag=1):

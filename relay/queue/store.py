@@ -81,6 +81,7 @@ class NewMessage(msgspec.Struct):
     auth_user: str = ""
     headers: dict[str, str] = {}
     tags: dict[str, list[str]] = {}
+    configuration_set: str = ""
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,11 @@ class QueueStore:
     """The queue spool. Open once per process (never across fork)."""
 
     # "warmup": per-IP warm-up counters (relay/delivery/shaper.py), committed with the queue.
-    DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup")
+    # "suppression": the account-level suppression list (relay/suppression/store.py);
+    # "sent": message records kept after delivery for matching late bounces/complaints;
+    # "outbox": events waiting for their webhook (relay/events/destinations.py).
+    DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
+           "suppression", "sent", "outbox")
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
                  commit_window: float = 0.002, commit_batch_max: int = 256,
@@ -253,7 +258,8 @@ class QueueStore:
         record = MessageRecord(
             id=mid, sender=msg.sender, recipients=list(msg.recipients), received_at=now,
             size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
-            auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags))
+            auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
+            configuration_set=msg.configuration_set)
         body = msg.body
 
         def op(txn: Any) -> MessageRecord:
@@ -267,6 +273,7 @@ class QueueStore:
         key = mid.encode("ascii")
         txn.put(key, _enc.encode(record), db=self._db["messages"])
         txn.put(key, body, db=self._db["bodies"])
+        txn.put(key, _enc.encode(record), db=self._db["sent"])  # for late feedback
         for idx, addr in enumerate(record.recipients):
             rr = RecipientRecord(address=addr, domain=recipient_domain(addr),
                                  state=State.QUEUED, next_attempt_at=record.received_at,
@@ -391,6 +398,33 @@ class QueueStore:
         """Every (key, value) of a small sub-database, in one read transaction."""
         with self._read() as txn, txn.cursor(db=self._db[name]) as cur:
             return [(bytes(k), bytes(v)) for k, v in cur.iternext()]
+
+    def read(self, fn: Callable[[Any], T]) -> T:
+        """Run `fn(txn)` in one read transaction (sub-databases through named_db)."""
+        with self._read() as txn:
+            return fn(txn)
+
+    def sent_message(self, mid: str) -> MessageRecord | None:
+        """A message record kept for feedback matching (see DBS "sent")."""
+        with self._read() as txn:
+            raw = txn.get(mid.encode("ascii"), db=self._db["sent"])
+        return _msg_dec.decode(raw) if raw is not None else None
+
+    def prune_sent_op(self, before: float) -> Callable[[Any], int]:
+        """Forget sent records of messages received before `before` (ids sort by time)."""
+        bound = f"{max(0, int(before * 1000)):012x}".encode("ascii")
+
+        def op(txn: Any) -> int:
+            old: list[bytes] = []
+            with txn.cursor(db=self._db["sent"]) as cur:
+                for key in cur.iternext(keys=True, values=False):
+                    if bytes(key[:12]) >= bound or len(old) >= 10000:
+                        break
+                    old.append(bytes(key))
+            for key in old:
+                txn.delete(key, db=self._db["sent"])
+            return len(old)
+        return op
 
     # ------------------------------------------------------------------ reading
 

@@ -36,6 +36,7 @@ READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")
 
 # --- temporary failures --------------------------------------------------------------
 TIMEOUT = Reply(421, "4.4.2", "Error: timeout exceeded")
+SESSION_TIMEOUT = Reply(421, "4.4.2", "Error: session time limit exceeded")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Error: too many connections")
 TOO_MANY_CONNECTIONS_FROM_IP = Reply(421, "4.7.0", "Error: too many connections from your IP")
 TOO_MANY_MESSAGES = Reply(421, "4.7.0", "Error: too many messages in this connection")
@@ -68,8 +69,12 @@ SOURCE_ROUTE = Reply(501, "5.1.3", "Source routes are not accepted")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (see RFC 5321 4.5.3.1.6)")
 BARE_NEWLINE = Reply(550, "5.6.11", "message contains bare CR or LF")
+# RFC 5321 §2.3.8: only CRLF ends a command line; a bare LF/CR one is refused, never run.
+BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Error: bare <CR> or <LF> in command line; "
+                                           "lines must end with <CR><LF>")
 DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
 NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
+TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")  # Postfix says 554
 
 # --- aiosmtpd's built-in literals → ours ----------------------------------------------
 # Exact replies aiosmtpd 1.4.6 produces without an enhanced code.

@@ -82,6 +82,27 @@ def _has_control(text: str) -> bool:
     return any(c in _CONTROL for c in text)
 
 
+class _CommandReader(asyncio.StreamReader):
+    """aiosmtpd's reader, made strict about command lines (RFC 5321 §2.3.8).
+
+    aiosmtpd reads commands (and AUTH continuations) with `readuntil(b"\\n")`, so a line
+    ending in a bare LF (or in CR CR LF) would be run as a command. Such a line is
+    replaced by an empty one (aiosmtpd answers "500 Error: bad syntax") and
+    flagged, so `SubmissionSession.push` sends BARE_NEWLINE_COMMAND instead. DATA lines
+    are read with `readuntil(b"\\r\\n")` and checked in `_read_data`. A CR inside a command
+    line splits nothing; MAIL/RCPT/EHLO/HELO refuse it as a control character.
+    """
+
+    bad_line_ending = False
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        if separator == b"\n" and (not line.endswith(b"\r\n") or line.endswith(b"\r\r\n")):
+            self.bad_line_ending = True
+            return b"\r\n"
+        return line
+
+
 class SubmissionSession(SMTP):
     def __init__(self, ctx: ListenerContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
@@ -115,7 +136,13 @@ class SubmissionSession(SMTP):
         self.auth_attempts = 0
         self.auth_user = ""
         self._last_timer_reset = 0.0
+        self._session_timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] = loop.create_future()
+
+    def _cb_client_connected(self, reader: asyncio.StreamReader,
+                             writer: asyncio.StreamWriter) -> None:
+        reader.__class__ = _CommandReader  # same object: the protocol keeps feeding it
+        super()._cb_client_connected(reader, writer)  # type: ignore[no-untyped-call]
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -131,12 +158,19 @@ class SubmissionSession(SMTP):
             self._refusal = refusal
             self._registered = self.admitted
             self.ctx.sessions.add(self)
+            # Absolute cap (V12 slowloris): the idle timer restarts on every command or
+            # DATA line, so a client trickling valid lines would otherwise never leave.
+            self._session_timer = self.loop.call_later(
+                float(self.ctx.limits.session_timeout), self._session_timeout_cb)
         else:
             # STARTTLS completed: aiosmtpd made a fresh Session (AUTH state reset, RFC 3207
             # §4.2) and cleared the plaintext read buffer (CVE-2024-34083).
             self.auth_user = ""
 
     def connection_lost(self, error: Exception | None) -> None:
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+            self._session_timer = None
         if self._registered:
             self._registered = False
             self.ctx.release(self.client_ip)
@@ -160,6 +194,12 @@ class SubmissionSession(SMTP):
         # RFC 5321 §4.5.3.2: tell the client why before closing.
         self._write_now(R.TIMEOUT)
         super()._timeout_cb()  # type: ignore[no-untyped-call]
+
+    def _session_timeout_cb(self) -> None:
+        self._session_timer = None
+        log.info("%s: session time limit reached, closing", self.client_ip)
+        self._write_now(R.SESSION_TIMEOUT)
+        self._close()
 
     def close_idle(self) -> bool:
         """On shutdown: close now if between transactions; return True if closed."""
@@ -192,6 +232,10 @@ class SubmissionSession(SMTP):
 
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, str):
+            if isinstance(self._reader, _CommandReader) and self._reader.bad_line_ending:
+                self._reader.bad_line_ending = False
+                if status == "500 Error: bad syntax":
+                    status = str(R.BARE_NEWLINE_COMMAND)
             status = R.enhance(status)
             if self.ctx.on_reply is not None:
                 self.ctx.on_reply(status)
@@ -240,6 +284,14 @@ class SubmissionSession(SMTP):
                                                      "(printable characters only)")))
             return
         await super().smtp_HELO(hostname)
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        # aiosmtpd would answer 220 again and layer TLS inside TLS (RFC 3207 §4: one
+        # STARTTLS per session).
+        if self.tls_active:
+            await self.push(str(R.TLS_ALREADY_ACTIVE))
+            return
+        await super().smtp_STARTTLS(arg)  # type: ignore[arg-type]
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         assert self.session is not None
@@ -301,11 +353,17 @@ class SubmissionSession(SMTP):
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
                              log_client_response: bool = False) -> Any:
         try:
-            return await super().challenge_auth(challenge, encode_to_b64, False)
+            response = await super().challenge_auth(challenge, encode_to_b64, False)
         except ValueError:  # StreamReader.readline: an over-long continuation line (V12)
             await self.push(str(R.LINE_TOO_LONG))
             self._close()
             return MISSING
+        reader = self._reader
+        if isinstance(reader, _CommandReader) and reader.bad_line_ending:
+            reader.bad_line_ending = False
+            await self.push(str(R.BARE_NEWLINE_COMMAND))
+            return MISSING
+        return response
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # Called by aiosmtpd's auth_PLAIN/auth_LOGIN once the credentials are decoded; the

@@ -122,7 +122,8 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],
-                     extra_args: tuple[str, ...] = (), **overrides: Any) -> Admin:
+                     extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
+                     **overrides: Any) -> Admin:
     tls = Tls()
     cert, key = tls.write_files(tmp)
     submit_port, admin_port = free_port(), free_port()
@@ -148,5 +149,6 @@ def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],
     made = run_cli("admin", "token", "add", "tests", config=config)
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
-    relay = RelayProcess(config, log_dir=tmp / "logs", extra_args=extra_args).start()
+    relay = RelayProcess(config, log_dir=tmp / "logs", extra_args=extra_args,
+                         env=env).start()
     return Admin(relay, config, data, state, tls, submit_port, admin_port, token, sinks, tmp)

@@ -51,4 +51,4 @@ def test_dashboard_renders_in_chromium(admin: Admin, tmp_path: Path) -> None:
         finally:
             browser.close()
     assert all(u.startswith(admin.base) for u in requests), requests  # nothing off the box
-    print(f"dashboard screenshot: {shot}")  # noqa: T201
+    print(f"dashboard screenshot: {shot}")

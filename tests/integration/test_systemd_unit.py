@@ -36,6 +36,7 @@ def test_unit_settings() -> None:
         "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
         "StateDirectory=relay", "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes",
         "NoNewPrivileges=yes", "LimitNOFILE=65536", "Restart=on-failure", "KillSignal=SIGTERM",
+        "Type=notify", "ExecReload=/bin/kill -HUP $MAINPID",
     ):
         assert want in lines, want
     assert any(ln.startswith("TimeoutStopSec=") for ln in lines)

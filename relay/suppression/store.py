@@ -1,0 +1,100 @@
+"""The suppression list in LMDB: sub-database "suppression" of the queue's environment.
+
+Key: the lower-cased address. Value: an `Entry` (msgpack). Writes are ops for the store's
+group commit (`await store.write(op)` in the server, `store.write_now(op)` in the CLI),
+so an automatic add commits with the delivery result that caused it. Reads use one
+read transaction and never block the writer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import msgspec
+
+from relay.queue.store import QueueStore
+from relay.suppression.policy import Reason, normalize
+
+
+class Entry(msgspec.Struct, array_like=True, tag=1):
+    address: str
+    reason: str          # BOUNCE | COMPLAINT
+    created_at: float
+    message_id: str = ""
+    diagnostic: str = ""  # the response or feedback type that put it there
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(Entry)
+
+
+class SuppressionList:
+    DB = "suppression"
+
+    def __init__(self, store: QueueStore) -> None:
+        self.store = store
+
+    def _db(self) -> Any:
+        return self.store.named_db(self.DB)
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, address: str) -> Entry | None:
+        key = normalize(address).encode("utf-8")
+        raw = self.store.read(lambda txn: txn.get(key, db=self._db()))
+        return _dec.decode(raw) if raw is not None else None
+
+    def reasons(self, addresses: Iterable[str]) -> dict[str, Reason]:
+        """The listed reason of each of `addresses` that is on the list (one read txn)."""
+        keys = {normalize(a): a for a in addresses}
+        db = self._db()
+
+        def read(txn: Any) -> dict[str, Reason]:
+            out: dict[str, Reason] = {}
+            for norm, original in keys.items():
+                raw = txn.get(norm.encode("utf-8"), db=db)
+                if raw is not None:
+                    out[original] = Reason(_dec.decode(raw).reason)
+            return out
+        return self.store.read(read)
+
+    def entries(self, *, reason: str | None = None, prefix: str = "") -> Iterator[Entry]:
+        for _, raw in self.store.read_db(self.DB):
+            entry = _dec.decode(raw)
+            if reason and entry.reason != reason:
+                continue
+            if prefix and not entry.address.startswith(prefix.lower()):
+                continue
+            yield entry
+
+    def count(self) -> int:
+        return int(self.store.read(lambda txn: txn.stat(self._db())["entries"]))
+
+    # ------------------------------------------------------------------ ops
+
+    def add_op(self, entries: list[Entry], *, replace: bool = True) -> Callable[[Any], int]:
+        """Put entries on the list; return how many were new. `replace=False` keeps an
+        existing entry (first reason wins, as for automatic adds)."""
+        db = self._db()
+
+        def op(txn: Any) -> int:
+            added = 0
+            for e in entries:
+                key = normalize(e.address).encode("utf-8")
+                exists = txn.get(key, db=db) is not None
+                if exists and not replace:
+                    continue
+                added += 0 if exists else 1
+                txn.put(key, _enc.encode(msgspec.structs.replace(
+                    e, address=normalize(e.address))), db=db)
+            return added
+        return op
+
+    def remove_op(self, addresses: list[str]) -> Callable[[Any], int]:
+        db = self._db()
+
+        def op(txn: Any) -> int:
+            return sum(1 for a in addresses
+                       if txn.delete(normalize(a).encode("utf-8"), db=db))
+        return op

@@ -1,0 +1,53 @@
+"""Raw-SMTP helpers shared by the reliability tests (imported as a plain module)."""
+
+from __future__ import annotations
+
+import base64
+
+from relay.smtp import replies as R
+from relay.testing.submission import RawClient, Reply, Tls
+
+USER, PASSWORD = "app", "s3cret-pw"
+
+
+def plain(user: str, password: str) -> str:
+    return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+
+
+def expect(reply: Reply, want: R.Reply) -> None:
+    """The reply has want's code and enhanced status code."""
+    assert reply.code == want.code, reply
+    assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
+
+
+async def connect(port: int, host: str = "127.0.0.1") -> RawClient:
+    client = await RawClient.connect(port, host=host)
+    greeting = await client.read_reply()
+    assert greeting.code == 220, greeting
+    return client
+
+
+async def tls_session(port: int, tls: Tls, *, login: bool = True) -> RawClient:
+    client = await connect(port)
+    assert (await client.cmd("EHLO client.test")).code == 250
+    assert (await client.starttls(tls.client)).code == 220
+    assert (await client.cmd("EHLO client.test")).code == 250
+    if login:
+        expect(await client.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}"), R.AUTH_OK)
+    return client
+
+
+async def open_data(client: RawClient, sender: str = "u@tenant.example",
+                    rcpt: str = "r@sink.test") -> None:
+    expect(await client.cmd(f"MAIL FROM:<{sender}>"), R.SENDER_OK)
+    expect(await client.cmd(f"RCPT TO:<{rcpt}>"), R.RECIPIENT_OK)
+    assert (await client.cmd("DATA")).code == 354
+
+
+async def send_ok(client: RawClient) -> Reply:
+    """A normal transaction, proving the session still serves."""
+    await open_data(client)
+    await client.send(b"From: u@tenant.example\r\nSubject: ok\r\n\r\nfine\r\n.\r\n")
+    reply = await client.read_reply()
+    expect(reply, R.QUEUED)
+    return reply
