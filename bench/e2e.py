@@ -82,12 +82,13 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 def relay_config(state: Path, submit_port: int, plain_port: int, nameserver: str,
-                 sink_port: int) -> str:
+                 sink_port: int, workers: int = 1) -> str:
     return f"""\
 [server]
 hostname = "relay.bench"
 state_dir = "{state}"
 log_level = "warning"
+{f"workers = {workers}" if workers != 1 else ""}
 
 [[listener]]
 address = "127.0.0.1:{submit_port}"
@@ -149,6 +150,7 @@ class Scenario:
     sessions: int
     tls: str
     reuse: bool
+    workers: int = 1
 
 
 def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
@@ -170,7 +172,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
         submit_port, plain_port = free_port(), free_port()
         cfg = work / "relay.toml"
         cfg.write_text(relay_config(work / "state", submit_port, plain_port, dns.nameserver,
-                                    sink_port))
+                                    sink_port, sc.workers))
         subprocess.run([py, "-m", "relay", "--config", str(cfg), "user", "add", "bench",
                         "--password-stdin"], input=(PASSWORD + "\n").encode(), check=True,
                        cwd=ROOT, timeout=60, capture_output=True)

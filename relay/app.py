@@ -19,10 +19,11 @@ import ssl
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
-from relay import sdnotify
+from relay import configsets, sdnotify
 from relay.admin.api import AdminContext
 from relay.admin.metrics import Metrics, StateCollector
 from relay.admin.server import AdminServer
@@ -37,14 +38,19 @@ from relay.delivery.shaper import ShapedSender, provider_map
 from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
+from relay.events.destinations import EventRouter
 from relay.events.log import EventLog
 from relay.events.model import send_event
+from relay.feedback.listener import FeedbackServer, owned_domains
+from relay.feedback.processor import FeedbackProcessor
 from relay.identity.authorize import SenderPolicy
 from relay.identity.check import rotation_tick
 from relay.identity.outbound import Outbound
 from relay.identity.store import IdentityStore
 from relay.queue.store import NewMessage, QueueStore
+from relay.simulator import Simulator
 from relay.smtp import AuthPolicy, SubmissionServer
+from relay.suppression.guard import Suppressor
 from relay.tlsutil import ensure_self_signed, server_context
 from relay.users import UserStore
 from relay.verp import Verp
@@ -57,13 +63,23 @@ DEV_USER = "dev"
 class QueueSubmitter:
     """What the SMTP server calls: durable submit, then a Send event and a scheduler nudge."""
 
-    def __init__(self, store: QueueStore, events: EventLog, scheduler: Scheduler) -> None:
+    def __init__(self, store: QueueStore, events: EventLog, scheduler: Scheduler,
+                 config: Callable[[], Config] | None = None) -> None:
         self.store = store
         self.events = events
         self.scheduler = scheduler
+        self.config = config
         self.on_accept: list[Callable[[], None]] = []
 
     async def submit(self, msg: NewMessage) -> str:
+        # Configuration set (X-SES-CONFIGURATION-SET) and tag headers never leave relay.
+        requested = configsets.requested_set(msg.body)
+        if self.config is not None and requested:
+            msg.configuration_set = configsets.resolve(self.config(), requested)
+            if not msg.configuration_set:
+                log.warning("message names configuration set %r, which is not configured; "
+                            "sent without one", requested)
+        msg.body = configsets.strip_headers(msg.body)
         record = await self.store.submit_record(msg)
         for cb in self.on_accept:
             cb()
@@ -85,6 +101,10 @@ class RelayApp:
         self.metrics = Metrics()
         self.admin: AdminServer | None = None
         self.tls: ssl.SSLContext | None = None
+        self.feedback_listeners: list[FeedbackServer] = []
+        # (queue id, recipient domain) -> (source IP, provider) of recent attempts, so a
+        # late reputation bounce reaches the warm-up state of the IP that got it.
+        self._sent_from: dict[tuple[str, str], tuple[str, str]] = {}
 
     def _lease_seconds(self) -> float:
         d = self.cfg.delivery
@@ -129,7 +149,8 @@ class RelayApp:
         # Below the shaper: one log line and one metric per attempted transaction.
         self.attempts = RecordingSender(self.sender, provider_map(cfg),
                                         default_source=cfg.delivery.source_address,
-                                        observers=[self.metrics.observe_attempt])
+                                        observers=[self.metrics.observe_attempt,
+                                                   self._remember_attempt])
         # Pools and warm-up (delivery.pool): transactions go through the shaper, which picks
         # and binds the source IP, keeps the per-IP caps and holds the excess.
         self.shaped = (ShapedSender(cfg, self.attempts, self.store, self.clock)
@@ -137,17 +158,34 @@ class RelayApp:
         self.identities = IdentityStore.in_state_dir(self.state_dir, self.clock)
         self.dkim_keys = KeyStore.in_state_dir(self.state_dir, self.clock,
                                                rsa_bits=cfg.dkim.rsa_bits)
+        verp = Verp.from_state_dir(self.state_dir)
         outbound = Outbound(
-            signer=Signer(self.dkim_keys), verp=Verp.from_state_dir(self.state_dir),
+            signer=Signer(self.dkim_keys), verp=verp,
             resolver=self.resolver, identities=cfg.identity,
             default_domain=cfg.server.return_path_domain or cfg.server.hostname)
         self.scheduler = Scheduler(self.store, self.router, self.shaped or self.attempts,
                                    self.events, self.clock,
                                    cfg.delivery, hostname=cfg.server.hostname, rng=self.rng,
                                    outbound=outbound)
+        # Suppression, feedback (bounces/complaints), the mailbox simulator, event routing.
+        self.suppressor = Suppressor(self.store, lambda: self.cfg)
+        self.scheduler.suppression = self.suppressor
+        self.scheduler.after_settle.append(self.suppressor.after_settle)
+        self.scheduler.configuration_set = lambda name: self.cfg.configuration_set_named(name)
+        self.feedback = FeedbackProcessor(
+            self.store, verp, self.events, self.clock, lambda: self.cfg, self.state_dir,
+            on_reputation=self._reputation_bounce, on_complaint=self._complaint)
+        self.scheduler.simulator = Simulator(
+            clock=self.clock, store=self.store, feedback=self.feedback, verp=verp,
+            return_domain=cfg.server.return_path_domain or cfg.server.hostname)
+        self.event_router = EventRouter(lambda: self.cfg, self.store, self.clock,
+                                        self.state_dir)
+        self.events.subscribers.append(self.event_router)
+        await self.event_router.start()
+        self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
         self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
         self.scheduler.start()
-        submitter = QueueSubmitter(self.store, self.events, self.scheduler)
+        submitter = QueueSubmitter(self.store, self.events, self.scheduler, lambda: self.cfg)
         submitter.on_accept.append(self.metrics.accepted.inc)
         self.events.subscribers.append(self.metrics.observe_event)
         tls = self.tls = self._tls_context()
@@ -157,8 +195,16 @@ class RelayApp:
         sender_check = (SenderPolicy(self.identities, self.users)
                         if cfg.server.sender_authorization == "verified" else None)
         for lst in cfg.listener:
+            if lst.role == "feedback":
+                fb = FeedbackServer(lst, cfg.server.hostname, self.feedback,
+                                    lambda: owned_domains(self.cfg), tls,
+                                    max_message_size=int(cfg.limits.max_message_size),
+                                    idle_timeout=float(cfg.limits.idle_timeout))
+                await fb.start()
+                self.feedback_listeners.append(fb)
+                continue
             if lst.role != "submission":
-                continue  # the feedback listener arrives with bounce processing
+                continue
             server = SubmissionServer(lst, cfg.limits, cfg.server.hostname, submitter,
                                       self.users, self.clock, tls, auth_policy=auth_policy,
                                       sender_check=sender_check)
@@ -180,6 +226,54 @@ class RelayApp:
 
         ctx.admit = counted  # type: ignore[assignment]
         ctx.on_reply = self.metrics.observe_reply
+
+    # ------------------------------------------------------------------ reputation feedback
+
+    def _remember_attempt(self, attempt: Any) -> None:
+        key = (attempt.queue_id, attempt.recipient_domain)
+        self._sent_from[key] = (attempt.source_ip, attempt.provider)
+        if len(self._sent_from) > 100_000:  # bounded: forget the oldest half
+            for k in list(self._sent_from)[:50_000]:
+                del self._sent_from[k]
+        if attempt.kind == "bounced":
+            from relay.suppression.policy import FailureClass, classify_failure
+            if classify_failure(attempt.response) is FailureClass.REPUTATION:
+                self._to_gate(attempt.source_ip, attempt.provider, attempt.response)
+
+    def _to_gate(self, ip: str, provider: str, response: str) -> None:
+        """A reputation/policy refusal: the warm-up backoff of the IP that got it."""
+        if self.shaped is None or not ip:
+            log.warning("reputation refusal (%s): %s", ip or "default source", response)
+            return
+        from relay.warmup.reputation import note_refusal
+        for notice in note_refusal(self.shaped.gate, ip, provider, response,
+                                   self.clock.now()):
+            log.warning("%s", notice)
+
+    def _reputation_bounce(self, msg: Any, address: str, diagnostic: str) -> None:
+        found = self._sent_from.get((msg.id, address.rpartition("@")[2].lower()))
+        if found is None:
+            log.warning("reputation bounce for %s (message %s), sending IP unknown: %s",
+                        address, msg.id, diagnostic)
+            return
+        self._to_gate(found[0], found[1], diagnostic)
+
+    def _complaint(self, msg: Any, address: str) -> None:
+        found = self._sent_from.get((msg.id, address.rpartition("@")[2].lower()))
+        if found is not None and self.shaped is not None:
+            notice = self.shaped.gate.note_complaint(found[0], self.clock.now())
+            if notice:
+                log.warning("%s", notice)
+
+    async def _prune_loop(self) -> None:
+        """Forget sent-message records older than suppression.feedback_window."""
+        while True:
+            try:
+                before = self.clock.now() - self.cfg.suppression.feedback_window
+                await self.store.write(self.store.prune_sent_op(before))
+            except Exception:
+                log.exception("pruning sent-message records failed")
+            await self.clock.sleep(3600.0)
 
     def listener_status(self) -> list[dict[str, object]]:
         return [{"address": str(s.listener.address), "port": s.port, "tls": s.listener.tls,
@@ -267,6 +361,9 @@ class RelayApp:
 
     async def stop(self) -> None:
         self._dkim_task.cancel()
+        self._prune_task.cancel()
+        for fb in self.feedback_listeners:
+            await fb.stop()
         if self.admin is not None:
             await self.admin.stop()
         for server in self.listeners:
@@ -275,6 +372,7 @@ class RelayApp:
         if self.shaped is not None:
             await self.shaped.close()
         await self.sender.close()
+        await self.event_router.stop()
         await self.store.close()
         self.events.close()
 
@@ -293,15 +391,18 @@ async def serve(cfg: Config, config_path: Path | None = None) -> None:
                            strict=True):
         print(f"relay: listening on {lst.address} (tls={lst.tls}, auth={lst.auth}) "
               f"port {server.port}", flush=True)
+    for fb in app.feedback_listeners:
+        print(f"relay: feedback listener on {fb.listener.address} port {fb.port}", flush=True)
     if app.admin is not None:
         print(f"relay: admin API and dashboard on {cfg.admin.address} port {app.admin.port}",
               flush=True)
-    print(f"relay: ready (state {app.state_dir}, recovered {app.recovered})", flush=True)
-    sdnotify.notify("READY=1", f"STATUS=serving, {len(app.listeners)} listener(s)")
+    # Handlers before "ready": a SIGTERM right after readiness must drain, not kill.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    print(f"relay: ready (state {app.state_dir}, recovered {app.recovered})", flush=True)
+    sdnotify.notify("READY=1", f"STATUS=serving, {len(app.listeners)} listener(s)")
 
     def hangup() -> None:
         if config_path is None:

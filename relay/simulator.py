@@ -115,12 +115,6 @@ class Simulator:
         return body
 
 
-def _headers_only(original: bytes) -> EmailMessage | MIMEText:
-    end = original.find(b"\r\n\r\n")
-    head = original[: end + 2] if end >= 0 else original
-    return MIMEText(head.decode("utf-8", "replace"), "rfc822-headers")
-
-
 def arf_report(msg: MessageRecord, recipient: str, return_path: str, now: float,
                original: bytes) -> bytes:
     """An RFC 5965 abuse report, as a mailbox provider's feedback loop would send it."""

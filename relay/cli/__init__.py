@@ -19,7 +19,7 @@ from relay.config import Config, ConfigError, load
 
 # Modules adding sub-commands; each has register(subparsers).
 _COMMAND_MODULES = ("serve", "check_config", "user", "queue", "identity", "dkim", "warmup",
-                    "admin", "status")
+                    "admin", "status", "suppression")
 
 
 def default_config_path() -> Path:

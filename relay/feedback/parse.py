@@ -15,7 +15,7 @@ from email.parser import HeaderParser
 from email.policy import compat32
 
 _ENHANCED = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
-_SMTP_CODE = re.compile(r"(?<![\d.])([245]\d\d)(?:[ -]|$)")
+_SMTP_CODE = re.compile(r"(?<![\d.])([245]\d\d)(?:[ :-]|$)")
 _ADDR = re.compile(r"<?([A-Za-z0-9._%+=\-]+@[A-Za-z0-9.\-]+\.[A-Za-z]{2,})>?")
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|delivery status notification|failure notice|returned mail|"

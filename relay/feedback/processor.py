@@ -100,7 +100,7 @@ class FeedbackProcessor:
         log.warning("feedback: kept unparsed report %s (%s)", path.name, reason)
         return path
 
-    def _locate(self, addresses: list[str]) -> tuple[MessageRecord, int] | None | str:
+    def _locate(self, addresses: list[str]) -> tuple[MessageRecord, int] | str | None:
         """The message and recipient index of the first genuine VERP token, "forged" if
         none verifies, None if it verifies but the message is unknown (forgotten)."""
         for address in addresses:

@@ -95,7 +95,7 @@ class _CommandReader(asyncio.StreamReader):
 
     bad_line_ending = False
 
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
         line = await super().readuntil(separator)
         if separator == b"\n" and (not line.endswith(b"\r\n") or line.endswith(b"\r\r\n")):
             self.bad_line_ending = True
@@ -142,7 +142,7 @@ class SubmissionSession(SMTP):
     def _cb_client_connected(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
         reader.__class__ = _CommandReader  # same object: the protocol keeps feeding it
-        super()._cb_client_connected(reader, writer)  # type: ignore[no-untyped-call]
+        super()._cb_client_connected(reader, writer)
 
     # --- connection lifecycle ------------------------------------------------------------
 
@@ -291,7 +291,7 @@ class SubmissionSession(SMTP):
         if self.tls_active:
             await self.push(str(R.TLS_ALREADY_ACTIVE))
             return
-        await super().smtp_STARTTLS(arg)  # type: ignore[arg-type]
+        await super().smtp_STARTTLS(arg)
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         assert self.session is not None

@@ -55,9 +55,9 @@ def classify_failure(response: str) -> FailureClass:
         return FailureClass.RECIPIENT
     if code.startswith("5.7.") or _REPUTATION.search(response):
         return FailureClass.REPUTATION
-    if code in ("", "5.0.0") or code.startswith("5.5."):
-        if _RECIPIENT_TEXT.search(response):
-            return FailureClass.RECIPIENT
+    generic = code in ("", "5.0.0") or code.startswith("5.5.")
+    if generic and _RECIPIENT_TEXT.search(response):
+        return FailureClass.RECIPIENT
     return FailureClass.OTHER
 
 

@@ -1,0 +1,391 @@
+"""relay against Postfix on the same machine, same load generator, same sink, one run.
+
+    .venv/bin/python bench/compare_postfix.py                 # 2 KB + 20 KB, 50 sessions
+    .venv/bin/python bench/compare_postfix.py --messages 2000 --repeat 3 --record
+    make bench-compare
+
+For every (size, connection mode) it runs, `--repeat` times each (median reported):
+
+- **relay**: `bench/e2e.py`'s scenario — a DNS server, the bench sink on 127.0.0.2, relay as
+  a subprocess with a STARTTLS + AUTH listener, `sender.test` a verified identity whose
+  messages are DKIM-signed (RSA-2048) on the way out; the load generator speaks STARTTLS
+  and AUTH PLAIN.
+- **Postfix**: a throwaway instance (Debian's postfix) in /tmp/relay-postfix-* with its own
+  main.cf/master.cf/queue, listening on 127.0.0.1, relaying `bench.test` to the same bench
+  sink on 127.0.0.2 (`transport_maps`), default durability (cleanup fsyncs the queue file
+  before 250), no signing; the load generator speaks plain SMTP from `mynetworks` (Postfix
+  has no SASL server here).
+
+Figures: accept msgs/s (first connection → last 250), end-to-end msgs/s (first connection →
+last message at the sink), end-of-DATA → 250 latency. The "ceiling" block compares relay
+single-process on its plain `trusted_networks` listener with a bare aiosmtpd + uvloop no-op
+server (bench/noopserver.py), and with `server.workers = 2` when `--workers2` is given.
+
+Bounded: message count per run, `--timeout` per run and `--budget` seconds for the whole
+comparison (runs left when the budget is spent are skipped and marked). Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from e2e import (  # noqa: E402
+    DOMAIN,
+    SINK_HOST,
+    Scenario,
+    run_scenario,
+    stop,
+    wait_for_line,
+)
+
+MASTER_CF = """\
+{listen} inet n - n - - smtpd
+pickup    unix  n - n 60 1 pickup
+cleanup   unix  n - n - 0 cleanup
+qmgr      unix  n - n 300 1 qmgr
+tlsmgr    unix  - - n 1000? 1 tlsmgr
+rewrite   unix  - - n - - trivial-rewrite
+bounce    unix  - - n - 0 bounce
+defer     unix  - - n - 0 bounce
+trace     unix  - - n - 0 bounce
+verify    unix  - - n - 1 verify
+flush     unix  n - n 1000? 0 flush
+proxymap  unix  - - n - - proxymap
+smtp      unix  - - n - - smtp
+relay     unix  - - n - - smtp
+showq     unix  n - n - - showq
+error     unix  - - n - - error
+retry     unix  - - n - - error
+discard   unix  - - n - - discard
+local     unix  - n n - - local
+anvil     unix  - - n - 1 anvil
+scache    unix  - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+"""
+
+
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _postfix(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["postfix", "-c", str(conf), *args], capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+def _loadgen(port: int, size: int, messages: int, sessions: int, reuse: bool, timeout: float,
+             tls: str = "none", host: str = "127.0.0.1") -> dict[str, Any]:
+    cmd = [sys.executable, str(HERE / "loadgen.py"), "--host", host, "--port", str(port),
+           "--messages", str(messages), "--size", str(size), "--concurrency", str(sessions),
+           "--timeout", str(timeout), "--domain", DOMAIN, "--tls", tls,
+           "--reuse" if reuse else "--no-reuse"]
+    done = subprocess.run(cmd, capture_output=True, timeout=timeout + 30, check=False)
+    try:
+        return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
+    except (IndexError, json.JSONDecodeError):
+        raise RuntimeError(f"loadgen failed: {done.stderr.decode()[-2000:]}") from None
+
+
+def _start_sink(work: Path, messages: int, timeout: float) -> tuple[subprocess.Popen[bytes],
+                                                                      Path, int]:
+    out_path = work / "sink.out"
+    with out_path.open("wb") as out:
+        sink = subprocess.Popen(
+            [sys.executable, str(HERE / "sinkserver.py"), "--host", SINK_HOST, "--port", "0",
+             "--expect", str(messages), "--timeout", str(timeout + 30)],
+            stdout=out, stderr=subprocess.STDOUT)
+    port = int(json.loads(wait_for_line(out_path, '"ready"', sink, 10))["port"])
+    return sink, out_path, port
+
+
+def _sink_summary(sink: subprocess.Popen[bytes], out_path: Path,
+                  timeout: float) -> dict[str, Any]:
+    try:
+        sink.wait(timeout)
+    except subprocess.TimeoutExpired:
+        stop(sink)
+    lines = [json.loads(x) for x in out_path.read_text().splitlines()
+             if x.startswith("{") and '"summary"' in x]
+    return lines[-1] if lines else {"messages": 0, "last_at": 0.0}
+
+
+def postfix_available() -> str | None:
+    """None if Postfix can be used, else why not."""
+    for prog in ("postfix", "postconf"):
+        if shutil.which(prog) is None:
+            return f"{prog} is not installed (Debian: apt-get install postfix)"
+    if os.geteuid() != 0:
+        return "a private Postfix instance needs root (postfix start drops to user postfix)"
+    return None
+
+
+def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
+                timeout: float) -> dict[str, Any]:
+    """One run against a fresh Postfix instance; removed afterwards."""
+    base = Path(tempfile.mkdtemp(prefix="relay-postfix-", dir="/tmp"))
+    base.chmod(0o755)  # the daemons run as user postfix
+    conf = base / "conf"
+    conf.mkdir()
+    sink: subprocess.Popen[bytes] | None = None
+    started = False
+    try:
+        sink, sink_out, sink_port = _start_sink(base, messages, timeout)
+        listen = _free_port()
+        main_cf = "\n".join([
+            "compatibility_level = 3.6",
+            f"queue_directory = {base / 'queue'}",
+            f"data_directory = {base / 'data'}",
+            "inet_interfaces = 127.0.0.1", "inet_protocols = ipv4",
+            "myhostname = postfix.bench", "mydestination =", "mynetworks = 127.0.0.0/8",
+            f"relay_domains = {DOMAIN}",
+            f"transport_maps = inline:{{ {DOMAIN} = smtp:[{SINK_HOST}]:{sink_port} }}",
+            "local_transport = error:local delivery is disabled",
+            "alias_maps =", "alias_database =", "smtputf8_enable = no",
+            "smtpd_peername_lookup = no",
+            f"maillog_file_prefixes = {base}", f"maillog_file = {base / 'maillog'}",
+        ])
+        (conf / "main.cf").write_text(main_cf + "\n")
+        (conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{listen}"))
+        (base / "queue").mkdir()
+        checked = _postfix(conf, "check")
+        if checked.returncode != 0:
+            raise RuntimeError(f"postfix check: {checked.stderr}")
+        st = _postfix(conf, "start")
+        if st.returncode != 0:
+            raise RuntimeError(f"postfix start: {st.stderr}")
+        started = True
+        _wait_port(listen, 20)
+        load = _loadgen(listen, size, messages, sessions, reuse, timeout)
+        at_sink = _sink_summary(sink, sink_out, timeout + 30)
+        return _row(load, at_sink, messages)
+    finally:
+        if started:
+            _postfix(conf, "stop")
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and _postfix(conf, "status").returncode == 0:
+                time.sleep(0.2)
+        if sink is not None:
+            stop(sink)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    import socket
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port}")
+
+
+def _row(load: dict[str, Any], at_sink: dict[str, Any], messages: int) -> dict[str, Any]:
+    start = float(load["first_connect_at"])
+    e2e = at_sink["last_at"] - start if at_sink.get("messages") else 0.0
+    complete = load["accepted"] == messages and at_sink.get("messages", 0) >= messages
+    return {"accept_rate": float(load["msgs_per_s"]) if load["accepted"] == messages else 0.0,
+            "e2e_rate": round(at_sink["messages"] / e2e, 1) if complete and e2e > 0 else 0.0,
+            "p50_ms": load["latency_ms"]["p50"], "p99_ms": load["latency_ms"]["p99"],
+            "failed": load["failed"]}
+
+
+def run_relay(size: int, messages: int, sessions: int, reuse: bool, timeout: float,
+              work: Path, tls: str = "starttls", workers: int = 1) -> dict[str, Any]:
+    r = run_scenario(Scenario(size, messages, sessions, tls, reuse, workers), work, timeout)
+    complete = r["accepted"] == messages
+    return {"accept_rate": r["accept_rate"] if complete else 0.0,
+            "e2e_rate": r["e2e_rate"] if complete and r["delivered"] >= messages else 0.0,
+            "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"], "failed": r["failed"]}
+
+
+def run_noop(size: int, messages: int, sessions: int, timeout: float,
+             work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    out_path = work / "noop.out"
+    with out_path.open("wb") as out:
+        srv = subprocess.Popen([sys.executable, str(HERE / "noopserver.py"), "--port", "0",
+                                "--timeout", str(timeout + 30)],
+                               stdout=out, stderr=subprocess.STDOUT)
+    try:
+        port = int(json.loads(wait_for_line(out_path, '"ready"', srv, 10))["port"])
+        load = _loadgen(port, size, messages, sessions, True, timeout)
+        return {"accept_rate": float(load["msgs_per_s"]), "p50_ms": load["latency_ms"]["p50"],
+                "p99_ms": load["latency_ms"]["p99"], "failed": load["failed"]}
+    finally:
+        stop(srv)
+
+
+class Budget:
+    def __init__(self, seconds: float) -> None:
+        self.deadline = time.monotonic() + seconds
+
+    def left(self) -> bool:
+        return time.monotonic() < self.deadline
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
+    values = [float(r[key]) for r in runs if key in r]
+    return statistics.median(values) if values else None
+
+
+def fmt(v: float | None, digits: int = 0) -> str:
+    return "skipped" if v is None else f"{v:,.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "-"
+    return f"{a / b:.2f}×"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="relay vs Postfix on loopback (same load, same sink)")
+    p.add_argument("--messages", type=int, default=2000, help="messages per run")
+    p.add_argument("--sizes", default="2048,20480")
+    p.add_argument("--sessions", type=int, default=50)
+    p.add_argument("--repeat", type=int, default=3, help="runs per figure (median reported)")
+    p.add_argument("--modes", default="new,reuse",
+                   help="connection modes: new (a connection per message), reuse")
+    p.add_argument("--timeout", type=float, default=180.0, help="per run (s)")
+    p.add_argument("--budget", type=float, default=3600.0, help="whole comparison (s)")
+    p.add_argument("--no-postfix", action="store_true", help="relay and ceilings only")
+    p.add_argument("--no-ceiling", action="store_true")
+    p.add_argument("--workers2", action="store_true",
+                   help="also run relay's plain listener with server.workers = 2")
+    p.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
+    args = p.parse_args(argv)
+    if args.messages < 1 or args.repeat < 1 or args.repeat > 9:
+        p.error("--messages >= 1 and 1 <= --repeat <= 9")
+
+    why = None if args.no_postfix else postfix_available()
+    if why is not None:
+        print(f"compare_postfix: Postfix is not usable here: {why}; "
+              "measuring relay only", file=sys.stderr)
+    sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    budget = Budget(args.budget)
+    tmp = Path(tempfile.mkdtemp(prefix="relay-compare-"))
+    results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
+
+    def record(key: tuple[str, int, str], fn: Any) -> None:
+        runs = results.setdefault(key, [])
+        for i in range(args.repeat):
+            if not budget.left():
+                print(f"compare_postfix: budget spent, skipping {key} run {i + 1}",
+                      file=sys.stderr)
+                return
+            try:
+                r = fn(i)
+            except Exception as e:  # one failed run is reported, the rest still runs
+                print(f"compare_postfix: {key} run {i + 1} failed: {e}", file=sys.stderr)
+                continue
+            runs.append(r)
+            print(json.dumps({"figure": list(key), "run": i + 1, **r}), file=sys.stderr,
+                  flush=True)
+
+    try:
+        for size in sizes:
+            for mode in modes:
+                reuse = mode == "reuse"
+                record(("relay", size, mode), lambda i, s=size, r=reuse, m=mode: run_relay(
+                    s, args.messages, args.sessions, r, args.timeout,
+                    tmp / f"relay-{s}-{m}-{i}"))
+                if why is None:
+                    record(("postfix", size, mode), lambda i, s=size, r=reuse: run_postfix(
+                        s, args.messages, args.sessions, r, args.timeout))
+        if not args.no_ceiling:
+            size = sizes[0]
+            record(("noop", size, "reuse"), lambda i: run_noop(
+                size, args.messages, args.sessions, args.timeout, tmp / f"noop-{i}"))
+            record(("relay-plain", size, "reuse"), lambda i: run_relay(
+                size, args.messages, args.sessions, True, args.timeout,
+                tmp / f"plain-{i}", tls="none"))
+            if args.workers2:
+                record(("relay-plain-w2", size, "reuse"), lambda i: run_relay(
+                    size, args.messages, args.sessions, True, args.timeout,
+                    tmp / f"plain2-{i}", tls="none", workers=2))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def med(who: str, size: int, mode: str, key: str) -> float | None:
+        return median_of(results.get((who, size, mode), []), key)
+
+    label = {"new": "new connection per message", "reuse": "connections reused"}
+    lines = ["| figure | relay | Postfix | ratio |", "|---|---:|---:|---:|"]
+    for key, what in (("accept_rate", "accept msgs/s"), ("e2e_rate", "end-to-end msgs/s")):
+        for size in sizes:
+            for mode in modes:
+                a, b = med("relay", size, mode, key), med("postfix", size, mode, key)
+                lines.append(f"| {what}, {size // 1024} KB, {label.get(mode, mode)} "
+                             f"| {fmt(a)} | {fmt(b)} | {ratio(a, b)} |")
+    for size in sizes:
+        for mode in modes:
+            for q in ("p50_ms", "p99_ms"):
+                a, b = med("relay", size, mode, q), med("postfix", size, mode, q)
+                lines.append(f"| {q[:3]} end-of-DATA → 250 ms, {size // 1024} KB, "
+                             f"{label.get(mode, mode)} | {fmt(a, 1)} | {fmt(b, 1)} | - |")
+    out = "\n".join(lines)
+    if not args.no_ceiling:
+        size = sizes[0]
+        noop = med("noop", size, "reuse", "accept_rate")
+        plain = med("relay-plain", size, "reuse", "accept_rate")
+        cl = ["| ceiling figure (plain SMTP, connections reused) | msgs/s | of no-op |",
+              "|---|---:|---:|",
+              f"| aiosmtpd + uvloop no-op server, {size // 1024} KB | {fmt(noop)} | 1.00× |",
+              f"| relay, 1 process, trusted_networks listener, {size // 1024} KB "
+              f"| {fmt(plain)} | {ratio(plain, noop)} |"]
+        if args.workers2:
+            w2 = med("relay-plain-w2", size, "reuse", "accept_rate")
+            cl.append(f"| relay, server.workers = 2, {size // 1024} KB | {fmt(w2)} "
+                      f"| {ratio(w2, noop)} |")
+        out += "\n\n" + "\n".join(cl)
+    failures = {f"{k[0]} {k[1] // 1024} KB {k[2]}": r["failed"]
+                for k, runs in results.items() for r in runs if r.get("failed")}
+    note = (f"\n\nMedian of {args.repeat} runs of {args.messages} messages, "
+            f"{args.sessions} sessions. relay: STARTTLS + AUTH, DKIM RSA-2048 on every "
+            "message, 250 after a synced LMDB commit. Postfix: plain SMTP from mynetworks, "
+            "no signing, default durability.")
+    if why is not None:
+        note += f" Postfix not measured: {why}."
+    if failures:
+        note += f" Failed transactions: {json.dumps(failures)}."
+    out += note
+    print(out)
+    if args.record:
+        cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/compare_postfix.py",
+                                                 *(argv if argv is not None else sys.argv[1:])])
+        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        pf = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True,
+                            text=True, check=False).stdout.strip() if why is None else "-"
+        machine = (f"{os.cpu_count()} cores (nproc), {platform.machine()}, "
+                   f"Python {platform.python_version()}, {platform.system()} "
+                   f"{platform.release()}, Postfix {pf}")
+        with (HERE / "RESULTS.md").open("a") as f:
+            f.write(f"\n### relay vs Postfix, {when}\n\nCommand: `{cmd}`  \n"
+                    f"Machine: {machine}\n\n{out}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

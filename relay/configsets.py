@@ -1,0 +1,68 @@
+"""PURE: the configuration set of a submitted message, and the headers removed before delivery.
+
+`X-SES-CONFIGURATION-SET` (or `X-Relay-Configuration-Set`) picks a [[configuration_set]];
+`X-SES-MESSAGE-TAGS` carries tags (parsed at submission by relay/smtp/message.py). All
+three are removed from the stored message, so they never reach the recipient, as with
+SES. No I/O.
+"""
+
+from __future__ import annotations
+
+import re
+
+from relay.config import Config
+
+SET_HEADERS = ("x-ses-configuration-set", "x-relay-configuration-set")
+STRIPPED = frozenset({*SET_HEADERS, "x-ses-message-tags"})
+_HEADER_LIMIT = 256 * 1024
+
+
+def _split(body: bytes) -> tuple[bytes, bytes]:
+    end = body.find(b"\r\n\r\n", 0, _HEADER_LIMIT)
+    if end < 0:
+        return body, b""
+    return body[: end + 2], body[end + 2:]
+
+
+def _fields(head: bytes) -> list[bytes]:
+    """Header fields with their continuation lines, each ending in CRLF."""
+    out: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if out and line[:1] in (b" ", b"\t"):
+            out[-1] += line
+        else:
+            out.append(line)
+    return out
+
+
+def _name(field: bytes) -> str:
+    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+
+def requested_set(body: bytes) -> str:
+    """The configuration set named in the header ("" if none)."""
+    head, _ = _split(body)
+    for f in _fields(head):
+        if _name(f) in SET_HEADERS:
+            value = f.split(b":", 1)[1] if b":" in f else b""
+            return re.sub(r"\s+", " ", value.decode("utf-8", "replace")).strip()
+    return ""
+
+
+def strip_headers(body: bytes) -> bytes:
+    """The message without the configuration-set and tag headers."""
+    head, rest = _split(body)
+    fields = _fields(head)
+    kept = [f for f in fields if _name(f) not in STRIPPED]
+    if len(kept) == len(fields):
+        return body
+    return b"".join(kept) + rest
+
+
+def resolve(cfg: Config, requested: str, default: str = "") -> str:
+    """The configuration set's configured name, or "" when none applies or it is unknown."""
+    name = requested or default
+    if not name:
+        return ""
+    cs = cfg.configuration_set_named(name)
+    return cs.name if cs is not None else ""
