@@ -11,7 +11,9 @@ leases go back to the spool, the store commits and closes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import random
 import secrets
 import signal
@@ -32,6 +34,7 @@ from relay.clock import Clock, SystemClock
 from relay.config import Config, ConfigError, load
 from relay.delivery.attempts import RecordingSender
 from relay.delivery.client import Sender
+from relay.delivery.mtasts_fetch import MtaSts
 from relay.delivery.routing import Router
 from relay.delivery.scheduler import Scheduler
 from relay.delivery.shaper import ShapedSender, provider_map
@@ -39,21 +42,26 @@ from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
 from relay.events.destinations import EventRouter
+from relay.events.journal import EventJournal
 from relay.events.log import EventLog
-from relay.events.model import send_event
+from relay.events.model import Event, reject_event, send_event
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.feedback.processor import FeedbackProcessor
 from relay.identity.authorize import SenderPolicy
 from relay.identity.check import rotation_tick
 from relay.identity.outbound import Outbound
 from relay.identity.store import IdentityStore
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.records import MessageRecord
+from relay.queue.store import NewMessage, QueueStore, new_message_id
 from relay.simulator import Simulator
 from relay.smtp import AuthPolicy, SubmissionServer
+from relay.smtp import replies as R
+from relay.smtp.session import MessageRefused
 from relay.suppression.guard import Suppressor
 from relay.tlsutil import ensure_self_signed, server_context
 from relay.users import UserStore
 from relay.verp import Verp
+from relay.warmup import lanes
 
 log = logging.getLogger("relay")
 
@@ -64,40 +72,89 @@ class QueueSubmitter:
     """What the SMTP server calls: durable submit, then a Send event and a scheduler nudge."""
 
     def __init__(self, store: QueueStore, events: EventLog, scheduler: Scheduler,
-                 config: Callable[[], Config] | None = None) -> None:
+                 config: Callable[[], Config] | None = None,
+                 users: UserStore | None = None) -> None:
         self.store = store
         self.events = events
         self.scheduler = scheduler
         self.config = config
+        self.users = users  # a credential's default configuration set
         self.on_accept: list[Callable[[], None]] = []
+        # When set, the Send event is committed with the message (relay/events/journal.py).
+        self.journal: EventJournal | None = None
+
+    def _choose_set(self, msg: NewMessage) -> str:
+        """Set msg.configuration_set from the header, else the credential's default;
+        return the header's name when it names no configured set ("" otherwise)."""
+        if self.config is None:
+            return ""
+        requested = configsets.requested_set(msg.body)
+        default = ""
+        if not requested and self.users is not None and msg.auth_user:
+            default = self.users.default_configuration_set(msg.auth_user)
+        msg.configuration_set = configsets.resolve(self.config(), requested, default)
+        if default and not msg.configuration_set:
+            log.warning("user %r has default configuration set %r, which is not configured; "
+                        "sent without one", msg.auth_user, default)
+        return requested if requested and not msg.configuration_set else ""
+
+    def reject(self, msg: NewMessage, reason: str) -> None:
+        """A Reject event (SES `reject.reason`) for a message refused for policy after DATA."""
+        if self.config is not None and not msg.configuration_set:
+            self._choose_set(msg)
+        now = self.store.clock.now()
+        record = MessageRecord(
+            id=new_message_id(now), sender=msg.sender, recipients=list(msg.recipients),
+            received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
+            auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
+            configuration_set=msg.configuration_set)
+        self.events.emit([reject_event(record, reason)])
 
     async def submit(self, msg: NewMessage) -> str:
         # Configuration set (X-SES-CONFIGURATION-SET) and tag headers never leave relay.
-        requested = configsets.requested_set(msg.body)
-        if self.config is not None and requested:
-            msg.configuration_set = configsets.resolve(self.config(), requested)
-            if not msg.configuration_set:
-                log.warning("message names configuration set %r, which is not configured; "
-                            "sent without one", requested)
+        unknown = self._choose_set(msg)
+        if unknown:
+            # As SES: a set that does not exist refuses the message (554), with a Reject.
+            self.reject(msg, f"Configuration set {unknown} does not exist")
+            raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
+                R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
         msg.body = configsets.strip_headers(msg.body)
-        record = await self.store.submit_record(msg)
+        journal = self.journal
+        if journal is None:
+            record = await self.store.submit_record(msg)
+            self.events.emit([send_event(record)])
+        else:
+            staged: list[bytes] = []
+            sent: list[Event] = []
+
+            def stage(txn: object, rec: MessageRecord) -> None:
+                sent.append(send_event(rec))
+                staged.extend(journal.stage(txn, sent))
+
+            record = await self.store.submit_record(msg, also=stage)
+            journal.published(sent, staged)
         for cb in self.on_accept:
             cb()
-        self.events.emit([send_event(record)])
         self.scheduler.wake()
         return record.id
 
 
 class RelayApp:
     def __init__(self, cfg: Config, clock: Clock | None = None,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None,
+                 worker: tuple[int, int] | None = None) -> None:
         self.cfg = cfg
+        # Multi-process mode (relay/supervisor.py): (index, count). Worker i owns the
+        # destinations of shard i (delivery, recovery); worker 0 also runs the admin API
+        # and the feedback listener.
+        self.worker = worker if worker is not None and worker[1] > 1 else None
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.state_dir = cfg.state_path
         self.listeners: list[SubmissionServer] = []
         self.recovered = 0
         self.dev_password: str | None = None
+        self.dev_admin_token: str | None = None
         self.metrics = Metrics()
         self.admin: AdminServer | None = None
         self.tls: ssl.SSLContext | None = None
@@ -128,7 +185,9 @@ class RelayApp:
             self.state_dir / "queue", self.clock, map_size=cfg.server.queue_map_size,
             commit_window=cfg.server.commit_window, commit_batch_max=cfg.server.commit_batch_max,
             lease_seconds=self._lease_seconds())
-        self.recovered = self.store.write_now(self.store.recover_op(self.clock.now()))
+        self.store.shard = self.worker
+        self.recovered = self.store.write_now(self.store.recover_op(self.clock.now(),
+                                                                    shard=self.worker))
         if self.recovered:
             log.warning("recovered %d recipients that were in flight at the last stop",
                         self.recovered)
@@ -140,11 +199,13 @@ class RelayApp:
         self.events = EventLog(events_path if events_path.is_absolute()
                                else self.state_dir / events_path)
         self.users = UserStore(self.state_dir / "users.json")
-        if cfg.server.dev_credential and not self.users.names():
+        if cfg.server.dev_credential and not self.users.names() and not self._secondary:
             self.dev_password = secrets.token_urlsafe(18)
             self.users.add(DEV_USER, self.dev_password)
         self.resolver = DnsResolver.from_config(cfg.dns, self.clock)
-        self.router = Router(cfg.delivery, self.resolver, self.rng)
+        self.router = Router(cfg.delivery, self.resolver, self.rng, mta_sts=MtaSts(
+            self.resolver, self.state_dir, self.clock,
+            timeout=float(cfg.delivery.mta_sts_timeout)) if cfg.delivery.mta_sts else None)
         self.sender = Sender(cfg.delivery, hostname=cfg.server.hostname, clock=self.clock)
         # Below the shaper: one log line and one metric per attempted transaction.
         self.attempts = RecordingSender(self.sender, provider_map(cfg),
@@ -152,9 +213,14 @@ class RelayApp:
                                         observers=[self.metrics.observe_attempt,
                                                    self._remember_attempt])
         # Pools and warm-up (delivery.pool): transactions go through the shaper, which picks
-        # and binds the source IP, keeps the per-IP caps and holds the excess.
+        # and binds the source IP, keeps the per-IP caps and holds the excess. The pool and
+        # priority lane of each message: its configuration set, then its credential's
+        # default pool, then delivery.pool (relay/warmup/lanes.py).
         self.shaped = (ShapedSender(cfg, self.attempts, self.store, self.clock)
-                       if cfg.delivery.pool else None)
+                       if cfg.delivery.pool or cfg.pool else None)
+        if self.shaped is not None:
+            self.shaped.choose = self._pool_and_lane
+            self.shaped.event_log = self.events
         self.identities = IdentityStore.in_state_dir(self.state_dir, self.clock)
         self.dkim_keys = KeyStore.in_state_dir(self.state_dir, self.clock,
                                                rsa_bits=cfg.dkim.rsa_bits)
@@ -167,11 +233,15 @@ class RelayApp:
                                    self.events, self.clock,
                                    cfg.delivery, hostname=cfg.server.hostname, rng=self.rng,
                                    outbound=outbound)
+        if self.worker is not None:
+            # Another worker's submissions do not wake this one: poll more often.
+            self.scheduler.poll_interval = min(self.scheduler.poll_interval, 0.2)
         # Suppression, feedback (bounces/complaints), the mailbox simulator, event routing.
         self.suppressor = Suppressor(self.store, lambda: self.cfg)
         self.scheduler.suppression = self.suppressor
         self.scheduler.after_settle.append(self.suppressor.after_settle)
         self.scheduler.configuration_set = lambda name: self.cfg.configuration_set_named(name)
+        self.scheduler.lane_of = lambda msg: lanes.priority_of(self.cfg, msg)
         self.feedback = FeedbackProcessor(
             self.store, verp, self.events, self.clock, lambda: self.cfg, self.state_dir,
             on_reputation=self._reputation_bounce, on_complaint=self._complaint)
@@ -182,11 +252,20 @@ class RelayApp:
                                         self.state_dir)
         self.events.subscribers.append(self.event_router)
         await self.event_router.start()
+        # Events are staged with the state changes they report and replayed after a crash.
+        self.journal = EventJournal(self.store, self.events, self.clock)
+        if not self._secondary:
+            self.journal.replay()  # one worker publishes what the last run left staged
+        self.journal.start()
+        self.scheduler.journal = self.journal
         self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
         self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
         self.scheduler.start()
-        submitter = QueueSubmitter(self.store, self.events, self.scheduler, lambda: self.cfg)
+        submitter = QueueSubmitter(self.store, self.events, self.scheduler, lambda: self.cfg,
+                                   self.users)
+        submitter.journal = self.journal
         submitter.on_accept.append(self.metrics.accepted.inc)
+        self.metrics.complaint_source = self._complaint_source
         self.events.subscribers.append(self.metrics.observe_event)
         tls = self.tls = self._tls_context()
         # One lockout tracker for every listener: a lockout on 587 holds on 465 too.
@@ -196,6 +275,8 @@ class RelayApp:
                         if cfg.server.sender_authorization == "verified" else None)
         for lst in cfg.listener:
             if lst.role == "feedback":
+                if self._secondary:
+                    continue  # one feedback listener, in worker 0
                 fb = FeedbackServer(lst, cfg.server.hostname, self.feedback,
                                     lambda: owned_domains(self.cfg), tls,
                                     max_message_size=int(cfg.limits.max_message_size),
@@ -209,10 +290,17 @@ class RelayApp:
                                       self.users, self.clock, tls, auth_policy=auth_policy,
                                       sender_check=sender_check)
             self._observe(server, str(lst.address))
+            server.context.on_reject = submitter.reject
+            server.reuse_port = self.worker is not None
             await server.start()
             self.listeners.append(server)
-        if cfg.admin.enabled:
+        if cfg.admin.enabled and not self._secondary:
             await self._start_admin()
+
+    @property
+    def _secondary(self) -> bool:
+        """A worker other than worker 0 in multi-process mode."""
+        return self.worker is not None and self.worker[0] != 0
 
     def _observe(self, server: SubmissionServer, name: str) -> None:
         """Session and reply metrics through the listener context's hooks."""
@@ -226,6 +314,11 @@ class RelayApp:
 
         ctx.admit = counted  # type: ignore[assignment]
         ctx.on_reply = self.metrics.observe_reply
+        ctx.on_auth = self.metrics.observe_auth
+
+    def _pool_and_lane(self, msg: Any) -> tuple[str, int]:
+        credential = self.users.default_pool(msg.auth_user) if msg.auth_user else ""
+        return (lanes.pool_of(self.cfg, msg, credential), lanes.priority_of(self.cfg, msg))
 
     # ------------------------------------------------------------------ reputation feedback
 
@@ -249,6 +342,7 @@ class RelayApp:
         for notice in note_refusal(self.shaped.gate, ip, provider, response,
                                    self.clock.now()):
             log.warning("%s", notice)
+        self.shaped.publish()
 
     def _reputation_bounce(self, msg: Any, address: str, diagnostic: str) -> None:
         found = self._sent_from.get((msg.id, address.rpartition("@")[2].lower()))
@@ -258,12 +352,22 @@ class RelayApp:
             return
         self._to_gate(found[0], found[1], diagnostic)
 
+    def _complaint_source(self, event: Any) -> tuple[str, str] | None:
+        """(source IP, provider) of the delivery a Complaint event is about, if recent."""
+        for r in getattr(event.complaint, "complainedRecipients", None) or []:
+            found = self._sent_from.get((event.mail.messageId,
+                                         r.emailAddress.rpartition("@")[2].lower()))
+            if found is not None:
+                return found
+        return None
+
     def _complaint(self, msg: Any, address: str) -> None:
         found = self._sent_from.get((msg.id, address.rpartition("@")[2].lower()))
         if found is not None and self.shaped is not None:
             notice = self.shaped.gate.note_complaint(found[0], self.clock.now())
             if notice:
                 log.warning("%s", notice)
+            self.shaped.publish()
 
     async def _prune_loop(self) -> None:
         """Forget sent-message records older than suppression.feedback_window."""
@@ -282,9 +386,13 @@ class RelayApp:
 
     async def _start_admin(self) -> None:
         gate = self.shaped.gate if self.shaped is not None else None
+        tokens = TokenStore.in_state_dir(self.state_dir)
+        if self.cfg.server.dev_credential and not tokens.list():
+            # make run: an admin token for the dashboard, printed once like the credential.
+            self.dev_admin_token = tokens.add(DEV_USER)
         ctx = AdminContext(
             config=lambda: self.cfg, store=self.store, users=self.users,
-            tokens=TokenStore.in_state_dir(self.state_dir), events=self.events,
+            tokens=tokens, events=self.events,
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
             listeners=self.listener_status)
@@ -292,7 +400,7 @@ class RelayApp:
             depth=ctx.depth, oldest_age=ctx.oldest_age,
             open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)
                                    for s in self.listeners},
-            warmup=ctx.warmup_status))
+            warmup=ctx.warmup_status, outbox=self.event_router.backlog))
         self.admin = AdminServer(ctx, self.cfg.admin.address)
         await self.admin.start()
 
@@ -369,6 +477,7 @@ class RelayApp:
         for server in self.listeners:
             await server.stop()
         await self.scheduler.stop()
+        await self.journal.stop()
         if self.shaped is not None:
             await self.shaped.close()
         await self.sender.close()
@@ -377,16 +486,22 @@ class RelayApp:
         self.events.close()
 
 
-async def serve(cfg: Config, config_path: Path | None = None) -> None:
+async def serve(cfg: Config, config_path: Path | None = None,
+                worker: tuple[int, int] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit; SIGHUP reloads `config_path`.
 
     Under systemd (Type=notify) readiness, reloads and the stop are reported through
-    $NOTIFY_SOCKET; relay's own status lines go to stdout either way."""
-    app = RelayApp(cfg)
+    $NOTIFY_SOCKET; relay's own status lines go to stdout either way. As a worker of
+    relay/supervisor.py (`worker` = (index, count)), readiness goes to the supervisor
+    through the descriptor in $RELAY_READY_FD."""
+    app = RelayApp(cfg, worker=worker)
     await app.start()
     if app.dev_password is not None:
         print(f"relay: development credential (shown once): user {DEV_USER!r} "
               f"password {app.dev_password!r}", flush=True)
+    if app.dev_admin_token is not None:
+        print(f"relay: development admin token (shown once): {app.dev_admin_token!r} "
+              "(Authorization: Bearer TOKEN; paste it into the dashboard)", flush=True)
     for server, lst in zip(app.listeners, [x for x in cfg.listener if x.role == "submission"],
                            strict=True):
         print(f"relay: listening on {lst.address} (tls={lst.tls}, auth={lst.auth}) "
@@ -401,7 +516,16 @@ async def serve(cfg: Config, config_path: Path | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"relay: ready (state {app.state_dir}, recovered {app.recovered})", flush=True)
+    if app.worker is not None:
+        print(f"relay: worker {app.worker[0]} of {app.worker[1]} ready (pid {os.getpid()}, "
+              f"recovered {app.recovered})", flush=True)
+        ready_fd = os.environ.pop("RELAY_READY_FD", "")
+        if ready_fd.isdigit():
+            with contextlib.suppress(OSError):
+                os.write(int(ready_fd), b"r")
+                os.close(int(ready_fd))
+    else:
+        print(f"relay: ready (state {app.state_dir}, recovered {app.recovered})", flush=True)
     sdnotify.notify("READY=1", f"STATUS=serving, {len(app.listeners)} listener(s)")
 
     def hangup() -> None:

@@ -203,6 +203,9 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # "verified": the From header and envelope sender must be a verified identity the
     # credential may use (554 5.7.1 otherwise). "off": no check (development only).
     sender_authorization: Literal["verified", "off"] = "verified"
+    # Processes serving the listeners (SO_REUSEPORT) and delivering (each owns the
+    # destinations whose domain hashes to it). 1: a single process, no supervisor.
+    workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
 
 
 class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -261,6 +264,11 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     source_address: str = ""
     # Verify the remote MX certificate when tls = require.
     verify_certificates: bool = False
+    # Honour destinations' MTA-STS policies (RFC 8461): under "enforce", only the policy's
+    # MX hosts, STARTTLS with a verified certificate, else a 4.7.5 deferral.
+    mta_sts: bool = True
+    # Timeout of one policy fetch (https://mta-sts.<domain>/.well-known/mta-sts.txt).
+    mta_sts_timeout: Duration = Duration(10.0)
     # The pool (see [[pool]]) mail is sent from when nothing chooses another ("" = no pool:
     # source_address above, no warm-up).
     pool: str = ""
@@ -280,6 +288,10 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth_failure_delay: Duration = Duration(0.5)
     auth_max_failures: PositiveInt = 5
     auth_lockout: Duration = Duration(900.0)
+    # Command lines one connection may send (421 4.7.0 and close beyond), and recipients
+    # it may give across all its transactions (452 4.5.3 beyond).
+    max_commands_per_session: PositiveInt = 100_000
+    max_recipients_per_session: PositiveInt = 10_000
 
 
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -331,8 +343,13 @@ class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     tls: Literal["", "opportunistic", "require"] = ""
     # "0" = delivery.max_delivery_time; otherwise shorter than it.
     max_delivery_time: Duration = Duration(0.0)
-    # "" = delivery.pool.
+    # "" = delivery.pool (or the credential's default pool).
     pool: str = ""
+    # Priority lanes (relay/warmup/lanes.py): "transactional" mail goes before any other
+    # in the ready queues and takes a scarce warm-up cap first; engaged = true puts the
+    # set's mail (like a message tagged engagement=high) ahead of bulk on a cold IP.
+    priority: Literal["bulk", "transactional"] = "bulk"
+    engaged: bool = False
     # Whether events carry the message's headers (mail.headers).
     include_original_headers: bool = True
 

@@ -31,6 +31,10 @@ KEY_NAME = "selfsigned.key"
 VALIDITY = dt.timedelta(days=825)
 # A certificate closer than this to expiry, or not naming the hostname, is replaced.
 RENEW_BEFORE = dt.timedelta(days=30)
+# TLS 1.2 suites the listeners accept: forward secrecy and AEAD only (Mozilla
+# "intermediate"); no RSA key exchange, CBC, SHA-1, 3DES or RC4. TLS 1.3 suites are
+# OpenSSL's, all modern.
+SERVER_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL:!MD5:!DSS"
 
 
 def ensure_self_signed(state_dir: Path, hostname: str, *,
@@ -57,9 +61,11 @@ def ensure_self_signed(state_dir: Path, hostname: str, *,
 
 
 def server_context(cert: Path, key: Path) -> ssl.SSLContext:
-    """Context for the listeners (STARTTLS and implicit TLS): TLS 1.2+, no compression."""
+    """Context for the listeners (STARTTLS and implicit TLS): TLS 1.2+ with forward-secret
+    AEAD suites (SERVER_CIPHERS), no compression."""
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(SERVER_CIPHERS)
     ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(str(cert), str(key))
     return ctx

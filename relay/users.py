@@ -57,6 +57,12 @@ class UserRecord(msgspec.Struct, frozen=True):
     # Sending authorization: identities / address patterns this credential may send as
     # ("example.com", "ops@other.org", "*@news.example.com"); empty = any verified identity.
     allow: list[str] = []
+    # The [[configuration_set]] of this credential's mail when the message names none
+    # (X-SES-CONFIGURATION-SET); "" = no default.
+    configuration_set: str = ""
+    # The [[pool]] this credential's mail leaves from when its configuration set names
+    # none; "" = delivery.pool.
+    pool: str = ""
 
 
 class _UsersFile(msgspec.Struct):
@@ -102,6 +108,12 @@ class UserStore:
         self._stamp: tuple[int, int, int] | None = None
         # Work for unknown users: the same scrypt cost against a salt nobody has.
         self._dummy = hash_password(secrets.token_bytes(16))
+        # Verified-credential cache (like Dovecot's auth_cache): name -> (the record that
+        # verified, HMAC of the password under a per-process key). Only successes are
+        # cached, so a wrong password always pays scrypt; a changed record (passwd,
+        # reload) misses. Saves ~85 ms of scrypt per connection of a repeat client.
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: dict[str, tuple[UserRecord, bytes]] = {}
         self._maybe_reload()
 
     # --- reading ---------------------------------------------------------------------
@@ -154,6 +166,10 @@ class UserStore:
             else password
         record = self._users.get(name)
         known = record is not None and record.scheme == "scrypt"
+        tag = hmac.new(self._cache_key, pw, hashlib.sha256).digest()
+        hit = self._verified.get(name)
+        if known and hit is not None and hit[0] is record and hmac.compare_digest(hit[1], tag):
+            return True
         rec = record if record is not None and known else self._dummy
         try:
             salt = base64.b64decode(rec.salt)
@@ -162,7 +178,10 @@ class UserStore:
         except (ValueError, MemoryError):
             log.error("user %r has an unusable password record", name)
             return False
-        return hmac.compare_digest(got, expected) and known
+        ok = hmac.compare_digest(got, expected) and known
+        if ok and record is not None:
+            self._verified[name] = (record, tag)
+        return ok
 
     # --- writing (CLI) ---------------------------------------------------------------
 
@@ -201,12 +220,17 @@ class UserStore:
         finally:
             os.close(dir_fd)
 
-    def add(self, name: str, password: str, allow: list[str] | None = None) -> None:
+    def add(self, name: str, password: str, allow: list[str] | None = None,
+            configuration_set: str = "", pool: str = "") -> None:
         check_name(name)
         check_password(password)
         record = hash_password(password, now=self._clock.now())
         if allow:
             record = msgspec.structs.replace(record, allow=list(allow))
+        if configuration_set:
+            record = msgspec.structs.replace(record, configuration_set=configuration_set)
+        if pool:
+            record = msgspec.structs.replace(record, pool=pool)
         with self._editing() as users:
             if name in users:
                 raise UserError(f"user {name!r} already exists (use `relay user passwd`)")
@@ -220,7 +244,9 @@ class UserStore:
                 raise UserError(f"no user {name!r}")
             new = hash_password(password, now=self._clock.now())
             users[name] = msgspec.structs.replace(new, created_at=old.created_at,
-                                                  allow=old.allow)
+                                                  allow=old.allow,
+                                                  configuration_set=old.configuration_set,
+                                                  pool=old.pool)
 
     def set_allow(self, name: str, allow: list[str]) -> None:
         """Replace the identities/patterns `name` may send as (empty: any verified one)."""
@@ -230,6 +256,32 @@ class UserStore:
                 raise UserError(f"no user {name!r}")
             users[name] = msgspec.structs.replace(old, allow=list(allow),
                                                   updated_at=self._clock.now())
+
+    def set_configuration_set(self, name: str, configuration_set: str) -> None:
+        """The default configuration set of `name`'s mail ("" = none)."""
+        with self._editing() as users:
+            old = users.get(name)
+            if old is None:
+                raise UserError(f"no user {name!r}")
+            users[name] = msgspec.structs.replace(old, configuration_set=configuration_set,
+                                                  updated_at=self._clock.now())
+
+    def set_pool(self, name: str, pool: str) -> None:
+        """The default pool of `name`'s mail ("" = delivery.pool)."""
+        with self._editing() as users:
+            old = users.get(name)
+            if old is None:
+                raise UserError(f"no user {name!r}")
+            users[name] = msgspec.structs.replace(old, pool=pool,
+                                                  updated_at=self._clock.now())
+
+    def default_pool(self, name: str) -> str:
+        record = self.get(name) if name else None
+        return record.pool if record is not None else ""
+
+    def default_configuration_set(self, name: str) -> str:
+        record = self.get(name) if name else None
+        return record.configuration_set if record is not None else ""
 
     def remove(self, name: str) -> None:
         with self._editing() as users:

@@ -5,8 +5,7 @@ from relay.admin.tokens); wrong input is a 400 `{"error": ..., "field": ...}` na
 query parameter, path part or JSON key; unknown ids are 404. Responses never contain a
 secret: no password hash, no token or token hash, no DKIM private key, no message body.
 Queue actions go through the store's group committer like the scheduler's own writes.
-Suppression has no store yet (relay/suppression is not built): its endpoints answer
-501 with a JSON error saying so.
+Suppression reads and writes relay/suppression's list (the queue's LMDB environment).
 Must not: block the event loop on slow work (scrypt runs in a thread).
 """
 
@@ -32,6 +31,8 @@ from relay.events.model import bounce_event, iso
 from relay.identity.model import IdentityError, check_pattern
 from relay.queue.records import Action, MessageRecord, RecipientRecord, State
 from relay.queue.store import QueueStore
+from relay.suppression.policy import normalize, valid_address
+from relay.suppression.store import Entry, SuppressionList
 from relay.users import UserError, UserStore
 
 VERSION = "1"
@@ -282,9 +283,67 @@ async def queue_bounce(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ suppression
 
 
-async def suppression_unavailable(request: web.Request) -> web.Response:
-    return _error(501, "suppression list is not available in this build "
-                       "(relay/suppression is not implemented yet)")
+SUPPRESSION_REASONS = ["BOUNCE", "COMPLAINT"]
+
+
+def _entry_row(e: Entry) -> dict[str, Any]:
+    return {"address": e.address, "reason": e.reason, "created_at": iso(e.created_at),
+            "message_id": e.message_id, "diagnostic": e.diagnostic}
+
+
+def _address(raw: str, field_name: str = "address") -> str:
+    address = normalize(raw)
+    if not valid_address(address):
+        raise BadInput(field_name, f"{field_name}: expected an email address, got {raw!r}")
+    return address
+
+
+async def suppression_list(request: web.Request) -> web.Response:
+    """Paged by offset (the list is in address order); filter by reason and prefix."""
+    _check_query(request, {"reason", "prefix", "limit", "offset"})
+    ctx = _ctx(request)
+    reason = _choice_param(request, "reason", SUPPRESSION_REASONS)
+    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
+    offset = _int_param(request, "offset", 0, 0, 1 << 31)
+    prefix = request.query.get("prefix", "")
+
+    def page() -> tuple[list[dict[str, Any]], int]:
+        rows: list[dict[str, Any]] = []
+        matched = 0
+        for e in SuppressionList(ctx.store).entries(reason=reason, prefix=prefix):
+            if offset <= matched < offset + limit:
+                rows.append(_entry_row(e))
+            matched += 1
+        return rows, matched
+
+    rows, matched = await asyncio.to_thread(page)
+    following = offset + len(rows)
+    return _json({"entries": rows, "count": len(rows), "matched": matched, "offset": offset,
+                  "limit": limit, "next_offset": following if following < matched else None})
+
+
+async def suppression_add(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    data = await _body(request, {"address": str, "reason": str}, {"address"})
+    address = _address(data["address"])
+    reason = str(data.get("reason", "BOUNCE")).upper()
+    if reason not in SUPPRESSION_REASONS:
+        raise BadInput("reason", f"reason: expected one of {', '.join(SUPPRESSION_REASONS)}, "
+                                 f"got {data['reason']!r}")
+    lst = SuppressionList(ctx.store)
+    added = await ctx.store.write(lst.add_op(
+        [Entry(address, reason, ctx.clock.now(), "", "added through the admin API")]))
+    return _json({"address": address, "reason": reason, "added": bool(added)},
+                 201 if added else 200)
+
+
+async def suppression_remove(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    address = _address(request.match_info["address"])
+    removed = await ctx.store.write(SuppressionList(ctx.store).remove_op([address]))
+    if not removed:
+        return _error(404, f"{address} is not on the suppression list", "address")
+    return _json({"address": address, "removed": True})
 
 
 # ------------------------------------------------------------------ identities, warm-up
@@ -544,9 +603,9 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/api/queue/{id}/retry", queue_retry),
     ("POST", "/api/queue/{id}/bounce", queue_bounce),
     ("DELETE", "/api/queue/{id}", queue_delete),
-    ("GET", "/api/suppression", suppression_unavailable),
-    ("POST", "/api/suppression", suppression_unavailable),
-    ("DELETE", "/api/suppression/{address}", suppression_unavailable),
+    ("GET", "/api/suppression", suppression_list),
+    ("POST", "/api/suppression", suppression_add),
+    ("DELETE", "/api/suppression/{address}", suppression_remove),
     ("GET", "/api/identities", identities),
     ("GET", "/api/warmup", warmup),
     ("GET", "/api/users", users_list),

@@ -45,6 +45,11 @@ class Metrics:
                                  labels, registry=r)
         self.sessions = Counter("relay_smtp_sessions", "SMTP connections, by listener and result",
                                 ["listener", "result"], registry=r)
+        self.auth_failures = Counter(
+            "relay_smtp_auth_failures",
+            "AUTH brute-force defence: failed (535), lockout (a failure that locked the IP or "
+            "user), locked (refused while locked, 454), too_many (per-connection cap, 421)",
+            ["result"], registry=r)
         self.commit_batch = Histogram(
             "relay_queue_commit_batch_size", "Operations per queue group commit",
             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=r)
@@ -52,8 +57,14 @@ class Metrics:
             "relay_queue_commit_seconds", "Queue write transaction time including fsync",
             buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
             registry=r)
+        self.complaints = Counter(
+            "relay_complaints", "Complaints (feedback loop), by the provider and source IP of "
+            "the original delivery (\"other\"/\"unknown\" when not known)", labels, registry=r)
         # For the dashboard: per provider, outcome -> count (since start).
         self.by_provider: dict[str, Tally[str]] = {}
+        # (source IP, provider) of the delivery a complaint event is about, when known
+        # (relay/app.py remembers recent attempts).
+        self.complaint_source: Callable[[Any], tuple[str, str] | None] | None = None
 
     # ------------------------------------------------------------------ hooks
 
@@ -64,9 +75,13 @@ class Metrics:
         self.by_provider.setdefault(a.provider, Tally())[a.kind or "deferred"] += 1
 
     def observe_event(self, event: Any) -> None:
-        """Complaints arrive as events (feedback loop); count them per provider 'other'."""
+        """Complaints arrive as events (feedback loop); count them under the provider of the
+        original delivery where it is known, else 'other'."""
         if getattr(event, "eventType", "") == "Complaint":
-            self.by_provider.setdefault("other", Tally())["complained"] += 1
+            found = self.complaint_source(event) if self.complaint_source is not None else None
+            source_ip, provider = found if found is not None else ("unknown", "other")
+            self.complaints.labels(provider, source_ip).inc()
+            self.by_provider.setdefault(provider, Tally())["complained"] += 1
 
     def observe_reply(self, reply: str) -> None:
         code = reply[:3]
@@ -75,6 +90,9 @@ class Metrics:
         rest = reply[4:].split(" ", 1)[0]
         reason = rest if rest[:1] in ("4", "5") and rest.count(".") == 2 else ""
         self.rejected.labels(code, reason).inc()
+
+    def observe_auth(self, result: str) -> None:
+        self.auth_failures.labels(result).inc()
 
     def observe_commit(self, batch: int, seconds: float) -> None:
         self.commit_batch.observe(batch)
@@ -96,11 +114,13 @@ class StateCollector(Collector):
     def __init__(self, *, depth: Callable[[], dict[str, int]],
                  oldest_age: Callable[[], float | None],
                  open_sessions: Callable[[], dict[str, int]],
-                 warmup: Callable[[], list[dict[str, Any]]]) -> None:
+                 warmup: Callable[[], list[dict[str, Any]]],
+                 outbox: Callable[[], dict[str, int]] | None = None) -> None:
         self.depth = depth
         self.oldest_age = oldest_age
         self.open_sessions = open_sessions
         self.warmup = warmup
+        self.outbox = outbox
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # computed only at collect time; nothing to check at registration
@@ -130,3 +150,9 @@ class StateCollector(Collector):
             sent.add_metric([row["ip"], row["pool"]], float(row.get("sent_today") or 0))
         yield cap
         yield sent
+        backlog = GaugeMetricFamily("relay_event_outbox_backlog", "Webhook events waiting in "
+                                    "the durable outbox, per event destination",
+                                    labels=["destination"])
+        for name, n in sorted((self.outbox() if self.outbox is not None else {}).items()):
+            backlog.add_metric([name], n)
+        yield backlog

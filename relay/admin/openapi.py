@@ -54,7 +54,12 @@ _ID = _p("id", "queue id (20 hex characters)")
 
 
 def document() -> dict[str, Any]:
-    from relay.admin.api import EVENT_TYPES, PENDING_STATES
+    from relay.admin.api import EVENT_TYPES, PENDING_STATES, SUPPRESSION_REASONS
+
+    suppressed = {"type": "object", "properties": {
+        "address": {"type": "string"}, "reason": {"enum": SUPPRESSION_REASONS},
+        "created_at": {"type": "string"}, "message_id": {"type": "string"},
+        "diagnostic": {"type": "string"}}}
 
     message = {"type": "object", "properties": {
         "id": {"type": "string"}, "received_at": {"type": "string"},
@@ -85,16 +90,28 @@ def document() -> dict[str, Any]:
             "Fail the message's pending recipients, with a Bounce event", _resp("Bounced", _OBJ),
             params=[_ID], errors=(400, 401, 404))},
         "/api/suppression": {
-            "get": _op("List suppressed addresses (not available yet: 501)",
-                       _resp("Addresses", _OBJ), errors=(401, 501)),
-            "post": _op("Suppress an address (not available yet: 501)", _resp("Added", _OBJ),
+            "get": _op("The account-level suppression list, in address order, paged",
+                       _resp("Entries", {"type": "object", "properties": {
+                           "entries": {"type": "array", "items": suppressed},
+                           "count": {"type": "integer"}, "matched": {"type": "integer"},
+                           "offset": {"type": "integer"}, "limit": {"type": "integer"},
+                           "next_offset": {"type": ["integer", "null"]}}}),
+                       params=[_q("reason", {"enum": SUPPRESSION_REASONS}, "only this reason"),
+                               _q("prefix", {"type": "string"},
+                                  "only addresses starting with this"),
+                               _q("offset", {"type": "integer", "minimum": 0, "default": 0},
+                                  "skip this many matching entries"), _LIMIT]),
+            "post": _op("Suppress an address (201; 200 when it was already listed, with the "
+                        "reason replaced)", _resp("Added", _OBJ), status="201",
                         body={"type": "object", "properties": {
-                            "address": {"type": "string"}, "reason": {"type": "string"}},
-                            "required": ["address"]}, errors=(400, 401, 501))},
+                            "address": {"type": "string"},
+                            "reason": {"enum": SUPPRESSION_REASONS, "default": "BOUNCE"}},
+                            "required": ["address"], "additionalProperties": False},
+                        errors=(400, 401))},
         "/api/suppression/{address}": {"delete": _op(
-            "Remove an address from the suppression list (not available yet: 501)",
+            "Remove an address from the suppression list",
             _resp("Removed", _OBJ), params=[_p("address", "the suppressed address")],
-            errors=(401, 404, 501))},
+            errors=(400, 401, 404))},
         "/api/identities": {"get": _op(
             "Identities (config and `relay identity add`) with their DNS verification and "
             "DKIM selectors", _resp("Identities", _OBJ), errors=(401,))},
@@ -140,7 +157,8 @@ def document() -> dict[str, Any]:
     return {
         "openapi": "3.1.0",
         "info": {"title": "relay admin API", "version": "1",
-                 "description": "Queue, users, identities, warm-up and events of one relay "
+                 "description": "Queue, suppression, users, identities, warm-up and events of "
+                                "one relay "
                                 "process. Every /api/ call needs `Authorization: Bearer "
                                 "TOKEN` (`relay admin token add NAME`)."},
         "servers": [{"url": "/"}],

@@ -15,6 +15,7 @@ import json
 from typing import Any
 
 from relay.cli import CliError, load_config
+from relay.cli.output import table
 from relay.clock import SystemClock
 from relay.config import Config
 from relay.dkim.keys import DkimError, KeyStore
@@ -103,12 +104,8 @@ def run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows))
         return 0
-    if not rows:
-        print("no identities")
-    for r in rows:
-        state = "verified" if r["verified"] else "not verified"
-        extra = f"  mail_from={r['mail_from']}" if r["mail_from"] else ""
-        print(f"{r['name']}  {r['kind']}  {state}{extra}")
+    table([{**r, "status": "verified" if r["verified"] else "not verified"} for r in rows],
+          ["name", "kind", "status", "mail_from"], empty="no identities")
     return 0
 
 

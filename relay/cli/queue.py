@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.cli import CliError, load_config
+from relay.cli.output import progress, table, wants_progress
 from relay.clock import SystemClock
 from relay.config import Config
 from relay.events.log import EventLog
@@ -52,6 +53,8 @@ def register(sub: Any) -> None:
         sp = qsub.add_parser(name, parents=[common], help=helptext)
         sp.add_argument("ids", nargs="*", metavar="ID")
         sp.add_argument("--all", action="store_true", help="every queued message")
+        sp.add_argument("--progress", action="store_true",
+                        help="progress bar on stderr even if it is not a terminal")
         sp.set_defaults(func=func)
 
 
@@ -77,9 +80,8 @@ def _row(msg: MessageRecord, rcpts: list[RecipientRecord]) -> dict[str, Any]:
 def cmd_list(args: argparse.Namespace) -> int:
     store = _open(load_config(args))
     shown = 0
+    rows: list[dict[str, Any]] = []
     try:
-        if not args.json:
-            print(f"{'ID':20}  {'RECEIVED':24}  {'SIZE':>8}  {'SENDER':30}  RECIPIENTS")
         for msg, rcpts in store.messages():
             if args.domain and not any(r.domain == args.domain.lower() for r in rcpts):
                 continue
@@ -93,11 +95,13 @@ def cmd_list(args: argparse.Namespace) -> int:
             else:
                 pending = [f"{r.address} ({r.state.value}, {r.attempts})" for r in rcpts
                            if not r.state.final]
-                print(f"{msg.id:20}  {iso(msg.received_at):24}  {msg.size:>8}  "
-                      f"{msg.sender[:30]:30}  {', '.join(pending)}")
+                rows.append({"id": msg.id, "received": iso(msg.received_at),
+                             "size": msg.size, "sender": msg.sender[:40],
+                             "recipients": pending})
     finally:
         store.close_sync()
     if not args.json:
+        table(rows, ["id", "received", "size", "sender", "recipients"])
         print(f"-- {shown} message(s)", file=sys.stderr)
     return 0
 
@@ -146,7 +150,8 @@ def _act(args: argparse.Namespace, what: str) -> int:
     events: EventLog | None = None
     try:
         ids = _targets(store, args)
-        for mid in ids:
+        bar = len(ids) > 1 and wants_progress(args.progress)
+        for mid in progress(ids, len(ids), label=what, enabled=bar):
             now = clock.now()
             try:
                 if what == "delete":

@@ -27,10 +27,16 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from relay.app import serve
+    from relay.supervisor import supervise, worker_from_env
 
     path = config_path(args)
+    worker = worker_from_env()
+    if worker is None and cfg.server.workers > 1:
+        # Multi-process mode: this process only supervises (relay/supervisor.py).
+        return supervise(cfg, path.resolve(), ["--log-format", args.log_format])
     try:
-        uvloop.run(serve(cfg, None if path == default_config_path() else path.resolve()))
+        uvloop.run(serve(cfg, None if path == default_config_path() else path.resolve(),
+                         worker=worker))
     except OSError as e:
         # The usual cause: a listen address already in use or not permitted.
         logging.getLogger("relay").error("cannot start: %s", e)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from relay.cli import CliError, load_config
+from relay.cli.output import table
 from relay.clock import SystemClock
 from relay.config import Config
 from relay.events.model import iso
@@ -143,17 +144,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     reason = _reason(args.reason)
     store = _open(load_config(args))
     try:
-        if not args.json:
-            print(f"{'ADDRESS':40} {'REASON':9} {'SINCE':24} MESSAGE")
+        rows: list[dict[str, str]] = []
         for shown, e in enumerate(SuppressionList(store).entries(reason=reason)):
             if shown >= args.limit:
                 break
             if args.json:
                 print(json.dumps({**_row(e), "diagnostic": e.diagnostic}))
             else:
-                print(f"{e.address:40} {e.reason:9} {iso(e.created_at):24} {e.message_id}")
+                rows.append(_row(e))
     finally:
         store.close_sync()
+    if not args.json:
+        table(rows, ["address", "reason", ("created_at", "since"), ("message_id", "message")])
     return 0
 
 

@@ -15,6 +15,8 @@ import sys
 from typing import Any
 
 from relay.cli import CliError, load_config
+from relay.cli.output import table
+from relay.events.model import iso
 from relay.identity.model import IdentityError, check_pattern
 from relay.users import UserError, UserStore
 
@@ -32,7 +34,29 @@ def register(sub: Any) -> None:
     add.add_argument("--allow", action="append", default=[], metavar="IDENTITY",
                      help="an identity or address pattern this user may send as "
                           "(repeat; default: any verified identity)")
+    add.add_argument("--pool", default="", metavar="POOL",
+                     help="the [[pool]] this user's mail leaves from when its configuration "
+                          "set names none (default: delivery.pool)")
+    add.add_argument("--configuration-set", default="", metavar="NAME",
+                     help="the [[configuration_set]] of this user's mail when a message names "
+                          "none (X-SES-CONFIGURATION-SET)")
     add.set_defaults(func=run_add)
+
+    uset = actions.add_parser("configuration-set", help="set a user's default configuration set",
+                              description="Set the [[configuration_set]] used for a user's "
+                                          "mail when the message names none.")
+    uset.add_argument("name", metavar="NAME")
+    uset.add_argument("configuration_set", nargs="?", default="", metavar="SET",
+                      help="a [[configuration_set]] of the config; none = no default")
+    uset.set_defaults(func=run_configuration_set)
+
+    upool = actions.add_parser("pool", help="set a user's default pool",
+                               description="Set the [[pool]] a user's mail leaves from when "
+                                           "its configuration set names none.")
+    upool.add_argument("name", metavar="NAME")
+    upool.add_argument("pool", nargs="?", default="", metavar="POOL",
+                       help="a [[pool]] of the config; none = delivery.pool")
+    upool.set_defaults(func=run_pool)
 
     allow = actions.add_parser("allow", help="set the identities a user may send as",
                                description="Replace a user's sending authorization: the "
@@ -92,10 +116,53 @@ def run_add(args: argparse.Namespace) -> int:
     try:
         if store.get(args.name) is not None:
             raise CliError(f"user {args.name!r} already exists (use `relay user passwd`)")
-        store.add(args.name, _read_password(args), _patterns(args.allow))
+        store.add(args.name, _read_password(args), _patterns(args.allow),
+                  pool=_pool(args, args.pool),
+                  configuration_set=_configuration_set(args, args.configuration_set))
     except (UserError, OSError) as e:
         raise CliError(str(e)) from None
     print(f"user {args.name!r} added")
+    return 0
+
+
+def _pool(args: argparse.Namespace, pool: str) -> str:
+    cfg = load_config(args)
+    if pool and pool not in {p.name for p in cfg.pool}:
+        known = ", ".join(p.name for p in cfg.pool) or "none configured"
+        raise CliError(f"no [[pool]] named {pool!r} in the config (pools: {known})")
+    return pool
+
+
+def run_pool(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        store.set_pool(args.name, _pool(args, args.pool))
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"user {args.name!r} sends from pool: {args.pool or 'delivery.pool'}")
+    return 0
+
+
+def _configuration_set(args: argparse.Namespace, name: str) -> str:
+    cfg = load_config(args)
+    if not name:
+        return ""
+    cs = cfg.configuration_set_named(name)
+    if cs is None:
+        known = ", ".join(c.name for c in cfg.configuration_set) or "none configured"
+        raise CliError(f"no [[configuration_set]] named {name!r} in the config "
+                       f"(configuration sets: {known})")
+    return cs.name
+
+
+def run_configuration_set(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        store.set_configuration_set(args.name,
+                                    _configuration_set(args, args.configuration_set))
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"user {args.name!r} default configuration set: {args.configuration_set or 'none'}")
     return 0
 
 
@@ -147,12 +214,14 @@ def run_list(args: argparse.Namespace) -> int:
         raise CliError(str(e)) from None
     if args.json:
         rows = [{"name": name, "created_at": rec.created_at, "updated_at": rec.updated_at,
-                 "allow": rec.allow}
+                 "allow": rec.allow, "pool": rec.pool,
+                 "configuration_set": rec.configuration_set}
                 for name, rec in records.items()]
         print(json.dumps(rows))
         return 0
-    if not records:
-        print("no users")
-    for name in records:
-        print(name)
+    table([{"name": name, "allow": rec.allow or "any verified identity",
+            "configuration_set": rec.configuration_set, "pool": rec.pool,
+            "created_at": iso(rec.created_at) if rec.created_at else ""}
+           for name, rec in records.items()],
+          ["name", "configuration_set", "pool", "created_at", "allow"], empty="no users")
     return 0

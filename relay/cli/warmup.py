@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -69,6 +70,37 @@ def _gate(cfg: Config, store: QueueStore | None) -> gate_mod.WarmupGate:
     return gate_mod.from_config(cfg, load_states(store) if store is not None else {})
 
 
+WARMUP_EVENTS = ("WarmupFreeze", "WarmupBackoff")
+_TAIL = 4 * 1024 * 1024   # how much of the end of the event log status reads
+
+
+def recent_events(cfg: Config, per_ip: int = 5) -> dict[str, list[dict[str, Any]]]:
+    """The last WarmupFreeze/WarmupBackoff events per IP, from the end of the event log."""
+    path = Path(cfg.events.log)
+    if not path.is_absolute():
+        path = cfg.state_path / path
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - _TAIL))
+            tail = f.read()
+    except OSError:
+        return {}
+    out: dict[str, list[dict[str, Any]]] = {}
+    for line in tail.split(b"\n"):
+        if b'"Warmup' not in line:
+            continue
+        try:
+            ev = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            continue
+        if not isinstance(ev, dict) or ev.get("eventType") not in WARMUP_EVENTS:
+            continue
+        w = ev.get("warmup") or {}
+        out.setdefault(str(w.get("ip", "")), []).append({"eventType": ev["eventType"], **w})
+    return {ip: evs[-per_ip:] for ip, evs in out.items()}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = _store(cfg, create=False)
@@ -77,6 +109,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     finally:
         if store is not None:
             store.close_sync()
+    events = recent_events(cfg)
+    for r in rows:
+        r["events"] = events.get(r["ip"], [])
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -98,6 +133,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             extra += " (today frozen by backoff)" if p["frozen_today"] else ""
             print(f"{'':16}   {name:12} day {p['day']:>3}  cap {p['cap'] or '-':>9}  "
                   f"sent {p['sent_today']:>9}{extra}")
+        for e in r["events"]:
+            print(f"{'':16}   {e['timestamp']} {e['eventType']} "
+                  f"{e['provider'] or 'all providers'} until {e['until'] or 'resumed'}: "
+                  f"{e['reason']}")
     return 0
 
 

@@ -25,6 +25,8 @@ from relay.warmup.providers import ProviderMap
 log = logging.getLogger("relay.delivery")
 
 current_message_id: ContextVar[str] = ContextVar("relay_current_message_id", default="")
+# The MessageRecord being delivered (the shaper picks its pool and priority lane from it).
+current_message: ContextVar[Any] = ContextVar("relay_current_message", default=None)
 
 
 @dataclass(frozen=True)

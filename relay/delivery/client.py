@@ -22,6 +22,11 @@ Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
   with `451 4.7.5 TLS required but not available`; never DATA in plaintext.
   Certificates are verified (against the MX host name) when
   delivery.verify_certificates is set.
+- tls = "verify" (an MTA-STS enforce policy, RFC 8461 §4.2; set per call or on a
+  target, `Target.tls`): "require", and the certificate must verify for the MX
+  host name whatever delivery.verify_certificates says. The strictest of the
+  config, the call and the targets applies; a pooled connection is reused only
+  if it was made at least as strictly.
 - One transaction per message: RCPT for each recipient, per-recipient RCPT
   replies recorded; if none accepted, RSET instead of DATA; the DATA reply
   applies to every accepted recipient.
@@ -93,6 +98,8 @@ class _Conn:
     tls: bool
     messages: int = 0
     idle_since: float = 0.0
+    site: str = ""          # the shaping site it counts against ("" = none)
+    verified: bool = False  # the certificate was checked against host_name
 
 
 class _TargetFailed(Exception):
@@ -103,6 +110,12 @@ class _TargetFailed(Exception):
 
 
 _PoolKey = tuple[str, str]
+
+_STRICTNESS = {"": 0, "opportunistic": 1, "require": 2, "verify": 3}
+
+
+def _strictest(*levels: str) -> str:
+    return max(levels, key=lambda v: _STRICTNESS.get(v, 0)) or "opportunistic"
 
 
 def _failure_kind(exc: BaseException) -> Failure:
@@ -161,15 +174,18 @@ class Sender:
     `Sender(delivery, hostname=..., clock=SystemClock(), tls_context=None)`:
     `delivery` is the config's [delivery] section; `hostname` the EHLO name
     (config server.hostname); `tls_context` overrides the client TLS context
-    (tests pass one trusting a trustme CA together with verify_certificates).
+    (tests pass one trusting a trustme CA together with verify_certificates);
+    `verify_context` the one for tls = "verify" (default: the system trust store).
     """
 
     def __init__(self, delivery: Delivery, *, hostname: str, clock: Clock | None = None,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None,
+                 verify_context: ssl.SSLContext | None = None) -> None:
         self._cfg = delivery
         self._hostname = hostname
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._pool: dict[_PoolKey, list[_Conn]] = {}
+        self._site_open: dict[str, int] = {}   # open connections per shaping site
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         self._verify = delivery.tls == "require" and delivery.verify_certificates
@@ -182,19 +198,34 @@ class Sender:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             self._tls_context = ctx
+        if verify_context is None:
+            verify_context = (self._tls_context if self._verify
+                              else ssl.create_default_context(ssl.Purpose.SERVER_AUTH))
+        self._verify_context = verify_context
 
     # ------------------------------------------------------------------ public
 
     async def send(self, destination: str, targets: Sequence[Target], sender: str,
                    recipients: Sequence[str], data: bytes, *,
                    source_address: str | None = None,
-                   ehlo: str | None = None) -> TransactionResult:
+                   ehlo: str | None = None,
+                   tls: str | None = None, site: str = "", max_connections: int = 0,
+                   messages_per_connection: int = 0) -> TransactionResult:
         """Deliver one message to `recipients` at `destination`; never raises (but on cancel).
 
         `source_address` overrides delivery.source_address ("" = the kernel's choice);
-        `ehlo` the EHLO name for new connections (the name that source IP's PTR gives).
+        `ehlo` the EHLO name for new connections (the name that source IP's PTR gives);
+        `tls` overrides delivery.tls for this message ("opportunistic" | "require"; a
+        configuration set's TLS policy): with "require" only a pooled connection that is
+        already encrypted is reused and a new one must get STARTTLS. "verify" (or a
+        target's `tls = "verify"`, MTA-STS) also checks the certificate against the MX name.
+        Site shaping (relay/delivery/shaper.py): at most `max_connections` connections are
+        open to `site` across all source addresses (an idle one of another address is
+        closed to make room), and `messages_per_connection` overrides
+        delivery.max_messages_per_connection for them.
         """
         src = self._cfg.source_address if source_address is None else source_address
+        policy = _strictest(tls or self._cfg.tls, *(getattr(t, "tls", "") for t in targets))
         key: _PoolKey = (destination, src)
         invalid = from_failure("invalid_address")
         if not _valid_address(sender):
@@ -204,15 +235,19 @@ class Sender:
             if not valid:
                 return TransactionResult(list(recipients), [invalid] * len(recipients))
             part = await self.send(destination, targets, sender, valid, data,
-                                   source_address=source_address, ehlo=ehlo)
+                                   source_address=source_address, ehlo=ehlo, tls=tls,
+                                   site=site, max_connections=max_connections,
+                                   messages_per_connection=messages_per_connection)
             got = iter(part.outcomes)
             merged = [next(got) if _valid_address(r) else invalid for r in recipients]
             return msgspec.structs.replace(part, recipients=list(recipients), outcomes=merged)
         try:
-            conn = await self._take(key)
+            conn = await self._take(key, need_tls=policy in ("require", "verify"),
+                                    need_verified=policy == "verify")
             reused = conn is not None
             if conn is None:
-                conn, failed = await self._open_any(destination, targets, src, ehlo)
+                conn, failed = await self._open_site(site, max_connections, destination,
+                                                     targets, src, ehlo, policy)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
             outcomes, keep, fresh_retry = await self._transact(conn, sender, recipients, data)
@@ -220,13 +255,15 @@ class Sender:
                 # The pooled connection died under us before MAIL was accepted:
                 # nothing was attempted, so a fresh connection costs no duplicate.
                 await self._discard(conn)
-                conn, failed = await self._open_any(destination, targets, src, ehlo)
+                conn, failed = await self._open_site(site, max_connections, destination,
+                                                     targets, src, ehlo, policy)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
                 reused = False
                 outcomes, keep, _ = await self._transact(conn, sender, recipients, data)
             conn.messages += 1
-            if keep and conn.messages < self._cfg.max_messages_per_connection \
+            per_conn = messages_per_connection or self._cfg.max_messages_per_connection
+            if keep and conn.messages < per_conn \
                     and conn.smtp.is_connected and not self._closed:
                 self._put(key, conn)
             else:
@@ -276,10 +313,18 @@ class Sender:
 
     # ------------------------------------------------------------------ pool
 
-    async def _take(self, key: _PoolKey) -> _Conn | None:
+    async def _take(self, key: _PoolKey, need_tls: bool = False,
+                    need_verified: bool = False) -> _Conn | None:
         idle = self._pool.get(key)
         while idle:
-            conn = idle.pop()
+            if need_tls:  # only an encrypted connection may carry it; plain ones stay pooled
+                at = next((i for i in range(len(idle) - 1, -1, -1) if idle[i].tls
+                           and (idle[i].verified or not need_verified)), None)
+                if at is None:
+                    return None
+                conn = idle.pop(at)
+            else:
+                conn = idle.pop()
             if not idle:
                 self._pool.pop(key, None)
             if (self._clock.monotonic() - conn.idle_since >= self._cfg.idle_connection_timeout
@@ -297,6 +342,7 @@ class Sender:
     def _put(self, key: _PoolKey, conn: _Conn) -> None:
         idle = self._pool.setdefault(key, [])
         if len(idle) >= self._cfg.max_connections_per_destination:
+            self._forget_site(conn)
             conn.smtp.close()
             return
         conn.idle_since = self._clock.monotonic()
@@ -311,7 +357,46 @@ class Sender:
             with contextlib.suppress(Exception):
                 await self.reap()
 
+    def _forget_site(self, conn: _Conn) -> None:
+        if conn.site:
+            self._site_open[conn.site] -= 1
+            conn.site = ""
+
+    async def _open_site(self, site: str, limit: int, destination: str,
+                         targets: Sequence[Target], src: str, ehlo: str | None,
+                         policy: str | None) -> tuple[_Conn | None, Outcome]:
+        """_open_any, within `site`'s connection limit (the shaper keeps the transactions
+        under way below it, so at the limit at least one of the site's is idle)."""
+        victims: list[_Conn] = []
+        if site:
+            if limit and self._site_open.get(site, 0) >= limit:
+                excess = self._site_open[site] - limit + 1
+                for k in list(self._pool):
+                    for c in [c for c in self._pool[k] if c.site == site][:excess - len(victims)]:
+                        self._pool[k].remove(c)
+                        self._forget_site(c)
+                        victims.append(c)
+                    if not self._pool[k]:
+                        del self._pool[k]
+            # Counted before the first await, so concurrent openers see each other.
+            self._site_open[site] = self._site_open.get(site, 0) + 1
+        for c in victims:
+            await self._discard(c, polite=True)
+        try:
+            conn, failed = await self._open_any(destination, targets, src, ehlo, policy)
+        except BaseException:
+            if site:
+                self._site_open[site] -= 1
+            raise
+        if site:
+            if conn is None:
+                self._site_open[site] -= 1
+            else:
+                conn.site = site
+        return conn, failed
+
     async def _discard(self, conn: _Conn, polite: bool = False) -> None:
+        self._forget_site(conn)
         if polite and conn.smtp.is_connected:
             with contextlib.suppress(Exception):
                 await conn.smtp.quit(timeout=min(self._cfg.command_timeout, 5.0))
@@ -320,13 +405,14 @@ class Sender:
     # ------------------------------------------------------------------ connect
 
     async def _open_any(self, destination: str, targets: Sequence[Target],
-                        src: str, ehlo: str | None = None) -> tuple[_Conn | None, Outcome]:
+                        src: str, ehlo: str | None = None,
+                        policy: str | None = None) -> tuple[_Conn | None, Outcome]:
         last = from_failure("unreachable", destination, "no usable host")
         for target in targets:
             plaintext = False
             while True:
                 try:
-                    return await self._open(target, src, plaintext, ehlo), last
+                    return await self._open(target, src, plaintext, ehlo, policy), last
                 except _TargetFailed as f:
                     last = f.outcome
                     if f.plaintext_retry and not plaintext:
@@ -336,8 +422,11 @@ class Sender:
         return None, last
 
     async def _open(self, target: Target, src: str, plaintext: bool,
-                    ehlo: str | None = None) -> _Conn:
+                    ehlo: str | None = None, policy: str | None = None) -> _Conn:
         cfg = self._cfg
+        level = policy or cfg.tls
+        require = level in ("require", "verify")
+        verify = level == "verify" or (require and self._verify)
         name = _remote_name(target.host_name, target.address)
         smtp = aiosmtplib.SMTP(
             hostname=target.address, port=target.port, local_hostname=ehlo or self._hostname,
@@ -350,17 +439,20 @@ class Sender:
             await self._hello(smtp)
             tls = False
             offered = smtp.supports_extension("starttls")
-            if cfg.tls == "require" and not offered:
+            if require and not offered:
                 raise _TargetFailed(from_failure(
                     "tls_required", name, f"{name} does not offer STARTTLS", name))
             if offered and not plaintext:
                 stage = "starttls"
                 server_name = target.host_name.rstrip(".") or None
                 await smtp.starttls(server_hostname=server_name,
+                                    tls_context=self._verify_context if level == "verify"
+                                    else self._tls_context,
                                     timeout=cfg.command_timeout)
                 await self._hello(smtp)
                 tls = True
-            return _Conn(smtp, target.host_name, target.address, tls)
+            return _Conn(smtp, target.host_name, target.address, tls,
+                         verified=tls and verify)
         except _TargetFailed:
             smtp.close()
             raise
@@ -372,7 +464,7 @@ class Sender:
             if stage == "starttls":
                 detail = (f"{e.code} {e.message}" if isinstance(e, SMTPResponseException)
                           else _short(e))
-                if cfg.tls == "require":
+                if require:
                     raise _TargetFailed(from_failure(
                         "tls_required", name, f"STARTTLS with {name} failed: {detail}",
                         name)) from None

@@ -3,15 +3,21 @@
 Owns: the I/O order of lookups (delivery.routes first, then MX, then each MX host's
 A/AAAA, concurrently). Every decision (preference order, null MX, implicit MX, which
 failure is permanent) is made by the pure functions in relay.dns.route; this module only
-asks the Resolver and never sees a dnspython exception.
+asks the Resolver and never sees a dnspython exception. With an MTA-STS source (RFC 8461),
+MX routes go through relay.delivery.mtasts.apply: enforce keeps only the policy's MX hosts
+and marks them tls="verify"; next hops (delivery.routes) and address literals are ours to
+choose, so no policy applies to them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from typing import Protocol
 
 from relay.config import Delivery
+from relay.delivery import mtasts
 from relay.dns.answers import Lookup, Resolver, normalize_name
 from relay.dns.route import (
     Route,
@@ -29,12 +35,22 @@ from relay.dns.route import (
 
 __all__ = ["Route", "RouteFailure", "Router", "Target", "Targets"]
 
+log = logging.getLogger("relay.routing")
+
+
+class PolicySource(Protocol):
+    """relay/delivery/mtasts_fetch.py `MtaSts`: the MTA-STS policy of a domain, or None."""
+
+    async def policy(self, domain: str) -> mtasts.Policy | None: ...
+
 
 class Router:
-    def __init__(self, delivery_cfg: Delivery, resolver: Resolver, rng: random.Random) -> None:
+    def __init__(self, delivery_cfg: Delivery, resolver: Resolver, rng: random.Random, *,
+                 mta_sts: PolicySource | None = None) -> None:
         self._cfg = delivery_cfg
         self._resolver = resolver
         self._rng = rng
+        self.mta_sts = mta_sts
 
     async def route(self, domain: str) -> Route:
         name = normalize_name(domain)
@@ -57,5 +73,11 @@ class Router:
         results: list[Lookup[str]] = await asyncio.gather(
             *(self._resolver.addresses(n) for n in names))
         implicit = mx.ok and not mx.records
-        return expand(name, plan, dict(zip(names, results, strict=True)), self._cfg.port,
-                      implicit=implicit)
+        route = expand(name, plan, dict(zip(names, results, strict=True)), self._cfg.port,
+                       implicit=implicit)
+        if self.mta_sts is None or not isinstance(route, Targets):
+            return route
+        route, notes = mtasts.apply(name, await self.mta_sts.policy(name), route)
+        for note in notes:
+            log.warning("%s", note)
+        return route

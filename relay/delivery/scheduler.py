@@ -11,6 +11,10 @@ Two tiers, like Postfix's incoming/deferred queues feeding the active queue:
    in-memory ready queues. Memory holds at most `delivery.active_limit`
    recipients whatever the spool depth; a destination whose ready queue is over
    `delivery.ready_queue_limit` gives its excess leases back for later.
+   A ready queue has one FIFO per priority lane (relay/warmup/lanes.py, through
+   `lane_of`): transactional, then engaged, then bulk mail is taken first, so a
+   bulk campaign never holds a destination's connections while transactional
+   mail waits, and a cold IP's scarce cap goes to engaged recipients first.
 2. *Dispatch.* Each destination gets up to `max_connections_per_destination`
    workers; a worker takes tasks from its destination's ready queue, routes
    (MX / routes), sends all recipients of a task in one transaction through the
@@ -28,14 +32,15 @@ import contextlib
 import logging
 import random
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from relay.clock import Clock
 from relay.config import Delivery
 from relay.delivery import retry
-from relay.delivery.attempts import current_message_id
+from relay.delivery.attempts import current_message, current_message_id
+from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import (
     SUPPRESSED_RESPONSE,
@@ -46,6 +51,7 @@ from relay.events.model import (
 )
 from relay.queue.records import Action, MessageRecord, State
 from relay.queue.store import DueItem, Leased, QueueStore, Result, Settled
+from relay.warmup.lanes import BULK, LANES
 
 log = logging.getLogger("relay.scheduler")
 
@@ -102,6 +108,43 @@ class Task:
     message: MessageRecord
     destination: str
     items: list[Leased] = field(default_factory=list)
+    priority: int = BULK      # relay.warmup.lanes: lower goes first
+
+
+class LaneQueue:
+    """A destination's ready queue: a FIFO per priority lane; popleft() serves the
+    highest lane (lowest number) that has a task. Iterates all tasks, lane by lane."""
+
+    __slots__ = ("_lanes", "_len", "items")
+
+    def __init__(self) -> None:
+        self._lanes: tuple[deque[Task], ...] = tuple(deque() for _ in LANES)
+        self._len = 0
+        self.items = 0  # recipients held, kept in step (no O(n) sum per append)
+
+    def append(self, task: Task) -> None:
+        self._lanes[min(max(task.priority, 0), len(self._lanes) - 1)].append(task)
+        self._len += 1
+        self.items += len(task.items)
+
+    def popleft(self) -> Task:
+        for lane in self._lanes:
+            if lane:
+                self._len -= 1
+                task = lane.popleft()
+                self.items -= len(task.items)
+                return task
+        raise IndexError("pop from an empty LaneQueue")
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self) -> Iterator[Task]:
+        for lane in self._lanes:
+            yield from lane
 
 
 def _response(o: OutcomeLike) -> str:
@@ -144,8 +187,12 @@ class Scheduler:
         self.suppression: SuppressionLike | None = None
         self.simulator: LocalDeliveryLike | None = None
         self.after_settle: list[SettleHook] = []
+        # When set, events are staged in the settling transaction (crash-safe events).
+        self.journal: EventJournal | None = None
         self.configuration_set: Callable[[str], Any] | None = None
-        self.ready: dict[str, deque[Task]] = {}
+        # The priority lane of a message (relay/warmup/lanes.py); None: all bulk.
+        self.lane_of: Callable[[MessageRecord], int] | None = None
+        self.ready: dict[str, LaneQueue] = {}
         self.active: dict[str, int] = {}
         self.held = 0
         self._workers: set[asyncio.Task[None]] = set()
@@ -163,14 +210,19 @@ class Scheduler:
 
     async def run(self) -> None:
         while not self._stopping:
+            leased = 0
             try:
-                await self.tick()
+                leased = await self.tick()
             except Exception:
                 log.exception("scheduler tick failed; retrying")
             wait = self.poll_interval
             nd = self.store.next_due_at()
             if nd is not None:
-                wait = min(wait, max(0.0, nd - self.clock.now()))
+                ahead = nd - self.clock.now()
+                # Due but nothing leased (no room, or another worker's): wait for a wake
+                # (a settle frees room, a submit) or the poll, instead of spinning.
+                if ahead > 0 or leased:
+                    wait = min(wait, max(0.0, ahead))
             await self._sleep_or_wake(wait)
 
     async def _sleep_or_wake(self, seconds: float) -> None:
@@ -215,11 +267,12 @@ class Scheduler:
 
     # ------------------------------------------------------------------ promotion
 
-    async def tick(self) -> None:
+    async def tick(self) -> int:
         if self._stopping:
-            return
-        await self.promote()
+            return 0
+        leased = await self.promote()
         self.dispatch()
+        return leased
 
     async def promote(self) -> int:
         """Lease due recipients into the ready queues; return how many were leased."""
@@ -241,13 +294,15 @@ class Scheduler:
             key = (lease.message.id, lease.recipient.domain)
             task = tasks.get(key)
             if task is None:
-                task = tasks[key] = Task(lease.message, lease.recipient.domain)
+                task = tasks[key] = Task(
+                    lease.message, lease.recipient.domain,
+                    priority=self.lane_of(lease.message) if self.lane_of else BULK)
             task.items.append(lease)
         give_back: list[Result] = []
         for task in tasks.values():
             for chunk in self._chunks(task):
-                queue = self.ready.setdefault(chunk.destination, deque())
-                if sum(len(t.items) for t in queue) >= self.cfg.ready_queue_limit:
+                queue = self.ready.setdefault(chunk.destination, LaneQueue())
+                if queue.items >= self.cfg.ready_queue_limit:
                     give_back += [Result(chunk.message.id, it.index, Action.RELEASE,
                                          next_attempt_at=now + self.poll_interval * 5)
                                   for it in chunk.items]
@@ -260,7 +315,7 @@ class Scheduler:
 
     def _chunks(self, task: Task) -> list[Task]:
         size = max(1, self.cfg.max_recipients_per_transaction)
-        return [Task(task.message, task.destination, task.items[i:i + size])
+        return [Task(task.message, task.destination, task.items[i:i + size], task.priority)
                 for i in range(0, len(task.items), size)]
 
     # ------------------------------------------------------------------ dispatch
@@ -298,6 +353,7 @@ class Scheduler:
 
     async def deliver(self, task: Task) -> None:
         current_message_id.set(task.message.id)  # for the per-attempt log line
+        current_message.set(task.message)        # pool and lane, for the shaper
         if self.suppression is not None:
             listed = self.suppression.suppressed(
                 task.message, [it.recipient.address for it in task.items])
@@ -332,7 +388,8 @@ class Scheduler:
             return
         result = await self.sender.send(
             task.destination, hosts, task.message.sender,
-            [it.recipient.address for it in task.items], body)
+            [it.recipient.address for it in task.items], body,
+            **self._send_options(task.message))
         await self._settle(task, outcomes_of(result))
 
     async def _deliver_prepared(self, task: Task, hosts: Any, body: bytes) -> None:
@@ -351,11 +408,21 @@ class Scheduler:
         by_index: dict[int, OutcomeLike] = {}
         for sender, items in groups.items():
             result = await self.sender.send(task.destination, hosts, sender,
-                                            [it.recipient.address for it in items], prep.data)
+                                            [it.recipient.address for it in items], prep.data,
+                                            **self._send_options(msg))
             for it, o in zip(items, outcomes_of(result), strict=True):
                 by_index[it.index] = o
         outcomes = [by_index[it.index] for it in task.items]
         await self._settle(task, outcomes)
+
+    def _send_options(self, msg: MessageRecord) -> dict[str, Any]:
+        """Per-message client options: the configuration set's TLS policy (tls = require
+        refuses plain-text delivery). Empty when the set does not override delivery.tls."""
+        if msg.configuration_set and self.configuration_set is not None:
+            cs = self.configuration_set(msg.configuration_set)
+            if cs is not None and cs.tls:
+                return {"tls": cs.tls}
+        return {}
 
     def _max_delivery_time(self, msg: MessageRecord) -> float:
         limit = float(self.cfg.max_delivery_time)
@@ -397,8 +464,21 @@ class Scheduler:
                 action = Action.EXPIRE if at is None else Action.DEFER
                 results.append(Result(msg.id, lease.index, action, response, o.remote_mta,
                                       next_attempt_at=at or 0.0))
-        settled = await self.store.write(self.store.settle_op(results, now))
-        self.events.emit(self._events_for(settled, now))
+        settle = self.store.settle_op(results, now)
+        journal = self.journal
+        if journal is None:
+            settled = await self.store.write(settle)
+            self.events.emit(self._events_for(settled, now))
+        else:
+            # The events are committed with the state change (relay/events/journal.py):
+            # a crash between the commit and the log write cannot lose them.
+            def op(txn: Any) -> tuple[list[Settled], list[Event], list[bytes]]:
+                done = settle(txn)
+                evs = self._events_for(done, now)
+                return done, evs, journal.stage(txn, evs)
+
+            settled, events, keys = await self.store.write(op)
+            journal.published(events, keys)
         for hook in self.after_settle:
             try:
                 await hook(settled, now)

@@ -16,6 +16,16 @@ Recipients held back get a `HeldOutcome`: the scheduler releases them without
 counting an attempt, due at `hold_until` (never past max delivery time), and
 emits a DeliveryDelay event.
 
+The pool and priority lane come from the message being delivered (the
+`current_message` context variable the scheduler sets) through `choose`
+(relay/app.py: configuration set, then credential, then delivery.pool; see
+relay/warmup/lanes.py); without `choose`, every message uses `pool`. Site limits
+reach the client as `site`, `max_connections` (open connections to the site
+across all source IPs) and `messages_per_connection` (overrides
+delivery.max_messages_per_connection for the site's pooled connections).
+Backoffs and freezes the gate reports go to `event_log` as WarmupBackoff /
+WarmupFreeze events.
+
 Operator changes (`relay warmup freeze|resume|set`) are written by the CLI
 with a higher op_seq; this process merges them (counters.merge_operator) when
 it persists and every `sync_interval` seconds.
@@ -26,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +44,8 @@ import msgspec
 
 from relay.clock import Clock
 from relay.config import Config
+from relay.delivery.attempts import current_message
+from relay.events.model import warmup_event
 from relay.warmup import counters, gate
 from relay.warmup.counters import IpState
 from relay.warmup.providers import ProviderMap, ProviderRule, SiteLimits
@@ -113,18 +125,38 @@ class ShapedSender:
         self._synced_at = clock.now()
         self._conns: dict[str, asyncio.Semaphore] = {}
         self.notices: list[str] = []
+        # message -> (pool, lane); None: every message from `pool`, bulk lane.
+        self.choose: Callable[[Any], tuple[str, int]] | None = None
+        self.event_log: Any = None   # relay.events.log.EventLog for WarmupFreeze/Backoff
+
+    def publish(self) -> None:
+        """Write the gate's backoff/freeze notices to the event log."""
+        notes, self.gate.events = self.gate.events, []
+        if notes and self.event_log is not None:
+            self.event_log.emit([warmup_event(n.kind, n.ip, n.provider, n.reason, n.until,
+                                              n.action, n.at) for n in notes])
 
     async def send(self, destination: str, targets: Sequence[Any], sender: str,
                    recipients: Sequence[str], data: bytes, **kwargs: Any) -> list[Any]:
-        if not self.pool:
-            return _outcomes(await self.sender.send(destination, targets, sender, recipients,
-                                                    data, **kwargs))
+        pool, lane = self.pool, gate.BULK
+        msg = current_message.get()
+        if self.choose is not None and msg is not None:
+            pool, lane = self.choose(msg)
+        site = self.providers.site([getattr(t, "host_name", "") or t.address for t in targets])
+        if site.limits.messages_per_connection:
+            kwargs["messages_per_connection"] = site.limits.messages_per_connection
+        if site.limits.max_connections:
+            kwargs["site"] = site.key
+            kwargs["max_connections"] = site.limits.max_connections
+        if not pool:
+            async with self._semaphore(site.key, site.limits):
+                return _outcomes(await self.sender.send(destination, targets, sender,
+                                                        recipients, data, **kwargs))
         now = self.clock.now()
         if now - self._synced_at >= self.sync_interval:
             self.sync()
-        site = self.providers.site([getattr(t, "host_name", "") or t.address for t in targets])
         want = self.throttle.allowed(site.key, site.limits, now, len(recipients))
-        decision = self.gate.acquire(self.pool, site.provider, want, now)
+        decision = self.gate.acquire(pool, site.provider, want, now, lane)
         granted = sum(g.count for g in decision.grants)
         self.throttle.take(site.key, site.limits, now, granted)
         out: list[Any] = []
@@ -135,7 +167,7 @@ class ShapedSender:
             start += g.count
         results = await asyncio.gather(*(
             self._send_part(destination, targets, sender, rcpts, data, g, site.key,
-                            site.limits) for g, rcpts in parts))
+                            site.limits, kwargs) for g, rcpts in parts))
         for r in results:
             out.extend(r)
         rest = len(recipients) - start
@@ -154,20 +186,26 @@ class ShapedSender:
 
     async def _send_part(self, destination: str, targets: Sequence[Any], sender: str,
                          rcpts: list[str], data: bytes, grant: gate.Grant, site: str,
-                         limits: SiteLimits) -> list[Any]:
-        sem = self._conns.get(site)
-        if sem is None:
-            sem = self._conns[site] = asyncio.Semaphore(max(1, limits.max_connections or 1000))
-        async with sem:
+                         limits: SiteLimits, options: dict[str, Any] | None = None) -> list[Any]:
+        async with self._semaphore(site, limits):
             result = await self.sender.send(destination, targets, sender, rcpts, data,
-                                            source_address=grant.ip, ehlo=grant.ehlo or None)
+                                            **{**(options or {}), "source_address": grant.ip,
+                                               "ehlo": grant.ehlo or None})
         outs = _outcomes(result)
         notices = self.gate.settle(grant, [(o.kind, _response(o)) for o in outs],
                                    self.clock.now())
         for n in notices:
             log.warning("%s", n)
         self.notices.extend(notices)
+        self.publish()
         return outs
+
+    def _semaphore(self, site: str, limits: SiteLimits) -> asyncio.Semaphore:
+        """Transactions under way to `site`, across all source IPs."""
+        sem = self._conns.get(site)
+        if sem is None:
+            sem = self._conns[site] = asyncio.Semaphore(max(1, limits.max_connections or 1000))
+        return sem
 
     async def flush(self) -> None:
         """Persist the IpStates changed since the last flush (one group commit)."""

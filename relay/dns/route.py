@@ -23,6 +23,9 @@ class Target:
     address: str     # an IP address to connect to
     port: int
     preference: int
+    # TLS this host must give, beyond delivery.tls: "" = none; "verify" = STARTTLS with a
+    # certificate valid for host_name (an MTA-STS enforce policy, relay/delivery/mtasts.py).
+    tls: str = ""
 
 
 @dataclass(frozen=True, slots=True)

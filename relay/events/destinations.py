@@ -207,6 +207,22 @@ class EventRouter:
                 await self.clock.sleep(1.0)
                 self._wake_persist.set()
 
+    def backlog(self) -> dict[str, int]:
+        """Events not yet delivered, per webhook destination (outbox plus not yet committed);
+        every configured webhook is listed, 0 when it is caught up."""
+        out = {d.name: 0 for d in self.config().event_destination if d.type == "webhook"}
+        db = self.store.named_db("outbox")
+
+        def read(txn: Any) -> None:
+            with txn.cursor(db=db) as cur:
+                for k in cur.iternext(keys=True, values=False):
+                    name = bytes(k).split(b"\0", 1)[0].decode("utf-8", "replace")
+                    out[name] = out.get(name, 0) + 1
+        self.store.read(read)
+        for name, _ in self._queued:
+            out[name] = out.get(name, 0) + 1
+        return out
+
     def pending(self, dest: str) -> list[tuple[bytes, OutboxItem]]:
         prefix = dest.encode("utf-8") + b"\0"
         return [(k, _dec.decode(v)) for k, v in self.store.read_db("outbox")

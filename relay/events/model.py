@@ -117,6 +117,17 @@ class Subscription(msgspec.Struct):
     oldTopicPreferences: dict[str, object]
 
 
+class Warmup(msgspec.Struct):
+    """relay-specific (no SES counterpart): a warm-up plan froze or an IP backed off."""
+
+    timestamp: str
+    ip: str
+    provider: str          # "" = every provider (a reputation freeze)
+    reason: str
+    until: str             # ISO time the pause/freeze ends; "" = until resumed by hand
+    action: str            # pause | freeze | pause_and_freeze
+
+
 class Event(msgspec.Struct, omit_defaults=True):
     eventType: str
     mail: Mail
@@ -127,6 +138,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     complaint: Complaint | None = None
     reject: Reject | None = None
     subscription: Subscription | None = None
+    warmup: Warmup | None = None
 
 
 # The diagnostic of a recipient that relay did not attempt because it is suppressed.
@@ -254,3 +266,13 @@ def feedback_bounce_event(msg: MessageRecord, recipients: list[tuple[str, str, s
 
 def reject_event(msg: MessageRecord, reason: str) -> Event:
     return Event(eventType="Reject", mail=mail_of(msg), reject=Reject(reason))
+
+
+def warmup_event(kind: str, ip: str, provider: str, reason: str, until: float | None,
+                 action: str, now: float) -> Event:
+    """"WarmupFreeze" or "WarmupBackoff": not about one message, so `mail` is empty."""
+    mail = Mail(timestamp=iso(now), messageId="", source="", sourceIp=ip,
+                sendingAccountId="", destination=[], headersTruncated=False, headers=[],
+                commonHeaders=CommonHeaders(), tags={})
+    return Event(eventType=kind, mail=mail, warmup=Warmup(
+        iso(now), ip, provider, reason, iso(until) if until is not None else "", action))

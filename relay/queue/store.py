@@ -41,6 +41,7 @@ import os
 import secrets
 import shutil
 import struct
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,6 +130,12 @@ _TS = struct.Struct(">Q")
 MAX_RECIPIENTS = 0xFFFF
 
 
+def shard_of(domain: str, count: int) -> int:
+    """The worker (0..count-1) that delivers to `domain`: stable across processes."""
+    return zlib.crc32(domain.lower().encode("utf-8", "surrogateescape")) % count \
+        if count > 1 else 0
+
+
 def new_message_id(now: float) -> str:
     """Time-sortable, 20 characters: 12 hex digits of milliseconds + 8 random hex."""
     return f"{int(now * 1000):012x}{secrets.token_hex(4)}"
@@ -172,9 +179,11 @@ class QueueStore:
     # "warmup": per-IP warm-up counters (relay/delivery/shaper.py), committed with the queue.
     # "suppression": the account-level suppression list (relay/suppression/store.py);
     # "sent": message records kept after delivery for matching late bounces/complaints;
-    # "outbox": events waiting for their webhook (relay/events/destinations.py).
+    # "outbox": events waiting for their webhook (relay/events/destinations.py);
+    # "event_outbox": events staged with the state change they report
+    # (relay/events/journal.py), so a crash cannot separate the two.
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
-           "suppression", "sent", "outbox")
+           "suppression", "sent", "outbox", "event_outbox")
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
                  commit_window: float = 0.002, commit_batch_max: int = 256,
@@ -199,6 +208,9 @@ class QueueStore:
         self._writer: concurrent.futures.ThreadPoolExecutor | None = None
         self._closing = False
         self.on_commit: list[Callable[[], None]] = []
+        # Multi-process mode (server.workers = N): (i, N) makes due()/next_due_at() see
+        # only recipients whose domain is shard i, so no two processes lease one recipient.
+        self.shard: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -248,7 +260,11 @@ class QueueStore:
         """Queue a message durably; return its id only after the synced commit."""
         return (await self.submit_record(msg)).id
 
-    async def submit_record(self, msg: NewMessage) -> MessageRecord:
+    async def submit_record(
+            self, msg: NewMessage,
+            also: Callable[[Any, MessageRecord], object] | None = None) -> MessageRecord:
+        """Queue a message durably; `also(txn, record)` runs in the same transaction
+        (the Send event is staged there, so it is committed with the message)."""
         if not msg.recipients:
             raise ValueError("a message needs at least one recipient")
         if len(msg.recipients) > MAX_RECIPIENTS:
@@ -264,6 +280,8 @@ class QueueStore:
 
         def op(txn: Any) -> MessageRecord:
             self._put_message(txn, record, body)
+            if also is not None:
+                also(txn, record)
             return record
 
         return await self.write(op, size=len(body))
@@ -440,29 +458,55 @@ class QueueStore:
         finally:
             txn.abort()
 
+    def _mine(self, txn: Any, rcpt_key: bytes) -> bool:
+        """In multi-process mode: is this recipient in this process's shard?"""
+        if self.shard is None:
+            return True
+        raw = txn.get(rcpt_key, db=self._db["recipients"])
+        if raw is None:
+            return False
+        return shard_of(_rcpt_dec.decode(raw).domain, self.shard[1]) == self.shard[0]
+
     def due(self, now: float, *, lane: str, limit: int) -> list[DueItem]:
-        """Up to `limit` recipients due at `now` from lane "new" or "retry", oldest first."""
+        """Up to `limit` recipients due at `now` from lane "new" or "retry", oldest first.
+
+        With a shard set, other shards' keys are skipped; at most max(2000, 8 × limit)
+        keys are looked at per call (the other workers lease theirs meanwhile)."""
         db = self._db["due_new" if lane == "new" else "due_retry"]
         out: list[DueItem] = []
         bound = _TS.pack(int(now * 1000) + 1)
+        budget = max(2000, 8 * limit)
         with self._read() as txn, txn.cursor(db=db) as cur:
             if not cur.first():
                 return out
             for key in cur.iternext(keys=True, values=False):
                 if key >= bound or len(out) >= limit:
                     break
+                if self.shard is not None:
+                    budget -= 1
+                    if budget < 0:
+                        break
+                    if not self._mine(txn, bytes(key[8:])):
+                        continue
                 out.append(_parse_due_key(key)[1])
         return out
 
     def next_due_at(self) -> float | None:
-        """The earliest due time in either lane (for sleeping until then)."""
+        """The earliest due time in either lane (for sleeping until then); with a shard
+        set, of this shard's recipients among the first 200 keys of each lane."""
         best: float | None = None
         with self._read() as txn:
             for lane in ("due_new", "due_retry"):
                 with txn.cursor(db=self._db[lane]) as cur:
-                    if cur.first():
-                        at, _ = _parse_due_key(cur.key())
-                        best = at if best is None else min(best, at)
+                    if not cur.first():
+                        continue
+                    for n, key in enumerate(cur.iternext(keys=True, values=False)):
+                        if n >= 200:
+                            break
+                        if self._mine(txn, bytes(key[8:])):
+                            at, _ = _parse_due_key(key)
+                            best = at if best is None else min(best, at)
+                            break
         return best
 
     def message(self, mid: str) -> MessageRecord | None:
@@ -610,18 +654,22 @@ class QueueStore:
         txn.delete(key, db=self._db["messages"])
         txn.delete(key, db=self._db["bodies"])
 
-    def recover_op(self, now: float) -> Callable[[Any], int]:
+    def recover_op(self, now: float,
+                   shard: tuple[int, int] | None = None) -> Callable[[Any], int]:
         """An op run once at start: every in-flight recipient becomes due now.
 
         A crash between a remote 250 and our commit of DELIVERED means one duplicate
-        delivery; that is the price of never losing a message.
+        delivery; that is the price of never losing a message. With `shard` (i, N), only
+        recipients of shard i: a restarted worker recovers what it had in flight while
+        the other workers keep delivering theirs.
         """
         def op(txn: Any) -> int:
             moved: list[tuple[str, int, RecipientRecord]] = []
             with txn.cursor(db=self._db["recipients"]) as cur:
                 for key, val in cur.iternext():
                     rr = _rcpt_dec.decode(val)
-                    if rr.state is State.INFLIGHT:
+                    if rr.state is State.INFLIGHT and (
+                            shard is None or shard_of(rr.domain, shard[1]) == shard[0]):
                         mid = bytes(key[:ID_LEN]).decode("ascii")
                         (idx,) = _IDX.unpack_from(key, ID_LEN)
                         moved.append((mid, idx, rr))

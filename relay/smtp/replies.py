@@ -41,10 +41,13 @@ TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Error: too many connections")
 TOO_MANY_CONNECTIONS_FROM_IP = Reply(421, "4.7.0", "Error: too many connections from your IP")
 TOO_MANY_MESSAGES = Reply(421, "4.7.0", "Error: too many messages in this connection")
 TOO_MANY_AUTH_ATTEMPTS = Reply(421, "4.7.0", "Error: too many AUTH attempts")
+TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Error: too many commands in this connection")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
 AUTH_LOCKED = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")
+TOO_MANY_SESSION_RECIPIENTS = Reply(452, "4.5.3",
+                                    "Error: too many recipients in this connection")
 STORE_FULL = Reply(452, "4.3.1", "Insufficient system storage")
 STORE_UNAVAILABLE = Reply(451, "4.3.0", "Error: queue temporarily unavailable, try again later")
 INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal error, try again later")
@@ -54,6 +57,9 @@ AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 # Sending authorization (identities): text is replaced by the reason naming the address.
 SENDER_NOT_AUTHORIZED = Reply(550, "5.7.1", "Sender address rejected")
 MESSAGE_REJECTED = Reply(554, "5.7.1", "Message rejected")
+# SES: "554 Configuration Set does not exist: Configuration set <name> does not exist."
+CONFIGURATION_SET_UNKNOWN = Reply(554, "5.3.0", "Configuration Set does not exist: "
+                                                "Configuration set {name} does not exist.")
 ENCRYPTION_REQUIRED = Reply(538, "5.7.11", "Encryption required for requested authentication "
                                            "mechanism")
 AUTH_INVALID = Reply(535, "5.7.8", "Authentication credentials invalid")

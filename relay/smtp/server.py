@@ -73,6 +73,9 @@ class SubmissionServer:
             trusted=[ipaddress.ip_network(n, strict=False) for n in listener.trusted_networks],
             admit=self.limiter.admit, release=self.limiter.release, sender_check=sender_check)
         self._server: asyncio.Server | None = None
+        # server.workers > 1: every worker binds the same port (SO_REUSEPORT); the kernel
+        # spreads new connections across them.
+        self.reuse_port = False
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -95,7 +98,7 @@ class SubmissionServer:
             lambda: SubmissionSession(ctx, loop),
             host=self.listener.address.host, port=self.listener.address.port,
             ssl=ctx.ssl_context if implicit else None,
-            reuse_address=True, backlog=512)
+            reuse_address=True, reuse_port=self.reuse_port or None, backlog=512)
         log.info("submission listener on %s (tls=%s, auth=%s)", self.listener.address,
                  self.listener.tls, self.listener.auth)
 

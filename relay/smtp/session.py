@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, Protocol
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, TLSSetupException
 
 from relay.clock import Clock
 from relay.config import Limits, Listener
@@ -37,9 +37,18 @@ _CONTROL = frozenset(chr(c) for c in range(32)) | {"\x7f"}
 
 
 class Submitter(Protocol):
-    """Commits a message durably and returns its queue id (raises StoreFull/StoreUnavailable)."""
+    """Commits a message durably and returns its queue id (raises StoreFull/StoreUnavailable,
+    or MessageRefused for a policy refusal such as an unknown configuration set)."""
 
     async def submit(self, msg: NewMessage) -> str: ...
+
+
+class MessageRefused(Exception):
+    """A submitter's policy refusal after DATA: `reply` is sent instead of 250."""
+
+    def __init__(self, reply: R.Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -67,6 +76,11 @@ class ListenerContext:
     max_auth_attempts: int = 10
     sender_check: SenderCheck | None = None
     on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
+    # AUTH brute-force defence at work (metrics): "failed", "lockout" (this failure locked
+    # the IP or user), "locked" (refused while locked), "too_many" (per-connection cap).
+    on_auth: Callable[[str], None] | None = None
+    # A message refused for policy after DATA (a Reject event): (message, reason).
+    on_reject: Callable[[NewMessage, str], None] | None = None
 
     def is_trusted(self, ip: str) -> bool:
         try:
@@ -94,9 +108,20 @@ class _CommandReader(asyncio.StreamReader):
     """
 
     bad_line_ending = False
+    # limits.max_commands_per_session (V12): command and AUTH lines counted here; past the
+    # limit the line is replaced by an empty one and `over_limit` set, so the session
+    # answers TOO_MANY_COMMANDS and closes (see SubmissionSession.push).
+    command_count = 0
+    command_limit = 0
+    over_limit = False
 
     async def readuntil(self, separator: Any = b"\n") -> bytes:
         line = await super().readuntil(separator)
+        if separator == b"\n" and self.command_limit:
+            self.command_count += 1
+            if self.command_count > self.command_limit:
+                self.over_limit = True
+                return b"\r\n"
         if separator == b"\n" and (not line.endswith(b"\r\n") or line.endswith(b"\r\r\n")):
             self.bad_line_ending = True
             return b"\r\n"
@@ -133,6 +158,7 @@ class SubmissionSession(SMTP):
         self._implicit_tls = False
         self._in_data = False
         self.message_count = 0
+        self.recipient_count = 0  # accepted RCPTs across the session's transactions
         self.auth_attempts = 0
         self.auth_user = ""
         self._last_timer_reset = 0.0
@@ -142,6 +168,8 @@ class SubmissionSession(SMTP):
     def _cb_client_connected(self, reader: asyncio.StreamReader,
                              writer: asyncio.StreamWriter) -> None:
         reader.__class__ = _CommandReader  # same object: the protocol keeps feeding it
+        assert isinstance(reader, _CommandReader)
+        reader.command_limit = self.ctx.limits.max_commands_per_session
         super()._cb_client_connected(reader, writer)
 
     # --- connection lifecycle ------------------------------------------------------------
@@ -231,6 +259,17 @@ class SubmissionSession(SMTP):
     # --- replies ---------------------------------------------------------------------------
 
     async def push(self, status: AnyStr) -> None:
+        if isinstance(status, str) and isinstance(self._reader, _CommandReader) \
+                and self._reader.over_limit:
+            self._reader.over_limit = False
+            log.warning("%s: more than %d commands in one connection, closing", self.client_ip,
+                        self._reader.command_limit)
+            reply = str(R.TOO_MANY_COMMANDS)
+            if self.ctx.on_reply is not None:
+                self.ctx.on_reply(reply)
+            await super().push(reply)
+            self._close()
+            return
         if isinstance(status, str):
             if isinstance(self._reader, _CommandReader) and self._reader.bad_line_ending:
                 self._reader.bad_line_ending = False
@@ -291,7 +330,45 @@ class SubmissionSession(SMTP):
         if self.tls_active:
             await self.push(str(R.TLS_ALREADY_ACTIVE))
             return
-        await super().smtp_STARTTLS(arg)
+        if arg or not self.tls_context:
+            await super().smtp_STARTTLS(arg)  # 501 / 454, as aiosmtpd answers them
+            return
+        await self._start_tls()
+
+    async def _start_tls(self) -> None:
+        """STARTTLS through the event loop's own TLS (uvloop: native) rather than
+        aiosmtpd's pure-Python asyncio.sslproto layer (15% of the accept profile), with
+        the same effects as aiosmtpd's STARTTLS path in connection_made()."""
+        await self.push("220 Ready to start TLS")
+        transport = self.transport
+        assert transport is not None and self.session is not None
+        # Plaintext pipelined after STARTTLS is never read as a command (CVE-2024-34083).
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        try:
+            tls_transport = await self.loop.start_tls(
+                transport, self, self.tls_context, server_side=True,  # type: ignore[arg-type]
+                ssl_handshake_timeout=float(self.ctx.limits.idle_timeout))
+        except (OSError, ValueError, TimeoutError) as e:
+            raise TLSSetupException() from e
+        if tls_transport is None:  # the connection went away during the handshake
+            self._close()
+            return
+        self._original_transport = transport
+        self._tls_protocol = tls_transport  # type: ignore[assignment]  # tested for None only
+        self._reader._transport = tls_transport  # type: ignore[attr-defined]
+        self._writer._transport = tls_transport  # type: ignore[attr-defined]
+        self.transport = tls_transport
+        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        # RFC 3207 §4.2: forget everything from before TLS (aiosmtpd's connection_made).
+        self._set_rset_state()  # type: ignore[no-untyped-call]
+        peer = self.session.peer
+        self.session = self._create_session()
+        self.session.peer = peer
+        self.session.ssl = {"cipher": tls_transport.get_extra_info("cipher"),
+                            "peercert": tls_transport.get_extra_info("peercert")}
+        self._tls_handshake_okay = True
+        self._reset_timeout()
+        self.auth_user = ""
 
     async def smtp_AUTH(self, arg: str | None) -> None:
         assert self.session is not None
@@ -319,11 +396,14 @@ class SubmissionSession(SMTP):
             return
         self.auth_attempts += 1
         if self.auth_attempts > self.ctx.max_auth_attempts:
+            self._auth_event("too_many")
+            log.warning("%s: too many AUTH attempts in one connection, closing", self.client_ip)
             await self.push(str(R.TOO_MANY_AUTH_ATTEMPTS))
             self._close()
             return
         policy, clock = self.ctx.auth_policy, self.ctx.clock
         if policy.is_locked(self.client_ip, None, clock.monotonic()):
+            self._auth_event("locked")
             await self.push(str(R.AUTH_LOCKED))
             return
         method = SMTP.auth_PLAIN if mechanism == "PLAIN" else SMTP.auth_LOGIN
@@ -334,6 +414,8 @@ class SubmissionSession(SMTP):
         assert isinstance(creds, LoginPassword)
         user = creds.login.decode("utf-8", "replace")
         if policy.is_locked(self.client_ip, user, clock.monotonic()):
+            self._auth_event("locked")
+            log.info("%s: AUTH refused for %r: locked out", self.client_ip, user)
             await self.push(str(R.AUTH_LOCKED))
             return
         ok = await asyncio.get_running_loop().run_in_executor(
@@ -346,9 +428,20 @@ class SubmissionSession(SMTP):
             await self.push(str(R.AUTH_OK))
             return
         delay = policy.record_failure(self.client_ip, user, clock.monotonic())
-        log.info("%s: AUTH failed for %r", self.client_ip, user)
+        # One line per failure, and one per lockout; never the password (V9).
+        if policy.is_locked(self.client_ip, user, clock.monotonic()):
+            self._auth_event("lockout")
+            log.warning("%s: AUTH failed for %r; IP or user locked out for %ds",
+                        self.client_ip, user, int(policy.lockout))
+        else:
+            self._auth_event("failed")
+            log.info("%s: AUTH failed for %r", self.client_ip, user)
         await clock.sleep(delay)
         await self.push(str(R.AUTH_INVALID))
+
+    def _auth_event(self, kind: str) -> None:
+        if self.ctx.on_auth is not None:
+            self.ctx.on_auth(kind)
 
     async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
                              log_client_response: bool = False) -> Any:
@@ -359,6 +452,9 @@ class SubmissionSession(SMTP):
             self._close()
             return MISSING
         reader = self._reader
+        if isinstance(reader, _CommandReader) and reader.over_limit:
+            await self.push("500 Error: bad syntax")  # answered as TOO_MANY_COMMANDS
+            return MISSING
         if isinstance(reader, _CommandReader) and reader.bad_line_ending:
             reader.bad_line_ending = False
             await self.push(str(R.BARE_NEWLINE_COMMAND))
@@ -427,6 +523,9 @@ class SubmissionSession(SMTP):
             return str(R.BAD_RECIPIENT)
         if len(self.envelope.rcpt_tos) >= self.ctx.limits.max_recipients:
             return str(R.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10: 452, not 552
+        if self.recipient_count >= self.ctx.limits.max_recipients_per_session:
+            return str(R.TOO_MANY_SESSION_RECIPIENTS)
+        self.recipient_count += 1
         self.envelope.rcpt_tos.append(address)
         self.envelope.rcpt_options.extend(options)
         return str(R.RECIPIENT_OK)
@@ -532,15 +631,20 @@ class SubmissionSession(SMTP):
         parts.clear()
         headers, tags = extract_headers(body)  # looks at the header block only
         refusal = self._check_from(headers.get("From"))
-        if refusal is not None:
-            log.info("%s: message refused: %s", self.client_ip, refusal)
-            return str(R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}"))
         msg = NewMessage(
             sender=envelope.mail_from or "", recipients=recipients, body=body,
             client_ip=self.client_ip, helo=self.session.host_name or "",
             auth_user=self.auth_user, headers=headers, tags=tags)
+        if refusal is not None:
+            log.info("%s: message refused: %s", self.client_ip, refusal)
+            if self.ctx.on_reject is not None:
+                self.ctx.on_reject(msg, refusal)
+            return str(R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}"))
         try:
             queue_id = await self.ctx.submitter.submit(msg)
+        except MessageRefused as e:
+            log.info("%s: message refused: %s", self.client_ip, e.reply)
+            return str(e.reply)
         except StoreFull:
             log.warning("%s: store full, answering 452", self.client_ip)
             return str(R.STORE_FULL)

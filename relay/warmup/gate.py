@@ -11,8 +11,15 @@ Rule 2: `settle(grant, outcomes, now)` gives back what the provider never took
 (4xx, connection failures), applies backoff rules to the replies, and keeps
 the rolling bounce/complaint rates that freeze a plan.
 Rule 3: state is `IpState` per IP (relay.warmup.counters); the gate marks the
-IPs it changed in `dirty` for the shell to persist. Pure: `now` comes from the
-caller; nothing here awaits, sleeps or touches disk.
+IPs it changed in `dirty` for the shell to persist, and queues a `WarmupNotice`
+in `events` for every backoff and freeze (the shell writes them to the event
+log). Pure: `now` comes from the caller; nothing here awaits, sleeps or touches disk.
+Rule 4: priority lanes (relay.warmup.lanes). When a higher lane is held back for
+lack of capacity, it leaves a *claim* on (pool, provider) until its next window
+(plus CLAIM_GRACE); a lower lane may then only take what exceeds the claims, so a
+scarce cap goes to transactional and engaged mail first, whichever worker asks
+first. A claim shrinks as its lane is granted and lapses on its own: an
+over-stated claim can hold bulk back for at most CLAIM_GRACE after the window.
 """
 
 from __future__ import annotations
@@ -28,6 +35,19 @@ from relay.warmup.counters import DayClock, IpState
 from relay.warmup.plans import Plan, resolve
 
 UNLIMITED = 1 << 62
+CLAIM_GRACE = 600.0
+BULK = 2   # relay.warmup.lanes.BULK: the lowest lane, the default
+
+
+@dataclass(frozen=True)
+class WarmupNotice:
+    kind: str              # "WarmupFreeze" | "WarmupBackoff"
+    ip: str
+    provider: str          # "" = every provider
+    reason: str
+    until: float | None    # None = until resumed by hand
+    action: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,9 @@ class WarmupGate:
     # (pool, provider) -> until when every IP of the pool is known to be out of capacity,
     # so a backlog does not rescan the pool's IPs for every decision.
     _full: dict[tuple[str, str], float] = field(default_factory=dict)
+    # (pool, provider) -> lane -> [recipients held back, claim lapses at]
+    _claims: dict[tuple[str, str], dict[int, list[float]]] = field(default_factory=dict)
+    events: list[WarmupNotice] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._pool_of = {ip.address: p for p in self.pools.values() for ip in p.ips}
@@ -127,7 +150,34 @@ class WarmupGate:
         return 0, pacing.next_window(cap, sent, now, self.days.start_of(today + 1),
                                      mode=self.pacing, boundary=self.days.boundary)
 
-    def acquire(self, pool_name: str, provider: str, want: int, now: float) -> Decision:
+    def _reserved(self, key: tuple[str, str], priority: int, now: float) -> tuple[int, float]:
+        """(recipients higher lanes claim on `key`, when the earliest such claim lapses)."""
+        claims = self._claims.get(key)
+        if not claims:
+            return 0, math.inf
+        held, lapse = 0, math.inf
+        for lane, (count, until) in list(claims.items()):
+            if until <= now or count <= 0:
+                del claims[lane]
+            elif lane < priority:
+                held += int(count)
+                lapse = min(lapse, until)
+        return held, lapse
+
+    def _claim(self, key: tuple[str, str], priority: int, granted: int, held: int,
+               until: float) -> None:
+        claims = self._claims.get(key)
+        c = claims.get(priority) if claims else None
+        if c is not None:
+            c[0] = max(0.0, c[0] - granted)
+        if held and priority < BULK and math.isfinite(until):
+            if c is None:
+                c = self._claims.setdefault(key, {}).setdefault(priority, [0.0, 0.0])
+            c[0] += held
+            c[1] = max(c[1], until + CLAIM_GRACE)
+
+    def acquire(self, pool_name: str, provider: str, want: int, now: float,
+                priority: int = BULK) -> Decision:
         grants: list[Grant] = []
         remaining = want
         retry_at = math.inf
@@ -141,10 +191,23 @@ class WarmupGate:
                 retry_at = min(retry_at, full_until)
                 name = pool.overflow
                 continue
+            # Higher lanes held back earlier keep their share of what is left (Rule 4).
+            budget = UNLIMITED
+            reserved, lapse = self._reserved((name, provider), priority, now)
+            if reserved:
+                total = sum(min(self.available(pool, ip.address, provider, now)[0],
+                                UNLIMITED) for ip in pool.ips)
+                budget = total - reserved
+                if budget <= 0:
+                    retry_at = min(retry_at, lapse)
+                    name = pool.overflow
+                    continue
             # First fit, starting one IP further each time: the pool's IPs take turns.
             start = self._rr.get(name, 0)
             size = len(pool.ips)
             pool_retry = math.inf
+            asked = remaining
+            remaining = min(remaining, budget)
             for k in range(size):
                 if remaining <= 0:
                     break
@@ -164,7 +227,14 @@ class WarmupGate:
             if remaining > 0:   # every IP of the pool was asked and none has room left
                 self._full[(name, provider)] = pool_retry
                 retry_at = min(retry_at, pool_retry)
+            if budget < asked:   # the rest is reserved for higher lanes
+                retry_at = min(retry_at, lapse)
+            remaining += asked - min(asked, budget)
             name = pool.overflow
+        if pool_name in self.pools and (remaining or self._claims):
+            self._claim((pool_name, provider), priority,
+                        sum(g.count for g in grants if g.pool == pool_name), remaining,
+                        retry_at)
         reason = ""
         if remaining:
             reason = (f"warm-up: pool \"{pool_name}\" has no capacity left toward "
@@ -206,6 +276,10 @@ class WarmupGate:
                     notices.append(
                         f"backoff: {grant.ip} toward {grant.provider}: {fired.action} "
                         f"for {int(fired.duration)}s after \"{response.strip()[:120]}\"")
+                    self.events.append(WarmupNotice(
+                        "WarmupBackoff", grant.ip, grant.provider, response.strip()[:200],
+                        (now + fired.duration if fired.pauses
+                         else self.days.start_of(today + 1)), fired.action, now))
         if not_taken:
             counters.refund(pc, not_taken, today, hour)
             self._full.pop((grant.pool, grant.provider), None)
@@ -237,6 +311,8 @@ class WarmupGate:
                     else f"complaint rate {cr:.2%}")
             reason = f"{what} over {rep.window_hours}h on {sent} messages"
             counters.freeze(st, self.days.day_of(now), reason)
+            self.events.append(WarmupNotice("WarmupFreeze", ip, "", reason, None, "freeze",
+                                            now))
             return f"warm-up frozen for {ip}: {reason}"
         return None
 

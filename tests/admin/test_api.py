@@ -130,12 +130,51 @@ def test_queue_retry_bounce_delete(admin: Admin, traffic: dict[str, str]) -> Non
     assert admin.call("GET", f"/api/queue/{b}")[0] == 404
 
 
-def test_suppression_is_501_until_built(admin: Admin) -> None:
-    for method, path in (("GET", "/api/suppression"), ("POST", "/api/suppression"),
-                         ("DELETE", "/api/suppression/a@b.test")):
-        status, body = admin.call(method, path, {"address": "a@b.test"}
-                                  if method == "POST" else None)
-        assert status == 501 and "not implemented" in body["error"]
+def test_suppression_add_list_remove(admin: Admin) -> None:
+    status, body = admin.call("POST", "/api/suppression",
+                              {"address": "Gone@OK.test", "reason": "complaint"})
+    assert status == 201, body
+    assert body == {"address": "gone@ok.test", "reason": "COMPLAINT", "added": True}
+    status, body = admin.call("POST", "/api/suppression", {"address": "gone@ok.test"})
+    assert status == 200 and body["added"] is False and body["reason"] == "BOUNCE"
+    for i in range(5):
+        assert admin.call("POST", "/api/suppression", {"address": f"page{i}@ok.test"})[0] == 201
+    status, body = admin.call("GET", "/api/suppression?prefix=page&limit=2")
+    assert status == 200 and body["matched"] == 5 and body["next_offset"] == 2
+    assert [e["address"] for e in body["entries"]] == ["page0@ok.test", "page1@ok.test"]
+    status, body = admin.call("GET", "/api/suppression?prefix=page&limit=2&offset=4")
+    assert [e["address"] for e in body["entries"]] == ["page4@ok.test"]
+    assert body["next_offset"] is None
+    status, body = admin.call("GET", "/api/suppression?reason=BOUNCE&prefix=gone")
+    assert [e["address"] for e in body["entries"]] == ["gone@ok.test"]
+    assert body["entries"][0]["diagnostic"] == "added through the admin API"
+    listed = run_cli("suppression", "list", "--json", config=admin.config)
+    assert "page3@ok.test" in listed.stdout, listed.stderr
+    status, body = admin.call("DELETE", "/api/suppression/Gone@ok.test")
+    assert status == 200 and body == {"address": "gone@ok.test", "removed": True}
+    status, body = admin.call("DELETE", "/api/suppression/gone@ok.test")
+    assert status == 404 and body["field"] == "address"
+    for i in range(5):
+        assert admin.call("DELETE", f"/api/suppression/page{i}@ok.test")[0] == 200
+
+
+@pytest.mark.parametrize(("method", "path", "payload", "field"), [
+    ("POST", "/api/suppression", {"address": "not-an-address"}, "address"),
+    ("POST", "/api/suppression", {"address": 5}, "address"),
+    ("POST", "/api/suppression", {}, "address"),
+    ("POST", "/api/suppression", {"address": "a@b.test", "reason": "SPAM"}, "reason"),
+    ("POST", "/api/suppression", {"address": "a@b.test", "extra": 1}, "extra"),
+    ("GET", "/api/suppression?reason=SPAM", None, "reason"),
+    ("GET", "/api/suppression?limit=0", None, "limit"),
+    ("GET", "/api/suppression?offset=-1", None, "offset"),
+    ("GET", "/api/suppression?colour=red", None, "colour"),
+    ("DELETE", "/api/suppression/nobody", None, "address"),
+])
+def test_suppression_bad_input(admin: Admin, method: str, path: str, payload: Any,
+                               field: str) -> None:
+    status, body = admin.call(method, path, payload)
+    assert status == 400, body
+    assert body["field"] == field
 
 
 def test_identities_and_warmup(admin: Admin, traffic: dict[str, str]) -> None:

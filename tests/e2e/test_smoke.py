@@ -283,6 +283,8 @@ def _dev_config_copy(directory: Path) -> tuple[Path, int, int]:
     assert "127.0.0.1:2587" in text and "127.0.0.1:2465" in text
     text = text.replace("127.0.0.1:2587", f"127.0.0.1:{starttls}")
     text = text.replace("127.0.0.1:2465", f"127.0.0.1:{implicit}")
+    assert "127.0.0.1:8025" in text  # the admin API and dashboard
+    text = text.replace("127.0.0.1:8025", f"127.0.0.1:{free_port()}")
     path = directory / "relay.dev.toml"
     path.write_text(text, encoding="utf-8")
     return path, starttls, implicit
@@ -299,6 +301,8 @@ def test_dev_config_prints_the_credential_once(tmp_path: Path) -> None:
                       first)
         assert m is not None, first
         user, password = m.group(1), m.group(2)
+        t = re.search(r"development admin token \(shown once\): '([^']+)'", first)
+        assert t is not None, first
         assert relay.port(f"127.0.0.1:{starttls}") == starttls
         assert relay.port(f"127.0.0.1:{implicit}") == implicit
         assert (tmp_path / "var" / "queue").is_dir()  # state under ./var of the cwd
@@ -317,6 +321,7 @@ def test_dev_config_prints_the_credential_once(tmp_path: Path) -> None:
         second = relay.stdout()
         assert "relay: ready" in second
         assert "credential" not in second and password not in second, second
+        assert "admin token" not in second and t.group(1) not in second, second
         assert relay.terminate(30) == 0, relay.output()
         assert password not in relay.stderr(1) + relay.stderr(2)
     finally:

@@ -102,3 +102,28 @@ def test_unknown_user_does_scrypt_work(store: UserStore, monkeypatch: pytest.Mon
     store.verify("app", "x")
     store.verify("nobody", "x")
     assert len(calls) == 2
+
+
+def test_verified_credentials_are_cached_until_the_record_changes(
+        store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    import relay.users
+    store.add("app", "correct horse")
+    calls: list[bytes] = []
+    real = relay.users._derive
+
+    def counting(password: bytes, *args: object, **kw: object) -> bytes:
+        calls.append(password)
+        return real(password, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(relay.users, "_derive", counting)
+    assert store.verify("app", "correct horse")
+    assert store.verify("app", "correct horse")
+    assert len(calls) == 1  # the second connection skips scrypt
+    assert not store.verify("app", "wrong")
+    assert not store.verify("app", "wrong")
+    assert len(calls) == 3  # failures always pay
+    store.set_password("app", "battery staple")
+    assert not store.verify("app", "correct horse")
+    assert store.verify("app", "battery staple")
+    store.remove("app")
+    assert not store.verify("app", "battery staple")

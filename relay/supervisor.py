@@ -1,0 +1,191 @@
+"""Multi-process mode (`server.workers = N`): a supervisor and N worker processes.
+
+Each worker is a fresh interpreter (`python -m relay serve`, with $RELAY_WORKER = "i/N"):
+its own event loop and its own LMDB environment (nothing is shared across fork, which
+LMDB forbids). Workers bind the listening ports with SO_REUSEPORT, so the kernel spreads
+connections over them. Delivery is split by destination: worker i leases only recipients
+whose domain hashes to i (relay.queue.store.shard_of), so no two processes ever deliver
+the same recipient, and at start worker i recovers only its own in-flight recipients (a
+worker restarted after kill -9 recovers what it had leased while the others keep going).
+LMDB serialises write transactions across processes with its own lock.
+
+The supervisor prepares what workers would otherwise race on (state dir, self-signed
+certificate, the development credential), starts the workers, reports ready once all are
+ready (stdout, and sd_notify under systemd), restarts a worker that exits unexpectedly
+(with a growing delay if it keeps dying), forwards SIGHUP, and on SIGTERM/SIGINT forwards
+the stop and waits for every worker to drain. Worker 0 also runs the admin API and the
+feedback listener.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from relay import sdnotify
+from relay.config import Config
+
+log = logging.getLogger("relay.supervisor")
+
+WORKER_ENV = "RELAY_WORKER"
+READY_ENV = "RELAY_READY_FD"
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 90.0
+
+
+def worker_from_env() -> tuple[int, int] | None:
+    """(index, count) when this process is a worker, else None."""
+    raw = os.environ.get(WORKER_ENV, "")
+    if not raw:
+        return None
+    index, _, count = raw.partition("/")
+    i, n = int(index), int(count)
+    if not 0 <= i < n:
+        raise ValueError(f"${WORKER_ENV}={raw!r}: expected I/N with 0 <= I < N")
+    return i, n
+
+
+@dataclass
+class _Worker:
+    index: int
+    proc: subprocess.Popen[bytes] | None = None
+    ready_fd: int = -1
+    started_at: float = 0.0
+    restarts: int = 0
+    ready: bool = False
+
+
+def _prepare(cfg: Config) -> None:
+    """What every worker would otherwise do at once at its first start."""
+    from relay.tlsutil import ensure_self_signed
+    from relay.users import UserStore
+
+    state = cfg.state_path
+    state.mkdir(parents=True, exist_ok=True)
+    if any(lst.tls != "none" for lst in cfg.listener) and not cfg.tls.cert:
+        ensure_self_signed(state, cfg.server.hostname)
+    if cfg.server.dev_credential:
+        users = UserStore(state / "users.json")
+        if not users.names():
+            from relay.app import DEV_USER
+            password = secrets.token_urlsafe(18)
+            users.add(DEV_USER, password)
+            print(f"relay: development credential (shown once): user {DEV_USER!r} "
+                  f"password {password!r}", flush=True)
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, config_file: Path, extra_args: list[str]) -> None:
+        self.cfg = cfg
+        self.count = cfg.server.workers
+        self.config_file = config_file
+        self.extra_args = extra_args
+        self.workers = [_Worker(i) for i in range(self.count)]
+        self._stop = False
+        self._hup = False
+
+    def _spawn(self, w: _Worker) -> None:
+        r, wfd = os.pipe()
+        env = dict(os.environ)
+        env[WORKER_ENV] = f"{w.index}/{self.count}"
+        env[READY_ENV] = str(wfd)
+        env.pop("NOTIFY_SOCKET", None)  # readiness to systemd is the supervisor's
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "relay", "serve", "--config", str(self.config_file),
+             *self.extra_args], env=env, pass_fds=(wfd,))
+        os.close(wfd)
+        os.set_blocking(r, False)
+        w.ready_fd, w.ready, w.started_at = r, False, time.monotonic()
+
+    def _poll_ready(self, w: _Worker) -> None:
+        if w.ready or w.ready_fd < 0:
+            return
+        try:
+            data = os.read(w.ready_fd, 16)
+        except BlockingIOError:
+            return
+        if data:
+            w.ready = True
+        os.close(w.ready_fd)
+        w.ready_fd = -1
+
+    def _signal(self, sig: int) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None:
+                w.proc.send_signal(sig)
+
+    def run(self) -> int:
+        _prepare(self.cfg)
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
+        signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_hup", True))
+        for w in self.workers:
+            self._spawn(w)
+        announced = False
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._stop:
+            for w in self.workers:
+                self._poll_ready(w)
+                assert w.proc is not None
+                code = w.proc.poll()
+                if code is None:
+                    continue
+                if w.ready_fd >= 0:
+                    os.close(w.ready_fd)
+                    w.ready_fd = -1
+                if not announced and not w.ready and w.restarts == 0:
+                    log.error("worker %d exited with %s before it was ready; stopping",
+                              w.index, code)
+                    self._stop = True
+                    break
+                # Died while serving (kill -9, crash): start it again. Its in-flight
+                # recipients are recovered by the new process before it delivers.
+                quick = time.monotonic() - w.started_at < 10
+                w.restarts += 1
+                delay = min(5.0, 0.2 * (2 ** min(w.restarts, 5))) if quick else 0.2
+                log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
+                            w.index, w.proc.pid, code, delay)
+                time.sleep(delay)
+                self._spawn(w)
+            if self._hup:
+                self._hup = False
+                self._signal(signal.SIGHUP)
+            if not announced and all(w.ready for w in self.workers):
+                announced = True
+                print(f"relay: ready ({self.count} workers, pids "
+                      f"{' '.join(str(w.proc.pid) for w in self.workers if w.proc)}, "
+                      f"state {self.cfg.state_path})", flush=True)
+                sdnotify.notify("READY=1", f"STATUS=serving, {self.count} workers")
+            if not announced and time.monotonic() > deadline:
+                log.error("workers not ready within %.0fs; stopping", READY_TIMEOUT)
+                self._stop = True
+            time.sleep(0.05)
+        sdnotify.notify("STOPPING=1")
+        print("relay: stopping (draining workers)", file=sys.stderr, flush=True)
+        self._signal(signal.SIGTERM)
+        end = time.monotonic() + STOP_TIMEOUT
+        failed = not announced
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                code = w.proc.wait(max(0.1, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                w.proc.kill()
+                code = w.proc.wait(10)
+            if code not in (0, -signal.SIGTERM):
+                failed = True
+            if w.ready_fd >= 0:
+                os.close(w.ready_fd)
+        return 1 if failed else 0
+
+
+def supervise(cfg: Config, config_file: Path, extra_args: list[str]) -> int:
+    return Supervisor(cfg, config_file, extra_args).run()

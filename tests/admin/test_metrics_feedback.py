@@ -1,0 +1,87 @@
+"""Metrics that need feedback and event destinations: a complaint is counted under the
+provider and source IP of the delivery it is about, and the webhook outbox backlog is a
+gauge. One real relay process (adminkit) with a feedback listener and a webhook event
+destination whose receiver is down, so its events wait in the outbox."""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from collections.abc import Iterator
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.parser import BytesParser
+
+import pytest
+from adminkit import Admin, make_admin_relay, wait_until
+
+from relay.testing.dnsserver import DnsServer
+from relay.testing.process import free_port
+from relay.testing.sink import Sink
+
+
+def complaint(rcpt: str, return_path: str) -> bytes:
+    """An ARF report (RFC 5965) as a mailbox provider's feedback loop sends it."""
+    msg = MIMEMultipart("report", report_type="feedback-report")
+    msg["From"] = "fbl@feedback.gmail.test"
+    msg["To"] = return_path
+    msg["Subject"] = "complaint"
+    msg.attach(MIMEText("This is an email abuse report.\r\n"))
+    fields = MIMEText("", "plain")
+    fields.set_payload("Feedback-Type: abuse\r\nUser-Agent: test-fbl/1.0\r\nVersion: 1\r\n"
+                       f"Original-Mail-From: <{return_path}>\r\n"
+                       f"Original-Rcpt-To: <{rcpt}>\r\n")
+    fields.replace_header("Content-Type", "message/feedback-report")
+    msg.attach(fields)
+    original = MIMEText("the original\r\n")
+    original["Return-Path"] = f"<{return_path}>"
+    original["Subject"] = "to the big provider"
+    msg.attach(MIMEMessage(original))
+    return msg.as_bytes()
+
+
+@pytest.fixture(scope="module")
+def fb_admin(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer,
+             sinks: tuple[Sink, Sink]) -> Iterator[tuple[Admin, int]]:
+    submit_port, feedback_port, dead_port = free_port(), free_port(), free_port()
+    a = make_admin_relay(
+        tmp_path_factory.mktemp("fbmetrics"), dns, sinks,
+        listener=[{"address": f"127.0.0.1:{submit_port}", "tls": "starttls",
+                   "auth": "required"},
+                  {"address": f"127.0.0.1:{feedback_port}", "tls": "none", "auth": "none",
+                   "role": "feedback"}],
+        event_destination=[{"name": "hook", "type": "webhook",
+                            "url": f"http://127.0.0.1:{dead_port}/down", "secret": "x"}])
+    a.submit_port = submit_port
+    try:
+        yield a, feedback_port
+    finally:
+        a.relay.stop()
+
+
+def test_complaint_by_provider_and_outbox_backlog(fb_admin: tuple[Admin, int]) -> None:
+    admin, feedback_port = fb_admin
+    before = admin.sinks[0].message_count
+    mid = admin.send("friend@gmail.test", "to the big provider")
+    got = admin.sinks[0].wait_for(before + 1, timeout=15)
+    delivered = [m for m in got if b"to the big provider" in m.data][-1]
+    source_ip = delivered.peer
+    return_path = delivered.mail_from
+    assert BytesParser().parsebytes(delivered.data)["Subject"] == "to the big provider"
+    with smtplib.SMTP("127.0.0.1", feedback_port, timeout=10) as s:
+        s.sendmail("", [return_path], complaint("friend@gmail.test", return_path))
+    status, _ = wait_until(
+        lambda: (r := admin.call("GET", f"/api/events?message_id={mid}&type=Complaint"))[1]
+        .get("count") and r, 15, "the Complaint event")
+    assert status == 200
+    status, text = admin.call("GET", "/metrics", token=None)
+    assert re.search(r'relay_complaints_total\{provider="gmail",source_ip="'
+                     + re.escape(source_ip) + r'"\} 1\.0', text), text
+    # Send, Delivery and Complaint of that message (and any earlier) wait for the webhook.
+    m = re.search(r'relay_event_outbox_backlog\{destination="hook"\} (\d+)', text)
+    assert m is not None and int(float(m.group(1))) >= 3, text
+    status, dash = admin.call("GET", "/api/dashboard")
+    assert dash["providers"]["gmail"]["complained"] == 1
+    assert "other" not in dash["providers"] or not dash["providers"]["other"]["complained"]
+

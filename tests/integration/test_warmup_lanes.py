@@ -1,0 +1,287 @@
+"""Pool choice per message, priority lanes, site shaping and warm-up events, at real sinks.
+
+Sinks on 127.0.0.2 (provider "prova", MX of a.test and a2.test) and 127.0.0.3
+("provb") record the peer address of each message; relay's source IPs are
+127.0.0.10/.11 (pool "dedicated", warming) and 127.0.0.12 (pool "shared",
+warm). The scheduler, shaper and gate are wired as relay/app.py wires them
+(relay/warmup/lanes.py picks pool and lane). Time is a FakeClock; ordering
+tests use one connection per destination, so the order is the lanes' order.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.smtp import Envelope
+
+from relay.cli import main
+from relay.clock import FakeClock
+from relay.config import Config, from_dict
+from relay.delivery.client import Sender
+from relay.delivery.routing import Router
+from relay.delivery.scheduler import Scheduler
+from relay.delivery.shaper import ShapedSender
+from relay.dns.resolver import DnsResolver
+from relay.events.log import EventLog, read_events
+from relay.queue.store import NewMessage, QueueStore
+from relay.testing.dnsserver import DnsServer
+from relay.testing.sink import Rules, Sink
+from relay.users import UserStore
+from relay.warmup import lanes
+
+START = 1_790_035_200.0 + 9 * 3600   # 2026-09-22 09:00 UTC
+DAY_ONE = dt.datetime.fromtimestamp(START, dt.UTC).date().isoformat()
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsServer]:
+    zone = {
+        "a.test": [("MX", "10 mx.prova.test")],
+        "a2.test": [("MX", "10 mx.prova.test")],
+        "mx.prova.test": [("A", "127.0.0.2")],
+        "b.test": [("MX", "10 mx.provb.test")],
+        "mx.provb.test": [("A", "127.0.0.3")],
+    }
+    with DnsServer(zone) as server:
+        yield server
+
+
+@pytest.fixture
+def sinks() -> Iterator[tuple[Sink, Sink]]:
+    with Sink("127.0.0.2", 0) as a, Sink("127.0.0.3", a.port) as b:
+        yield a, b
+
+
+def settings(tmp: Path, dns_port: int, sink_port: int, *, caps: list[int],
+             overflow: str = "defer", per_destination: int = 10,
+             prova: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "server": {"hostname": "relay.test", "state_dir": str(tmp)},
+        "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "2s"},
+        "delivery": {"port": sink_port, "pool": "dedicated", "retry_jitter": 0.0,
+                     "max_connections_per_destination": per_destination},
+        "warmup": {"pacing": "none"},
+        "warmup_plan": [{"name": "tiny", "caps": caps}],
+        "provider": [{"name": "prova", "mx": ["mx.prova.test"], **(prova or {})},
+                     {"name": "provb", "mx": ["mx.provb.test"]}],
+        "pool": [
+            {"name": "dedicated", "warmup_plan": "tiny", "warmup_start": DAY_ONE,
+             "overflow": overflow, "ips": ["127.0.0.10", "127.0.0.11"]},
+            {"name": "shared", "ips": ["127.0.0.12"]},
+        ],
+        "configuration_set": [
+            {"name": "receipts", "pool": "shared", "priority": "transactional"},
+            {"name": "alerts", "priority": "transactional"},
+            {"name": "newsletter"},
+            {"name": "engaged", "engaged": True},
+        ],
+    }
+
+
+class Harness:
+    """The delivery half of relay/app.py: scheduler → shaper → client, lanes wired in."""
+
+    def __init__(self, tmp: Path, settings: dict[str, Any]) -> None:
+        self.clock = FakeClock(START)
+        self.cfg: Config = from_dict(settings)
+        self.store = QueueStore(tmp / "queue", self.clock)
+        self.events = EventLog(self.cfg.state_path / self.cfg.events.log)
+        self.users = UserStore(tmp / "users.json")
+        resolver = DnsResolver.from_config(self.cfg.dns, self.clock)
+        self.sender = Sender(self.cfg.delivery, hostname="relay.test", clock=self.clock)
+        self.shaped = ShapedSender(self.cfg, self.sender, self.store, self.clock)
+        self.shaped.event_log = self.events
+        self.shaped.choose = lambda msg: (
+            lanes.pool_of(self.cfg, msg, self.users.default_pool(msg.auth_user)),
+            lanes.priority_of(self.cfg, msg))
+        self.scheduler = Scheduler(
+            self.store, Router(self.cfg.delivery, resolver, random.Random(1)), self.shaped,
+            self.events, self.clock, self.cfg.delivery, hostname="relay.test",
+            rng=random.Random(2))
+        self.scheduler.lane_of = lambda msg: lanes.priority_of(self.cfg, msg)
+
+    async def submit(self, rcpt: str, *, cs: str = "", user: str = "",
+                     tags: dict[str, list[str]] | None = None) -> None:
+        await self.store.submit_record(NewMessage(
+            sender="app@example.com", recipients=[rcpt], body=b"Subject: hi\r\n\r\nhi\r\n",
+            auth_user=user, configuration_set=cs, tags=tags or {}))
+
+    async def run_until(self, until: float) -> None:
+        while True:
+            await self.scheduler.run_until_idle()
+            nd = self.store.next_due_at()
+            if nd is None or nd > until:
+                return
+            self.clock.set(max(nd, self.clock.now()))
+
+    async def close(self) -> None:
+        await self.shaped.close()
+        await self.sender.close()
+        await self.store.close()
+        self.events.close()
+
+
+@pytest.fixture
+async def make(tmp_path: Path, dns_server: DnsServer, sinks: tuple[Sink, Sink]) -> Any:
+    made: list[Harness] = []
+
+    async def factory(**kw: Any) -> Harness:
+        h = Harness(tmp_path, settings(tmp_path, dns_server.port, sinks[0].port, **kw))
+        await h.store.start()
+        made.append(h)
+        return h
+
+    yield factory
+    for h in made:
+        if h.store._committer is not None:
+            await h.close()
+
+
+def by_rcpt(*sinks: Sink) -> dict[str, str]:
+    return {m.rcpt_tos[0]: m.peer for s in sinks for m in s.messages}
+
+
+async def test_pool_per_configuration_set_and_credential(make: Any,
+                                                        sinks: tuple[Sink, Sink]) -> None:
+    a, b = sinks
+    h = await make(caps=[100])
+    h.users.add("app", "pw-app-1234", pool="shared")
+    h.users.add("other", "pw-other-1234")
+    await h.submit("r1@a.test", cs="receipts")             # set's pool: shared
+    await h.submit("n1@a.test", cs="newsletter")           # set names none: delivery.pool
+    await h.submit("c1@b.test", user="app")                # credential's default pool
+    await h.submit("c2@b.test", user="app", cs="alerts")   # set names none: credential's
+    await h.submit("o1@b.test", user="other")              # no choice: delivery.pool
+    await h.run_until(START + 60)
+    got = by_rcpt(a, b)
+    assert got["r1@a.test"] == "127.0.0.12"
+    assert got["c1@b.test"] == "127.0.0.12"
+    assert got["c2@b.test"] == "127.0.0.12"
+    assert got["n1@a.test"] in ("127.0.0.10", "127.0.0.11")
+    assert got["o1@b.test"] in ("127.0.0.10", "127.0.0.11")
+    # The dedicated pool's counters saw exactly the two messages it sent.
+    status = {s["ip"]: s for s in h.shaped.gate.status(h.clock.now())}
+    assert status["127.0.0.10"]["sent_today"] + status["127.0.0.11"]["sent_today"] == 2
+
+
+async def test_cold_ip_cap_goes_to_transactional_then_engaged_first(
+        make: Any, sinks: tuple[Sink, Sink]) -> None:
+    """Six bulk messages are queued first, then one transactional and two engaged ones;
+    day 1 allows 3 per IP (6). One connection per destination: the ready queue's order
+    decides who gets the cap. With a FIFO queue the bulk six would take all of it."""
+    a, _ = sinks
+    h = await make(caps=[3, 5], per_destination=1)
+    for i in range(6):
+        await h.submit(f"bulk{i}@a.test", cs="newsletter")
+    h.clock.set(START + 1)
+    await h.submit("eng0@a.test", tags={"engagement": ["high"]})
+    await h.submit("eng1@a.test", cs="engaged")
+    await h.submit("tx0@a.test", cs="alerts")
+    h.clock.set(START + 2)
+    await h.run_until(START + 60)
+    sent = [m.rcpt_tos[0] for m in a.messages]
+    assert len(sent) == 6
+    assert sent[0] == "tx0@a.test"                    # transactional first
+    assert set(sent[1:3]) == {"eng0@a.test", "eng1@a.test"}
+    assert all(r.startswith("bulk") for r in sent[3:])
+    assert Counter(m.peer for m in a.messages) == {"127.0.0.10": 3, "127.0.0.11": 3}
+    # The three bulk messages left over wait for day 2.
+    assert h.store.message_count() == 3
+
+
+class InFlight:
+    """A sink policy that observes how many transactions are under way at once."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.now = 0
+        self.peak = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, stage: str, arg: str, envelope: Envelope) -> str | None:
+        with self._lock:
+            if stage == "mail":
+                self.now += 1
+                self.peak = max(self.peak, self.now)
+            elif stage == "data":   # called after the delay, just before the reply
+                self.now -= 1
+        return None
+
+
+async def test_site_max_connections_across_source_ips(make: Any,
+                                                     sinks: tuple[Sink, Sink]) -> None:
+    a, _ = sinks
+    h = await make(caps=[1000], prova={"max_connections": 2})
+    policy = InFlight(delay=0.15)
+    a.policy = policy
+    for i in range(5):
+        await h.submit(f"u{i}@a.test")
+        await h.submit(f"v{i}@a2.test")
+    await h.run_until(START + 60)
+    assert a.message_count == 10
+    assert {m.peer for m in a.messages} == {"127.0.0.10", "127.0.0.11"}
+    assert policy.peak == 2                                  # reached, never passed
+    assert 0 < h.sender._site_open["prova"] <= 2             # open, idle ones included
+
+
+async def test_site_messages_per_connection(make: Any, sinks: tuple[Sink, Sink]) -> None:
+    a, b = sinks
+    h = await make(caps=[1000], per_destination=1, prova={"messages_per_connection": 2})
+    h.users.add("app", "pw-app-1234", pool="shared")         # one source IP: 127.0.0.12
+    for i in range(6):
+        await h.submit(f"u{i}@a.test", user="app")
+        await h.submit(f"w{i}@b.test", user="app")
+    await h.run_until(START + 60)
+    assert a.message_count == 6 and b.message_count == 6
+    assert a.connections == 3          # prova: 2 messages per connection
+    assert b.connections == 1          # provb: delivery.max_messages_per_connection (100)
+
+
+async def test_backoff_writes_an_event_and_status_shows_it(
+        make: Any, sinks: tuple[Sink, Sink], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    a, _ = sinks
+    h = await make(caps=[3, 5])
+    a.policy = Rules(temp_fail_next=1,
+                     temp_fail_reply="421 4.7.28 unusual rate of unsolicited mail from your IP")
+    await h.submit("u0@a.test")
+    await h.run_until(START + 3600)
+    assert a.message_count == 1
+    await h.close()
+    evs = [e for e in read_events(h.events.path) if e["eventType"] == "WarmupBackoff"]
+    assert len(evs) == 1
+    w: Any = evs[0]["warmup"]
+    assert w["provider"] == "prova" and w["ip"] in ("127.0.0.10", "127.0.0.11")
+    assert "4.7.28" in w["reason"] and w["action"] == "pause_and_freeze"
+    assert w["until"] == "2026-09-22T11:00:00.000Z"           # 4.7.28: two hours
+    cfg_path = tmp_path / "relay.toml"
+    cfg_path.write_text(_toml(settings(tmp_path, 25, 25, caps=[3, 5])))
+    assert main(["warmup", "status", "--config", str(cfg_path), "--json"]) == 0
+    rows = {r["ip"]: r for r in json.loads(capsys.readouterr().out)}
+    shown = rows[w["ip"]]["events"]
+    assert [e["eventType"] for e in shown] == ["WarmupBackoff"]
+    assert shown[0]["until"] == w["until"]
+    assert main(["warmup", "status", "--config", str(cfg_path)]) == 0
+    assert "WarmupBackoff prova until 2026-09-22T11:00:00.000Z" in capsys.readouterr().out
+
+
+def _toml(d: dict[str, Any]) -> str:
+    """Just enough TOML for settings(): tables, arrays of tables, scalars and lists."""
+    def value(v: Any) -> str:
+        return json.dumps(v) if not isinstance(v, bool) else str(v).lower()
+
+    out: list[str] = []
+    for k, v in d.items():
+        rows = v if isinstance(v, list) else [v]
+        for row in rows:
+            out.append(f"[[{k}]]" if isinstance(v, list) else f"[{k}]")
+            out += [f"{kk} = {value(vv)}" for kk, vv in row.items()]
+    return "\n".join(out) + "\n"
