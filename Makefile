@@ -3,7 +3,8 @@
 #   make run     create .venv if needed, install relay, run it with the embedded dev config
 #   make test    create .venv if needed, install relay[test], ruff + mypy + pytest
 #   make lint    ruff + mypy only
-#   make bench   pytest-benchmark suites under bench/
+#   make bench   pytest-benchmark suites under bench/ (JSON in bench/out/), then bench-compare
+#   make bench-compare  relay vs a throwaway Postfix instance, same load and sink
 #   make clean   caches and build output (keeps .venv and ./var); make distclean removes those too
 #
 # pip runs only when pyproject.toml is newer than the stamp file in .venv, so a
@@ -15,7 +16,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 LINT_PATHS := relay tests $(wildcard bench)
 
-.PHONY: run test lint pytest bench clean distclean venv
+.PHONY: run test lint pytest bench bench-compare clean distclean venv
 
 run: $(VENV)/.installed-run
 	$(BIN)/relay serve
@@ -53,11 +54,21 @@ pytest: $(VENV)/.installed-test
 	exit $$rc
 
 bench: $(VENV)/.installed-test
-	@if [ -d bench ]; then \
-	  $(BIN)/pytest bench --benchmark-enable $(PYTEST_ARGS); rc=$$?; \
+	@if [ -d bench ]; then mkdir -p bench/out; \
+	  $(BIN)/pytest bench --benchmark-enable --benchmark-json=bench/out/benchmarks.json \
+	    $(PYTEST_ARGS); rc=$$?; \
 	  if [ $$rc -eq 5 ]; then echo "make bench: warning: no benchmarks in bench/ yet" >&2; \
-	  exit 0; fi; exit $$rc; \
+	  rc=0; fi; [ $$rc -eq 0 ] || exit $$rc; \
 	else echo "make bench: no bench/ directory yet" >&2; fi
+	$(MAKE) bench-compare
+
+# relay vs a throwaway Postfix on loopback (bench/compare_postfix.py); median of
+# BENCH_REPEAT runs of BENCH_MESSAGES messages, 2 KB and 20 KB, 50 sessions.
+BENCH_MESSAGES ?= 2000
+BENCH_REPEAT ?= 3
+bench-compare: $(VENV)/.installed-test
+	$(BIN)/python bench/compare_postfix.py --messages $(BENCH_MESSAGES) \
+	  --repeat $(BENCH_REPEAT) --workers2 $(BENCH_COMPARE_ARGS)
 
 clean:
 	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .benchmarks bench/out

@@ -49,6 +49,7 @@ from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.feedback.processor import FeedbackProcessor
 from relay.identity.authorize import SenderPolicy
 from relay.identity.check import rotation_tick
+from relay.identity.gate import MailFromGate
 from relay.identity.outbound import Outbound
 from relay.identity.store import IdentityStore
 from relay.queue.records import MessageRecord
@@ -226,7 +227,7 @@ class RelayApp:
                                                rsa_bits=cfg.dkim.rsa_bits)
         verp = Verp.from_state_dir(self.state_dir)
         outbound = Outbound(
-            signer=Signer(self.dkim_keys), verp=verp,
+            signer=Signer(self.dkim_keys, store=self.store), verp=verp,
             resolver=self.resolver, identities=cfg.identity,
             default_domain=cfg.server.return_path_domain or cfg.server.hostname)
         self.scheduler = Scheduler(self.store, self.router, self.shaped or self.attempts,
@@ -265,6 +266,8 @@ class RelayApp:
                                    self.users)
         submitter.journal = self.journal
         submitter.on_accept.append(self.metrics.accepted.inc)
+        # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
+        gate = MailFromGate(submitter, outbound, reject=submitter.reject)
         self.metrics.complaint_source = self._complaint_source
         self.events.subscribers.append(self.metrics.observe_event)
         tls = self.tls = self._tls_context()
@@ -286,7 +289,7 @@ class RelayApp:
                 continue
             if lst.role != "submission":
                 continue
-            server = SubmissionServer(lst, cfg.limits, cfg.server.hostname, submitter,
+            server = SubmissionServer(lst, cfg.limits, cfg.server.hostname, gate,
                                       self.users, self.clock, tls, auth_policy=auth_policy,
                                       sender_check=sender_check)
             self._observe(server, str(lst.address))

@@ -23,6 +23,7 @@ from relay.dns.resolver import DnsResolver
 from relay.identity.check import OK, Report, check_identity
 from relay.identity.model import IdentityError, check_identity_name, normalize
 from relay.identity.outbound import settings_for
+from relay.identity.spf import recommended_record, sending_ips
 from relay.identity.store import IdentityStore
 
 
@@ -136,12 +137,12 @@ async def verify(cfg: Config, name: str) -> Report:
     resolver = DnsResolver.from_config(cfg.dns, clock)
     keys = KeyStore.in_state_dir(cfg.state_path, clock)
     hostname = cfg.server.hostname
-    spf = (f"v=spf1 ip4:{cfg.delivery.source_address} -all" if cfg.delivery.source_address
-           else f"v=spf1 a:{hostname} -all")
+    ips = sending_ips(cfg)  # every [[pool]] ip and delivery.source_address
     return await check_identity(
         name, resolver=resolver, keys=keys, settings=settings_for(name, cfg.identity),
         hostname=hostname, default_domain=cfg.server.return_path_domain or hostname,
-        spf_record=spf, now=clock.now(), grace=cfg.dkim.grace_period)
+        spf_record=recommended_record(ips, hostname), now=clock.now(),
+        grace=cfg.dkim.grace_period, sending_ips=ips)
 
 
 def run_verify(args: argparse.Namespace) -> int:

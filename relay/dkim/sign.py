@@ -6,17 +6,21 @@ be added or prepended), with an RSA-2048 and an Ed25519 signature when both keys
 (RFC 8463). `d=` is the From domain or its closest parent that has keys (relaxed DMARC
 alignment). A message that already carries a signature for that domain which verifies
 against our own keys is not signed again. Signatures are cached (LRU keyed by message
-id and domain) so every recipient and every retry reuses the one computed.
+id and domain/generation) so every recipient and every retry reuses the one computed;
+with a `SignatureStore` (the queue) `sign_message()` also persists each signature
+before it is sent, so a retry after a restart reuses it too (the LRU is a front cache).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
 import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from typing import Protocol
 
 import dkim
 import dkim.crypto
@@ -147,13 +151,23 @@ def verify_with(body: bytes, records: Mapping[str, str]) -> list[str]:
     return good
 
 
+class SignatureStore(Protocol):
+    """Durable signatures per (message id, "domain/generation"): relay.queue.store."""
+
+    def dkim_signature(self, mid: str, tag: str) -> bytes | None: ...
+    async def save_dkim_signature(self, mid: str, tag: str, signature: bytes) -> None: ...
+
+
 class Signer:
-    def __init__(self, keys: KeyStore, *, cache_size: int = 4096) -> None:
+    def __init__(self, keys: KeyStore, *, cache_size: int = 4096,
+                 store: SignatureStore | None = None) -> None:
         self.keys = keys
+        self.store = store
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
-        self.signed = 0  # signatures computed (not served from the cache)
+        self.signed = 0  # signatures computed (not served from the cache or the store)
+        self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
 
     def signing_domain(self, domain: str) -> str | None:
         """`domain` or its closest parent with active keys (relaxed alignment)."""
@@ -172,30 +186,88 @@ class Signer:
         return {f"{k.selector}._domainkey.{domain}": k.record
                 for g in state.generations for k in g.keys}
 
-    def signature(self, message_id: str, body: bytes,
-                  headers: Mapping[str, str] | None = None) -> bytes:
-        """Header field(s) to prepend to `body` (b"" when relay has no key for its From)."""
+    def _tag(self, body: bytes, headers: Mapping[str, str] | None) -> str | None:
+        """"domain/generation" of the signature `body` gets; None when unsigned."""
         fdom = from_domain(body, headers)
         domain = self.signing_domain(fdom) if fdom else None
         if domain is None:
-            return b""
+            return None
         state = self.keys.get(domain)
         assert state is not None and state.active is not None
-        key = (message_id, f"{domain}/{state.active.name}")
+        return f"{domain}/{state.active.name}"
+
+    def _cached(self, key: tuple[str, str]) -> bytes | None:
         with self._lock:
             cached = self._cache.get(key)
             if cached is not None:
                 self._cache.move_to_end(key)
-                return cached
-        if b"dkim-signature:" in header_block(body).lower() and \
-                domain in verify_with(body, self._records(domain)):
-            sig = b""  # already signed for this domain by us: not twice
-        else:
-            sig = sign_with(body, domain, [(k, self.keys.private_key(domain, k))
-                                           for k in state.active.keys])
-            self.signed += 1
+            return cached
+
+    def _remember(self, key: tuple[str, str], sig: bytes) -> None:
         with self._lock:
             self._cache[key] = sig
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
+
+    def _compute(self, tag: str, body: bytes) -> bytes:
+        domain, _, gen = tag.partition("/")
+        state = self.keys.get(domain)
+        assert state is not None
+        (generation,) = [g for g in state.generations if g.name == gen]
+        if b"dkim-signature:" in header_block(body).lower() and \
+                domain in verify_with(body, self._records(domain)):
+            return b""  # already signed for this domain by us: not twice
+        sig = sign_with(body, domain, [(k, self.keys.private_key(domain, k))
+                                       for k in generation.keys])
+        self.signed += 1
+        return sig
+
+    def signature(self, message_id: str, body: bytes,
+                  headers: Mapping[str, str] | None = None) -> bytes:
+        """Header field(s) to prepend to `body` (b"" when relay has no key for its From).
+        Memory cache only; `sign_message()` also uses the store."""
+        tag = self._tag(body, headers)
+        if tag is None:
+            return b""
+        key = (message_id, tag)
+        cached = self._cached(key)
+        if cached is not None:
+            return cached
+        sig = self._compute(tag, body)
+        self._remember(key, sig)
+        return sig
+
+    async def sign_message(self, message_id: str, body: bytes,
+                           headers: Mapping[str, str] | None = None) -> bytes:
+        """Like `signature()`, but the signature is looked up in and committed to the
+        store (before it is returned, so what is sent is what a retry reuses)."""
+        if self.store is None:
+            return await asyncio.to_thread(self.signature, message_id, body, headers)
+        tag = self._tag(body, headers)
+        if tag is None:
+            return b""
+        key = (message_id, tag)
+        sig = self._cached(key)
+        if sig is not None:
+            return sig
+        running = self._inflight.get(key)
+        if running is not None:  # another destination of this message is signing it
+            return await asyncio.shield(running)
+        fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[key] = fut
+        try:
+            sig = self.store.dkim_signature(message_id, tag)
+            if sig is None:
+                sig = await asyncio.to_thread(self._compute, tag, body)
+                await self.store.save_dkim_signature(message_id, tag, sig)
+            self._remember(key, sig)
+            fut.set_result(sig)
+        except Exception as e:
+            fut.set_exception(e)
+            fut.exception()  # marked retrieved: the waiters (if any) get it too
+            raise
+        finally:
+            del self._inflight[key]
+            if not fut.done():  # cancelled meanwhile
+                fut.cancel()
         return sig

@@ -10,12 +10,14 @@ missing and the exact record to add, and whether SPF and DKIM align with the Fro
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
 from relay.config import Identity
 from relay.dkim import rotation
 from relay.dkim.keys import DkimKey, DomainKeys, KeyStore
 from relay.dns.answers import Lookup, MxRecord, Resolver
+from relay.identity import spf
 from relay.identity.model import domain_of, is_address
 
 log = logging.getLogger(__name__)
@@ -125,10 +127,37 @@ def _signing_domain(domain: str, keys: KeyStore) -> tuple[str, DomainKeys | None
     return domain, None
 
 
+async def judge_spf_coverage(row: Row, domain: str, ips: Sequence[str], hostname: str,
+                             resolver: Resolver) -> Row:
+    """`row` (an OK mail_from_spf row) re-judged: does the published record give `pass`
+    for every sending IP (`ips`; none configured: the addresses of `hostname`)?"""
+    published = spf.spf_records(row.found)[0]
+    addresses = list(ips)
+    if not addresses:
+        lookup = await resolver.addresses(hostname)
+        addresses = list(lookup.records)
+        if not addresses:
+            return replace(row, note=f"no sending IPs configured and {hostname} has no "
+                                     "address: could not check what the SPF record covers")
+    results = {ip: await spf.check_host(published, domain, ip, resolver) for ip in addresses}
+    if any(r == spf.TEMPERROR for r in results.values()):
+        return replace(row, status=TEMPFAIL, note="SPF evaluation: DNS temporary failure")
+    bad = [f"{ip} ({r})" for ip, r in results.items() if r != spf.PASS]
+    if bad:
+        return replace(row, status=MISMATCH,
+                       note="the published SPF record does not authorize relay's sending "
+                            f"IP(s) {', '.join(bad)}: publish the record below")
+    return replace(row, note=f"covers relay's sending IPs: {', '.join(addresses)}")
+
+
 async def check_identity(name: str, *, resolver: Resolver, keys: KeyStore,
                          settings: Identity | None, hostname: str, default_domain: str,
-                         spf_record: str, now: float, grace: float) -> Report:
-    """Look everything up; switch to a pending DKIM selector whose records are published."""
+                         spf_record: str, now: float, grace: float,
+                         sending_ips: Sequence[str] = ()) -> Report:
+    """Look everything up; switch to a pending DKIM selector whose records are published.
+
+    `spf_record` is the recommended SPF record (spf.recommended_record); a published one
+    is checked to authorize `sending_ips` (none: the addresses of `hostname`)."""
     domain = domain_of(name) if is_address(name) else name
     rows: list[Row] = []
     dkim_domain, state = _signing_domain(domain, keys)
@@ -163,8 +192,12 @@ async def check_identity(name: str, *, resolver: Resolver, keys: KeyStore,
     if mail_from:
         mx_row = judge_mx(mail_from, await resolver.mx(mail_from), hostname)
         rows.append(mx_row)
-        rows.append(judge_txt("mail_from_spf", mail_from, await resolver.txt(mail_from),
-                              "v=spf1", spf_record))
+        spf_row = judge_txt("mail_from_spf", mail_from, await resolver.txt(mail_from),
+                            "v=spf1", spf_record)
+        if spf_row.status == OK:
+            spf_row = await judge_spf_coverage(spf_row, mail_from, sending_ips, hostname,
+                                               resolver)
+        rows.append(spf_row)
         if mx_row.status == OK:
             return_domain = mail_from
     rows.append(judge_txt("dmarc", f"_dmarc.{domain}", await resolver.txt(f"_dmarc.{domain}"),

@@ -9,7 +9,6 @@ identity's `mail_from` when its MX is published; otherwise the server default
 
 from __future__ import annotations
 
-import asyncio
 import email.utils
 import logging
 from collections.abc import Sequence
@@ -48,6 +47,13 @@ def settings_for(address: str, identities: Sequence[Identity]) -> Identity | Non
     return by_name.get(name) if name else None
 
 
+def identity_address(from_header: str, sender: str) -> str:
+    """The address whose identity decides the return path: the first From:, else the
+    envelope sender."""
+    addrs = [a for _, a in email.utils.getaddresses([from_header]) if "@" in a]
+    return addrs[0] if addrs else sender
+
+
 class Outbound:
     def __init__(self, *, signer: Signer | None, verp: Verp | None, resolver: Resolver,
                  identities: Sequence[Identity], default_domain: str) -> None:
@@ -76,17 +82,40 @@ class Outbound:
                        f"MAIL FROM domain {mail_from} has no MX record and its identity "
                        f"has on_mx_failure = \"reject\"; message not sent")
 
+    async def submission_failure(self, sender: str, from_header: str) -> Failure | None:
+        """At the end of DATA, as SES (MailFromDomainNotVerified): a refusal when the
+        identity has on_mx_failure = "reject" and its MAIL FROM domain has no MX now
+        ("bounced": 554 5.7.1) or the lookup failed ("deferred": 451 4.4.3). None
+        otherwise; `return_domain()` still decides again at delivery (DNS can change)."""
+        if sender in ("", "<>") or self.verp is None:
+            return None
+        address = identity_address(from_header, sender)
+        ident = settings_for(address, self.identities)
+        if ident is None or not ident.mail_from or ident.on_mx_failure != "reject":
+            return None
+        mail_from = ident.mail_from.lower()
+        mx = await self.resolver.mx(mail_from)
+        if mx.ok and any(not r.is_null for r in mx.records):
+            return None
+        if mx.temporary:
+            return Failure("deferred", 451, "4.4.3",
+                           f"MAIL FROM domain {mail_from}: MX lookup failed ({mx.reason}); "
+                           "try again later")
+        return Failure("bounced", 554, "5.7.1",
+                       f"Message rejected: MailFromDomainNotVerified: MAIL FROM domain "
+                       f"{mail_from} of {address} has no MX record (on_mx_failure = "
+                       f"\"reject\")")
+
     async def prepare(self, msg: MessageRecord, body: bytes) -> Prepared:
         domain: str | None = None
-        if msg.sender and self.verp is not None:
-            addrs = [a for _, a in email.utils.getaddresses([msg.headers.get("From", "")])
-                     if "@" in a]
-            rd = await self.return_domain(addrs[0] if addrs else msg.sender)
+        if msg.sender not in ("", "<>") and self.verp is not None:  # "<>": aiosmtpd's null
+            rd = await self.return_domain(
+                identity_address(msg.headers.get("From", ""), msg.sender))
             if isinstance(rd, Failure):
                 return Prepared(body, None, rd)
             domain = rd
         if self.signer is not None:
-            sig = await asyncio.to_thread(self.signer.signature, msg.id, body, msg.headers)
+            sig = await self.signer.sign_message(msg.id, body, msg.headers)
             if sig:
                 body = sig + body
         return Prepared(body, domain)

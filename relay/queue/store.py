@@ -145,6 +145,10 @@ def _rcpt_key(mid: str, idx: int) -> bytes:
     return mid.encode("ascii") + _IDX.pack(idx)
 
 
+def _sig_key(mid: str, tag: str) -> bytes:
+    return mid.encode("ascii") + b"\x00" + tag.encode("utf-8")
+
+
 def _due_key(at: float, mid: str, idx: int) -> bytes:
     return _TS.pack(max(0, int(at * 1000))) + mid.encode("ascii") + _IDX.pack(idx)
 
@@ -182,8 +186,11 @@ class QueueStore:
     # "outbox": events waiting for their webhook (relay/events/destinations.py);
     # "event_outbox": events staged with the state change they report
     # (relay/events/journal.py), so a crash cannot separate the two.
+    # "dkim": DKIM-Signature header bytes per (message id, "domain/generation"), so a
+    # retry after a restart reuses the signature already sent (relay/dkim/sign.py);
+    # removed with the message.
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
-           "suppression", "sent", "outbox", "event_outbox")
+           "suppression", "sent", "outbox", "event_outbox", "dkim")
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
                  commit_window: float = 0.002, commit_batch_max: int = 256,
@@ -653,6 +660,29 @@ class QueueStore:
         key = mid.encode("ascii")
         txn.delete(key, db=self._db["messages"])
         txn.delete(key, db=self._db["bodies"])
+        self._delete_signatures(txn, key)
+
+    def _delete_signatures(self, txn: Any, key: bytes) -> None:
+        with txn.cursor(db=self._db["dkim"]) as cur:
+            found = cur.set_range(key)
+            while found and bytes(cur.key()[:ID_LEN]) == key:
+                found = cur.delete()
+
+    def dkim_signature(self, mid: str, tag: str) -> bytes | None:
+        """The DKIM-Signature header(s) stored for a message and "domain/generation"."""
+        with self._read() as txn:
+            raw = txn.get(_sig_key(mid, tag), db=self._db["dkim"])
+        return bytes(raw) if raw is not None else None
+
+    async def save_dkim_signature(self, mid: str, tag: str, signature: bytes) -> None:
+        """Store a message's signature (group commit); ignored once the message is gone."""
+        key = _sig_key(mid, tag)
+
+        def op(txn: Any) -> None:
+            if txn.get(mid.encode("ascii"), db=self._db["messages"]) is not None:
+                txn.put(key, signature, db=self._db["dkim"])
+
+        await self.write(op, size=len(signature))
 
     def recover_op(self, now: float,
                    shard: tuple[int, int] | None = None) -> Callable[[Any], int]:

@@ -358,7 +358,7 @@ class SubmissionSession(SMTP):
         self._reader._transport = tls_transport  # type: ignore[attr-defined]
         self._writer._transport = tls_transport  # type: ignore[attr-defined]
         self.transport = tls_transport
-        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        # (No clear here: the client's first command over TLS may already be buffered.)
         # RFC 3207 §4.2: forget everything from before TLS (aiosmtpd's connection_made).
         self._set_rset_state()  # type: ignore[no-untyped-call]
         peer = self.session.peer

@@ -89,7 +89,7 @@ class Harness:
         self.store = QueueStore(tmp / "queue", self.clock)
         self.events = EventLog(tmp / "events.jsonl")
         self.keys = KeyStore.in_state_dir(tmp, self.clock)
-        self.signer = Signer(self.keys)
+        self.signer = Signer(self.keys, store=self.store)
         self.verp = Verp.from_state_dir(tmp)
         resolver = DnsResolver.from_config(self.cfg.dns, self.clock)
         self.sender = Sender(self.cfg.delivery, hostname="relay.test", clock=self.clock)
@@ -217,6 +217,36 @@ async def test_one_signature_per_message_for_all_recipients_and_retries(
     decoded = sorted(harness.verp.decode(m.mail_from) or ("", -1) for m in msgs)
     assert decoded == [(mid, 0), (mid, 1)]  # one VERP address per recipient
     assert {tuple(m.rcpt_tos) for m in msgs} == {("a@dest.test",), ("b@dest.test",)}
+
+
+async def test_signature_is_reused_after_a_restart(
+        tmp_path: Path, dns_server: DnsServer, harness: Harness) -> None:
+    def b_busy(stage: str, arg: str, envelope: Envelope) -> str | None:
+        return "451 4.2.0 busy" if stage == "rcpt" and arg.startswith("b@") else None
+
+    harness.sink.policy = b_busy
+    mid = await harness.submit(SEVEN_BIT, ["a@dest.test", "b@dest.test"])
+    await harness.scheduler.run_until_idle()
+    (first,) = harness.sink.messages  # a delivered, b deferred
+    assert harness.signer.signed == 1
+    await harness.close()
+    # "Restart": a new store, signer and scheduler on the same state; empty memory cache.
+    again = Harness(tmp_path, dns_server, harness.sink, [{"domain": "example.com",
+                                                          "mail_from": "bounce.example.com"}])
+    harness.sink.policy = None
+    await again.store.start()
+    try:
+        await again.run()
+        second = harness.sink.messages[-1]
+        assert second.rcpt_tos == ["b@dest.test"]
+        assert signatures(second) == signatures(first)  # the bytes sent before the restart
+        assert again.signer.signed == 0
+        assert dkimpy_verify(second.data, dns_server) == [True, True]
+        # Removed with the message: nothing is left in the "dkim" sub-database.
+        assert again.store.message(mid) is None
+        assert again.store.read_db("dkim") == []
+    finally:
+        await again.close()
 
 
 async def test_already_signed_message_is_not_signed_twice(harness: Harness) -> None:

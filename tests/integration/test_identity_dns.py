@@ -11,11 +11,12 @@ from pathlib import Path
 import pytest
 
 from relay.clock import FakeClock
-from relay.config import Identity
+from relay.config import Identity, from_dict
 from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer, verify_with
 from relay.dns.resolver import DnsResolver
 from relay.identity.check import check_identity, rotation_tick
+from relay.identity.spf import recommended_record, sending_ips
 from relay.testing.dnsserver import DnsServer
 
 DAY = 86400.0
@@ -134,3 +135,74 @@ async def test_identity_verify_switches_a_published_pending_selector(
     report = await verify(dns_server, keys, clock)
     assert report.switched_to == "s2"  # type: ignore[attr-defined]
     assert keys.get("example.com").active.name == "s2"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ SPF for MAIL FROM
+
+
+async def spf_verify(server: DnsServer, keys: KeyStore, clock: FakeClock,
+                     ips: list[str]) -> dict[str, object]:
+    settings = Identity(domain="example.com", mail_from="bounce.example.com")
+    report = await check_identity(
+        "example.com", resolver=resolver(server, clock), keys=keys, settings=settings,
+        hostname="relay.test", default_domain="relay.test",
+        spf_record=recommended_record(ips, "relay.test"), now=clock.now(), grace=7 * DAY,
+        sending_ips=ips)
+    clock.advance(hours=1)  # past the resolver's caches for the next call
+    (row,) = [r for r in report.rows if r.check == "mail_from_spf"]
+    return row.__dict__
+
+
+def test_recommended_spf_lists_the_pool_ips_or_the_hostname() -> None:
+    cfg = from_dict({"server": {"hostname": "relay.test"},
+                     "delivery": {"source_address": "192.0.2.99"},
+                     "pool": [{"name": "p1", "ips": ["192.0.2.10", "2001:db8::10"]},
+                              {"name": "p2", "ips": [{"address": "192.0.2.11"}]}]})
+    ips = sending_ips(cfg)
+    assert ips == ["192.0.2.10", "2001:db8::10", "192.0.2.11", "192.0.2.99"]
+    assert recommended_record(ips, "relay.test") == (
+        "v=spf1 ip4:192.0.2.10 ip6:2001:db8::10 ip4:192.0.2.11 ip4:192.0.2.99 -all")
+    assert recommended_record([], "relay.test") == "v=spf1 a:relay.test ~all"
+
+
+async def test_verify_reports_whether_published_spf_covers_the_sending_ips(
+        tmp_path: Path, dns_server: DnsServer) -> None:
+    clock = FakeClock()
+    keys = KeyStore(tmp_path, clock)
+    keys.keygen("example.com", "s1", "rsa")
+    ips = ["192.0.2.10", "2001:db8::10"]
+    row = await spf_verify(dns_server, keys, clock, ips)
+    assert row["status"] == "missing"
+    assert row["expected"] == "v=spf1 ip4:192.0.2.10 ip6:2001:db8::10 -all"
+    # Only the IPv4 address is covered: a mismatch naming the other one.
+    dns_server.set("bounce.example.com", "TXT", ["v=spf1 ip4:192.0.2.0/24 -all"])
+    row = await spf_verify(dns_server, keys, clock, ips)
+    assert row["status"] == "mismatch"
+    assert "2001:db8::10 (fail)" in str(row["note"]) and "192.0.2.10 (" not in str(row["note"])
+    # Through include: and a:/mx mechanisms (DNS-querying terms).
+    dns_server.set("bounce.example.com", "TXT", ["v=spf1 include:_spf.example.com ~all"])
+    dns_server.set("_spf.example.com", "TXT", ["v=spf1 a:out.example.com/24 mx -all"])
+    dns_server.set("out.example.com", "A", ["192.0.2.200"])
+    dns_server.set("_spf.example.com", "MX", ["10 mx6.example.com"])
+    dns_server.set("mx6.example.com", "AAAA", ["2001:db8::10"])
+    row = await spf_verify(dns_server, keys, clock, ips)
+    assert row["status"] == "ok", row
+    assert "192.0.2.10" in str(row["note"]) and "2001:db8::10" in str(row["note"])
+    # A softfail for one IP is not coverage.
+    dns_server.set("bounce.example.com", "TXT", ["v=spf1 ip6:2001:db8::/32 ~all"])
+    row = await spf_verify(dns_server, keys, clock, ips)
+    assert row["status"] == "mismatch" and "192.0.2.10 (softfail)" in str(row["note"])
+
+
+async def test_spf_coverage_without_pools_uses_the_hostname_addresses(
+        tmp_path: Path, dns_server: DnsServer) -> None:
+    clock = FakeClock()
+    keys = KeyStore(tmp_path, clock)
+    keys.keygen("example.com", "s1", "rsa")
+    dns_server.set("relay.test", "A", ["198.51.100.7"])
+    dns_server.set("bounce.example.com", "TXT", ["v=spf1 a:relay.test ~all"])
+    row = await spf_verify(dns_server, keys, clock, [])
+    assert row["status"] == "ok" and "198.51.100.7" in str(row["note"])
+    dns_server.set("bounce.example.com", "TXT", ["v=spf1 ip4:203.0.113.1 -all"])
+    row = await spf_verify(dns_server, keys, clock, [])
+    assert row["status"] == "mismatch" and row["expected"] == "v=spf1 a:relay.test ~all"
