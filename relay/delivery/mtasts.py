@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from relay.dns.route import Route, RouteFailure, Target, Targets
 
@@ -97,7 +97,7 @@ def parse_policy(text: str, *, policy_id: str = "", fetched_at: float = 0.0) -> 
     bad = [p for p in mx if not _valid_pattern(p)]
     if bad:
         return f"policy mx pattern {bad[0]!r} is not valid"
-    return Policy(mode, tuple(dict.fromkeys(mx)), min(int(max_age), MAX_AGE_LIMIT),  # type: ignore[arg-type]
+    return Policy(cast(Mode, mode), tuple(dict.fromkeys(mx)), min(int(max_age), MAX_AGE_LIMIT),
                   policy_id, fetched_at)
 
 

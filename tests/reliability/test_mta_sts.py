@@ -24,8 +24,9 @@ from relay.delivery.client import Sender, TransactionResult
 from relay.delivery.mtasts_fetch import MtaSts
 from relay.delivery.routing import Router
 from relay.dns.resolver import DnsResolver
-from relay.dns.route import RouteFailure, Targets
+from relay.dns.route import RouteFailure, Target, Targets
 from relay.testing.dnsserver import DnsServer
+from relay.testing.hostile import HostileServer
 from relay.testing.sink import Sink
 
 BODY = b"From: s@sender.test\r\nTo: r@dest.test\r\nSubject: sts\r\n\r\nhello\r\n"
@@ -293,3 +294,20 @@ async def test_untrusted_policy_certificate_means_no_policy(world: World) -> Non
     sts = MtaSts(*_no_cache(world), ssl_context=ssl.create_default_context(),
                  _https_port=world.https.port)
     assert (await sts.policy("dest.test")) is None
+
+
+async def test_enforce_failed_handshake_defers_without_plaintext_retry() -> None:
+    # Opportunistic TLS would reconnect in plain text after a failed handshake; a target
+    # under an enforce policy (tls="verify") must not (V11).
+    bad = await HostileServer("tls_fail", "127.0.0.6").start()
+    sender = Sender(Delivery(connect_timeout=Duration(2), command_timeout=Duration(2),
+                             data_timeout=Duration(2)), hostname="relay.test")
+    try:
+        res = await sender.send("dest.test",
+                                [Target("mx.dest.test", "127.0.0.6", bad.port, 10, tls="verify")],
+                                "s@sender.test", ["r@dest.test"], BODY)
+    finally:
+        await sender.close()
+        await bad.close()
+    deferred_47(res)
+    assert bad.data == [] and bad.connections == 1
