@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from relay.cli import CliError, load_config
-from relay.cli.output import table
+from relay.cli.output import Progress, table, wants_progress
 from relay.clock import SystemClock
 from relay.config import Config
 from relay.events.model import iso
@@ -79,32 +79,8 @@ def _reason(text: str | None) -> str | None:
         raise CliError(str(e)) from None
 
 
-class Progress:
-    """A one-line progress bar on stderr (only when wanted)."""
-
-    def __init__(self, label: str, total: int | None, enabled: bool) -> None:
-        self.label, self.total, self.enabled, self.done = label, total, enabled, 0
-
-    def step(self, n: int) -> None:
-        self.done += n
-        if not self.enabled:
-            return
-        if self.total:
-            frac = min(1.0, self.done / self.total)
-            bar = "#" * int(frac * 30)
-            sys.stderr.write(f"\r{self.label} [{bar:<30}] {self.done}/{self.total}")
-        else:
-            sys.stderr.write(f"\r{self.label} {self.done}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            sys.stderr.write("\n")
-            sys.stderr.flush()
-
-
 def _wants_progress(args: argparse.Namespace) -> bool:
-    return bool(getattr(args, "progress", False)) or sys.stderr.isatty()
+    return wants_progress(bool(getattr(args, "progress", False)))
 
 
 def cmd_add(args: argparse.Namespace) -> int:

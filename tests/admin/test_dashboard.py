@@ -30,7 +30,10 @@ def test_dashboard_renders_in_chromium(admin: Admin, tmp_path: Path) -> None:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.on("request", lambda r: requests.append(r.url))
             page.goto(f"{admin.base}/#token={admin.token}")
-            page.wait_for_function("Number(document.body.dataset.loaded) >= 1", timeout=15000)
+            # A selector, not wait_for_function: the page's CSP forbids eval, which
+            # Playwright's function polling can need (seen as a flaky CSP error).
+            page.wait_for_selector('body[data-loaded]:not([data-loaded="0"])',
+                                   state="attached", timeout=15000)
             assert page.locator("#host").inner_text() == "relay.test"
             assert admin.token not in page.url  # taken out of the address bar
             assert page.locator("#chart-warmup path.plan-line").count() >= 1
