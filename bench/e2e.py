@@ -82,13 +82,15 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
 
 
 def relay_config(state: Path, submit_port: int, plain_port: int, nameserver: str,
-                 sink_port: int, workers: int = 1) -> str:
+                 sink_port: int, workers: int = 1, extra: str = "",
+                 commit_window: float | None = None) -> str:
     return f"""\
 [server]
 hostname = "relay.bench"
 state_dir = "{state}"
 log_level = "warning"
 {f"workers = {workers}" if workers != 1 else ""}
+{f"commit_window = {commit_window}" if commit_window is not None else ""}
 
 [[listener]]
 address = "127.0.0.1:{submit_port}"
@@ -112,7 +114,7 @@ tls = "opportunistic"
 
 [limits]
 max_connections_per_ip = 200
-"""
+{extra}"""
 
 
 def _relay_cli(cfg: Path, *args: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
@@ -152,6 +154,9 @@ class Scenario:
     tls: str
     reuse: bool
     workers: int = 1
+    profile: str = ""   # py-spy output file (raw collapsed stacks) for the relay process
+    extra: str = ""     # appended to the relay config (TOML)
+    commit_window: float | None = None  # server.commit_window (s); None = the default
 
 
 def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
@@ -173,7 +178,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
         submit_port, plain_port = free_port(), free_port()
         cfg = work / "relay.toml"
         cfg.write_text(relay_config(work / "state", submit_port, plain_port, dns.nameserver,
-                                    sink_port, sc.workers))
+                                    sink_port, sc.workers, sc.extra, sc.commit_window))
         subprocess.run([py, "-m", "relay", "--config", str(cfg), "user", "add", "bench",
                         "--password-stdin"], input=(PASSWORD + "\n").encode(), check=True,
                        cwd=ROOT, timeout=60, capture_output=True)
@@ -184,6 +189,13 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
                                      stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         procs.append(relay)
         wait_for_line(relay_out, "relay: ready", relay, 30)
+        spy: subprocess.Popen[bytes] | None = None
+        if sc.profile:
+            spy = subprocess.Popen(
+                [str(Path(py).with_name("py-spy")), "record", "-p", str(relay.pid), "-r", "200",
+                 "-f", "raw", "-o", sc.profile, "--nonblocking"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(1.0)
 
         lg = [py, str(HERE / "loadgen.py"), "--host", "127.0.0.1",
               "--messages", str(sc.messages), "--size", str(sc.size),
@@ -205,6 +217,12 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             sink.wait(timeout + 30)
         except subprocess.TimeoutExpired:
             stop(sink)
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(30)
+            except subprocess.TimeoutExpired:
+                spy.kill()
         summary = [json.loads(x) for x in sink_out.read_text().splitlines()
                    if x.startswith("{") and '"summary"' in x]
         at_sink = summary[-1] if summary else {"messages": 0, "last_at": 0.0}
@@ -279,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="also measure loadgen → sink without relay (harness ceiling)")
     p.add_argument("--record", action="store_true", help="append the results to RESULTS.md")
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, state)")
+    p.add_argument("--profile", default="",
+                   help="py-spy the relay process into PREFIX-<size>.txt (raw stacks)")
+    p.add_argument("--config-extra", default="",
+                   help='TOML appended to the relay config, e.g. "[dkim]\\nsign_processes = 0"')
+    p.add_argument("--commit-window", type=float, default=None,
+                   help="server.commit_window in seconds (default: relay's)")
     args = p.parse_args(argv)
     if args.tls == "implicit":
         p.error("the generated config has no implicit-TLS listener; use starttls or none")
@@ -288,7 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     ceilings: list[dict[str, Any]] = []
     for size in sizes:
-        sc = Scenario(size, args.messages, args.sessions, args.tls, args.reuse)
+        sc = Scenario(size, args.messages, args.sessions, args.tls, args.reuse,
+                      profile=f"{args.profile}-{size}.txt" if args.profile else "",
+                      extra=args.config_extra.replace("\\n", "\n"),
+                      commit_window=args.commit_window)
         row = run_scenario(sc, tmp / f"run-{size}", args.timeout)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)

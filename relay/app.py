@@ -17,9 +17,10 @@ import os
 import random
 import secrets
 import signal
+import socket
 import ssl
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +141,11 @@ class QueueSubmitter:
         return record.id
 
 
+def _bound(sockets: Iterable[socket.socket]) -> set[tuple[str, int]]:
+    """The (ip, port) each listening socket is bound to."""
+    return {(str(s.getsockname()[0]), int(s.getsockname()[1])) for s in sockets}
+
+
 class RelayApp:
     def __init__(self, cfg: Config, clock: Clock | None = None,
                  rng: random.Random | None = None,
@@ -160,6 +166,8 @@ class RelayApp:
         self.admin: AdminServer | None = None
         self.tls: ssl.SSLContext | None = None
         self.feedback_listeners: list[FeedbackServer] = []
+        # The bound (ip, port) of each listener: mail routed there loops back (554 5.4.6).
+        self.own_addresses: set[tuple[str, int]] = set()
         # (queue id, recipient domain) -> (source IP, provider) of recent attempts, so a
         # late reputation bounce reaches the warm-up state of the IP that got it.
         self._sent_from: dict[tuple[str, str], tuple[str, str]] = {}
@@ -206,7 +214,8 @@ class RelayApp:
         self.resolver = DnsResolver.from_config(cfg.dns, self.clock)
         self.router = Router(cfg.delivery, self.resolver, self.rng, mta_sts=MtaSts(
             self.resolver, self.state_dir, self.clock,
-            timeout=float(cfg.delivery.mta_sts_timeout)) if cfg.delivery.mta_sts else None)
+            timeout=float(cfg.delivery.mta_sts_timeout)) if cfg.delivery.mta_sts else None,
+            own_addresses=self.own_addresses)
         self.sender = Sender(cfg.delivery, hostname=cfg.server.hostname, clock=self.clock)
         # Below the shaper: one log line and one metric per attempted transaction.
         self.attempts = RecordingSender(self.sender, provider_map(cfg),
@@ -279,12 +288,15 @@ class RelayApp:
         for lst in cfg.listener:
             if lst.role == "feedback":
                 if self._secondary:
-                    continue  # one feedback listener, in worker 0
+                    # One feedback listener, in worker 0; mail routed to it still loops.
+                    self.own_addresses.add((str(lst.address.host), lst.address.port))
+                    continue
                 fb = FeedbackServer(lst, cfg.server.hostname, self.feedback,
                                     lambda: owned_domains(self.cfg), tls,
                                     max_message_size=int(cfg.limits.max_message_size),
                                     idle_timeout=float(cfg.limits.idle_timeout))
                 await fb.start()
+                self.own_addresses.update(_bound(fb.sockets))
                 self.feedback_listeners.append(fb)
                 continue
             if lst.role != "submission":
@@ -296,6 +308,7 @@ class RelayApp:
             server.context.on_reject = submitter.reject
             server.reuse_port = self.worker is not None
             await server.start()
+            self.own_addresses.update(_bound(server.sockets))
             self.listeners.append(server)
         if cfg.admin.enabled and not self._secondary:
             await self._start_admin()

@@ -272,6 +272,9 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The pool (see [[pool]]) mail is sent from when nothing chooses another ("" = no pool:
     # source_address above, no warm-up).
     pool: str = ""
+    # MX/A answers pointing into these networks (CIDRs) are not connected to; a domain left
+    # with no other address is deferred (451 4.4.4). Fixed next hops (routes) are exempt.
+    deny_networks: list[Network] = []
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -1,16 +1,18 @@
 """Where mail for a domain goes: the pure decision from DNS answers to a Route.
 
 Owns: RFC 5321 §5.1 (MX preference order, random among equal preference, implicit MX),
-RFC 7505 (null MX), transport-map style fixed next hops, and the SMTP reply for each
-failure. Must not do I/O or import dnspython/asyncio: relay/delivery/routing.py asks the
-Resolver and hands the answers to these functions. Randomness comes in as random.Random.
+RFC 7505 (null MX), transport-map style fixed next hops, targets that loop back to
+relay's own listeners (554 5.4.6) or lie in delivery.deny_networks (451 4.4.4), and the
+SMTP reply for each failure. Must not do I/O or import dnspython/asyncio:
+relay/delivery/routing.py asks the Resolver and hands the answers to these functions.
+Randomness comes in as random.Random.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -91,6 +93,19 @@ def unroutable(domain: str, detail: str) -> RouteFailure:
 def dns_tempfail(name: str, reason: str) -> RouteFailure:
     why = f": {reason}" if reason else ""
     return RouteFailure(False, 451, "4.4.3", f"DNS temporary failure looking up {name}{why}")
+
+
+def loops_back(domain: str) -> RouteFailure:
+    # RFC 5321 §5.1: a host that finds itself as the best MX must not deliver to itself
+    # (Postfix: "mail for X loops back to myself").
+    return RouteFailure(True, 554, "5.4.6", f"mail for {domain} loops back to myself")
+
+
+def denied_network(domain: str, detail: str) -> RouteFailure:
+    # Temporary: the DNS answer may be fixed, or the operator may change deny_networks.
+    return RouteFailure(False, 451, "4.4.4",
+                        f"Unable to route mail for {domain}: MX points to a denied network "
+                        f"({detail})")
 
 
 # ---------------------------------------------------------------------------
@@ -222,3 +237,92 @@ def next_hop(domain: str, host: str, port: int, addresses: Lookup[str] | None) -
         if all(t.address != addr for t in targets):
             targets.append(Target(host, addr, port, 0))
     return Targets(targets)
+
+
+# ---------------------------------------------------------------------------
+# Where a route may point: loops back to relay itself, denied networks
+
+
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _ip(text: str) -> IpAddress | None:
+    """The address, an IPv4-mapped IPv6 address as its IPv4 (the host it reaches)."""
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def is_own(address: str, port: int, own: Collection[tuple[str, int]],
+           local: Collection[str] = ()) -> bool:
+    """Whether (address, port) reaches one of relay's own listening sockets.
+
+    `own` holds the bound (ip, port) of each listener; a wildcard listener (0.0.0.0 or
+    ::) matches any local address of its family on that port: a loopback address or one
+    in `local` (the host's own addresses, found by the caller).
+    """
+    ip = _ip(address)
+    if ip is None:
+        return False
+    for own_host, own_port in own:
+        if own_port != port:
+            continue
+        mine = _ip(own_host)
+        if mine is None:
+            continue
+        if mine == ip:
+            return True
+        if mine.is_unspecified and mine.version == ip.version and (
+                ip.is_loopback or any(_ip(a) == ip for a in local)):
+            return True
+    return False
+
+
+def parse_networks(cidrs: Sequence[str]) -> list[IpNetwork]:
+    return [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+
+def denied_by(address: str, networks: Sequence[IpNetwork]) -> IpNetwork | None:
+    """The first of `networks` holding `address` (IPv4-mapped IPv6 as IPv4), or None."""
+    ip = _ip(address)
+    if ip is None:
+        return None
+    for net in networks:
+        if ip.version == net.version and ip in net:
+            return net
+    return None
+
+
+def without_loops(domain: str, route: Route, own: Collection[tuple[str, int]],
+                  local: Collection[str] = ()) -> Route:
+    """`route` without the targets that are relay's own listeners (see is_own); none
+    left → 554 5.4.6 "mail for <domain> loops back to myself"."""
+    if not isinstance(route, Targets) or not own:
+        return route
+    kept = [t for t in route.hosts if not is_own(t.address, t.port, own, local)]
+    if len(kept) == len(route.hosts):
+        return route
+    return Targets(kept) if kept else loops_back(domain)
+
+
+def without_denied(domain: str, route: Route, networks: Sequence[IpNetwork]) -> Route:
+    """`route` without the targets in `networks` (delivery.deny_networks); none left →
+    451 4.4.4 "MX points to a denied network", so no connection is ever attempted."""
+    if not isinstance(route, Targets) or not networks:
+        return route
+    kept: list[Target] = []
+    denied: list[str] = []
+    for t in route.hosts:
+        net = denied_by(t.address, networks)
+        if net is None:
+            kept.append(t)
+        else:
+            denied.append(f"{t.host_name} {t.address} in {net}")
+    if kept:
+        return route if not denied else Targets(kept)
+    return denied_network(domain, "; ".join(denied))

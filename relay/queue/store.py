@@ -19,7 +19,8 @@ one key in a schedule index, `due_new` (never attempted) or `due_retry`
 cursor from the start of an index, never by scanning messages. A leased
 (in-flight) recipient stays in `due_retry` at its lease expiry, so a lease that
 is never settled comes back by itself; `recover()` at start makes every
-in-flight recipient due at once.
+in-flight recipient due at once, found through the `inflight` index (one key per
+INFLIGHT recipient, kept in step by `_move`), so start-up does not read the queue.
 
 Rule 4: a message whose recipients are all final is removed (record, body and
 recipients); its history lives in the event log.
@@ -189,8 +190,13 @@ class QueueStore:
     # "dkim": DKIM-Signature header bytes per (message id, "domain/generation"), so a
     # retry after a restart reuses the signature already sent (relay/dkim/sign.py);
     # removed with the message.
+    # "inflight": one key per INFLIGHT recipient (its recipients key; value: its domain),
+    # so recover_op() at start reads only what was in flight, not every recipient. The
+    # key INFLIGHT_COMPLETE says the index is complete (written by the first recovery,
+    # which scans the recipients once on a spool from before the index).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
-           "suppression", "sent", "outbox", "event_outbox", "dkim")
+           "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight")
+    INFLIGHT_COMPLETE = b"~complete"  # sorts after every queue id (hex digits)
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
                  commit_window: float = 0.002, commit_batch_max: int = 256,
@@ -572,7 +578,13 @@ class QueueStore:
         if new.state not in FINAL_STATES:
             new_db = "due_new" if new.state is State.QUEUED else "due_retry"
             txn.put(_due_key(new.next_attempt_at, mid, idx), b"", db=self._db[new_db])
-        txn.put(_rcpt_key(mid, idx), _enc.encode(new), db=self._db["recipients"])
+        key = _rcpt_key(mid, idx)
+        if old.state is State.INFLIGHT and new.state is not State.INFLIGHT:
+            txn.delete(key, db=self._db["inflight"])
+        elif new.state is State.INFLIGHT and old.state is not State.INFLIGHT:
+            txn.put(key, new.domain.encode("utf-8", "surrogateescape"),
+                    db=self._db["inflight"])
+        txn.put(key, _enc.encode(new), db=self._db["recipients"])
 
     def lease_op(self, items: list[DueItem], now: float) -> Callable[[Any], list[Leased]]:
         """An op that marks due recipients in flight and returns what it leased.
@@ -656,6 +668,8 @@ class QueueStore:
             if r.state not in FINAL_STATES:
                 db = "due_new" if r.state is State.QUEUED else "due_retry"
                 txn.delete(_due_key(r.next_attempt_at, mid, idx), db=self._db[db])
+            if r.state is State.INFLIGHT:
+                txn.delete(_rcpt_key(mid, idx), db=self._db["inflight"])
             txn.delete(_rcpt_key(mid, idx), db=self._db["recipients"])
         key = mid.encode("ascii")
         txn.delete(key, db=self._db["messages"])
@@ -692,17 +706,49 @@ class QueueStore:
         delivery; that is the price of never losing a message. With `shard` (i, N), only
         recipients of shard i: a restarted worker recovers what it had in flight while
         the other workers keep delivering theirs.
+
+        Reads the "inflight" index: O(in flight), whatever the queue depth. On a spool
+        from before the index (no INFLIGHT_COMPLETE key) it scans the recipients once,
+        indexes the in-flight ones it leaves (other shards'), and marks the index complete.
         """
+        def mine(domain: str) -> bool:
+            return shard is None or shard_of(domain, shard[1]) == shard[0]
+
         def op(txn: Any) -> int:
+            index = self._db["inflight"]
             moved: list[tuple[str, int, RecipientRecord]] = []
-            with txn.cursor(db=self._db["recipients"]) as cur:
-                for key, val in cur.iternext():
-                    rr = _rcpt_dec.decode(val)
-                    if rr.state is State.INFLIGHT and (
-                            shard is None or shard_of(rr.domain, shard[1]) == shard[0]):
+            if txn.get(self.INFLIGHT_COMPLETE, db=index) is None:
+                with txn.cursor(db=self._db["recipients"]) as cur:
+                    for key, val in cur.iternext():
+                        rr = _rcpt_dec.decode(val)
+                        if rr.state is not State.INFLIGHT:
+                            continue
+                        if mine(rr.domain):
+                            mid = bytes(key[:ID_LEN]).decode("ascii")
+                            (idx,) = _IDX.unpack_from(key, ID_LEN)
+                            moved.append((mid, idx, rr))
+                        txn.put(bytes(key), rr.domain.encode("utf-8", "surrogateescape"),
+                                db=index)
+                txn.put(self.INFLIGHT_COMPLETE, b"", db=index)
+            else:
+                stale: list[bytes] = []
+                with txn.cursor(db=index) as cur:
+                    for key, val in cur.iternext():
+                        if len(key) != ID_LEN + 2:
+                            continue  # INFLIGHT_COMPLETE
+                        if not mine(bytes(val).decode("utf-8", "surrogateescape")):
+                            continue
+                        raw = txn.get(key, db=self._db["recipients"])
+                        held = _rcpt_dec.decode(raw) if raw is not None else None
+                        if held is None or held.state is not State.INFLIGHT:
+                            stale.append(bytes(key))
+                            continue
+                        rr = held
                         mid = bytes(key[:ID_LEN]).decode("ascii")
                         (idx,) = _IDX.unpack_from(key, ID_LEN)
                         moved.append((mid, idx, rr))
+                for key in stale:
+                    txn.delete(key, db=index)
             for mid, idx, rr in moved:
                 new = msgspec.structs.replace(
                     rr, state=transition(rr.state, Action.RECOVER), next_attempt_at=now,

@@ -22,8 +22,50 @@ def header_block(body: bytes) -> bytes:
     return body[: end + 2] if end >= 0 else body[:_HEADER_LIMIT]
 
 
+_FIELD_NAME = re.compile(r"[\041-\071\073-\176]+:")  # RFC 5322 ftext, then the colon
+_WANTED = {name.lower(): name for name in COMMON_HEADERS}
+
+
 def extract_headers(body: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:
-    """Return (common headers, X-SES-MESSAGE-TAGS) from a message with CRLF line endings."""
+    """Return (common headers, X-SES-MESSAGE-TAGS) from a message with CRLF line endings.
+
+    One pass over the header lines; the same answer as email's compat32 HeaderParser,
+    which `_extract_headers_parsed` uses for anything unusual (a bare CR or LF, a line that
+    is neither a field nor a continuation, an mbox `From ` line)."""
+    block = header_block(body)
+    if block.count(b"\n") != block.count(b"\r\n") or \
+            block.count(b"\r") != block.count(b"\r\n"):
+        return _extract_headers_parsed(body)
+    lines = block.decode("utf-8", "replace").split("\r\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    fields: list[tuple[str, list[str]]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                return _extract_headers_parsed(body)
+            fields[-1][1].append(line)
+            continue
+        m = _FIELD_NAME.match(line)
+        if m is None or line.startswith("From "):
+            return _extract_headers_parsed(body)
+        fields.append((line[: m.end() - 1], [line[m.end():]]))
+    headers: dict[str, str] = {}
+    tags: dict[str, list[str]] = {}
+    tags_header = TAGS_HEADER.lower()
+    for name, parts in fields:
+        key = name.lower()
+        if key == tags_header:
+            for tname, vals in parse_tags("".join(parts)).items():
+                tags.setdefault(tname, []).extend(vals)
+        else:
+            common = _WANTED.get(key)
+            if common is not None and common not in headers:
+                headers[common] = "".join(parts).strip()
+    return headers, tags
+
+
+def _extract_headers_parsed(body: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:
     text = header_block(body).decode("utf-8", "replace")
     msg = HeaderParser(policy=compat32).parsestr(text, headersonly=True)
     headers: dict[str, str] = {}

@@ -15,6 +15,7 @@ import asyncio
 import email.utils
 import ipaddress
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -126,6 +127,13 @@ class _CommandReader(asyncio.StreamReader):
             self.bad_line_ending = True
             return b"\r\n"
         return line
+
+
+# `<local@domain>` with a dot-atom local part and an LDH domain, then any blanks: what
+# email's get_angle_addr() consumes for such an address (see SubmissionSession._getaddr).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(
+    rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*")
 
 
 class SubmissionSession(SMTP):
@@ -465,6 +473,18 @@ class SubmissionSession(SMTP):
         # Called by aiosmtpd's auth_PLAIN/auth_LOGIN once the credentials are decoded; the
         # (slow, scrypt) check happens asynchronously in smtp_AUTH.
         return AuthResult(success=True, auth_data=auth_data)
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """aiosmtpd's parse (email's RFC 5322 parser, ~4 % of the event loop under load),
+        with a fast path for the usual `<dot.atom@host.name> [params]`: the same answer."""
+        m = _SIMPLE_PATH.match(arg)
+        rest = arg[m.end():] if m is not None else ""
+        if m is None or rest[:1].isspace() or rest.startswith("("):  # comments, odd blanks
+            return super()._getaddr(arg)
+        addr = m.group(1)
+        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
+            return None, None
+        return addr, rest
 
     async def smtp_MAIL(self, arg: str | None) -> None:
         assert self.session is not None
