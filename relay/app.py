@@ -166,6 +166,7 @@ class RelayApp:
         self.admin: AdminServer | None = None
         self.tls: ssl.SSLContext | None = None
         self.feedback_listeners: list[FeedbackServer] = []
+        self._gate_flushes: set[asyncio.Task[None]] = set()
         # The bound (ip, port) of each listener: mail routed there loops back (554 5.4.6).
         self.own_addresses: set[tuple[str, int]] = set()
         # (queue id, recipient domain) -> (source IP, provider) of recent attempts, so a
@@ -238,7 +239,10 @@ class RelayApp:
         outbound = Outbound(
             signer=Signer(self.dkim_keys, store=self.store), verp=verp,
             resolver=self.resolver, identities=cfg.identity,
-            default_domain=cfg.server.return_path_domain or cfg.server.hostname)
+            default_domain=cfg.server.return_path_domain or cfg.server.hostname,
+            unsubscribe_base=lambda msg: configsets.unsubscribe_base(
+                self.cfg, msg.configuration_set))
+        self.verp = verp
         self.scheduler = Scheduler(self.store, self.router, self.shaped or self.attempts,
                                    self.events, self.clock,
                                    cfg.delivery, hostname=cfg.server.hostname, rng=self.rng,
@@ -359,6 +363,11 @@ class RelayApp:
                                    self.clock.now()):
             log.warning("%s", notice)
         self.shaped.publish()
+        # Persist now (a late DSN is not followed by a send that would): `relay warmup
+        # status` and a restart see the backoff.
+        task = asyncio.get_running_loop().create_task(self.shaped.flush())
+        self._gate_flushes.add(task)
+        task.add_done_callback(self._gate_flushes.discard)
 
     def _reputation_bounce(self, msg: Any, address: str, diagnostic: str) -> None:
         found = self._sent_from.get((msg.id, address.rpartition("@")[2].lower()))
@@ -411,7 +420,7 @@ class RelayApp:
             tokens=tokens, events=self.events,
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
-            listeners=self.listener_status)
+            listeners=self.listener_status, verp=self.verp)
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,
             open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)

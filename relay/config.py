@@ -355,6 +355,13 @@ class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     engaged: bool = False
     # Whether events carry the message's headers (mail.headers).
     include_original_headers: bool = True
+    # RFC 8058 one-click unsubscribe: each recipient's copy gets List-Unsubscribe (an
+    # https URL on the admin server, /unsubscribe/TOKEN) and List-Unsubscribe-Post, both
+    # DKIM-signed; a POST there publishes a Subscription event.
+    list_unsubscribe: bool = False
+    # Whether such an unsubscribe also puts the address on the suppression list
+    # (reason COMPLAINT); false leaves the decision to the sender, as SES does.
+    unsubscribe_suppresses: bool = False
 
 
 class EventDestination(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -66,3 +66,12 @@ def resolve(cfg: Config, requested: str, default: str = "") -> str:
         return ""
     cs = cfg.configuration_set_named(name)
     return cs.name if cs is not None else ""
+
+
+def unsubscribe_base(cfg: Config, name: str) -> str:
+    """The List-Unsubscribe URL prefix of a set with list_unsubscribe = true ("" if not):
+    the admin HTTP server's /unsubscribe/ route, named by server.hostname."""
+    cs = cfg.configuration_set_named(name) if name else None
+    if cs is None or not cs.list_unsubscribe:
+        return ""
+    return f"https://{cfg.server.hostname}/unsubscribe/"

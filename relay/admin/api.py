@@ -27,7 +27,7 @@ from relay.admin.tokens import TokenStore
 from relay.clock import Clock
 from relay.config import Config
 from relay.events.log import EventLog
-from relay.events.model import bounce_event, iso
+from relay.events.model import bounce_event, iso, subscription_event
 from relay.identity.model import IdentityError, check_pattern
 from relay.queue.records import Action, MessageRecord, RecipientRecord, State
 from relay.queue.store import QueueStore
@@ -37,7 +37,8 @@ from relay.users import UserError, UserStore
 
 VERSION = "1"
 PENDING_STATES = [s.value for s in State if not s.final]
-EVENT_TYPES = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject"]
+EVENT_TYPES = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject",
+               "Subscription"]
 MAX_LIMIT = 10_000
 HISTORY_POINTS = 360
 _EVENT_TAIL_BYTES = 8 << 20   # /api/events reads at most the last 8 MiB of the log
@@ -66,6 +67,7 @@ class AdminContext:
     dkim_keys: Any = None                       # relay.dkim.keys.KeyStore
     warmup_gate: Any = None                     # relay.warmup.gate.WarmupGate
     listeners: Callable[[], list[dict[str, Any]]] = list
+    verp: Any = None                            # relay.verp.Verp: List-Unsubscribe tokens
     started_at: float = 0.0                     # clock.now() at start (0: set in __post_init__)
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
 
@@ -560,6 +562,57 @@ async def dashboard(request: web.Request) -> web.Response:
                                      "style-src 'unsafe-inline'; img-src 'self' data:"})
 
 
+# ------------------------------------------------------------------ one-click unsubscribe
+
+_UNSUBSCRIBED_PAGE = (b"<!doctype html><meta charset=utf-8><title>Unsubscribe</title>"
+                      b"<p>To unsubscribe, use your mail program's unsubscribe button "
+                      b"(RFC 8058 one-click).</p>\n")
+
+
+def _unsubscribe_target(request: web.Request) -> tuple[MessageRecord, str] | None:
+    """The sent message and recipient address a genuine List-Unsubscribe token names."""
+    ctx = _ctx(request)
+    found = ctx.verp.decode(request.match_info["token"]) if ctx.verp is not None else None
+    if found is None:
+        return None
+    mid, index = found
+    msg = ctx.store.sent_message(mid) or ctx.store.message(mid)
+    if msg is None or not 0 <= index < len(msg.recipients):
+        return None
+    return msg, msg.recipients[index]
+
+
+async def unsubscribe_page(request: web.Request) -> web.Response:
+    """GET: a tiny page; only the RFC 8058 POST unsubscribes (link scanners GET URLs)."""
+    if await asyncio.to_thread(_unsubscribe_target, request) is None:
+        return web.Response(status=404, text="not found")
+    return web.Response(body=_UNSUBSCRIBED_PAGE, content_type="text/html", charset="utf-8",
+                        headers={"Cache-Control": "no-store"})
+
+
+async def unsubscribe(request: web.Request) -> web.Response:
+    """RFC 8058 one-click (public, no bearer token; the HMAC token is the credential):
+    publishes a Subscription event; suppresses the address too only when the message's
+    configuration set has unsubscribe_suppresses = true."""
+    ctx = _ctx(request)
+    target = await asyncio.to_thread(_unsubscribe_target, request)
+    if target is None:
+        return web.Response(status=404, text="not found")
+    form = await request.post()
+    if form.get("List-Unsubscribe") != "One-Click":
+        return web.Response(status=400, text="expected List-Unsubscribe=One-Click")
+    msg, address = target
+    now = ctx.clock.now()
+    ctx.events.emit([subscription_event(msg, address, now)])
+    cs = ctx.config().configuration_set_named(msg.configuration_set) \
+        if msg.configuration_set else None
+    if cs is not None and cs.unsubscribe_suppresses:
+        await ctx.store.write(SuppressionList(ctx.store).add_op(
+            [Entry(normalize(address), "COMPLAINT", now, msg.id,
+                   "one-click unsubscribe (List-Unsubscribe-Post)")], replace=False))
+    return web.Response(text="unsubscribed\n")
+
+
 # ------------------------------------------------------------------ app
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -617,6 +670,8 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/metrics", metrics),
     ("GET", "/openapi.json", openapi),
     ("GET", "/", dashboard),
+    ("POST", "/unsubscribe/{token}", unsubscribe),
+    ("GET", "/unsubscribe/{token}", unsubscribe_page),
 ]
 
 

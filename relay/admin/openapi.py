@@ -153,6 +153,22 @@ def document() -> dict[str, Any]:
         "/": {"get": {"summary": "The dashboard page (HTML; asks for a token)", "security": [],
                       "responses": {"200": {"description": "HTML",
                                             "content": {"text/html": {}}}}}},
+        "/unsubscribe/{token}": {
+            "post": {"summary": "RFC 8058 one-click unsubscribe (public: the List-Unsubscribe "
+                                "token is the credential); publishes a Subscription event",
+                     "security": [], "parameters": [_p("token", "from List-Unsubscribe")],
+                     "requestBody": {"required": True, "content": {
+                         "application/x-www-form-urlencoded": {"schema": {
+                             "type": "object", "properties": {
+                                 "List-Unsubscribe": {"const": "One-Click"}}}}}},
+                     "responses": {"200": {"description": "Unsubscribed"},
+                                   "400": {"description": "Not List-Unsubscribe=One-Click"},
+                                   "404": {"description": "Unknown or forged token"}}},
+            "get": {"summary": "A short page (a GET never unsubscribes)", "security": [],
+                    "parameters": [_p("token", "from List-Unsubscribe")],
+                    "responses": {"200": {"description": "HTML",
+                                          "content": {"text/html": {}}},
+                                  "404": {"description": "Unknown or forged token"}}}},
     }
     return {
         "openapi": "3.1.0",

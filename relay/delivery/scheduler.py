@@ -77,6 +77,7 @@ class SenderLike(Protocol):
 class OutboundLike(Protocol):
     async def prepare(self, msg: MessageRecord, body: bytes) -> Any: ...
     def sender_for(self, prepared: Any, msg: MessageRecord, index: int) -> str: ...
+    async def data_for(self, prepared: Any, msg: MessageRecord, index: int) -> bytes: ...
 
 
 class RouterLike(Protocol):
@@ -402,13 +403,16 @@ class Scheduler:
             await self._settle(task, [prep.failure] * len(task.items))
             return
         outcomes: list[OutcomeLike] = []
-        groups: dict[str, list[Leased]] = {}
-        for it in task.items:
-            groups.setdefault(self.outbound.sender_for(prep, msg, it.index), []).append(it)
+        groups: dict[tuple[str, int], list[Leased]] = {}
+        for it in task.items:  # List-Unsubscribe differs per recipient too
+            key = (self.outbound.sender_for(prep, msg, it.index),
+                   it.index if prep.unsubscribe else -1)
+            groups.setdefault(key, []).append(it)
         by_index: dict[int, OutcomeLike] = {}
-        for sender, items in groups.items():
+        for (sender, _), items in groups.items():
+            data = await self.outbound.data_for(prep, msg, items[0].index)
             result = await self.sender.send(task.destination, hosts, sender,
-                                            [it.recipient.address for it in items], prep.data,
+                                            [it.recipient.address for it in items], data,
                                             **self._send_options(msg))
             for it, o in zip(items, outcomes_of(result), strict=True):
                 by_index[it.index] = o

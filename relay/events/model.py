@@ -264,6 +264,19 @@ def feedback_bounce_event(msg: MessageRecord, recipients: list[tuple[str, str, s
         reportingMTA=reporting_mta))
 
 
+def subscription_event(msg: MessageRecord, address: str, now: float,
+                       source: str = "UnsubscribeHeader") -> Event:
+    """A recipient unsubscribed (RFC 8058 one-click): SES's Subscription event, with the
+    configuration set as the contact list and no topics (unsubscribeAll)."""
+    return Event(eventType="Subscription", mail=mail_of(msg, [address]),
+                 subscription=Subscription(
+                     contactList=msg.configuration_set, timestamp=iso(now), source=source,
+                     newTopicPreferences={"unsubscribeAll": True,
+                                          "topicSubscriptionStatus": []},
+                     oldTopicPreferences={"unsubscribeAll": False,
+                                          "topicSubscriptionStatus": []}))
+
+
 def reject_event(msg: MessageRecord, reason: str) -> Event:
     return Event(eventType="Reject", mail=mail_of(msg), reject=Reject(reason))
 

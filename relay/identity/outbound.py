@@ -5,13 +5,17 @@ it prepends the (cached) DKIM signature and picks the return-path domain: the
 identity's `mail_from` when its MX is published; otherwise the server default
 (`on_mx_failure = "use_default"`) or a permanent refusal (`"reject"`). A null sender
 (a bounce) is never rewritten. `sender_for()` gives each recipient its own VERP address.
+When the message's configuration set has `list_unsubscribe`, signing waits for
+`data_for()`: each recipient's copy gets its RFC 8058 List-Unsubscribe headers (the
+token is the recipient's VERP token) and its own DKIM signature over them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay.config import Identity
@@ -38,6 +42,8 @@ class Prepared:
     data: bytes
     return_domain: str | None  # None: keep the submitted envelope sender
     failure: Failure | None = None
+    # "https://host/unsubscribe/": per-recipient List-Unsubscribe, `data` not signed yet.
+    unsubscribe: str = ""
 
 
 def settings_for(address: str, identities: Sequence[Identity]) -> Identity | None:
@@ -56,12 +62,15 @@ def identity_address(from_header: str, sender: str) -> str:
 
 class Outbound:
     def __init__(self, *, signer: Signer | None, verp: Verp | None, resolver: Resolver,
-                 identities: Sequence[Identity], default_domain: str) -> None:
+                 identities: Sequence[Identity], default_domain: str,
+                 unsubscribe_base: Callable[[MessageRecord], str] | None = None) -> None:
         self.signer = signer
         self.verp = verp
         self.resolver = resolver
         self.identities = list(identities)
         self.default_domain = default_domain
+        # The List-Unsubscribe URL prefix for a message ("" = none).
+        self.unsubscribe_base = unsubscribe_base
 
     async def return_domain(self, address: str) -> str | Failure:
         ident = settings_for(address, self.identities) if address else None
@@ -114,11 +123,29 @@ class Outbound:
             if isinstance(rd, Failure):
                 return Prepared(body, None, rd)
             domain = rd
+        base = self.unsubscribe_base(msg) if self.unsubscribe_base is not None else ""
+        if base and self.verp is not None:
+            return Prepared(body, domain, unsubscribe=base)
         if self.signer is not None:
             sig = await self.signer.sign_message(msg.id, body, msg.headers)
             if sig:
                 body = sig + body
         return Prepared(body, domain)
+
+    async def data_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> bytes:
+        """What recipient `index` is sent: `prepared.data`, or with List-Unsubscribe
+        headers for that recipient and a DKIM signature covering them."""
+        if not prepared.unsubscribe or self.verp is None:
+            return prepared.data
+        url = prepared.unsubscribe + self.verp.token(msg.id, index)
+        body = (f"List-Unsubscribe: <{url}>\r\n"
+                "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").encode("ascii") \
+            + prepared.data
+        if self.signer is not None:
+            sig = await asyncio.to_thread(self.signer.signature, f"{msg.id}/{index}", body,
+                                          msg.headers)
+            body = sig + body
+        return body
 
     def sender_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> str:
         if prepared.return_domain is None or self.verp is None:
