@@ -54,30 +54,7 @@ from e2e import (  # noqa: E402
     wait_for_line,
 )
 
-MASTER_CF = """\
-{listen} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-local     unix  - n n - - local
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
+from relay.testing.postfix import instance_dir, postfix, write_config  # noqa: E402
 
 
 def _free_port() -> int:
@@ -85,11 +62,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _postfix(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["postfix", "-c", str(conf), *args], capture_output=True, text=True,
-                          timeout=60, check=False)
 
 
 def _loadgen(port: int, size: int, messages: int, sessions: int, reuse: bool, timeout: float,
@@ -141,8 +113,7 @@ def postfix_available() -> str | None:
 def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
                 timeout: float) -> dict[str, Any]:
     """One run against a fresh Postfix instance; removed afterwards."""
-    base = Path(tempfile.mkdtemp(prefix="relay-postfix-", dir="/tmp"))
-    base.chmod(0o755)  # the daemons run as user postfix
+    base = instance_dir()  # world-traversable: the daemons run as user postfix
     conf = base / "conf"
     conf.mkdir()
     sink: subprocess.Popen[bytes] | None = None
@@ -150,26 +121,16 @@ def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
     try:
         sink, sink_out, sink_port = _start_sink(base, messages, timeout)
         listen = _free_port()
-        main_cf = "\n".join([
-            "compatibility_level = 3.6",
-            f"queue_directory = {base / 'queue'}",
-            f"data_directory = {base / 'data'}",
-            "inet_interfaces = 127.0.0.1", "inet_protocols = ipv4",
-            "myhostname = postfix.bench", "mydestination =", "mynetworks = 127.0.0.0/8",
+        write_config(conf, base, listen, "postfix.bench", [
             f"relay_domains = {DOMAIN}",
             f"relayhost = [{SINK_HOST}]:{sink_port}",
-            "local_transport = error:local delivery is disabled",
-            "alias_maps =", "alias_database =", "smtputf8_enable = no",
             "smtpd_peername_lookup = no",
-            f"maillog_file_prefixes = {base}", f"maillog_file = {base / 'maillog'}",
         ])
-        (conf / "main.cf").write_text(main_cf + "\n")
-        (conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{listen}"))
         (base / "queue").mkdir()
-        checked = _postfix(conf, "check")
+        checked = postfix(conf, "check")
         if checked.returncode != 0:
             raise RuntimeError(f"postfix check: {checked.stderr}")
-        st = _postfix(conf, "start")
+        st = postfix(conf, "start")
         if st.returncode != 0:
             raise RuntimeError(f"postfix start: {st.stderr}")
         started = True
@@ -180,9 +141,9 @@ def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
         return _row(load, at_sink, messages)
     finally:
         if started:
-            _postfix(conf, "stop")
+            postfix(conf, "stop")
             deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and _postfix(conf, "status").returncode == 0:
+            while time.monotonic() < deadline and postfix(conf, "status").returncode == 0:
                 time.sleep(0.2)
         if sink is not None:
             stop(sink)

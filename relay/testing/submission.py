@@ -23,6 +23,8 @@ from relay.queue.store import NewMessage
 from relay.smtp.server import SubmissionServer
 from relay.users import UserStore
 
+USER, PASSWORD = "app", "s3cret-pw"  # the one account of `app_users`
+
 
 class RecordingSubmitter:
     """Keeps submitted messages in a list; `fail` makes the next submits raise it."""
@@ -144,6 +146,17 @@ def make_users(directory: Path | None = None, **credentials: str) -> UserStore:
     for name, password in credentials.items():
         store.add(name, password)
     return store
+
+
+def fast_limits(**kw: object) -> Limits:
+    """Limits as given, with no delay after a failed AUTH unless `auth_failure_delay` is."""
+    kw.setdefault("auth_failure_delay", Duration(0.0))
+    return Limits(**kw)  # type: ignore[arg-type]
+
+
+def app_users(directory: Path) -> UserStore:
+    """A user store in `directory` with the one account USER / PASSWORD."""
+    return make_users(directory, **{USER: PASSWORD})
 
 
 @asynccontextmanager

@@ -11,43 +11,17 @@ import re
 import shutil
 import smtplib
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from adminkit import PASSWORD, Admin, wait_until
 
+from relay.testing.postfix import instance_dir, postfix, write_config
 from relay.testing.process import free_port
 from relay.testing.require import require_program
 
 ROOT = Path(__file__).resolve().parents[2]
-
-MASTER_CF = """\
-{listen} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-local     unix  - n n - - local
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-"""
-
 
 def readme_block(name: str) -> str:
     """The fenced block after the README's `<!-- recipe: NAME -->` marker."""
@@ -62,17 +36,11 @@ def _maillog(tmp: Path) -> str:
     return path.read_text(errors="replace")[-3000:] if path.exists() else ""
 
 
-def _postfix(conf: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["postfix", "-c", str(conf), *args], capture_output=True, text=True,
-                          timeout=60, check=False)
-
-
 @pytest.fixture
 def postfix_dir() -> Iterator[Path]:
     """A world-traversable temp dir: Postfix's daemons run as user postfix, and pytest's
     tmp dirs are 0700 root. Removed afterwards."""
-    path = Path(tempfile.mkdtemp(prefix="relay-postfix-", dir="/tmp"))
-    path.chmod(0o755)
+    path = instance_dir()
     try:
         yield path
     finally:
@@ -91,20 +59,10 @@ def test_postfix_relays_through_relay(admin: Admin, postfix_dir: Path) -> None:
     recipe = readme_block("postfix-main.cf")
     recipe = recipe.replace("[relay.example.com]:587", f"[127.0.0.1]:{admin.submit_port}")
     recipe = recipe.replace("/etc/postfix/", f"{conf}/")
-    main_cf = "\n".join([
-        "compatibility_level = 3.6",
-        f"queue_directory = {tmp_path / 'queue'}",
-        f"data_directory = {tmp_path / 'data'}",
-        "inet_interfaces = 127.0.0.1", "inet_protocols = ipv4",
-        "myhostname = postfix.test", "mydestination =", "mynetworks = 127.0.0.0/8",
-        "local_transport = error:local delivery is disabled",
-        "alias_maps =", "alias_database =", "smtputf8_enable = no",
-        f"maillog_file_prefixes = {tmp_path}", f"maillog_file = {tmp_path / 'maillog'}",
+    write_config(conf, tmp_path, listen, "postfix.test", [
         f"smtp_tls_CAfile = {ca}",
         recipe,
     ])
-    (conf / "main.cf").write_text(main_cf + "\n")
-    (conf / "master.cf").write_text(MASTER_CF.format(listen=f"127.0.0.1:{listen}"))
     sasl = readme_block("postfix-sasl_passwd")
     sasl = sasl.replace("[relay.example.com]:587", f"[127.0.0.1]:{admin.submit_port}")
     sasl = sasl.replace("app:PASSWORD", f"app:{PASSWORD}")
@@ -114,9 +72,9 @@ def test_postfix_relays_through_relay(admin: Admin, postfix_dir: Path) -> None:
                             capture_output=True, text=True, timeout=30, check=False)
     assert mapped.returncode == 0, mapped.stderr
     (tmp_path / "queue").mkdir()  # root-owned; `postfix check` makes the rest, owned right
-    checked = _postfix(conf, "check")
+    checked = postfix(conf, "check")
     assert checked.returncode == 0, checked.stderr + _maillog(tmp_path)
-    started = _postfix(conf, "start")
+    started = postfix(conf, "start")
     assert started.returncode == 0, started.stderr + _maillog(tmp_path)
     try:
         before = admin.sinks[0].message_count
@@ -135,9 +93,9 @@ def test_postfix_relays_through_relay(admin: Admin, postfix_dir: Path) -> None:
         log = _maillog(tmp_path)
         assert re.search(r"relay=127\.0\.0\.1\[127\.0\.0\.1\]:\d+.*status=sent", log), log
     finally:
-        stopped = _postfix(conf, "stop")
+        stopped = postfix(conf, "stop")
         assert stopped.returncode == 0, stopped.stderr
-        wait_until(lambda: _postfix(conf, "status").returncode != 0, 15, "postfix to stop")
+        wait_until(lambda: postfix(conf, "status").returncode != 0, 15, "postfix to stop")
 
 
 def test_swaks_submits_with_starttls_and_auth(admin: Admin) -> None:

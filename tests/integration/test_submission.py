@@ -15,22 +15,24 @@ import aiosmtplib
 import pytest
 
 from relay.clock import FakeClock
-from relay.config import Duration, Limits, Size
+from relay.config import Duration, Size
 from relay.queue.store import StoreFull, StoreUnavailable
 from relay.smtp import replies as R
 from relay.smtp.message import extract_headers, parse_tags, received_header
 from relay.smtp.server import SubmissionServer
 from relay.testing.submission import (
+    PASSWORD,
+    USER,
     RawClient,
     RecordingSubmitter,
     Tls,
+    app_users,
     make_listener,
-    make_users,
     running_server,
 )
+from relay.testing.submission import fast_limits as limits
 from relay.users import UserStore
 
-USER, PASSWORD = "app", "s3cret-pw"
 PLAIN_OK = base64.b64encode(f"\0{USER}\0{PASSWORD}".encode()).decode()
 
 
@@ -40,11 +42,6 @@ def plain(user: str, password: str) -> str:
 
 def b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
-
-
-def limits(**kw: object) -> Limits:
-    kw.setdefault("auth_failure_delay", Duration(0.0))
-    return Limits(**kw)  # type: ignore[arg-type]
 
 
 def expect(reply: object, want: R.Reply) -> None:
@@ -63,7 +60,7 @@ def tls() -> Tls:
 
 @pytest.fixture(scope="module")
 def users(tmp_path_factory: pytest.TempPathFactory) -> UserStore:
-    return make_users(tmp_path_factory.mktemp("users"), **{USER: PASSWORD})
+    return app_users(tmp_path_factory.mktemp("users"))
 
 
 @pytest.fixture

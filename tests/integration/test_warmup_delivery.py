@@ -10,7 +10,6 @@ Time is a FakeClock: the next day is one jump away.
 from __future__ import annotations
 
 import datetime as dt
-import random
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,16 +19,12 @@ import pytest
 
 from relay.clock import FakeClock
 from relay.config import Config, from_dict
-from relay.delivery.client import Sender
-from relay.delivery.routing import Router
-from relay.delivery.scheduler import Scheduler
-from relay.delivery.shaper import ShapedSender
-from relay.dns.resolver import DnsResolver
-from relay.events.log import EventLog, read_events
+from relay.events.log import read_events
 from relay.queue.records import State
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.store import NewMessage
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Rules, Sink
+from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
 
 DAY = 86400.0
 START = 1_790_035_200.0 + 9 * 3600   # 2026-09-22 09:00 UTC
@@ -38,29 +33,21 @@ CAPS = [3, 5]
 
 @pytest.fixture
 def dns_server() -> Iterator[DnsServer]:
-    zone = {
-        "a.test": [("MX", "10 mx.prova.test")],
-        "a2.test": [("MX", "10 mx.prova.test")],
-        "mx.prova.test": [("A", "127.0.0.2")],
-        "b.test": [("MX", "10 mx.provb.test")],
-        "mx.provb.test": [("A", "127.0.0.3")],
-    }
-    with DnsServer(zone) as server:
+    with provider_dns() as server:
         yield server
 
 
 @pytest.fixture
 def sinks() -> Iterator[tuple[Sink, Sink]]:
-    with Sink("127.0.0.2", 0) as a, Sink("127.0.0.3", a.port) as b:
-        yield a, b
+    with provider_sinks() as pair:
+        yield pair
 
 
-class Harness:
+class Harness(DeliveryHarness):
     def __init__(self, tmp: Path, dns_port: int, sink_port: int, overflow: str,
                  clock: FakeClock) -> None:
-        self.clock = clock
         start = dt.datetime.fromtimestamp(START, dt.UTC).date().isoformat()
-        self.cfg: Config = from_dict({
+        cfg: Config = from_dict({
             "server": {"hostname": "relay.test", "state_dir": str(tmp)},
             "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "2s"},
             "delivery": {"port": sink_port, "pool": "dedicated", "retry_jitter": 0.0},
@@ -77,51 +64,24 @@ class Harness:
                 {"name": "shared", "ips": [{"address": "127.0.0.12", "ehlo": "mta12.test"}]},
             ],
         })
-        self.store = QueueStore(tmp / "queue", self.clock)
-        self.events = EventLog(tmp / "events.jsonl")
-        resolver = DnsResolver.from_config(self.cfg.dns, self.clock)
-        self.sender = Sender(self.cfg.delivery, hostname="relay.test", clock=self.clock)
-        self.shaped = ShapedSender(self.cfg, self.sender, self.store, self.clock)
-        self.scheduler = Scheduler(
-            self.store, Router(self.cfg.delivery, resolver, random.Random(1)), self.shaped,
-            self.events, self.clock, self.cfg.delivery, hostname="relay.test",
-            rng=random.Random(2))
+        super().__init__(tmp, cfg, clock, tmp / "events.jsonl")
 
     async def submit(self, *rcpts: str) -> None:
         for rcpt in rcpts:
             await self.store.submit_record(NewMessage(
                 sender="app@example.com", recipients=[rcpt], body=b"Subject: hi\r\n\r\nhi\r\n"))
 
-    async def run_until(self, until: float) -> None:
-        while True:
-            await self.scheduler.run_until_idle()
-            nd = self.store.next_due_at()
-            if nd is None or nd > until:
-                return
-            self.clock.set(max(nd, self.clock.now()))
-
-    async def close(self) -> None:
-        await self.shaped.close()
-        await self.sender.close()
-        await self.store.close()
-        self.events.close()
-
 
 @pytest.fixture
 async def make(tmp_path: Path, dns_server: DnsServer, sinks: tuple[Sink, Sink]) -> Any:
-    made: list[Harness] = []
+    started: Started[Harness] = Started()
 
     async def factory(overflow: str, clock: FakeClock | None = None) -> Harness:
-        h = Harness(tmp_path, dns_server.port, sinks[0].port, overflow,
-                    clock or FakeClock(START))
-        await h.store.start()
-        made.append(h)
-        return h
+        return await started.start(Harness(tmp_path, dns_server.port, sinks[0].port, overflow,
+                                           clock or FakeClock(START)))
 
     yield factory
-    for h in made:
-        if h.store._committer is not None:
-            await h.close()
+    await started.close()
 
 
 def peers(*sinks: Sink) -> Counter[str]:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import random
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -25,15 +24,11 @@ from aiosmtpd.smtp import Envelope
 from relay.cli import main
 from relay.clock import FakeClock
 from relay.config import Config, from_dict
-from relay.delivery.client import Sender
-from relay.delivery.routing import Router
-from relay.delivery.scheduler import Scheduler
-from relay.delivery.shaper import ShapedSender
-from relay.dns.resolver import DnsResolver
-from relay.events.log import EventLog, read_events
-from relay.queue.store import NewMessage, QueueStore
+from relay.events.log import read_events
+from relay.queue.store import NewMessage
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Rules, Sink
+from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
 from relay.users import UserStore
 from relay.warmup import lanes
 
@@ -43,21 +38,14 @@ DAY_ONE = dt.datetime.fromtimestamp(START, dt.UTC).date().isoformat()
 
 @pytest.fixture
 def dns_server() -> Iterator[DnsServer]:
-    zone = {
-        "a.test": [("MX", "10 mx.prova.test")],
-        "a2.test": [("MX", "10 mx.prova.test")],
-        "mx.prova.test": [("A", "127.0.0.2")],
-        "b.test": [("MX", "10 mx.provb.test")],
-        "mx.provb.test": [("A", "127.0.0.3")],
-    }
-    with DnsServer(zone) as server:
+    with provider_dns() as server:
         yield server
 
 
 @pytest.fixture
 def sinks() -> Iterator[tuple[Sink, Sink]]:
-    with Sink("127.0.0.2", 0) as a, Sink("127.0.0.3", a.port) as b:
-        yield a, b
+    with provider_sinks() as pair:
+        yield pair
 
 
 def settings(tmp: Path, dns_port: int, sink_port: int, *, caps: list[int],
@@ -86,26 +74,17 @@ def settings(tmp: Path, dns_port: int, sink_port: int, *, caps: list[int],
     }
 
 
-class Harness:
+class Harness(DeliveryHarness):
     """The delivery half of relay/app.py: scheduler → shaper → client, lanes wired in."""
 
     def __init__(self, tmp: Path, settings: dict[str, Any]) -> None:
-        self.clock = FakeClock(START)
-        self.cfg: Config = from_dict(settings)
-        self.store = QueueStore(tmp / "queue", self.clock)
-        self.events = EventLog(self.cfg.state_path / self.cfg.events.log)
+        cfg: Config = from_dict(settings)
+        super().__init__(tmp, cfg, FakeClock(START), cfg.state_path / cfg.events.log)
         self.users = UserStore(tmp / "users.json")
-        resolver = DnsResolver.from_config(self.cfg.dns, self.clock)
-        self.sender = Sender(self.cfg.delivery, hostname="relay.test", clock=self.clock)
-        self.shaped = ShapedSender(self.cfg, self.sender, self.store, self.clock)
         self.shaped.event_log = self.events
         self.shaped.choose = lambda msg: (
             lanes.pool_of(self.cfg, msg, self.users.default_pool(msg.auth_user)),
             lanes.priority_of(self.cfg, msg))
-        self.scheduler = Scheduler(
-            self.store, Router(self.cfg.delivery, resolver, random.Random(1)), self.shaped,
-            self.events, self.clock, self.cfg.delivery, hostname="relay.test",
-            rng=random.Random(2))
         self.scheduler.lane_of = lambda msg: lanes.priority_of(self.cfg, msg)
 
     async def submit(self, rcpt: str, *, cs: str = "", user: str = "",
@@ -114,35 +93,17 @@ class Harness:
             sender="app@example.com", recipients=[rcpt], body=b"Subject: hi\r\n\r\nhi\r\n",
             auth_user=user, configuration_set=cs, tags=tags or {}))
 
-    async def run_until(self, until: float) -> None:
-        while True:
-            await self.scheduler.run_until_idle()
-            nd = self.store.next_due_at()
-            if nd is None or nd > until:
-                return
-            self.clock.set(max(nd, self.clock.now()))
-
-    async def close(self) -> None:
-        await self.shaped.close()
-        await self.sender.close()
-        await self.store.close()
-        self.events.close()
-
 
 @pytest.fixture
 async def make(tmp_path: Path, dns_server: DnsServer, sinks: tuple[Sink, Sink]) -> Any:
-    made: list[Harness] = []
+    started: Started[Harness] = Started()
 
     async def factory(**kw: Any) -> Harness:
-        h = Harness(tmp_path, settings(tmp_path, dns_server.port, sinks[0].port, **kw))
-        await h.store.start()
-        made.append(h)
-        return h
+        return await started.start(
+            Harness(tmp_path, settings(tmp_path, dns_server.port, sinks[0].port, **kw)))
 
     yield factory
-    for h in made:
-        if h.store._committer is not None:
-            await h.close()
+    await started.close()
 
 
 def by_rcpt(*sinks: Sink) -> dict[str, str]:

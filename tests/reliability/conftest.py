@@ -10,17 +10,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from relay.config import Duration, Limits
 from relay.smtp.server import SubmissionServer
-from relay.testing.submission import RecordingSubmitter, Tls, make_users, running_server
+from relay.testing.submission import RecordingSubmitter, Tls, app_users, running_server
+from relay.testing.submission import fast_limits as limits
 from relay.users import UserStore
-
-USER, PASSWORD = "app", "s3cret-pw"
-
-
-def limits(**kw: object) -> Limits:
-    kw.setdefault("auth_failure_delay", Duration(0.0))
-    return Limits(**kw)  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +23,7 @@ def tls() -> Tls:
 
 @pytest.fixture(scope="session")
 def users(tmp_path_factory: pytest.TempPathFactory) -> UserStore:
-    return make_users(tmp_path_factory.mktemp("users"), **{USER: PASSWORD})
+    return app_users(tmp_path_factory.mktemp("users"))
 
 
 @pytest.fixture
