@@ -234,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-postfix", action="store_true", help="relay and ceilings only")
     p.add_argument("--no-ceiling", action="store_true")
     p.add_argument("--workers2", action="store_true",
-                   help="also run relay's plain listener with server.workers = 2")
+                   help="also run relay with server.workers = 2 (every figure, and the "
+                        "plain-listener ceiling)")
     p.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
     args = p.parse_args(argv)
     if args.messages < 1 or args.repeat < 1 or args.repeat > 9:
@@ -273,6 +274,10 @@ def main(argv: list[str] | None = None) -> int:
                 record(("relay", size, mode), lambda i, s=size, r=reuse, m=mode: run_relay(
                     s, args.messages, args.sessions, r, args.timeout,
                     tmp / f"relay-{s}-{m}-{i}"))
+                if args.workers2:
+                    record(("relay-w2", size, mode), lambda i, s=size, r=reuse, m=mode:
+                           run_relay(s, args.messages, args.sessions, r, args.timeout,
+                                     tmp / f"relay2-{s}-{m}-{i}", workers=2))
                 if why is None:
                     record(("postfix", size, mode), lambda i, s=size, r=reuse: run_postfix(
                         s, args.messages, args.sessions, r, args.timeout))
@@ -294,19 +299,37 @@ def main(argv: list[str] | None = None) -> int:
         return median_of(results.get((who, size, mode), []), key)
 
     label = {"new": "new connection per message", "reuse": "connections reused"}
-    lines = ["| figure | relay | Postfix | ratio |", "|---|---:|---:|---:|"]
+    w2 = args.workers2
+    if w2:
+        lines = ["| figure | relay, 1 process | relay, workers = 2 | Postfix "
+                 "| ratio (1 process) | ratio (workers = 2) |",
+                 "|---|---:|---:|---:|---:|---:|"]
+    else:
+        lines = ["| figure | relay | Postfix | ratio |", "|---|---:|---:|---:|"]
+
+    def row(what: str, a: float | None, a2: float | None, b: float | None, digits: int,
+            ratios: bool) -> str:
+        if w2:
+            return (f"| {what} | {fmt(a, digits)} | {fmt(a2, digits)} | {fmt(b, digits)} "
+                    f"| {ratio(a, b) if ratios else '-'} "
+                    f"| {ratio(a2, b) if ratios else '-'} |")
+        return f"| {what} | {fmt(a, digits)} | {fmt(b, digits)} | " \
+               f"{ratio(a, b) if ratios else '-'} |"
+
     for key, what in (("accept_rate", "accept msgs/s"), ("e2e_rate", "end-to-end msgs/s")):
         for size in sizes:
             for mode in modes:
-                a, b = med("relay", size, mode, key), med("postfix", size, mode, key)
-                lines.append(f"| {what}, {size // 1024} KB, {label.get(mode, mode)} "
-                             f"| {fmt(a)} | {fmt(b)} | {ratio(a, b)} |")
+                lines.append(row(f"{what}, {size // 1024} KB, {label.get(mode, mode)}",
+                                 med("relay", size, mode, key),
+                                 med("relay-w2", size, mode, key),
+                                 med("postfix", size, mode, key), 0, True))
     for size in sizes:
         for mode in modes:
             for q in ("p50_ms", "p99_ms"):
-                a, b = med("relay", size, mode, q), med("postfix", size, mode, q)
-                lines.append(f"| {q[:3]} end-of-DATA → 250 ms, {size // 1024} KB, "
-                             f"{label.get(mode, mode)} | {fmt(a, 1)} | {fmt(b, 1)} | - |")
+                lines.append(row(f"{q[:3]} end-of-DATA → 250 ms, {size // 1024} KB, "
+                                 f"{label.get(mode, mode)}", med("relay", size, mode, q),
+                                 med("relay-w2", size, mode, q),
+                                 med("postfix", size, mode, q), 1, False))
     out = "\n".join(lines)
     if not args.no_ceiling:
         size = sizes[0]
@@ -318,9 +341,9 @@ def main(argv: list[str] | None = None) -> int:
               f"| relay, 1 process, trusted_networks listener, {size // 1024} KB "
               f"| {fmt(plain)} | {ratio(plain, noop)} |"]
         if args.workers2:
-            w2 = med("relay-plain-w2", size, "reuse", "accept_rate")
-            cl.append(f"| relay, server.workers = 2, {size // 1024} KB | {fmt(w2)} "
-                      f"| {ratio(w2, noop)} |")
+            pw2 = med("relay-plain-w2", size, "reuse", "accept_rate")
+            cl.append(f"| relay, server.workers = 2, {size // 1024} KB | {fmt(pw2)} "
+                      f"| {ratio(pw2, noop)} |")
         out += "\n\n" + "\n".join(cl)
     failures = {f"{k[0]} {k[1] // 1024} KB {k[2]}": r["failed"]
                 for k, runs in results.items() for r in runs if r.get("failed")}

@@ -303,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
                    help='TOML appended to the relay config, e.g. "[dkim]\\nsign_processes = 0"')
     p.add_argument("--commit-window", type=float, default=None,
                    help="server.commit_window in seconds (default: relay's)")
+    p.add_argument("--workers", type=int, default=1, help="server.workers")
     args = p.parse_args(argv)
     if args.tls == "implicit":
         p.error("the generated config has no implicit-TLS listener; use starttls or none")
@@ -313,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ceilings: list[dict[str, Any]] = []
     for size in sizes:
         sc = Scenario(size, args.messages, args.sessions, args.tls, args.reuse,
+                      workers=args.workers,
                       profile=f"{args.profile}-{size}.txt" if args.profile else "",
                       extra=args.config_extra.replace("\\n", "\n"),
                       commit_window=args.commit_window)

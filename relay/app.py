@@ -59,6 +59,7 @@ from relay.simulator import Simulator
 from relay.smtp import AuthPolicy, SubmissionServer
 from relay.smtp import replies as R
 from relay.smtp.session import MessageRefused
+from relay.supervisor import worker_share
 from relay.suppression.guard import Suppressor
 from relay.tlsutil import ensure_self_signed, server_context
 from relay.users import UserStore
@@ -155,6 +156,8 @@ class RelayApp:
         # destinations of shard i (delivery, recovery); worker 0 also runs the admin API
         # and the feedback listener.
         self.worker = worker if worker is not None and worker[1] > 1 else None
+        # A worker enforces its share of per-destination limits (relay/supervisor.py).
+        cfg = self.cfg = worker_share(cfg, self.worker)
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
         self.state_dir = cfg.state_path
@@ -227,12 +230,15 @@ class RelayApp:
         # and binds the source IP, keeps the per-IP caps and holds the excess. The pool and
         # priority lane of each message: its configuration set, then its credential's
         # default pool, then delivery.pool (relay/warmup/lanes.py).
-        self.shaped = (ShapedSender(cfg, self.attempts, self.store, self.clock)
+        self.shaped = (ShapedSender(cfg, self.attempts, self.store, self.clock,
+                                    share=self.worker)
                        if cfg.delivery.pool or cfg.pool else None)
         if self.shaped is not None:
             self.shaped.choose = self._pool_and_lane
             self.shaped.event_log = self.events
-        self.identities = IdentityStore.in_state_dir(self.state_dir, self.clock)
+        # Looked at on every message: at most every 0.5 s (an edit by `relay identity`
+        # shows within that; SIGHUP at once).
+        self.identities = IdentityStore.in_state_dir(self.state_dir, self.clock, recheck=0.5)
         self.dkim_keys = KeyStore.in_state_dir(self.state_dir, self.clock,
                                                rsa_bits=cfg.dkim.rsa_bits)
         verp = Verp.from_state_dir(self.state_dir)
@@ -439,7 +445,7 @@ class RelayApp:
         running (listeners, sessions, queue). An invalid config or certificate changes
         nothing. Returns (applied, one-line summary)."""
         try:
-            new = load(path)
+            new = worker_share(load(path), self.worker)
         except ConfigError as e:
             return False, f"config {path} is not valid, keeping the running one: " + \
                 "; ".join(e.problems)
@@ -474,6 +480,7 @@ class RelayApp:
         for cache in ("_cache", "_private"):
             getattr(self.dkim_keys, cache, {}).clear()
         self.users.read_all()
+        self.identities.refresh()
         summary = "reloaded config, TLS certificate, credentials and DKIM keys"
         if needs_restart:
             summary += ("; changes to " + ", ".join(f"[{n}]" for n in needs_restart)

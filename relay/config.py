@@ -250,7 +250,8 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     connect_timeout: Duration = Duration(30.0)
     command_timeout: Duration = Duration(300.0)
     data_timeout: Duration = Duration(600.0)
-    max_connections_per_destination: PositiveInt = 10
+    # 20: Postfix's default_destination_concurrency_limit.
+    max_connections_per_destination: PositiveInt = 20
     max_messages_per_connection: PositiveInt = 100
     max_recipients_per_transaction: PositiveInt = 100
     # In-memory ready queue per destination (Postfix's active queue limit).

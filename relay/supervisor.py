@@ -3,11 +3,18 @@
 Each worker is a fresh interpreter (`python -m relay serve`, with $RELAY_WORKER = "i/N"):
 its own event loop and its own LMDB environment (nothing is shared across fork, which
 LMDB forbids). Workers bind the listening ports with SO_REUSEPORT, so the kernel spreads
-connections over them. Delivery is split by destination: worker i leases only recipients
-whose domain hashes to i (relay.queue.store.shard_of), so no two processes ever deliver
-the same recipient, and at start worker i recovers only its own in-flight recipients (a
-worker restarted after kill -9 recovers what it had leased while the others keep going).
-LMDB serialises write transactions across processes with its own lock.
+connections over them. Delivery is split by message: the id of a message accepted by
+worker i carries i (relay.queue.store.shard_of), and worker i leases only recipients of
+such messages, so no two processes ever deliver the same recipient, each delivers what it
+accepted (one hot destination such as gmail.com keeps every core busy, which splitting
+by destination did not), and at start worker i recovers only its own in-flight
+recipients (a worker restarted after kill -9 recovers what it had leased while the others
+keep going). LMDB serialises write transactions across processes with its own lock.
+
+Because every worker may send to every destination, each enforces its share of every
+per-destination and per-IP limit (`worker_share`, `split`): connections per destination
+and per provider site, site rates, and warm-up caps (relay/warmup/gate.py), so the
+workers together stay within the configured figures.
 
 The supervisor prepares what workers would otherwise race on (state dir, self-signed
 certificate, the development credential), starts the workers, reports ready once all are
@@ -28,6 +35,8 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from relay import sdnotify
 from relay.config import Config
@@ -50,6 +59,35 @@ def worker_from_env() -> tuple[int, int] | None:
     if not 0 <= i < n:
         raise ValueError(f"${WORKER_ENV}={raw!r}: expected I/N with 0 <= I < N")
     return i, n
+
+
+def split(total: int, worker: tuple[int, int] | None) -> int:
+    """Worker i's share of an integer limit: the shares of all workers add up to `total`
+    exactly (the first `total % N` workers get one more). 0 (no limit) stays 0."""
+    if worker is None or total <= 0:
+        return total
+    i, n = worker
+    return total // n + (1 if i < total % n else 0)
+
+
+def worker_share(cfg: Config, worker: tuple[int, int] | None) -> Config:
+    """`cfg` with the per-destination limits a worker enforces: its share of
+    delivery.max_connections_per_destination and of each [[provider]]'s connections and
+    rates (at least one connection each, so no destination is starved). Warm-up caps are
+    split by the gate (relay.warmup.gate.WarmupGate.share)."""
+    if worker is None or worker[1] <= 1:
+        return cfg
+    n = worker[1]
+    delivery = msgspec.structs.replace(
+        cfg.delivery, max_connections_per_destination=max(
+            1, split(cfg.delivery.max_connections_per_destination, worker)))
+    # 0 means "no limit" for the hourly figure, so a share is at least 1.
+    providers = [msgspec.structs.replace(
+        p, max_connections=max(1, split(p.max_connections, worker)),
+        messages_per_second=p.messages_per_second / n,
+        messages_per_hour=max(1, split(p.messages_per_hour, worker)) if p.messages_per_hour
+        else 0) for p in cfg.provider]
+    return msgspec.structs.replace(cfg, delivery=delivery, provider=providers)
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Owns: the only use of aiosmtplib in relay. `Sender.send()` tries the targets
 (MX hosts, already ordered by routing) in order, speaks EHLO / STARTTLS /
 MAIL / RCPT… / DATA, and returns one Outcome per recipient. Idle connections
-are kept per (destination, source address) and reused, RSET first.
+are kept per (destination, source address) and reused.
 
 Must not: raise. Every library exception, OSError and timeout is translated
 here into an Outcome via relay.delivery.classify (STYLE §3 rule 9); only
@@ -28,8 +28,18 @@ Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
   config, the call and the targets applies; a pooled connection is reused only
   if it was made at least as strictly.
 - One transaction per message: RCPT for each recipient, per-recipient RCPT
-  replies recorded; if none accepted, RSET instead of DATA; the DATA reply
-  applies to every accepted recipient.
+  replies recorded; the DATA reply applies to every accepted recipient.
+- PIPELINING (RFC 2920 §3.1) when the server offers it: MAIL, every RCPT and
+  DATA go in one write and the replies are read in order. A refused MAIL fails
+  every recipient with its reply. With no recipient accepted the server refuses
+  DATA (503/554); a broken one that says 354 gets the lone "." and never the
+  body. Without PIPELINING: one command at a time, and RSET instead of DATA
+  when no recipient was accepted.
+- A pooled connection goes straight to MAIL if its last transaction ended
+  cleanly (Postfix's connection cache does the same); RSET only after one was
+  abandoned half-way (DATA refused). A reused connection that turns out dead
+  before it answered anything (so no body was sent: nothing can be delivered
+  twice) is dropped and the message tried once more on a fresh connection.
 - aiosmtplib normalises bare CR/LF to CRLF and dot-stuffs on the wire
   (RELIABILITY V2) and refuses control characters in addresses with ValueError
   (V6), mapped to `501 5.1.3 invalid address`.
@@ -41,6 +51,7 @@ import asyncio
 import contextlib
 import re
 import ssl
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -54,7 +65,17 @@ from aiosmtplib import (
     SMTPServerDisconnected,
     SMTPTimeoutError,
 )
-from aiosmtplib.email import parse_address
+from aiosmtplib.email import parse_address, quote_address
+from aiosmtplib.errors import SMTPReadTimeoutError
+from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
+    MAX_RESPONSE_LENGTH,
+    PERIOD_REGEX,
+    SMTPProtocol,
+    normalize_message_line_endings,
+)
+from aiosmtplib.response import SMTPResponse
+from aiosmtplib.typing import SMTPStatus
 
 from relay.clock import Clock, SystemClock
 from relay.config import Delivery
@@ -100,6 +121,7 @@ class _Conn:
     idle_since: float = 0.0
     site: str = ""          # the shaping site it counts against ("" = none)
     verified: bool = False  # the certificate was checked against host_name
+    rset_needed: bool = False  # the last transaction was abandoned half-way
 
 
 class _TargetFailed(Exception):
@@ -166,6 +188,146 @@ def _valid_address(address: str) -> bool:
 
 def _remote_name(host_name: str, address: str) -> str:
     return host_name.rstrip(".") or address
+
+
+def _command(*args: bytes) -> bytes:
+    """One command line, built and checked as aiosmtplib's execute_command does (V6)."""
+    for arg in args:
+        if COMMAND_INJECTION_REGEX.search(arg):
+            raise ValueError("Command arg contains a prohibited control character")
+    return b" ".join(args) + b"\r\n"
+
+
+def _wire_body(data: bytes) -> bytes:
+    """The message as aiosmtplib's DATA puts it on the wire: bare CR/LF → CRLF,
+    dot-stuffed, ended by "." (RELIABILITY V2)."""
+    return PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+
+
+def _failed(e: BaseException, name: str) -> Outcome:
+    if isinstance(e, SMTPResponseException):
+        return from_reply(e.code, e.message, name)
+    return from_failure(_failure_kind(e), name, _short(e), name)
+
+
+def _refused(reply: SMTPResponse, name: str) -> Outcome:
+    """A reply other than the one expected; a 2xx/3xx here is a protocol error, not success."""
+    if reply.code // 100 in (4, 5):
+        return from_reply(reply.code, reply.message, name)
+    return Outcome("deferred", 451, "4.5.0",
+                   f"unexpected reply {reply.code} {reply.message.strip()}".rstrip(), name)
+
+
+def _fill(out: list[Outcome | None], o: Outcome,
+          indices: Sequence[int] | None = None) -> list[Outcome]:
+    """Give `o` to the recipients (all, or `indices`) that have no outcome yet."""
+    for i in range(len(out)) if indices is None else indices:
+        if out[i] is None:
+            out[i] = o
+    return [x if x is not None else o for x in out]
+
+
+class _PipeliningProtocol(SMTPProtocol):
+    """aiosmtplib's protocol, able to read several replies to one write (RFC 2920).
+
+    The stock protocol expects one reply per write: it parses one reply per
+    data_received and drops bytes arriving while that reply waits to be picked
+    up, which is exactly where a pipelining server's next replies land. Between
+    start_pipeline() and stop_pipeline() every complete reply is queued instead;
+    otherwise it is the stock protocol (its unsolicited-data and STARTTLS
+    defences included). `adopt()` converts a connected aiosmtplib.SMTP's protocol.
+    """
+
+    _pipelining: bool
+    _replies: deque[SMTPResponse]
+    _failure: BaseException | None
+    _wakeup: asyncio.Future[None] | None
+
+    @classmethod
+    def adopt(cls, smtp: aiosmtplib.SMTP) -> None:
+        proto, transport = smtp.protocol, smtp.transport
+        if proto is None or transport is None or isinstance(proto, cls):
+            return
+        proto.__class__ = cls
+        assert isinstance(proto, cls)
+        proto._pipelining = False
+        proto._replies = deque()
+        proto._failure = None
+        proto._wakeup = None
+        # uvloop binds data_received when the protocol is set: bind it again.
+        transport.set_protocol(proto)
+
+    def start_pipeline(self) -> None:
+        del self._buffer[:]  # anything not yet asked for is unsolicited
+        self._replies.clear()
+        self._failure = None
+        self._pipelining = True
+
+    def stop_pipeline(self) -> bool:
+        """Back to one reply per command; True if replies nobody asked for were left."""
+        extra = bool(self._replies) or bool(self._buffer)
+        self._pipelining = False
+        self._replies.clear()
+        del self._buffer[:]
+        return extra
+
+    async def read_reply(self, timeout: float | None) -> SMTPResponse:
+        """The next reply in order; SMTPServerDisconnected / SMTPReadTimeoutError / a
+        malformed reply raise as they do from aiosmtplib."""
+        while not self._replies:
+            if self._failure is not None:
+                raise self._failure
+            if self.transport is None:
+                raise SMTPServerDisconnected("Connection lost")
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._wakeup = waiter
+            try:
+                await asyncio.wait_for(waiter, timeout)
+            except TimeoutError as exc:
+                raise SMTPReadTimeoutError("Timed out waiting for server response") from exc
+            finally:
+                self._wakeup = None
+        return self._replies.popleft()
+
+    def _wake(self) -> None:
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        self._wake()
+
+    def data_received(self, data: bytes) -> None:
+        if not self._pipelining:
+            super().data_received(data)
+            return
+        if self._failure is not None:
+            return
+        self._buffer.extend(data)
+        try:
+            while (reply := self._read_response_from_buffer()) is not None:
+                self._replies.append(reply)
+            if len(self._buffer) > MAX_RESPONSE_LENGTH:
+                raise SMTPResponseException(-1, "Response too long")
+        except Exception as exc:  # a malformed or endless reply
+            del self._buffer[:]
+            self._fail(exc)
+            return
+        if self._replies:
+            self._wake()
+
+    def eof_received(self) -> bool:
+        if self._pipelining:
+            self._fail(SMTPServerDisconnected("Unexpected EOF received"))
+        return super().eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self._pipelining:
+            lost = SMTPServerDisconnected("Connection lost")
+            lost.__cause__ = exc
+            self._fail(lost)
 
 
 class Sender:
@@ -252,8 +414,8 @@ class Sender:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
             outcomes, keep, fresh_retry = await self._transact(conn, sender, recipients, data)
             if reused and fresh_retry:
-                # The pooled connection died under us before MAIL was accepted:
-                # nothing was attempted, so a fresh connection costs no duplicate.
+                # The pooled connection was dead: it answered nothing, so no body was
+                # sent and a fresh connection cannot deliver the message twice.
                 await self._discard(conn)
                 conn, failed = await self._open_site(site, max_connections, destination,
                                                      targets, src, ehlo, policy)
@@ -331,11 +493,13 @@ class Sender:
                     or not conn.smtp.is_connected):
                 await self._discard(conn, polite=conn.smtp.is_connected)
                 continue
-            try:
-                await conn.smtp.rset(timeout=self._cfg.command_timeout)
-            except Exception:
-                await self._discard(conn)
-                continue
+            if conn.rset_needed:  # the last transaction was left half-way
+                try:
+                    await conn.smtp.rset(timeout=self._cfg.command_timeout)
+                except Exception:
+                    await self._discard(conn)
+                    continue
+                conn.rset_needed = False
             return conn
         return None
 
@@ -435,6 +599,7 @@ class Sender:
         stage = "connect"
         try:
             await smtp.connect(timeout=cfg.connect_timeout)
+            _PipeliningProtocol.adopt(smtp)
             stage = "ehlo"
             await self._hello(smtp)
             tls = False
@@ -494,24 +659,9 @@ class Sender:
 
     async def _transact(self, conn: _Conn, sender: str, recipients: Sequence[str],
                         data: bytes) -> tuple[list[Outcome], bool, bool]:
-        """Run MAIL/RCPT/DATA. Returns (outcomes, connection reusable, failed before MAIL)."""
-        cfg = self._cfg
+        """Run MAIL/RCPT/DATA. Returns (outcomes, connection reusable, retry on a fresh
+        connection: it failed before the server answered anything); sets conn.rset_needed."""
         smtp = conn.smtp
-        name = _remote_name(conn.host_name, conn.address)
-        n = len(recipients)
-        out: list[Outcome | None] = [None] * n
-
-        def fill(o: Outcome, indices: Sequence[int] | None = None) -> list[Outcome]:
-            for i in range(n) if indices is None else indices:
-                if out[i] is None:
-                    out[i] = o
-            return [x if x is not None else o for x in out]
-
-        def failed(e: BaseException) -> Outcome:
-            if isinstance(e, SMTPResponseException):
-                return from_reply(e.code, e.message, name)
-            return from_failure(_failure_kind(e), name, _short(e), name)
-
         # MAIL FROM, with the ESMTP parameters the server understands.
         utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
         encoding = "utf-8" if utf8 and smtp.supports_extension("smtputf8") else "ascii"
@@ -522,13 +672,28 @@ class Sender:
             options.append("BODY=8BITMIME")
         if encoding == "utf-8":
             options.append("SMTPUTF8")
+        conn.rset_needed = False
+        proto = smtp.protocol
+        if isinstance(proto, _PipeliningProtocol) and smtp.supports_extension("pipelining"):
+            return await self._transact_pipelined(conn, proto, sender, recipients, data,
+                                                  encoding, options)
+        return await self._transact_serial(conn, sender, recipients, data, encoding, options)
+
+    async def _transact_serial(self, conn: _Conn, sender: str, recipients: Sequence[str],
+                               data: bytes, encoding: str,
+                               options: list[str]) -> tuple[list[Outcome], bool, bool]:
+        """One command, one round trip (servers without PIPELINING)."""
+        cfg = self._cfg
+        smtp = conn.smtp
+        name = _remote_name(conn.host_name, conn.address)
+        out: list[Outcome | None] = [None] * len(recipients)
         try:
             await smtp.mail(sender, options=options, encoding=encoding,
                             timeout=cfg.command_timeout)
         except (ValueError, SMTPResponseException) as e:
-            return fill(failed(e)), smtp.is_connected, False
+            return _fill(out, _failed(e, name)), smtp.is_connected, False
         except (SMTPException, OSError) as e:
-            return fill(failed(e)), False, True
+            return _fill(out, _failed(e, name)), False, True
 
         accepted: list[int] = []
         for i, rcpt in enumerate(recipients):
@@ -536,23 +701,109 @@ class Sender:
                 await smtp.rcpt(rcpt, encoding=encoding, timeout=cfg.command_timeout)
                 accepted.append(i)
             except (ValueError, SMTPResponseException) as e:
-                out[i] = failed(e)
+                out[i] = _failed(e, name)
                 if not smtp.is_connected:  # 421: the server is closing
-                    return fill(failed(e)), False, False
+                    return _fill(out, _failed(e, name)), False, False
             except (SMTPException, OSError) as e:
-                return fill(failed(e)), False, False
+                return _fill(out, _failed(e, name)), False, False
 
         if not accepted:
             try:
                 await smtp.rset(timeout=cfg.command_timeout)
             except Exception:
-                return fill(from_failure("local_error", name)), False, False
-            return fill(from_failure("local_error", name)), True, False
+                return _fill(out, from_failure("local_error", name)), False, False
+            return _fill(out, from_failure("local_error", name)), True, False
 
         try:
             reply = await smtp.data(data, timeout=cfg.data_timeout)
         except SMTPResponseException as e:
-            return fill(failed(e), accepted), smtp.is_connected, False
+            # DATA itself or the message refused: aiosmtplib does not say which, so
+            # RSET before the connection's next MAIL.
+            conn.rset_needed = True
+            return _fill(out, _failed(e, name), accepted), smtp.is_connected, False
         except (ValueError, SMTPException, OSError) as e:
-            return fill(failed(e), accepted), False, False
-        return fill(from_reply(reply.code, reply.message, name), accepted), True, False
+            return _fill(out, _failed(e, name), accepted), False, False
+        return _fill(out, from_reply(reply.code, reply.message, name), accepted), True, False
+
+    async def _transact_pipelined(self, conn: _Conn, proto: _PipeliningProtocol, sender: str,
+                                  recipients: Sequence[str], data: bytes, encoding: str,
+                                  options: list[str]) -> tuple[list[Outcome], bool, bool]:
+        """MAIL, RCPT… and DATA in one write, then the replies in order (RFC 2920 §3.1)."""
+        cfg = self._cfg
+        smtp = conn.smtp
+        name = _remote_name(conn.host_name, conn.address)
+        out: list[Outcome | None] = [None] * len(recipients)
+        # Commands are built (and refused, V6) exactly as aiosmtplib's mail()/rcpt() do.
+        try:
+            group = [_command(b"MAIL", b"FROM:" + quote_address(sender).encode(encoding),
+                              *(o.encode("ascii") for o in options))]
+        except ValueError as e:
+            return _fill(out, _failed(e, name)), smtp.is_connected, False
+        sent: list[int] = []
+        for i, rcpt in enumerate(recipients):
+            try:
+                group.append(_command(b"RCPT", b"TO:" + quote_address(rcpt).encode(encoding)))
+            except ValueError as e:
+                out[i] = _failed(e, name)
+            else:
+                sent.append(i)
+        if not sent:
+            return _fill(out, from_failure("local_error", name)), smtp.is_connected, False
+        group.append(b"DATA\r\n")
+
+        answered = False  # has the server replied to anything yet?
+        proto.start_pipeline()
+        try:
+            proto.write(b"".join(group))
+            mail = await proto.read_reply(cfg.command_timeout)
+            answered = True
+            mail_ok = mail.code == SMTPStatus.completed
+            if not mail_ok:  # every recipient fails with MAIL's reply
+                _fill(out, _refused(mail, name))
+                if mail.code == SMTPStatus.domain_unavailable:
+                    smtp.close()
+                    return _fill(out, _refused(mail, name)), False, False
+            accepted: list[int] = []
+            for i in sent:
+                reply = await proto.read_reply(cfg.command_timeout)
+                if reply.code == SMTPStatus.domain_unavailable:  # 421: the server is closing
+                    smtp.close()
+                    return _fill(out, _refused(reply, name)), False, False
+                if not mail_ok:
+                    continue
+                if reply.code in (SMTPStatus.completed, SMTPStatus.will_forward):
+                    accepted.append(i)
+                else:
+                    out[i] = _refused(reply, name)
+            go = await proto.read_reply(cfg.data_timeout)
+            if go.code == SMTPStatus.domain_unavailable:
+                smtp.close()
+                return _fill(out, _refused(go, name)), False, False
+            if go.code != SMTPStatus.start_input:
+                # Expected when nothing was accepted (503/554); otherwise DATA refused.
+                conn.rset_needed = mail_ok  # the server still holds MAIL (and RCPTs)
+                keep = go.code // 100 in (4, 5) and smtp.is_connected
+                return _fill(out, _refused(go, name), accepted), keep, False
+            if not accepted:
+                # A broken server said 354 with no recipient: end the empty message
+                # at once; the body never goes out. Recipients keep their RCPT replies.
+                proto.write(b".\r\n")
+                end = await proto.read_reply(cfg.data_timeout)
+                if end.code == SMTPStatus.domain_unavailable:
+                    smtp.close()
+                return _fill(out, from_failure("local_error", name)), smtp.is_connected, False
+            proto.write(_wire_body(data))
+            final = await proto.read_reply(cfg.data_timeout)
+            if final.code == SMTPStatus.domain_unavailable:
+                smtp.close()
+            return _fill(out, from_reply(final.code, final.message, name), accepted), \
+                smtp.is_connected, False
+        except (SMTPException, OSError) as e:
+            # Timed out, dropped or garbled: the dialogue is out of step, close it (as
+            # aiosmtplib does). Nothing answered yet on a dead pooled connection: retry.
+            smtp.close()
+            return _fill(out, _failed(e, name)), False, \
+                not answered and isinstance(e, ConnectionError)
+        finally:
+            if proto.stop_pipeline():  # more replies than commands: do not reuse
+                smtp.close()

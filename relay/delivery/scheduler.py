@@ -197,6 +197,8 @@ class Scheduler:
         self.active: dict[str, int] = {}
         self.held = 0
         self._workers: set[asyncio.Task[None]] = set()
+        # Settles of finished transactions still committing (see `_settle_soon`).
+        self._settling: set[asyncio.Task[Any]] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
@@ -247,6 +249,8 @@ class Scheduler:
             _, pending = await asyncio.wait(self._workers, timeout=timeout)
             for t in pending:
                 t.cancel()  # left INFLIGHT: recovered at next start
+        if self._settling:
+            await asyncio.wait(list(self._settling), timeout=timeout)
         now = self.clock.now()
         results = [Result(t.message.id, it.index, Action.RELEASE, next_attempt_at=now)
                    for q in self.ready.values() for t in q for it in t.items]
@@ -262,6 +266,9 @@ class Scheduler:
             self.dispatch()
             if self._workers:
                 await asyncio.gather(*list(self._workers))
+                continue
+            if self._settling:
+                await asyncio.gather(*list(self._settling))
                 continue
             if not leased:
                 return
@@ -333,16 +340,24 @@ class Scheduler:
 
     async def _worker(self, dest: str) -> None:
         queue = self.ready[dest]
+        pending: asyncio.Task[Any] | None = None
         try:
             while queue and not self._stopping:
                 task = queue.popleft()
                 try:
-                    await self.deliver(task)
+                    # The previous transaction's settle commits while this one is sent;
+                    # at most one is pending per worker, so commits cannot pile up.
+                    settling = await self.deliver(task)
+                    if pending is not None:
+                        await asyncio.wait({pending})
+                    pending = settling
                 except Exception:
                     log.exception("delivery to %s failed unexpectedly", dest)
                     await self._settle(task, [None] * len(task.items), local_error=True)
                 finally:
                     self.held -= len(task.items)
+            if pending is not None:
+                await asyncio.wait({pending})
         finally:
             # Several workers may serve one destination: the last one out cleans up.
             self.active[dest] = self.active.get(dest, 1) - 1
@@ -352,7 +367,9 @@ class Scheduler:
                 self.active.pop(dest, None)
             self.wake()
 
-    async def deliver(self, task: Task) -> None:
+    async def deliver(self, task: Task) -> asyncio.Task[None] | None:
+        """One attempt for `task`; returns the settle still committing (`_settle_soon`),
+        or None when it was settled in place."""
         current_message_id.set(task.message.id)  # for the per-attempt log line
         current_message.set(task.message)        # pool and lane, for the shaper
         if self.suppression is not None:
@@ -366,13 +383,13 @@ class Scheduler:
                 task = Task(task.message, task.destination,
                             [it for it in task.items if it.recipient.address not in listed])
                 if not task.items:
-                    return
+                    return None
         if self.simulator is not None and self.simulator.handles(task.destination):
             outcomes = self.simulator.outcomes(
                 task.message, [it.recipient.address for it in task.items])
             settled = await self._settle(task, outcomes)
             await self.simulator.after(task.message, settled)
-            return
+            return None
         route = await self.router.route(task.destination)
         hosts = getattr(route, "hosts", None)
         if hosts is None:  # a RouteFailure: same answer for every recipient
@@ -380,20 +397,20 @@ class Scheduler:
                 kind="bounced" if route.permanent else "deferred", code=route.code,
                 enhanced=route.enhanced, text=route.text, remote_mta="")
             await self._settle(task, [outcome] * len(task.items))
-            return
+            return None
         body = self.store.body(task.message.id)
         if body is None:  # deleted by the operator meanwhile
-            return
+            return None
         if self.outbound is not None:
-            await self._deliver_prepared(task, hosts, body)
-            return
+            return await self._deliver_prepared(task, hosts, body)
         result = await self.sender.send(
             task.destination, hosts, task.message.sender,
             [it.recipient.address for it in task.items], body,
             **self._send_options(task.message))
-        await self._settle(task, outcomes_of(result))
+        return self._settle_soon(task, outcomes_of(result))
 
-    async def _deliver_prepared(self, task: Task, hosts: Any, body: bytes) -> None:
+    async def _deliver_prepared(self, task: Task, hosts: Any,
+                                body: bytes) -> asyncio.Task[None] | None:
         """Sign once (cached per message), then one transaction per recipient when each
         gets its own VERP return path, so a bounce maps to exactly one recipient."""
         assert self.outbound is not None
@@ -401,7 +418,7 @@ class Scheduler:
         prep = await self.outbound.prepare(msg, body)
         if prep.failure is not None:
             await self._settle(task, [prep.failure] * len(task.items))
-            return
+            return None
         outcomes: list[OutcomeLike] = []
         groups: dict[tuple[str, int], list[Leased]] = {}
         for it in task.items:  # List-Unsubscribe differs per recipient too
@@ -417,7 +434,7 @@ class Scheduler:
             for it, o in zip(items, outcomes_of(result), strict=True):
                 by_index[it.index] = o
         outcomes = [by_index[it.index] for it in task.items]
-        await self._settle(task, outcomes)
+        return self._settle_soon(task, outcomes)
 
     def _send_options(self, msg: MessageRecord) -> dict[str, Any]:
         """Per-message client options: the configuration set's TLS policy (tls = require
@@ -435,6 +452,25 @@ class Scheduler:
             if cs is not None and cs.max_delivery_time > 0:
                 return min(limit, float(cs.max_delivery_time))
         return limit
+
+    def _settle_soon(self, task: Task,
+                     outcomes: Sequence[OutcomeLike | None]) -> asyncio.Task[None]:
+        """Settle a finished transaction in the background, so the delivery worker (and
+        its pooled connection) goes on to the next message instead of waiting for the
+        fsync. The recipients stay INFLIGHT in the store until it lands, so a crash
+        meanwhile redelivers them (at-least-once, as before). `run_until_idle` and `stop`
+        wait for every settle still committing."""
+        t = asyncio.get_running_loop().create_task(self._settle_logged(task, outcomes))
+        self._settling.add(t)
+        t.add_done_callback(self._settling.discard)
+        return t
+
+    async def _settle_logged(self, task: Task, outcomes: Sequence[OutcomeLike | None]) -> None:
+        try:
+            await self._settle(task, outcomes)
+        except Exception:
+            # Left INFLIGHT: recovered (and retried) at the next start.
+            log.exception("settling %s to %s failed", task.message.id, task.destination)
 
     async def _settle(self, task: Task, outcomes: Sequence[OutcomeLike | None], *,
                       local_error: bool = False) -> list[Settled]:

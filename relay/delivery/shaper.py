@@ -113,12 +113,13 @@ def _outcomes(result: Any) -> list[Any]:
 
 class ShapedSender:
     def __init__(self, cfg: Config, sender: Any, store: Any, clock: Clock, *,
-                 pool: str | None = None, sync_interval: float = 5.0) -> None:
+                 pool: str | None = None, sync_interval: float = 5.0,
+                 share: tuple[int, int] | None = None) -> None:
         self.sender = sender
         self.store = store
         self.clock = clock
         self.pool = pool if pool is not None else cfg.delivery.pool
-        self.gate = gate.from_config(cfg, load_states(store))
+        self.gate = gate.from_config(cfg, load_states(store), share)
         self.providers = provider_map(cfg)
         self.throttle = SiteThrottle()
         self.sync_interval = sync_interval

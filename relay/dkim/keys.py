@@ -141,6 +141,7 @@ class KeyStore:
         self.rsa_bits = rsa_bits
         self._cache: dict[str, tuple[tuple[int, int, int] | None, DomainKeys | None]] = {}
         self._private: dict[tuple[str, str], bytes] = {}
+        self._paths: dict[str, Path] = {}  # state.json per domain: built once, not per get()
 
     @classmethod
     def in_state_dir(cls, state_dir: Path, clock: Clock | None = None, *,
@@ -161,7 +162,13 @@ class KeyStore:
         return sorted(p.name for p in self.root.iterdir() if (p / "state.json").is_file())
 
     def get(self, domain: str) -> DomainKeys | None:
-        path = self._state_path(domain)
+        """The domain's state, re-read when state.json changed (one stat() per call, so a
+        `relay dkim keygen`/`rotate` by another process is seen by the next call)."""
+        path = self._paths.get(domain)
+        if path is None:
+            if len(self._paths) >= 4096:  # From domains without keys are looked up too
+                self._paths.clear()
+            path = self._paths[domain] = self._state_path(domain)
         st = stamp(path)
         cached = self._cache.get(domain)
         if cached is not None and cached[0] == st:

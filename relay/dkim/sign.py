@@ -1,4 +1,4 @@
-"""DKIM signing on delivery (dkimpy): one signature set per message per signing domain.
+"""DKIM signing on delivery: one signature set per message per signing domain.
 
 Signing is relaxed/relaxed with no `l=` (RFC 6376 §8.2), From and the RELIABILITY V10
 headers oversigned (each listed once more than it occurs, RFC 6376 §5.4.2, so none can
@@ -7,59 +7,81 @@ be added or prepended), with an RSA-2048 and an Ed25519 signature when both keys
 alignment). A message that already carries a signature for that domain which verifies
 against our own keys is not signed again. Signatures are cached (LRU keyed by message
 id and domain/generation) so every recipient and every retry reuses the one computed;
-with a `SignatureStore` (the queue) `sign_message()` also persists each signature
-before it is sent, so a retry after a restart reuses it too (the LRU is a front cache).
+with a `SignatureStore` (the queue) `sign_message()` also persists each signature,
+durable no later than the settle of the attempt that sent it, so a retry after a
+restart reuses it too (the LRU is a front cache).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import email.utils
+import functools
+import hashlib
 import logging
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Protocol
 
 import dkim
-import dkim.crypto
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
-from relay.dkim.keys import DkimKey, KeyStore
+from relay.dkim import canon
+from relay.dkim.keys import DkimError, DkimKey, DomainKeys, KeyStore
 
 log = logging.getLogger(__name__)
 
-# dkimpy computes RSA signatures with Python big-int pow() (about 12 ms for RSA-2048,
-# holding the GIL); OpenSSL through `cryptography` does the same PKCS#1 v1.5 signature
-# in well under a millisecond. dkimpy looks the function up as a module global of
-# `dkim`, so replacing that one name keeps all of dkimpy's canonicalisation and header
-# logic and changes only the modular arithmetic. Keys are converted once and cached.
-_RSA_KEYS: dict[int, rsa.RSAPrivateKey] = {}
-_PREHASHED = {"sha256": hashes.SHA256(), "sha1": hashes.SHA1()}  # sha1 only to read old keys
+# Signing is relay's own: relay.dkim.canon (whole-buffer relaxed canonicalisation) and
+# OpenSSL through `cryptography`. dkimpy parsed and canonicalised in pure Python per
+# line (~100 ms for a 1 MB body) and re-derived the Ed25519 key from its seed for every
+# signature; it still verifies (`verify_with`, and the tests). Key objects are parsed
+# once per key file content.
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
+_KEYS: dict[tuple[str, bytes], PrivateKey] = {}
+_KEYS_MAX = 256
+_PKCS1 = padding.PKCS1v15()
+_SHA256 = Prehashed(hashes.SHA256())
+_LINE = 78  # folded DKIM-Signature lines, CRLF not counted (RFC 5322 §2.1.1)
+_FOLD_AT = re.compile(rb"(?<=[;:]) ")
 
 
-def _openssl_rsa_sign(hash_obj: object, pk: dict[str, int]) -> bytes:
-    key = _RSA_KEYS.get(pk["modulus"])
-    if key is None:
-        numbers = rsa.RSAPrivateNumbers(
-            p=pk["prime1"], q=pk["prime2"], d=pk["privateExponent"],
-            dmp1=pk["exponent1"], dmq1=pk["exponent2"], iqmp=pk["coefficient"],
-            public_numbers=rsa.RSAPublicNumbers(pk["publicExponent"], pk["modulus"]))
-        key = _RSA_KEYS[pk["modulus"]] = numbers.private_key()
-    name = str(getattr(hash_obj, "name", "sha256")).lower()
-    digest: bytes = hash_obj.digest()  # type: ignore[attr-defined]
-    return key.sign(digest, padding.PKCS1v15(), Prehashed(_PREHASHED[name]))
-
-
-dkim.RSASSA_PKCS1_v1_5_sign = _openssl_rsa_sign
+def load_private_key(key: DkimKey, private: bytes) -> PrivateKey:
+    """The key object for a key file's contents (PEM for RSA; the base64 32-byte seed for
+    Ed25519, as relay.dkim.keys writes them), parsed once and then cached."""
+    cache_key = (key.algorithm, private)
+    loaded = _KEYS.get(cache_key)
+    if loaded is not None:
+        return loaded
+    try:
+        if key.algorithm == "rsa":
+            pem = serialization.load_pem_private_key(private, password=None)
+            if not isinstance(pem, rsa.RSAPrivateKey):
+                raise ValueError("not an RSA key")
+            loaded = pem
+        else:
+            seed = base64.b64decode(b"".join(private.split()), validate=True)
+            loaded = ed25519.Ed25519PrivateKey.from_private_bytes(seed)
+    except (ValueError, TypeError, binascii.Error) as e:
+        raise DkimError(f"DKIM key {key.selector!r}: unreadable {key.algorithm} private "
+                        f"key ({e})") from None
+    if len(_KEYS) >= _KEYS_MAX:
+        _KEYS.clear()
+    _KEYS[cache_key] = loaded
+    return loaded
 
 OVERSIGN = ("from", "subject", "to", "date", "cc", "reply-to", "message-id", "mime-version",
             "content-type", "list-unsubscribe", "list-unsubscribe-post")
 ALSO_SIGN = ("in-reply-to", "references", "content-transfer-encoding", "sender", "list-id",
              "feedback-id")
+_OVERSIGN_B = tuple(h.encode() for h in OVERSIGN)
+_ALSO_SIGN_B = tuple(h.encode() for h in ALSO_SIGN)
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 _D_TAG = re.compile(rb"(?:^|;)\s*d\s*=\s*([^;\s]+)", re.IGNORECASE)
 _HEADER_LIMIT = 256 * 1024
@@ -90,10 +112,10 @@ def signed_headers(names: list[bytes]) -> list[bytes]:
     for n in names:
         counts[n] = counts.get(n, 0) + 1
     out: list[bytes] = []
-    for h in OVERSIGN:
-        out += [h.encode()] * (counts.get(h.encode(), 0) + 1)
-    for h in ALSO_SIGN:
-        out += [h.encode()] * counts.get(h.encode(), 0)
+    for h in _OVERSIGN_B:
+        out += [h] * (counts.get(h, 0) + 1)
+    for h in _ALSO_SIGN_B:
+        out += [h] * counts.get(h, 0)
     return out
 
 
@@ -105,8 +127,11 @@ def from_domain(body: bytes, headers: Mapping[str, str] | None = None) -> str | 
             if name == b"from":
                 value = raw.decode("utf-8", "replace")
                 break
-    if not value:
-        return None
+    return _address_domain(value) if value else None
+
+
+@functools.lru_cache(maxsize=1024)  # the From of one sender is mostly the same string
+def _address_domain(value: str) -> str | None:
     for _, addr in email.utils.getaddresses([value]):
         if "@" in addr:
             return addr.rpartition("@")[2].strip().rstrip(".").lower()
@@ -117,17 +142,58 @@ def _algorithm(key: DkimKey) -> bytes:
     return b"rsa-sha256" if key.algorithm == "rsa" else b"ed25519-sha256"
 
 
+def _fold(text: bytes, b64: bytes) -> bytes:
+    """`text` (ending in "b=") with `b64` appended, folded into lines of at most _LINE
+    characters where a word allows: each fold turns one SP after a ";" or ":" of `text`
+    into CRLF SP, so relaxed canonicalisation sees `text` unchanged; b= is split anywhere
+    (RFC 6376 §3.5 ignores FWS in it)."""
+    *words, last = _FOLD_AT.split(text)
+    out: list[bytes] = []
+    col = -1  # the first word has no SP before it
+    for word in words:
+        if col + 1 + len(word) > _LINE:
+            out.append(b"\r\n")
+            col = 0
+        out += (b" ", word)
+        col += 1 + len(word)
+    # "b=" starts a new line unless some of the value fits after it.
+    if col + 1 + len(last) + min(len(b64), 16) > _LINE:
+        out.append(b"\r\n")
+        col = 0
+    out += (b" ", last)
+    col += 1 + len(last)
+    room = max(_LINE - col, 0)
+    out.append(b64[:room])
+    for at in range(room, len(b64), _LINE - 1):
+        out += (b"\r\n ", b64[at:at + _LINE - 1])
+    out.append(b"\r\n")
+    return b"".join(out)[1:]
+
+
 def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]]) -> bytes:
-    """The DKIM-Signature header field(s) for `body`, CRLF-terminated (Ed25519 first)."""
-    include = signed_headers([n for n, _ in header_fields(header_block(body))])
+    """The DKIM-Signature header field(s) for `body`, CRLF-terminated (Ed25519 first):
+    relaxed/relaxed, sha256, no l=, h= from `signed_headers()`."""
+    fields, text = canon.split_message(body)
+    names = [n.lower() for n, _ in fields]
+    include = signed_headers(names)
+    bh = base64.b64encode(hashlib.sha256(canon.relaxed_body(text)).digest())
+    signed = hashlib.sha256(b"".join(canon.relaxed_header(n, v) + b"\r\n"
+                                     for n, v in canon.select_headers(fields, include)))
+    tail = (b"; t=" + str(int(time.time())).encode() + b"; h=" + b" : ".join(include)
+            + b"; bh=" + bh + b"; b=")
     out = b""
     for key, private in keys:
-        sig = dkim.sign(body, key.selector.encode(), domain.encode(), private,
-                        canonicalize=(b"relaxed", b"relaxed"),
-                        signature_algorithm=_algorithm(key), include_headers=include,
-                        length=False, linesep=b"\r\n")
-        out = sig + out
-    return bytes(out)
+        pk = load_private_key(key, private)
+        value = (b"v=1; a=" + _algorithm(key) + b"; c=relaxed/relaxed; d=" + domain.encode()
+                 + b"; s=" + key.selector.encode() + tail)
+        h = signed.copy()
+        h.update(canon.relaxed_header(b"DKIM-Signature", value))  # no CRLF (§3.7)
+        if isinstance(pk, rsa.RSAPrivateKey):
+            sig = pk.sign(h.digest(), _PKCS1, _SHA256)
+        else:
+            sig = pk.sign(h.digest())  # RFC 8463: Ed25519 over the SHA-256 hash
+        out = _fold(b"DKIM-Signature: " + value, base64.b64encode(sig)) + out
+    return out
 
 
 def verify_with(body: bytes, records: Mapping[str, str]) -> list[str]:
@@ -155,7 +221,13 @@ class SignatureStore(Protocol):
     """Durable signatures per (message id, "domain/generation"): relay.queue.store."""
 
     def dkim_signature(self, mid: str, tag: str) -> bytes | None: ...
-    async def save_dkim_signature(self, mid: str, tag: str, signature: bytes) -> None: ...
+    def save_dkim_signature(self, mid: str, tag: str,
+                            signature: bytes) -> asyncio.Future[None]: ...
+
+
+def _log_save_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("DKIM signature not persisted (a retry re-signs): %s", fut.exception())
 
 
 class Signer:
@@ -169,32 +241,39 @@ class Signer:
         self.signed = 0  # signatures computed (not served from the cache or the store)
         self._inflight: dict[tuple[str, str], asyncio.Future[bytes]] = {}
 
-    def signing_domain(self, domain: str) -> str | None:
-        """`domain` or its closest parent with active keys (relaxed alignment)."""
+    def _signing_state(self, domain: str) -> tuple[str, DomainKeys] | None:
         parts = domain.split(".")
         for i in range(len(parts) - 1):
             candidate = ".".join(parts[i:])
             state = self.keys.get(candidate)
             if state is not None and state.active is not None:
-                return candidate
+                return candidate, state
         return None
 
-    def _records(self, domain: str) -> dict[str, str]:
-        state = self.keys.get(domain)
+    def signing_domain(self, domain: str) -> str | None:
+        """`domain` or its closest parent with active keys (relaxed alignment)."""
+        found = self._signing_state(domain)
+        return found[0] if found is not None else None
+
+    @staticmethod
+    def _records(domain: str, state: DomainKeys | None) -> dict[str, str]:
         if state is None:
             return {}
         return {f"{k.selector}._domainkey.{domain}": k.record
                 for g in state.generations for k in g.keys}
 
-    def _tag(self, body: bytes, headers: Mapping[str, str] | None) -> str | None:
-        """"domain/generation" of the signature `body` gets; None when unsigned."""
+    def _resolve(self, body: bytes, headers: Mapping[str, str] | None,
+                 ) -> tuple[str, DomainKeys] | None:
+        """("domain/generation" of the signature `body` gets, that domain's key state);
+        None when unsigned. One KeyStore lookup (a stat()) per candidate domain; the
+        state goes on to `_compute()` rather than being looked up again."""
         fdom = from_domain(body, headers)
-        domain = self.signing_domain(fdom) if fdom else None
-        if domain is None:
+        found = self._signing_state(fdom) if fdom else None
+        if found is None:
             return None
-        state = self.keys.get(domain)
-        assert state is not None and state.active is not None
-        return f"{domain}/{state.active.name}"
+        domain, state = found
+        assert state.active is not None
+        return f"{domain}/{state.active.name}", state
 
     def _cached(self, key: tuple[str, str]) -> bytes | None:
         with self._lock:
@@ -209,13 +288,14 @@ class Signer:
             while len(self._cache) > self.cache_size:
                 self._cache.popitem(last=False)
 
-    def _compute(self, tag: str, body: bytes) -> bytes:
+    def _compute(self, tag: str, body: bytes, state: DomainKeys | None = None) -> bytes:
         domain, _, gen = tag.partition("/")
-        state = self.keys.get(domain)
+        if state is None:
+            state = self.keys.get(domain)
         assert state is not None
         (generation,) = [g for g in state.generations if g.name == gen]
         if b"dkim-signature:" in header_block(body).lower() and \
-                domain in verify_with(body, self._records(domain)):
+                domain in verify_with(body, self._records(domain, state)):
             return b""  # already signed for this domain by us: not twice
         sig = sign_with(body, domain, [(k, self.keys.private_key(domain, k))
                                        for k in generation.keys])
@@ -226,14 +306,15 @@ class Signer:
                   headers: Mapping[str, str] | None = None) -> bytes:
         """Header field(s) to prepend to `body` (b"" when relay has no key for its From).
         Memory cache only; `sign_message()` also uses the store."""
-        tag = self._tag(body, headers)
-        if tag is None:
+        resolved = self._resolve(body, headers)
+        if resolved is None:
             return b""
+        tag, state = resolved
         key = (message_id, tag)
         cached = self._cached(key)
         if cached is not None:
             return cached
-        sig = self._compute(tag, body)
+        sig = self._compute(tag, body, state)
         self._remember(key, sig)
         return sig
 
@@ -243,9 +324,10 @@ class Signer:
         store (before it is returned, so what is sent is what a retry reuses)."""
         if self.store is None:
             return await asyncio.to_thread(self.signature, message_id, body, headers)
-        tag = self._tag(body, headers)
-        if tag is None:
+        resolved = self._resolve(body, headers)
+        if resolved is None:
             return b""
+        tag, state = resolved
         key = (message_id, tag)
         sig = self._cached(key)
         if sig is not None:
@@ -258,8 +340,12 @@ class Signer:
         try:
             sig = self.store.dkim_signature(message_id, tag)
             if sig is None:
-                sig = await asyncio.to_thread(self._compute, tag, body)
-                await self.store.save_dkim_signature(message_id, tag, sig)
+                sig = await asyncio.to_thread(self._compute, tag, body, state)
+                # Queued now, committed in the background: the store commits in queue
+                # order, so it is durable no later than this attempt's settle, and the
+                # send does not wait for an fsync.
+                saving = self.store.save_dkim_signature(message_id, tag, sig)
+                saving.add_done_callback(_log_save_failure)
             self._remember(key, sig)
             fut.set_result(sig)
         except Exception as e:

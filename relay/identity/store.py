@@ -31,17 +31,28 @@ class _File(msgspec.Struct):
 
 
 class IdentityStore:
-    def __init__(self, path: str | Path, clock: Clock | None = None) -> None:
+    """`recheck` (seconds, on the clock's monotonic time): how long a look at the file
+    stays fresh. The server asks on every message; a stat() there releases the GIL and
+    can wait behind a signing or commit thread for the whole switch interval, so it
+    looks at most every `recheck` (an edit by `relay identity` in another process shows
+    within that; this process's own edits show at once). 0: look every time (CLI)."""
+
+    def __init__(self, path: str | Path, clock: Clock | None = None,
+                 recheck: float = 0.0) -> None:
         self.path = Path(path)
         self.clock: Clock = clock or SystemClock()
+        self.recheck = recheck
         self._lock = threading.Lock()
         self._records: dict[str, IdentityRecord] = {}
+        self._verified: dict[str, bool] = {}
         self._stamp: tuple[int, int, int] | None = None
-        self._maybe_reload()
+        self._checked_at: float | None = None
+        self._maybe_reload(force=True)
 
     @classmethod
-    def in_state_dir(cls, state_dir: Path, clock: Clock | None = None) -> IdentityStore:
-        return cls(state_dir / "identities.json", clock)
+    def in_state_dir(cls, state_dir: Path, clock: Clock | None = None,
+                     recheck: float = 0.0) -> IdentityStore:
+        return cls(state_dir / "identities.json", clock, recheck)
 
     def _read(self) -> dict[str, IdentityRecord]:
         try:
@@ -53,13 +64,23 @@ class IdentityStore:
         except msgspec.DecodeError as e:
             raise IdentityError(f"{self.path} is not a valid identities file: {e}") from None
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, force: bool = False) -> None:
+        now = self.clock.monotonic()
+        if (not force and self._checked_at is not None
+                and 0 <= now - self._checked_at < self.recheck):
+            return
         with self._lock:
+            self._checked_at = now
             st = stamp(self.path)
             if st == self._stamp:
                 return
             self._records = self._read()
+            self._verified = {n: r.verified for n, r in self._records.items()}
             self._stamp = st
+
+    def refresh(self) -> None:
+        """Look at the file now (SIGHUP)."""
+        self._maybe_reload(force=True)
 
     def all(self) -> dict[str, IdentityRecord]:
         self._maybe_reload()
@@ -70,8 +91,9 @@ class IdentityStore:
         return self._records.get(name)
 
     def verified_map(self) -> dict[str, bool]:
+        """Name → verified; shared, not to be modified by the caller."""
         self._maybe_reload()
-        return {n: r.verified for n, r in self._records.items()}
+        return self._verified
 
     def _write(self, records: dict[str, IdentityRecord]) -> None:
         data = msgspec.json.format(
@@ -86,7 +108,7 @@ class IdentityStore:
                 raise IdentityError(f"identity {n!r} already exists")
             records[n] = rec = IdentityRecord(n, created_at=self.clock.now())
             self._write(records)
-        self._maybe_reload()
+        self._maybe_reload(force=True)
         return rec
 
     def remove(self, name: str) -> None:
@@ -96,7 +118,7 @@ class IdentityStore:
             if records.pop(n, None) is None:
                 raise IdentityError(f"no identity {n!r}")
             self._write(records)
-        self._maybe_reload()
+        self._maybe_reload(force=True)
 
     def set_verified(self, name: str, verified: bool) -> IdentityRecord:
         """Record a verification result (adds the identity if only declared in config)."""
@@ -111,5 +133,5 @@ class IdentityStore:
                              else now if verified else 0.0))
             records[n] = rec
             self._write(records)
-        self._maybe_reload()
+        self._maybe_reload(force=True)
         return rec

@@ -42,7 +42,7 @@ import os
 import secrets
 import shutil
 import struct
-import zlib
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,15 +131,54 @@ _TS = struct.Struct(">Q")
 MAX_RECIPIENTS = 0xFFFF
 
 
-def shard_of(domain: str, count: int) -> int:
-    """The worker (0..count-1) that delivers to `domain`: stable across processes."""
-    return zlib.crc32(domain.lower().encode("utf-8", "surrogateescape")) % count \
-        if count > 1 else 0
+def shard_of(mid: str | bytes, count: int) -> int:
+    """The worker (0..count-1) that delivers message `mid`: read from the id itself (its
+    first random byte), so every process agrees without a lookup. `new_message_id` gives
+    the accepting worker's messages its own index, so each worker delivers what it
+    accepted (its own submissions wake it) and the load splits as connections do."""
+    if count <= 1:
+        return 0
+    text = mid.decode("ascii") if isinstance(mid, bytes) else mid
+    return int(text[12:14], 16) % count
 
 
-def new_message_id(now: float) -> str:
-    """Time-sortable, 20 characters: 12 hex digits of milliseconds + 8 random hex."""
-    return f"{int(now * 1000):012x}{secrets.token_hex(4)}"
+class _RandomPool:
+    """OS randomness fetched 4 KB at a time: one getrandom() per 1,024 message ids instead
+    of one per message (each is a syscall that releases the GIL on the accept path)."""
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._at = 0
+        self._lock = threading.Lock()
+        os.register_at_fork(after_in_child=self._forget)  # a child never reuses ours
+
+    def _forget(self) -> None:
+        self._buf, self._at = b"", 0
+        self._lock = threading.Lock()  # the parent's may have been held at the fork
+
+    def __call__(self) -> bytes:
+        with self._lock:
+            if self._at + 4 > len(self._buf):
+                self._buf, self._at = secrets.token_bytes(4096), 0
+            out = self._buf[self._at:self._at + 4]
+            self._at += 4
+            return out
+
+
+_random4 = _RandomPool()
+
+
+def new_message_id(now: float, shard: tuple[int, int] | None = None) -> str:
+    """Time-sortable, 20 characters: 12 hex digits of milliseconds + 8 random hex. With
+    `shard` (i, N) the first random byte is chosen so that `shard_of(id, N) == i`."""
+    rand = _random4()
+    if shard is not None and shard[1] > 1:
+        i, n = shard
+        first = rand[0] - rand[0] % n + i
+        if first > 0xFF:
+            first -= n
+        rand = bytes([first]) + rand[1:]
+    return f"{int(now * 1000):012x}{rand.hex()}"
 
 
 def _rcpt_key(mid: str, idx: int) -> bytes:
@@ -253,6 +292,12 @@ class QueueStore:
 
     async def write(self, fn: Callable[[Any], T], size: int = 0) -> T:
         """Run `fn(txn)` inside the next group commit; return its result after the sync."""
+        return await self.write_soon(fn, size)
+
+    def write_soon(self, fn: Callable[[Any], T], size: int = 0) -> asyncio.Future[T]:
+        """Queue `fn(txn)` for the next group commit now (not when a coroutine first
+        runs) and return the future of its result. Ops commit in the order they were
+        queued, so an op queued before another is durable no later than it."""
         if self._committer is None or self._wakeup is None:
             raise RuntimeError("store not started")
         if self._closing:
@@ -260,7 +305,7 @@ class QueueStore:
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append(_Op(fn, fut, size))
         self._wakeup.set()
-        return await fut
+        return fut
 
     def write_now(self, fn: Callable[[Any], T]) -> T:
         """A synchronous write transaction on the calling thread (CLI, tests, recovery)."""
@@ -283,7 +328,7 @@ class QueueStore:
         if len(msg.recipients) > MAX_RECIPIENTS:
             raise ValueError("too many recipients")
         now = self.clock.now()
-        mid = new_message_id(now)
+        mid = new_message_id(now, self.shard)
         record = MessageRecord(
             id=mid, sender=msg.sender, recipients=list(msg.recipients), received_at=now,
             size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
@@ -471,14 +516,11 @@ class QueueStore:
         finally:
             txn.abort()
 
-    def _mine(self, txn: Any, rcpt_key: bytes) -> bool:
-        """In multi-process mode: is this recipient in this process's shard?"""
+    def _mine(self, rcpt_key: bytes) -> bool:
+        """In multi-process mode: is this recipient's message in this process's shard?"""
         if self.shard is None:
             return True
-        raw = txn.get(rcpt_key, db=self._db["recipients"])
-        if raw is None:
-            return False
-        return shard_of(_rcpt_dec.decode(raw).domain, self.shard[1]) == self.shard[0]
+        return shard_of(rcpt_key[:ID_LEN], self.shard[1]) == self.shard[0]
 
     def due(self, now: float, *, lane: str, limit: int) -> list[DueItem]:
         """Up to `limit` recipients due at `now` from lane "new" or "retry", oldest first.
@@ -499,7 +541,7 @@ class QueueStore:
                     budget -= 1
                     if budget < 0:
                         break
-                    if not self._mine(txn, bytes(key[8:])):
+                    if not self._mine(bytes(key[8:])):
                         continue
                 out.append(_parse_due_key(key)[1])
         return out
@@ -516,7 +558,7 @@ class QueueStore:
                     for n, key in enumerate(cur.iternext(keys=True, values=False)):
                         if n >= 200:
                             break
-                        if self._mine(txn, bytes(key[8:])):
+                        if self._mine(bytes(key[8:])):
                             at, _ = _parse_due_key(key)
                             best = at if best is None else min(best, at)
                             break
@@ -688,15 +730,17 @@ class QueueStore:
             raw = txn.get(_sig_key(mid, tag), db=self._db["dkim"])
         return bytes(raw) if raw is not None else None
 
-    async def save_dkim_signature(self, mid: str, tag: str, signature: bytes) -> None:
-        """Store a message's signature (group commit); ignored once the message is gone."""
+    def save_dkim_signature(self, mid: str, tag: str,
+                            signature: bytes) -> asyncio.Future[None]:
+        """Store a message's signature (queued for the next group commit at once; await
+        the result for durability); ignored once the message is gone."""
         key = _sig_key(mid, tag)
 
         def op(txn: Any) -> None:
             if txn.get(mid.encode("ascii"), db=self._db["messages"]) is not None:
                 txn.put(key, signature, db=self._db["dkim"])
 
-        await self.write(op, size=len(signature))
+        return self.write_soon(op, size=len(signature))
 
     def recover_op(self, now: float,
                    shard: tuple[int, int] | None = None) -> Callable[[Any], int]:
@@ -711,8 +755,8 @@ class QueueStore:
         from before the index (no INFLIGHT_COMPLETE key) it scans the recipients once,
         indexes the in-flight ones it leaves (other shards'), and marks the index complete.
         """
-        def mine(domain: str) -> bool:
-            return shard is None or shard_of(domain, shard[1]) == shard[0]
+        def mine(key: bytes) -> bool:
+            return shard is None or shard_of(key[:ID_LEN], shard[1]) == shard[0]
 
         def op(txn: Any) -> int:
             index = self._db["inflight"]
@@ -723,7 +767,7 @@ class QueueStore:
                         rr = _rcpt_dec.decode(val)
                         if rr.state is not State.INFLIGHT:
                             continue
-                        if mine(rr.domain):
+                        if mine(bytes(key)):
                             mid = bytes(key[:ID_LEN]).decode("ascii")
                             (idx,) = _IDX.unpack_from(key, ID_LEN)
                             moved.append((mid, idx, rr))
@@ -733,10 +777,10 @@ class QueueStore:
             else:
                 stale: list[bytes] = []
                 with txn.cursor(db=index) as cur:
-                    for key, val in cur.iternext():
+                    for key in cur.iternext(keys=True, values=False):
                         if len(key) != ID_LEN + 2:
                             continue  # INFLIGHT_COMPLETE
-                        if not mine(bytes(val).decode("utf-8", "surrogateescape")):
+                        if not mine(bytes(key)):
                             continue
                         raw = txn.get(key, db=self._db["recipients"])
                         held = _rcpt_dec.decode(raw) if raw is not None else None

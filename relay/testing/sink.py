@@ -12,6 +12,11 @@ under a lock (it doubles as the benchmark sink).
 Several sinks can share one port number on different addresses (relay
 delivers to every MX on one configured port): start the first with port=0 and
 pass its `.port` to the others.
+
+`pipelining=True` advertises PIPELINING (RFC 2920; aiosmtpd reads commands one
+line at a time, so it already copes with them arriving together), and
+`record_wire=True` keeps every inbound chunk (`.wire`), so a test can see which
+commands arrived in one write and count them (`.commands()`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,13 @@ class Received:
     tls: bool
     ehlo: str
     received_at: float
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """What one read on the server side returned (`Sink(record_wire=True)`)."""
+    connection: int   # 0 for the sink's first connection, then 1, 2, ...
+    data: bytes       # plaintext (after STARTTLS, what TLS decrypted)
 
 
 def _local_part(address: str) -> str:
@@ -99,6 +111,8 @@ class _Handler:
         if reply:
             return [reply]
         session.host_name = hostname
+        if self._sink.pipelining:
+            responses.insert(1, "250-PIPELINING")
         return responses
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope,
@@ -159,8 +173,14 @@ class _CountingSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         if getattr(self, "_original_transport", None) is None:  # not the STARTTLS re-entry
             peer = transport.get_extra_info("peername")
-            self._relay_sink._count_connection(peer[0] if peer else "")
+            self._relay_connection = self._relay_sink._count_connection(peer[0] if peer else "")
         super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        sink = self._relay_sink
+        if sink.record_wire:
+            sink._record_chunk(Chunk(getattr(self, "_relay_connection", -1), bytes(data)))
+        super().data_received(data)
 
 
 class Sink:
@@ -169,7 +189,8 @@ class Sink:
     def __init__(self, host: str = "127.0.0.2", port: int = 0, *,
                  tls_context: ssl.SSLContext | None = None,
                  policy: Policy | None = None, hostname: str = "sink.test",
-                 data_size_limit: int = 50 * 1024 * 1024, fast: bool = True) -> None:
+                 data_size_limit: int = 50 * 1024 * 1024, fast: bool = True,
+                 pipelining: bool = False, record_wire: bool = False) -> None:
         self.host = host
         self.port = port
         self.tls_context = tls_context
@@ -177,6 +198,9 @@ class Sink:
         self.hostname = hostname
         self.data_size_limit = data_size_limit
         self.fast = fast
+        self.pipelining = pipelining
+        self.record_wire = record_wire
+        self._wire: list[Chunk] = []
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._messages: list[Received] = []
@@ -209,10 +233,27 @@ class Sink:
         with self._lock:
             return list(self._connection_peers)
 
+    @property
+    def wire(self) -> list[Chunk]:
+        """Every inbound chunk, in order (only with record_wire=True)."""
+        with self._lock:
+            return list(self._wire)
+
+    def commands(self, verb: str) -> list[bytes]:
+        """The inbound lines (from `.wire`) that start with `verb` ("RSET", "MAIL", ...).
+
+        Raw lines, message bodies included: a test picks bodies that do not look
+        like its commands.
+        """
+        want = verb.upper().encode()
+        return [line for chunk in self.wire for line in chunk.data.splitlines(keepends=True)
+                if line[:len(want)].upper() == want]
+
     def clear(self) -> None:
         with self._lock:
             self._messages.clear()
             self._connection_peers.clear()
+            self._wire.clear()
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
         """Block until at least `count` messages were received; raise TimeoutError if not."""
@@ -240,9 +281,14 @@ class Sink:
             self._cond.notify_all()
             return len(self._messages)
 
-    def _count_connection(self, peer: str) -> None:
+    def _count_connection(self, peer: str) -> int:
         with self._lock:
             self._connection_peers.append(peer)
+            return len(self._connection_peers) - 1
+
+    def _record_chunk(self, chunk: Chunk) -> None:
+        with self._lock:
+            self._wire.append(chunk)
 
     # -- lifecycle
 

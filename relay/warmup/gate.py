@@ -107,6 +107,9 @@ class WarmupGate:
     # (pool, provider) -> lane -> [recipients held back, claim lapses at]
     _claims: dict[tuple[str, str], dict[int, list[float]]] = field(default_factory=dict)
     events: list[WarmupNotice] = field(default_factory=list)
+    # Multi-process mode (relay/supervisor.py): (worker, workers). Every worker may send
+    # from every IP, so each keeps to its share of each cap; the shares add up to the cap.
+    share: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         self._pool_of = {ip.address: p for p in self.pools.values() for ip in p.ips}
@@ -127,7 +130,11 @@ class WarmupGate:
         if pool.start_day is not None and today < pool.start_day:
             return 0
         st = self.state(ip)
-        return pool.plan.cap(counters.plan_day(counters.counter(st, provider), st, today))
+        cap = pool.plan.cap(counters.plan_day(counters.counter(st, provider), st, today))
+        if cap is None or self.share is None or self.share[1] <= 1:
+            return cap
+        i, n = self.share
+        return cap // n + (1 if i < cap % n else 0)
 
     def available(self, pool: PoolSpec, ip: str, provider: str,
                   now: float) -> tuple[int, float]:
@@ -390,7 +397,8 @@ def _iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def from_config(cfg: Any, states: dict[str, IpState] | None = None) -> WarmupGate:
+def from_config(cfg: Any, states: dict[str, IpState] | None = None,
+                share: tuple[int, int] | None = None) -> WarmupGate:
     """A gate for a relay.config.Config (pools, plans, [warmup], [[backoff]])."""
     days = DayClock(cfg.warmup.boundary_seconds)
     custom = {p.name: p.caps for p in cfg.warmup_plan}
@@ -406,4 +414,4 @@ def from_config(cfg: Any, states: dict[str, IpState] | None = None) -> WarmupGat
                      max(1, int(cfg.warmup.reputation_window // 3600)),
                      cfg.warmup.reputation_min_messages)
     return WarmupGate(pools, days, cfg.warmup.pacing, cfg.warmup.burst_factor, rules, rep,
-                      dict(states or {}))
+                      dict(states or {}), share=share)

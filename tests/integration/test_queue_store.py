@@ -106,8 +106,15 @@ async def test_recover_reads_only_the_inflight_index(tmp_path: Path) -> None:
     store = QueueStore(tmp_path / "q", clock, lease_seconds=3600)
     assert store.write_now(store.recover_op(clock.now())) == 0  # first start: index complete
     await store.start()
-    # r0@d0.test and r1@d1.test: shards 0 and 1 of 2 (crc32 % 2).
-    a, b, c, d = [await store.submit(_msg(i, rcpts=2)) for i in range(4)]
+    # Messages accepted by worker 0 of 2 (a, b, d) and by worker 1 (c): each is
+    # delivered, and recovered, by the worker that accepted it.
+    owners = [(0, 2), (0, 2), (1, 2), (0, 2)]
+    ids = []
+    for i, owner in enumerate(owners):
+        store.shard = owner
+        ids.append(await store.submit(_msg(i, rcpts=2)))
+    store.shard = None
+    a, b, c, d = ids
     await store.submit(_msg(5, rcpts=2))  # never leased
     due = [x for x in store.due(clock.now(), lane="new", limit=20) if x.message_id != d or
            x.index == 0]
@@ -120,12 +127,13 @@ async def test_recover_reads_only_the_inflight_index(tmp_path: Path) -> None:
     await store.write(store.delete_op(b))
     assert len(_inflight_index(store)) == 3  # c/0, c/1, d/0
     await store.close()
-    # "Crash": worker 1 of 2 recovers its shard only (d1.test), then everyone else's.
+    # "Crash": worker 1 of 2 recovers its shard only (message c), then everyone else's.
     store = QueueStore(tmp_path / "q", clock, lease_seconds=3600)
-    assert store.write_now(store.recover_op(clock.now(), shard=(1, 2))) == 1
-    assert store.recipients(c)[1].state is State.DEFERRED
-    assert len(_inflight_index(store)) == 2
-    assert store.write_now(store.recover_op(clock.now())) == 2
+    assert store.write_now(store.recover_op(clock.now(), shard=(1, 2))) == 2
+    assert [r.state for r in store.recipients(c)] == [State.DEFERRED, State.DEFERRED]
+    assert store.recipients(d)[0].state is State.INFLIGHT
+    assert len(_inflight_index(store)) == 1
+    assert store.write_now(store.recover_op(clock.now())) == 1
     assert _inflight_index(store) == []
     assert {(x.message_id, x.index) for x in store.due(clock.now(), lane="retry", limit=10)} \
         == {(c, 0), (c, 1), (d, 0)}
@@ -139,17 +147,22 @@ async def test_recover_builds_the_index_on_an_older_spool(tmp_path: Path) -> Non
     clock = FakeClock()
     store = QueueStore(tmp_path / "q", clock, lease_seconds=3600)
     await store.start()
-    mid = await store.submit(_msg(1, rcpts=2))
+    store.shard = (0, 2)
+    mine = await store.submit(_msg(1, rcpts=2))    # accepted by worker 0 of 2
+    store.shard = (1, 2)
+    theirs = await store.submit(_msg(2, rcpts=2))  # by worker 1
+    store.shard = None
     await store.write(store.lease_op(store.due(clock.now(), lane="new", limit=5), clock.now()))
     db = store.named_db("inflight")
     await store.write(lambda txn: txn.drop(db, delete=False))  # as the older code left it
     await store.close()
     store = QueueStore(tmp_path / "q", clock, lease_seconds=3600)
-    assert store.write_now(store.recover_op(clock.now(), shard=(0, 2))) == 1  # r0@d0.test
-    assert [r.state for r in store.recipients(mid)] == [State.DEFERRED, State.INFLIGHT]
-    assert len(_inflight_index(store)) == 1
-    assert store.write_now(store.recover_op(clock.now(), shard=(1, 2))) == 1  # from the index
-    assert [r.state for r in store.recipients(mid)] == [State.DEFERRED] * 2
+    assert store.write_now(store.recover_op(clock.now(), shard=(0, 2))) == 2
+    assert [r.state for r in store.recipients(mine)] == [State.DEFERRED] * 2
+    assert [r.state for r in store.recipients(theirs)] == [State.INFLIGHT] * 2
+    assert len(_inflight_index(store)) == 2
+    assert store.write_now(store.recover_op(clock.now(), shard=(1, 2))) == 2  # from the index
+    assert [r.state for r in store.recipients(theirs)] == [State.DEFERRED] * 2
     assert _inflight_index(store) == []
     store.close_sync()
 
