@@ -194,6 +194,8 @@ class Scheduler:
         # The priority lane of a message (relay/warmup/lanes.py); None: all bulk.
         self.lane_of: Callable[[MessageRecord], int] | None = None
         self.ready: dict[str, LaneQueue] = {}
+        # Destinations with queued work that may need another worker (an ordered set).
+        self._wanting: dict[str, None] = {}
         self.active: dict[str, int] = {}
         self.held = 0
         self._workers: set[asyncio.Task[None]] = set()
@@ -255,6 +257,7 @@ class Scheduler:
         results = [Result(t.message.id, it.index, Action.RELEASE, next_attempt_at=now)
                    for q in self.ready.values() for t in q for it in t.items]
         self.ready.clear()
+        self._wanting.clear()
         if results:
             with contextlib.suppress(Exception):
                 await self.store.write(self.store.settle_op(results, now))
@@ -316,6 +319,7 @@ class Scheduler:
                                   for it in chunk.items]
                     continue
                 queue.append(chunk)
+                self._wanting[chunk.destination] = None
                 self.held += len(chunk.items)
         if give_back:
             await self.store.write(self.store.settle_op(give_back, now))
@@ -329,14 +333,25 @@ class Scheduler:
     # ------------------------------------------------------------------ dispatch
 
     def dispatch(self) -> None:
-        for dest, queue in self.ready.items():
-            while (queue and self.active.get(dest, 0) < self.cfg.max_connections_per_destination
-                   and self.active.get(dest, 0) < len(queue)
+        """Start workers where work is waiting. Only destinations that got work since they
+        last had enough workers are looked at (`_wanting`), not every ready destination:
+        with 10,000 destinations a walk per tick (a tick follows every finished
+        transaction) was 3-15 % of the CPU."""
+        limit = self.cfg.max_connections_per_destination
+        for dest in list(self._wanting):
+            if len(self._workers) >= self.max_workers:
+                return  # the rest wait; a finishing worker wakes the loop
+            queue = self.ready.get(dest)
+            active = self.active.get(dest, 0)
+            while (queue and active < limit and active < len(queue)
                    and len(self._workers) < self.max_workers):
-                self.active[dest] = self.active.get(dest, 0) + 1
+                active += 1
+                self.active[dest] = active
                 worker = asyncio.create_task(self._worker(dest), name=f"deliver:{dest}")
                 self._workers.add(worker)
                 worker.add_done_callback(self._workers.discard)
+            if not queue or active >= limit or active >= len(queue):
+                del self._wanting[dest]  # its workers drain the queue
 
     async def _worker(self, dest: str) -> None:
         queue = self.ready[dest]
@@ -361,7 +376,9 @@ class Scheduler:
         finally:
             # Several workers may serve one destination: the last one out cleans up.
             self.active[dest] = self.active.get(dest, 1) - 1
-            if not queue and self.active[dest] <= 0:
+            if queue:  # work arrived while this worker was leaving (or it is stopping)
+                self._wanting[dest] = None
+            elif self.active[dest] <= 0:
                 if self.ready.get(dest) is queue:
                     self.ready.pop(dest, None)
                 self.active.pop(dest, None)

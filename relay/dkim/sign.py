@@ -46,6 +46,9 @@ log = logging.getLogger(__name__)
 PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 _KEYS: dict[tuple[str, bytes], PrivateKey] = {}
 _KEYS_MAX = 256
+# Parsing an RSA key validates it (tens of milliseconds); the signing threads that start
+# together on a fresh process would all do it, so one parses while the others wait.
+_KEYS_LOCK = threading.Lock()
 _PKCS1 = padding.PKCS1v15()
 _SHA256 = Prehashed(hashes.SHA256())
 _LINE = 78  # folded DKIM-Signature lines, CRLF not counted (RFC 5322 §2.1.1)
@@ -59,6 +62,13 @@ def load_private_key(key: DkimKey, private: bytes) -> PrivateKey:
     loaded = _KEYS.get(cache_key)
     if loaded is not None:
         return loaded
+    with _KEYS_LOCK:
+        return _KEYS.get(cache_key) or _load_private_key(key, private, cache_key)
+
+
+def _load_private_key(key: DkimKey, private: bytes,
+                      cache_key: tuple[str, bytes]) -> PrivateKey:
+    loaded: PrivateKey
     try:
         if key.algorithm == "rsa":
             pem = serialization.load_pem_private_key(private, password=None)

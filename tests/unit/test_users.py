@@ -127,3 +127,37 @@ def test_verified_credentials_are_cached_until_the_record_changes(
     assert store.verify("app", "battery staple")
     store.remove("app")
     assert not store.verify("app", "battery staple")
+
+
+def test_logins_at_the_same_moment_pay_scrypt_once(
+        store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pool of connections opening together with one credential: the first login's
+    scrypt is shared; wrong passwords still pay each time and never wait on the right one."""
+    import threading
+
+    import relay.users
+    store.add("app", "correct horse")
+    calls: list[bytes] = []
+    real = relay.users._derive
+    gate = threading.Barrier(8)
+
+    def counting(password: bytes, *args: object, **kw: object) -> bytes:
+        calls.append(password)
+        return real(password, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(relay.users, "_derive", counting)
+    results: list[bool] = []
+
+    def login(password: str) -> None:
+        gate.wait()
+        results.append(store.verify("app", password))
+
+    threads = [threading.Thread(target=login, args=("correct horse",)) for _ in range(6)]
+    threads += [threading.Thread(target=login, args=(f"wrong {i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(results) == [False] * 2 + [True] * 6
+    assert calls.count(b"correct horse") == 1
+    assert calls.count(b"wrong 0") == calls.count(b"wrong 1") == 1
