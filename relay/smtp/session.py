@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import functools
 import ipaddress
 import logging
 import re
@@ -103,8 +104,8 @@ class _CommandReader(asyncio.StreamReader):
     aiosmtpd reads commands (and AUTH continuations) with `readuntil(b"\\n")`, so a line
     ending in a bare LF (or in CR CR LF) would be run as a command. Such a line is
     replaced by an empty one (aiosmtpd answers "500 Error: bad syntax") and
-    flagged, so `SubmissionSession.push` sends BARE_NEWLINE_COMMAND instead. DATA lines
-    are read with `readuntil(b"\\r\\n")` and checked in `_read_data`. A CR inside a command
+    flagged, so `SubmissionSession.push` sends BARE_NEWLINE_COMMAND instead. DATA is read
+    in chunks by `read_data_section` and checked by `_DataScanner`. A CR inside a command
     line splits nothing; MAIL/RCPT/EHLO/HELO refuse it as a control character.
     """
 
@@ -550,6 +551,15 @@ class SubmissionSession(SMTP):
         self.envelope.rcpt_options.extend(options)
         return str(R.RECIPIENT_OK)
 
+    def data_received(self, data: bytes) -> None:
+        # RFC 5321 §4.5.3.2.6: the DATA timeout runs between what the client sends, so a
+        # line end arriving in the data restarts the idle timer, however few bytes came
+        # (the chunked reader returns only per ~1 KB or at the end). Bytes trickled
+        # without a line end do not restart it (slowloris, RELIABILITY V12).
+        if self._in_data and b"\n" in data:
+            self._reset_timeout_sometimes()
+        super().data_received(data)
+
     def _reset_timeout_sometimes(self) -> None:
         now = self.loop.time()
         if now - self._last_timer_reset >= 1.0:
@@ -590,52 +600,28 @@ class SubmissionSession(SMTP):
     async def _read_data(self) -> tuple[list[bytes] | None, R.Reply | None]:
         """Read up to the lone '.', keeping at most max_message_size bytes in memory.
 
-        Only CRLF '.' CRLF ends the data (aiosmtpd reads lines with readuntil(b"\\r\\n")).
-        A bare CR or LF anywhere marks the message rejected, but reading continues to the
-        real end, so a smuggled "\\n.\\r\\nMAIL FROM..." is data of this one rejected
-        message, never a second transaction (RELIABILITY V1).
+        Only CRLF '.' CRLF ends the data ('.' CRLF as the first line too): the data ends
+        at the first b"\\r\\n.\\r\\n" in b"\\r\\n" + stream, and what follows stays in the
+        reader for the next command (PIPELINING). A bare CR or LF anywhere marks the
+        message rejected, but reading continues to the real end, so a smuggled
+        "\\n.\\r\\nMAIL FROM..." is data of this one rejected message, never a second
+        transaction (RELIABILITY V1). Read in chunks (`read_data_section`), with the same
+        replies as a line-by-line reader: see `_DataScanner`.
         """
-        limit = self.data_size_limit
-        parts: list[bytes] = []
-        size = 0
-        fault: R.Reply | None = None
-        pending_fragment = False
-        while self.transport is not None:
-            try:
-                line: bytes = await self._reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as e:
-                await self._reader.read(e.consumed)
-                pending_fragment = True
-                if fault is None:
-                    fault = R.LINE_TOO_LONG
-                parts.clear()
-                self._reset_timeout_sometimes()
-                continue
-            except asyncio.IncompleteReadError:
-                self._close()
-                return None, None
-            self._reset_timeout_sometimes()
-            if line == b".\r\n" and not pending_fragment:
-                break
-            pending_fragment = False
-            if fault is not None:
-                continue
-            size += len(line)
-            if limit and size > limit:
-                fault = R.MESSAGE_TOO_BIG
-                parts.clear()
-                continue
-            end = len(line) - 2
-            if line.find(b"\n", 0, end) >= 0 or line.find(b"\r", 0, end) >= 0:
-                fault = R.BARE_NEWLINE
-                parts.clear()
-                continue
-            parts.append(line[1:] if line.startswith(b".") else line)
-        else:
+        if self.transport is None:
             return None, None
-        if fault is not None:
-            return None, fault
-        return parts, None
+
+        def progress() -> bool:
+            self._reset_timeout_sometimes()
+            return self.transport is not None
+
+        try:
+            result = await read_data_section(
+                self._reader, int(self.data_size_limit or 0), self.line_length_limit, progress)
+        except asyncio.IncompleteReadError:
+            self._close()
+            return None, None
+        return result if result is not None else (None, None)
 
     async def _submit(self, parts: list[bytes]) -> str:
         assert self.session is not None and self.envelope is not None
@@ -692,6 +678,197 @@ class SubmissionSession(SMTP):
             if reason is not None:
                 return reason
         return None
+
+
+# --- DATA ------------------------------------------------------------------------------------
+
+_EOD = b"\r\n.\r\n"  # end of data (RFC 5321 §4.1.1.4); DATA's own CRLF may be its first two
+
+
+@functools.lru_cache(maxsize=8)
+def _long_line(line_limit: int) -> re.Pattern[bytes]:
+    # Between two LFs of CRLF-only text: a line whose content is over line_limit bytes.
+    return re.compile(rb"\n[^\n]{%d}" % (line_limit + 2))
+
+
+class _DataScanner:
+    """Checks and dot-unstuffs one DATA section, fed in pieces split anywhere.
+
+    The verdict is the one of a line-by-line reader (lines end at CRLF; the first faulty
+    line decides, and within one line: longer than `line_limit` bytes before its CRLF →
+    LINE_TOO_LONG, else ending past byte `size_limit` → MESSAGE_TOO_BIG, else a CR or LF
+    not part of a CRLF → BARE_NEWLINE). Clean pieces are checked with C-speed bytes
+    operations and kept unstuffed ('.' removed at the start of every line); once a fault
+    is certain nothing more is kept and the remaining lines up to the decisive one are
+    walked one by one.
+    """
+
+    __slots__ = ("bare", "cr", "doomed", "fault", "line_limit", "parts", "run", "size",
+                 "size_limit")
+
+    def __init__(self, size_limit: int, line_limit: int) -> None:
+        self.size_limit = size_limit  # 0: no limit
+        self.line_limit = line_limit
+        self.parts: list[bytes] = []
+        self.fault: R.Reply | None = None
+        self.doomed = False  # some fault is certain (its kind not yet): keep nothing
+        self.size = 0  # bytes fed
+        self.run = 0  # bytes fed since the start of the current line
+        self.cr = False  # the last byte fed is a CR (maybe half of a CRLF)
+        self.bare = False  # the current line has a bare CR or LF
+
+    def feed(self, data: bytes) -> None:
+        if self.fault is not None or not data:
+            return
+        if not self.doomed:
+            if self._feed_clean(data):
+                return
+            self.doomed = True
+            self.parts = []
+        self._feed_lines(data)
+
+    def result(self) -> tuple[list[bytes] | None, R.Reply | None]:
+        """At the end of data (everything fed ends with CRLF, or nothing was fed)."""
+        if self.fault is not None or self.doomed:
+            return None, self.fault or R.INTERNAL_ERROR  # (doomed: its line has ended)
+        return self.parts, None
+
+    def _feed_clean(self, data: bytes) -> bool:
+        """Keep `data` if it cannot make the message faulty; False (nothing done) if not."""
+        n = len(data)
+        size = self.size + n
+        if self.size_limit and size > self.size_limit:
+            return False
+        cr_in = self.cr
+        cr_out = data[-1] == 13  # judged with the next piece
+        crlf = data.count(b"\r\n")
+        if cr_in:
+            if data[0] != 10:
+                return False
+            crlf += 1
+        if data.count(b"\n") != crlf or data.count(b"\r") + cr_in - cr_out != crlf:
+            return False  # a bare CR or LF
+        limit = self.line_limit
+        first = data.find(b"\n")
+        if first < 0:
+            run = self.run + n
+        else:
+            if self.run + first - 1 > limit:  # the line going on from the last piece
+                return False
+            last = data.rfind(b"\n")
+            if last - first > limit + 2 and _long_line(limit).search(data, first, last + 1):
+                return False
+            run = n - last - 1
+        if run - cr_out > limit:
+            return False
+        if self.run == 0 and data[0] == 46:  # '.' starting a line
+            data = data[1:]
+        elif cr_in and data[1:2] == b".":
+            data = b"\n" + data[2:]
+        self.parts.append(data.replace(b"\r\n.", b"\r\n"))
+        self.size, self.run, self.cr = size, run, cr_out
+        return True
+
+    def _feed_lines(self, data: bytes) -> None:
+        """Line by line, until the fault is known."""
+        limit = self.line_limit
+        i, n = 0, len(data)
+        if self.cr:
+            self.cr = False
+            if data[0] == 10:
+                self._end_line(self.run - 1, self.size + 1)
+                i = 1
+            else:
+                self.bare = True
+        while self.fault is None and i < n:
+            j = data.find(b"\r\n", i)
+            if j < 0:
+                cr_out = data[-1] == 13
+                end = n - cr_out
+                if data.find(b"\n", i, end) >= 0 or data.find(b"\r", i, end) >= 0:
+                    self.bare = True
+                self.run += n - i
+                self.cr = cr_out
+                if self.run - cr_out > limit:
+                    self.fault = R.LINE_TOO_LONG
+                break
+            if data.find(b"\n", i, j) >= 0 or data.find(b"\r", i, j) >= 0:
+                self.bare = True
+            self._end_line(self.run + j - i, self.size + j + 2)
+            i = j + 2
+        self.size += n
+
+    def _end_line(self, length: int, end: int) -> None:
+        if length > self.line_limit:
+            self.fault = R.LINE_TOO_LONG
+        elif self.size_limit and end > self.size_limit:
+            self.fault = R.MESSAGE_TOO_BIG
+        elif self.bare:
+            self.fault = R.BARE_NEWLINE
+        self.run = 0
+        self.bare = False
+
+
+def _eod_prefix(tail: bytes) -> int:
+    """How many bytes of _EOD `tail` ends with (0 to 4)."""
+    if tail[-1:] not in (b"\r", b"\n", b"."):
+        return 0
+    for k in (4, 3, 2, 1):
+        if tail.endswith(_EOD[:k]):
+            return k
+    return 0
+
+
+async def read_data_section(
+        reader: asyncio.StreamReader, size_limit: int, line_limit: int,
+        progress: Callable[[], bool],
+) -> tuple[list[bytes] | None, R.Reply | None] | None:
+    """Read one DATA section from `reader` in chunks; `_DataScanner` judges it.
+
+    The same result as reading it with `reader.readuntil(b"\\r\\n")` line by line with
+    a reader limit of `line_limit`. Returns (parts, None) or (None, fault), or None if
+    `progress()` (called after every chunk that ends a line or has a limit's worth of
+    bytes: the idle timer restarts there) says to stop. Raises IncompleteReadError at
+    EOF. Never reads past the end of data: `readuntil(_EOD)` (on LimitOverrunError, no
+    _EOD spans the end of the `consumed` bytes: readuntil keeps the last len(_EOD) - 1),
+    except while what was read ends with the start of an _EOD (at first: DATA's own
+    CRLF), when `readexactly` reads the rest of it, which cannot overshoot (KMP).
+    At most the reader's buffer (about 2 x its limit + one socket read) is read at once.
+    """
+    scanner = _DataScanner(size_limit, line_limit)
+    matched = 2  # how many bytes of _EOD what was read so far ends with
+    held = b""  # bytes read but not fed: the '.' or '.\r' of a possible _EOD
+    unreported = 0  # bytes read by readexactly since the last progress()
+    while True:
+        if matched:
+            chunk = await reader.readexactly(len(_EOD) - matched)
+            unreported += len(chunk)
+            # As a line reader would: progress at the end of a line or after a limit's worth,
+            # not for a few bytes of a line that never ends (slowloris, V12).
+            report = b"\n" in chunk or unreported > line_limit
+        else:
+            try:
+                chunk = await reader.readuntil(_EOD)
+            except asyncio.LimitOverrunError as e:
+                chunk = await reader.read(e.consumed)
+            report = True
+        if report:
+            unreported = 0
+            if not progress():
+                return None
+        tail = _EOD[:matched] + chunk[-len(_EOD):]
+        data = held + chunk if held else chunk
+        if tail.endswith(_EOD):
+            scanner.feed(data[:-3])  # all but the '.' CRLF
+            return scanner.result()
+        matched = _eod_prefix(tail)
+        keep = max(0, matched - 2)
+        if keep:
+            held = data[-keep:]
+            data = data[:-keep]
+        else:
+            held = b""
+        scanner.feed(data)
 
 
 class _NoHooks:

@@ -193,3 +193,22 @@ async def test_many_sequential_sessions_leave_no_slots(tls: Tls, users: UserStor
                 break
             await asyncio.sleep(0.02)
         assert srv.limiter.total == 0
+
+
+async def test_data_lines_trickled_within_the_idle_timeout_are_accepted(
+        tls: Tls, users: UserStore) -> None:
+    # RFC 5321 §4.5.3.2.6: the DATA timeout is between blocks, not for the whole message;
+    # the chunked DATA reader returns only per ~1 KB, so a line end arriving restarts it.
+    submitter = RecordingSubmitter()
+    lim = limits(idle_timeout=Duration(1.5), session_timeout=Duration(30))
+    async with running_server(tls=tls, users=users, limits=lim, submitter=submitter) as srv:
+        client = await tls_session(srv.port, tls)
+        await open_data(client)
+        await client.send(b"Subject: slow\r\n\r\n")
+        for _ in range(10):  # 4 s in all, a line every 0.4 s
+            await client.send(b"x\r\n")
+            await asyncio.sleep(0.4)
+        await client.send(b".\r\n")
+        reply = await client.read_reply(timeout=5)
+        assert reply.code == 250, reply
+    assert len(submitter.messages) == 1
