@@ -3,7 +3,7 @@
 Owns: the only use of aiosmtplib in relay. `Sender.send()` tries the targets
 (MX hosts, already ordered by routing) in order, speaks EHLO / STARTTLS /
 MAIL / RCPT… / DATA, and returns one Outcome per recipient. Idle connections
-are kept per (destination, source address) and reused.
+are pooled per next hop (below) and reused across destinations.
 
 Must not: raise. Every library exception, OSError and timeout is translated
 here into an Outcome via relay.delivery.classify (STYLE §3 rule 9); only
@@ -40,6 +40,29 @@ Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
   abandoned half-way (DATA refused). A reused connection that turns out dead
   before it answered anything (so no body was sent: nothing can be delivered
   twice) is dropped and the message tried once more on a fresh connection.
+- The pool key is the target, not the destination: (MX host name, IP address,
+  port, source address), like Postfix's connection cache looking up by next-hop
+  address. Many domains hosted behind one MX share its connections. `send()`
+  walks its targets in order and takes, before opening anything, the most
+  recently used idle connection under one of their keys: for a target of the
+  most preferred MX level any such connection; for a less preferred one only a
+  connection whose last transaction was for the same destination (made when its
+  better MX failed; another domain's backup-MX connection would skip this one's
+  primary). The host name is in the key because the EHLO/STARTTLS dialogue and
+  a verified certificate are for that name; the source address because it fixes
+  the EHLO name (its PTR). TLS as above: a connection made with weaker TLS than
+  the message needs (plain for "require", unverified for "verify") stays pooled
+  for others and a new one is opened.
+- Caps: at most delivery.max_connections_per_destination idle connections per
+  key (the scheduler's per-destination workers and the shaper's site limit bound
+  the busy ones) and `max_idle_connections` (default MAX_IDLE_CONNECTIONS) in
+  all; over either, the oldest idle one is closed, so fds and memory stay
+  bounded whatever the number of destinations. A connection counts against the
+  shaping site of the transaction using it (`_site_open`): reused by another
+  site, it moves to that site's count, within that site's limit.
+- Closing: QUIT, waiting at most min(command_timeout, 5 s), then the socket is
+  aborted. The reaper closes the expired idle connections of a pass together
+  (one pass at a time), so a pass lasts one bounded QUIT, not one per connection.
 - aiosmtplib normalises bare CR/LF to CRLF and dot-stuffs on the wire
   (RELIABILITY V2) and refuses control characters in addresses with ValueError
   (V6), mapped to `501 5.1.3 invalid address`.
@@ -81,7 +104,12 @@ from relay.clock import Clock, SystemClock
 from relay.config import Delivery
 from relay.delivery.classify import Failure, Outcome, from_failure, from_reply
 
-__all__ = ["Sender", "Target", "TransactionResult"]
+__all__ = ["MAX_IDLE_CONNECTIONS", "Sender", "Target", "TransactionResult"]
+
+# Idle pooled connections kept at most, all keys together (Sender(max_idle_connections=)).
+MAX_IDLE_CONNECTIONS = 1000
+# QUIT on a connection being closed waits at most this long (and command_timeout).
+_QUIT_TIMEOUT = 5.0
 
 
 class Target(Protocol):
@@ -111,17 +139,27 @@ class TransactionResult(msgspec.Struct, frozen=True):
         return dict(zip(self.recipients, self.outcomes, strict=True))
 
 
-@dataclass
+# (MX host name lower-cased without the final dot, IP address, port, source address)
+_PoolKey = tuple[str, str, int, str]
+
+
+def _pool_key(target: Target, src: str) -> _PoolKey:
+    return (target.host_name.rstrip(".").lower(), target.address, target.port, src)
+
+
+@dataclass(eq=False)  # identity: a _Conn is a key of Sender._idle
 class _Conn:
     smtp: aiosmtplib.SMTP
     host_name: str
     address: str
     tls: bool
+    key: _PoolKey = ("", "", 0, "")
     messages: int = 0
     idle_since: float = 0.0
     site: str = ""          # the shaping site it counts against ("" = none)
     verified: bool = False  # the certificate was checked against host_name
     rset_needed: bool = False  # the last transaction was abandoned half-way
+    destination: str = ""   # the destination its last transaction was for
 
 
 class _TargetFailed(Exception):
@@ -130,8 +168,6 @@ class _TargetFailed(Exception):
         self.outcome = outcome
         self.plaintext_retry = plaintext_retry
 
-
-_PoolKey = tuple[str, str]
 
 _STRICTNESS = {"": 0, "opportunistic": 1, "require": 2, "verify": 3}
 
@@ -160,6 +196,14 @@ def _failure_kind(exc: BaseException) -> Failure:
     if isinstance(exc, OSError):
         return "unreachable"
     return "local_error"
+
+
+def _abort(transport: asyncio.BaseTransport | None) -> None:
+    """Close a connection's socket now, without waiting for a TLS close_notify."""
+    if isinstance(transport, asyncio.WriteTransport):
+        transport.abort()
+    elif transport is not None:
+        transport.close()
 
 
 def _short(exc: BaseException) -> str:
@@ -337,18 +381,24 @@ class Sender:
     `delivery` is the config's [delivery] section; `hostname` the EHLO name
     (config server.hostname); `tls_context` overrides the client TLS context
     (tests pass one trusting a trustme CA together with verify_certificates);
-    `verify_context` the one for tls = "verify" (default: the system trust store).
+    `verify_context` the one for tls = "verify" (default: the system trust store);
+    `max_idle_connections` caps the idle connections kept across all pool keys
+    (the oldest idle one is closed to make room).
     """
 
     def __init__(self, delivery: Delivery, *, hostname: str, clock: Clock | None = None,
                  tls_context: ssl.SSLContext | None = None,
-                 verify_context: ssl.SSLContext | None = None) -> None:
+                 verify_context: ssl.SSLContext | None = None,
+                 max_idle_connections: int = MAX_IDLE_CONNECTIONS) -> None:
         self._cfg = delivery
         self._hostname = hostname
         self._clock: Clock = clock if clock is not None else SystemClock()
-        self._pool: dict[_PoolKey, list[_Conn]] = {}
+        self._pool: dict[_PoolKey, list[_Conn]] = {}   # idle, per key, oldest first
+        self._idle: dict[_Conn, None] = {}   # every idle connection, oldest first
+        self._max_idle = max(0, max_idle_connections)
         self._site_open: dict[str, int] = {}   # open connections per shaping site
         self._reaper: asyncio.Task[None] | None = None
+        self._reaping = asyncio.Lock()   # one reap pass at a time
         self._closed = False
         self._verify = delivery.tls == "require" and delivery.verify_certificates
         if tls_context is not None:
@@ -388,7 +438,6 @@ class Sender:
         """
         src = self._cfg.source_address if source_address is None else source_address
         policy = _strictest(tls or self._cfg.tls, *(getattr(t, "tls", "") for t in targets))
-        key: _PoolKey = (destination, src)
         invalid = from_failure("invalid_address")
         if not _valid_address(sender):
             return TransactionResult(list(recipients), [invalid] * len(recipients))
@@ -403,63 +452,76 @@ class Sender:
             got = iter(part.outcomes)
             merged = [next(got) if _valid_address(r) else invalid for r in recipients]
             return msgspec.structs.replace(part, recipients=list(recipients), outcomes=merged)
+        conn: _Conn | None = None
         try:
-            conn = await self._take(key, need_tls=policy in ("require", "verify"),
+            conn = await self._take(destination, targets, src,
+                                    need_tls=policy in ("require", "verify"),
                                     need_verified=policy == "verify")
             reused = conn is not None
+            if conn is not None and conn.site != site:
+                # Opened for another site sharing this MX host: it counts against ours now.
+                await self._claim(conn, site, max_connections)
             if conn is None:
                 conn, failed = await self._open_site(site, max_connections, destination,
                                                      targets, src, ehlo, policy)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
+            conn.destination = destination
             outcomes, keep, fresh_retry = await self._transact(conn, sender, recipients, data)
             if reused and fresh_retry:
                 # The pooled connection was dead: it answered nothing, so no body was
                 # sent and a fresh connection cannot deliver the message twice.
-                await self._discard(conn)
+                dead, conn = conn, None
+                await self._discard(dead)
                 conn, failed = await self._open_site(site, max_connections, destination,
                                                      targets, src, ehlo, policy)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
+                conn.destination = destination
                 reused = False
                 outcomes, keep, _ = await self._transact(conn, sender, recipients, data)
             conn.messages += 1
             per_conn = messages_per_connection or self._cfg.max_messages_per_connection
-            if keep and conn.messages < per_conn \
-                    and conn.smtp.is_connected and not self._closed:
-                self._put(key, conn)
+            done, conn = conn, None
+            if keep and done.messages < per_conn \
+                    and done.smtp.is_connected and not self._closed:
+                evicted = self._put(done)
+                if evicted:
+                    await asyncio.gather(*(self._discard(c, polite=True) for c in evicted))
             else:
-                await self._discard(conn, polite=conn.smtp.is_connected)
+                await self._discard(done, polite=done.smtp.is_connected)
             return TransactionResult(list(recipients), outcomes,
-                                     remote_mta=_remote_name(conn.host_name, conn.address),
-                                     address=conn.address, tls=conn.tls, reused=reused)
+                                     remote_mta=_remote_name(done.host_name, done.address),
+                                     address=done.address, tls=done.tls, reused=reused)
         except asyncio.CancelledError:
+            if conn is not None:  # neither pooled nor closed: do not leak it (or its site)
+                self._drop(conn)
             raise
         except Exception as e:  # the boundary: nothing escapes as an exception
+            if conn is not None:
+                self._drop(conn)
             failed = from_failure("local_error", destination, _short(e))
             return TransactionResult(list(recipients), [failed] * len(recipients))
 
     def idle_connections(self, destination: str | None = None) -> int:
-        return sum(len(v) for k, v in self._pool.items()
-                   if destination is None or k[0] == destination)
+        """Idle pooled connections: all, or those whose last transaction was for `destination`."""
+        if destination is None:
+            return len(self._idle)
+        return sum(1 for c in self._idle if c.destination == destination)
 
     async def reap(self) -> int:
-        """Close idle connections older than delivery.idle_connection_timeout; return how many."""
-        now = self._clock.monotonic()
-        limit = self._cfg.idle_connection_timeout
-        expired: list[_Conn] = []
-        for key in list(self._pool):
-            keep: list[_Conn] = []
-            for c in self._pool[key]:
-                (expired if now - c.idle_since >= limit or not c.smtp.is_connected
-                 else keep).append(c)
-            if keep:
-                self._pool[key] = keep
-            else:
-                del self._pool[key]
-        for c in expired:
-            await self._discard(c, polite=True)
-        return len(expired)
+        """Close idle connections older than delivery.idle_connection_timeout (or dead);
+        return how many. They are closed concurrently, each QUIT bounded by a timeout, so
+        one pass takes about one QUIT round trip however many expired; one pass at a time."""
+        async with self._reaping:
+            now = self._clock.monotonic()
+            limit = self._cfg.idle_connection_timeout
+            expired = [c for c in self._idle
+                       if now - c.idle_since >= limit or not c.smtp.is_connected]
+            for c in expired:
+                self._unpool(c)
+            await asyncio.gather(*(self._discard(c, polite=True) for c in expired))
+            return len(expired)
 
     async def close(self) -> None:
         """QUIT and close every pooled connection; stop the reaper."""
@@ -469,26 +531,43 @@ class Sender:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
-        conns = [c for v in self._pool.values() for c in v]
+        conns = list(self._idle)
         self._pool.clear()
+        self._idle.clear()
         await asyncio.gather(*(self._discard(c, polite=True) for c in conns))
 
     # ------------------------------------------------------------------ pool
 
-    async def _take(self, key: _PoolKey, need_tls: bool = False,
-                    need_verified: bool = False) -> _Conn | None:
-        idle = self._pool.get(key)
-        while idle:
-            if need_tls:  # only an encrypted connection may carry it; plain ones stay pooled
-                at = next((i for i in range(len(idle) - 1, -1, -1) if idle[i].tls
-                           and (idle[i].verified or not need_verified)), None)
-                if at is None:
-                    return None
-                conn = idle.pop(at)
-            else:
-                conn = idle.pop()
-            if not idle:
-                self._pool.pop(key, None)
+    async def _take(self, destination: str, targets: Sequence[Target], src: str,
+                    need_tls: bool = False, need_verified: bool = False) -> _Conn | None:
+        """A pooled connection for one of `targets`, tried in their order: to a target of
+        the most preferred MX level, any connection with its key; to a less preferred one,
+        only one whose last transaction was for `destination` (made when the better ones
+        failed: another destination's would skip ours). None: open a new one."""
+        if not self._idle:
+            return None
+        best = min(t.preference for t in targets) if targets else 0
+        for target in targets:
+            key = _pool_key(target, src)
+            if key not in self._pool:
+                continue
+            only = None if target.preference <= best else destination
+            conn = await self._take_key(key, only, need_tls, need_verified)
+            if conn is not None:
+                return conn
+        return None
+
+    async def _take_key(self, key: _PoolKey, only: str | None, need_tls: bool,
+                        need_verified: bool) -> _Conn | None:
+        while idle := self._pool.get(key):
+            # the most recently used that fits; plain (or unverified) ones stay pooled
+            conn = next((c for c in reversed(idle)
+                         if (only is None or c.destination == only)
+                         and (c.tls or not need_tls)
+                         and (c.verified or not need_verified)), None)
+            if conn is None:
+                return None
+            self._unpool(conn)
             if (self._clock.monotonic() - conn.idle_since >= self._cfg.idle_connection_timeout
                     or not conn.smtp.is_connected):
                 await self._discard(conn, polite=conn.smtp.is_connected)
@@ -503,20 +582,40 @@ class Sender:
             return conn
         return None
 
-    def _put(self, key: _PoolKey, conn: _Conn) -> None:
-        idle = self._pool.setdefault(key, [])
-        if len(idle) >= self._cfg.max_connections_per_destination:
-            self._forget_site(conn)
-            conn.smtp.close()
-            return
+    def _put(self, conn: _Conn) -> list[_Conn]:
+        """Pool `conn`; return the idle connections to close to keep the caps: at most
+        max_connections_per_destination per key and max_idle_connections in all (the
+        oldest go)."""
+        idle = self._pool.setdefault(conn.key, [])
         conn.idle_since = self._clock.monotonic()
         idle.append(conn)
-        if self._reaper is None or self._reaper.done():
+        self._idle[conn] = None
+        evicted: list[_Conn] = []
+        while len(idle) > self._cfg.max_connections_per_destination:
+            evicted.append(idle[0])
+            self._unpool(idle[0])
+        while len(self._idle) > self._max_idle:
+            oldest = next(iter(self._idle))
+            evicted.append(oldest)
+            self._unpool(oldest)
+        for c in evicted:
+            self._forget_site(c)
+        if self._idle and (self._reaper is None or self._reaper.done()):
             self._reaper = asyncio.get_running_loop().create_task(self._reap_loop())
+        return evicted
+
+    def _unpool(self, conn: _Conn) -> None:
+        idle = self._pool.get(conn.key)
+        if idle is not None:
+            with contextlib.suppress(ValueError):
+                idle.remove(conn)
+            if not idle:
+                del self._pool[conn.key]
+        self._idle.pop(conn, None)
 
     async def _reap_loop(self) -> None:
         period = max(self._cfg.idle_connection_timeout / 2, 0.05)
-        while self._pool:
+        while self._idle:
             await self._clock.sleep(period)
             with contextlib.suppress(Exception):
                 await self.reap()
@@ -526,26 +625,40 @@ class Sender:
             self._site_open[conn.site] -= 1
             conn.site = ""
 
+    def _site_victims(self, site: str, limit: int) -> list[_Conn]:
+        """Take out of the pool the idle connections of `site` (oldest first) that must close
+        before one more of its connections may be open; they no longer count against it."""
+        victims: list[_Conn] = []
+        excess = self._site_open.get(site, 0) - limit + 1 if site and limit else 0
+        if excess > 0:
+            victims = [c for c in self._idle if c.site == site][:excess]
+            for c in victims:
+                self._unpool(c)
+                self._forget_site(c)
+        return victims
+
+    async def _claim(self, conn: _Conn, site: str, limit: int) -> None:
+        """Count the pooled `conn` (taken, not idle) against `site` instead of its own."""
+        self._forget_site(conn)
+        if not site:
+            return
+        victims = self._site_victims(site, limit)
+        self._site_open[site] = self._site_open.get(site, 0) + 1
+        conn.site = site
+        if victims:
+            await asyncio.gather(*(self._discard(c, polite=True) for c in victims))
+
     async def _open_site(self, site: str, limit: int, destination: str,
                          targets: Sequence[Target], src: str, ehlo: str | None,
                          policy: str | None) -> tuple[_Conn | None, Outcome]:
         """_open_any, within `site`'s connection limit (the shaper keeps the transactions
         under way below it, so at the limit at least one of the site's is idle)."""
-        victims: list[_Conn] = []
+        victims = self._site_victims(site, limit)
         if site:
-            if limit and self._site_open.get(site, 0) >= limit:
-                excess = self._site_open[site] - limit + 1
-                for k in list(self._pool):
-                    for c in [c for c in self._pool[k] if c.site == site][:excess - len(victims)]:
-                        self._pool[k].remove(c)
-                        self._forget_site(c)
-                        victims.append(c)
-                    if not self._pool[k]:
-                        del self._pool[k]
             # Counted before the first await, so concurrent openers see each other.
             self._site_open[site] = self._site_open.get(site, 0) + 1
-        for c in victims:
-            await self._discard(c, polite=True)
+        if victims:
+            await asyncio.gather(*(self._discard(c, polite=True) for c in victims))
         try:
             conn, failed = await self._open_any(destination, targets, src, ehlo, policy)
         except BaseException:
@@ -560,10 +673,27 @@ class Sender:
         return conn, failed
 
     async def _discard(self, conn: _Conn, polite: bool = False) -> None:
+        """Close `conn` (QUIT first if `polite`). A QUIT not answered in time, or none, and
+        the socket is aborted: nothing lingers (a TLS close_notify waits up to 30 s)."""
         self._forget_site(conn)
-        if polite and conn.smtp.is_connected:
-            with contextlib.suppress(Exception):
-                await conn.smtp.quit(timeout=min(self._cfg.command_timeout, 5.0))
+        smtp = conn.smtp
+        transport = smtp.transport
+        clean = False
+        try:
+            if polite and smtp.is_connected:
+                wait = min(self._cfg.command_timeout, _QUIT_TIMEOUT)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(smtp.quit(timeout=wait), wait + 1.0)
+                    clean = True
+        finally:
+            if not clean:
+                _abort(transport)
+            smtp.close()
+
+    def _drop(self, conn: _Conn) -> None:
+        """Close `conn` at once, without QUIT (cancellation, an unexpected error)."""
+        self._forget_site(conn)
+        _abort(conn.smtp.transport)
         conn.smtp.close()
 
     # ------------------------------------------------------------------ connect
@@ -617,7 +747,7 @@ class Sender:
                 await self._hello(smtp)
                 tls = True
             return _Conn(smtp, target.host_name, target.address, tls,
-                         verified=tls and verify)
+                         key=_pool_key(target, src), verified=tls and verify)
         except _TargetFailed:
             smtp.close()
             raise

@@ -155,7 +155,8 @@ def test_one_click_unsubscribe(unsub_admin: tuple[Admin, int, DnsServer]) -> Non
     verified = dkimpy_verify(msg.data, server)
     assert verified and all(verified), verified
     # A changed List-Unsubscribe URL breaks the signature.
-    forged_url = msg.data.replace(token.encode(), token[:-1].encode() + b"a", 1)
+    other_last = b"b" if token.endswith("a") else b"a"  # a token ending in "a" is 1 in 32
+    forged_url = msg.data.replace(token.encode(), token[:-1].encode() + other_last, 1)
     assert forged_url != msg.data and not any(dkimpy_verify(forged_url, server))
     for subject in ("plain one", "no set"):
         other = received(admin, subject).data.split(b"\r\n\r\n", 1)[0].lower()

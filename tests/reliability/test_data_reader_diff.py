@@ -303,4 +303,10 @@ async def both_over_socket(pieces: list[bytes], users_dir: Path) -> None:
 @example(stream=b".\r\nNOOP\r\n", cuts=[1])
 def test_chunked_reader_matches_over_a_socket(stream: bytes, cuts: list[int],
                                               tmp_path: Path) -> None:
+    # After a QUIT the server closes, and what the client still writes meets a reset that
+    # can discard replies already received, differently from run to run; the stream
+    # stops at its first QUIT (the StreamReader test above covers every stream).
+    quit_at = stream.lower().find(b"quit")
+    if quit_at >= 0:
+        stream = stream[:quit_at]
     asyncio.run(both_over_socket(pieces_of(stream, cuts), tmp_path))
