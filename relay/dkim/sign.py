@@ -23,7 +23,6 @@ import hashlib
 import logging
 import re
 import threading
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Protocol
@@ -33,6 +32,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 
+from relay.clock import SystemClock
 from relay.dkim import canon
 from relay.dkim.keys import DkimError, DkimKey, DomainKeys, KeyStore
 
@@ -180,16 +180,19 @@ def _fold(text: bytes, b64: bytes) -> bytes:
     return b"".join(out)[1:]
 
 
-def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]]) -> bytes:
+def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]],
+              now: float | None = None) -> bytes:
     """The DKIM-Signature header field(s) for `body`, CRLF-terminated (Ed25519 first):
-    relaxed/relaxed, sha256, no l=, h= from `signed_headers()`."""
+    relaxed/relaxed, sha256, no l=, h= from `signed_headers()`; t= is `now` (the
+    relay's clock; the system clock when not given)."""
     fields, text = canon.split_message(body)
     names = [n.lower() for n, _ in fields]
     include = signed_headers(names)
     bh = base64.b64encode(hashlib.sha256(canon.relaxed_body(text)).digest())
     signed = hashlib.sha256(b"".join(canon.relaxed_header(n, v) + b"\r\n"
                                      for n, v in canon.select_headers(fields, include)))
-    tail = (b"; t=" + str(int(time.time())).encode() + b"; h=" + b" : ".join(include)
+    stamp = int(now if now is not None else SystemClock().now())
+    tail = (b"; t=" + str(stamp).encode() + b"; h=" + b" : ".join(include)
             + b"; bh=" + bh + b"; b=")
     out = b""
     for key, private in keys:
@@ -308,7 +311,7 @@ class Signer:
                 domain in verify_with(body, self._records(domain, state)):
             return b""  # already signed for this domain by us: not twice
         sig = sign_with(body, domain, [(k, self.keys.private_key(domain, k))
-                                       for k in generation.keys])
+                                       for k in generation.keys], self.keys.clock.now())
         self.signed += 1
         return sig
 
