@@ -3,39 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import socket
 import ssl
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import msgspec
 import pytest
 import trustme
 
 from relay.clock import FakeClock
-from relay.config import Delivery, Duration
+from relay.config import Duration
 from relay.delivery.client import Sender
 from relay.delivery.client import Target as ClientTarget
 from relay.delivery.scheduler import SenderLike
 from relay.dns.route import Target as RouteTarget
+from relay.testing.delivery import BODY, short_delivery
+from relay.testing.delivery import StubTarget as T
 from relay.testing.sink import Policy, Rules, Sink
 
-BODY = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-@dataclass(frozen=True)
-class T:  # stands in for routing.Target; Sender only needs these attributes
-    host_name: str
-    address: str
-    port: int
-    preference: int = 10
-
-
-def delivery(**over: Any) -> Delivery:
-    base = Delivery(connect_timeout=Duration(3), command_timeout=Duration(5),
-                    data_timeout=Duration(5))
-    return msgspec.structs.replace(base, **over)
+delivery = functools.partial(short_delivery, 5.0, 3.0)
 
 
 @pytest.fixture(scope="module")

@@ -9,32 +9,20 @@ own loop that answers a whole pipelined group in one write and can misbehave on 
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgspec
 import pytest
 
-from relay.config import Delivery, Duration
+from relay.config import Duration
 from relay.delivery.client import Sender
+from relay.testing.delivery import BODY, short_delivery
+from relay.testing.delivery import StubTarget as T
 from relay.testing.sink import Rules, Sink
 
-BODY = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-@dataclass(frozen=True)
-class T:
-    host_name: str
-    address: str
-    port: int
-    preference: int = 10
-
-
-def delivery(**over: Any) -> Delivery:
-    base = Delivery(connect_timeout=Duration(3), command_timeout=Duration(3),
-                    data_timeout=Duration(3))
-    return msgspec.structs.replace(base, **over)
+delivery = functools.partial(short_delivery, 3.0)
 
 
 MakeSink = Callable[..., Sink]

@@ -7,41 +7,27 @@ destination served at the same time is unaffected. Also V2 (outbound smuggling) 
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 import pytest
 import trustme
 
 from relay.clock import FakeClock
-from relay.config import Delivery, Duration
 from relay.delivery.client import Sender
 from relay.delivery.routing import Router
 from relay.dns.resolver import DnsResolver
 from relay.dns.route import RouteFailure, Targets
+from relay.testing.delivery import BODY, short_delivery
+from relay.testing.delivery import StubTarget as T
 from relay.testing.dnsserver import DnsServer
 from relay.testing.hostile import HostileServer, Mode
 
-BODY = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-@dataclass(frozen=True)
-class T:
-    host_name: str
-    address: str
-    port: int
-    preference: int = 10
-
-
-def delivery(**over: Any) -> Delivery:
-    base = Delivery(connect_timeout=Duration(1), command_timeout=Duration(1),
-                    data_timeout=Duration(1))
-    return msgspec.structs.replace(base, **over)
+delivery = functools.partial(short_delivery, 1.0)
 
 
 @pytest.fixture(scope="module")
