@@ -183,8 +183,8 @@ def _fold(text: bytes, b64: bytes) -> bytes:
 def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]],
               now: float | None = None) -> bytes:
     """The DKIM-Signature header field(s) for `body`, CRLF-terminated (Ed25519 first):
-    relaxed/relaxed, sha256, no l=, h= from `signed_headers()`; t= is `now` (the
-    relay's clock; the system clock when not given)."""
+    relaxed/relaxed, sha256, no l=, h= from `signed_headers()`; t= is `now`, by default
+    the system clock's (wall time, as verifiers expect)."""
     fields, text = canon.split_message(body)
     names = [n.lower() for n, _ in fields]
     include = signed_headers(names)
@@ -310,8 +310,10 @@ class Signer:
         if b"dkim-signature:" in header_block(body).lower() and \
                 domain in verify_with(body, self._records(domain, state)):
             return b""  # already signed for this domain by us: not twice
+        # t= is wall time on purpose, not the injected clock: verifiers compare it with
+        # theirs and refuse a signature from the future (a FakeClock ahead of them).
         sig = sign_with(body, domain, [(k, self.keys.private_key(domain, k))
-                                       for k in generation.keys], self.keys.clock.now())
+                                       for k in generation.keys])
         self.signed += 1
         return sig
 
