@@ -35,7 +35,7 @@ written: a failed transaction is aborted.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
+import collections
 import contextlib
 import errno
 import os
@@ -43,6 +43,7 @@ import secrets
 import shutil
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -254,10 +255,12 @@ class QueueStore:
         # Clear reader slots left by a process killed with -9.
         self.env.reader_check()
         self._db = {name: self.env.open_db(name.encode()) for name in self.DBS}
-        self._pending: list[_Op] = []
-        self._wakeup: asyncio.Event | None = None
-        self._committer: asyncio.Task[None] | None = None
-        self._writer: concurrent.futures.ThreadPoolExecutor | None = None
+        # Ops waiting for the writer thread (deque appends and pops are thread-safe).
+        self._pending: collections.deque[_Op] = collections.deque()
+        self._signal = threading.Event()          # ops queued, or closing
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: threading.Thread | None = None
+        self._stopped: asyncio.Future[None] | None = None
         self._closing = False
         self.on_commit: list[Callable[[], None]] = []
         # Multi-process mode (server.workers = N): (i, N) makes due()/next_due_at() see
@@ -267,20 +270,24 @@ class QueueStore:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        self._writer = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="lmdb-writer")
-        self._wakeup = asyncio.Event()
-        self._committer = asyncio.create_task(self._commit_loop(), name="queue-committer")
+        self._loop = asyncio.get_running_loop()
+        self._stopped = self._loop.create_future()
+        self._writer = threading.Thread(target=self._writer_main, name="lmdb-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    @property
+    def running(self) -> bool:
+        """Started and not closed: write() may be used."""
+        return self._writer is not None
 
     async def close(self) -> None:
         self._closing = True
-        if self._committer is not None:
-            assert self._wakeup is not None
-            self._wakeup.set()
-            await self._committer
-            self._committer = None
         if self._writer is not None:
-            self._writer.shutdown(wait=True)
+            self._signal.set()
+            assert self._stopped is not None
+            await self._stopped  # every queued op committed (or failed) first
+            self._writer.join()
             self._writer = None
         self.env.close()
 
@@ -298,13 +305,13 @@ class QueueStore:
         """Queue `fn(txn)` for the next group commit now (not when a coroutine first
         runs) and return the future of its result. Ops commit in the order they were
         queued, so an op queued before another is durable no later than it."""
-        if self._committer is None or self._wakeup is None:
+        if self._writer is None:
             raise RuntimeError("store not started")
         if self._closing:
             raise StoreUnavailable("queue is shutting down")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._pending.append(_Op(fn, fut, size))
-        self._wakeup.set()
+        self._signal.set()
         return fut
 
     def write_now(self, fn: Callable[[Any], T]) -> T:
@@ -357,55 +364,90 @@ class QueueStore:
             txn.put(_rcpt_key(mid, idx), _enc.encode(rr), db=self._db["recipients"])
             txn.put(_due_key(rr.next_attempt_at, mid, idx), b"", db=self._db["due_new"])
 
-    async def _commit_loop(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
+    def _writer_main(self) -> None:
+        """The writer thread: one write transaction (one sync) per batch, a batch being
+        whatever was queued while the previous one committed, so under load batches form
+        by themselves and the next starts the moment the last is durable, with no trip
+        through the event loop between them. Results go back to the loop in one callback
+        per batch. A map-full batch waits while the loop grows the map (set_mapsize needs
+        no transaction open anywhere in the process, which only the loop thread can know)."""
+        assert self._loop is not None
+        loop = self._loop
         while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            if not self._pending:
-                if self._closing:
+            self._signal.wait()
+            self._signal.clear()
+            # Ops that arrive just after an idle spell: let concurrent sessions join them.
+            # I/O batching, not policy: real time, not the injected Clock.
+            if (self.commit_window > 0 and not self._closing
+                    and len(self._pending) < self.commit_batch_max):
+                time.sleep(self.commit_window)
+            while self._pending:
+                batch: list[_Op] = []
+                while self._pending and len(batch) < self.commit_batch_max:
+                    batch.append(self._pending.popleft())
+                outcome = self._commit_batch(batch)
+                try:
+                    loop.call_soon_threadsafe(self._settle_batch, batch, outcome)
+                except RuntimeError:  # the loop is closed: nobody is waiting any more
                     return
-                continue
-            # Let concurrent sessions join this batch. This is I/O batching, not policy,
-            # so it uses the event loop's own timer rather than the injected Clock.
-            if self.commit_window > 0 and len(self._pending) < self.commit_batch_max:
-                await asyncio.sleep(self.commit_window)
-            batch = self._pending[: self.commit_batch_max]
-            del self._pending[: self.commit_batch_max]
-            if self._pending:
-                self._wakeup.set()
+            if self._closing and not self._pending:
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(self._writer_stopped)
+                return
+
+    def _commit_batch(self, batch: list[_Op]) -> list[Any] | Exception:
+        """Run one batch (in the writer thread): its results, or one error for all."""
+        fns = [op.fn for op in batch]
+        try:
+            return self._run_batch_sync(fns)
+        except _MapFull:
+            if not self._grow_map_from_writer():
+                return StoreFull("queue storage is full")
             try:
-                results = await loop.run_in_executor(
-                    self._writer, self._run_batch_sync, [op.fn for op in batch])
+                return self._run_batch_sync(fns)
             except _MapFull:
-                grown = self._grow_map()
-                results = None
-                if grown:
-                    try:
-                        results = await loop.run_in_executor(
-                            self._writer, self._run_batch_sync, [op.fn for op in batch])
-                    except _MapFull:
-                        results = None
-                    except Exception as e:  # mapped for every caller
-                        self._fail(batch, self._map_error(e))
-                        continue
-                if results is None:
-                    self._fail(batch, StoreFull("queue storage is full"))
-                    continue
-            except Exception as e:  # mapped for every caller
-                self._fail(batch, self._map_error(e))
+                return StoreFull("queue storage is full")
+            except Exception as e:
+                return self._map_error(e)
+        except Exception as e:  # mapped for every caller
+            return self._map_error(e)
+
+    def _grow_map_from_writer(self) -> bool:
+        assert self._loop is not None
+        done = threading.Event()
+        grown: list[bool] = []
+
+        def grow() -> None:
+            try:
+                grown.append(self._grow_map())
+            finally:
+                done.set()
+
+        try:
+            self._loop.call_soon_threadsafe(grow)
+        except RuntimeError:
+            return False
+        done.wait()
+        return bool(grown and grown[0])
+
+    def _settle_batch(self, batch: list[_Op], outcome: list[Any] | Exception) -> None:
+        """On the loop: hand each op its result (or the batch's error)."""
+        if isinstance(outcome, Exception):
+            self._fail(batch, outcome)
+            return
+        for op, res in zip(batch, outcome, strict=True):
+            if op.future.done():
                 continue
-            assert results is not None
-            for op, res in zip(batch, results, strict=True):
-                if op.future.done():
-                    continue
-                if isinstance(res, _OpFailed):
-                    op.future.set_exception(res.error)
-                else:
-                    op.future.set_result(res)
-            for cb in self.on_commit:
-                cb()
+            if isinstance(res, _OpFailed):
+                op.future.set_exception(res.error)
+            else:
+                op.future.set_result(res)
+        for cb in self.on_commit:
+            cb()
+
+    def _writer_stopped(self) -> None:
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)
 
     def _fail(self, batch: list[_Op], error: Exception) -> None:
         for op in batch:

@@ -100,5 +100,5 @@ class Started(Generic[H]):
 
     async def close(self) -> None:
         for h in self.made:
-            if h.store._committer is not None:
+            if h.store.running:
                 await h.close()
