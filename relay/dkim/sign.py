@@ -180,18 +180,17 @@ def _fold(text: bytes, b64: bytes) -> bytes:
     return b"".join(out)[1:]
 
 
-def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]],
-              now: float | None = None) -> bytes:
+def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]]) -> bytes:
     """The DKIM-Signature header field(s) for `body`, CRLF-terminated (Ed25519 first):
-    relaxed/relaxed, sha256, no l=, h= from `signed_headers()`; t= is `now`, by default
-    the system clock's (wall time, as verifiers expect)."""
+    relaxed/relaxed, sha256, no l=, h= from `signed_headers()`; t= is wall time on
+    purpose, not the injected clock (verifiers refuse a signature from the future)."""
     fields, text = canon.split_message(body)
     names = [n.lower() for n, _ in fields]
     include = signed_headers(names)
     bh = base64.b64encode(hashlib.sha256(canon.relaxed_body(text)).digest())
     signed = hashlib.sha256(b"".join(canon.relaxed_header(n, v) + b"\r\n"
                                      for n, v in canon.select_headers(fields, include)))
-    stamp = int(now if now is not None else SystemClock().now())
+    stamp = int(SystemClock().now())
     tail = (b"; t=" + str(stamp).encode() + b"; h=" + b" : ".join(include)
             + b"; bh=" + bh + b"; b=")
     out = b""
@@ -310,8 +309,6 @@ class Signer:
         if b"dkim-signature:" in header_block(body).lower() and \
                 domain in verify_with(body, self._records(domain, state)):
             return b""  # already signed for this domain by us: not twice
-        # t= is wall time on purpose, not the injected clock: verifiers compare it with
-        # theirs and refuse a signature from the future (a FakeClock ahead of them).
         sig = sign_with(body, domain, [(k, self.keys.private_key(domain, k))
                                        for k in generation.keys])
         self.signed += 1

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from relay.supervisor import split
 from relay.warmup import backoff, counters, pacing
 from relay.warmup.counters import DayClock, IpState
 from relay.warmup.plans import Plan, resolve
@@ -131,10 +132,7 @@ class WarmupGate:
             return 0
         st = self.state(ip)
         cap = pool.plan.cap(counters.plan_day(counters.counter(st, provider), st, today))
-        if cap is None or self.share is None or self.share[1] <= 1:
-            return cap
-        i, n = self.share
-        return cap // n + (1 if i < cap % n else 0)
+        return cap if cap is None else split(cap, self.share)
 
     def available(self, pool: PoolSpec, ip: str, provider: str,
                   now: float) -> tuple[int, float]:
