@@ -84,7 +84,11 @@ class EventJournal:
             self.log.emit(events)
         if pending:
             keys = [bytes(k) for k, _ in pending]
-            self.store.write_now(self._delete_op(keys))
+            if self.store.running:
+                # Queued, not awaited: a crash before it commits only replays them again.
+                self.store.write_soon(self._delete_op(keys)).add_done_callback(_log_failure)
+            else:
+                self.store.write_now(self._delete_op(keys))
             log.warning("published %d events staged before the last stop", len(events))
         return len(events)
 
@@ -127,3 +131,8 @@ class EventJournal:
             self._task = None
         with contextlib.suppress(Exception):
             await self.flush(force=True)
+
+
+def _log_failure(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.error("could not clear replayed events: %s", fut.exception())

@@ -316,6 +316,11 @@ class QueueStore:
 
     def write_now(self, fn: Callable[[Any], T]) -> T:
         """A synchronous write transaction on the calling thread (CLI, tests, recovery)."""
+        if self._writer is not None and self._loop is not None and _on_loop(self._loop):
+            # The writer thread may hold the write lock while it waits for this very
+            # thread to run a batch's ops (_run_batch_split): that would never return.
+            raise RuntimeError("write_now() on the event loop of a started store; "
+                               "use await write()")
         result: T = self._run_batch_sync([fn])[0]
         if isinstance(result, _OpFailed):
             raise result.error
@@ -368,9 +373,11 @@ class QueueStore:
         """The writer thread: one write transaction (one sync) per batch, a batch being
         whatever was queued while the previous one committed, so under load batches form
         by themselves and the next starts the moment the last is durable, with no trip
-        through the event loop between them. Results go back to the loop in one callback
-        per batch. A map-full batch waits while the loop grows the map (set_mapsize needs
-        no transaction open anywhere in the process, which only the loop thread can know)."""
+        through the event loop between them. The thread opens and commits each write
+        transaction; the ops run on the loop in between (_run_batch_split). Results go
+        back to the loop in one callback per batch. A map-full batch waits while the
+        loop grows the map (set_mapsize needs no transaction open anywhere in the
+        process, which only the loop thread can know)."""
         assert self._loop is not None
         loop = self._loop
         while True:
@@ -399,12 +406,12 @@ class QueueStore:
         """Run one batch (in the writer thread): its results, or one error for all."""
         fns = [op.fn for op in batch]
         try:
-            return self._run_batch_sync(fns)
+            return self._run_batch_split(fns)
         except _MapFull:
             if not self._grow_map_from_writer():
                 return StoreFull("queue storage is full")
             try:
-                return self._run_batch_sync(fns)
+                return self._run_batch_split(fns)
             except _MapFull:
                 return StoreFull("queue storage is full")
             except Exception as e:
@@ -467,27 +474,86 @@ class QueueStore:
             return StoreFull(f"queue storage is full ({e})")
         return StoreUnavailable(f"queue commit failed ({e})")
 
+    @staticmethod
+    def _apply(txn: Any, fns: list[Callable[[Any], Any]]) -> list[Any]:
+        """Run a batch's ops in one write transaction: each op's result, or _OpFailed
+        for an op that raised (one bad op must not sink the batch); LMDB and OS errors
+        sink the whole batch."""
+        results: list[Any] = []
+        for fn in fns:
+            try:
+                results.append(fn(txn))
+            except (lmdb.MapFullError, lmdb.Error, OSError):
+                raise
+            except Exception as e:
+                results.append(_OpFailed(e))
+        return results
+
+    def _run_batch_split(self, fns: list[Callable[[Any], Any]]) -> list[Any]:
+        """The writer thread's batch: it opens the write transaction (waiting out another
+        process's writer) and commits it (the fsyncs), but the ops themselves run on the
+        event loop thread in between. Why: py-lmdb releases the GIL around every get and
+        put, and a writer thread running the ops had to win the GIL back from the busy
+        loop after each call, which made the ops' few hundred microseconds of work take
+        10-60 ms and was the tail of end-of-DATA → 250. The transaction is used by one
+        thread at a time (the Event orders the hand-over), and begun and ended on the
+        same thread, as LMDB's write lock requires."""
+        assert self._loop is not None
+        t0 = self.clock.monotonic()
+        hand = _Handoff(fns)
+        try:
+            txn = self.env.begin(write=True)
+        except lmdb.MapResizedError:
+            self.env.set_mapsize(0)
+            raise _MapFull() from None
+        try:
+            try:
+                self._loop.call_soon_threadsafe(self._apply_on_loop, txn, hand)
+            except RuntimeError:  # the loop is closed: nobody will run the ops
+                raise StoreUnavailable("queue is shutting down") from None
+            hand.done.wait()
+            if hand.error is not None:
+                raise hand.error
+            txn.commit()
+        except lmdb.MapFullError:
+            txn.abort()
+            raise _MapFull() from None
+        except lmdb.MapResizedError:
+            txn.abort()
+            self.env.set_mapsize(0)
+            raise _MapFull() from None
+        except BaseException:
+            txn.abort()
+            raise
+        self._count_commit(len(fns), t0)
+        return hand.results
+
+    @staticmethod
+    def _apply_on_loop(txn: Any, hand: _Handoff) -> None:
+        try:
+            hand.results = QueueStore._apply(txn, hand.fns)
+        except BaseException as e:  # handed to the writer thread, which aborts
+            hand.error = e
+        finally:
+            hand.done.set()
+
+    def _count_commit(self, ops: int, t0: float) -> None:
+        self.stats.commits += 1
+        self.stats.committed_ops += ops
+        self.stats.last_batch = ops
+        self.stats.last_fsync_seconds = self.clock.monotonic() - t0
+
     def _run_batch_sync(self, fns: list[Callable[[Any], Any]]) -> list[Any]:
         t0 = self.clock.monotonic()
-        results: list[Any] = []
         try:
             with self.env.begin(write=True) as txn:
-                for fn in fns:
-                    try:
-                        results.append(fn(txn))
-                    except (lmdb.MapFullError, lmdb.Error, OSError):
-                        raise
-                    except Exception as e:  # one bad op must not sink the batch
-                        results.append(_OpFailed(e))
+                results = self._apply(txn, fns)
         except lmdb.MapFullError:
             raise _MapFull() from None
         except lmdb.MapResizedError:
             self.env.set_mapsize(0)
             raise _MapFull() from None
-        self.stats.commits += 1
-        self.stats.committed_ops += len(fns)
-        self.stats.last_batch = len(fns)
-        self.stats.last_fsync_seconds = self.clock.monotonic() - t0
+        self._count_commit(len(fns), t0)
         return results
 
     def _grow_map(self) -> bool:
@@ -877,8 +943,27 @@ class QueueStore:
         return op
 
 
+def _on_loop(loop: asyncio.AbstractEventLoop) -> bool:
+    try:
+        return asyncio.get_running_loop() is loop
+    except RuntimeError:
+        return False
+
+
 class _MapFull(Exception):
     pass
+
+
+class _Handoff:
+    """A batch's ops on their way from the writer thread to the loop and back."""
+
+    __slots__ = ("done", "error", "fns", "results")
+
+    def __init__(self, fns: list[Callable[[Any], Any]]) -> None:
+        self.fns = fns
+        self.results: list[Any] = []
+        self.error: BaseException | None = None
+        self.done = threading.Event()
 
 
 @dataclass

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -223,4 +225,64 @@ async def test_map_full_without_room_is_store_full(tmp_path: Path) -> None:
     # Still serving, and nothing already queued was harmed.
     ok2 = await store.submit(_msg(2, size=1000))
     assert store.message(ok) is not None and store.message(ok2) is not None
+    await store.close()
+
+
+async def test_batch_ops_run_on_the_loop_thread(tmp_path: Path) -> None:
+    """The writer thread opens and commits; the ops run on the loop thread (py-lmdb drops
+    the GIL on every call, so a writer thread running them fought the loop for it)."""
+    store = QueueStore(tmp_path / "q", FakeClock())
+    await store.start()
+    seen: list[int] = []
+
+    def op(txn: object) -> int:
+        seen.append(threading.get_ident())
+        return 7
+
+    assert await asyncio.gather(*(store.write(op) for _ in range(20))) == [7] * 20
+    assert set(seen) == {threading.get_ident()}
+    await store.close()
+
+
+async def test_write_now_on_the_loop_of_a_started_store_is_refused(tmp_path: Path) -> None:
+    store = QueueStore(tmp_path / "q", FakeClock())
+    await store.start()
+    with pytest.raises(RuntimeError, match="use await write"):
+        store.write_now(lambda txn: None)
+    # From another thread it still works (it waits for the write lock like the CLI).
+    assert await asyncio.to_thread(store.write_now, lambda txn: 5) == 5
+    await store.close()
+
+
+_HOLD_LOCK = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], subdir=True, max_dbs=20)
+with env.begin(write=True):
+    print("held", flush=True)
+    sys.stdin.readline()
+"""
+
+
+async def test_another_process_holding_the_write_lock_does_not_block_the_loop(
+        tmp_path: Path) -> None:
+    """A CLI command mid-transaction makes the group commit wait, in the writer thread:
+    the loop keeps serving (here: a sleep finishes while the write is still pending)."""
+    store = QueueStore(tmp_path / "q", FakeClock())
+    await store.start()
+    await store.submit(_msg(0))
+    holder = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _HOLD_LOCK, str(tmp_path / "q"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)
+    assert holder.stdout is not None and holder.stdin is not None
+    assert await asyncio.wait_for(holder.stdout.readline(), 30) == b"held\n"
+    try:
+        pending = asyncio.ensure_future(store.submit(_msg(1)))
+        await asyncio.sleep(0.2)
+        assert not pending.done()  # waiting for the lock, and the loop ran meanwhile
+    finally:
+        holder.stdin.write(b"go\n")
+        await holder.stdin.drain()
+        assert await asyncio.wait_for(holder.wait(), 30) == 0
+    mid = await asyncio.wait_for(pending, 30)
+    assert store.message(mid) is not None
     await store.close()
