@@ -212,7 +212,7 @@ class RelayApp:
         events_path = Path(cfg.events.log)
         self.events = EventLog(events_path if events_path.is_absolute()
                                else self.state_dir / events_path)
-        self.users = UserStore(self.state_dir / "users.json")
+        self.users = UserStore(self.state_dir / "users.json", self.clock, recheck=0.5)
         if cfg.server.dev_credential and not self.users.names() and not self._secondary:
             self.dev_password = secrets.token_urlsafe(18)
             self.users.add(DEV_USER, self.dev_password)
@@ -241,7 +241,7 @@ class RelayApp:
         # shows within that; SIGHUP at once).
         self.identities = IdentityStore.in_state_dir(self.state_dir, self.clock, recheck=0.5)
         self.dkim_keys = KeyStore.in_state_dir(self.state_dir, self.clock,
-                                               rsa_bits=cfg.dkim.rsa_bits)
+                                               rsa_bits=cfg.dkim.rsa_bits, recheck=0.5)
         verp = Verp.from_state_dir(self.state_dir)
         outbound = Outbound(
             signer=Signer(self.dkim_keys, store=self.store), verp=verp,
@@ -481,6 +481,7 @@ class RelayApp:
         for cache in ("_cache", "_private"):
             getattr(self.dkim_keys, cache, {}).clear()
         self.users.read_all()
+        self.users.refresh()
         self.identities.refresh()
         summary = "reloaded config, TLS certificate, credentials and DKIM keys"
         if needs_restart:

@@ -100,9 +100,16 @@ def check_password(password: str) -> None:
 
 
 class UserStore:
-    def __init__(self, path: str | Path, clock: Clock | None = None) -> None:
+    def __init__(self, path: str | Path, clock: Clock | None = None,
+                 recheck: float = 0.0) -> None:
         self.path = Path(path)
         self._clock: Clock = clock or SystemClock()
+        # How long (monotonic seconds) a look at the file stays fresh for get() and the
+        # per-message defaults: a stat() per message released the GIL to a signing or
+        # commit thread (3 % of the loop's samples). verify() (once per login), names()
+        # and refresh() (SIGHUP) always look. 0: look every time (the CLI).
+        self.recheck = recheck
+        self._checked_at: float | None = None
         self._lock = threading.Lock()
         self._users: dict[str, UserRecord] = {}
         self._stamp: tuple[int, int, int] | None = None
@@ -140,8 +147,13 @@ class UserStore:
         except msgspec.DecodeError as e:
             raise UserError(f"{self.path} is not a valid users file: {e}") from None
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, force: bool = True) -> None:
+        now = self._clock.monotonic()
+        if (not force and self._checked_at is not None
+                and 0 <= now - self._checked_at < self.recheck):
+            return
         with self._lock:
+            self._checked_at = now
             stamp = self._stat()
             if stamp == self._stamp:
                 return
@@ -161,8 +173,12 @@ class UserStore:
         return sorted(self._users)
 
     def get(self, name: str) -> UserRecord | None:
-        self._maybe_reload()
+        self._maybe_reload(force=False)
         return self._users.get(name)
+
+    def refresh(self) -> None:
+        """Look at the file now (SIGHUP)."""
+        self._maybe_reload()
 
     def verify(self, name: str, password: str | bytes) -> bool:
         """Constant-time check; an unknown user costs the same scrypt work as a known one."""

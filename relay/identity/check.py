@@ -220,7 +220,7 @@ async def rotation_tick(keys: KeyStore, resolver: Resolver, *, now: float,
     """Start due rotations and switch to pending selectors now published; what happened."""
     done: list[str] = []
     for domain in keys.domains():
-        state = keys.get(domain)
+        state = keys.get(domain, fresh=True)
         if state is None:
             continue
         if rotation.due(state, now, rotate_every):
@@ -229,7 +229,7 @@ async def rotation_tick(keys: KeyStore, resolver: Resolver, *, now: float,
             log.warning("DKIM %s: new selector %s; publish: %s", domain, gen.name,
                         "; ".join(f"{k.selector}._domainkey.{domain} TXT {k.record}"
                                   for k in gen.keys))
-            state = keys.get(domain)
+            state = keys.get(domain, fresh=True)
             assert state is not None
         pending = state.pending
         if pending is None:

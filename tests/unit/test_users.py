@@ -161,3 +161,24 @@ def test_logins_at_the_same_moment_pay_scrypt_once(
     assert sorted(results) == [False] * 2 + [True] * 6
     assert calls.count(b"correct horse") == 1
     assert calls.count(b"wrong 0") == calls.count(b"wrong 1") == 1
+
+
+def test_get_looks_at_the_file_at_most_every_recheck(tmp_path: Path) -> None:
+    """The server asks get() on every message: it stats the file at most every `recheck`
+    seconds; a login (verify) and refresh() (SIGHUP) always look."""
+    clock = FakeClock(1_800_000_000.0)
+    server = UserStore(tmp_path / "users.json", clock=clock, recheck=0.5)
+    cli = UserStore(tmp_path / "users.json")
+    assert server.get("app") is None
+    cli.add("app", "pw", allow=["example.com"])
+    assert server.get("app") is None  # within recheck: the last look stands
+    clock.advance(0.6)
+    rec = server.get("app")
+    assert rec is not None and rec.allow == ["example.com"]
+    cli.set_allow("app", ["other.org"])
+    assert server.get("app").allow == ["example.com"]  # type: ignore[union-attr]
+    server.refresh()
+    assert server.get("app").allow == ["other.org"]  # type: ignore[union-attr]
+    cli.remove("app")
+    assert not server.verify("app", "pw")  # a login looks at once
+    assert server.get("app") is None
