@@ -320,9 +320,9 @@ def test_one_keystore_lookup_per_signature_and_external_rotation_seen_at_once(
     calls: list[str] = []
     real_get = KeyStore.get
 
-    def counting_get(self: KeyStore, domain: str) -> object:
+    def counting_get(self: KeyStore, domain: str, *, fresh: bool = False) -> object:
         calls.append(domain)
-        return real_get(self, domain)
+        return real_get(self, domain, fresh=fresh)
 
     monkeypatch.setattr(KeyStore, "get", counting_get)
     assert signer.signature("m1", SEVEN_BIT).startswith(b"DKIM-Signature:")
