@@ -206,6 +206,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
         else:
             lg += ["--port", str(submit_port), "--tls", sc.tls, "--user", "bench",
                    "--password", PASSWORD]
+        cpu0 = process_tree_cpu(relay.pid)
         done = subprocess.run(lg, capture_output=True, timeout=timeout + 30, check=False)
         try:
             load = json.loads(done.stdout.decode().strip().splitlines()[-1])
@@ -217,6 +218,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             sink.wait(timeout + 30)
         except subprocess.TimeoutExpired:
             stop(sink)
+        relay_cpu = process_tree_cpu(relay.pid) - cpu0
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             try:
@@ -237,6 +239,10 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             "delivered": at_sink["messages"], "e2e_elapsed": round(e2e_elapsed, 3),
             "e2e_rate": round(at_sink["messages"] / e2e_elapsed, 1) if e2e_elapsed > 0 else 0.0,
             "sink_connections": at_sink.get("connections", 0),
+            # CPU (user + system) relay used from the first connection until the last
+            # message was at the sink, per message: steadier than the rates on a shared
+            # machine, so the measure for A/B runs of a change to relay's own work.
+            "relay_cpu_ms_per_msg": round(relay_cpu * 1000 / max(1, at_sink["messages"]), 2),
         }
     finally:
         for p in reversed(procs):
@@ -269,10 +275,25 @@ def run_ceiling(size: int, messages: int, sessions: int, timeout: float,
         stop(sink)
 
 
+def process_tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and its children (the workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # exited meanwhile
+        # After the command: state, ppid, ..., utime (14th field of the line), stime.
+        if stat.parent.name == str(pid) or fields[1] == str(pid):
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| size | sessions | tls | msgs | accepted | accept msgs/s | p50 ms | p99 ms "
-            "| at sink | e2e msgs/s | failed |")
-    sep = "|" + "---|" * 11
+            "| at sink | e2e msgs/s | relay CPU ms/msg | failed |")
+    sep = "|" + "---|" * 12
     lines = [head, sep]
     for r in rows:
         failed = ", ".join(f"{k}: {v}" for k, v in r["failed"].items()) or "-"
@@ -280,7 +301,8 @@ def table(rows: list[dict[str, Any]]) -> str:
             f"| {r['size'] // 1024} KB | {r['sessions']} | {r['tls']}"
             f"{'' if r['reuse'] else ' (new conn/msg)'} | {r['messages']} | {r['accepted']} "
             f"| {r['accept_rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
-            f"| {r['delivered']} | {r['e2e_rate']:.0f} | {failed} |")
+            f"| {r['delivered']} | {r['e2e_rate']:.0f} "
+            f"| {r.get('relay_cpu_ms_per_msg', 0):.2f} | {failed} |")
     return "\n".join(lines)
 
 
