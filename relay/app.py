@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from relay import configsets, sdnotify
+from relay import configsets, logfmt, sdnotify
 from relay.admin.api import AdminContext
 from relay.admin.metrics import Metrics, StateCollector
 from relay.admin.server import AdminServer
@@ -475,7 +475,7 @@ class RelayApp:
         if old.admin.address != new.admin.address or old.admin.enabled != new.admin.enabled:
             needs_restart.append("admin")
         self.cfg = new
-        logging.getLogger().setLevel(new.server.log_level.upper())
+        logfmt.set_level(new.server.log_level)
         # Credentials, identities and DKIM state are files the stores re-read when they
         # change; drop the DKIM key cache so a replaced key file is read again too.
         for cache in ("_cache", "_private"):

@@ -42,4 +42,14 @@ def setup(level: str, fmt: str = "human") -> None:
     for h in list(root.handlers):
         root.removeHandler(h)
     root.addHandler(handler)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    """The root level; aiosmtpd's own logger ("mail.log") only says more than warnings
+    at debug: at info it writes every command line of every session (addresses and
+    all), which relay's own per-message lines already cover."""
+    root = logging.getLogger()
     root.setLevel(level.upper())
+    logging.getLogger("mail.log").setLevel(
+        root.level if root.level <= logging.DEBUG else max(root.level, logging.WARNING))

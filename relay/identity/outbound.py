@@ -13,7 +13,6 @@ token is the recipient's VERP token) and its own DKIM signature over them.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from relay.dkim.sign import Signer
 from relay.dns.answers import Resolver
 from relay.identity.model import covering, normalize
 from relay.queue.records import MessageRecord
+from relay.smtp.message import header_addresses
 from relay.verp import Verp
 
 log = logging.getLogger(__name__)
@@ -56,8 +56,7 @@ def settings_for(address: str, identities: Sequence[Identity]) -> Identity | Non
 def identity_address(from_header: str, sender: str) -> str:
     """The address whose identity decides the return path: the first From:, else the
     envelope sender."""
-    addrs = [a for _, a in email.utils.getaddresses([from_header]) if "@" in a]
-    return addrs[0] if addrs else sender
+    return next((a for a in header_addresses(from_header) if "@" in a), sender)
 
 
 class Outbound:

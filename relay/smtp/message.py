@@ -7,6 +7,7 @@ which is what SES puts in `mail.commonHeaders`/`mail.headers` of its events.
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from email.parser import HeaderParser
 from email.policy import compat32
@@ -107,3 +108,24 @@ def received_header(*, helo: str, client_ip: str, hostname: str, tls: bool,
     parts[-1] += ";"
     parts.append("\t" + email.utils.formatdate(now, localtime=False))
     return ("\r\n".join(parts) + "\r\n").encode("utf-8", "surrogateescape")
+
+
+_MEMO_MAX_CHARS = 512  # longer values are parsed each time (the memo stays small)
+
+
+def header_addresses(value: str) -> tuple[str, ...]:
+    """The non-empty addresses of an address-list header (From:), as
+    email.utils.getaddresses() gives them. Memoised: an application sends from the same
+    From: again and again, and getaddresses() was ~0.2 ms of pure Python per message on
+    each of the paths that ask (the From check at submission, the return-path identity
+    and the DKIM domain at delivery)."""
+    if len(value) > _MEMO_MAX_CHARS:
+        return _parse_addresses(value)
+    return _memo_addresses(value)
+
+
+def _parse_addresses(value: str) -> tuple[str, ...]:
+    return tuple(a for _, a in email.utils.getaddresses([value]) if a)
+
+
+_memo_addresses = functools.lru_cache(maxsize=2048)(_parse_addresses)

@@ -12,7 +12,6 @@ message; this module must not read the wall clock (Clock injected) or touch stor
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import functools
 import ipaddress
 import logging
@@ -29,7 +28,7 @@ from relay.config import Limits, Listener
 from relay.queue.store import NewMessage, StoreFull, StoreUnavailable
 from relay.smtp import replies as R
 from relay.smtp.authpolicy import AuthPolicy
-from relay.smtp.message import extract_headers, received_header
+from relay.smtp.message import extract_headers, header_addresses, received_header
 from relay.users import UserStore
 
 log = logging.getLogger(__name__)
@@ -336,9 +335,10 @@ class SubmissionSession(SMTP):
         self.session.extended_smtp = True
         self.session.host_name = hostname
         lines = [self.hostname, *self._ehlo_keywords()]
-        for line in lines[:-1]:
-            await self.push(f"250-{line}")
-        await self.push(f"250 {lines[-1]}")
+        # One write for the whole reply, not one per line: with TLS each write is a
+        # record and a send, and EHLO comes twice per STARTTLS session.
+        await self.push("\r\n".join([f"250-{line}" for line in lines[:-1]]
+                                     + [f"250 {lines[-1]}"]))
 
     async def smtp_HELO(self, hostname: str | None) -> None:
         if hostname and _has_control(hostname):
@@ -684,7 +684,7 @@ class SubmissionSession(SMTP):
         check = self.ctx.sender_check
         if check is None:
             return None
-        addresses = [a for _, a in email.utils.getaddresses([value or ""]) if a]
+        addresses = header_addresses(value or "")
         if not addresses:
             return "the message has no From: address"
         for address in addresses:
