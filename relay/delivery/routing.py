@@ -109,8 +109,11 @@ class Router:
         if isinstance(plan, RouteFailure):
             return plan
         names = list(dict.fromkeys(h.name for h in plan))
-        results: list[Lookup[str]] = await asyncio.gather(
-            *(self._resolver.addresses(n) for n in names))
+        results: list[Lookup[str]]
+        if len(names) == 1:  # the usual case: no task per lookup (gather makes one each)
+            results = [await self._resolver.addresses(names[0])]
+        else:
+            results = await asyncio.gather(*(self._resolver.addresses(n) for n in names))
         implicit = mx.ok and not mx.records
         route = expand(name, plan, dict(zip(names, results, strict=True)), self._cfg.port,
                        implicit=implicit)

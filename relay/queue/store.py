@@ -799,13 +799,27 @@ class QueueStore:
                 msg = _msg_dec.decode(mraw)
                 touched[res.message_id] = msg
                 out.append(Settled(msg, res.index, new))
-            done = {mid for mid in touched if self._remove_if_done(txn, mid)}
+            final: dict[str, list[tuple[int, RecipientRecord]]] = {}
+            for s in out:
+                if s.recipient.state in FINAL_STATES:
+                    final.setdefault(s.message.id, []).append((s.index, s.recipient))
+            done = {mid for mid, msg in touched.items()
+                    if self._remove_if_done(txn, mid, msg, final.get(mid, []))}
             for s in out:
                 s.message_done = s.message.id in done
             return out
         return op
 
-    def _remove_if_done(self, txn: Any, mid: str) -> bool:
+    def _remove_if_done(self, txn: Any, mid: str, msg: MessageRecord | None = None,
+                        settled_final: list[tuple[int, RecipientRecord]] | None = None,
+                        ) -> bool:
+        """Delete the message if every recipient is final. `settled_final`: recipients
+        this op just made final; when they are all of the message's (the usual
+        one-recipient case) the recipient scan is skipped."""
+        if (msg is not None and settled_final
+                and {i for i, _ in settled_final} == set(range(len(msg.recipients)))):
+            self._delete_message(txn, mid, settled_final)
+            return True
         rcpts = self._recipients_in(txn, mid)
         if any(r.state not in FINAL_STATES for _, r in rcpts):
             return False

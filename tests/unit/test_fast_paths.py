@@ -1,14 +1,15 @@
-"""The delivery client's plain-address fast path agrees with the slow path it skips:
-for every address it matches, aiosmtplib's parse (email.utils.parseaddr + its checks)
-returns the address unchanged and quote_address() is just the angle brackets."""
+"""Fast paths in front of slow ones must agree with them: plain addresses skip
+aiosmtplib's parse (which returns them unchanged), From: lists are memoised, and a clean
+CRLF body skips the two regex passes of the wire encoding."""
 
 from __future__ import annotations
 
 from aiosmtplib.email import parse_address, quote_address
+from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.delivery.client import PLAIN_ADDRESS, _quoted, _valid_address
+from relay.delivery.client import PLAIN_ADDRESS, _quoted, _valid_address, _wire_body
 from relay.smtp.message import _memo_addresses, _parse_addresses, header_addresses
 
 
@@ -43,3 +44,12 @@ def test_long_header_values_are_not_memoised() -> None:
     assert _memo_addresses.cache_info().currsize == size
     header_addresses("Short <s@b.example>")
     assert _memo_addresses.cache_info().currsize <= size + 1
+
+
+@given(st.binary().map(lambda b: b.translate(bytes(
+    b"\r\n.a"[i % 4] for i in range(256)))))
+def test_wire_body_fast_path_is_the_regex_path(data: bytes) -> None:
+    slow = PERIOD_REGEX.sub(b"..", normalize_message_line_endings(data)) + b".\r\n"
+    assert _wire_body(data) == slow
+    clean = b"Subject: x\r\n\r\nline\r\n"
+    assert _wire_body(clean) == clean + b".\r\n"
