@@ -34,7 +34,7 @@ from relay.users import UserStore
 log = logging.getLogger(__name__)
 
 IDENT = "ESMTP relay"
-_CONTROL = frozenset(chr(c) for c in range(32)) | {"\x7f"}
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f]")  # C0 controls and DEL
 
 
 class Submitter(Protocol):
@@ -108,7 +108,7 @@ class ListenerContext:
 
 
 def _has_control(text: str) -> bool:
-    return any(c in _CONTROL for c in text)
+    return _CONTROL_RE.search(text) is not None
 
 
 class _CommandReader(asyncio.StreamReader):
