@@ -82,6 +82,7 @@ class EventJournal:
                 log.error("dropping an unreadable staged event (%d bytes)", len(blob))
         if events:
             self.log.emit(events)
+            self.log.flush()  # in the file before new work starts
         if pending:
             keys = [bytes(k) for k, _ in pending]
             if self.store.running:

@@ -1,12 +1,13 @@
 """The event log: one SES-shaped JSON object per line in state_dir/events.jsonl.
 
-Events are appended and flushed per batch, not fsynced: they report what the
+Events are appended and flushed once per turn of the event loop, not fsynced: they report what the
 queue (which is synced) already decided. Readers (`relay events tail`, tests)
 read whole lines only.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import BinaryIO
@@ -24,6 +25,7 @@ class EventLog:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._fh: BinaryIO = open(path, "ab")  # noqa: SIM115 - held open for the process life
         self.subscribers: list[Callable[[Event], None]] = []
+        self._flush_soon = False
 
     def emit(self, events: Iterable[Event]) -> None:
         wrote = False
@@ -32,10 +34,27 @@ class EventLog:
             wrote = True
             for sub in self.subscribers:
                 sub(ev)
-        if wrote:
+        if wrote and not self._flush_soon:
+            try:
+                # One write(2) per turn of the event loop, not per call (two calls per
+                # message): the lines reach the file a moment later, within the
+                # journal's grace (a crash before that replays them).
+                asyncio.get_running_loop().call_soon(self._flush)
+                self._flush_soon = True
+            except RuntimeError:  # no loop (the CLI): now
+                self._fh.flush()
+
+    def _flush(self) -> None:
+        self._flush_soon = False
+        self.flush()
+
+    def flush(self) -> None:
+        """Write out what emit() buffered (it does so itself within a loop turn)."""
+        if not self._fh.closed:
             self._fh.flush()
 
     def close(self) -> None:
+        self.flush()
         self._fh.close()
 
 

@@ -7,6 +7,7 @@ is in the same LMDB transaction, so "crash after commit" is replayed at the next
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -67,3 +68,26 @@ async def test_published_events_are_pruned_after_the_grace_period(tmp_path: Path
     assert len(read_events(tmp_path / "events.jsonl")) == 1
     await store.close()
     log.close()
+
+
+async def test_event_log_writes_once_per_loop_turn(tmp_path: Path) -> None:
+    """emit() buffers and the loop's next turn writes every line of it at once (one
+    write(2) per turn, not two per message); without a running loop it writes at once."""
+    path = tmp_path / "events.jsonl"
+    log = EventLog(path)
+    store = QueueStore(tmp_path / "q", FakeClock())
+    await store.start()
+    first = await store.submit_record(_msg())
+    second = await store.submit_record(_msg())
+    log.emit([send_event(first)])
+    log.emit([send_event(second)])
+    assert read_events(path) == []  # still buffered: same turn
+    await asyncio.sleep(0)
+    assert [e["mail"]["messageId"] for e in read_events(path)] == [  # type: ignore[index]
+        first.id, second.id]
+    await store.close()
+    log.close()
+    sync = EventLog(tmp_path / "cli.jsonl")
+    await asyncio.to_thread(sync.emit, [send_event(first)])  # a thread with no loop
+    assert len(read_events(tmp_path / "cli.jsonl")) == 1
+    sync.close()
