@@ -1,8 +1,8 @@
 """The event log: one SES-shaped JSON object per line in state_dir/events.jsonl.
 
-Events are appended and flushed once per turn of the event loop, not fsynced: they report what the
-queue (which is synced) already decided. Readers (`relay events tail`, tests)
-read whole lines only.
+Events are appended and flushed once per turn of the event loop, not fsynced: they
+report what the queue (which is synced) already decided. Readers (`relay events tail`,
+tests) read whole lines only.
 """
 
 from __future__ import annotations
@@ -37,8 +37,10 @@ class EventLog:
         if wrote and not self._flush_soon:
             try:
                 # One write(2) per turn of the event loop, not per call (two calls per
-                # message): the lines reach the file a moment later, within the
-                # journal's grace (a crash before that replays them).
+                # message): the lines reach the file a moment later. Journaled events
+                # (Send, Delivery, Bounce...) stay staged in the queue for the journal's
+                # grace, so a crash in that moment replays them; the others (Reject,
+                # Subscription) could be lost in it, as in a crash just before emit().
                 asyncio.get_running_loop().call_soon(self._flush)
                 self._flush_soon = True
             except RuntimeError:  # no loop (the CLI): now
