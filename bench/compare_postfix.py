@@ -28,11 +28,8 @@ comparison (runs left when the budget is spent are skipped and marked). Loopback
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -45,6 +42,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import results as bench_results  # noqa: E402
 from e2e import (  # noqa: E402
     DOMAIN,
     SINK_HOST,
@@ -358,17 +356,11 @@ def main(argv: list[str] | None = None) -> int:
     out += note
     print(out)
     if args.record:
-        cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/compare_postfix.py",
-                                                 *(argv if argv is not None else sys.argv[1:])])
-        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         pf = subprocess.run(["postconf", "-d", "-h", "mail_version"], capture_output=True,
                             text=True, check=False).stdout.strip() if why is None else "-"
-        machine = (f"{os.cpu_count()} cores (nproc), {platform.machine()}, "
-                   f"Python {platform.python_version()}, {platform.system()} "
-                   f"{platform.release()}, Postfix {pf}")
-        with (HERE / "RESULTS.md").open("a") as f:
-            f.write(f"\n### relay vs Postfix, {when}\n\nCommand: `{cmd}`  \n"
-                    f"Machine: {machine}\n\n{out}\n")
+        bench_results.record("relay vs Postfix", "bench/compare_postfix.py",
+                       argv if argv is not None else sys.argv[1:], out,
+                       machine_extra=f"Postfix {pf}")
     return 0
 
 

@@ -23,11 +23,8 @@ and every child process is terminated (then killed) at the end.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
-import shlex
 import signal
 import socket
 import subprocess
@@ -41,6 +38,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
+
+import results as bench_results  # noqa: E402
 
 from relay.testing.dnsserver import DnsServer  # noqa: E402
 
@@ -354,15 +353,8 @@ def main(argv: list[str] | None = None) -> int:
                          f"| {c['p99_ms']:.1f} |" for c in ceilings)
     print(out)
     if args.record:
-        cmd = " ".join(shlex.quote(a) for a in [".venv/bin/python", "bench/e2e.py",
-                                                 *(argv if argv is not None else sys.argv[1:])])
-        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        machine = (f"{os.cpu_count()} cores (nproc), {platform.machine()}, "
-                   f"Python {platform.python_version()}, {platform.system()} "
-                   f"{platform.release()}")
-        with (HERE / "RESULTS.md").open("a") as f:
-            f.write(f"\n### End-to-end, {when}\n\nCommand: `{cmd}`  \nMachine: {machine}\n\n"
-                    f"{out}\n")
+        bench_results.record("End-to-end", "bench/e2e.py",
+                       argv if argv is not None else sys.argv[1:], out)
     if not args.keep:
         import shutil
         shutil.rmtree(tmp, ignore_errors=True)

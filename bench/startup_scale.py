@@ -32,13 +32,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime as dt
 import itertools
 import json
 import os
-import platform
 import re
-import shlex
 import shutil
 import signal
 import smtplib
@@ -59,6 +56,7 @@ for _p in (str(HERE), str(ROOT)):
         sys.path.insert(0, _p)
 
 import dns.name  # noqa: E402
+import results as bench_results  # noqa: E402
 
 from relay.testing.dnsserver import DnsServer  # noqa: E402
 from relay.testing.process import free_port, relay_command, write_config  # noqa: E402
@@ -517,15 +515,8 @@ def main(argv: list[str] | None = None) -> int:
     out = table(rows) + "\n\n" + "\n".join(verdict(r) for r in rows)
     print(out)
     if a.record:
-        cmd = " ".join(shlex.quote(x) for x in [".venv/bin/python", "bench/startup_scale.py",
-                                                 *argv])
-        when = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        machine = (f"{os.cpu_count()} cores (nproc), {platform.machine()}, "
-                   f"Python {platform.python_version()}, {platform.system()} "
-                   f"{platform.release()}")
-        with (HERE / "RESULTS.md").open("a") as f:
-            f.write(f"\n### Whole-process start-up on a deep spool (issue 7), {when}\n\n"
-                    f"Command: `{cmd}`  \nMachine: {machine}\n\n{out}\n")
+        bench_results.record("Whole-process start-up on a deep spool (issue 7)",
+                       "bench/startup_scale.py", argv, out)
     return 0 if all(not r["probe_failures"] and r["delivered"] > 0 for r in rows) else 1
 
 

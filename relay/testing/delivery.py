@@ -4,12 +4,17 @@ so a test of a silent or slow server ends in seconds."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 
 from relay.config import Delivery, Duration
+from relay.testing.sink import Sink
+
+# The `make_sink` fixture (tests/integration/conftest.py): start a loopback sink.
+MakeSink = Callable[..., Sink]
 
 BODY = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
 

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import socket
 import ssl
-from collections.abc import Callable, Iterator
 
 import pytest
 import trustme
@@ -17,9 +16,9 @@ from relay.delivery.client import Sender
 from relay.delivery.client import Target as ClientTarget
 from relay.delivery.scheduler import SenderLike
 from relay.dns.route import Target as RouteTarget
-from relay.testing.delivery import BODY, short_delivery
+from relay.testing.delivery import BODY, MakeSink, short_delivery
 from relay.testing.delivery import StubTarget as T
-from relay.testing.sink import Policy, Rules, Sink
+from relay.testing.sink import Rules
 
 delivery = functools.partial(short_delivery, 5.0, 3.0)
 
@@ -33,24 +32,6 @@ def server_tls(ca: trustme.CA, *names: str) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert(*names).configure_cert(ctx)
     return ctx
-
-
-MakeSink = Callable[..., Sink]
-
-
-@pytest.fixture
-def make_sink() -> Iterator[MakeSink]:
-    sinks: list[Sink] = []
-
-    def make(host: str = "127.0.0.2", port: int = 0, *, tls_context: ssl.SSLContext | None = None,
-             policy: Policy | None = None) -> Sink:
-        s = Sink(host, port, tls_context=tls_context, policy=policy).start()
-        sinks.append(s)
-        return s
-
-    yield make
-    for s in sinks:
-        s.stop()
 
 
 def free_port(host: str) -> int:

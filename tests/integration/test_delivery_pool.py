@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,29 +20,11 @@ import trustme
 from relay.clock import FakeClock
 from relay.config import Duration
 from relay.delivery.client import Sender
-from relay.testing.delivery import BODY, short_delivery
+from relay.testing.delivery import BODY, MakeSink, short_delivery
 from relay.testing.delivery import StubTarget as T
-from relay.testing.sink import Policy, Rules, Sink
+from relay.testing.sink import Rules
 
 delivery = functools.partial(short_delivery, 3.0)
-
-
-MakeSink = Callable[..., Sink]
-
-
-@pytest.fixture
-def make_sink() -> Iterator[MakeSink]:
-    sinks: list[Sink] = []
-
-    def make(host: str = "127.0.0.2", port: int = 0, *, tls_context: ssl.SSLContext | None = None,
-             policy: Policy | None = None) -> Sink:
-        s = Sink(host, port, tls_context=tls_context, policy=policy).start()
-        sinks.append(s)
-        return s
-
-    yield make
-    for s in sinks:
-        s.stop()
 
 
 # ---------------------------------------------------------------------------- CountingMX
