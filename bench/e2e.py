@@ -70,14 +70,17 @@ def wait_for_line(path: Path, needle: str, proc: subprocess.Popen[bytes],
     raise TimeoutError(f"no {needle!r} from {proc.args!r} within {timeout}s")
 
 
-def stop(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+def stop(proc: subprocess.Popen[Any], timeout: float = 15.0) -> float:
+    """SIGTERM, wait (kill -9 after `timeout`); the seconds it took."""
+    t = time.monotonic()
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+            proc.wait(10)
+    return time.monotonic() - t
 
 
 def relay_config(state: Path, submit_port: int, plain_port: int, nameserver: str,

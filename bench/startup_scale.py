@@ -57,6 +57,7 @@ for _p in (str(HERE), str(ROOT)):
 
 import dns.name  # noqa: E402
 import results as bench_results  # noqa: E402
+from e2e import stop  # noqa: E402
 
 from relay.testing.dnsserver import DnsServer  # noqa: E402
 from relay.testing.process import free_port, relay_command, write_config  # noqa: E402
@@ -148,19 +149,6 @@ class SinkProcess:
     def close(self) -> None:
         stop(self.proc)
         self._reader.join(5)
-
-
-def stop(proc: subprocess.Popen[Any], timeout: float = 15.0) -> float:
-    """SIGTERM, wait (kill -9 after `timeout`); the seconds it took."""
-    t = time.monotonic()
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return time.monotonic() - t
 
 
 # ---------------------------------------------------------------------------- measuring
