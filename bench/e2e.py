@@ -238,6 +238,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             "errors": load.get("errors", []),
             "accept_elapsed": load["elapsed"], "accept_rate": load["msgs_per_s"],
             "p50_ms": load["latency_ms"]["p50"], "p99_ms": load["latency_ms"]["p99"],
+            "loadgen_cpu_s": load.get("cpu_s", 0.0),
             "delivered": at_sink["messages"], "e2e_elapsed": round(e2e_elapsed, 3),
             "e2e_rate": round(at_sink["messages"] / e2e_elapsed, 1) if e2e_elapsed > 0 else 0.0,
             "sink_connections": at_sink.get("connections", 0),

@@ -219,6 +219,9 @@ async def run_load(opts: Options) -> dict[str, Any]:
                        "max": round(lat[-1] * 1000, 2) if lat else 0.0},
         "first_connect_at": run.first_connect, "last_accept_at": run.last_accept,
         "timed_out": run.next_index < opts.messages,
+        # The generator's own CPU: near elapsed means it was saturated itself, and then its
+        # latencies include its own loop's lag, not only the server's.
+        "cpu_s": round(time.process_time(), 3),
     }
 
 

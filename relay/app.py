@@ -114,7 +114,8 @@ class QueueSubmitter:
             configuration_set=msg.configuration_set)
         self.events.emit([reject_event(record, reason)])
 
-    async def submit(self, msg: NewMessage) -> str:
+    async def submit(self, msg: NewMessage,
+                     on_durable: Callable[[str], None] | None = None) -> str:
         # Configuration set (X-SES-CONFIGURATION-SET) and tag headers never leave relay.
         unknown = self._choose_set(msg)
         if unknown:
@@ -124,8 +125,9 @@ class QueueSubmitter:
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
         msg.body = configsets.strip_headers(msg.body)
         journal = self.journal
+        durable = None if on_durable is None else (lambda rec: on_durable(rec.id))
         if journal is None:
-            record = await self.store.submit_record(msg)
+            record = await self.store.submit_record(msg, on_durable=durable)
             self.events.emit([send_event(record)])
         else:
             staged: list[bytes] = []
@@ -135,7 +137,7 @@ class QueueSubmitter:
                 sent.append(send_event(rec))
                 staged.extend(journal.stage(txn, sent))
 
-            record = await self.store.submit_record(msg, also=stage)
+            record = await self.store.submit_record(msg, also=stage, on_durable=durable)
             journal.published(sent, staged)
         for cb in self.on_accept:
             cb()

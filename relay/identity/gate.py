@@ -27,7 +27,8 @@ class MailFromGate:
         self.outbound = outbound
         self.reject = reject  # a Reject event for a permanent refusal
 
-    async def submit(self, msg: NewMessage) -> str:
+    async def submit(self, msg: NewMessage,
+                     on_durable: Callable[[str], None] | None = None) -> str:
         failure = await self.outbound.submission_failure(msg.sender,
                                                          msg.headers.get("From", ""))
         if failure is not None:
@@ -35,4 +36,4 @@ class MailFromGate:
             if failure.kind == "bounced" and self.reject is not None:
                 self.reject(msg, failure.text)
             raise MessageRefused(Reply(failure.code, failure.enhanced, failure.text))
-        return await self.inner.submit(msg)
+        return await self.inner.submit(msg, on_durable)

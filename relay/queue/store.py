@@ -38,6 +38,7 @@ import asyncio
 import collections
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import shutil
@@ -65,6 +66,7 @@ from relay.queue.records import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class StoreFull(Exception):
@@ -206,6 +208,9 @@ class _Op:
     fn: Callable[[Any], Any]
     future: asyncio.Future[Any]
     size: int = 0
+    # Called on the loop with the op's result the moment its commit is durable, before
+    # the future's waiter resumes (which is one loop turn later).
+    on_durable: Callable[[Any], None] | None = None
 
 
 @dataclass
@@ -301,16 +306,19 @@ class QueueStore:
         """Run `fn(txn)` inside the next group commit; return its result after the sync."""
         return await self.write_soon(fn, size)
 
-    def write_soon(self, fn: Callable[[Any], T], size: int = 0) -> asyncio.Future[T]:
+    def write_soon(self, fn: Callable[[Any], T], size: int = 0,
+                   on_durable: Callable[[T], None] | None = None) -> asyncio.Future[T]:
         """Queue `fn(txn)` for the next group commit now (not when a coroutine first
         runs) and return the future of its result. Ops commit in the order they were
-        queued, so an op queued before another is durable no later than it."""
+        queued, so an op queued before another is durable no later than it.
+        `on_durable(result)` runs on the loop as soon as the commit is synced, a loop
+        turn before whoever awaits the future resumes (not if the op fails)."""
         if self._writer is None:
             raise RuntimeError("store not started")
         if self._closing:
             raise StoreUnavailable("queue is shutting down")
         fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._pending.append(_Op(fn, fut, size))
+        self._pending.append(_Op(fn, fut, size, on_durable))
         self._signal.set()
         return fut
 
@@ -332,9 +340,11 @@ class QueueStore:
 
     async def submit_record(
             self, msg: NewMessage,
-            also: Callable[[Any, MessageRecord], object] | None = None) -> MessageRecord:
+            also: Callable[[Any, MessageRecord], object] | None = None,
+            on_durable: Callable[[MessageRecord], None] | None = None) -> MessageRecord:
         """Queue a message durably; `also(txn, record)` runs in the same transaction
-        (the Send event is staged there, so it is committed with the message)."""
+        (the Send event is staged there, so it is committed with the message);
+        `on_durable(record)` as in write_soon()."""
         if not msg.recipients:
             raise ValueError("a message needs at least one recipient")
         if len(msg.recipients) > MAX_RECIPIENTS:
@@ -354,7 +364,7 @@ class QueueStore:
                 also(txn, record)
             return record
 
-        return await self.write(op, size=len(body))
+        return await self.write_soon(op, len(body), on_durable)
 
     def _put_message(self, txn: Any, record: MessageRecord, body: bytes) -> None:
         mid = record.id
@@ -447,8 +457,13 @@ class QueueStore:
                 continue
             if isinstance(res, _OpFailed):
                 op.future.set_exception(res.error)
-            else:
-                op.future.set_result(res)
+                continue
+            if op.on_durable is not None:
+                try:
+                    op.on_durable(res)
+                except Exception:  # the waiter still gets its result
+                    log.exception("queue: on_durable callback failed")
+            op.future.set_result(res)
         for cb in self.on_commit:
             cb()
 

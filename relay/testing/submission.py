@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from relay.clock import Clock, FakeClock
 from relay.config import Address, Duration, Limits, Listener
 from relay.queue.store import NewMessage
 from relay.smtp.server import SubmissionServer
+from relay.smtp.session import Submitter
 from relay.users import UserStore
 
 USER, PASSWORD = "app", "s3cret-pw"  # the one account of `app_users`
@@ -34,7 +35,9 @@ class RecordingSubmitter:
         self.fail: BaseException | None = None
         self._count = 0
 
-    async def submit(self, msg: NewMessage) -> str:
+    async def submit(self, msg: NewMessage,
+                     on_durable: Callable[[str], None] | None = None) -> str:
+        # on_durable is left uncalled: the session then replies after submit() returns.
         if self.fail is not None:
             raise self.fail
         self._count += 1
@@ -162,7 +165,7 @@ def app_users(directory: Path) -> UserStore:
 @asynccontextmanager
 async def running_server(*, tls: Tls | None, listener: Listener | None = None,
                          limits: Limits | None = None, users: UserStore | None = None,
-                         submitter: RecordingSubmitter | None = None,
+                         submitter: Submitter | None = None,
                          clock: Clock | None = None,
                          hostname: str = "relay.test", **kwargs: Any,
                          ) -> AsyncIterator[SubmissionServer]:
