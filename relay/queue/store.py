@@ -54,6 +54,7 @@ import lmdb
 import msgspec
 
 from relay.clock import Clock
+from relay.queue.mailbox import LoopMailbox
 from relay.queue.records import (
     FINAL_STATES,
     TRANSITIONS,
@@ -264,6 +265,7 @@ class QueueStore:
         self._pending: collections.deque[_Op] = collections.deque()
         self._signal = threading.Event()          # ops queued, or closing
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._mailbox = LoopMailbox()  # the writer thread's calls to the loop
         self._writer: threading.Thread | None = None
         self._stopped: asyncio.Future[None] | None = None
         self._closing = False
@@ -276,6 +278,7 @@ class QueueStore:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
+        self._mailbox.open(self._loop)
         self._stopped = self._loop.create_future()
         self._writer = threading.Thread(target=self._writer_main, name="lmdb-writer",
                                         daemon=True)
@@ -294,6 +297,7 @@ class QueueStore:
             await self._stopped  # every queued op committed (or failed) first
             self._writer.join()
             self._writer = None
+            self._mailbox.close()
         self.env.close()
 
     def close_sync(self) -> None:
@@ -334,9 +338,12 @@ class QueueStore:
             raise result.error
         return result
 
-    async def submit(self, msg: NewMessage) -> str:
-        """Queue a message durably; return its id only after the synced commit."""
-        return (await self.submit_record(msg)).id
+    async def submit(self, msg: NewMessage,
+                     on_durable: Callable[[str], None] | None = None) -> str:
+        """Queue a message durably; return its id only after the synced commit (a
+        Submitter, relay/smtp/session.py: `on_durable(id)` when the commit syncs)."""
+        durable = None if on_durable is None else (lambda rec: on_durable(rec.id))
+        return (await self.submit_record(msg, on_durable=durable)).id
 
     async def submit_record(
             self, msg: NewMessage,
@@ -387,9 +394,8 @@ class QueueStore:
         transaction; the ops run on the loop in between (_run_batch_split). Results go
         back to the loop in one callback per batch. A map-full batch waits while the
         loop grows the map (set_mapsize needs no transaction open anywhere in the
-        process, which only the loop thread can know)."""
-        assert self._loop is not None
-        loop = self._loop
+        process, which only the loop thread can know). Both crossings to the loop go
+        through `LoopMailbox`, which runs them between rounds of task steps."""
         while True:
             self._signal.wait()
             self._signal.clear()
@@ -403,13 +409,10 @@ class QueueStore:
                 while self._pending and len(batch) < self.commit_batch_max:
                     batch.append(self._pending.popleft())
                 outcome = self._commit_batch(batch)
-                try:
-                    loop.call_soon_threadsafe(self._settle_batch, batch, outcome)
-                except RuntimeError:  # the loop is closed: nobody is waiting any more
-                    return
+                if not self._mailbox.post(self._settle_batch, batch, outcome):
+                    return  # the loop is closed: nobody is waiting any more
             if self._closing and not self._pending:
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(self._writer_stopped)
+                self._mailbox.post(self._writer_stopped)
                 return
 
     def _commit_batch(self, batch: list[_Op]) -> list[Any] | Exception:
@@ -522,10 +525,9 @@ class QueueStore:
             self.env.set_mapsize(0)
             raise _MapFull() from None
         try:
-            try:
-                self._loop.call_soon_threadsafe(self._apply_on_loop, txn, hand)
-            except RuntimeError:  # the loop is closed: nobody will run the ops
-                raise StoreUnavailable("queue is shutting down") from None
+            if not self._mailbox.post(self._apply_on_loop, txn, hand):
+                # The loop is closed: nobody will run the ops.
+                raise StoreUnavailable("queue is shutting down")
             hand.done.wait()
             if hand.error is not None:
                 raise hand.error

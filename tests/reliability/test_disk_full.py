@@ -12,13 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import limits
 from smtpkit import expect, open_data, tls_session
 
 from relay.clock import SystemClock
 from relay.queue.store import QueueStore
 from relay.smtp import replies as R
 from relay.testing.submission import Tls, running_server
+from relay.testing.submission import fast_limits as limits
 from relay.users import UserStore
 
 

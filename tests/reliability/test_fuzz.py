@@ -172,9 +172,8 @@ def test_session_fuzzer(tls: Tls, users: UserStore, parts: list[bytes], cuts: li
 
 async def _fuzz_once(tls: Tls, users: UserStore, data: bytes, cuts: list[int],
                      use_tls: bool) -> None:
-    from conftest import limits
-
     from relay.config import Duration
+    from relay.testing.submission import fast_limits as limits
     lim = limits(idle_timeout=Duration(1.0), session_timeout=Duration(5.0))
     async with running_server(tls=tls, users=users, limits=lim) as srv:
         if use_tls:

@@ -9,12 +9,12 @@ import asyncio
 import time
 
 import pytest
-from conftest import limits
 from smtpkit import connect, expect, open_data, send_ok, tls_session
 
 from relay.config import Duration
 from relay.smtp import replies as R
 from relay.testing.submission import RawClient, RecordingSubmitter, Tls, running_server
+from relay.testing.submission import fast_limits as limits
 from relay.users import UserStore
 
 

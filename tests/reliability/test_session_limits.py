@@ -12,12 +12,12 @@ import ssl
 from pathlib import Path
 
 import pytest
-from conftest import limits
 from smtpkit import PASSWORD, USER, connect, expect, open_data, plain, tls_session
 
 from relay.admin.metrics import Metrics
 from relay.smtp import replies as R
 from relay.testing.submission import RecordingSubmitter, Tls, running_server
+from relay.testing.submission import fast_limits as limits
 from relay.tlsutil import server_context
 from relay.users import UserStore
 

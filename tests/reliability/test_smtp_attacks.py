@@ -358,7 +358,7 @@ async def test_v9_unknown_user_and_wrong_password_identical_and_same_work(
         tls: Tls, users: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _count_scrypt(monkeypatch)
     lim_kw = {"auth_max_failures": 100}
-    from conftest import limits
+    from relay.testing.submission import fast_limits as limits
     async with running_server(tls=tls, users=users, limits=limits(**lim_kw)) as srv:
         raw: dict[str, bytes] = {}
         for label, creds in (("unknown", plain("nobody", PASSWORD)),
@@ -388,7 +388,7 @@ async def test_v9_per_connection_cap_421_and_close(tls: Tls, users: UserStore) -
 async def test_v9_lockout_locks_the_right_password_too(tls: Tls, users: UserStore,
                                                        monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
-    from conftest import limits
+    from relay.testing.submission import fast_limits as limits
     async with running_server(tls=tls, users=users,
                               limits=limits(auth_max_failures=3)) as srv:
         client = await tls_session(srv.port, tls, login=False)
