@@ -182,14 +182,13 @@ class UserStore:
 
     def verify(self, name: str, password: str | bytes) -> bool:
         """Constant-time check; an unknown user costs the same scrypt work as a known one."""
-        self._maybe_reload()
+        if self.verify_cached(name, password):
+            return True
         pw = password.encode("utf-8", "surrogateescape") if isinstance(password, str) \
             else password
         record = self._users.get(name)
         known = record is not None and record.scheme == "scrypt"
         tag = hmac.new(self._cache_key, pw, hashlib.sha256).digest()
-        if known and self._cached(name, record, tag):
-            return True
         with self._lock:
             if len(self._flights) > 1024:
                 self._flights.clear()  # only single-flight is lost, never correctness
@@ -198,6 +197,18 @@ class UserStore:
             if known and self._cached(name, record, tag):
                 return True
             return self._verify_slow(name, record, known, pw, tag)
+
+    def verify_cached(self, name: str, password: str | bytes) -> bool:
+        """True when this credential verified before against the record on disk now (the
+        file is looked at): cheap enough for the event loop, so a repeat client's login
+        skips the thread hop. False says only "not cached": call verify()."""
+        self._maybe_reload()
+        pw = password.encode("utf-8", "surrogateescape") if isinstance(password, str) \
+            else password
+        record = self._users.get(name)
+        if record is None or record.scheme != "scrypt":
+            return False
+        return self._cached(name, record, hmac.new(self._cache_key, pw, hashlib.sha256).digest())
 
     def _cached(self, name: str, record: UserRecord | None, tag: bytes) -> bool:
         hit = self._verified.get(name)

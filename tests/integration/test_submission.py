@@ -10,6 +10,7 @@ import asyncio
 import base64
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -572,3 +573,29 @@ def test_received_header() -> None:
 
 def test_users_file_is_not_the_test_tmp(users: UserStore) -> None:
     assert isinstance(users.path, Path) and users.names() == [USER]
+
+
+async def test_a_repeat_login_is_answered_without_a_thread(tls: Tls, tmp_path: Path) -> None:
+    """Only scrypt goes to the executor: a credential that verified before is checked on
+    the loop, saving a thread round trip per connection of a repeat client."""
+    import concurrent.futures
+
+    class CountingExecutor(concurrent.futures.ThreadPoolExecutor):
+        submitted = 0
+
+        def submit(self, *args: Any, **kw: Any) -> Any:  # type: ignore[override]
+            CountingExecutor.submitted += 1
+            return super().submit(*args, **kw)
+
+    loop = asyncio.get_running_loop()
+    executor = CountingExecutor(max_workers=2)
+    loop.set_default_executor(executor)
+    async with running_server(tls=tls, users=app_users(tmp_path), limits=limits()) as srv:
+        first = await tls_session(srv.port, tls)  # scrypt: one job for the executor
+        assert CountingExecutor.submitted == 1
+        second = await tls_session(srv.port, tls)  # cached: answered on the loop
+        wrong = await tls_session(srv.port, tls, login=False)
+        expect(await wrong.cmd(f"AUTH PLAIN {plain(USER, 'not it')}"), R.AUTH_INVALID)
+        for client in (first, second, wrong):
+            await client.close()
+    assert CountingExecutor.submitted == 2  # the wrong password paid scrypt again

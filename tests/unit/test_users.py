@@ -182,3 +182,29 @@ def test_get_looks_at_the_file_at_most_every_recheck(tmp_path: Path) -> None:
     cli.remove("app")
     assert not server.verify("app", "pw")  # a login looks at once
     assert server.get("app") is None
+
+
+def test_verify_cached_answers_only_from_the_cache(
+        store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loop asks verify_cached() before handing a login to a thread: it never runs
+    scrypt, says True only for a credential that verified against the current record."""
+    import relay.users
+    store.add("app", "correct horse")
+    calls: list[bytes] = []
+    real = relay.users._derive
+
+    def counting(password: bytes, *args: object, **kw: object) -> bytes:
+        calls.append(password)
+        return real(password, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(relay.users, "_derive", counting)
+    assert not store.verify_cached("app", "correct horse")  # never verified yet
+    assert store.verify("app", "correct horse")
+    assert store.verify_cached("app", "correct horse")
+    assert store.verify_cached("app", b"correct horse")
+    assert not store.verify_cached("app", "wrong")
+    assert not store.verify_cached("nobody", "correct horse")
+    assert len(calls) == 1  # only verify() paid scrypt
+    store.set_password("app", "battery staple")
+    assert not store.verify_cached("app", "correct horse")  # the record changed
+    assert not store.verify_cached("app", "battery staple")  # and is not verified yet
