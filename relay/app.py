@@ -271,8 +271,11 @@ class RelayApp:
         self.scheduler.simulator = Simulator(
             clock=self.clock, store=self.store, feedback=self.feedback, verp=verp,
             return_domain=cfg.server.return_path_domain or cfg.server.hostname)
+        # One outbox for all workers; worker 0 POSTs it, and looks every second because
+        # the other workers' events do not wake it.
         self.event_router = EventRouter(lambda: self.cfg, self.store, self.clock,
-                                        self.state_dir)
+                                        self.state_dir, drain=not self._secondary,
+                                        poll=1.0 if self.worker is not None else 0.0)
         self.events.subscribers.append(self.event_router)
         await self.event_router.start()
         # Events are staged with the state changes they report and replayed after a crash.

@@ -15,6 +15,12 @@ include_original_headers = false gets events without mail.headers.
   is down for an hour loses nothing, and the outbox survives restarts. Each POST is
   signed: `X-Relay-Signature: sha256=<hex HMAC-SHA256(secret, body)>`, and carries
   `X-Relay-Event-Id` (stable across retries, for de-duplication).
+
+With server.workers = N every process shares one outbox: sequence numbers come from a
+counter kept in the outbox itself and read in the committing transaction (LMDB's one
+writer at a time makes them unique and in commit order), and only one process (worker
+0, `drain=True`) POSTs, looking at the outbox every `poll` seconds because the others'
+events do not wake it.
 """
 
 from __future__ import annotations
@@ -82,28 +88,42 @@ def _key(dest: str, seq: int) -> bytes:
     return dest.encode("utf-8") + b"\0" + _SEQ.pack(seq)
 
 
+# The outbox's next sequence number. 0xFF never occurs in UTF-8, so the key sorts after
+# every destination's entries and matches no destination prefix.
+SEQ_KEY = b"\xffnext-seq"
+
+
+def _next_seq(txn: Any, db: Any) -> int:
+    """Inside a write transaction: the next free sequence number of the outbox. An outbox
+    from before the counter is scanned once."""
+    raw = txn.get(SEQ_KEY, db=db)
+    if raw is not None:
+        return int(_SEQ.unpack(bytes(raw))[0])
+    best = 0
+    with txn.cursor(db=db) as cur:
+        for key in cur.iternext(keys=True, values=False):
+            if bytes(key) != SEQ_KEY:
+                best = max(best, _SEQ.unpack(bytes(key)[-8:])[0])
+    return best + 1
+
+
 class EventRouter:
     def __init__(self, config: Callable[[], Config], store: QueueStore, clock: Clock,
-                 state_dir: Path) -> None:
+                 state_dir: Path, *, drain: bool = True, poll: float = 0.0) -> None:
         self.config = config
         self.store = store
         self.clock = clock
         self.state_dir = state_dir
+        self.drain = drain  # this process POSTs the outbox (one per spool)
+        self.poll = poll    # > 0: look at the outbox this often even when not woken
         self._files: dict[str, BinaryIO] = {}
         self._queued: list[tuple[str, bytes]] = []
-        self._seq = self._last_seq() + 1
         self._wake_persist = asyncio.Event()
         self._wake: dict[str, asyncio.Event] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._http: aiohttp.ClientSession | None = None
         self._stopping = False
         self.delivered: dict[str, int] = {}   # per destination, for tests and metrics
-
-    def _last_seq(self) -> int:
-        best = 0
-        for key, _ in self.store.read_db("outbox"):
-            best = max(best, _SEQ.unpack(key[-8:])[0])
-        return best
 
     # ------------------------------------------------------------------ routing (sync)
 
@@ -151,6 +171,8 @@ class EventRouter:
     async def start(self) -> None:
         self._http = aiohttp.ClientSession()
         self._tasks.append(asyncio.create_task(self._persist_loop(), name="outbox-persist"))
+        if not self.drain:
+            return
         for d in self.config().event_destination:
             if d.type == "webhook" and d.enabled:
                 self._wake[d.name] = asyncio.Event()
@@ -177,16 +199,16 @@ class EventRouter:
         if not self._queued:
             return
         batch, self._queued = self._queued, []
-        items = []
         now = self.clock.now()
-        for name, body in batch:
-            items.append((_key(name, self._seq), _enc.encode(OutboxItem(body, now))))
-            self._seq += 1
+        items = [(name, _enc.encode(OutboxItem(body, now))) for name, body in batch]
         db = self.store.named_db("outbox")
 
         def op(txn: Any) -> int:
-            for k, v in items:
-                txn.put(k, v, db=db)
+            seq = _next_seq(txn, db)
+            for name, value in items:
+                txn.put(_key(name, seq), value, db=db)
+                seq += 1
+            txn.put(SEQ_KEY, _SEQ.pack(seq), db=db)
             return len(items)
 
         await self.store.write(op)
@@ -216,6 +238,8 @@ class EventRouter:
         def read(txn: Any) -> None:
             with txn.cursor(db=db) as cur:
                 for k in cur.iternext(keys=True, values=False):
+                    if bytes(k) == SEQ_KEY:
+                        continue
                     name = bytes(k).split(b"\0", 1)[0].decode("utf-8", "replace")
                     out[name] = out.get(name, 0) + 1
         self.store.read(read)
@@ -274,7 +298,7 @@ class EventRouter:
         while not self._stopping:
             head = self._head(d.name)
             if not head:
-                return 3600.0
+                return self.poll if self.poll > 0 else 3600.0
             for key, item in head:
                 now = self.clock.now()
                 if now - item.created_at > cfg.webhook_max_age:
