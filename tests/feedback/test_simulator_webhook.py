@@ -9,21 +9,18 @@ in order per message, each signed.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import socket
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-from aiohttp import web
 
 from relay.app import RelayApp
 from relay.clock import FakeClock
 from relay.config import from_dict
 from relay.events.log import read_events
 from relay.suppression.store import Entry, SuppressionList
+from relay.testing.webhook import WebhookReceiver
 
 SECRET = "s3cret"
 SIM = "simulator.relay.test"
@@ -33,33 +30,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-class Receiver:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.events: list[dict[str, Any]] = []
-        self.ids: list[str] = []
-        self.runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        assert request.headers["X-Relay-Signature"] == expected
-        self.ids.append(request.headers["X-Relay-Event-Id"])
-        self.events.append(json.loads(body))
-        return web.Response(text="ok")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port, reuse_address=True).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
 
 
 def config(tmp: Path, smtp_port: int, hook_port: int) -> Any:
@@ -101,7 +71,7 @@ async def test_every_simulator_address_reaches_the_webhook(tmp_path: Path) -> No
     smtp_port, hook_port = free_port(), free_port()
     clock = FakeClock()
     app = RelayApp(config(tmp_path, smtp_port, hook_port), clock=clock)
-    receiver = Receiver(hook_port)
+    receiver = WebhookReceiver(hook_port, SECRET)
     await app.start()
     try:
         await app.store.write(SuppressionList(app.store).add_op(

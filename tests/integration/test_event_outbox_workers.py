@@ -15,14 +15,13 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from aiohttp import web
-
 from relay.clock import SystemClock
 from relay.config import Config, from_dict
 from relay.events.destinations import EventRouter
 from relay.events.model import send_event
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
+from relay.testing.webhook import WebhookReceiver
 
 
 def free_port() -> int:
@@ -92,33 +91,10 @@ def test_two_processes_never_overwrite_each_others_events(tmp_path: Path) -> Non
         assert mine == sorted(mine)
 
 
-class Receiver:
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.ids: list[str] = []
-        self.runner: web.AppRunner | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.ids.append(request.headers["X-Relay-Event-Id"])
-        await request.read()
-        return web.Response(text="ok")
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self.handle)
-        self.runner = web.AppRunner(app)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    async def stop(self) -> None:
-        if self.runner is not None:
-            await self.runner.cleanup()
-
-
 async def test_only_the_draining_worker_posts_and_it_finds_the_others_events(
         tmp_path: Path) -> None:
     port = free_port()
-    receiver = Receiver(port)
+    receiver = WebhookReceiver(port)
     await receiver.start()
     cfg = config(tmp_path, port)
     store = QueueStore(tmp_path / "queue", SystemClock())

@@ -18,6 +18,21 @@ def store(tmp_path: Path) -> UserStore:
     return UserStore(tmp_path / "state" / "users.json", clock=FakeClock(1_800_000_000.0))
 
 
+@pytest.fixture
+def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    """The passwords scrypt runs on from here on (relay.users._derive, still real)."""
+    import relay.users
+    calls: list[bytes] = []
+    real = relay.users._derive
+
+    def counting(password: bytes, *args: object, **kw: object) -> bytes:
+        calls.append(password)
+        return real(password, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(relay.users, "_derive", counting)
+    return calls
+
+
 def test_add_and_verify(store: UserStore) -> None:
     store.add("app", "correct horse")
     assert store.verify("app", "correct horse")
@@ -105,17 +120,10 @@ def test_unknown_user_does_scrypt_work(store: UserStore, monkeypatch: pytest.Mon
 
 
 def test_verified_credentials_are_cached_until_the_record_changes(
-        store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    import relay.users
+        store: UserStore, scrypt_calls: list[bytes]) -> None:
     store.add("app", "correct horse")
-    calls: list[bytes] = []
-    real = relay.users._derive
-
-    def counting(password: bytes, *args: object, **kw: object) -> bytes:
-        calls.append(password)
-        return real(password, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(relay.users, "_derive", counting)
+    calls = scrypt_calls
+    calls.clear()  # count the logins, not the add
     assert store.verify("app", "correct horse")
     assert store.verify("app", "correct horse")
     assert len(calls) == 1  # the second connection skips scrypt
@@ -130,22 +138,15 @@ def test_verified_credentials_are_cached_until_the_record_changes(
 
 
 def test_logins_at_the_same_moment_pay_scrypt_once(
-        store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: UserStore, scrypt_calls: list[bytes]) -> None:
     """A pool of connections opening together with one credential: the first login's
     scrypt is shared; wrong passwords still pay each time and never wait on the right one."""
     import threading
 
-    import relay.users
     store.add("app", "correct horse")
-    calls: list[bytes] = []
-    real = relay.users._derive
+    calls = scrypt_calls
+    calls.clear()  # count the logins, not the add
     gate = threading.Barrier(8)
-
-    def counting(password: bytes, *args: object, **kw: object) -> bytes:
-        calls.append(password)
-        return real(password, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(relay.users, "_derive", counting)
     results: list[bool] = []
 
     def login(password: str) -> None:
@@ -185,19 +186,12 @@ def test_get_looks_at_the_file_at_most_every_recheck(tmp_path: Path) -> None:
 
 
 def test_verify_cached_answers_only_from_the_cache(
-        store: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        store: UserStore, scrypt_calls: list[bytes]) -> None:
     """The loop asks verify_cached() before handing a login to a thread: it never runs
     scrypt, says True only for a credential that verified against the current record."""
-    import relay.users
     store.add("app", "correct horse")
-    calls: list[bytes] = []
-    real = relay.users._derive
-
-    def counting(password: bytes, *args: object, **kw: object) -> bytes:
-        calls.append(password)
-        return real(password, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(relay.users, "_derive", counting)
+    calls = scrypt_calls
+    calls.clear()  # count the logins, not the add
     assert not store.verify_cached("app", "correct horse")  # never verified yet
     assert store.verify("app", "correct horse")
     assert store.verify_cached("app", "correct horse")
