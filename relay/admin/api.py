@@ -26,6 +26,7 @@ from relay.admin.metrics import CONTENT_TYPE, Metrics
 from relay.admin.tokens import TokenStore
 from relay.clock import Clock
 from relay.config import Config
+from relay.delivery.shaper import total_states
 from relay.events.log import EventLog
 from relay.events.model import bounce_event, iso, subscription_event
 from relay.identity.model import IdentityError, check_pattern
@@ -34,6 +35,7 @@ from relay.queue.store import QueueStore
 from relay.suppression.policy import normalize, valid_address
 from relay.suppression.store import Entry, SuppressionList
 from relay.users import UserError, UserStore
+from relay.warmup import gate as gate_mod
 
 VERSION = "1"
 PENDING_STATES = [s.value for s in State if not s.final]
@@ -97,6 +99,10 @@ class AdminContext:
         gate = self.warmup_gate
         if gate is None:
             return []
+        if gate.share is not None:
+            # server.workers = N: this process counts its share only; show each IP whole
+            # (every worker's counts, the full caps), as `relay warmup status` does.
+            gate = gate_mod.from_config(self.config(), total_states(self.store))
         now = self.clock.now()
         rows: list[dict[str, Any]] = gate.status(now)
         for row in rows:

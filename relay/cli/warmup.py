@@ -18,7 +18,7 @@ import msgspec
 from relay.cli import CliError, load_config
 from relay.clock import SystemClock
 from relay.config import Config
-from relay.delivery.shaper import load_states, persist_op
+from relay.delivery.shaper import load_states, persist_op, total_states
 from relay.queue.store import QueueStore
 from relay.warmup import gate as gate_mod
 from relay.warmup.planner import plan_for
@@ -64,10 +64,15 @@ def _store(cfg: Config, *, create: bool) -> QueueStore | None:
     return QueueStore(path, SystemClock(), map_size=cfg.server.queue_map_size)
 
 
-def _gate(cfg: Config, store: QueueStore | None) -> gate_mod.WarmupGate:
+def _gate(cfg: Config, store: QueueStore | None, *, totals: bool = False
+          ) -> gate_mod.WarmupGate:
+    """A gate on the stored states: the IPs' own records (what operator changes are made
+    to), or with `totals` every worker's counts added up (server.workers = N)."""
     if not cfg.pool:
         raise CliError("no [[pool]] in the config: warm-up needs pools of source IPs")
-    return gate_mod.from_config(cfg, load_states(store) if store is not None else {})
+    if store is None:
+        return gate_mod.from_config(cfg, {})
+    return gate_mod.from_config(cfg, total_states(store) if totals else load_states(store))
 
 
 WARMUP_EVENTS = ("WarmupFreeze", "WarmupBackoff")
@@ -105,7 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = _store(cfg, create=False)
     try:
-        rows = _gate(cfg, store).status(SystemClock().now())
+        rows = _gate(cfg, store, totals=True).status(SystemClock().now())
     finally:
         if store is not None:
             store.close_sync()

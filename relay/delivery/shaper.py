@@ -69,25 +69,60 @@ class HeldOutcome:
     hold_until: float
 
 
-def load_states(store: Any) -> dict[str, IpState]:
-    return {k.decode("ascii"): _dec.decode(v) for k, v in store.read_db("warmup")}
+def load_states(store: Any, worker: tuple[int, int] | None = None) -> dict[str, IpState]:
+    """The IpStates `worker` counts in (counters.worker_key). Without `worker`, or for
+    worker 0: the IPs' own records, where the operator's changes are. Worker i: its own
+    records merged with the operator's later changes, and for an IP it has none of yet
+    the IP's own record without its counts."""
+    shared: dict[str, IpState] = {}
+    own: dict[str, IpState] = {}
+    index = worker[0] if worker is not None else 0
+    for k, v in store.read_db("warmup"):
+        ip, i = counters.parse_key(k.decode("ascii"))
+        if i == 0:
+            shared[ip] = _dec.decode(v)
+        elif i == index:
+            own[ip] = _dec.decode(v)
+    if index == 0:
+        return shared
+    states = {ip: counters.plan_only(st) for ip, st in shared.items()}
+    for ip, st in own.items():  # with the operator's changes made since it last wrote
+        states[ip] = counters.merge_operator(st, shared[ip]) if ip in shared else st
+    return states
 
 
-def persist_op(store: Any, snapshot: dict[str, bytes]) -> Any:
-    """An op writing IpStates; returns the stored ones the operator changed meanwhile."""
+def total_states(store: Any) -> dict[str, IpState]:
+    """Every IP's state with all workers' counts added up (`relay warmup status`)."""
+    totals: dict[str, IpState] = {}
+    others: list[tuple[str, IpState]] = []
+    for k, v in store.read_db("warmup"):
+        ip, i = counters.parse_key(k.decode("ascii"))
+        if i == 0:
+            totals[ip] = _dec.decode(v)
+        else:
+            others.append((ip, _dec.decode(v)))
+    for ip, st in others:
+        counters.add_counts(totals.setdefault(ip, IpState()), st)
+    return totals
+
+
+def persist_op(store: Any, snapshot: dict[str, bytes],
+               worker: tuple[int, int] | None = None) -> Any:
+    """An op writing `worker`'s IpStates (counters.worker_key); returns the IPs' own
+    records that the operator changed meanwhile (a higher op_seq), which are not
+    written over but merged first."""
     db = store.named_db("warmup")
 
     def op(txn: Any) -> dict[str, IpState]:
         newer: dict[str, IpState] = {}
         for ip, blob in snapshot.items():
-            key = ip.encode("ascii")
-            raw = txn.get(key, db=db)
+            raw = txn.get(ip.encode("ascii"), db=db)
             if raw is not None:
                 stored = _dec.decode(raw)
                 if stored.op_seq > _dec.decode(blob).op_seq:
                     newer[ip] = stored
                     continue
-            txn.put(key, blob, db=db)
+            txn.put(counters.worker_key(ip, worker).encode("ascii"), blob, db=db)
         return newer
     return op
 
@@ -119,7 +154,7 @@ class ShapedSender:
         self.store = store
         self.clock = clock
         self.pool = pool if pool is not None else cfg.delivery.pool
-        self.gate = gate.from_config(cfg, load_states(store), share)
+        self.gate = gate.from_config(cfg, load_states(store, share), share)
         self.providers = provider_map(cfg)
         self.throttle = SiteThrottle()
         self.sync_interval = sync_interval
@@ -212,7 +247,7 @@ class ShapedSender:
         """Persist the IpStates changed since the last flush (one group commit)."""
         dirty, self.gate.dirty = self.gate.dirty, set()
         snapshot = {ip: _enc.encode(self.gate.state(ip)) for ip in dirty}
-        newer = await self.store.write(persist_op(self.store, snapshot))
+        newer = await self.store.write(persist_op(self.store, snapshot, self.gate.share))
         for ip, stored in newer.items():
             counters.merge_operator(self.gate.state(ip), stored)
             self.gate.dirty.add(ip)
@@ -221,10 +256,12 @@ class ShapedSender:
     def sync(self) -> None:
         """Adopt operator changes (CLI) made since the last look."""
         self._synced_at = self.clock.now()
+        secondary = self.gate.share is not None and self.gate.share[0] != 0
         for ip, stored in load_states(self.store).items():
             mine = self.gate.states.get(ip)
             if mine is None:
-                self.gate.states[ip] = stored
+                # Worker i counts its own sends: it takes the plan, not worker 0's counts.
+                self.gate.states[ip] = counters.plan_only(stored) if secondary else stored
             elif stored.op_seq > mine.op_seq:
                 counters.merge_operator(mine, stored)
                 self.gate.dirty.add(ip)

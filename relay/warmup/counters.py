@@ -167,6 +167,67 @@ def merge_operator(mine: IpState, stored: IpState) -> IpState:
     return mine
 
 
+# ---------------------------------------------------------------------- workers
+
+# With server.workers = N every worker may send from every IP and counts its own share
+# (relay/supervisor.py), so each keeps its own IpState: worker 0 (and a single process)
+# under the IP itself, which is also where the operator's changes go (the CLI), worker
+# i under "IP#i". One shared record let the last writer's counts stand for all workers.
+
+
+def worker_key(ip: str, worker: tuple[int, int] | None) -> str:
+    """PURE: where `worker` keeps its IpState of `ip`."""
+    return ip if worker is None or worker[0] == 0 else f"{ip}#{worker[0]}"
+
+
+def parse_key(key: str) -> tuple[str, int]:
+    """PURE: (IP, worker index) of a stored key (0 for the IP's own key)."""
+    ip, _, index = key.partition("#")
+    return ip, int(index) if index.isdigit() else 0
+
+
+def plan_only(st: IpState) -> IpState:
+    """PURE: `st` without its counts: the plan's progress, freezes, pauses and the
+    operator's sequence, for a worker that starts counting an IP on its own."""
+    return IpState(
+        frozen=st.frozen, frozen_reason=st.frozen_reason, base_advanced=st.base_advanced,
+        op_seq=st.op_seq,
+        providers={name: msgspec.structs.replace(pc, sent=0, hour_sent=0)
+                   for name, pc in st.providers.items()})
+
+
+def add_counts(total: IpState, other: IpState) -> None:
+    """Add `other`'s counts (another worker's) into `total`, for a status of the IP as a
+    whole: sends of the same day and hour add up; a later day or hour replaces; frozen if
+    either is; the later pause and the further plan progress stand."""
+    total.frozen = total.frozen or other.frozen
+    total.frozen_reason = total.frozen_reason or other.frozen_reason
+    for name, opc in other.providers.items():
+        pc = counter(total, name)
+        if opc.day == pc.day:
+            pc.sent += opc.sent
+        elif opc.day > pc.day:
+            pc.day, pc.sent = opc.day, opc.sent
+        if opc.hour == pc.hour:
+            pc.hour_sent += opc.hour_sent
+        elif opc.hour > pc.hour:
+            pc.hour, pc.hour_sent = opc.hour, opc.hour_sent
+        pc.advanced = max(pc.advanced, opc.advanced)
+        pc.freeze_day = max(pc.freeze_day, opc.freeze_day)
+        if opc.paused_until > pc.paused_until:
+            pc.paused_until, pc.pause_reason = opc.paused_until, opc.pause_reason
+    by_hour = {b.hour: b for b in total.reputation}
+    for b in other.reputation:
+        mine = by_hour.get(b.hour)
+        if mine is None:
+            by_hour[b.hour] = Bucket(b.hour, b.sent, b.bounced, b.complained)
+        else:
+            mine.sent += b.sent
+            mine.bounced += b.bounced
+            mine.complained += b.complained
+    total.reputation = [by_hour[h] for h in sorted(by_hour)]
+
+
 # ---------------------------------------------------------------------- reputation
 
 

@@ -282,3 +282,38 @@ def test_pool_config_errors_name_the_key(text: str, expected: str) -> None:
     with pytest.raises(ConfigError) as info:
         loads(text)
     assert expected in info.value.problems
+
+
+def test_worker_keys_and_whole_ip_counts() -> None:
+    """server.workers = N: worker i keeps "IP#i"; a status adds the workers' counts."""
+    c = counters
+
+    assert c.worker_key("192.0.2.1", None) == "192.0.2.1"
+    assert c.worker_key("192.0.2.1", (0, 2)) == "192.0.2.1"
+    assert c.worker_key("2001:db8::1", (1, 2)) == "2001:db8::1#1"
+    assert c.parse_key("2001:db8::1#1") == ("2001:db8::1", 1)
+    assert c.parse_key("192.0.2.1") == ("192.0.2.1", 0)
+
+    total = c.IpState(providers={
+        "gmail": c.ProviderCounter(advanced=4, day=10, sent=30, hour=240, hour_sent=5),
+        "yahoo": c.ProviderCounter(advanced=2, day=9, sent=7)},
+        reputation=[c.Bucket(239, 10, 1, 0), c.Bucket(240, 5, 0, 0)])
+    other = c.IpState(frozen=True, frozen_reason="bounce rate", providers={
+        "gmail": c.ProviderCounter(advanced=5, day=10, sent=12, hour=241, hour_sent=3,
+                                   paused_until=99.0, pause_reason="421"),
+        "yahoo": c.ProviderCounter(advanced=2, day=10, sent=4),   # a later day replaces
+        "outlook": c.ProviderCounter(day=10, sent=2)},
+        reputation=[c.Bucket(240, 7, 2, 1), c.Bucket(241, 3, 0, 0)])
+    c.add_counts(total, other)
+    g, y, o = (total.providers[n] for n in ("gmail", "yahoo", "outlook"))
+    assert (g.day, g.sent, g.hour, g.hour_sent, g.advanced) == (10, 42, 241, 3, 5)
+    assert (g.paused_until, g.pause_reason) == (99.0, "421")
+    assert (y.day, y.sent) == (10, 4) and (o.day, o.sent) == (10, 2)
+    assert total.frozen and total.frozen_reason == "bounce rate"
+    assert [(b.hour, b.sent, b.bounced, b.complained) for b in total.reputation] == [
+        (239, 10, 1, 0), (240, 12, 2, 1), (241, 3, 0, 0)]
+
+    plan = c.plan_only(total)
+    assert plan.frozen and plan.providers["gmail"].advanced == 5
+    assert plan.providers["gmail"].sent == 0 and plan.providers["gmail"].hour_sent == 0
+    assert plan.reputation == [] and total.providers["gmail"].sent == 42  # a copy

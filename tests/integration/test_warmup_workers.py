@@ -1,0 +1,133 @@
+"""Warm-up counts with server.workers = N: each worker keeps its own, the operator sees the sum.
+
+Every worker may send from every IP and keeps to its share of each cap. All of them
+used to persist their counts under the IP's one record, so the last writer's counts
+stood for every worker after a restart (a worker that had sent more could send its
+share again) and `relay warmup status` showed one worker's sends. A real LMDB spool, the
+real ShapedSender persistence and the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.admin.api import AdminContext
+from relay.admin.metrics import Metrics
+from relay.admin.tokens import TokenStore
+from relay.cli import main
+from relay.clock import FakeClock
+from relay.config import Config, load
+from relay.delivery.shaper import ShapedSender
+from relay.events.log import EventLog
+from relay.queue.store import QueueStore
+from relay.users import UserStore
+from relay.warmup import counters
+
+CONFIG = """
+[server]
+state_dir = "{state}"
+[delivery]
+pool = "dedicated"
+[[pool]]
+name = "dedicated"
+ips = ["127.0.0.10", "127.0.0.11"]
+warmup_plan = "ses-standard"
+warmup_start = "2020-01-01"
+"""
+IP, OTHER = "127.0.0.10", "127.0.0.11"
+NOW = time.time()  # `relay warmup status` counts today by the system clock
+
+
+@pytest.fixture
+def cfg_path(tmp_path: Path) -> str:
+    path = tmp_path / "relay.toml"
+    path.write_text(CONFIG.format(state=tmp_path / "state"))
+    return str(path)
+
+
+def shaper(cfg: Config, store: QueueStore, clock: FakeClock,
+           worker: tuple[int, int]) -> ShapedSender:
+    return ShapedSender(cfg, None, store, clock, share=worker)
+
+
+def record_sends(sh: ShapedSender, ip: str, n: int) -> None:
+    """What the gate does for `n` recipients sent from `ip` today."""
+    st = sh.gate.state(ip)
+    pc = counters.counter(st, "other")
+    counters.roll(pc, st, sh.gate.days.day_of(sh.clock.now()))
+    pc.sent += n
+    sh.gate.dirty.add(ip)
+
+
+def sent(sh: ShapedSender, ip: str) -> int:
+    st = sh.gate.state(ip)
+    return sum(counters.sent_today(pc, sh.gate.days.day_of(sh.clock.now()))
+               for pc in st.providers.values())
+
+
+async def open_store(cfg: Config, clock: FakeClock) -> QueueStore:
+    store = QueueStore(cfg.state_path / "queue", clock)
+    await store.start()
+    return store
+
+
+def status(cfg_path: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[str, object]]:
+    capsys.readouterr()
+    assert main(["warmup", "status", "--config", cfg_path, "--json"]) == 0
+    return {r["ip"]: r for r in json.loads(capsys.readouterr().out)}
+
+
+async def test_each_worker_keeps_its_own_counts_and_the_status_adds_them(
+        cfg_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = load(cfg_path)
+    clock = FakeClock(NOW)
+    store = await open_store(cfg, clock)
+    w0, w1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
+    record_sends(w0, IP, 40)
+    record_sends(w1, IP, 90)
+    await w1.flush()
+    await w0.flush()  # worker 0 writes last
+    await store.close()
+
+    # A restart: each worker carries on from its own count, not from the last writer's.
+    store = await open_store(cfg, clock)
+    r0, r1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
+    assert (sent(r0, IP), sent(r1, IP)) == (40, 90)
+    await store.close()
+
+    # The operator sees the IP's sends from all workers.
+    assert status(cfg_path, capsys)[IP]["sent_today"] == 130
+
+    # An operator's freeze and plan day (the IP's own record) reach every worker; worker 1
+    # keeps its count, and takes the plan, not worker 0's count, for an IP new to it.
+    assert main(["warmup", "freeze", IP, "--config", cfg_path]) == 0
+    assert main(["warmup", "set", OTHER, "--day", "10", "--config", cfg_path]) == 0
+    store = await open_store(cfg, clock)
+    r0 = shaper(cfg, store, clock, (0, 2))
+    record_sends(r0, OTHER, 25)
+    await r0.flush()
+    r1 = shaper(cfg, store, clock, (1, 2))
+    assert r1.gate.state(IP).frozen and sent(r1, IP) == 90
+    assert sent(r1, OTHER) == 0
+    pool = r1.gate.pools["dedicated"]
+    full_cap = pool.plan.cap(10) if pool.plan is not None else None
+    assert full_cap is not None
+    assert r1.gate.cap(pool, OTHER, "other", clock.now()) == full_cap // 2  # day 10, half
+    # The dashboard and the warm-up gauges (worker 0's admin API) show each IP whole too.
+    ctx = AdminContext(config=lambda: cfg, store=store,
+                       users=UserStore(cfg.state_path / "users.json"),
+                       tokens=TokenStore(cfg.state_path / "admin_tokens.json"),
+                       events=EventLog(cfg.state_path / "events.jsonl"), metrics=Metrics(),
+                       clock=clock, warmup_gate=r0.gate)
+    shown = {r["ip"]: r for r in ctx.warmup_status()}
+    assert shown[IP]["sent_today"] == 130 and shown[OTHER]["sent_today"] == 25
+    assert shown[OTHER]["cap_today"] == full_cap
+    ctx.events.close()
+    await store.close()
+    rows = status(cfg_path, capsys)
+    assert rows[IP]["frozen"] is True and rows[IP]["sent_today"] == 130
+    assert rows[OTHER]["day"] == 10 and rows[OTHER]["sent_today"] == 25
