@@ -9,8 +9,12 @@ connection error with no answer); the sinks record what reached them.
 Invariants checked at the end, after the last instance had time to deliver:
 - every token answered 250 reached a sink at least once (lost = 0);
 - no token answered 4xx/5xx reached a sink (relay refused it, so it must not send it);
-- duplicates (a token received more than once) stay within what can be in flight
-  at the kills: kills x destinations x max_connections_per_destination;
+- duplicates (a token received more than once) stay within what can be delivered
+  but not yet settled at the kills: kills x destinations x
+  max_connections_per_destination x 2, because a delivery worker sends the next
+  transaction while the previous one's settle commits (Scheduler._worker: one pending
+  settle per worker), so two of its transactions can be at the sink and still
+  INFLIGHT in the queue;
 - the queue is empty (`relay queue list --json` prints nothing);
 - the last instance stops cleanly on SIGTERM (exit code 0).
 
@@ -256,7 +260,9 @@ def test_kill_9_during_injection_loses_nothing(
                           f"{[(t, ledger.outcomes[t]) for t in lost[:10]]}; {figures}")
         assert not unknown_tokens, unknown_tokens
         assert not refused_but_sent, f"refused yet delivered: {refused_but_sent[:10]}"
-        bound = len(kills) * len(DOMAINS) * MAX_CONN_PER_DEST
+        # Per delivery worker: the transaction whose settle is committing and the one
+        # being sent meanwhile (see the module docstring).
+        bound = len(kills) * len(DOMAINS) * MAX_CONN_PER_DEST * 2
         assert duplicate_copies <= bound, (duplicates, figures)
         # Most of the load was accepted: the kills cut a few sessions, not the run.
         assert len(accepted) >= TOTAL * 0.8, figures
