@@ -125,9 +125,8 @@ class QueueSubmitter:
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
         msg.body = configsets.strip_headers(msg.body)
         journal = self.journal
-        durable = None if on_durable is None else (lambda rec: on_durable(rec.id))
         if journal is None:
-            record = await self.store.submit_record(msg, on_durable=durable)
+            record = await self.store.submit_record(msg, on_durable=on_durable)
             self.events.emit([send_event(record)])
         else:
             staged: list[bytes] = []
@@ -137,7 +136,7 @@ class QueueSubmitter:
                 sent.append(send_event(rec))
                 staged.extend(journal.stage(txn, sent))
 
-            record = await self.store.submit_record(msg, also=stage, on_durable=durable)
+            record = await self.store.submit_record(msg, also=stage, on_durable=on_durable)
             journal.published(sent, staged)
         for cb in self.on_accept:
             cb()

@@ -182,13 +182,12 @@ class UserStore:
 
     def verify(self, name: str, password: str | bytes) -> bool:
         """Constant-time check; an unknown user costs the same scrypt work as a known one."""
-        if self.verify_cached(name, password):
+        self._maybe_reload()
+        pw, tag = self._credential(password)
+        if self._cached_now(name, tag):
             return True
-        pw = password.encode("utf-8", "surrogateescape") if isinstance(password, str) \
-            else password
         record = self._users.get(name)
         known = record is not None and record.scheme == "scrypt"
-        tag = hmac.new(self._cache_key, pw, hashlib.sha256).digest()
         with self._lock:
             if len(self._flights) > 1024:
                 self._flights.clear()  # only single-flight is lost, never correctness
@@ -203,12 +202,18 @@ class UserStore:
         file is looked at): cheap enough for the event loop, so a repeat client's login
         skips the thread hop. False says only "not cached": call verify()."""
         self._maybe_reload()
+        return self._cached_now(name, self._credential(password)[1])
+
+    def _credential(self, password: str | bytes) -> tuple[bytes, bytes]:
+        """(the password's bytes, its HMAC under the per-process cache key)."""
         pw = password.encode("utf-8", "surrogateescape") if isinstance(password, str) \
             else password
+        return pw, hmac.new(self._cache_key, pw, hashlib.sha256).digest()
+
+    def _cached_now(self, name: str, tag: bytes) -> bool:
         record = self._users.get(name)
-        if record is None or record.scheme != "scrypt":
-            return False
-        return self._cached(name, record, hmac.new(self._cache_key, pw, hashlib.sha256).digest())
+        return record is not None and record.scheme == "scrypt" \
+            and self._cached(name, record, tag)
 
     def _cached(self, name: str, record: UserRecord | None, tag: bytes) -> bool:
         hit = self._verified.get(name)

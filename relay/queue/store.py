@@ -342,16 +342,15 @@ class QueueStore:
                      on_durable: Callable[[str], None] | None = None) -> str:
         """Queue a message durably; return its id only after the synced commit (a
         Submitter, relay/smtp/session.py: `on_durable(id)` when the commit syncs)."""
-        durable = None if on_durable is None else (lambda rec: on_durable(rec.id))
-        return (await self.submit_record(msg, on_durable=durable)).id
+        return (await self.submit_record(msg, on_durable=on_durable)).id
 
     async def submit_record(
             self, msg: NewMessage,
             also: Callable[[Any, MessageRecord], object] | None = None,
-            on_durable: Callable[[MessageRecord], None] | None = None) -> MessageRecord:
+            on_durable: Callable[[str], None] | None = None) -> MessageRecord:
         """Queue a message durably; `also(txn, record)` runs in the same transaction
         (the Send event is staged there, so it is committed with the message);
-        `on_durable(record)` as in write_soon()."""
+        `on_durable(queue id)` as in write_soon()."""
         if not msg.recipients:
             raise ValueError("a message needs at least one recipient")
         if len(msg.recipients) > MAX_RECIPIENTS:
@@ -371,7 +370,8 @@ class QueueStore:
                 also(txn, record)
             return record
 
-        return await self.write_soon(op, len(body), on_durable)
+        durable = None if on_durable is None else (lambda rec: on_durable(rec.id))
+        return await self.write_soon(op, len(body), durable)
 
     def _put_message(self, txn: Any, record: MessageRecord, body: bytes) -> None:
         mid = record.id

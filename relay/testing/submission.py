@@ -151,6 +151,21 @@ def make_users(directory: Path | None = None, **credentials: str) -> UserStore:
     return store
 
 
+def count_scrypt(monkeypatch: Any) -> list[bytes]:
+    """From now on, record the password of every scrypt run (relay.users._derive stays
+    real); `monkeypatch` is pytest's fixture, which undoes it after the test."""
+    import relay.users
+    calls: list[bytes] = []
+    real = relay.users._derive
+
+    def counting(password: bytes, *args: Any, **kw: Any) -> bytes:
+        calls.append(password)
+        return real(password, *args, **kw)
+
+    monkeypatch.setattr(relay.users, "_derive", counting)
+    return calls
+
+
 def fast_limits(**kw: object) -> Limits:
     """Limits as given, with no delay after a failed AUTH unless `auth_failure_delay` is."""
     kw.setdefault("auth_failure_delay", Duration(0.0))

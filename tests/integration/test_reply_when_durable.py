@@ -35,11 +35,11 @@ class HeldSubmitter:
 
     async def submit(self, msg: NewMessage,
                      on_durable: Callable[[str], None] | None = None) -> str:
-        def durable(record: object) -> None:
+        def durable(queue_id: str) -> None:
             if self.fail_in_callback:
                 raise RuntimeError("a broken on_durable callback")
             assert on_durable is not None
-            on_durable(record.id)  # type: ignore[attr-defined]
+            on_durable(queue_id)
 
         self.messages.append(msg)
         use = durable if (on_durable is not None and self.report_durable) else None

@@ -14,12 +14,12 @@ import asyncio
 import pytest
 from smtpkit import PASSWORD, USER, connect, expect, open_data, plain, send_ok, tls_session
 
-import relay.users
 from relay.smtp import replies as R
 from relay.smtp.server import SubmissionServer
 from relay.testing.submission import (
     RecordingSubmitter,
     Tls,
+    count_scrypt,
     make_listener,
     running_server,
 )
@@ -274,7 +274,7 @@ async def test_v7_auth_with_valid_credentials_in_plaintext(server: SubmissionSer
                                                            submitter: RecordingSubmitter,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
-    calls = _count_scrypt(monkeypatch)
+    calls = count_scrypt(monkeypatch)
     client = await connect(server.port)
     await client.send(b"EHLO c\r\nAUTH PLAIN AHUAcHc=\r\n")
     ehlo = await client.read_reply()
@@ -342,21 +342,9 @@ async def test_v8_foreign_sender_domain_refused(tls: Tls, users: UserStore) -> N
 
 # --- V9: brute force and enumeration ------------------------------------------------------
 
-def _count_scrypt(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
-    calls: list[bytes] = []
-    real = relay.users._derive
-
-    def counting(password: bytes, *args: object, **kw: object) -> bytes:
-        calls.append(password)
-        return real(password, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(relay.users, "_derive", counting)
-    return calls
-
-
 async def test_v9_unknown_user_and_wrong_password_identical_and_same_work(
         tls: Tls, users: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _count_scrypt(monkeypatch)
+    calls = count_scrypt(monkeypatch)
     lim_kw = {"auth_max_failures": 100}
     from relay.testing.submission import fast_limits as limits
     async with running_server(tls=tls, users=users, limits=limits(**lim_kw)) as srv:
@@ -394,7 +382,7 @@ async def test_v9_lockout_locks_the_right_password_too(tls: Tls, users: UserStor
         client = await tls_session(srv.port, tls, login=False)
         for _ in range(3):
             expect(await client.cmd(f"AUTH PLAIN {plain(USER, 'bad')}"), R.AUTH_INVALID)
-        calls = _count_scrypt(monkeypatch)
+        calls = count_scrypt(monkeypatch)
         expect(await client.cmd(f"AUTH PLAIN {plain(USER, PASSWORD)}"), R.AUTH_LOCKED)
         assert calls == []  # locked: no password oracle, no scrypt cost
         await client.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from relay.clock import FakeClock
+from relay.testing.submission import count_scrypt
 from relay.users import UserError, UserStore
 
 
@@ -21,16 +22,7 @@ def store(tmp_path: Path) -> UserStore:
 @pytest.fixture
 def scrypt_calls(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
     """The passwords scrypt runs on from here on (relay.users._derive, still real)."""
-    import relay.users
-    calls: list[bytes] = []
-    real = relay.users._derive
-
-    def counting(password: bytes, *args: object, **kw: object) -> bytes:
-        calls.append(password)
-        return real(password, *args, **kw)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(relay.users, "_derive", counting)
-    return calls
+    return count_scrypt(monkeypatch)
 
 
 def test_add_and_verify(store: UserStore) -> None:
