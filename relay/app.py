@@ -40,6 +40,7 @@ from relay.delivery.mtasts_fetch import MtaSts
 from relay.delivery.routing import Router
 from relay.delivery.scheduler import Scheduler
 from relay.delivery.shaper import ShapedSender, provider_map
+from relay.delivery.yielding import DeliveryGate, LoopLag
 from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
@@ -285,11 +286,18 @@ class RelayApp:
         self.scheduler.journal = self.journal
         self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
         self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
+        # Accept first: delivery gives this process's loop to a burst of submissions.
+        self.loop_lag = LoopLag()
+        self.scheduler.gate = DeliveryGate(self.loop_lag,
+                                           backlog=cfg.delivery.accept_first_backlog)
+        self.scheduler.gate.on_open.append(self.scheduler.wake)
+        self.loop_lag.start()
         self.scheduler.start()
         submitter = QueueSubmitter(self.store, self.events, self.scheduler, lambda: self.cfg,
                                    self.users)
         submitter.journal = self.journal
         submitter.on_accept.append(self.metrics.accepted.inc)
+        submitter.on_accept.append(self.scheduler.gate.accepted)
         # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
         gate = MailFromGate(submitter, outbound, reject=submitter.reject)
         self.metrics.complaint_source = self._complaint_source
@@ -515,6 +523,7 @@ class RelayApp:
         for server in self.listeners:
             await server.stop()
         await self.scheduler.stop()
+        await self.loop_lag.stop()
         await self.journal.stop()
         if self.shaped is not None:
             await self.shaped.close()

@@ -40,6 +40,7 @@ from relay.clock import Clock
 from relay.config import Delivery
 from relay.delivery import retry
 from relay.delivery.attempts import current_message, current_message_id
+from relay.delivery.yielding import DeliveryGate
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import (
@@ -204,6 +205,8 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
+        # When set, delivery gives the loop to a burst of submissions (yielding.py).
+        self.gate: DeliveryGate | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -245,6 +248,8 @@ class Scheduler:
         """Stop promoting, let transactions under way finish, give back unstarted leases."""
         self._stopping = True
         self._wake.set()
+        if self.gate is not None:
+            self.gate.close()
         if self._loop_task is not None:
             await self._loop_task
         if self._workers:
@@ -280,6 +285,11 @@ class Scheduler:
 
     async def tick(self) -> int:
         if self._stopping:
+            return 0
+        if self.gate is not None and self.held and self.gate.holding():
+            # A burst holds the loop and there is work in hand: leasing more now would
+            # only add writes to the submissions' commits. The gate wakes us after.
+            self.dispatch()
             return 0
         leased = await self.promote()
         self.dispatch()
@@ -362,7 +372,7 @@ class Scheduler:
                 try:
                     # The previous transaction's settle commits while this one is sent;
                     # at most one is pending per worker, so commits cannot pile up.
-                    settling = await self.deliver(task)
+                    settling = await self._deliver_admitted(task)
                     if pending is not None:
                         await asyncio.wait({pending})
                     pending = settling
@@ -383,6 +393,16 @@ class Scheduler:
                     self.ready.pop(dest, None)
                 self.active.pop(dest, None)
             self.wake()
+
+    async def _deliver_admitted(self, task: Task) -> asyncio.Task[None] | None:
+        gate = self.gate
+        if gate is None:
+            return await self.deliver(task)
+        await gate.acquire()
+        try:
+            return await self.deliver(task)
+        finally:
+            gate.release()
 
     async def deliver(self, task: Task) -> asyncio.Task[None] | None:
         """One attempt for `task`; returns the settle still committing (`_settle_soon`),

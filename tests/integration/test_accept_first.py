@@ -1,0 +1,173 @@
+"""Accept first, with the real scheduler, LMDB store, SMTP client, DNS server and sink.
+
+A burst of submissions arrives (the store's own submit, then `gate.accepted()` and a
+scheduler wake: what relay.app.QueueSubmitter does per message). The loop's lateness
+is the probe's threshold: -1 s makes every probe late, 10 s none, so the test does
+not depend on how busy this machine is. What is counted is at the sink: how many
+connections relay opened (one per transaction in flight; a connection is pooled and
+reused, up to 1,000 messages) and how many messages arrived, during and after the
+burst.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from relay.clock import FakeClock, SystemClock
+from relay.config import from_dict
+from relay.delivery.client import Sender
+from relay.delivery.routing import Router
+from relay.delivery.scheduler import Scheduler
+from relay.delivery.yielding import DeliveryGate, LoopLag
+from relay.dns.resolver import DnsResolver
+from relay.events.log import EventLog
+from relay.queue.store import NewMessage, QueueStore
+from relay.testing.dnsserver import DnsServer
+from relay.testing.sink import Sink
+
+ROUNDS, PER_ROUND = 10, 25
+TOTAL = ROUNDS * PER_ROUND
+
+
+@pytest.fixture
+def dns_server() -> Iterator[DnsServer]:
+    zone = {"dest.test": [("MX", "10 mx.dest.test")], "mx.dest.test": [("A", "127.0.0.2")]}
+    with DnsServer(zone) as server:
+        yield server
+
+
+@dataclass
+class Rig:
+    store: QueueStore
+    scheduler: Scheduler
+    gate: DeliveryGate
+    lag: LoopLag
+    sink: Sink
+    sender: Sender
+
+    async def burst(self) -> tuple[int, int]:
+        """Submit ROUNDS × PER_ROUND messages; (connections, messages) at the sink when
+        the last one is accepted."""
+        for r in range(ROUNDS):
+            await asyncio.gather(*(self._submit(f"u{r}-{i}@dest.test")
+                                   for i in range(PER_ROUND)))
+            await asyncio.sleep(0.005)  # delivery gets loop turns between rounds
+        return self.sink.connections, self.sink.message_count
+
+    async def _submit(self, rcpt: str) -> None:
+        await self.store.submit_record(NewMessage(
+            sender="app@example.com", recipients=[rcpt],
+            body=b"Subject: hi\r\nFrom: app@example.com\r\n\r\nhello\r\n",
+            headers={"Subject": "hi", "From": "app@example.com"}))
+        self.gate.accepted()
+        self.scheduler.wake()
+
+
+MakeRig = Callable[..., Awaitable[Rig]]
+
+
+@pytest.fixture
+async def make_rig(tmp_path: Path, dns_server: DnsServer) -> AsyncIterator[MakeRig]:
+    rigs: list[Rig] = []
+    sink = Sink("127.0.0.2", 0)
+    sink.start()
+
+    async def make(*, threshold: float, backlog: int) -> Rig:
+        clock = SystemClock()
+        cfg = from_dict({
+            "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
+            "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "2s"},
+            "delivery": {"port": sink.port, "max_messages_per_connection": 1000},
+        })
+        store = QueueStore(tmp_path / "queue", clock)
+        await store.start()
+        resolver = DnsResolver.from_config(cfg.dns, clock)
+        sender = Sender(cfg.delivery, hostname="relay.test", clock=clock)
+        scheduler = Scheduler(store, Router(cfg.delivery, resolver, random.Random(1)),
+                              sender, EventLog(tmp_path / "events.jsonl"), clock,
+                              cfg.delivery, hostname="relay.test", rng=random.Random(2))
+        lag = LoopLag(interval=0.005, threshold=threshold, hold=0.2)
+        gate = DeliveryGate(lag, backlog=backlog, floor=2, hold=0.2)
+        gate.on_open.append(scheduler.wake)
+        scheduler.gate = gate
+        lag.start()
+        scheduler.start()
+        rig = Rig(store, scheduler, gate, lag, sink, sender)
+        rigs.append(rig)
+        return rig
+
+    try:
+        yield make
+    finally:
+        for rig in rigs:
+            await rig.scheduler.stop()
+            await rig.lag.stop()
+            await rig.sender.close()
+            await rig.store.close()
+        sink.stop()
+
+
+async def test_a_burst_on_a_late_loop_holds_delivery_to_the_floor_then_all_goes(
+        make_rig: MakeRig) -> None:
+    rig: Rig = await make_rig(threshold=-1.0, backlog=10_000)
+    connections, arrived = await rig.burst()
+    assert connections <= 2, f"{connections} transactions at once during the burst"
+    assert arrived >= 1, "delivery stopped during the burst; the floor must go on"
+    await rig.sink.await_for(TOTAL, timeout=20)
+    assert rig.sink.connections > 2, "the burst is over: delivery takes its full share"
+
+
+async def test_a_loop_on_time_is_not_held_back(make_rig: MakeRig) -> None:
+    rig: Rig = await make_rig(threshold=10.0, backlog=10_000)
+    connections, _ = await rig.burst()
+    assert connections > 2
+    await rig.sink.await_for(TOTAL, timeout=20)
+
+
+async def test_past_the_backlog_the_burst_shares_the_loop(make_rig: MakeRig) -> None:
+    rig: Rig = await make_rig(threshold=-1.0, backlog=30)
+    connections, _ = await rig.burst()
+    assert rig.gate.accepted_while_held >= 30
+    assert connections > 2, "past the backlog, delivery must take its full share"
+    await rig.sink.await_for(TOTAL, timeout=20)
+
+
+async def test_a_burst_backlog_at_one_destination_is_not_given_back(
+        tmp_path: Path, dns_server: DnsServer) -> None:
+    """After a burst, 1,500 recipients wait for one destination. With the old
+    ready_queue_limit of 1,000 the scheduler leased all of them and gave 500 back for
+    5 poll intervals, so the destination sat idle once its 1,000 were sent (at 400
+    msgs/s, half of the time). Now one promotion holds them all: everything is sent
+    without the clock moving."""
+    clock = FakeClock()
+    with Sink("127.0.0.2", 0) as sink:
+        cfg = from_dict({
+            "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
+            "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "2s"},
+            "delivery": {"port": sink.port, "max_messages_per_connection": 1000},
+        })
+        store = QueueStore(tmp_path / "queue", clock)
+        await store.start()
+        sender = Sender(cfg.delivery, hostname="relay.test", clock=clock)
+        scheduler = Scheduler(
+            store, Router(cfg.delivery, DnsResolver.from_config(cfg.dns, clock),
+                          random.Random(1)),
+            sender, EventLog(tmp_path / "events.jsonl"), clock, cfg.delivery,
+            hostname="relay.test", rng=random.Random(2))
+        try:
+            await asyncio.gather(*(store.submit_record(NewMessage(
+                sender="app@example.com", recipients=[f"u{i}@dest.test"],
+                body=b"Subject: hi\r\n\r\nhello\r\n", headers={"Subject": "hi"}))
+                for i in range(1500)))
+            await scheduler.run_until_idle()
+            assert sink.message_count == 1500
+            assert store.next_due_at() is None
+        finally:
+            await sender.close()
+            await store.close()
