@@ -85,7 +85,7 @@ def stop(proc: subprocess.Popen[Any], timeout: float = 15.0) -> float:
 
 def relay_config(state: Path, submit_port: int, plain_port: int, nameserver: str,
                  sink_port: int, workers: int = 1, extra: str = "",
-                 commit_window: float | None = None) -> str:
+                 commit_window: float | None = None, delivery_extra: str = "") -> str:
     return f"""\
 [server]
 hostname = "relay.bench"
@@ -113,6 +113,7 @@ nameservers = ["{nameserver}"]
 [delivery]
 port = {sink_port}
 tls = "opportunistic"
+{delivery_extra}
 
 [limits]
 max_connections_per_ip = 200
@@ -158,6 +159,7 @@ class Scenario:
     workers: int = 1
     profile: str = ""   # py-spy output file (raw collapsed stacks) for the relay process
     extra: str = ""     # appended to the relay config (TOML)
+    delivery_extra: str = ""  # keys added to its [delivery] table
     commit_window: float | None = None  # server.commit_window (s); None = the default
 
 
@@ -180,7 +182,8 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
         submit_port, plain_port = free_port(), free_port()
         cfg = work / "relay.toml"
         cfg.write_text(relay_config(work / "state", submit_port, plain_port, dns.nameserver,
-                                    sink_port, sc.workers, sc.extra, sc.commit_window))
+                                    sink_port, sc.workers, sc.extra, sc.commit_window,
+                                    sc.delivery_extra))
         subprocess.run([py, "-m", "relay", "--config", str(cfg), "user", "add", "bench",
                         "--password-stdin"], input=(PASSWORD + "\n").encode(), check=True,
                        cwd=ROOT, timeout=60, capture_output=True)
@@ -326,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="py-spy the relay process into PREFIX-<size>.txt (raw stacks)")
     p.add_argument("--config-extra", default="",
                    help='TOML appended to the relay config, e.g. "[dkim]\\nsign_processes = 0"')
+    p.add_argument("--delivery-extra", default="",
+                   help='keys added to [delivery], e.g. \'accept_first_max_hold = "0s"\'')
     p.add_argument("--commit-window", type=float, default=None,
                    help="server.commit_window in seconds (default: relay's)")
     p.add_argument("--workers", type=int, default=1, help="server.workers")
@@ -342,6 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                       workers=args.workers,
                       profile=f"{args.profile}-{size}.txt" if args.profile else "",
                       extra=args.config_extra.replace("\\n", "\n"),
+                      delivery_extra=args.delivery_extra.replace("\\n", "\n"),
                       commit_window=args.commit_window)
         row = run_scenario(sc, tmp / f"run-{size}", args.timeout)
         rows.append(row)

@@ -289,7 +289,7 @@ class RelayApp:
         # Accept first: delivery gives this process's loop to a burst of submissions.
         self.loop_lag = LoopLag()
         self.scheduler.gate = DeliveryGate(self.loop_lag,
-                                           backlog=cfg.delivery.accept_first_backlog)
+                                           max_hold=cfg.delivery.accept_first_max_hold)
         self.scheduler.gate.on_open.append(self.scheduler.wake)
         self.loop_lag.start()
         self.scheduler.start()
@@ -444,9 +444,14 @@ class RelayApp:
             depth=ctx.depth, oldest_age=ctx.oldest_age,
             open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)
                                    for s in self.listeners},
-            warmup=ctx.warmup_status, outbox=self.event_router.backlog))
+            warmup=ctx.warmup_status, outbox=self.event_router.backlog,
+            loop=self._loop_figures))
         self.admin = AdminServer(ctx, self.cfg.admin.address)
         await self.admin.start()
+
+    def _loop_figures(self) -> tuple[float, float]:
+        gate = self.scheduler.gate
+        return self.loop_lag.last_lag, gate.held_seconds if gate is not None else 0.0
 
     # ------------------------------------------------------------------ reload (SIGHUP)
 

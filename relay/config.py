@@ -261,9 +261,9 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Total recipients held in memory across all destinations.
     active_limit: PositiveInt = 20000
     # Accept first: while a burst of submissions saturates a process's event loop,
-    # delivery holds to two transactions in flight for up to this many accepted
-    # messages, then shares the loop again (relay/delivery/yielding.py). 0: never.
-    accept_first_backlog: Annotated[int, msgspec.Meta(ge=0)] = 10000
+    # delivery holds to two transactions in flight for at most this long, then shares
+    # the loop again until the burst ends (relay/delivery/yielding.py). 0: never.
+    accept_first_max_hold: Duration = Duration(60.0)
     # Idle pooled connections are closed after this long.
     idle_connection_timeout: Duration = Duration(10.0)
     routes: dict[str, NextHop] = {}

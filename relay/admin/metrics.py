@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from relay.delivery.attempts import Attempt
@@ -115,17 +115,19 @@ class StateCollector(Collector):
                  oldest_age: Callable[[], float | None],
                  open_sessions: Callable[[], dict[str, int]],
                  warmup: Callable[[], list[dict[str, Any]]],
-                 outbox: Callable[[], dict[str, int]] | None = None) -> None:
+                 outbox: Callable[[], dict[str, int]] | None = None,
+                 loop: Callable[[], tuple[float, float]] | None = None) -> None:
         self.depth = depth
         self.oldest_age = oldest_age
         self.open_sessions = open_sessions
         self.warmup = warmup
         self.outbox = outbox
+        self.loop = loop  # (last probe's lateness, seconds delivery was held) in seconds
 
-    def describe(self) -> Iterator[GaugeMetricFamily]:
+    def describe(self) -> Iterator[Metric]:
         return iter(())  # computed only at collect time; nothing to check at registration
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily("relay_queue_depth", "Queued recipients by state",
                                   labels=["state"])
         for state, n in sorted(self.depth().items()):
@@ -156,3 +158,12 @@ class StateCollector(Collector):
         for name, n in sorted((self.outbox() if self.outbox is not None else {}).items()):
             backlog.add_metric([name], n)
         yield backlog
+        if self.loop is not None:
+            lag, held = self.loop()
+            yield GaugeMetricFamily(
+                "relay_event_loop_lag_seconds", "How late the event loop woke its last "
+                "probe (5 ms over: it is saturated)", value=lag)
+            yield CounterMetricFamily(
+                "relay_delivery_held_seconds", "Time delivery was held to two transactions "
+                "in flight while a burst of submissions saturated the event loop "
+                "(delivery.accept_first_max_hold)", value=held)

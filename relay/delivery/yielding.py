@@ -15,12 +15,12 @@ the loop is late (a probe sleeping `interval` wakes over `lag_threshold` late) a
 submissions are being accepted. An idle or lightly loaded loop delivers at once;
 a loop saturated by delivery alone is not held back.
 
-Rule 2: at most `backlog` messages are accepted in that mode before delivery takes
-its full share back, until the burst ends (the loop is on time, or nothing was
-accepted for `hold`). A sustained overload therefore cannot grow the queue without
-bound: after `backlog` messages it is shared as before. (Postfix's in_flow_delay
-makes the opposite trade, slowing the client; relay answers first, since the
-message is already durable.)
+Rule 2: delivery is held for at most `max_hold` seconds of one burst; then it takes
+its full share back until the burst ends (the loop is on time, or nothing was
+accepted for `hold`). A sustained overload is therefore shared as before after
+`max_hold`, and no message waits on a burst for longer than that. (Postfix's
+in_flow_delay makes the opposite trade, slowing the client; relay answers first,
+since the message is already durable.)
 
 Rule 3: `floor` (at least 1) transactions always proceed, so delivery never stops.
 
@@ -88,16 +88,18 @@ class DeliveryGate:
     """Admits delivery transactions: all of them normally, `floor` at a time while
     submissions hold the loop (see the module's rules)."""
 
-    def __init__(self, lag: LoopLag, *, backlog: int, floor: int = 2,
+    def __init__(self, lag: LoopLag, *, max_hold: float, floor: int = 2,
                  hold: float = 0.25) -> None:
         if floor < 1:
             raise ValueError("floor must be at least 1: delivery never stops")
         self.lag = lag
-        self.backlog = backlog        # 0: never hold delivery back
+        self.max_hold = max_hold      # 0: never hold delivery back
         self.floor = floor
         self.hold = hold
         self.in_flight = 0
-        self.accepted_while_held = 0  # resets when the burst ends
+        self.burst_started: float | None = None  # loop time; None between bursts
+        self.held_seconds = 0.0       # in all (relay_delivery_held_seconds_total)
+        self._last_tick: float | None = None
         self._accepting_until = 0.0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self._closed = False
@@ -110,16 +112,16 @@ class DeliveryGate:
 
     def accepted(self) -> None:
         """A submission was accepted (called by the submitter, once per message)."""
-        now = asyncio.get_running_loop().time()
-        self._accepting_until = now + self.hold
-        if self.holding():
-            self.accepted_while_held += 1
+        self._accepting_until = asyncio.get_running_loop().time() + self.hold
 
     def holding(self) -> bool:
         """True while delivery is held to `floor` in flight."""
-        if self._closed or self.backlog <= 0 or self.accepted_while_held >= self.backlog:
+        if self._closed or self.max_hold <= 0 or not self._burst():
             return False
-        return self._burst()
+        now = asyncio.get_running_loop().time()
+        if self.burst_started is None:
+            self.burst_started = now
+        return now - self.burst_started < self.max_hold
 
     def _burst(self) -> bool:
         loop = asyncio.get_running_loop()
@@ -127,8 +129,12 @@ class DeliveryGate:
 
     def _tick(self) -> None:
         if not self._burst():
-            self.accepted_while_held = 0  # the burst is over: the next one gets `backlog`
+            self.burst_started = None  # the burst is over: the next one gets `max_hold`
         holding = self.holding()
+        now = asyncio.get_running_loop().time()
+        if holding and self._was_holding and self._last_tick is not None:
+            self.held_seconds += now - self._last_tick
+        self._last_tick = now
         if not holding:
             self._wake(len(self._waiters))
             if self._was_holding:

@@ -277,7 +277,8 @@ def test_metrics(admin: Admin, traffic: dict[str, str]) -> None:
                  "relay_queue_depth", "relay_queue_oldest_message_age_seconds",
                  "relay_warmup_cap", "relay_warmup_sent_today",
                  "relay_queue_commit_batch_size_bucket", "relay_queue_commit_seconds_bucket",
-                 "relay_smtp_sessions_total", "relay_smtp_sessions_open"):
+                 "relay_smtp_sessions_total", "relay_smtp_sessions_open",
+                 "relay_event_loop_lag_seconds", "relay_delivery_held_seconds_total"):
         assert f"\n{name}" in text, name
     assert re.search(r'relay_deliveries_total\{provider="gmail",source_ip="127\.0\.0\.1[01]"\}'
                      r" 1\.0", text), text
