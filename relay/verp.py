@@ -9,6 +9,7 @@ is ignored (RELIABILITY V13: only a verified token may change suppression).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import os
@@ -39,21 +40,30 @@ class Verp:
 
     @classmethod
     def from_state_dir(cls, state_dir: Path) -> Verp:
-        """Load `verp.key`, creating it (0600, O_EXCL) on first use."""
+        """Load `verp.key`, creating it (0600) on first use.
+
+        The key is written whole to a private temporary file and then hard-linked into
+        place, which fails if the name exists: workers starting together (server.workers)
+        all end up with the one key, and none can read a half-written one. (An O_EXCL
+        create and then a write let a second worker read the empty file in between, and
+        a crash there left an empty key that stopped every later start.)"""
         path = state_dir / "verp.key"
         try:
             return cls(path.read_bytes())
         except FileNotFoundError:
             pass
         state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = state_dir / f".verp.key.{os.getpid()}.{secrets.token_hex(4)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            return cls(path.read_bytes())
-        with os.fdopen(fd, "wb") as f:
-            f.write(secrets.token_bytes(32))
-            f.flush()
-            os.fsync(f.fileno())
+            with os.fdopen(fd, "wb") as f:
+                f.write(secrets.token_bytes(32))
+                f.flush()
+                os.fsync(f.fileno())
+            with contextlib.suppress(FileExistsError):  # another process was first
+                os.link(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return cls(path.read_bytes())
 
     def _mac(self, payload: bytes) -> bytes:

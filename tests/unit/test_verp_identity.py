@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import stat
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,37 @@ def test_verp_secret_file_is_private_and_stable(tmp_path: Path) -> None:
     b = Verp.from_state_dir(tmp_path)
     assert stat.S_IMODE((tmp_path / "verp.key").stat().st_mode) == 0o600
     assert b.decode(a.address("abcd", 3, "x.test")) == ("abcd", 3)
+
+
+_RACE = """
+import sys, time
+from pathlib import Path
+from relay.verp import Verp
+state, start = Path(sys.argv[1]), float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))
+v = Verp.from_state_dir(state)
+print(v.address("abcd", 1, "x.test"))
+"""
+
+
+def test_workers_creating_the_secret_together_all_get_the_one_whole_key(
+        tmp_path: Path) -> None:
+    """server.workers = N: the processes start together and each loads verp.key. Real
+    processes, released at one instant, over fresh state directories; before the key
+    was linked into place whole, a worker read the empty file another had just made
+    ("the VERP secret must be at least 16 bytes") and the supervisor stopped."""
+    for round_ in range(6):
+        state = tmp_path / f"s{round_}"
+        start = time.time() + 0.5
+        procs = [subprocess.Popen([sys.executable, "-c", _RACE, str(state), str(start)],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                 for _ in range(6)]
+        outs = [p.communicate(timeout=60) for p in procs]
+        errors = [err.decode()[-300:] for p, (_, err) in zip(procs, outs, strict=True)
+                  if p.returncode != 0]
+        assert not errors, errors
+        assert len({out for out, _ in outs}) == 1  # one key: the same VERP address
+        assert sorted(p.name for p in state.iterdir()) == ["verp.key"]  # no leftovers
 
 
 def test_covering_prefers_address_then_domain_then_parent() -> None:
