@@ -71,7 +71,15 @@ def _load_private_key(key: DkimKey, private: bytes,
     loaded: PrivateKey
     try:
         if key.algorithm == "rsa":
-            pem = serialization.load_pem_private_key(private, password=None)
+            # No RSA key validation: it is ~45 ms of primality tests for a 2048-bit key,
+            # run with the GIL held, so the first signature after a start, a reload or a
+            # rotation stalled the whole process, sessions included (the p99 of a short
+            # burst; bench/RESULTS.md, issue 7, fifth pass). The keys are relay's own
+            # (relay.dkim.keys.generate), and OpenSSL checks every CRT signature against
+            # the public key before returning it, so a damaged key cannot leak itself
+            # through a faulty signature; a verifier would then just see a bad one.
+            pem = serialization.load_pem_private_key(
+                private, password=None, unsafe_skip_rsa_key_validation=True)
             if not isinstance(pem, rsa.RSAPrivateKey):
                 raise ValueError("not an RSA key")
             loaded = pem
