@@ -11,7 +11,7 @@ with no delivery at all, 1,260-1,529 msgs/s and p99 41-43 ms. A client waits on 
 250; a message on disk waits on nobody.
 
 Rule 1: delivery holds to `floor` transactions in flight only while both are true:
-the loop is late (a probe sleeping `interval` wakes over `lag_threshold` late) and
+the loop is late (a probe sleeping `interval` wakes over `threshold` late) and
 submissions are being accepted. An idle or lightly loaded loop delivers at once;
 a loop saturated by delivery alone is not held back.
 
