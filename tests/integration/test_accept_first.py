@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+import aiosmtplib
 import pytest
 
+from relay.app import RelayApp
 from relay.clock import FakeClock, SystemClock
 from relay.config import from_dict
 from relay.delivery.client import Sender
@@ -27,8 +31,10 @@ from relay.delivery.scheduler import Scheduler
 from relay.delivery.yielding import DeliveryGate, LoopLag
 from relay.dns.resolver import DnsResolver
 from relay.events.log import EventLog
+from relay.identity.store import IdentityStore
 from relay.queue.store import NewMessage, QueueStore
 from relay.testing.dnsserver import DnsServer
+from relay.testing.process import free_port
 from relay.testing.sink import Sink
 
 ROUNDS, PER_ROUND = 10, 25
@@ -171,3 +177,47 @@ async def test_a_burst_backlog_at_one_destination_is_not_given_back(
         finally:
             await sender.close()
             await store.close()
+
+
+async def test_the_app_holds_delivery_for_a_burst_through_its_listener(
+        tmp_path: Path, dns_server: DnsServer) -> None:
+    """The wiring in a whole in-process RelayApp: its listener's submissions reach the
+    gate, its probe drives it, its scheduler waits on it and its /metrics (scraped over
+    HTTP) counts the hold.
+    The probe's threshold is set below zero so this machine's speed does not matter."""
+    identities = IdentityStore.in_state_dir(tmp_path)
+    identities.add("example.com")
+    identities.set_verified("example.com", True)
+    port, admin_port = free_port(), free_port()
+    with Sink("127.0.0.2", 0) as sink:
+        app = RelayApp(from_dict({
+            "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
+            "listener": [{"address": f"127.0.0.1:{port}", "tls": "none", "auth": "none",
+                          "trusted_networks": ["127.0.0.0/8"]}],
+            "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "2s"},
+            "delivery": {"port": sink.port, "mta_sts": False},
+            "admin": {"enabled": True, "address": f"127.0.0.1:{admin_port}"},
+        }))
+        await app.start()
+        try:
+            app.loop_lag.threshold = -1.0  # every probe counts as late
+
+            async def client(c: int) -> None:
+                async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port,
+                                           timeout=10) as smtp:
+                    for i in range(10):
+                        await smtp.sendmail(
+                            "app@example.com", [f"u{c}-{i}@dest.test"],
+                            f"From: app@example.com\r\nSubject: {i}\r\n\r\nhi\r\n")
+
+            await asyncio.gather(*(client(c) for c in range(10)))
+            gate = app.scheduler.gate
+            assert gate is not None and gate.held_seconds > 0
+            async with aiohttp.ClientSession() as http, \
+                    http.get(f"http://127.0.0.1:{admin_port}/metrics") as resp:
+                metrics = await resp.text()
+            held = re.search(r"\nrelay_delivery_held_seconds_total (\S+)", metrics)
+            assert held is not None and float(held.group(1)) > 0, metrics[-600:]
+            await sink.await_for(100, timeout=20)  # and when the burst ends, all goes
+        finally:
+            await app.stop()
