@@ -23,7 +23,7 @@ import aiosmtplib
 import pytest
 
 from relay.app import RelayApp
-from relay.clock import FakeClock, SystemClock
+from relay.clock import Clock, FakeClock, SystemClock
 from relay.config import from_dict
 from relay.delivery.client import Sender
 from relay.delivery.routing import Router
@@ -78,6 +78,24 @@ class Rig:
 MakeRig = Callable[..., Awaitable[Rig]]
 
 
+async def _delivery_parts(tmp_path: Path, dns: DnsServer, sink: Sink,
+                          clock: Clock) -> tuple[QueueStore, Sender, Scheduler]:
+    """A started store, the SMTP client and a scheduler delivering to `sink`."""
+    cfg = from_dict({
+        "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
+        "dns": {"nameservers": [f"127.0.0.1:{dns.port}"], "timeout": "2s"},
+        "delivery": {"port": sink.port, "max_messages_per_connection": 1000},
+    })
+    store = QueueStore(tmp_path / "queue", clock)
+    await store.start()
+    sender = Sender(cfg.delivery, hostname="relay.test", clock=clock)
+    scheduler = Scheduler(
+        store, Router(cfg.delivery, DnsResolver.from_config(cfg.dns, clock), random.Random(1)),
+        sender, EventLog(tmp_path / "events.jsonl"), clock, cfg.delivery,
+        hostname="relay.test", rng=random.Random(2))
+    return store, sender, scheduler
+
+
 @pytest.fixture
 async def make_rig(tmp_path: Path, dns_server: DnsServer) -> AsyncIterator[MakeRig]:
     rigs: list[Rig] = []
@@ -85,19 +103,8 @@ async def make_rig(tmp_path: Path, dns_server: DnsServer) -> AsyncIterator[MakeR
     sink.start()
 
     async def make(*, threshold: float, max_hold: float) -> Rig:
-        clock = SystemClock()
-        cfg = from_dict({
-            "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
-            "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "2s"},
-            "delivery": {"port": sink.port, "max_messages_per_connection": 1000},
-        })
-        store = QueueStore(tmp_path / "queue", clock)
-        await store.start()
-        resolver = DnsResolver.from_config(cfg.dns, clock)
-        sender = Sender(cfg.delivery, hostname="relay.test", clock=clock)
-        scheduler = Scheduler(store, Router(cfg.delivery, resolver, random.Random(1)),
-                              sender, EventLog(tmp_path / "events.jsonl"), clock,
-                              cfg.delivery, hostname="relay.test", rng=random.Random(2))
+        store, sender, scheduler = await _delivery_parts(tmp_path, dns_server, sink,
+                                                         SystemClock())
         lag = LoopLag(interval=0.005, threshold=threshold, hold=0.2)
         gate = DeliveryGate(lag, max_hold=max_hold, floor=2, hold=0.2)
         gate.on_open.append(scheduler.wake)
@@ -151,21 +158,9 @@ async def test_a_burst_backlog_at_one_destination_is_not_given_back(
     5 poll intervals, so the destination sat idle once its 1,000 were sent (at 400
     msgs/s, half of the time). Now one promotion holds them all: everything is sent
     without the clock moving."""
-    clock = FakeClock()
     with Sink("127.0.0.2", 0) as sink:
-        cfg = from_dict({
-            "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
-            "dns": {"nameservers": [f"127.0.0.1:{dns_server.port}"], "timeout": "2s"},
-            "delivery": {"port": sink.port, "max_messages_per_connection": 1000},
-        })
-        store = QueueStore(tmp_path / "queue", clock)
-        await store.start()
-        sender = Sender(cfg.delivery, hostname="relay.test", clock=clock)
-        scheduler = Scheduler(
-            store, Router(cfg.delivery, DnsResolver.from_config(cfg.dns, clock),
-                          random.Random(1)),
-            sender, EventLog(tmp_path / "events.jsonl"), clock, cfg.delivery,
-            hostname="relay.test", rng=random.Random(2))
+        store, sender, scheduler = await _delivery_parts(tmp_path, dns_server, sink,
+                                                         FakeClock())
         try:
             await asyncio.gather(*(store.submit_record(NewMessage(
                 sender="app@example.com", recipients=[f"u{i}@dest.test"],
