@@ -106,7 +106,7 @@ async def make_rig(tmp_path: Path, dns_server: DnsServer) -> AsyncIterator[MakeR
         store, sender, scheduler = await _delivery_parts(tmp_path, dns_server, sink,
                                                          SystemClock())
         lag = LoopLag(interval=0.005, threshold=threshold, hold=0.2)
-        gate = DeliveryGate(lag, max_hold=max_hold, floor=2, hold=0.2)
+        gate = DeliveryGate(lag, max_hold=max_hold, floor=2, hold=0.2, burst_min=1)
         gate.on_open.append(scheduler.wake)
         scheduler.gate = gate
         lag.start()
@@ -196,6 +196,8 @@ async def test_the_app_holds_delivery_for_a_burst_through_its_listener(
         await app.start()
         try:
             app.loop_lag.threshold = -1.0  # every probe counts as late
+            assert app.scheduler.gate is not None
+            app.scheduler.gate.burst_min = 1  # every accept counts as a burst
 
             async def client(c: int) -> None:
                 async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port,

@@ -40,7 +40,7 @@ def _late(lag: LoopLag) -> None:
 
 async def test_the_gate_holds_to_floor_only_while_accepting_on_a_late_loop() -> None:
     lag = LoopLag(hold=10.0)
-    gate = DeliveryGate(lag, max_hold=100.0, floor=2, hold=10.0)
+    gate = DeliveryGate(lag, max_hold=100.0, floor=2, hold=10.0, burst_min=1)
     assert not gate.holding()          # nothing accepted, loop on time
     gate.accepted()
     assert not gate.holding()          # accepting, but the loop is on time
@@ -58,7 +58,7 @@ async def test_the_gate_holds_to_floor_only_while_accepting_on_a_late_loop() -> 
 
 async def test_a_late_loop_without_submissions_delivers_at_full_share() -> None:
     lag = LoopLag(hold=10.0)
-    gate = DeliveryGate(lag, max_hold=100.0, floor=1)
+    gate = DeliveryGate(lag, max_hold=100.0, floor=1, burst_min=1)
     _late(lag)                         # delivery alone saturates the loop
     for _ in range(5):
         await asyncio.wait_for(gate.acquire(), 1)
@@ -67,7 +67,7 @@ async def test_a_late_loop_without_submissions_delivers_at_full_share() -> None:
 
 async def test_the_end_of_a_burst_lets_every_waiter_go() -> None:
     lag = LoopLag(interval=0.005, hold=10.0)
-    gate = DeliveryGate(lag, max_hold=100.0, floor=1, hold=0.05)
+    gate = DeliveryGate(lag, max_hold=100.0, floor=1, hold=0.05, burst_min=1)
     opened: list[bool] = []
     gate.on_open.append(lambda: opened.append(True))
     gate.accepted()
@@ -87,7 +87,7 @@ async def test_the_end_of_a_burst_lets_every_waiter_go() -> None:
 
 async def test_after_max_hold_delivery_shares_again_until_the_burst_ends() -> None:
     lag = LoopLag(interval=0.005, hold=10.0)
-    gate = DeliveryGate(lag, max_hold=0.1, floor=1, hold=0.05)
+    gate = DeliveryGate(lag, max_hold=0.1, floor=1, hold=0.05, burst_min=1)
     _late(lag)
     lag.start()
     try:
@@ -114,10 +114,10 @@ async def test_after_max_hold_delivery_shares_again_until_the_burst_ends() -> No
 async def test_max_hold_zero_never_holds_and_close_releases_everyone() -> None:
     lag = LoopLag(hold=10.0)
     _late(lag)
-    off = DeliveryGate(lag, max_hold=0.0, floor=1)
+    off = DeliveryGate(lag, max_hold=0.0, floor=1, burst_min=1)
     off.accepted()
     assert not off.holding()
-    on = DeliveryGate(lag, max_hold=100.0, floor=1)
+    on = DeliveryGate(lag, max_hold=100.0, floor=1, burst_min=1)
     on.accepted()
     await on.acquire()
     waiters = [asyncio.ensure_future(on.acquire()) for _ in range(3)]
@@ -129,7 +129,7 @@ async def test_max_hold_zero_never_holds_and_close_releases_everyone() -> None:
 
 async def test_a_cancelled_waiter_leaves_no_trace() -> None:
     lag = LoopLag(hold=10.0)
-    gate = DeliveryGate(lag, max_hold=100.0, floor=1)
+    gate = DeliveryGate(lag, max_hold=100.0, floor=1, burst_min=1)
     gate.accepted()
     _late(lag)
     await gate.acquire()
@@ -141,6 +141,24 @@ async def test_a_cancelled_waiter_leaves_no_trace() -> None:
     assert gate.in_flight == 1 and not gate._waiters
     gate.release()
     await asyncio.wait_for(gate.acquire(), 1)   # the freed place is not lost
+
+
+async def test_a_trickle_on_a_late_loop_is_not_held_but_a_burst_is() -> None:
+    """A loop saturated by delivery, and an application sending a few messages a
+    second: holding delivery back would gain little. 50 within `hold` is a burst."""
+    lag = LoopLag(hold=10.0)
+    gate = DeliveryGate(lag, max_hold=100.0, floor=1, hold=0.05, burst_min=50)
+    _late(lag)
+    for _ in range(3):
+        gate.accepted()
+        await asyncio.sleep(0.03)
+        assert not gate.holding()
+    for _ in range(50):
+        gate.accepted()
+    assert gate.holding()
+    await asyncio.sleep(0.12)          # two quiet buckets: the count starts again
+    gate.accepted()
+    assert not gate.holding()
 
 
 def test_floor_below_one_is_refused() -> None:
