@@ -19,7 +19,9 @@ For every (size, connection mode) it runs, `--repeat` times each (median reporte
 Figures: accept msgs/s (first connection → last 250), end-to-end msgs/s (first connection →
 last message at the sink), end-of-DATA → 250 latency. The "ceiling" block compares relay
 single-process on its plain `trusted_networks` listener with a bare aiosmtpd + uvloop no-op
-server (bench/noopserver.py), and with `server.workers = 2` when `--workers2` is given.
+server (bench/noopserver.py), and with `server.workers = 2` when `--workers2` is given,
+driven by Postfix's smtp-source when it is installed (bench/smtpsource.py says why: the
+Python load generator's own CPU caps a plain-SMTP run near the no-op server's rate).
 
 Bounded: message count per run, `--timeout` per run and `--budget` seconds for the whole
 comparison (runs left when the budget is spent are skipped and marked). Loopback only.
@@ -43,6 +45,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import results as bench_results  # noqa: E402
+import smtpsource  # noqa: E402
 from e2e import (  # noqa: E402
     DOMAIN,
     SINK_HOST,
@@ -171,8 +174,10 @@ def _row(load: dict[str, Any], at_sink: dict[str, Any], messages: int) -> dict[s
 
 
 def run_relay(size: int, messages: int, sessions: int, reuse: bool, timeout: float,
-              work: Path, tls: str = "starttls", workers: int = 1) -> dict[str, Any]:
-    r = run_scenario(Scenario(size, messages, sessions, tls, reuse, workers), work, timeout)
+              work: Path, tls: str = "starttls", workers: int = 1,
+              client: str = "loadgen") -> dict[str, Any]:
+    r = run_scenario(Scenario(size, messages, sessions, tls, reuse, workers, client=client),
+                     work, timeout)
     complete = r["accepted"] == messages
     return {"accept_rate": r["accept_rate"] if complete else 0.0,
             "e2e_rate": r["e2e_rate"] if complete and r["delivered"] >= messages else 0.0,
@@ -180,7 +185,7 @@ def run_relay(size: int, messages: int, sessions: int, reuse: bool, timeout: flo
 
 
 def run_noop(size: int, messages: int, sessions: int, timeout: float,
-             work: Path) -> dict[str, Any]:
+             work: Path, client: str = "loadgen") -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     out_path = work / "noop.out"
     with out_path.open("wb") as out:
@@ -189,7 +194,11 @@ def run_noop(size: int, messages: int, sessions: int, timeout: float,
                                stdout=out, stderr=subprocess.STDOUT)
     try:
         port = int(json.loads(wait_for_line(out_path, '"ready"', srv, 10))["port"])
-        load = _loadgen(port, size, messages, sessions, True, timeout)
+        if client == "smtp-source":
+            load = smtpsource.run("127.0.0.1", port, messages, size, sessions, timeout=timeout,
+                                  domain=DOMAIN)
+        else:
+            load = _loadgen(port, size, messages, sessions, True, timeout)
         return {"accept_rate": float(load["msgs_per_s"]), "p50_ms": load["latency_ms"]["p50"],
                 "p99_ms": load["latency_ms"]["p99"], "failed": load["failed"]}
     finally:
@@ -205,7 +214,7 @@ class Budget:
 
 
 def median_of(runs: list[dict[str, Any]], key: str) -> float | None:
-    values = [float(r[key]) for r in runs if key in r]
+    values = [float(r[key]) for r in runs if r.get(key) is not None]
     return statistics.median(values) if values else None
 
 
@@ -234,24 +243,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers2", action="store_true",
                    help="also run relay with server.workers = 2 (every figure, and the "
                         "plain-listener ceiling)")
+    p.add_argument("--ceiling-client", choices=["auto", "smtp-source", "loadgen"],
+                   default="auto",
+                   help="load generator of the plain-SMTP ceiling: Postfix's smtp-source (C; "
+                        "auto: when installed) or bench/loadgen.py, whose own ~0.9 ms of CPU "
+                        "per message caps it near the no-op server's rate")
+    p.add_argument("--ceiling-messages", type=int, default=5000,
+                   help="messages per ceiling run")
+    p.add_argument("--ceiling-sessions", default="50,100",
+                   help="comma-separated session counts for the ceiling")
     p.add_argument("--record", action="store_true", help="append the table to RESULTS.md")
     args = p.parse_args(argv)
     if args.messages < 1 or args.repeat < 1 or args.repeat > 9:
         p.error("--messages >= 1 and 1 <= --repeat <= 9")
 
-    why = None if args.no_postfix else postfix_available()
+    why = "not asked for (--no-postfix)" if args.no_postfix else postfix_available()
     if why is not None:
         print(f"compare_postfix: Postfix is not usable here: {why}; "
               "measuring relay only", file=sys.stderr)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
+    ceiling_sessions = [int(s) for s in args.ceiling_sessions.split(",") if s.strip()]
+    ceiling_client = args.ceiling_client
+    if ceiling_client == "auto":
+        ceiling_client = "smtp-source" if smtpsource.find() is not None else "loadgen"
+    elif ceiling_client == "smtp-source" and smtpsource.find() is None:
+        p.error("--ceiling-client smtp-source: smtp-source is not installed "
+                "(Debian: apt-get install postfix)")
+    if ceiling_client == "loadgen" and not args.no_ceiling:
+        print("compare_postfix: smtp-source not found; the ceiling is measured with "
+              "bench/loadgen.py, which caps it at its own rate", file=sys.stderr)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     budget = Budget(args.budget)
     tmp = Path(tempfile.mkdtemp(prefix="relay-compare-"))
     results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
 
-    def record(key: tuple[str, int, str], fn: Any) -> None:
+    def record(key: tuple[str, int, str], fn: Any, times: int | None = None) -> None:
         runs = results.setdefault(key, [])
-        for i in range(args.repeat):
+        for i in range(args.repeat if times is None else times):
             if not budget.left():
                 print(f"compare_postfix: budget spent, skipping {key} run {i + 1}",
                       file=sys.stderr)
@@ -280,16 +308,23 @@ def main(argv: list[str] | None = None) -> int:
                     record(("postfix", size, mode), lambda i, s=size, r=reuse: run_postfix(
                         s, args.messages, args.sessions, r, args.timeout))
         if not args.no_ceiling:
-            size = sizes[0]
-            record(("noop", size, "reuse"), lambda i: run_noop(
-                size, args.messages, args.sessions, args.timeout, tmp / f"noop-{i}"))
-            record(("relay-plain", size, "reuse"), lambda i: run_relay(
-                size, args.messages, args.sessions, True, args.timeout,
-                tmp / f"plain-{i}", tls="none"))
-            if args.workers2:
-                record(("relay-plain-w2", size, "reuse"), lambda i: run_relay(
-                    size, args.messages, args.sessions, True, args.timeout,
-                    tmp / f"plain2-{i}", tls="none", workers=2))
+            size, n, cc = sizes[0], args.ceiling_messages, ceiling_client
+            for ss in ceiling_sessions:
+                # The three alternate run by run, so drift on the shared machine falls on
+                # all of them alike.
+                for i in range(args.repeat):
+                    record(("noop", size, f"reuse-{ss}"), lambda _, i=i, ss=ss: run_noop(
+                        size, n, ss, args.timeout, tmp / f"noop-{ss}-{i}", cc), 1)
+                    record(("relay-plain", size, f"reuse-{ss}"),
+                           lambda _, i=i, ss=ss: run_relay(
+                               size, n, ss, True, args.timeout, tmp / f"plain-{ss}-{i}",
+                               tls="none", client=cc), 1)
+                    if args.workers2:
+                        record(("relay-plain-w2", size, f"reuse-{ss}"),
+                               lambda _, i=i, ss=ss: run_relay(
+                                   size, n, ss, True, args.timeout,
+                                   tmp / f"plain2-{ss}-{i}", tls="none", workers=2,
+                                   client=cc), 1)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -331,17 +366,20 @@ def main(argv: list[str] | None = None) -> int:
     out = "\n".join(lines)
     if not args.no_ceiling:
         size = sizes[0]
-        noop = med("noop", size, "reuse", "accept_rate")
-        plain = med("relay-plain", size, "reuse", "accept_rate")
-        cl = ["| ceiling figure (plain SMTP, connections reused) | msgs/s | of no-op |",
-              "|---|---:|---:|",
-              f"| aiosmtpd + uvloop no-op server, {size // 1024} KB | {fmt(noop)} | 1.00× |",
-              f"| relay, 1 process, trusted_networks listener, {size // 1024} KB "
-              f"| {fmt(plain)} | {ratio(plain, noop)} |"]
-        if args.workers2:
-            pw2 = med("relay-plain-w2", size, "reuse", "accept_rate")
-            cl.append(f"| relay, server.workers = 2, {size // 1024} KB | {fmt(pw2)} "
-                      f"| {ratio(pw2, noop)} |")
+        cl = [f"| ceiling figure (plain SMTP, connections reused, {ceiling_client}) "
+              "| msgs/s | of no-op |", "|---|---:|---:|"]
+        for ss in ceiling_sessions:
+            mode = f"reuse-{ss}"
+            noop = med("noop", size, mode, "accept_rate")
+            plain = med("relay-plain", size, mode, "accept_rate")
+            cl += [f"| aiosmtpd + uvloop no-op server, {size // 1024} KB, {ss} sessions "
+                   f"| {fmt(noop)} | 1.00× |",
+                   f"| relay, 1 process, trusted_networks listener, {size // 1024} KB, "
+                   f"{ss} sessions | {fmt(plain)} | {ratio(plain, noop)} |"]
+            if args.workers2:
+                pw2 = med("relay-plain-w2", size, mode, "accept_rate")
+                cl.append(f"| relay, server.workers = 2, {size // 1024} KB, {ss} sessions "
+                          f"| {fmt(pw2)} | {ratio(pw2, noop)} |")
         out += "\n\n" + "\n".join(cl)
     failures = {f"{k[0]} {k[1] // 1024} KB {k[2]}": r["failed"]
                 for k, runs in results.items() for r in runs if r.get("failed")}
@@ -349,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.sessions} sessions. relay: STARTTLS + AUTH, DKIM RSA-2048 on every "
             "message, 250 after a synced LMDB commit. Postfix: plain SMTP from mynetworks, "
             "no signing, default durability.")
+    if not args.no_ceiling:
+        note += (f" Ceiling: median of {args.repeat} runs of {args.ceiling_messages} messages "
+                 f"each, load from {ceiling_client}, the three servers alternating.")
     if why is not None:
         note += f" Postfix not measured: {why}."
     if failures:

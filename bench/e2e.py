@@ -40,6 +40,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 import results as bench_results  # noqa: E402
+import smtpsource  # noqa: E402
 
 from relay.testing.dnsserver import DnsServer  # noqa: E402
 
@@ -161,9 +162,12 @@ class Scenario:
     extra: str = ""     # appended to the relay config (TOML)
     delivery_extra: str = ""  # keys added to its [delivery] table
     commit_window: float | None = None  # server.commit_window (s); None = the default
+    client: str = "loadgen"  # or "smtp-source" (plain SMTP only; see bench/smtpsource.py)
 
 
 def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
+    if sc.client == "smtp-source" and sc.tls != "none":
+        raise ValueError("smtp-source speaks plain SMTP only: use tls = none with it")
     py = sys.executable
     work.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -198,7 +202,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
         if sc.profile:
             spy = subprocess.Popen(
                 [str(Path(py).with_name("py-spy")), "record", "-p", str(relay.pid), "-r", "200",
-                 "-f", "raw", "-o", sc.profile, "--nonblocking"],
+                 "-f", "raw", "-o", sc.profile, "--nonblocking", "--subprocesses"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
 
@@ -212,11 +216,15 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             lg += ["--port", str(submit_port), "--tls", sc.tls, "--user", "bench",
                    "--password", PASSWORD]
         cpu0 = process_tree_cpu(relay.pid)
-        done = subprocess.run(lg, capture_output=True, timeout=timeout + 30, check=False)
-        try:
-            load = json.loads(done.stdout.decode().strip().splitlines()[-1])
-        except (IndexError, json.JSONDecodeError):
-            raise RuntimeError(f"loadgen failed: {done.stderr.decode()[-2000:]}") from None
+        if sc.client == "smtp-source":
+            load = smtpsource.run("127.0.0.1", plain_port, sc.messages, sc.size, sc.sessions,
+                                  reuse=sc.reuse, timeout=timeout, domain=DOMAIN)
+        else:
+            done = subprocess.run(lg, capture_output=True, timeout=timeout + 30, check=False)
+            try:
+                load = json.loads(done.stdout.decode().strip().splitlines()[-1])
+            except (IndexError, json.JSONDecodeError):
+                raise RuntimeError(f"loadgen failed: {done.stderr.decode()[-2000:]}") from None
 
         # The sink exits by itself once it has every message (or at its own timeout).
         try:
@@ -241,7 +249,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             "errors": load.get("errors", []),
             "accept_elapsed": load["elapsed"], "accept_rate": load["msgs_per_s"],
             "p50_ms": load["latency_ms"]["p50"], "p99_ms": load["latency_ms"]["p99"],
-            "loadgen_cpu_s": load.get("cpu_s", 0.0),
+            "client": sc.client, "loadgen_cpu_s": load.get("cpu_s", 0.0),
             "delivered": at_sink["messages"], "e2e_elapsed": round(e2e_elapsed, 3),
             "e2e_rate": round(at_sink["messages"] / e2e_elapsed, 1) if e2e_elapsed > 0 else 0.0,
             "sink_connections": at_sink.get("connections", 0),
@@ -296,6 +304,10 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"   # smtp-source reports no latency
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     head = ("| size | sessions | tls | msgs | accepted | accept msgs/s | p50 ms | p99 ms "
             "| at sink | e2e msgs/s | relay CPU ms/msg | failed |")
@@ -305,8 +317,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         failed = ", ".join(f"{k}: {v}" for k, v in r["failed"].items()) or "-"
         lines.append(
             f"| {r['size'] // 1024} KB | {r['sessions']} | {r['tls']}"
+            f"{' (smtp-source)' if r.get('client') == 'smtp-source' else ''}"
             f"{'' if r['reuse'] else ' (new conn/msg)'} | {r['messages']} | {r['accepted']} "
-            f"| {r['accept_rate']:.0f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} "
+            f"| {r['accept_rate']:.0f} | {_ms(r['p50_ms'])} | {_ms(r['p99_ms'])} "
             f"| {r['delivered']} | {r['e2e_rate']:.0f} "
             f"| {r.get('relay_cpu_ms_per_msg', 0):.2f} | {failed} |")
     return "\n".join(lines)
@@ -334,9 +347,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--commit-window", type=float, default=None,
                    help="server.commit_window in seconds (default: relay's)")
     p.add_argument("--workers", type=int, default=1, help="server.workers")
+    p.add_argument("--client", choices=["loadgen", "smtp-source"], default="loadgen",
+                   help="load generator: bench/loadgen.py, or Postfix's smtp-source "
+                        "(C, cheaper; plain SMTP only, so with --tls none)")
     args = p.parse_args(argv)
     if args.tls == "implicit":
         p.error("the generated config has no implicit-TLS listener; use starttls or none")
+    if args.client == "smtp-source" and args.tls != "none":
+        p.error("--client smtp-source speaks plain SMTP only: add --tls none")
+    if args.client == "smtp-source" and smtpsource.find() is None:
+        p.error("--client smtp-source: smtp-source is not installed "
+                "(Debian: apt-get install postfix)")
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     tmp = Path(tempfile.mkdtemp(prefix="relay-bench-"))
@@ -348,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                       profile=f"{args.profile}-{size}.txt" if args.profile else "",
                       extra=args.config_extra.replace("\\n", "\n"),
                       delivery_extra=args.delivery_extra.replace("\\n", "\n"),
-                      commit_window=args.commit_window)
+                      commit_window=args.commit_window, client=args.client)
         row = run_scenario(sc, tmp / f"run-{size}", args.timeout)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
