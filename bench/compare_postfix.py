@@ -175,9 +175,9 @@ def _row(load: dict[str, Any], at_sink: dict[str, Any], messages: int) -> dict[s
 
 def run_relay(size: int, messages: int, sessions: int, reuse: bool, timeout: float,
               work: Path, tls: str = "starttls", workers: int = 1,
-              client: str = "loadgen") -> dict[str, Any]:
-    r = run_scenario(Scenario(size, messages, sessions, tls, reuse, workers, client=client),
-                     work, timeout)
+              client: str = "loadgen", tls_resume: bool = False) -> dict[str, Any]:
+    r = run_scenario(Scenario(size, messages, sessions, tls, reuse, workers, client=client,
+                              tls_resume=tls_resume), work, timeout)
     complete = r["accepted"] == messages
     return {"accept_rate": r["accept_rate"] if complete else 0.0,
             "e2e_rate": r["e2e_rate"] if complete and r["delivered"] >= messages else 0.0,
@@ -234,8 +234,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="2048,20480")
     p.add_argument("--sessions", type=int, default=50)
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (median reported)")
-    p.add_argument("--modes", default="new,reuse",
-                   help="connection modes: new (a connection per message), reuse")
+    p.add_argument("--modes", default="new,new-resumed,reuse",
+                   help="connection modes: new (a connection per message), new-resumed (the "
+                        "same, the loadgen resuming its TLS session as a smarthost's session "
+                        "cache does), reuse")
     p.add_argument("--timeout", type=float, default=180.0, help="per run (s)")
     p.add_argument("--budget", type=float, default=3600.0, help="whole comparison (s)")
     p.add_argument("--no-postfix", action="store_true", help="relay and ceilings only")
@@ -273,6 +275,9 @@ def main(argv: list[str] | None = None) -> int:
         print("compare_postfix: smtp-source not found; the ceiling is measured with "
               "bench/loadgen.py, which caps it at its own rate", file=sys.stderr)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in modes:
+        if m not in ("new", "new-resumed", "reuse"):
+            p.error(f"--modes: {m!r} is not a mode; expected new, new-resumed or reuse")
     budget = Budget(args.budget)
     tmp = Path(tempfile.mkdtemp(prefix="relay-compare-"))
     results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
@@ -296,16 +301,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in sizes:
             for mode in modes:
-                reuse = mode == "reuse"
-                record(("relay", size, mode), lambda i, s=size, r=reuse, m=mode: run_relay(
-                    s, args.messages, args.sessions, r, args.timeout,
-                    tmp / f"relay-{s}-{m}-{i}"))
+                reuse, resume = mode == "reuse", mode == "new-resumed"
+                record(("relay", size, mode), lambda i, s=size, r=reuse, m=mode, t=resume:
+                       run_relay(s, args.messages, args.sessions, r, args.timeout,
+                                 tmp / f"relay-{s}-{m}-{i}", tls_resume=t))
                 if args.workers2:
-                    record(("relay-w2", size, mode), lambda i, s=size, r=reuse, m=mode:
-                           run_relay(s, args.messages, args.sessions, r, args.timeout,
-                                     tmp / f"relay2-{s}-{m}-{i}", workers=2))
-                if why is None:
-                    record(("postfix", size, mode), lambda i, s=size, r=reuse: run_postfix(
+                    record(("relay-w2", size, mode), lambda i, s=size, r=reuse, m=mode,
+                           t=resume: run_relay(s, args.messages, args.sessions, r,
+                                               args.timeout, tmp / f"relay2-{s}-{m}-{i}",
+                                               workers=2, tls_resume=t))
+                # Postfix takes plain SMTP: resuming TLS changes nothing there, so the
+                # resumed mode is compared with its "new" runs.
+                if why is None and not (resume and "new" in modes):
+                    pf_mode = "new" if resume else mode
+                    record(("postfix", size, pf_mode), lambda i, s=size, r=reuse: run_postfix(
                         s, args.messages, args.sessions, r, args.timeout))
         if not args.no_ceiling:
             size, n, cc = sizes[0], args.ceiling_messages, ceiling_client
@@ -331,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     def med(who: str, size: int, mode: str, key: str) -> float | None:
         return median_of(results.get((who, size, mode), []), key)
 
-    label = {"new": "new connection per message", "reuse": "connections reused"}
+    def postfix_mode(mode: str) -> str:
+        return "new" if mode == "new-resumed" else mode   # Postfix's runs for the mode
+
+    label = {"new": "new connection per message",
+             "new-resumed": "new connection per message, TLS session resumed",
+             "reuse": "connections reused"}
     w2 = args.workers2
     if w2:
         lines = ["| figure | relay, 1 process | relay, workers = 2 | Postfix "
@@ -355,14 +369,14 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(row(f"{what}, {size // 1024} KB, {label.get(mode, mode)}",
                                  med("relay", size, mode, key),
                                  med("relay-w2", size, mode, key),
-                                 med("postfix", size, mode, key), 0, True))
+                                 med("postfix", size, postfix_mode(mode), key), 0, True))
     for size in sizes:
         for mode in modes:
             for q in ("p50_ms", "p99_ms"):
                 lines.append(row(f"{q[:3]} end-of-DATA → 250 ms, {size // 1024} KB, "
                                  f"{label.get(mode, mode)}", med("relay", size, mode, q),
                                  med("relay-w2", size, mode, q),
-                                 med("postfix", size, mode, q), 1, False))
+                                 med("postfix", size, postfix_mode(mode), q), 1, False))
     out = "\n".join(lines)
     if not args.no_ceiling:
         size = sizes[0]

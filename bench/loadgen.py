@@ -62,6 +62,7 @@ class Options:
     user: str = ""
     password: str = ""
     reuse: bool = True
+    tls_resume: bool = False
     timeout: float = 120.0
     command_timeout: float = 30.0
     sender: str = "bench@sender.test"
@@ -77,6 +78,7 @@ class Run:
     sent: int = 0
     accepted: int = 0
     connections: int = 0
+    resumed: int = 0                # connections whose TLS session was resumed
     failed: Counter[str] = field(default_factory=Counter)
     errors: list[str] = field(default_factory=list)   # the first few distinct, for diagnosis
     latencies: list[float] = field(default_factory=list)
@@ -93,18 +95,43 @@ class Run:
         return i
 
 
-_TLS: list[ssl.SSLContext] = []
+class ResumingContext(ssl.SSLContext):
+    """A client context that offers `session` (the last one the server gave) on every new
+    connection: TLS session resumption, as a Postfix smarthost does with its session cache
+    (Debian's main.cf sets smtp_tls_session_cache_database). asyncio and uvloop make
+    their SSLObject with wrap_bio() and take no session argument, hence the override."""
+
+    session: ssl.SSLSession | None = None
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return super().wrap_bio(incoming, outgoing, server_side, server_hostname,
+                                session=session or self.session)
 
 
-def _client_tls() -> ssl.SSLContext:
-    # One context for the whole run: create_default_context() loads the system CA store
-    # (tens of ms), which made the harness, not the server, the limit with --no-reuse.
+_TLS: list[ResumingContext] = []
+
+
+def _client_tls() -> ResumingContext:
+    # One context for the whole run: loading the system CA store takes tens of ms, which
+    # made the harness, not the server, the limit with --no-reuse. None is loaded: the
+    # benchmark runs on loopback against a self-signed certificate.
     if not _TLS:
-        ctx = ssl.create_default_context()
+        ctx = ResumingContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE  # loopback benchmark against a self-signed cert
+        ctx.verify_mode = ssl.CERT_NONE
         _TLS.append(ctx)
     return _TLS[0]
+
+
+def _keep_session(smtp: aiosmtplib.SMTP) -> None:
+    """Remember the server's session for the next connection. Called after AUTH: a TLS
+    1.3 server sends its ticket after the handshake, so it has been read by then."""
+    transport = smtp.transport
+    sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+    if sslobj is not None and sslobj.session is not None:
+        _client_tls().session = sslobj.session
 
 
 async def _connect(run: Run) -> aiosmtplib.SMTP:
@@ -123,6 +150,14 @@ async def _connect(run: Run) -> aiosmtplib.SMTP:
         await smtp.starttls(tls_context=tls_ctx)
     if o.user:
         await smtp.login(o.user, o.password)
+    if tls_ctx is not None and o.tls_resume:
+        sslobj = smtp.transport.get_extra_info("ssl_object") if smtp.transport else None
+        if sslobj is not None and sslobj.session_reused:
+            run.resumed += 1
+        else:
+            # Only a new session is fetched: CPython copies a session through DER
+            # (certificate included) on every get, which cost more than it saved.
+            _keep_session(smtp)
     return smtp
 
 
@@ -211,7 +246,7 @@ async def run_load(opts: Options) -> dict[str, Any]:
         "host": opts.host, "port": opts.port, "tls": opts.tls, "reuse": opts.reuse,
         "size": len(payload) - 3, "concurrency": opts.concurrency,
         "sent": run.sent, "accepted": run.accepted, "failed": dict(run.failed),
-        "connections": run.connections, "errors": run.errors,
+        "connections": run.connections, "tls_resumed": run.resumed, "errors": run.errors,
         "elapsed": round(elapsed, 4),
         "msgs_per_s": round(run.accepted / elapsed, 1) if elapsed > 0 else 0.0,
         "latency_ms": {"p50": round(percentile(lat, 0.50) * 1000, 2),
@@ -237,6 +272,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--password", default="")
     p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True,
                    help="reuse each session's connection (default) or connect per message")
+    p.add_argument("--tls-resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="resume the TLS session on each new connection (a smarthost's "
+                        "session cache)")
     p.add_argument("--timeout", type=float, default=120.0, help="wall-clock limit (s)")
     p.add_argument("--domain", default=DEFAULT_DOMAIN, help="recipient domain")
     a = p.parse_args(argv)
@@ -246,7 +284,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
         p.error("--messages and --concurrency must be >= 1, --size >= 256")
     return Options(host=a.host, port=a.port, messages=a.messages, size=a.size,
                    concurrency=min(a.concurrency, a.messages), tls=a.tls, user=a.user,
-                   password=a.password, reuse=a.reuse, timeout=a.timeout, domain=a.domain)
+                   password=a.password, reuse=a.reuse, tls_resume=a.tls_resume,
+                   timeout=a.timeout, domain=a.domain)
 
 
 def main(argv: list[str] | None = None) -> int:
