@@ -286,3 +286,49 @@ async def test_another_process_holding_the_write_lock_does_not_block_the_loop(
     mid = await asyncio.wait_for(pending, 30)
     assert store.message(mid) is not None
     await store.close()
+
+
+_TAKE_LOCK = """
+import sys, lmdb
+env = lmdb.open(sys.argv[1], subdir=True, max_dbs=20)
+with env.begin(write=True):
+    print("took", flush=True)
+"""
+
+
+async def test_the_write_lock_is_not_held_while_the_loop_is_busy(tmp_path: Path) -> None:
+    """With server.workers = N every process commits to one environment, so whatever
+    happens while a process holds the write lock, the others wait out. A commit must not
+    hold it across its loop's turn: the writer thread takes the lock only once the loop
+    is at the mailbox to run the ops (it used to take it first and then wait for the
+    loop). Here the loop is stuck in a long step while a write is queued, and another
+    process can still take the write lock meanwhile."""
+    import select
+    import subprocess
+    import time
+
+    store = QueueStore(tmp_path / "q", FakeClock(), commit_window=0)
+    await store.start()
+    await store.submit(_msg(0))
+    pending = asyncio.ensure_future(store.submit(_msg(1)))
+    await asyncio.sleep(0)  # the submission is queued for the writer thread
+    # From here the loop is blocked on purpose until the other process reports.
+    deadline = time.monotonic() + 10
+    while not store._mailbox._calls and time.monotonic() < deadline:
+        time.sleep(0.001)  # until the writer thread has called for the loop
+    assert store._mailbox._calls, "the writer thread never called for the loop"
+    other = subprocess.Popen([sys.executable, "-c", _TAKE_LOCK, str(tmp_path / "q")],
+                             stdout=subprocess.PIPE)
+    try:
+        assert other.stdout is not None
+        ready, _, _ = select.select([other.stdout], [], [], 15)
+        assert ready and other.stdout.readline() == b"took\n", \
+            "the write lock was held while the loop was busy"
+        assert other.wait(15) == 0
+    finally:
+        if other.poll() is None:
+            other.kill()
+            other.wait()
+    mid = await asyncio.wait_for(pending, 30)
+    assert store.message(mid) is not None
+    await store.close()
