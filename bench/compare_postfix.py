@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="relay-compare-"))
     results: dict[tuple[str, int, str], list[dict[str, Any]]] = {}
 
-    def record(key: tuple[str, int, str], fn: Any, times: int | None = None) -> None:
+    def record(key: tuple[str, int, str], fn: Any, which: range | None = None) -> None:
         runs = results.setdefault(key, [])
-        for i in range(args.repeat if times is None else times):
+        for i in range(args.repeat) if which is None else which:
             if not budget.left():
                 print(f"compare_postfix: budget spent, skipping {key} run {i + 1}",
                       file=sys.stderr)
@@ -323,17 +323,17 @@ def main(argv: list[str] | None = None) -> int:
                 # all of them alike.
                 for i in range(args.repeat):
                     record(("noop", size, f"reuse-{ss}"), lambda _, i=i, ss=ss: run_noop(
-                        size, n, ss, args.timeout, tmp / f"noop-{ss}-{i}", cc), 1)
+                        size, n, ss, args.timeout, tmp / f"noop-{ss}-{i}", cc), range(i, i + 1))
                     record(("relay-plain", size, f"reuse-{ss}"),
                            lambda _, i=i, ss=ss: run_relay(
                                size, n, ss, True, args.timeout, tmp / f"plain-{ss}-{i}",
-                               tls="none", client=cc), 1)
+                               tls="none", client=cc), range(i, i + 1))
                     if args.workers2:
                         record(("relay-plain-w2", size, f"reuse-{ss}"),
                                lambda _, i=i, ss=ss: run_relay(
                                    size, n, ss, True, args.timeout,
                                    tmp / f"plain2-{ss}-{i}", tls="none", workers=2,
-                                   client=cc), 1)
+                                   client=cc), range(i, i + 1))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
