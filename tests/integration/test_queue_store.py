@@ -332,3 +332,49 @@ async def test_the_write_lock_is_not_held_while_the_loop_is_busy(tmp_path: Path)
     mid = await asyncio.wait_for(pending, 30)
     assert store.message(mid) is not None
     await store.close()
+
+
+_CONTEND = """
+import random, sys, time, lmdb
+env = lmdb.open(sys.argv[1], subdir=True, max_dbs=20)
+rng = random.Random(7)
+print("ready", flush=True)
+deadline = time.monotonic() + 60
+for i in range(int(sys.argv[2])):
+    if time.monotonic() > deadline:
+        break
+    with env.begin(write=True):
+        time.sleep(rng.choice([0.0, 0.001, 0.003, 0.012]))  # some beyond PARK_MAX
+    time.sleep(rng.random() * 0.004)
+print("done", flush=True)
+"""
+
+
+async def test_commits_stay_whole_and_in_order_while_another_process_contends(
+        tmp_path: Path) -> None:
+    """Another writer takes the lock over and over, sometimes for less than the loop
+    waits at the mailbox and sometimes for longer (so both ways of handing the ops to
+    the loop run): every submission is committed, each on its own, in the order queued."""
+    store = QueueStore(tmp_path / "q", FakeClock())
+    await store.start()
+    await store.submit(_msg(0))
+    other = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _CONTEND, str(tmp_path / "q"), "300",
+        stdout=asyncio.subprocess.PIPE)
+    assert other.stdout is not None
+    assert await asyncio.wait_for(other.stdout.readline(), 30) == b"ready\n"
+    durable: list[str] = []
+    queued: list[str] = []
+    try:
+        for wave in range(20):
+            futs = [store.submit_record(_msg(wave * 100 + i),
+                                        on_durable=durable.append) for i in range(25)]
+            records = await asyncio.wait_for(asyncio.gather(*futs), 60)
+            queued += [r.id for r in records]
+            await asyncio.sleep(0.005)
+    finally:
+        assert await asyncio.wait_for(other.wait(), 90) == 0
+    assert durable == queued  # durable in the order they were queued
+    assert store.message_count() == 1 + 20 * 25
+    assert all(store.message(mid) is not None for mid in queued)
+    await store.close()
