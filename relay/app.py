@@ -202,7 +202,6 @@ class RelayApp:
             commit_window=cfg.server.commit_window, commit_batch_max=cfg.server.commit_batch_max,
             lease_seconds=self._lease_seconds())
         self.store.shard = self.worker
-        self.store.shared_writers = self.worker is not None and self.worker[1] > 1
         self.recovered = self.store.write_now(self.store.recover_op(self.clock.now(),
                                                                     shard=self.worker))
         if self.recovered:

@@ -273,9 +273,6 @@ class QueueStore:
         # Multi-process mode (server.workers = N): (i, N) makes due()/next_due_at() see
         # only recipients whose domain is shard i, so no two processes lease one recipient.
         self.shard: tuple[int, int] | None = None
-        # Other processes commit to this environment all the time (server.workers > 1):
-        # hold the write lock only for the ops and the sync (see _run_batch_split).
-        self.shared_writers = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -520,27 +517,21 @@ class QueueStore:
         thread at a time (the handoff orders it), and begun and ended on the same thread,
         as LMDB's write lock requires.
 
-        With `shared_writers` (server.workers > 1), a meeting (see _Handoff): the loop
-        comes to the mailbox first and waits there, GIL released, while this thread takes
-        the write lock; it runs the ops at once and waits again until this thread is
-        inside commit. So the write lock is held for the ops and the sync only, not also
-        for a loop turn and two waits for the GIL (up to the 5 ms switch interval each)
-        as when the transaction is opened first and the ops posted after: the other
-        process waited out all of that (write-lock wait p50 4.7 ms, p90 18 ms). A loop
-        that waited PARK_MAX without getting the transaction (another process's writer
-        held the lock that long) goes back to its sessions, and the ops are posted to it.
-        One process alone does not meet: nobody waits for its lock but a CLI command,
-        and the loop's waits (~7 % of its time with a new TLS connection per message on
-        two busy cores, where the writer thread waits for a core) would be for nothing."""
+        The meeting (see _Handoff): the loop comes to the mailbox first and waits there,
+        GIL released, while this thread takes the write lock; it runs the ops at once and
+        waits again until this thread is inside commit. So the write lock is held for the
+        ops and the sync only, not also for a loop turn and two waits for the GIL (up to
+        the 5 ms switch interval each) as when the transaction was opened first and the
+        ops posted after: with `server.workers = 2` the other process waited out all of
+        that (write-lock wait p50 4.7 ms, p90 18 ms). A loop that waited PARK_MAX without
+        getting the transaction (another process's writer held the lock that long) goes
+        back to its sessions, and the ops are posted to it the old way."""
         assert self._loop is not None
         t0 = self.clock.monotonic()
         hand = _Handoff(fns)
-        if self.shared_writers:
-            if not self._mailbox.post(self._meet_on_loop, hand):
-                raise StoreUnavailable("queue is shutting down")  # nobody will run the ops
-            hand.parked.acquire()  # the loop is at the mailbox
-        else:
-            hand.withdraw()  # the ops go to the loop once the transaction is open
+        if not self._mailbox.post(self._meet_on_loop, hand):
+            raise StoreUnavailable("queue is shutting down")  # nobody will run the ops
+        hand.parked.acquire()  # the loop is at the mailbox
         try:
             txn = self.env.begin(write=True)
         except lmdb.MapResizedError:
@@ -1058,11 +1049,6 @@ class _Handoff:
             self._txn = txn
             self.txn_ready.release()
             return txn is not None
-
-    def withdraw(self) -> None:
-        """No meeting: offer() will say to post the ops."""
-        with self._guard:
-            self._withdrawn = True
 
     def take(self) -> Any:
         """Loop: the offered transaction, or None, and then no offer is taken."""

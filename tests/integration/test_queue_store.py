@@ -308,7 +308,6 @@ async def test_the_write_lock_is_not_held_while_the_loop_is_busy(tmp_path: Path)
     import time
 
     store = QueueStore(tmp_path / "q", FakeClock(), commit_window=0)
-    store.shared_writers = True  # what RelayApp sets for a worker of server.workers = N
     await store.start()
     await store.submit(_msg(0))
     pending = asyncio.ensure_future(store.submit(_msg(1)))
@@ -351,15 +350,12 @@ print("done", flush=True)
 """
 
 
-@pytest.mark.parametrize("shared", [True, False])
 async def test_commits_stay_whole_and_in_order_while_another_process_contends(
-        tmp_path: Path, shared: bool) -> None:
+        tmp_path: Path) -> None:
     """Another writer takes the lock over and over, sometimes for less than the loop
-    waits at the mailbox and sometimes for longer (so, shared, both ways of handing the
-    ops to the loop run): every submission is committed, each on its own, in the order
-    queued."""
+    waits at the mailbox and sometimes for longer (so both ways of handing the ops to
+    the loop run): every submission is committed, each on its own, in the order queued."""
     store = QueueStore(tmp_path / "q", FakeClock())
-    store.shared_writers = shared
     await store.start()
     await store.submit(_msg(0))
     other = await asyncio.create_subprocess_exec(
