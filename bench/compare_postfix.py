@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", default="2048,20480")
     p.add_argument("--sessions", type=int, default=50)
     p.add_argument("--repeat", type=int, default=3, help="runs per figure (median reported)")
-    p.add_argument("--modes", default="new,new-resumed,reuse",
+    p.add_argument("--modes", default="new,reuse",
                    help="connection modes: new (a connection per message), new-resumed (the "
                         "same, the loadgen resuming its TLS session as a smarthost's session "
                         "cache does), reuse")
