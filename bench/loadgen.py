@@ -260,13 +260,27 @@ async def run_load(opts: Options) -> dict[str, Any]:
     }
 
 
-def parse_args(argv: list[str] | None = None) -> Options:
-    p = argparse.ArgumentParser(description="SMTP submission load generator (aiosmtplib)")
+def add_load_arguments(p: argparse.ArgumentParser, size_help: str) -> None:
+    """The options every load generator here takes (bench/smtpsource.py too)."""
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--messages", type=int, default=1000)
-    p.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    p.add_argument("--size", type=int, default=2048, help=size_help)
     p.add_argument("--concurrency", type=int, default=50)
+    p.add_argument("--timeout", type=float, default=120.0, help="wall-clock limit (s)")
+
+
+def check_load_arguments(p: argparse.ArgumentParser, a: argparse.Namespace,
+                         min_size: int = 1) -> None:
+    if not a.host.startswith("127."):
+        p.error("the load generator targets loopback (127.0.0.0/8) only")
+    if a.messages < 1 or a.concurrency < 1 or a.size < min_size:
+        p.error(f"--messages and --concurrency must be >= 1, --size >= {min_size}")
+
+
+def parse_args(argv: list[str] | None = None) -> Options:
+    p = argparse.ArgumentParser(description="SMTP submission load generator (aiosmtplib)")
+    add_load_arguments(p, "message size in bytes")
     p.add_argument("--tls", choices=["starttls", "implicit", "none"], default="starttls")
     p.add_argument("--user", default="")
     p.add_argument("--password", default="")
@@ -275,13 +289,9 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--tls-resume", action=argparse.BooleanOptionalAction, default=False,
                    help="resume the TLS session on each new connection (a smarthost's "
                         "session cache)")
-    p.add_argument("--timeout", type=float, default=120.0, help="wall-clock limit (s)")
     p.add_argument("--domain", default=DEFAULT_DOMAIN, help="recipient domain")
     a = p.parse_args(argv)
-    if not a.host.startswith("127."):
-        p.error("the load generator targets loopback (127.0.0.0/8) only")
-    if a.messages < 1 or a.concurrency < 1 or a.size < 256:
-        p.error("--messages and --concurrency must be >= 1, --size >= 256")
+    check_load_arguments(p, a, min_size=256)
     return Options(host=a.host, port=a.port, messages=a.messages, size=a.size,
                    concurrency=min(a.concurrency, a.messages), tls=a.tls, user=a.user,
                    password=a.password, reuse=a.reuse, tls_resume=a.tls_resume,

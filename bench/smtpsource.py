@@ -78,19 +78,13 @@ def run(host: str, port: int, messages: int, size: int, sessions: int, *,
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loadgen import add_load_arguments, check_load_arguments  # bench/, beside this file
+
     p = argparse.ArgumentParser(description="smtp-source as a plain-SMTP load generator")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--messages", type=int, default=1000)
-    p.add_argument("--size", type=int, default=2048, help="body bytes")
-    p.add_argument("--concurrency", type=int, default=50)
+    add_load_arguments(p, "body bytes")
     p.add_argument("--reuse", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--timeout", type=float, default=120.0, help="wall-clock limit (s)")
     a = p.parse_args(argv)
-    if not a.host.startswith("127."):
-        p.error("smtp-source targets loopback (127.0.0.0/8) only")
-    if a.messages < 1 or a.concurrency < 1:
-        p.error("--messages and --concurrency must be >= 1")
+    check_load_arguments(p, a)
     if find() is None:
         p.error("smtp-source is not installed (Debian: apt-get install postfix)")
     summary = run(a.host, a.port, a.messages, a.size, min(a.concurrency, a.messages),
