@@ -26,6 +26,7 @@ from relay.events.log import EventLog
 from relay.queue.store import QueueStore
 from relay.users import UserStore
 from relay.warmup import counters
+from relay.warmup.counters import DayClock
 
 CONFIG = """
 [server]
@@ -39,7 +40,22 @@ warmup_plan = "ses-standard"
 warmup_start = "2020-01-01"
 """
 IP, OTHER = "127.0.0.10", "127.0.0.11"
-NOW = time.time()  # `relay warmup status` counts today by the system clock
+
+
+@pytest.fixture
+def now() -> float:
+    """The fake clock's start. `relay warmup status` counts today by the system clock, so
+    the test's sends must fall on the system's today: the time is taken when the test
+    starts (a module-level time.time() was minutes old by then, and a suite that crossed
+    midnight UTC failed here), and a start in the last 20 s of a day waits for the next
+    one, so the test never straddles the boundary (the config's default, 00:00 UTC)."""
+    t = time.time()
+    days = DayClock()
+    left = days.start_of(days.day_of(t) + 1) - t
+    if left < 20:
+        time.sleep(left + 0.5)
+        t = time.time()
+    return t
 
 
 @pytest.fixture
@@ -82,9 +98,9 @@ def status(cfg_path: str, capsys: pytest.CaptureFixture[str]) -> dict[str, dict[
 
 
 async def test_each_worker_keeps_its_own_counts_and_the_status_adds_them(
-        cfg_path: str, capsys: pytest.CaptureFixture[str]) -> None:
+        cfg_path: str, capsys: pytest.CaptureFixture[str], now: float) -> None:
     cfg = load(cfg_path)
-    clock = FakeClock(NOW)
+    clock = FakeClock(now)
     store = await open_store(cfg, clock)
     w0, w1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
     record_sends(w0, IP, 40)
