@@ -8,13 +8,13 @@ and waits briefly for requests in progress.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from aiohttp import web
 
 from relay.admin.api import AdminContext, make_app
 from relay.config import Address
+from relay.tasks import cancel_and_wait
 
 log = logging.getLogger("relay.admin")
 
@@ -54,11 +54,8 @@ class AdminServer:
             await self.ctx.clock.sleep(float(self.ctx.config().admin.history_interval))
 
     async def stop(self) -> None:
-        if self._sampler is not None:
-            self._sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sampler
-            self._sampler = None
+        await cancel_and_wait(self._sampler)
+        self._sampler = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

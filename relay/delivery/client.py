@@ -103,6 +103,7 @@ from aiosmtplib.typing import SMTPStatus
 from relay.clock import Clock, SystemClock
 from relay.config import Delivery
 from relay.delivery.classify import Failure, Outcome, from_failure, from_reply
+from relay.tasks import cancel_and_wait
 
 __all__ = ["MAX_IDLE_CONNECTIONS", "Sender", "Target", "TransactionResult"]
 
@@ -546,11 +547,8 @@ class Sender:
     async def close(self) -> None:
         """QUIT and close every pooled connection; stop the reaper."""
         self._closed = True
-        if self._reaper is not None:
-            self._reaper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reaper
-            self._reaper = None
+        await cancel_and_wait(self._reaper)
+        self._reaper = None
         conns = list(self._idle)
         self._pool.clear()
         self._idle.clear()

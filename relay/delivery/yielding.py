@@ -38,6 +38,8 @@ import contextlib
 from collections import deque
 from collections.abc import Callable
 
+from relay.tasks import cancel_and_wait
+
 
 class LoopLag:
     """How late the event loop runs: a task sleeps `interval` and measures the overshoot.
@@ -60,11 +62,8 @@ class LoopLag:
             self._task = asyncio.create_task(self._probe(), name="loop-lag")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def late(self) -> bool:
         return asyncio.get_running_loop().time() < self._late_until

@@ -31,6 +31,7 @@ from relay.clock import Clock
 from relay.events.log import EventLog
 from relay.events.model import Event
 from relay.queue.store import QueueStore
+from relay.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -125,11 +126,8 @@ class EventJournal:
         self._task = asyncio.create_task(self._run(), name="event-journal")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         with contextlib.suppress(Exception):
             await self.flush(force=True)
 
