@@ -13,8 +13,12 @@ For every (size, connection mode) it runs, `--repeat` times each (median reporte
 - **Postfix**: a throwaway instance (Debian's postfix) in /tmp/relay-postfix-* with its own
   main.cf/master.cf/queue, listening on 127.0.0.1, relaying `bench.test` to the same bench
   sink on 127.0.0.2 (`relayhost`), default durability (cleanup fsyncs the queue file
-  before 250), no signing; the load generator speaks plain SMTP from `mynetworks` (Postfix
-  has no SASL server here).
+  before 250), no signing; the load generator speaks plain SMTP from `mynetworks`, as the
+  issue's targets are set.
+- **Postfix, same dialogue** (`--postfix-tls`, on when Cyrus SASL's tools are installed): the
+  same instance, but with STARTTLS and AUTH PLAIN required before relaying, like relay's
+  submission listener (relay.testing.postfix.submission_config); the load generator then
+  speaks STARTTLS + AUTH to both, and a second table compares relay with it.
 
 Figures: accept msgs/s (first connection → last 250), end-to-end msgs/s (first connection →
 last message at the sink), end-of-DATA → 250 latency. The "ceiling" block compares relay
@@ -55,7 +59,15 @@ from e2e import (  # noqa: E402
     wait_for_line,
 )
 
-from relay.testing.postfix import instance_dir, postfix, write_config  # noqa: E402
+from relay.testing.postfix import (  # noqa: E402
+    instance_dir,
+    postfix,
+    submission_config,
+    submission_unavailable,
+    write_config,
+)
+
+USER, PASSWORD = "bench", "bench-password-1"  # the Postfix submission instance's login
 
 
 def _free_port() -> int:
@@ -66,11 +78,16 @@ def _free_port() -> int:
 
 
 def _loadgen(port: int, size: int, messages: int, sessions: int, reuse: bool, timeout: float,
-             tls: str = "none", host: str = "127.0.0.1") -> dict[str, Any]:
+             tls: str = "none", host: str = "127.0.0.1", login: tuple[str, str] | None = None,
+             tls_resume: bool = False) -> dict[str, Any]:
     cmd = [sys.executable, str(HERE / "loadgen.py"), "--host", host, "--port", str(port),
            "--messages", str(messages), "--size", str(size), "--concurrency", str(sessions),
            "--timeout", str(timeout), "--domain", DOMAIN, "--tls", tls,
            "--reuse" if reuse else "--no-reuse"]
+    if login is not None:
+        cmd += ["--user", login[0], "--password", login[1]]
+    if tls_resume:
+        cmd.append("--tls-resume")
     done = subprocess.run(cmd, capture_output=True, timeout=timeout + 30, check=False)
     try:
         return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
@@ -111,9 +128,10 @@ def postfix_available() -> str | None:
     return None
 
 
-def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
-                timeout: float) -> dict[str, Any]:
-    """One run against a fresh Postfix instance; removed afterwards."""
+def run_postfix(size: int, messages: int, sessions: int, reuse: bool, timeout: float,
+                submission: bool = False, tls_resume: bool = False) -> dict[str, Any]:
+    """One run against a fresh Postfix instance; removed afterwards. `submission`: STARTTLS
+    and AUTH required (the dialogue relay's listener has), else plain SMTP from mynetworks."""
     base = instance_dir()  # world-traversable: the daemons run as user postfix
     conf = base / "conf"
     conf.mkdir()
@@ -122,10 +140,13 @@ def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
     try:
         sink, sink_out, sink_port = _start_sink(base, messages, timeout)
         listen = _free_port()
+        extra = submission_config(conf, base, "postfix.bench", USER, PASSWORD) \
+            if submission else []
         write_config(conf, base, listen, "postfix.bench", [
             f"relay_domains = {DOMAIN}",
             f"relayhost = [{SINK_HOST}]:{sink_port}",
             "smtpd_peername_lookup = no",
+            *extra,
         ])
         (base / "queue").mkdir()
         checked = postfix(conf, "check")
@@ -136,7 +157,9 @@ def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
             raise RuntimeError(f"postfix start: {st.stderr}")
         started = True
         _wait_port(listen, 20)
-        load = _loadgen(listen, size, messages, sessions, reuse, timeout)
+        load = _loadgen(listen, size, messages, sessions, reuse, timeout,
+                        *(("starttls", "127.0.0.1", (USER, PASSWORD), tls_resume)
+                          if submission else ()))
         at_sink = _sink_summary(sink, sink_out,
                                 timeout + 30 if load["accepted"] == messages else 2.0)
         return _row(load, at_sink, messages)
@@ -242,6 +265,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", type=float, default=3600.0, help="whole comparison (s)")
     p.add_argument("--no-postfix", action="store_true", help="relay and ceilings only")
     p.add_argument("--no-ceiling", action="store_true")
+    p.add_argument("--postfix-tls", choices=["auto", "yes", "no"], default="auto",
+                   help="also measure Postfix with STARTTLS + AUTH required, the dialogue "
+                        "relay is driven with (auto: when Cyrus SASL's saslpasswd2 is "
+                        "installed); a second table compares relay with it")
     p.add_argument("--workers2", action="store_true",
                    help="also run relay with server.workers = 2 (every figure, and the "
                         "plain-listener ceiling)")
@@ -263,6 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     if why is not None:
         print(f"compare_postfix: Postfix is not usable here: {why}; "
               "measuring relay only", file=sys.stderr)
+    why_tls = why or ("not asked for (--postfix-tls no)" if args.postfix_tls == "no"
+                      else submission_unavailable())
+    if why_tls is not None and args.postfix_tls == "yes":
+        p.error(f"--postfix-tls yes: {why_tls}")
+    if why is None and why_tls is not None:
+        print(f"compare_postfix: Postfix with STARTTLS + AUTH not measured: {why_tls}",
+              file=sys.stderr)
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     ceiling_sessions = [int(s) for s in args.ceiling_sessions.split(",") if s.strip()]
     ceiling_client = args.ceiling_client
@@ -316,6 +350,10 @@ def main(argv: list[str] | None = None) -> int:
                     pf_mode = "new" if resume else mode
                     record(("postfix", size, pf_mode), lambda i, s=size, r=reuse: run_postfix(
                         s, args.messages, args.sessions, r, args.timeout))
+                if why_tls is None:
+                    record(("postfix-tls", size, mode), lambda i, s=size, r=reuse, t=resume:
+                           run_postfix(s, args.messages, args.sessions, r, args.timeout,
+                                       submission=True, tls_resume=t))
         if not args.no_ceiling:
             size, n, cc = sizes[0], args.ceiling_messages, ceiling_client
             for ss in ceiling_sessions:
@@ -347,37 +385,47 @@ def main(argv: list[str] | None = None) -> int:
              "new-resumed": "new connection per message, TLS session resumed",
              "reuse": "connections reused"}
     w2 = args.workers2
-    if w2:
-        lines = ["| figure | relay, 1 process | relay, workers = 2 | Postfix "
-                 "| ratio (1 process) | ratio (workers = 2) |",
-                 "|---|---:|---:|---:|---:|---:|"]
-    else:
-        lines = ["| figure | relay | Postfix | ratio |", "|---|---:|---:|---:|"]
 
-    def row(what: str, a: float | None, a2: float | None, b: float | None, digits: int,
-            ratios: bool) -> str:
+    def table(other: str, other_mode: Any, title: str) -> str:
+        """relay (one process, and workers = 2) against `other`'s runs of the same figures;
+        `other_mode` maps a relay mode to the mode `other` was measured in."""
         if w2:
-            return (f"| {what} | {fmt(a, digits)} | {fmt(a2, digits)} | {fmt(b, digits)} "
-                    f"| {ratio(a, b) if ratios else '-'} "
-                    f"| {ratio(a2, b) if ratios else '-'} |")
-        return f"| {what} | {fmt(a, digits)} | {fmt(b, digits)} | " \
-               f"{ratio(a, b) if ratios else '-'} |"
+            lines = [f"| figure | relay, 1 process | relay, workers = 2 | {title} "
+                     "| ratio (1 process) | ratio (workers = 2) |",
+                     "|---|---:|---:|---:|---:|---:|"]
+        else:
+            lines = [f"| figure | relay | {title} | ratio |", "|---|---:|---:|---:|"]
 
-    for key, what in (("accept_rate", "accept msgs/s"), ("e2e_rate", "end-to-end msgs/s")):
+        def row(what: str, a: float | None, a2: float | None, b: float | None, digits: int,
+                ratios: bool) -> str:
+            if w2:
+                return (f"| {what} | {fmt(a, digits)} | {fmt(a2, digits)} | {fmt(b, digits)} "
+                        f"| {ratio(a, b) if ratios else '-'} "
+                        f"| {ratio(a2, b) if ratios else '-'} |")
+            return f"| {what} | {fmt(a, digits)} | {fmt(b, digits)} | " \
+                   f"{ratio(a, b) if ratios else '-'} |"
+
+        for key, what in (("accept_rate", "accept msgs/s"), ("e2e_rate", "end-to-end msgs/s")):
+            for size in sizes:
+                for mode in modes:
+                    lines.append(row(f"{what}, {size // 1024} KB, {label.get(mode, mode)}",
+                                     med("relay", size, mode, key),
+                                     med("relay-w2", size, mode, key),
+                                     med(other, size, other_mode(mode), key), 0, True))
         for size in sizes:
             for mode in modes:
-                lines.append(row(f"{what}, {size // 1024} KB, {label.get(mode, mode)}",
-                                 med("relay", size, mode, key),
-                                 med("relay-w2", size, mode, key),
-                                 med("postfix", size, postfix_mode(mode), key), 0, True))
-    for size in sizes:
-        for mode in modes:
-            for q in ("p50_ms", "p99_ms"):
-                lines.append(row(f"{q[:3]} end-of-DATA → 250 ms, {size // 1024} KB, "
-                                 f"{label.get(mode, mode)}", med("relay", size, mode, q),
-                                 med("relay-w2", size, mode, q),
-                                 med("postfix", size, postfix_mode(mode), q), 1, False))
-    out = "\n".join(lines)
+                for q in ("p50_ms", "p99_ms"):
+                    lines.append(row(f"{q[:3]} end-of-DATA → 250 ms, {size // 1024} KB, "
+                                     f"{label.get(mode, mode)}", med("relay", size, mode, q),
+                                     med("relay-w2", size, mode, q),
+                                     med(other, size, other_mode(mode), q), 1, False))
+        return "\n".join(lines)
+
+    out = table("postfix", postfix_mode, "Postfix")
+    if why_tls is None:
+        out += ("\n\nThe same dialogue: Postfix with STARTTLS + AUTH PLAIN required (Cyrus "
+                "SASL, sasldb), driven exactly as relay is.\n\n"
+                + table("postfix-tls", lambda m: m, "Postfix, STARTTLS + AUTH"))
     if not args.no_ceiling:
         size = sizes[0]
         cl = [f"| ceiling figure (plain SMTP, connections reused, {ceiling_client}) "
@@ -401,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.sessions} sessions. relay: STARTTLS + AUTH, DKIM RSA-2048 on every "
             "message, 250 after a synced LMDB commit. Postfix: plain SMTP from mynetworks, "
             "no signing, default durability.")
+    if why_tls is None:
+        note += (" Postfix, STARTTLS + AUTH: the same instance with "
+                 "smtpd_tls_security_level = may, smtpd_tls_auth_only = yes and "
+                 "smtpd_relay_restrictions = permit_sasl_authenticated, reject; "
+                 "its certificate is a self-signed P-256 one like relay's.")
     if not args.no_ceiling:
         note += (f" Ceiling: median of {args.repeat} runs of {args.ceiling_messages} messages "
                  f"each, load from {ceiling_client}, the three servers alternating.")
