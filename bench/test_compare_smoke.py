@@ -13,7 +13,6 @@ import smtplib
 import ssl
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import compare_postfix  # bench/ is on sys.path (bench/conftest.py)
 import pytest

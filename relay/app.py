@@ -39,6 +39,7 @@ from relay.delivery.client import Sender
 from relay.delivery.mtasts_fetch import MtaSts
 from relay.delivery.routing import Router
 from relay.delivery.scheduler import Scheduler
+from relay.delivery.sentfrom import SentFrom
 from relay.delivery.shaper import ShapedSender, provider_map
 from relay.delivery.yielding import DeliveryGate, LoopLag
 from relay.dkim.keys import KeyStore
@@ -175,9 +176,10 @@ class RelayApp:
         self._gate_flushes: set[asyncio.Task[None]] = set()
         # The bound (ip, port) of each listener: mail routed there loops back (554 5.4.6).
         self.own_addresses: set[tuple[str, int]] = set()
-        # (queue id, recipient domain) -> (source IP, provider) of recent attempts, so a
-        # late reputation bounce reaches the warm-up state of the IP that got it.
-        self._sent_from: dict[tuple[str, str], tuple[str, str]] = {}
+        # (queue id, recipient domain) -> (source IP, provider) of attempts, so a late
+        # reputation bounce or a complaint reaches the warm-up state of the IP that sent,
+        # in whichever worker it arrives, and after a restart (set in start()).
+        self.sent_from = SentFrom(None)
 
     def _lease_seconds(self) -> float:
         d = self.cfg.delivery
@@ -208,6 +210,7 @@ class RelayApp:
             log.warning("recovered %d recipients that were in flight at the last stop",
                         self.recovered)
         await self.store.start()
+        self.sent_from = SentFrom(self.store)
         stats = self.store.stats
         self.store.on_commit.append(
             lambda: self.metrics.observe_commit(stats.last_batch, stats.last_fsync_seconds))
@@ -362,11 +365,10 @@ class RelayApp:
     # ------------------------------------------------------------------ reputation feedback
 
     def _remember_attempt(self, attempt: Any) -> None:
-        key = (attempt.queue_id, attempt.recipient_domain)
-        self._sent_from[key] = (attempt.source_ip, attempt.provider)
-        if len(self._sent_from) > 100_000:  # bounded: forget the oldest half
-            for k in list(self._sent_from)[:50_000]:
-                del self._sent_from[k]
+        # Feedback follows only a delivery the remote accepted; a refusal is handled below.
+        self.sent_from.remember(attempt.queue_id, attempt.recipient_domain,
+                                attempt.source_ip, attempt.provider,
+                                durable=attempt.kind == "delivered")
         if attempt.kind == "bounced":
             from relay.suppression.policy import FailureClass, classify_failure
             if classify_failure(attempt.response) is FailureClass.REPUTATION:
@@ -389,7 +391,7 @@ class RelayApp:
         task.add_done_callback(self._gate_flushes.discard)
 
     def _reputation_bounce(self, msg: Any, address: str, diagnostic: str) -> None:
-        found = self._sent_from.get((msg.id, address.rpartition("@")[2].lower()))
+        found = self.sent_from.lookup(msg.id, address.rpartition("@")[2])
         if found is None:
             log.warning("reputation bounce for %s (message %s), sending IP unknown: %s",
                         address, msg.id, diagnostic)
@@ -399,14 +401,14 @@ class RelayApp:
     def _complaint_source(self, event: Any) -> tuple[str, str] | None:
         """(source IP, provider) of the delivery a Complaint event is about, if recent."""
         for r in getattr(event.complaint, "complainedRecipients", None) or []:
-            found = self._sent_from.get((event.mail.messageId,
-                                         r.emailAddress.rpartition("@")[2].lower()))
+            found = self.sent_from.lookup(event.mail.messageId,
+                                          r.emailAddress.rpartition("@")[2])
             if found is not None:
                 return found
         return None
 
     def _complaint(self, msg: Any, address: str) -> None:
-        found = self._sent_from.get((msg.id, address.rpartition("@")[2].lower()))
+        found = self.sent_from.lookup(msg.id, address.rpartition("@")[2])
         if found is not None and self.shaped is not None:
             notice = self.shaped.gate.note_complaint(found[0], self.clock.now())
             if notice:
@@ -534,6 +536,7 @@ class RelayApp:
             await self.shaped.close()
         await self.sender.close()
         await self.event_router.stop()
+        self.sent_from.flush()  # the last deliveries' attributions, in the final commit
         await self.store.close()
         self.events.close()
 

@@ -230,6 +230,8 @@ class QueueStore:
     # "warmup": per-IP warm-up counters (relay/delivery/shaper.py), committed with the queue.
     # "suppression": the account-level suppression list (relay/suppression/store.py);
     # "sent": message records kept after delivery for matching late bounces/complaints;
+    # "sent_from": the source IP and provider of each delivery, by message id and domain
+    # (relay/delivery/sentfrom.py), for the same feedback; pruned with "sent".
     # "outbox": events waiting for their webhook (relay/events/destinations.py);
     # "event_outbox": events staged with the state change they report
     # (relay/events/journal.py), so a crash cannot separate the two.
@@ -241,7 +243,7 @@ class QueueStore:
     # key INFLIGHT_COMPLETE says the index is complete (written by the first recovery,
     # which scans the recipients once on a spool from before the index).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
-           "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight")
+           "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from")
     INFLIGHT_COMPLETE = b"~complete"  # sorts after every queue id (hex digits)
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
@@ -646,19 +648,25 @@ class QueueStore:
         return _msg_dec.decode(raw) if raw is not None else None
 
     def prune_sent_op(self, before: float) -> Callable[[Any], int]:
-        """Forget sent records of messages received before `before` (ids sort by time)."""
+        """Forget sent records (and delivery attributions, "sent_from") of messages received
+        before `before` (ids sort by time); at most 10,000 of each per op. The count of
+        sent records forgotten."""
         bound = f"{max(0, int(before * 1000)):012x}".encode("ascii")
 
-        def op(txn: Any) -> int:
+        def prune(txn: Any, db: str) -> int:
             old: list[bytes] = []
-            with txn.cursor(db=self._db["sent"]) as cur:
+            with txn.cursor(db=self._db[db]) as cur:
                 for key in cur.iternext(keys=True, values=False):
                     if bytes(key[:12]) >= bound or len(old) >= 10000:
                         break
                     old.append(bytes(key))
             for key in old:
-                txn.delete(key, db=self._db["sent"])
+                txn.delete(key, db=self._db[db])
             return len(old)
+
+        def op(txn: Any) -> int:
+            prune(txn, "sent_from")
+            return prune(txn, "sent")
         return op
 
     # ------------------------------------------------------------------ reading

@@ -123,7 +123,7 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],
                      extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                     **overrides: Any) -> Admin:
+                     workers: int = 1, **overrides: Any) -> Admin:
     tls = Tls()
     cert, key = tls.write_files(tmp)
     submit_port, admin_port = free_port(), free_port()
@@ -142,6 +142,8 @@ def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],
                   "warmup_plan": "ses-standard", "warmup_start": start}],
     })
     data.update(overrides)
+    if workers != 1:
+        data["server"]["workers"] = workers
     config = write_config(tmp / "relay.toml", data)
     added = run_cli("user", "add", "app", "--password-stdin", config=config,
                     input=PASSWORD + "\n")
