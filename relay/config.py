@@ -15,6 +15,7 @@ import re
 import tomllib
 import types
 import typing
+import urllib.parse
 from collections.abc import Iterable
 from datetime import date as _date
 from pathlib import Path
@@ -312,6 +313,10 @@ class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     metrics_auth: bool = False
     # How often the dashboard's queue-depth history is sampled (kept in memory, 360 points).
     history_interval: Duration = Duration(10.0)
+    # Where the internet reaches the admin server's public route (/unsubscribe/, RFC 8058
+    # one-click), i.e. the HTTPS reverse proxy in front of `address`: List-Unsubscribe
+    # URLs are built on it. "": https://<server.hostname>.
+    public_url: str = ""
 
 
 class Events(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -727,6 +732,21 @@ def _check_whole(cfg: Config) -> Iterable[str]:
     for name, path in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
         if path and not Path(path).is_file():
             yield f"{name}: file \"{path}\" does not exist"
+    if cfg.admin.public_url and not _is_public_https_url(cfg.admin.public_url):
+        yield (f"admin.public_url: expected an https:// URL with a host name and no query "
+               f"or fragment, e.g. \"https://mail.example.com\" (RFC 8058 one-click "
+               f"unsubscribe needs HTTPS), got \"{cfg.admin.public_url}\"")
+
+
+def _is_public_https_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        _ = parts.port  # a bad port raises ValueError
+    except ValueError:
+        return False
+    return (parts.scheme == "https" and bool(parts.hostname) and not parts.query
+            and not parts.fragment and not parts.username and not parts.password
+            and not any(c.isspace() or c in "<>\"" for c in url))
 
 
 def _check_configuration_sets(cfg: Config) -> Iterable[str]:

@@ -70,8 +70,10 @@ def resolve(cfg: Config, requested: str, default: str = "") -> str:
 
 def unsubscribe_base(cfg: Config, name: str) -> str:
     """The List-Unsubscribe URL prefix of a set with list_unsubscribe = true ("" if not):
-    the admin HTTP server's /unsubscribe/ route, named by server.hostname."""
+    the admin HTTP server's /unsubscribe/ route as the internet reaches it, admin.public_url
+    (its path kept: a proxy may serve relay under a prefix), else server.hostname."""
     cs = cfg.configuration_set_named(name) if name else None
     if cs is None or not cs.list_unsubscribe:
         return ""
-    return f"https://{cfg.server.hostname}/unsubscribe/"
+    base = cfg.admin.public_url.rstrip("/") or f"https://{cfg.server.hostname}"
+    return f"{base}/unsubscribe/"

@@ -318,3 +318,30 @@ def test_embedded_config_is_found_by_the_cli() -> None:
     from relay.cli import default_config_path
 
     assert default_config_path().read_text() == EMBEDDED.read_text()
+
+
+# --------------------------------------------------------------------------- admin.public_url
+
+
+@pytest.mark.parametrize("url", ["http://mail.example.com", "https://", "mail.example.com",
+                                 "https://mail.example.com/?a=1", "https://mail.example.com/#x",
+                                 "https://user:pw@mail.example.com", "https://mail.example.com:x",
+                                 "https://mail example.com", "ftp://mail.example.com"])
+def test_admin_public_url_must_be_a_plain_https_url(url: str) -> None:
+    (problem,) = problems(f'[admin]\npublic_url = "{url}"\n')
+    assert problem.startswith("admin.public_url: expected an https:// URL"), problem
+    assert f'got "{url}"' in problem, problem
+
+
+@pytest.mark.parametrize(("url", "base"), [
+    ("", "https://relay.example.com/unsubscribe/"),
+    ("https://mail.example.com", "https://mail.example.com/unsubscribe/"),
+    ("https://mail.example.com:8443/relay/", "https://mail.example.com:8443/relay/unsubscribe/"),
+])
+def test_list_unsubscribe_urls_are_built_on_the_public_url(url: str, base: str) -> None:
+    from relay.configsets import unsubscribe_base
+    cfg = loads(f'[server]\nhostname = "relay.example.com"\n[admin]\npublic_url = "{url}"\n'
+                '[[configuration_set]]\nname = "news"\nlist_unsubscribe = true\n'
+                '[[configuration_set]]\nname = "plain"\n')
+    assert unsubscribe_base(cfg, "news") == base
+    assert unsubscribe_base(cfg, "plain") == ""
