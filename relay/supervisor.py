@@ -14,7 +14,12 @@ keep going). LMDB serialises write transactions across processes with its own lo
 Because every worker may send to every destination, each enforces its share of every
 per-destination and per-IP limit (`worker_share`, `split`): connections per destination
 and per provider site, site rates, and warm-up caps (relay/warmup/gate.py), so the
-workers together stay within the configured figures.
+workers together stay within the configured figures. What holds an IP back is the IP's,
+not a worker's: a warm-up freeze or a backoff pause one worker's traffic earned reaches
+the others through the spool within `ShapedSender.sync_interval`, and the reputation
+rates count every worker's sends, bounces and complaints (relay/delivery/shaper.py).
+Feedback (complaints, late bounces) arrives at worker 0, which finds the delivering IP
+in the spool (relay/delivery/sentfrom.py).
 
 The supervisor prepares what workers would otherwise race on (state dir, self-signed
 certificate, the development credential), starts the workers, reports ready once all are

@@ -28,7 +28,9 @@ WarmupFreeze events.
 
 Operator changes (`relay warmup freeze|resume|set`) are written by the CLI
 with a higher op_seq; this process merges them (counters.merge_operator) when
-it persists and every `sync_interval` seconds.
+it persists and every `sync_interval` seconds. With server.workers = N it also
+reads the other workers' records of each IP then (`_sync_peers`): their freezes
+and backoff pauses hold here too, and the reputation rates are over all of them.
 """
 
 from __future__ import annotations
@@ -89,6 +91,17 @@ def load_states(store: Any, worker: tuple[int, int] | None = None) -> dict[str, 
     for ip, st in own.items():  # with the operator's changes made since it last wrote
         states[ip] = counters.merge_operator(st, shared[ip]) if ip in shared else st
     return states
+
+
+def peer_states(store: Any, index: int) -> dict[str, list[IpState]]:
+    """IP -> the records of it that workers other than `index` keep (worker 0's is the
+    IP's own record)."""
+    peers: dict[str, list[IpState]] = {}
+    for k, v in store.read_db("warmup"):
+        ip, i = counters.parse_key(k.decode("ascii"))
+        if i != index:
+            peers.setdefault(ip, []).append(_dec.decode(v))
+    return peers
 
 
 def total_states(store: Any) -> dict[str, IpState]:
@@ -254,7 +267,8 @@ class ShapedSender:
             self.gate.invalidate()
 
     def sync(self) -> None:
-        """Adopt operator changes (CLI) made since the last look."""
+        """Adopt operator changes (CLI) made since the last look; with server.workers = N,
+        also what the other workers hold the IPs back for."""
         self._synced_at = self.clock.now()
         secondary = self.gate.share is not None and self.gate.share[0] != 0
         for ip, stored in load_states(self.store).items():
@@ -264,6 +278,26 @@ class ShapedSender:
                 self.gate.states[ip] = counters.plan_only(stored) if secondary else stored
             elif stored.op_seq > mine.op_seq:
                 counters.merge_operator(mine, stored)
+                self.gate.dirty.add(ip)
+                self.gate.invalidate()
+        if self.gate.share is not None:
+            self._sync_peers(self.gate.share[0])
+
+    def _sync_peers(self, index: int) -> None:
+        """Every worker sends from every IP, so a freeze or backoff one worker's traffic
+        earned holds for all of them (it reaches the others within `sync_interval`), and
+        the reputation rates count all their sends, bounces and complaints (the feedback
+        listener, in worker 0, sees every complaint; each worker only its own sends)."""
+        self.gate.peers = peer_states(self.store, index)
+        today = self.gate.days.day_of(self.clock.now())
+        for ip, records in self.gate.peers.items():
+            if not self.gate.knows(ip):
+                continue  # an IP no longer configured
+            mine = self.gate.state(ip)
+            # Every record is applied (a list, not a generator: any() would stop early).
+            if any([counters.adopt_restrictions(mine, peer, today) for peer in records]):
+                log.warning("warm-up: %s held back as another worker holds it (%s)", ip,
+                            mine.frozen_reason or "backoff")
                 self.gate.dirty.add(ip)
                 self.gate.invalidate()
 

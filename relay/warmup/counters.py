@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+from collections.abc import Sequence
 
 import msgspec
 
@@ -196,6 +197,31 @@ def plan_only(st: IpState) -> IpState:
                    for name, pc in st.providers.items()})
 
 
+def adopt_restrictions(mine: IpState, peer: IpState, today: int) -> bool:
+    """PURE but for `mine`: take on what another worker's record of the same IP holds
+    back that `mine` does not: a reputation freeze, a backoff pause toward a provider, a
+    backoff freeze of today. The most restrictive stands, since all workers send from
+    the IP. A peer that has not seen the operator's latest change (a lower op_seq) is
+    ignored: after `relay warmup resume` its stale freeze must not come back. Whether
+    `mine` changed."""
+    if peer.op_seq < mine.op_seq:
+        return False
+    changed = False
+    if peer.frozen and not mine.frozen:
+        freeze(mine, today, peer.frozen_reason or "frozen by another worker")
+        changed = True
+    for name, ppc in peer.providers.items():
+        pc = counter(mine, name)
+        if ppc.paused_until > pc.paused_until:
+            pc.paused_until, pc.pause_reason = ppc.paused_until, ppc.pause_reason
+            changed = True
+        if ppc.freeze_day == today and pc.freeze_day != today:
+            roll(pc, mine, today)
+            pc.freeze_day = today
+            changed = True
+    return changed
+
+
 def add_counts(total: IpState, other: IpState) -> None:
     """Add `other`'s counts (another worker's) into `total`, for a status of the IP as a
     whole: sends of the same day and hour add up; a later day or hour replaces; frozen if
@@ -243,9 +269,12 @@ def note_results(ip: IpState, hour: int, *, sent: int = 0, bounced: int = 0,
         ip.reputation.pop(0)
 
 
-def rates(ip: IpState, hour: int, window_hours: int) -> tuple[int, float, float]:
-    """(sent, bounce rate, complaint rate) over the window ending at `hour`."""
-    live = [b for b in ip.reputation if b.hour > hour - window_hours]
+def rates(ip: IpState, hour: int, window_hours: int,
+          peers: Sequence[IpState] = ()) -> tuple[int, float, float]:
+    """(sent, bounce rate, complaint rate) over the window ending at `hour`, of `ip` and
+    of `peers` (the same IP's records of the other workers: each counts its own sends and
+    bounces, and the complaints reach worker 0 only)."""
+    live = [b for st in (ip, *peers) for b in st.reputation if b.hour > hour - window_hours]
     sent = sum(b.sent for b in live)
     if not sent:
         return 0, 0.0, 0.0

@@ -111,6 +111,9 @@ class WarmupGate:
     # Multi-process mode (relay/supervisor.py): (worker, workers). Every worker may send
     # from every IP, so each keeps to its share of each cap; the shares add up to the cap.
     share: tuple[int, int] | None = None
+    # IP -> the other workers' records of it, as last persisted (the shell's sync): the
+    # reputation rates are the IP's over every worker's sends, bounces and complaints.
+    peers: dict[str, list[IpState]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._pool_of = {ip.address: p for p in self.pools.values() for ip in p.ips}
@@ -308,7 +311,8 @@ class WarmupGate:
         if st.frozen:
             return None
         rep = self.reputation
-        sent, br, cr = counters.rates(st, self.days.hour_of(now), rep.window_hours)
+        sent, br, cr = counters.rates(st, self.days.hour_of(now), rep.window_hours,
+                                      self.peers.get(ip, ()))
         if sent < rep.min_messages:
             return None
         if br > rep.bounce_rate_limit or cr > rep.complaint_rate_limit:
@@ -320,6 +324,10 @@ class WarmupGate:
                                             now))
             return f"warm-up frozen for {ip}: {reason}"
         return None
+
+    def knows(self, ip: str) -> bool:
+        """Whether `ip` is in one of the configured pools."""
+        return ip in self._pool_of
 
     # ------------------------------------------------------------------ operator
 

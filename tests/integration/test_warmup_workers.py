@@ -25,7 +25,7 @@ from relay.delivery.shaper import ShapedSender
 from relay.events.log import EventLog
 from relay.queue.store import QueueStore
 from relay.users import UserStore
-from relay.warmup import counters
+from relay.warmup import counters, gate
 from relay.warmup.counters import DayClock
 
 CONFIG = """
@@ -147,3 +147,95 @@ async def test_each_worker_keeps_its_own_counts_and_the_status_adds_them(
     rows = status(cfg_path, capsys)
     assert rows[IP]["frozen"] is True and rows[IP]["sent_today"] == 130
     assert rows[OTHER]["day"] == 10 and rows[OTHER]["sent_today"] == 25
+
+
+def settle_sends(sh: ShapedSender, ip: str, provider: str, outcomes: list[tuple[str, str]]
+                 ) -> list[str]:
+    """What the gate does after a transaction of len(outcomes) recipients from `ip`."""
+    pool = sh.gate.pools["dedicated"]
+    grant = gate.Grant(ip, ip, pool.name, provider, len(outcomes))
+    sh.gate._record(ip, provider, len(outcomes), sh.clock.now())
+    return sh.gate.settle(grant, outcomes, sh.clock.now())
+
+
+async def test_a_complaint_in_worker_0_is_weighed_against_every_workers_sends(
+        cfg_path: str, now: float) -> None:
+    # The feedback listener runs in worker 0, so every complaint lands there, while each
+    # worker counts only its own sends. Worker 0 alone (30 sends) is under the rates'
+    # minimum of 200 messages and would never freeze; the IP as a whole sent 1,530.
+    cfg = load(cfg_path)
+    clock = FakeClock(now)
+    store = await open_store(cfg, clock)
+    try:
+        w0, w1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
+        settle_sends(w1, IP, "other", [("delivered", "250 ok")] * 1500)
+        await w1.flush()
+        settle_sends(w0, IP, "other", [("delivered", "250 ok")] * 30)
+        w0.sync()
+        assert w0.gate.note_complaint(IP, clock.now()) is None  # 1 in 1,530: 0.07 %
+        notice = w0.gate.note_complaint(IP, clock.now())  # 2: 0.13 %, over the 0.1 %
+        assert notice is not None and "complaint rate" in notice and "1530" in notice
+        assert w0.gate.state(IP).frozen
+        await w0.flush()
+
+        # Worker 1 holds the IP back too at its next sync (the freeze is the IP's).
+        assert not w1.gate.state(IP).frozen
+        w1.sync()
+        assert w1.gate.state(IP).frozen
+        assert "complaint rate" in w1.gate.state(IP).frozen_reason
+    finally:
+        await store.close()
+
+
+async def test_a_resume_by_the_operator_is_not_undone_by_a_stale_worker_record(
+        cfg_path: str, now: float) -> None:
+    cfg = load(cfg_path)
+    clock = FakeClock(now)
+    store = await open_store(cfg, clock)
+    w0, w1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
+    settle_sends(w1, IP, "other", [("delivered", "250 ok")] * 190
+                 + [("bounced", "550 5.1.1 no such user")] * 20)
+    assert w1.gate.state(IP).frozen  # bounce rate 9.5 % over 210
+    await w1.flush()
+    w0.sync()
+    assert w0.gate.state(IP).frozen
+    await w0.flush()
+    await store.close()
+
+    assert main(["warmup", "resume", IP, "--config", cfg_path]) == 0
+    store = await open_store(cfg, clock)
+    try:
+        # The running workers' states, as they were before the resume.
+        w0.store = w1.store = store
+        w0.sync()  # takes the resume, then sees worker 1's record: frozen, but older
+        assert not w0.gate.state(IP).frozen
+        w1.sync()
+        assert not w1.gate.state(IP).frozen
+        w0.sync()
+        assert not w0.gate.state(IP).frozen
+    finally:
+        await store.close()
+
+
+async def test_a_backoff_pause_one_worker_got_holds_the_ip_for_all(
+        cfg_path: str, now: float) -> None:
+    cfg = load(cfg_path)
+    clock = FakeClock(now)
+    store = await open_store(cfg, clock)
+    try:
+        w0, w1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
+        pool = w0.gate.pools["dedicated"]
+        w0.sync()
+        assert w0.gate.available(pool, IP, "gmail", clock.now())[0] > 0
+        notices = settle_sends(w1, IP, "gmail", [
+            ("deferred", "421 4.7.28 Our system has detected an unusual rate of "
+                         "unsolicited mail originating from your IP address.")])
+        assert notices and "backoff" in notices[0]
+        await w1.flush()
+        w0.sync()
+        n, until = w0.gate.available(pool, IP, "gmail", clock.now())
+        assert n == 0 and until == pytest.approx(clock.now() + 2 * 3600)
+        assert w0.gate.available(pool, OTHER, "gmail", clock.now())[0] > 0
+        assert w0.gate.available(pool, IP, "other", clock.now())[0] > 0
+    finally:
+        await store.close()
