@@ -254,6 +254,10 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # 20: Postfix's default_destination_concurrency_limit.
     max_connections_per_destination: PositiveInt = 20
     max_messages_per_connection: PositiveInt = 100
+    # Idle delivery connections kept open for reuse, all destinations together (each
+    # destination keeps at most max_connections_per_destination); over it the oldest is
+    # closed. Bounds fds and memory with many destinations. 0: no connection is kept.
+    max_idle_connections: Annotated[int, msgspec.Meta(ge=0)] = 1000
     max_recipients_per_transaction: PositiveInt = 100
     # In-memory ready queue per destination (Postfix's active queue limit). The excess
     # of a promotion is given back for 5 poll intervals: at 1000 a destination taking

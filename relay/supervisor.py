@@ -77,7 +77,8 @@ def split(total: int, worker: tuple[int, int] | None) -> int:
 
 def worker_share(cfg: Config, worker: tuple[int, int] | None) -> Config:
     """`cfg` with the per-destination limits a worker enforces: its share of
-    delivery.max_connections_per_destination and of each [[provider]]'s connections and
+    delivery.max_connections_per_destination and .max_idle_connections, and of each
+    [[provider]]'s connections and
     rates (at least one connection each, so no destination is starved). Warm-up caps are
     split by the gate (relay.warmup.gate.WarmupGate.share)."""
     if worker is None or worker[1] <= 1:
@@ -85,7 +86,8 @@ def worker_share(cfg: Config, worker: tuple[int, int] | None) -> Config:
     n = worker[1]
     delivery = msgspec.structs.replace(
         cfg.delivery, max_connections_per_destination=max(
-            1, split(cfg.delivery.max_connections_per_destination, worker)))
+            1, split(cfg.delivery.max_connections_per_destination, worker)),
+        max_idle_connections=split(cfg.delivery.max_idle_connections, worker))
     # 0 means "no limit" for the hourly figure, so a share is at least 1.
     providers = [msgspec.structs.replace(
         p, max_connections=max(1, split(p.max_connections, worker)),

@@ -55,7 +55,7 @@ Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
   for others and a new one is opened.
 - Caps: at most delivery.max_connections_per_destination idle connections per
   key (the scheduler's per-destination workers and the shaper's site limit bound
-  the busy ones) and `max_idle_connections` (default MAX_IDLE_CONNECTIONS) in
+  the busy ones) and `delivery.max_idle_connections` in
   all; over either, the oldest idle one is closed, so fds and memory stay
   bounded whatever the number of destinations. A connection counts against the
   shaping site of the transaction using it (`_site_open`): reused by another
@@ -105,10 +105,8 @@ from relay.config import Delivery
 from relay.delivery.classify import Failure, Outcome, from_failure, from_reply
 from relay.tasks import cancel_and_wait
 
-__all__ = ["MAX_IDLE_CONNECTIONS", "Sender", "Target", "TransactionResult"]
+__all__ = ["Sender", "Target", "TransactionResult"]
 
-# Idle pooled connections kept at most, all keys together (Sender(max_idle_connections=)).
-MAX_IDLE_CONNECTIONS = 1000
 # QUIT on a connection being closed waits at most this long (and command_timeout).
 _QUIT_TIMEOUT = 5.0
 
@@ -403,20 +401,19 @@ class Sender:
     (config server.hostname); `tls_context` overrides the client TLS context
     (tests pass one trusting a trustme CA together with verify_certificates);
     `verify_context` the one for tls = "verify" (default: the system trust store);
-    `max_idle_connections` caps the idle connections kept across all pool keys
+    delivery.max_idle_connections caps the idle connections kept across all pool keys
     (the oldest idle one is closed to make room).
     """
 
     def __init__(self, delivery: Delivery, *, hostname: str, clock: Clock | None = None,
                  tls_context: ssl.SSLContext | None = None,
-                 verify_context: ssl.SSLContext | None = None,
-                 max_idle_connections: int = MAX_IDLE_CONNECTIONS) -> None:
+                 verify_context: ssl.SSLContext | None = None) -> None:
         self._cfg = delivery
         self._hostname = hostname
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._pool: dict[_PoolKey, list[_Conn]] = {}   # idle, per key, oldest first
         self._idle: dict[_Conn, None] = {}   # every idle connection, oldest first
-        self._max_idle = max(0, max_idle_connections)
+        self._max_idle = delivery.max_idle_connections
         self._site_open: dict[str, int] = {}   # open connections per shaping site
         self._reaper: asyncio.Task[None] | None = None
         self._reaping = asyncio.Lock()   # one reap pass at a time

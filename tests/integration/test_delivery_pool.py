@@ -304,7 +304,7 @@ async def test_reap_closes_idle_connections_concurrently(
 
 async def test_total_idle_cap_closes_the_oldest(counting: Callable[..., Any]) -> None:
     server: CountingMX = await counting()
-    sender = Sender(delivery(), hostname="relay.test", max_idle_connections=3)
+    sender = Sender(delivery(max_idle_connections=3), hostname="relay.test")
     for i in range(6):  # six MX host names on one address: six keys
         await sender.send(f"d{i}.test", [T(f"mx{i}.test", "127.0.0.2", server.port)],
                           "s@x.test", [f"r@d{i}.test"], BODY)
@@ -320,3 +320,17 @@ async def test_total_idle_cap_closes_the_oldest(counting: Callable[..., Any]) ->
     assert sender.idle_connections() == 3
     await sender.close()
     assert await server.until_open(0) == 0
+
+
+async def test_no_idle_connection_is_kept_when_the_cap_is_zero(
+        counting: Callable[..., Any]) -> None:
+    server: CountingMX = await counting()
+    sender = Sender(delivery(max_idle_connections=0), hostname="relay.test")
+    first = await sender.send("d.test", [T("mx.test", "127.0.0.2", server.port)],
+                              "s@x.test", ["a@d.test"], BODY)
+    assert sender.idle_connections() == 0
+    second = await sender.send("d.test", [T("mx.test", "127.0.0.2", server.port)],
+                               "s@x.test", ["b@d.test"], BODY)
+    assert not first.reused and not second.reused
+    assert server.opened == 2 and await server.until_open(0) == 0
+    await sender.close()

@@ -76,6 +76,7 @@ def test_worker_share_divides_per_destination_limits() -> None:
     assert w0.provider[0].messages_per_second == w1.provider[0].messages_per_second == 5.0
     # 0 would mean "no limit": a share of a small hourly limit is still a limit.
     assert (w0.provider[0].messages_per_hour, w1.provider[0].messages_per_hour) == (1, 1)
+    assert (w0.delivery.max_idle_connections, w1.delivery.max_idle_connections) == (500, 500)
     assert w0.delivery.retry_schedule == cfg.delivery.retry_schedule  # the rest as it was
 
 
