@@ -20,7 +20,7 @@ from adminkit import Admin, make_admin_relay, wait_until
 from relay.queue.store import shard_of
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port
-from relay.testing.sink import Sink
+from relay.testing.sink import Received, Sink
 
 
 def complaint(rcpt: str, return_path: str) -> bytes:
@@ -99,6 +99,19 @@ def test_complaint_by_provider_and_outbox_backlog(fb_admin: tuple[Admin, int]) -
     assert "other" not in dash["providers"] or not dash["providers"]["other"]["complained"]
 
 
+def complain_and_expect_it_counted_under(admin: Admin, feedback_port: int, mid: str,
+                                         delivered: Received) -> None:
+    """A feedback loop's report about `delivered` (message `mid`); the complaint must be
+    counted under the source IP that delivered it."""
+    with smtplib.SMTP("127.0.0.1", feedback_port, timeout=10) as s:
+        s.sendmail("", [delivered.mail_from],
+                   complaint("reader@gmail.test", delivered.mail_from))
+    wait_until(lambda: admin.call("GET", f"/api/events?message_id={mid}&type=Complaint"
+                                  )[1].get("count"), 15, "the Complaint event")
+    _, text = admin.call("GET", "/metrics", token=None)
+    assert re.search(r'relay_complaints_total\{provider="gmail",source_ip="'
+                     + re.escape(delivered.peer) + r'"\} 1\.0', text), text
+
 
 def test_a_complaint_after_a_restart_still_names_the_ip_that_delivered(
         tmp_path: Path, dns: DnsServer, sinks: tuple[Sink, Sink]) -> None:
@@ -114,14 +127,7 @@ def test_a_complaint_after_a_restart_still_names_the_ip_that_delivered(
         delivered = [m for m in got if b"before the restart" in m.data][-1]
         admin.relay.stop()
         admin.relay.start(timeout=30)
-        with smtplib.SMTP("127.0.0.1", feedback_port, timeout=10) as s:
-            s.sendmail("", [delivered.mail_from],
-                       complaint("reader@gmail.test", delivered.mail_from))
-        wait_until(lambda: admin.call("GET", f"/api/events?message_id={mid}&type=Complaint"
-                                      )[1].get("count"), 15, "the Complaint event")
-        _, text = admin.call("GET", "/metrics", token=None)
-        assert re.search(r'relay_complaints_total\{provider="gmail",source_ip="'
-                         + re.escape(delivered.peer) + r'"\} 1\.0', text), text
+        complain_and_expect_it_counted_under(admin, feedback_port, mid, delivered)
     finally:
         admin.relay.stop()
 
@@ -143,13 +149,6 @@ def test_a_complaint_in_worker_0_names_the_ip_of_a_delivery_by_worker_1(
         marker = f"Subject: {subject}\r\n".encode()
         delivered = wait_until(lambda: [m for m in admin.sinks[0].messages
                                         if marker in m.data], 15, "the message at the sink")[-1]
-        with smtplib.SMTP("127.0.0.1", feedback_port, timeout=10) as s:
-            s.sendmail("", [delivered.mail_from],
-                       complaint("reader@gmail.test", delivered.mail_from))
-        wait_until(lambda: admin.call("GET", f"/api/events?message_id={mid}&type=Complaint"
-                                      )[1].get("count"), 15, "the Complaint event")
-        _, text = admin.call("GET", "/metrics", token=None)
-        assert re.search(r'relay_complaints_total\{provider="gmail",source_ip="'
-                         + re.escape(delivered.peer) + r'"\} 1\.0', text), text
+        complain_and_expect_it_counted_under(admin, feedback_port, mid, delivered)
     finally:
         admin.relay.stop()

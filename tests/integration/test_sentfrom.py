@@ -10,13 +10,34 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from collections.abc import AsyncIterator
 from pathlib import Path
+
+import pytest
 
 from relay.clock import FakeClock
 from relay.delivery.sentfrom import SentFrom
 from relay.queue.store import QueueStore, new_message_id
 
 DAY = 86400.0
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[QueueStore]:
+    """A real spool at tmp_path/q on a fake clock; closed afterwards."""
+    opened = QueueStore(tmp_path / "q", FakeClock(1_800_000_000.0))
+    await opened.start()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+async def committed(sent: SentFrom) -> None:
+    """Flush `sent` now and wait for the commit (the loop would flush at its next turn)."""
+    durable = sent.flush()
+    assert durable is not None
+    await durable
 
 
 async def test_a_delivery_is_attributed_after_a_reopen_and_a_refusal_only_in_memory(
@@ -30,9 +51,7 @@ async def test_a_delivery_is_attributed_after_a_reopen_and_a_refusal_only_in_mem
     sent.remember(mid, "yahoo.test", "127.0.0.11", "yahoo", durable=False)
     assert sent.lookup(mid, "gmail.test") == ("127.0.0.10", "gmail")
     assert sent.lookup(mid, "yahoo.test") == ("127.0.0.11", "yahoo")
-    durable = sent.flush()
-    assert durable is not None
-    await durable
+    await committed(sent)
     await store.close()
 
     again = QueueStore(tmp_path / "q", clock)
@@ -48,81 +67,62 @@ async def test_a_delivery_is_attributed_after_a_reopen_and_a_refusal_only_in_mem
 
 
 async def test_writes_of_one_loop_turn_go_in_one_op_without_being_asked(
-        tmp_path: Path) -> None:
-    clock = FakeClock(1_800_000_000.0)
-    store = QueueStore(tmp_path / "q", clock)
-    await store.start()
-    try:
-        mids = [new_message_id(clock.now()) for _ in range(50)]
-        sent = SentFrom(store)
-        ops_before = store.stats.committed_ops
-        for mid in mids:
-            sent.remember(mid, "gmail.test", "127.0.0.10", "gmail", durable=True)
-        # Nobody calls flush(): the loop does, once, at its next turn.
-        await store.write(lambda txn: None)
-        await store.write(lambda txn: None)
-        other = SentFrom(store)
-        assert all(other.lookup(mid, "gmail.test") == ("127.0.0.10", "gmail")
-                   for mid in mids)
-        # 50 deliveries, one op (plus the two empty ones above).
-        assert store.stats.committed_ops - ops_before == 3
-    finally:
-        await store.close()
-
-
-async def test_another_process_reads_the_attribution(tmp_path: Path) -> None:
-    # As worker 0's feedback listener does for a message worker 1 delivered.
-    clock = FakeClock(1_800_000_000.0)
-    store = QueueStore(tmp_path / "q", clock)
-    await store.start()
-    try:
-        mid = new_message_id(clock.now())
-        sent = SentFrom(store)
+        store: QueueStore) -> None:
+    clock = store.clock
+    mids = [new_message_id(clock.now()) for _ in range(50)]
+    sent = SentFrom(store)
+    ops_before = store.stats.committed_ops
+    for mid in mids:
         sent.remember(mid, "gmail.test", "127.0.0.10", "gmail", durable=True)
-        durable = sent.flush()
-        assert durable is not None
-        await durable
-        script = textwrap.dedent(f"""
-            import asyncio, sys
-            from relay.clock import FakeClock
-            from relay.delivery.sentfrom import SentFrom
-            from relay.queue.store import QueueStore
-
-            async def main():
-                store = QueueStore({str(tmp_path / "q")!r}, FakeClock(0.0))
-                await store.start()
-                try:
-                    print(SentFrom(store).lookup({mid!r}, "gmail.test"))
-                finally:
-                    await store.close()
-            asyncio.run(main())
-        """)
-        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                             timeout=60, check=False)
-        assert out.returncode == 0, out.stderr
-        assert out.stdout.strip() == "('127.0.0.10', 'gmail')"
-    finally:
-        await store.close()
+    # Nobody calls flush(): the loop does, once, at its next turn.
+    await store.write(lambda txn: None)
+    await store.write(lambda txn: None)
+    other = SentFrom(store)
+    assert all(other.lookup(mid, "gmail.test") == ("127.0.0.10", "gmail")
+               for mid in mids)
+    # 50 deliveries, one op (plus the two empty ones above).
+    assert store.stats.committed_ops - ops_before == 3
 
 
-async def test_attributions_are_pruned_with_the_sent_records(tmp_path: Path) -> None:
-    clock = FakeClock(1_800_000_000.0)
-    store = QueueStore(tmp_path / "q", clock)
-    await store.start()
-    try:
-        old, new = new_message_id(clock.now() - 10 * DAY), new_message_id(clock.now())
-        sent = SentFrom(store)
-        for mid in (old, new):
-            sent.remember(mid, "gmail.test", "127.0.0.10", "gmail", durable=True)
-        durable = sent.flush()
-        assert durable is not None
-        await durable
-        await store.write(store.prune_sent_op(clock.now() - 5 * DAY))
-        fresh = SentFrom(store)
-        assert fresh.lookup(old, "gmail.test") is None
-        assert fresh.lookup(new, "gmail.test") == ("127.0.0.10", "gmail")
-    finally:
-        await store.close()
+async def test_another_process_reads_the_attribution(store: QueueStore, tmp_path: Path) -> None:
+    # As worker 0's feedback listener does for a message worker 1 delivered.
+    clock = store.clock
+    mid = new_message_id(clock.now())
+    sent = SentFrom(store)
+    sent.remember(mid, "gmail.test", "127.0.0.10", "gmail", durable=True)
+    await committed(sent)
+    script = textwrap.dedent(f"""
+        import asyncio, sys
+        from relay.clock import FakeClock
+        from relay.delivery.sentfrom import SentFrom
+        from relay.queue.store import QueueStore
+
+        async def main():
+            store = QueueStore({str(tmp_path / "q")!r}, FakeClock(0.0))
+            await store.start()
+            try:
+                print(SentFrom(store).lookup({mid!r}, "gmail.test"))
+            finally:
+                await store.close()
+        asyncio.run(main())
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "('127.0.0.10', 'gmail')"
+
+
+async def test_attributions_are_pruned_with_the_sent_records(store: QueueStore) -> None:
+    clock = store.clock
+    old, new = new_message_id(clock.now() - 10 * DAY), new_message_id(clock.now())
+    sent = SentFrom(store)
+    for mid in (old, new):
+        sent.remember(mid, "gmail.test", "127.0.0.10", "gmail", durable=True)
+    await committed(sent)
+    await store.write(store.prune_sent_op(clock.now() - 5 * DAY))
+    fresh = SentFrom(store)
+    assert fresh.lookup(old, "gmail.test") is None
+    assert fresh.lookup(new, "gmail.test") == ("127.0.0.10", "gmail")
 
 
 def test_memory_is_bounded() -> None:

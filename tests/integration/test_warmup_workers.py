@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -158,33 +159,40 @@ def settle_sends(sh: ShapedSender, ip: str, provider: str, outcomes: list[tuple[
     return sh.gate.settle(grant, outcomes, sh.clock.now())
 
 
-async def test_a_complaint_in_worker_0_is_weighed_against_every_workers_sends(
-        cfg_path: str, now: float) -> None:
-    # The feedback listener runs in worker 0, so every complaint lands there, while each
-    # worker counts only its own sends. Worker 0 alone (30 sends) is under the rates'
-    # minimum of 200 messages and would never freeze; the IP as a whole sent 1,530.
+@pytest.fixture
+async def workers(cfg_path: str, now: float) -> AsyncIterator[tuple[ShapedSender, ShapedSender]]:
+    """Worker 0's and worker 1's shapers of server.workers = 2 on one real spool."""
     cfg = load(cfg_path)
     clock = FakeClock(now)
     store = await open_store(cfg, clock)
     try:
-        w0, w1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
-        settle_sends(w1, IP, "other", [("delivered", "250 ok")] * 1500)
-        await w1.flush()
-        settle_sends(w0, IP, "other", [("delivered", "250 ok")] * 30)
-        w0.sync()
-        assert w0.gate.note_complaint(IP, clock.now()) is None  # 1 in 1,530: 0.07 %
-        notice = w0.gate.note_complaint(IP, clock.now())  # 2: 0.13 %, over the 0.1 %
-        assert notice is not None and "complaint rate" in notice and "1530" in notice
-        assert w0.gate.state(IP).frozen
-        await w0.flush()
-
-        # Worker 1 holds the IP back too at its next sync (the freeze is the IP's).
-        assert not w1.gate.state(IP).frozen
-        w1.sync()
-        assert w1.gate.state(IP).frozen
-        assert "complaint rate" in w1.gate.state(IP).frozen_reason
+        yield shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
     finally:
         await store.close()
+
+
+async def test_a_complaint_in_worker_0_is_weighed_against_every_workers_sends(
+        workers: tuple[ShapedSender, ShapedSender]) -> None:
+    # The feedback listener runs in worker 0, so every complaint lands there, while each
+    # worker counts only its own sends. Worker 0 alone (30 sends) is under the rates'
+    # minimum of 200 messages and would never freeze; the IP as a whole sent 1,530.
+    w0, w1 = workers
+    now = w0.clock.now()
+    settle_sends(w1, IP, "other", [("delivered", "250 ok")] * 1500)
+    await w1.flush()
+    settle_sends(w0, IP, "other", [("delivered", "250 ok")] * 30)
+    w0.sync()
+    assert w0.gate.note_complaint(IP, now) is None  # 1 in 1,530: 0.07 %
+    notice = w0.gate.note_complaint(IP, now)  # 2: 0.13 %, over the 0.1 %
+    assert notice is not None and "complaint rate" in notice and "1530" in notice
+    assert w0.gate.state(IP).frozen
+    await w0.flush()
+
+    # Worker 1 holds the IP back too at its next sync (the freeze is the IP's).
+    assert not w1.gate.state(IP).frozen
+    w1.sync()
+    assert w1.gate.state(IP).frozen
+    assert "complaint rate" in w1.gate.state(IP).frozen_reason
 
 
 async def test_a_resume_by_the_operator_is_not_undone_by_a_stale_worker_record(
@@ -218,24 +226,19 @@ async def test_a_resume_by_the_operator_is_not_undone_by_a_stale_worker_record(
 
 
 async def test_a_backoff_pause_one_worker_got_holds_the_ip_for_all(
-        cfg_path: str, now: float) -> None:
-    cfg = load(cfg_path)
-    clock = FakeClock(now)
-    store = await open_store(cfg, clock)
-    try:
-        w0, w1 = shaper(cfg, store, clock, (0, 2)), shaper(cfg, store, clock, (1, 2))
-        pool = w0.gate.pools["dedicated"]
-        w0.sync()
-        assert w0.gate.available(pool, IP, "gmail", clock.now())[0] > 0
-        notices = settle_sends(w1, IP, "gmail", [
-            ("deferred", "421 4.7.28 Our system has detected an unusual rate of "
-                         "unsolicited mail originating from your IP address.")])
-        assert notices and "backoff" in notices[0]
-        await w1.flush()
-        w0.sync()
-        n, until = w0.gate.available(pool, IP, "gmail", clock.now())
-        assert n == 0 and until == pytest.approx(clock.now() + 2 * 3600)
-        assert w0.gate.available(pool, OTHER, "gmail", clock.now())[0] > 0
-        assert w0.gate.available(pool, IP, "other", clock.now())[0] > 0
-    finally:
-        await store.close()
+        workers: tuple[ShapedSender, ShapedSender]) -> None:
+    w0, w1 = workers
+    now = w0.clock.now()
+    pool = w0.gate.pools["dedicated"]
+    w0.sync()
+    assert w0.gate.available(pool, IP, "gmail", now)[0] > 0
+    notices = settle_sends(w1, IP, "gmail", [
+        ("deferred", "421 4.7.28 Our system has detected an unusual rate of "
+                     "unsolicited mail originating from your IP address.")])
+    assert notices and "backoff" in notices[0]
+    await w1.flush()
+    w0.sync()
+    n, until = w0.gate.available(pool, IP, "gmail", now)
+    assert n == 0 and until == pytest.approx(now + 2 * 3600)
+    assert w0.gate.available(pool, OTHER, "gmail", now)[0] > 0
+    assert w0.gate.available(pool, IP, "other", now)[0] > 0
