@@ -157,9 +157,9 @@ def run_postfix(size: int, messages: int, sessions: int, reuse: bool, timeout: f
             raise RuntimeError(f"postfix start: {st.stderr}")
         started = True
         _wait_port(listen, 20)
-        load = _loadgen(listen, size, messages, sessions, reuse, timeout,
-                        *(("starttls", "127.0.0.1", (USER, PASSWORD), tls_resume)
-                          if submission else ()))
+        load = (_loadgen(listen, size, messages, sessions, reuse, timeout, tls="starttls",
+                         login=(USER, PASSWORD), tls_resume=tls_resume) if submission
+                else _loadgen(listen, size, messages, sessions, reuse, timeout))
         at_sink = _sink_summary(sink, sink_out,
                                 timeout + 30 if load["accepted"] == messages else 2.0)
         return _row(load, at_sink, messages)

@@ -71,51 +71,50 @@ class HeldOutcome:
     hold_until: float
 
 
-def load_states(store: Any, worker: tuple[int, int] | None = None) -> dict[str, IpState]:
+def stored_records(store: Any) -> list[tuple[str, int, IpState]]:
+    """Every stored IpState as (IP, worker index, state) (counters.worker_key), from one
+    read of the "warmup" sub-database."""
+    return [(*counters.parse_key(k.decode("ascii")), _dec.decode(v))
+            for k, v in store.read_db("warmup")]
+
+
+def load_states(store: Any, worker: tuple[int, int] | None = None,
+                records: list[tuple[str, int, IpState]] | None = None) -> dict[str, IpState]:
     """The IpStates `worker` counts in (counters.worker_key). Without `worker`, or for
     worker 0: the IPs' own records, where the operator's changes are. Worker i: its own
     records merged with the operator's later changes, and for an IP it has none of yet
-    the IP's own record without its counts."""
-    shared: dict[str, IpState] = {}
-    own: dict[str, IpState] = {}
+    the IP's own record without its counts. `records`: stored_records() already read."""
     index = worker[0] if worker is not None else 0
-    for k, v in store.read_db("warmup"):
-        ip, i = counters.parse_key(k.decode("ascii"))
-        if i == 0:
-            shared[ip] = _dec.decode(v)
-        elif i == index:
-            own[ip] = _dec.decode(v)
+    if records is None:
+        records = stored_records(store)
+    shared = {ip: st for ip, i, st in records if i == 0}
     if index == 0:
         return shared
     states = {ip: counters.plan_only(st) for ip, st in shared.items()}
-    for ip, st in own.items():  # with the operator's changes made since it last wrote
-        states[ip] = counters.merge_operator(st, shared[ip]) if ip in shared else st
+    for ip, i, st in records:  # with the operator's changes made since it last wrote
+        if i == index:
+            states[ip] = counters.merge_operator(st, shared[ip]) if ip in shared else st
     return states
 
 
-def peer_states(store: Any, index: int) -> dict[str, list[IpState]]:
+def peer_states(records: list[tuple[str, int, IpState]], index: int
+                ) -> dict[str, list[IpState]]:
     """IP -> the records of it that workers other than `index` keep (worker 0's is the
     IP's own record)."""
     peers: dict[str, list[IpState]] = {}
-    for k, v in store.read_db("warmup"):
-        ip, i = counters.parse_key(k.decode("ascii"))
+    for ip, i, st in records:
         if i != index:
-            peers.setdefault(ip, []).append(_dec.decode(v))
+            peers.setdefault(ip, []).append(st)
     return peers
 
 
 def total_states(store: Any) -> dict[str, IpState]:
     """Every IP's state with all workers' counts added up (`relay warmup status`)."""
-    totals: dict[str, IpState] = {}
-    others: list[tuple[str, IpState]] = []
-    for k, v in store.read_db("warmup"):
-        ip, i = counters.parse_key(k.decode("ascii"))
-        if i == 0:
-            totals[ip] = _dec.decode(v)
-        else:
-            others.append((ip, _dec.decode(v)))
-    for ip, st in others:
-        counters.add_counts(totals.setdefault(ip, IpState()), st)
+    records = stored_records(store)
+    totals = {ip: st for ip, i, st in records if i == 0}
+    for ip, i, st in records:
+        if i != 0:
+            counters.add_counts(totals.setdefault(ip, IpState()), st)
     return totals
 
 
@@ -271,7 +270,8 @@ class ShapedSender:
         also what the other workers hold the IPs back for."""
         self._synced_at = self.clock.now()
         secondary = self.gate.share is not None and self.gate.share[0] != 0
-        for ip, stored in load_states(self.store).items():
+        records = stored_records(self.store)  # one read for the operator's and the peers'
+        for ip, stored in load_states(self.store, records=records).items():
             mine = self.gate.states.get(ip)
             if mine is None:
                 # Worker i counts its own sends: it takes the plan, not worker 0's counts.
@@ -281,21 +281,21 @@ class ShapedSender:
                 self.gate.dirty.add(ip)
                 self.gate.invalidate()
         if self.gate.share is not None:
-            self._sync_peers(self.gate.share[0])
+            self._sync_peers(self.gate.share[0], records)
 
-    def _sync_peers(self, index: int) -> None:
+    def _sync_peers(self, index: int, records: list[tuple[str, int, IpState]]) -> None:
         """Every worker sends from every IP, so a freeze or backoff one worker's traffic
         earned holds for all of them (it reaches the others within `sync_interval`), and
         the reputation rates count all their sends, bounces and complaints (the feedback
         listener, in worker 0, sees every complaint; each worker only its own sends)."""
-        self.gate.peers = peer_states(self.store, index)
+        self.gate.peers = peer_states(records, index)
         today = self.gate.days.day_of(self.clock.now())
-        for ip, records in self.gate.peers.items():
+        for ip, others in self.gate.peers.items():
             if not self.gate.knows(ip):
                 continue  # an IP no longer configured
             mine = self.gate.state(ip)
             # Every record is applied (a list, not a generator: any() would stop early).
-            if any([counters.adopt_restrictions(mine, peer, today) for peer in records]):
+            if any([counters.adopt_restrictions(mine, peer, today) for peer in others]):
                 log.warning("warm-up: %s held back as another worker holds it (%s)", ip,
                             mine.frozen_reason or "backoff")
                 self.gate.dirty.add(ip)
