@@ -58,11 +58,12 @@ from relay.identity.outbound import Outbound
 from relay.identity.store import IdentityStore
 from relay.queue.records import MessageRecord
 from relay.queue.store import NewMessage, QueueStore, new_message_id
+from relay.signals import EarlySignals
 from relay.simulator import Simulator
 from relay.smtp import AuthPolicy, SubmissionServer
 from relay.smtp import replies as R
 from relay.smtp.session import MessageRefused
-from relay.supervisor import worker_share
+from relay.supervisor import watch_supervisor, worker_share
 from relay.suppression.guard import Suppressor
 from relay.tlsutil import ensure_self_signed, server_context
 from relay.users import UserStore
@@ -542,13 +543,32 @@ class RelayApp:
 
 
 async def serve(cfg: Config, config_path: Path | None = None,
-                worker: tuple[int, int] | None = None) -> None:
+                worker: tuple[int, int] | None = None,
+                early: EarlySignals | None = None) -> None:
     """Run until SIGTERM/SIGINT, then drain and exit; SIGHUP reloads `config_path`.
 
     Under systemd (Type=notify) readiness, reloads and the stop are reported through
     $NOTIFY_SOCKET; relay's own status lines go to stdout either way. As a worker of
     relay/supervisor.py (`worker` = (index, count)), readiness goes to the supervisor
-    through the descriptor in $RELAY_READY_FD."""
+    through the descriptor in $RELAY_READY_FD, and the worker drains and exits when the
+    supervisor is gone. `early`: signals recorded before the loop ran (relay/signals.py)."""
+    early = early if early is not None else EarlySignals()
+    loop = asyncio.get_running_loop()
+    # Handlers before any port opens: a SIGTERM or SIGHUP that arrives while the
+    # listeners start must not take the default action (SIGHUP's ends the process). A
+    # stop then drains once started; a reload runs once there is something to reload.
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: setattr(early, "hangup", True))
+    if early.stop:
+        return  # asked to stop before anything started
+
+    def orphaned() -> None:
+        log.warning("the supervisor has exited; this worker stops (draining)")
+        stop.set()
+
+    watch_supervisor(loop, orphaned)
     app = RelayApp(cfg, worker=worker)
     await app.start()
     # Everything built at start-up lives for the whole process: take it out of the cyclic
@@ -573,11 +593,6 @@ async def serve(cfg: Config, config_path: Path | None = None,
     if app.admin is not None:
         print(f"relay: admin API and dashboard on {cfg.admin.address} port {app.admin.port}",
               flush=True)
-    # Handlers before "ready": a SIGTERM right after readiness must drain, not kill.
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     if app.worker is not None:
         print(f"relay: worker {app.worker[0]} of {app.worker[1]} ready (pid {os.getpid()}, "
               f"recovered {app.recovered})", flush=True)
@@ -608,6 +623,8 @@ async def serve(cfg: Config, config_path: Path | None = None,
         sdnotify.notify("READY=1")
 
     loop.add_signal_handler(signal.SIGHUP, hangup)
+    if early.take_hangup() and not stop.is_set():
+        hangup()  # arrived while starting: the config may have changed since it was read
     await stop.wait()
     sdnotify.notify("STOPPING=1")
     print("relay: stopping (draining)", file=sys.stderr, flush=True)

@@ -31,6 +31,7 @@ feedback listener.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -38,6 +39,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,11 +47,15 @@ import msgspec
 
 from relay import sdnotify
 from relay.config import Config
+from relay.signals import EarlySignals
 
 log = logging.getLogger("relay.supervisor")
 
 WORKER_ENV = "RELAY_WORKER"
 READY_ENV = "RELAY_READY_FD"
+# The read end of a pipe whose only write end the supervisor holds: a worker sees end of
+# file on it when the supervisor is gone, however it ended (kill -9 included).
+SUPERVISOR_ENV = "RELAY_SUPERVISOR_FD"
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 90.0
 
@@ -105,6 +111,7 @@ class _Worker:
     started_at: float = 0.0
     restarts: int = 0
     ready: bool = False
+    hangup: bool = False  # a SIGHUP to pass on once it is ready
 
 
 def _prepare(cfg: Config) -> None:
@@ -127,24 +134,39 @@ def _prepare(cfg: Config) -> None:
 
 
 class Supervisor:
-    def __init__(self, cfg: Config, config_file: Path, extra_args: list[str]) -> None:
+    """`lock_fd`: the state dir's lock (relay/statedir.py), passed on to every worker so
+    the state dir stays locked until the last of them has exited. `early`: signals that
+    arrived before run() installed its handlers."""
+
+    def __init__(self, cfg: Config, config_file: Path, extra_args: list[str], *,
+                 lock_fd: int = -1, early: EarlySignals | None = None) -> None:
         self.cfg = cfg
         self.count = cfg.server.workers
         self.config_file = config_file
         self.extra_args = extra_args
+        self.lock_fd = lock_fd
         self.workers = [_Worker(i) for i in range(self.count)]
-        self._stop = False
+        self._stop = early.stop if early is not None else False
         self._hup = False
+        # Workers stop when the supervisor dies (watch_supervisor below). A pipe rather
+        # than prctl(PR_SET_PDEATHSIG): it is seen whatever ends the supervisor, with no
+        # window between fork and the worker's setup (a supervisor already gone shows as
+        # end of file at once), it is not tied to the thread that forked, and the worker
+        # learns it on its event loop, so it drains (finishes transactions, commits)
+        # instead of being killed mid-commit.
+        self._alive_r, self._alive_w = os.pipe()  # neither is inherited by default
 
     def _spawn(self, w: _Worker) -> None:
         r, wfd = os.pipe()
         env = dict(os.environ)
         env[WORKER_ENV] = f"{w.index}/{self.count}"
         env[READY_ENV] = str(wfd)
+        env[SUPERVISOR_ENV] = str(self._alive_r)
         env.pop("NOTIFY_SOCKET", None)  # readiness to systemd is the supervisor's
+        fds = (wfd, self._alive_r) + ((self.lock_fd,) if self.lock_fd >= 0 else ())
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "relay", "serve", "--config", str(self.config_file),
-             *self.extra_args], env=env, pass_fds=(wfd,))
+             *self.extra_args], env=env, pass_fds=fds)
         os.close(wfd)
         os.set_blocking(r, False)
         w.ready_fd, w.ready, w.started_at = r, False, time.monotonic()
@@ -160,17 +182,34 @@ class Supervisor:
             w.ready = True
         os.close(w.ready_fd)
         w.ready_fd = -1
+        if w.ready and w.hangup and w.proc is not None:
+            w.hangup = False
+            w.proc.send_signal(signal.SIGHUP)
 
     def _signal(self, sig: int) -> None:
         for w in self.workers:
             if w.proc is not None and w.proc.poll() is None:
                 w.proc.send_signal(sig)
 
+    def _hangup(self) -> None:
+        """SIGHUP to every ready worker; one still starting gets it once ready (until
+        its loop handles SIGHUP, the signal would end it, or be lost)."""
+        for w in self.workers:
+            if w.proc is None or w.proc.poll() is not None:
+                continue
+            if w.ready:
+                w.proc.send_signal(signal.SIGHUP)
+            else:
+                w.hangup = True
+
     def run(self) -> int:
-        _prepare(self.cfg)
         signal.signal(signal.SIGTERM, lambda *_: setattr(self, "_stop", True))
         signal.signal(signal.SIGINT, lambda *_: setattr(self, "_stop", True))
+        # A SIGHUP before the workers start needs no passing on: they read the config.
         signal.signal(signal.SIGHUP, lambda *_: setattr(self, "_hup", True))
+        if self._stop:
+            return 0
+        _prepare(self.cfg)
         for w in self.workers:
             self._spawn(w)
         announced = False
@@ -201,7 +240,7 @@ class Supervisor:
                 self._spawn(w)
             if self._hup:
                 self._hup = False
-                self._signal(signal.SIGHUP)
+                self._hangup()
             if not announced and all(w.ready for w in self.workers):
                 announced = True
                 print(f"relay: ready ({self.count} workers, pids "
@@ -232,5 +271,30 @@ class Supervisor:
         return 1 if failed else 0
 
 
-def supervise(cfg: Config, config_file: Path, extra_args: list[str]) -> int:
-    return Supervisor(cfg, config_file, extra_args).run()
+def supervise(cfg: Config, config_file: Path, extra_args: list[str], *,
+              lock_fd: int = -1, early: EarlySignals | None = None) -> int:
+    return Supervisor(cfg, config_file, extra_args, lock_fd=lock_fd, early=early).run()
+
+
+def watch_supervisor(loop: asyncio.AbstractEventLoop, on_gone: Callable[[], None]) -> None:
+    """In a worker: call `on_gone` once the supervisor has exited (end of file on the
+    pipe named by $RELAY_SUPERVISOR_FD; nothing is ever written to it)."""
+    raw = os.environ.pop(SUPERVISOR_ENV, "")
+    if not raw.isdigit():
+        return
+    fd = int(raw)
+    os.set_blocking(fd, False)
+
+    def readable() -> None:
+        try:
+            if os.read(fd, 64):
+                return  # not expected; only end of file means anything
+        except BlockingIOError:
+            return
+        except OSError:
+            pass
+        loop.remove_reader(fd)
+        os.close(fd)
+        on_gone()
+
+    loop.add_reader(fd, readable)

@@ -86,6 +86,53 @@ def hash_password(password: str | bytes, *, n: int = SCRYPT_N, r: int = SCRYPT_R
     return UserRecord("scrypt", n, r, p, _b64(salt), _b64(key), now, now)
 
 
+def _record_problem(record: UserRecord) -> str:
+    """What makes a stored record unusable by verify(), or ""."""
+    if record.scheme != "scrypt":
+        return f"unknown password scheme {record.scheme!r} (expected 'scrypt')"
+    if record.n < 2 or record.n & (record.n - 1) or record.r < 1 or record.p < 1:
+        return (f"scrypt parameters n={record.n} r={record.r} p={record.p}: expected n a "
+                "power of 2 above 1, r and p at least 1")
+    if 128 * record.n * record.r > _MAXMEM:
+        return f"scrypt parameters n={record.n} r={record.r} need more than 128 MiB"
+    for field in ("salt", "hash"):
+        try:
+            raw = base64.b64decode(getattr(record, field), validate=True)
+        except ValueError:
+            return f"{field} is not base64"
+        if not raw:
+            return f"{field} is empty"
+    return ""
+
+
+def _read_file(path: Path) -> dict[str, UserRecord]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    try:
+        return msgspec.json.decode(data, type=_UsersFile).users
+    except msgspec.DecodeError as e:
+        raise UserError(f"{path} is not a valid users file: {e}") from None
+
+
+def check_file(path: Path) -> int:
+    """`users.json` as `relay serve` needs it at start: valid JSON of the right shape,
+    every record one verify() can use. Returns the number of users; raises UserError
+    naming the file (and the user) otherwise. A running server keeps its last good copy
+    when a later edit is bad; at start there is none, and running on an empty set would
+    answer every login 535."""
+    try:
+        users = _read_file(path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read: {e.strerror or e}") from None
+    for name, record in users.items():
+        problem = _record_problem(record)
+        if problem:
+            raise UserError(f"{path}: user {name!r}: {problem}")
+    return len(users)
+
+
 def check_name(name: str) -> None:
     if not _NAME_RE.match(name):
         raise UserError(f"invalid user name {name!r}: use 1-255 characters from "
@@ -138,14 +185,7 @@ class UserStore:
         return (st.st_mtime_ns, st.st_size, st.st_ino)
 
     def _read(self) -> dict[str, UserRecord]:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        try:
-            return msgspec.json.decode(data, type=_UsersFile).users
-        except msgspec.DecodeError as e:
-            raise UserError(f"{self.path} is not a valid users file: {e}") from None
+        return _read_file(self.path)
 
     def _maybe_reload(self, force: bool = True) -> None:
         now = self._clock.monotonic()

@@ -18,8 +18,11 @@ import secrets
 import struct
 from pathlib import Path
 
+from relay.statedir import StateError
+
 PREFIX = "b-"
 MAC_LEN = 10
+MIN_SECRET = 16
 _HEX = re.compile(r"^(?:[0-9a-f]{2}){1,63}$")
 
 
@@ -34,8 +37,8 @@ def _unb32(text: str) -> bytes:
 
 class Verp:
     def __init__(self, secret: bytes) -> None:
-        if len(secret) < 16:
-            raise ValueError("the VERP secret must be at least 16 bytes")
+        if len(secret) < MIN_SECRET:
+            raise ValueError(f"the VERP secret must be at least {MIN_SECRET} bytes")
         self._secret = secret
 
     @classmethod
@@ -49,7 +52,7 @@ class Verp:
         a crash there left an empty key that stopped every later start.)"""
         path = state_dir / "verp.key"
         try:
-            return cls(path.read_bytes())
+            return cls._load(path)
         except FileNotFoundError:
             pass
         state_dir.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,20 @@ class Verp:
                 os.link(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
-        return cls(path.read_bytes())
+        return cls._load(path)
+
+    @classmethod
+    def _load(cls, path: Path) -> Verp:
+        """The key in `path`; one that is too short (an empty file left by a crash, a
+        truncated copy) is a StateError: a new key would orphan every VERP address
+        already sent, so it is the operator's call, not relay's."""
+        secret = path.read_bytes()
+        if len(secret) < MIN_SECRET:
+            raise StateError(
+                f"{path}: {len(secret)} bytes, expected at least {MIN_SECRET} (relay makes "
+                "32 random bytes); restore it from a backup, or delete it to make a new one "
+                "(bounces to mail sent with the old key are then ignored)")
+        return cls(secret)
 
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:MAC_LEN]

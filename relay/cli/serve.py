@@ -1,4 +1,12 @@
-"""`relay serve`: run the relay in the foreground (systemd runs it this way)."""
+"""`relay serve`: run the relay in the foreground (systemd runs it this way).
+
+Before anything else it records early signals (relay/signals.py), then loads the config,
+locks the state dir (relay/statedir.py: one relay per state dir) and checks the state
+files it will load (relay/statecheck.py), so a second relay or a damaged file ends in one
+line naming the cause and exit code 1, never a traceback or a relay running beside another.
+A worker of `server.workers = N` does neither: its supervisor holds the lock and checked
+the state before starting it.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +28,9 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from relay.signals import EarlySignals
+
+    early = EarlySignals.install()
     cfg = load_config(args)
     from relay import logfmt
 
@@ -27,18 +38,34 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from relay.app import serve
+    from relay.statecheck import check_state
+    from relay.statedir import StateError, StateLock
     from relay.supervisor import supervise, worker_from_env
 
+    log = logging.getLogger("relay")
     path = config_path(args)
     worker = worker_from_env()
-    if worker is None and cfg.server.workers > 1:
-        # Multi-process mode: this process only supervises (relay/supervisor.py).
-        return supervise(cfg, path.resolve(), ["--log-format", args.log_format])
+    lock: StateLock | None = None
     try:
+        if worker is None:
+            lock = StateLock.acquire(cfg.state_path)
+            check_state(cfg)
+        if worker is None and cfg.server.workers > 1:
+            # Multi-process mode: this process only supervises (relay/supervisor.py);
+            # the workers inherit the lock.
+            assert lock is not None
+            return supervise(cfg, path.resolve(), ["--log-format", args.log_format],
+                             lock_fd=lock.fd, early=early)
         uvloop.run(serve(cfg, None if path == default_config_path() else path.resolve(),
-                         worker=worker))
+                         worker=worker, early=early))
+    except StateError as e:
+        log.error("cannot start: %s", e)
+        return 1
     except OSError as e:
         # The usual cause: a listen address already in use or not permitted.
-        logging.getLogger("relay").error("cannot start: %s", e)
+        log.error("cannot start: %s", e)
         return 1
+    finally:
+        if lock is not None:
+            lock.release()
     return 0

@@ -65,6 +65,7 @@ from relay.queue.records import (
     recipient_domain,
     transition,
 )
+from relay.statedir import StateError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -256,13 +257,7 @@ class QueueStore:
         self.lease_seconds = lease_seconds
         self.stats = StoreStats()
         self.path.mkdir(parents=True, exist_ok=True)
-        self.env = lmdb.open(
-            str(self.path), map_size=map_size, subdir=True, max_dbs=len(self.DBS) + 2,
-            sync=True, metasync=True, writemap=False, max_readers=512, lock=True,
-            readahead=False)
-        # Clear reader slots left by a process killed with -9.
-        self.env.reader_check()
-        self._db = {name: self.env.open_db(name.encode()) for name in self.DBS}
+        self.env = self._open(map_size)
         # Ops waiting for the writer thread (deque appends and pops are thread-safe).
         self._pending: collections.deque[_Op] = collections.deque()
         self._signal = threading.Event()          # ops queued, or closing
@@ -275,6 +270,29 @@ class QueueStore:
         # Multi-process mode (server.workers = N): (i, N) makes due()/next_due_at() see
         # only recipients whose domain is shard i, so no two processes lease one recipient.
         self.shard: tuple[int, int] | None = None
+
+    def _open(self, map_size: int) -> Any:
+        """The environment, its stale reader slots cleared and every sub-database open; a
+        file that is not a readable LMDB spool is a StateError naming it (relay refuses
+        to start on it rather than end in a traceback)."""
+        env = None
+        try:
+            env = lmdb.open(
+                str(self.path), map_size=map_size, subdir=True, max_dbs=len(self.DBS) + 2,
+                sync=True, metasync=True, writemap=False, max_readers=512, lock=True,
+                readahead=False)
+            # Clear reader slots left by a process killed with -9.
+            env.reader_check()
+            self._db = {name: env.open_db(name.encode()) for name in self.DBS}
+        except lmdb.Error as e:
+            if env is not None:
+                env.close()
+            reason = str(e).removeprefix(f"{self.path}: ")
+            raise StateError(
+                f"{self.path / 'data.mdb'}: not a usable queue ({reason}); restore it from "
+                "a backup, or move the queue directory aside to start with an empty queue"
+            ) from None
+        return env
 
     # ------------------------------------------------------------------ lifecycle
 
