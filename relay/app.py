@@ -29,7 +29,7 @@ import msgspec
 
 from relay import configsets, logfmt, sdnotify
 from relay.admin.api import AdminContext
-from relay.admin.metrics import Metrics, StateCollector
+from relay.admin.metrics import EventLogCollector, Metrics, StateCollector
 from relay.admin.server import AdminServer
 from relay.admin.tokens import TokenStore
 from relay.clock import Clock, SystemClock
@@ -217,7 +217,7 @@ class RelayApp:
             lambda: self.metrics.observe_commit(stats.last_batch, stats.last_fsync_seconds))
         events_path = Path(cfg.events.log)
         self.events = EventLog(events_path if events_path.is_absolute()
-                               else self.state_dir / events_path)
+                               else self.state_dir / events_path, self.clock)
         self.users = UserStore(self.state_dir / "users.json", self.clock, recheck=0.5)
         if cfg.server.dev_credential and not self.users.names() and not self._secondary:
             self.dev_password = secrets.token_urlsafe(18)
@@ -449,6 +449,7 @@ class RelayApp:
                                    for s in self.listeners},
             warmup=ctx.warmup_status, outbox=self.event_router.backlog,
             loop=self._loop_figures))
+        self.metrics.add_collector(EventLogCollector(self.events))
         self.admin = AdminServer(ctx, self.cfg.admin.address)
         await self.admin.start()
 

@@ -167,3 +167,27 @@ class StateCollector(Collector):
                 "relay_delivery_held_seconds", "Time delivery was held to two transactions "
                 "in flight while a burst of submissions saturated the event loop "
                 "(delivery.accept_first_max_hold)", value=held)
+
+
+class EventLogCollector(Collector):
+    """The event log's write health (relay/events/log.py), read at scrape time."""
+
+    def __init__(self, event_log: Any) -> None:
+        self.event_log = event_log
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+    def collect(self) -> Iterator[Metric]:
+        ev = self.event_log
+        yield CounterMetricFamily(
+            "relay_event_log_write_failures", "Writes to the event log file that failed "
+            "(disk full, I/O error); the events are kept and written again",
+            value=ev.write_failures)
+        yield CounterMetricFamily(
+            "relay_event_log_dropped_events", "Events the event log could not keep in "
+            "memory while its writes failed (queue events are published again at the "
+            "next start)", value=ev.dropped)
+        yield GaugeMetricFamily(
+            "relay_event_log_unwritten_events", "Events waiting in memory for the event "
+            "log file", value=ev.unwritten)

@@ -9,7 +9,10 @@ Rule 1: an operation that changes queue state and wants to report it calls
 Rule 2: after the commit, `published(events, keys)` writes them to the event log (and so
 to its subscribers: webhook outbox, metrics) and remembers the keys.
 Rule 3: staged keys are deleted a grace period after publication (so subscribers that
-buffer for a few milliseconds have committed their own copies), in one batched write.
+buffer for a few milliseconds have committed their own copies), in one batched write,
+and only once the event log has written them: while its disk is full the log keeps them
+in memory (relay/events/log.py), and an event it had to drop stays staged until the
+next start publishes it again.
 Rule 4: at start, anything still staged is published again before new work begins.
 Delivery of events is therefore at least once: a crash may repeat the events of the last
 grace period, never drop one.
@@ -30,7 +33,7 @@ import msgspec
 from relay.clock import Clock
 from relay.events.log import EventLog
 from relay.events.model import Event
-from relay.queue.store import QueueStore
+from relay.queue.store import QueueStore, StoreFull, StoreUnavailable
 from relay.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,9 @@ class EventJournal:
         self.grace = grace
         self._counter = 0
         self._pid = os.getpid() & 0xFFFFFFFF
-        self._published: list[tuple[float, list[bytes]]] = []
+        # (monotonic time of publication, staged keys, the log's sequence number of the
+        # last of their events)
+        self._published: list[tuple[float, list[bytes], int]] = []
         self._task: asyncio.Task[None] | None = None
 
     def stage(self, txn: Any, events: Sequence[Event]) -> list[bytes]:
@@ -68,9 +73,10 @@ class EventJournal:
 
     def published(self, events: Sequence[Event], keys: list[bytes]) -> None:
         """After the commit: write to the log and subscribers; forget the keys later."""
-        self.log.emit(events)
-        if keys:
-            self._published.append((self.clock.monotonic(), keys))
+        last = self.log.emit(events)
+        if keys and last is not None:
+            self._published.append((self.clock.monotonic(), keys, last))
+        # last is None: the log had no room for one of them, so they stay staged.
 
     def replay(self) -> int:
         """Publish whatever a crash left staged (call once at start, before new work)."""
@@ -81,12 +87,18 @@ class EventJournal:
                 events.append(_dec.decode(blob))
             except msgspec.DecodeError:
                 log.error("dropping an unreadable staged event (%d bytes)", len(blob))
+        last: int | None = self.log.seq
         if events:
-            self.log.emit(events)
+            last = self.log.emit(events)
             self.log.flush()  # in the file before new work starts
         if pending:
             keys = [bytes(k) for k, _ in pending]
-            if self.store.running:
+            if last is None:
+                pass  # dropped by the log (its disk is full): staged for the next start
+            elif self.log.written_seq < last:
+                # Not in the file yet: deleted once the log has written them (Rule 3).
+                self._published.append((self.clock.monotonic(), keys, last))
+            elif self.store.running:
                 # Queued, not awaited: a crash before it commits only replays them again.
                 self.store.write_soon(self._delete_op(keys)).add_done_callback(_log_failure)
             else:
@@ -103,9 +115,13 @@ class EventJournal:
         return op
 
     def _due_keys(self, force: bool = False) -> list[bytes]:
+        """Keys of events past the grace period (all with `force`) that are in the log."""
+        self.log.flush()
         horizon = self.clock.monotonic() - self.grace
+        written = self.log.written_seq
         keys: list[bytes] = []
-        while self._published and (force or self._published[0][0] <= horizon):
+        while self._published and (force or self._published[0][0] <= horizon) \
+                and self._published[0][2] <= written:
             keys += self._published.pop(0)[1]
         return keys
 
@@ -119,6 +135,8 @@ class EventJournal:
             await self.clock.sleep(self.grace)
             try:
                 await self.flush()
+            except (StoreFull, StoreUnavailable) as e:
+                log.warning("could not prune published events (%s); will retry", e)
             except Exception:
                 log.exception("could not prune published events; will retry")
 
