@@ -150,8 +150,9 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
               f"workers {workers} to exit after their supervisor was killed")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    finally:
-        for pid in workers:  # on failure: leave no orphan behind
+    finally:  # on failure: leave no process behind
+        relay.stop()
+        for pid in workers:
             if _alive(pid):
                 os.kill(pid, signal.SIGKILL)
     # The state dir is free: a new relay starts on it (and stops cleanly).
