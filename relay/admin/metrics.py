@@ -47,8 +47,8 @@ class Metrics:
                                 ["listener", "result"], registry=r)
         self.auth_failures = Counter(
             "relay_smtp_auth_failures",
-            "AUTH brute-force defence: failed (535), lockout (a failure that locked the IP or "
-            "user), locked (refused while locked, 454), too_many (per-connection cap, 421)",
+            "AUTH brute-force defence: failed (535), lockout (a failure that locked the client "
+            "address), locked (refused while locked, 454), too_many (per-connection cap, 421)",
             ["result"], registry=r)
         self.commit_batch = Histogram(
             "relay_queue_commit_batch_size", "Operations per queue group commit",

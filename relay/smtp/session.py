@@ -445,7 +445,9 @@ class SubmissionSession(SMTP):
             self._close()
             return
         policy, clock = self.ctx.auth_policy, self.ctx.clock
-        if policy.is_locked(self.client_ip, None, clock.monotonic()):
+        # Only the client address is ever locked (authpolicy): failures for this user
+        # name from other addresses never refuse its owner here.
+        if policy.is_locked(self.client_ip, clock.monotonic()):
             self._auth_event("locked")
             await self.push(str(R.AUTH_LOCKED))
             return
@@ -456,11 +458,6 @@ class SubmissionSession(SMTP):
         creds = result.auth_data
         assert isinstance(creds, LoginPassword)
         user = creds.login.decode("utf-8", "replace")
-        if policy.is_locked(self.client_ip, user, clock.monotonic()):
-            self._auth_event("locked")
-            log.info("%s: AUTH refused for %r: locked out", self.client_ip, user)
-            await self.push(str(R.AUTH_LOCKED))
-            return
         # A repeat credential is answered from the verified cache on the loop; scrypt
         # (~85 ms) runs in a thread.
         ok = self.ctx.users.verify_cached(user, creds.password) or \
@@ -475,9 +472,9 @@ class SubmissionSession(SMTP):
             return
         delay = policy.record_failure(self.client_ip, user, clock.monotonic())
         # One line per failure, and one per lockout; never the password (V9).
-        if policy.is_locked(self.client_ip, user, clock.monotonic()):
+        if policy.is_locked(self.client_ip, clock.monotonic()):
             self._auth_event("lockout")
-            log.warning("%s: AUTH failed for %r; IP or user locked out for %ds",
+            log.warning("%s: AUTH failed for %r; client address locked out for %ds",
                         self.client_ip, user, int(policy.lockout))
         else:
             self._auth_event("failed")
