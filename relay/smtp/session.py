@@ -159,6 +159,8 @@ _METHOD_NAMES: dict[type, list[str]] = {}  # SubmissionSession.__dir__, per clas
 
 
 class SubmissionSession(SMTP):
+    preadmitted = False  # set by ImplicitTlsGate: counted against the caps already
+
     def __init__(self, ctx: ListenerContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
         limits = ctx.limits
@@ -222,8 +224,11 @@ class SubmissionSession(SMTP):
         if first:
             peer = transport.get_extra_info("peername")
             self.client_ip = str(peer[0]) if peer else ""
-            self._implicit_tls = transport.get_extra_info("sslcontext") is not None
-            refusal = self.ctx.admit(self.client_ip)
+            # An implicit-TLS connection was counted, and admitted, before its handshake
+            # (relay/smtp/admission.py); it owns its slot from here on.
+            self._implicit_tls = self.preadmitted or \
+                transport.get_extra_info("sslcontext") is not None
+            refusal = None if self.preadmitted else self.ctx.admit(self.client_ip)
             self.admitted = refusal is None
             self._refusal = refusal
             self._registered = self.admitted
@@ -390,7 +395,7 @@ class SubmissionSession(SMTP):
         try:
             tls_transport = await self.loop.start_tls(
                 transport, self, self.tls_context, server_side=True,  # type: ignore[arg-type]
-                ssl_handshake_timeout=float(self.ctx.limits.idle_timeout))
+                ssl_handshake_timeout=float(self.ctx.limits.tls_handshake_timeout))
         except (OSError, ValueError, TimeoutError) as e:
             raise TLSSetupException() from e
         if tls_transport is None:  # the connection went away during the handshake
