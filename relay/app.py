@@ -320,8 +320,8 @@ class RelayApp:
                     continue
                 fb = FeedbackServer(lst, cfg.server.hostname, self.feedback,
                                     lambda: owned_domains(self.cfg), tls,
-                                    max_message_size=int(cfg.limits.max_message_size),
-                                    idle_timeout=float(cfg.limits.idle_timeout))
+                                    limits=cfg.limits, feedback=cfg.feedback)
+                self._observe_feedback(fb, str(lst.address))
                 await fb.start()
                 self.own_addresses.update(_bound(fb.sockets))
                 self.feedback_listeners.append(fb)
@@ -358,6 +358,17 @@ class RelayApp:
         ctx.admit = counted  # type: ignore[assignment]
         ctx.on_reply = self.metrics.observe_reply
         ctx.on_auth = self.metrics.observe_auth
+        server.on_accept_failure = self.metrics.observe_accept_failure
+        server.on_handshake = lambda result: self.metrics.observe_tls_gate(name, result)
+
+    def _observe_feedback(self, server: FeedbackServer, name: str) -> None:
+        """The feedback listener's metrics: sessions, refused reports, the unparsed store."""
+        server.on_session = self.metrics.observe_feedback_session
+        server.on_report = self.metrics.observe_feedback_report
+        server.on_accept_failure = self.metrics.observe_accept_failure
+        server.on_handshake = lambda result: self.metrics.observe_tls_gate(name, result)
+        self.feedback.unparsed.on_kept = self.metrics.observe_unparsed_kept
+        self.feedback.unparsed.on_dropped = self.metrics.observe_unparsed_dropped
 
     def _pool_and_lane(self, msg: Any) -> tuple[str, int]:
         credential = self.users.default_pool(msg.auth_user) if msg.auth_user else ""

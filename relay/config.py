@@ -299,6 +299,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     session_timeout: Duration = Duration(3600.0)
     max_connections: PositiveInt = 1000
     max_connections_per_ip: PositiveInt = 100
+    # A TLS handshake (implicit TLS, STARTTLS) that has not completed after this long is
+    # closed; the connection holds its slot under the caps above until then.
+    tls_handshake_timeout: Duration = Duration(10.0)
     # Authentication failures: growing delay, then a per-IP lockout.
     auth_failure_delay: Duration = Duration(0.5)
     auth_max_failures: PositiveInt = 5
@@ -307,6 +310,26 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # it may give across all its transactions (452 4.5.3 beyond).
     max_commands_per_session: PositiveInt = 100_000
     max_recipients_per_session: PositiveInt = 10_000
+
+    def __post_init__(self) -> None:
+        if self.tls_handshake_timeout <= 0:
+            raise ValueError(f"tls_handshake_timeout = {self.tls_handshake_timeout}: "
+                             "expected a duration above 0, like \"10s\"")
+
+
+class Feedback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The role = "feedback" listener (bounces and complaints from anyone on the internet).
+    # Largest report accepted (552 5.3.4 beyond); real DSNs and ARF reports are small.
+    max_message_size: Size = Size(10 * 1000 * 1000)
+    # MIME parts and multipart nesting of one report (554 5.6.0 beyond, not parsed).
+    max_mime_parts: PositiveInt = 100
+    max_mime_depth: PositiveInt = 10
+    # Reports are parsed in a separate process; one that takes longer is kept unparsed.
+    parse_timeout: Duration = Duration(30.0)
+    # Reports that cannot be parsed are kept under state_dir/feedback/unparsed/ for a
+    # look by hand; the oldest are removed beyond this total size or past this age.
+    unparsed_max_size: Size = Size(100 * 1000 * 1000)
+    unparsed_max_age: Duration = Duration(30 * 86400)
 
 
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -529,6 +552,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dns: Dns = Dns()
     delivery: Delivery = Delivery()
     limits: Limits = Limits()
+    feedback: Feedback = Feedback()
     admin: Admin = Admin()
     events: Events = Events()
     identity: list[Identity] = []

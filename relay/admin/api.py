@@ -169,6 +169,10 @@ async def _body(request: web.Request, fields: dict[str, type],
                 required: set[str]) -> dict[str, Any]:
     try:
         data = await request.json(loads=msgspec.json.decode)
+    except RecursionError:
+        # msgspec stops at the interpreter's recursion limit: a hostile body, not a bug.
+        raise BadInput("body", "body: JSON nested too deeply (expected a flat JSON "
+                               "object of strings, numbers and lists)") from None
     except (msgspec.DecodeError, ValueError):
         raise BadInput("body", "body: expected a JSON object") from None
     if not isinstance(data, dict):
@@ -575,8 +579,8 @@ _UNSUBSCRIBED_PAGE = (b"<!doctype html><meta charset=utf-8><title>Unsubscribe</t
                       b"(RFC 8058 one-click).</p>\n")
 
 
-def _unsubscribe_target(request: web.Request) -> tuple[MessageRecord, str] | None:
-    """The sent message and recipient address a genuine List-Unsubscribe token names."""
+def _unsubscribe_target(request: web.Request) -> tuple[MessageRecord, int] | None:
+    """The sent message and recipient index a genuine List-Unsubscribe token names."""
     ctx = _ctx(request)
     found = ctx.verp.decode(request.match_info["token"]) if ctx.verp is not None else None
     if found is None:
@@ -585,7 +589,26 @@ def _unsubscribe_target(request: web.Request) -> tuple[MessageRecord, str] | Non
     msg = ctx.store.sent_message(mid) or ctx.store.message(mid)
     if msg is None or not 0 <= index < len(msg.recipients):
         return None
-    return msg, msg.recipients[index]
+    return msg, index
+
+
+def _unsubscribed_key(mid: str, index: int) -> bytes:
+    # Beside the message's record in the "sent" sub-database: the id's leading 12 hex
+    # digits (its time) are kept, so prune_sent_op forgets the mark with the record,
+    # when the token stops being honoured anyway; "~" sorts after every message id.
+    return f"{mid}~unsubscribed/{index}".encode("ascii")
+
+
+def _first_unsubscribe_op(store: QueueStore, mid: str, index: int,
+                          now: float) -> Callable[[Any], bool]:
+    """Mark (message, recipient) unsubscribed; True only the first time. Check and mark
+    run in one write transaction (the store's single writer), so two POSTs at once
+    cannot both be first, and the mark is on disk: a restart does not forget it."""
+    db, key = store.named_db("sent"), _unsubscribed_key(mid, index)
+
+    def op(txn: Any) -> bool:
+        return bool(txn.put(key, msgspec.json.encode(now), db=db, overwrite=False))
+    return op
 
 
 async def unsubscribe_page(request: web.Request) -> web.Response:
@@ -607,8 +630,13 @@ async def unsubscribe(request: web.Request) -> web.Response:
     form = await request.post()
     if form.get("List-Unsubscribe") != "One-Click":
         return web.Response(status=400, text="expected List-Unsubscribe=One-Click")
-    msg, address = target
+    msg, index = target
+    address = msg.recipients[index]
     now = ctx.clock.now()
+    # Idempotent (RFC 8058 clients and link checkers may POST again): the Subscription
+    # event, and the suppression, happen for the first POST of a token only.
+    if not await ctx.store.write(_first_unsubscribe_op(ctx.store, msg.id, index, now)):
+        return web.Response(text="unsubscribed\n")
     ctx.events.emit([subscription_event(msg, address, now)])
     cs = ctx.config().configuration_set_named(msg.configuration_set) \
         if msg.configuration_set else None
@@ -681,8 +709,26 @@ ROUTES: list[tuple[str, str, Handler]] = [
 ]
 
 
+# On every response, errors and 404s included: no page of the admin server may be framed
+# (clickjacking the dashboard's buttons) or content-sniffed into another type.
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+}
+_FRAME_ANCESTORS = "frame-ancestors 'none'"
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.update(SECURITY_HEADERS)
+    csp = response.headers.get("Content-Security-Policy", "")
+    if "frame-ancestors" not in csp:
+        response.headers["Content-Security-Policy"] = (
+            f"{csp}; {_FRAME_ANCESTORS}" if csp else _FRAME_ANCESTORS)
+
+
 def make_app(ctx: AdminContext) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=1 << 20)
+    app.on_response_prepare.append(_security_headers)
     app[CTX] = ctx
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)

@@ -47,8 +47,8 @@ class Metrics:
                                 ["listener", "result"], registry=r)
         self.auth_failures = Counter(
             "relay_smtp_auth_failures",
-            "AUTH brute-force defence: failed (535), lockout (a failure that locked the IP or "
-            "user), locked (refused while locked, 454), too_many (per-connection cap, 421)",
+            "AUTH brute-force defence: failed (535), lockout (a failure that locked the client "
+            "address), locked (refused while locked, 454), too_many (per-connection cap, 421)",
             ["result"], registry=r)
         self.commit_batch = Histogram(
             "relay_queue_commit_batch_size", "Operations per queue group commit",
@@ -60,6 +60,38 @@ class Metrics:
         self.complaints = Counter(
             "relay_complaints", "Complaints (feedback loop), by the provider and source IP of "
             "the original delivery (\"other\"/\"unknown\" when not known)", labels, registry=r)
+        # The unauthenticated edges: accept() failures, implicit-TLS connections closed
+        # before their session, feedback reports refused, the unparsed-report store.
+        self.accept_failures = Counter(
+            "relay_smtp_accept_failures", "accept() failures on the SMTP listeners, by "
+            "errno (EMFILE: the process's open-file limit; ENFILE: the system's)",
+            ["errno"], registry=r)
+        self.tls_gate = Counter(
+            "relay_smtp_implicit_tls_closed", "Implicit-TLS connections closed before "
+            "their SMTP session: refused (over a connection cap, before any handshake), "
+            "timeout (limits.tls_handshake_timeout), failed (a bad handshake)",
+            ["listener", "result"], registry=r)
+        self.feedback_sessions = Counter(
+            "relay_feedback_sessions", "Connections to the feedback listener, by result "
+            "(refused: over limits.max_connections or max_connections_per_ip)",
+            ["result"], registry=r)
+        self.feedback_reports = Counter(
+            "relay_feedback_reports", "Feedback reports refused before being interpreted "
+            "(refused: over feedback.max_mime_parts or max_mime_depth)",
+            ["result"], registry=r)
+        self.unparsed_kept = Counter(
+            "relay_feedback_unparsed_kept_bytes", "Bytes of unparseable feedback mail kept "
+            "under state_dir/feedback/unparsed (each file counts at least 4 KiB)",
+            registry=r)
+        self.unparsed_dropped = Counter(
+            "relay_feedback_unparsed_dropped_bytes", "Bytes of unparseable feedback mail "
+            "removed or never kept, by reason: age (feedback.unparsed_max_age), size (the "
+            "oldest, over feedback.unparsed_max_size), too_big (one message over it)",
+            ["reason"], registry=r)
+        self.unparsed_dropped_files = Counter(
+            "relay_feedback_unparsed_dropped_files", "Unparseable feedback messages removed "
+            "or never kept, by reason (as relay_feedback_unparsed_dropped_bytes)",
+            ["reason"], registry=r)
         # For the dashboard: per provider, outcome -> count (since start).
         self.by_provider: dict[str, Tally[str]] = {}
         # (source IP, provider) of the delivery a complaint event is about, when known
@@ -100,6 +132,25 @@ class Metrics:
 
     def observe_session(self, listener: str, refusal: object | None) -> None:
         self.sessions.labels(listener, "accepted" if refusal is None else "refused").inc()
+
+    def observe_accept_failure(self, errno_name: str) -> None:
+        self.accept_failures.labels(errno_name).inc()
+
+    def observe_tls_gate(self, listener: str, result: str) -> None:
+        self.tls_gate.labels(listener, result).inc()
+
+    def observe_feedback_session(self, refusal: object | None) -> None:
+        self.feedback_sessions.labels("accepted" if refusal is None else "refused").inc()
+
+    def observe_feedback_report(self, result: str) -> None:
+        self.feedback_reports.labels(result).inc()
+
+    def observe_unparsed_kept(self, nbytes: int) -> None:
+        self.unparsed_kept.inc(nbytes)
+
+    def observe_unparsed_dropped(self, reason: str, nbytes: int) -> None:
+        self.unparsed_dropped.labels(reason).inc(nbytes)
+        self.unparsed_dropped_files.labels(reason).inc()
 
     def add_collector(self, collector: Collector) -> None:
         self.registry.register(collector)

@@ -49,6 +49,7 @@ _json = msgspec.json.Encoder()
 _enc = msgspec.msgpack.Encoder()
 _SEQ = struct.Struct(">Q")
 SIGNATURE_HEADER = "X-Relay-Signature"
+RESPONSE_READ_LIMIT = 4096  # bytes of a webhook receiver's answer read at most
 
 
 class OutboxItem(msgspec.Struct, array_like=True, tag=1):
@@ -336,9 +337,15 @@ class EventRouter:
         try:
             async with self._http.post(d.url, data=item.body, headers=headers,
                                        timeout=timeout, allow_redirects=False) as resp:
-                await resp.read()
+                # Only the status matters. A receiver's body is read up to a few KB, never
+                # whole (a 300 MB answer would be held in memory); a longer one is cut off
+                # by closing the connection rather than drained.
+                head = await resp.content.read(RESPONSE_READ_LIMIT)
+                if not resp.content.at_eof():
+                    resp.close()
                 if 200 <= resp.status < 300:
                     return None
-                return f"HTTP {resp.status}"
+                text = " ".join(head[:100].decode("ascii", "replace").split())
+                return f"HTTP {resp.status}" + (f": {text}" if text else "")
         except (aiohttp.ClientError, TimeoutError, OSError) as e:
             return f"{type(e).__name__}: {e}"

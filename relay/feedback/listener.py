@@ -4,8 +4,16 @@ Port 25 in production. No AUTH (remote MTAs do not authenticate), STARTTLS offer
 relay has a certificate, and mail accepted only for the return-path domains relay owns
 (identities' mail_from domains and server.return_path_domain / hostname): anything else
 is `550 5.7.1`, so this is never an open relay. Each message goes to the
-FeedbackProcessor; a report that cannot be parsed is kept and still answered 250 (a
-retry would not make it parseable); only a storage failure answers 451.
+FeedbackProcessor; a report that cannot be parsed is kept (in a store bounded in size
+and age, relay/feedback/unparsed.py) and still answered 250 (a retry would not make it
+parseable); only a storage failure answers 451.
+
+Anyone on the internet can connect here, so (as on the submission listeners) connections
+are capped in total and per client IP (`[limits] max_connections`,
+`max_connections_per_ip`: 421 4.7.0 beyond; on an implicit-TLS listener before the
+handshake, relay/smtp/admission.py), reports are bounded in size, MIME parts and
+nesting (552 5.3.4 / 554 5.6.0 beyond, `[feedback]`), and parsing happens in a
+separate process (relay/feedback/offload.py), never on the event loop.
 """
 
 from __future__ import annotations
@@ -20,9 +28,14 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from relay.config import Config, Listener
+from relay.config import Config, Feedback, Limits, Listener
+from relay.feedback.bounds import ReportBounds, too_many_parts
+from relay.feedback.offload import ReportParser
 from relay.feedback.processor import FeedbackProcessor
 from relay.queue.store import StoreFull, StoreUnavailable
+from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, peer_ip, raise_fd_limit
+from relay.smtp.server import ConnectionLimiter
+from relay.tasks import cancel_and_wait
 
 log = logging.getLogger("relay.feedback")
 
@@ -32,6 +45,8 @@ ACCEPTED = "250 2.0.0 OK: feedback received"
 TRY_LATER = "451 4.3.0 Temporary local problem, try again later"
 SENDER_OK = "250 2.1.0 Sender OK"
 RECIPIENT_OK = "250 2.1.5 Recipient OK"
+TOO_COMPLEX = "554 5.6.0 Report refused: {reason}"
+PRUNE_EVERY = 3600.0  # seconds between age checks of the unparsed store
 
 
 def owned_domains(cfg: Config) -> set[str]:
@@ -71,23 +86,66 @@ class _Handler:
         data = envelope.original_content or envelope.content or b""
         if isinstance(data, str):
             data = data.encode("utf-8", "surrogateescape")
+        server = self.server
+        # Cheap, on the loop: a report with thousands of parts is never parsed at all.
+        refusal = too_many_parts(data, server.bounds)
+        report = None
+        if not refusal:
+            report = await server.parser.parse(data)
+            refusal = report.refused
+        if refusal:
+            log.warning("feedback: report from %s refused: %s",
+                        getattr(smtp, "client_ip", "?"), refusal)
+            server.count("refused")
+            return TOO_COMPLEX.format(reason=refusal)
         try:
-            await self.server.processor.handle(list(envelope.rcpt_tos), data)
+            await server.processor.handle(list(envelope.rcpt_tos), data, report)
         except (StoreFull, StoreUnavailable):
             log.warning("feedback: storage unavailable, answering 451")
             return TRY_LATER
         except Exception:  # never let one report take the listener down
             log.exception("feedback: processing failed; keeping the report")
-            self.server.processor.keep_unparsed(data, "processing error")
+            await asyncio.to_thread(server.processor.keep_unparsed, data, "processing error")
         return ACCEPTED
 
 
 class _FeedbackSMTP(SMTP):
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    preadmitted = False  # set by ImplicitTlsGate: counted against the caps already
+
+    def __init__(self, server: FeedbackServer, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.server = server
+        self.client_ip = ""
+        self._counted = False
+        self._refusal: str | None = None
         # Per-instance limits (aiosmtpd's class-level dict grows on every EHLO).
         self.command_size_limits: defaultdict[str, int] = defaultdict(
             lambda: SMTP.command_size_limit, {"MAIL": SMTP.command_size_limit + 36})
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self.transport is None  # (STARTTLS calls this again with the TLS transport)
+        super().connection_made(transport)
+        if first:
+            self.client_ip = peer_ip(transport)
+            if self.preadmitted:
+                self._counted = True
+            else:
+                self._refusal = self.server.admit(self.client_ip)
+                self._counted = self._refusal is None
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.server.release(self.client_ip)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self._refusal is not None:
+            await self.push(self._refusal)
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await super()._handle_client()
 
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(NO_AUTH)
@@ -96,21 +154,50 @@ class _FeedbackSMTP(SMTP):
 class FeedbackServer:
     def __init__(self, listener: Listener, hostname: str, processor: FeedbackProcessor,
                  domains: Callable[[], Iterable[str]], ssl_context: ssl.SSLContext | None, *,
-                 max_message_size: int = 10 * 1000 * 1000, idle_timeout: float = 300.0) -> None:
+                 limits: Limits | None = None, feedback: Feedback | None = None) -> None:
         if listener.role != "feedback":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "FeedbackServer serves role \"feedback\" only")
+        limits = limits or Limits()
+        feedback = feedback or Feedback()
         self.listener = listener
         self.hostname = hostname
         self.processor = processor
         self._domains = domains
         self.ssl_context = ssl_context
-        self.max_message_size = max_message_size
-        self.idle_timeout = idle_timeout
+        self.limits = limits
+        self.max_message_size = int(feedback.max_message_size)
+        self.idle_timeout = float(limits.idle_timeout)
+        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        self.bounds = ReportBounds(feedback.max_mime_parts, feedback.max_mime_depth)
+        self.parser = ReportParser(self.bounds, float(feedback.parse_timeout))
         self._server: asyncio.Server | None = None
+        self._pruner: asyncio.Task[None] | None = None
+        # Metrics hooks: every connection (refusal or None), a report outcome ("refused"),
+        # an accept() failure (errno name), an implicit-TLS connection closed before its
+        # session ("refused", "timeout", "failed").
+        self.on_session: Callable[[object | None], None] | None = None
+        self.on_report: Callable[[str], None] | None = None
+        self.on_accept_failure: Callable[[str], None] | None = None
+        self.on_handshake: Callable[[str], None] | None = None
 
     def domains(self) -> set[str]:
         return {d.lower().rstrip(".") for d in self._domains()}
+
+    def admit(self, ip: str) -> str | None:
+        refusal = self.limiter.admit(ip)
+        if self.on_session is not None:
+            self.on_session(refusal)
+        if refusal is not None:
+            log.info("feedback: connection from %s refused: %s", ip, refusal)
+        return str(refusal) if refusal is not None else None
+
+    def release(self, ip: str) -> None:
+        self.limiter.release(ip)
+
+    def count(self, outcome: str) -> None:
+        if self.on_report is not None:
+            self.on_report(outcome)
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -122,25 +209,51 @@ class FeedbackServer:
             return int(sock.getsockname()[1])
         raise RuntimeError("the server is not started")
 
-    def _factory(self) -> SMTP:
-        implicit = self.listener.tls == "implicit"
+    def _factory(self) -> _FeedbackSMTP:
         starttls = self.listener.tls == "starttls" and self.ssl_context is not None
         return _FeedbackSMTP(
-            _Handler(self), data_size_limit=self.max_message_size, enable_SMTPUTF8=True,
-            decode_data=False, hostname=self.hostname, ident="ESMTP relay feedback",
-            tls_context=self.ssl_context if starttls and not implicit else None,
+            self, _Handler(self), data_size_limit=self.max_message_size,
+            enable_SMTPUTF8=True, decode_data=False, hostname=self.hostname,
+            ident="ESMTP relay feedback", tls_context=self.ssl_context if starttls else None,
             require_starttls=False, timeout=self.idle_timeout, auth_require_tls=True)
+
+    def _gate(self) -> ImplicitTlsGate:
+        assert self.ssl_context is not None
+        return ImplicitTlsGate(
+            ssl_context=self.ssl_context,
+            handshake_timeout=float(self.limits.tls_handshake_timeout),
+            admit=self.admit, release=self.release, session=self._factory,
+            on_handshake=self.on_handshake)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        implicit = self.listener.tls == "implicit"
+        raise_fd_limit()
+        failures = AcceptFailures.on(loop)
+        if self.on_accept_failure is not None \
+                and self.on_accept_failure not in failures.observers:
+            failures.observers.append(self.on_accept_failure)
+        implicit = self.listener.tls == "implicit" and self.ssl_context is not None
+        factory: Callable[[], asyncio.BaseProtocol] = self._gate if implicit else self._factory
         self._server = await loop.create_server(
-            self._factory, host=self.listener.address.host, port=self.listener.address.port,
-            ssl=self.ssl_context if implicit else None, reuse_address=True, backlog=128)
+            factory, host=self.listener.address.host, port=self.listener.address.port,
+            reuse_address=True, backlog=128)
+        self._pruner = asyncio.create_task(self._prune_loop(), name="feedback-unparsed-prune")
         log.info("feedback listener on %s for %s", self.listener.address,
                  ", ".join(sorted(self.domains())))
 
+    async def _prune_loop(self) -> None:
+        """Age limit of the unparsed store, also when no new junk arrives."""
+        while True:
+            try:
+                await asyncio.to_thread(self.processor.unparsed.prune)
+            except Exception:
+                log.exception("feedback: pruning the unparsed store failed")
+            await self.processor.clock.sleep(PRUNE_EVERY)
+
     async def stop(self) -> None:
+        await cancel_and_wait(self._pruner)
+        self._pruner = None
+        await self.parser.close()
         if self._server is None:
             return
         server, self._server = self._server, None

@@ -49,6 +49,7 @@ class Report:
     candidates: list[str] = field(default_factory=list)   # possible VERP return paths
     original_message_id: str = ""
     reason: str = ""                            # why a report is "unknown"
+    refused: str = ""                           # over a MIME bound: refused, not parsed
 
 
 def _field(msg: Message, name: str) -> str:
@@ -128,6 +129,11 @@ def parse(data: bytes) -> Report:
         msg = email.message_from_bytes(data, policy=compat32)
     except Exception as e:  # the email package is lenient; this is belt and braces
         return Report("unknown", reason=f"not a message: {e}")
+    return parse_message(msg)
+
+
+def parse_message(msg: Message) -> Report:
+    """`parse` of a message the email package has already read."""
     try:
         return _parse(msg)
     except Exception as e:

@@ -13,8 +13,8 @@ suppression.feedback_window after the queue forgets the message).
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from relay.config import Config
 from relay.events.log import EventLog
 from relay.events.model import complaint_event, feedback_bounce_event
 from relay.feedback.parse import RecipientStatus, Report, parse
+from relay.feedback.unparsed import UnparsedStore
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
 from relay.suppression.guard import SIMULATOR_DOMAIN
@@ -83,22 +84,18 @@ class FeedbackProcessor:
         self.clock = clock
         self.config = config
         self.unparsed_dir = state_dir / "feedback" / "unparsed"
+        # Bounded in size and age (feedback.unparsed_max_size / unparsed_max_age).
+        self.unparsed = UnparsedStore(self.unparsed_dir, clock, bounds=lambda: (
+            int(self.config().feedback.unparsed_max_size),
+            float(self.config().feedback.unparsed_max_age)))
         self.suppression = SuppressionList(store)
         self.on_reputation = on_reputation
         self.on_complaint = on_complaint
         self.handled: list[Handled] = []   # the last results, for tests and the admin API
 
     def keep_unparsed(self, data: bytes, reason: str) -> Path | None:
-        try:
-            self.unparsed_dir.mkdir(parents=True, exist_ok=True)
-            path = self.unparsed_dir / (
-                f"{int(self.clock.now() * 1000):013d}-{secrets.token_hex(4)}.eml")
-            path.write_bytes(data)
-        except OSError:
-            log.exception("feedback: could not keep an unparsed report")
-            return None
-        log.warning("feedback: kept unparsed report %s (%s)", path.name, reason)
-        return path
+        """Keep a report that could not be parsed (bounded store; blocking file I/O)."""
+        return self.unparsed.keep(data, reason)
 
     def _locate(self, addresses: list[str]) -> tuple[MessageRecord, int] | str | None:
         """The message and recipient index of the first genuine VERP token, "forged" if
@@ -114,14 +111,18 @@ class FeedbackProcessor:
             return msg, index
         return "forged"
 
-    async def handle(self, rcpt_tos: list[str], data: bytes) -> Handled:
-        """Process one report; never raises for bad input (StoreFull/Unavailable do)."""
-        report = parse(data)
+    async def handle(self, rcpt_tos: list[str], data: bytes,
+                     report: Report | None = None) -> Handled:
+        """Process one report; never raises for bad input (StoreFull/Unavailable do).
+        `report`: `data` already parsed (the listener parses off the event loop); None:
+        parsed here (trusted input, such as the mailbox simulator's)."""
+        if report is None:
+            report = parse(data)
         if report.kind == "autoreply":
             log.info("feedback: auto-reply to %s ignored", ", ".join(rcpt_tos))
             return self._done(Handled("autoreply"))
         if report.kind == "unknown":
-            self.keep_unparsed(data, report.reason)
+            await asyncio.to_thread(self.keep_unparsed, data, report.reason)
             return self._done(Handled("unparsed"))
         located = self._locate([*rcpt_tos, *report.candidates])
         if located == "forged":

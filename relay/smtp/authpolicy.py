@@ -1,10 +1,14 @@
-"""PURE brute-force defence for SMTP AUTH: per-IP and per-user failure tracking.
+"""PURE brute-force defence for SMTP AUTH: per-IP lockout, per-user slow-down.
 
 Every failure counts against the client IP and against the user name tried (lower-cased,
-whether or not the user exists, so lockout reveals nothing about which names exist).
-Each failure answers after a growing delay (base, 2×base, 4×base, … capped); after
-`max_failures` failures within the `lockout` window the key is locked for `lockout`
+whether or not the user exists, so nothing reveals which names exist). Each failure is
+answered after a growing delay (base, 2×base, 4×base, … capped), grown by whichever of
+the two counts is higher. Only the CLIENT ADDRESS is ever locked: after `max_failures`
+failures from one IP within the `lockout` window, that IP is locked for `lockout`
 seconds and AUTH answers 454 4.7.0 without checking credentials (RFC 4954 §6, V9).
+A user name is never locked: failures for it from other addresses only slow down the
+failing replies, so a stranger who knows a user name cannot lock the real user out of
+its own address (a credential keeps working while others fail for it).
 No I/O, no asyncio, no clock reads: callers pass `now` (Clock.monotonic()).
 Memory is bounded: stale entries are pruned and at most `max_entries` keys are kept.
 """
@@ -32,6 +36,10 @@ class AuthPolicy:
         self._entries: dict[str, _Entry] = {}
 
     @staticmethod
+    def _ip_key(ip: str) -> str:
+        return f"ip:{ip}"
+
+    @staticmethod
     def _keys(ip: str, user: str | None) -> list[str]:
         keys = [f"ip:{ip}"]
         if user is not None:
@@ -49,13 +57,10 @@ class AuthPolicy:
             return None
         return entry
 
-    def is_locked(self, ip: str, user: str | None, now: float) -> bool:
-        """True while the IP (or, when given, the user) is locked out."""
-        for key in self._keys(ip, user):
-            entry = self._live(key, now)
-            if entry is not None and entry.locked_until > now:
-                return True
-        return False
+    def is_locked(self, ip: str, now: float) -> bool:
+        """True while the client address is locked out (user names are never locked)."""
+        entry = self._live(self._ip_key(ip), now)
+        return entry is not None and entry.locked_until > now
 
     def record_failure(self, ip: str, user: str | None, now: float) -> float:
         """Count one failure; return the delay (seconds) to wait before answering 535."""
@@ -67,7 +72,7 @@ class AuthPolicy:
                 entry = self._entries[key] = _Entry()
             entry.failure_count += 1
             entry.last_failure_at = now
-            if 0 < self.max_failures <= entry.failure_count:
+            if key.startswith("ip:") and 0 < self.max_failures <= entry.failure_count:
                 entry.locked_until = now + self.lockout
             worst = max(worst, entry.failure_count)
         return min(self.max_delay, self.base_delay * 2 ** (worst - 1)) if worst else 0.0

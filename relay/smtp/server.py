@@ -2,7 +2,10 @@
 
 Owns the listening socket (asyncio `loop.create_server` with the aiosmtpd protocol, so it
 runs on uvloop; not aiosmtpd's threaded Controller), the total/per-IP connection caps
-(421 4.7.0 at greeting), and graceful shutdown. Policy per connection is in session.py.
+(421 4.7.0 at greeting; on an implicit-TLS listener they are applied before the TLS
+handshake, see admission.py), and graceful shutdown. Policy per connection is in
+session.py. Starting a listener raises the process's soft open-file limit to the hard one
+and has accept() failures logged and counted (`on_accept_failure`).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import logging
 import socket
 import ssl
 from collections import Counter
+from collections.abc import Callable
 
 from relay.clock import Clock
 from relay.config import Limits, Listener
 from relay.smtp import replies as R
+from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, raise_fd_limit
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.session import ListenerContext, SenderCheck, SubmissionSession, Submitter
 from relay.users import UserStore
@@ -76,6 +81,10 @@ class SubmissionServer:
         # server.workers > 1: every worker binds the same port (SO_REUSEPORT); the kernel
         # spreads new connections across them.
         self.reuse_port = False
+        # Metrics hooks: an accept() failure (errno name); an implicit-TLS connection
+        # closed before its session began ("refused", "timeout", "failed").
+        self.on_accept_failure: Callable[[str], None] | None = None
+        self.on_handshake: Callable[[str], None] | None = None
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -90,14 +99,30 @@ class SubmissionServer:
             return int(sock.getsockname()[1])
         raise RuntimeError("the server is not started")
 
+    def _implicit_tls_gate(self) -> ImplicitTlsGate:
+        ctx = self.context
+        loop = asyncio.get_running_loop()
+        # ctx.admit is read per connection: RelayApp wraps it to count sessions.
+        return ImplicitTlsGate(
+            ssl_context=ctx.ssl_context, handshake_timeout=float(
+                self.limits.tls_handshake_timeout),
+            admit=ctx.admit, release=ctx.release,
+            session=lambda: SubmissionSession(ctx, loop), on_handshake=self.on_handshake)
+
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        raise_fd_limit()
+        failures = AcceptFailures.on(loop)
+        if self.on_accept_failure is not None \
+                and self.on_accept_failure not in failures.observers:
+            failures.observers.append(self.on_accept_failure)
         ctx = self.context
         implicit = self.listener.tls == "implicit"
+        factory: Callable[[], asyncio.BaseProtocol] = (
+            self._implicit_tls_gate if implicit else lambda: SubmissionSession(ctx, loop))
+        # Implicit TLS: the gate starts the handshake itself, after admission.
         self._server = await loop.create_server(
-            lambda: SubmissionSession(ctx, loop),
-            host=self.listener.address.host, port=self.listener.address.port,
-            ssl=ctx.ssl_context if implicit else None,
+            factory, host=self.listener.address.host, port=self.listener.address.port,
             reuse_address=True, reuse_port=self.reuse_port or None, backlog=512)
         log.info("submission listener on %s (tls=%s, auth=%s)", self.listener.address,
                  self.listener.tls, self.listener.auth)

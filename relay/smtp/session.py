@@ -159,6 +159,8 @@ _METHOD_NAMES: dict[type, list[str]] = {}  # SubmissionSession.__dir__, per clas
 
 
 class SubmissionSession(SMTP):
+    preadmitted = False  # set by ImplicitTlsGate: counted against the caps already
+
     def __init__(self, ctx: ListenerContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
         limits = ctx.limits
@@ -222,8 +224,11 @@ class SubmissionSession(SMTP):
         if first:
             peer = transport.get_extra_info("peername")
             self.client_ip = str(peer[0]) if peer else ""
-            self._implicit_tls = transport.get_extra_info("sslcontext") is not None
-            refusal = self.ctx.admit(self.client_ip)
+            # An implicit-TLS connection was counted, and admitted, before its handshake
+            # (relay/smtp/admission.py); it owns its slot from here on.
+            self._implicit_tls = self.preadmitted or \
+                transport.get_extra_info("sslcontext") is not None
+            refusal = None if self.preadmitted else self.ctx.admit(self.client_ip)
             self.admitted = refusal is None
             self._refusal = refusal
             self._registered = self.admitted
@@ -390,7 +395,7 @@ class SubmissionSession(SMTP):
         try:
             tls_transport = await self.loop.start_tls(
                 transport, self, self.tls_context, server_side=True,  # type: ignore[arg-type]
-                ssl_handshake_timeout=float(self.ctx.limits.idle_timeout))
+                ssl_handshake_timeout=float(self.ctx.limits.tls_handshake_timeout))
         except (OSError, ValueError, TimeoutError) as e:
             raise TLSSetupException() from e
         if tls_transport is None:  # the connection went away during the handshake
@@ -445,7 +450,9 @@ class SubmissionSession(SMTP):
             self._close()
             return
         policy, clock = self.ctx.auth_policy, self.ctx.clock
-        if policy.is_locked(self.client_ip, None, clock.monotonic()):
+        # Only the client address is ever locked (authpolicy): failures for this user
+        # name from other addresses never refuse its owner here.
+        if policy.is_locked(self.client_ip, clock.monotonic()):
             self._auth_event("locked")
             await self.push(str(R.AUTH_LOCKED))
             return
@@ -456,11 +463,6 @@ class SubmissionSession(SMTP):
         creds = result.auth_data
         assert isinstance(creds, LoginPassword)
         user = creds.login.decode("utf-8", "replace")
-        if policy.is_locked(self.client_ip, user, clock.monotonic()):
-            self._auth_event("locked")
-            log.info("%s: AUTH refused for %r: locked out", self.client_ip, user)
-            await self.push(str(R.AUTH_LOCKED))
-            return
         # A repeat credential is answered from the verified cache on the loop; scrypt
         # (~85 ms) runs in a thread.
         ok = self.ctx.users.verify_cached(user, creds.password) or \
@@ -475,9 +477,9 @@ class SubmissionSession(SMTP):
             return
         delay = policy.record_failure(self.client_ip, user, clock.monotonic())
         # One line per failure, and one per lockout; never the password (V9).
-        if policy.is_locked(self.client_ip, user, clock.monotonic()):
+        if policy.is_locked(self.client_ip, clock.monotonic()):
             self._auth_event("lockout")
-            log.warning("%s: AUTH failed for %r; IP or user locked out for %ds",
+            log.warning("%s: AUTH failed for %r; client address locked out for %ds",
                         self.client_ip, user, int(policy.lockout))
         else:
             self._auth_event("failed")
