@@ -16,8 +16,8 @@ import re
 # atext (RFC 5322 §3.2.3) plus any non-ASCII character (RFC 6531 §3.3 UTF8-non-ascii).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]+"
 _DOT_ATOM = re.compile(rf"{_ATOM}(?:\.{_ATOM})*")
-# qtextSMTP / quoted-pairSMTP (RFC 5321 §4.1.2), UTF-8 allowed.
-_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]|\\[\x20-\x7e])*"')
+# qtextSMTP / quoted-pairSMTP (RFC 5321 §4.1.2), UTF-8 allowed; not empty (""@x is no one).
+_QUOTED = re.compile(r'"(?:[\x20\x21\x23-\x5b\x5d-\x7e\x80-\U0010ffff]|\\[\x20-\x7e])+"')
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 MAX_LOCAL_PART = 64  # octets (RFC 5321 §4.5.3.1.1)
 MAX_DOMAIN = 255

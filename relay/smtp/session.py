@@ -165,6 +165,7 @@ _SIMPLE_PATH = re.compile(
     rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*")
 
 
+_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd, when it cannot parse a path
 _METHOD_NAMES: dict[type, list[str]] = {}  # SubmissionSession.__dir__, per class
 
 
@@ -197,6 +198,7 @@ class SubmissionSession(SMTP):
         self._registered = False
         self._implicit_tls = False
         self._in_data = False
+        self._in_rcpt = False
         self.message_count = 0
         self.recipient_count = 0  # accepted RCPTs across the session's transactions
         self.auth_attempts = 0
@@ -331,6 +333,8 @@ class SubmissionSession(SMTP):
             self._close()
             return
         if isinstance(status, str):
+            if self._in_rcpt and status == _MALFORMED:
+                status = str(R.BAD_RECIPIENT)
             if isinstance(self._reader, _CommandReader) and self._reader.bad_line_ending:
                 self._reader.bad_line_ending = False
                 if status == "500 Error: bad syntax":
@@ -578,7 +582,11 @@ class SubmissionSession(SMTP):
             if path is not None and path.startswith("<@"):
                 await self.push(str(R.SOURCE_ROUTE))
                 return
-        await super().smtp_RCPT(arg)
+        self._in_rcpt = True  # aiosmtpd's "553 malformed address" is answered as ours
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._in_rcpt = False
 
     async def _hook_mail(self, address: str, options: list[str]) -> str:
         assert self.envelope is not None
