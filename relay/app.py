@@ -310,8 +310,10 @@ class RelayApp:
         # One lockout tracker for every listener: a lockout on 587 holds on 465 too.
         auth_policy = AuthPolicy(cfg.limits.auth_failure_delay, cfg.limits.auth_max_failures,
                                  cfg.limits.auth_lockout)
-        sender_check = (SenderPolicy(self.identities, self.users)
-                        if cfg.server.sender_authorization == "verified" else None)
+        # "off" still holds a credential to its explicit allow list (relay user add --allow).
+        sender_check = SenderPolicy(
+            self.identities, self.users,
+            require_verified=cfg.server.sender_authorization == "verified")
         for lst in cfg.listener:
             if lst.role == "feedback":
                 if self._secondary:

@@ -310,6 +310,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # it may give across all its transactions (452 4.5.3 beyond).
     max_commands_per_session: PositiveInt = 100_000
     max_recipients_per_session: PositiveInt = 10_000
+    # Received: header fields a submitted message may carry (Postfix hopcount_limit); past
+    # it the message is refused at DATA (554 5.4.6), so a mail loop ends.
+    max_hop_count: PositiveInt = 50
 
     def __post_init__(self) -> None:
         if self.tls_handshake_timeout <= 0:

@@ -350,12 +350,15 @@ async def suppression_add(request: web.Request) -> web.Response:
 
 
 async def suppression_remove(request: web.Request) -> web.Response:
+    """No syntax check (unlike add): whatever is on the list can be taken off it, an
+    entry that is no valid address included."""
     ctx = _ctx(request)
-    address = _address(request.match_info["address"])
-    removed = await ctx.store.write(SuppressionList(ctx.store).remove_op([address]))
-    if not removed:
-        return _error(404, f"{address} is not on the suppression list", "address")
-    return _json({"address": address, "removed": True})
+    raw = request.match_info["address"]
+    removed = await ctx.store.write(SuppressionList(ctx.store).remove_one_op(raw))
+    if removed is None:
+        return _error(404, f"{normalize(raw) or raw!r} is not on the suppression list",
+                      "address")
+    return _json({"address": removed, "removed": True})
 
 
 # ------------------------------------------------------------------ identities, warm-up

@@ -102,13 +102,15 @@ def cmd_add(args: argparse.Namespace) -> int:
 
 
 def cmd_remove(args: argparse.Namespace) -> int:
+    # No syntax check: any listed entry can be removed, a malformed one included.
     store = _open(load_config(args))
     try:
-        removed = store.write_now(SuppressionList(store).remove_op(list(args.addresses)))
+        removed = store.write_now(SuppressionList(store).remove_op(
+            list(dict.fromkeys(args.addresses))))
     finally:
         store.close_sync()
     print(f"removed {removed} address(es)")
-    return 0 if removed == len(set(map(normalize, args.addresses))) else 1
+    return 0 if removed == len(set(args.addresses)) else 1
 
 
 def _row(e: Entry) -> dict[str, str]:

@@ -54,9 +54,16 @@ INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal error, try again later")
 
 # --- permanent failures --------------------------------------------------------------
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
+# A STARTTLS listener that requires AUTH, before STARTTLS (AUTH is not offered yet).
+STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")
 # Sending authorization (identities): text is replaced by the reason naming the address.
 SENDER_NOT_AUTHORIZED = Reply(550, "5.7.1", "Sender address rejected")
 MESSAGE_REJECTED = Reply(554, "5.7.1", "Message rejected")
+# Postfix's wording for a message past its hop limit (a mail loop).
+TOO_MANY_HOPS = Reply(554, "5.4.6", "Too many hops")
+# A field RFC 5322 §3.6 allows once, given twice (Gmail: "Multiple 'From' headers").
+HEADER_REPEATED = Reply(554, "5.6.0", "Message rejected: more than one '{name}' header "
+                                      "field (RFC 5322 allows one)")
 # SES: "554 Configuration Set does not exist: Configuration set <name> does not exist."
 CONFIGURATION_SET_UNKNOWN = Reply(554, "5.3.0", "Configuration Set does not exist: "
                                                 "Configuration set {name} does not exist.")
@@ -94,8 +101,7 @@ _EXACT: dict[str, Reply] = {
     "500 Error: strict ASCII mode": Reply(500, "5.6.7", "Error: strict ASCII mode"),
     "554 Command refused due to lack of security": Reply(554, "5.7.0", "Command refused due "
                                                                         "to lack of security"),
-    "530 Must issue a STARTTLS command first": Reply(530, "5.7.0", "Must issue a STARTTLS "
-                                                                    "command first"),
+    "530 Must issue a STARTTLS command first": STARTTLS_FIRST,
     "503 Error: send HELO first": Reply(503, "5.5.1", "Error: send HELO first"),
     "503 Error: send EHLO first": NEED_EHLO,
     "503 Already authenticated": ALREADY_AUTHENTICATED,

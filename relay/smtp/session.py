@@ -16,6 +16,7 @@ import functools
 import ipaddress
 import logging
 import re
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -27,8 +28,16 @@ from relay.clock import Clock
 from relay.config import Limits, Listener
 from relay.queue.store import NewMessage, StoreFull, StoreUnavailable
 from relay.smtp import replies as R
+from relay.smtp.address import recipient_syntax_error
 from relay.smtp.authpolicy import AuthPolicy
-from relay.smtp.message import extract_headers, header_addresses, received_header
+from relay.smtp.message import (
+    complete_header_section,
+    extract_headers,
+    header_addresses,
+    header_refusal,
+    received_header,
+    scan_header_section,
+)
 from relay.users import UserStore
 
 log = logging.getLogger(__name__)
@@ -58,7 +67,8 @@ class MessageRefused(Exception):
 
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-# Sending authorization: (user or None for a trusted client, address) -> refusal text or None.
+# Sending authorization: (user or None for a trusted client, address) -> refusal text or
+# None. The address is "" for a message with no From: address.
 SenderCheck = Callable[[str | None, str], str | None]
 
 
@@ -155,6 +165,7 @@ _SIMPLE_PATH = re.compile(
     rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*")
 
 
+_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd, when it cannot parse a path
 _METHOD_NAMES: dict[type, list[str]] = {}  # SubmissionSession.__dir__, per class
 
 
@@ -189,6 +200,7 @@ class SubmissionSession(SMTP):
         self._registered = False
         self._implicit_tls = False
         self._in_data = False
+        self._in_rcpt = False
         self.message_count = 0
         self.recipient_count = 0  # accepted RCPTs across the session's transactions
         self.auth_attempts = 0
@@ -303,6 +315,14 @@ class SubmissionSession(SMTP):
         authenticated = self.session is not None and bool(self.session.authenticated)
         return authenticated or self.ctx.is_trusted(self.client_ip)
 
+    def _not_allowed_reply(self) -> R.Reply:
+        """Why a client that may not send is refused: on a STARTTLS listener that requires
+        AUTH, before STARTTLS, AUTH is not even offered yet, so TLS is the next step."""
+        if self.ctx.listener.auth == "required" and self.tls_context is not None \
+                and not self.tls_active:
+            return R.STARTTLS_FIRST
+        return R.AUTH_REQUIRED
+
     # --- replies ---------------------------------------------------------------------------
 
     async def push(self, status: AnyStr) -> None:
@@ -318,6 +338,8 @@ class SubmissionSession(SMTP):
             self._close()
             return
         if isinstance(status, str):
+            if self._in_rcpt and status == _MALFORMED:
+                status = str(R.BAD_RECIPIENT)
             if isinstance(self._reader, _CommandReader) and self._reader.bad_line_ending:
                 self._reader.bad_line_ending = False
                 if status == "500 Error: bad syntax":
@@ -537,7 +559,7 @@ class SubmissionSession(SMTP):
             self._close()
             return
         if self.session.host_name and not self.may_send():
-            await self.push(str(R.AUTH_REQUIRED))
+            await self.push(str(self._not_allowed_reply()))
             return
         if arg is not None:
             if _has_control(arg):
@@ -552,7 +574,7 @@ class SubmissionSession(SMTP):
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert self.session is not None
         if self.session.host_name and not self.may_send():
-            await self.push(str(R.AUTH_REQUIRED))
+            await self.push(str(self._not_allowed_reply()))
             return
         if arg is not None:
             if _has_control(arg):
@@ -562,7 +584,11 @@ class SubmissionSession(SMTP):
             if path is not None and path.startswith("<@"):
                 await self.push(str(R.SOURCE_ROUTE))
                 return
-        await super().smtp_RCPT(arg)
+        self._in_rcpt = True  # aiosmtpd's "553 malformed address" is answered as ours
+        try:
+            await super().smtp_RCPT(arg)
+        finally:
+            self._in_rcpt = False
 
     async def _hook_mail(self, address: str, options: list[str]) -> str:
         assert self.envelope is not None
@@ -581,6 +607,11 @@ class SubmissionSession(SMTP):
         assert self.envelope is not None
         if _has_control(address):
             return str(R.BAD_RECIPIENT)
+        # Never queued, so never looked up in DNS, bounced or suppressed.
+        why = recipient_syntax_error(address)
+        if why is not None:
+            log.info("%s: RCPT TO <%s> refused: %s", self.client_ip, address, why)
+            return str(R.BAD_RECIPIENT.with_text(f"{R.BAD_RECIPIENT.text} ({why})"))
         if len(self.envelope.rcpt_tos) >= self.ctx.limits.max_recipients:
             return str(R.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10: 452, not 552
         if self.recipient_count >= self.ctx.limits.max_recipients_per_session:
@@ -610,7 +641,7 @@ class SubmissionSession(SMTP):
         if await self.check_helo_needed():
             return
         if not self.may_send():
-            await self.push(str(R.AUTH_REQUIRED))
+            await self.push(str(self._not_allowed_reply()))
             return
         assert self.envelope is not None
         if not self.envelope.rcpt_tos:
@@ -679,17 +710,30 @@ class SubmissionSession(SMTP):
         parts.insert(0, trace)
         body = b"".join(parts)  # the only whole copy of the message
         parts.clear()
-        headers, tags = extract_headers(body)  # looks at the header block only
-        refusal = self._check_from(headers.get("From"))
+        # The client's header section (after our trace line), read once: the hop limit,
+        # RFC 5322 §3.6's one-of-each fields, and the one From that will be delivered.
+        max_hops = self.ctx.limits.max_hop_count
+        section = scan_header_section(body, len(trace), max_hops)
+        fault = header_refusal(section, max_hops)
+        end = section.end
+        if fault is None:
+            body, _, end = complete_header_section(
+                body, section, hostname=self.ctx.hostname, now=self.ctx.clock.now(),
+                unique=str(uuid.uuid4()))
+        headers, tags = extract_headers(body, section.start, end)
+        refusal = self._check_from(section.from_value) if fault is None else None
+        if refusal is not None:
+            fault = R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}")
         msg = NewMessage(
             sender=envelope.mail_from or "", recipients=recipients, body=body,
             client_ip=self.client_ip, helo=self.session.host_name or "",
             auth_user=self.auth_user, headers=headers, tags=tags)
-        if refusal is not None:
-            log.info("%s: message refused: %s", self.client_ip, refusal)
+        if fault is not None:
+            reason = refusal or fault.text
+            log.info("%s: message refused: %s", self.client_ip, reason)
             if self.ctx.on_reject is not None:
-                self.ctx.on_reject(msg, refusal)
-            return str(R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}")), False
+                self.ctx.on_reject(msg, reason)
+            return str(fault), False
         sent: list[str] = []
         try:
             queue_id = await self.ctx.submitter.submit(
@@ -729,13 +773,14 @@ class SubmissionSession(SMTP):
 
 
     def _check_from(self, value: str | None) -> str | None:
-        """Every From: address must be an identity this client may send as."""
+        """Every address of the message's one From: must be an identity this client may
+        send as; the check is asked about "" when there is none."""
         check = self.ctx.sender_check
         if check is None:
             return None
         addresses = header_addresses(value or "")
         if not addresses:
-            return "the message has no From: address"
+            return check(self.auth_user or None, "")
         for address in addresses:
             reason = check(self.auth_user or None, address)
             if reason is not None:

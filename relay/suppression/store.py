@@ -92,9 +92,31 @@ class SuppressionList:
         return op
 
     def remove_op(self, addresses: list[str]) -> Callable[[Any], int]:
+        """Take `addresses` off the list; return how many of them removed an entry.
+
+        No syntax check: every entry on the list can be removed by the address the list
+        shows, even one that is no valid address (listed before relay refused such
+        recipients at RCPT) or whose text normalizes to another (" a@b"). Each address is
+        tried as given, then normalized."""
         db = self._db()
 
         def op(txn: Any) -> int:
-            return sum(1 for a in addresses
-                       if txn.delete(normalize(a).encode("utf-8"), db=db))
+            return sum(1 for a in addresses if _remove(txn, db, a) is not None)
         return op
+
+    def remove_one_op(self, address: str) -> Callable[[Any], str | None]:
+        """Like `remove_op` for one address: the listed address it removed, or None."""
+        db = self._db()
+        return lambda txn: _remove(txn, db, address)
+
+
+_MAX_KEY = 511  # LMDB's key size limit: no longer key can be on the list
+
+
+def _remove(txn: Any, db: Any, address: str) -> str | None:
+    removed = None
+    for text in dict.fromkeys((address, normalize(address))):
+        key = text.encode("utf-8", "surrogatepass")
+        if 0 < len(key) <= _MAX_KEY and txn.delete(key, db=db):
+            removed = text
+    return removed
