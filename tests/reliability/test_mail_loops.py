@@ -3,7 +3,7 @@ unspecified address (0.0.0.0/8, ::) loops whatever the port, because the kernel 
 it to this host; on port 25 any address of this host (all of 127.0.0.0/8, ::1, the
 interface addresses) loops for the routes relay did not choose, as in Postfix. Each is
 554 5.4.6 "mail for X loops back to myself", and nothing is connected to. Real loopback
-DNS (relay.testing.dnsserver), a real sink, and a whole in-process RelayApp whose own
+DNS (relay.testing.dnsserver) and a whole in-process RelayApp whose own
 listener counts every connection it gets.
 """
 
@@ -28,7 +28,6 @@ from relay.dns.route import RouteFailure, Target, Targets, is_unspecified, loops
 from relay.events.log import read_events
 from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
-from relay.testing.sink import Sink
 
 ZONE = {
     "zero.test": [("MX", "10 mx.zero.test")],
