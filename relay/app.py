@@ -226,7 +226,7 @@ class RelayApp:
         self.router = Router(cfg.delivery, self.resolver, self.rng, mta_sts=MtaSts(
             self.resolver, self.state_dir, self.clock,
             timeout=float(cfg.delivery.mta_sts_timeout)) if cfg.delivery.mta_sts else None,
-            own_addresses=self.own_addresses)
+            own_addresses=self.own_addresses, clock=self.clock)
         self.sender = Sender(cfg.delivery, hostname=cfg.server.hostname, clock=self.clock)
         # Below the shaper: one log line and one metric per attempted transaction.
         self.attempts = RecordingSender(self.sender, provider_map(cfg),

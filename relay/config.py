@@ -274,7 +274,8 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     routes: dict[str, NextHop] = {}
     # Source address to bind for outbound connections (empty: the kernel's choice).
     source_address: str = ""
-    # Verify the remote MX certificate when tls = require.
+    # Verify the remote MX certificate (chain and host name) whenever TLS is required:
+    # delivery.tls = "require" or a configuration set's tls = "require".
     verify_certificates: bool = False
     # Honour destinations' MTA-STS policies (RFC 8461): under "enforce", only the policy's
     # MX hosts, STARTTLS with a verified certificate, else a 4.7.5 deferral.
@@ -287,6 +288,12 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # MX/A answers pointing into these networks (CIDRs) are not connected to; a domain left
     # with no other address is deferred (451 4.4.4). Fixed next hops (routes) are exempt.
     deny_networks: list[Network] = []
+    # Per delivery attempt: the MX addresses considered at most (the first in preference
+    # order), and the SMTP sessions (connections that got a greeting) opened at most
+    # (Postfix's smtp_mx_address_limit and smtp_mx_session_limit). A domain with 100 MX
+    # hosts cannot make relay connect to 100 hosts.
+    mx_address_limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 5
+    mx_session_limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 2
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

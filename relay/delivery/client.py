@@ -18,15 +18,20 @@ Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
   the STARTTLS exchange or handshake fails, that host is retried once in
   plaintext (what opportunistic TLS means in practice; Postfix does the same
   with smtp_tls_security_level = may).
-- tls = "require": no STARTTLS offered, or it fails → that target is skipped
-  with `451 4.7.5 TLS required but not available`; never DATA in plaintext.
-  Certificates are verified (against the MX host name) when
-  delivery.verify_certificates is set.
+- tls = "require" (delivery.tls, or a configuration set's tls passed per call):
+  no STARTTLS offered, or it fails → that target is skipped with `451 4.7.5 TLS
+  required but not available`; never DATA in plaintext. Certificates are
+  verified (chain and MX host name) when delivery.verify_certificates is set,
+  whichever of the two asked for "require".
 - tls = "verify" (an MTA-STS enforce policy, RFC 8461 §4.2; set per call or on a
   target, `Target.tls`): "require", and the certificate must verify for the MX
   host name whatever delivery.verify_certificates says. The strictest of the
   config, the call and the targets applies; a pooled connection is reused only
   if it was made at least as strictly.
+- Per attempt (one `send()`), at most delivery.mx_session_limit sessions are
+  opened (Postfix's smtp_mx_session_limit): a session is a connection that got a
+  greeting, whatever it said; connections refused, timed out or dropped before a
+  greeting count only against the addresses routing gave (mx_address_limit).
 - One transaction per message: RCPT for each recipient, per-recipient RCPT
   replies recorded; the DATA reply applies to every accepted recipient.
 - PIPELINING (RFC 2920 §3.1) when the server offers it: MAIL, every RCPT and
@@ -159,6 +164,13 @@ class _Conn:
     verified: bool = False  # the certificate was checked against host_name
     rset_needed: bool = False  # the last transaction was abandoned half-way
     destination: str = ""   # the destination its last transaction was for
+
+
+@dataclass
+class _Sessions:
+    """The sessions one attempt may still open (delivery.mx_session_limit)."""
+
+    left: int
 
 
 class _TargetFailed(Exception):
@@ -398,9 +410,12 @@ class Sender:
 
     `Sender(delivery, hostname=..., clock=SystemClock(), tls_context=None)`:
     `delivery` is the config's [delivery] section; `hostname` the EHLO name
-    (config server.hostname); `tls_context` overrides the client TLS context
-    (tests pass one trusting a trustme CA together with verify_certificates);
-    `verify_context` the one for tls = "verify" (default: the system trust store);
+    (config server.hostname); `tls_context` overrides the client TLS context of
+    connections that need no verified certificate (default: one that verifies nothing);
+    `verify_context` the one for connections that do: tls = "verify", and tls =
+    "require" with delivery.verify_certificates (default: `tls_context` when one is
+    given together with verify_certificates, as tests trusting a trustme CA do, else the
+    system trust store);
     delivery.max_idle_connections caps the idle connections kept across all pool keys
     (the oldest idle one is closed to make room).
     """
@@ -418,18 +433,18 @@ class Sender:
         self._reaper: asyncio.Task[None] | None = None
         self._reaping = asyncio.Lock()   # one reap pass at a time
         self._closed = False
-        self._verify = delivery.tls == "require" and delivery.verify_certificates
+        # Whether "require" also verifies: the same meaning whether delivery.tls or a
+        # configuration set asked for it.
+        self._verify = delivery.verify_certificates
         if tls_context is not None:
             self._tls_context = tls_context
-        elif self._verify:
-            self._tls_context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
         else:
             ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
             self._tls_context = ctx
         if verify_context is None:
-            verify_context = (self._tls_context if self._verify
+            verify_context = (tls_context if tls_context is not None and self._verify
                               else ssl.create_default_context(ssl.Purpose.SERVER_AUTH))
         self._verify_context = verify_context
 
@@ -472,16 +487,18 @@ class Sender:
             return msgspec.structs.replace(part, recipients=list(recipients), outcomes=merged)
         conn: _Conn | None = None
         try:
+            sessions = _Sessions(self._cfg.mx_session_limit)
             conn = await self._take(destination, targets, src,
                                     need_tls=policy in ("require", "verify"),
-                                    need_verified=policy == "verify")
+                                    need_verified=self._verifies(policy))
             reused = conn is not None
             if conn is not None and conn.site != site:
                 # Opened for another site sharing this MX host: it counts against ours now.
                 await self._claim(conn, site, max_connections)
             if conn is None:
                 conn, failed = await self._open_site(site, max_connections, destination,
-                                                     targets, src, ehlo, policy)
+                                                     targets, src, ehlo, policy,
+                                                     sessions)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
             conn.destination = destination
@@ -492,7 +509,8 @@ class Sender:
                 dead, conn = conn, None
                 await self._discard(dead)
                 conn, failed = await self._open_site(site, max_connections, destination,
-                                                     targets, src, ehlo, policy)
+                                                     targets, src, ehlo, policy,
+                                                     sessions)
                 if conn is None:
                     return TransactionResult(list(recipients), [failed] * len(recipients))
                 conn.destination = destination
@@ -665,7 +683,8 @@ class Sender:
 
     async def _open_site(self, site: str, limit: int, destination: str,
                          targets: Sequence[Target], src: str, ehlo: str | None,
-                         policy: str | None) -> tuple[_Conn | None, Outcome]:
+                         policy: str | None,
+                         sessions: _Sessions) -> tuple[_Conn | None, Outcome]:
         """_open_any, within `site`'s connection limit (the shaper keeps the transactions
         under way below it, so at the limit at least one of the site's is idle)."""
         victims = self._site_victims(site, limit)
@@ -675,7 +694,8 @@ class Sender:
         if victims:
             await asyncio.gather(*(self._discard(c, polite=True) for c in victims))
         try:
-            conn, failed = await self._open_any(destination, targets, src, ehlo, policy)
+            conn, failed = await self._open_any(destination, targets, src, ehlo, policy,
+                                                sessions)
         except BaseException:
             if site:
                 self._site_open[site] -= 1
@@ -714,28 +734,41 @@ class Sender:
     # ------------------------------------------------------------------ connect
 
     async def _open_any(self, destination: str, targets: Sequence[Target],
-                        src: str, ehlo: str | None = None,
-                        policy: str | None = None) -> tuple[_Conn | None, Outcome]:
+                        src: str, ehlo: str | None = None, policy: str | None = None,
+                        sessions: _Sessions | None = None) -> tuple[_Conn | None, Outcome]:
+        """The first target (in order) that completes greeting, EHLO and TLS; at most
+        `sessions.left` of those tried get as far as a greeting."""
+        if sessions is None:
+            sessions = _Sessions(self._cfg.mx_session_limit)
         last = from_failure("unreachable", destination, "no usable host")
         for target in targets:
             plaintext = False
-            while True:
+            while sessions.left > 0:
                 try:
-                    return await self._open(target, src, plaintext, ehlo, policy), last
+                    return await self._open(target, src, plaintext, ehlo, policy,
+                                            sessions), last
                 except _TargetFailed as f:
                     last = f.outcome
                     if f.plaintext_retry and not plaintext:
                         plaintext = True
                         continue
                     break
+            if sessions.left <= 0:
+                break
         return None, last
 
+    def _verifies(self, policy: str | None) -> bool:
+        """Whether a connection under `policy` needs a verified certificate."""
+        level = policy or self._cfg.tls
+        return level == "verify" or (level == "require" and self._verify)
+
     async def _open(self, target: Target, src: str, plaintext: bool,
-                    ehlo: str | None = None, policy: str | None = None) -> _Conn:
+                    ehlo: str | None = None, policy: str | None = None,
+                    sessions: _Sessions | None = None) -> _Conn:
         cfg = self._cfg
         level = policy or cfg.tls
         require = level in ("require", "verify")
-        verify = level == "verify" or (require and self._verify)
+        verify = self._verifies(level)
         name = _remote_name(target.host_name, target.address)
         smtp = aiosmtplib.SMTP(
             hostname=target.address, port=target.port, local_hostname=ehlo or self._hostname,
@@ -743,7 +776,14 @@ class Sender:
             start_tls=False, tls_context=self._tls_context)
         stage = "connect"
         try:
-            await smtp.connect(timeout=cfg.connect_timeout)
+            try:
+                await smtp.connect(timeout=cfg.connect_timeout)
+            except SMTPResponseException:  # a greeting, refusing: a session all the same
+                if sessions is not None:
+                    sessions.left -= 1
+                raise
+            if sessions is not None:
+                sessions.left -= 1
             _PipeliningProtocol.adopt(smtp)
             stage = "ehlo"
             await self._hello(smtp)
@@ -756,7 +796,7 @@ class Sender:
                 stage = "starttls"
                 server_name = target.host_name.rstrip(".") or None
                 await smtp.starttls(server_hostname=server_name,
-                                    tls_context=self._verify_context if level == "verify"
+                                    tls_context=self._verify_context if verify
                                     else self._tls_context,
                                     timeout=cfg.command_timeout)
                 await self._hello(smtp)

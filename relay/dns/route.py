@@ -1,9 +1,10 @@
 """Where mail for a domain goes: the pure decision from DNS answers to a Route.
 
 Owns: RFC 5321 §5.1 (MX preference order, random among equal preference, implicit MX),
-RFC 7505 (null MX), transport-map style fixed next hops, targets that loop back to
-relay's own listeners (554 5.4.6) or lie in delivery.deny_networks (451 4.4.4), and the
-SMTP reply for each failure. Must not do I/O or import dnspython/asyncio:
+RFC 7505 (null MX), transport-map style fixed next hops, targets that loop back to this
+host (554 5.4.6: see `loops_to_self`) or lie in delivery.deny_networks (451 4.4.4), the
+bound on the addresses one attempt may try (delivery.mx_address_limit), and the SMTP
+reply for each failure. Must not do I/O or import dnspython/asyncio:
 relay/delivery/routing.py asks the Resolver and hands the answers to these functions.
 Randomness comes in as random.Random.
 """
@@ -258,6 +259,20 @@ def _ip(text: str) -> IpAddress | None:
     return ip
 
 
+# The SMTP port: where a host's MTA listens (Postfix checks for loops only on it).
+SMTP_PORT = 25
+
+# "This host on this network" (RFC 1122 §3.2.1.3, RFC 6890) and the IPv6 unspecified
+# address: never a destination. Linux connects 0.0.0.0 (and ::) to the host itself.
+_THIS_HOST = (ipaddress.ip_network("0.0.0.0/8"), ipaddress.ip_network("::/128"))
+
+
+def is_unspecified(address: str) -> bool:
+    """0.0.0.0/8 or :: (an IPv4-mapped one too): an address that reaches this host."""
+    ip = _ip(address)
+    return ip is not None and any(ip.version == n.version and ip in n for n in _THIS_HOST)
+
+
 def is_own(address: str, port: int, own: Collection[tuple[str, int]],
            local: Collection[str] = ()) -> bool:
     """Whether (address, port) reaches one of relay's own listening sockets.
@@ -283,6 +298,33 @@ def is_own(address: str, port: int, own: Collection[tuple[str, int]],
     return False
 
 
+def is_host_address(address: str, local: Collection[str] = ()) -> bool:
+    """Whether `address` is one of this host's: unspecified, loopback (all of 127.0.0.0/8,
+    ::1) or in `local` (the interface addresses the caller found)."""
+    ip = _ip(address)
+    if ip is None:
+        return False
+    return is_unspecified(address) or ip.is_loopback or any(_ip(a) == ip for a in local)
+
+
+def loops_to_self(address: str, port: int, own: Collection[tuple[str, int]],
+                  local: Collection[str] = (), *, host_on_smtp_port: bool = False) -> bool:
+    """Whether delivering to (address, port) would reach this host's own mail service.
+
+    Always: an unspecified address (0.0.0.0/8, ::), whatever the port, since the kernel
+    connects it to this host; and any address that reaches one of relay's listeners
+    (`is_own`). With `host_on_smtp_port` (routes relay did not choose: MX, implicit MX,
+    address literals): also any address of this host on port 25, as Postfix does (its
+    loop check is on for port 25 and matches every address it receives mail on): there
+    the host's mail service is relay, a proxy in front of it, or a local MTA that may
+    hand the mail back. Other ports are left to the listener check, so a content filter
+    or a test sink on a loopback port is not a loop.
+    """
+    if is_unspecified(address) or is_own(address, port, own, local):
+        return True
+    return host_on_smtp_port and port == SMTP_PORT and is_host_address(address, local)
+
+
 def parse_networks(cidrs: Sequence[str]) -> list[IpNetwork]:
     return [ipaddress.ip_network(c, strict=False) for c in cidrs]
 
@@ -299,15 +341,25 @@ def denied_by(address: str, networks: Sequence[IpNetwork]) -> IpNetwork | None:
 
 
 def without_loops(domain: str, route: Route, own: Collection[tuple[str, int]],
-                  local: Collection[str] = ()) -> Route:
-    """`route` without the targets that are relay's own listeners (see is_own); none
-    left → 554 5.4.6 "mail for <domain> loops back to myself"."""
-    if not isinstance(route, Targets) or not own:
+                  local: Collection[str] = (), *, host_on_smtp_port: bool = False) -> Route:
+    """`route` without the targets that loop back to this host (see `loops_to_self`);
+    none left → 554 5.4.6 "mail for <domain> loops back to myself"."""
+    if not isinstance(route, Targets):
         return route
-    kept = [t for t in route.hosts if not is_own(t.address, t.port, own, local)]
+    kept = [t for t in route.hosts
+            if not loops_to_self(t.address, t.port, own, local,
+                                 host_on_smtp_port=host_on_smtp_port)]
     if len(kept) == len(route.hosts):
         return route
     return Targets(kept) if kept else loops_back(domain)
+
+
+def limited(route: Route, limit: int) -> Route:
+    """At most `limit` addresses, the first in order (Postfix's smtp_mx_address_limit): a
+    domain with a hundred MX hosts gets no more connections than one with five."""
+    if not isinstance(route, Targets) or len(route.hosts) <= limit:
+        return route
+    return Targets(route.hosts[:limit])
 
 
 def without_denied(domain: str, route: Route, networks: Sequence[IpNetwork]) -> Route:

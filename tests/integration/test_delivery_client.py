@@ -138,7 +138,8 @@ async def test_4xx_and_5xx_at_ehlo_move_to_next_target(make_sink: MakeSink) -> N
     busy = make_sink("127.0.0.2", policy=Rules(ehlo="450 4.3.2 busy"))
     grumpy = make_sink("127.0.0.3", busy.port, policy=Rules(ehlo="554 5.7.1 go away"))
     good = make_sink("127.0.0.4", busy.port)
-    sender = Sender(delivery(), hostname="relay.test")
+    # Three sessions: more than delivery.mx_session_limit's default of 2.
+    sender = Sender(delivery(mx_session_limit=3), hostname="relay.test")
     res = await sender.send("d", [T("a", "127.0.0.2", busy.port), T("b", "127.0.0.3", busy.port),
                                   T("c", "127.0.0.4", busy.port)], "s@x.test", ["r@d"], BODY)
     assert res.outcomes[0].kind == "delivered" and res.remote_mta == "c"
