@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from relay import configsets, logfmt, sdnotify
+from relay import configsets, logfmt, sdnotify, simulator
 from relay.admin.api import AdminContext
 from relay.admin.metrics import Metrics, StateCollector
 from relay.admin.server import AdminServer
@@ -273,7 +273,8 @@ class RelayApp:
             on_reputation=self._reputation_bounce, on_complaint=self._complaint)
         self.scheduler.simulator = Simulator(
             clock=self.clock, store=self.store, feedback=self.feedback, verp=verp,
-            return_domain=cfg.server.return_path_domain or cfg.server.hostname)
+            return_domain=cfg.server.return_path_domain or cfg.server.hostname,
+            observers=[self.metrics.observe_attempt])  # never _remember_attempt: no reputation
         # One outbox for all workers; worker 0 POSTs it, and looks every second because
         # the other workers' events do not wake it.
         self.event_router = EventRouter(lambda: self.cfg, self.store, self.clock,
@@ -401,6 +402,8 @@ class RelayApp:
     def _complaint_source(self, event: Any) -> tuple[str, str] | None:
         """(source IP, provider) of the delivery a Complaint event is about, if recent."""
         for r in getattr(event.complaint, "complainedRecipients", None) or []:
+            if r.emailAddress.rpartition("@")[2].lower() == simulator.DOMAIN:
+                return simulator.SOURCE, simulator.PROVIDER
             found = self.sent_from.lookup(event.mail.messageId,
                                           r.emailAddress.rpartition("@")[2])
             if found is not None:
