@@ -46,6 +46,7 @@ from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
 from relay.events.destinations import EventRouter
+from relay.events.headers import header_fields
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import Event, reject_event, send_event
@@ -109,11 +110,13 @@ class QueueSubmitter:
         if self.config is not None and not msg.configuration_set:
             self._choose_set(msg)
         now = self.store.clock.now()
+        fields, truncated = header_fields(msg.body)
         record = MessageRecord(
             id=new_message_id(now), sender=msg.sender, recipients=list(msg.recipients),
             received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
             auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
-            configuration_set=msg.configuration_set)
+            configuration_set=msg.configuration_set, header_fields=fields,
+            headers_truncated=truncated)
         self.events.emit([reject_event(record, reason)])
 
     async def submit(self, msg: NewMessage,
