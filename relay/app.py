@@ -27,7 +27,7 @@ from typing import Any
 
 import msgspec
 
-from relay import configsets, logfmt, sdnotify
+from relay import configsets, logfmt, sdnotify, simulator
 from relay.admin.api import AdminContext
 from relay.admin.metrics import EventLogCollector, Metrics, StateCollector
 from relay.admin.server import AdminServer
@@ -46,6 +46,7 @@ from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
 from relay.events.destinations import EventRouter
+from relay.events.headers import header_fields
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import Event, reject_event, send_event
@@ -110,11 +111,13 @@ class QueueSubmitter:
         if self.config is not None and not msg.configuration_set:
             self._choose_set(msg)
         now = self.store.clock.now()
+        fields, truncated = header_fields(msg.body)
         record = MessageRecord(
             id=new_message_id(now), sender=msg.sender, recipients=list(msg.recipients),
             received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
             auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
-            configuration_set=msg.configuration_set)
+            configuration_set=msg.configuration_set, header_fields=fields,
+            headers_truncated=truncated)
         self.events.emit([reject_event(record, reason)])
 
     async def submit(self, msg: NewMessage,
@@ -274,7 +277,8 @@ class RelayApp:
             on_reputation=self._reputation_bounce, on_complaint=self._complaint)
         self.scheduler.simulator = Simulator(
             clock=self.clock, store=self.store, feedback=self.feedback, verp=verp,
-            return_domain=cfg.server.return_path_domain or cfg.server.hostname)
+            return_domain=cfg.server.return_path_domain or cfg.server.hostname,
+            observers=[self.metrics.observe_attempt])  # never _remember_attempt: no reputation
         # One outbox for all workers; worker 0 POSTs it, and looks every second because
         # the other workers' events do not wake it.
         self.event_router = EventRouter(lambda: self.cfg, self.store, self.clock,
@@ -415,6 +419,8 @@ class RelayApp:
     def _complaint_source(self, event: Any) -> tuple[str, str] | None:
         """(source IP, provider) of the delivery a Complaint event is about, if recent."""
         for r in getattr(event.complaint, "complainedRecipients", None) or []:
+            if r.emailAddress.rpartition("@")[2].lower() == simulator.DOMAIN:
+                return simulator.SOURCE, simulator.PROVIDER
             found = self.sent_from.lookup(event.mail.messageId,
                                           r.emailAddress.rpartition("@")[2])
             if found is not None:

@@ -14,13 +14,19 @@ and those outcomes go through the same settle path (retries, expiry, events). Sc
     suppressionlist  Bounce, Permanent / OnAccountSuppressionList
     softbounce       4xx on every attempt: DeliveryDelay events through the real retry
                      schedule, then a Transient Bounce at max_delivery_time
+
+Every answer is an attempt like a network one: one "relay.delivery" log line and one
+`Attempt` to the observers (Prometheus, the dashboard) with provider and source IP
+"simulator". As with SES, the simulator never moves reputation: it bypasses the warm-up
+shaper (no caps used, no sends or bounces counted against an IP) and its attempts are not
+remembered as sent from any IP, so its complaints reach no IP's warm-up state either.
 """
 
 from __future__ import annotations
 
 import email.utils
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.mime.message import MIMEMessage
@@ -30,6 +36,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from relay.clock import Clock
+from relay.delivery.attempts import Attempt, record_attempts
 from relay.events.model import SUPPRESSED_RESPONSE
 from relay.feedback.processor import FeedbackProcessor
 from relay.queue.records import MessageRecord, State
@@ -40,6 +47,8 @@ log = logging.getLogger("relay.simulator")
 
 DOMAIN = "simulator.relay.test"
 MTA = DOMAIN
+# The provider and source IP its attempts (and complaints) are counted under.
+PROVIDER = SOURCE = "simulator"
 SCENARIOS = ("success", "bounce", "ooto", "complaint", "suppressionlist", "softbounce")
 
 
@@ -76,8 +85,10 @@ def scenario(address: str) -> str:
 class Simulator:
     def __init__(self, *, clock: Clock, store: QueueStore | None = None,
                  feedback: FeedbackProcessor | None = None, verp: Verp | None = None,
-                 return_domain: str = "localhost") -> None:
+                 return_domain: str = "localhost",
+                 observers: Sequence[Callable[[Attempt], None]] = ()) -> None:
         self.clock = clock
+        self.observers = list(observers)
         self.store = store
         self.feedback = feedback
         self.verp = verp
@@ -87,7 +98,13 @@ class Simulator:
         return domain.lower().rstrip(".") == DOMAIN
 
     def outcomes(self, msg: MessageRecord, addresses: Sequence[str]) -> list[SimOutcome]:
-        return [_OUTCOMES.get(scenario(a), _UNKNOWN) for a in addresses]
+        """The answer for each address of one attempt, logged and counted as one."""
+        answers = [_OUTCOMES.get(scenario(a), _UNKNOWN) for a in addresses]
+        try:
+            record_attempts(msg.id, addresses, answers, SOURCE, PROVIDER, self.observers)
+        except Exception:  # observability must never break delivery
+            log.exception("could not record a simulator attempt")
+        return answers
 
     async def after(self, msg: MessageRecord, settled: list[Settled]) -> None:
         """What comes back later: a complaint report or an auto-reply, to the VERP path."""

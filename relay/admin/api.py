@@ -34,7 +34,13 @@ from relay.queue.records import Action, MessageRecord, RecipientRecord, State
 from relay.queue.store import QueueStore
 from relay.suppression.policy import normalize, valid_address
 from relay.suppression.store import Entry, SuppressionList
-from relay.users import UserError, UserStore
+from relay.users import (
+    UserError,
+    UserStore,
+    check_name,
+    check_new_password,
+    generate_password,
+)
 from relay.warmup import gate as gate_mod
 
 VERSION = "1"
@@ -411,15 +417,28 @@ async def users_list(request: web.Request) -> web.Response:
 
 
 async def users_add(request: web.Request) -> web.Response:
+    """Add an SMTP user. A password given must have MIN_NEW_PASSWORD_LENGTH characters;
+    with none, relay generates one and answers it once, in this response only."""
     ctx = _ctx(request)
-    data = await _body(request, {"name": str, "password": str, "allow": list},
-                       {"name", "password"})
-    name, password = data["name"], data["password"]
+    data = await _body(request, {"name": str, "password": str, "allow": list}, {"name"})
+    name = data["name"]
+    generated = "password" not in data
+    password = generate_password() if generated else data["password"]
     for pattern in data.get("allow", []):
         try:
             check_pattern(pattern)
         except IdentityError as e:
             raise BadInput("allow", f"allow: {e}") from None
+    if not generated:
+        try:
+            check_name(name)  # a bad name is named first, whatever the password
+        except UserError as e:
+            raise BadInput("name", f"name: {e}") from None
+        try:
+            check_new_password(password)
+        except UserError as e:
+            raise BadInput("password", f"password: {e} (or leave it out: relay then "
+                                       "generates one and answers it once)") from None
     try:
         await asyncio.to_thread(ctx.users.add, name, password, list(data.get("allow", [])))
     except UserError as e:
@@ -428,7 +447,10 @@ async def users_add(request: web.Request) -> web.Response:
         if "already" in text:
             return _error(409, text, "name")
         raise BadInput(field_name, f"{field_name}: {text}") from None
-    return _json({"name": name, "allow": list(data.get("allow", []))}, 201)
+    body: dict[str, Any] = {"name": name, "allow": list(data.get("allow", []))}
+    if generated:
+        body["generated_password"] = password  # shown once: only its scrypt hash is kept
+    return _json(body, 201)
 
 
 async def users_remove(request: web.Request) -> web.Response:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.users import MIN_NEW_PASSWORD_LENGTH
+
 _ERROR = {"$ref": "#/components/schemas/Error"}
 
 
@@ -121,11 +123,15 @@ def document() -> dict[str, Any]:
         "/api/users": {
             "get": _op("SMTP users (names and sending authorization; never hashes)",
                        _resp("Users", _OBJ), errors=(401,)),
-            "post": _op("Add an SMTP user", _resp("Created", _OBJ), status="201",
+            "post": _op("Add an SMTP user (no password given: one is generated and "
+                        "answered once as generated_password)", _resp("Created", _OBJ),
+                        status="201",
                         body={"type": "object", "properties": {
-                            "name": {"type": "string"}, "password": {"type": "string"},
+                            "name": {"type": "string"},
+                            "password": {"type": "string",
+                                         "minLength": MIN_NEW_PASSWORD_LENGTH},
                             "allow": {"type": "array", "items": {"type": "string"}}},
-                            "required": ["name", "password"], "additionalProperties": False},
+                            "required": ["name"], "additionalProperties": False},
                         errors=(400, 401, 409))},
         "/api/users/{name}": {"delete": _op(
             "Remove an SMTP user", _resp("Removed", _OBJ), params=[_p("name", "user name")],

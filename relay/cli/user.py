@@ -1,8 +1,11 @@
 """`relay user add|list|remove|passwd`: SMTP credentials in <state_dir>/users.json.
 
-Passwords come from `--password-stdin` (one line, for scripts) or are prompted for twice
-with getpass; they are never printed, logged or put in an error message. Exit codes:
-0 done, 1 a problem the user can fix (unknown/duplicate user, empty or mismatched
+Passwords come from `--password-stdin` (one line, for scripts), are prompted for twice
+with getpass, or are made by relay with `--generate-password` (printed once, alone on
+stdout, so a script can capture it). A password set here has at least
+MIN_NEW_PASSWORD_LENGTH characters (relay/users.py says why). A password is never
+logged or put in an error message; only a generated one is printed, once. Exit codes:
+0 done, 1 a problem the user can fix (unknown/duplicate user, empty, short or mismatched
 password, unreadable users file), 2 usage error (argparse).
 """
 
@@ -18,7 +21,13 @@ from relay.cli import CliError, load_config
 from relay.cli.output import table
 from relay.events.model import iso
 from relay.identity.model import IdentityError, check_pattern
-from relay.users import UserError, UserStore
+from relay.users import (
+    MIN_NEW_PASSWORD_LENGTH,
+    UserError,
+    UserStore,
+    check_new_password,
+    generate_password,
+)
 
 
 def register(sub: Any) -> None:
@@ -29,8 +38,7 @@ def register(sub: Any) -> None:
 
     add = actions.add_parser("add", help="add a user", description="Add an SMTP user.")
     add.add_argument("name", metavar="NAME")
-    add.add_argument("--password-stdin", action="store_true",
-                     help="read the password from the first line of standard input")
+    _password_options(add)
     add.add_argument("--allow", action="append", default=[], metavar="IDENTITY",
                      help="an identity or address pattern this user may send as "
                           "(repeat; default: any verified identity)")
@@ -70,8 +78,7 @@ def register(sub: Any) -> None:
     passwd = actions.add_parser("passwd", help="change a user's password",
                                 description="Set a new password for an existing user.")
     passwd.add_argument("name", metavar="NAME")
-    passwd.add_argument("--password-stdin", action="store_true",
-                        help="read the password from the first line of standard input")
+    _password_options(passwd)
     passwd.set_defaults(func=run_passwd)
 
     remove = actions.add_parser("remove", help="remove a user",
@@ -84,12 +91,44 @@ def register(sub: Any) -> None:
     lst.set_defaults(func=run_list)
 
 
+def _password_options(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--password-stdin", action="store_true",
+                        help="read the password from the first line of standard input "
+                             f"(at least {MIN_NEW_PASSWORD_LENGTH} characters)")
+    source.add_argument("--generate-password", action="store_true",
+                        help="make a random 24-character password and print it once, "
+                             "alone on standard output")
+
+
 def _store(args: argparse.Namespace) -> UserStore:
     cfg = load_config(args)
     try:
         return UserStore(cfg.state_path / "users.json")
     except UserError as e:
         raise CliError(str(e)) from None
+
+
+def _new_password(args: argparse.Namespace) -> str:
+    """The password to set: generated, or read and checked against the minimum length."""
+    if args.generate_password:
+        return generate_password()
+    password = _read_password(args)
+    try:
+        check_new_password(password)
+    except UserError as e:
+        raise CliError(f"{e} (or let relay make one: --generate-password)") from None
+    return password
+
+
+def _show_generated(args: argparse.Namespace, password: str, done: str) -> None:
+    """What was done goes to stderr; a generated password, once, alone on stdout."""
+    if args.generate_password:
+        print(f"relay: {done}; its generated password is printed once below, store it now",
+              file=sys.stderr)
+        print(password)
+    else:
+        print(done)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -116,12 +155,13 @@ def run_add(args: argparse.Namespace) -> int:
     try:
         if store.get(args.name) is not None:
             raise CliError(f"user {args.name!r} already exists (use `relay user passwd`)")
-        store.add(args.name, _read_password(args), _patterns(args.allow),
+        password = _new_password(args)
+        store.add(args.name, password, _patterns(args.allow),
                   pool=_pool(args, args.pool),
                   configuration_set=_configuration_set(args, args.configuration_set))
     except (UserError, OSError) as e:
         raise CliError(str(e)) from None
-    print(f"user {args.name!r} added")
+    _show_generated(args, password, f"user {args.name!r} added")
     return 0
 
 
@@ -189,10 +229,11 @@ def run_passwd(args: argparse.Namespace) -> int:
     try:
         if store.get(args.name) is None:
             raise CliError(f"no user {args.name!r}")
-        store.set_password(args.name, _read_password(args))
+        password = _new_password(args)
+        store.set_password(args.name, password)
     except (UserError, OSError) as e:
         raise CliError(str(e)) from None
-    print(f"password of {args.name!r} changed")
+    _show_generated(args, password, f"password of {args.name!r} changed")
     return 0
 
 

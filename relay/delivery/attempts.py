@@ -76,22 +76,31 @@ class RecordingSender:
         hosts = [getattr(t, "host_name", "") or getattr(t, "address", "") for t in targets]
         provider = self.providers.site(hosts).provider
         src = (source if source is not None else self.default_source) or "default"
-        qid = current_message_id.get()
-        for rcpt, o in zip(recipients, _outcomes(result), strict=False):
-            attempt = Attempt(qid, rcpt.rpartition("@")[2].lower(), src, provider,
-                              str(getattr(o, "kind", "")), _response(o),
-                              str(getattr(o, "remote_mta", "")))
-            log.info("attempt %s domain=%s source_ip=%s provider=%s result=%s response=%r",
-                     attempt.queue_id or "-", attempt.recipient_domain, attempt.source_ip,
-                     attempt.provider, attempt.kind, attempt.response,
-                     extra={"queue_id": attempt.queue_id,
-                            "recipient_domain": attempt.recipient_domain,
-                            "source_ip": attempt.source_ip, "provider": attempt.provider,
-                            "result": attempt.kind, "response": attempt.response,
-                            "remote_mta": attempt.remote_mta})
-            for observe in self.observers:
-                observe(attempt)
+        record_attempts(current_message_id.get(), recipients, _outcomes(result), src,
+                        provider, self.observers)
 
     def __getattr__(self, name: str) -> Any:
         # close() and anything else the app or shaper calls on the client.
         return getattr(self.inner, name)
+
+
+def record_attempts(queue_id: str, recipients: Sequence[str], outcomes: Sequence[Any],
+                    source_ip: str, provider: str,
+                    observers: Sequence[Callable[[Attempt], None]]) -> None:
+    """One log line and one `Attempt` to each observer per recipient of a transaction.
+    The network path (RecordingSender) and the mailbox simulator (relay/simulator.py)
+    both report through here, so their log lines have the same shape."""
+    for rcpt, o in zip(recipients, outcomes, strict=False):
+        attempt = Attempt(queue_id, rcpt.rpartition("@")[2].lower(), source_ip, provider,
+                          str(getattr(o, "kind", "")), _response(o),
+                          str(getattr(o, "remote_mta", "")))
+        log.info("attempt %s domain=%s source_ip=%s provider=%s result=%s response=%r",
+                 attempt.queue_id or "-", attempt.recipient_domain, attempt.source_ip,
+                 attempt.provider, attempt.kind, attempt.response,
+                 extra={"queue_id": attempt.queue_id,
+                        "recipient_domain": attempt.recipient_domain,
+                        "source_ip": attempt.source_ip, "provider": attempt.provider,
+                        "result": attempt.kind, "response": attempt.response,
+                        "remote_mta": attempt.remote_mta})
+        for observe in observers:
+            observe(attempt)

@@ -13,6 +13,7 @@ import re
 
 import msgspec
 
+from relay.events.headers import address_list, decode_words
 from relay.queue.records import MessageRecord
 
 
@@ -183,15 +184,21 @@ def delay_type(response: str) -> str:
 
 
 def mail_of(msg: MessageRecord, destination: list[str] | None = None) -> Mail:
+    """SES `mail`: commonHeaders with RFC 2047 encoded-words decoded (subject, display
+    names), `headers` every field as sent (the common ones only for a record written
+    before all were kept)."""
     h = msg.headers
     common = CommonHeaders(
-        messageId=h.get("Message-ID", ""), date=h.get("Date", ""), subject=h.get("Subject", ""),
-        from_=[h["From"]] if "From" in h else [], to=[h["To"]] if "To" in h else [])
+        messageId=h.get("Message-ID", ""), date=h.get("Date", ""),
+        subject=decode_words(h.get("Subject", "")),
+        from_=address_list(h["From"]) if "From" in h else [],
+        to=address_list(h["To"]) if "To" in h else [])
+    fields = msg.header_fields or list(h.items())
     return Mail(
         timestamp=iso(msg.received_at), messageId=msg.id, source=msg.sender,
         sourceIp=msg.client_ip, sendingAccountId=msg.auth_user,
         destination=list(destination if destination is not None else msg.recipients),
-        headersTruncated=False, headers=[Header(k, v) for k, v in h.items()],
+        headersTruncated=msg.headers_truncated, headers=[Header(k, v) for k, v in fields],
         commonHeaders=common, tags=tags_of(msg))
 
 

@@ -87,6 +87,10 @@ class MessageRecord(msgspec.Struct, array_like=True, tag=1):
     headers: dict[str, str] = {}     # commonHeaders for events: From, To, Subject, Message-ID, Date
     tags: dict[str, list[str]] = {}  # X-SES-MESSAGE-TAGS and later configuration sets
     configuration_set: str = ""      # X-SES-CONFIGURATION-SET ("" = none)
+    # Every header field as sent, for events' mail.headers (relay/events/headers.py: cut
+    # at 10 KB, then headers_truncated). Empty in records written before it existed.
+    header_fields: list[tuple[str, str]] = []
+    headers_truncated: bool = False
 
 
 class RecipientRecord(msgspec.Struct, array_like=True, tag=1):

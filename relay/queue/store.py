@@ -54,6 +54,7 @@ import lmdb
 import msgspec
 
 from relay.clock import Clock
+from relay.events.headers import header_fields
 from relay.queue.mailbox import LoopMailbox
 from relay.queue.records import (
     FINAL_STATES,
@@ -377,11 +378,13 @@ class QueueStore:
             raise ValueError("too many recipients")
         now = self.clock.now()
         mid = new_message_id(now, self.shard)
+        fields, truncated = header_fields(msg.body)  # for events' mail.headers
         record = MessageRecord(
             id=mid, sender=msg.sender, recipients=list(msg.recipients), received_at=now,
             size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
             auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
-            configuration_set=msg.configuration_set)
+            configuration_set=msg.configuration_set, header_fields=fields,
+            headers_truncated=truncated)
         body = msg.body
 
         def op(txn: Any) -> MessageRecord:

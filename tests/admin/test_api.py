@@ -203,7 +203,8 @@ def test_users_list_add_remove(admin: Admin) -> None:
                               {"name": "billing", "password": "s3cret-enough",
                                "allow": ["example.com"]})
     assert status == 201 and body == {"name": "billing", "allow": ["example.com"]}
-    status, body = admin.call("POST", "/api/users", {"name": "billing", "password": "x2"})
+    status, body = admin.call("POST", "/api/users",
+                              {"name": "billing", "password": "another-long-one"})
     assert status == 409 and body["field"] == "name"
     assert sorted(u["name"] for u in admin.call("GET", "/api/users")[1]["users"]) == [
         "app", "billing"]
@@ -217,7 +218,7 @@ def test_users_list_add_remove(admin: Admin) -> None:
 
 @pytest.mark.parametrize(("payload", "field"), [
     ({"password": "pw"}, "name"),
-    ({"name": "x"}, "password"),
+    ({"name": "x", "password": "x" * 11}, "password"),
     ({"name": 7, "password": "pw"}, "name"),
     ({"name": "x", "password": ""}, "password"),
     ({"name": "bad name!", "password": "pw"}, "name"),
@@ -229,6 +230,26 @@ def test_users_list_add_remove(admin: Admin) -> None:
 def test_users_add_bad_input(admin: Admin, payload: Any, field: str) -> None:
     status, body = admin.call("POST", "/api/users", payload)
     assert status == 400 and body["field"] == field, body
+
+
+def test_users_add_refuses_a_short_password_and_generates_one_when_none_is_given(
+        admin: Admin) -> None:
+    status, body = admin.call("POST", "/api/users", {"name": "shorty", "password": "p"})
+    assert status == 400 and body["field"] == "password", body
+    assert "at least 12" in body["error"] and "'p'" not in body["error"]
+    assert "shorty" not in [u["name"] for u in admin.call("GET", "/api/users")[1]["users"]]
+
+    status, body = admin.call("POST", "/api/users", {"name": "generated"})
+    assert status == 201, body
+    password = body.pop("generated_password")
+    assert body == {"name": "generated", "allow": []} and len(password) >= 24
+    assert password not in (admin.state / "users.json").read_text()
+    # The answered password is the one stored: it logs in to the running relay.
+    with smtplib.SMTP("127.0.0.1", admin.submit_port, timeout=10) as client:
+        client.starttls(context=admin.tls.client)
+        assert client.login("generated", password)[0] == 235
+    _no_secrets(admin, admin.call("GET", "/api/users")[1])
+    assert admin.call("DELETE", "/api/users/generated")[0] == 200
 
 
 def test_users_add_not_json(admin: Admin) -> None:

@@ -29,13 +29,13 @@ def _config(tmp_path: Path) -> Path:
 def test_user_default_configuration_set_and_table(tmp_path: Path) -> None:
     config = _config(tmp_path)
     added = run_cli("user", "add", "app", "--password-stdin", "--configuration-set",
-                    "Transactional", config=config, input="pw\n")
+                    "Transactional", config=config, input="pw-long-enough\n")
     assert added.returncode == 0, added.stderr
     bad = run_cli("user", "add", "ops", "--password-stdin", "--configuration-set", "nope",
-                  config=config, input="pw\n")
+                  config=config, input="pw-long-enough\n")
     assert bad.returncode == 1 and "no [[configuration_set]] named 'nope'" in bad.stderr
     assert run_cli("user", "add", "ops", "--password-stdin", config=config,
-                   input="pw\n").returncode == 0
+                   input="pw-long-enough\n").returncode == 0
     table = run_cli("user", "list", config=config).stdout.splitlines()
     assert table[0].startswith("NAME") and "CONFIGURATION SET" in table[0]
     col = table[0].index("CONFIGURATION SET")

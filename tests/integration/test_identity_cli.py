@@ -82,7 +82,7 @@ def test_keygen_dns_identity_verify(config: Path, tmp_path: Path,
 def test_user_add_with_allowed_identities(config: Path, tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "relay", "--config", str(config), "user", "add",
                         "app", "--password-stdin", "--allow", "example.com", "--allow",
-                        "ops@other.org"], input="pw\n", capture_output=True, text=True,
+                        "ops@other.org"], input="pw-long-enough\n", capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
     users = json.loads((tmp_path / "state" / "users.json").read_text())

@@ -28,13 +28,13 @@ def relay(config: Path, *args: str, stdin: str = "") -> subprocess.CompletedProc
 
 def test_user_lifecycle(config: Path, tmp_path: Path) -> None:
     users_json = tmp_path / "state" / "users.json"
-    r = relay(config, "user", "add", "x", "--password-stdin", stdin="Tr0ub4dor&3\n")
+    r = relay(config, "user", "add", "x", "--password-stdin", stdin="Tr0ub4dor&3-x\n")
     assert r.returncode == 0, r.stderr
     raw = users_json.read_text()
-    assert "Tr0ub4dor&3" not in raw and "Tr0ub4dor&3" not in r.stdout + r.stderr
+    assert "Tr0ub4dor&3-x" not in raw and "Tr0ub4dor&3-x" not in r.stdout + r.stderr
     assert json.loads(raw)["users"]["x"]["scheme"] == "scrypt"
     assert oct(users_json.stat().st_mode & 0o777) == "0o600"
-    assert UserStore(users_json).verify("x", "Tr0ub4dor&3")
+    assert UserStore(users_json).verify("x", "Tr0ub4dor&3-x")
 
     r = relay(config, "user", "add", "x", "--password-stdin", stdin="other\n")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "already exists" in r.stderr
@@ -43,9 +43,9 @@ def test_user_lifecycle(config: Path, tmp_path: Path) -> None:
     assert r.returncode == 0
     assert [row["name"] for row in json.loads(r.stdout)] == ["x"]
 
-    r = relay(config, "user", "passwd", "x", "--password-stdin", stdin="n3w-pass\n")
+    r = relay(config, "user", "passwd", "x", "--password-stdin", stdin="n3w-pass-long-enough\n")
     assert r.returncode == 0, r.stderr
-    assert UserStore(users_json).verify("x", "n3w-pass")
+    assert UserStore(users_json).verify("x", "n3w-pass-long-enough")
 
     r = relay(config, "user", "remove", "x")
     assert r.returncode == 0
