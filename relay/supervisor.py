@@ -24,9 +24,15 @@ in the spool (relay/delivery/sentfrom.py).
 The supervisor prepares what workers would otherwise race on (state dir, self-signed
 certificate, the development credential), starts the workers, reports ready once all are
 ready (stdout, and sd_notify under systemd), restarts a worker that exits unexpectedly
-(with a growing delay if it keeps dying), forwards SIGHUP, and on SIGTERM/SIGINT forwards
-the stop and waits for every worker to drain. Worker 0 also runs the admin API and the
-feedback listener.
+(with a growing delay if it keeps dying), forwards SIGHUP (to a worker still starting,
+once it is ready), and on SIGTERM/SIGINT forwards the stop and waits for every worker to
+drain. Worker 0 also runs the admin API and the feedback listener.
+
+The supervisor holds the state dir's lock (relay/statedir.py) and passes the descriptor
+to every worker, so the state dir stays locked while any of them runs. Should the
+supervisor die without stopping them (kill -9, OOM killer), each worker sees end of file
+on a pipe only the supervisor could write to, drains and exits (`watch_supervisor`), and
+with the last of them the lock is released for the next relay.
 """
 
 from __future__ import annotations
