@@ -188,3 +188,39 @@ def test_sighup_as_the_port_opens_reloads_and_keeps_serving(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
+
+
+def test_sighup_to_the_supervisor_while_workers_start_keeps_every_worker(
+        tmp_path: Path) -> None:
+    """The supervisor passes a SIGHUP on only to workers that are ready (one still
+    starting would die of it, and the supervisor then stopped everything)."""
+    state = tmp_path / "state"
+    config, port = _config(tmp_path, "relay", state, workers=2, log_level="warning")
+    proc = subprocess.Popen(relay_command("serve", config=config), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the first worker's port: the other may still be starting
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the port never opened"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.001)
+        proc.send_signal(signal.SIGHUP)
+        lines = _lines_until(proc, "relay: ready (2 workers", 60)
+        assert proc.poll() is None, (proc.returncode, lines, proc.communicate()[1])
+        assert lines and lines[-1].startswith("relay: ready (2 workers"), lines
+        # Each worker started once: none was killed by the signal and started again.
+        assert len([x for x in lines if _WORKER_RE.match(x)]) == 2, lines
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            assert smtp.ehlo()[0] == 250
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        err = proc.communicate()[1]
+        assert "exited with" not in err and "Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
