@@ -54,6 +54,7 @@ import msgspec
 from relay import sdnotify
 from relay.config import Config
 from relay.signals import EarlySignals
+from relay.statedir import record_holders
 
 log = logging.getLogger("relay.supervisor")
 
@@ -175,6 +176,9 @@ class Supervisor:
              *self.extra_args], env=env, pass_fds=fds)
         os.close(wfd)
         os.set_blocking(r, False)
+        if self.lock_fd >= 0:  # who holds the state dir, for a relay refused start
+            record_holders(self.lock_fd, [os.getpid(), *(
+                x.proc.pid for x in self.workers if x.proc is not None)])
         w.ready_fd, w.ready, w.started_at = r, False, time.monotonic()
 
     def _poll_ready(self, w: _Worker) -> None:

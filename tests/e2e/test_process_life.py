@@ -5,7 +5,8 @@ do not outlive their supervisor, and signals that arrive while the ports open.
   the running one's pid (two relays on one queue deliver everything twice), while the
   CLI keeps working beside the running relay.
 - `server.workers = 2`: a second relay is refused while the supervisor runs; after the
-  supervisor is killed with -9 its workers drain and exit, and a new relay starts on the
+  supervisor is killed with -9 its workers drain and exit, the state dir stays locked
+  while one of them lives (the refusal names it), and then a new relay starts on the
   state dir (before, the workers kept serving and a restart ran beside them).
 - A SIGHUP sent the moment the submission port accepts reloads instead of ending the
   process (SIGHUP's default action) and the relay keeps serving.
@@ -145,9 +146,20 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
         # The supervisor's lock covers its workers: no second relay beside them.
         _assert_refused_naming(_refused(other), state, relay.pid)
 
+        # Worker 1 is frozen when the supervisor dies; worker 0 runs on and must exit.
+        os.kill(workers[1], signal.SIGSTOP)
         assert relay.kill() == -signal.SIGKILL
-        _wait(lambda: not any(_alive(p) for p in workers), 20,
-              f"workers {workers} to exit after their supervisor was killed")
+        _wait(lambda: not _alive(workers[0]), 20,
+              f"worker {workers[0]} to exit after its supervisor was killed")
+        # The lock went to the workers with the descriptor: while one still lives, no
+        # new relay starts beside it, and the refusal names it.
+        second = _refused(other)
+        assert second.returncode == 1, second
+        assert (f"(pid {relay.pid}, which has exited; its worker process(es) {workers[1]} "
+                "still hold the lock)") in second.stderr, second.stderr
+        os.kill(workers[1], signal.SIGCONT)
+        _wait(lambda: not _alive(workers[1]), 20,
+              f"worker {workers[1]} to exit after its supervisor was killed")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:  # on failure: leave no process behind
