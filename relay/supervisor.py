@@ -179,7 +179,8 @@ class Supervisor:
         if self.lock_fd >= 0:  # who holds the state dir, for a relay refused start
             record_holders(self.lock_fd, [os.getpid(), *(
                 x.proc.pid for x in self.workers if x.proc is not None)])
-        w.ready_fd, w.ready, w.started_at = r, False, time.monotonic()
+        # A new process reads the config as it is now: no reload owed to it.
+        w.ready_fd, w.ready, w.hangup, w.started_at = r, False, False, time.monotonic()
 
     def _poll_ready(self, w: _Worker) -> None:
         if w.ready or w.ready_fd < 0:
