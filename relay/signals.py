@@ -5,7 +5,8 @@ a port: from then on SIGHUP, SIGTERM and SIGINT are recorded instead of taking t
 default action (SIGHUP's is to end the process, so a reload sent just as the port
 opened used to kill relay). The event loop's own handlers replace these once it runs,
 and the server then acts on what was recorded: a stop drains at once, a reload re-reads
-the config. Must not: do anything in the handler but set a flag.
+the config. Must not: do anything in the handler but set a flag (a second Ctrl-C
+still interrupts, as the user means it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class EarlySignals:
         self.hangup = True
 
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # Ctrl-C twice: give up the start at once
         self.stop = True
 
     def take_hangup(self) -> bool:

@@ -17,9 +17,11 @@ wrong, reported by `relay serve` (exit 1) instead of starting on it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 LOCK_NAME = "relay.lock"
@@ -66,8 +68,7 @@ class StateLock:
                              f"({holder}); stop it first, or give this one another "
                              "server.state_dir") from None
         # Ours now: record who holds it (read by the next relay that is refused).
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        record_holders(fd, [os.getpid()])
         return cls(path, fd)
 
     def release(self) -> None:
@@ -76,16 +77,27 @@ class StateLock:
             self.fd = -1
 
 
+def record_holders(fd: int, pids: Sequence[int]) -> None:
+    """Write the pids that hold the lock: the relay that took it first, then the worker
+    processes it passed it to (relay/supervisor.py rewrites this as they start)."""
+    with contextlib.suppress(OSError):  # only the refusal message depends on it
+        data = "".join(f"{pid}\n" for pid in pids).encode("ascii")
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+
+
 def _holder(fd: int) -> str:
-    """Who holds the lock, from the pid its holder wrote."""
+    """Who holds the lock, from the pids its holders wrote."""
     try:
-        raw = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        raw = os.pread(fd, 4096, 0).decode("ascii", "replace")
     except OSError:
         raw = ""
-    if not raw.isdigit():
+    pids = [int(x) for x in raw.split() if x.isdigit()]
+    if not pids:
         return "pid unknown"
-    pid = int(raw)
-    if _pid_alive(pid):
-        return f"pid {pid}"
-    # Its workers (server.workers) still hold the inherited descriptor while they drain.
-    return f"pid {pid}, which has exited; its worker processes still hold the lock"
+    if _pid_alive(pids[0]):
+        return f"pid {pids[0]}"
+    # Its workers (server.workers) still hold the inherited descriptor (while they drain).
+    alive = [p for p in pids[1:] if _pid_alive(p)]
+    return (f"pid {pids[0]}, which has exited; its worker process(es) "
+            f"{' '.join(map(str, alive)) or '(pids unknown)'} still hold the lock")

@@ -24,9 +24,15 @@ in the spool (relay/delivery/sentfrom.py).
 The supervisor prepares what workers would otherwise race on (state dir, self-signed
 certificate, the development credential), starts the workers, reports ready once all are
 ready (stdout, and sd_notify under systemd), restarts a worker that exits unexpectedly
-(with a growing delay if it keeps dying), forwards SIGHUP, and on SIGTERM/SIGINT forwards
-the stop and waits for every worker to drain. Worker 0 also runs the admin API and the
-feedback listener.
+(with a growing delay if it keeps dying), forwards SIGHUP (to a worker still starting,
+once it is ready), and on SIGTERM/SIGINT forwards the stop and waits for every worker to
+drain. Worker 0 also runs the admin API and the feedback listener.
+
+The supervisor holds the state dir's lock (relay/statedir.py) and passes the descriptor
+to every worker, so the state dir stays locked while any of them runs. Should the
+supervisor die without stopping them (kill -9, OOM killer), each worker sees end of file
+on a pipe only the supervisor could write to, drains and exits (`watch_supervisor`), and
+with the last of them the lock is released for the next relay.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ import msgspec
 from relay import sdnotify
 from relay.config import Config
 from relay.signals import EarlySignals
+from relay.statedir import record_holders
 
 log = logging.getLogger("relay.supervisor")
 
@@ -169,7 +176,11 @@ class Supervisor:
              *self.extra_args], env=env, pass_fds=fds)
         os.close(wfd)
         os.set_blocking(r, False)
-        w.ready_fd, w.ready, w.started_at = r, False, time.monotonic()
+        if self.lock_fd >= 0:  # who holds the state dir, for a relay refused start
+            record_holders(self.lock_fd, [os.getpid(), *(
+                x.proc.pid for x in self.workers if x.proc is not None)])
+        # A new process reads the config as it is now: no reload owed to it.
+        w.ready_fd, w.ready, w.hangup, w.started_at = r, False, False, time.monotonic()
 
     def _poll_ready(self, w: _Worker) -> None:
         if w.ready or w.ready_fd < 0:

@@ -5,7 +5,8 @@ do not outlive their supervisor, and signals that arrive while the ports open.
   the running one's pid (two relays on one queue deliver everything twice), while the
   CLI keeps working beside the running relay.
 - `server.workers = 2`: a second relay is refused while the supervisor runs; after the
-  supervisor is killed with -9 its workers drain and exit, and a new relay starts on the
+  supervisor is killed with -9 its workers drain and exit, the state dir stays locked
+  while one of them lives (the refusal names it), and then a new relay starts on the
   state dir (before, the workers kept serving and a restart ran beside them).
 - A SIGHUP sent the moment the submission port accepts reloads instead of ending the
   process (SIGHUP's default action) and the relay keeps serving.
@@ -145,9 +146,20 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
         # The supervisor's lock covers its workers: no second relay beside them.
         _assert_refused_naming(_refused(other), state, relay.pid)
 
+        # Worker 1 is frozen when the supervisor dies; worker 0 runs on and must exit.
+        os.kill(workers[1], signal.SIGSTOP)
         assert relay.kill() == -signal.SIGKILL
-        _wait(lambda: not any(_alive(p) for p in workers), 20,
-              f"workers {workers} to exit after their supervisor was killed")
+        _wait(lambda: not _alive(workers[0]), 20,
+              f"worker {workers[0]} to exit after its supervisor was killed")
+        # The lock went to the workers with the descriptor: while one still lives, no
+        # new relay starts beside it, and the refusal names it.
+        second = _refused(other)
+        assert second.returncode == 1, second
+        assert (f"(pid {relay.pid}, which has exited; its worker process(es) {workers[1]} "
+                "still hold the lock)") in second.stderr, second.stderr
+        os.kill(workers[1], signal.SIGCONT)
+        _wait(lambda: not _alive(workers[1]), 20,
+              f"worker {workers[1]} to exit after its supervisor was killed")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:  # on failure: leave no process behind
@@ -184,6 +196,42 @@ def test_sighup_as_the_port_opens_reloads_and_keeps_serving(tmp_path: Path) -> N
             assert smtp.ehlo()[0] == 250
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate()
+
+
+def test_sighup_to_the_supervisor_while_workers_start_keeps_every_worker(
+        tmp_path: Path) -> None:
+    """The supervisor passes a SIGHUP on only to workers that are ready (one still
+    starting would die of it, and the supervisor then stopped everything)."""
+    state = tmp_path / "state"
+    config, port = _config(tmp_path, "relay", state, workers=2, log_level="warning")
+    proc = subprocess.Popen(relay_command("serve", config=config), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:  # the first worker's port: the other may still be starting
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the port never opened"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.001)
+        proc.send_signal(signal.SIGHUP)
+        lines = _lines_until(proc, "relay: ready (2 workers", 60)
+        assert proc.poll() is None, (proc.returncode, lines, proc.communicate()[1])
+        assert lines and lines[-1].startswith("relay: ready (2 workers"), lines
+        # Each worker started once: none was killed by the signal and started again.
+        assert len([x for x in lines if _WORKER_RE.match(x)]) == 2, lines
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as smtp:
+            assert smtp.ehlo()[0] == 250
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        err = proc.communicate()[1]
+        assert "exited with" not in err and "Traceback" not in err, err
     finally:
         if proc.poll() is None:
             proc.kill()
