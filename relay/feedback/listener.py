@@ -180,6 +180,7 @@ class FeedbackServer:
         self.on_report: Callable[[str], None] | None = None
         self.on_accept_failure: Callable[[str], None] | None = None
         self.on_handshake: Callable[[str], None] | None = None
+        self._accept_failures: AcceptFailures | None = None
 
     def domains(self) -> set[str]:
         return {d.lower().rstrip(".") for d in self._domains()}
@@ -228,7 +229,8 @@ class FeedbackServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         raise_fd_limit()
-        failures = AcceptFailures.on(loop)
+        failures = self._accept_failures = AcceptFailures.on(loop)
+        failures.watch()
         if self.on_accept_failure is not None \
                 and self.on_accept_failure not in failures.observers:
             failures.observers.append(self.on_accept_failure)
@@ -254,6 +256,9 @@ class FeedbackServer:
         await cancel_and_wait(self._pruner)
         self._pruner = None
         await self.parser.close()
+        if self._accept_failures is not None:
+            self._accept_failures.unwatch()
+            self._accept_failures = None
         if self._server is None:
             return
         server, self._server = self._server, None

@@ -9,9 +9,13 @@ Owns three things every listener (submission and feedback) shares:
   when the connection ends). Without it a client that never starts TLS held a socket
   and a file descriptor for the loop's default 60 s, uncounted.
 - `raise_fd_limit()`: the soft RLIMIT_NOFILE raised to the hard limit, once per process.
-- `AcceptFailures`: accept() failures (EMFILE, ENFILE, ENOBUFS, ...) that the event
-  loop reports only to its exception handler are logged (at most once a second) and
-  counted, per errno name, through `on_failure` (Prometheus).
+- `AcceptFailures`: accept() failures (EMFILE, ENFILE, ENOBUFS, ...) are logged (at most
+  once a second) and counted, per errno name, through its observers (Prometheus).
+  asyncio reports them to the loop's exception handler, which it extends. uvloop
+  (libuv) does not: at the open-file limit it accepts and closes new clients silently
+  (its "EMFILE trick"). So the process's descriptors are also looked at every
+  `FD_CHECK_INTERVAL` seconds, and a process with `FD_RESERVE` or fewer left counts
+  as failing to accept (EMFILE) for that interval.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import resource
 import ssl
 from collections import Counter
@@ -29,6 +34,8 @@ log = logging.getLogger("relay.smtp.admission")
 
 # What the asyncio and uvloop accept loops say when accept() fails.
 _ACCEPT_MESSAGE = "socket.accept() out of system resource"
+FD_CHECK_INTERVAL = 2.0
+FD_RESERVE = 8
 
 
 class HandOver(Protocol):
@@ -140,6 +147,34 @@ class AcceptFailures:
         self._last_log = -1.0e9
         self._unlogged = 0
         loop.set_exception_handler(self._handle)
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._users = 0
+
+    def watch(self) -> None:
+        """One more listener relies on this watcher: look at the descriptors from now on."""
+        self._users += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(FD_CHECK_INTERVAL, self._check_fds)
+
+    def unwatch(self) -> None:
+        self._users = max(0, self._users - 1)
+        if not self._users and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_fds(self) -> None:
+        self._timer = self._loop.call_later(FD_CHECK_INTERVAL, self._check_fds)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            in_use = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # not even one left to look
+                self.failed(e, self._loop.time())
+            return  # (no /proc: only the loop's own reports are seen)
+        if soft != resource.RLIM_INFINITY and soft - in_use <= FD_RESERVE:
+            self.failed(OSError(errno.EMFILE, f"open-file limit reached ({in_use} of {soft} "
+                                              "descriptors in use)"), self._loop.time())
 
     @classmethod
     def on(cls, loop: asyncio.AbstractEventLoop) -> AcceptFailures:

@@ -85,6 +85,7 @@ class SubmissionServer:
         # closed before its session began ("refused", "timeout", "failed").
         self.on_accept_failure: Callable[[str], None] | None = None
         self.on_handshake: Callable[[str], None] | None = None
+        self._accept_failures: AcceptFailures | None = None
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -112,7 +113,8 @@ class SubmissionServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         raise_fd_limit()
-        failures = AcceptFailures.on(loop)
+        failures = self._accept_failures = AcceptFailures.on(loop)
+        failures.watch()
         if self.on_accept_failure is not None \
                 and self.on_accept_failure not in failures.observers:
             failures.observers.append(self.on_accept_failure)
@@ -131,6 +133,9 @@ class SubmissionServer:
         """Stop accepting; close idle sessions now, give busy ones `shutdown_grace` s."""
         if self._server is None:
             return
+        if self._accept_failures is not None:
+            self._accept_failures.unwatch()
+            self._accept_failures = None
         server, self._server = self._server, None
         server.close()
         ctx = self.context
