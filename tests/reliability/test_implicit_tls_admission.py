@@ -164,22 +164,21 @@ async def wait_for(predicate: Any, within: float) -> None:
 def _server_at_its_fd_limit(out: Any) -> None:
     """Child process: a submission server (uvloop, as `relay serve` runs) whose process
     has used up its open-file limit; a client connects (uvloop closes it silently);
-    report what was metered."""
+    report the accept() failures metered (the errno names given to the hook)."""
     import resource
 
     import uvloop
 
-    from relay.admin.metrics import Metrics
     from relay.clock import FakeClock
     from relay.testing.submission import make_users
 
     async def main() -> None:
-        metrics = Metrics()
+        failures: list[str] = []
         server = SubmissionServer(make_listener(tls="none", trusted_networks=["127.0.0.0/8"],
                                                 auth="none"),
                                   fast_limits(), "relay.test", RecordingSubmitter(),
                                   make_users(), FakeClock(), None)
-        server.on_accept_failure = metrics.observe_accept_failure
+        server.on_accept_failure = failures.append
         resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))  # soft = hard: no raise
         await server.start()
         hog = []
@@ -192,14 +191,11 @@ def _server_at_its_fd_limit(out: Any) -> None:
         client.setblocking(False)
         with contextlib.suppress(BlockingIOError):
             client.connect(("127.0.0.1", server.port))
-        lines: list[str] = []
         for _ in range(50):  # bounded: 10 s (the descriptors are looked at every 2 s)
             await asyncio.sleep(0.2)
-            lines = [line for line in metrics.render().decode().splitlines()
-                     if line.startswith("relay_smtp_accept_failures_total")]
-            if lines:
+            if failures:
                 break
-        out.put(lines)
+        out.put(failures)
         for s in hog:
             s.close()
         client.close()
@@ -214,10 +210,8 @@ def test_accept_failures_at_the_fd_limit_are_metered() -> None:
     proc = ctx.Process(target=_server_at_its_fd_limit, args=(out,))
     proc.start()
     try:
-        lines = out.get(timeout=30)
+        failures = out.get(timeout=30)
     finally:
         proc.join(30)
     assert proc.exitcode == 0
-    counts = {line.split("{")[1].split("}")[0]: float(line.rsplit(" ", 1)[1])
-              for line in lines}
-    assert counts.get('errno="EMFILE"', 0) >= 1, lines
+    assert "EMFILE" in failures, failures
