@@ -13,15 +13,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import multiprocessing
+import resource
 import select
 import smtplib
 import socket
 import time
 from email.message import EmailMessage
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from relay.config import Duration
 from relay.smtp.server import SubmissionServer
+from relay.testing.dnsserver import DnsServer
+from relay.testing.process import RelayProcess, free_port, relay_config, write_config
 from relay.testing.submission import (
     PASSWORD,
     USER,
@@ -165,8 +171,6 @@ def _server_at_its_fd_limit(out: Any) -> None:
     """Child process: a submission server (uvloop, as `relay serve` runs) whose process
     has used up its open-file limit; a client connects (uvloop closes it silently);
     report the accept() failures metered (the errno names given to the hook)."""
-    import resource
-
     import uvloop
 
     from relay.clock import FakeClock
@@ -215,3 +219,30 @@ def test_accept_failures_at_the_fd_limit_are_metered() -> None:
         proc.join(30)
     assert proc.exitcode == 0
     assert "EMFILE" in failures, failures
+
+
+# --- the open-file limit of `relay serve` -------------------------------------------------
+
+def test_relay_serve_raises_its_soft_open_file_limit_to_the_hard_one(tmp_path: Path) -> None:
+
+    tmp = tmp_path
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 1024:
+        pytest.skip(f"hard open-file limit {hard}: nothing to raise to")
+    with DnsServer({}) as dns:
+        data = relay_config(tmp / "state", dns.nameserver, 25, [
+            {"address": f"127.0.0.1:{free_port()}", "tls": "implicit", "auth": "required"}])
+        config = write_config(tmp / "relay.toml", data)
+        # The child inherits a small soft limit (the usual 1024 of a login shell).
+        resource.setrlimit(resource.RLIMIT_NOFILE, (512, hard))
+        try:
+            relay = RelayProcess(config, log_dir=tmp / "logs").start()
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        try:
+            limits = Path(f"/proc/{relay.pid}/limits").read_text()
+        finally:
+            relay.stop()
+    line = next(x for x in limits.splitlines() if x.startswith("Max open files"))
+    child_soft, child_hard = line.split()[3:5]
+    assert child_soft == child_hard, line
