@@ -34,6 +34,7 @@ log = logging.getLogger("relay.smtp.admission")
 
 # What the asyncio and uvloop accept loops say when accept() fails.
 _ACCEPT_MESSAGE = "socket.accept() out of system resource"
+EARLY_BYTES_MAX = 64 * 1024  # before the handshake starts; a ClientHello is a few KB
 FD_CHECK_INTERVAL = 2.0
 FD_RESERVE = 8
 
@@ -67,6 +68,8 @@ class ImplicitTlsGate(asyncio.Protocol):
         self.ip = ""
         self._holding = False  # the gate holds a connection slot (not yet handed over)
         self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._early = bytearray()  # bytes that came before the TLS protocol took over
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transports are duck-typed
@@ -81,9 +84,39 @@ class ImplicitTlsGate(asyncio.Protocol):
         self._holding = True
         self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
 
+    def data_received(self, data: bytes) -> None:
+        # The ClientHello can arrive before the task above has run start_tls: the event
+        # loop starts reading once connection_made returns. Kept for the TLS protocol.
+        self._early += data
+        if len(self._early) > EARLY_BYTES_MAX and self._transport is not None:
+            self._transport.abort()
+
+    def _feed_early(self, transport: asyncio.Transport) -> None:
+        """Give what arrived before start_tls to the TLS protocol that start_tls has just
+        installed, before it reads anything itself (its connection_made and the
+        resume_reading that start_tls scheduled run after this)."""
+        data, self._early = bytes(self._early), bytearray()
+        protocol = transport.get_protocol()
+        if not data or protocol is self:
+            return
+        if hasattr(protocol, "get_buffer"):  # asyncio and uvloop TLS are buffered
+            buffered = cast(asyncio.BufferedProtocol, protocol)
+            view = memoryview(data)
+            while view:
+                buf = memoryview(buffered.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                buffered.buffer_updated(n)
+                view = view[n:]
+        else:
+            cast(asyncio.Protocol, protocol).data_received(data)
+
     async def _handshake(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
         began = loop.time()
+        self._transport = transport
+        # Runs before the callbacks start_tls schedules (call_soon keeps order).
+        loop.call_soon(self._feed_early, transport)
         try:
             tls = await loop.start_tls(transport, self, self.ssl_context, server_side=True,
                                        ssl_handshake_timeout=self.handshake_timeout)
