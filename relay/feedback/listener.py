@@ -219,6 +219,7 @@ class FeedbackServer:
         self.on_accept_failure: Callable[[str], None] | None = None
         self.on_handshake: Callable[[str], None] | None = None
         self._accept_failures: AcceptFailures | None = None
+        self._handshaking: set[ImplicitTlsGate] = set()
 
     def domains(self) -> set[str]:
         return {d.lower().rstrip(".") for d in self._domains()}
@@ -262,7 +263,7 @@ class FeedbackServer:
             ssl_context=self.ssl_context,
             handshake_timeout=float(self.limits.tls_handshake_timeout),
             admit=self.admit, release=self.release, session=self._factory,
-            on_handshake=self.on_handshake)
+            on_handshake=self.on_handshake, pending=self._handshaking)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -301,6 +302,8 @@ class FeedbackServer:
             return
         server, self._server = self._server, None
         server.close()
+        for gate in list(self._handshaking):
+            gate.abort()
         try:
             await asyncio.wait_for(server.wait_closed(), timeout=2.0)
         except TimeoutError:

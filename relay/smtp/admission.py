@@ -58,7 +58,8 @@ class ImplicitTlsGate(asyncio.Protocol):
     def __init__(self, *, ssl_context: ssl.SSLContext, handshake_timeout: float,
                  admit: Callable[[str], object | None], release: Callable[[str], None],
                  session: Callable[[], HandOver],
-                 on_handshake: Callable[[str], None] | None = None) -> None:
+                 on_handshake: Callable[[str], None] | None = None,
+                 pending: set[ImplicitTlsGate] | None = None) -> None:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.admit = admit
@@ -70,6 +71,8 @@ class ImplicitTlsGate(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._early = bytearray()  # bytes that came before the TLS protocol took over
+        # The listener's gates still in their handshake, aborted when it stops.
+        self.pending = pending if pending is not None else set()
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transports are duck-typed
@@ -82,6 +85,8 @@ class ImplicitTlsGate(asyncio.Protocol):
             transport.abort()
             return
         self._holding = True
+        self._transport = transport
+        self.pending.add(self)
         self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
 
     def data_received(self, data: bytes) -> None:
@@ -114,7 +119,6 @@ class ImplicitTlsGate(asyncio.Protocol):
     async def _handshake(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
         began = loop.time()
-        self._transport = transport
         # Runs before the callbacks start_tls schedules (call_soon keeps order).
         loop.call_soon(self._feed_early, transport)
         try:
@@ -135,13 +139,23 @@ class ImplicitTlsGate(asyncio.Protocol):
         session = self.session()
         session.preadmitted = True  # the session releases the slot when it ends
         self._holding = False
+        self.pending.discard(self)
         tls.set_protocol(session)  # type: ignore[arg-type]
         session.connection_made(tls)
 
     def _give_back(self) -> None:
+        self.pending.discard(self)
         if self._holding:
             self._holding = False
             self.release(self.ip)
+
+    def abort(self) -> None:
+        """The listener stops: end a connection still in its handshake."""
+        if self._task is not None:
+            self._task.cancel()
+        self._give_back()
+        if self._transport is not None:
+            self._transport.abort()
 
     def _count(self, kind: str) -> None:
         if self.on_handshake is not None:

@@ -86,6 +86,7 @@ class SubmissionServer:
         self.on_accept_failure: Callable[[str], None] | None = None
         self.on_handshake: Callable[[str], None] | None = None
         self._accept_failures: AcceptFailures | None = None
+        self._handshaking: set[ImplicitTlsGate] = set()
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -108,7 +109,8 @@ class SubmissionServer:
             ssl_context=ctx.ssl_context, handshake_timeout=float(
                 self.limits.tls_handshake_timeout),
             admit=ctx.admit, release=ctx.release,
-            session=lambda: SubmissionSession(ctx, loop), on_handshake=self.on_handshake)
+            session=lambda: SubmissionSession(ctx, loop), on_handshake=self.on_handshake,
+            pending=self._handshaking)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -138,6 +140,8 @@ class SubmissionServer:
             self._accept_failures = None
         server, self._server = self._server, None
         server.close()
+        for gate in list(self._handshaking):
+            gate.abort()
         ctx = self.context
         ctx.shutting_down = True
         for session in list(ctx.sessions):
