@@ -238,3 +238,31 @@ async def test_feedback_connections_are_capped_per_address_and_in_total(
         await h.server.stop()
         await h.store.close()
         h.events.close()
+
+
+async def test_reports_over_the_part_or_depth_bound_are_refused_by_the_parser_process(
+        tmp_path: Path) -> None:
+    """Under the rough count the event loop makes, the parser process counts exactly."""
+    h = Harness(tmp_path, Limits(), Feedback(max_mime_parts=100, max_mime_depth=10))
+    await h.store.start()
+    await h.server.start()
+    many = (b"Content-Type: multipart/mixed; boundary=b\r\n\r\n"
+            + b"--b\r\n\r\nx\r\n" * 300 + b"--b--\r\n")
+    deep = b"".join(b"Content-Type: multipart/mixed; boundary=b%d\r\n\r\n--b%d\r\n" % (i, i)
+                    for i in range(30)) + b"\r\nx\r\n"
+    try:
+        for data, why in ((many, b"301 MIME parts"), (deep, b"nested 31 deep")):
+            client = await RawClient.connect(h.server.port)
+            assert (await client.read_reply()).code == 220
+            for line in ("EHLO mx.example.net", "MAIL FROM:<>", "RCPT TO:<b@relay.test>"):
+                assert (await client.cmd(line)).code == 250
+            assert (await client.cmd("DATA")).code == 354
+            reply = await client.cmd(data + b".")
+            assert reply.code == 554 and reply.lines[-1].startswith("5.6.0"), reply
+            assert why in reply.lines[-1].encode(), reply
+            await client.close()
+        assert unparsed_files(tmp_path) == []  # refused, not kept
+    finally:
+        await h.server.stop()
+        await h.store.close()
+        h.events.close()
