@@ -331,7 +331,7 @@ class Feedback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The role = "feedback" listener (bounces and complaints from anyone on the internet).
     # Largest report accepted (552 5.3.4 beyond); real DSNs and ARF reports are small.
     max_message_size: Size = Size(10 * 1000 * 1000)
-    # MIME parts and multipart nesting of one report (554 5.6.0 beyond, not parsed).
+    # MIME parts and multipart nesting of one report (554 5.6.0 beyond, not kept).
     max_mime_parts: PositiveInt = 100
     max_mime_depth: PositiveInt = 10
     # Reports are parsed in a separate process; one that takes longer is kept unparsed.

@@ -5,7 +5,10 @@ Python: 400,000 tiny MIME parts in 14 MB took it ~10 s and ~260 MB. So:
 - `too_many_parts(data, bounds)` runs first, on the event loop: every MIME part begins
   after a boundary delimiter line, and every such line begins with "--", so counting
   the lines that begin with "--" (a C-speed bytes count, a few ms for 10 MB) bounds
-  the parts (parts + multiparts >= delimiter lines >= parts) without parsing anything;
+  the parts without parsing anything. Other lines begin with "--" too (signatures,
+  "-->" in HTML, rulers in a returned message), so only a count far beyond the bound
+  (`ROUGH_FACTOR` times) is refused there: enough to keep the expensive ones from the
+  parser process, never a real report;
 - `parse_bounded(data, bounds)` runs in the parser process (relay/feedback/offload.py):
   it parses, measures the exact part count and nesting depth (iteratively: a deep
   nesting cannot exhaust the stack), and only a report within both is interpreted.
@@ -23,6 +26,9 @@ from email.policy import compat32
 from relay.feedback.parse import Report, parse_message
 
 
+ROUGH_FACTOR = 10
+
+
 @dataclass(frozen=True)
 class ReportBounds:
     max_parts: int = 100
@@ -30,10 +36,11 @@ class ReportBounds:
 
 
 def too_many_parts(data: bytes, bounds: ReportBounds) -> str:
-    """A refusal reason if `data` surely has more MIME parts than allowed, else ""."""
+    """A refusal reason if `data` surely has far more MIME parts than allowed, else ""
+    (the exact count is `parse_bounded`'s, in the parser process)."""
     delimiters = data.count(b"\n--") + data.startswith(b"--")
     # Each part has an opening delimiter; each multipart adds one closing delimiter.
-    if delimiters > 2 * bounds.max_parts + 2:
+    if delimiters > ROUGH_FACTOR * (2 * bounds.max_parts + 2):
         return (f"more than {bounds.max_parts} MIME parts ({delimiters} boundary lines); "
                 "a feedback report has a few")
     return ""

@@ -30,9 +30,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from relay.config import Config, Feedback, Limits, Listener
 from relay.feedback.bounds import ReportBounds, too_many_parts
+from relay.feedback.dataread import read_report
 from relay.feedback.offload import ReportParser
 from relay.feedback.processor import FeedbackProcessor
 from relay.queue.store import StoreFull, StoreUnavailable
+from relay.smtp import replies as R
 from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, peer_ip, raise_fd_limit
 from relay.smtp.server import ConnectionLimiter
 from relay.tasks import cancel_and_wait
@@ -150,6 +152,42 @@ class _FeedbackSMTP(SMTP):
     async def smtp_AUTH(self, arg: str) -> None:
         await self.push(NO_AUTH)
 
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, read in chunks (relay/feedback/dataread.py), not line by line
+        on the event loop."""
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push(str(R.NEED_RCPT))
+            return
+        if arg:
+            await self.push(str(R.DATA_SYNTAX))
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+
+        def progress() -> bool:
+            self._reset_timeout()
+            return self.transport is not None
+
+        try:
+            data, too_big = await read_report(self._reader, int(self.data_size_limit or 0),
+                                              progress)
+        except asyncio.IncompleteReadError:
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if data is None:
+            return
+        if too_big:
+            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            await self.push(str(R.MESSAGE_TOO_BIG))
+            return
+        self.envelope.original_content = self.envelope.content = data
+        status = await self._call_handler_hook("DATA")
+        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        await self.push(status)
+
 
 class FeedbackServer:
     def __init__(self, listener: Listener, hostname: str, processor: FeedbackProcessor,
@@ -180,6 +218,8 @@ class FeedbackServer:
         self.on_report: Callable[[str], None] | None = None
         self.on_accept_failure: Callable[[str], None] | None = None
         self.on_handshake: Callable[[str], None] | None = None
+        self._accept_failures: AcceptFailures | None = None
+        self._handshaking: set[ImplicitTlsGate] = set()
 
     def domains(self) -> set[str]:
         return {d.lower().rstrip(".") for d in self._domains()}
@@ -223,12 +263,13 @@ class FeedbackServer:
             ssl_context=self.ssl_context,
             handshake_timeout=float(self.limits.tls_handshake_timeout),
             admit=self.admit, release=self.release, session=self._factory,
-            on_handshake=self.on_handshake)
+            on_handshake=self.on_handshake, pending=self._handshaking)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         raise_fd_limit()
-        failures = AcceptFailures.on(loop)
+        failures = self._accept_failures = AcceptFailures.on(loop)
+        failures.watch()
         if self.on_accept_failure is not None \
                 and self.on_accept_failure not in failures.observers:
             failures.observers.append(self.on_accept_failure)
@@ -254,10 +295,15 @@ class FeedbackServer:
         await cancel_and_wait(self._pruner)
         self._pruner = None
         await self.parser.close()
+        if self._accept_failures is not None:
+            self._accept_failures.unwatch()
+            self._accept_failures = None
         if self._server is None:
             return
         server, self._server = self._server, None
         server.close()
+        for gate in list(self._handshaking):
+            gate.abort()
         try:
             await asyncio.wait_for(server.wait_closed(), timeout=2.0)
         except TimeoutError:

@@ -11,6 +11,9 @@ and memory, not the event loop that greets every submission client. Bounds:
 - the parser process may map at most `MEMORY_LIMIT` bytes (RLIMIT_AS): a parse that
   needs more fails with MemoryError there, not in relay;
 - the process is replaced every `TASKS_PER_PROCESS` reports (returns its memory).
+Spawning imports the parent's main module as multiprocessing does (`python -m relay` and
+the `relay` script are safe); a program that embeds relay needs the usual
+`if __name__ == "__main__":` guard.
 """
 
 from __future__ import annotations

@@ -9,9 +9,13 @@ Owns three things every listener (submission and feedback) shares:
   when the connection ends). Without it a client that never starts TLS held a socket
   and a file descriptor for the loop's default 60 s, uncounted.
 - `raise_fd_limit()`: the soft RLIMIT_NOFILE raised to the hard limit, once per process.
-- `AcceptFailures`: accept() failures (EMFILE, ENFILE, ENOBUFS, ...) that the event
-  loop reports only to its exception handler are logged (at most once a second) and
-  counted, per errno name, through `on_failure` (Prometheus).
+- `AcceptFailures`: accept() failures (EMFILE, ENFILE, ENOBUFS, ...) are logged (at most
+  once a second) and counted, per errno name, through its observers (Prometheus).
+  asyncio reports them to the loop's exception handler, which it extends. uvloop
+  (libuv) does not: at the open-file limit it accepts and closes new clients silently
+  (its "EMFILE trick"). So the process's descriptors are also looked at every
+  `FD_CHECK_INTERVAL` seconds, and a process with `FD_RESERVE` or fewer left counts
+  as failing to accept (EMFILE) for that interval.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import os
 import resource
 import ssl
 from collections import Counter
@@ -29,6 +34,9 @@ log = logging.getLogger("relay.smtp.admission")
 
 # What the asyncio and uvloop accept loops say when accept() fails.
 _ACCEPT_MESSAGE = "socket.accept() out of system resource"
+EARLY_BYTES_MAX = 64 * 1024  # before the handshake starts; a ClientHello is a few KB
+FD_CHECK_INTERVAL = 2.0
+FD_RESERVE = 8
 
 
 class HandOver(Protocol):
@@ -50,7 +58,8 @@ class ImplicitTlsGate(asyncio.Protocol):
     def __init__(self, *, ssl_context: ssl.SSLContext, handshake_timeout: float,
                  admit: Callable[[str], object | None], release: Callable[[str], None],
                  session: Callable[[], HandOver],
-                 on_handshake: Callable[[str], None] | None = None) -> None:
+                 on_handshake: Callable[[str], None] | None = None,
+                 pending: set[ImplicitTlsGate] | None = None) -> None:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.admit = admit
@@ -60,6 +69,10 @@ class ImplicitTlsGate(asyncio.Protocol):
         self.ip = ""
         self._holding = False  # the gate holds a connection slot (not yet handed over)
         self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._early = bytearray()  # bytes that came before the TLS protocol took over
+        # The listener's gates still in their handshake, aborted when it stops.
+        self.pending = pending if pending is not None else set()
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transports are duck-typed
@@ -72,11 +85,42 @@ class ImplicitTlsGate(asyncio.Protocol):
             transport.abort()
             return
         self._holding = True
+        self._transport = transport
+        self.pending.add(self)
         self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
+
+    def data_received(self, data: bytes) -> None:
+        # The ClientHello can arrive before the task above has run start_tls: the event
+        # loop starts reading once connection_made returns. Kept for the TLS protocol.
+        self._early += data
+        if len(self._early) > EARLY_BYTES_MAX and self._transport is not None:
+            self._transport.abort()
+
+    def _feed_early(self, transport: asyncio.Transport) -> None:
+        """Give what arrived before start_tls to the TLS protocol that start_tls has just
+        installed, before it reads anything itself (its connection_made and the
+        resume_reading that start_tls scheduled run after this)."""
+        data, self._early = bytes(self._early), bytearray()
+        protocol = transport.get_protocol()
+        if not data or protocol is self:
+            return
+        if hasattr(protocol, "get_buffer"):  # asyncio and uvloop TLS are buffered
+            buffered = cast(asyncio.BufferedProtocol, protocol)
+            view = memoryview(data)
+            while view:
+                buf = memoryview(buffered.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                buffered.buffer_updated(n)
+                view = view[n:]
+        else:
+            cast(asyncio.Protocol, protocol).data_received(data)
 
     async def _handshake(self, transport: asyncio.Transport) -> None:
         loop = asyncio.get_running_loop()
         began = loop.time()
+        # Runs before the callbacks start_tls schedules (call_soon keeps order).
+        loop.call_soon(self._feed_early, transport)
         try:
             tls = await loop.start_tls(transport, self, self.ssl_context, server_side=True,
                                        ssl_handshake_timeout=self.handshake_timeout)
@@ -95,13 +139,23 @@ class ImplicitTlsGate(asyncio.Protocol):
         session = self.session()
         session.preadmitted = True  # the session releases the slot when it ends
         self._holding = False
+        self.pending.discard(self)
         tls.set_protocol(session)  # type: ignore[arg-type]
         session.connection_made(tls)
 
     def _give_back(self) -> None:
+        self.pending.discard(self)
         if self._holding:
             self._holding = False
             self.release(self.ip)
+
+    def abort(self) -> None:
+        """The listener stops: end a connection still in its handshake."""
+        if self._task is not None:
+            self._task.cancel()
+        self._give_back()
+        if self._transport is not None:
+            self._transport.abort()
 
     def _count(self, kind: str) -> None:
         if self.on_handshake is not None:
@@ -140,6 +194,34 @@ class AcceptFailures:
         self._last_log = -1.0e9
         self._unlogged = 0
         loop.set_exception_handler(self._handle)
+        self._loop = loop
+        self._timer: asyncio.TimerHandle | None = None
+        self._users = 0
+
+    def watch(self) -> None:
+        """One more listener relies on this watcher: look at the descriptors from now on."""
+        self._users += 1
+        if self._timer is None:
+            self._timer = self._loop.call_later(FD_CHECK_INTERVAL, self._check_fds)
+
+    def unwatch(self) -> None:
+        self._users = max(0, self._users - 1)
+        if not self._users and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check_fds(self) -> None:
+        self._timer = self._loop.call_later(FD_CHECK_INTERVAL, self._check_fds)
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        try:
+            in_use = len(os.listdir("/proc/self/fd")) - 1  # less the listing's own
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):  # not even one left to look
+                self.failed(e, self._loop.time())
+            return  # (no /proc: only the loop's own reports are seen)
+        if soft != resource.RLIM_INFINITY and soft - in_use <= FD_RESERVE:
+            self.failed(OSError(errno.EMFILE, f"open-file limit reached ({in_use} of {soft} "
+                                              "descriptors in use)"), self._loop.time())
 
     @classmethod
     def on(cls, loop: asyncio.AbstractEventLoop) -> AcceptFailures:

@@ -85,6 +85,8 @@ class SubmissionServer:
         # closed before its session began ("refused", "timeout", "failed").
         self.on_accept_failure: Callable[[str], None] | None = None
         self.on_handshake: Callable[[str], None] | None = None
+        self._accept_failures: AcceptFailures | None = None
+        self._handshaking: set[ImplicitTlsGate] = set()
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
@@ -107,12 +109,14 @@ class SubmissionServer:
             ssl_context=ctx.ssl_context, handshake_timeout=float(
                 self.limits.tls_handshake_timeout),
             admit=ctx.admit, release=ctx.release,
-            session=lambda: SubmissionSession(ctx, loop), on_handshake=self.on_handshake)
+            session=lambda: SubmissionSession(ctx, loop), on_handshake=self.on_handshake,
+            pending=self._handshaking)
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         raise_fd_limit()
-        failures = AcceptFailures.on(loop)
+        failures = self._accept_failures = AcceptFailures.on(loop)
+        failures.watch()
         if self.on_accept_failure is not None \
                 and self.on_accept_failure not in failures.observers:
             failures.observers.append(self.on_accept_failure)
@@ -131,8 +135,13 @@ class SubmissionServer:
         """Stop accepting; close idle sessions now, give busy ones `shutdown_grace` s."""
         if self._server is None:
             return
+        if self._accept_failures is not None:
+            self._accept_failures.unwatch()
+            self._accept_failures = None
         server, self._server = self._server, None
         server.close()
+        for gate in list(self._handshaking):
+            gate.abort()
         ctx = self.context
         ctx.shutting_down = True
         for session in list(ctx.sessions):

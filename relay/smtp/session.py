@@ -93,7 +93,7 @@ class ListenerContext:
     sender_check: SenderCheck | None = None
     on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
     # AUTH brute-force defence at work (metrics): "failed", "lockout" (this failure locked
-    # the IP or user), "locked" (refused while locked), "too_many" (per-connection cap).
+    # the client address), "locked" (refused while locked), "too_many" (per-connection cap).
     on_auth: Callable[[str], None] | None = None
     # A message refused for policy after DATA (a Reject event): (message, reason).
     on_reject: Callable[[NewMessage, str], None] | None = None
