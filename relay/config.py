@@ -391,7 +391,8 @@ class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Which suppression reasons apply to its mail; ["account"] = those of [suppression].
     suppression_reasons: list[Literal["account", "BOUNCE", "COMPLAINT"]] = msgspec.field(
         default_factory=lambda: ["account"])
-    # "" = delivery.tls; "require" refuses plain-text delivery.
+    # "" = delivery.tls; "require" refuses plain-text delivery (and verifies the
+    # certificate with delivery.verify_certificates, as the global "require" does).
     tls: Literal["", "opportunistic", "require"] = ""
     # "0" = delivery.max_delivery_time; otherwise shorter than it.
     max_delivery_time: Duration = Duration(0.0)
