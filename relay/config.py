@@ -310,6 +310,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Received: header fields a submitted message may carry (Postfix hopcount_limit); past
     # it the message is refused at DATA (554 5.4.6), so a mail loop ends.
     max_hop_count: PositiveInt = 50
+    # The header section of a submitted message at most (552 5.3.4 beyond): bounds the
+    # work of reading it at DATA (Exim's header_maxsize is 1 MB).
+    max_header_size: Size = Size(1_000_000)
 
 
 class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -32,7 +32,6 @@ from relay.smtp.address import recipient_syntax_error
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.message import (
     complete_header_section,
-    extract_headers,
     header_addresses,
     header_refusal,
     received_header,
@@ -711,21 +710,22 @@ class SubmissionSession(SMTP):
         # The client's header section (after our trace line), read once: the hop limit,
         # RFC 5322 §3.6's one-of-each fields, and the one From that will be delivered.
         max_hops = self.ctx.limits.max_hop_count
-        section = scan_header_section(body, len(trace), max_hops)
+        section = scan_header_section(body, len(trace), max_hops,
+                                      int(self.ctx.limits.max_header_size))
         fault = header_refusal(section, max_hops)
-        end = section.end
+        headers = section.headers
         if fault is None:
-            body, _, end = complete_header_section(
+            body, added = complete_header_section(
                 body, section, hostname=self.ctx.hostname, now=self.ctx.clock.now(),
                 unique=str(uuid.uuid4()))
-        headers, tags = extract_headers(body, section.start, end)
+            headers.update(added)
         refusal = self._check_from(section.from_value) if fault is None else None
         if refusal is not None:
             fault = R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}")
         msg = NewMessage(
             sender=envelope.mail_from or "", recipients=recipients, body=body,
             client_ip=self.client_ip, helo=self.session.host_name or "",
-            auth_user=self.auth_user, headers=headers, tags=tags)
+            auth_user=self.auth_user, headers=headers, tags=section.tags)
         if fault is not None:
             reason = refusal or fault.text
             log.info("%s: message refused: %s", self.client_ip, reason)
