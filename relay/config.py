@@ -202,7 +202,8 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # or its MX is missing with on_mx_failure = "use_default". Empty: server.hostname.
     return_path_domain: str = ""
     # "verified": the From header and envelope sender must be a verified identity the
-    # credential may use (554 5.7.1 otherwise). "off": no check (development only).
+    # credential may use (554 5.7.1 otherwise). "off": no verification (development
+    # only); a credential's explicit allow list still holds.
     sender_authorization: Literal["verified", "off"] = "verified"
     # Processes serving the listeners (SO_REUSEPORT) and delivering (each owns the
     # destinations whose domain hashes to it). 1: a single process, no supervisor.

@@ -772,7 +772,10 @@ class SubmissionSession(SMTP):
 
     def _check_from(self, value: str | None) -> str | None:
         """Every address of the message's one From: must be an identity this client may
-        send as; the check is asked about "" when there is none."""
+        send as; the check is asked about "" when there is none. A message without From:
+        is refused where senders are checked (as SES: "Missing required header 'From'")
+        and passed on otherwise (as Postfix does for SMTP clients; RFC 6409 §8 lets a
+        submission server add Date and Message-ID, not a From naming someone)."""
         check = self.ctx.sender_check
         if check is None:
             return None
