@@ -1,4 +1,7 @@
-"""PURE message helpers for submission: the Received: line, commonHeaders, SES tags.
+"""PURE message helpers for submission: the Received: line, commonHeaders, SES tags, and
+the header section rules applied at DATA (`scan_header_section`: the hop limit, one of
+each RFC 5322 §3.6 field, the one From; `complete_header_section`: Message-ID and Date
+added when absent, RFC 6409 §8).
 
 No I/O. Header values are unfolded and otherwise left as sent (no RFC 2047 decoding),
 which is what SES puts in `mail.commonHeaders`/`mail.headers` of its events.

@@ -3,7 +3,8 @@
 Owns the per-connection policy that aiosmtpd does not: who may send (AUTH over TLS, or a
 trusted network; never an open relay, RFC 5321 §3.6), AUTH with brute-force defence
 (authpolicy), EHLO keywords, recipient/message/size caps, bare CR/LF rejection in DATA
-(RFC 5321 §2.3.8, anti-smuggling), the Received: line, and "250 only after commit"
+(RFC 5321 §2.3.8, anti-smuggling), recipient syntax at RCPT (address.py), the Received:
+line, the header section rules of message.py at DATA, and "250 only after commit"
 (it awaits `Submitter.submit`). Every reply comes from `replies`; aiosmtpd's own literals
 are given enhanced codes in `push()`. Decisions that need no I/O live in authpolicy and
 message; this module must not read the wall clock (Clock injected) or touch storage.
