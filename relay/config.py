@@ -202,7 +202,8 @@ class Server(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # or its MX is missing with on_mx_failure = "use_default". Empty: server.hostname.
     return_path_domain: str = ""
     # "verified": the From header and envelope sender must be a verified identity the
-    # credential may use (554 5.7.1 otherwise). "off": no check (development only).
+    # credential may use (554 5.7.1 otherwise). "off": no verification (development
+    # only); a credential's explicit allow list still holds.
     sender_authorization: Literal["verified", "off"] = "verified"
     # Processes serving the listeners (SO_REUSEPORT) and delivering (each owns the
     # destinations whose domain hashes to it). 1: a single process, no supervisor.
@@ -320,6 +321,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Received: header fields a submitted message may carry (Postfix hopcount_limit); past
     # it the message is refused at DATA (554 5.4.6), so a mail loop ends.
     max_hop_count: PositiveInt = 50
+    # The header section of a submitted message at most (552 5.3.4 beyond): bounds the
+    # work of reading it at DATA (Exim's header_maxsize is 1 MB).
+    max_header_size: Size = Size(1_000_000)
 
     def __post_init__(self) -> None:
         if self.tls_handshake_timeout <= 0:

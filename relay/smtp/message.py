@@ -1,4 +1,7 @@
-"""PURE message helpers for submission: the Received: line, commonHeaders, SES tags.
+"""PURE message helpers for submission: the Received: line, commonHeaders, SES tags, and
+the header section rules applied at DATA (`scan_header_section`: the hop limit, one of
+each RFC 5322 §3.6 field, the one From; `complete_header_section`: Message-ID and Date
+added when absent, RFC 6409 §8).
 
 No I/O. Header values are unfolded and otherwise left as sent (no RFC 2047 decoding),
 which is what SES puts in `mail.commonHeaders`/`mail.headers` of its events.
@@ -11,7 +14,7 @@ import email.utils
 import functools
 import itertools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from email.policy import compat32
 
@@ -21,7 +24,6 @@ COMMON_HEADERS = ("From", "To", "Subject", "Message-ID", "Date")
 TAGS_HEADER = "X-SES-MESSAGE-TAGS"
 _FOLD = re.compile(r"\r?\n(?=[ \t])")
 _HEADER_LIMIT = 256 * 1024  # headers past this are not examined (they are kept in the body)
-_WANTED = {name.lower(): name for name in COMMON_HEADERS}
 
 
 def header_block(body: bytes) -> bytes:
@@ -32,87 +34,153 @@ def header_block(body: bytes) -> bytes:
 # RFC 5322 §3.6 (and its obs-optional, §4.5.8): at most one of each; From exactly one.
 SINGLE_FIELDS = ("From", "Sender", "Reply-To", "To", "Cc", "Bcc", "Message-ID", "Date",
                  "Subject")
-_SINGLE_NAMES = {name.lower().encode(): name for name in SINGLE_FIELDS}
-# A field line: ftext name, WSP allowed before the colon (obsolete syntax, RFC 5322 §4.5:
+_SINGLE = {name.lower().encode(): name for name in SINGLE_FIELDS}
+_COMMON = {name.lower().encode(): name for name in COMMON_HEADERS}
+_TAGS = TAGS_HEADER.lower().encode()
+# A field: an ftext name, WSP allowed before the colon (obsolete syntax, RFC 5322 §4.5.8:
 # "From :" is From). Continuation lines start with WSP, so they never match.
-_FIELD = re.compile(rb"([!-9;-~]+)[ \t]*:")
-_FIELD_LINE = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
-_OBS_FIELD_LINE = re.compile(rb"^([!-9;-~]+)[ \t]+:", re.MULTILINE)
+_FIELD = re.compile(rb"([!-9;-~]+)([ \t]*):")  # the section's first line
+_NEXT_FIELD = re.compile(rb"\n([!-9;-~]+)([ \t]*):")  # any other line
 # The first line after a line end that is neither a continuation nor a field: the empty
 # line before the body, or a stray line (an mbox "From x@y ...", text with no headers).
 _NOT_HEADER_LINE = re.compile(rb"\n(?![ \t]|[!-9;-~]+[ \t]*:)")
-# The fields counted against RFC 5322 §3.6 and the hop limit, searched in C over the whole
-# header section: the other fields cost no Python work, however many there are.
+# Past _HEADER_LIMIT, only the fields counted against RFC 5322 §3.6 and the hop limit are
+# looked at, found in C: the others cost no Python work, however many there are.
 _COUNTED = re.compile(
-    rb"^(from|sender|reply-to|to|cc|bcc|message-id|date|subject|received)[ \t]*:",
-    re.MULTILINE | re.IGNORECASE)
+    rb"\n(from|sender|reply-to|to|cc|bcc|message-id|date|subject|received)[ \t]*:",
+    re.IGNORECASE)
+_OBS_NAME = re.compile(rb"(^|\n)([!-9;-~]+)[ \t]+:")  # to rewrite one header section
+_OBS_NEXT = re.compile(rb"\n[!-9;-~]+[ \t]+:")  # to search (a literal first: fast)
 _CRLF_NOT_FOLD = re.compile(rb"\r\n(?![ \t])")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HeaderSection:
     """The header section of a submitted message, as `scan_header_section` found it."""
 
     start: int  # where it begins in the message
     end: int  # where it ends: the empty line before the body, a stray line, or the end
     separated: bool  # followed by the empty line (or nothing): no separator to insert
-    obsolete_names: bool  # some field has WSP before its colon ("From :")
-    received: int  # Received: fields (capped just past the hop limit)
-    repeated: str | None  # a RFC 5322 §3.6 field that occurs more than once, or None
-    from_value: str | None  # the (one) From: value, unfolded; None when there is none
-    has_message_id: bool
-    has_date: bool
+    oversized: bool = False  # longer than the limit: nothing else was looked at
+    obsolete_names: bool = False  # some field has WSP before its colon ("From :")
+    received: int = 0  # Received: fields (past _HEADER_LIMIT: counted up to a refusal)
+    repeated: str | None = None  # the first RFC 5322 §3.6 field found twice, or None
+    from_value: str | None = None  # the (first) From: value, unfolded; None: no From
+    has_message_id: bool = False
+    has_date: bool = False
+    headers: dict[str, str] = field(default_factory=dict)  # commonHeaders: the first of each
+    tags: dict[str, list[str]] = field(default_factory=dict)  # X-SES-MESSAGE-TAGS
 
 
-def scan_header_section(body: bytes, start: int, max_hops: int) -> HeaderSection:
-    """Find the header section of `body` (CRLF-only, as DATA leaves it) from `start`, and
-    count what `header_refusal` and `complete_header_section` need.
+def scan_header_section(body: bytes, start: int, max_hops: int,
+                        max_size: int = 1_000_000) -> HeaderSection:
+    """Read the header section of `body` (CRLF-only, as DATA leaves it) from `start`:
+    what `header_refusal` and `complete_header_section` need, the common headers and the
+    SES tags, in one pass.
 
     A header section ends at the first line that is neither a field nor a continuation:
     normally the empty line, but a stray line ends it too (RFC 5322 §2.1), and then the
     empty line is inserted before it, so every reader downstream splits the message where
     relay did (a lenient parser skipping an mbox "From " line would otherwise read the
     fields after it as headers: two Froms). Field names are case-insensitive and may have
-    WSP before the colon. Only the fields counted here cost Python work; the count stops
-    as soon as the message is refused, so a header section of a million fields costs
-    what a C regex search of it costs."""
-    if _FIELD.match(body, start) is None:  # no field at all: an empty line, text or nothing
+    WSP before the colon. Fields are read one by one in the first _HEADER_LIMIT bytes;
+    past that, C regex searches find only the counted fields and stop at a refusal. A
+    section longer than `max_size` bytes is `oversized` and not read at all, so the work
+    is bounded whatever the message (Exim's header_maxsize)."""
+    first = _FIELD.match(body, start)
+    bound = start + max_size
+    if first is None:  # no field at all: an empty line, text, or nothing
         end = start
     else:
-        m = _NOT_HEADER_LINE.search(body, start)
-        end = m.start() + 1 if m is not None else len(body)
-    separated = end == len(body) or body.startswith(b"\r\n", end)
-    counts: dict[bytes, int] = {}
-    received = 0
-    repeated: str | None = None
-    from_at = -1
-    for m in _COUNTED.finditer(body, start, end):
+        m = _NOT_HEADER_LINE.search(body, start, bound)
+        if bound >= len(body):
+            end = m.start() + 1 if m is not None else len(body)
+        elif m is not None and body.find(b"\n", m.end(), bound) >= 0:
+            end = m.start() + 1  # (a line cut at `bound` may look like no field: checked)
+        else:  # no end within max_size bytes
+            return HeaderSection(start, bound, False, oversized=True)
+    section = HeaderSection(start, end, end == len(body) or body.startswith(b"\r\n", end))
+    if first is not None:
+        counts: dict[bytes, int] = {}
+        rest = _read_fields(body, first, section, counts, max_hops)
+        if rest < end and section.repeated is None and section.received <= max_hops:
+            _count_fields(body, rest, section, counts, max_hops)
+        section.has_message_id = b"message-id" in counts
+        section.has_date = b"date" in counts
+        section.from_value = section.headers.get("From")
+    return section
+
+
+def _read_fields(body: bytes, first: re.Match[bytes], s: HeaderSection,
+                 counts: dict[bytes, int], max_hops: int) -> int:
+    """Every field up to _HEADER_LIMIT, or up to a refusal; returns where the rest
+    begins (s.end: none)."""
+    limit = min(s.end, s.start + _HEADER_LIMIT)
+    wanted = b""  # the field whose value is kept, open until the next field starts
+    value_at = 0
+    for m in itertools.chain((first,), _NEXT_FIELD.finditer(body, first.end(), s.end)):
+        at = m.start(1)
+        if wanted:
+            _keep(s, wanted, body[value_at:at])
+            wanted = b""
+        if at >= limit:
+            return at - 1
+        name = m.group(1).lower()
+        if m.group(2):
+            s.obsolete_names = True
+        if name == b"received":
+            s.received += 1
+            if s.received > max_hops:
+                return s.end
+            continue
+        single = _SINGLE.get(name)
+        if single is not None:
+            n = counts[name] = counts.get(name, 0) + 1
+            if n > 1:
+                s.repeated = single
+                return s.end
+        if name in _COMMON or name == _TAGS:
+            wanted, value_at = name, m.end()
+    if wanted:
+        _keep(s, wanted, body[value_at:s.end])
+    return s.end
+
+
+def _keep(s: HeaderSection, name: bytes, raw: bytes) -> None:
+    value = raw.replace(b"\r\n", b"").decode("utf-8", "replace")
+    if name == _TAGS:
+        for tname, vals in parse_tags(value).items():
+            s.tags.setdefault(tname, []).extend(vals)
+    else:
+        s.headers.setdefault(_COMMON[name], value.strip())
+
+
+def _count_fields(body: bytes, rest: int, s: HeaderSection, counts: dict[bytes, int],
+                  max_hops: int) -> None:
+    """Past _HEADER_LIMIT: the counted fields only, found in C, up to a refusal."""
+    if _OBS_NEXT.search(body, rest, s.end) is not None:
+        s.obsolete_names = True
+    for m in _COUNTED.finditer(body, rest, s.end):
         name = m.group(1).lower()
         if name == b"received":
-            received += 1
-            if received > max_hops:
-                break
+            s.received += 1
+            if s.received > max_hops:
+                return
             continue
         n = counts[name] = counts.get(name, 0) + 1
         if n > 1:
-            repeated = _SINGLE_NAMES[name]
-            break
-        if name == b"from":
-            from_at = m.end()
-    from_value = None
-    if from_at >= 0:
-        fold = _CRLF_NOT_FOLD.search(body, from_at, end)
-        raw = body[from_at:fold.start() if fold is not None else end]
-        from_value = raw.replace(b"\r\n", b"").decode("utf-8", "replace").strip()
-    return HeaderSection(
-        start=start, end=end, separated=separated,
-        obsolete_names=_OBS_FIELD_LINE.search(body, start, end) is not None,
-        received=received, repeated=repeated, from_value=from_value,
-        has_message_id=b"message-id" in counts, has_date=b"date" in counts)
+            s.repeated = s.repeated or _SINGLE[name]
+            return
+        if name == b"from" and "From" not in s.headers:
+            fold = _CRLF_NOT_FOLD.search(body, m.end(), s.end)
+            raw = body[m.end():fold.start() if fold is not None else s.end]
+            s.headers["From"] = raw.replace(b"\r\n", b"").decode("utf-8", "replace").strip()
 
 
 def header_refusal(section: HeaderSection, max_hops: int) -> R.Reply | None:
     """Why a message with this header section is refused at DATA, or None."""
+    if section.oversized:
+        return R.HEADER_TOO_BIG
     if section.received > max_hops:
         return R.TOO_MANY_HOPS
     if section.repeated is not None:
@@ -122,68 +190,49 @@ def header_refusal(section: HeaderSection, max_hops: int) -> R.Reply | None:
 
 
 def complete_header_section(body: bytes, section: HeaderSection, *, hostname: str,
-                            now: float, unique: str) -> tuple[bytes, dict[str, str], int]:
+                            now: float, unique: str) -> tuple[bytes, dict[str, str]]:
     """`body` with what RFC 6409 §8 lets a submission server add or fix: Message-ID and
     Date when absent (first in the section), field names written without WSP before the
     colon, the empty line before the body when a stray line ended the headers. Returns the
-    (possibly same) message, the fields added and where its header section now ends. One
-    copy of the message at most, and none when nothing changes."""
+    (possibly same) message and the fields added. One copy of the message at most, and
+    none when nothing changes."""
     added: dict[str, str] = {}
     if not section.has_message_id:
         added["Message-ID"] = f"<{unique}@{hostname}>"
     if not section.has_date:
-        added["Date"] = email.utils.format_datetime(
-            datetime.datetime.fromtimestamp(now, datetime.UTC))
+        added["Date"] = _rfc5322_date(int(now))
     if not added and section.separated and not section.obsolete_names:
-        return body, added, section.end
+        return body, added
     fields = "".join(f"{name}: {value}\r\n" for name, value in added.items()).encode("ascii")
     with memoryview(body) as view:
         head: bytes | memoryview = view[section.start:section.end]
         if section.obsolete_names:
-            head = _OBS_FIELD_LINE.sub(rb"\1:", bytes(head))
-        end = section.start + len(fields) + len(head)
+            head = _OBS_NAME.sub(rb"\1\2:", bytes(head))
         new = b"".join((view[:section.start], fields, head,
                         b"" if section.separated else b"\r\n", view[section.end:]))
         del head
-    return new, added, end
+    return new, added
 
 
-def extract_headers(body: bytes, start: int = 0,
-                    end: int | None = None) -> tuple[dict[str, str], dict[str, list[str]]]:
+@functools.lru_cache(maxsize=4)
+def _rfc5322_date(second: int) -> str:
+    """RFC 5322 §3.3 date-time in UTC ("+0000"); the same for a whole second."""
+    return email.utils.format_datetime(datetime.datetime.fromtimestamp(second, datetime.UTC))
+
+
+def extract_headers(body: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:
     """Return (common headers, X-SES-MESSAGE-TAGS) from a message with CRLF line endings:
-    the first of each common header, unfolded and stripped, and every tags header.
-
-    The header section runs from `start` to `end` (`HeaderSection.start`/`.end`; found
-    here when not given), as `scan_header_section` reads it: names case-insensitive, WSP
-    allowed before the colon. Only its first _HEADER_LIMIT bytes are examined. A message
-    with a bare CR or LF in its headers (never one from DATA) is read by email's compat32
-    parser."""
-    if end is None:
-        block = header_block(body)
-        if block.count(b"\n") != block.count(b"\r\n") or \
-                block.count(b"\r") != block.count(b"\r\n"):
-            return _extract_headers_parsed(body)
-        if _FIELD.match(body, start) is None:
-            return {}, {}
-        m = _NOT_HEADER_LINE.search(body, start)
-        end = m.start() + 1 if m is not None else len(body)
-    end = min(end, start + _HEADER_LIMIT)
-    starts = [f.start() for f in _FIELD_LINE.finditer(body, start, end)]
-    starts.append(end)
-    headers: dict[str, str] = {}
-    tags: dict[str, list[str]] = {}
-    tags_header = TAGS_HEADER.lower()
-    for at, nxt in itertools.pairwise(starts):
-        colon = body.index(b":", at, nxt)
-        key = body[at:colon].rstrip(b" \t").decode("ascii").lower()
-        if key == tags_header or key in _WANTED:
-            value = body[colon + 1:nxt].replace(b"\r\n", b"").decode("utf-8", "replace")
-            if key == tags_header:
-                for tname, vals in parse_tags(value).items():
-                    tags.setdefault(tname, []).extend(vals)
-            elif _WANTED[key] not in headers:
-                headers[_WANTED[key]] = value.strip()
-    return headers, tags
+    the first of each common header, unfolded and stripped, and every tags header, read as
+    `scan_header_section` reads them (names case-insensitive, WSP before the colon; up to
+    a second instance of a field RFC 5322 allows once). A
+    message with a bare CR or LF in its headers (never one from DATA) is read by email's
+    compat32 parser."""
+    block = header_block(body)
+    if block.count(b"\n") != block.count(b"\r\n") or \
+            block.count(b"\r") != block.count(b"\r\n"):
+        return _extract_headers_parsed(body)
+    section = scan_header_section(body, 0, _HEADER_LIMIT, len(body))
+    return section.headers, section.tags
 
 
 def _extract_headers_parsed(body: bytes) -> tuple[dict[str, str], dict[str, list[str]]]:

@@ -80,6 +80,8 @@ BAD_SENDER = Reply(501, "5.1.7", "Bad sender address syntax")
 BAD_RECIPIENT = Reply(501, "5.1.3", "Bad recipient address syntax")
 SOURCE_ROUTE = Reply(501, "5.1.3", "Source routes are not accepted")
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
+# limits.max_header_size (Gmail answers "552 5.3.4" for its header size limit too).
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section exceeds the maximum header size")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (see RFC 5321 4.5.3.1.6)")
 BARE_NEWLINE = Reply(550, "5.6.11", "message contains bare CR or LF")
 # RFC 5321 §2.3.8: only CRLF ends a command line; a bare LF/CR one is refused, never run.

@@ -3,7 +3,8 @@
 Owns the per-connection policy that aiosmtpd does not: who may send (AUTH over TLS, or a
 trusted network; never an open relay, RFC 5321 §3.6), AUTH with brute-force defence
 (authpolicy), EHLO keywords, recipient/message/size caps, bare CR/LF rejection in DATA
-(RFC 5321 §2.3.8, anti-smuggling), the Received: line, and "250 only after commit"
+(RFC 5321 §2.3.8, anti-smuggling), recipient syntax at RCPT (address.py), the Received:
+line, the header section rules of message.py at DATA, and "250 only after commit"
 (it awaits `Submitter.submit`). Every reply comes from `replies`; aiosmtpd's own literals
 are given enhanced codes in `push()`. Decisions that need no I/O live in authpolicy and
 message; this module must not read the wall clock (Clock injected) or touch storage.
@@ -32,7 +33,6 @@ from relay.smtp.address import recipient_syntax_error
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.message import (
     complete_header_section,
-    extract_headers,
     header_addresses,
     header_refusal,
     received_header,
@@ -713,21 +713,22 @@ class SubmissionSession(SMTP):
         # The client's header section (after our trace line), read once: the hop limit,
         # RFC 5322 §3.6's one-of-each fields, and the one From that will be delivered.
         max_hops = self.ctx.limits.max_hop_count
-        section = scan_header_section(body, len(trace), max_hops)
+        section = scan_header_section(body, len(trace), max_hops,
+                                      int(self.ctx.limits.max_header_size))
         fault = header_refusal(section, max_hops)
-        end = section.end
+        headers = section.headers
         if fault is None:
-            body, _, end = complete_header_section(
+            body, added = complete_header_section(
                 body, section, hostname=self.ctx.hostname, now=self.ctx.clock.now(),
                 unique=str(uuid.uuid4()))
-        headers, tags = extract_headers(body, section.start, end)
+            headers.update(added)
         refusal = self._check_from(section.from_value) if fault is None else None
         if refusal is not None:
             fault = R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}")
         msg = NewMessage(
             sender=envelope.mail_from or "", recipients=recipients, body=body,
             client_ip=self.client_ip, helo=self.session.host_name or "",
-            auth_user=self.auth_user, headers=headers, tags=tags)
+            auth_user=self.auth_user, headers=headers, tags=section.tags)
         if fault is not None:
             reason = refusal or fault.text
             log.info("%s: message refused: %s", self.client_ip, reason)
@@ -774,7 +775,10 @@ class SubmissionSession(SMTP):
 
     def _check_from(self, value: str | None) -> str | None:
         """Every address of the message's one From: must be an identity this client may
-        send as; the check is asked about "" when there is none."""
+        send as; the check is asked about "" when there is none. A message without From:
+        is refused where senders are checked (as SES: "Missing required header 'From'")
+        and passed on otherwise (as Postfix does for SMTP clients; RFC 6409 §8 lets a
+        submission server add Date and Message-ID, not a From naming someone)."""
         check = self.ctx.sender_check
         if check is None:
             return None

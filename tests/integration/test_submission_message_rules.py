@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from relay.clock import FakeClock
+from relay.config import Size
 from relay.identity.authorize import SenderPolicy
 from relay.identity.store import IdentityStore
 from relay.smtp import replies as R
@@ -150,6 +151,22 @@ async def test_received_lines_in_the_body_are_not_hops(
     message = b"From: app@example.com\r\n\r\n" + received_lines(60)  # a forwarded trace
     expect(await send(client, message), R.QUEUED)
     await client.close()
+
+
+async def test_header_section_past_its_limit_is_refused_552_5_3_4(
+        tls: Tls, users: UserStore) -> None:
+    """The work of reading a header section is bounded: past max_header_size it is refused,
+    whatever it holds (here a second From past the first 1,500 bytes)."""
+    submitter = RecordingSubmitter()
+    async with running_server(tls=tls, users=users, submitter=submitter,
+                              limits=limits(max_header_size=Size(1500))) as srv:
+        client = await session(srv.port, tls)
+        pad = b"".join(b"X-Pad-%d: %s\r\n" % (i, b"p" * 60) for i in range(25))
+        message = b"From: app@example.com\r\n" + pad + b"From: boss@other.test\r\n\r\nhi\r\n"
+        expect(await send(client, message), R.HEADER_TOO_BIG)
+        expect(await send(client, b"From: app@example.com\r\n\r\n" + pad), R.QUEUED)
+        await client.close()
+    assert len(submitter.messages) == 1
 
 
 # --- header spoofing: one of each RFC 5322 §3.6 field ---------------------------------------

@@ -1,0 +1,185 @@
+"""Submission-side message rules through the real `relay` process, as a client meets them.
+
+One `relay serve` with the development setting `sender_authorization = "off"`, DKIM keys
+made with `relay dkim keygen` and published in the loopback DNS server, a credential
+limited with `relay user add --allow`, and a sink on 127.0.0.2. smtplib (a real client)
+submits; what the sink receives is the proof: Message-ID and Date added and covered by
+the DKIM signature, and nothing of the messages refused at RCPT or DATA (a second From
+in another spelling, a mail loop past the hop limit, a sender outside the allow list,
+a recipient with no domain, which is never looked up in DNS either).
+"""
+
+from __future__ import annotations
+
+import re
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import dkim
+import dns.exception
+import dns.resolver
+import pytest
+
+from relay.testing.dnsserver import DnsServer
+from relay.testing.process import (
+    RelayProcess,
+    free_port,
+    listener_config,
+    relay_config,
+    run_cli,
+    write_config,
+)
+from relay.testing.sink import Sink
+from relay.testing.submission import Tls
+
+PASSWORD = "correct horse battery staple"
+_RECORD = re.compile(r'^(\S+)\.\s+IN\s+TXT\s+\(?\s*((?:"[^"]*"\s*)+)\)?$')
+
+
+class Relay:
+    def __init__(self, process: RelayProcess, port: int, tls: Tls) -> None:
+        self.process = process
+        self.port = port
+        self.tls = tls
+
+    def client(self, user: str = "app") -> smtplib.SMTP:
+        s = smtplib.SMTP("127.0.0.1", self.port, timeout=10)
+        s.starttls(context=self.tls.client)
+        s.login(user, PASSWORD)
+        return s
+
+
+@pytest.fixture
+def relay(tmp_path: Path, dns_server: DnsServer,
+          sinks: tuple[Sink, Sink]) -> Iterator[Relay]:
+    tls = Tls()
+    cert, key = tls.write_files(tmp_path)
+    port = free_port()
+    data = relay_config(tmp_path / "state", dns_server.nameserver, sinks[0].port,
+                        [listener_config("starttls", "required", port)])
+    assert data["server"]["sender_authorization"] == "off"  # as the development config
+    data["tls"] = {"cert": str(cert), "key": str(key)}
+    config = write_config(tmp_path / "relay.toml", data)
+    for args in (("user", "add", "app", "--password-stdin", "--allow", "example.com"),
+                 ("user", "add", "any", "--password-stdin")):
+        made = run_cli(*args, config=config, input=PASSWORD + "\n")
+        assert made.returncode == 0, made.stderr
+    keys = run_cli("dkim", "keygen", "example.com", config=config)
+    assert keys.returncode == 0, keys.stderr
+    for line in keys.stdout.splitlines():
+        m = _RECORD.match(line.strip())
+        if m:
+            dns_server.set(m.group(1), "TXT", ["".join(re.findall(r'"([^"]*)"', m.group(2)))])
+    with RelayProcess(config, log_dir=tmp_path / "logs") as process:
+        yield Relay(process, port, tls)
+
+
+def dkim_verifies(data: bytes, server: DnsServer, index: int) -> bool:
+    res = dns.resolver.Resolver(configure=False)
+    res.nameservers = [server.host]
+    res.port = server.port
+
+    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
+        try:
+            answer = res.resolve(name.decode().rstrip("."), "TXT")
+        except dns.exception.DNSException:
+            return None
+        return b"".join(b"".join(r.strings) for r in answer)
+
+    return bool(dkim.DKIM(data).verify(idx=index, dnsfunc=dnsfunc))
+
+
+def fields(data: bytes) -> list[tuple[str, str]]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode()
+    out: list[tuple[str, str]] = []
+    for line in head.split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            out[-1] = (out[-1][0], out[-1][1] + line)
+        else:
+            name, _, value = line.partition(":")
+            out.append((name.strip().lower(), value.strip()))
+    return out
+
+
+def data_reply(s: smtplib.SMTP, sender: str, message: bytes,
+               rcpt: str = "user@dest.test") -> tuple[int, str]:
+    code, reply = s.mail(sender)
+    if code != 250:
+        s.rset()
+        return code, reply.decode()
+    code, reply = s.rcpt(rcpt)
+    if code != 250:
+        s.rset()
+        return code, reply.decode()
+    code, reply = s.data(message)
+    return code, reply.decode()
+
+
+def test_message_rules_hold_in_the_development_setup(
+        relay: Relay, dns_server: DnsServer, sinks: tuple[Sink, Sink]) -> None:
+    # Before STARTTLS, AUTH is not offered: the client is told what to do first.
+    with smtplib.SMTP("127.0.0.1", relay.port, timeout=10) as plain:
+        plain.ehlo("client.test")
+        assert plain.mail("app@example.com") == (
+            530, b"5.7.0 Must issue a STARTTLS command first")
+
+    with relay.client("app") as s:
+        # Message-ID and Date added (RFC 6409 §8), before DKIM signs the stored message.
+        code, reply = data_reply(s, "app@example.com",
+                                 b"From: App <app@example.com>\r\nTo: user@dest.test\r\n"
+                                 b"Subject: no id, no date\r\n\r\nhello\r\n")
+        assert code == 250, reply
+        # A second From in any spelling names someone else: refused, never delivered.
+        for second in (b"From : Boss <boss@other.test>", b"FROM: boss@other.test"):
+            code, reply = data_reply(s, "app@example.com",
+                                     b"From: App <app@example.com>\r\n" + second
+                                     + b"\r\nSubject: spoof\r\n\r\npay the invoice\r\n")
+            assert (code, reply[:5]) == (554, "5.6.0"), reply
+            assert "'From'" in reply
+        # A mail loop: past 50 Received lines, Postfix's hop limit.
+        hops = b"".join(b"Received: from hop%d.example by relay.example; "
+                        b"Mon, 7 Dec 2026 10:00:00 +0000\r\n" % i for i in range(51))
+        code, reply = data_reply(s, "app@example.com",
+                                 hops + b"From: app@example.com\r\nSubject: loop\r\n\r\nx\r\n")
+        assert (code, reply) == (554, "5.4.6 Too many hops")
+        # The credential's --allow list holds with sender_authorization = "off".
+        code, reply = data_reply(s, "ceo@other.test", b"From: ceo@other.test\r\n\r\nx\r\n")
+        assert (code, reply[:5]) == (550, "5.7.1") and "ceo@other.test" in reply, reply
+        code, reply = data_reply(s, "app@example.com",
+                                 b"From: CEO <ceo@other.test>\r\nSubject: s\r\n\r\nx\r\n")
+        assert (code, reply[:5]) == (554, "5.7.1") and "ceo@other.test" in reply, reply
+        # A recipient with no domain: refused at RCPT.
+        code, reply = data_reply(s, "app@example.com", b"From: app@example.com\r\n\r\nx\r\n",
+                                 rcpt="not-an-address")
+        assert (code, reply[:5]) == (501, "5.1.3"), reply
+    with relay.client("any") as s:  # no allow list: any sender, as "off" says
+        code, reply = data_reply(s, "ceo@other.test",
+                                 b"From: ceo@other.test\r\nSubject: last\r\n"
+                                 b"Message-ID: <own@other.test>\r\n"
+                                 b"Date: Mon, 7 Dec 2026 10:00:00 +0000\r\n\r\nx\r\n")
+        assert code == 250, reply
+
+    # Only the two 250s were queued: the refusals came before any commit.
+    sinks[0].wait_for(2, timeout=10)
+    bodies = [m.data for m in sinks[0].messages]
+    assert len(bodies) == 2, [b[:200] for b in bodies]
+    first = next(b for b in bodies if b"no id, no date" in b)
+    head = fields(first)
+    ids = [v for n, v in head if n == "message-id"]
+    dates = [v for n, v in head if n == "date"]
+    assert len(ids) == 1 and re.fullmatch(r"<[0-9a-f-]{36}@relay\.test>", ids[0]), head
+    assert len(dates) == 1 and dates[0].endswith("+0000"), head
+    signatures = [v for n, v in head if n == "dkim-signature"]
+    assert signatures, head
+    for i, signature in enumerate(signatures):
+        signed = re.search(r"h=([^;]+)", signature)
+        assert signed is not None
+        names = {h.strip().lower() for h in re.sub(r"\s", "", signed.group(1)).split(":")}
+        assert {"message-id", "date", "from"} <= names, names
+        assert dkim_verifies(first, dns_server, i)
+    last = next(b for b in bodies if b"Subject: last" in b)
+    assert [v for n, v in fields(last) if n in ("message-id", "date")] == [
+        "<own@other.test>", "Mon, 7 Dec 2026 10:00:00 +0000"]
+    assert all(b"boss@other.test" not in b and b"Subject: loop" not in b for b in bodies)
+    assert dns_server.query_count("not-an-address") == 0
