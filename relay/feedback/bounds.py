@@ -25,7 +25,6 @@ from email.policy import compat32
 
 from relay.feedback.parse import Report, parse_message
 
-
 ROUGH_FACTOR = 10
 
 
