@@ -276,7 +276,8 @@ def test_exim_relays_through_relay(smarthost: Smarthost, postfix_dir: Path) -> N
         return main.read_text(errors="replace")[-3000:] if main.exists() else "(no mainlog)"
 
     before = admin.sinks[0].message_count
-    hand_over([str(exim), "-C", str(config), "-odf"], "app@example.com", "via-exim@ok.test",
+    hand_over([*own_host_name(tmp_path, "exim.test"), str(exim), "-C", str(config), "-odf"],
+              "app@example.com", "via-exim@ok.test",
               "From: app@example.com\nTo: via-exim@ok.test\nSubject: through exim\n\n"
               "relayed by a smarthost\n", log)
     data = arrived(admin, before, "via-exim@ok.test", log)
