@@ -12,11 +12,13 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+import ssl
 import tomllib
 import types
 import typing
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from collections.abc import Set as AbstractSet
 from datetime import date as _date
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -599,9 +601,11 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 class ConfigError(Exception):
     """Every problem found in one config file, each naming key path, value and expectation."""
 
-    def __init__(self, problems: list[str], source: str = "") -> None:
+    def __init__(self, problems: list[str], source: str = "",
+                 warnings: list[str] | None = None) -> None:
         self.problems = problems
         self.source = source
+        self.warnings = warnings or []  # relay.config.config_warnings of what was valid
         where = f"{source}: " if source else ""
         super().__init__(where + "; ".join(problems))
 
@@ -752,10 +756,15 @@ def _hosts_overlap(a: str, b: str) -> bool:
     return False
 
 
-def _check_whole(cfg: Config) -> Iterable[str]:
-    """Rules that span sections."""
-    yield from _check_pools(cfg)
-    yield from _check_configuration_sets(cfg)
+def _check_whole(cfg: Config, skip: AbstractSet[str] = frozenset()) -> Iterable[str]:
+    """Rules that span sections; a rule reading a section in `skip` (one that failed its
+    own validation, so `cfg` has its defaults there) is left out."""
+    for sections, rule in _RULES:
+        if not sections & skip:
+            yield from rule(cfg)
+
+
+def _check_binds(cfg: Config) -> Iterable[str]:
     binds = [(f"listener[{i}].address", lst.address) for i, lst in enumerate(cfg.listener)]
     if cfg.admin.enabled:
         binds.append(("admin.address", cfg.admin.address))
@@ -764,21 +773,90 @@ def _check_whole(cfg: Config) -> Iterable[str]:
             if addr.port == other.port and _hosts_overlap(addr.host, other.host):
                 yield f"{name}: \"{addr}\" clashes with {other_name} \"{other}\""
                 break
+
+
+def _check_identities(cfg: Config) -> Iterable[str]:
     seen: set[str] = set()
     for i, ident in enumerate(cfg.identity):
         name = (ident.address or ident.domain).lower()
         if name in seen:
             yield f"identity[{i}]: \"{name}\" is declared twice"
         seen.add(name)
+
+
+def _check_tls(cfg: Config) -> Iterable[str]:
     if bool(cfg.tls.cert) != bool(cfg.tls.key):
         yield "tls: cert and key must be given together (or both left out for a self-signed one)"
+    missing = False
     for name, path in (("tls.cert", cfg.tls.cert), ("tls.key", cfg.tls.key)):
         if path and not Path(path).is_file():
+            missing = True
             yield f"{name}: file \"{path}\" does not exist"
+    if cfg.tls.cert and cfg.tls.key and not missing:
+        problem = _cert_key_problem(cfg.tls.cert, cfg.tls.key)
+        if problem:
+            yield (f"tls.cert, tls.key: expected a PEM certificate chain and its unencrypted "
+                   f"private key, but {problem}")
+
+
+def _cert_key_problem(cert: str, key: str) -> str:
+    """Why the pair cannot serve TLS ("" when it can): unreadable, not PEM, an encrypted
+    key (relay has no passphrase), a key that does not match the certificate."""
+    try:
+        cert_text = Path(cert).read_bytes()[:1 << 20]
+        key_text = Path(key).read_bytes()[:1 << 20]
+    except OSError as e:
+        return f"cannot read {e.filename}: {e.strerror}"
+    if b"-----BEGIN CERTIFICATE-----" not in cert_text:
+        return f"{cert} has no PEM certificate (-----BEGIN CERTIFICATE-----)"
+    if b"PRIVATE KEY-----" not in key_text:
+        return f"{key} has no PEM private key (-----BEGIN PRIVATE KEY-----)"
+    if b"ENCRYPTED" in key_text:
+        return f"{key} is encrypted; relay needs an unencrypted key (mode 0600)"
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(cert, key, password=lambda: b"")
+    except ssl.SSLError as e:
+        if e.reason == "KEY_VALUES_MISMATCH":
+            return "the private key does not belong to the certificate"
+        return f"OpenSSL: {(e.reason or str(e)).lower().replace('_', ' ')}"
+    except OSError as e:
+        return f"cannot read {e.filename or cert}: {e.strerror}"
+    return ""
+
+
+def _check_server(cfg: Config) -> Iterable[str]:
+    if not valid_hostname(cfg.server.hostname):
+        yield (f"server.hostname: expected a host name (RFC 1123: dot-separated labels of "
+               f"letters, digits and inner hyphens, at most 63 characters each and 253 in "
+               f"all), e.g. \"mail.example.com\", got {_show(cfg.server.hostname)}")
+
+
+def _check_public_url(cfg: Config) -> Iterable[str]:
     if cfg.admin.public_url and not _is_public_https_url(cfg.admin.public_url):
         yield (f"admin.public_url: expected an https:// URL with a host name and no query "
                f"or fragment, e.g. \"https://mail.example.com\" (RFC 8058 one-click "
                f"unsubscribe needs HTTPS), got \"{cfg.admin.public_url}\"")
+
+
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_HOST_LABEL}(?:\.{_HOST_LABEL})*$")
+
+
+def valid_hostname(name: str) -> bool:
+    """An RFC 1123 host name ("localhost" and "mail.example.com", not "a b!" or "-x.")."""
+    return bool(_HOSTNAME_RE.match(name))
+
+
+def config_warnings(cfg: Config) -> list[str]:
+    """Settings that are valid but unsafe where they are: reported by `check-config`
+    (and at start), never a reason to refuse the config."""
+    out: list[str] = []
+    if cfg.server.sender_authorization == "off" and not cfg.server.dev_credential:
+        out.append('server.sender_authorization: "off" lets every credential send as any '
+                   'address; it is meant for the development config (server.dev_credential '
+                   '= true). Use "verified" in production')
+    return out
 
 
 def _is_public_https_url(url: str) -> bool:
@@ -861,15 +939,48 @@ def _check_pools(cfg: Config) -> Iterable[str]:
             yield f"backoff[{i}].provider: no provider \"{rule.provider}\""
 
 
+# Cross-section rules and the top-level sections each reads.
+_RULES: list[tuple[frozenset[str], Callable[[Config], Iterable[str]]]] = [
+    (frozenset({"warmup_plan", "pool", "delivery", "provider", "backoff"}), _check_pools),
+    (frozenset({"configuration_set", "pool", "delivery", "event_destination"}),
+     _check_configuration_sets),
+    (frozenset({"listener", "admin"}), _check_binds),
+    (frozenset({"identity"}), _check_identities),
+    (frozenset({"tls"}), _check_tls),
+    (frozenset({"admin"}), _check_public_url),
+    (frozenset({"server"}), _check_server),
+]
+_SECTION = re.compile(r"[A-Za-z_]+")
+
+
+def _partial(raw: dict[str, Any], problems: list[str]) -> tuple[Config | None, set[str]]:
+    """The config made of the sections that passed their own validation (defaults for the
+    others) and the names of the failed ones, so the cross-section rules and warnings
+    still look at what is good: one run reports every problem."""
+    failed = {m.group(0) for p in problems if (m := _SECTION.match(p))}
+    known = set(Config.__struct_fields__)
+    good = {k: v for k, v in raw.items() if k in known and k not in failed}
+    scratch: list[str] = []
+    partial = _walk(good, Config, "", scratch)
+    return (partial if isinstance(partial, Config) and not scratch else None), failed
+
+
 def from_dict(raw: dict[str, Any], source: str = "") -> Config:
     problems: list[str] = []
     cfg = _walk(raw, Config, "", problems)
-    if cfg is not None:
+    if isinstance(cfg, Config):
         problems.extend(_check_whole(cfg))
-    if problems:
-        raise ConfigError(problems, source)
-    assert isinstance(cfg, Config)
-    return cfg
+        if problems:
+            raise ConfigError(problems, source, config_warnings(cfg))
+        return cfg
+    warnings: list[str] = []
+    if isinstance(raw, dict):
+        partial, failed = _partial(raw, problems)
+        if partial is not None:
+            problems.extend(_check_whole(partial, skip=failed))
+            if "server" not in failed:
+                warnings = config_warnings(partial)
+    raise ConfigError(problems, source, warnings)
 
 
 def loads(text: str, source: str = "") -> Config:

@@ -2,7 +2,8 @@
 
 Counters and histograms are fed by small hooks: the SMTP reply hook and the
 submitter (accepted/rejected), `RecordingSender` (deliveries, bounces,
-deferrals by provider and source IP), the store's `on_commit` callbacks (commit
+deferrals by provider and source IP; the mailbox simulator's attempts come the same
+way, under provider and source IP "simulator"), the store's `on_commit` callbacks (commit
 batch size and commit+fsync latency) and the listeners' admission hook
 (sessions). Gauges that describe state (queue depth by state, oldest message
 age, open sessions, warm-up cap and usage per IP) are computed at scrape time

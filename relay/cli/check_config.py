@@ -3,6 +3,9 @@
 Prints "FILE: ok" and a short summary (exit 0), or every problem on its own
 line with its key path, the value seen and what was expected (exit 1). A file
 that cannot be read is a problem like any other. Never prints a traceback.
+Warnings (relay.config.config_warnings: valid but unsafe settings, such as
+sender_authorization = "off" outside the development config) go to stderr as
+"warning: ..." lines and never change the exit code.
 Without FILE it checks --config / $RELAY_CONFIG / the embedded dev config.
 """
 
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.cli import config_path
-from relay.config import Config, ConfigError, load
+from relay.config import Config, ConfigError, config_warnings, load
 
 
 def register(sub: Any) -> None:
@@ -50,15 +53,18 @@ def summary(cfg: Config) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.file) if args.file else config_path(args)
     problems: list[str] = []
+    warnings: list[str] = []
     cfg: Config | None = None
     try:
         cfg = load(path)
+        warnings = config_warnings(cfg)
     except ConfigError as e:
-        problems = list(e.problems)
+        problems, warnings = list(e.problems), list(e.warnings)
     except Exception as e:  # never a traceback: an unexpected failure is still a clear line
         problems = [f"internal error while checking: {type(e).__name__}: {e}"]
     if args.json:
-        out: dict[str, Any] = {"file": str(path), "ok": cfg is not None, "problems": problems}
+        out: dict[str, Any] = {"file": str(path), "ok": cfg is not None, "problems": problems,
+                               "warnings": warnings}
         if cfg is not None:
             out["listeners"] = [
                 {"address": str(lst.address), "tls": lst.tls, "auth": lst.auth,
@@ -70,8 +76,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"{path}: {n} problem{'s' if n != 1 else ''}", file=sys.stderr)
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
+        _print_warnings(warnings)
         return 1
     print(f"{path}: ok")
     for line in summary(cfg):
         print(f"  {line}")
+    _print_warnings(warnings)
     return 0
+
+
+def _print_warnings(warnings: list[str]) -> None:
+    for warning in warnings:
+        print(f"  warning: {warning}", file=sys.stderr)

@@ -46,6 +46,10 @@ IDENT = "ESMTP relay"
 _CONTROL_RE = re.compile("[\x00-\x1f\x7f]")  # C0 controls and DEL
 
 
+# The RFC 4954 AUTH= parameter of MAIL FROM (a mailbox as xtext, or "<>").
+_AUTH_PARAMETER = re.compile(r"[ \t]+AUTH=[^ \t]*", re.IGNORECASE)
+
+
 class Submitter(Protocol):
     """Commits a message durably and returns its queue id (raises StoreFull/StoreUnavailable,
     or MessageRefused for a policy refusal such as an unknown configuration set).
@@ -569,7 +573,16 @@ class SubmissionSession(SMTP):
             if path is not None and path.startswith("<@"):
                 await self.push(str(R.SOURCE_ROUTE))
                 return
-        await super().smtp_MAIL(arg)
+        await super().smtp_MAIL(self._without_auth_parameter(arg))
+
+    def _without_auth_parameter(self, arg: str | None) -> str | None:
+        """RFC 4954 §5: after AUTH a client may name the message's original submitter with
+        `MAIL FROM:<...> AUTH=<mailbox>` (sendmail as a smarthost client always does).
+        relay accepts and ignores it: the credential is what authorizes the message."""
+        if arg is None or self.session is None or not self.session.authenticated:
+            return arg
+        path, bracket, params = arg.partition(">")  # the parameters follow the path
+        return path + bracket + _AUTH_PARAMETER.sub("", params) if bracket else arg
 
     async def smtp_RCPT(self, arg: str | None) -> None:
         assert self.session is not None

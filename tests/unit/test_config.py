@@ -11,6 +11,7 @@ import pytest
 
 from relay import config as C
 from relay.config import ConfigError, loads
+from relay.testing.submission import Tls
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "config" / "relay.toml"
@@ -253,8 +254,12 @@ def test_tls_files(tmp_path: Path) -> None:
         f'tls.cert: file "{tmp_path}/c.pem" does not exist']
     (tmp_path / "c.pem").write_text("x")
     (tmp_path / "k.pem").write_text("x")
-    cfg = loads(f'[tls]\ncert = "{tmp_path}/c.pem"\nkey = "{tmp_path}/k.pem"\n')
-    assert cfg.tls.key == f"{tmp_path}/k.pem"
+    assert problems(f'[tls]\ncert = "{tmp_path}/c.pem"\nkey = "{tmp_path}/k.pem"\n') == [
+        "tls.cert, tls.key: expected a PEM certificate chain and its unencrypted private "
+        f"key, but {tmp_path}/c.pem has no PEM certificate (-----BEGIN CERTIFICATE-----)"]
+    cert, key = Tls().write_files(tmp_path)
+    cfg = loads(f'[tls]\ncert = "{cert}"\nkey = "{key}"\n')
+    assert cfg.tls.key == str(key)
 
 
 # --------------------------------------------------------------------------- shipped files
