@@ -23,8 +23,16 @@ MAX_LOCAL_PART = 64  # octets (RFC 5321 §4.5.3.1.1)
 MAX_DOMAIN = 255
 
 
+# The usual address, settled by one match: dot-atom @ LDH labels, an alphabetic TLD.
+_PLAIN = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]+)*"
+                    r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}")
+
+
 def recipient_syntax_error(address: str) -> str | None:
     """Why `address` is not a deliverable mailbox, in words; None when it is one."""
+    if len(address) <= MAX_DOMAIN and _PLAIN.fullmatch(address) is not None \
+            and address.find("@") <= MAX_LOCAL_PART:
+        return None
     local, at, domain = address.rpartition("@")
     if not at:
         return "no domain (an address is local-part@domain)"

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import dns.exception
 import dns.resolver
 import pytest
 
+from relay.events.log import read_events
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import (
     RelayProcess,
@@ -183,3 +185,42 @@ def test_message_rules_hold_in_the_development_setup(
         "<own@other.test>", "Mon, 7 Dec 2026 10:00:00 +0000"]
     assert all(b"boss@other.test" not in b and b"Subject: loop" not in b for b in bodies)
     assert dns_server.query_count("not-an-address") == 0
+
+
+def test_a_mail_loop_between_two_relays_ends_at_the_hop_limit(
+        tmp_path: Path, dns_server: DnsServer) -> None:
+    """Two relays that route loop.test to each other (a misconfiguration no loop-back
+    check of one host can see): each pass adds a Received line, and the pass past
+    limits.max_hop_count is refused 554 5.4.6, so the loop ends in a bounce after a
+    bounded number of copies instead of going round for ever."""
+    hops = 6
+    ports = {"a": free_port(), "b": free_port()}
+    configs = {}
+    for name, other in (("a", "b"), ("b", "a")):
+        data = relay_config(
+            tmp_path / name, dns_server.nameserver, free_port(),
+            [listener_config("none", "none", ports[name], trusted_networks=["127.0.0.0/8"])],
+            routes={"loop.test": f"127.0.0.1:{ports[other]}"})
+        data["limits"] = {"max_hop_count": hops}
+        configs[name] = write_config(tmp_path / f"{name}.toml", data)
+    with RelayProcess(configs["a"], log_dir=tmp_path / "logs-a"), \
+            RelayProcess(configs["b"], log_dir=tmp_path / "logs-b"):
+        with smtplib.SMTP("127.0.0.1", ports["a"], timeout=10) as s:
+            s.sendmail("app@example.com", ["someone@loop.test"],
+                       b"From: app@example.com\r\nSubject: round and round\r\n\r\nx\r\n")
+
+        def events() -> list[dict[str, object]]:
+            return [e for name in ("a", "b") for e in read_events(tmp_path / name / "events.jsonl")]
+
+        deadline = time.monotonic() + 12
+        while not any(e.get("eventType") == "Bounce" for e in events()):
+            assert time.monotonic() < deadline, events()
+            time.sleep(0.1)
+        time.sleep(1.5)  # one retry interval: no copy goes on after the bounce
+        seen = events()
+    sends = [e for e in seen if e.get("eventType") == "Send"]
+    bounces = [e for e in seen if e.get("eventType") == "Bounce"]
+    # Accepted with 0, 1, ..., `hops` Received lines from before: hops + 1 copies.
+    assert len(sends) == hops + 1, [e.get("eventType") for e in seen]
+    assert len(bounces) == 1
+    assert "5.4.6" in str(bounces[0]) and "Too many hops" in str(bounces[0])
