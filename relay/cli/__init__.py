@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 
 from relay.config import Config, ConfigError, load
+from relay.statedir import StateError
 
 # Modules adding sub-commands; each has register(subparsers).
 _COMMAND_MODULES = ("serve", "check_config", "user", "queue", "identity", "dkim", "warmup",
@@ -75,6 +76,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except CliError as e:
+        print(f"relay: {e}", file=sys.stderr)
+        return 1
+    except StateError as e:
+        # A damaged state file (queue, verp.key, ...) named in one line, as `relay serve`
+        # names it at start: never a traceback.
         print(f"relay: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -147,3 +147,16 @@ def test_sound_state_of_every_kind_starts(tmp_path: Path) -> None:
         assert done.returncode == 0, (args, done.stdout, done.stderr)
     relay = RelayProcess(config, log_dir=tmp_path / "logs").start(timeout=20)
     assert relay.terminate() == 0, relay.output()
+
+
+def test_queue_commands_on_a_damaged_queue_answer_one_line(tmp_path: Path) -> None:
+    """The CLI reads the queue without a server: a garbage data.mdb is the same one line
+    naming the file that `relay serve` prints, exit 1, not an LMDB traceback."""
+    config = _config(tmp_path)
+    expected = _garbage_queue(tmp_path / "state")
+    for args in (("queue", "list"), ("queue", "show", "0123456789abcdef")):
+        done = run_cli(*args, config=config)
+        assert done.returncode == 1, (args, done.stdout, done.stderr)
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+        assert expected in lines[0], lines
