@@ -38,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import uvloop
 
     from relay.app import serve
+    from relay.config import config_warnings
     from relay.statecheck import check_state
     from relay.statedir import StateError, StateLock
     from relay.supervisor import supervise, worker_from_env
@@ -46,6 +47,11 @@ def run(args: argparse.Namespace) -> int:
     path = config_path(args)
     worker = worker_from_env()
     lock: StateLock | None = None
+    if worker is None:
+        # Valid but unsafe settings (relay.config.config_warnings), said once at start as
+        # `relay check-config` says them: the operator reads the journal, not only the file.
+        for warning in config_warnings(cfg):
+            log.warning("config: %s", warning)
     try:
         if worker is None:
             lock = StateLock.acquire(cfg.state_path)

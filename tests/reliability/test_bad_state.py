@@ -160,3 +160,19 @@ def test_queue_commands_on_a_damaged_queue_answer_one_line(tmp_path: Path) -> No
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
         assert expected in lines[0], lines
+
+
+def test_serve_logs_the_config_warnings_at_start(tmp_path: Path) -> None:
+    """A setting `relay check-config` warns about (sender_authorization = "off" outside
+    the development config) is also logged by `relay serve` as it starts, where an
+    operator reading the journal sees it; relay still starts."""
+    cfg = relay_config(tmp_path / "state", _NO_DNS, 25, [listener_config(tls="none")])
+    cfg["server"]["sender_authorization"] = "off"
+    config = write_config(tmp_path / "relay.toml", cfg)
+    relay = RelayProcess(config, log_dir=tmp_path / "logs")
+    try:
+        relay.start(timeout=20)
+    finally:
+        relay.stop()
+    assert "config: server.sender_authorization: \"off\" lets every credential send" \
+        in relay.stderr(), relay.stderr()
