@@ -399,6 +399,7 @@ class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         default_factory=lambda: ["account"])
     # "" = delivery.tls; "require" refuses plain-text delivery (and verifies the
     # certificate with delivery.verify_certificates, as the global "require" does).
+    # "opportunistic" never lowers a global delivery.tls = "require".
     tls: Literal["", "opportunistic", "require"] = ""
     # "0" = delivery.max_delivery_time; otherwise shorter than it.
     max_delivery_time: Duration = Duration(0.0)

@@ -460,8 +460,8 @@ class Sender:
 
         `source_address` overrides delivery.source_address ("" = the kernel's choice);
         `ehlo` the EHLO name for new connections (the name that source IP's PTR gives);
-        `tls` overrides delivery.tls for this message ("opportunistic" | "require"; a
-        configuration set's TLS policy): with "require" only a pooled connection that is
+        `tls` raises delivery.tls for this message ("opportunistic" | "require"; a
+        configuration set's TLS policy; never lowers it): with "require" only a pooled connection that is
         already encrypted is reused and a new one must get STARTTLS. "verify" (or a
         target's `tls = "verify"`, MTA-STS) also checks the certificate against the MX name.
         Site shaping (relay/delivery/shaper.py): at most `max_connections` connections are
@@ -470,7 +470,9 @@ class Sender:
         delivery.max_messages_per_connection for them.
         """
         src = self._cfg.source_address if source_address is None else source_address
-        policy = _strictest(tls or self._cfg.tls, *(getattr(t, "tls", "") for t in targets))
+        # The stricter of the two: a configuration set may raise delivery.tls, never
+        # lower it (a set is the sender's choice, the global policy the operator's floor).
+        policy = _strictest(self._cfg.tls, tls or "", *(getattr(t, "tls", "") for t in targets))
         invalid = from_failure("invalid_address")
         if not _valid_address(sender):
             return TransactionResult(list(recipients), [invalid] * len(recipients))

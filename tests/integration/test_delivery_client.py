@@ -177,6 +177,20 @@ async def test_require_without_starttls_defers_475_and_sends_nothing(
     assert sink.messages == []
 
 
+async def test_a_configuration_sets_opportunistic_never_weakens_a_global_require(
+        make_sink: MakeSink) -> None:
+    """delivery.tls = "require" is the operator's floor: a configuration set saying
+    "opportunistic" (a sender's choice) still gets no plain-text delivery."""
+    sink = make_sink()
+    sender = Sender(delivery(tls="require"), hostname="relay.test")
+    res = await sender.send("dest.test", [T("mx", "127.0.0.2", sink.port)], "s@x.test",
+                            ["r@dest.test"], BODY, tls="opportunistic")
+    await sender.close()
+    o = res.outcomes[0]
+    assert (o.kind, o.code, o.enhanced) == ("deferred", 451, "4.7.5")
+    assert sink.messages == []
+
+
 async def test_require_with_verified_certificate(make_sink: MakeSink, ca: trustme.CA) -> None:
     plain = make_sink("127.0.0.2")
     tls = make_sink("127.0.0.3", plain.port, tls_context=server_tls(ca, "mx2.dest.test"))
