@@ -468,7 +468,8 @@ class RelayApp:
                                    for s in self.listeners},
             warmup=ctx.warmup_status, outbox=self.event_router.backlog,
             loop=self._loop_figures))
-        self.metrics.add_collector(EventLogCollector(self.events))
+        self.metrics.add_collector(EventLogCollector(
+            self.events, lambda: self.event_router.files))
         self.admin = AdminServer(ctx, self.cfg.admin.address)
         await self.admin.start()
 

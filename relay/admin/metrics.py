@@ -14,7 +14,7 @@ Must not: import aiohttp (the HTTP side is relay.admin.api).
 from __future__ import annotations
 
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -222,10 +222,12 @@ class StateCollector(Collector):
 
 
 class EventLogCollector(Collector):
-    """The event log's write health (relay/events/log.py), read at scrape time."""
+    """The event log's write health (relay/events/log.py) and that of the file event
+    destinations (relay/events/appendfile.py), read at scrape time."""
 
-    def __init__(self, event_log: Any) -> None:
+    def __init__(self, event_log: Any, files: Callable[[], Iterable[Any]] = tuple) -> None:
         self.event_log = event_log
+        self.files = files
 
     def describe(self) -> Iterator[Metric]:
         return iter(())
@@ -243,3 +245,12 @@ class EventLogCollector(Collector):
         yield GaugeMetricFamily(
             "relay_event_log_unwritten_events", "Events waiting in memory for the event "
             "log file", value=ev.unwritten)
+        files = list(self.files())
+        yield CounterMetricFamily(
+            "relay_event_destination_file_write_failures", "Writes to file event "
+            "destinations that failed (disk full, I/O error); the lines are kept in memory, "
+            "bounded, and written again", value=sum(f.write_failures for f in files))
+        yield CounterMetricFamily(
+            "relay_event_destination_file_dropped_events", "Events a file event destination "
+            "could not keep in memory while its writes failed",
+            value=sum(f.dropped for f in files))

@@ -461,9 +461,10 @@ class Sender:
         `source_address` overrides delivery.source_address ("" = the kernel's choice);
         `ehlo` the EHLO name for new connections (the name that source IP's PTR gives);
         `tls` raises delivery.tls for this message ("opportunistic" | "require"; a
-        configuration set's TLS policy; never lowers it): with "require" only a pooled connection that is
-        already encrypted is reused and a new one must get STARTTLS. "verify" (or a
-        target's `tls = "verify"`, MTA-STS) also checks the certificate against the MX name.
+        configuration set's TLS policy; it never lowers it): with "require" only a pooled
+        connection that is already encrypted is reused and a new one must get STARTTLS.
+        "verify" (or a target's `tls = "verify"`, MTA-STS) also checks the certificate
+        against the MX name.
         Site shaping (relay/delivery/shaper.py): at most `max_connections` connections are
         open to `site` across all source addresses (an idle one of another address is
         closed to make room), and `messages_per_connection` overrides

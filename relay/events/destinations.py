@@ -5,7 +5,8 @@ Routing: an event goes to every enabled [[event_destination]] with configuration
 "ses:configuration-set"), filtered by event_types. A set with
 include_original_headers = false gets events without mail.headers.
 
-- file: one JSON object per line, appended and flushed (like the event log).
+- file: one JSON object per line, appended as it comes (relay/events/appendfile.py: a
+  full disk keeps the lines in memory, bounded, and never raises into the publisher).
 - webhook: at least once, in order. `EventRouter` is an EventLog subscriber (sync); it
   queues the encoded event, and a task commits queued events to the store's "outbox"
   sub-database (group commit). One worker per webhook POSTs the outbox head, in key
@@ -33,13 +34,14 @@ import logging
 import struct
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import aiohttp
 import msgspec
 
 from relay.clock import Clock
 from relay.config import Config, EventDestination
+from relay.events.appendfile import AppendFile
 from relay.events.model import Event, configuration_set_of
 from relay.queue.store import QueueStore
 
@@ -117,7 +119,7 @@ class EventRouter:
         self.state_dir = state_dir
         self.drain = drain  # this process POSTs the outbox (one per spool)
         self.poll = poll    # > 0: look at the outbox this often even when not woken
-        self._files: dict[str, BinaryIO] = {}
+        self._files: dict[str, AppendFile] = {}
         self._queued: list[tuple[str, bytes]] = []
         self._wake_persist = asyncio.Event()
         self._wake: dict[str, asyncio.Event] = {}
@@ -158,14 +160,17 @@ class EventRouter:
                 self._wake_persist.set()
 
     def _write_file(self, d: EventDestination, body: bytes) -> None:
-        fh = self._files.get(d.name)
-        if fh is None:
+        out = self._files.get(d.name)
+        if out is None:
             path = Path(d.path or f"{d.name}.jsonl")
             path = path if path.is_absolute() else self.state_dir / path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = self._files[d.name] = open(path, "ab")  # noqa: SIM115 - held open
-        fh.write(body + b"\n")
-        fh.flush()
+            out = self._files[d.name] = AppendFile(path)
+        out.write(body)
+
+    @property
+    def files(self) -> list[AppendFile]:
+        """The file destinations written so far (their write health is a metric)."""
+        return list(self._files.values())
 
     # ------------------------------------------------------------------ outbox (async)
 
