@@ -13,6 +13,7 @@ import datetime
 import email.utils
 import functools
 import itertools
+import os
 import re
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
@@ -231,15 +232,25 @@ def complete_header_section(body: bytes, section: HeaderSection, *, hostname: st
         added["Date"] = _rfc5322_date(int(now))
     if not added and section.separated and not section.obsolete_names:
         return body, added
-    fields = "".join(f"{name}: {value}\r\n" for name, value in added.items()).encode("ascii")
+    fields = "".join([f"{name}: {value}\r\n" for name, value in added.items()]).encode()
+    start, end = section.start, section.end
+    if section.separated and not section.obsolete_names:  # the usual case: insert only
+        return b"".join((body[:start], fields, memoryview(body)[start:])), added
     with memoryview(body) as view:
-        head: bytes | memoryview = view[section.start:section.end]
+        head: bytes | memoryview = view[start:end]
         if section.obsolete_names:
             head = _OBS_NAME.sub(rb"\1\2:", bytes(head))
-        new = b"".join((view[:section.start], fields, head,
-                        b"" if section.separated else b"\r\n", view[section.end:]))
+        new = b"".join((view[:start], fields, head,
+                        b"" if section.separated else b"\r\n", view[end:]))
         del head
     return new, added
+
+
+def random_uuid() -> str:
+    """A random (version 4) UUID as text: what str(uuid.uuid4()) gives, for a third of
+    its cost (it is made for every message without a Message-ID)."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
 
 
 @functools.lru_cache(maxsize=4)

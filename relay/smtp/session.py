@@ -17,7 +17,6 @@ import functools
 import ipaddress
 import logging
 import re
-import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from relay.smtp.message import (
     complete_header_section,
     header_addresses,
     header_refusal,
+    random_uuid,
     received_header,
     scan_header_section,
 )
@@ -733,7 +733,7 @@ class SubmissionSession(SMTP):
         if fault is None:
             body, added = complete_header_section(
                 body, section, hostname=self.ctx.hostname, now=self.ctx.clock.now(),
-                unique=str(uuid.uuid4()))
+                unique=random_uuid())
             headers.update(added)
         refusal = self._check_from(section.from_value) if fault is None else None
         if refusal is not None:

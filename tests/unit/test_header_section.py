@@ -5,6 +5,8 @@ values, repeated fields, Received trace fields."""
 
 from __future__ import annotations
 
+import uuid
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,6 +15,7 @@ from relay.smtp.message import (
     SINGLE_FIELDS,
     complete_header_section,
     header_refusal,
+    random_uuid,
     scan_header_section,
 )
 
@@ -135,3 +138,11 @@ def test_a_header_section_past_the_limit_is_oversized_and_not_read() -> None:
     # The limit is the section's, not the message's: a big body is fine.
     body = TRACE + b"From: a@b.test\r\n\r\n" + b"x" * 5000 + b"\r\n"
     assert not scan_header_section(body, len(TRACE), MAX_HOPS, max_size=1000).oversized
+
+
+def test_random_uuid_is_a_version_4_uuid() -> None:
+    made = {random_uuid() for _ in range(2000)}
+    assert len(made) == 2000
+    for text in list(made)[:200]:
+        parsed = uuid.UUID(text)
+        assert str(parsed) == text and parsed.version == 4 and parsed.variant == uuid.RFC_4122
