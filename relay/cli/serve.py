@@ -47,15 +47,15 @@ def run(args: argparse.Namespace) -> int:
     path = config_path(args)
     worker = worker_from_env()
     lock: StateLock | None = None
-    if worker is None:
-        # Valid but unsafe settings (relay.config.config_warnings), said once at start as
-        # `relay check-config` says them: the operator reads the journal, not only the file.
-        for warning in config_warnings(cfg):
-            log.warning("config: %s", warning)
     try:
         if worker is None:
             lock = StateLock.acquire(cfg.state_path)
             check_state(cfg)
+            # Valid but unsafe settings (relay.config.config_warnings), said once as relay
+            # starts, as `relay check-config` says them: the operator reads the journal, not
+            # only the file. After the checks, so a refused start stays one line.
+            for warning in config_warnings(cfg):
+                log.warning("config: %s", warning)
         if worker is None and cfg.server.workers > 1:
             # Multi-process mode: this process only supervises (relay/supervisor.py);
             # the workers inherit the lock.
