@@ -20,6 +20,7 @@ import trustme
 from relay.clock import Clock, FakeClock
 from relay.config import Address, Duration, Limits, Listener
 from relay.queue.store import NewMessage
+from relay.smtp import replies as R
 from relay.smtp.server import SubmissionServer
 from relay.smtp.session import Submitter
 from relay.users import UserStore
@@ -81,6 +82,12 @@ class Reply:
 
     def __repr__(self) -> str:
         return f"Reply({self.code}, {self.lines!r})"
+
+
+def expect(reply: Reply, want: R.Reply) -> None:
+    """The reply has want's code and enhanced status code."""
+    assert reply.code == want.code, reply
+    assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
 
 
 class RawClient:

@@ -30,7 +30,7 @@ from relay.testing.submission import (
     RecordingSubmitter,
     Reply,
     Tls,
-    app_users,
+    expect,
     make_listener,
     running_server,
 )
@@ -40,29 +40,10 @@ from relay.users import UserStore
 NOW = 1_780_000_000.0  # the server's (fake) clock
 
 
-def expect(reply: Reply, want: R.Reply) -> None:
-    assert reply.code == want.code, reply
-    assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
-
-
-@pytest.fixture(scope="module")
-def tls() -> Tls:
-    return Tls()
-
-
-@pytest.fixture(scope="module")
-def users(tmp_path_factory: pytest.TempPathFactory) -> UserStore:
-    return app_users(tmp_path_factory.mktemp("users"))
-
-
-@pytest.fixture
-def submitter() -> RecordingSubmitter:
-    return RecordingSubmitter()
-
-
 @pytest.fixture
 async def server(tls: Tls, users: UserStore,
                  submitter: RecordingSubmitter) -> AsyncIterator[SubmissionServer]:
+    """conftest.py's server, on a fake clock at NOW."""
     async with running_server(tls=tls, users=users, submitter=submitter, limits=limits(),
                               clock=FakeClock(NOW)) as srv:
         yield srv

@@ -5,19 +5,13 @@ from __future__ import annotations
 import base64
 
 from relay.smtp import replies as R
-from relay.testing.submission import RawClient, Reply, Tls
+from relay.testing.submission import RawClient, Reply, Tls, expect
 
 USER, PASSWORD = "app", "s3cret-pw"
 
 
 def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-
-
-def expect(reply: Reply, want: R.Reply) -> None:
-    """The reply has want's code and enhanced status code."""
-    assert reply.code == want.code, reply
-    assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
 
 
 async def connect(port: int, host: str = "127.0.0.1") -> RawClient:
