@@ -11,10 +11,8 @@ import email.policy
 import json
 import re
 import smtplib
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -108,17 +106,6 @@ class Admin:
         m = re.search(r"queued as (\S+)", reply.decode())
         assert m is not None, reply
         return m.group(1)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],

@@ -19,10 +19,11 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from adminkit import PASSWORD, Admin, make_admin_relay, wait_until
+from adminkit import PASSWORD, Admin, make_admin_relay
 
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Sink
+from relay.testing.wait import wait_until
 
 UNSUB = re.compile(rb"List-Unsubscribe: <https://[^/>]+/unsubscribe/([a-z2-7]+)>", re.I)
 

@@ -27,13 +27,14 @@ import dkim
 import dns.exception
 import dns.resolver
 import pytest
-from adminkit import PASSWORD, Admin, make_admin_relay, wait_until
+from adminkit import PASSWORD, Admin, make_admin_relay
 
 from relay.clock import SystemClock
 from relay.dkim.keys import KeyStore
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port, run_cli
 from relay.testing.sink import Received, Sink
+from relay.testing.wait import wait_until
 
 UNSUB = re.compile(rb"List-Unsubscribe: <https://([^/>]+)/unsubscribe/([a-z2-7]+)>", re.I)
 

@@ -22,7 +22,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from relay.testing.process import (
     run_cli,
     write_config,
 )
+from relay.testing.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,6 @@ def _config(tmp: Path, name: str, state: Path, **server: Any) -> tuple[Path, int
         tls="none", auth="none", port=port, trusted_networks=["127.0.0.0/8"])])
     cfg["server"].update(server)
     return write_config(tmp / f"{name}.toml", cfg), port
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _lines_until(proc: subprocess.Popen[str], prefix: str, timeout: float) -> list[str]:
@@ -149,8 +140,8 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
         # Worker 1 is frozen when the supervisor dies; worker 0 runs on and must exit.
         os.kill(workers[1], signal.SIGSTOP)
         assert relay.kill() == -signal.SIGKILL
-        _wait(lambda: not _alive(workers[0]), 20,
-              f"worker {workers[0]} to exit after its supervisor was killed")
+        wait_until(lambda: not _alive(workers[0]), 20,
+                   f"worker {workers[0]} to exit after its supervisor was killed")
         # The lock went to the workers with the descriptor: while one still lives, no
         # new relay starts beside it, and the refusal names it.
         second = _refused(other)
@@ -158,8 +149,8 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
         assert (f"(pid {relay.pid}, which has exited; its worker process(es) {workers[1]} "
                 "still hold the lock)") in second.stderr, second.stderr
         os.kill(workers[1], signal.SIGCONT)
-        _wait(lambda: not _alive(workers[1]), 20,
-              f"worker {workers[1]} to exit after its supervisor was killed")
+        wait_until(lambda: not _alive(workers[1]), 20,
+                   f"worker {workers[1]} to exit after its supervisor was killed")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:  # on failure: leave no process behind

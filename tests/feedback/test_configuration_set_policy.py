@@ -10,9 +10,6 @@ an unverified From: is refused with a Reject event too.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,16 +20,12 @@ from relay.app import RelayApp
 from relay.config import from_dict
 from relay.events.log import read_events
 from relay.identity.store import IdentityStore
+from relay.testing.process import free_port
 from relay.testing.sink import Sink
+from relay.testing.wait import wait_for
 from relay.users import UserStore
 
 PASSWORD = "pw-for-app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def submit(port: int, subject: str, *, header_set: str = "",
@@ -45,18 +38,6 @@ async def submit(port: int, subject: str, *, header_set: str = "",
         await client.login("app", PASSWORD)
         _, reply = await client.sendmail("app@example.com", ["user@plain.test"], data)
     return reply
-
-
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_tls_policy_default_set_unknown_set_and_rejects(tmp_path: Path) -> None:

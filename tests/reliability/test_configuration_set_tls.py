@@ -9,10 +9,7 @@ never a delivery, even when an unverified pooled connection to that MX is idle.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +22,9 @@ from relay.config import from_dict
 from relay.events.log import read_events
 from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
-from relay.testing.sink import Sink
+from relay.testing.process import free_port
+from relay.testing.sink import Sink, server_tls
+from relay.testing.wait import wait_for
 from relay.users import UserStore
 
 PASSWORD = "pw-for-app"
@@ -37,18 +36,6 @@ ZONE = {
     "unknownca.test": [("MX", "10 mx.unknownca.test")],
     "mx.unknownca.test": [("A", "127.0.0.4")],
 }
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def server_tls(ca: trustme.CA, name: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(name).configure_cert(ctx)
-    return ctx
 
 
 @pytest.fixture
@@ -64,18 +51,6 @@ async def submit(port: int, rcpt: str, subject: str, config_set: str = "") -> No
                                validate_certs=False, timeout=10) as client:
         await client.login("app", PASSWORD)
         await client.sendmail("app@example.com", [rcpt], data)
-
-
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_set_requiring_tls_verifies_certificates_like_the_global_policy(

@@ -6,10 +6,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +33,9 @@ from relay.dns.route import (
 from relay.events.log import read_events
 from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
+from relay.testing.process import free_port
 from relay.testing.sink import Sink
+from relay.testing.wait import wait_for
 from relay.users import UserStore
 
 BODY = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -69,12 +69,6 @@ def router(ns: DnsServer, port: int, *, deny: list[str] | None = None,
                    routes=routes or {}, connect_timeout=Duration(1),
                    command_timeout=Duration(1), data_timeout=Duration(1))
     return Router(cfg, resolver, random.Random(1), mta_sts=None, own_addresses=own or set())
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # --- the pure decisions -------------------------------------------------------------------
@@ -187,18 +181,6 @@ async def test_route_to_own_listener_is_554_and_other_mx_kept(ns: DnsServer) -> 
 
 
 # --- the whole app: own listeners are wired in, nothing connects ---------------------------
-
-
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 8.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _run_app(tmp_path: Path, ns: DnsServer, smtp_port: int, delivery_port: int,

@@ -16,7 +16,6 @@ import re
 import smtplib
 import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,15 +33,7 @@ from relay.testing.process import (
     relay_config,
     write_config,
 )
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+from relay.testing.wait import wait_until
 
 
 def _metric(port: int, name: str) -> float:
@@ -77,8 +68,8 @@ def test_relay_keeps_events_while_the_log_disk_is_full_and_writes_them_later(
                 code, text = smtp.data(f"Subject: full {i}\r\n\r\nbody {i}\r\n".encode())
                 assert code == 250, (code, text)  # the queue's disk is not full
                 ids.append(text.decode().rsplit(" ", 1)[-1])
-        _wait(lambda: _metric(admin, "relay_event_log_unwritten_events") >= 20, 10,
-              "the Send events held in memory")
+        wait_until(lambda: _metric(admin, "relay_event_log_unwritten_events") >= 20, 10,
+                   "the Send events held in memory")
         assert _metric(admin, "relay_event_log_write_failures_total") >= 1
         time.sleep(2.5)  # a few retries fail meanwhile: still one line, no traceback
         assert relay.running
@@ -87,9 +78,9 @@ def test_relay_keeps_events_while_the_log_disk_is_full_and_writes_them_later(
         assert len(re.findall(r"event log .*: cannot write \(No space left", err)) == 1, err
 
         filler.unlink()
-        _wait(lambda: {e["mail"]["messageId"] for e in read_events(events)  # type: ignore[index]
-                       if e["eventType"] == "Send"} >= set(ids), 10,
-              "the held events in the log once space returned")
+        wait_until(lambda: {e["mail"]["messageId"] for e in read_events(events)  # type: ignore[index]
+                            if e["eventType"] == "Send"} >= set(ids), 10,
+                   "the held events in the log once space returned")
         assert _metric(admin, "relay_event_log_unwritten_events") == 0
         assert "writing again" in relay.stderr()
         lines = events.read_bytes().split(b"\n")
