@@ -215,7 +215,8 @@ async def _run_app(tmp_path: Path, ns: DnsServer, smtp_port: int, delivery_port:
             await client.login("app", PASSWORD)
             await client.sendmail("app@example.com", [rcpt], data)
         (event,) = await wait_for(event_type, lambda: [
-            e for e in read_events(app.events.path) if e["eventType"] == event_type])
+            e for e in read_events(app.events.path) if e["eventType"] == event_type],
+            timeout=8.0)
     except BaseException:
         await app.stop()
         raise
