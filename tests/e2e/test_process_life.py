@@ -163,21 +163,27 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
     assert again.terminate(60) == 0, again.output()
 
 
+def _the_moment_the_port_opens(proc: subprocess.Popen[str], port: int, timeout: float) -> None:
+    """Return as soon as the relay's port on 127.0.0.1 accepts (polled every millisecond:
+    a signal sent next must land in the moment the port opens)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the port never opened"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.001)
+
+
 def test_sighup_as_the_port_opens_reloads_and_keeps_serving(tmp_path: Path) -> None:
     state = tmp_path / "state"
     config, port = _config(tmp_path, "relay", state)
     proc = subprocess.Popen(relay_command("serve", config=config), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:  # poll fast: the signal must land in the moment the port opens
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the port never opened"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.001)
+        _the_moment_the_port_opens(proc, port, 30)
         proc.send_signal(signal.SIGHUP)
         lines = _lines_until(proc, "relay: reloaded", 20)
         assert proc.poll() is None, (proc.returncode, lines, proc.communicate()[1])
@@ -202,15 +208,8 @@ def test_sighup_to_the_supervisor_while_workers_start_keeps_every_worker(
     proc = subprocess.Popen(relay_command("serve", config=config), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the first worker's port: the other may still be starting
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the port never opened"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.001)
+        # The first worker's port: the other may still be starting.
+        _the_moment_the_port_opens(proc, port, 60)
         proc.send_signal(signal.SIGHUP)
         lines = _lines_until(proc, "relay: ready (2 workers", 60)
         assert proc.poll() is None, (proc.returncode, lines, proc.communicate()[1])
