@@ -1,6 +1,6 @@
-"""Fixtures of the reliability suite: a real small disk (`tiny_disk`, a tmpfs) for the
-disk-full tests. The in-process submission server with real TLS (`server`) is in
-tests/conftest.py.
+"""Fixtures of the reliability suite: the loopback DNS server serving a test module's ZONE
+(`ns`), and a real small disk (`tiny_disk`, a tmpfs) for the disk-full tests. The
+in-process submission server with real TLS (`server`) is in tests/conftest.py.
 
 Attack tests speak raw bytes through `RawClient` (relay.testing.submission) so every
 input is exactly the one in RELIABILITY.md §2.
@@ -14,6 +14,14 @@ from pathlib import Path
 import pytest
 
 from relay.testing.disk import mounted_tmpfs
+from relay.testing.dnsserver import DnsServer
+
+
+@pytest.fixture
+def ns(request: pytest.FixtureRequest) -> Iterator[DnsServer]:
+    """relay.testing.dnsserver on loopback, answering from the test module's ZONE."""
+    with DnsServer(request.module.ZONE) as server:
+        yield server
 
 
 @pytest.fixture

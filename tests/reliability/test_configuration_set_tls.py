@@ -9,7 +9,6 @@ never a delivery, even when an unverified pooled connection to that MX is idle.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ ZONE = {
     "unknownca.test": [("MX", "10 mx.unknownca.test")],
     "mx.unknownca.test": [("A", "127.0.0.4")],
 }
-
-
-@pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
 
 
 async def submit(port: int, rcpt: str, subject: str, config_set: str = "") -> None:

@@ -7,12 +7,10 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiosmtplib
-import pytest
 
 from relay.app import RelayApp
 from relay.clock import FakeClock
@@ -52,12 +50,6 @@ ZONE = {
     "implicit.test": [("A", "127.0.0.1")],
     "hop.test": [("A", "127.0.0.1")],
 }
-
-
-@pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
 
 
 def router(ns: DnsServer, port: int, *, deny: list[str] | None = None,

@@ -11,11 +11,9 @@ from __future__ import annotations
 
 import random
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiosmtplib
-import pytest
 
 from relay.app import RelayApp
 from relay.clock import FakeClock
@@ -46,12 +44,6 @@ ZONE = {
 }
 UNSPECIFIED_DOMAINS = ("zero.test", "thisnet.test", "six.test", "mapped.test",
                        "implicit-zero.test", "[0.0.0.0]", "[ipv6:::]")
-
-
-@pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
 
 
 def router(ns: DnsServer, port: int, *, routes: dict[str, NextHop] | None = None,
