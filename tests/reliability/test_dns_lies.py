@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+from smtpkit import record_peers
 
 from relay.app import RelayApp
 from relay.clock import FakeClock
@@ -191,15 +192,7 @@ async def _run_app(tmp_path: Path, ns: DnsServer, smtp_port: int, delivery_port:
     })
     app = RelayApp(cfg)
     await app.start()
-    peers: list[str] = []
-    (server,) = app.listeners
-    admit = server.context.admit
-
-    def counting(ip: str) -> object:
-        peers.append(ip)
-        return admit(ip)
-
-    server.context.admit = counting  # type: ignore[assignment]
+    peers = record_peers(app)
     try:
         data = f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: lie\r\n\r\nhello\r\n"
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, start_tls=True,

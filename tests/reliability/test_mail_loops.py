@@ -14,6 +14,7 @@ import socket
 from pathlib import Path
 
 import aiosmtplib
+from smtpkit import record_peers
 
 from relay.app import RelayApp
 from relay.clock import FakeClock
@@ -167,16 +168,8 @@ async def test_app_mx_on_unspecified_address_bounces_with_no_copy_back(
     })
     app = RelayApp(cfg)
     await app.start()
-    peers: list[str] = []
     try:
-        (server,) = app.listeners
-        admit = server.context.admit
-
-        def counting(ip: str) -> object:
-            peers.append(ip)
-            return admit(ip)
-
-        server.context.admit = counting  # type: ignore[assignment]
+        peers = record_peers(app)
         data = ("From: app@example.com\r\nTo: user@zero.test\r\nSubject: loop\r\n\r\n"
                 "hello\r\n")
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False,
