@@ -90,12 +90,16 @@ class Admin:
             return status, json.loads(text)
         return status, text.decode("utf-8", "replace")
 
-    def send(self, to: str, subject: str = "hello") -> str:
+    def send(self, to: str, subject: str = "hello", configuration_set: str = "",
+             content: str = "") -> str:
+        """Submit one message as app@example.com (STARTTLS, AUTH); its queue id."""
         msg = EmailMessage()
         msg["From"] = "app@example.com"
         msg["To"] = to
         msg["Subject"] = subject
-        msg.set_content(f"admin test: {subject}\n")
+        if configuration_set:
+            msg["X-SES-CONFIGURATION-SET"] = configuration_set
+        msg.set_content(content or f"admin test: {subject}\n")
         with smtplib.SMTP("127.0.0.1", self.submit_port, timeout=10) as s:
             s.starttls(context=self.tls.client)
             s.login("app", PASSWORD)
