@@ -15,10 +15,12 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import trustme
 
 from relay.clock import Clock, FakeClock
 from relay.config import Address, Duration, Limits, Listener
+from relay.identity.store import IdentityStore
 from relay.queue.store import NewMessage
 from relay.smtp import replies as R
 from relay.smtp.server import SubmissionServer
@@ -182,6 +184,26 @@ def fast_limits(**kw: object) -> Limits:
 def app_users(directory: Path) -> UserStore:
     """A user store in `directory` with the one account USER / PASSWORD."""
     return make_users(directory, **{USER: PASSWORD})
+
+
+def verified_sender(state_dir: Path, password: str, **user: Any) -> None:
+    """A whole relay's state for submitting as app@example.com: example.com a verified
+    identity, and the SMTP user "app" with `password` (and `user`'s options of
+    UserStore.add, e.g. configuration_set)."""
+    identities = IdentityStore.in_state_dir(state_dir)
+    identities.add("example.com")
+    identities.set_verified("example.com", True)
+    UserStore(state_dir / "users.json").add("app", password, **user)
+
+
+async def send_starttls(port: int, password: str, rcpt: str, data: str) -> str:
+    """Submit `data` from app@example.com to `rcpt` on a whole relay's listener (STARTTLS,
+    certificate unchecked, AUTH as "app"); the reply to the message."""
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
+                               validate_certs=False, timeout=10) as client:
+        await client.login("app", password)
+        _, reply = await client.sendmail("app@example.com", [rcpt], data)
+    return reply
 
 
 @asynccontextmanager

@@ -12,19 +12,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 import trustme
 
 from relay.app import RelayApp
 from relay.config import from_dict
 from relay.events.log import read_events
-from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port
 from relay.testing.sink import Sink, server_tls
+from relay.testing.submission import send_starttls, verified_sender
 from relay.testing.wait import wait_for
-from relay.users import UserStore
 
 PASSWORD = "pw-for-app"
 ZONE = {
@@ -40,10 +38,7 @@ ZONE = {
 async def submit(port: int, rcpt: str, subject: str, config_set: str = "") -> None:
     extra = f"X-SES-CONFIGURATION-SET: {config_set}\r\n" if config_set else ""
     data = f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: {subject}\r\n{extra}\r\nhello\r\n"
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
-                               validate_certs=False, timeout=10) as client:
-        await client.login("app", PASSWORD)
-        await client.sendmail("app@example.com", [rcpt], data)
+    await send_starttls(port, PASSWORD, rcpt, data)
 
 
 async def test_set_requiring_tls_verifies_certificates_like_the_global_policy(
@@ -58,10 +53,7 @@ async def test_set_requiring_tls_verifies_certificates_like_the_global_policy(
     unknown = Sink("127.0.0.4", good.port,
                    tls_context=server_tls(stranger, "mx.unknownca.test")).start()
     smtp_port = free_port()
-    identities = IdentityStore.in_state_dir(tmp_path)
-    identities.add("example.com")
-    identities.set_verified("example.com", True)
-    UserStore(tmp_path / "users.json").add("app", PASSWORD)
+    verified_sender(tmp_path, PASSWORD)
     cfg = from_dict({
         "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
         "listener": [{"address": f"127.0.0.1:{smtp_port}"}],

@@ -10,7 +10,6 @@ import random
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 from smtpkit import record_peers
 
 from relay.app import RelayApp
@@ -30,12 +29,11 @@ from relay.dns.route import (
     without_loops,
 )
 from relay.events.log import read_events
-from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port
 from relay.testing.sink import Sink
+from relay.testing.submission import send_starttls, verified_sender
 from relay.testing.wait import wait_for
-from relay.users import UserStore
 
 BODY = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
 PASSWORD = "pw-for-app"
@@ -179,10 +177,7 @@ async def test_route_to_own_listener_is_554_and_other_mx_kept(ns: DnsServer) -> 
 async def _run_app(tmp_path: Path, ns: DnsServer, smtp_port: int, delivery_port: int,
                    deny: list[str], rcpt: str, event_type: str,
                    ) -> tuple[RelayApp, dict[str, Any], list[str]]:
-    identities = IdentityStore.in_state_dir(tmp_path)
-    identities.add("example.com")
-    identities.set_verified("example.com", True)
-    UserStore(tmp_path / "users.json").add("app", PASSWORD)
+    verified_sender(tmp_path, PASSWORD)
     cfg = from_dict({
         "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
         "listener": [{"address": f"127.0.0.1:{smtp_port}"}],
@@ -195,10 +190,7 @@ async def _run_app(tmp_path: Path, ns: DnsServer, smtp_port: int, delivery_port:
     peers = record_peers(app)
     try:
         data = f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: lie\r\n\r\nhello\r\n"
-        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, start_tls=True,
-                                   validate_certs=False, timeout=10) as client:
-            await client.login("app", PASSWORD)
-            await client.sendmail("app@example.com", [rcpt], data)
+        await send_starttls(smtp_port, PASSWORD, rcpt, data)
         (event,) = await wait_for(event_type, lambda: [
             e for e in read_events(app.events.path) if e["eventType"] == event_type],
             timeout=8.0)
