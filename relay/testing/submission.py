@@ -92,6 +92,24 @@ def expect(reply: Reply, want: R.Reply) -> None:
     assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
 
 
+def header_section(body: bytes) -> list[tuple[str, str]]:
+    """(name, value) of the fields before the first empty line, names as written."""
+    head = body.split(b"\r\n\r\n", 1)[0].decode()
+    fields: list[tuple[str, str]] = []
+    for line in head.split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            fields[-1] = (fields[-1][0], fields[-1][1] + line)
+        else:
+            name, _, value = line.partition(":")
+            fields.append((name, value.strip()))
+    return fields
+
+
+def named(fields: list[tuple[str, str]], name: str) -> list[str]:
+    """The values of the fields called `name` (any letter case, "From :" too), in order."""
+    return [v for n, v in fields if n.strip().lower() == name.lower()]
+
+
 class RawClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader = reader

@@ -31,7 +31,7 @@ from relay.testing.process import (
     write_config,
 )
 from relay.testing.sink import Sink
-from relay.testing.submission import Tls
+from relay.testing.submission import Tls, header_section, named
 
 PASSWORD = "correct horse battery staple"
 
@@ -69,18 +69,6 @@ def relay(tmp_path: Path, dns_server: DnsServer,
     assert publish_keygen_output(keys.stdout, dns_server)
     with RelayProcess(config, log_dir=tmp_path / "logs") as process:
         yield Relay(process, port, tls)
-
-
-def fields(data: bytes) -> list[tuple[str, str]]:
-    head = data.split(b"\r\n\r\n", 1)[0].decode()
-    out: list[tuple[str, str]] = []
-    for line in head.split("\r\n"):
-        if line[:1] in (" ", "\t"):
-            out[-1] = (out[-1][0], out[-1][1] + line)
-        else:
-            name, _, value = line.partition(":")
-            out.append((name.strip().lower(), value.strip()))
-    return out
 
 
 def data_reply(s: smtplib.SMTP, sender: str, message: bytes,
@@ -146,12 +134,12 @@ def test_message_rules_hold_in_the_development_setup(
     bodies = [m.data for m in sinks[0].messages]
     assert len(bodies) == 2, [b[:200] for b in bodies]
     first = next(b for b in bodies if b"no id, no date" in b)
-    head = fields(first)
-    ids = [v for n, v in head if n == "message-id"]
-    dates = [v for n, v in head if n == "date"]
+    head = header_section(first)
+    ids = named(head, "message-id")
+    dates = named(head, "date")
     assert len(ids) == 1 and re.fullmatch(r"<[0-9a-f-]{36}@relay\.test>", ids[0]), head
     assert len(dates) == 1 and dates[0].endswith("+0000"), head
-    signatures = [v for n, v in head if n == "dkim-signature"]
+    signatures = named(head, "dkim-signature")
     assert signatures, head
     verified = dkimpy_verify(first, dns_server)
     for i, signature in enumerate(signatures):
@@ -161,7 +149,8 @@ def test_message_rules_hold_in_the_development_setup(
         assert {"message-id", "date", "from"} <= names, names
         assert verified[i], (i, verified)
     last = next(b for b in bodies if b"Subject: last" in b)
-    assert [v for n, v in fields(last) if n in ("message-id", "date")] == [
+    assert [v for n, v in header_section(last)
+            if n.strip().lower() in ("message-id", "date")] == [
         "<own@other.test>", "Mon, 7 Dec 2026 10:00:00 +0000"]
     assert all(b"boss@other.test" not in b and b"Subject: loop" not in b for b in bodies)
     assert dns_server.query_count("not-an-address") == 0

@@ -31,7 +31,9 @@ from relay.testing.submission import (
     Reply,
     Tls,
     expect,
+    header_section,
     make_listener,
+    named,
     running_server,
 )
 from relay.testing.submission import fast_limits as limits
@@ -72,23 +74,6 @@ async def send(client: RawClient, message: bytes, sender: str = "app@example.com
     assert (await client.cmd("DATA")).code == 354
     await client.send(message + b".\r\n")
     return await client.read_reply()
-
-
-def header_section(body: bytes) -> list[tuple[str, str]]:
-    """(name, value) of the fields before the first empty line, names as written."""
-    head = body.split(b"\r\n\r\n", 1)[0].decode()
-    fields: list[tuple[str, str]] = []
-    for line in head.split("\r\n"):
-        if line[:1] in (" ", "\t"):
-            fields[-1] = (fields[-1][0], fields[-1][1] + line)
-        else:
-            name, _, value = line.partition(":")
-            fields.append((name, value.strip()))
-    return fields
-
-
-def named(fields: list[tuple[str, str]], name: str) -> list[str]:
-    return [v for n, v in fields if n.strip().lower() == name.lower()]
 
 
 # --- hop limit (mail loops) ---------------------------------------------------------------
