@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
+from pathlib import Path
 
 from relay.clock import SystemClock
 from relay.config import Config
@@ -54,29 +56,30 @@ def _check_users(cfg: Config) -> None:
         raise StateError(str(e)) from None
 
 
+def _load(path: Path, load: Callable[[], object], errors: type[Exception]) -> None:
+    """Run a store's own loader of `path`: its error (which names the file) or a file it
+    cannot read is a StateError."""
+    try:
+        load()
+    except errors as e:
+        raise StateError(str(e)) from None
+    except OSError as e:
+        raise StateError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
 def _check_identities(cfg: Config) -> None:
     from relay.identity.model import IdentityError
     from relay.identity.store import IdentityStore
 
-    try:
-        IdentityStore.in_state_dir(cfg.state_path)
-    except IdentityError as e:
-        raise StateError(str(e)) from None
-    except OSError as e:
-        raise StateError(f"{cfg.state_path / 'identities.json'}: cannot read: "
-                         f"{e.strerror or e}") from None
+    _load(cfg.state_path / "identities.json",
+          lambda: IdentityStore.in_state_dir(cfg.state_path), IdentityError)
 
 
 def _check_tokens(cfg: Config) -> None:
     from relay.admin.tokens import TokenError, TokenStore
 
-    try:
-        TokenStore.in_state_dir(cfg.state_path)
-    except TokenError as e:
-        raise StateError(str(e)) from None
-    except OSError as e:
-        raise StateError(f"{cfg.state_path / TokenStore.FILE}: cannot read: "
-                         f"{e.strerror or e}") from None
+    _load(cfg.state_path / TokenStore.FILE,
+          lambda: TokenStore.in_state_dir(cfg.state_path), TokenError)
 
 
 def _check_dkim(cfg: Config) -> None:
@@ -130,8 +133,6 @@ def _private_key_problem(algorithm: str, data: bytes) -> str:
 
 
 def _check_event_log(cfg: Config) -> None:
-    from pathlib import Path
-
     path = Path(cfg.events.log)
     path = path if path.is_absolute() else cfg.state_path / path
     try:

@@ -37,6 +37,7 @@ from relay.queue.store import StoreFull, StoreUnavailable
 from relay.smtp import replies as R
 from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, peer_ip, raise_fd_limit
 from relay.smtp.server import ConnectionLimiter
+from relay.smtp.session import start_data
 from relay.tasks import cancel_and_wait
 
 log = logging.getLogger("relay.feedback")
@@ -158,13 +159,8 @@ class _FeedbackSMTP(SMTP):
         if await self.check_helo_needed():
             return
         assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push(str(R.NEED_RCPT))
+        if not await start_data(self, arg):
             return
-        if arg:
-            await self.push(str(R.DATA_SYNTAX))
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
 
         def progress() -> bool:
             self._reset_timeout()
@@ -268,11 +264,7 @@ class FeedbackServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         raise_fd_limit()
-        failures = self._accept_failures = AcceptFailures.on(loop)
-        failures.watch()
-        if self.on_accept_failure is not None \
-                and self.on_accept_failure not in failures.observers:
-            failures.observers.append(self.on_accept_failure)
+        self._accept_failures = AcceptFailures.watching(loop, self.on_accept_failure)
         implicit = self.listener.tls == "implicit" and self.ssl_context is not None
         factory: Callable[[], asyncio.BaseProtocol] = self._gate if implicit else self._factory
         self._server = await loop.create_server(

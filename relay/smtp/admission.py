@@ -231,6 +231,17 @@ class AcceptFailures:
             found = cls._installed[id(loop)] = cls(loop)
         return found
 
+    @classmethod
+    def watching(cls, loop: asyncio.AbstractEventLoop,
+                 observer: Callable[[str], None] | None) -> AcceptFailures:
+        """The watcher of `loop` for one more listener (which calls unwatch() when it
+        stops), with `observer` among its observers once."""
+        failures = cls.on(loop)
+        failures.watch()
+        if observer is not None and observer not in failures.observers:
+            failures.observers.append(observer)
+        return failures
+
     def _loop_gone(self, loop: asyncio.AbstractEventLoop) -> bool:
         return loop.get_exception_handler() != self._handle
 

@@ -115,11 +115,7 @@ class SubmissionServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         raise_fd_limit()
-        failures = self._accept_failures = AcceptFailures.on(loop)
-        failures.watch()
-        if self.on_accept_failure is not None \
-                and self.on_accept_failure not in failures.observers:
-            failures.observers.append(self.on_accept_failure)
+        self._accept_failures = AcceptFailures.watching(loop, self.on_accept_failure)
         ctx = self.context
         implicit = self.listener.tls == "implicit"
         factory: Callable[[], asyncio.BaseProtocol] = (

@@ -173,6 +173,21 @@ _MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd, when it cannot pa
 _METHOD_NAMES: dict[type, list[str]] = {}  # SubmissionSession.__dir__, per class
 
 
+async def start_data(smtp: SMTP, arg: str | None) -> bool:
+    """DATA's own checks (a recipient given, no argument), then 354: True when the message
+    follows. For the sessions that read DATA themselves instead of aiosmtpd's line loop
+    (this one and the feedback listener's); HELO and sender checks come before."""
+    assert smtp.envelope is not None
+    if not smtp.envelope.rcpt_tos:
+        await smtp.push(str(R.NEED_RCPT))
+        return False
+    if arg:
+        await smtp.push(str(R.DATA_SYNTAX))
+        return False
+    await smtp.push("354 End data with <CR><LF>.<CR><LF>")
+    return True
+
+
 class SubmissionSession(SMTP):
     preadmitted = False  # set by ImplicitTlsGate: counted against the caps already
 
@@ -656,14 +671,8 @@ class SubmissionSession(SMTP):
         if not self.may_send():
             await self.push(str(self._not_allowed_reply()))
             return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push(str(R.NEED_RCPT))
+        if not await start_data(self, arg):
             return
-        if arg:
-            await self.push(str(R.DATA_SYNTAX))
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
         self._in_data = True
         try:
             body, fault = await self._read_data()

@@ -28,11 +28,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+if TYPE_CHECKING:
+    import trustme
+
 Stage = Literal["ehlo", "mail", "rcpt", "data"]
+
 
 # policy(stage, argument, envelope) -> a reply line ("550 5.1.1 no such user")
 # or None to accept. argument: the EHLO/HELO name (stage "ehlo"), the MAIL/RCPT
@@ -366,3 +370,10 @@ class Sink:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def server_tls(ca: trustme.CA, *names: str) -> ssl.SSLContext:
+    """A sink's `tls_context`: a certificate for `names` issued by the test CA `ca`."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert(*names).configure_cert(ctx)
+    return ctx

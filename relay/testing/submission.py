@@ -15,11 +15,14 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import trustme
 
 from relay.clock import Clock, FakeClock
 from relay.config import Address, Duration, Limits, Listener
+from relay.identity.store import IdentityStore
 from relay.queue.store import NewMessage
+from relay.smtp import replies as R
 from relay.smtp.server import SubmissionServer
 from relay.smtp.session import Submitter
 from relay.users import UserStore
@@ -81,6 +84,30 @@ class Reply:
 
     def __repr__(self) -> str:
         return f"Reply({self.code}, {self.lines!r})"
+
+
+def expect(reply: Reply, want: R.Reply) -> None:
+    """The reply has want's code and enhanced status code."""
+    assert reply.code == want.code, reply
+    assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
+
+
+def header_section(body: bytes) -> list[tuple[str, str]]:
+    """(name, value) of the fields before the first empty line, names as written."""
+    head = body.split(b"\r\n\r\n", 1)[0].decode()
+    fields: list[tuple[str, str]] = []
+    for line in head.split("\r\n"):
+        if line[:1] in (" ", "\t"):
+            fields[-1] = (fields[-1][0], fields[-1][1] + line)
+        else:
+            name, _, value = line.partition(":")
+            fields.append((name, value.strip()))
+    return fields
+
+
+def named(fields: list[tuple[str, str]], name: str) -> list[str]:
+    """The values of the fields called `name` (any letter case, "From :" too), in order."""
+    return [v for n, v in fields if n.strip().lower() == name.lower()]
 
 
 class RawClient:
@@ -175,6 +202,26 @@ def fast_limits(**kw: object) -> Limits:
 def app_users(directory: Path) -> UserStore:
     """A user store in `directory` with the one account USER / PASSWORD."""
     return make_users(directory, **{USER: PASSWORD})
+
+
+def verified_sender(state_dir: Path, password: str, **user: Any) -> None:
+    """A whole relay's state for submitting as app@example.com: example.com a verified
+    identity, and the SMTP user "app" with `password` (and `user`'s options of
+    UserStore.add, e.g. configuration_set)."""
+    identities = IdentityStore.in_state_dir(state_dir)
+    identities.add("example.com")
+    identities.set_verified("example.com", True)
+    UserStore(state_dir / "users.json").add("app", password, **user)
+
+
+async def send_starttls(port: int, password: str, rcpt: str, data: str) -> str:
+    """Submit `data` from app@example.com to `rcpt` on a whole relay's listener (STARTTLS,
+    certificate unchecked, AUTH as "app"); the reply to the message."""
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
+                               validate_certs=False, timeout=10) as client:
+        await client.login("app", password)
+        _, reply = await client.sendmail("app@example.com", [rcpt], data)
+    return reply
 
 
 @asynccontextmanager

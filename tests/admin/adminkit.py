@@ -11,10 +11,8 @@ import email.policy
 import json
 import re
 import smtplib
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -92,12 +90,16 @@ class Admin:
             return status, json.loads(text)
         return status, text.decode("utf-8", "replace")
 
-    def send(self, to: str, subject: str = "hello") -> str:
+    def send(self, to: str, subject: str = "hello", configuration_set: str = "",
+             content: str = "") -> str:
+        """Submit one message as app@example.com (STARTTLS, AUTH); its queue id."""
         msg = EmailMessage()
         msg["From"] = "app@example.com"
         msg["To"] = to
         msg["Subject"] = subject
-        msg.set_content(f"admin test: {subject}\n")
+        if configuration_set:
+            msg["X-SES-CONFIGURATION-SET"] = configuration_set
+        msg.set_content(content or f"admin test: {subject}\n")
         with smtplib.SMTP("127.0.0.1", self.submit_port, timeout=10) as s:
             s.starttls(context=self.tls.client)
             s.login("app", PASSWORD)
@@ -108,17 +110,6 @@ class Admin:
         m = re.search(r"queued as (\S+)", reply.decode())
         assert m is not None, reply
         return m.group(1)
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],

@@ -8,21 +8,19 @@ restart of the process.
 
 from __future__ import annotations
 
-import email.policy
 import json
 import re
-import smtplib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from adminkit import PASSWORD, Admin, make_admin_relay, wait_until
+from adminkit import Admin, make_admin_relay
 
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Sink
+from relay.testing.wait import wait_until
 
 UNSUB = re.compile(rb"List-Unsubscribe: <https://[^/>]+/unsubscribe/([a-z2-7]+)>", re.I)
 
@@ -85,22 +83,6 @@ def test_every_response_forbids_framing_and_sniffing(edges_admin: Admin) -> None
     assert "default-src 'self'" in dashboard["Content-Security-Policy"]
 
 
-def send_news(admin: Admin, to: str, subject: str) -> None:
-    msg = EmailMessage()
-    msg["From"] = "app@example.com"
-    msg["To"] = to
-    msg["Subject"] = subject
-    msg["X-SES-CONFIGURATION-SET"] = "news"
-    msg.set_content("a newsletter\n")
-    with smtplib.SMTP("127.0.0.1", admin.submit_port, timeout=10) as s:
-        s.starttls(context=admin.tls.client)
-        s.login("app", PASSWORD)
-        s.mail("app@example.com")
-        s.rcpt(to)
-        code, reply = s.data(msg.as_bytes(policy=email.policy.SMTP))
-    assert code == 250, reply
-
-
 def subscription_events(admin: Admin) -> list[dict[str, Any]]:
     path = admin.state / "events.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
@@ -117,7 +99,7 @@ def one_click(admin: Admin, token: str) -> int:
 def test_replayed_unsubscribe_token_publishes_one_subscription_event(
         edges_admin: Admin) -> None:
     admin = edges_admin
-    send_news(admin, "replay@ok.test", "replayed unsubscribe")
+    admin.send("replay@ok.test", "replayed unsubscribe", "news", content="a newsletter\n")
 
     def token() -> str | None:
         for m in admin.sinks[0].messages:

@@ -14,9 +14,10 @@ import smtplib
 from typing import Any
 
 import pytest
-from adminkit import Admin, wait_until
+from adminkit import Admin
 
 from relay.testing.process import run_cli
+from relay.testing.wait import wait_until
 
 ENDPOINTS = [
     ("GET", "/api/queue"), ("GET", "/api/queue/0123456789abcdef0123"),

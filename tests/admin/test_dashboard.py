@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from adminkit import Admin, wait_until
+from adminkit import Admin
 
 from relay.testing.require import require_program
+from relay.testing.wait import wait_until
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]

@@ -9,7 +9,9 @@ import re
 import smtplib
 from typing import Any
 
-from adminkit import PASSWORD, Admin, wait_until
+from adminkit import PASSWORD, Admin
+
+from relay.testing.wait import wait_until
 
 SIM = "simulator.relay.test"
 

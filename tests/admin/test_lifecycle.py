@@ -16,11 +16,12 @@ import time
 from pathlib import Path
 
 import trustme
-from adminkit import PASSWORD, make_admin_relay, wait_until
+from adminkit import PASSWORD, make_admin_relay
 
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import write_config
 from relay.testing.sink import Sink
+from relay.testing.wait import wait_until
 
 MSG = b"From: app@example.com\r\nTo: x@ok.test\r\nSubject: load\r\n\r\nbody\r\n"
 

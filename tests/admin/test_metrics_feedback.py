@@ -15,12 +15,13 @@ from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from adminkit import Admin, make_admin_relay, wait_until
+from adminkit import Admin, make_admin_relay
 
 from relay.queue.store import shard_of
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port
 from relay.testing.sink import Received, Sink
+from relay.testing.wait import wait_until
 
 
 def complaint(rcpt: str, return_path: str) -> bytes:

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from adminkit import Admin, make_admin_relay, wait_until
+from adminkit import Admin, make_admin_relay
 
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Sink
+from relay.testing.wait import wait_until
 
 SIM = "simulator.relay.test"
 SENT = {"success": 4, "bounce": 3, "complaint": 3}

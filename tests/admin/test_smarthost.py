@@ -23,13 +23,14 @@ from pathlib import Path
 
 import pytest
 import trustme
-from adminkit import PASSWORD, Admin, make_admin_relay, wait_until
+from adminkit import PASSWORD, Admin, make_admin_relay
 
 from relay.testing.dnsserver import DnsServer
 from relay.testing.postfix import instance_dir, postfix, write_config
 from relay.testing.process import free_port
 from relay.testing.require import require_all, require_path, require_program
 from relay.testing.sink import Sink
+from relay.testing.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 UNPACKED_ENV = "RELAY_UNPACKED_MTA"

@@ -23,17 +23,16 @@ from email.parser import BytesParser, HeaderParser
 from email.policy import compat32
 from typing import Any
 
-import dkim
-import dns.exception
-import dns.resolver
 import pytest
-from adminkit import PASSWORD, Admin, make_admin_relay, wait_until
+from adminkit import PASSWORD, Admin, make_admin_relay
 
 from relay.clock import SystemClock
 from relay.dkim.keys import KeyStore
+from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port, run_cli
 from relay.testing.sink import Received, Sink
+from relay.testing.wait import wait_until
 
 UNSUB = re.compile(rb"List-Unsubscribe: <https://([^/>]+)/unsubscribe/([a-z2-7]+)>", re.I)
 
@@ -94,23 +93,6 @@ def received(admin: Admin, subject: str) -> Received:
         return None
     found: Received = wait_until(find, 15, f"delivery of {subject!r}")
     return found
-
-
-def dkimpy_verify(data: bytes, server: DnsServer) -> list[bool]:
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = [server.host]
-    res.port = server.port
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-        try:
-            answer = res.resolve(name.decode().rstrip("."), "TXT")
-        except dns.exception.DNSException:
-            return None
-        return b"".join(b"".join(r.strings) for r in answer)
-
-    count = data.lower().split(b"\r\n\r\n", 1)[0].count(b"\r\ndkim-signature:") + \
-        data.lower().startswith(b"dkim-signature:")
-    return [bool(dkim.DKIM(data).verify(idx=i, dnsfunc=dnsfunc)) for i in range(count)]
 
 
 def post(admin: Admin, path: str, body: bytes | None = b"List-Unsubscribe=One-Click",

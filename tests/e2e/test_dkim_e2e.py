@@ -20,11 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import dkim
-import dns.exception
-import dns.resolver
 import pytest
 
+from relay.testing.dkimcheck import dkimpy_verify, publish_keygen_output
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import (
     RelayProcess,
@@ -40,7 +38,6 @@ from relay.verp import Verp
 
 PASSWORD = "correct horse battery staple"
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
-_RECORD = re.compile(r'^(\S+)\.\s+IN\s+TXT\s+\(?\s*((?:"[^"]*"\s*)+)\)?$')
 MESSAGE = (b"From: App <app@example.com>\r\nTo: user@dest.test\r\nSubject: dkim e2e\r\n"
            b"Message-ID: <e2e@example.com>\r\nMIME-Version: 1.0\r\n"
            b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n"
@@ -64,34 +61,6 @@ def setup(tmp_path: Path, dns_server: DnsServer,
                     input=PASSWORD + "\n")
     assert added.returncode == 0, added.stderr
     yield config, state, tls, port
-
-
-def publish_keygen_output(stdout: str, server: DnsServer) -> list[str]:
-    names: list[str] = []
-    for line in stdout.splitlines():
-        m = _RECORD.match(line.strip())
-        if m:
-            value = "".join(re.findall(r'"([^"]*)"', m.group(2)))
-            server.set(m.group(1), "TXT", [value])
-            names.append(m.group(1))
-    return names
-
-
-def dkimpy_verify(data: bytes, server: DnsServer) -> list[bool]:
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = [server.host]
-    res.port = server.port
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-        try:
-            answer = res.resolve(name.decode().rstrip("."), "TXT")
-        except dns.exception.DNSException:
-            return None
-        return b"".join(b"".join(r.strings) for r in answer)
-
-    head = data.split(b"\r\n\r\n", 1)[0].lower()
-    count = head.count(b"\r\ndkim-signature:") + head.startswith(b"dkim-signature:")
-    return [bool(dkim.DKIM(data).verify(idx=i, dnsfunc=dnsfunc)) for i in range(count)]
 
 
 def mailauth_verify(data: bytes, server: DnsServer) -> list[dict[str, Any]] | None:

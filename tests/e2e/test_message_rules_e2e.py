@@ -17,12 +17,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import dkim
-import dns.exception
-import dns.resolver
 import pytest
 
 from relay.events.log import read_events
+from relay.testing.dkimcheck import dkimpy_verify, publish_keygen_output
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import (
     RelayProcess,
@@ -33,10 +31,9 @@ from relay.testing.process import (
     write_config,
 )
 from relay.testing.sink import Sink
-from relay.testing.submission import Tls
+from relay.testing.submission import Tls, header_section, named
 
 PASSWORD = "correct horse battery staple"
-_RECORD = re.compile(r'^(\S+)\.\s+IN\s+TXT\s+\(?\s*((?:"[^"]*"\s*)+)\)?$')
 
 
 class Relay:
@@ -69,39 +66,9 @@ def relay(tmp_path: Path, dns_server: DnsServer,
         assert made.returncode == 0, made.stderr
     keys = run_cli("dkim", "keygen", "example.com", config=config)
     assert keys.returncode == 0, keys.stderr
-    for line in keys.stdout.splitlines():
-        m = _RECORD.match(line.strip())
-        if m:
-            dns_server.set(m.group(1), "TXT", ["".join(re.findall(r'"([^"]*)"', m.group(2)))])
+    assert publish_keygen_output(keys.stdout, dns_server)
     with RelayProcess(config, log_dir=tmp_path / "logs") as process:
         yield Relay(process, port, tls)
-
-
-def dkim_verifies(data: bytes, server: DnsServer, index: int) -> bool:
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = [server.host]
-    res.port = server.port
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-        try:
-            answer = res.resolve(name.decode().rstrip("."), "TXT")
-        except dns.exception.DNSException:
-            return None
-        return b"".join(b"".join(r.strings) for r in answer)
-
-    return bool(dkim.DKIM(data).verify(idx=index, dnsfunc=dnsfunc))
-
-
-def fields(data: bytes) -> list[tuple[str, str]]:
-    head = data.split(b"\r\n\r\n", 1)[0].decode()
-    out: list[tuple[str, str]] = []
-    for line in head.split("\r\n"):
-        if line[:1] in (" ", "\t"):
-            out[-1] = (out[-1][0], out[-1][1] + line)
-        else:
-            name, _, value = line.partition(":")
-            out.append((name.strip().lower(), value.strip()))
-    return out
 
 
 def data_reply(s: smtplib.SMTP, sender: str, message: bytes,
@@ -167,21 +134,23 @@ def test_message_rules_hold_in_the_development_setup(
     bodies = [m.data for m in sinks[0].messages]
     assert len(bodies) == 2, [b[:200] for b in bodies]
     first = next(b for b in bodies if b"no id, no date" in b)
-    head = fields(first)
-    ids = [v for n, v in head if n == "message-id"]
-    dates = [v for n, v in head if n == "date"]
+    head = header_section(first)
+    ids = named(head, "message-id")
+    dates = named(head, "date")
     assert len(ids) == 1 and re.fullmatch(r"<[0-9a-f-]{36}@relay\.test>", ids[0]), head
     assert len(dates) == 1 and dates[0].endswith("+0000"), head
-    signatures = [v for n, v in head if n == "dkim-signature"]
+    signatures = named(head, "dkim-signature")
     assert signatures, head
+    verified = dkimpy_verify(first, dns_server)
     for i, signature in enumerate(signatures):
         signed = re.search(r"h=([^;]+)", signature)
         assert signed is not None
         names = {h.strip().lower() for h in re.sub(r"\s", "", signed.group(1)).split(":")}
         assert {"message-id", "date", "from"} <= names, names
-        assert dkim_verifies(first, dns_server, i)
+        assert verified[i], (i, verified)
     last = next(b for b in bodies if b"Subject: last" in b)
-    assert [v for n, v in fields(last) if n in ("message-id", "date")] == [
+    assert [v for n, v in header_section(last)
+            if n.strip().lower() in ("message-id", "date")] == [
         "<own@other.test>", "Mon, 7 Dec 2026 10:00:00 +0000"]
     assert all(b"boss@other.test" not in b and b"Subject: loop" not in b for b in bodies)
     assert dns_server.query_count("not-an-address") == 0

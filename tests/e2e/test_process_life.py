@@ -22,7 +22,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from relay.testing.process import (
     run_cli,
     write_config,
 )
+from relay.testing.wait import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,6 @@ def _config(tmp: Path, name: str, state: Path, **server: Any) -> tuple[Path, int
         tls="none", auth="none", port=port, trusted_networks=["127.0.0.0/8"])])
     cfg["server"].update(server)
     return write_config(tmp / f"{name}.toml", cfg), port
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 def _lines_until(proc: subprocess.Popen[str], prefix: str, timeout: float) -> list[str]:
@@ -149,8 +140,8 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
         # Worker 1 is frozen when the supervisor dies; worker 0 runs on and must exit.
         os.kill(workers[1], signal.SIGSTOP)
         assert relay.kill() == -signal.SIGKILL
-        _wait(lambda: not _alive(workers[0]), 20,
-              f"worker {workers[0]} to exit after its supervisor was killed")
+        wait_until(lambda: not _alive(workers[0]), 20,
+                   f"worker {workers[0]} to exit after its supervisor was killed")
         # The lock went to the workers with the descriptor: while one still lives, no
         # new relay starts beside it, and the refusal names it.
         second = _refused(other)
@@ -158,8 +149,8 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
         assert (f"(pid {relay.pid}, which has exited; its worker process(es) {workers[1]} "
                 "still hold the lock)") in second.stderr, second.stderr
         os.kill(workers[1], signal.SIGCONT)
-        _wait(lambda: not _alive(workers[1]), 20,
-              f"worker {workers[1]} to exit after its supervisor was killed")
+        wait_until(lambda: not _alive(workers[1]), 20,
+                   f"worker {workers[1]} to exit after its supervisor was killed")
         with pytest.raises(OSError):
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
     finally:  # on failure: leave no process behind
@@ -172,21 +163,27 @@ def test_workers_exit_when_their_supervisor_is_killed_with_9(tmp_path: Path) -> 
     assert again.terminate(60) == 0, again.output()
 
 
+def _the_moment_the_port_opens(proc: subprocess.Popen[str], port: int, timeout: float) -> None:
+    """Return as soon as the relay's port on 127.0.0.1 accepts (polled every millisecond:
+    a signal sent next must land in the moment the port opens)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the port never opened"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.001)
+
+
 def test_sighup_as_the_port_opens_reloads_and_keeps_serving(tmp_path: Path) -> None:
     state = tmp_path / "state"
     config, port = _config(tmp_path, "relay", state)
     proc = subprocess.Popen(relay_command("serve", config=config), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:  # poll fast: the signal must land in the moment the port opens
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the port never opened"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.001)
+        _the_moment_the_port_opens(proc, port, 30)
         proc.send_signal(signal.SIGHUP)
         lines = _lines_until(proc, "relay: reloaded", 20)
         assert proc.poll() is None, (proc.returncode, lines, proc.communicate()[1])
@@ -211,15 +208,8 @@ def test_sighup_to_the_supervisor_while_workers_start_keeps_every_worker(
     proc = subprocess.Popen(relay_command("serve", config=config), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:  # the first worker's port: the other may still be starting
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the port never opened"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.001)
+        # The first worker's port: the other may still be starting.
+        _the_moment_the_port_opens(proc, port, 60)
         proc.send_signal(signal.SIGHUP)
         lines = _lines_until(proc, "relay: ready (2 workers", 60)
         assert proc.poll() is None, (proc.returncode, lines, proc.communicate()[1])

@@ -20,8 +20,7 @@ import re
 import smtplib
 import ssl
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from email.message import EmailMessage
 from pathlib import Path
@@ -41,6 +40,7 @@ from relay.testing.process import (
 from relay.testing.require import require_all, require_program
 from relay.testing.sink import Received, Sink
 from relay.testing.submission import Tls
+from relay.testing.wait import wait_until
 
 PASSWORD = "correct horse battery staple"
 _QUEUED_RE = re.compile(r"queued as (\S+)")
@@ -74,17 +74,6 @@ class Running:
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         return run_cli(*args, config=self.config)
-
-
-def _wait(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -165,7 +154,7 @@ def test_starttls_auth_submission_is_delivered_with_ses_events(running: Running)
         events = running.events_of(mid)
         return events if [e["eventType"] for e in events] == ["Send", "Delivery"] else None
 
-    events = _wait(send_and_delivery, 10, f"Send and Delivery events of {mid}")
+    events = wait_until(send_and_delivery, 10, f"Send and Delivery events of {mid}")
     send, delivery = events
     for ev in events:
         mail = ev["mail"]
@@ -189,8 +178,8 @@ def test_implicit_tls_submission_is_delivered(running: Running) -> None:
         mid = _submit(client, "smoke implicit", "other@b.test")
     got = running.sinks[1].wait_for(1, timeout=15)  # b.test's MX is on 127.0.0.3
     assert _subject_of(got[0]) == "smoke implicit"
-    _wait(lambda: [e["eventType"] for e in running.events_of(mid)] == ["Send", "Delivery"],
-          10, "Delivery event")
+    wait_until(lambda: [e["eventType"] for e in running.events_of(mid)] == ["Send", "Delivery"],
+               10, "Delivery event")
 
 
 def test_bad_password_is_refused(running: Running) -> None:
@@ -224,8 +213,8 @@ def test_sigterm_restart_and_queue_commands(running: Running) -> None:
     r = running
     keep = _submit_starttls(r, "stays queued", "user@busy.test")
     drop = _submit_starttls(r, "to be deleted", "other@busy.test")
-    row = _wait(lambda: _deferred(r, keep, 1), 15, "the first (451) attempt")
-    _wait(lambda: _deferred(r, drop, 1), 15, "the first (451) attempt")
+    row = wait_until(lambda: _deferred(r, keep, 1), 15, "the first (451) attempt")
+    wait_until(lambda: _deferred(r, drop, 1), 15, "the first (451) attempt")
     assert "451" in row["recipients"][0]["last_response"]
 
     assert r.relay.terminate(30) == 0, r.relay.output()
@@ -246,13 +235,13 @@ def test_sigterm_restart_and_queue_commands(running: Running) -> None:
     # retry: attempted again now (not in an hour), by the running server.
     retried = r.cli("queue", "retry", keep)
     assert retried.returncode == 0, retried.stderr
-    _wait(lambda: _deferred(r, keep, 2), 15, "the retried attempt")
+    wait_until(lambda: _deferred(r, keep, 2), 15, "the retried attempt")
 
     # bounce: gone from the queue, with a Bounce event.
     bounced = r.cli("queue", "bounce", keep)
     assert bounced.returncode == 0, bounced.stderr
-    bounce = _wait(lambda: [e for e in r.events_of(keep) if e["eventType"] == "Bounce"],
-                   5, "the Bounce event")[0]["bounce"]
+    bounce = wait_until(lambda: [e for e in r.events_of(keep) if e["eventType"] == "Bounce"],
+                        5, "the Bounce event")[0]["bounce"]
     assert bounce["bounceType"] == "Permanent"
     assert bounce["bouncedRecipients"][0]["emailAddress"] == "user@busy.test"
 
@@ -353,5 +342,5 @@ def test_swaks_starttls_auth_submission(running: Running) -> None:
     assert m is not None, out.stdout
     got = running.sinks[0].wait_for(1, timeout=15)
     assert _subject_of(got[0]) == "via swaks"
-    _wait(lambda: [e["eventType"] for e in running.events_of(m.group(1))]
-          == ["Send", "Delivery"], 10, "Delivery event of the swaks message")
+    wait_until(lambda: [e["eventType"] for e in running.events_of(m.group(1))]
+               == ["Send", "Delivery"], 10, "Delivery event of the swaks message")

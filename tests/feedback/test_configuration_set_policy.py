@@ -10,9 +10,6 @@ an unverified From: is refused with a Reject event too.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +19,12 @@ import pytest
 from relay.app import RelayApp
 from relay.config import from_dict
 from relay.events.log import read_events
-from relay.identity.store import IdentityStore
+from relay.testing.process import free_port
 from relay.testing.sink import Sink
-from relay.users import UserStore
+from relay.testing.submission import send_starttls, verified_sender
+from relay.testing.wait import wait_for
 
 PASSWORD = "pw-for-app"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def submit(port: int, subject: str, *, header_set: str = "",
@@ -40,32 +32,13 @@ async def submit(port: int, subject: str, *, header_set: str = "",
     extra = f"X-SES-CONFIGURATION-SET: {header_set}\r\n" if header_set else ""
     data = (f"From: {header_from}\r\nTo: user@plain.test\r\nSubject: {subject}\r\n{extra}"
             "\r\nhello\r\n")
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
-                               validate_certs=False, timeout=10) as client:
-        await client.login("app", PASSWORD)
-        _, reply = await client.sendmail("app@example.com", ["user@plain.test"], data)
-    return reply
-
-
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    return await send_starttls(port, PASSWORD, "user@plain.test", data)
 
 
 async def test_tls_policy_default_set_unknown_set_and_rejects(tmp_path: Path) -> None:
     sink = Sink("127.0.0.2", 0).start()  # no STARTTLS offered
     smtp_port = free_port()
-    identities = IdentityStore.in_state_dir(tmp_path)
-    identities.add("example.com")
-    identities.set_verified("example.com", True)
-    UserStore(tmp_path / "users.json").add("app", PASSWORD, configuration_set="secure")
+    verified_sender(tmp_path, PASSWORD, configuration_set="secure")
     cfg = from_dict({
         "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
         "listener": [{"address": f"127.0.0.1:{smtp_port}"}],

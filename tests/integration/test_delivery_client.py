@@ -18,7 +18,7 @@ from relay.delivery.scheduler import SenderLike
 from relay.dns.route import Target as RouteTarget
 from relay.testing.delivery import BODY, MakeSink, short_delivery
 from relay.testing.delivery import StubTarget as T
-from relay.testing.sink import Rules
+from relay.testing.sink import Rules, server_tls
 
 delivery = functools.partial(short_delivery, 5.0, 3.0)
 
@@ -26,12 +26,6 @@ delivery = functools.partial(short_delivery, 5.0, 3.0)
 @pytest.fixture(scope="module")
 def ca() -> trustme.CA:
     return trustme.CA()
-
-
-def server_tls(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(ctx)
-    return ctx
 
 
 def free_port(host: str) -> int:

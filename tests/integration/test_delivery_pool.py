@@ -22,7 +22,7 @@ from relay.config import Duration
 from relay.delivery.client import Sender
 from relay.testing.delivery import BODY, MakeSink, short_delivery
 from relay.testing.delivery import StubTarget as T
-from relay.testing.sink import Rules
+from relay.testing.sink import Rules, server_tls
 
 delivery = functools.partial(short_delivery, 3.0)
 
@@ -199,16 +199,10 @@ async def test_backup_mx_connection_is_not_taken_by_another_destination(
     assert primary_b.message_count == 1
 
 
-def _server_tls(ca: trustme.CA, *names: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(*names).configure_cert(ctx)
-    return ctx
-
-
 async def test_opportunistic_tls_connection_is_not_reused_for_verify(
         make_sink: MakeSink) -> None:
     ca = trustme.CA()
-    sink = make_sink(tls_context=_server_tls(ca, "mx.shared.test"))
+    sink = make_sink(tls_context=server_tls(ca, "mx.shared.test"))
     trusting = ssl.create_default_context()
     ca.configure_trust(trusting)
     sender = Sender(delivery(), hostname="relay.test", verify_context=trusting)

@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
-import dkim
-import dns.resolver
 import pytest
 from aiosmtpd.smtp import Envelope
 
@@ -32,6 +30,7 @@ from relay.events.log import EventLog, read_events
 from relay.identity.outbound import Outbound
 from relay.queue.records import State
 from relay.queue.store import NewMessage, QueueStore
+from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
 from relay.testing.require import require_path, require_program
 from relay.testing.sink import Received, Sink
@@ -134,23 +133,6 @@ async def harness(tmp_path: Path, dns_server: DnsServer) -> AsyncIterator[Harnes
         await h.store.start()
         yield h
         await h.close()
-
-
-def dkimpy_verify(data: bytes, server: DnsServer) -> list[bool]:
-    res = dns.resolver.Resolver(configure=False)
-    res.nameservers = [server.host]
-    res.port = server.port
-
-    def dnsfunc(name: bytes, timeout: float = 5) -> bytes | None:
-        try:
-            answer = res.resolve(name.decode().rstrip("."), "TXT")
-        except dns.exception.DNSException:
-            return None
-        return b"".join(b"".join(r.strings) for r in answer)
-
-    count = data.lower().split(b"\r\n\r\n", 1)[0].count(b"\r\ndkim-signature:") + \
-        data.lower().startswith(b"dkim-signature:")
-    return [bool(dkim.DKIM(data).verify(idx=i, dnsfunc=dnsfunc)) for i in range(count)]
 
 
 def mailauth_verify(data: bytes, server: DnsServer) -> list[dict[str, Any]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -52,29 +51,6 @@ def expect(reply: object, want: R.Reply) -> None:
     assert isinstance(reply, Got)
     assert reply.code == want.code, reply
     assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
-
-
-@pytest.fixture(scope="module")
-def tls() -> Tls:
-    return Tls()
-
-
-@pytest.fixture(scope="module")
-def users(tmp_path_factory: pytest.TempPathFactory) -> UserStore:
-    return app_users(tmp_path_factory.mktemp("users"))
-
-
-@pytest.fixture
-def submitter() -> RecordingSubmitter:
-    return RecordingSubmitter()
-
-
-@pytest.fixture
-async def server(tls: Tls, users: UserStore,
-                 submitter: RecordingSubmitter) -> AsyncIterator[SubmissionServer]:
-    async with running_server(tls=tls, users=users, submitter=submitter,
-                              limits=limits()) as srv:
-        yield srv
 
 
 async def connect(port: int) -> RawClient:

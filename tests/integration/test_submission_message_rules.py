@@ -30,8 +30,10 @@ from relay.testing.submission import (
     RecordingSubmitter,
     Reply,
     Tls,
-    app_users,
+    expect,
+    header_section,
     make_listener,
+    named,
     running_server,
 )
 from relay.testing.submission import fast_limits as limits
@@ -40,29 +42,10 @@ from relay.users import UserStore
 NOW = 1_780_000_000.0  # the server's (fake) clock
 
 
-def expect(reply: Reply, want: R.Reply) -> None:
-    assert reply.code == want.code, reply
-    assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
-
-
-@pytest.fixture(scope="module")
-def tls() -> Tls:
-    return Tls()
-
-
-@pytest.fixture(scope="module")
-def users(tmp_path_factory: pytest.TempPathFactory) -> UserStore:
-    return app_users(tmp_path_factory.mktemp("users"))
-
-
-@pytest.fixture
-def submitter() -> RecordingSubmitter:
-    return RecordingSubmitter()
-
-
 @pytest.fixture
 async def server(tls: Tls, users: UserStore,
                  submitter: RecordingSubmitter) -> AsyncIterator[SubmissionServer]:
+    """conftest.py's server, on a fake clock at NOW."""
     async with running_server(tls=tls, users=users, submitter=submitter, limits=limits(),
                               clock=FakeClock(NOW)) as srv:
         yield srv
@@ -91,23 +74,6 @@ async def send(client: RawClient, message: bytes, sender: str = "app@example.com
     assert (await client.cmd("DATA")).code == 354
     await client.send(message + b".\r\n")
     return await client.read_reply()
-
-
-def header_section(body: bytes) -> list[tuple[str, str]]:
-    """(name, value) of the fields before the first empty line, names as written."""
-    head = body.split(b"\r\n\r\n", 1)[0].decode()
-    fields: list[tuple[str, str]] = []
-    for line in head.split("\r\n"):
-        if line[:1] in (" ", "\t"):
-            fields[-1] = (fields[-1][0], fields[-1][1] + line)
-        else:
-            name, _, value = line.partition(":")
-            fields.append((name, value.strip()))
-    return fields
-
-
-def named(fields: list[tuple[str, str]], name: str) -> list[str]:
-    return [v for n, v in fields if n.strip().lower() == name.lower()]
 
 
 # --- hop limit (mail loops) ---------------------------------------------------------------

@@ -1,23 +1,19 @@
-"""Raw-SMTP helpers shared by the reliability tests (imported as a plain module)."""
+"""Raw-SMTP helpers shared by the reliability tests (imported as a plain module), and
+`record_peers`, which lists every client of an in-process relay's own listener."""
 
 from __future__ import annotations
 
 import base64
 
+from relay.app import RelayApp
 from relay.smtp import replies as R
-from relay.testing.submission import RawClient, Reply, Tls
+from relay.testing.submission import RawClient, Reply, Tls, expect
 
 USER, PASSWORD = "app", "s3cret-pw"
 
 
 def plain(user: str, password: str) -> str:
     return base64.b64encode(f"\0{user}\0{password}".encode()).decode()
-
-
-def expect(reply: Reply, want: R.Reply) -> None:
-    """The reply has want's code and enhanced status code."""
-    assert reply.code == want.code, reply
-    assert reply.lines[-1].split(" ", 1)[0] == want.enhanced, reply
 
 
 async def connect(port: int, host: str = "127.0.0.1") -> RawClient:
@@ -51,3 +47,18 @@ async def send_ok(client: RawClient) -> Reply:
     reply = await client.read_reply()
     expect(reply, R.QUEUED)
     return reply
+
+
+def record_peers(app: RelayApp) -> list[str]:
+    """The client address of every connection the app's one listener admits from now on
+    (a copy relay delivers back to itself shows up here)."""
+    peers: list[str] = []
+    (server,) = app.listeners
+    admit = server.context.admit
+
+    def counting(ip: str) -> object:
+        peers.append(ip)
+        return admit(ip)
+
+    server.context.admit = counting  # type: ignore[assignment]
+    return peers

@@ -9,24 +9,20 @@ never a delivery, even when an unverified pooled connection to that MX is idle.
 
 from __future__ import annotations
 
-import asyncio
-import socket
-import ssl
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
 import pytest
 import trustme
 
 from relay.app import RelayApp
 from relay.config import from_dict
 from relay.events.log import read_events
-from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
-from relay.testing.sink import Sink
-from relay.users import UserStore
+from relay.testing.process import free_port
+from relay.testing.sink import Sink, server_tls
+from relay.testing.submission import send_starttls, verified_sender
+from relay.testing.wait import wait_for
 
 PASSWORD = "pw-for-app"
 ZONE = {
@@ -39,43 +35,10 @@ ZONE = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def server_tls(ca: trustme.CA, name: str) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert(name).configure_cert(ctx)
-    return ctx
-
-
-@pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
-
-
 async def submit(port: int, rcpt: str, subject: str, config_set: str = "") -> None:
     extra = f"X-SES-CONFIGURATION-SET: {config_set}\r\n" if config_set else ""
     data = f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: {subject}\r\n{extra}\r\nhello\r\n"
-    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=True,
-                               validate_certs=False, timeout=10) as client:
-        await client.login("app", PASSWORD)
-        await client.sendmail("app@example.com", [rcpt], data)
-
-
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    await send_starttls(port, PASSWORD, rcpt, data)
 
 
 async def test_set_requiring_tls_verifies_certificates_like_the_global_policy(
@@ -90,10 +53,7 @@ async def test_set_requiring_tls_verifies_certificates_like_the_global_policy(
     unknown = Sink("127.0.0.4", good.port,
                    tls_context=server_tls(stranger, "mx.unknownca.test")).start()
     smtp_port = free_port()
-    identities = IdentityStore.in_state_dir(tmp_path)
-    identities.add("example.com")
-    identities.set_verified("example.com", True)
-    UserStore(tmp_path / "users.json").add("app", PASSWORD)
+    verified_sender(tmp_path, PASSWORD)
     cfg = from_dict({
         "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
         "listener": [{"address": f"127.0.0.1:{smtp_port}"}],

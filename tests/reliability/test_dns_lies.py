@@ -6,15 +6,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import random
-import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import aiosmtplib
-import pytest
+from smtpkit import record_peers
 
 from relay.app import RelayApp
 from relay.clock import FakeClock
@@ -33,10 +29,11 @@ from relay.dns.route import (
     without_loops,
 )
 from relay.events.log import read_events
-from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
+from relay.testing.process import free_port
 from relay.testing.sink import Sink
-from relay.users import UserStore
+from relay.testing.submission import send_starttls, verified_sender
+from relay.testing.wait import wait_for
 
 BODY = b"From: a@sender.test\r\nTo: r@dest.test\r\nSubject: hi\r\n\r\nhello\r\n"
 PASSWORD = "pw-for-app"
@@ -54,12 +51,6 @@ ZONE = {
 }
 
 
-@pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
-
-
 def router(ns: DnsServer, port: int, *, deny: list[str] | None = None,
            routes: dict[str, NextHop] | None = None,
            own: set[tuple[str, int]] | None = None) -> Router:
@@ -69,12 +60,6 @@ def router(ns: DnsServer, port: int, *, deny: list[str] | None = None,
                    routes=routes or {}, connect_timeout=Duration(1),
                    command_timeout=Duration(1), data_timeout=Duration(1))
     return Router(cfg, resolver, random.Random(1), mta_sts=None, own_addresses=own or set())
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 # --- the pure decisions -------------------------------------------------------------------
@@ -189,25 +174,10 @@ async def test_route_to_own_listener_is_554_and_other_mx_kept(ns: DnsServer) -> 
 # --- the whole app: own listeners are wired in, nothing connects ---------------------------
 
 
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 8.0) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def _run_app(tmp_path: Path, ns: DnsServer, smtp_port: int, delivery_port: int,
                    deny: list[str], rcpt: str, event_type: str,
                    ) -> tuple[RelayApp, dict[str, Any], list[str]]:
-    identities = IdentityStore.in_state_dir(tmp_path)
-    identities.add("example.com")
-    identities.set_verified("example.com", True)
-    UserStore(tmp_path / "users.json").add("app", PASSWORD)
+    verified_sender(tmp_path, PASSWORD)
     cfg = from_dict({
         "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
         "listener": [{"address": f"127.0.0.1:{smtp_port}"}],
@@ -217,23 +187,13 @@ async def _run_app(tmp_path: Path, ns: DnsServer, smtp_port: int, delivery_port:
     })
     app = RelayApp(cfg)
     await app.start()
-    peers: list[str] = []
-    (server,) = app.listeners
-    admit = server.context.admit
-
-    def counting(ip: str) -> object:
-        peers.append(ip)
-        return admit(ip)
-
-    server.context.admit = counting  # type: ignore[assignment]
+    peers = record_peers(app)
     try:
         data = f"From: app@example.com\r\nTo: {rcpt}\r\nSubject: lie\r\n\r\nhello\r\n"
-        async with aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, start_tls=True,
-                                   validate_certs=False, timeout=10) as client:
-            await client.login("app", PASSWORD)
-            await client.sendmail("app@example.com", [rcpt], data)
+        await send_starttls(smtp_port, PASSWORD, rcpt, data)
         (event,) = await wait_for(event_type, lambda: [
-            e for e in read_events(app.events.path) if e["eventType"] == event_type])
+            e for e in read_events(app.events.path) if e["eventType"] == event_type],
+            timeout=8.0)
     except BaseException:
         await app.stop()
         raise

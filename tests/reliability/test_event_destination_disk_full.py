@@ -1,5 +1,5 @@
-"""A file event destination on a full disk (a real 1 MB tmpfs, as test_disk_full.py makes
-one): publishing an event never raises into the publisher (before, ENOSPC from the
+"""A file event destination on a full disk (a real 1 MB tmpfs, the `tiny_disk` fixture of
+conftest.py): publishing an event never raises into the publisher (before, ENOSPC from the
 destination's write reached whoever emitted the event: a delivery, a bounce, a DATA
 reply). What waits for the disk is bounded in memory (the excess counted as dropped),
 written once space returns, and the file holds whole lines, none repeated or torn.
@@ -9,51 +9,14 @@ Needs root for `mount -t tmpfs`.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from relay.clock import FakeClock
 from relay.config import from_dict
 from relay.events.destinations import EventRouter
 from relay.events.model import send_event
 from relay.queue.records import MessageRecord
-from relay.testing.require import require_all
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, check=False)
-    if r.returncode != 0:
-        reason = f"cannot mount a tmpfs (needs root/CAP_SYS_ADMIN): {r.stderr.strip()}"
-        if require_all():
-            pytest.fail(reason, pytrace=False)
-        pytest.skip(reason)
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True, check=False)
-
-
-def _fill(disk: Path, leave: int) -> Path:
-    """Fill the tmpfs but its last `leave` bytes."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, b"\0" * 65536):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    os.truncate(filler, os.path.getsize(filler) - leave)
-    return filler
+from relay.testing.disk import fill
 
 
 def _event(i: int) -> object:
@@ -68,7 +31,7 @@ def test_a_full_disk_never_raises_into_the_publisher_and_loses_no_line_it_kept(
                      "event_destination": [{"name": "copy",
                                             "path": str(tiny_disk / "copy.jsonl")}]})
     router = EventRouter(lambda: cfg, None, FakeClock(), tmp_path / "state")  # type: ignore[arg-type]
-    filler = _fill(tiny_disk, leave=4096)  # one page: a few lines, then a cut one
+    filler = fill(tiny_disk, leave=4096)  # one page: a few lines, then a cut one
     for i in range(1000):  # ~700 KB of lines: far more than the page left, fits once freed
         router(_event(i))  # type: ignore[arg-type]
     [out] = router.files
@@ -87,7 +50,7 @@ def test_what_waits_for_the_disk_is_bounded(tmp_path: Path, tiny_disk: Path) -> 
     from relay.events.appendfile import AppendFile
 
     out = AppendFile(tiny_disk / "copy.jsonl", max_unwritten=64 << 10)
-    _fill(tiny_disk, leave=0)
+    fill(tiny_disk, leave=0)
     line = b"x" * 1000
     for _ in range(1000):
         out.write(line)

@@ -1,4 +1,4 @@
-"""The event log on a full disk (a real small tmpfs, as test_disk_full.py makes one).
+"""The event log on a full disk (a real small tmpfs, the `tiny_disk` fixture of conftest.py).
 
 - A real `relay serve` whose event log lives on a full tmpfs keeps accepting (the queue
   is on another disk), logs one line when the log cannot be written, meters it, prints
@@ -12,13 +12,10 @@ Needs root for `mount -t tmpfs`; skipped with the reason otherwise.
 
 from __future__ import annotations
 
-import os
 import re
 import smtplib
-import subprocess
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ from relay.events.journal import EventJournal
 from relay.events.log import EventLog, read_events
 from relay.events.model import send_event
 from relay.queue.store import NewMessage, QueueStore
+from relay.testing.disk import fill
 from relay.testing.process import (
     RelayProcess,
     free_port,
@@ -35,45 +33,7 @@ from relay.testing.process import (
     relay_config,
     write_config,
 )
-
-
-@pytest.fixture
-def tiny_disk(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                       capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs (needs root/CAP_SYS_ADMIN): {r.stderr.strip()}")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(disk: Path, leave: int = 0) -> Path:
-    """Fill the tmpfs up to its last `leave` bytes (0: nothing left, ENOSPC)."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
-    try:
-        while os.write(fd, b"\0" * 65536):
-            pass
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-    if leave:
-        os.truncate(filler, os.path.getsize(filler) - leave)
-    return filler
-
-
-def _wait(pred: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+from relay.testing.wait import wait_until
 
 
 def _metric(port: int, name: str) -> float:
@@ -98,7 +58,7 @@ def test_relay_keeps_events_while_the_log_disk_is_full_and_writes_them_later(
     relay = RelayProcess(write_config(tmp_path / "relay.toml", cfg),
                          log_dir=tmp_path / "logs").start()
     try:
-        filler = _fill(tiny_disk)
+        filler = fill(tiny_disk)
         ids = []
         with smtplib.SMTP("127.0.0.1", port, timeout=15) as smtp:
             smtp.ehlo("client.test")
@@ -108,8 +68,8 @@ def test_relay_keeps_events_while_the_log_disk_is_full_and_writes_them_later(
                 code, text = smtp.data(f"Subject: full {i}\r\n\r\nbody {i}\r\n".encode())
                 assert code == 250, (code, text)  # the queue's disk is not full
                 ids.append(text.decode().rsplit(" ", 1)[-1])
-        _wait(lambda: _metric(admin, "relay_event_log_unwritten_events") >= 20, 10,
-              "the Send events held in memory")
+        wait_until(lambda: _metric(admin, "relay_event_log_unwritten_events") >= 20, 10,
+                   "the Send events held in memory")
         assert _metric(admin, "relay_event_log_write_failures_total") >= 1
         time.sleep(2.5)  # a few retries fail meanwhile: still one line, no traceback
         assert relay.running
@@ -118,9 +78,9 @@ def test_relay_keeps_events_while_the_log_disk_is_full_and_writes_them_later(
         assert len(re.findall(r"event log .*: cannot write \(No space left", err)) == 1, err
 
         filler.unlink()
-        _wait(lambda: {e["mail"]["messageId"] for e in read_events(events)  # type: ignore[index]
-                       if e["eventType"] == "Send"} >= set(ids), 10,
-              "the held events in the log once space returned")
+        wait_until(lambda: {e["mail"]["messageId"] for e in read_events(events)  # type: ignore[index]
+                            if e["eventType"] == "Send"} >= set(ids), 10,
+                   "the held events in the log once space returned")
         assert _metric(admin, "relay_event_log_unwritten_events") == 0
         assert "writing again" in relay.stderr()
         lines = events.read_bytes().split(b"\n")
@@ -145,7 +105,7 @@ async def test_held_events_are_bounded_complete_and_stay_staged_until_written(
     journal = EventJournal(store, log, clock, grace=0.0)
     await store.start()
     try:
-        filler = _fill(tiny_disk, leave=4096)  # one page: ~8 lines, then a cut one
+        filler = fill(tiny_disk, leave=4096)  # one page: ~8 lines, then a cut one
         staged: list[bytes] = []
         records = []
         for i in range(40):  # ~500 bytes a line: far over the 8 KB held in memory

@@ -9,15 +9,12 @@ listener counts every connection it gets.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import socket
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import aiosmtplib
-import pytest
+from smtpkit import record_peers
 
 from relay.app import RelayApp
 from relay.clock import FakeClock
@@ -28,6 +25,8 @@ from relay.dns.route import RouteFailure, Target, Targets, is_unspecified, loops
 from relay.events.log import read_events
 from relay.identity.store import IdentityStore
 from relay.testing.dnsserver import DnsServer
+from relay.testing.process import free_port
+from relay.testing.wait import wait_for
 
 ZONE = {
     "zero.test": [("MX", "10 mx.zero.test")],
@@ -48,12 +47,6 @@ UNSPECIFIED_DOMAINS = ("zero.test", "thisnet.test", "six.test", "mapped.test",
                        "implicit-zero.test", "[0.0.0.0]", "[ipv6:::]")
 
 
-@pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
-
-
 def router(ns: DnsServer, port: int, *, routes: dict[str, NextHop] | None = None,
            deny: list[str] | None = None,
            own: set[tuple[str, int]] | None = None) -> Router:
@@ -62,12 +55,6 @@ def router(ns: DnsServer, port: int, *, routes: dict[str, NextHop] | None = None
     cfg = Delivery(port=port, routes=routes or {},
                    deny_networks=[Network(d) for d in deny or []])
     return Router(cfg, resolver, random.Random(1), mta_sts=None, own_addresses=own or set())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def host_address() -> str | None:
@@ -158,18 +145,6 @@ async def test_any_host_address_on_port_25_is_a_loop(ns: DnsServer) -> None:
 # --- the whole app: an MX on 0.0.0.0 reaches relay itself ---------------------------------
 
 
-async def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 8.0) -> Any:
-    loop_ = asyncio.get_running_loop()
-    deadline = loop_.time() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if loop_.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
 async def test_app_mx_on_unspecified_address_bounces_with_no_copy_back(
         tmp_path: Path, ns: DnsServer) -> None:
     """relay receives on 127.0.0.1:P without AUTH for loopback clients and delivers on
@@ -193,16 +168,8 @@ async def test_app_mx_on_unspecified_address_bounces_with_no_copy_back(
     })
     app = RelayApp(cfg)
     await app.start()
-    peers: list[str] = []
     try:
-        (server,) = app.listeners
-        admit = server.context.admit
-
-        def counting(ip: str) -> object:
-            peers.append(ip)
-            return admit(ip)
-
-        server.context.admit = counting  # type: ignore[assignment]
+        peers = record_peers(app)
         data = ("From: app@example.com\r\nTo: user@zero.test\r\nSubject: loop\r\n\r\n"
                 "hello\r\n")
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False,
@@ -210,7 +177,8 @@ async def test_app_mx_on_unspecified_address_bounces_with_no_copy_back(
             await client.sendmail("app@example.com", ["user@zero.test"], data)
         bounces = lambda: [  # noqa: E731
             e for e in read_events(app.events.path) if e["eventType"] == "Bounce"]
-        await wait_for("a bounce or a copy back", lambda: bounces() or len(peers) > 1)
+        await wait_for("a bounce or a copy back", lambda: bounces() or len(peers) > 1,
+                       timeout=8.0)
         assert peers == ["127.0.0.1"]  # the submission only: zero copies came back
         (event,) = bounces()
         (bounced,) = event["bounce"]["bouncedRecipients"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Literal
 
 import pytest
@@ -69,12 +69,6 @@ class Listeners:
         for server in self.servers:
             server.close()
         await asyncio.gather(*(s.wait_closed() for s in self.servers))
-
-
-@pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
 
 
 @pytest.fixture
