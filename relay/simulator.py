@@ -27,7 +27,6 @@ from __future__ import annotations
 import email.utils
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from email.message import EmailMessage
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
@@ -37,6 +36,7 @@ from email.policy import compat32
 
 from relay.clock import Clock
 from relay.delivery.attempts import Attempt, record_attempts
+from relay.delivery.outcome import Kind, Outcome
 from relay.events.model import SUPPRESSED_RESPONSE
 from relay.feedback.processor import FeedbackProcessor
 from relay.queue.records import MessageRecord, State
@@ -52,29 +52,22 @@ PROVIDER = SOURCE = "simulator"
 SCENARIOS = ("success", "bounce", "ooto", "complaint", "suppressionlist", "softbounce")
 
 
-@dataclass(frozen=True)
-class SimOutcome:
-    kind: str
-    code: int
-    enhanced: str
-    text: str
-    remote_mta: str = MTA
+def _answer(kind: Kind, code: int, enhanced: str, text: str) -> Outcome:
+    return Outcome(kind, code, enhanced, text, remote_mta=MTA)
 
 
 _OUTCOMES = {
-    "success": SimOutcome("delivered", 250, "2.0.0", "Ok: delivered by the mailbox simulator"),
-    "ooto": SimOutcome("delivered", 250, "2.0.0", "Ok: delivered by the mailbox simulator"),
-    "complaint": SimOutcome("delivered", 250, "2.0.0",
-                            "Ok: delivered by the mailbox simulator"),
-    "bounce": SimOutcome("bounced", 550, "5.1.1",
-                         "simulator: the email account does not exist"),
-    "suppressionlist": SimOutcome("bounced", 550, "5.1.1", SUPPRESSED_RESPONSE[10:]),
-    "softbounce": SimOutcome("deferred", 450, "4.2.1",
-                             "simulator: mailbox temporarily unavailable, try again later"),
+    "success": _answer("delivered", 250, "2.0.0", "Ok: delivered by the mailbox simulator"),
+    "ooto": _answer("delivered", 250, "2.0.0", "Ok: delivered by the mailbox simulator"),
+    "complaint": _answer("delivered", 250, "2.0.0", "Ok: delivered by the mailbox simulator"),
+    "bounce": _answer("bounced", 550, "5.1.1", "simulator: the email account does not exist"),
+    "suppressionlist": _answer("bounced", 550, "5.1.1", SUPPRESSED_RESPONSE[10:]),
+    "softbounce": _answer("deferred", 450, "4.2.1",
+                          "simulator: mailbox temporarily unavailable, try again later"),
 }
-_UNKNOWN = SimOutcome("bounced", 550, "5.1.1",
-                      "simulator: no such scenario (success, bounce, ooto, complaint, "
-                      "suppressionlist, softbounce)")
+_UNKNOWN = _answer("bounced", 550, "5.1.1",
+                   "simulator: no such scenario (success, bounce, ooto, complaint, "
+                   "suppressionlist, softbounce)")
 
 
 def scenario(address: str) -> str:
@@ -97,7 +90,7 @@ class Simulator:
     def handles(self, domain: str) -> bool:
         return domain.lower().rstrip(".") == DOMAIN
 
-    def outcomes(self, msg: MessageRecord, addresses: Sequence[str]) -> list[SimOutcome]:
+    def outcomes(self, msg: MessageRecord, addresses: Sequence[str]) -> list[Outcome]:
         """The answer for each address of one attempt, logged and counted as one."""
         answers = [_OUTCOMES.get(scenario(a), _UNKNOWN) for a in addresses]
         try:

@@ -20,6 +20,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from relay.delivery.outcome import Outcome, Sender, SendResult, outcomes_of
 from relay.warmup.providers import ProviderMap
 
 log = logging.getLogger("relay.delivery")
@@ -40,22 +41,8 @@ class Attempt:
     remote_mta: str
 
 
-def _response(o: Any) -> str:
-    text = str(getattr(o, "text", ""))
-    enhanced = str(getattr(o, "enhanced", ""))
-    if enhanced and not text.startswith(enhanced):
-        text = f"{enhanced} {text}"
-    return f"{getattr(o, 'code', '')} {text}".strip()
-
-
-def _outcomes(result: Any) -> list[Any]:
-    if isinstance(result, list):
-        return result
-    return list(getattr(result, "outcomes", []))
-
-
 class RecordingSender:
-    def __init__(self, inner: Any, providers: ProviderMap, *, default_source: str = "",
+    def __init__(self, inner: Sender, providers: ProviderMap, *, default_source: str = "",
                  observers: Sequence[Callable[[Attempt], None]] = ()) -> None:
         self.inner = inner
         self.providers = providers
@@ -63,7 +50,7 @@ class RecordingSender:
         self.observers = list(observers)
 
     async def send(self, destination: str, targets: Sequence[Any], sender: str,
-                   recipients: Sequence[str], data: bytes, **kwargs: Any) -> Any:
+                   recipients: Sequence[str], data: bytes, **kwargs: Any) -> SendResult:
         result = await self.inner.send(destination, targets, sender, recipients, data, **kwargs)
         try:
             self._record(targets, recipients, result, kwargs.get("source_address"))
@@ -71,12 +58,12 @@ class RecordingSender:
             log.exception("could not record a delivery attempt")
         return result
 
-    def _record(self, targets: Sequence[Any], recipients: Sequence[str], result: Any,
+    def _record(self, targets: Sequence[Any], recipients: Sequence[str], result: SendResult,
                 source: str | None) -> None:
         hosts = [getattr(t, "host_name", "") or getattr(t, "address", "") for t in targets]
         provider = self.providers.site(hosts).provider
         src = (source if source is not None else self.default_source) or "default"
-        record_attempts(current_message_id.get(), recipients, _outcomes(result), src,
+        record_attempts(current_message_id.get(), recipients, outcomes_of(result), src,
                         provider, self.observers)
 
     def __getattr__(self, name: str) -> Any:
@@ -84,7 +71,7 @@ class RecordingSender:
         return getattr(self.inner, name)
 
 
-def record_attempts(queue_id: str, recipients: Sequence[str], outcomes: Sequence[Any],
+def record_attempts(queue_id: str, recipients: Sequence[str], outcomes: Sequence[Outcome],
                     source_ip: str, provider: str,
                     observers: Sequence[Callable[[Attempt], None]]) -> None:
     """One log line and one `Attempt` to each observer per recipient of a transaction.
@@ -92,8 +79,7 @@ def record_attempts(queue_id: str, recipients: Sequence[str], outcomes: Sequence
     both report through here, so their log lines have the same shape."""
     for rcpt, o in zip(recipients, outcomes, strict=False):
         attempt = Attempt(queue_id, rcpt.rpartition("@")[2].lower(), source_ip, provider,
-                          str(getattr(o, "kind", "")), _response(o),
-                          str(getattr(o, "remote_mta", "")))
+                          o.kind, o.response, o.remote_mta)
         log.info("attempt %s domain=%s source_ip=%s provider=%s result=%s response=%r",
                  attempt.queue_id or "-", attempt.recipient_domain, attempt.source_ip,
                  attempt.provider, attempt.kind, attempt.response,

@@ -1,11 +1,12 @@
-"""Delivery result classification: SMTP replies and transport failures → Outcome.
+"""Delivery result classification: SMTP replies, transport failures, failed routes → Outcome.
 
 PURE. This module owns the mapping from what a remote MTA said (or what went
 wrong on the way to it) to one of three kinds: delivered (2xx), deferred (4xx
 and every transport failure) or bounced (5xx). It must not import asyncio,
 ssl, sockets or aiosmtplib: relay/delivery/client.py translates library
 exceptions into a `Failure` name at the boundary (STYLE §3 rule 9) and calls
-`from_failure`.
+`from_failure`. A destination that could not be routed (relay/dns/route.py) gets
+`from_route`. The Outcome type itself is in relay/delivery/outcome.py.
 
 Enhanced status codes (RFC 3463) are taken from the reply text when present and
 their class digit agrees with the reply code; otherwise X.0.0 is derived from
@@ -17,9 +18,11 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-import msgspec
+from relay.delivery.outcome import Kind, Outcome
+from relay.dns.route import RouteFailure
 
-Kind = Literal["delivered", "deferred", "bounced"]
+__all__ = ["BounceType", "Failure", "Kind", "Outcome", "bounce_type", "from_failure",
+           "from_reply", "from_route", "split_enhanced"]
 
 # What can go wrong below the SMTP reply level. client.py maps exceptions here.
 Failure = Literal[
@@ -32,22 +35,6 @@ Failure = Literal[
     "invalid_address",  # CR/LF or other control characters in an address (RFC 5321 §4.1.2)
     "local_error",   # anything else on our side
 ]
-
-
-class Outcome(msgspec.Struct, frozen=True):
-    kind: Kind
-    code: int
-    enhanced: str
-    text: str
-    remote_mta: str = ""
-
-    @property
-    def diagnostic(self) -> str:
-        """RFC 3464 Diagnostic-Code value (after the "smtp; " type)."""
-        return f"{self.code} {self.enhanced} {self.text}".rstrip()
-
-    def __str__(self) -> str:
-        return self.diagnostic
 
 
 _ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
@@ -114,6 +101,13 @@ def from_failure(failure: Failure, host: str = "", detail: str = "",
     if detail:
         text = f"{text}: {detail}"
     return Outcome(kind, code, enhanced, text, remote_mta)
+
+
+def from_route(failure: RouteFailure) -> Outcome:
+    """The outcome for every recipient of a destination that could not be routed (null
+    MX, no such domain, a DNS failure, a loop...): bounced when permanent."""
+    return Outcome("bounced" if failure.permanent else "deferred", failure.code,
+                   failure.enhanced, failure.text)
 
 
 # ---------------------------------------------------------------------------

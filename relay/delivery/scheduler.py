@@ -22,7 +22,11 @@ Two tiers, like Postfix's incoming/deferred queues feeding the active queue:
 
 Rule: a result reaches the event log only after the store has committed it, and
 the store decides (through the transition table) whether it still applies.
-Timing (retry, expiry) comes from relay.delivery.retry and the injected Clock.
+Every path answers with a relay.delivery.outcome.Outcome per recipient; what the
+queue does with it (deliver, defer to the next retry time, bounce, expire, release
+a recipient held by warm-up) and which events follow is decided by the pure
+relay.delivery.settle; `_settle` only does the writing and publishing.
+Timing comes from the injected Clock.
 """
 
 from __future__ import annotations
@@ -38,41 +42,24 @@ from typing import Any, Protocol
 
 from relay.clock import Clock
 from relay.config import Delivery
-from relay.delivery import retry
 from relay.delivery.attempts import current_message, current_message_id
+from relay.delivery.classify import from_route
+from relay.delivery.outcome import Outcome, Sender, outcomes_of
+from relay.delivery.settle import Retry, decide, events_for
 from relay.delivery.yielding import DeliveryGate
+from relay.dns.route import Route, RouteFailure, Target
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
-from relay.events.model import (
-    SUPPRESSED_RESPONSE,
-    Event,
-    bounce_event,
-    delay_event,
-    delivery_event,
-)
-from relay.queue.records import Action, MessageRecord, State
+from relay.events.model import SUPPRESSED_RESPONSE, Event
+from relay.queue.records import Action, MessageRecord
 from relay.queue.store import DueItem, Leased, QueueStore, Result, Settled
 from relay.warmup.lanes import BULK, LANES
 
 log = logging.getLogger("relay.scheduler")
 
 
-class OutcomeLike(Protocol):
-    @property
-    def kind(self) -> str: ...          # "delivered" | "deferred" | "bounced"
-    @property
-    def code(self) -> int: ...
-    @property
-    def enhanced(self) -> str: ...
-    @property
-    def text(self) -> str: ...
-    @property
-    def remote_mta(self) -> str: ...
-
-
-class SenderLike(Protocol):
-    async def send(self, destination: str, targets: Sequence[Any], sender: str,
-                   recipients: Sequence[str], data: bytes) -> Any: ...
+# The sender chain the scheduler calls (relay.delivery.outcome.Sender).
+SenderLike = Sender
 
 
 class OutboundLike(Protocol):
@@ -82,7 +69,7 @@ class OutboundLike(Protocol):
 
 
 class RouterLike(Protocol):
-    async def route(self, domain: str) -> Any: ...
+    async def route(self, domain: str) -> Route: ...
 
 
 class SuppressionLike(Protocol):
@@ -95,8 +82,7 @@ class LocalDeliveryLike(Protocol):
     """relay/simulator.py: destinations answered inside relay, with no network."""
 
     def handles(self, domain: str) -> bool: ...
-    def outcomes(self, msg: MessageRecord,
-                 addresses: Sequence[str]) -> Sequence[OutcomeLike]: ...
+    def outcomes(self, msg: MessageRecord, addresses: Sequence[str]) -> Sequence[Outcome]: ...
     async def after(self, msg: MessageRecord, settled: list[Settled]) -> None: ...
 
 
@@ -149,26 +135,8 @@ class LaneQueue:
             yield from lane
 
 
-def _response(o: OutcomeLike) -> str:
-    text = o.text
-    if o.enhanced and not text.startswith(o.enhanced):
-        text = f"{o.enhanced} {text}"
-    return f"{o.code} {text}".strip()
-
-
-def outcomes_of(result: Any) -> list[OutcomeLike]:
-    """The per-recipient outcomes of a client result (a list, or an object holding one)."""
-    if isinstance(result, list):
-        return result
-    for name in ("outcomes", "recipients", "results"):
-        value = getattr(result, name, None)
-        if isinstance(value, list):
-            return value
-    raise TypeError(f"cannot read outcomes from {type(result).__name__}")
-
-
 class Scheduler:
-    def __init__(self, store: QueueStore, router: RouterLike, sender: SenderLike,
+    def __init__(self, store: QueueStore, router: RouterLike, sender: Sender,
                  events: EventLog, clock: Clock, cfg: Delivery, *, hostname: str,
                  rng: random.Random | None = None, poll_interval: float = 1.0,
                  max_workers: int = 200, outbound: OutboundLike | None = None) -> None:
@@ -413,7 +381,6 @@ class Scheduler:
             listed = self.suppression.suppressed(
                 task.message, [it.recipient.address for it in task.items])
             if listed:
-                # Not attempted: a Bounce with bounceSubType OnAccountSuppressionList.
                 held = [it for it in task.items if it.recipient.address in listed]
                 await self._settle(Task(task.message, task.destination, held),
                                    [_SUPPRESSED] * len(held))
@@ -428,13 +395,10 @@ class Scheduler:
             await self.simulator.after(task.message, settled)
             return None
         route = await self.router.route(task.destination)
-        hosts = getattr(route, "hosts", None)
-        if hosts is None:  # a RouteFailure: same answer for every recipient
-            outcome = _LocalOutcome(
-                kind="bounced" if route.permanent else "deferred", code=route.code,
-                enhanced=route.enhanced, text=route.text, remote_mta="")
-            await self._settle(task, [outcome] * len(task.items))
+        if isinstance(route, RouteFailure):  # same answer for every recipient
+            await self._settle(task, [from_route(route)] * len(task.items))
             return None
+        hosts = route.hosts
         body = self.store.body(task.message.id)
         if body is None:  # deleted by the operator meanwhile
             return None
@@ -446,7 +410,7 @@ class Scheduler:
             **self._send_options(task.message))
         return self._settle_soon(task, outcomes_of(result))
 
-    async def _deliver_prepared(self, task: Task, hosts: Any,
+    async def _deliver_prepared(self, task: Task, hosts: Sequence[Target],
                                 body: bytes) -> asyncio.Task[None] | None:
         """Sign once (cached per message), then one transaction per recipient when each
         gets its own VERP return path, so a bounce maps to exactly one recipient."""
@@ -456,13 +420,12 @@ class Scheduler:
         if prep.failure is not None:
             await self._settle(task, [prep.failure] * len(task.items))
             return None
-        outcomes: list[OutcomeLike] = []
         groups: dict[tuple[str, int], list[Leased]] = {}
         for it in task.items:  # List-Unsubscribe differs per recipient too
             key = (self.outbound.sender_for(prep, msg, it.index),
                    it.index if prep.unsubscribe else -1)
             groups.setdefault(key, []).append(it)
-        by_index: dict[int, OutcomeLike] = {}
+        by_index: dict[int, Outcome] = {}
         for (sender, _), items in groups.items():
             data = await self.outbound.data_for(prep, msg, items[0].index)
             result = await self.sender.send(task.destination, hosts, sender,
@@ -491,7 +454,7 @@ class Scheduler:
         return limit
 
     def _settle_soon(self, task: Task,
-                     outcomes: Sequence[OutcomeLike | None]) -> asyncio.Task[None]:
+                     outcomes: Sequence[Outcome | None]) -> asyncio.Task[None]:
         """Settle a finished transaction in the background, so the delivery worker (and
         its pooled connection) goes on to the next message instead of waiting for the
         fsync. The recipients stay INFLIGHT in the store until it lands, so a crash
@@ -502,45 +465,24 @@ class Scheduler:
         t.add_done_callback(self._settling.discard)
         return t
 
-    async def _settle_logged(self, task: Task, outcomes: Sequence[OutcomeLike | None]) -> None:
+    async def _settle_logged(self, task: Task, outcomes: Sequence[Outcome | None]) -> None:
         try:
             await self._settle(task, outcomes)
         except Exception:
             # Left INFLIGHT: recovered (and retried) at the next start.
             log.exception("settling %s to %s failed", task.message.id, task.destination)
 
-    async def _settle(self, task: Task, outcomes: Sequence[OutcomeLike | None], *,
+    async def _settle(self, task: Task, outcomes: Sequence[Outcome | None], *,
                       local_error: bool = False) -> list[Settled]:
         now = self.clock.now()
         msg = task.message
-        max_time = self._max_delivery_time(msg)
+        policy = Retry(self.cfg.retry_schedule, self._max_delivery_time(msg),
+                       self.cfg.retry_jitter)
         results: list[Result] = []
         for lease, o in zip(task.items, outcomes, strict=True):
-            if o is None:
-                o = _LocalOutcome("deferred", 451, "4.3.0", "local error during delivery", "")
-            response = _response(o)
-            if o.kind == "delivered":
-                results.append(Result(msg.id, lease.index, Action.DELIVER, response,
-                                      o.remote_mta))
-            elif o.kind == "bounced":
-                results.append(Result(msg.id, lease.index, Action.BOUNCE, response,
-                                      o.remote_mta))
-            elif (hold := getattr(o, "hold_until", None)) is not None:
-                # Held back by warm-up caps or shaping (relay/delivery/shaper.py): no attempt
-                # was made; due again at the next window, never past max delivery time.
-                deadline = msg.received_at + max_time
-                results.append(Result(
-                    msg.id, lease.index, Action.EXPIRE if now >= deadline else Action.RELEASE,
-                    response, next_attempt_at=min(hold, deadline)))
-            else:
-                at = retry.next_attempt_at(
-                    received_at=msg.received_at, attempts=lease.recipient.attempts + 1,
-                    now=now, schedule=self.cfg.retry_schedule,
-                    max_delivery_time=max_time,
-                    jitter=self.cfg.retry_jitter, rng=self.rng)
-                action = Action.EXPIRE if at is None else Action.DEFER
-                results.append(Result(msg.id, lease.index, action, response, o.remote_mta,
-                                      next_attempt_at=at or 0.0))
+            d = decide(msg, lease.recipient, o, now, policy, self.rng)
+            results.append(Result(msg.id, lease.index, d.action, d.response, d.remote_mta,
+                                  d.next_attempt_at))
         settle = self.store.settle_op(results, now)
         journal = self.journal
         if journal is None:
@@ -564,35 +506,8 @@ class Scheduler:
         return settled
 
     def _events_for(self, settled: list[Settled], now: float) -> list[Event]:
-        groups: dict[tuple[str, State, str], list[Settled]] = {}
-        for s in settled:
-            groups.setdefault((s.message.id, s.recipient.state, s.recipient.last_response),
-                              []).append(s)
-        out: list[Event] = []
-        for (_, state, response), group in groups.items():
-            msg = group[0].message
-            rcpts = [s.recipient.address for s in group]
-            remote = group[0].recipient.remote_mta
-            if state is State.DELIVERED:
-                out.append(delivery_event(msg, rcpts, response, now, remote or self.hostname))
-            elif state is State.BOUNCED:
-                out.append(bounce_event(msg, rcpts, response, now, self.hostname))
-            elif state is State.EXPIRED:
-                out.append(bounce_event(msg, rcpts, response, now, self.hostname, expired=True))
-            elif state is State.DEFERRED:
-                out.append(delay_event(msg, rcpts, response, now,
-                                       msg.received_at + self._max_delivery_time(msg),
-                                       self.hostname))
-        return out
+        return events_for(settled, now, self.hostname, self._max_delivery_time)
 
 
-@dataclass(frozen=True)
-class _LocalOutcome:
-    kind: str
-    code: int
-    enhanced: str
-    text: str
-    remote_mta: str
-
-
-_SUPPRESSED = _LocalOutcome("bounced", 550, "5.1.1", SUPPRESSED_RESPONSE[10:], "")
+# Not attempted: a Bounce with bounceSubType OnAccountSuppressionList.
+_SUPPRESSED = Outcome("bounced", 550, "5.1.1", SUPPRESSED_RESPONSE[10:])

@@ -12,9 +12,9 @@ it) calls it unchanged. For each transaction it:
 4. settles the gate (refund what was not taken, backoff, reputation), persists
    the touched IpStates in the queue's "warmup" sub-database through the
    store's group committer, and returns one outcome per recipient.
-Recipients held back get a `HeldOutcome`: the scheduler releases them without
-counting an attempt, due at `hold_until` (never past max delivery time), and
-emits a DeliveryDelay event.
+Recipients held back get an Outcome with `hold_until` (relay.delivery.outcome.held):
+the scheduler releases them without counting an attempt, due at `hold_until` (never
+past max delivery time), and emits a DeliveryDelay event.
 
 The pool and priority lane come from the message being delivered (the
 `current_message` context variable the scheduler sets) through `choose`
@@ -39,7 +39,6 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -47,6 +46,7 @@ import msgspec
 from relay.clock import Clock
 from relay.config import Config
 from relay.delivery.attempts import current_message
+from relay.delivery.outcome import Outcome, Sender, held, outcomes_of
 from relay.events.model import warmup_event
 from relay.warmup import counters, gate
 from relay.warmup.counters import IpState
@@ -57,18 +57,6 @@ log = logging.getLogger("relay.warmup")
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(IpState)
-
-
-@dataclass(frozen=True)
-class HeldOutcome:
-    """A recipient not sent now because of warm-up caps or shaping; due again at hold_until."""
-
-    kind: str
-    code: int
-    enhanced: str
-    text: str
-    remote_mta: str
-    hold_until: float
 
 
 def stored_records(store: Any) -> list[tuple[str, int, IpState]]:
@@ -147,19 +135,8 @@ def provider_map(cfg: Config) -> ProviderMap:
         max_connections=cfg.delivery.max_connections_per_destination))
 
 
-def _response(o: Any) -> str:
-    text = o.text
-    if o.enhanced and not text.startswith(o.enhanced):
-        text = f"{o.enhanced} {text}"
-    return f"{o.code} {text}".strip()
-
-
-def _outcomes(result: Any) -> list[Any]:
-    return result if isinstance(result, list) else list(result.outcomes)
-
-
 class ShapedSender:
-    def __init__(self, cfg: Config, sender: Any, store: Any, clock: Clock, *,
+    def __init__(self, cfg: Config, sender: Sender, store: Any, clock: Clock, *,
                  pool: str | None = None, sync_interval: float = 5.0,
                  share: tuple[int, int] | None = None) -> None:
         self.sender = sender
@@ -185,7 +162,7 @@ class ShapedSender:
                                               n.action, n.at) for n in notes])
 
     async def send(self, destination: str, targets: Sequence[Any], sender: str,
-                   recipients: Sequence[str], data: bytes, **kwargs: Any) -> list[Any]:
+                   recipients: Sequence[str], data: bytes, **kwargs: Any) -> list[Outcome]:
         pool, lane = self.pool, gate.BULK
         msg = current_message.get()
         if self.choose is not None and msg is not None:
@@ -198,7 +175,7 @@ class ShapedSender:
             kwargs["max_connections"] = site.limits.max_connections
         if not pool:
             async with self._semaphore(site.key, site.limits):
-                return _outcomes(await self.sender.send(destination, targets, sender,
+                return outcomes_of(await self.sender.send(destination, targets, sender,
                                                         recipients, data, **kwargs))
         now = self.clock.now()
         if now - self._synced_at >= self.sync_interval:
@@ -207,7 +184,7 @@ class ShapedSender:
         decision = self.gate.acquire(pool, site.provider, want, now, lane)
         granted = sum(g.count for g in decision.grants)
         self.throttle.take(site.key, site.limits, now, granted)
-        out: list[Any] = []
+        out: list[Outcome] = []
         start = 0
         parts: list[tuple[gate.Grant, list[str]]] = []
         for g in decision.grants:
@@ -227,20 +204,21 @@ class ShapedSender:
                 at = now + 300.0
             reason = decision.reason or (
                 f"shaping: site {site.key} is at its rate limit until {gate._iso(at)}")
-            out.extend([HeldOutcome("deferred", 451, "4.7.0", reason, "", at)] * rest)
+            out.extend([held(reason, at)] * rest)
         if self.gate.dirty:
             await self.flush()
         return out
 
     async def _send_part(self, destination: str, targets: Sequence[Any], sender: str,
                          rcpts: list[str], data: bytes, grant: gate.Grant, site: str,
-                         limits: SiteLimits, options: dict[str, Any] | None = None) -> list[Any]:
+                         limits: SiteLimits, options: dict[str, Any] | None = None
+                         ) -> list[Outcome]:
         async with self._semaphore(site, limits):
             result = await self.sender.send(destination, targets, sender, rcpts, data,
                                             **{**(options or {}), "source_address": grant.ip,
                                                "ehlo": grant.ehlo or None})
-        outs = _outcomes(result)
-        notices = self.gate.settle(grant, [(o.kind, _response(o)) for o in outs],
+        outs = outcomes_of(result)
+        notices = self.gate.settle(grant, [(o.kind, o.response) for o in outs],
                                    self.clock.now())
         for n in notices:
             log.warning("%s", n)

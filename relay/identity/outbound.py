@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from relay.config import Identity
+from relay.delivery.outcome import Outcome
 from relay.dkim.sign import Signer
 from relay.dns.answers import Resolver
 from relay.identity.model import covering, normalize
@@ -29,19 +30,11 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Failure:
-    kind: str  # "bounced" | "deferred"
-    code: int
-    enhanced: str
-    text: str
-    remote_mta: str = ""
-
-
-@dataclass(frozen=True)
 class Prepared:
     data: bytes
     return_domain: str | None  # None: keep the submitted envelope sender
-    failure: Failure | None = None
+    # Not sent: the refusal every recipient gets ("bounced" or "deferred").
+    failure: Outcome | None = None
     # "https://host/unsubscribe/": per-recipient List-Unsubscribe, `data` not signed yet.
     unsubscribe: str = ""
 
@@ -71,7 +64,7 @@ class Outbound:
         # The List-Unsubscribe URL prefix for a message ("" = none).
         self.unsubscribe_base = unsubscribe_base
 
-    async def return_domain(self, address: str) -> str | Failure:
+    async def return_domain(self, address: str) -> str | Outcome:
         ident = settings_for(address, self.identities) if address else None
         if ident is None or not ident.mail_from:
             return self.default_domain
@@ -80,17 +73,17 @@ class Outbound:
         if mx.ok and any(not r.is_null for r in mx.records):
             return mail_from
         if mx.temporary:
-            return Failure("deferred", 451, "4.4.3",
+            return Outcome("deferred", 451, "4.4.3",
                            f"MAIL FROM domain {mail_from}: MX lookup failed ({mx.reason})")
         if ident.on_mx_failure == "use_default":
             log.warning("MAIL FROM domain %s has no MX record; using %s", mail_from,
                         self.default_domain)
             return self.default_domain
-        return Failure("bounced", 550, "5.7.1",
+        return Outcome("bounced", 550, "5.7.1",
                        f"MAIL FROM domain {mail_from} has no MX record and its identity "
                        f"has on_mx_failure = \"reject\"; message not sent")
 
-    async def submission_failure(self, sender: str, from_header: str) -> Failure | None:
+    async def submission_failure(self, sender: str, from_header: str) -> Outcome | None:
         """At the end of DATA, as SES (MailFromDomainNotVerified): a refusal when the
         identity has on_mx_failure = "reject" and its MAIL FROM domain has no MX now
         ("bounced": 554 5.7.1) or the lookup failed ("deferred": 451 4.4.3). None
@@ -106,10 +99,10 @@ class Outbound:
         if mx.ok and any(not r.is_null for r in mx.records):
             return None
         if mx.temporary:
-            return Failure("deferred", 451, "4.4.3",
+            return Outcome("deferred", 451, "4.4.3",
                            f"MAIL FROM domain {mail_from}: MX lookup failed ({mx.reason}); "
                            "try again later")
-        return Failure("bounced", 554, "5.7.1",
+        return Outcome("bounced", 554, "5.7.1",
                        f"Message rejected: MailFromDomainNotVerified: MAIL FROM domain "
                        f"{mail_from} of {address} has no MX record (on_mx_failure = "
                        f"\"reject\")")
@@ -119,7 +112,7 @@ class Outbound:
         if msg.sender not in ("", "<>") and self.verp is not None:  # "<>": aiosmtpd's null
             rd = await self.return_domain(
                 identity_address(msg.headers.get("From", ""), msg.sender))
-            if isinstance(rd, Failure):
+            if isinstance(rd, Outcome):
                 return Prepared(body, None, rd)
             domain = rd
         base = self.unsubscribe_base(msg) if self.unsubscribe_base is not None else ""

@@ -259,8 +259,11 @@ class WarmupGate:
     # ------------------------------------------------------------------ results
 
     def settle(self, grant: Grant, outcomes: Iterable[tuple[str, str]],
-               now: float) -> list[str]:
-        """Apply a transaction's outcomes ((kind, response) per recipient); return notices."""
+               now: float, extra_rules: Sequence[backoff.Rule] = ()) -> list[str]:
+        """Apply a transaction's outcomes ((kind, response) per recipient); return notices.
+        `extra_rules` are tried after the configured backoff rules (a reputation refusal
+        reported later: relay/warmup/reputation.py)."""
+        rules = (*self.rules, *extra_rules) if extra_rules else self.rules
         st = self.state(grant.ip)
         pc = counters.counter(st, grant.provider)
         today, hour = self.days.day_of(now), self.days.hour_of(now)
@@ -273,7 +276,7 @@ class WarmupGate:
             elif kind == "bounced":
                 bounced += 1
             if fired is None and kind != "delivered":
-                fired = backoff.match(self.rules, grant.provider, response)
+                fired = backoff.match(rules, grant.provider, response)
                 if fired is not None:
                     if fired.pauses:
                         pc.paused_until = max(pc.paused_until, now + fired.duration)

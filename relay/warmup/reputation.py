@@ -15,18 +15,14 @@ from relay.warmup.gate import Grant, WarmupGate
 REFUSAL_RULE = backoff.rule(r"^5\d\d[ -]|5\.7\.\d+", "pause_and_freeze", backoff.HOUR)
 
 
-def note_refusal(gate: WarmupGate, ip: str, provider: str, response: str,
-                 now: float) -> list[str]:
-    """Apply one refusal to `ip`'s state toward `provider`; return the gate's notices."""
+def note_refusal(gate: WarmupGate, ip: str, provider: str, response: str, now: float,
+                 rule: backoff.Rule = REFUSAL_RULE) -> list[str]:
+    """Apply one refusal to `ip`'s state toward `provider`; return the gate's notices.
+    `rule` applies when none of the gate's configured rules matches the response."""
     pool = next((p.name for p in gate.pools.values()
                  if any(i.address == ip for i in p.ips)), None)
     if pool is None:
         return []
-    rules = gate.rules
-    if backoff.match(rules, provider, response.strip()) is None:
-        gate.rules = (*rules, REFUSAL_RULE)
-    try:
-        # count=0: this report is not a new send; it is one more bounce in the window.
-        return gate.settle(Grant(ip, "", pool, provider, 0), [("bounced", response)], now)
-    finally:
-        gate.rules = rules
+    # count=0: this report is not a new send; it is one more bounce in the window.
+    return gate.settle(Grant(ip, "", pool, provider, 0), [("bounced", response)], now,
+                       extra_rules=(rule,))
