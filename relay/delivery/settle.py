@@ -41,7 +41,7 @@ class Retry:
     jitter: float = 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Decision:
     """What to write for one recipient (the store's Result without its key)."""
 
