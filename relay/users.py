@@ -209,11 +209,13 @@ class UserStore:
     def _read(self) -> dict[str, UserRecord]:
         return self._file.read().users
 
-    def _maybe_reload(self, force: bool = True) -> None:
+    def _maybe_reload(self, force: bool = True) -> dict[str, UserRecord]:
+        """The records as in the file now, or the last good ones when it is not valid."""
         try:
-            self._file.current(force=force)
+            return self._file.current(force=force).users
         except UserError as e:
             log.error("keeping the previous users: %s", e)
+            return self._file.value.users
 
     def read_all(self) -> dict[str, UserRecord]:
         """Every record as on disk now; raises UserError if the file is not valid."""
@@ -224,8 +226,7 @@ class UserStore:
         return sorted(self._users)
 
     def get(self, name: str) -> UserRecord | None:
-        self._maybe_reload(force=False)
-        return self._users.get(name)
+        return self._maybe_reload(force=False).get(name)
 
     def refresh(self) -> None:
         """Look at the file now (SIGHUP)."""
