@@ -52,6 +52,7 @@ from pathlib import Path
 import msgspec
 
 from relay import sdnotify
+from relay.backoff import doubling
 from relay.config import Config
 from relay.signals import EarlySignals
 from relay.statedir import record_holders
@@ -244,7 +245,7 @@ class Supervisor:
                 # recipients are recovered by the new process before it delivers.
                 quick = time.monotonic() - w.started_at < 10
                 w.restarts += 1
-                delay = min(5.0, 0.2 * (2 ** min(w.restarts, 5))) if quick else 0.2
+                delay = doubling(w.restarts + 1, 0.2, 5.0) if quick else 0.2
                 log.warning("worker %d (pid %d) exited with %s; restarting in %.1fs",
                             w.index, w.proc.pid, code, delay)
                 time.sleep(delay)

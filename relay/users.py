@@ -12,22 +12,20 @@ server runs). Must not: import asyncio or sockets (callers run verify() in a thr
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
-import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
 
 from relay.clock import Clock, SystemClock
+from relay.jsonfile import JsonFile
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +103,14 @@ def _record_problem(record: UserRecord) -> str:
     return ""
 
 
+def _users_file(path: Path, clock: Clock | None = None,
+                recheck: float = 0.0) -> JsonFile[_UsersFile]:
+    return JsonFile(path, _UsersFile, what="users", error=UserError, clock=clock,
+                    recheck=recheck)
+
+
 def _read_file(path: Path) -> dict[str, UserRecord]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return {}
-    try:
-        return msgspec.json.decode(data, type=_UsersFile).users
-    except msgspec.DecodeError as e:
-        raise UserError(f"{path} is not a valid users file: {e}") from None
+    return _users_file(path).read().users
 
 
 def check_file(path: Path) -> int:
@@ -173,15 +170,12 @@ class UserStore:
                  recheck: float = 0.0) -> None:
         self.path = Path(path)
         self._clock: Clock = clock or SystemClock()
-        # How long (monotonic seconds) a look at the file stays fresh for get() and the
-        # per-message defaults: a stat() per message released the GIL to a signing or
-        # commit thread (3 % of the loop's samples). verify() (once per login), names()
+        # `recheck`: how long (monotonic seconds) a look at the file stays fresh for get()
+        # and the per-message defaults: a stat() per message released the GIL to a signing
+        # or commit thread (3 % of the loop's samples). verify() (once per login), names()
         # and refresh() (SIGHUP) always look. 0: look every time (the CLI).
-        self.recheck = recheck
-        self._checked_at: float | None = None
+        self._file = _users_file(self.path, self._clock, recheck)
         self._lock = threading.Lock()
-        self._users: dict[str, UserRecord] = {}
-        self._stamp: tuple[int, int, int] | None = None
         # Work for unknown users: the same scrypt cost against a salt nobody has.
         self._dummy = hash_password(secrets.token_bytes(16))
         # Verified-credential cache (like Dovecot's auth_cache): name -> (the record that
@@ -199,32 +193,29 @@ class UserStore:
 
     # --- reading ---------------------------------------------------------------------
 
-    def _stat(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            return None
-        return (st.st_mtime_ns, st.st_size, st.st_ino)
+    @property
+    def recheck(self) -> float:
+        return self._file.recheck
+
+    @recheck.setter
+    def recheck(self, seconds: float) -> None:
+        self._file.recheck = seconds
+
+    @property
+    def _users(self) -> dict[str, UserRecord]:
+        """The records as last read whole (a bad edit keeps the previous ones)."""
+        return self._file.value.users
 
     def _read(self) -> dict[str, UserRecord]:
-        return _read_file(self.path)
+        return self._file.read().users
 
-    def _maybe_reload(self, force: bool = True) -> None:
-        now = self._clock.monotonic()
-        if (not force and self._checked_at is not None
-                and 0 <= now - self._checked_at < self.recheck):
-            return
-        with self._lock:
-            self._checked_at = now
-            stamp = self._stat()
-            if stamp == self._stamp:
-                return
-            try:
-                self._users = self._read()
-            except UserError as e:
-                log.error("keeping the previous users: %s", e)
-                return
-            self._stamp = stamp
+    def _maybe_reload(self, force: bool = True) -> dict[str, UserRecord]:
+        """The records as in the file now, or the last good ones when it is not valid."""
+        try:
+            return self._file.current(force=force).users
+        except UserError as e:
+            log.error("keeping the previous users: %s", e)
+            return self._file.value.users
 
     def read_all(self) -> dict[str, UserRecord]:
         """Every record as on disk now; raises UserError if the file is not valid."""
@@ -235,8 +226,7 @@ class UserStore:
         return sorted(self._users)
 
     def get(self, name: str) -> UserRecord | None:
-        self._maybe_reload(force=False)
-        return self._users.get(name)
+        return self._maybe_reload(force=False).get(name)
 
     def refresh(self) -> None:
         """Look at the file now (SIGHUP)."""
@@ -300,38 +290,11 @@ class UserStore:
 
     @contextmanager
     def _editing(self) -> Iterator[dict[str, UserRecord]]:
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with self._file.locked():
             users = dict(self._read())
             yield users
-            self._write(users)
-        finally:
-            os.close(fd)
+            self._file.write(_UsersFile(users=dict(sorted(users.items()))))
         self._maybe_reload()
-
-    def _write(self, users: dict[str, UserRecord]) -> None:
-        data = msgspec.json.format(
-            msgspec.json.encode(_UsersFile(users=dict(sorted(users.items())))), indent=2)
-        fd, tmp = tempfile.mkstemp(prefix=".users.", suffix=".tmp", dir=self.path.parent)
-        try:
-            os.fchmod(fd, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data + b"\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with suppress(OSError):
-                os.unlink(tmp)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
 
     def add(self, name: str, password: str, allow: list[str] | None = None,
             configuration_set: str = "", pool: str = "") -> None:

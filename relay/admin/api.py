@@ -27,7 +27,7 @@ from relay.admin.tokens import TokenStore
 from relay.clock import Clock
 from relay.config import Config
 from relay.delivery.shaper import total_states
-from relay.events.log import EventLog
+from relay.events.log import EventLog, tail
 from relay.events.model import bounce_event, iso, subscription_event
 from relay.identity.model import IdentityError, check_pattern
 from relay.queue.records import Action, MessageRecord, RecipientRecord, State
@@ -469,24 +469,7 @@ async def users_remove(request: web.Request) -> web.Response:
 
 
 def _tail_events(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, "rb") as f:
-        f.seek(0, 2)
-        size = f.tell()
-        f.seek(max(0, size - _EVENT_TAIL_BYTES))
-        data = f.read()
-    lines = data.split(b"\n")
-    if size > _EVENT_TAIL_BYTES:
-        lines = lines[1:]  # the first line may be cut
-    out: list[dict[str, Any]] = []
-    for line in lines:
-        if line.strip():
-            try:
-                out.append(msgspec.json.decode(line))
-            except msgspec.DecodeError:
-                continue
-    return out
+    return tail(path, _EVENT_TAIL_BYTES)
 
 
 async def events(request: web.Request) -> web.Response:

@@ -14,13 +14,12 @@ import hashlib
 import hmac
 import re
 import secrets
-import threading
 from pathlib import Path
 
 import msgspec
 
 from relay.clock import Clock, SystemClock
-from relay.identity.files import locked, stamp, write_atomic
+from relay.jsonfile import JsonFile
 
 TOKEN_PREFIX = "rly_"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -57,9 +56,9 @@ class TokenStore:
     def __init__(self, path: str | Path, clock: Clock | None = None) -> None:
         self.path = Path(path)
         self.clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._records: list[TokenRecord] = []
-        self._stamp: tuple[int, int, int] | None = None
+        # Looked at on every request (no `recheck`): a removed token stops at once.
+        self._file = JsonFile(self.path, _File, what="tokens", error=TokenError,
+                              clock=self.clock)
         self._maybe_reload()
 
     @classmethod
@@ -67,36 +66,23 @@ class TokenStore:
         return cls(state_dir / cls.FILE, clock)
 
     def _read(self) -> list[TokenRecord]:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return []
-        try:
-            return msgspec.json.decode(data, type=_File).tokens
-        except msgspec.DecodeError as e:
-            raise TokenError(f"{self.path} is not a valid tokens file: {e}") from None
+        return self._file.read().tokens
 
-    def _maybe_reload(self) -> None:
-        with self._lock:
-            st = stamp(self.path)
-            if st == self._stamp:
-                return
-            self._records = self._read()
-            self._stamp = st
+    def _maybe_reload(self) -> list[TokenRecord]:
+        """The records as in the file now (see JsonFile.current)."""
+        return self._file.current().tokens
 
     def _write(self, records: list[TokenRecord]) -> None:
-        data = msgspec.json.format(msgspec.json.encode(_File(tokens=records)), indent=2)
-        write_atomic(self.path, data + b"\n")
+        self._file.write(_File(tokens=records))
 
     def list(self) -> list[TokenRecord]:
-        self._maybe_reload()
-        return list(self._records)
+        return list(self._maybe_reload())
 
     def add(self, name: str) -> str:
         """Create a token; return it (the only time it exists in clear)."""
         check_token_name(name)
         token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        with locked(self.path):
+        with self._file.locked():
             records = self._read()
             if any(r.name == name for r in records):
                 raise TokenError(f"a token named {name!r} already exists")
@@ -106,7 +92,7 @@ class TokenStore:
         return token
 
     def remove(self, name: str) -> None:
-        with locked(self.path):
+        with self._file.locked():
             records = self._read()
             kept = [r for r in records if r.name != name]
             if len(kept) == len(records):
@@ -117,12 +103,12 @@ class TokenStore:
     def verify(self, token: str) -> str | None:
         """The name of the token, or None. Compares every digest in constant time."""
         try:
-            self._maybe_reload()
+            records = self._maybe_reload()
         except TokenError:
             return None  # a broken file denies everyone rather than crashing the server
         digest = _digest(token)
         found: str | None = None
-        for r in self._records:
+        for r in records:
             if hmac.compare_digest(r.sha256, digest):
                 found = r.name
         return found

@@ -19,6 +19,7 @@ from relay.cli import CliError, load_config
 from relay.clock import SystemClock
 from relay.config import Config
 from relay.delivery.shaper import load_states, persist_op, total_states
+from relay.events.log import tail
 from relay.queue.store import QueueStore
 from relay.warmup import gate as gate_mod
 from relay.warmup.planner import plan_for
@@ -85,21 +86,12 @@ def recent_events(cfg: Config, per_ip: int = 5) -> dict[str, list[dict[str, Any]
     if not path.is_absolute():
         path = cfg.state_path / path
     try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - _TAIL))
-            tail = f.read()
+        found = tail(path, _TAIL, containing=b'"Warmup')
     except OSError:
         return {}
     out: dict[str, list[dict[str, Any]]] = {}
-    for line in tail.split(b"\n"):
-        if b'"Warmup' not in line:
-            continue
-        try:
-            ev = msgspec.json.decode(line)
-        except msgspec.DecodeError:
-            continue
-        if not isinstance(ev, dict) or ev.get("eventType") not in WARMUP_EVENTS:
+    for ev in found:
+        if ev.get("eventType") not in WARMUP_EVENTS:
             continue
         w = ev.get("warmup") or {}
         out.setdefault(str(w.get("ip", "")), []).append({"eventType": ev["eventType"], **w})

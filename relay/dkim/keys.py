@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from relay.clock import Clock, SystemClock
 from relay.config import valid_domain
-from relay.identity.files import locked, stamp, write_atomic
+from relay.jsonfile import locked, stamp, write_atomic
 
 Algorithm = Literal["rsa", "ed25519"]
 KeyType = Literal["rsa", "ed25519", "both"]

@@ -39,6 +39,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from relay.backoff import doubling
 from relay.clock import Clock
 from relay.config import Config, EventDestination
 from relay.events.appendfile import AppendFile
@@ -72,11 +73,6 @@ def event_type_key(event: Event) -> str:
 
 def signature(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode("utf-8"), body, hashlib.sha256).hexdigest()
-
-
-def backoff_delay(attempts: int, low: float, high: float) -> float:
-    """PURE: the wait before retry `attempts` (1-based): low, 2·low, 4·low, ... ≤ high."""
-    return float(min(high, low * (2 ** max(0, min(attempts - 1, 40)))))
 
 
 def _delete_op(db: Any, key: bytes) -> Callable[[Any], bool]:
@@ -321,7 +317,7 @@ class EventRouter:
                     self.delivered[d.name] = self.delivered.get(d.name, 0) + 1
                     continue
                 attempts = item.attempts + 1
-                delay = backoff_delay(attempts, cfg.webhook_retry_min, cfg.webhook_retry_max)
+                delay = doubling(attempts, cfg.webhook_retry_min, cfg.webhook_retry_max)
                 retry = msgspec.structs.replace(item, attempts=attempts, next_at=now + delay,
                                                 last_error=error[:200])
                 await self.store.write(_put_op(db, key, _enc.encode(retry)))

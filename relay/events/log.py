@@ -1,8 +1,8 @@
 """The event log: one SES-shaped JSON object per line in state_dir/events.jsonl.
 
 Events are appended and written once per turn of the event loop, not fsynced: they
-report what the queue (which is synced) already decided. Readers (`relay events tail`,
-tests) read whole lines only.
+report what the queue (which is synced) already decided. Readers (`tail()`: the admin
+API's /api/events, `relay warmup status`, tests) read whole lines only.
 
 A write that fails (disk full, quota, I/O error) never raises to the caller: the lines
 not yet written stay in memory, up to `max_unwritten` bytes (events beyond it are
@@ -24,6 +24,7 @@ import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import msgspec
 
@@ -33,6 +34,7 @@ from relay.events.model import Event
 log = logging.getLogger(__name__)
 
 _enc = msgspec.json.Encoder()
+_dec = msgspec.json.Decoder()
 
 MAX_UNWRITTEN = 32 << 20  # bytes of event lines kept in memory while writes fail
 RETRY_INTERVAL = 1.0      # seconds between attempts while writes fail
@@ -189,16 +191,39 @@ class EventLog:
         self._fd = -1
 
 
-def read_events(path: Path) -> list[dict[str, object]]:
-    """All complete events in a log (a torn last line is ignored)."""
-    if not path.exists():
+def tail(path: Path, max_bytes: int | None = None, *,
+         containing: bytes = b"") -> list[dict[str, Any]]:
+    """The events at the end of a log, oldest first: those in its last `max_bytes` (the
+    whole file when None), so a reader's time and memory do not grow with the log. A
+    line cut by that bound or torn by a write in progress, and any line that is not a
+    JSON object, is skipped; with `containing`, so is every line without those bytes
+    (checked before decoding: cheap when looking for a few events among many). A missing
+    log has no events; one that cannot be read raises OSError."""
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            start = 0 if max_bytes is None else max(0, size - max_bytes)
+            # From the byte before the window: it tells whether the window's first line
+            # is whole (it follows a line end) or the cut end of a longer one.
+            f.seek(max(0, start - 1))
+            data = f.read(size - start + (start > 0))
+    except FileNotFoundError:
         return []
-    out: list[dict[str, object]] = []
-    for line in path.read_bytes().split(b"\n"):
-        if not line.strip():
+    if start > 0:
+        data = data[data.find(b"\n") + 1:] if b"\n" in data else b""
+    out: list[dict[str, Any]] = []
+    for line in data.split(b"\n"):
+        if not line.strip() or containing not in line:
             continue
         try:
-            out.append(msgspec.json.decode(line))
+            event = _dec.decode(line)
         except msgspec.DecodeError:
             continue
+        if isinstance(event, dict):
+            out.append(event)
     return out
+
+
+def read_events(path: Path) -> list[dict[str, object]]:
+    """All complete events in a log (a torn last line is ignored)."""
+    return list(tail(path))

@@ -7,14 +7,13 @@ when it changes, like users.json.
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import msgspec
 
 from relay.clock import Clock, SystemClock
-from relay.identity.files import locked, stamp, write_atomic
 from relay.identity.model import IdentityError, check_identity_name
+from relay.jsonfile import JsonFile
 
 
 class IdentityRecord(msgspec.Struct, frozen=True):
@@ -41,13 +40,21 @@ class IdentityStore:
                  recheck: float = 0.0) -> None:
         self.path = Path(path)
         self.clock: Clock = clock or SystemClock()
-        self.recheck = recheck
-        self._lock = threading.Lock()
-        self._records: dict[str, IdentityRecord] = {}
-        self._verified: dict[str, bool] = {}
-        self._stamp: tuple[int, int, int] | None = None
-        self._checked_at: float | None = None
+        self._file = JsonFile(self.path, _File, what="identities", error=IdentityError,
+                              clock=self.clock, recheck=recheck)
+        # (the file content they come from, its records, name → verified): one tuple, so
+        # a reader never pairs the records of one version with the map of another.
+        self._view: tuple[_File | None, dict[str, IdentityRecord], dict[str, bool]] = (
+            None, {}, {})
         self._maybe_reload(force=True)
+
+    @property
+    def recheck(self) -> float:
+        return self._file.recheck
+
+    @recheck.setter
+    def recheck(self, seconds: float) -> None:
+        self._file.recheck = seconds
 
     @classmethod
     def in_state_dir(cls, state_dir: Path, clock: Clock | None = None,
@@ -55,54 +62,39 @@ class IdentityStore:
         return cls(state_dir / "identities.json", clock, recheck)
 
     def _read(self) -> dict[str, IdentityRecord]:
-        try:
-            data = self.path.read_bytes()
-        except FileNotFoundError:
-            return {}
-        try:
-            return msgspec.json.decode(data, type=_File).identities
-        except msgspec.DecodeError as e:
-            raise IdentityError(f"{self.path} is not a valid identities file: {e}") from None
+        return self._file.read().identities
 
-    def _maybe_reload(self, force: bool = False) -> None:
-        now = self.clock.monotonic()
-        if (not force and self._checked_at is not None
-                and 0 <= now - self._checked_at < self.recheck):
-            return
-        with self._lock:
-            self._checked_at = now
-            st = stamp(self.path)
-            if st == self._stamp:
-                return
-            self._records = self._read()
-            self._verified = {n: r.verified for n, r in self._records.items()}
-            self._stamp = st
+    def _maybe_reload(self, force: bool = False) -> tuple[dict[str, IdentityRecord],
+                                                          dict[str, bool]]:
+        """(records, name → verified) as in the file now (see JsonFile.current)."""
+        content = self._file.current(force=force)
+        view = self._view
+        if view[0] is not content:
+            records = content.identities
+            view = self._view = (content, records,
+                                 {n: r.verified for n, r in records.items()})
+        return view[1], view[2]
 
     def refresh(self) -> None:
         """Look at the file now (SIGHUP)."""
         self._maybe_reload(force=True)
 
     def all(self) -> dict[str, IdentityRecord]:
-        self._maybe_reload()
-        return dict(self._records)
+        return dict(self._maybe_reload()[0])
 
     def get(self, name: str) -> IdentityRecord | None:
-        self._maybe_reload()
-        return self._records.get(name)
+        return self._maybe_reload()[0].get(name)
 
     def verified_map(self) -> dict[str, bool]:
         """Name → verified; shared, not to be modified by the caller."""
-        self._maybe_reload()
-        return self._verified
+        return self._maybe_reload()[1]
 
     def _write(self, records: dict[str, IdentityRecord]) -> None:
-        data = msgspec.json.format(
-            msgspec.json.encode(_File(identities=dict(sorted(records.items())))), indent=2)
-        write_atomic(self.path, data + b"\n")
+        self._file.write(_File(identities=dict(sorted(records.items()))))
 
     def add(self, name: str) -> IdentityRecord:
         n = check_identity_name(name)
-        with locked(self.path):
+        with self._file.locked():
             records = self._read()
             if n in records:
                 raise IdentityError(f"identity {n!r} already exists")
@@ -113,7 +105,7 @@ class IdentityStore:
 
     def remove(self, name: str) -> None:
         n = check_identity_name(name)
-        with locked(self.path):
+        with self._file.locked():
             records = self._read()
             if records.pop(n, None) is None:
                 raise IdentityError(f"no identity {n!r}")
@@ -124,7 +116,7 @@ class IdentityStore:
         """Record a verification result (adds the identity if only declared in config)."""
         n = check_identity_name(name)
         now = self.clock.now()
-        with locked(self.path):
+        with self._file.locked():
             records = self._read()
             old = records.get(n) or IdentityRecord(n, created_at=now)
             rec = msgspec.structs.replace(

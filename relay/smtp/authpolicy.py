@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from relay.backoff import doubling
+
 
 @dataclass
 class _Entry:
@@ -75,7 +77,7 @@ class AuthPolicy:
             if key.startswith("ip:") and 0 < self.max_failures <= entry.failure_count:
                 entry.locked_until = now + self.lockout
             worst = max(worst, entry.failure_count)
-        return min(self.max_delay, self.base_delay * 2 ** (worst - 1)) if worst else 0.0
+        return doubling(worst, self.base_delay, self.max_delay) if worst else 0.0
 
     def record_success(self, ip: str, user: str | None, now: float) -> None:
         """A correct password clears the user's and the IP's failure count (not a lock)."""

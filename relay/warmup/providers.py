@@ -7,13 +7,23 @@ provider; unknown MX hosts all count as provider "other".
 
 Patterns are shell-style (`*.google.com`), matched against the lower-cased host
 name without its trailing dot; `*.x` also matches `x` itself.
+
+The built-in providers are data: relay/data/shaping.toml, read and validated when this
+module is imported (as the config is at start: unknown keys and values out of range
+are errors naming the key), so a damaged copy stops relay before it sends.
 """
 
 from __future__ import annotations
 
+import re
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from importlib import resources
+from typing import Annotated
+
+import msgspec
 
 OTHER = "other"
 
@@ -35,18 +45,84 @@ class ProviderRule:
     limits: SiteLimits = SiteLimits()
 
 
-# Defaults sensible for the big providers (their published and observed guidance:
-# few connections per IP, modest reuse; hourly limits come from warm-up pacing).
-BUILTIN_PROVIDERS: tuple[ProviderRule, ...] = (
-    ProviderRule("gmail", ("*.google.com", "*.googlemail.com"),
-                 SiteLimits(max_connections=20, messages_per_connection=100)),
-    ProviderRule("microsoft", ("*.outlook.com", "*.hotmail.com", "*.msn.com"),
-                 SiteLimits(max_connections=10, messages_per_connection=20)),
-    ProviderRule("yahoo", ("*.yahoodns.net", "*.yahoo.com", "*.aol.com"),
-                 SiteLimits(max_connections=10, messages_per_connection=20)),
-    ProviderRule("apple", ("*.icloud.com", "*.me.com", "*.apple.com"),
-                 SiteLimits(max_connections=10, messages_per_connection=50)),
-)
+class ShapingError(Exception):
+    """The shipped shaping file is not valid; names the file, the key and the problem."""
+
+
+_Count = Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Provider(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One [[provider]] of shaping.toml: the keys of a [[provider]] in relay.toml, all
+    required (a shipped default is never left to a default)."""
+
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    mx: Annotated[list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(min_length=1)]
+    max_connections: _Count
+    messages_per_connection: _Count
+    messages_per_second: Annotated[float, msgspec.Meta(ge=0)]
+    messages_per_hour: _Count
+
+
+class _ShapingFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    provider: list[_Provider]
+
+
+SHAPING_FILE = "data/shaping.toml"
+
+
+def parse_shaping(text: str, source: str = SHAPING_FILE) -> tuple[ProviderRule, ...]:
+    """The provider rules of a shaping file; ShapingError names what is wrong."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ShapingError(f"{source}: not valid TOML: {e}") from None
+    try:
+        data = msgspec.convert(raw, _ShapingFile)
+    except msgspec.ValidationError as e:
+        raise ShapingError(f"{source}: {_explain(str(e), raw)}") from None
+    seen: set[str] = set()
+    for i, p in enumerate(data.provider):
+        if p.name == OTHER or p.name in seen:
+            why = "is reserved for unknown MX hosts" if p.name == OTHER else "is used twice"
+            raise ShapingError(f"{source}: provider[{i}].name: {p.name!r} {why}")
+        seen.add(p.name)
+    return tuple(
+        ProviderRule(p.name, tuple(p.mx), SiteLimits(
+            p.max_connections, p.messages_per_connection, p.messages_per_second,
+            p.messages_per_hour))
+        for p in data.provider)
+
+
+def _explain(message: str, raw: object) -> str:
+    """msgspec's "<problem> - at `$.provider[0].max_connections`" as the config says it:
+    "provider[0].max_connections: expected `int` >= 0, got -1"."""
+    problem, _, where = message.partition(" - at `$")
+    key = where.rstrip("`").lstrip(".")
+    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
+    if unknown:
+        known = ", ".join(sorted(f.encode_name for f in msgspec.structs.fields(
+            _Provider if key else _ShapingFile)))
+        return f"{key + '.' if key else ''}{unknown[1]}: unknown key (known keys: {known})"
+    value: object = raw
+    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
+        if part.startswith("[") and isinstance(value, list):
+            value = value[int(part[1:-1])]
+        elif isinstance(value, dict):
+            value = value.get(part)
+    if ", got `" in problem:  # msgspec named the type it got: the value says more
+        problem = problem.partition(", got `")[0]
+    got = f", got {value!r}" if key and not isinstance(value, dict | list) else ""
+    return f"{key or '(top level)'}: {problem[:1].lower()}{problem[1:]}{got}"
+
+
+def _load_builtin() -> tuple[ProviderRule, ...]:
+    path = resources.files("relay").joinpath(SHAPING_FILE)
+    return parse_shaping(path.read_text(encoding="utf-8"), f"relay/{SHAPING_FILE}")
+
+
+# Defaults sensible for the big providers: relay/data/shaping.toml.
+BUILTIN_PROVIDERS: tuple[ProviderRule, ...] = _load_builtin()
 BUILTIN_PROVIDER_NAMES = frozenset(p.name for p in BUILTIN_PROVIDERS)
 
 
