@@ -74,7 +74,7 @@ bench-compare: $(VENV)/.installed-test
 	  --repeat $(BENCH_REPEAT) --workers2 $(BENCH_COMPARE_ARGS)
 
 clean:
-	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .benchmarks bench/out
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .benchmarks bench/out .import_linter_cache
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0r rm -rf
 
 distclean: clean
