@@ -2,7 +2,7 @@
 #
 #   make run     create .venv if needed, install relay, run it with the embedded dev config
 #   make test    create .venv if needed, install relay[test], ruff + mypy + pytest
-#   make lint    ruff + mypy only
+#   make lint    ruff + mypy + import-linter contracts (pyproject.toml [tool.importlinter])
 #   make bench   pytest-benchmark suites under bench/ (JSON in bench/out/), then bench-compare
 #   make bench-compare  relay vs a throwaway Postfix instance, same load and sink
 #   make clean   caches and build output (keeps .venv and ./var); make distclean removes those too
@@ -43,9 +43,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/pip
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $@
 
+# lint-imports reads [tool.importlinter] from ./pyproject.toml and analyses the relay/ in
+# the current directory: make runs recipes in the repository root (make -C <repo> lint).
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # pytest exit code 5 means "no tests collected": a warning, not a failure.
 pytest: $(VENV)/.installed-test
@@ -71,7 +74,7 @@ bench-compare: $(VENV)/.installed-test
 	  --repeat $(BENCH_REPEAT) --workers2 $(BENCH_COMPARE_ARGS)
 
 clean:
-	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .benchmarks bench/out
+	rm -rf build dist .mypy_cache .ruff_cache .pytest_cache .benchmarks bench/out .import_linter_cache
 	find . -path ./$(VENV) -prune -o -type d -name __pycache__ -print0 | xargs -0r rm -rf
 
 distclean: clean

@@ -21,7 +21,7 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,8 @@ from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
 from relay.events.destinations import EventRouter
-from relay.events.headers import header_fields
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
-from relay.events.model import Event, reject_event, send_event
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.feedback.processor import FeedbackProcessor
 from relay.identity.authorize import SenderPolicy
@@ -57,98 +55,21 @@ from relay.identity.check import rotation_tick
 from relay.identity.gate import MailFromGate
 from relay.identity.outbound import Outbound
 from relay.identity.store import IdentityStore
-from relay.queue.records import MessageRecord
-from relay.queue.store import NewMessage, QueueStore, new_message_id
+from relay.queue.store import QueueStore
 from relay.signals import EarlySignals
 from relay.simulator import Simulator
 from relay.smtp import AuthPolicy, SubmissionServer
-from relay.smtp import replies as R
-from relay.smtp.session import MessageRefused
-from relay.supervisor import watch_supervisor, worker_share
+from relay.smtp.submitter import QueueSubmitter
+from relay.supervisor import watch_supervisor
 from relay.suppression.guard import Suppressor
 from relay.tlsutil import ensure_self_signed, server_context
-from relay.users import UserStore
+from relay.users import DEV_USER, UserStore
 from relay.verp import Verp
 from relay.warmup import lanes
+from relay.warmup.feedback import ReputationFeedback
+from relay.workers import worker_share
 
 log = logging.getLogger("relay")
-
-DEV_USER = "dev"
-
-
-class QueueSubmitter:
-    """What the SMTP server calls: durable submit, then a Send event and a scheduler nudge."""
-
-    def __init__(self, store: QueueStore, events: EventLog, scheduler: Scheduler,
-                 config: Callable[[], Config] | None = None,
-                 users: UserStore | None = None) -> None:
-        self.store = store
-        self.events = events
-        self.scheduler = scheduler
-        self.config = config
-        self.users = users  # a credential's default configuration set
-        self.on_accept: list[Callable[[], None]] = []
-        # When set, the Send event is committed with the message (relay/events/journal.py).
-        self.journal: EventJournal | None = None
-
-    def _choose_set(self, msg: NewMessage) -> str:
-        """Set msg.configuration_set from the header, else the credential's default;
-        return the header's name when it names no configured set ("" otherwise)."""
-        if self.config is None:
-            return ""
-        requested = configsets.requested_set(msg.body)
-        default = ""
-        if not requested and self.users is not None and msg.auth_user:
-            default = self.users.default_configuration_set(msg.auth_user)
-        msg.configuration_set = configsets.resolve(self.config(), requested, default)
-        if default and not msg.configuration_set:
-            log.warning("user %r has default configuration set %r, which is not configured; "
-                        "sent without one", msg.auth_user, default)
-        return requested if requested and not msg.configuration_set else ""
-
-    def reject(self, msg: NewMessage, reason: str) -> None:
-        """A Reject event (SES `reject.reason`) for a message refused for policy after DATA."""
-        if self.config is not None and not msg.configuration_set:
-            self._choose_set(msg)
-        now = self.store.clock.now()
-        fields, truncated = header_fields(msg.body)
-        record = MessageRecord(
-            id=new_message_id(now), sender=msg.sender, recipients=list(msg.recipients),
-            received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
-            auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
-            configuration_set=msg.configuration_set, header_fields=fields,
-            headers_truncated=truncated)
-        self.events.emit([reject_event(record, reason)])
-
-    async def submit(self, msg: NewMessage,
-                     on_durable: Callable[[str], None] | None = None) -> str:
-        # Configuration set (X-SES-CONFIGURATION-SET) and tag headers never leave relay.
-        unknown = self._choose_set(msg)
-        if unknown:
-            # As SES: a set that does not exist refuses the message (554), with a Reject.
-            self.reject(msg, f"Configuration set {unknown} does not exist")
-            raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
-                R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
-        msg.body = configsets.strip_headers(msg.body)
-        journal = self.journal
-        if journal is None:
-            record = await self.store.submit_record(msg, on_durable=on_durable)
-            self.events.emit([send_event(record)])
-        else:
-            staged: list[bytes] = []
-            sent: list[Event] = []
-
-            def stage(txn: object, rec: MessageRecord) -> None:
-                sent.append(send_event(rec))
-                staged.extend(journal.stage(txn, sent))
-
-            record = await self.store.submit_record(msg, also=stage, on_durable=on_durable)
-            journal.published(sent, staged)
-        for cb in self.on_accept:
-            cb()
-        self.scheduler.wake()
-        return record.id
-
 
 def _bound(sockets: Iterable[socket.socket]) -> set[tuple[str, int]]:
     """The (ip, port) each listening socket is bound to."""
@@ -164,7 +85,7 @@ class RelayApp:
         # destinations of shard i (delivery, recovery); worker 0 also runs the admin API
         # and the feedback listener.
         self.worker = worker if worker is not None and worker[1] > 1 else None
-        # A worker enforces its share of per-destination limits (relay/supervisor.py).
+        # A worker enforces its share of per-destination limits (relay/workers.py).
         cfg = self.cfg = worker_share(cfg, self.worker)
         self.clock = clock or SystemClock()
         self.rng = rng or random.Random()
@@ -177,7 +98,6 @@ class RelayApp:
         self.admin: AdminServer | None = None
         self.tls: ssl.SSLContext | None = None
         self.feedback_listeners: list[FeedbackServer] = []
-        self._gate_flushes: set[asyncio.Task[None]] = set()
         # The bound (ip, port) of each listener: mail routed there loops back (554 5.4.6).
         self.own_addresses: set[tuple[str, int]] = set()
         # (queue id, recipient domain) -> (source IP, provider) of attempts, so a late
@@ -215,6 +135,11 @@ class RelayApp:
                         self.recovered)
         await self.store.start()
         self.sent_from = SentFrom(self.store)
+        # Reputation refusals, late reputation bounces and complaints reach the warm-up
+        # gate of the IP that sent (through the shaper, once it exists below).
+        self.reputation = ReputationFeedback(
+            self.sent_from, lambda: self.shaped, self.clock.now,
+            fixed={simulator.DOMAIN: (simulator.SOURCE, simulator.PROVIDER)})
         stats = self.store.stats
         self.store.on_commit.append(
             lambda: self.metrics.observe_commit(stats.last_batch, stats.last_fsync_seconds))
@@ -235,7 +160,7 @@ class RelayApp:
         self.attempts = RecordingSender(self.sender, provider_map(cfg),
                                         default_source=cfg.delivery.source_address,
                                         observers=[self.metrics.observe_attempt,
-                                                   self._remember_attempt])
+                                                   self.reputation.remember_attempt])
         # Pools and warm-up (delivery.pool): transactions go through the shaper, which picks
         # and binds the source IP, keeps the per-IP caps and holds the excess. The pool and
         # priority lane of each message: its configuration set, then its credential's
@@ -274,11 +199,12 @@ class RelayApp:
         self.scheduler.lane_of = lambda msg: lanes.priority_of(self.cfg, msg)
         self.feedback = FeedbackProcessor(
             self.store, verp, self.events, self.clock, lambda: self.cfg, self.state_dir,
-            on_reputation=self._reputation_bounce, on_complaint=self._complaint)
+            on_reputation=self.reputation.reputation_bounce,
+            on_complaint=self.reputation.complaint)
         self.scheduler.simulator = Simulator(
             clock=self.clock, store=self.store, feedback=self.feedback, verp=verp,
             return_domain=cfg.server.return_path_domain or cfg.server.hostname,
-            observers=[self.metrics.observe_attempt])  # never _remember_attempt: no reputation
+            observers=[self.metrics.observe_attempt])  # never remember_attempt: no reputation
         # One outbox for all workers; worker 0 POSTs it, and looks every second because
         # the other workers' events do not wake it.
         self.event_router = EventRouter(lambda: self.cfg, self.store, self.clock,
@@ -308,7 +234,7 @@ class RelayApp:
         submitter.on_accept.append(self.scheduler.gate.accepted)
         # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
         gate = MailFromGate(submitter, outbound, reject=submitter.reject)
-        self.metrics.complaint_source = self._complaint_source
+        self.metrics.complaint_source = self.reputation.complaint_source
         self.events.subscribers.append(self.metrics.observe_event)
         tls = self.tls = self._tls_context()
         # One lockout tracker for every listener: a lockout on 587 holds on 465 too.
@@ -379,61 +305,6 @@ class RelayApp:
     def _pool_and_lane(self, msg: Any) -> tuple[str, int]:
         credential = self.users.default_pool(msg.auth_user) if msg.auth_user else ""
         return (lanes.pool_of(self.cfg, msg, credential), lanes.priority_of(self.cfg, msg))
-
-    # ------------------------------------------------------------------ reputation feedback
-
-    def _remember_attempt(self, attempt: Any) -> None:
-        # Feedback follows only a delivery the remote accepted; a refusal is handled below.
-        self.sent_from.remember(attempt.queue_id, attempt.recipient_domain,
-                                attempt.source_ip, attempt.provider,
-                                durable=attempt.kind == "delivered")
-        if attempt.kind == "bounced":
-            from relay.suppression.policy import FailureClass, classify_failure
-            if classify_failure(attempt.response) is FailureClass.REPUTATION:
-                self._to_gate(attempt.source_ip, attempt.provider, attempt.response)
-
-    def _to_gate(self, ip: str, provider: str, response: str) -> None:
-        """A reputation/policy refusal: the warm-up backoff of the IP that got it."""
-        if self.shaped is None or not ip:
-            log.warning("reputation refusal (%s): %s", ip or "default source", response)
-            return
-        from relay.warmup.reputation import note_refusal
-        for notice in note_refusal(self.shaped.gate, ip, provider, response,
-                                   self.clock.now()):
-            log.warning("%s", notice)
-        self.shaped.publish()
-        # Persist now (a late DSN is not followed by a send that would): `relay warmup
-        # status` and a restart see the backoff.
-        task = asyncio.get_running_loop().create_task(self.shaped.flush())
-        self._gate_flushes.add(task)
-        task.add_done_callback(self._gate_flushes.discard)
-
-    def _reputation_bounce(self, msg: Any, address: str, diagnostic: str) -> None:
-        found = self.sent_from.lookup(msg.id, address.rpartition("@")[2])
-        if found is None:
-            log.warning("reputation bounce for %s (message %s), sending IP unknown: %s",
-                        address, msg.id, diagnostic)
-            return
-        self._to_gate(found[0], found[1], diagnostic)
-
-    def _complaint_source(self, event: Any) -> tuple[str, str] | None:
-        """(source IP, provider) of the delivery a Complaint event is about, if recent."""
-        for r in getattr(event.complaint, "complainedRecipients", None) or []:
-            if r.emailAddress.rpartition("@")[2].lower() == simulator.DOMAIN:
-                return simulator.SOURCE, simulator.PROVIDER
-            found = self.sent_from.lookup(event.mail.messageId,
-                                          r.emailAddress.rpartition("@")[2])
-            if found is not None:
-                return found
-        return None
-
-    def _complaint(self, msg: Any, address: str) -> None:
-        found = self.sent_from.lookup(msg.id, address.rpartition("@")[2])
-        if found is not None and self.shaped is not None:
-            notice = self.shaped.gate.note_complaint(found[0], self.clock.now())
-            if notice:
-                log.warning("%s", notice)
-            self.shaped.publish()
 
     async def _prune_loop(self) -> None:
         """Forget sent-message records older than suppression.feedback_window."""

@@ -25,6 +25,11 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from relay.events.model import EVENT_TYPE_NAMES, EventTypeName
+from relay.suppression.policy import SuppressionReason
+from relay.warmup.plans import BUILTIN_PLANS
+from relay.warmup.providers import BUILTIN_PROVIDER_NAMES
+
 # ---------------------------------------------------------------------------
 # Value types with their own syntax
 
@@ -374,12 +379,6 @@ class Events(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     webhook_max_age: Duration = Duration(7 * 86400)
 
 
-EventType = Literal["send", "reject", "delivery", "bounce", "complaint", "deliveryDelay",
-                    "subscription"]
-EVENT_TYPES: tuple[EventType, ...] = typing.get_args(EventType)
-SuppressionReason = Literal["BOUNCE", "COMPLAINT"]
-
-
 class Suppression(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The account-level suppression list: recipients on it are not attempted.
     enabled: bool = True
@@ -395,7 +394,7 @@ class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     name: str
     # Which suppression reasons apply to its mail; ["account"] = those of [suppression].
-    suppression_reasons: list[Literal["account", "BOUNCE", "COMPLAINT"]] = msgspec.field(
+    suppression_reasons: list[Literal["account", SuppressionReason]] = msgspec.field(
         default_factory=lambda: ["account"])
     # "" = delivery.tls; "require" refuses plain-text delivery (and verifies the
     # certificate with delivery.verify_certificates, as the global "require" does).
@@ -433,7 +432,8 @@ class EventDestination(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # webhook: the URL POSTed to, and the secret of the X-Relay-Signature HMAC-SHA256.
     url: str = ""
     secret: str = ""
-    event_types: list[EventType] = msgspec.field(default_factory=lambda: list(EVENT_TYPES))
+    event_types: list[EventTypeName] = msgspec.field(
+        default_factory=lambda: list(EVENT_TYPE_NAMES))
     enabled: bool = True
 
     def __post_init__(self) -> None:
@@ -895,9 +895,6 @@ def _check_configuration_sets(cfg: Config) -> Iterable[str]:
 
 def _check_pools(cfg: Config) -> Iterable[str]:
     """Pools, warm-up plans, providers and backoff rules refer to each other by name."""
-    from relay.warmup.plans import BUILTIN_PLANS
-    from relay.warmup.providers import BUILTIN_PROVIDER_NAMES
-
     plans: set[str] = set()
     for i, plan in enumerate(cfg.warmup_plan):
         if plan.name in BUILTIN_PLANS or plan.name in plans:

@@ -12,9 +12,9 @@ recipients (a worker restarted after kill -9 recovers what it had leased while t
 keep going). LMDB serialises write transactions across processes with its own lock.
 
 Because every worker may send to every destination, each enforces its share of every
-per-destination and per-IP limit (`worker_share`, `split`): connections per destination
-and per provider site, site rates, and warm-up caps (relay/warmup/gate.py), so the
-workers together stay within the configured figures. What holds an IP back is the IP's,
+per-destination and per-IP limit (relay/workers.py: `worker_share`, `split`): connections
+per destination and per provider site, site rates, and warm-up caps (relay/warmup/gate.py),
+so the workers together stay within the configured figures. What holds an IP back is the IP's,
 not a worker's: a warm-up freeze or a backoff pause one worker's traffic earned reaches
 the others through the spool within `ShapedSender.sync_interval`, and the reputation
 rates count every worker's sends, bounces and complaints (relay/delivery/shaper.py).
@@ -49,66 +49,23 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import msgspec
-
 from relay import sdnotify
 from relay.backoff import doubling
 from relay.config import Config
 from relay.signals import EarlySignals
 from relay.statedir import record_holders
+from relay.tlsutil import ensure_self_signed
+from relay.users import DEV_USER, UserStore
+from relay.workers import WORKER_ENV
 
 log = logging.getLogger("relay.supervisor")
 
-WORKER_ENV = "RELAY_WORKER"
 READY_ENV = "RELAY_READY_FD"
 # The read end of a pipe whose only write end the supervisor holds: a worker sees end of
 # file on it when the supervisor is gone, however it ended (kill -9 included).
 SUPERVISOR_ENV = "RELAY_SUPERVISOR_FD"
 READY_TIMEOUT = 120.0
 STOP_TIMEOUT = 90.0
-
-
-def worker_from_env() -> tuple[int, int] | None:
-    """(index, count) when this process is a worker, else None."""
-    raw = os.environ.get(WORKER_ENV, "")
-    if not raw:
-        return None
-    index, _, count = raw.partition("/")
-    i, n = int(index), int(count)
-    if not 0 <= i < n:
-        raise ValueError(f"${WORKER_ENV}={raw!r}: expected I/N with 0 <= I < N")
-    return i, n
-
-
-def split(total: int, worker: tuple[int, int] | None) -> int:
-    """Worker i's share of an integer limit: the shares of all workers add up to `total`
-    exactly (the first `total % N` workers get one more). 0 (no limit) stays 0."""
-    if worker is None or total <= 0:
-        return total
-    i, n = worker
-    return total // n + (1 if i < total % n else 0)
-
-
-def worker_share(cfg: Config, worker: tuple[int, int] | None) -> Config:
-    """`cfg` with the per-destination limits a worker enforces: its share of
-    delivery.max_connections_per_destination and .max_idle_connections, and of each
-    [[provider]]'s connections and
-    rates (at least one connection each, so no destination is starved). Warm-up caps are
-    split by the gate (relay.warmup.gate.WarmupGate.share)."""
-    if worker is None or worker[1] <= 1:
-        return cfg
-    n = worker[1]
-    delivery = msgspec.structs.replace(
-        cfg.delivery, max_connections_per_destination=max(
-            1, split(cfg.delivery.max_connections_per_destination, worker)),
-        max_idle_connections=split(cfg.delivery.max_idle_connections, worker))
-    # 0 means "no limit" for the hourly figure, so a share is at least 1.
-    providers = [msgspec.structs.replace(
-        p, max_connections=max(1, split(p.max_connections, worker)),
-        messages_per_second=p.messages_per_second / n,
-        messages_per_hour=max(1, split(p.messages_per_hour, worker)) if p.messages_per_hour
-        else 0) for p in cfg.provider]
-    return msgspec.structs.replace(cfg, delivery=delivery, provider=providers)
 
 
 @dataclass
@@ -124,9 +81,6 @@ class _Worker:
 
 def _prepare(cfg: Config) -> None:
     """What every worker would otherwise do at once at its first start."""
-    from relay.tlsutil import ensure_self_signed
-    from relay.users import UserStore
-
     state = cfg.state_path
     state.mkdir(parents=True, exist_ok=True)
     if any(lst.tls != "none" for lst in cfg.listener) and not cfg.tls.cert:
@@ -134,7 +88,6 @@ def _prepare(cfg: Config) -> None:
     if cfg.server.dev_credential:
         users = UserStore(state / "users.json")
         if not users.names():
-            from relay.app import DEV_USER
             password = secrets.token_urlsafe(18)
             users.add(DEV_USER, password)
             print(f"relay: development credential (shown once): user {DEV_USER!r} "

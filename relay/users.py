@@ -37,6 +37,8 @@ SALT_LEN = 16
 _MAXMEM = 128 * 1024 * 1024
 MAX_PASSWORD_BYTES = 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9._@+=-]{1,255}$")
+# The credential (and admin token) server.dev_credential creates in an empty state dir.
+DEV_USER = "dev"
 
 
 class UserError(Exception):

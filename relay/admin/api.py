@@ -23,16 +23,16 @@ import msgspec
 from aiohttp import web
 
 from relay.admin.metrics import CONTENT_TYPE, Metrics
+from relay.admin.openapi import document
 from relay.admin.tokens import TokenStore
 from relay.clock import Clock
 from relay.config import Config
-from relay.delivery.shaper import total_states
 from relay.events.log import EventLog, tail
-from relay.events.model import bounce_event, iso, subscription_event
+from relay.events.model import EVENT_TYPES, bounce_event, iso, subscription_event
 from relay.identity.model import IdentityError, check_pattern
-from relay.queue.records import Action, MessageRecord, RecipientRecord, State
+from relay.queue.records import PENDING_STATES, Action, MessageRecord, RecipientRecord, State
 from relay.queue.store import QueueStore
-from relay.suppression.policy import normalize, valid_address
+from relay.suppression.policy import SUPPRESSION_REASONS, normalize, valid_address
 from relay.suppression.store import Entry, SuppressionList
 from relay.users import (
     UserError,
@@ -42,11 +42,9 @@ from relay.users import (
     generate_password,
 )
 from relay.warmup import gate as gate_mod
+from relay.warmup.store import total_states
 
 VERSION = "1"
-PENDING_STATES = [s.value for s in State if not s.final]
-EVENT_TYPES = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject",
-               "Subscription"]
 MAX_LIMIT = 10_000
 HISTORY_POINTS = 360
 _EVENT_TAIL_BYTES = 8 << 20   # /api/events reads at most the last 8 MiB of the log
@@ -299,9 +297,6 @@ async def queue_bounce(request: web.Request) -> web.Response:
 
 
 # ------------------------------------------------------------------ suppression
-
-
-SUPPRESSION_REASONS = ["BOUNCE", "COMPLAINT"]
 
 
 def _entry_row(e: Entry) -> dict[str, Any]:
@@ -564,7 +559,6 @@ async def metrics(request: web.Request) -> web.Response:
 
 
 async def openapi(request: web.Request) -> web.Response:
-    from relay.admin.openapi import document
     return _json(document())
 
 

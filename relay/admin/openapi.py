@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from relay.events.model import EVENT_TYPES
+from relay.queue.records import PENDING_STATES
+from relay.suppression.policy import SUPPRESSION_REASONS
 from relay.users import MIN_NEW_PASSWORD_LENGTH
 
 _ERROR = {"$ref": "#/components/schemas/Error"}
@@ -56,8 +59,6 @@ _ID = _p("id", "queue id (20 hex characters)")
 
 
 def document() -> dict[str, Any]:
-    from relay.admin.api import EVENT_TYPES, PENDING_STATES, SUPPRESSION_REASONS
-
     suppressed = {"type": "object", "properties": {
         "address": {"type": "string"}, "reason": {"enum": SUPPRESSION_REASONS},
         "created_at": {"type": "string"}, "message_id": {"type": "string"},

@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from relay.config import config_warnings
     from relay.statecheck import check_state
     from relay.statedir import StateError, StateLock
-    from relay.supervisor import supervise, worker_from_env
+    from relay.supervisor import supervise
+    from relay.workers import worker_from_env
 
     log = logging.getLogger("relay")
     path = config_path(args)

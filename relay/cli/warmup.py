@@ -18,12 +18,12 @@ import msgspec
 from relay.cli import CliError, load_config
 from relay.clock import SystemClock
 from relay.config import Config
-from relay.delivery.shaper import load_states, persist_op, total_states
 from relay.events.log import tail
 from relay.queue.store import QueueStore
 from relay.warmup import gate as gate_mod
 from relay.warmup.planner import plan_for
 from relay.warmup.plans import BUILTIN_PLANS, Plan
+from relay.warmup.store import load_states, persist_op, total_states
 
 
 def register(sub: Any) -> None:

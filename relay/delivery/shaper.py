@@ -10,8 +10,8 @@ it) calls it unchanged. For each transaction it:
 3. sends each granted part through the real Sender bound to that source IP
    with that IP's EHLO name, under the site's connection limit;
 4. settles the gate (refund what was not taken, backoff, reputation), persists
-   the touched IpStates in the queue's "warmup" sub-database through the
-   store's group committer, and returns one outcome per recipient.
+   the touched IpStates in the queue's "warmup" sub-database (relay/warmup/store.py)
+   through the store's group committer, and returns one outcome per recipient.
 Recipients held back get an Outcome with `hold_until` (relay.delivery.outcome.held):
 the scheduler releases them without counting an attempt, due at `hold_until` (never
 past max delivery time), and emits a DeliveryDelay event.
@@ -52,79 +52,11 @@ from relay.warmup import counters, gate
 from relay.warmup.counters import IpState
 from relay.warmup.providers import ProviderMap, ProviderRule, SiteLimits
 from relay.warmup.shaping import SiteThrottle
+from relay.warmup.store import load_states, peer_states, persist_op, stored_records
 
 log = logging.getLogger("relay.warmup")
 
 _enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(IpState)
-
-
-def stored_records(store: Any) -> list[tuple[str, int, IpState]]:
-    """Every stored IpState as (IP, worker index, state) (counters.worker_key), from one
-    read of the "warmup" sub-database."""
-    return [(*counters.parse_key(k.decode("ascii")), _dec.decode(v))
-            for k, v in store.read_db("warmup")]
-
-
-def load_states(store: Any, worker: tuple[int, int] | None = None,
-                records: list[tuple[str, int, IpState]] | None = None) -> dict[str, IpState]:
-    """The IpStates `worker` counts in (counters.worker_key). Without `worker`, or for
-    worker 0: the IPs' own records, where the operator's changes are. Worker i: its own
-    records merged with the operator's later changes, and for an IP it has none of yet
-    the IP's own record without its counts. `records`: stored_records() already read."""
-    index = worker[0] if worker is not None else 0
-    if records is None:
-        records = stored_records(store)
-    shared = {ip: st for ip, i, st in records if i == 0}
-    if index == 0:
-        return shared
-    states = {ip: counters.plan_only(st) for ip, st in shared.items()}
-    for ip, i, st in records:  # with the operator's changes made since it last wrote
-        if i == index:
-            states[ip] = counters.merge_operator(st, shared[ip]) if ip in shared else st
-    return states
-
-
-def peer_states(records: list[tuple[str, int, IpState]], index: int
-                ) -> dict[str, list[IpState]]:
-    """IP -> the records of it that workers other than `index` keep (worker 0's is the
-    IP's own record)."""
-    peers: dict[str, list[IpState]] = {}
-    for ip, i, st in records:
-        if i != index:
-            peers.setdefault(ip, []).append(st)
-    return peers
-
-
-def total_states(store: Any) -> dict[str, IpState]:
-    """Every IP's state with all workers' counts added up (`relay warmup status`)."""
-    records = stored_records(store)
-    totals = {ip: st for ip, i, st in records if i == 0}
-    for ip, i, st in records:
-        if i != 0:
-            counters.add_counts(totals.setdefault(ip, IpState()), st)
-    return totals
-
-
-def persist_op(store: Any, snapshot: dict[str, bytes],
-               worker: tuple[int, int] | None = None) -> Any:
-    """An op writing `worker`'s IpStates (counters.worker_key); returns the IPs' own
-    records that the operator changed meanwhile (a higher op_seq), which are not
-    written over but merged first."""
-    db = store.named_db("warmup")
-
-    def op(txn: Any) -> dict[str, IpState]:
-        newer: dict[str, IpState] = {}
-        for ip, blob in snapshot.items():
-            raw = txn.get(ip.encode("ascii"), db=db)
-            if raw is not None:
-                stored = _dec.decode(raw)
-                if stored.op_seq > _dec.decode(blob).op_seq:
-                    newer[ip] = stored
-                    continue
-            txn.put(counters.worker_key(ip, worker).encode("ascii"), blob, db=db)
-        return newer
-    return op
 
 
 def provider_map(cfg: Config) -> ProviderMap:
@@ -153,6 +85,7 @@ class ShapedSender:
         # message -> (pool, lane); None: every message from `pool`, bulk lane.
         self.choose: Callable[[Any], tuple[str, int]] | None = None
         self.event_log: Any = None   # relay.events.log.EventLog for WarmupFreeze/Backoff
+        self._flushes: set[asyncio.Task[None]] = set()
 
     def publish(self) -> None:
         """Write the gate's backoff/freeze notices to the event log."""
@@ -242,6 +175,13 @@ class ShapedSender:
             counters.merge_operator(self.gate.state(ip), stored)
             self.gate.dirty.add(ip)
             self.gate.invalidate()
+
+    def flush_soon(self) -> None:
+        """Persist in the background, now rather than after the next send (feedback that
+        changed the gate: relay/warmup/feedback.py)."""
+        task = asyncio.get_running_loop().create_task(self.flush())
+        self._flushes.add(task)
+        task.add_done_callback(self._flushes.discard)
 
     def sync(self) -> None:
         """Adopt operator changes (CLI) made since the last look; with server.workers = N,

@@ -10,11 +10,23 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+import typing
+from typing import Literal
 
 import msgspec
 
 from relay.events.headers import address_list, decode_words
 from relay.queue.records import MessageRecord
+
+# The eventType of the events a message gets (the operator's Warmup* events aside), in
+# the order the admin API lists them (/api/events?type=).
+EVENT_TYPES: list[str] = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject",
+                          "Subscription"]
+# The same types as an event destination's event_types names them (SES's lowerCamel
+# spelling there), in the order of its default.
+EventTypeName = Literal["send", "reject", "delivery", "bounce", "complaint", "deliveryDelay",
+                        "subscription"]
+EVENT_TYPE_NAMES: tuple[EventTypeName, ...] = typing.get_args(EventTypeName)
 
 
 def iso(ts: float) -> str:

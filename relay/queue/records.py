@@ -31,6 +31,8 @@ class State(enum.Enum):
 
 
 FINAL_STATES = frozenset({State.DELIVERED, State.BOUNCED, State.EXPIRED})
+# The states a recipient waits in, by value (the admin API's queue filter and counts).
+PENDING_STATES: list[str] = [s.value for s in State if not s.final]
 
 
 class Action(enum.Enum):

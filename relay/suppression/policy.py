@@ -12,13 +12,35 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import Sequence
-
-from relay.config import ConfigurationSet, Suppression
+from typing import Literal, Protocol
 
 
 class Reason(enum.Enum):
     BOUNCE = "BOUNCE"
     COMPLAINT = "COMPLAINT"
+
+
+# The reasons as configuration and the admin API spell them ([suppression].reasons,
+# [[configuration_set]].suppression_reasons, ?reason=); the same values as `Reason`.
+SuppressionReason = Literal["BOUNCE", "COMPLAINT"]
+SUPPRESSION_REASONS: list[str] = [r.value for r in Reason]
+
+
+class Settings(Protocol):
+    """The account's suppression settings (relay.config.Suppression)."""
+
+    @property
+    def enabled(self) -> bool: ...
+
+    @property
+    def reasons(self) -> Sequence[str]: ...
+
+
+class SetSettings(Protocol):
+    """What a configuration set says about suppression (relay.config.ConfigurationSet)."""
+
+    @property
+    def suppression_reasons(self) -> Sequence[str]: ...
 
 
 class FailureClass(enum.Enum):
@@ -61,7 +83,7 @@ def classify_failure(response: str) -> FailureClass:
     return FailureClass.OTHER
 
 
-def reasons_for(settings: Suppression, cs: ConfigurationSet | None) -> frozenset[Reason]:
+def reasons_for(settings: Settings, cs: SetSettings | None) -> frozenset[Reason]:
     """The reasons that keep a message of configuration set `cs` from a listed address."""
     if not settings.enabled:
         return frozenset()
@@ -75,7 +97,7 @@ def is_suppressed(entry_reason: Reason | None, applies: frozenset[Reason]) -> bo
     return entry_reason is not None and entry_reason in applies
 
 
-def auto_adds(settings: Suppression, reason: Reason) -> bool:
+def auto_adds(settings: Settings, reason: Reason) -> bool:
     """Whether a hard bounce / complaint adds to the list automatically."""
     return settings.enabled and reason.value in settings.reasons
 

@@ -2,5 +2,6 @@
 
 Every module here is pure (STYLE §3 rule 1): plain data in, decision out, time
 passed in as `now` by the caller. No asyncio, lmdb or sockets; the thin shell
-that persists counters and binds source IPs is relay/delivery/shaper.py.
+that binds source IPs and persists counters (through store.py here) is
+relay/delivery/shaper.py.
 """

@@ -30,10 +30,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from relay.supervisor import split
 from relay.warmup import backoff, counters, pacing
 from relay.warmup.counters import DayClock, IpState
 from relay.warmup.plans import Plan, resolve
+from relay.workers import split
 
 UNLIMITED = 1 << 62
 CLAIM_GRACE = 600.0
@@ -108,7 +108,7 @@ class WarmupGate:
     # (pool, provider) -> lane -> [recipients held back, claim lapses at]
     _claims: dict[tuple[str, str], dict[int, list[float]]] = field(default_factory=dict)
     events: list[WarmupNotice] = field(default_factory=list)
-    # Multi-process mode (relay/supervisor.py): (worker, workers). Every worker may send
+    # Multi-process mode (relay/workers.py): (worker, workers). Every worker may send
     # from every IP, so each keeps to its share of each cap; the shares add up to the cap.
     share: tuple[int, int] | None = None
     # IP -> the other workers' records of it, as last persisted (the shell's sync): the

@@ -1,7 +1,7 @@
 """Accept first, with the real scheduler, LMDB store, SMTP client, DNS server and sink.
 
 A burst of submissions arrives (the store's own submit, then `gate.accepted()` and a
-scheduler wake: what relay.app.QueueSubmitter does per message). The loop's lateness
+scheduler wake: what relay.smtp.submitter.QueueSubmitter does per message). The loop's lateness
 is the probe's threshold: -1 s makes every probe late, 10 s none, so the test does
 not depend on how busy this machine is. What is counted is at the sink: how many
 connections relay opened (one per transaction in flight; a connection is pooled and

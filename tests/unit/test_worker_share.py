@@ -1,6 +1,6 @@
 """Multi-process mode: who delivers a message, and each worker's share of the limits.
 
-Pure checks of relay/queue/store.py (`new_message_id`, `shard_of`), relay/supervisor.py
+Pure checks of relay/queue/store.py (`new_message_id`, `shard_of`), relay/workers.py
 (`split`, `worker_share`) and the warm-up gate's per-worker caps; the process tree itself
 is tested in tests/e2e/test_workers.py.
 """
@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from relay.config import loads
 from relay.queue.store import ID_LEN, new_message_id, shard_of
-from relay.supervisor import split, worker_share
 from relay.warmup.gate import from_config
+from relay.workers import split, worker_share
 
 T0 = 1_790_000_000.0
 

@@ -1,0 +1,108 @@
+"""What a submission listener hands an accepted message to: the queue, then the rest.
+
+`QueueSubmitter` is the `Submitter` of relay/smtp/session.py: it picks the message's
+configuration set (its header, else the credential's default), strips relay's own
+headers, commits the message durably (relay/queue/store.py) with its Send event staged
+in the same transaction when an event journal is set (relay/events/journal.py), and then
+wakes the scheduler. A message refused for policy after DATA gets a Reject event here.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Protocol
+
+from relay import configsets
+from relay.config import Config
+from relay.events.headers import header_fields
+from relay.events.journal import EventJournal
+from relay.events.log import EventLog
+from relay.events.model import Event, reject_event, send_event
+from relay.queue.records import MessageRecord
+from relay.queue.store import NewMessage, QueueStore, new_message_id
+from relay.smtp import replies as R
+from relay.smtp.session import MessageRefused
+from relay.users import UserStore
+
+log = logging.getLogger("relay")
+
+
+class Wakeable(Protocol):
+    """What is told that there is new mail (relay.delivery.scheduler.Scheduler)."""
+
+    def wake(self) -> None: ...
+
+
+class QueueSubmitter:
+    """What the SMTP server calls: durable submit, then a Send event and a scheduler nudge."""
+
+    def __init__(self, store: QueueStore, events: EventLog, scheduler: Wakeable,
+                 config: Callable[[], Config] | None = None,
+                 users: UserStore | None = None) -> None:
+        self.store = store
+        self.events = events
+        self.scheduler = scheduler
+        self.config = config
+        self.users = users  # a credential's default configuration set
+        self.on_accept: list[Callable[[], None]] = []
+        # When set, the Send event is committed with the message (relay/events/journal.py).
+        self.journal: EventJournal | None = None
+
+    def _choose_set(self, msg: NewMessage) -> str:
+        """Set msg.configuration_set from the header, else the credential's default;
+        return the header's name when it names no configured set ("" otherwise)."""
+        if self.config is None:
+            return ""
+        requested = configsets.requested_set(msg.body)
+        default = ""
+        if not requested and self.users is not None and msg.auth_user:
+            default = self.users.default_configuration_set(msg.auth_user)
+        msg.configuration_set = configsets.resolve(self.config(), requested, default)
+        if default and not msg.configuration_set:
+            log.warning("user %r has default configuration set %r, which is not configured; "
+                        "sent without one", msg.auth_user, default)
+        return requested if requested and not msg.configuration_set else ""
+
+    def reject(self, msg: NewMessage, reason: str) -> None:
+        """A Reject event (SES `reject.reason`) for a message refused for policy after DATA."""
+        if self.config is not None and not msg.configuration_set:
+            self._choose_set(msg)
+        now = self.store.clock.now()
+        fields, truncated = header_fields(msg.body)
+        record = MessageRecord(
+            id=new_message_id(now), sender=msg.sender, recipients=list(msg.recipients),
+            received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
+            auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
+            configuration_set=msg.configuration_set, header_fields=fields,
+            headers_truncated=truncated)
+        self.events.emit([reject_event(record, reason)])
+
+    async def submit(self, msg: NewMessage,
+                     on_durable: Callable[[str], None] | None = None) -> str:
+        # Configuration set (X-SES-CONFIGURATION-SET) and tag headers never leave relay.
+        unknown = self._choose_set(msg)
+        if unknown:
+            # As SES: a set that does not exist refuses the message (554), with a Reject.
+            self.reject(msg, f"Configuration set {unknown} does not exist")
+            raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
+                R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
+        msg.body = configsets.strip_headers(msg.body)
+        journal = self.journal
+        if journal is None:
+            record = await self.store.submit_record(msg, on_durable=on_durable)
+            self.events.emit([send_event(record)])
+        else:
+            staged: list[bytes] = []
+            sent: list[Event] = []
+
+            def stage(txn: object, rec: MessageRecord) -> None:
+                sent.append(send_event(rec))
+                staged.extend(journal.stage(txn, sent))
+
+            record = await self.store.submit_record(msg, also=stage, on_durable=on_durable)
+            journal.published(sent, staged)
+        for cb in self.on_accept:
+            cb()
+        self.scheduler.wake()
+        return record.id
