@@ -50,8 +50,10 @@ from relay.events.model import (
     delay_event,
     delivery_event,
 )
+from relay.queue.keys import DueItem
+from relay.queue.ops import Leased, Result, Settled
 from relay.queue.records import Action, MessageRecord, State
-from relay.queue.store import DueItem, Leased, QueueStore, Result, Settled
+from relay.queue.store import QueueStore
 from relay.warmup.lanes import BULK, LANES
 
 log = logging.getLogger("relay.scheduler")
