@@ -129,9 +129,10 @@ def put_message(txn: Any, db: Db, record: MessageRecord, body: bytes) -> None:
     """Write a new message: its record, body, "sent" copy and recipients, all due now."""
     mid = record.id
     key = mid.encode("ascii")
-    txn.put(key, enc.encode(record), db=db["messages"])
+    raw = enc.encode(record)
+    txn.put(key, raw, db=db["messages"])
     txn.put(key, body, db=db["bodies"])
-    txn.put(key, enc.encode(record), db=db["sent"])  # for late feedback
+    txn.put(key, raw, db=db["sent"])  # for late feedback
     for idx, addr in enumerate(record.recipients):
         rr = RecipientRecord(address=addr, domain=recipient_domain(addr),
                              state=State.QUEUED, next_attempt_at=record.received_at,
@@ -230,6 +231,11 @@ def lease_op(db: Db, items: list[DueItem], now: float,
     the operator in another process) are skipped, so the in-memory queue never
     holds work the spool no longer has.
     """
+    # One lease for every item (apply() reads only its action and due time): no Result
+    # built per recipient on the delivery hot path.
+    lease = Result("", 0, Action.LEASE, next_attempt_at=now + lease_seconds)
+    now_ms = int(now * 1000)  # compared at the index's millisecond precision
+
     def op(txn: Any) -> list[Leased]:
         out: list[Leased] = []
         messages: dict[str, MessageRecord | None] = {}
@@ -238,9 +244,8 @@ def lease_op(db: Db, items: list[DueItem], now: float,
             if raw is None:
                 continue
             rr = rcpt_dec.decode(raw)
-            # Compare at the index's millisecond precision.
             if (rr.state not in (State.QUEUED, State.DEFERRED)
-                    or int(rr.next_attempt_at * 1000) > int(now * 1000)):
+                    or int(rr.next_attempt_at * 1000) > now_ms):
                 continue
             if item.message_id not in messages:
                 mraw = txn.get(item.message_id.encode("ascii"), db=db["messages"])
@@ -248,8 +253,7 @@ def lease_op(db: Db, items: list[DueItem], now: float,
             msg = messages[item.message_id]
             if msg is None:
                 continue
-            new = apply(rr, Result(item.message_id, item.index, Action.LEASE,
-                                   next_attempt_at=now + lease_seconds), now)
+            new = apply(rr, lease, now)
             move(txn, db, item.message_id, item.index, rr, new)
             out.append(Leased(msg, item.index, new))
         return out
@@ -334,8 +338,9 @@ def recover_op(db: Db, now: float,
                     moved.append((mid, idx, held))
             for key in stale:
                 txn.delete(key, db=index)
+        recovered = Result("", 0, Action.RECOVER, next_attempt_at=now)
         for mid, idx, rr in moved:
-            new = apply(rr, Result(mid, idx, Action.RECOVER, next_attempt_at=now), now)
+            new = apply(rr, recovered, now)
             move(txn, db, mid, idx, rr, new)
         return len(moved)
     return op
