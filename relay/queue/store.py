@@ -1,5 +1,6 @@
-"""LMDB queue store: the environment, its sub-databases and the reads; the only module
-that opens lmdb (relay/queue/committer.py writes to the environment it opens).
+"""LMDB queue store: the environment, its sub-databases and the reads. It and
+relay/queue/committer.py (which writes to the environment opened here) are the only
+modules that import lmdb; relay/queue/ops.py runs on the transaction it is given.
 
 Theory of operation
 -------------------
