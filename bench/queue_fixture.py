@@ -1,6 +1,6 @@
 """Build a large LMDB queue spool directly (not through SMTP), for the scale benches.
 
-Messages are written with the store's own record layout (`QueueStore._put_message`:
+Messages are written with the store's own record layout (`relay.queue.ops.put_message`:
 message, body, sent record, one recipient record and one `due_new` key per recipient)
 in large write transactions, so a 1M-recipient spool takes tens of seconds, not hours.
 Recipient n goes to domain `d{n % domains}.test`; message ids sort by time like real
@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from relay.clock import FakeClock
+from relay.queue.ops import move, put_message, recipients_in
 from relay.queue.records import Action, MessageRecord, State, transition
 from relay.queue.store import QueueStore
 
@@ -48,8 +49,8 @@ def build(path: Path, recipients: int, domains: int, *, per_message: int = 1,
                     rcpts = [f"u{n}@d{n % domains}.test"
                              for n in range(n0, min(recipients, n0 + per_message))]
                     mid = f"{int(at * 1000):012x}{m:08x}"
-                    store._put_message(txn, MessageRecord(mid, "app@example.com", rcpts, at,
-                                                          len(BODY)), BODY)
+                    put_message(txn, store.dbs, MessageRecord(
+                        mid, "app@example.com", rcpts, at, len(BODY)), BODY)
                     if n0 < inflight:
                         _mark_inflight(store, txn, mid, len(rcpts), at)
 
@@ -61,10 +62,10 @@ def build(path: Path, recipients: int, domains: int, *, per_message: int = 1,
 
 def _mark_inflight(store: QueueStore, txn: Any, mid: str, count: int, at: float) -> None:
     """Lease the message's recipients the way lease_op does (state and index together)."""
-    for idx, rr in store._recipients_in(txn, mid)[:count]:
+    for idx, rr in recipients_in(txn, store.dbs, mid)[:count]:
         new = msgspec.structs.replace(rr, state=transition(State.QUEUED, Action.LEASE),
                                       next_attempt_at=at + store.lease_seconds, updated_at=at)
-        store._move(txn, mid, idx, rr, new)
+        move(txn, store.dbs, mid, idx, rr, new)
 
 
 def main() -> None:

@@ -37,8 +37,9 @@ from queue_fixture import BODY, T0, build
 from relay.clock import FakeClock
 from relay.config import Delivery
 from relay.delivery.scheduler import Scheduler
+from relay.queue.ops import Result, put_message
 from relay.queue.records import Action, MessageRecord
-from relay.queue.store import QueueStore, Result
+from relay.queue.store import QueueStore
 from relay.warmup.counters import DayClock
 from relay.warmup.gate import IpSpec, PoolSpec, WarmupGate
 from relay.warmup.lanes import BULK, ENGAGED
@@ -138,7 +139,7 @@ async def measure(path: Path, queued: int, domains: int, *, rounds: int = 20,
                         mid = f"{int(T0 * 1000):012x}{secrets.token_hex(4)}"
                         if txn.get(mid.encode(), db=msgs) is None:
                             break
-                    store._put_message(txn, MessageRecord(
+                    put_message(txn, store.dbs, MessageRecord(
                         mid, "app@example.com", [f"r{m}@{dom}"], T0, len(BODY)), BODY)
 
             await store.write(op)

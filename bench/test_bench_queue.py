@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from relay.clock import SystemClock
+from relay.queue.ops import NewMessage, Result
 from relay.queue.records import Action
-from relay.queue.store import NewMessage, QueueStore, Result
+from relay.queue.store import QueueStore
 
 BODY_2K = (b"Subject: bench\r\n\r\n" + b"x" * 76 + b"\r\n") * 26
 DUE_RECIPIENTS = 10_000

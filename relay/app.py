@@ -39,7 +39,7 @@ from relay.delivery.client import Sender
 from relay.delivery.mtasts_fetch import MtaSts
 from relay.delivery.routing import Router
 from relay.delivery.scheduler import Scheduler
-from relay.delivery.sentfrom import SentFrom
+from relay.delivery.sentfrom import SentFrom, prune_sent_op
 from relay.delivery.shaper import ShapedSender, provider_map
 from relay.delivery.yielding import DeliveryGate, LoopLag
 from relay.dkim.keys import KeyStore
@@ -311,7 +311,7 @@ class RelayApp:
         while True:
             try:
                 before = self.clock.now() - self.cfg.suppression.feedback_window
-                await self.store.write(self.store.prune_sent_op(before))
+                await self.store.write(prune_sent_op(self.store, before))
             except Exception:
                 log.exception("pruning sent-message records failed")
             await self.clock.sleep(3600.0)

@@ -39,8 +39,9 @@ from relay.delivery.attempts import Attempt, record_attempts
 from relay.delivery.outcome import Kind, Outcome
 from relay.events.model import SUPPRESSED_RESPONSE
 from relay.feedback.processor import FeedbackProcessor
+from relay.queue.ops import Settled
 from relay.queue.records import MessageRecord, State
-from relay.queue.store import QueueStore, Settled
+from relay.queue.store import QueueStore
 from relay.verp import Verp
 
 log = logging.getLogger("relay.simulator")

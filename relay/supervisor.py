@@ -4,7 +4,7 @@ Each worker is a fresh interpreter (`python -m relay serve`, with $RELAY_WORKER 
 its own event loop and its own LMDB environment (nothing is shared across fork, which
 LMDB forbids). Workers bind the listening ports with SO_REUSEPORT, so the kernel spreads
 connections over them. Delivery is split by message: the id of a message accepted by
-worker i carries i (relay.queue.store.shard_of), and worker i leases only recipients of
+worker i carries i (relay.queue.keys.shard_of), and worker i leases only recipients of
 such messages, so no two processes ever deliver the same recipient, each delivers what it
 accepted (one hot destination such as gmail.com keeps every core busy, which splitting
 by destination did not), and at start worker i recovers only its own in-flight

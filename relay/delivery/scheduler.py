@@ -51,8 +51,10 @@ from relay.dns.route import Route, RouteFailure, Target
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import SUPPRESSED_RESPONSE, Event
+from relay.queue.keys import DueItem
+from relay.queue.ops import Leased, Result, Settled
 from relay.queue.records import Action, MessageRecord
-from relay.queue.store import DueItem, Leased, QueueStore, Result, Settled
+from relay.queue.store import QueueStore
 from relay.warmup.lanes import BULK, LANES
 
 log = logging.getLogger("relay.scheduler")

@@ -10,9 +10,9 @@ delivered knows it; that is not enough when
 - relay restarted since the delivery (feedback loops report hours or days later).
 
 So each delivery is also written to the spool (sub-database "sent_from", keyed by message
-id like the "sent" records and pruned with them). The writes of one loop turn go as one
-op into the next group commit: no sync of their own, and a crash loses at most the
-attribution of deliveries in that commit, never a message.
+id like the "sent" records and pruned with them by `prune_sent_op`). The writes of one
+loop turn go as one op into the next group commit: no sync of their own, and a crash
+loses at most the attribution of deliveries in that commit, never a message.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -40,6 +41,31 @@ class _Store(Protocol):
 def key_of(queue_id: str, domain: str) -> bytes:
     """The spool key: message id first, so keys sort by the time the message came in."""
     return f"{queue_id}/{domain.lower()}".encode()
+
+
+def prune_sent_op(store: _Store, before: float) -> Callable[[Any], int]:
+    """An op (for the store's write()) that forgets the "sent" records (message records
+    the queue keeps after delivery for matching late bounces and complaints) and the
+    delivery attributions ("sent_from") of messages received before `before` (ids sort
+    by time); at most 10,000 of each per op. The count of sent records forgotten."""
+    bound = f"{max(0, int(before * 1000)):012x}".encode("ascii")
+    sent, sent_from = store.named_db("sent"), store.named_db(DB)
+
+    def prune(txn: Any, db: Any) -> int:
+        old: list[bytes] = []
+        with txn.cursor(db=db) as cur:
+            for key in cur.iternext(keys=True, values=False):
+                if bytes(key[:12]) >= bound or len(old) >= 10000:
+                    break
+                old.append(bytes(key))
+        for key in old:
+            txn.delete(key, db=db)
+        return len(old)
+
+    def op(txn: Any) -> int:
+        prune(txn, sent_from)
+        return prune(txn, sent)
+    return op
 
 
 def _log_failure(fut: asyncio.Future[Any]) -> None:

@@ -7,7 +7,7 @@ be added or prepended), with an RSA-2048 and an Ed25519 signature when both keys
 alignment). A message that already carries a signature for that domain which verifies
 against our own keys is not signed again. Signatures are cached (LRU keyed by message
 id and domain/generation) so every recipient and every retry reuses the one computed;
-with a `SignatureStore` (the queue) `sign_message()` also persists each signature,
+with the queue store (relay/dkim/sigcache.py) `sign_message()` also persists each signature,
 durable no later than the settle of the attempt that sent it, so a retry after a
 restart reuses it too (the LRU is a front cache).
 """
@@ -25,7 +25,6 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Protocol
 
 import dkim
 from cryptography.hazmat.primitives import hashes, serialization
@@ -35,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from relay.clock import SystemClock
 from relay.dkim import canon
 from relay.dkim.keys import DkimError, DkimKey, DomainKeys, KeyStore
+from relay.dkim.sigcache import SignatureCache, Spool
 
 log = logging.getLogger(__name__)
 
@@ -237,14 +237,6 @@ def verify_with(body: bytes, records: Mapping[str, str]) -> list[str]:
     return good
 
 
-class SignatureStore(Protocol):
-    """Durable signatures per (message id, "domain/generation"): relay.queue.store."""
-
-    def dkim_signature(self, mid: str, tag: str) -> bytes | None: ...
-    def save_dkim_signature(self, mid: str, tag: str,
-                            signature: bytes) -> asyncio.Future[None]: ...
-
-
 def _log_save_failure(fut: asyncio.Future[None]) -> None:
     if not fut.cancelled() and fut.exception() is not None:
         log.warning("DKIM signature not persisted (a retry re-signs): %s", fut.exception())
@@ -252,9 +244,10 @@ def _log_save_failure(fut: asyncio.Future[None]) -> None:
 
 class Signer:
     def __init__(self, keys: KeyStore, *, cache_size: int = 4096,
-                 store: SignatureStore | None = None) -> None:
+                 store: Spool | None = None) -> None:
         self.keys = keys
-        self.store = store
+        # Durable signatures in the queue spool (`store`), behind the LRU below.
+        self.store = SignatureCache(store) if store is not None else None
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._lock = threading.Lock()
@@ -358,13 +351,13 @@ class Signer:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[key] = fut
         try:
-            sig = self.store.dkim_signature(message_id, tag)
+            sig = self.store.get(message_id, tag)
             if sig is None:
                 sig = await asyncio.to_thread(self._compute, tag, body, state)
                 # Queued now, committed in the background: the store commits in queue
                 # order, so it is durable no later than this attempt's settle, and the
                 # send does not wait for an fsync.
-                saving = self.store.save_dkim_signature(message_id, tag, sig)
+                saving = self.store.save(message_id, tag, sig)
                 saving.add_done_callback(_log_save_failure)
             self._remember(key, sig)
             fut.set_result(sig)

@@ -33,7 +33,8 @@ import msgspec
 from relay.clock import Clock
 from relay.events.log import EventLog
 from relay.events.model import Event
-from relay.queue.store import QueueStore, StoreFull, StoreUnavailable
+from relay.queue.committer import StoreFull, StoreUnavailable
+from relay.queue.store import QueueStore
 from relay.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

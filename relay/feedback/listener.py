@@ -33,7 +33,7 @@ from relay.feedback.bounds import ReportBounds, too_many_parts
 from relay.feedback.dataread import read_report
 from relay.feedback.offload import ReportParser
 from relay.feedback.processor import FeedbackProcessor
-from relay.queue.store import StoreFull, StoreUnavailable
+from relay.queue.committer import StoreFull, StoreUnavailable
 from relay.smtp import replies as R
 from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, peer_ip, raise_fd_limit
 from relay.smtp.server import ConnectionLimiter

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from relay.identity.outbound import Outbound
-from relay.queue.store import NewMessage
+from relay.queue.ops import NewMessage
 from relay.smtp.replies import Reply
 from relay.smtp.session import MessageRefused, Submitter
 

@@ -26,7 +26,8 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, TLSSetupExce
 
 from relay.clock import Clock
 from relay.config import Limits, Listener
-from relay.queue.store import NewMessage, StoreFull, StoreUnavailable
+from relay.queue.committer import StoreFull, StoreUnavailable
+from relay.queue.ops import NewMessage
 from relay.smtp import replies as R
 from relay.smtp.address import recipient_syntax_error
 from relay.smtp.authpolicy import AuthPolicy

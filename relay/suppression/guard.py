@@ -12,8 +12,9 @@ import logging
 from collections.abc import Callable, Sequence
 
 from relay.config import Config
+from relay.queue.ops import Settled
 from relay.queue.records import MessageRecord, State
-from relay.queue.store import QueueStore, Settled
+from relay.queue.store import QueueStore
 from relay.suppression.policy import (
     FailureClass,
     Reason,

@@ -21,7 +21,7 @@ import trustme
 from relay.clock import Clock, FakeClock
 from relay.config import Address, Duration, Limits, Listener
 from relay.identity.store import IdentityStore
-from relay.queue.store import NewMessage
+from relay.queue.ops import NewMessage
 from relay.smtp import replies as R
 from relay.smtp.server import SubmissionServer
 from relay.smtp.session import Submitter

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from adminkit import Admin, make_admin_relay
 
-from relay.queue.store import shard_of
+from relay.queue.keys import shard_of
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port
 from relay.testing.sink import Received, Sink

@@ -20,8 +20,9 @@ from relay.config import Address, Config, Listener, from_dict
 from relay.events.log import EventLog, read_events
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.feedback.processor import FeedbackProcessor
+from relay.queue.ops import NewMessage
 from relay.queue.records import MessageRecord
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.store import QueueStore
 from relay.suppression.store import SuppressionList
 from relay.verp import Verp
 

@@ -32,7 +32,8 @@ from relay.delivery.yielding import DeliveryGate, LoopLag
 from relay.dns.resolver import DnsResolver
 from relay.events.log import EventLog
 from relay.identity.store import IdentityStore
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.ops import NewMessage
+from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port
 from relay.testing.sink import Sink

@@ -8,7 +8,8 @@ import json
 from pathlib import Path
 
 from relay.clock import SystemClock
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.ops import NewMessage
+from relay.queue.store import QueueStore
 from relay.testing.process import run_cli
 
 CONFIG = """

@@ -28,8 +28,9 @@ from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
 from relay.events.log import EventLog, read_events
 from relay.identity.outbound import Outbound
+from relay.queue.ops import NewMessage
 from relay.queue.records import State
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.store import QueueStore
 from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
 from relay.testing.require import require_path, require_program

@@ -19,7 +19,7 @@ from relay.config import Identity
 from relay.dns.resolver import DnsResolver
 from relay.identity.gate import MailFromGate
 from relay.identity.outbound import Outbound
-from relay.queue.store import NewMessage
+from relay.queue.ops import NewMessage
 from relay.smtp.server import SubmissionServer
 from relay.testing.dnsserver import DnsServer
 from relay.testing.submission import RawClient, RecordingSubmitter, Reply, Tls, running_server

@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from relay.clock import FakeClock
+from relay.queue.committer import StoreFull
+from relay.queue.ops import NewMessage, Result
 from relay.queue.records import Action, State
-from relay.queue.store import NewMessage, QueueStore, Result, StoreFull
+from relay.queue.store import QueueStore
 
 
 def _msg(i: int, rcpts: int = 1, size: int = 100) -> NewMessage:
@@ -217,7 +219,7 @@ async def test_map_full_grows_then_succeeds(tmp_path: Path) -> None:
 
 async def test_map_full_without_room_is_store_full(tmp_path: Path) -> None:
     store = QueueStore(tmp_path / "q", FakeClock(), map_size=256 * 1024)
-    store._grow_map = lambda: False  # type: ignore[method-assign]  # a disk with no room
+    store.committer._grow_map = lambda: False  # type: ignore[method-assign]  # a disk with no room
     await store.start()
     ok = await store.submit(_msg(0, size=1000))
     with pytest.raises(StoreFull):
@@ -314,9 +316,9 @@ async def test_the_write_lock_is_not_held_while_the_loop_is_busy(tmp_path: Path)
     await asyncio.sleep(0)  # the submission is queued for the writer thread
     # From here the loop is blocked on purpose until the other process reports.
     deadline = time.monotonic() + 10
-    while not store._mailbox._calls and time.monotonic() < deadline:
+    while not store.committer._mailbox._calls and time.monotonic() < deadline:
         time.sleep(0.001)  # until the writer thread has called for the loop
-    assert store._mailbox._calls, "the writer thread never called for the loop"
+    assert store.committer._mailbox._calls, "the writer thread never called for the loop"
     other = subprocess.Popen([sys.executable, "-c", _TAKE_LOCK, str(tmp_path / "q")],
                              stdout=subprocess.PIPE)
     try:

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from relay.clock import FakeClock
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.ops import NewMessage
+from relay.queue.store import QueueStore
 from relay.smtp import replies as R
 from relay.smtp.server import SubmissionServer
 from relay.testing.submission import RawClient, make_listener, running_server

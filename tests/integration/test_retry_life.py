@@ -22,8 +22,9 @@ from relay.delivery.scheduler import Scheduler
 from relay.dns.resolver import DnsResolver
 from relay.events.log import EventLog, read_events
 from relay.events.model import send_event
+from relay.queue.ops import NewMessage
 from relay.queue.records import State
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Sink
 

@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 
 from relay.clock import FakeClock
-from relay.delivery.sentfrom import SentFrom
-from relay.queue.store import QueueStore, new_message_id
+from relay.delivery.sentfrom import SentFrom, prune_sent_op
+from relay.queue.keys import new_message_id
+from relay.queue.store import QueueStore
 
 DAY = 86400.0
 
@@ -119,7 +120,7 @@ async def test_attributions_are_pruned_with_the_sent_records(store: QueueStore) 
     for mid in (old, new):
         sent.remember(mid, "gmail.test", "127.0.0.10", "gmail", durable=True)
     await committed(sent)
-    await store.write(store.prune_sent_op(clock.now() - 5 * DAY))
+    await store.write(prune_sent_op(store, clock.now() - 5 * DAY))
     fresh = SentFrom(store)
     assert fresh.lookup(old, "gmail.test") is None
     assert fresh.lookup(new, "gmail.test") == ("127.0.0.10", "gmail")

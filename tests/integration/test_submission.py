@@ -16,7 +16,7 @@ import pytest
 
 from relay.clock import FakeClock
 from relay.config import Duration, Size
-from relay.queue.store import StoreFull, StoreUnavailable
+from relay.queue.committer import StoreFull, StoreUnavailable
 from relay.smtp import replies as R
 from relay.smtp.message import extract_headers, parse_tags, received_header
 from relay.smtp.server import SubmissionServer

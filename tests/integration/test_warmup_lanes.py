@@ -25,7 +25,7 @@ from relay.cli import main
 from relay.clock import FakeClock
 from relay.config import Config, from_dict
 from relay.events.log import read_events
-from relay.queue.store import NewMessage
+from relay.queue.ops import NewMessage
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Rules, Sink
 from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks

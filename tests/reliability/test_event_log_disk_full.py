@@ -24,7 +24,8 @@ from relay.clock import FakeClock
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog, read_events
 from relay.events.model import send_event
-from relay.queue.store import NewMessage, QueueStore
+from relay.queue.ops import NewMessage
+from relay.queue.store import QueueStore
 from relay.testing.disk import fill
 from relay.testing.process import (
     RelayProcess,

@@ -1,6 +1,6 @@
 """Multi-process mode: who delivers a message, and each worker's share of the limits.
 
-Pure checks of relay/queue/store.py (`new_message_id`, `shard_of`), relay/workers.py
+Pure checks of relay/queue/keys.py (`new_message_id`, `shard_of`), relay/workers.py
 (`split`, `worker_share`) and the warm-up gate's per-worker caps; the process tree itself
 is tested in tests/e2e/test_workers.py.
 """
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from relay.config import loads
-from relay.queue.store import ID_LEN, new_message_id, shard_of
+from relay.queue.keys import ID_LEN, new_message_id, shard_of
 from relay.warmup.gate import from_config
 from relay.workers import split, worker_share
 
