@@ -1,4 +1,4 @@
-"""Soak: the long version of the reliability suite (issue 6).
+"""Soak: the long version of the reliability suite (crashes and misbehaving destinations).
 
 Mixed load for a bounded duration against a relay subprocess that is `kill -9`ed and
 restarted at random every 20-40 s, while destinations misbehave:

@@ -466,7 +466,8 @@ async def serve(cfg: Config, config_path: Path | None = None,
     # Everything built at start-up lives for the whole process: take it out of the cyclic
     # collector's view, and collect young objects in bigger, rarer passes. Without this a
     # full collection paused the event loop 45-60 ms about every 5 s under load (measured
-    # with gc.callbacks; bench/RESULTS.md, issue 7); with it, at most ~8 ms.
+    # with gc.callbacks; bench/RESULTS.md, the throughput work's second pass: "what changed,
+    # what each change did"); with it, at most ~8 ms.
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)

@@ -269,7 +269,8 @@ class Delivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_recipients_per_transaction: PositiveInt = 100
     # In-memory ready queue per destination (Postfix's active queue limit). The excess
     # of a promotion is given back for 5 poll intervals: at 1000 a destination taking
-    # 400 msgs/s sat idle half the time (bench/RESULTS.md, issue 7, fifth pass).
+    # 400 msgs/s sat idle half the time (bench/RESULTS.md, the throughput work's fifth pass:
+    # "accept first, and a one-destination backlog").
     ready_queue_limit: PositiveInt = 5000
     # Total recipients held in memory across all destinations.
     active_limit: PositiveInt = 20000

@@ -3,7 +3,7 @@
 The token carries the queue id and the recipient index with a truncated HMAC-SHA256
 (80 bits) keyed by `<state_dir>/verp.key` (32 random bytes, 0600), in lower-case base32
 so it survives MTAs that fold local-part case. A bounce to a token that does not verify
-is ignored (RELIABILITY V13: only a verified token may change suppression).
+is ignored (against suppression poisoning: only a verified token may change suppression).
 """
 
 from __future__ import annotations

@@ -69,8 +69,8 @@ Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
   aborted. The reaper closes the expired idle connections of a pass together
   (one pass at a time), so a pass lasts one bounded QUIT, not one per connection.
 - aiosmtplib normalises bare CR/LF to CRLF and dot-stuffs on the wire
-  (RELIABILITY V2) and refuses control characters in addresses with ValueError
-  (V6), mapped to `501 5.1.3 invalid address`.
+  (no outbound SMTP smuggling) and refuses control characters in addresses with
+  ValueError (no CR/LF command injection), mapped to `501 5.1.3 invalid address`.
 """
 
 from __future__ import annotations
@@ -237,7 +237,7 @@ def _valid_address(address: str) -> bool:
     aiosmtplib refuses control characters (ValueError) but first runs the
     address through email.utils.parseaddr, which silently turns
     "a@x>\r\nRCPT TO:<v@y" into "a@x". Either way the recipient is not the one
-    we were given: refuse it (RELIABILITY V6) instead of delivering elsewhere.
+    we were given: refuse it (CR/LF command injection) instead of delivering elsewhere.
     """
     if PLAIN_ADDRESS.fullmatch(address):
         return True
@@ -260,7 +260,8 @@ def _remote_name(host_name: str, address: str) -> str:
 
 
 def _command(*args: bytes) -> bytes:
-    """One command line, built and checked as aiosmtplib's execute_command does (V6)."""
+    """One command line, built and checked as aiosmtplib's execute_command does (no CR/LF
+    injection)."""
     for arg in args:
         if COMMAND_INJECTION_REGEX.search(arg):
             raise ValueError("Command arg contains a prohibited control character")
@@ -269,7 +270,7 @@ def _command(*args: bytes) -> bytes:
 
 def _wire_body(data: bytes) -> bytes:
     """The message as aiosmtplib's DATA puts it on the wire: bare CR/LF → CRLF,
-    dot-stuffed, ended by "." (RELIABILITY V2)."""
+    dot-stuffed, ended by "." (no outbound smuggling)."""
     crlf = data.count(b"\r\n")
     if (crlf == data.count(b"\r") == data.count(b"\n") and data.endswith(b"\r\n")
             and not data.startswith(b".") and b"\r\n." not in data):
@@ -921,7 +922,8 @@ class Sender:
         smtp = conn.smtp
         name = _remote_name(conn.host_name, conn.address)
         out: list[Outcome | None] = [None] * len(recipients)
-        # Commands are built (and refused, V6) exactly as aiosmtplib's mail()/rcpt() do.
+        # Commands are built (and refused on CR/LF injection) exactly as aiosmtplib's
+        # mail()/rcpt() do.
         try:
             group = [_command(b"MAIL", b"FROM:" + _quoted(sender).encode(encoding),
                               *(o.encode("ascii") for o in options))]

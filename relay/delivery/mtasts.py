@@ -5,8 +5,8 @@ MX host names against the policy's `mx` patterns (§4.1, a `*.` wildcard covers 
 leftmost label), the cache rules (§5.1: valid for max_age, refreshed when the TXT id
 changes) and what a policy does to a route (§5): in `enforce` mode only matching MX hosts
 are used and each must offer STARTTLS with a certificate valid for its name, so a
-downgrade is a 4.7.5 deferral, never plaintext (RELIABILITY V11); `testing` mode delivers
-as usual and reports what enforce would have refused; `none` changes nothing.
+downgrade is a 4.7.5 deferral, never plaintext (no outbound TLS downgrade); `testing` mode
+delivers as usual and reports what enforce would have refused; `none` changes nothing.
 Must not: do I/O, import asyncio/aiohttp/dnspython or read a clock. The fetch and the
 cache files live in relay/delivery/mtasts_fetch.py; relay/delivery/routing.py applies it.
 """

@@ -1,7 +1,7 @@
 """DKIM signing on delivery: one signature set per message per signing domain.
 
-Signing is relaxed/relaxed with no `l=` (RFC 6376 §8.2), From and the RELIABILITY V10
-headers oversigned (each listed once more than it occurs, RFC 6376 §5.4.2, so none can
+Signing is relaxed/relaxed with no `l=` (RFC 6376 §8.2), From and the other headers in
+`OVERSIGN` oversigned (each listed once more than it occurs, RFC 6376 §5.4.2, so none can
 be added or prepended), with an RSA-2048 and an Ed25519 signature when both keys exist
 (RFC 8463). `d=` is the From domain or its closest parent that has keys (relaxed DMARC
 alignment). A message that already carries a signature for that domain which verifies
@@ -74,7 +74,8 @@ def _load_private_key(key: DkimKey, private: bytes,
             # No RSA key validation: it is ~45 ms of primality tests for a 2048-bit key,
             # run with the GIL held, so the first signature after a start, a reload or a
             # rotation stalled the whole process, sessions included (the p99 of a short
-            # burst; bench/RESULTS.md, issue 7, fifth pass). The keys are relay's own
+            # burst; bench/RESULTS.md, the throughput work's fifth pass (continued):
+            # "the first signature's 45 ms"). The keys are relay's own
             # (relay.dkim.keys.generate), and OpenSSL checks every CRT signature against
             # the public key before returning it, so a damaged key cannot leak itself
             # through a faulty signature; a verifier would then just see a bad one.

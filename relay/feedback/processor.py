@@ -4,7 +4,7 @@ Theory of operation: the envelope recipient of a bounce is the VERP return path 
 put on the message (relay/verp.py), which names the queue id and recipient index under
 an HMAC. A complaint (ARF) usually reaches a fixed feedback address, so the original
 message's Return-Path / Original-Mail-From inside the report is tried as well. Only a
-token that verifies is acted on (RELIABILITY V13): a forged or unknown one is logged and
+token that verifies is acted on: a forged or unknown one is logged and
 dropped, so nobody can poison the suppression list by mailing our bounce domain.
 
 The message record comes from the store's "sent" sub-database (kept for

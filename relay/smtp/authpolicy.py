@@ -5,7 +5,8 @@ whether or not the user exists, so nothing reveals which names exist). Each fail
 answered after a growing delay (base, 2×base, 4×base, … capped), grown by whichever of
 the two counts is higher. Only the CLIENT ADDRESS is ever locked: after `max_failures`
 failures from one IP within the `lockout` window, that IP is locked for `lockout`
-seconds and AUTH answers 454 4.7.0 without checking credentials (RFC 4954 §6, V9).
+seconds and AUTH answers 454 4.7.0 without checking credentials (RFC 4954 §6;
+against brute force).
 A user name is never locked: failures for it from other addresses only slow down the
 failing replies, so a stranger who knows a user name cannot lock the real user out of
 its own address (a credential keeps working while others fail for it).

@@ -143,8 +143,8 @@ class _CommandReader(asyncio.StreamReader):
     """
 
     bad_line_ending = False
-    # limits.max_commands_per_session (V12): command and AUTH lines counted here; past the
-    # limit the line is replaced by an empty one and `over_limit` set, so the session
+    # limits.max_commands_per_session (resource exhaustion): command and AUTH lines counted
+    # here; past the limit the line is replaced by an empty one and `over_limit` set, so the session
     # answers TOO_MANY_COMMANDS and closes (see SubmissionSession.push).
     command_count = 0
     command_limit = 0
@@ -265,7 +265,7 @@ class SubmissionSession(SMTP):
             self._refusal = refusal
             self._registered = self.admitted
             self.ctx.sessions.add(self)
-            # Absolute cap (V12 slowloris): the idle timer restarts on every command or
+            # Absolute cap (slowloris): the idle timer restarts on every command or
             # DATA line, so a client trickling valid lines would otherwise never leave.
             self._session_timer = self.loop.call_later(
                 float(self.ctx.limits.session_timeout), self._session_timeout_cb)
@@ -518,7 +518,7 @@ class SubmissionSession(SMTP):
             await self.push(str(R.AUTH_OK))
             return
         delay = policy.record_failure(self.client_ip, user, clock.monotonic())
-        # One line per failure, and one per lockout; never the password (V9).
+        # One line per failure, and one per lockout; never the password (AUTH brute force).
         if policy.is_locked(self.client_ip, clock.monotonic()):
             self._auth_event("lockout")
             log.warning("%s: AUTH failed for %r; client address locked out for %ds",
@@ -537,7 +537,7 @@ class SubmissionSession(SMTP):
                              log_client_response: bool = False) -> Any:
         try:
             response = await super().challenge_auth(challenge, encode_to_b64, False)
-        except ValueError:  # StreamReader.readline: an over-long continuation line (V12)
+        except ValueError:  # StreamReader.readline: an over-long continuation line
             await self.push(str(R.LINE_TOO_LONG))
             self._close()
             return MISSING
@@ -654,7 +654,7 @@ class SubmissionSession(SMTP):
         # RFC 5321 §4.5.3.2.6: the DATA timeout runs between what the client sends, so a
         # line end arriving in the data restarts the idle timer, however few bytes came
         # (the chunked reader returns only per ~1 KB or at the end). Bytes trickled
-        # without a line end do not restart it (slowloris, RELIABILITY V12).
+        # without a line end do not restart it (slowloris).
         if self._in_data and b"\n" in data:
             self._reset_timeout_sometimes()
         super().data_received(data)
@@ -701,8 +701,8 @@ class SubmissionSession(SMTP):
         reader for the next command (PIPELINING). A bare CR or LF anywhere marks the
         message rejected, but reading continues to the real end, so a smuggled
         "\\n.\\r\\nMAIL FROM..." is data of this one rejected message, never a second
-        transaction (RELIABILITY V1). Read in chunks (`read_data_section`), with the same
-        replies as a line-by-line reader: see `_DataScanner`.
+        transaction (inbound SMTP smuggling). Read in chunks (`read_data_section`), with the
+        same replies as a line-by-line reader: see `_DataScanner`.
         """
         if self.transport is None:
             return None, None
@@ -983,7 +983,7 @@ async def read_data_section(
             chunk = await reader.readexactly(len(_EOD) - matched)
             unreported += len(chunk)
             # As a line reader would: progress at the end of a line or after a limit's worth,
-            # not for a few bytes of a line that never ends (slowloris, V12).
+            # not for a few bytes of a line that never ends (slowloris).
             report = b"\n" in chunk or unreported > line_limit
         else:
             try:

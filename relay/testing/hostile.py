@@ -1,15 +1,18 @@
 """Hostile SMTP destinations for reliability tests: small asyncio servers on loopback.
 
 `HostileServer(mode)` listens on 127.0.0.x:0 in the caller's event loop and misbehaves
-in one way per mode (RELIABILITY V2, V5 and the destination faults of issue 6):
+in one way per mode (outbound smuggling, STARTTLS response injection, and destinations
+that hang, drop, talk garbage or fail TLS):
 
 - "silent": accepts the connection, never says anything.
 - "drop_in_data": a normal dialogue up to 354, then closes after the first data bytes.
 - "garbage": answers the greeting and every command with non-SMTP bytes.
 - "tls_fail": offers STARTTLS, answers 220, then sends junk instead of a handshake.
 - "starttls_inject": answers STARTTLS with `220 go ahead\\r\\n250 fake\\r\\n` in ONE
-  segment (V5), then does a real TLS handshake and a normal dialogue.
-- "raw": a correct server that records the raw bytes of every DATA phase (V2).
+  segment (STARTTLS response injection), then does a real TLS handshake and a normal
+  dialogue.
+- "raw": a correct server that records the raw bytes of every DATA phase (outbound
+  smuggling).
 
 `transcript` keeps each command line received; `data` the raw DATA bytes ("raw" and
 "starttls_inject"). Loopback only; for tests, not production code.
@@ -97,7 +100,8 @@ class HostileServer:
                     writer.write(b"this is not a TLS server hello\r\n" * 4)
                     await writer.drain()
                     return
-                writer.write(b"220 go ahead\r\n250 fake\r\n")  # V5: one segment
+                # STARTTLS response injection: both replies in one segment.
+                writer.write(b"220 go ahead\r\n250 fake\r\n")
                 await writer.drain()
                 assert self.tls_context is not None
                 await writer.start_tls(self.tls_context)

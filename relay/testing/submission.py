@@ -2,7 +2,7 @@
 
 `RecordingSubmitter` is a real in-memory implementation of relay.smtp.Submitter (not a
 mock of the server under test). `RawClient` speaks SMTP byte-for-byte over a real socket so
-tests can send exactly the bytes of an attack (RELIABILITY §2) and read every reply.
+tests can send exactly the bytes of an attack and read every reply.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Jepsen-style crash safety of the whole relay process (DESIGN principle 1, RELIABILITY §1, §3).
+"""Jepsen-style crash safety of the whole relay process: nothing accepted is lost (a 250
+after DATA is a promise, RFC 5321 §6.1), checked with client and sink ledgers.
 
 Several SMTP clients inject a few thousand small messages, each carrying a unique
 token in its Subject, into a relay subprocess while the test `kill -9`s it at

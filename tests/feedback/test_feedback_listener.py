@@ -2,7 +2,7 @@
 
 Each report is built with the email package in the shape a big provider uses, addressed
 to the VERP return path relay put on a queued message; the test asserts the events and
-the suppression entries that result. Forged tokens change nothing (RELIABILITY V13).
+the suppression entries that result. Forged tokens change nothing (no suppression poisoning).
 """
 
 from __future__ import annotations

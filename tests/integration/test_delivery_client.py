@@ -323,7 +323,7 @@ async def test_dot_stuffing_and_crlf_on_the_wire(make_sink: MakeSink) -> None:
     got = sink.messages[0].data
     assert got == (b"Subject: dots\r\n\r\n.leading dot\r\n..two dots\r\n.\r\nmiddle\r\n.\r\n"
                    b"bare lf\r\nbare cr\r\nend .\r\n")
-    # every LF preceded by CR and every CR followed by LF (RELIABILITY V2)
+    # every LF preceded by CR and every CR followed by LF (no outbound smuggling)
     assert got.count(b"\n") == got.count(b"\r\n") == got.count(b"\r")
 
 

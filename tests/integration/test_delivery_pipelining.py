@@ -433,7 +433,7 @@ async def test_dot_stuffing_and_bare_lf_on_the_pipelined_path(make_sink: MakeSin
                       b".\r\nbare lf\r\nbare cr\r\nend .\r\n.\r\nRSET\r\n\r\n.\r\n")
     wire = b"".join(c.data for c in sink.wire)
     sent = wire.split(b"DATA\r\n", 1)[1]
-    # RELIABILITY V2: only CRLF line endings, and exactly one end of data.
+    # No outbound smuggling: only CRLF line endings, and exactly one end of data.
     assert sent.count(b"\n") == sent.count(b"\r\n") == sent.count(b"\r")
     assert sent.count(b"\r\n.\r\n") == 1
     assert len(sink.messages) == 1
@@ -457,7 +457,7 @@ async def test_esmtp_parameters_on_the_pipelined_path(make_sink: MakeSink) -> No
 
 async def test_invalid_addresses_never_reach_the_wire(scripted: Callable[..., Any]) -> None:
     # No SMTPUTF8 offered: a non-ASCII recipient cannot be written (ValueError, as
-    # aiosmtplib's rcpt() refuses it) and a CR/LF one is refused before anything (V6).
+    # aiosmtplib's rcpt() refuses it) and a CR/LF one is refused before anything (CR/LF injection).
     mx = await scripted()
     sender = Sender(delivery(), hostname="relay.test")
     try:

@@ -1,4 +1,5 @@
-"""The 250 after DATA goes out the moment the message's commit is synced (issue 7, p99).
+"""The 250 after DATA goes out the moment the message's commit is synced (the p99 of
+end-of-DATA → 250).
 
 A real QueueStore (LMDB, synced commits) behind the real submission server on loopback.
 The submitter below is the queue submitter's shape, but it holds submit() open after

@@ -1,7 +1,8 @@
 """Submission server over real loopback sockets with real TLS (trustme).
 
 One test per refusal, asserting the reply code AND the enhanced status code; the attack
-inputs are the exact bytes from RELIABILITY.md §2 (V1, V3, V4, V7, V9, V12).
+inputs are the exact bytes of inbound smuggling, unauthorised pipelining, STARTTLS
+command injection, AUTH before TLS, AUTH brute force and resource exhaustion.
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ async def test_ehlo_before_tls_offers_starttls_not_auth(server: SubmissionServer
 
 async def test_auth_before_tls_is_refused_and_mail_still_needs_auth(
         server: SubmissionServer) -> None:
-    # V7: valid credentials sent in plaintext.
+    # AUTH before TLS: valid credentials sent in plaintext.
     client = await connect(server.port)
     await client.cmd("EHLO c")
     expect(await client.cmd(f"AUTH PLAIN {PLAIN_OK}"), R.ENCRYPTION_REQUIRED)
@@ -327,7 +328,7 @@ async def test_command_line_too_long(server: SubmissionServer) -> None:
 
 
 async def test_huge_auth_continuation_line(server: SubmissionServer, tls: Tls) -> None:
-    # V12: a 1 MB AUTH continuation line is refused and the connection closed.
+    # Resource exhaustion: a 1 MB AUTH continuation line is refused, the connection closed.
     client = await tls_session(server.port, tls, login=False)
     assert (await client.cmd("AUTH LOGIN")).code == 334
     await client.send(b"A" * 1_000_000 + b"\r\n")
@@ -439,7 +440,7 @@ async def test_pipelined_transaction_gets_one_reply_per_command(
                                   b"AUTH PLAIN AGV2aWwAcHc=\r\n"])
 async def test_starttls_plaintext_injection_discarded(server: SubmissionServer, tls: Tls,
                                                       tail: bytes) -> None:
-    # V4 / CVE-2024-34083: one segment, then the handshake.
+    # STARTTLS command injection, CVE-2024-34083: one segment, then the handshake.
     client = await connect(server.port)
     await client.cmd("EHLO c")
     await client.send(b"STARTTLS\r\n" + tail)

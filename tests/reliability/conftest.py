@@ -3,7 +3,7 @@
 in-process submission server with real TLS (`server`) is in tests/conftest.py.
 
 Attack tests speak raw bytes through `RawClient` (relay.testing.submission) so every
-input is exactly the one in RELIABILITY.md §2.
+input is exactly the attack's bytes.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Differential test of the chunked DATA reader (issue #7) against the line-by-line one.
+"""Differential test of the chunked DATA reader (from the throughput work) against the
+line-by-line one.
 
 `old_read_data` is the reader `SubmissionSession._read_data` had before: one
 `readuntil(b"\\r\\n")` per line. The new one (`relay.smtp.session.read_data_section`) must
@@ -38,7 +39,7 @@ Result = tuple[list[bytes] | None, R.Reply | None] | None
 # --- the reference: the line-based reader, as it was --------------------------------------
 
 async def old_read_data(reader: asyncio.StreamReader, size_limit: int) -> Result:
-    """SubmissionSession._read_data before issue #7 (None: EOF)."""
+    """SubmissionSession._read_data before the chunked reader (None: EOF)."""
     limit = size_limit
     parts: list[bytes] = []
     size = 0
@@ -218,7 +219,7 @@ def test_chunked_reader_matches_line_reader(case: tuple[bytes, list[int], int, i
 
 
 def test_chunked_reader_matches_on_smuggling_endings() -> None:
-    """RELIABILITY V1: every bad ending, then a smuggled transaction, in many splits."""
+    """Inbound SMTP smuggling: every bad ending, then a smuggled transaction, in many splits."""
     smuggled = (b"MAIL FROM:<ceo@victim.example>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n"
                 b"From: ceo@victim.example\r\n\r\nSMUGGLED\r\n.\r\n")
     endings = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",

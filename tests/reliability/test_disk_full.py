@@ -1,4 +1,4 @@
-"""Disk and LMDB map full while accepting (RELIABILITY §4 failure mapping): a real small
+"""Disk and LMDB map full while accepting (MapFull and ENOSPC mapped to 4xx): a real small
 tmpfs runs out of space; the server answers 452 4.3.1 (never 250), nothing already queued
 is damaged, and acceptance resumes once space returns. Needs root for `mount -t tmpfs`;
 skipped with the reason otherwise (a failure under RELAY_REQUIRE_ALL=1). The mount

@@ -1,5 +1,5 @@
-"""DNS answers that point where mail must not go (issue 6): relay's own listeners (RFC 5321
-§5.1 loop detection, 554 5.4.6 "mail for X loops back to myself") and delivery.deny_networks
+"""DNS answers that point where mail must not go: relay's own listeners (RFC 5321 §5.1
+loop detection, 554 5.4.6 "mail for X loops back to myself") and delivery.deny_networks
 (451 4.4.4 "MX points to a denied network", never a connection). Real loopback DNS
 (relay.testing.dnsserver), real sinks, and a whole in-process RelayApp for the wiring.
 """

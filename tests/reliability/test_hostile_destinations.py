@@ -1,7 +1,7 @@
 """The outbound client against hostile destinations (relay.testing.hostile): each fault is
 a deferral with a clear last response, the call returns (worker freed) and a healthy
-destination served at the same time is unaffected. Also V2 (outbound smuggling) and V5
-(STARTTLS response injection) checked on the wire, and DNS faults/lies through Router.
+destination served at the same time is unaffected. Also outbound smuggling and STARTTLS
+response injection checked on the wire, and DNS faults/lies through Router.
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ async def test_hostile_destination_is_a_clear_deferral_others_unaffected(
     assert bad.data == []
 
 
-async def test_v5_starttls_response_injection_discarded(hostile: Callable[..., Any]) -> None:
+async def test_starttls_response_injection_discarded(hostile: Callable[..., Any]) -> None:
     mx = await hostile("starttls_inject")
     sender = Sender(delivery(), hostname="relay.test")
     try:
@@ -113,7 +113,7 @@ async def test_v5_starttls_response_injection_discarded(hostile: Callable[..., A
     b"Subject: s\r\n\r\nstray\rcr and \r\r\n.\r\r\n end\r\n.\r\n",
     b"Subject: s\r\n\r\nno final newline\r\n.",
 ], ids=["lf-dot-crlf", "cr-dot-crlf", "lf-dot-lf", "stray-cr", "dot-no-crlf"])
-async def test_v2_outbound_wire_is_clean(hostile: Callable[..., Any], body: bytes) -> None:
+async def test_outbound_smuggling_wire_is_clean(hostile: Callable[..., Any], body: bytes) -> None:
     # Whatever a trusted path hands the client, the wire carries only CRLF line endings
     # and exactly one end-of-data per transaction.
     mx = await hostile("raw")

@@ -1,7 +1,7 @@
-"""RFC 8461 MTA-STS on outbound delivery (RELIABILITY V11, S13/S14), with real parts: a
-loopback DNS server (`_mta-sts` TXT, MX, A), an HTTPS policy server with a trustme
-certificate, and real SMTP sinks (with and without STARTTLS). Router + Sender do the work,
-as the scheduler calls them; the policy cache lives in a tmp state dir.
+"""RFC 8461 MTA-STS on outbound delivery (no outbound TLS downgrade under an enforce policy),
+with real parts: a loopback DNS server (`_mta-sts` TXT, MX, A), an HTTPS policy server with a
+trustme certificate, and real SMTP sinks (with and without STARTTLS). Router + Sender do the
+work, as the scheduler calls them; the policy cache lives in a tmp state dir.
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ async def test_enforce_with_good_tls_is_delivered_over_verified_tls(world: World
 
 
 async def test_enforce_without_starttls_defers_and_sink_gets_nothing(world: World) -> None:
-    world.mx((10, "mx.dest.test", "127.0.0.3"))  # an MX that strips STARTTLS (V11)
+    world.mx((10, "mx.dest.test", "127.0.0.3"))  # an MX that strips STARTTLS (a downgrade)
     text = deferred_47(await world.deliver())
     assert "starttls" in text.lower() or "tls" in text.lower()
     assert world.plain_sink.message_count == 0
@@ -298,7 +298,7 @@ async def test_untrusted_policy_certificate_means_no_policy(world: World) -> Non
 
 async def test_enforce_failed_handshake_defers_without_plaintext_retry() -> None:
     # Opportunistic TLS would reconnect in plain text after a failed handshake; a target
-    # under an enforce policy (tls="verify") must not (V11).
+    # under an enforce policy (tls="verify") must not (a downgrade).
     bad = await HostileServer("tls_fail", "127.0.0.6").start()
     sender = Sender(Delivery(connect_timeout=Duration(2), command_timeout=Duration(2),
                              data_timeout=Duration(2)), hostname="relay.test")

@@ -1,6 +1,6 @@
-"""Against a real `relay serve` subprocess: V8 (address tricks never reach DNS for the
-wrong domain: asserted on the loopback DNS server's query log) and V12 (a 50 MB upload
-with a 40 MB limit is refused 552 5.3.4 and never held whole: the server's peak RSS, from
+"""Against a real `relay serve` subprocess: open relay (address tricks never reach DNS for the
+wrong domain: asserted on the loopback DNS server's query log) and resource exhaustion (a 50 MB
+upload with a 40 MB limit is refused 552 5.3.4 and never held whole: the server's peak RSS, from
 /proc, grows by less than the upload).
 """
 
@@ -70,7 +70,7 @@ class Smtp:
         self.sock.close()
 
 
-def test_v8_address_tricks_never_query_or_connect_to_evil(
+def test_address_tricks_never_query_or_connect_to_evil(
         world: tuple[RelayProcess, DnsServer, Sink, str]) -> None:
     relay, dns_server, evil, address = world
     smtp = Smtp(relay.port(address))
@@ -105,7 +105,7 @@ def _vm(pid: int, key: str) -> int:
     raise AssertionError(f"{key} not in /proc/{pid}/status")
 
 
-def test_v12_fifty_megabytes_over_a_forty_megabyte_limit_never_in_memory(
+def test_fifty_megabytes_over_a_forty_megabyte_limit_never_in_memory(
         world: tuple[RelayProcess, DnsServer, Sink, str]) -> None:
     relay, _, _, address = world
     if not Path(f"/proc/{relay.pid}/status").exists():

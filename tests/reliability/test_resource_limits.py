@@ -1,4 +1,4 @@
-"""V12 resource exhaustion against the submission server: slowloris at command and
+"""Resource exhaustion against the submission server: slowloris at command and
 DATA stage, absolute session time, endless lines, 10,000 RCPT, connection floods from one
 IP, a 1 MB AUTH line, unknown-command floods. Short configured timeouts keep it fast.
 """

@@ -1,4 +1,4 @@
-"""V12 per-session caps (commands, recipients across transactions), V9 brute-force
+"""Per-session caps (commands, recipients across transactions), brute-force
 observability (a Prometheus counter and one log line per failure/lockout, never the
 password) and submission TLS (TLS 1.2 minimum, forward-secret AEAD suites only), against
 a live submission server.
@@ -72,7 +72,7 @@ async def test_recipients_per_session_across_transactions(tls: Tls, users: UserS
                                                           ["b@sink.test", "c@sink.test"]]
 
 
-async def test_v9_brute_force_metric_and_one_log_line_each(
+async def test_brute_force_metric_and_one_log_line_each(
         tls: Tls, users: UserStore, caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics()
     secret = "wrong-Pa55word-xyz"

@@ -1,5 +1,7 @@
-"""Protocol attacks against the submission server, each with the exact bytes of
-RELIABILITY.md §2 (V1, V3, V4, V6, V7, V8, V9) plus bare-LF command lines (S1/S2).
+"""Protocol attacks against the submission server, each with the exact bytes of the
+attack: inbound smuggling, unauthorised pipelining, STARTTLS command injection, CR/LF and
+parameter injection, AUTH before TLS, open relay and spoofing, AUTH brute force, plus
+commands ending in a bare LF.
 
 Extends tests/integration/test_submission.py (which covers the single-segment basics)
 with the variants a skeptical reviewer would try next: smuggling over the trusted
@@ -27,7 +29,7 @@ from relay.users import UserStore
 
 SMUGGLED = (b"MAIL FROM:<ceo@victim.example>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n"
             b"From: ceo@victim.example\r\n\r\nSMUGGLED\r\n.\r\n")
-# The smtpsmug list plus Postfix's late variant (RELIABILITY V1).
+# The smtpsmug list plus Postfix's late variant (inbound SMTP smuggling).
 BAD_ENDINGS = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",
                b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\r\n.\r\r\n"]
 
@@ -38,10 +40,10 @@ def _no_smuggled(submitter: RecordingSubmitter) -> None:
     assert sum(1 for m in submitter.messages if b"SMUGGLED" in m.body) <= 1
 
 
-# --- V1 / S1: inbound smuggling -----------------------------------------------------------
+# --- inbound SMTP smuggling (a bare LF or CR around the dot) -----------------------------
 
 @pytest.mark.parametrize("ending", BAD_ENDINGS, ids=repr)
-async def test_v1_smuggling_in_one_write_never_two_messages(
+async def test_smuggling_in_one_write_never_two_messages(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter,
         ending: bytes) -> None:
     # The whole attack, transaction included, in a single TCP segment.
@@ -62,7 +64,7 @@ async def test_v1_smuggling_in_one_write_never_two_messages(
 
 
 @pytest.mark.parametrize("ending", BAD_ENDINGS[:-2], ids=repr)
-async def test_v1_smuggling_over_trusted_plaintext_path(tls: Tls, users: UserStore,
+async def test_smuggling_over_trusted_plaintext_path(tls: Tls, users: UserStore,
                                                        ending: bytes) -> None:
     # A trusted network skips AUTH and TLS: the bare-CR/LF check must not depend on either.
     submitter = RecordingSubmitter()
@@ -79,7 +81,7 @@ async def test_v1_smuggling_over_trusted_plaintext_path(tls: Tls, users: UserSto
     assert submitter.messages == []
 
 
-async def test_v1_split_across_segments_still_one_message(
+async def test_smuggling_split_across_segments_still_one_message(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter) -> None:
     # "\r\n" of the real end split from "." by a segment boundary is still the real end.
     client = await tls_session(server.port, tls)
@@ -93,11 +95,11 @@ async def test_v1_split_across_segments_still_one_message(
     assert msg.body.endswith(b"\r\n\r\nline\r\n")
 
 
-# --- S2: commands ending in bare LF -------------------------------------------------------
+# --- commands ending in a bare LF ---------------------------------------------------------
 
 @pytest.mark.parametrize("line", [b"NOOP\n", b"\n", b"RSET\r\r\n", b"QUIT\n", b"EHLO c\n",
                                   b"MAIL FROM:<u@tenant.example>\n"], ids=repr)
-async def test_s2_bare_lf_command_refused_500_552(server: SubmissionServer, tls: Tls,
+async def test_bare_lf_command_refused_500_552(server: SubmissionServer, tls: Tls,
                                                   line: bytes) -> None:
     client = await tls_session(server.port, tls)
     await client.send(line)
@@ -109,7 +111,7 @@ async def test_s2_bare_lf_command_refused_500_552(server: SubmissionServer, tls:
     await client.close()
 
 
-async def test_s2_bare_lf_pipelined_transaction_is_not_run(
+async def test_bare_lf_pipelined_transaction_is_not_run(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter) -> None:
     client = await tls_session(server.port, tls)
     await client.send(b"MAIL FROM:<u@tenant.example>\nRCPT TO:<r@sink.test>\nDATA\n"
@@ -122,7 +124,7 @@ async def test_s2_bare_lf_pipelined_transaction_is_not_run(
     assert submitter.messages == []
 
 
-async def test_s2_bare_lf_auth_continuation_refused(server: SubmissionServer, tls: Tls,
+async def test_bare_lf_auth_continuation_refused(server: SubmissionServer, tls: Tls,
                                                     submitter: RecordingSubmitter) -> None:
     client = await tls_session(server.port, tls, login=False)
     assert (await client.cmd("AUTH LOGIN")).code == 334
@@ -132,7 +134,7 @@ async def test_s2_bare_lf_auth_continuation_refused(server: SubmissionServer, tl
     await client.close()
 
 
-async def test_s2_bare_lf_before_tls(server: SubmissionServer) -> None:
+async def test_bare_lf_command_before_tls(server: SubmissionServer) -> None:
     client = await connect(server.port)
     await client.send(b"EHLO c\nSTARTTLS\n")
     expect(await client.read_reply(), R.BARE_NEWLINE_COMMAND)
@@ -141,9 +143,9 @@ async def test_s2_bare_lf_before_tls(server: SubmissionServer) -> None:
     await client.close()
 
 
-# --- V3: unauthorised pipelining ----------------------------------------------------------
+# --- unauthorised pipelining --------------------------------------------------------------
 
-async def test_v3_pipelined_before_354_one_reply_each_one_message(
+async def test_unauthorised_pipelining_before_354_one_reply_each_one_message(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter) -> None:
     client = await tls_session(server.port, tls)
     await client.send(b"MAIL FROM:<u@tenant.example>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n"
@@ -158,7 +160,7 @@ async def test_v3_pipelined_before_354_one_reply_each_one_message(
     assert [m.body.count(b"\r\n.\r\n") for m in submitter.messages] == [0, 0]
 
 
-async def test_v3_pipelined_without_auth_gets_530_for_all(
+async def test_unauthorised_pipelining_without_auth_gets_530_for_all(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter) -> None:
     client = await tls_session(server.port, tls, login=False)
     await client.send(b"MAIL FROM:<u@tenant.example>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n"
@@ -173,14 +175,14 @@ async def test_v3_pipelined_without_auth_gets_530_for_all(
     assert submitter.messages == []
 
 
-# --- V4: STARTTLS command injection -------------------------------------------------------
+# --- STARTTLS command injection -----------------------------------------------------------
 
 @pytest.mark.parametrize("tail", [
     b"MAIL FROM:<evil@x>\r\n", b"RSET\r\n", b"AUTH PLAIN AGV2aWwAcHc=\r\n",
     b"EHLO evil\r\nAUTH PLAIN " + plain(USER, PASSWORD).encode() + b"\r\n",
     b"MAIL FROM:<evil@x>\n", b"NOOP\r\nNOOP\r\nNOOP\r\n" * 50,
 ], ids=["mail", "rset", "auth", "ehlo-auth-valid", "bare-lf", "many"])
-async def test_v4_starttls_tail_discarded(server: SubmissionServer, tls: Tls,
+async def test_starttls_injection_tail_discarded(server: SubmissionServer, tls: Tls,
                                           tail: bytes) -> None:
     client = await connect(server.port)
     await client.cmd("EHLO c")
@@ -195,7 +197,7 @@ async def test_v4_starttls_tail_discarded(server: SubmissionServer, tls: Tls,
     await client.close()
 
 
-async def test_v4_auth_state_reset_by_second_starttls_refused(
+async def test_auth_state_reset_by_second_starttls_refused(
         server: SubmissionServer, tls: Tls) -> None:
     client = await tls_session(server.port, tls)
     # TLS already active: refused (aiosmtpd alone would nest a second handshake).
@@ -204,14 +206,14 @@ async def test_v4_auth_state_reset_by_second_starttls_refused(
     await client.close()
 
 
-# --- V6: CR/LF and parameter injection ----------------------------------------------------
+# --- CR/LF and parameter injection --------------------------------------------------------
 
 @pytest.mark.parametrize("line,want", [
     (b"MAIL FROM:<a@tenant.example> BODY=8BITMIME\rRCPT TO:<v@y.test>", R.BAD_SENDER),
     (b"MAIL FROM:<\"a\rDATA\"@tenant.example>", R.BAD_SENDER),
     (b"MAIL FROM:<a@tenant.example> SIZE=10\x00", R.BAD_SENDER),
 ], ids=["mail-param", "quoted-local", "nul-param"])
-async def test_v6_mail_injection_refused(server: SubmissionServer, tls: Tls,
+async def test_crlf_mail_injection_refused(server: SubmissionServer, tls: Tls,
                                          line: bytes, want: R.Reply) -> None:
     client = await tls_session(server.port, tls)
     expect(await client.cmd(line), want)
@@ -224,7 +226,7 @@ async def test_v6_mail_injection_refused(server: SubmissionServer, tls: Tls,
     b"RCPT TO:<\"a\rDATA\"@x.test>",
     b"RCPT TO:<a@x.test> NOTIFY=NEVER\x0bX",
 ], ids=["rcpt-cr", "quoted-local", "vt-param"])
-async def test_v6_rcpt_injection_refused(server: SubmissionServer, tls: Tls,
+async def test_crlf_rcpt_injection_refused(server: SubmissionServer, tls: Tls,
                                          submitter: RecordingSubmitter, line: bytes) -> None:
     client = await tls_session(server.port, tls)
     expect(await client.cmd("MAIL FROM:<u@tenant.example>"), R.SENDER_OK)
@@ -235,14 +237,14 @@ async def test_v6_rcpt_injection_refused(server: SubmissionServer, tls: Tls,
 
 @pytest.mark.parametrize("helo", [b"EHLO a\rReceived: forged", b"HELO a\rX: y",
                                   b"EHLO a\x00b"], ids=repr)
-async def test_v6_helo_injection_refused(server: SubmissionServer, helo: bytes) -> None:
+async def test_crlf_helo_injection_refused(server: SubmissionServer, helo: bytes) -> None:
     client = await connect(server.port)
     reply = await client.cmd(helo)
     assert (reply.code, reply.lines[-1].split()[0]) == (501, "5.5.4"), reply
     await client.close()
 
 
-async def test_v6_received_header_written_by_relay_has_no_injection(
+async def test_crlf_received_header_written_by_relay_has_no_injection(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter) -> None:
     client = await tls_session(server.port, tls)
     await open_data(client)
@@ -257,7 +259,7 @@ async def test_v6_received_header_written_by_relay_has_no_injection(
     assert msg.tags == {"a": ["b"]}
 
 
-async def test_v6_tags_header_with_bare_cr_is_refused(
+async def test_crlf_tags_header_with_bare_cr_is_refused(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter) -> None:
     client = await tls_session(server.port, tls)
     await open_data(client)
@@ -268,9 +270,9 @@ async def test_v6_tags_header_with_bare_cr_is_refused(
     assert submitter.messages == []
 
 
-# --- V7: AUTH before TLS ------------------------------------------------------------------
+# --- AUTH before TLS ----------------------------------------------------------------------
 
-async def test_v7_auth_with_valid_credentials_in_plaintext(server: SubmissionServer,
+async def test_auth_before_tls_with_valid_credentials_in_plaintext(server: SubmissionServer,
                                                            submitter: RecordingSubmitter,
                                                            monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
@@ -289,12 +291,12 @@ async def test_v7_auth_with_valid_credentials_in_plaintext(server: SubmissionSer
     assert submitter.messages == []
 
 
-# --- V8: open relay and spoofing ----------------------------------------------------------
+# --- open relay and spoofing --------------------------------------------------------------
 
 @pytest.mark.parametrize("rcpt", ["<r@sink.test>", "<@evil.test:r@sink.test>",
                                   "<r%sink.test@relay.local>", "<\"r@sink.test\"@relay.local>",
                                   "<r@sink.test@relay.local>"], ids=repr)
-async def test_v8_unauthenticated_never_relays(server: SubmissionServer, tls: Tls,
+async def test_open_relay_unauthenticated_never_relays(server: SubmissionServer, tls: Tls,
                                                submitter: RecordingSubmitter,
                                                rcpt: str) -> None:
     for use_tls in (False, True):
@@ -309,7 +311,7 @@ async def test_v8_unauthenticated_never_relays(server: SubmissionServer, tls: Tl
     assert submitter.messages == []
 
 
-async def test_v8_source_route_refused_even_authenticated(
+async def test_open_relay_source_route_refused_even_authenticated(
         server: SubmissionServer, tls: Tls, submitter: RecordingSubmitter) -> None:
     client = await tls_session(server.port, tls)
     expect(await client.cmd("MAIL FROM:<u@tenant.example>"), R.SENDER_OK)
@@ -318,7 +320,7 @@ async def test_v8_source_route_refused_even_authenticated(
     await client.close()
 
 
-async def test_v8_foreign_sender_domain_refused(tls: Tls, users: UserStore) -> None:
+async def test_spoofing_foreign_sender_domain_refused(tls: Tls, users: UserStore) -> None:
     submitter = RecordingSubmitter()
 
     def check(user: str | None, address: str) -> str | None:
@@ -340,9 +342,9 @@ async def test_v8_foreign_sender_domain_refused(tls: Tls, users: UserStore) -> N
     assert submitter.messages == []
 
 
-# --- V9: brute force and enumeration ------------------------------------------------------
+# --- brute force and enumeration ----------------------------------------------------------
 
-async def test_v9_unknown_user_and_wrong_password_identical_and_same_work(
+async def test_brute_force_unknown_user_and_wrong_password_identical_and_same_work(
         tls: Tls, users: UserStore, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = count_scrypt(monkeypatch)
     lim_kw = {"auth_max_failures": 100}
@@ -362,7 +364,7 @@ async def test_v9_unknown_user_and_wrong_password_identical_and_same_work(
     assert len(calls) == 3
 
 
-async def test_v9_per_connection_cap_421_and_close(tls: Tls, users: UserStore) -> None:
+async def test_brute_force_per_connection_cap_421_and_close(tls: Tls, users: UserStore) -> None:
     async with running_server(tls=tls, users=users) as srv:
         srv.context.max_auth_attempts = 3
         client = await tls_session(srv.port, tls, login=False)
@@ -373,7 +375,7 @@ async def test_v9_per_connection_cap_421_and_close(tls: Tls, users: UserStore) -
         assert await client.at_eof()
 
 
-async def test_v9_lockout_locks_the_right_password_too(tls: Tls, users: UserStore,
+async def test_brute_force_lockout_locks_the_right_password_too(tls: Tls, users: UserStore,
                                                        monkeypatch: pytest.MonkeyPatch
                                                        ) -> None:
     from relay.testing.submission import fast_limits as limits
