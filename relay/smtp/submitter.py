@@ -19,9 +19,9 @@ from relay.events.headers import header_fields
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import Event, reject_event, send_event
-from relay.queue.records import MessageRecord
 from relay.queue.keys import new_message_id
 from relay.queue.ops import NewMessage
+from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
 from relay.smtp import replies as R
 from relay.smtp.session import MessageRefused
