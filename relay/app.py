@@ -46,7 +46,7 @@ from relay.dkim.keys import KeyStore
 from relay.dkim.sign import Signer
 from relay.dns.resolver import DnsResolver
 from relay.events.destinations import EventRouter
-from relay.events.headers import header_fields
+from relay.events.headers import header_fields, without_fields
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import Event, reject_event, send_event
@@ -111,7 +111,7 @@ class QueueSubmitter:
         if self.config is not None and not msg.configuration_set:
             self._choose_set(msg)
         now = self.store.clock.now()
-        fields, truncated = header_fields(msg.body)
+        fields, truncated = header_fields(msg.body, known=msg.header_fields)
         record = MessageRecord(
             id=new_message_id(now), sender=msg.sender, recipients=list(msg.recipients),
             received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
@@ -129,7 +129,10 @@ class QueueSubmitter:
             self.reject(msg, f"Configuration set {unknown} does not exist")
             raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
-        msg.body = configsets.strip_headers(msg.body)
+        stripped = configsets.strip_headers(msg.body)
+        if stripped is not msg.body:
+            msg.header_fields = without_fields(msg.header_fields, configsets.STRIPPED)
+        msg.body = stripped
         journal = self.journal
         if journal is None:
             record = await self.store.submit_record(msg, on_durable=on_durable)

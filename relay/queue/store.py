@@ -90,6 +90,10 @@ class NewMessage(msgspec.Struct):
     headers: dict[str, str] = {}
     tags: dict[str, list[str]] = {}
     configuration_set: str = ""
+    # The header fields of `body` as relay.events.headers.read_fields reads them, when
+    # already read (at DATA); None: read from `body`. Whoever changes body's header
+    # section changes this too.
+    header_fields: list[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -378,7 +382,7 @@ class QueueStore:
             raise ValueError("too many recipients")
         now = self.clock.now()
         mid = new_message_id(now, self.shard)
-        fields, truncated = header_fields(msg.body)  # for events' mail.headers
+        fields, truncated = header_fields(msg.body, known=msg.header_fields)  # mail.headers
         record = MessageRecord(
             id=mid, sender=msg.sender, recipients=list(msg.recipients), received_at=now,
             size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from email.policy import compat32
 
+from relay.events.headers import SCAN_LIMIT, read_fields
 from relay.smtp import replies as R
 
 COMMON_HEADERS = ("From", "To", "Subject", "Message-ID", "Date")
@@ -72,13 +73,17 @@ class HeaderSection:
     has_date: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # commonHeaders: the first of each
     tags: dict[str, list[str]] = field(default_factory=dict)  # X-SES-MESSAGE-TAGS
+    # Every field in order (name without WSP, value unfolded), as events' read_fields
+    # reads them; None: the section was not read whole (a refusal, longer than
+    # _HEADER_LIMIT, or at the very start of the message).
+    fields: list[tuple[str, str]] | None = None
 
 
 def scan_header_section(body: bytes, start: int, max_hops: int,
                         max_size: int = 1_000_000) -> HeaderSection:
     """Read the header section of `body` (CRLF-only, as DATA leaves it) from `start`:
-    what `header_refusal` and `complete_header_section` need, the common headers and the
-    SES tags, in one pass.
+    what `header_refusal` and `complete_header_section` need, the common headers, the
+    SES tags and (for `stored_header_fields`) every field, in one pass.
 
     A header section ends at the first line that is neither a field nor a continuation:
     normally the empty line, but a stray line ends it too (RFC 5322 §2.1), and then the
@@ -102,7 +107,9 @@ def scan_header_section(body: bytes, start: int, max_hops: int,
         else:  # no end within max_size bytes
             return HeaderSection(start, bound, False, oversized=True)
     section = HeaderSection(start, end, end == len(body) or body.startswith(b"\r\n", end))
-    if first is not None:
+    if first is None:
+        section.fields = []
+    else:
         counts: dict[bytes, int] = {}
         if end - start <= _HEADER_LIMIT and body[start - 1:start] == b"\n":
             rest = _read_small_section(body, section, counts, max_hops)  # the usual case
@@ -119,24 +126,31 @@ def scan_header_section(body: bytes, start: int, max_hops: int,
 def _read_small_section(body: bytes, s: HeaderSection, counts: dict[bytes, int],
                         max_hops: int) -> int:
     """`_read_fields` for a section within _HEADER_LIMIT that follows a line end: one
-    findall of (name, WSP, folded value) tuples, cheaper than a match object per field."""
+    findall of (name, WSP, folded value) tuples, cheaper than a match object per field.
+    Every field is kept in s.fields too (the events' header list: no second reading)."""
+    fields: list[tuple[str, str]] = []
     for name, wsp, raw in _FIELD_VALUE.findall(body, s.start - 1, s.end):
         if wsp:
             s.obsolete_names = True
+        text = raw.replace(b"\r\n", b"").decode("utf-8", "replace")
+        fields.append((name.decode("ascii"), text))
         key = name.lower()
         if key == b"received":
             s.received += 1
             if s.received > max_hops:
-                break
+                return s.end
             continue
         single = _SINGLE.get(key)
         if single is not None:
             n = counts[key] = counts.get(key, 0) + 1
             if n > 1:
                 s.repeated = single
-                break
-        if key in _COMMON or key == _TAGS:
-            _keep(s, key, raw)
+                return s.end
+        if key in _COMMON:
+            s.headers.setdefault(_COMMON[key], text.strip())
+        elif key == _TAGS:
+            _keep_tags(s, text)
+    s.fields = fields
     return s.end
 
 
@@ -178,10 +192,14 @@ def _read_fields(body: bytes, first: re.Match[bytes], s: HeaderSection,
 def _keep(s: HeaderSection, name: bytes, raw: bytes) -> None:
     value = raw.replace(b"\r\n", b"").decode("utf-8", "replace")
     if name == _TAGS:
-        for tname, vals in parse_tags(value).items():
-            s.tags.setdefault(tname, []).extend(vals)
+        _keep_tags(s, value)
     else:
         s.headers.setdefault(_COMMON[name], value.strip())
+
+
+def _keep_tags(s: HeaderSection, value: str) -> None:
+    for tname, vals in parse_tags(value).items():
+        s.tags.setdefault(tname, []).extend(vals)
 
 
 def _count_fields(body: bytes, rest: int, s: HeaderSection, counts: dict[bytes, int],
@@ -232,7 +250,7 @@ def complete_header_section(body: bytes, section: HeaderSection, *, hostname: st
         added["Date"] = _rfc5322_date(int(now))
     if not added and section.separated and not section.obsolete_names:
         return body, added
-    fields = "".join([f"{name}: {value}\r\n" for name, value in added.items()]).encode()
+    fields = _field_lines(added)
     start, end = section.start, section.end
     if section.separated and not section.obsolete_names:  # the usual case: insert only
         return b"".join((body[:start], fields, memoryview(body)[start:])), added
@@ -244,6 +262,36 @@ def complete_header_section(body: bytes, section: HeaderSection, *, hostname: st
                         b"" if section.separated else b"\r\n", view[end:]))
         del head
     return new, added
+
+
+def _field_lines(added: dict[str, str]) -> bytes:
+    return "".join([f"{name}: {value}\r\n" for name, value in added.items()]).encode()
+
+
+def stored_header_fields(body: bytes, section: HeaderSection,
+                         added: dict[str, str]) -> list[tuple[str, str]] | None:
+    """The header fields of the message `complete_header_section` makes of `body` (what
+    precedes the section, the `added` fields, the section), exactly as events'
+    `read_fields` reads them from that message's header block, taken
+    from the scan's reading: the section is not read a second time. None when it must be
+    read from the message (relay/events/headers.py `header_fields`): the scan did not
+    read every field, or the reading could differ (the block would end past SCAN_LIMIT,
+    a bare CR or LF: never in a message from DATA)."""
+    fields = section.fields
+    if fields is None:
+        return None
+    start, end = section.start, section.end
+    head = body[:start] + _field_lines(added)
+    if len(head) + (end - start) + 4 > SCAN_LIMIT or b"\r\n\r\n" in head \
+            or not head.endswith(b"\r\n") or not _crlf_only(head, 0, len(head)) \
+            or not _crlf_only(body, start, end):
+        return None
+    return read_fields(head) + fields
+
+
+def _crlf_only(data: bytes, start: int, end: int) -> bool:
+    crlf = data.count(b"\r\n", start, end)
+    return data.count(b"\n", start, end) == crlf and data.count(b"\r", start, end) == crlf
 
 
 def random_uuid() -> str:

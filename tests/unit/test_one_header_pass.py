@@ -1,0 +1,129 @@
+"""One reading of the header section at DATA gives what three readers gave separately:
+`scan_header_section` (the refusal facts, the From), `extract_headers` (the common
+headers and the SES tags) and events' `header_fields` (every field of the stored
+message, cut at 10 KB). Checked on generated header sections: any field names (standard,
+odd letter case, obsolete WSP before the colon, names the scan does not take as fields),
+folded values, text that is not UTF-8, stray lines that end the section, the
+configuration-set and tag fields removed before storing, and sections long enough to be
+cut at 10 KB or to end past the 256 KB the events reader looks at."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from relay import configsets
+from relay.events.headers import SCAN_LIMIT, header_fields, without_fields
+from relay.smtp.message import (
+    SINGLE_FIELDS,
+    complete_header_section,
+    extract_headers,
+    header_refusal,
+    scan_header_section,
+    stored_header_fields,
+)
+
+TRACE = (b"Received: from c ([127.0.0.1])\r\n\tby relay.test with ESMTP id q1\r\n"
+         b"\tfor <r@dest.test>;\r\n\tMon, 07 Dec 2026 10:00:00 -0000\r\n")
+MAX_HOPS = 3
+NAMES = [*SINGLE_FIELDS, "Received", "X-Mailer", "MIME-Version", "X-SES-MESSAGE-TAGS",
+         "X-SES-CONFIGURATION-SET", "X-Relay-Configuration-Set", "List-Unsubscribe"]
+
+
+def _name() -> st.SearchStrategy[bytes]:
+    standard = st.tuples(st.sampled_from(NAMES), st.sampled_from(["as is", "upper", "lower"]))
+    return st.one_of(
+        standard.map(lambda t: (t[0] if t[1] == "as is" else getattr(t[0], t[1])()).encode()),
+        st.binary(min_size=1, max_size=6).filter(lambda b: b":" not in b and b"\r" not in b
+                                                 and b"\n" not in b),
+        st.sampled_from([b"X-Caf\xc3\xa9", b"Two Words", b"", b"From "]))
+
+
+_TEXT = st.one_of(
+    st.text(alphabet="abc xyz@.<>=,;:\t\u00e9\u2028\x0b\x1c", max_size=16).map(str.encode),
+    st.binary(max_size=10).map(lambda b: b.replace(b"\r", b"").replace(b"\n", b"")),
+    st.sampled_from([b"a=1, b=2", b"<u@x.test>", b" " * 600, b"v" * 900]))
+
+# A line of a header section: a field (perhaps folded), or something that is not one.
+_FIELD_LINE = st.tuples(_name(), st.sampled_from([b"", b" ", b"\t", b" \t"]), _TEXT,
+                        st.lists(_TEXT, max_size=2)).map(
+    lambda t: t[0] + t[1] + b":" + t[2] + b"".join(b"\r\n\t" + c for c in t[3]) + b"\r\n")
+_OTHER_LINE = st.sampled_from([b"From sender@x.test Mon Dec  7 10:00:00 2026\r\n",
+                               b"no colon here\r\n", b": no name\r\n", b" stray fold\r\n"])
+_LINES = st.lists(st.one_of(_FIELD_LINE, _FIELD_LINE, _FIELD_LINE, _OTHER_LINE), max_size=24)
+_REST = st.sampled_from([b"\r\nbody\r\nFrom: in the body\r\n", b"", b"\r\n",
+                         b"text without a colon\r\nSubject: after\r\n\r\nbody\r\n"])
+
+
+def check_against_three_readers(message: bytes, max_hops: int = MAX_HOPS) -> bool | None:
+    """The DATA handler's one reading against each reader on its own. None: refused;
+    else whether the header fields came from the one reading (not read again)."""
+    section = scan_header_section(message, len(TRACE), max_hops)
+    if header_refusal(section, max_hops) is not None:
+        return None
+    body, added = complete_header_section(message, section, hostname="relay.test",
+                                          now=1_796_000_000.0, unique="u-1")
+    known = stored_header_fields(message, section, added)
+    if crlf_only(message):  # as DATA leaves every message
+        # extract_headers reads the section from its start, hops without limit.
+        alone_headers, alone_tags = extract_headers(message[len(TRACE):])
+        assert (section.headers, section.tags) == (alone_headers, alone_tags)
+        assert section.from_value == alone_headers.get("From")
+    # Stored by a queue store alone: the message as completed.
+    assert header_fields(body, known=known) == header_fields(body)
+    for limit in (40, 200):
+        assert header_fields(body, limit, known=known) == header_fields(body, limit)
+    # Through the queue submitter: the configuration-set and tag fields removed first.
+    stripped = configsets.strip_headers(body)
+    kept = known if stripped is body else without_fields(known, configsets.STRIPPED)
+    assert header_fields(stripped, known=kept) == header_fields(stripped)
+    return known is not None
+
+
+def crlf_only(data: bytes) -> bool:
+    crlf = data.count(b"\r\n")
+    return data.count(b"\r") == crlf == data.count(b"\n")
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_LINES, _REST)
+def test_one_pass_gives_what_the_three_readers_give(lines: list[bytes], rest: bytes) -> None:
+    fast = check_against_three_readers(TRACE + b"".join(lines) + rest)
+    assert fast is not False  # an accepted message from DATA is never read twice
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), _REST)
+def test_one_pass_agrees_on_arbitrary_bytes(head: bytes, rest: bytes) -> None:
+    """Bare CR and LF included (DATA refuses those; the one reading then leaves the
+    header fields to be read from the message rather than read them differently)."""
+    check_against_three_readers(TRACE + head + rest)
+
+
+def test_the_usual_message_is_read_once() -> None:
+    message = (TRACE + b"From: <a@x.test>\r\nTo: <b@y.test>\r\nSubject: hi\r\n"
+               b"X-SES-MESSAGE-TAGS: a=1\r\nX-SES-CONFIGURATION-SET: news\r\n\r\nbody\r\n")
+    assert check_against_three_readers(message)
+    section = scan_header_section(message, len(TRACE), MAX_HOPS)
+    _, added = complete_header_section(message, section, hostname="relay.test",
+                                       now=1_796_000_000.0, unique="u-1")
+    known = stored_header_fields(message, section, added)
+    assert known is not None and [name for name, _ in known] == [
+        "Received", "Message-ID", "Date", "From", "To", "Subject", "X-SES-MESSAGE-TAGS",
+        "X-SES-CONFIGURATION-SET"]
+
+
+# Header blocks that end just inside or just past the 256 KB the events reader looks at:
+# whitespace-only values, so the 10 KB cut does not come first.
+@pytest.mark.parametrize("over", [-9, -6, -5, -4, -3, -2, -1, 0, 1, 2, 5])
+def test_a_header_block_at_the_events_scan_limit(over: int) -> None:
+    given_fields = b"Message-ID: <m@x.test>\r\nDate: Mon, 7 Dec 2026 10:00:00 +0000\r\n"
+    fill = SCAN_LIMIT + over - len(TRACE) - len(given_fields)
+    count, extra = divmod(fill, 1002)
+    pads = [b"X-Pad:" + b" " * 994 + b"\r\n"] * (count - 1)
+    pads.append(b"X-Pad:" + b" " * (994 + extra) + b"\r\n")
+    head = given_fields + b"".join(pads)
+    assert len(TRACE) + len(head) == SCAN_LIMIT + over
+    for rest in (b"\r\nbody\r\n", b"", b"stray line\r\n"):
+        assert check_against_three_readers(TRACE + head + rest, max_hops=100) is not None
