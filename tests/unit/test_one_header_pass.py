@@ -93,8 +93,13 @@ def test_one_pass_gives_what_the_three_readers_give(lines: list[bytes], rest: by
     assert fast is not False  # an accepted message from DATA is never read twice
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300), _REST)
+_BARE = st.sampled_from([b"a\rb", b"a\nb", b"\r", b"\n", b"x\n y", b"x\r\ty", b"\r\r\n"])
+_BARE_LINES = st.lists(st.one_of(_FIELD_LINE, st.tuples(_FIELD_LINE, _BARE).map(
+    lambda t: t[0][:-2] + t[1] + b"\r\n"), _OTHER_LINE), max_size=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.binary(max_size=300), _BARE_LINES.map(b"".join)), _REST)
 def test_one_pass_agrees_on_arbitrary_bytes(head: bytes, rest: bytes) -> None:
     """Bare CR and LF included (DATA refuses those; the one reading then leaves the
     header fields to be read from the message rather than read them differently)."""
@@ -115,15 +120,17 @@ def test_the_usual_message_is_read_once() -> None:
 
 
 # Header blocks that end just inside or just past the 256 KB the events reader looks at:
-# whitespace-only values, so the 10 KB cut does not come first.
-@pytest.mark.parametrize("over", [-9, -6, -5, -4, -3, -2, -1, 0, 1, 2, 5])
+# whitespace-only values (so the 10 KB cut does not come first), then a last field that
+# reads differently when cut.
+@pytest.mark.parametrize("over", [-9, -6, -5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5, 9, 12])
 def test_a_header_block_at_the_events_scan_limit(over: int) -> None:
     given_fields = b"Message-ID: <m@x.test>\r\nDate: Mon, 7 Dec 2026 10:00:00 +0000\r\n"
-    fill = SCAN_LIMIT + over - len(TRACE) - len(given_fields)
+    last = b"X-End: last field\r\n"
+    fill = SCAN_LIMIT + over - len(TRACE) - len(given_fields) - len(last)
     count, extra = divmod(fill, 1002)
     pads = [b"X-Pad:" + b" " * 994 + b"\r\n"] * (count - 1)
     pads.append(b"X-Pad:" + b" " * (994 + extra) + b"\r\n")
-    head = given_fields + b"".join(pads)
+    head = given_fields + b"".join(pads) + last
     assert len(TRACE) + len(head) == SCAN_LIMIT + over
     for rest in (b"\r\nbody\r\n", b"", b"stray line\r\n"):
         assert check_against_three_readers(TRACE + head + rest, max_hops=100) is not None
