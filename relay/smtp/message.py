@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from email.policy import compat32
 
-from relay.events.headers import SCAN_LIMIT, read_fields
+from relay.events.headers import SCAN_LIMIT
 from relay.smtp import replies as R
 
 COMMON_HEADERS = ("From", "To", "Subject", "Message-ID", "Date")
@@ -243,17 +243,45 @@ def complete_header_section(body: bytes, section: HeaderSection, *, hostname: st
     colon, the empty line before the body when a stray line ended the headers. Returns the
     (possibly same) message and the fields added. One copy of the message at most, and
     none when nothing changes."""
+    added = _missing_fields(section, hostname, now, unique)
+    return _completed(body, section, _field_lines(added)), added
+
+
+def complete_and_list_fields(
+        body: bytes, section: HeaderSection, *, hostname: str, now: float, unique: str,
+) -> tuple[bytes, dict[str, str], list[tuple[str, str]] | None]:
+    """`complete_header_section`, and the header fields of the message it returns exactly
+    as events' `read_fields` reads them from its header block, made from the scan's
+    reading (the section is not read a second time). The fields are None when they must
+    be read from the message (relay/events/headers.py `header_fields`): the scan did not
+    read every field, or the readings could differ (the block would end past
+    SCAN_LIMIT; a bare CR or LF, or what precedes the section is not one trace field:
+    never so at DATA)."""
+    added = _missing_fields(section, hostname, now, unique)
+    lines = _field_lines(added)
+    return _completed(body, section, lines), added, _stored_fields(body, section, added, lines)
+
+
+def _missing_fields(section: HeaderSection, hostname: str, now: float,
+                    unique: str) -> dict[str, str]:
     added: dict[str, str] = {}
     if not section.has_message_id:
         added["Message-ID"] = f"<{unique}@{hostname}>"
     if not section.has_date:
         added["Date"] = _rfc5322_date(int(now))
-    if not added and section.separated and not section.obsolete_names:
-        return body, added
-    fields = _field_lines(added)
+    return added
+
+
+def _field_lines(added: dict[str, str]) -> bytes:
+    return "".join([f"{name}: {value}\r\n" for name, value in added.items()]).encode()
+
+
+def _completed(body: bytes, section: HeaderSection, fields: bytes) -> bytes:
+    if not fields and section.separated and not section.obsolete_names:
+        return body
     start, end = section.start, section.end
     if section.separated and not section.obsolete_names:  # the usual case: insert only
-        return b"".join((body[:start], fields, memoryview(body)[start:])), added
+        return b"".join((body[:start], fields, memoryview(body)[start:]))
     with memoryview(body) as view:
         head: bytes | memoryview = view[start:end]
         if section.obsolete_names:
@@ -261,32 +289,28 @@ def complete_header_section(body: bytes, section: HeaderSection, *, hostname: st
         new = b"".join((view[:start], fields, head,
                         b"" if section.separated else b"\r\n", view[end:]))
         del head
-    return new, added
+    return new
 
 
-def _field_lines(added: dict[str, str]) -> bytes:
-    return "".join([f"{name}: {value}\r\n" for name, value in added.items()]).encode()
-
-
-def stored_header_fields(body: bytes, section: HeaderSection,
-                         added: dict[str, str]) -> list[tuple[str, str]] | None:
-    """The header fields of the message `complete_header_section` makes of `body` (what
-    precedes the section, the `added` fields, the section), exactly as events'
-    `read_fields` reads them from that message's header block, taken
-    from the scan's reading: the section is not read a second time. None when it must be
-    read from the message (relay/events/headers.py `header_fields`): the scan did not
-    read every field, or the reading could differ (the block would end past SCAN_LIMIT,
-    a bare CR or LF: never in a message from DATA)."""
+def _stored_fields(body: bytes, section: HeaderSection, added: dict[str, str],
+                   lines: bytes) -> list[tuple[str, str]] | None:
+    """The fields of [body up to the section] + `lines` (`added`, names without ":" or
+    WSP) + the section, for `complete_and_list_fields`."""
     fields = section.fields
     if fields is None:
         return None
     start, end = section.start, section.end
-    head = body[:start] + _field_lines(added)
-    if len(head) + (end - start) + 4 > SCAN_LIMIT or b"\r\n\r\n" in head \
-            or not head.endswith(b"\r\n") or not _crlf_only(head, 0, len(head)) \
-            or not _crlf_only(body, start, end):
+    if end + len(lines) + 4 > SCAN_LIMIT or not _crlf_only(body, 0, end) \
+            or not lines.count(b"\n") == lines.count(b"\r") == len(added):  # CR/LF in a value
         return None
-    return read_fields(head) + fields
+    front = [(name, " " + value) for name, value in added.items()]  # "Name: value"
+    if start:  # one Received field whose other lines are continuations (our trace)
+        if not body.startswith(b"Received:") or body[start - 1] != 10 or \
+                body.count(b"\r\n\t", 0, start) + 1 != body.count(b"\r\n", 0, start):
+            return None
+        front.insert(0, ("Received",
+                         body[9:start].replace(b"\r\n", b"").decode("utf-8", "replace")))
+    return front + fields
 
 
 def _crlf_only(data: bytes, start: int, end: int) -> bool:

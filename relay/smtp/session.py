@@ -31,13 +31,12 @@ from relay.smtp import replies as R
 from relay.smtp.address import recipient_syntax_error
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.message import (
-    complete_header_section,
+    complete_and_list_fields,
     header_addresses,
     header_refusal,
     random_uuid,
     received_header,
     scan_header_section,
-    stored_header_fields,
 )
 from relay.users import UserStore
 
@@ -743,13 +742,10 @@ class SubmissionSession(SMTP):
         headers = section.headers
         fields = None
         if fault is None:
-            sent_body = body
-            body, added = complete_header_section(
+            body, added, fields = complete_and_list_fields(
                 body, section, hostname=self.ctx.hostname, now=self.ctx.clock.now(),
                 unique=random_uuid())
             headers.update(added)
-            fields = stored_header_fields(sent_body, section, added)
-            del sent_body
         refusal = self._check_from(section.from_value) if fault is None else None
         if refusal is not None:
             fault = R.MESSAGE_REJECTED.with_text(f"Message rejected: {refusal}")

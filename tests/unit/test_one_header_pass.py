@@ -17,15 +17,16 @@ from relay import configsets
 from relay.events.headers import SCAN_LIMIT, header_fields, without_fields
 from relay.smtp.message import (
     SINGLE_FIELDS,
+    complete_and_list_fields,
     complete_header_section,
     extract_headers,
     header_refusal,
+    received_header,
     scan_header_section,
-    stored_header_fields,
 )
 
-TRACE = (b"Received: from c ([127.0.0.1])\r\n\tby relay.test with ESMTP id q1\r\n"
-         b"\tfor <r@dest.test>;\r\n\tMon, 07 Dec 2026 10:00:00 -0000\r\n")
+TRACE = received_header(helo="c", client_ip="127.0.0.1", hostname="relay.test", tls=False,
+                        authenticated=False, recipients=["r@dest.test"], now=1_796_000_000.0)
 MAX_HOPS = 3
 NAMES = [*SINGLE_FIELDS, "Received", "X-Mailer", "MIME-Version", "X-SES-MESSAGE-TAGS",
          "X-SES-CONFIGURATION-SET", "X-Relay-Configuration-Set", "List-Unsubscribe"]
@@ -56,18 +57,22 @@ _REST = st.sampled_from([b"\r\nbody\r\nFrom: in the body\r\n", b"", b"\r\n",
                          b"text without a colon\r\nSubject: after\r\n\r\nbody\r\n"])
 
 
-def check_against_three_readers(message: bytes, max_hops: int = MAX_HOPS) -> bool | None:
-    """The DATA handler's one reading against each reader on its own. None: refused;
-    else whether the header fields came from the one reading (not read again)."""
-    section = scan_header_section(message, len(TRACE), max_hops)
+def check_against_three_readers(message: bytes, max_hops: int = MAX_HOPS, *,
+                                trace: int = len(TRACE), hostname: str = "relay.test",
+                                ) -> bool | None:
+    """The DATA handler's one reading against each reader on its own (the message's
+    first `trace` bytes are the trace field). None: refused; else whether the header
+    fields came from the one reading (not read again)."""
+    section = scan_header_section(message, trace, max_hops)
     if header_refusal(section, max_hops) is not None:
         return None
-    body, added = complete_header_section(message, section, hostname="relay.test",
-                                          now=1_796_000_000.0, unique="u-1")
-    known = stored_header_fields(message, section, added)
+    body, added, known = complete_and_list_fields(
+        message, section, hostname=hostname, now=1_796_000_000.0, unique="u-1")
+    assert (body, added) == complete_header_section(
+        message, section, hostname=hostname, now=1_796_000_000.0, unique="u-1")
     if crlf_only(message):  # as DATA leaves every message
         # extract_headers reads the section from its start, hops without limit.
-        alone_headers, alone_tags = extract_headers(message[len(TRACE):])
+        alone_headers, alone_tags = extract_headers(message[trace:])
         assert (section.headers, section.tags) == (alone_headers, alone_tags)
         assert section.from_value == alone_headers.get("From")
     # Stored by a queue store alone: the message as completed.
@@ -106,14 +111,39 @@ def test_one_pass_agrees_on_arbitrary_bytes(head: bytes, rest: bytes) -> None:
     check_against_three_readers(TRACE + head + rest)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=20).filter(lambda t: "\r" not in t and "\n" not in t),
+       st.lists(st.sampled_from(["r@dest.test", "other@x.test"]), min_size=1, max_size=2),
+       st.booleans(), st.sampled_from(["", "q1"]), _LINES, _REST)
+def test_one_pass_agrees_whatever_the_trace_says(
+        helo: str, recipients: list[str], tls: bool, queue_id: str, lines: list[bytes],
+        rest: bytes) -> None:
+    """The trace line as the session makes it, whatever the client's HELO."""
+    trace = received_header(helo=helo, client_ip="127.0.0.1", hostname="relay.test",
+                            tls=tls, authenticated=tls, recipients=recipients,
+                            now=1_796_000_000.0, queue_id=queue_id)
+    check_against_three_readers(trace + b"".join(lines) + rest, trace=len(trace))
+
+
+@pytest.mark.parametrize("prefix", [
+    b"", b"Received: a\r\nReceived: b\r\n", b"X-First: a\r\n", b"Received: a\r\n more\r\n",
+    b"Received: a\r\njunk\r\n\tmore\r\n", b"Received: a\r\n\r\n", b"Received: a",
+    b" fold\r\nReceived: a\r\n"])
+@pytest.mark.parametrize("hostname", ["relay.test", "bad\r\nX-Injected: 1", "odd\rhost",
+                                      "h\u00e9te"])
+def test_one_pass_defers_when_what_precedes_the_section_is_not_one_trace_field(
+        prefix: bytes, hostname: str) -> None:
+    message = prefix + b"From: a@x.test\r\nSubject: s\r\n\r\nbody\r\n"
+    check_against_three_readers(message, trace=len(prefix), hostname=hostname)
+
+
 def test_the_usual_message_is_read_once() -> None:
     message = (TRACE + b"From: <a@x.test>\r\nTo: <b@y.test>\r\nSubject: hi\r\n"
                b"X-SES-MESSAGE-TAGS: a=1\r\nX-SES-CONFIGURATION-SET: news\r\n\r\nbody\r\n")
     assert check_against_three_readers(message)
     section = scan_header_section(message, len(TRACE), MAX_HOPS)
-    _, added = complete_header_section(message, section, hostname="relay.test",
-                                       now=1_796_000_000.0, unique="u-1")
-    known = stored_header_fields(message, section, added)
+    _, _, known = complete_and_list_fields(message, section, hostname="relay.test",
+                                           now=1_796_000_000.0, unique="u-1")
     assert known is not None and [name for name, _ in known] == [
         "Received", "Message-ID", "Date", "From", "To", "Subject", "X-SES-MESSAGE-TAGS",
         "X-SES-CONFIGURATION-SET"]
