@@ -73,10 +73,10 @@ class HeaderSection:
     has_date: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # commonHeaders: the first of each
     tags: dict[str, list[str]] = field(default_factory=dict)  # X-SES-MESSAGE-TAGS
-    # Every field in order (name without WSP, value unfolded), as events' read_fields
-    # reads them; None: the section was not read whole (a refusal, longer than
-    # _HEADER_LIMIT, or at the very start of the message).
-    fields: list[tuple[str, str]] | None = None
+    # Every field in order, (name, WSP before the colon, folded value) as found, for
+    # `complete_and_list_fields`; None: the section was not read whole (a refusal,
+    # longer than _HEADER_LIMIT, or at the very start of the message).
+    fields: list[tuple[bytes, bytes, bytes]] | None = None
 
 
 def scan_header_section(body: bytes, start: int, max_hops: int,
@@ -128,12 +128,10 @@ def _read_small_section(body: bytes, s: HeaderSection, counts: dict[bytes, int],
     """`_read_fields` for a section within _HEADER_LIMIT that follows a line end: one
     findall of (name, WSP, folded value) tuples, cheaper than a match object per field.
     Every field is kept in s.fields too (the events' header list: no second reading)."""
-    fields: list[tuple[str, str]] = []
-    for name, wsp, raw in _FIELD_VALUE.findall(body, s.start - 1, s.end):
+    found = _FIELD_VALUE.findall(body, s.start - 1, s.end)
+    for name, wsp, raw in found:
         if wsp:
             s.obsolete_names = True
-        text = raw.replace(b"\r\n", b"").decode("utf-8", "replace")
-        fields.append((name.decode("ascii"), text))
         key = name.lower()
         if key == b"received":
             s.received += 1
@@ -146,11 +144,9 @@ def _read_small_section(body: bytes, s: HeaderSection, counts: dict[bytes, int],
             if n > 1:
                 s.repeated = single
                 return s.end
-        if key in _COMMON:
-            s.headers.setdefault(_COMMON[key], text.strip())
-        elif key == _TAGS:
-            _keep_tags(s, text)
-    s.fields = fields
+        if key in _COMMON or key == _TAGS:
+            _keep(s, key, raw)
+    s.fields = found
     return s.end
 
 
@@ -192,14 +188,10 @@ def _read_fields(body: bytes, first: re.Match[bytes], s: HeaderSection,
 def _keep(s: HeaderSection, name: bytes, raw: bytes) -> None:
     value = raw.replace(b"\r\n", b"").decode("utf-8", "replace")
     if name == _TAGS:
-        _keep_tags(s, value)
+        for tname, vals in parse_tags(value).items():
+            s.tags.setdefault(tname, []).extend(vals)
     else:
         s.headers.setdefault(_COMMON[name], value.strip())
-
-
-def _keep_tags(s: HeaderSection, value: str) -> None:
-    for tname, vals in parse_tags(value).items():
-        s.tags.setdefault(tname, []).extend(vals)
 
 
 def _count_fields(body: bytes, rest: int, s: HeaderSection, counts: dict[bytes, int],
@@ -310,7 +302,9 @@ def _stored_fields(body: bytes, section: HeaderSection, added: dict[str, str],
             return None
         front.insert(0, ("Received",
                          body[9:start].replace(b"\r\n", b"").decode("utf-8", "replace")))
-    return front + fields
+    front += [(name.decode("ascii"), raw.replace(b"\r\n", b"").decode("utf-8", "replace"))
+              for name, _, raw in fields]
+    return front
 
 
 def _crlf_only(data: bytes, start: int, end: int) -> bool:
