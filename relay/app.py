@@ -96,7 +96,7 @@ class QueueSubmitter:
         return the header's name when it names no configured set ("" otherwise)."""
         if self.config is None:
             return ""
-        requested = configsets.requested_set(msg.body)
+        requested = configsets.requested_set(msg.body, msg.header_fields)
         default = ""
         if not requested and self.users is not None and msg.auth_user:
             default = self.users.default_configuration_set(msg.auth_user)
@@ -129,7 +129,7 @@ class QueueSubmitter:
             self.reject(msg, f"Configuration set {unknown} does not exist")
             raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
-        stripped = configsets.strip_headers(msg.body)
+        stripped = configsets.strip_headers(msg.body, msg.header_fields)
         if stripped is not msg.body:
             msg.header_fields = without_fields(msg.header_fields, configsets.STRIPPED)
         msg.body = stripped

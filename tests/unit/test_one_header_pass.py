@@ -1,11 +1,12 @@
-"""One reading of the header section at DATA gives what three readers gave separately:
+"""One reading of the header section at DATA gives what the readers gave separately:
 `scan_header_section` (the refusal facts, the From), `extract_headers` (the common
-headers and the SES tags) and events' `header_fields` (every field of the stored
-message, cut at 10 KB). Checked on generated header sections: any field names (standard,
-odd letter case, obsolete WSP before the colon, names the scan does not take as fields),
-folded values, text that is not UTF-8, stray lines that end the section, the
-configuration-set and tag fields removed before storing, and sections long enough to be
-cut at 10 KB or to end past the 256 KB the events reader looks at."""
+headers and the SES tags), events' `header_fields` (every field of the stored message,
+cut at 10 KB) and the submitter's configsets `requested_set` / `strip_headers`.
+Checked on generated header sections: any field names (standard, odd letter case,
+obsolete WSP before the colon, names the scan does not take as fields), folded values,
+text that is not UTF-8, stray lines that end the section, the configuration-set and tag
+fields, and sections long enough to be cut at 10 KB or to end past the 256 KB the events
+reader looks at."""
 
 from __future__ import annotations
 
@@ -79,8 +80,11 @@ def check_against_three_readers(message: bytes, max_hops: int = MAX_HOPS, *,
     assert header_fields(body, known=known) == header_fields(body)
     for limit in (40, 200):
         assert header_fields(body, limit, known=known) == header_fields(body, limit)
-    # Through the queue submitter: the configuration-set and tag fields removed first.
-    stripped = configsets.strip_headers(body)
+    # Through the queue submitter: the configuration set named, the configuration-set
+    # and tag fields removed.
+    assert configsets.requested_set(body, known) == configsets.requested_set(body)
+    stripped = configsets.strip_headers(body, known)
+    assert stripped == configsets.strip_headers(body)
     kept = known if stripped is body else without_fields(known, configsets.STRIPPED)
     assert header_fields(stripped, known=kept) == header_fields(stripped)
     return known is not None
