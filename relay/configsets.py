@@ -44,9 +44,9 @@ def requested_set(body: bytes, known: list[tuple[str, str]] | None = None) -> st
     of `body` as relay.events.headers.read_fields reads them (listed at DATA); then the
     body is not read again."""
     if known is not None:
-        for name, value in known:
+        for name, text in known:
             if name.lower() in SET_HEADERS:
-                return re.sub(r"\s+", " ", value).strip()
+                return re.sub(r"\s+", " ", text).strip()
         return ""
     head, _ = _split(body)
     for f in _fields(head):
