@@ -4,7 +4,7 @@
   (SES `mail.headers`), cut before the field that would take the total past 10 KB
   (then `mail.headersTruncated` is true). Once per message at submission, from the
   fields the DATA scan already read when it read them all (relay/smtp/message.py
-  `stored_header_fields`), else from the message; the result is kept in its MessageRecord.
+  `complete_and_list_fields`), else from the message; kept in its MessageRecord.
 - `decode_words` / `address_list`: RFC 2047 encoded-words decoded, as SES decodes
   `mail.commonHeaders` (subject, from and to display names). Anything undecodable (an
   unknown charset, broken base64) is kept as sent, never an error.
@@ -29,7 +29,7 @@ def header_fields(body: bytes, limit: int = HEADERS_LIMIT,
     """(name, value) of each header field in order, and whether the list was cut at
     `limit` characters (counting each field as `name: value`). `known`: the fields of
     `body` already read, as `read_fields` reads them (at DATA, by the scan of the header
-    section: relay/smtp/message.py `stored_header_fields`); then `body` is not read."""
+    section: relay/smtp/message.py `complete_and_list_fields`); then `body` is not read."""
     if known is None:
         end = body.find(b"\r\n\r\n", 0, SCAN_LIMIT)
         known = read_fields(body[: end] if end >= 0 else body[:SCAN_LIMIT])

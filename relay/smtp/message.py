@@ -83,7 +83,7 @@ def scan_header_section(body: bytes, start: int, max_hops: int,
                         max_size: int = 1_000_000) -> HeaderSection:
     """Read the header section of `body` (CRLF-only, as DATA leaves it) from `start`:
     what `header_refusal` and `complete_header_section` need, the common headers, the
-    SES tags and (for `stored_header_fields`) every field, in one pass.
+    SES tags and (for `complete_and_list_fields`) every field, in one pass.
 
     A header section ends at the first line that is neither a field nor a continuation:
     normally the empty line, but a stray line ends it too (RFC 5322 §2.1), and then the
