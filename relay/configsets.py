@@ -39,8 +39,15 @@ def _name(field: bytes) -> str:
     return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
 
 
-def requested_set(body: bytes) -> str:
-    """The configuration set named in the header ("" if none)."""
+def requested_set(body: bytes, known: list[tuple[str, str]] | None = None) -> str:
+    """The configuration set named in the header ("" if none). `known`: the header fields
+    of `body` as relay.events.headers.read_fields reads them (listed at DATA); then the
+    body is not read again."""
+    if known is not None:
+        for name, text in known:
+            if name.lower() in SET_HEADERS:
+                return re.sub(r"\s+", " ", text).strip()
+        return ""
     head, _ = _split(body)
     for f in _fields(head):
         if _name(f) in SET_HEADERS:
@@ -49,8 +56,11 @@ def requested_set(body: bytes) -> str:
     return ""
 
 
-def strip_headers(body: bytes) -> bytes:
-    """The message without the configuration-set and tag headers."""
+def strip_headers(body: bytes, known: list[tuple[str, str]] | None = None) -> bytes:
+    """The message without the configuration-set and tag headers. `known`: as in
+    requested_set (when none of them is there, the body is not read)."""
+    if known is not None and not any(name.lower() in STRIPPED for name, _ in known):
+        return body
     head, rest = _split(body)
     fields = _fields(head)
     kept = [f for f in fields if _name(f) not in STRIPPED]

@@ -2,8 +2,9 @@
 
 - `header_fields`: every header field of a message, in order, unfolded, values as sent
   (SES `mail.headers`), cut before the field that would take the total past 10 KB
-  (then `mail.headersTruncated` is true). Run once per message at submission; the result
-  is kept in its MessageRecord.
+  (then `mail.headersTruncated` is true). Once per message at submission, from the
+  fields the DATA scan already read when it read them all (relay/smtp/message.py
+  `complete_and_list_fields`), else from the message; kept in its MessageRecord.
 - `decode_words` / `address_list`: RFC 2047 encoded-words decoded, as SES decodes
   `mail.commonHeaders` (subject, from and to display names). Anything undecodable (an
   unknown charset, broken base64) is kept as sent, never an error.
@@ -18,16 +19,26 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 
 HEADERS_LIMIT = 10 * 1024        # SES: headers are truncated past 10 KB
-_SCAN_LIMIT = 256 * 1024         # the header block is not looked for past this
+SCAN_LIMIT = 256 * 1024          # the header block is not looked for past this
 _SPECIALS = set('()<>[]:;@\\,."')  # RFC 5322 specials: a display name with one is quoted
 
 
-def header_fields(body: bytes, limit: int = HEADERS_LIMIT) -> tuple[list[tuple[str, str]],
-                                                                   bool]:
+def header_fields(body: bytes, limit: int = HEADERS_LIMIT,
+                  known: list[tuple[str, str]] | None = None,
+                  ) -> tuple[list[tuple[str, str]], bool]:
     """(name, value) of each header field in order, and whether the list was cut at
-    `limit` characters (counting each field as `name: value`)."""
-    end = body.find(b"\r\n\r\n", 0, _SCAN_LIMIT)
-    block = body[: end] if end >= 0 else body[:_SCAN_LIMIT]
+    `limit` characters (counting each field as `name: value`). `known`: the fields of
+    `body` already read, as `read_fields` reads them (at DATA, by the scan of the header
+    section: relay/smtp/message.py `complete_and_list_fields`); then `body` is not read."""
+    if known is None:
+        end = body.find(b"\r\n\r\n", 0, SCAN_LIMIT)
+        known = read_fields(body[: end] if end >= 0 else body[:SCAN_LIMIT])
+    return cut_fields(known, limit)
+
+
+def read_fields(block: bytes) -> list[tuple[str, str]]:
+    """(name, value) of each field of a header block, in order, unfolded; values not yet
+    stripped. Lines that are not fields (an mbox "From " line, junk) are left out."""
     lines = block.decode("utf-8", "replace").replace("\r\n", "\n").split("\n")
     fields: list[tuple[str, str]] = []
     for line in lines:
@@ -41,6 +52,13 @@ def header_fields(body: bytes, limit: int = HEADERS_LIMIT) -> tuple[list[tuple[s
         if not colon or not name or " " in name or "\t" in name:
             continue  # not a field (an mbox "From " line, junk): not a header SES would show
         fields.append((name, value))
+    return fields
+
+
+def cut_fields(fields: list[tuple[str, str]], limit: int = HEADERS_LIMIT,
+               ) -> tuple[list[tuple[str, str]], bool]:
+    """`fields` with values stripped, cut before the field that takes the total past
+    `limit` characters; and whether it was cut."""
     out: list[tuple[str, str]] = []
     size = 0
     for name, value in fields:
@@ -50,6 +68,15 @@ def header_fields(body: bytes, limit: int = HEADERS_LIMIT) -> tuple[list[tuple[s
             return out, True
         out.append((name, value))
     return out, False
+
+
+def without_fields(fields: list[tuple[str, str]] | None,
+                   names: frozenset[str]) -> list[tuple[str, str]] | None:
+    """`fields` less those whose lower-case name is in `names`: the field list of a
+    message after those fields were removed from its header (relay/configsets.py)."""
+    if fields is None:
+        return None
+    return [f for f in fields if f[0].lower() not in names]
 
 
 @functools.lru_cache(maxsize=4096)

@@ -73,6 +73,10 @@ class NewMessage(msgspec.Struct):
     headers: dict[str, str] = {}
     tags: dict[str, list[str]] = {}
     configuration_set: str = ""
+    # The header fields of `body` as relay.events.headers.read_fields reads them, when
+    # already read (at DATA); None: read from `body`. Whoever changes body's header
+    # section changes this too.
+    header_fields: list[tuple[str, str]] | None = None
 
 
 @dataclass(frozen=True)

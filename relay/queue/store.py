@@ -166,7 +166,7 @@ class QueueStore:
             raise ValueError("too many recipients")
         now = self.clock.now()
         mid = new_message_id(now, self.shard)
-        fields, truncated = header_fields(msg.body)  # for events' mail.headers
+        fields, truncated = header_fields(msg.body, known=msg.header_fields)  # mail.headers
         record = MessageRecord(
             id=mid, sender=msg.sender, recipients=list(msg.recipients), received_at=now,
             size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from email.policy import compat32
 
+from relay.events.headers import SCAN_LIMIT
 from relay.smtp import replies as R
 
 COMMON_HEADERS = ("From", "To", "Subject", "Message-ID", "Date")
@@ -72,13 +73,17 @@ class HeaderSection:
     has_date: bool = False
     headers: dict[str, str] = field(default_factory=dict)  # commonHeaders: the first of each
     tags: dict[str, list[str]] = field(default_factory=dict)  # X-SES-MESSAGE-TAGS
+    # Every field in order, (name, WSP before the colon, folded value) as found, for
+    # `complete_and_list_fields`; None: the section was not read whole (a refusal,
+    # longer than _HEADER_LIMIT, or at the very start of the message).
+    fields: list[tuple[bytes, bytes, bytes]] | None = None
 
 
 def scan_header_section(body: bytes, start: int, max_hops: int,
                         max_size: int = 1_000_000) -> HeaderSection:
     """Read the header section of `body` (CRLF-only, as DATA leaves it) from `start`:
-    what `header_refusal` and `complete_header_section` need, the common headers and the
-    SES tags, in one pass.
+    what `header_refusal` and `complete_header_section` need, the common headers, the
+    SES tags and (for `complete_and_list_fields`) every field, in one pass.
 
     A header section ends at the first line that is neither a field nor a continuation:
     normally the empty line, but a stray line ends it too (RFC 5322 §2.1), and then the
@@ -102,7 +107,9 @@ def scan_header_section(body: bytes, start: int, max_hops: int,
         else:  # no end within max_size bytes
             return HeaderSection(start, bound, False, oversized=True)
     section = HeaderSection(start, end, end == len(body) or body.startswith(b"\r\n", end))
-    if first is not None:
+    if first is None:
+        section.fields = []
+    else:
         counts: dict[bytes, int] = {}
         if end - start <= _HEADER_LIMIT and body[start - 1:start] == b"\n":
             rest = _read_small_section(body, section, counts, max_hops)  # the usual case
@@ -119,24 +126,27 @@ def scan_header_section(body: bytes, start: int, max_hops: int,
 def _read_small_section(body: bytes, s: HeaderSection, counts: dict[bytes, int],
                         max_hops: int) -> int:
     """`_read_fields` for a section within _HEADER_LIMIT that follows a line end: one
-    findall of (name, WSP, folded value) tuples, cheaper than a match object per field."""
-    for name, wsp, raw in _FIELD_VALUE.findall(body, s.start - 1, s.end):
+    findall of (name, WSP, folded value) tuples, cheaper than a match object per field.
+    Every field is kept in s.fields too (the events' header list: no second reading)."""
+    found = _FIELD_VALUE.findall(body, s.start - 1, s.end)
+    for name, wsp, raw in found:
         if wsp:
             s.obsolete_names = True
         key = name.lower()
         if key == b"received":
             s.received += 1
             if s.received > max_hops:
-                break
+                return s.end
             continue
         single = _SINGLE.get(key)
         if single is not None:
             n = counts[key] = counts.get(key, 0) + 1
             if n > 1:
                 s.repeated = single
-                break
+                return s.end
         if key in _COMMON or key == _TAGS:
             _keep(s, key, raw)
+    s.fields = found
     return s.end
 
 
@@ -225,17 +235,45 @@ def complete_header_section(body: bytes, section: HeaderSection, *, hostname: st
     colon, the empty line before the body when a stray line ended the headers. Returns the
     (possibly same) message and the fields added. One copy of the message at most, and
     none when nothing changes."""
+    added = _missing_fields(section, hostname, now, unique)
+    return _completed(body, section, _field_lines(added)), added
+
+
+def complete_and_list_fields(
+        body: bytes, section: HeaderSection, *, hostname: str, now: float, unique: str,
+) -> tuple[bytes, dict[str, str], list[tuple[str, str]] | None]:
+    """`complete_header_section`, and the header fields of the message it returns exactly
+    as events' `read_fields` reads them from its header block, made from the scan's
+    reading (the section is not read a second time). The fields are None when they must
+    be read from the message (relay/events/headers.py `header_fields`): the scan did not
+    read every field, or the readings could differ (the block would end past
+    SCAN_LIMIT; a bare CR or LF, or what precedes the section is not one trace field:
+    never so at DATA)."""
+    added = _missing_fields(section, hostname, now, unique)
+    lines = _field_lines(added)
+    return _completed(body, section, lines), added, _stored_fields(body, section, added, lines)
+
+
+def _missing_fields(section: HeaderSection, hostname: str, now: float,
+                    unique: str) -> dict[str, str]:
     added: dict[str, str] = {}
     if not section.has_message_id:
         added["Message-ID"] = f"<{unique}@{hostname}>"
     if not section.has_date:
         added["Date"] = _rfc5322_date(int(now))
-    if not added and section.separated and not section.obsolete_names:
-        return body, added
-    fields = "".join([f"{name}: {value}\r\n" for name, value in added.items()]).encode()
+    return added
+
+
+def _field_lines(added: dict[str, str]) -> bytes:
+    return "".join([f"{name}: {value}\r\n" for name, value in added.items()]).encode()
+
+
+def _completed(body: bytes, section: HeaderSection, fields: bytes) -> bytes:
+    if not fields and section.separated and not section.obsolete_names:
+        return body
     start, end = section.start, section.end
     if section.separated and not section.obsolete_names:  # the usual case: insert only
-        return b"".join((body[:start], fields, memoryview(body)[start:])), added
+        return b"".join((body[:start], fields, memoryview(body)[start:]))
     with memoryview(body) as view:
         head: bytes | memoryview = view[start:end]
         if section.obsolete_names:
@@ -243,7 +281,35 @@ def complete_header_section(body: bytes, section: HeaderSection, *, hostname: st
         new = b"".join((view[:start], fields, head,
                         b"" if section.separated else b"\r\n", view[end:]))
         del head
-    return new, added
+    return new
+
+
+def _stored_fields(body: bytes, section: HeaderSection, added: dict[str, str],
+                   lines: bytes) -> list[tuple[str, str]] | None:
+    """The fields of [body up to the section] + `lines` (`added`, names without ":" or
+    WSP) + the section, for `complete_and_list_fields`."""
+    fields = section.fields
+    if fields is None:
+        return None
+    start, end = section.start, section.end
+    if end + len(lines) + 4 > SCAN_LIMIT or not _crlf_only(body, 0, end) \
+            or not lines.count(b"\n") == lines.count(b"\r") == len(added):  # CR/LF in a value
+        return None
+    front = [(name, " " + value) for name, value in added.items()]  # "Name: value"
+    if start:  # one Received field whose other lines are continuations (our trace)
+        if not body.startswith(b"Received:") or body[start - 1] != 10 or \
+                body.count(b"\r\n\t", 0, start) + 1 != body.count(b"\r\n", 0, start):
+            return None
+        front.insert(0, ("Received",
+                         body[9:start].replace(b"\r\n", b"").decode("utf-8", "replace")))
+    front += [(name.decode("ascii"), raw.replace(b"\r\n", b"").decode("utf-8", "replace"))
+              for name, _, raw in fields]
+    return front
+
+
+def _crlf_only(data: bytes, start: int, end: int) -> bool:
+    crlf = data.count(b"\r\n", start, end)
+    return data.count(b"\n", start, end) == crlf and data.count(b"\r", start, end) == crlf
 
 
 def random_uuid() -> str:

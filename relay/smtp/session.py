@@ -32,7 +32,7 @@ from relay.smtp import replies as R
 from relay.smtp.address import recipient_syntax_error
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.message import (
-    complete_header_section,
+    complete_and_list_fields,
     header_addresses,
     header_refusal,
     random_uuid,
@@ -734,14 +734,16 @@ class SubmissionSession(SMTP):
         body = b"".join(parts)  # the only whole copy of the message
         parts.clear()
         # The client's header section (after our trace line), read once: the hop limit,
-        # RFC 5322 §3.6's one-of-each fields, and the one From that will be delivered.
+        # RFC 5322 §3.6's one-of-each fields, the one From that will be delivered, the
+        # common headers and tags, and every field for events' mail.headers.
         max_hops = self.ctx.limits.max_hop_count
         section = scan_header_section(body, len(trace), max_hops,
                                       int(self.ctx.limits.max_header_size))
         fault = header_refusal(section, max_hops)
         headers = section.headers
+        fields = None
         if fault is None:
-            body, added = complete_header_section(
+            body, added, fields = complete_and_list_fields(
                 body, section, hostname=self.ctx.hostname, now=self.ctx.clock.now(),
                 unique=random_uuid())
             headers.update(added)
@@ -751,7 +753,8 @@ class SubmissionSession(SMTP):
         msg = NewMessage(
             sender=envelope.mail_from or "", recipients=recipients, body=body,
             client_ip=self.client_ip, helo=self.session.host_name or "",
-            auth_user=self.auth_user, headers=headers, tags=section.tags)
+            auth_user=self.auth_user, headers=headers, tags=section.tags,
+            header_fields=fields)
         if fault is not None:
             reason = refusal or fault.text
             log.info("%s: message refused: %s", self.client_ip, reason)

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from relay import configsets
 from relay.config import Config
-from relay.events.headers import header_fields
+from relay.events.headers import header_fields, without_fields
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.events.model import Event, reject_event, send_event
@@ -56,7 +56,7 @@ class QueueSubmitter:
         return the header's name when it names no configured set ("" otherwise)."""
         if self.config is None:
             return ""
-        requested = configsets.requested_set(msg.body)
+        requested = configsets.requested_set(msg.body, msg.header_fields)
         default = ""
         if not requested and self.users is not None and msg.auth_user:
             default = self.users.default_configuration_set(msg.auth_user)
@@ -71,7 +71,7 @@ class QueueSubmitter:
         if self.config is not None and not msg.configuration_set:
             self._choose_set(msg)
         now = self.store.clock.now()
-        fields, truncated = header_fields(msg.body)
+        fields, truncated = header_fields(msg.body, known=msg.header_fields)
         record = MessageRecord(
             id=new_message_id(now), sender=msg.sender, recipients=list(msg.recipients),
             received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
@@ -89,7 +89,10 @@ class QueueSubmitter:
             self.reject(msg, f"Configuration set {unknown} does not exist")
             raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
-        msg.body = configsets.strip_headers(msg.body)
+        stripped = configsets.strip_headers(msg.body, msg.header_fields)
+        if stripped is not msg.body:
+            msg.header_fields = without_fields(msg.header_fields, configsets.STRIPPED)
+        msg.body = stripped
         journal = self.journal
         if journal is None:
             record = await self.store.submit_record(msg, on_durable=on_durable)
