@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.sink import Sink
 
 # Destination domains and where their MX hosts live.
@@ -31,9 +32,8 @@ ZONE: dict[str, list[tuple[str, str]]] = {
 
 
 @pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
+def dns_server(dns_server: DnsServers) -> DnsServer:
+    return dns_server(ZONE)
 
 
 def _busy_policy(stage: str, arg: str, envelope: Any) -> str | None:

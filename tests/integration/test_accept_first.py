@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from relay.identity.store import IdentityStore
 from relay.queue.ops import NewMessage
 from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.process import free_port
 from relay.testing.sink import Sink
 
@@ -43,10 +44,9 @@ TOTAL = ROUNDS * PER_ROUND
 
 
 @pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
+def dns_server(dns_server: DnsServers) -> DnsServer:
     zone = {"dest.test": [("MX", "10 mx.dest.test")], "mx.dest.test": [("A", "127.0.0.2")]}
-    with DnsServer(zone) as server:
-        yield server
+    return dns_server(zone)
 
 
 @dataclass

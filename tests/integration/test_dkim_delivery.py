@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from relay.queue.records import State
 from relay.queue.store import QueueStore
 from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.require import require_path, require_program
 from relay.testing.sink import Received, Sink
 from relay.verp import Verp
@@ -57,14 +58,13 @@ MESSAGES = {"7bit": SEVEN_BIT, "8bit": EIGHT_BIT, "long-line": LONG_LINE,
 
 
 @pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
+def dns_server(dns_server: DnsServers) -> DnsServer:
     zone = {
         "dest.test": [("MX", "10 mx.dest.test")],
         "mx.dest.test": [("A", "127.0.0.2")],
         "bounce.example.com": [("MX", "10 relay.test")],
     }
-    with DnsServer(zone) as server:
-        yield server
+    return dns_server(zone)
 
 
 def publish(server: DnsServer, keys: KeyStore, domain: str) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,12 +12,13 @@ from relay.config import loads
 from relay.dns.answers import MxRecord, Status
 from relay.dns.resolver import DnsResolver
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 
 DKIM_KEY = "v=DKIM1; k=rsa; p=" + "A" * 400  # longer than one 255-byte string
 
 
 @pytest.fixture
-def ns() -> Iterator[DnsServer]:
+def ns(dns_server: DnsServers) -> DnsServer:
     zone = {
         "example.com": [("MX", "10 mx1.example.com", 300), ("MX", "20 mx2.example.com", 300),
                         ("TXT", "v=spf1 -all", 300)],
@@ -28,8 +28,7 @@ def ns() -> Iterator[DnsServer]:
         "sel._domainkey.example.com": [("TXT", DKIM_KEY, 300)],
         "alias.example.com": [("CNAME", "mx1.example.com", 300)],
     }
-    with DnsServer(zone, negative_ttl=600) as server:
-        yield server
+    return dns_server(zone, negative_ttl=600)
 
 
 def resolver(ns: DnsServer, clock: FakeClock | None = None, *, timeout: float = 0.3,

@@ -8,18 +8,17 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 
 
 @pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    with DnsServer({}) as server:
-        yield server
+def dns_server(dns_server: DnsServers) -> DnsServer:
+    return dns_server({})
 
 
 @pytest.fixture

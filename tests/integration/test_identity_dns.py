@@ -5,7 +5,6 @@ Time is a FakeClock: the 90-day rotation schedule and the grace period run insta
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,15 +17,15 @@ from relay.dns.resolver import DnsResolver
 from relay.identity.check import check_identity, rotation_tick
 from relay.identity.spf import recommended_record, sending_ips
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 
 DAY = 86400.0
 BODY = b"From: a@example.com\r\nTo: b@dest.test\r\nSubject: s\r\n\r\nhi\r\n"
 
 
 @pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    with DnsServer({}) as server:
-        yield server
+def dns_server(dns_server: DnsServers) -> DnsServer:
+    return dns_server({})
 
 
 def resolver(server: DnsServer, clock: FakeClock) -> DnsResolver:

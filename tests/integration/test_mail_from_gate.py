@@ -9,7 +9,7 @@ queued; a DNS temporary failure gives 451 4.4.3; "use_default" identities are ac
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from relay.identity.outbound import Outbound
 from relay.queue.ops import NewMessage
 from relay.smtp.server import SubmissionServer
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.submission import RawClient, RecordingSubmitter, Reply, Tls, running_server
 from relay.users import UserStore
 from relay.verp import Verp
@@ -33,9 +34,8 @@ def tls() -> Tls:
 
 
 @pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
-    with DnsServer({"bounce.good.test": [("MX", "10 relay.test")]}) as server:
-        yield server
+def dns_server(dns_server: DnsServers) -> DnsServer:
+    return dns_server({"bounce.good.test": [("MX", "10 relay.test")]})
 
 
 class Setup:

@@ -7,7 +7,6 @@ jumps the FakeClock to the store's next due time.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,20 +25,20 @@ from relay.queue.ops import NewMessage
 from relay.queue.records import State
 from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.sink import Sink
 
 HOUR = 3600.0
 
 
 @pytest.fixture
-def dns_server() -> Iterator[DnsServer]:
+def dns_server(dns_server: DnsServers) -> DnsServer:
     zone = {
         "dest.test": [("MX", "10 mx.dest.test")],
         "mx.dest.test": [("A", "127.0.0.2")],
         "nullmx.test": [("MX", "0 .")],
     }
-    with DnsServer(zone) as server:
-        yield server
+    return dns_server(zone)
 
 
 class Switch:

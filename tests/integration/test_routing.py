@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import pytest
 
@@ -13,6 +12,7 @@ from relay.delivery.routing import Router
 from relay.dns.resolver import DnsResolver
 from relay.dns.route import RouteFailure, Target, Targets
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 
 ZONE = {
     "example.com": [("MX", "20 backup.example.com", 300), ("MX", "10 primary.example.com", 300)],
@@ -34,9 +34,8 @@ ZONE = {
 
 
 @pytest.fixture
-def ns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
+def ns(dns_server: DnsServers) -> DnsServer:
+    return dns_server(ZONE)
 
 
 def router(ns: DnsServer, *, port: int = 2525, routes: dict[str, NextHop] | None = None,

@@ -18,10 +18,9 @@ from relay.testing.dnsserver import DnsServer
 
 
 @pytest.fixture
-def ns(request: pytest.FixtureRequest) -> Iterator[DnsServer]:
+def ns(request: pytest.FixtureRequest, dns_server: DnsServers) -> DnsServer:
     """relay.testing.dnsserver on loopback, answering from the test module's ZONE."""
-    with DnsServer(request.module.ZONE) as server:
-        yield server
+    return dns_server(request.module.ZONE)
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ from relay.dns.route import RouteFailure, Targets
 from relay.testing.delivery import BODY, short_delivery
 from relay.testing.delivery import StubTarget as T
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.hostile import HostileServer, Mode
 
 delivery = functools.partial(short_delivery, 1.0)
@@ -147,9 +148,8 @@ ZONE = {
 
 
 @pytest.fixture
-def dns_server() -> Any:
-    with DnsServer(ZONE) as server:
-        yield server
+def dns_server(dns_server: DnsServers) -> DnsServer:
+    return dns_server(ZONE)
 
 
 def router(ns: DnsServer) -> Router:
