@@ -29,7 +29,7 @@ from relay.events.log import EventLog
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.feedback.processor import FeedbackProcessor
 from relay.queue.store import QueueStore
-from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.process import RelayProcess, free_port, relay_config, write_config
 from relay.testing.submission import RawClient
 from relay.verp import Verp
@@ -71,23 +71,24 @@ class Feedbacker:
 
 
 @pytest.fixture(scope="module")
-def feedbacker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Feedbacker]:
+def feedbacker(tmp_path_factory: pytest.TempPathFactory,
+               module_dns_server: DnsServers) -> Iterator[Feedbacker]:
     tmp = tmp_path_factory.mktemp("feedback-edges")
     submit_port, feedback_port, admin_port = free_port(), free_port(), free_port()
-    with DnsServer({}) as dns:
-        data = relay_config(tmp / "state", dns.nameserver, 25, [
-            {"address": f"127.0.0.1:{submit_port}", "tls": "none", "auth": "none",
-             "trusted_networks": ["127.0.0.0/8"]},
-            {"address": f"127.0.0.1:{feedback_port}", "tls": "none", "auth": "none",
-             "role": "feedback"}])
-        data["feedback"] = {"unparsed_max_size": JUNK_LIMIT}
-        data["admin"] = {"enabled": True, "address": f"127.0.0.1:{admin_port}"}
-        config = write_config(tmp / "relay.toml", data)
-        relay = RelayProcess(config, log_dir=tmp / "logs").start()
-        try:
-            yield Feedbacker(relay, submit_port, feedback_port, admin_port, tmp / "state")
-        finally:
-            relay.stop()
+    dns = module_dns_server({})
+    data = relay_config(tmp / "state", dns.nameserver, 25, [
+        {"address": f"127.0.0.1:{submit_port}", "tls": "none", "auth": "none",
+         "trusted_networks": ["127.0.0.0/8"]},
+        {"address": f"127.0.0.1:{feedback_port}", "tls": "none", "auth": "none",
+         "role": "feedback"}])
+    data["feedback"] = {"unparsed_max_size": JUNK_LIMIT}
+    data["admin"] = {"enabled": True, "address": f"127.0.0.1:{admin_port}"}
+    config = write_config(tmp / "relay.toml", data)
+    relay = RelayProcess(config, log_dir=tmp / "logs").start()
+    try:
+        yield Feedbacker(relay, submit_port, feedback_port, admin_port, tmp / "state")
+    finally:
+        relay.stop()
 
 
 def greeting_seconds(port: int) -> float:

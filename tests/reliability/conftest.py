@@ -15,6 +15,7 @@ import pytest
 
 from relay.testing.disk import mounted_tmpfs
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 
 
 @pytest.fixture

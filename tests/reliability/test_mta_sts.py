@@ -26,6 +26,7 @@ from relay.delivery.routing import Router
 from relay.dns.resolver import DnsResolver
 from relay.dns.route import RouteFailure, Target, Targets
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.hostile import HostileServer
 from relay.testing.sink import Sink
 
@@ -143,7 +144,7 @@ def sinks(ca: trustme.CA) -> Iterator[tuple[Sink, Sink, Sink]]:
 
 @pytest.fixture
 async def world(ca: trustme.CA, sinks: tuple[Sink, Sink, Sink],
-                tmp_path: Path) -> AsyncIterator[World]:
+                tmp_path: Path, dns_server: DnsServers) -> AsyncIterator[World]:
     server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ca.issue_cert("mta-sts.dest.test").configure_cert(server_ctx)
     client_ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
@@ -157,9 +158,8 @@ async def world(ca: trustme.CA, sinks: tuple[Sink, Sink, Sink],
         "_mta-sts.dest.test": [("TXT", "v=STSv1; id=20240101", 1)],
         "mta-sts.dest.test": [("A", POLICY_IP, 1)],
     }
-    with DnsServer(zone) as dns:
-        yield World(dns, https, *sinks, client_ctx=client_ctx, state=tmp_path / "state",
-                    clock=FakeClock())
+    yield World(dns_server(zone), https, *sinks, client_ctx=client_ctx,
+                state=tmp_path / "state", clock=FakeClock())
     await https.stop()
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.process import RelayProcess, listener_config, relay_config, write_config
 from relay.testing.sink import Sink
 
@@ -28,23 +29,23 @@ ZONE = {
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RelayProcess, DnsServer,
-                                                                      Sink, str]]:
+def world(tmp_path_factory: pytest.TempPathFactory,
+          module_dns_server: DnsServers) -> Iterator[tuple[RelayProcess, DnsServer, Sink, str]]:
     tmp = tmp_path_factory.mktemp("relayproc")
-    with DnsServer(ZONE) as dns_server:
-        sink = Sink("127.0.0.2", 0).start()
-        evil = Sink("127.0.0.3", sink.port).start()
-        try:
-            listener = listener_config(tls="none", auth="none",
-                                       trusted_networks=["127.0.0.0/8"])
-            cfg = relay_config(tmp / "state", dns_server.nameserver, sink.port, [listener])
-            cfg["limits"] = {"max_message_size": "40MB"}
-            relay = RelayProcess(write_config(tmp / "relay.toml", cfg), log_dir=tmp / "logs")
-            with relay:
-                yield relay, dns_server, evil, listener["address"]
-        finally:
-            evil.stop()
-            sink.stop()
+    dns_server = module_dns_server(ZONE)
+    sink = Sink("127.0.0.2", 0).start()
+    evil = Sink("127.0.0.3", sink.port).start()
+    try:
+        listener = listener_config(tls="none", auth="none",
+                                   trusted_networks=["127.0.0.0/8"])
+        cfg = relay_config(tmp / "state", dns_server.nameserver, sink.port, [listener])
+        cfg["limits"] = {"max_message_size": "40MB"}
+        relay = RelayProcess(write_config(tmp / "relay.toml", cfg), log_dir=tmp / "logs")
+        with relay:
+            yield relay, dns_server, evil, listener["address"]
+    finally:
+        evil.stop()
+        sink.stop()
 
 
 class Smtp:
