@@ -70,6 +70,4 @@ class Stores:
 
     async def close_all(self) -> None:
         while self.opened:
-            store = self.opened.pop()
-            if store.running:
-                await store.close()
+            await self.opened.pop().close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from pathlib import Path
 
 import pytest
 
@@ -21,6 +20,7 @@ from relay.queue.ops import NewMessage
 from relay.queue.store import QueueStore
 from relay.smtp import replies as R
 from relay.smtp.server import SubmissionServer
+from relay.testing.factories import Stores
 from relay.testing.submission import RawClient, make_listener, running_server
 
 
@@ -52,11 +52,8 @@ class HeldSubmitter:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[QueueStore]:
-    store = QueueStore(tmp_path / "queue", FakeClock())
-    await store.start()
-    yield store
-    await store.close()
+async def store(make_store: Stores) -> QueueStore:
+    return await make_store(FakeClock())
 
 
 @pytest.fixture

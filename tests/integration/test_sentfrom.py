@@ -10,7 +10,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -19,19 +18,15 @@ from relay.clock import FakeClock
 from relay.delivery.sentfrom import SentFrom, prune_sent_op
 from relay.queue.keys import new_message_id
 from relay.queue.store import QueueStore
+from relay.testing.factories import Stores
 
 DAY = 86400.0
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[QueueStore]:
+async def store(make_store: Stores) -> QueueStore:
     """A real spool at tmp_path/q on a fake clock; closed afterwards."""
-    opened = QueueStore(tmp_path / "q", FakeClock(1_800_000_000.0))
-    await opened.start()
-    try:
-        yield opened
-    finally:
-        await opened.close()
+    return await make_store(FakeClock(1_800_000_000.0), name="q")
 
 
 async def committed(sent: SentFrom) -> None:
