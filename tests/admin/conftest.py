@@ -10,13 +10,13 @@ import pytest
 from adminkit import ZONE, Admin, make_admin_relay, sink_policy
 
 from relay.testing.dnsserver import DnsServer
+from relay.testing.factories import DnsServers
 from relay.testing.sink import Sink
 
 
 @pytest.fixture(scope="module")
-def dns() -> Iterator[DnsServer]:
-    with DnsServer(ZONE) as server:
-        yield server
+def dns(module_dns_server: DnsServers) -> DnsServer:
+    return module_dns_server(ZONE)
 
 
 @pytest.fixture(scope="module")
