@@ -98,19 +98,20 @@ class EventsQuery(Params):
 
 
 class SuppressionAdd(Params):
-    """POST /api/suppression. The reason is read case-insensitively (the handler
-    upper-cases it before checking it against the list), so the list is documented
-    here rather than enforced by the type."""
+    """Suppress an address; `reason` is read case-insensitively."""
 
     address: str
+    # Any case is accepted (the handler upper-cases it, then checks it against the
+    # list), so the list is documented here rather than enforced by the type.
     reason: Annotated[str, Meta(extra_json_schema={"enum": SUPPRESSION_REASONS})] = "BOUNCE"
 
 
 class UserAdd(Params):
-    """POST /api/users. The password's length is checked by the handler (after the
-    name, so a bad name is named first); the schema documents it."""
+    """Add an SMTP user; without `password`, relay generates one and answers it once."""
 
     name: str
+    # The length is checked by the handler, after the name (a bad name is named first,
+    # whatever the password), so the schema documents it rather than the type.
     password: Annotated[str, Meta(extra_json_schema={
         "minLength": MIN_NEW_PASSWORD_LENGTH})] | UnsetType = UNSET
     allow: list[str] = []
