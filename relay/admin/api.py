@@ -2,8 +2,10 @@
 
 Rules: every /api/ request needs `Authorization: Bearer <token>` (401 otherwise; tokens
 from relay.admin.tokens); wrong input is a 400 `{"error": ..., "field": ...}` naming the
-query parameter, path part or JSON key; unknown ids are 404. Responses never contain a
-secret: no password hash, no token or token hash, no DKIM private key, no message body.
+query parameter, path part or JSON key (query strings and JSON bodies are decoded into
+the Structs of relay.admin.params; path parts are checked here); unknown ids are 404.
+Responses never contain a secret: no password hash, no token or token hash, no DKIM
+private key, no message body.
 Queue actions go through the store's group committer like the scheduler's own writes.
 Suppression reads and writes relay/suppression's list (the queue's LMDB environment).
 Must not: block the event loop on slow work (scrypt runs in a thread).
