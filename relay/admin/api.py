@@ -2,8 +2,10 @@
 
 Rules: every /api/ request needs `Authorization: Bearer <token>` (401 otherwise; tokens
 from relay.admin.tokens); wrong input is a 400 `{"error": ..., "field": ...}` naming the
-query parameter, path part or JSON key; unknown ids are 404. Responses never contain a
-secret: no password hash, no token or token hash, no DKIM private key, no message body.
+query parameter, path part or JSON key (query strings and JSON bodies are decoded into
+the Structs of relay.admin.params; path parts are checked here); unknown ids are 404.
+Responses never contain a secret: no password hash, no token or token hash, no DKIM
+private key, no message body.
 Queue actions go through the store's group committer like the scheduler's own writes.
 Suppression reads and writes relay/suppression's list (the queue's LMDB environment).
 Must not: block the event loop on slow work (scrypt runs in a thread).
@@ -17,18 +19,30 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 from aiohttp import web
+from msgspec import UnsetType
 
 from relay.admin.metrics import CONTENT_TYPE, Metrics
 from relay.admin.openapi import document
+from relay.admin.params import (
+    BadInput,
+    EventsQuery,
+    Params,
+    QueueQuery,
+    SuppressionAdd,
+    SuppressionQuery,
+    UserAdd,
+    from_body,
+    from_query,
+)
 from relay.admin.tokens import TokenStore
 from relay.clock import Clock
 from relay.config import Config
 from relay.events.log import EventLog, tail
-from relay.events.model import EVENT_TYPES, bounce_event, iso, subscription_event
+from relay.events.model import bounce_event, iso, subscription_event
 from relay.identity.model import IdentityError, check_pattern
 from relay.queue.records import PENDING_STATES, Action, MessageRecord, RecipientRecord, State
 from relay.queue.store import QueueStore
@@ -45,16 +59,8 @@ from relay.warmup import gate as gate_mod
 from relay.warmup.store import total_states
 
 VERSION = "1"
-MAX_LIMIT = 10_000
 HISTORY_POINTS = 360
 _EVENT_TAIL_BYTES = 8 << 20   # /api/events reads at most the last 8 MiB of the log
-
-
-class BadInput(Exception):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-        self.message = message
 
 
 @dataclass
@@ -140,37 +146,14 @@ def _error(status: int, message: str, field: str | None = None) -> web.Response:
     return _json(body, status)
 
 
-def _int_param(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
-    raw = request.query.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadInput(name, f"{name}: expected an integer, got {raw!r}") from None
-    if not lo <= value <= hi:
-        raise BadInput(name, f"{name}: expected an integer between {lo} and {hi}, got {value}")
-    return value
+P = TypeVar("P", bound=Params)
 
 
-def _choice_param(request: web.Request, name: str, choices: list[str]) -> str | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    if raw not in choices:
-        raise BadInput(name, f"{name}: expected one of {', '.join(choices)}, got {raw!r}")
-    return raw
+def _query(request: web.Request, cls: type[P]) -> P:
+    return from_query(cls, request.query.items())
 
 
-def _check_query(request: web.Request, known: set[str]) -> None:
-    for key in request.query:
-        if key not in known:
-            raise BadInput(key, f"{key}: unknown query parameter (known: "
-                                f"{', '.join(sorted(known)) or 'none'})")
-
-
-async def _body(request: web.Request, fields: dict[str, type],
-                required: set[str]) -> dict[str, Any]:
+async def _body(request: web.Request, cls: type[P]) -> P:
     try:
         data = await request.json(loads=msgspec.json.decode)
     except RecursionError:
@@ -179,22 +162,7 @@ async def _body(request: web.Request, fields: dict[str, type],
                                "object of strings, numbers and lists)") from None
     except (msgspec.DecodeError, ValueError):
         raise BadInput("body", "body: expected a JSON object") from None
-    if not isinstance(data, dict):
-        raise BadInput("body", "body: expected a JSON object")
-    for key in data:
-        if key not in fields:
-            raise BadInput(key, f"{key}: unknown field (known: {', '.join(sorted(fields))})")
-    for key in required:
-        if key not in data:
-            raise BadInput(key, f"{key}: missing")
-    for key, value in data.items():
-        tp = fields[key]
-        if tp is list:
-            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-                raise BadInput(key, f"{key}: expected a list of strings")
-        elif not isinstance(value, tp) or (isinstance(value, bool) and tp is not bool):
-            raise BadInput(key, f"{key}: expected {tp.__name__}")
-    return data
+    return from_body(cls, data)
 
 
 def _message_row(msg: MessageRecord, rcpts: list[RecipientRecord]) -> dict[str, Any]:
@@ -223,11 +191,12 @@ CTX: web.AppKey[AdminContext] = web.AppKey("relay_admin", AdminContext)
 
 
 async def queue_list(request: web.Request) -> web.Response:
-    _check_query(request, {"domain", "state", "limit"})
+    query = _query(request, QueueQuery)
     ctx = _ctx(request)
-    state = _choice_param(request, "state", PENDING_STATES)
-    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
-    domain = request.query.get("domain", "").strip().lower() or None
+    state = None if isinstance(query.state, UnsetType) else query.state
+    limit = query.limit
+    # Normalised before it is checked (" Example.COM" is a domain), so checked here.
+    domain = query.domain.strip().lower() or None
     if domain is not None and ("@" in domain or " " in domain or "." not in domain):
         raise BadInput("domain", f"domain: expected a domain name like example.com, "
                                  f"got {domain!r}")
@@ -313,12 +282,10 @@ def _address(raw: str, field_name: str = "address") -> str:
 
 async def suppression_list(request: web.Request) -> web.Response:
     """Paged by offset (the list is in address order); filter by reason and prefix."""
-    _check_query(request, {"reason", "prefix", "limit", "offset"})
+    query = _query(request, SuppressionQuery)
     ctx = _ctx(request)
-    reason = _choice_param(request, "reason", SUPPRESSION_REASONS)
-    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
-    offset = _int_param(request, "offset", 0, 0, 1 << 31)
-    prefix = request.query.get("prefix", "")
+    reason = None if isinstance(query.reason, UnsetType) else query.reason
+    limit, offset, prefix = query.limit, query.offset, query.prefix
 
     def page() -> tuple[list[dict[str, Any]], int]:
         rows: list[dict[str, Any]] = []
@@ -337,12 +304,12 @@ async def suppression_list(request: web.Request) -> web.Response:
 
 async def suppression_add(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    data = await _body(request, {"address": str, "reason": str}, {"address"})
-    address = _address(data["address"])
-    reason = str(data.get("reason", "BOUNCE")).upper()
+    data = await _body(request, SuppressionAdd)
+    address = _address(data.address)
+    reason = data.reason.upper()  # read case-insensitively, so checked here
     if reason not in SUPPRESSION_REASONS:
         raise BadInput("reason", f"reason: expected one of {', '.join(SUPPRESSION_REASONS)}, "
-                                 f"got {data['reason']!r}")
+                                 f"got {data.reason!r}")
     lst = SuppressionList(ctx.store)
     added = await ctx.store.write(lst.add_op(
         [Entry(address, reason, ctx.clock.now(), "", "added through the admin API")]))
@@ -415,11 +382,11 @@ async def users_add(request: web.Request) -> web.Response:
     """Add an SMTP user. A password given must have MIN_NEW_PASSWORD_LENGTH characters;
     with none, relay generates one and answers it once, in this response only."""
     ctx = _ctx(request)
-    data = await _body(request, {"name": str, "password": str, "allow": list}, {"name"})
-    name = data["name"]
-    generated = "password" not in data
-    password = generate_password() if generated else data["password"]
-    for pattern in data.get("allow", []):
+    data = await _body(request, UserAdd)
+    name = data.name
+    generated = isinstance(data.password, UnsetType)
+    password = generate_password() if isinstance(data.password, UnsetType) else data.password
+    for pattern in data.allow:
         try:
             check_pattern(pattern)
         except IdentityError as e:
@@ -435,14 +402,14 @@ async def users_add(request: web.Request) -> web.Response:
             raise BadInput("password", f"password: {e} (or leave it out: relay then "
                                        "generates one and answers it once)") from None
     try:
-        await asyncio.to_thread(ctx.users.add, name, password, list(data.get("allow", [])))
+        await asyncio.to_thread(ctx.users.add, name, password, list(data.allow))
     except UserError as e:
         text = str(e)
         field_name = "password" if "password" in text.lower() else "name"
         if "already" in text:
             return _error(409, text, "name")
         raise BadInput(field_name, f"{field_name}: {text}") from None
-    body: dict[str, Any] = {"name": name, "allow": list(data.get("allow", []))}
+    body: dict[str, Any] = {"name": name, "allow": list(data.allow)}
     if generated:
         body["generated_password"] = password  # shown once: only its scrypt hash is kept
     return _json(body, 201)
@@ -468,12 +435,12 @@ def _tail_events(path: Path) -> list[dict[str, Any]]:
 
 
 async def events(request: web.Request) -> web.Response:
-    _check_query(request, {"type", "message_id", "recipient", "limit"})
+    query = _query(request, EventsQuery)
     ctx = _ctx(request)
-    etype = _choice_param(request, "type", EVENT_TYPES)
-    limit = _int_param(request, "limit", 100, 1, MAX_LIMIT)
-    mid = request.query.get("message_id") or None
-    rcpt = (request.query.get("recipient") or "").lower() or None
+    etype = None if isinstance(query.type, UnsetType) else query.type
+    limit = query.limit
+    mid = query.message_id or None
+    rcpt = query.recipient.lower() or None
     if rcpt is not None and "@" not in rcpt:
         raise BadInput("recipient", f"recipient: expected an address, got {rcpt!r}")
     found = await asyncio.to_thread(_tail_events, ctx.events.path)

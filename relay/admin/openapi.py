@@ -1,19 +1,55 @@
 """The OpenAPI 3.1 document of the admin API, served at /openapi.json.
 
-Written by hand next to the routes (relay.admin.api.ROUTES); a test checks that
-every route is described here and every described path is routed.
+The paths are written next to the routes (relay.admin.api.ROUTES); a test checks that
+every route is described here and every described path is routed. The query parameters
+and request bodies are generated from the Structs the routes decode them into
+(relay.admin.params) with msgspec.json.schema_components, so they cannot drift apart.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from relay.events.model import EVENT_TYPES
+import msgspec
+
+from relay.admin.params import (
+    BODIES,
+    QUERIES,
+    EventsQuery,
+    Params,
+    QueueQuery,
+    SuppressionAdd,
+    SuppressionQuery,
+    UserAdd,
+)
 from relay.queue.records import PENDING_STATES
 from relay.suppression.policy import SUPPRESSION_REASONS
-from relay.users import MIN_NEW_PASSWORD_LENGTH
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
+_REF = "#/components/schemas/{name}"
+_ERROR = {"$ref": _REF.format(name="Error")}
+
+
+def _components() -> dict[str, Any]:
+    """The request bodies' schemas (referenced) and the query Structs' (unfolded)."""
+    _, components = msgspec.json.schema_components((*BODIES, *QUERIES), ref_template=_REF)
+    return components
+
+
+def _query(cls: type[Params], components: dict[str, Any]) -> list[dict[str, Any]]:
+    """A query Struct as OpenAPI query parameters, one per field."""
+    schema = components[cls.__name__]
+    required = set(schema.get("required", ()))
+    params = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", "")
+        params.append({"name": name, "in": "query", "required": name in required,
+                       "schema": prop, "description": description})
+    return params
+
+
+def _body(cls: type[Params]) -> dict[str, Any]:
+    return {"$ref": _REF.format(name=cls.__name__)}
 
 
 def _resp(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -42,23 +78,17 @@ def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None
     return op
 
 
-def _q(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
-
-
 def _p(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
             "description": description}
 
 
 _OBJ = {"type": "object"}
-_LIMIT = _q("limit", {"type": "integer", "minimum": 1, "maximum": 10000, "default": 100},
-            "at most this many")
 _ID = _p("id", "queue id (20 hex characters)")
 
 
 def document() -> dict[str, Any]:
+    components = _components()
     suppressed = {"type": "object", "properties": {
         "address": {"type": "string"}, "reason": {"enum": SUPPRESSION_REASONS},
         "created_at": {"type": "string"}, "message_id": {"type": "string"},
@@ -78,9 +108,7 @@ def document() -> dict[str, Any]:
             _resp("Messages", {"type": "object", "properties": {
                 "messages": {"type": "array", "items": message},
                 "count": {"type": "integer"}, "matched": {"type": "integer"}}}),
-            params=[_q("domain", {"type": "string"}, "only messages with a recipient here"),
-                    _q("state", {"enum": PENDING_STATES}, "only messages with a recipient "
-                                                          "in this state"), _LIMIT])},
+            params=_query(QueueQuery, components))},
         "/api/queue/{id}": {
             "get": _op("One message with its recipients", _resp("The message", message),
                        params=[_ID], errors=(400, 401, 404)),
@@ -99,17 +127,10 @@ def document() -> dict[str, Any]:
                            "count": {"type": "integer"}, "matched": {"type": "integer"},
                            "offset": {"type": "integer"}, "limit": {"type": "integer"},
                            "next_offset": {"type": ["integer", "null"]}}}),
-                       params=[_q("reason", {"enum": SUPPRESSION_REASONS}, "only this reason"),
-                               _q("prefix", {"type": "string"},
-                                  "only addresses starting with this"),
-                               _q("offset", {"type": "integer", "minimum": 0, "default": 0},
-                                  "skip this many matching entries"), _LIMIT]),
+                       params=_query(SuppressionQuery, components)),
             "post": _op("Suppress an address (201; 200 when it was already listed, with the "
                         "reason replaced)", _resp("Added", _OBJ), status="201",
-                        body={"type": "object", "properties": {
-                            "address": {"type": "string"},
-                            "reason": {"enum": SUPPRESSION_REASONS, "default": "BOUNCE"}},
-                            "required": ["address"], "additionalProperties": False},
+                        body=_body(SuppressionAdd),
                         errors=(400, 401))},
         "/api/suppression/{address}": {"delete": _op(
             "Remove an address from the suppression list",
@@ -127,12 +148,7 @@ def document() -> dict[str, Any]:
             "post": _op("Add an SMTP user (no password given: one is generated and "
                         "answered once as generated_password)", _resp("Created", _OBJ),
                         status="201",
-                        body={"type": "object", "properties": {
-                            "name": {"type": "string"},
-                            "password": {"type": "string",
-                                         "minLength": MIN_NEW_PASSWORD_LENGTH},
-                            "allow": {"type": "array", "items": {"type": "string"}}},
-                            "required": ["name"], "additionalProperties": False},
+                        body=_body(UserAdd),
                         errors=(400, 401, 409))},
         "/api/users/{name}": {"delete": _op(
             "Remove an SMTP user", _resp("Removed", _OBJ), params=[_p("name", "user name")],
@@ -140,10 +156,7 @@ def document() -> dict[str, Any]:
         "/api/events": {"get": _op(
             "Recent events, newest first (SES event publishing shape)",
             _resp("Events", _OBJ),
-            params=[_q("type", {"enum": EVENT_TYPES}, "eventType"),
-                    _q("message_id", {"type": "string"}, "mail.messageId"),
-                    _q("recipient", {"type": "string"}, "an address in mail.destination"),
-                    _LIMIT])},
+            params=_query(EventsQuery, components))},
         "/api/status": {"get": _op("Summary of the running instance (relay status)",
                                    _resp("Status", _OBJ), errors=(401,))},
         "/api/dashboard": {"get": _op(
@@ -190,7 +203,8 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {"Error": {"type": "object", "required": ["error"], "properties": {
                 "error": {"type": "string"},
-                "field": {"type": "string", "description": "the input that was wrong"}}}},
+                "field": {"type": "string", "description": "the input that was wrong"}}},
+                **{cls.__name__: components[cls.__name__] for cls in BODIES}},
         },
         "paths": paths,
     }

@@ -1,0 +1,222 @@
+"""The admin API's request parameters as msgspec Structs, and their decoding.
+
+One Struct per query string or JSON body: the routes in relay.admin.api decode into them,
+and relay.admin.openapi describes them with msgspec.json.schema_components, so the
+document and the validation cannot drift apart. Wrong input raises BadInput naming the
+parameter or JSON key; the checks run in the order the API has always answered them:
+a body that is no JSON object, then unknown keys, then missing ones, then wrong types
+(query strings: unknown parameters, then each value in the order the Struct declares).
+
+Pure: no aiohttp here; relay.admin.api reads the request and hands over what it read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    TypeVar,
+    get_args,
+    get_origin,
+    get_type_hints,
+)
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+from msgspec import inspect as mi
+
+from relay.events.model import EVENT_TYPES
+from relay.queue.records import PENDING_STATES
+from relay.suppression.policy import SUPPRESSION_REASONS
+from relay.users import MIN_NEW_PASSWORD_LENGTH
+
+MAX_LIMIT = 10_000
+
+if TYPE_CHECKING:
+    PendingState = str
+    SuppressionReason = str
+    EventType = str
+else:
+    # The lists are owned by their modules; msgspec reads them as Literal choices.
+    PendingState = Literal[tuple(PENDING_STATES)]
+    SuppressionReason = Literal[tuple(SUPPRESSION_REASONS)]
+    EventType = Literal[tuple(EVENT_TYPES)]
+
+
+class BadInput(Exception):
+    """Wrong input: answered as a 400 `{"error": message, "field": field}`."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+class Params(Struct, forbid_unknown_fields=True, kw_only=True):
+    """Base of every parameter Struct: unknown keys are refused."""
+
+
+Limit = Annotated[int, Meta(ge=1, le=MAX_LIMIT, description="at most this many")]
+
+
+# ------------------------------------------------------------------ query strings
+
+
+class QueueQuery(Params):
+    """GET /api/queue."""
+
+    state: Annotated[PendingState, Meta(
+        description="only messages with a recipient in this state")] | UnsetType = UNSET
+    limit: Limit = 100
+    domain: Annotated[str, Meta(description="only messages with a recipient here")] = ""
+
+
+class SuppressionQuery(Params):
+    """GET /api/suppression."""
+
+    reason: Annotated[SuppressionReason,
+                      Meta(description="only this reason")] | UnsetType = UNSET
+    limit: Limit = 100
+    offset: Annotated[int, Meta(ge=0, le=1 << 31,
+                                description="skip this many matching entries")] = 0
+    prefix: Annotated[str, Meta(description="only addresses starting with this")] = ""
+
+
+class EventsQuery(Params):
+    """GET /api/events."""
+
+    type: Annotated[EventType, Meta(description="eventType")] | UnsetType = UNSET
+    limit: Limit = 100
+    message_id: Annotated[str, Meta(description="mail.messageId")] = ""
+    recipient: Annotated[str, Meta(description="an address in mail.destination")] = ""
+
+
+# ------------------------------------------------------------------ JSON bodies
+
+
+class SuppressionAdd(Params):
+    """Suppress an address; `reason` is read case-insensitively."""
+
+    address: str
+    # Any case is accepted (the handler upper-cases it, then checks it against the
+    # list), so the list is documented here rather than enforced by the type.
+    reason: Annotated[str, Meta(extra_json_schema={"enum": SUPPRESSION_REASONS})] = "BOUNCE"
+
+
+class UserAdd(Params):
+    """Add an SMTP user; without `password`, relay generates one and answers it once."""
+
+    name: str
+    # The length is checked by the handler, after the name (a bad name is named first,
+    # whatever the password), so the schema documents it rather than the type.
+    password: Annotated[str, Meta(extra_json_schema={
+        "minLength": MIN_NEW_PASSWORD_LENGTH})] | UnsetType = UNSET
+    allow: list[str] = []
+
+
+QUERIES: tuple[type[Params], ...] = (QueueQuery, SuppressionQuery, EventsQuery)
+BODIES: tuple[type[Params], ...] = (SuppressionAdd, UserAdd)
+
+P = TypeVar("P", bound=Params)
+
+
+# ------------------------------------------------------------------ decoding
+
+
+def _fields(cls: type[Params]) -> dict[str, mi.Field]:
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    return {f.encode_name: f for f in info.fields}
+
+
+def _bare(t: mi.Type) -> mi.Type:
+    """The field's type without its Meta (description, bounds are kept on the type)."""
+    while isinstance(t, mi.Metadata):
+        t = t.type
+    return t
+
+
+def _choices(cls: type[Params], name: str) -> tuple[Any, ...]:
+    """A Literal field's choices in the order its list is written (msgspec sorts them)."""
+    stack = [get_type_hints(cls, include_extras=True)[name]]
+    while stack:
+        hint = stack.pop()
+        if get_origin(hint) is Literal:
+            return get_args(hint)
+        stack.extend(get_args(hint))
+    return ()
+
+
+def _unknown(key: str, known: Iterable[str], what: str) -> BadInput:
+    return BadInput(key, f"{key}: unknown {what} (known: {', '.join(sorted(known)) or 'none'})")
+
+
+def from_query(cls: type[P], query: Iterable[tuple[str, str]]) -> P:
+    """Decode a query string (its (key, value) pairs; the first of a repeated key counts).
+    Integers are read as int() reads them; an empty value of a text or choice parameter
+    counts as absent."""
+    fields = _fields(cls)
+    pairs: dict[str, str] = {}
+    for key, raw in query:
+        pairs.setdefault(key, raw)
+    for key in pairs:
+        if key not in fields:
+            raise _unknown(key, fields, "query parameter")
+    values: dict[str, Any] = {}
+    for key in [k for k in fields if k in pairs]:  # in the Struct's order, not the URL's
+        raw = pairs[key]
+        t = _bare(fields[key].type)
+        if isinstance(t, mi.IntType):
+            try:
+                values[key] = int(raw)
+            except ValueError:
+                raise BadInput(key, f"{key}: expected an integer, got {raw!r}") from None
+            lo, hi = t.ge, t.le
+            if (lo is not None and values[key] < lo) or (hi is not None and values[key] > hi):
+                raise BadInput(key, f"{key}: expected an integer between {lo} and {hi}, "
+                                    f"got {values[key]}")
+        elif raw != "":
+            if isinstance(t, mi.LiteralType) and raw not in t.values:
+                choices = ", ".join(str(v) for v in _choices(cls, fields[key].name))
+                raise BadInput(key, f"{key}: expected one of {choices}, got {raw!r}")
+            values[key] = raw
+    return _convert(cls, values, fields)
+
+
+def from_body(cls: type[P], data: Any) -> P:
+    """Validate a decoded JSON body."""
+    if not isinstance(data, dict):
+        raise BadInput("body", "body: expected a JSON object")
+    fields = _fields(cls)
+    for key in data:
+        if key not in fields:
+            raise _unknown(key, fields, "field")
+    for key, f in fields.items():
+        if f.required and key not in data:
+            raise BadInput(key, f"{key}: missing")
+    return _convert(cls, data, fields)
+
+
+def _expected(t: mi.Type) -> str:
+    if isinstance(t, mi.ListType) and isinstance(t.item_type, mi.StrType):
+        return "a list of strings"
+    if isinstance(t, mi.StrType):
+        return "str"
+    if isinstance(t, mi.IntType):
+        return "int"
+    return "a valid value"
+
+
+def _convert(cls: type[P], values: dict[str, Any], fields: dict[str, mi.Field]) -> P:
+    try:
+        return msgspec.convert(values, cls)
+    except msgspec.ValidationError as e:
+        # "... - at `$.key`" or "... - at `$.key[0]`": name the key, as the API always has.
+        path = str(e).rpartition(" - at `$.")[2].rstrip("`")
+        key = path.split("[", 1)[0].split(".", 1)[0]
+        if key not in fields:
+            raise BadInput("body", f"body: {e}") from None
+        raise BadInput(key, f"{key}: expected {_expected(_bare(fields[key].type))}") from None
