@@ -223,7 +223,7 @@ class StateCollector(Collector):
 
 class EventLogCollector(Collector):
     """The event log's write health (relay/events/log.py) and that of the file event
-    destinations (relay/events/appendfile.py), read at scrape time."""
+    destinations (relay/events/linefile.py), read at scrape time."""
 
     def __init__(self, event_log: Any, files: Callable[[], Iterable[Any]] = tuple) -> None:
         self.event_log = event_log

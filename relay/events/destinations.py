@@ -5,8 +5,9 @@ Routing: an event goes to every enabled [[event_destination]] with configuration
 "ses:configuration-set"), filtered by event_types. A set with
 include_original_headers = false gets events without mail.headers.
 
-- file: one JSON object per line, appended as it comes (relay/events/appendfile.py: a
-  full disk keeps the lines in memory, bounded, and never raises into the publisher).
+- file: one JSON object per line, appended as it comes (relay/events/linefile.py, the
+  event log's writer: a full disk keeps the lines in memory, bounded, and never raises
+  into the publisher).
 - webhook: at least once, in order. `EventRouter` is an EventLog subscriber (sync); it
   queues the encoded event, and a task commits queued events to the store's "outbox"
   sub-database (group commit). One worker per webhook POSTs the outbox head, in key
@@ -42,7 +43,7 @@ import msgspec
 from relay.backoff import doubling
 from relay.clock import Clock
 from relay.config import Config, EventDestination
-from relay.events.appendfile import AppendFile
+from relay.events.linefile import LineFile
 from relay.events.model import Event, configuration_set_of
 from relay.queue.store import QueueStore
 
@@ -52,6 +53,7 @@ _json = msgspec.json.Encoder()
 _enc = msgspec.msgpack.Encoder()
 _SEQ = struct.Struct(">Q")
 SIGNATURE_HEADER = "X-Relay-Signature"
+FILE_MAX_UNWRITTEN = 8 << 20  # bytes a file destination keeps while its disk is full
 RESPONSE_READ_LIMIT = 4096  # bytes of a webhook receiver's answer read at most
 
 
@@ -115,7 +117,7 @@ class EventRouter:
         self.state_dir = state_dir
         self.drain = drain  # this process POSTs the outbox (one per spool)
         self.poll = poll    # > 0: look at the outbox this often even when not woken
-        self._files: dict[str, AppendFile] = {}
+        self._files: dict[str, LineFile] = {}
         self._queued: list[tuple[str, bytes]] = []
         self._wake_persist = asyncio.Event()
         self._wake: dict[str, asyncio.Event] = {}
@@ -160,11 +162,12 @@ class EventRouter:
         if out is None:
             path = Path(d.path or f"{d.name}.jsonl")
             path = path if path.is_absolute() else self.state_dir / path
-            out = self._files[d.name] = AppendFile(path)
+            out = self._files[d.name] = LineFile(path, self.clock,
+                                                 max_unwritten=FILE_MAX_UNWRITTEN)
         out.write(body)
 
     @property
-    def files(self) -> list[AppendFile]:
+    def files(self) -> list[LineFile]:
         """The file destinations written so far (their write health is a metric)."""
         return list(self._files.values())
 

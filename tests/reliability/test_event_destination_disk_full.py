@@ -47,9 +47,9 @@ def test_a_full_disk_never_raises_into_the_publisher_and_loses_no_line_it_kept(
 
 
 def test_what_waits_for_the_disk_is_bounded(tmp_path: Path, tiny_disk: Path) -> None:
-    from relay.events.appendfile import AppendFile
+    from relay.events.linefile import LineFile
 
-    out = AppendFile(tiny_disk / "copy.jsonl", max_unwritten=64 << 10)
+    out = LineFile(tiny_disk / "copy.jsonl", max_unwritten=64 << 10)
     fill(tiny_disk, leave=0)
     line = b"x" * 1000
     for _ in range(1000):
