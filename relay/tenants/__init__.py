@@ -1,0 +1,1 @@
+"""The account model: tenants, their sending quotas, sandbox and reputation status."""
