@@ -17,6 +17,7 @@ import msgspec
 
 from relay.events.headers import address_list, decode_words
 from relay.queue.records import MessageRecord
+from relay.tenants.model import DEFAULT_TENANT
 
 # The eventType of the events a message gets (the operator's Warmup* events aside), in
 # the order the admin API lists them (/api/events?type=).
@@ -144,6 +145,9 @@ class Warmup(msgspec.Struct):
 class Event(msgspec.Struct, omit_defaults=True):
     eventType: str
     mail: Mail
+    # The sending tenant (also mail.tags["ses:tenant"]); "" only on events about no
+    # message (the operator's Warmup* events).
+    tenant: str = ""
     send: Send | None = None
     delivery: Delivery | None = None
     bounce: Bounce | None = None
@@ -214,11 +218,18 @@ def mail_of(msg: MessageRecord, destination: list[str] | None = None) -> Mail:
         commonHeaders=common, tags=tags_of(msg))
 
 
+def tenant_of(msg: MessageRecord) -> str:
+    """The message's tenant; a record from before tenants belongs to the default one."""
+    return msg.tenant or DEFAULT_TENANT
+
+
 def tags_of(msg: MessageRecord) -> dict[str, list[str]]:
-    """The message tags, plus SES's `ses:configuration-set` when the message has one."""
-    if not msg.configuration_set:
-        return msg.tags
-    return {**msg.tags, "ses:configuration-set": [msg.configuration_set]}
+    """The message tags, plus SES's `ses:configuration-set` when the message has one and
+    `ses:tenant` always."""
+    tags = {**msg.tags, "ses:tenant": [tenant_of(msg)]}
+    if msg.configuration_set:
+        tags["ses:configuration-set"] = [msg.configuration_set]
+    return tags
 
 
 def configuration_set_of(event: Event) -> str:
@@ -227,12 +238,14 @@ def configuration_set_of(event: Event) -> str:
 
 
 def send_event(msg: MessageRecord) -> Event:
-    return Event(eventType="Send", mail=mail_of(msg), send=Send())
+    return Event(eventType="Send", mail=mail_of(msg),
+                 tenant=tenant_of(msg), send=Send())
 
 
 def delivery_event(msg: MessageRecord, recipients: list[str], response: str, now: float,
                    reporting_mta: str, remote_ip: str = "") -> Event:
-    return Event(eventType="Delivery", mail=mail_of(msg), delivery=Delivery(
+    return Event(eventType="Delivery", mail=mail_of(msg),
+                 tenant=tenant_of(msg), delivery=Delivery(
         timestamp=iso(now), processingTimeMillis=max(0, int((now - msg.received_at) * 1000)),
         recipients=recipients, smtpResponse=response, reportingMTA=reporting_mta,
         remoteMtaIp=remote_ip))
@@ -244,7 +257,8 @@ def bounce_event(msg: MessageRecord, recipients: list[str], response: str, now: 
     status = enhanced_of(response) or ("4.4.7" if expired else "5.0.0")
     bounce_type = "Transient" if expired else "Permanent"
     sub = subtype or ("General" if expired else bounce_subtype(response))
-    return Event(eventType="Bounce", mail=mail_of(msg), bounce=Bounce(
+    return Event(eventType="Bounce", mail=mail_of(msg),
+                 tenant=tenant_of(msg), bounce=Bounce(
         bounceType=bounce_type, bounceSubType=sub,
         bouncedRecipients=[BouncedRecipient(r, "failed", status, f"smtp; {response}")
                            for r in recipients],
@@ -255,7 +269,8 @@ def bounce_event(msg: MessageRecord, recipients: list[str], response: str, now: 
 def delay_event(msg: MessageRecord, recipients: list[str], response: str, now: float,
                 expires_at: float, reporting_mta: str) -> Event:
     status = enhanced_of(response) or "4.0.0"
-    return Event(eventType="DeliveryDelay", mail=mail_of(msg), deliveryDelay=DeliveryDelay(
+    return Event(eventType="DeliveryDelay", mail=mail_of(msg),
+                 tenant=tenant_of(msg), deliveryDelay=DeliveryDelay(
         timestamp=iso(now), delayType=delay_type(response), expirationTime=iso(expires_at),
         delayedRecipients=[DelayedRecipient(r, status, f"smtp; {response}") for r in recipients],
         reportingMTA=f"dns; {reporting_mta}"))
@@ -264,7 +279,8 @@ def delay_event(msg: MessageRecord, recipients: list[str], response: str, now: f
 def complaint_event(msg: MessageRecord, recipients: list[str], now: float, *,
                     feedback_type: str = "", user_agent: str = "", arrival: float | None = None,
                     feedback_id: str = "") -> Event:
-    return Event(eventType="Complaint", mail=mail_of(msg), complaint=Complaint(
+    return Event(eventType="Complaint", mail=mail_of(msg),
+                 tenant=tenant_of(msg), complaint=Complaint(
         complainedRecipients=[ComplainedRecipient(r) for r in recipients],
         timestamp=iso(now), feedbackId=feedback_id or f"{msg.id}-c{int(now * 1000):x}",
         userAgent=user_agent, complaintFeedbackType=feedback_type,
@@ -275,7 +291,8 @@ def feedback_bounce_event(msg: MessageRecord, recipients: list[tuple[str, str, s
                           now: float, reporting_mta: str, *, bounce_type: str,
                           subtype: str, feedback_id: str = "") -> Event:
     """A Bounce from an asynchronous report: (address, action, status, diagnostic) each."""
-    return Event(eventType="Bounce", mail=mail_of(msg), bounce=Bounce(
+    return Event(eventType="Bounce", mail=mail_of(msg),
+                 tenant=tenant_of(msg), bounce=Bounce(
         bounceType=bounce_type, bounceSubType=subtype,
         bouncedRecipients=[BouncedRecipient(a, act, st, diag)
                            for a, act, st, diag in recipients],
@@ -288,6 +305,7 @@ def subscription_event(msg: MessageRecord, address: str, now: float,
     """A recipient unsubscribed (RFC 8058 one-click): SES's Subscription event, with the
     configuration set as the contact list and no topics (unsubscribeAll)."""
     return Event(eventType="Subscription", mail=mail_of(msg, [address]),
+                 tenant=tenant_of(msg),
                  subscription=Subscription(
                      contactList=msg.configuration_set, timestamp=iso(now), source=source,
                      newTopicPreferences={"unsubscribeAll": True,
@@ -297,7 +315,8 @@ def subscription_event(msg: MessageRecord, address: str, now: float,
 
 
 def reject_event(msg: MessageRecord, reason: str) -> Event:
-    return Event(eventType="Reject", mail=mail_of(msg), reject=Reject(reason))
+    return Event(eventType="Reject", mail=mail_of(msg),
+                 tenant=tenant_of(msg), reject=Reject(reason))
 
 
 def warmup_event(kind: str, ip: str, provider: str, reason: str, until: float | None,

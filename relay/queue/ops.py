@@ -77,6 +77,8 @@ class NewMessage(msgspec.Struct):
     # already read (at DATA); None: read from `body`. Whoever changes body's header
     # section changes this too.
     header_fields: list[tuple[str, str]] | None = None
+    # The sending tenant ("" = the default tenant).
+    tenant: str = ""
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,9 @@ class MessageRecord(msgspec.Struct, array_like=True, tag=1):
     # at 10 KB, then headers_truncated). Empty in records written before it existed.
     header_fields: list[tuple[str, str]] = []
     headers_truncated: bool = False
+    # The tenant that sent it (relay/tenants/model.py); "" in records written before
+    # tenants existed, which belong to the default tenant.
+    tenant: str = ""
 
 
 class RecipientRecord(msgspec.Struct, array_like=True, tag=1):

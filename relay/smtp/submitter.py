@@ -77,7 +77,7 @@ class QueueSubmitter:
             received_at=now, size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
             auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
             configuration_set=msg.configuration_set, header_fields=fields,
-            headers_truncated=truncated)
+            headers_truncated=truncated, tenant=msg.tenant)
         self.events.emit([reject_event(record, reason)])
 
     async def submit(self, msg: NewMessage,
