@@ -1,4 +1,6 @@
-"""`relay suppression add|remove|list|import|export`: the account-level suppression list.
+"""`relay suppression add|remove|list|import|export`: the account-level suppression list,
+or with `--tenant NAME` that tenant's own list (used when the tenant's suppression scope
+is "tenant").
 
 Works beside a running server (LMDB allows many processes; the server reads the list at
 each delivery attempt). CSV columns: address, reason, created_at (ISO 8601), message_id;
@@ -24,6 +26,7 @@ from relay.events.model import iso
 from relay.queue.store import QueueStore
 from relay.suppression.policy import normalize, parse_reason, valid_address
 from relay.suppression.store import Entry, SuppressionList
+from relay.tenants.model import valid_tenant_name
 
 BATCH = 5000
 
@@ -35,6 +38,8 @@ def register(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
                         help="config file (default: $RELAY_CONFIG or the embedded dev config)")
+    common.add_argument("--tenant", metavar="NAME", default="",
+                        help="this tenant's own list instead of the account-level list")
 
     add = ssub.add_parser("add", parents=[common], help="put addresses on the list")
     add.add_argument("addresses", nargs="+", metavar="ADDRESS")
@@ -70,6 +75,15 @@ def _open(cfg: Config) -> QueueStore:
                       map_size=cfg.server.queue_map_size)
 
 
+def _list(store: QueueStore, args: argparse.Namespace) -> SuppressionList:
+    """The account-level list, or the --tenant's own list."""
+    tenant = getattr(args, "tenant", "")
+    if tenant and not valid_tenant_name(tenant):
+        raise CliError(f"--tenant: {tenant!r} is not a tenant name (expected 1-64 letters, "
+                       "digits, '-' or '_')")
+    return SuppressionList(store, tenant)
+
+
 def _reason(text: str | None) -> str | None:
     if text is None:
         return None
@@ -91,7 +105,7 @@ def cmd_add(args: argparse.Namespace) -> int:
     store = _open(load_config(args))
     try:
         now = SystemClock().now()
-        lst = SuppressionList(store)
+        lst = _list(store, args)
         added = store.write_now(lst.add_op(
             [Entry(normalize(a), reason, now, "", "added by operator") for a in args.addresses]))
     finally:
@@ -105,7 +119,7 @@ def cmd_remove(args: argparse.Namespace) -> int:
     # No syntax check: any listed entry can be removed, a malformed one included.
     store = _open(load_config(args))
     try:
-        removed = store.write_now(SuppressionList(store).remove_op(
+        removed = store.write_now(_list(store, args).remove_op(
             list(dict.fromkeys(args.addresses))))
     finally:
         store.close_sync()
@@ -123,7 +137,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     store = _open(load_config(args))
     try:
         rows: list[dict[str, str]] = []
-        for shown, e in enumerate(SuppressionList(store).entries(reason=reason)):
+        for shown, e in enumerate(_list(store, args).entries(reason=reason)):
             if shown >= args.limit:
                 break
             if args.json:
@@ -183,7 +197,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     progress = Progress("importing", len(entries), _wants_progress(args))
     added = 0
     try:
-        lst = SuppressionList(store)
+        lst = _list(store, args)
         for start in range(0, len(entries), BATCH):
             chunk = entries[start:start + BATCH]
             added += store.write_now(lst.add_op(chunk))
@@ -206,7 +220,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     reason = _reason(args.reason)
     store = _open(load_config(args))
     try:
-        lst = SuppressionList(store)
+        lst = _list(store, args)
         progress = Progress("exporting", lst.count(), _wants_progress(args))
         out: TextIO = sys.stdout if args.file == "-" else \
             open(Path(args.file), "w", newline="", encoding="utf-8")  # noqa: SIM115

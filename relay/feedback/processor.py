@@ -27,9 +27,10 @@ from relay.feedback.parse import RecipientStatus, Report, parse
 from relay.feedback.unparsed import UnparsedStore
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
-from relay.suppression.guard import SIMULATOR_DOMAIN
+from relay.suppression.guard import SIMULATOR_DOMAIN, account_scope
 from relay.suppression.policy import FailureClass, Reason, auto_adds, classify_failure
 from relay.suppression.store import Entry, SuppressionList
+from relay.tenants.model import DEFAULT_TENANT
 from relay.verp import Verp
 
 log = logging.getLogger("relay.feedback")
@@ -77,7 +78,8 @@ class FeedbackProcessor:
     def __init__(self, store: QueueStore, verp: Verp, events: EventLog, clock: Clock,
                  config: Callable[[], Config], state_dir: Path, *,
                  on_reputation: ReputationHook | None = None,
-                 on_complaint: ComplaintHook | None = None) -> None:
+                 on_complaint: ComplaintHook | None = None,
+                 suppression_scope: Callable[[str], str] = account_scope) -> None:
         self.store = store
         self.verp = verp
         self.events = events
@@ -89,6 +91,8 @@ class FeedbackProcessor:
             int(self.config().feedback.unparsed_max_size),
             float(self.config().feedback.unparsed_max_age)))
         self.suppression = SuppressionList(store)
+        # A tenant's own list ("" = the account list; relay/suppression/guard.py).
+        self.suppression_scope = suppression_scope
         self.on_reputation = on_reputation
         self.on_complaint = on_complaint
         self.handled: list[Handled] = []   # the last results, for tests and the admin API
@@ -161,7 +165,7 @@ class FeedbackProcessor:
             text = f"{rs.status} {diagnostic}"
             klass = classify_failure(text if not rs.status.startswith("5.1.") else rs.status)
             if klass is FailureClass.RECIPIENT:
-                suppressed = await self._suppress(address, Reason.BOUNCE, msg.id, diagnostic)
+                suppressed = await self._suppress(msg, address, Reason.BOUNCE, diagnostic)
             elif klass is FailureClass.REPUTATION and self.on_reputation is not None:
                 self.on_reputation(msg, address, diagnostic)
         return Handled("bounce" if bounce_type == "Permanent" else "transient", msg.id,
@@ -176,17 +180,22 @@ class FeedbackProcessor:
             self.on_complaint(msg, address)
         suppressed = False
         if report.feedback_type != "not-spam":
-            suppressed = await self._suppress(address, Reason.COMPLAINT, msg.id,
+            suppressed = await self._suppress(msg, address, Reason.COMPLAINT,
                                               f"complaint; {report.feedback_type}")
         return Handled("complaint", msg.id, address, suppressed)
 
-    async def _suppress(self, address: str, reason: Reason, mid: str, why: str) -> bool:
+    async def _suppress(self, msg: MessageRecord, address: str, reason: Reason,
+                        why: str) -> bool:
+        """Put `address` on the list that applies to `msg`'s tenant."""
         if address.rpartition("@")[2].lower() == SIMULATOR_DOMAIN:
             return False
         if not auto_adds(self.config().suppression, reason):
             return False
-        entry = Entry(address, reason.value, self.clock.now(), mid, why[:300])
-        added = await self.store.write(self.suppression.add_op([entry], replace=False))
+        entry = Entry(address, reason.value, self.clock.now(), msg.id, why[:300])
+        scope = self.suppression_scope(msg.tenant or DEFAULT_TENANT)
+        lst = SuppressionList(self.store, scope) if scope else self.suppression
+        added = await self.store.write(lst.add_op([entry], replace=False))
         if added:
-            log.info("suppression: added %s (%s, message %s)", address, reason.value, mid)
+            log.info("suppression: added %s (%s, message %s%s)", address, reason.value,
+                     msg.id, f", tenant {scope}" if scope else "")
         return True

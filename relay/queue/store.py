@@ -64,12 +64,14 @@ class QueueStore:
     # "dkim": DKIM-Signature header bytes per (message id, "domain/generation"), so a
     # retry after a restart reuses the signature already sent (relay/dkim/sigcache.py);
     # removed with the message.
+    # "suppression_tenant": the tenants' own suppression lists (relay/suppression/store.py).
     # "inflight": one key per INFLIGHT recipient (its recipients key; value: its domain),
     # so recover_op() at start reads only what was in flight, not every recipient. The
     # key INFLIGHT_COMPLETE says the index is complete (written by the first recovery,
     # which scans the recipients once on a spool from before the index).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
-           "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from")
+           "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
+           "suppression_tenant")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,

@@ -1,9 +1,12 @@
-"""The suppression list in LMDB: sub-database "suppression" of the queue's environment.
+"""The suppression lists in LMDB: sub-databases of the queue's environment.
 
-Key: the lower-cased address. Value: an `Entry` (msgpack). Writes are ops for the store's
-group commit (`await store.write(op)` in the server, `store.write_now(op)` in the CLI),
-so an automatic add commits with the delivery result that caused it. Reads use one
-read transaction and never block the writer.
+The account-level list is "suppression", key: the lower-cased address. A tenant whose
+suppression scope is "tenant" has its own list in "suppression_tenant", key: the tenant
+name, a NUL byte, the lower-cased address (so one tenant's complaints never block
+another tenant from mailing the same address). Value: an `Entry` (msgpack).
+Writes are ops for the store's group commit (`await store.write(op)` in the server,
+`store.write_now(op)` in the CLI), so an automatic add commits with the delivery
+result that caused it. Reads use one read transaction and never block the writer.
 """
 
 from __future__ import annotations
@@ -31,36 +34,60 @@ _dec = msgspec.msgpack.Decoder(Entry)
 
 class SuppressionList:
     DB = "suppression"
+    TENANT_DB = "suppression_tenant"
 
-    def __init__(self, store: QueueStore) -> None:
+    def __init__(self, store: QueueStore, tenant: str = "") -> None:
+        """The account-level list, or with `tenant` that tenant's own list."""
         self.store = store
+        self.tenant = tenant
+        self._name = self.TENANT_DB if tenant else self.DB
+        self._prefix = tenant.encode("utf-8") + b"\0" if tenant else b""
 
     def _db(self) -> Any:
-        return self.store.named_db(self.DB)
+        return self.store.named_db(self._name)
+
+    def _key(self, text: str) -> bytes:
+        return self._prefix + text.encode("utf-8", "surrogatepass")
 
     # ------------------------------------------------------------------ reads
 
     def get(self, address: str) -> Entry | None:
-        key = normalize(address).encode("utf-8")
+        key = self._key(normalize(address))
         raw = self.store.read(lambda txn: txn.get(key, db=self._db()))
         return _dec.decode(raw) if raw is not None else None
 
     def reasons(self, addresses: Iterable[str]) -> dict[str, Reason]:
         """The listed reason of each of `addresses` that is on the list (one read txn)."""
-        keys = {normalize(a): a for a in addresses}
+        keys = {self._key(normalize(a)): a for a in addresses}
         db = self._db()
 
         def read(txn: Any) -> dict[str, Reason]:
             out: dict[str, Reason] = {}
-            for norm, original in keys.items():
-                raw = txn.get(norm.encode("utf-8"), db=db)
+            for key, original in keys.items():
+                raw = txn.get(key, db=db)
                 if raw is not None:
                     out[original] = Reason(_dec.decode(raw).reason)
             return out
         return self.store.read(read)
 
+    def _raw_entries(self) -> list[bytes]:
+        if not self._prefix:
+            return [raw for _, raw in self.store.read_db(self.DB)]
+        prefix, db = self._prefix, self._db()
+
+        def read(txn: Any) -> list[bytes]:
+            out: list[bytes] = []
+            with txn.cursor(db=db) as cur:
+                if cur.set_range(prefix):
+                    for key, raw in cur:
+                        if not bytes(key).startswith(prefix):
+                            break
+                        out.append(bytes(raw))
+            return out
+        return self.store.read(read)
+
     def entries(self, *, reason: str | None = None, prefix: str = "") -> Iterator[Entry]:
-        for _, raw in self.store.read_db(self.DB):
+        for raw in self._raw_entries():
             entry = _dec.decode(raw)
             if reason and entry.reason != reason:
                 continue
@@ -69,6 +96,8 @@ class SuppressionList:
             yield entry
 
     def count(self) -> int:
+        if self._prefix:
+            return len(self._raw_entries())
         return int(self.store.read(lambda txn: txn.stat(self._db())["entries"]))
 
     # ------------------------------------------------------------------ ops
@@ -81,7 +110,7 @@ class SuppressionList:
         def op(txn: Any) -> int:
             added = 0
             for e in entries:
-                key = normalize(e.address).encode("utf-8")
+                key = self._key(normalize(e.address))
                 exists = txn.get(key, db=db) is not None
                 if exists and not replace:
                     continue
@@ -98,25 +127,26 @@ class SuppressionList:
         shows, even one that is no valid address (listed before relay refused such
         recipients at RCPT) or whose text normalizes to another (" a@b"). Each address is
         tried as given, then normalized."""
-        db = self._db()
+        db, prefix = self._db(), self._prefix
 
         def op(txn: Any) -> int:
-            return sum(1 for a in addresses if _remove(txn, db, a) is not None)
+            return sum(1 for a in addresses if _remove(txn, db, prefix, a) is not None)
         return op
 
     def remove_one_op(self, address: str) -> Callable[[Any], str | None]:
         """Like `remove_op` for one address: the listed address it removed, or None."""
-        db = self._db()
-        return lambda txn: _remove(txn, db, address)
+        db, prefix = self._db(), self._prefix
+        return lambda txn: _remove(txn, db, prefix, address)
 
 
 _MAX_KEY = 511  # LMDB's key size limit: no longer key can be on the list
 
 
-def _remove(txn: Any, db: Any, address: str) -> str | None:
+def _remove(txn: Any, db: Any, prefix: bytes, address: str) -> str | None:
     removed = None
     for text in dict.fromkeys((address, normalize(address))):
         key = text.encode("utf-8", "surrogatepass")
-        if 0 < len(key) <= _MAX_KEY and txn.delete(key, db=db):
+        if key and len(prefix) + len(key) <= _MAX_KEY and txn.delete(
+                prefix + key, db=db):
             removed = text
     return removed
