@@ -17,16 +17,16 @@ import msgspec
 
 from relay.events.headers import address_list, decode_words
 from relay.queue.records import MessageRecord
-from relay.tenants.model import DEFAULT_TENANT
+from relay.tenants.model import DEFAULT_TENANT, StatusRecord
 
 # The eventType of the events a message gets (the operator's Warmup* events aside), in
 # the order the admin API lists them (/api/events?type=).
 EVENT_TYPES: list[str] = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject",
-                          "Subscription"]
+                          "Subscription", "ReputationStatusChange"]
 # The same types as an event destination's event_types names them (SES's lowerCamel
 # spelling there), in the order of its default.
 EventTypeName = Literal["send", "reject", "delivery", "bounce", "complaint", "deliveryDelay",
-                        "subscription"]
+                        "subscription", "reputationStatusChange"]
 EVENT_TYPE_NAMES: tuple[EventTypeName, ...] = typing.get_args(EventTypeName)
 
 
@@ -142,6 +142,23 @@ class Warmup(msgspec.Struct):
     action: str            # pause | freeze | pause_and_freeze
 
 
+class ReputationStatusChange(msgspec.Struct):
+    """A tenant's or configuration set's reputation status changed (relay/tenants/)."""
+
+    timestamp: str
+    scope: str             # "tenant" | "configurationSet"
+    name: str              # the tenant's or the configuration set's name
+    oldStatus: str         # Healthy | UnderReview | Paused
+    newStatus: str
+    reason: str
+    automatic: bool        # by the reputation figures (True) or by an operator
+    changedBy: str         # the operator ("" when automatic)
+    bounceRate: float      # the figures when it changed, over the window since
+    complaintRate: float   # lastFreshStart
+    volume: int
+    lastFreshStart: str
+
+
 class Event(msgspec.Struct, omit_defaults=True):
     eventType: str
     mail: Mail
@@ -156,6 +173,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     reject: Reject | None = None
     subscription: Subscription | None = None
     warmup: Warmup | None = None
+    reputationStatusChange: ReputationStatusChange | None = None
 
 
 # The diagnostic of a recipient that relay did not attempt because it is suppressed.
@@ -327,3 +345,22 @@ def warmup_event(kind: str, ip: str, provider: str, reason: str, until: float | 
                 commonHeaders=CommonHeaders(), tags={})
     return Event(eventType=kind, mail=mail, warmup=Warmup(
         iso(now), ip, provider, reason, iso(until) if until is not None else "", action))
+
+
+def reputation_event(*, scope: str, name: str, tenant: str, old: str, new: StatusRecord,
+                     now: float) -> Event:
+    """A ReputationStatusChange: not about one message, so `mail` carries only the tags
+    that route it (the tenant, and the configuration set when it is the set's status)."""
+    tags = {"ses:tenant": [tenant]}
+    if scope == "configurationSet":
+        tags["ses:configuration-set"] = [name]
+    mail = Mail(timestamp=iso(now), messageId="", source="", sourceIp="",
+                sendingAccountId="", destination=[], headersTruncated=False, headers=[],
+                commonHeaders=CommonHeaders(), tags=tags)
+    return Event(eventType="ReputationStatusChange", mail=mail, tenant=tenant,
+                 reputationStatusChange=ReputationStatusChange(
+                     timestamp=iso(now), scope=scope, name=name, oldStatus=old,
+                     newStatus=new.status, reason=new.reason, automatic=new.automatic,
+                     changedBy=new.changed_by, bounceRate=new.bounce_rate,
+                     complaintRate=new.complaint_rate, volume=new.volume,
+                     lastFreshStart=iso(new.last_fresh_start) if new.last_fresh_start else ""))

@@ -53,3 +53,23 @@ def test_record_from_before_tenants_is_the_default_tenant() -> None:
 def test_tags_of_keeps_the_message_tags() -> None:
     msg = _record(tags={"campaign": ["spring"]})
     assert M.tags_of(msg) == {"campaign": ["spring"], "ses:tenant": ["default"]}
+
+
+def test_reputation_status_change_routes_by_tenant_and_set() -> None:
+    from relay.tenants.model import StatusRecord
+
+    new = StatusRecord(status="Paused", reason="complaint rate 0.6 % is at or above 0.5 %",
+                       automatic=True, changed_at=1_700_000_000.0, complaint_rate=0.006,
+                       volume=1000)
+    ev = M.reputation_event(scope="configurationSet", name="news", tenant="acme",
+                            old="UnderReview", new=new, now=1_700_000_000.0)
+    doc = msgspec.json.decode(msgspec.json.encode(ev))
+    assert doc["eventType"] == "ReputationStatusChange" and doc["tenant"] == "acme"
+    assert doc["mail"]["tags"] == {"ses:tenant": ["acme"], "ses:configuration-set": ["news"]}
+    change = doc["reputationStatusChange"]
+    assert (change["oldStatus"], change["newStatus"], change["automatic"]) == (
+        "UnderReview", "Paused", True)
+    assert change["lastFreshStart"] == ""
+    tenant_ev = M.reputation_event(scope="tenant", name="acme", tenant="acme",
+                                   old="Healthy", new=new, now=1_700_000_000.0)
+    assert "ses:configuration-set" not in tenant_ev.mail.tags
