@@ -42,6 +42,7 @@ from relay.feedback.processor import FeedbackProcessor
 from relay.queue.ops import Settled
 from relay.queue.records import MessageRecord, State
 from relay.queue.store import QueueStore
+from relay.tenants.model import DEFAULT_TENANT
 from relay.verp import Verp
 
 log = logging.getLogger("relay.simulator")
@@ -95,7 +96,8 @@ class Simulator:
         """The answer for each address of one attempt, logged and counted as one."""
         answers = [_OUTCOMES.get(scenario(a), _UNKNOWN) for a in addresses]
         try:
-            record_attempts(msg.id, addresses, answers, SOURCE, PROVIDER, self.observers)
+            record_attempts(msg.id, addresses, answers, SOURCE, PROVIDER, self.observers,
+                            tenant=msg.tenant or DEFAULT_TENANT)
         except Exception:  # observability must never break delivery
             log.exception("could not record a simulator attempt")
         return answers

@@ -3,7 +3,7 @@
 `RecordingSender` wraps the SMTP client (relay.delivery.client.Sender) below the
 warm-up shaper, so it sees exactly the transactions that were attempted (held
 recipients never reach it) with the source IP the shaper bound. For each
-recipient it logs one line (queue id, recipient domain, source IP, provider,
+recipient it logs one line (queue id, tenant, recipient domain, source IP, provider,
 response) on the "relay.delivery" logger, with the same fields as `extra` for
 the JSON log format, and hands an `Attempt` to its observers (Prometheus).
 
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from relay.delivery.outcome import Outcome, Sender, SendResult, outcomes_of
+from relay.tenants.model import DEFAULT_TENANT
 from relay.warmup.providers import ProviderMap
 
 log = logging.getLogger("relay.delivery")
@@ -39,6 +40,7 @@ class Attempt:
     kind: str        # delivered | deferred | bounced
     response: str
     remote_mta: str
+    tenant: str = DEFAULT_TENANT
 
 
 class RecordingSender:
@@ -63,8 +65,10 @@ class RecordingSender:
         hosts = [getattr(t, "host_name", "") or getattr(t, "address", "") for t in targets]
         provider = self.providers.site(hosts).provider
         src = (source if source is not None else self.default_source) or "default"
+        msg = current_message.get()
         record_attempts(current_message_id.get(), recipients, outcomes_of(result), src,
-                        provider, self.observers)
+                        provider, self.observers,
+                        tenant=getattr(msg, "tenant", "") or DEFAULT_TENANT)
 
     def __getattr__(self, name: str) -> Any:
         # close() and anything else the app or shaper calls on the client.
@@ -73,17 +77,18 @@ class RecordingSender:
 
 def record_attempts(queue_id: str, recipients: Sequence[str], outcomes: Sequence[Outcome],
                     source_ip: str, provider: str,
-                    observers: Sequence[Callable[[Attempt], None]]) -> None:
+                    observers: Sequence[Callable[[Attempt], None]], *,
+                    tenant: str = DEFAULT_TENANT) -> None:
     """One log line and one `Attempt` to each observer per recipient of a transaction.
     The network path (RecordingSender) and the mailbox simulator (relay/simulator.py)
     both report through here, so their log lines have the same shape."""
     for rcpt, o in zip(recipients, outcomes, strict=False):
         attempt = Attempt(queue_id, rcpt.rpartition("@")[2].lower(), source_ip, provider,
-                          o.kind, o.response, o.remote_mta)
-        log.info("attempt %s domain=%s source_ip=%s provider=%s result=%s response=%r",
-                 attempt.queue_id or "-", attempt.recipient_domain, attempt.source_ip,
-                 attempt.provider, attempt.kind, attempt.response,
-                 extra={"queue_id": attempt.queue_id,
+                          o.kind, o.response, o.remote_mta, tenant)
+        log.info("attempt %s tenant=%s domain=%s source_ip=%s provider=%s result=%s "
+                 "response=%r", attempt.queue_id or "-", tenant, attempt.recipient_domain,
+                 attempt.source_ip, attempt.provider, attempt.kind, attempt.response,
+                 extra={"queue_id": attempt.queue_id, "tenant": tenant,
                         "recipient_domain": attempt.recipient_domain,
                         "source_ip": attempt.source_ip, "provider": attempt.provider,
                         "result": attempt.kind, "response": attempt.response,
