@@ -31,7 +31,7 @@ those sent under a credential's override. Nothing here reads a clock or does I/O
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal, Protocol
 
 from relay.tenants.bucket import TokenBucket
@@ -107,14 +107,16 @@ def effective_limits(defaults: TenantDefaults, tenant: Tenant,
     return Limits(sandbox, capped(own))
 
 
-@dataclass
 class Reservation:
     """One recipient's place in the daily windows (Rule 3). `entries`: (scope, second,
     count) it added, written by quotastore.commit_op() when its message is accepted."""
 
-    book: QuotaBook
-    entries: list[tuple[str, int, int]] = field(default_factory=list)
-    state: Literal["held", "committed", "released"] = "held"
+    __slots__ = ("book", "entries", "state")
+
+    def __init__(self, book: QuotaBook, entries: list[tuple[str, int, int]]) -> None:
+        self.book = book
+        self.entries = entries
+        self.state: Literal["held", "committed", "released"] = "held"
 
     def commit(self) -> None:
         """Its message was accepted: the counts stay."""
@@ -157,26 +159,33 @@ class QuotaBook:
                 simulator: bool = False) -> Reservation | Refusal:
         """Rule 2: one recipient of `credential` in `tenant` at `now` (epoch seconds):
         a Reservation, or the 454 Refusal of the first limit it crosses (rate first)."""
-        checked = [(tenant_scope(tenant), limits.tenant)]
-        if limits.credential is not None:
-            checked.append((credential_scope(credential), limits.credential))
-        buckets = [self._bucket(scope, cap.max_send_rate, now)
-                   for scope, cap in checked if cap.max_send_rate > 0]
-        if not all(b.ready(now) for b in buckets):
+        t_scope = tenant_scope(tenant)
+        t_cap, c_cap = limits.tenant, limits.credential
+        c_scope = credential_scope(credential) if c_cap is not None else ""
+        t_bucket = (self._bucket(t_scope, t_cap.max_send_rate, now)
+                    if t_cap.max_send_rate > 0 else None)
+        c_bucket = (self._bucket(c_scope, c_cap.max_send_rate, now)
+                    if c_cap is not None and c_cap.max_send_rate > 0 else None)
+        if (t_bucket is not None and not t_bucket.ready(now)) or \
+                (c_bucket is not None and not c_bucket.ready(now)):
             return RATE_EXCEEDED
-        if not simulator:
-            for scope, cap in checked:
-                if cap.max_24h_send > 0 and \
-                        self._window(scope).total(now) >= cap.max_24h_send:
-                    return DAILY_QUOTA_EXCEEDED
-        for b in buckets:
-            b.take(now)
-        reservation = Reservation(self)
-        if not simulator:
-            for scope, _ in checked:
-                second = self._window(scope).add(now)
-                reservation.entries.append((scope, second, 1))
-        return reservation
+        t_window = self._window(t_scope)
+        c_window = self._window(c_scope) if c_cap is not None else None
+        if not simulator and (
+                (t_cap.max_24h_send > 0 and t_window.total(now) >= t_cap.max_24h_send)
+                or (c_cap is not None and c_window is not None and c_cap.max_24h_send > 0
+                    and c_window.total(now) >= c_cap.max_24h_send)):
+            return DAILY_QUOTA_EXCEEDED
+        if t_bucket is not None:
+            t_bucket.take(now)
+        if c_bucket is not None:
+            c_bucket.take(now)
+        if simulator:
+            return Reservation(self, [])
+        entries = [(t_scope, t_window.add(now), 1)]
+        if c_window is not None:
+            entries.append((c_scope, c_window.add(now), 1))
+        return Reservation(self, entries)
 
     def sent_last_24h(self, scope: str, now: float) -> int:
         """Recipients counted in `scope` over the 24 hours up to `now` (SES's

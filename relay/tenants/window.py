@@ -34,7 +34,14 @@ class RollingWindow:
     def add(self, now: float, n: int = 1) -> int:
         """Count `n` at `now`; return the second it was counted under (for remove())."""
         second = math.floor(now)
+        b = self._buckets
+        if b and b[-1][0] == second:  # the common case: more in the same second
+            if n > 0:
+                b[-1][1] += n
+                self._sum += n
+            return second
         self.add_at(second, n)
+        self.expire(now)  # a new second: the oldest may have left (bounded memory)
         return second
 
     def add_at(self, second: int, n: int) -> None:
