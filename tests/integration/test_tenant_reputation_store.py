@@ -20,7 +20,7 @@ def test_counts_survive_a_restart_and_resume_clears_them(tmp_path: Path) -> None
     lines = Lines(min_volume=100)
     store = QueueStore(tmp_path / "q", clock)
     book = ReputationBook(lines)
-    for day in range(3):
+    for _ in range(3):
         entries = [book.record("tenant:a", clock.now(), sends=100),
                    book.record("configuration-set:x", clock.now(), sends=10, bounces=1),
                    book.record("tenant:a", clock.now(), bounces=3, complaints=1)]
