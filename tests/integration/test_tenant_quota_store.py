@@ -107,3 +107,22 @@ def test_key_layout_keeps_a_scopes_keys_together_in_time_order() -> None:
     assert k == b"tenant:a\x00" + (1).to_bytes(8, "big")
     assert quotastore.parse_key(k) == ("tenant:a", 1)
     assert quotastore.key("tenant:a", 2**40) < quotastore.key("tenant:ab", 0)
+
+
+async def test_a_spool_from_before_gains_the_new_sub_databases(tmp_path: Path) -> None:
+    class OldStore(QueueStore):
+        DBS = tuple(d for d in QueueStore.DBS if d not in ("quota", "reputation"))
+
+    clock = FakeClock(T0)
+    old = OldStore(tmp_path / "q", clock)
+    await old.start()
+    mid = await old.submit(_msg(1))
+    await old.close()
+    store = QueueStore(tmp_path / "q", clock)
+    assert store.message(mid) is not None
+    book = QuotaBook()
+    r = book.reserve("acme", "u", Limits(Cap(0, 0)), T0)
+    assert isinstance(r, Reservation)
+    store.write_now(quotastore.commit_op(store, [r]))
+    assert quotastore.sent_last_24h(store, tenant_scope("acme"), T0) == 1
+    store.close_sync()
