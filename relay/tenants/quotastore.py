@@ -37,12 +37,12 @@ def parse_key(raw: bytes) -> tuple[str, int]:
 
 def counts_of(reservations: Iterable[Reservation]) -> dict[bytes, int]:
     """The stored keys and counts the reservations add (one key per scope and second)."""
-    out: dict[bytes, int] = {}
+    by_second: dict[tuple[str, int], int] = {}
     for r in reservations:
         for scope, second, n in r.entries:
-            k = key(scope, second)
-            out[k] = out.get(k, 0) + n
-    return out
+            at = (scope, second)
+            by_second[at] = by_second.get(at, 0) + n
+    return {key(scope, second): n for (scope, second), n in by_second.items()}
 
 
 def commit_op(store: Any, reservations: Iterable[Reservation]) -> Callable[[Any], None]:
