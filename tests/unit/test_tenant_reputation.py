@@ -159,6 +159,9 @@ def test_review_recovers_as_bad_counts_age_out() -> None:
     # sends: 140 / 2800), long before the bad day left the 7-day window.
     assert DAY < recovered[0].changed_at - T0 < 2 * DAY
     assert recovered[0].volume > 2800
+    # Eleven days on, the bad day has left the 7-day span altogether.
+    fig = book.figures(A, clock.now())
+    assert (fig.sends, fig.bounces) == (7000, 0)
 
 
 def test_operator_pause_is_not_lifted_by_good_figures() -> None:
