@@ -46,6 +46,16 @@ class TokenBucket:
             return True
         return False
 
+    def take_many(self, now: float, n: int) -> bool:
+        """Take `n` tokens at once if there is at least one: the bucket may go into debt,
+        so the next recipients wait until the rate has paid for all `n` (a whole
+        message's recipients known only at DATA; the average rate still holds)."""
+        self._refill(now)
+        if self._tokens >= _WHOLE:
+            self._tokens -= n
+            return True
+        return False
+
     def give_back(self) -> None:
         """Return one token taken by take() (the other limit refused the recipient)."""
         self._tokens = min(self.capacity, self._tokens + 1.0)

@@ -5,9 +5,10 @@ Theory of operation
 Rule 1 (effective limits): a credential with a quota override (either figure set) is
 limited by it, counted in its own scope ("credential:NAME"); any other credential by its
 tenant's quota, else the [tenants] defaults, counted in the tenant's scope. A figure of
-0 means unlimited. A sandbox tenant's limits are at most the sandbox's (200 a day, 1 a
-second by default), and those also hold for the tenant as a whole, whatever its
-credentials' overrides say. `effective_limits()` works this out; the caller passes the
+0 means unlimited. (A credential allowed several tenants counts all its mail in its own
+scope, whichever tenant it names.) A sandbox tenant's limits are at most the sandbox's
+(200 a day, 1 a second by default), and those also hold for the tenant as a whole,
+whatever its credentials' overrides say. `effective_limits()` works this out; the caller passes the
 result to `reserve()`.
 
 Rule 2 (one recipient at RCPT): `reserve()` checks the send rate first, then the daily
@@ -21,6 +22,10 @@ accepted (its counts are then written with the message: relay/tenants/quotastore
 `release()` on RSET, a refused DATA or a disconnect gives the daily unit back. Rate
 tokens are never given back: the rate is the pace of recipients asked for.
 
+Rule 3b (at DATA): a message whose tenant is known only at DATA (X-SES-TENANT of a
+credential allowed several tenants) reserves all its recipients at once or none
+(`reserve_many()`); its rate may go into debt so the average still holds.
+
 Rule 4 (the mailbox simulator): as in SES, its recipients count toward the send rate and
 not toward the daily quota.
 
@@ -30,7 +35,7 @@ those sent under a credential's override. Nothing here reads a clock or does I/O
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -186,6 +191,35 @@ class QuotaBook:
         if c_window is not None:
             entries.append((c_scope, c_window.add(now), 1))
         return Reservation(self, entries)
+
+    def reserve_many(self, tenant: str, credential: str, limits: Limits, now: float,
+                     simulator: Sequence[bool]) -> list[Reservation] | Refusal:
+        """All of a message's recipients at once (one flag per recipient: to the mailbox
+        simulator?), or none: for a message whose tenant is known only at DATA (the
+        X-SES-TENANT header of a credential allowed several tenants). The rate needs one
+        token and takes one per recipient, going into debt (bucket.take_many); the daily
+        quota needs room for every recipient not to the simulator."""
+        t_scope = tenant_scope(tenant)
+        checked = [(t_scope, limits.tenant)]
+        if limits.credential is not None:
+            checked.append((credential_scope(credential), limits.credential))
+        buckets = [self._bucket(scope, cap.max_send_rate, now)
+                   for scope, cap in checked if cap.max_send_rate > 0]
+        if not all(b.ready(now) for b in buckets):
+            return RATE_EXCEEDED
+        counted = sum(1 for sim in simulator if not sim)
+        for scope, cap in checked:
+            if counted and cap.max_24h_send > 0 and \
+                    self._window(scope).total(now) + counted > cap.max_24h_send:
+                return DAILY_QUOTA_EXCEEDED
+        for b in buckets:
+            b.take_many(now, len(simulator))
+        out = []
+        for sim in simulator:
+            entries = [] if sim else [(scope, self._window(scope).add(now), 1)
+                                      for scope, _ in checked]
+            out.append(Reservation(self, entries))
+        return out
 
     def sent_last_24h(self, scope: str, now: float) -> int:
         """Recipients counted in `scope` over the 24 hours up to `now` (SES's

@@ -301,3 +301,34 @@ def test_sweep_forgets_idle_scopes() -> None:
     assert tenant_scope("t") in book.windows and tenant_scope("t") not in book.buckets
     book.sweep(T0 + DAY)
     assert book.windows == {}
+
+
+# --------------------------------------------------------------------------- at DATA
+
+def test_reserve_many_is_all_or_nothing_against_the_daily_quota() -> None:
+    book = QuotaBook()
+    limits = Limits(Cap(5, 0))
+    got = book.reserve_many("t", "platform", limits, T0, [False] * 4)
+    assert isinstance(got, list) and len(got) == 4
+    # Two more do not fit in the one left: none is taken.
+    assert book.reserve_many("t", "platform", limits, T0, [False] * 2) == DAILY_QUOTA_EXCEEDED
+    assert book.sent_last_24h(tenant_scope("t"), T0) == 4
+    # Simulator recipients need no room in the daily quota.
+    sims = book.reserve_many("t", "platform", limits, T0, [True, True, False])
+    assert isinstance(sims, list) and [len(r.entries) for r in sims] == [0, 0, 1]
+    for r in got:
+        r.release()
+    assert book.sent_last_24h(tenant_scope("t"), T0) == 1
+
+
+def test_reserve_many_goes_into_rate_debt_and_the_next_recipient_waits() -> None:
+    clock = FakeClock(T0)
+    book = QuotaBook()
+    limits = Limits(Cap(0, 2.0))
+    assert isinstance(book.reserve_many("t", "p", limits, clock.now(), [False] * 10), list)
+    # 10 recipients at 2/s: the bucket owes 8 tokens, so 4.5 s pass before the next one.
+    clock.advance(4.4)
+    assert book.reserve("t", "p", limits, clock.now()) == RATE_EXCEEDED
+    assert book.reserve_many("t", "p", limits, clock.now(), [True]) == RATE_EXCEEDED
+    clock.advance(0.1)
+    assert isinstance(book.reserve("t", "p", limits, clock.now()), Reservation)
