@@ -69,9 +69,13 @@ class QueueStore:
     # so recover_op() at start reads only what was in flight, not every recipient. The
     # key INFLIGHT_COMPLETE says the index is complete (written by the first recovery,
     # which scans the recipients once on a spool from before the index).
+    # "quota": recipients counted per scope and second for the rolling 24-hour quota
+    # (relay/tenants/quotastore.py), committed with the message they count;
+    # "reputation": sends, bounces and complaints per scope and hour for the reputation
+    # status (relay/tenants/repstore.py).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
            "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
-           "suppression_tenant")
+           "suppression_tenant", "quota", "reputation")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
