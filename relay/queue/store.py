@@ -68,8 +68,11 @@ class QueueStore:
     # so recover_op() at start reads only what was in flight, not every recipient. The
     # key INFLIGHT_COMPLETE says the index is complete (written by the first recovery,
     # which scans the recipients once on a spool from before the index).
+    # "tenants": the tenants by name and "status": the reputation status of each tenant
+    # and configuration set (relay/tenants/store.py).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
-           "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from")
+           "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
+           "tenants", "status")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
