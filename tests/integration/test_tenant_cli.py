@@ -9,6 +9,7 @@ import pytest
 
 from relay.cli import main
 from relay.clock import SystemClock
+from relay.identity.store import IdentityStore
 from relay.queue.store import QueueStore
 from relay.tenants.store import TenantStore
 from relay.testing.process import run_cli
@@ -171,3 +172,23 @@ def test_an_edit_by_the_cli_process_shows_in_a_running_view(cfg: str, tmp_path: 
         assert view.paused("acme") is not None
     finally:
         queue.close_sync()
+
+
+def test_identities_can_belong_to_a_tenant(cfg: str, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = _run(capsys, "identity", "add", "acme.example", "--tenant", "acme",
+                        "--config", cfg)
+    assert code == 1 and "no tenant 'acme'" in err
+    assert _run(capsys, "tenant", "add", "acme", "--config", cfg)[0] == 0
+    code, out, err = _run(capsys, "identity", "add", "acme.example", "--tenant", "acme",
+                          "--config", cfg)
+    assert code == 0 and "for tenant 'acme'" in out, err
+    assert _run(capsys, "identity", "add", "shared.example", "--config", cfg)[0] == 0
+    code, out, _ = _run(capsys, "identity", "list", "--json", "--config", cfg)
+    assert {r["name"]: r["tenant"] for r in json.loads(out)} == {
+        "acme.example": "acme", "shared.example": ""}
+    assert _run(capsys, "identity", "tenant", "acme.example", "--config", cfg)[0] == 0
+    store = IdentityStore.in_state_dir(tmp_path / "state")
+    assert store.owner("acme.example") == "" and store.owner("unknown.example") == ""
+    assert _run(capsys, "identity", "tenant", "shared.example", "acme", "--config", cfg)[0] == 0
+    assert IdentityStore.in_state_dir(tmp_path / "state").owner("shared.example") == "acme"
