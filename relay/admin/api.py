@@ -395,7 +395,9 @@ async def warmup(request: web.Request) -> web.Response:
 
 async def users_list(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    rows = [{"name": name, "allow": list(rec.allow)}
+    rows = [{"name": name, "allow": list(rec.allow), "tenant": rec.tenant,
+             "tenants": rec.allowed_tenants, "max_24h_send": rec.max_24h_send,
+             "max_send_rate": rec.max_send_rate}
             for name, rec in sorted(ctx.users.read_all().items())]
     return _json({"users": rows})
 

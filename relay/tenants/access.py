@@ -67,3 +67,13 @@ def refuse_resource(tenant: str, kind: str, name: str, owner: str) -> Reply | No
         return None
     return RESOURCE_NOT_ALLOWED.with_text(RESOURCE_NOT_ALLOWED.text.format(
         kind=kind, name=name, tenant=tenant))
+
+
+def first_refusal(tenant: str, resources: Iterable[tuple[str, str, str]]) -> Reply | None:
+    """The refusal of the first (kind, name, owner) of `resources` that `tenant` may not
+    use, or None: one call for a message's identity, configuration set and pool."""
+    for kind, name, owner in resources:
+        refusal = refuse_resource(tenant, kind, name, owner)
+        if refusal is not None:
+            return refusal
+    return None

@@ -111,6 +111,9 @@ def test_remove_rules_and_the_cli_on_the_same_spool(admin: Admin) -> None:
     added = run_cli("user", "add", "beta-app", "--tenant", "beta", "--generate-password",
                     config=admin.config)
     assert added.returncode == 0, added.stderr
+    users = {u["name"]: u for u in admin.call("GET", "/api/users")[1]["users"]}
+    assert (users["beta-app"]["tenant"], users["beta-app"]["tenants"]) == ("beta", ["beta"])
+    assert users["app"]["tenant"] == "default" and users["app"]["max_24h_send"] is None
     status, body = admin.call("DELETE", "/api/tenants/beta")
     assert status == 409 and "still has credentials: beta-app" in body["error"]
     status, body = admin.call("DELETE", "/api/tenants/default")

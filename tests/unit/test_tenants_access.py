@@ -8,6 +8,7 @@ from relay.smtp.replies import Reply
 from relay.tenants.access import (
     TENANT_INVALID,
     credential_tenants,
+    first_refusal,
     may_use,
     refuse_resource,
     resolve_tenant,
@@ -63,3 +64,13 @@ def test_may_use(tenant: str, owner: str, ok: bool) -> None:
 def test_credential_tenants_own_first_once_each() -> None:
     assert credential_tenants("acme", ["b", "acme", "c"]) == ["acme", "b", "c"]
     assert credential_tenants("") == ["default"]
+
+
+def test_first_refusal_names_the_first_resource_of_another_tenant() -> None:
+    resources = [("identity", "acme.example", "acme"), ("configuration set", "news", ""),
+                 ("pool", "beta-ips", "beta")]
+    assert first_refusal("acme", resources[:2]) is None
+    got = first_refusal("acme", resources)
+    assert got is not None and got.text.startswith("Message rejected: pool beta-ips is not")
+    got = first_refusal("beta", resources)
+    assert got is not None and "identity acme.example" in got.text
