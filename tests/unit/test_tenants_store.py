@@ -196,3 +196,22 @@ async def test_server_writes_through_the_group_commit(tmp_path: Path,
             await ts.write(ts.add_op("acme"))
     finally:
         await q.close()
+
+
+def test_a_spool_from_before_tenants_opens_with_them(tmp_path: Path, clock: FakeClock,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool made before the "tenants" and "status" sub-databases existed."""
+    old = tuple(d for d in QueueStore.DBS if d not in ("tenants", "status"))
+    with monkeypatch.context() as m:
+        m.setattr(QueueStore, "DBS", old)
+        q = QueueStore(tmp_path / "q", clock, map_size=1 << 24)
+        q.write_now(lambda txn: txn.put(b"k", b"v", db=q.named_db("warmup")))
+        q.close_sync()
+    q, ts = _open(tmp_path / "q", clock)
+    try:
+        assert list(ts.tenants()) == ["default"]
+        ts.write_now(ts.add_op("acme"))
+        assert ts.get("acme") is not None
+        assert q.read_db("warmup") == [(b"k", b"v")]
+    finally:
+        q.close_sync()
