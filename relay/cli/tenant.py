@@ -201,7 +201,8 @@ def cmd_show(args: argparse.Namespace) -> int:
     st = data["status_record"]
 
     def val(v: Any) -> str:
-        return "unlimited / [tenants] default" if v is None else str(v)
+        return "not set (the [tenants] default applies)" if v is None else \
+            "unlimited" if v == 0 else str(v)
     lines = [
         ("Tenant", data["name"]),
         ("Status", st["status"] + (" (automatic)" if st["automatic"] else "")),
@@ -242,8 +243,10 @@ def cmd_quota(args: argparse.Namespace) -> int:
                 else args.max_send_rate)
         return ts.write_now(ts.set_quota_op(args.name, quota))
     t: Tenant = _run(args, change)
-    print(f"tenant {t.name!r}: max_24h_send {t.quota.max_24h_send}, "
-          f"max_send_rate {t.quota.max_send_rate}")
+    def shown(v: float | None) -> str:
+        return "not set" if v is None else str(v)
+    print(f"tenant {t.name!r}: max_24h_send {shown(t.quota.max_24h_send)}, "
+          f"max_send_rate {shown(t.quota.max_send_rate)}")
     return 0
 
 
