@@ -310,5 +310,6 @@ def check_tenants_exist(cfg: Config, names: list[str]) -> None:
         known = ts.tenants()
     for name in names:
         if name not in known:
-            raise CliError(f"no tenant {name!r} (tenants: {', '.join(known)}; add it with "
+            some = ", ".join(list(known)[:10]) + (", ..." if len(known) > 10 else "")
+            raise CliError(f"no tenant {name!r} (tenants: {some}; add it with "
                            f"`relay tenant add {name}`)")
