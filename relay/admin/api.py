@@ -380,6 +380,7 @@ async def identities(request: web.Request) -> web.Response:
             "verified": bool(rec.verified) if rec else False,
             "verified_at": iso(rec.verified_at) if rec and rec.verified_at else None,
             "checked_at": iso(rec.checked_at) if rec and rec.checked_at else None,
+            "tenant": rec.tenant if rec else "",
             "dkim": dkim,
         })
     return _json({"identities": rows})

@@ -111,6 +111,10 @@ def test_remove_rules_and_the_cli_on_the_same_spool(admin: Admin) -> None:
     added = run_cli("user", "add", "beta-app", "--tenant", "beta", "--generate-password",
                     config=admin.config)
     assert added.returncode == 0, added.stderr
+    owned = run_cli("identity", "add", "beta.example", "--tenant", "beta", config=admin.config)
+    assert owned.returncode == 0, owned.stderr
+    identities = {r["name"]: r for r in admin.call("GET", "/api/identities")[1]["identities"]}
+    assert identities["beta.example"]["tenant"] == "beta"
     users = {u["name"]: u for u in admin.call("GET", "/api/users")[1]["users"]}
     assert (users["beta-app"]["tenant"], users["beta-app"]["tenants"]) == ("beta", ["beta"])
     assert users["app"]["tenant"] == "default" and users["app"]["max_24h_send"] is None
