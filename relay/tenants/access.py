@@ -50,7 +50,7 @@ def resolve_tenant(credential_tenants: Iterable[str], default_tenant: str,
         return TENANT_INVALID
     allowed = set(credential_tenants) | {default_tenant or DEFAULT_TENANT}
     if name not in allowed:
-        return TENANT_NOT_ALLOWED.with_text(TENANT_NOT_ALLOWED.text.format(tenant=name))
+        return TENANT_NOT_ALLOWED._replace(text=TENANT_NOT_ALLOWED.text.format(tenant=name))
     return name
 
 
@@ -65,7 +65,7 @@ def refuse_resource(tenant: str, kind: str, name: str, owner: str) -> Reply | No
     not told to this one)."""
     if may_use(tenant, owner):
         return None
-    return RESOURCE_NOT_ALLOWED.with_text(RESOURCE_NOT_ALLOWED.text.format(
+    return RESOURCE_NOT_ALLOWED._replace(text=RESOURCE_NOT_ALLOWED.text.format(
         kind=kind, name=name, tenant=tenant))
 
 
