@@ -391,10 +391,6 @@ class Suppression(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     feedback_window: Duration = Duration(14 * 86400)
 
 
-_TENANT_PROBLEM = ("tenant {!r}: expected \"\" (shared) or a tenant name of 1-64 letters, "
-                   "digits, '-' or '_'")
-
-
 class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Chosen per message with X-SES-CONFIGURATION-SET (or X-Relay-Configuration-Set)."""
 
@@ -464,6 +460,10 @@ _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[
 
 def valid_domain(name: str) -> bool:
     return bool(_DOMAIN_RE.match(name))
+
+
+_TENANT_PROBLEM = ("tenant {!r}: expected \"\" (shared) or a tenant name of 1-64 letters, "
+                   "digits, '-' or '_'")
 
 
 class Identity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
