@@ -27,6 +27,7 @@ import msgspec
 
 from relay.events.model import EVENT_TYPE_NAMES, EventTypeName
 from relay.suppression.policy import SuppressionReason
+from relay.tenants.model import valid_tenant_name
 from relay.warmup.plans import BUILTIN_PLANS
 from relay.warmup.providers import BUILTIN_PROVIDER_NAMES
 
@@ -474,6 +475,13 @@ class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Whether such an unsubscribe also puts the address on the suppression list
     # (reason COMPLAINT); false leaves the decision to the sender, as SES does.
     unsubscribe_suppresses: bool = False
+    # The tenant that owns it ("" = shared by every tenant). Tenants live in the spool
+    # (`relay tenant add`), so only the name's syntax is checked here.
+    tenant: str = ""
+
+    def __post_init__(self) -> None:
+        if self.tenant and not valid_tenant_name(self.tenant):
+            raise ValueError(_TENANT_PROBLEM.format(self.tenant))
 
 
 class EventDestination(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -491,10 +499,15 @@ class EventDestination(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     event_types: list[EventTypeName] = msgspec.field(
         default_factory=lambda: list(EVENT_TYPE_NAMES))
     enabled: bool = True
+    # The tenant that owns it ("" = shared by every tenant). Tenants live in the spool
+    # (`relay tenant add`), so only the name's syntax is checked here.
+    tenant: str = ""
 
     def __post_init__(self) -> None:
         if self.type == "webhook" and not re.match(r"^https?://", self.url):
             raise ValueError("a webhook event destination needs url = \"http(s)://...\"")
+        if self.tenant and not valid_tenant_name(self.tenant):
+            raise ValueError(_TENANT_PROBLEM.format(self.tenant))
 
 
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
@@ -502,6 +515,10 @@ _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[
 
 def valid_domain(name: str) -> bool:
     return bool(_DOMAIN_RE.match(name))
+
+
+_TENANT_PROBLEM = ("tenant {!r}: expected \"\" (shared) or a tenant name of 1-64 letters, "
+                   "digits, '-' or '_'")
 
 
 class Identity(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -552,8 +569,13 @@ class Pool(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     warmup_start: str = ""
     # Where mail beyond the caps goes: another pool's name, or "defer" (wait for the next window).
     overflow: str = "defer"
+    # The tenant that owns it ("" = shared by every tenant). Tenants live in the spool
+    # (`relay tenant add`), so only the name's syntax is checked here.
+    tenant: str = ""
 
     def __post_init__(self) -> None:
+        if self.tenant and not valid_tenant_name(self.tenant):
+            raise ValueError(_TENANT_PROBLEM.format(self.tenant))
         if self.warmup_start:
             try:
                 _date.fromisoformat(self.warmup_start)
@@ -932,12 +954,18 @@ def _is_public_https_url(url: str) -> bool:
 def _check_configuration_sets(cfg: Config) -> Iterable[str]:
     names: set[str] = set()
     pools = {p.name for p in cfg.pool}
+    pool_owner = {p.name: p.tenant for p in cfg.pool}
+    set_owner = {cs.name.lower(): cs.tenant for cs in cfg.configuration_set}
     for i, cs in enumerate(cfg.configuration_set):
         if not cs.name or cs.name.lower() in names:
             yield f"configuration_set[{i}].name: \"{cs.name}\" is empty or used twice"
         names.add(cs.name.lower())
         if cs.pool and cs.pool not in pools:
             yield f"configuration_set[{i}].pool: no [[pool]] named \"{cs.pool}\""
+        elif cs.pool and pool_owner.get(cs.pool) not in ("", cs.tenant):
+            yield (f"configuration_set[{i}].pool: pool \"{cs.pool}\" belongs to tenant "
+                   f"\"{pool_owner[cs.pool]}\", expected a shared pool or one of tenant "
+                   f"\"{cs.tenant or '(shared)'}\"")
         if cs.max_delivery_time > cfg.delivery.max_delivery_time:
             yield (f"configuration_set[{i}].max_delivery_time: must not be longer than "
                    "delivery.max_delivery_time")
@@ -949,6 +977,12 @@ def _check_configuration_sets(cfg: Config) -> Iterable[str]:
         if d.configuration_set and d.configuration_set.lower() not in names:
             yield (f"event_destination[{i}].configuration_set: no [[configuration_set]] "
                    f"named \"{d.configuration_set}\"")
+        elif d.configuration_set and d.tenant \
+                and set_owner[d.configuration_set.lower()] not in ("", d.tenant):
+            yield (f"event_destination[{i}].configuration_set: configuration set "
+                   f"\"{d.configuration_set}\" belongs to tenant "
+                   f"\"{set_owner[d.configuration_set.lower()]}\", expected a shared one or "
+                   f"one of tenant \"{d.tenant}\"")
 
 
 def _check_pools(cfg: Config) -> Iterable[str]:

@@ -63,6 +63,20 @@ class UserRecord(msgspec.Struct, frozen=True):
     # The [[pool]] this credential's mail leaves from when its configuration set names
     # none; "" = delivery.pool.
     pool: str = ""
+    # The tenant this credential belongs to: its mail's tenant when the message names
+    # none (X-SES-TENANT). Files from before tenants read as "default".
+    tenant: str = "default"
+    # Further tenants a platform credential may name per message with X-SES-TENANT.
+    tenants: list[str] = []
+    # Per-credential quota override (None: the tenant's): recipients in a rolling 24 h
+    # window and recipients per second.
+    max_24h_send: int | None = None
+    max_send_rate: float | None = None
+
+    @property
+    def allowed_tenants(self) -> list[str]:
+        """Every tenant this credential may send for, its own first."""
+        return list(dict.fromkeys([self.tenant or "default", *self.tenants]))
 
 
 class _UsersFile(msgspec.Struct):
@@ -299,10 +313,15 @@ class UserStore:
         self._maybe_reload()
 
     def add(self, name: str, password: str, allow: list[str] | None = None,
-            configuration_set: str = "", pool: str = "") -> None:
+            configuration_set: str = "", pool: str = "", tenant: str = "default",
+            tenants: list[str] | None = None) -> None:
+        """Add a credential. `tenant`, `tenants`: names the caller checked exist."""
         check_name(name)
         check_password(password)
         record = hash_password(password, now=self._clock.now())
+        record = msgspec.structs.replace(record, tenant=tenant or "default",
+                                         tenants=[t for t in dict.fromkeys(tenants or [])
+                                                  if t != (tenant or "default")])
         if allow:
             record = msgspec.structs.replace(record, allow=list(allow))
         if configuration_set:
@@ -321,10 +340,10 @@ class UserStore:
             if old is None:
                 raise UserError(f"no user {name!r}")
             new = hash_password(password, now=self._clock.now())
-            users[name] = msgspec.structs.replace(new, created_at=old.created_at,
-                                                  allow=old.allow,
-                                                  configuration_set=old.configuration_set,
-                                                  pool=old.pool)
+            # Everything but the password stays (allow, defaults, tenant, quota...).
+            users[name] = msgspec.structs.replace(
+                old, scheme=new.scheme, n=new.n, r=new.r, p=new.p, salt=new.salt,
+                hash=new.hash, updated_at=new.updated_at)
 
     def set_allow(self, name: str, allow: list[str]) -> None:
         """Replace the identities/patterns `name` may send as (empty: any verified one)."""
@@ -352,6 +371,35 @@ class UserStore:
                 raise UserError(f"no user {name!r}")
             users[name] = msgspec.structs.replace(old, pool=pool,
                                                   updated_at=self._clock.now())
+
+    def set_tenant(self, name: str, tenant: str, tenants: list[str] | None = None) -> None:
+        """Move `name` to `tenant`; `tenants`: the further tenants it may name (None:
+        keep them)."""
+        with self._editing() as users:
+            old = users.get(name)
+            if old is None:
+                raise UserError(f"no user {name!r}")
+            others = old.tenants if tenants is None else tenants
+            users[name] = msgspec.structs.replace(
+                old, tenant=tenant, tenants=[t for t in dict.fromkeys(others) if t != tenant],
+                updated_at=self._clock.now())
+
+    def set_quota(self, name: str, max_24h_send: int | None,
+                  max_send_rate: float | None) -> UserRecord:
+        """The per-credential quota override (None: the tenant's)."""
+        with self._editing() as users:
+            old = users.get(name)
+            if old is None:
+                raise UserError(f"no user {name!r}")
+            users[name] = new = msgspec.structs.replace(
+                old, max_24h_send=max_24h_send, max_send_rate=max_send_rate,
+                updated_at=self._clock.now())
+        return new
+
+    def tenant_map(self) -> dict[str, list[str]]:
+        """Credential name -> the tenants it may use, as on disk now (for removing a
+        tenant: relay.tenants.store refuses while credentials belong to it)."""
+        return {n: r.allowed_tenants for n, r in self._read().items()}
 
     def default_pool(self, name: str) -> str:
         record = self.get(name) if name else None

@@ -7,7 +7,8 @@ the Structs of relay.admin.params; path parts are checked here); unknown ids are
 Responses never contain a secret: no password hash, no token or token hash, no DKIM
 private key, no message body.
 Queue actions go through the store's group committer like the scheduler's own writes.
-Suppression reads and writes relay/suppression's list (the queue's LMDB environment).
+Suppression reads and writes relay/suppression's list, tenants relay/tenants/store.py
+(both in the queue's LMDB environment).
 Must not: block the event loop on slow work (scrypt runs in a thread).
 """
 
@@ -32,8 +33,10 @@ from relay.admin.params import (
     EventsQuery,
     Params,
     QueueQuery,
+    StatusChange,
     SuppressionAdd,
     SuppressionQuery,
+    TenantAdd,
     UserAdd,
     from_body,
     from_query,
@@ -48,6 +51,15 @@ from relay.queue.records import PENDING_STATES, Action, MessageRecord, Recipient
 from relay.queue.store import QueueStore
 from relay.suppression.policy import SUPPRESSION_REASONS, normalize, valid_address
 from relay.suppression.store import Entry, SuppressionList
+from relay.tenants.model import StatusRecord, Tenant, tenant_scope
+from relay.tenants.store import (
+    NoSuchTenant,
+    TenantError,
+    TenantExists,
+    TenantStore,
+    check_quota,
+    sent_last_24_hours,
+)
 from relay.users import (
     UserError,
     UserStore,
@@ -80,6 +92,11 @@ class AdminContext:
     warmup_gate: Any = None                     # relay.warmup.gate.WarmupGate
     listeners: Callable[[], list[dict[str, Any]]] = list
     verp: Any = None                            # relay.verp.Verp: List-Unsubscribe tokens
+    # The process's tenant store (its cache is the SMTP hot path's); None: the API makes
+    # its own on `store`.
+    tenants: TenantStore | None = None
+    # SentLast24Hours of a tenant (the quota book's reader; 0 until it is wired).
+    sent_last_24_hours: Callable[[QueueStore, str], int] = sent_last_24_hours
     started_at: float = 0.0                     # clock.now() at start (0: set in __post_init__)
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
 
@@ -125,6 +142,11 @@ class AdminContext:
             else:
                 row["plan_caps"] = []
         return rows
+
+    def tenant_store(self) -> TenantStore:
+        if self.tenants is None:
+            self.tenants = TenantStore(self.store, self.clock)
+        return self.tenants
 
     def sample(self) -> dict[str, Any]:
         point: dict[str, Any] = {"t": self.clock.now(), **self.depth()}
@@ -358,6 +380,7 @@ async def identities(request: web.Request) -> web.Response:
             "verified": bool(rec.verified) if rec else False,
             "verified_at": iso(rec.verified_at) if rec and rec.verified_at else None,
             "checked_at": iso(rec.checked_at) if rec and rec.checked_at else None,
+            "tenant": rec.tenant if rec else "",
             "dkim": dkim,
         })
     return _json({"identities": rows})
@@ -373,7 +396,9 @@ async def warmup(request: web.Request) -> web.Response:
 
 async def users_list(request: web.Request) -> web.Response:
     ctx = _ctx(request)
-    rows = [{"name": name, "allow": list(rec.allow)}
+    rows = [{"name": name, "allow": list(rec.allow), "tenant": rec.tenant,
+             "tenants": rec.allowed_tenants, "max_24h_send": rec.max_24h_send,
+             "max_send_rate": rec.max_send_rate}
             for name, rec in sorted(ctx.users.read_all().items())]
     return _json({"users": rows})
 
@@ -425,6 +450,143 @@ async def users_remove(request: web.Request) -> web.Response:
     except UserError as e:
         return _error(404, str(e), "name")
     return _json({"name": name, "removed": True})
+
+
+# ------------------------------------------------------------------ tenants
+
+# SES's SendingStatus of a tenant: DISABLED while paused, REINSTATED once resumed.
+def _sending_status(st: StatusRecord) -> str:
+    if st.paused:
+        return "DISABLED"
+    return "REINSTATED" if st.last_fresh_start else "ENABLED"
+
+
+def _when(t: float | None) -> str | None:
+    return iso(t) if t else None
+
+
+def _tenant_json(ctx: AdminContext, t: Tenant, *, sent: bool) -> dict[str, Any]:
+    """A tenant in SES's names (GetTenant, GetAccount's SendQuota and
+    ProductionAccessEnabled) with relay's reputation status record."""
+    st = ctx.tenant_store().tenant_status(t.name)
+    body: dict[str, Any] = {
+        "TenantName": t.name, "CreatedTimestamp": _when(t.created_at),
+        "SendingStatus": _sending_status(st),
+        "ProductionAccessEnabled": not t.sandbox,
+        "ProductionAccessTimestamp": _when(t.production_at),
+        "SuppressionScope": t.suppression_scope,
+        "ReputationStatus": {
+            "Status": st.status, "Reason": st.reason, "Automatic": st.automatic,
+            "ChangedTimestamp": _when(st.changed_at), "ChangedBy": st.changed_by,
+            "LastFreshStart": _when(st.last_fresh_start), "BounceRate": st.bounce_rate,
+            "ComplaintRate": st.complaint_rate, "Volume": st.volume},
+        "SendQuota": {"Max24HourSend": t.quota.max_24h_send,
+                      "MaxSendRate": t.quota.max_send_rate},
+    }
+    if sent:
+        body["SendQuota"]["SentLast24Hours"] = ctx.sent_last_24_hours(ctx.store, t.name)
+    return body
+
+
+def _tenant_name(request: web.Request) -> str:
+    return request.match_info["name"]
+
+
+def _tenant_error(e: TenantError) -> web.Response:
+    if isinstance(e, NoSuchTenant):
+        return _error(404, str(e), "name")
+    if isinstance(e, TenantExists):
+        return _error(409, str(e), "TenantName")
+    return _error(409, str(e), "name")
+
+
+async def tenants_list(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    tenants = ctx.tenant_store().tenants()
+    return _json({"Tenants": [_tenant_json(ctx, t, sent=False) for t in tenants.values()]})
+
+
+async def tenants_add(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    data = await _body(request, TenantAdd)
+    ts = ctx.tenant_store()
+    try:
+        quota = check_quota(
+            None if isinstance(data.Max24HourSend, UnsetType) else data.Max24HourSend,
+            None if isinstance(data.MaxSendRate, UnsetType) else data.MaxSendRate)
+        op = ts.add_op(data.TenantName, quota=quota, suppression_scope=data.SuppressionScope,
+                       sandbox=None if isinstance(data.Sandbox, UnsetType) else data.Sandbox)
+    except TenantError as e:
+        text = str(e)
+        raise BadInput(text.split(" ", 1)[0] if text.startswith("max_") else "TenantName",
+                       text) from None
+    try:
+        tenant = await ts.write(op)
+    except TenantError as e:
+        return _tenant_error(e)
+    return _json({"Tenant": _tenant_json(ctx, tenant, sent=True)}, 201)
+
+
+async def tenants_show(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    name = _tenant_name(request)
+    tenant = ctx.tenant_store().get(name)
+    if tenant is None:
+        return _error(404, f"no tenant {name!r}", "name")
+    data = await asyncio.to_thread(_tenant_json, ctx, tenant, sent=True)
+    return _json({"Tenant": data})
+
+
+async def tenants_remove(request: web.Request) -> web.Response:
+    ctx = _ctx(request)
+    name = _tenant_name(request)
+    credentials = await asyncio.to_thread(ctx.users.tenant_map)
+    ts = ctx.tenant_store()
+    try:
+        await ts.write(ts.remove_op(name, credentials))
+    except TenantError as e:
+        return _tenant_error(e)
+    return _json({"TenantName": name, "removed": True})
+
+
+async def _status_body(request: web.Request) -> StatusChange:
+    if not request.can_read_body:
+        return StatusChange()
+    return await _body(request, StatusChange)
+
+
+async def tenants_pause(request: web.Request) -> web.Response:
+    return await _tenant_change(request, "pause")
+
+
+async def tenants_resume(request: web.Request) -> web.Response:
+    return await _tenant_change(request, "resume")
+
+
+async def tenants_production(request: web.Request) -> web.Response:
+    return await _tenant_change(request, "production")
+
+
+async def _tenant_change(request: web.Request, what: str) -> web.Response:
+    ctx = _ctx(request)
+    name = _tenant_name(request)
+    ts = ctx.tenant_store()
+    who = f"admin-token:{request.get(TOKEN_NAME) or '?'}"
+    op: Callable[[Any], Any]
+    if what == "production":
+        op = ts.production_op(name)
+    else:
+        reason = (await _status_body(request)).Reason
+        make = ts.pause_op if what == "pause" else ts.resume_op
+        op = make(tenant_scope(name), who=who, reason=reason)
+    try:
+        await ts.write(op)
+    except TenantError as e:
+        return _tenant_error(e)
+    tenant = ts.get(name)
+    if tenant is None:  # removed meanwhile
+        return _error(404, f"no tenant {name!r}", "name")
+    return _json({"Tenant": _tenant_json(ctx, tenant, sent=False)})
 
 
 # ------------------------------------------------------------------ events
@@ -619,6 +781,8 @@ async def unsubscribe(request: web.Request) -> web.Response:
 # ------------------------------------------------------------------ app
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# The name of the bearer token of an /api/ request (who paused a tenant).
+TOKEN_NAME = "relay_admin_token"
 _OPEN = {"/", "/openapi.json", "/favicon.ico"}
 
 
@@ -635,14 +799,18 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     ctx = _ctx(request)
     path = request.path
     needs = path.startswith("/api/") or (path == "/metrics" and ctx.config().admin.metrics_auth)
+    name: str | None = None
     if needs:
         token = _bearer(request)
-        if token is None or await asyncio.to_thread(ctx.tokens.verify, token) is None:
+        name = None if token is None else await asyncio.to_thread(ctx.tokens.verify, token)
+        if name is None:
             resp = _error(401, "a valid bearer token is required "
                                "(Authorization: Bearer TOKEN; create one with "
                                "`relay admin token add NAME`)")
             resp.headers["WWW-Authenticate"] = 'Bearer realm="relay"'
             return resp
+    if name is not None:
+        request[TOKEN_NAME] = name
     try:
         return await handler(request)
     except BadInput as e:
@@ -667,6 +835,13 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/api/users", users_list),
     ("POST", "/api/users", users_add),
     ("DELETE", "/api/users/{name}", users_remove),
+    ("GET", "/api/tenants", tenants_list),
+    ("POST", "/api/tenants", tenants_add),
+    ("GET", "/api/tenants/{name}", tenants_show),
+    ("DELETE", "/api/tenants/{name}", tenants_remove),
+    ("POST", "/api/tenants/{name}/pause", tenants_pause),
+    ("POST", "/api/tenants/{name}/resume", tenants_resume),
+    ("POST", "/api/tenants/{name}/production", tenants_production),
     ("GET", "/api/events", events),
     ("GET", "/api/status", status),
     ("GET", "/api/dashboard", dashboard_data),

@@ -18,12 +18,15 @@ from relay.admin.params import (
     EventsQuery,
     Params,
     QueueQuery,
+    StatusChange,
     SuppressionAdd,
     SuppressionQuery,
+    TenantAdd,
     UserAdd,
 )
 from relay.queue.records import PENDING_STATES
 from relay.suppression.policy import SUPPRESSION_REASONS
+from relay.tenants.model import REPUTATION_STATUSES, SUPPRESSION_SCOPES
 
 _REF = "#/components/schemas/{name}"
 _ERROR = {"$ref": _REF.format(name="Error")}
@@ -66,7 +69,8 @@ def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None
     for code in errors:
         op["responses"][str(code)] = _resp({400: "Wrong input; `field` names it",
                                             401: "Missing or unknown bearer token",
-                                            404: "No such item", 409: "Already exists",
+                                            404: "No such item",
+                                            409: "Already exists, or still in use",
                                             501: "Not available in this build"}[code], _ERROR)
     if params:
         op["parameters"] = params
@@ -85,6 +89,8 @@ def _p(name: str, description: str) -> dict[str, Any]:
 
 _OBJ = {"type": "object"}
 _ID = _p("id", "queue id (20 hex characters)")
+_TENANT = _p("name", "tenant name")
+_NULLABLE_TEXT = {"type": ["string", "null"]}
 
 
 def document() -> dict[str, Any]:
@@ -102,6 +108,24 @@ def document() -> dict[str, Any]:
             "address": {"type": "string"}, "state": {"enum": [
                 *PENDING_STATES, "delivered", "bounced", "expired"]},
             "attempts": {"type": "integer"}, "last_response": {"type": "string"}}}}}}
+    status = {"type": "object", "properties": {
+        "Status": {"enum": REPUTATION_STATUSES}, "Reason": {"type": "string"},
+        "Automatic": {"type": "boolean"}, "ChangedTimestamp": _NULLABLE_TEXT,
+        "ChangedBy": {"type": "string"}, "LastFreshStart": _NULLABLE_TEXT,
+        "BounceRate": {"type": "number"}, "ComplaintRate": {"type": "number"},
+        "Volume": {"type": "integer"}}}
+    tenant = {"type": "object", "properties": {
+        "TenantName": {"type": "string"}, "CreatedTimestamp": _NULLABLE_TEXT,
+        "SendingStatus": {"enum": ["ENABLED", "REINSTATED", "DISABLED"]},
+        "ProductionAccessEnabled": {"type": "boolean"},
+        "ProductionAccessTimestamp": _NULLABLE_TEXT,
+        "SuppressionScope": {"enum": SUPPRESSION_SCOPES},
+        "ReputationStatus": status,
+        "SendQuota": {"type": "object", "properties": {
+            "Max24HourSend": {"type": ["integer", "null"]},
+            "MaxSendRate": {"type": ["number", "null"]},
+            "SentLast24Hours": {"type": "integer"}}}}}
+    tenant_body = {"type": "object", "properties": {"Tenant": tenant}}
     paths: dict[str, Any] = {
         "/api/queue": {"get": _op(
             "List queued messages, oldest first",
@@ -153,6 +177,32 @@ def document() -> dict[str, Any]:
         "/api/users/{name}": {"delete": _op(
             "Remove an SMTP user", _resp("Removed", _OBJ), params=[_p("name", "user name")],
             errors=(401, 404))},
+        "/api/tenants": {
+            "get": _op("Every tenant (`default` always), SES-named: TenantName, "
+                       "SendingStatus, ReputationStatus, SendQuota, ProductionAccessEnabled",
+                       _resp("Tenants", {"type": "object", "properties": {
+                           "Tenants": {"type": "array", "items": tenant}}}), errors=(401,)),
+            "post": _op("Create a tenant (in the sandbox unless Sandbox is false)",
+                        _resp("Created", tenant_body), status="201", body=_body(TenantAdd),
+                        errors=(400, 401, 409))},
+        "/api/tenants/{name}": {
+            "get": _op("One tenant with SendQuota.SentLast24Hours",
+                       _resp("The tenant", tenant_body), params=[_TENANT],
+                       errors=(401, 404)),
+            "delete": _op("Remove a tenant and its status (409: `default`, or credentials "
+                          "still belong to it)", _resp("Removed", _OBJ), params=[_TENANT],
+                          errors=(401, 404, 409))},
+        "/api/tenants/{name}/pause": {"post": _op(
+            "Pause a tenant's sending (by the operator: the token's name is recorded); "
+            "the body is optional", _resp("Paused", tenant_body), params=[_TENANT],
+            body=_body(StatusChange), errors=(400, 401, 404))},
+        "/api/tenants/{name}/resume": {"post": _op(
+            "Resume a tenant: Healthy, with a fresh reputation window from now "
+            "(LastFreshStart); the body is optional", _resp("Resumed", tenant_body),
+            params=[_TENANT], body=_body(StatusChange), errors=(400, 401, 404))},
+        "/api/tenants/{name}/production": {"post": _op(
+            "Take a tenant out of the sandbox", _resp("In production", tenant_body),
+            params=[_TENANT], errors=(401, 404))},
         "/api/events": {"get": _op(
             "Recent events, newest first (SES event publishing shape)",
             _resp("Events", _OBJ),

@@ -31,6 +31,7 @@ from msgspec import inspect as mi
 from relay.events.model import EVENT_TYPES
 from relay.queue.records import PENDING_STATES
 from relay.suppression.policy import SUPPRESSION_REASONS
+from relay.tenants.model import SuppressionScope
 from relay.users import MIN_NEW_PASSWORD_LENGTH
 
 MAX_LIMIT = 10_000
@@ -117,8 +118,32 @@ class UserAdd(Params):
     allow: list[str] = []
 
 
+class TenantAdd(Params):
+    """Create a tenant (SES CreateTenant's TenantName, with relay's quota, sandbox and
+    suppression scope). Without Sandbox, a tenant other than `default` starts in it."""
+
+    TenantName: Annotated[str, Meta(description="1-64 letters, digits, '-' or '_'")]
+    Sandbox: Annotated[bool, Meta(
+        description="start in the sandbox (default: yes)")] | UnsetType = UNSET
+    Max24HourSend: Annotated[int, Meta(
+        ge=0, description="recipients in a rolling 24 hours; 0 = unlimited; absent = the "
+                          "[tenants] default")] | UnsetType = UNSET
+    MaxSendRate: Annotated[float, Meta(
+        ge=0, description="recipients per second; 0 = unlimited; absent = the [tenants] "
+                          "default")] | UnsetType = UNSET
+    SuppressionScope: Annotated[SuppressionScope, Meta(
+        description="the suppression list its mail is checked against and feeds")] = \
+        "account"
+
+
+class StatusChange(Params):
+    """Pause or resume a tenant (the body is optional)."""
+
+    Reason: Annotated[str, Meta(max_length=500, description="why (kept with the status)")] = ""
+
+
 QUERIES: tuple[type[Params], ...] = (QueueQuery, SuppressionQuery, EventsQuery)
-BODIES: tuple[type[Params], ...] = (SuppressionAdd, UserAdd)
+BODIES: tuple[type[Params], ...] = (SuppressionAdd, UserAdd, TenantAdd, StatusChange)
 
 P = TypeVar("P", bound=Params)
 

@@ -1,4 +1,4 @@
-"""`relay identity add|list|verify|remove`: sending identities (domains or addresses).
+"""`relay identity add|list|verify|remove|tenant`: sending identities (domains or addresses).
 
 `verify` looks the records up in DNS (the [dns] nameservers) and reports, record by
 record, what is published, what is missing and the exact record to add; it records the
@@ -16,6 +16,7 @@ from typing import Any
 
 from relay.cli import CliError, load_config
 from relay.cli.output import table
+from relay.cli.tenant import check_tenants_exist
 from relay.clock import SystemClock
 from relay.config import Config
 from relay.dkim.keys import DkimError, KeyStore
@@ -41,8 +42,17 @@ def register(sub: Any) -> None:
                              description="Add an identity: a domain (example.com) or one "
                                          "address (ops@example.com). It may send once verified.")
     add.add_argument("name", metavar="NAME")
+    add.add_argument("--tenant", default="", metavar="TENANT",
+                     help="the tenant that owns it (default: shared by every tenant)")
     _config_arg(add)
     add.set_defaults(func=run_add)
+    ten = actions.add_parser("tenant", help="give an identity to a tenant",
+                             description="Set the tenant that owns an identity; none = "
+                                         "shared by every tenant.")
+    ten.add_argument("name", metavar="NAME")
+    ten.add_argument("tenant", nargs="?", default="", metavar="TENANT")
+    _config_arg(ten)
+    ten.set_defaults(func=run_tenant)
     lst = actions.add_parser("list", help="list identities", description="List identities.")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
     _config_arg(lst)
@@ -70,12 +80,30 @@ def _store(cfg: Config) -> IdentityStore:
 
 def run_add(args: argparse.Namespace) -> int:
     cfg = load_config(args)
+    tenant = args.tenant.strip()
+    if tenant:
+        check_tenants_exist(cfg, [tenant])
     try:
-        rec = _store(cfg).add(args.name)
+        rec = _store(cfg).add(args.name, tenant=tenant)
     except (IdentityError, OSError) as e:
         raise CliError(str(e)) from None
-    print(f"identity {rec.name!r} added (not verified yet: run `relay identity verify "
-          f"{rec.name}`)")
+    owner = f" for tenant {tenant!r}" if tenant else ""
+    print(f"identity {rec.name!r} added{owner} (not verified yet: run `relay identity "
+          f"verify {rec.name}`)")
+    return 0
+
+
+def run_tenant(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    tenant = args.tenant.strip()
+    if tenant:
+        check_tenants_exist(cfg, [tenant])
+    try:
+        rec = _store(cfg).set_tenant(args.name, tenant)
+    except (IdentityError, OSError) as e:
+        raise CliError(str(e)) from None
+    print(f"identity {rec.name!r} belongs to "
+          + (f"tenant {tenant!r}" if tenant else "no tenant (shared)"))
     return 0
 
 
@@ -101,12 +129,13 @@ def run_list(args: argparse.Namespace) -> int:
                      "verified": bool(rec and rec.verified),
                      "verified_at": rec.verified_at if rec else 0.0,
                      "mail_from": ident.mail_from if ident else "",
+                     "tenant": rec.tenant if rec else "",
                      "on_mx_failure": ident.on_mx_failure if ident else ""})
     if args.json:
         print(json.dumps(rows))
         return 0
     table([{**r, "status": "verified" if r["verified"] else "not verified"} for r in rows],
-          ["name", "kind", "status", "mail_from"], empty="no identities")
+          ["name", "kind", "status", "tenant", "mail_from"], empty="no identities")
     return 0
 
 

@@ -1,4 +1,5 @@
-"""`relay user add|list|remove|passwd`: SMTP credentials in <state_dir>/users.json.
+"""`relay user add|list|show|remove|passwd|tenant|quota|...`: SMTP credentials in
+<state_dir>/users.json.
 
 Passwords come from `--password-stdin` (one line, for scripts), are prompted for twice
 with getpass, or are made by relay with `--generate-password` (printed once, alone on
@@ -19,11 +20,14 @@ from typing import Any
 
 from relay.cli import CliError, load_config
 from relay.cli.output import table
+from relay.cli.tenant import check_tenants_exist
 from relay.events.model import iso
 from relay.identity.model import IdentityError, check_pattern
+from relay.tenants.store import TenantError, check_quota
 from relay.users import (
     MIN_NEW_PASSWORD_LENGTH,
     UserError,
+    UserRecord,
     UserStore,
     check_new_password,
     generate_password,
@@ -48,7 +52,38 @@ def register(sub: Any) -> None:
     add.add_argument("--configuration-set", default="", metavar="NAME",
                      help="the [[configuration_set]] of this user's mail when a message names "
                           "none (X-SES-CONFIGURATION-SET)")
+    add.add_argument("--tenant", default="default", metavar="TENANT",
+                     help="the tenant this user belongs to: its mail's tenant when a message "
+                          "names none (default: default)")
+    _tenants_option(add)
     add.set_defaults(func=run_add)
+
+    utenant = actions.add_parser("tenant", help="move a user to another tenant",
+                                 description="Set the tenant a user belongs to (and the "
+                                             "further tenants it may name per message).")
+    utenant.add_argument("name", metavar="NAME")
+    utenant.add_argument("tenant", metavar="TENANT")
+    _tenants_option(utenant)
+    utenant.add_argument("--no-other-tenants", action="store_true",
+                         help="may send for TENANT only")
+    utenant.set_defaults(func=run_tenant)
+
+    uquota = actions.add_parser("quota", help="set a user's own sending quota",
+                                description="Override the tenant's quota for this user's "
+                                            "mail (or --clear the override).")
+    uquota.add_argument("name", metavar="NAME")
+    uquota.add_argument("--max-24h-send", type=int, default=None, metavar="N",
+                        help="recipients in a rolling 24 hours (0 = unlimited)")
+    uquota.add_argument("--max-send-rate", type=float, default=None, metavar="R",
+                        help="recipients per second (0 = unlimited)")
+    uquota.add_argument("--clear", action="store_true", help="use the tenant's quota again")
+    uquota.set_defaults(func=run_quota)
+
+    show = actions.add_parser("show", help="show a user", description="Show one SMTP user "
+                                                                       "(never its password).")
+    show.add_argument("name", metavar="NAME")
+    show.add_argument("--json", action="store_true", help="print a JSON object")
+    show.set_defaults(func=run_show)
 
     uset = actions.add_parser("configuration-set", help="set a user's default configuration set",
                               description="Set the [[configuration_set]] used for a user's "
@@ -89,6 +124,20 @@ def register(sub: Any) -> None:
     lst = actions.add_parser("list", help="list users", description="List SMTP users.")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
     lst.set_defaults(func=run_list)
+
+
+def _tenants_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--tenants", action="append", default=[], metavar="A,B",
+                        help="further tenants a platform credential may name per message "
+                             "with X-SES-TENANT (comma-separated or repeated)")
+
+
+def _tenant_names(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """(its own tenant, the further ones), each an existing tenant of the spool."""
+    own = args.tenant.strip()
+    others = [t.strip() for raw in args.tenants for t in raw.split(",") if t.strip()]
+    check_tenants_exist(load_config(args), [own, *others])
+    return own, [t for t in dict.fromkeys(others) if t != own]
 
 
 def _password_options(parser: argparse.ArgumentParser) -> None:
@@ -155,10 +204,12 @@ def run_add(args: argparse.Namespace) -> int:
     try:
         if store.get(args.name) is not None:
             raise CliError(f"user {args.name!r} already exists (use `relay user passwd`)")
+        tenant, others = _tenant_names(args)
         password = _new_password(args)
         store.add(args.name, password, _patterns(args.allow),
                   pool=_pool(args, args.pool),
-                  configuration_set=_configuration_set(args, args.configuration_set))
+                  configuration_set=_configuration_set(args, args.configuration_set),
+                  tenant=tenant, tenants=others)
     except (UserError, OSError) as e:
         raise CliError(str(e)) from None
     _show_generated(args, password, f"user {args.name!r} added")
@@ -237,6 +288,88 @@ def run_passwd(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_tenant(args: argparse.Namespace) -> int:
+    store = _store(args)
+    tenant, others = _tenant_names(args)
+    if args.no_other_tenants and others:
+        raise CliError("--no-other-tenants: give it without --tenants")
+    try:
+        store.set_tenant(args.name, tenant,
+                         [] if args.no_other_tenants else (others or None))
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    rec = store.get(args.name)
+    shown = ", ".join(rec.allowed_tenants) if rec is not None else tenant
+    print(f"user {args.name!r} belongs to tenant {tenant!r} (may send for: {shown})")
+    return 0
+
+
+def run_quota(args: argparse.Namespace) -> int:
+    if args.clear and (args.max_24h_send is not None or args.max_send_rate is not None):
+        raise CliError("--clear: give it alone, not with --max-24h-send or --max-send-rate")
+    if not args.clear and args.max_24h_send is None and args.max_send_rate is None:
+        raise CliError("quota: expected --max-24h-send N, --max-send-rate R or --clear")
+    store = _store(args)
+    try:
+        old = store.get(args.name)
+        if old is None:
+            raise CliError(f"no user {args.name!r}")
+        if args.clear:
+            m24, rate = None, None
+        else:
+            m24 = old.max_24h_send if args.max_24h_send is None else args.max_24h_send
+            rate = old.max_send_rate if args.max_send_rate is None else args.max_send_rate
+        quota = check_quota(m24, rate)
+        store.set_quota(args.name, quota.max_24h_send, quota.max_send_rate)
+    except TenantError as e:
+        raise CliError(str(e)) from None
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    if args.clear:
+        print(f"user {args.name!r} uses its tenant's quota")
+    else:
+        print(f"user {args.name!r}: max_24h_send {_limit(quota.max_24h_send)}, "
+              f"max_send_rate {_limit(quota.max_send_rate)}")
+    return 0
+
+
+def _limit(value: float | None) -> str:
+    return "the tenant's" if value is None else str(value)
+
+
+def _user_row(name: str, rec: UserRecord) -> dict[str, Any]:
+    return {"name": name, "created_at": rec.created_at, "updated_at": rec.updated_at,
+            "allow": rec.allow, "pool": rec.pool, "configuration_set": rec.configuration_set,
+            "tenant": rec.tenant, "tenants": rec.allowed_tenants,
+            "max_24h_send": rec.max_24h_send, "max_send_rate": rec.max_send_rate}
+
+
+def run_show(args: argparse.Namespace) -> int:
+    store = _store(args)
+    try:
+        rec = store.read_all().get(args.name)
+    except (UserError, OSError) as e:
+        raise CliError(str(e)) from None
+    if rec is None:
+        raise CliError(f"no user {args.name!r}")
+    row = _user_row(args.name, rec)
+    if args.json:
+        print(json.dumps(row))
+        return 0
+    lines = [("Name", args.name), ("Tenant", rec.tenant),
+             ("Tenants", ", ".join(rec.allowed_tenants)),
+             ("Max24HourSend", _limit(rec.max_24h_send)),
+             ("MaxSendRate", _limit(rec.max_send_rate)),
+             ("Allow", ", ".join(rec.allow) or "any verified identity"),
+             ("ConfigurationSet", rec.configuration_set or "-"),
+             ("Pool", rec.pool or "delivery.pool"),
+             ("CreatedAt", iso(rec.created_at) if rec.created_at else "-")]
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        print(f"{key + ':':<{width + 2}}{value}")
+    return 0
+
+
 def run_remove(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
@@ -254,15 +387,21 @@ def run_list(args: argparse.Namespace) -> int:
     except (UserError, OSError) as e:
         raise CliError(str(e)) from None
     if args.json:
-        rows = [{"name": name, "created_at": rec.created_at, "updated_at": rec.updated_at,
-                 "allow": rec.allow, "pool": rec.pool,
-                 "configuration_set": rec.configuration_set}
-                for name, rec in records.items()]
-        print(json.dumps(rows))
+        print(json.dumps([_user_row(name, rec) for name, rec in records.items()]))
         return 0
     table([{"name": name, "allow": rec.allow or "any verified identity",
             "configuration_set": rec.configuration_set, "pool": rec.pool,
+            "tenant": ", ".join(rec.allowed_tenants),
+            "quota": _quota_cell(rec),
             "created_at": iso(rec.created_at) if rec.created_at else ""}
            for name, rec in records.items()],
-          ["name", "configuration_set", "pool", "created_at", "allow"], empty="no users")
+          ["name", "tenant", "configuration_set", "pool", "quota", "created_at", "allow"],
+          empty="no users")
     return 0
+
+
+def _quota_cell(rec: UserRecord) -> str:
+    """The per-credential override, "" (shown "-") when the tenant's quota applies."""
+    if rec.max_24h_send is None and rec.max_send_rate is None:
+        return ""
+    return f"{_limit(rec.max_24h_send)}/24h, {_limit(rec.max_send_rate)}/s"

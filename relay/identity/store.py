@@ -22,6 +22,8 @@ class IdentityRecord(msgspec.Struct, frozen=True):
     verified: bool = False
     verified_at: float = 0.0
     checked_at: float = 0.0
+    # The tenant that owns it ("" = shared: every tenant may send as it).
+    tenant: str = ""
 
 
 class _File(msgspec.Struct):
@@ -92,16 +94,36 @@ class IdentityStore:
     def _write(self, records: dict[str, IdentityRecord]) -> None:
         self._file.write(_File(identities=dict(sorted(records.items()))))
 
-    def add(self, name: str) -> IdentityRecord:
+    def add(self, name: str, tenant: str = "") -> IdentityRecord:
+        """Add an identity; `tenant`: its owner ("" = shared), a name the caller
+        checked exists."""
         n = check_identity_name(name)
         with self._file.locked():
             records = self._read()
             if n in records:
                 raise IdentityError(f"identity {n!r} already exists")
-            records[n] = rec = IdentityRecord(n, created_at=self.clock.now())
+            records[n] = rec = IdentityRecord(n, created_at=self.clock.now(), tenant=tenant)
             self._write(records)
         self._maybe_reload(force=True)
         return rec
+
+    def set_tenant(self, name: str, tenant: str) -> IdentityRecord:
+        """Give identity `name` to `tenant` ("" = shared)."""
+        n = check_identity_name(name)
+        with self._file.locked():
+            records = self._read()
+            old = records.get(n)
+            if old is None:
+                raise IdentityError(f"no identity {n!r}")
+            records[n] = rec = msgspec.structs.replace(old, tenant=tenant)
+            self._write(records)
+        self._maybe_reload(force=True)
+        return rec
+
+    def owner(self, name: str) -> str:
+        """The tenant owning identity `name` ("" = shared, or not stored)."""
+        rec = self._maybe_reload()[0].get(name)
+        return rec.tenant if rec is not None else ""
 
     def remove(self, name: str) -> None:
         n = check_identity_name(name)

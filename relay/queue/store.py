@@ -73,9 +73,11 @@ class QueueStore:
     # (relay/tenants/quotastore.py), committed with the message they count;
     # "reputation": sends, bounces and complaints per scope and hour for the reputation
     # status (relay/tenants/repstore.py).
+    # "tenants": the tenants by name and "status": the reputation status of each tenant
+    # and configuration set (relay/tenants/store.py).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
            "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
-           "suppression_tenant", "quota", "reputation")
+           "suppression_tenant", "quota", "reputation", "tenants", "status")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,

@@ -72,7 +72,8 @@ def test_keygen_dns_identity_verify(config: Path, tmp_path: Path,
     listed = json.loads(relay(config, "identity", "list", "--json").stdout)
     assert listed == [{"name": "example.com", "kind": "domain", "verified": True,
                        "verified_at": listed[0]["verified_at"],
-                       "mail_from": "bounce.example.com", "on_mx_failure": "use_default"}]
+                       "mail_from": "bounce.example.com", "tenant": "",
+                       "on_mx_failure": "use_default"}]
 
     r = relay(config, "dkim", "rotate", "example.com", "--selector", "s2")
     assert r.returncode == 0 and "s2-ed._domainkey.example.com" in r.stdout

@@ -350,3 +350,38 @@ def test_list_unsubscribe_urls_are_built_on_the_public_url(url: str, base: str) 
                 '[[configuration_set]]\nname = "plain"\n')
     assert unsubscribe_base(cfg, "news") == base
     assert unsubscribe_base(cfg, "plain") == ""
+
+
+def test_tenant_owned_sets_pools_and_destinations() -> None:
+    cfg = loads('[[pool]]\nname = "acme-ips"\nips = ["192.0.2.1"]\ntenant = "acme"\n'
+                '[[configuration_set]]\nname = "news"\npool = "acme-ips"\ntenant = "acme"\n'
+                '[[event_destination]]\nname = "hooks"\nconfiguration_set = "news"\n'
+                'tenant = "acme"\n')
+    assert (cfg.pool[0].tenant, cfg.configuration_set[0].tenant,
+            cfg.event_destination[0].tenant) == ("acme", "acme", "acme")
+    assert loads('[[configuration_set]]\nname = "x"\n').configuration_set[0].tenant == ""
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[[configuration_set]]\nname = "x"\ntenant = "a b"\n',
+     "configuration_set[0]: tenant 'a b': expected \"\" (shared) or a tenant name of 1-64"),
+    ('[[pool]]\nname = "p"\nips = ["192.0.2.1"]\ntenant = "bad/name"\n',
+     "pool[0]: tenant 'bad/name': expected"),
+    ('[[event_destination]]\nname = "d"\ntenant = "' + "x" * 65 + '"\n',
+     "event_destination[0]: tenant 'xxx"),
+    # A set's pool must be shared or its own tenant's.
+    ('[[pool]]\nname = "p"\nips = ["192.0.2.1"]\ntenant = "acme"\n'
+     '[[configuration_set]]\nname = "news"\npool = "p"\ntenant = "beta"\n',
+     'configuration_set[0].pool: pool "p" belongs to tenant "acme", expected a shared pool '
+     'or one of tenant "beta"'),
+    ('[[pool]]\nname = "p"\nips = ["192.0.2.1"]\ntenant = "acme"\n'
+     '[[configuration_set]]\nname = "news"\npool = "p"\n',
+     'configuration_set[0].pool: pool "p" belongs to tenant "acme"'),
+    ('[[configuration_set]]\nname = "news"\ntenant = "acme"\n'
+     '[[event_destination]]\nname = "d"\nconfiguration_set = "news"\ntenant = "beta"\n',
+     'event_destination[0].configuration_set: configuration set "news" belongs to tenant '
+     '"acme"'),
+])
+def test_tenant_ownership_problems_are_named(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(p.startswith(expected) for p in found), found

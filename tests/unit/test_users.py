@@ -11,7 +11,7 @@ import pytest
 
 from relay.clock import FakeClock
 from relay.testing.submission import count_scrypt
-from relay.users import UserError, UserStore
+from relay.users import UserError, UserStore, hash_password
 
 
 @pytest.fixture
@@ -194,3 +194,39 @@ def test_verify_cached_answers_only_from_the_cache(
     store.set_password("app", "battery staple")
     assert not store.verify_cached("app", "correct horse")  # the record changed
     assert not store.verify_cached("app", "battery staple")  # and is not verified yet
+
+
+def test_users_file_from_before_tenants_reads_as_default_tenant(tmp_path: Path) -> None:
+    """A users.json written before credentials had a tenant or a quota override."""
+    record = hash_password("correct horse battery", n=2, now=5.0)
+    old = {"version": 1, "users": {"legacy": {
+        "scheme": "scrypt", "n": record.n, "r": record.r, "p": record.p,
+        "salt": record.salt, "hash": record.hash, "created_at": 5.0, "updated_at": 5.0,
+        "allow": [], "configuration_set": "", "pool": ""}}}
+    (tmp_path / "users.json").write_text(json.dumps(old))
+    store = UserStore(tmp_path / "users.json")
+    rec = store.get("legacy")
+    assert rec is not None
+    assert (rec.tenant, rec.tenants, rec.max_24h_send, rec.max_send_rate) == (
+        "default", [], None, None)
+    assert rec.allowed_tenants == ["default"]
+    assert store.verify("legacy", "correct horse battery")
+
+
+def test_tenant_and_quota_override_survive_a_password_change(store: UserStore) -> None:
+    store.add("platform", "correct horse battery", tenant="acme",
+              tenants=["beta", "acme", "beta"])
+    rec = store.get("platform")
+    assert rec is not None and rec.allowed_tenants == ["acme", "beta"]
+    store.set_quota("platform", 1000, 2.5)
+    store.set_password("platform", "another long password")
+    rec = store.get("platform")
+    assert rec is not None
+    assert (rec.tenant, rec.tenants, rec.max_24h_send, rec.max_send_rate) == (
+        "acme", ["beta"], 1000, 2.5)
+    assert store.verify("platform", "another long password")
+    store.set_tenant("platform", "beta")
+    assert store.tenant_map() == {"platform": ["beta"]}
+    store.set_quota("platform", None, None)
+    rec = store.get("platform")
+    assert rec is not None and rec.max_24h_send is None and rec.max_send_rate is None
