@@ -77,7 +77,9 @@ class FeedbackProcessor:
     def __init__(self, store: QueueStore, verp: Verp, events: EventLog, clock: Clock,
                  config: Callable[[], Config], state_dir: Path, *,
                  on_reputation: ReputationHook | None = None,
-                 on_complaint: ComplaintHook | None = None) -> None:
+                 on_complaint: ComplaintHook | None = None,
+                 on_unparsed_kept: Callable[[int], None] | None = None,
+                 on_unparsed_dropped: Callable[[str, int], None] | None = None) -> None:
         self.store = store
         self.verp = verp
         self.events = events
@@ -87,7 +89,8 @@ class FeedbackProcessor:
         # Bounded in size and age (feedback.unparsed_max_size / unparsed_max_age).
         self.unparsed = UnparsedStore(self.unparsed_dir, clock, bounds=lambda: (
             int(self.config().feedback.unparsed_max_size),
-            float(self.config().feedback.unparsed_max_age)))
+            float(self.config().feedback.unparsed_max_age)),
+            on_kept=on_unparsed_kept, on_dropped=on_unparsed_dropped)
         self.suppression = SuppressionList(store)
         self.on_reputation = on_reputation
         self.on_complaint = on_complaint
