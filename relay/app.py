@@ -1,11 +1,12 @@
-"""Wires one relay process: queue, events, scheduler, delivery client, listeners.
+"""Runs one relay process: queue, events, scheduler, delivery client, listeners.
 
-`RelayApp` builds the object graph once from a Config and passes each part
-what it needs (no global singletons). Start order is chosen so nothing is
-accepted before it can be stored, and nothing is delivered before crashed
-leases are recovered; stop order is the reverse, so a SIGTERM drains
-gracefully: listeners stop accepting, transactions under way finish, unstarted
-leases go back to the spool, the store commits and closes.
+`RelayApp` has relay/wiring.py's `build()` make the object graph once from a Config
+(every part given what it needs when it is made; no global singletons) and runs its
+lifecycle. Start order is chosen so nothing is accepted before it can be stored, and
+nothing is delivered before crashed leases are recovered; stop order is the reverse,
+so a SIGTERM drains gracefully: listeners stop accepting, transactions under way
+finish, unstarted leases go back to the spool, the store commits and closes. The
+listeners and the admin API are made here, as they start, from the built parts.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -126,7 +128,6 @@ class RelayApp:
         self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
         self.loop_lag.start()
         self.scheduler.start()
-        submitter = parts.submitter
         tls = self.tls = self._tls_context()
         for lst in cfg.listener:
             if lst.role == "feedback":
@@ -150,7 +151,7 @@ class RelayApp:
                                       auth_policy=parts.auth_policy,
                                       sender_check=parts.sender_policy,
                                       reuse_port=self.worker is not None,
-                                      on_reject=submitter.reject,
+                                      on_reject=parts.submitter.reject,
                                       **self._observers(str(lst.address)))
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
@@ -167,10 +168,10 @@ class RelayApp:
         """A submission listener's metrics hooks: sessions, replies, AUTH defence, accept()
         failures, implicit-TLS handshakes."""
         metrics = self.metrics
-        return {"on_session": lambda refusal: metrics.observe_session(name, refusal),
+        return {"on_session": functools.partial(metrics.observe_session, name),
                 "on_reply": metrics.observe_reply, "on_auth": metrics.observe_auth,
                 "on_accept_failure": metrics.observe_accept_failure,
-                "on_handshake": lambda result: metrics.observe_tls_gate(name, result)}
+                "on_handshake": functools.partial(metrics.observe_tls_gate, name)}
 
     def _feedback_observers(self, name: str) -> dict[str, Any]:
         """The feedback listener's metrics hooks: sessions, refused reports, accept()
@@ -179,7 +180,7 @@ class RelayApp:
         return {"on_session": metrics.observe_feedback_session,
                 "on_report": metrics.observe_feedback_report,
                 "on_accept_failure": metrics.observe_accept_failure,
-                "on_handshake": lambda result: metrics.observe_tls_gate(name, result)}
+                "on_handshake": functools.partial(metrics.observe_tls_gate, name)}
 
     async def _prune_loop(self) -> None:
         """Forget sent-message records older than suppression.feedback_window."""
@@ -203,7 +204,7 @@ class RelayApp:
             # make run: an admin token for the dashboard, printed once like the credential.
             self.dev_admin_token = tokens.add(DEV_USER)
         ctx = AdminContext(
-            config=lambda: self.cfg, store=self.store, users=self.users,
+            config=self.live.get, store=self.store, users=self.users,
             tokens=tokens, events=self.events,
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,

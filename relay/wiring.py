@@ -88,19 +88,19 @@ class Late(Generic[T]):
 
 
 class LiveConfig:
-    """The running Config. Parts that follow a reload (SIGHUP) read it through `get`;
-    `RelayApp.reload` replaces it."""
+    """The running Config. Parts that follow a reload (SIGHUP) read it through `get` (or,
+    in build()'s own closures, `current`); `RelayApp.reload` replaces it."""
 
-    __slots__ = ("_cfg",)
+    __slots__ = ("current",)
 
     def __init__(self, cfg: Config) -> None:
-        self._cfg = cfg
+        self.current = cfg
 
     def get(self) -> Config:
-        return self._cfg
+        return self.current
 
     def replace(self, cfg: Config) -> None:
-        self._cfg = cfg
+        self.current = cfg
 
 
 @dataclass(frozen=True)
@@ -238,7 +238,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
                                           reputation.remember_attempt])
 
     def pool_and_lane(msg: Any) -> tuple[str, int]:
-        current = config()
+        current = live.current
         credential = users.default_pool(msg.auth_user) if msg.auth_user else ""
         return (lanes.pool_of(current, msg, credential), lanes.priority_of(current, msg))
 
@@ -261,7 +261,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         signer=signer, verp=verp, resolver=resolver, identities=cfg.identity,
         default_domain=return_domain,
         unsubscribe_base=lambda msg: configsets.unsubscribe_base(
-            config(), msg.configuration_set))
+            live.current, msg.configuration_set))
     # Suppression, feedback (bounces/complaints), the mailbox simulator.
     suppressor = Suppressor(store, config)
     feedback = FeedbackProcessor(
@@ -290,8 +290,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         cfg.delivery, hostname=cfg.server.hostname, rng=rng, poll_interval=poll_interval,
         outbound=outbound, suppression=suppressor, simulator=local,
         after_settle=[suppressor.after_settle], journal=journal,
-        configuration_set=lambda name: config().configuration_set_named(name),
-        lane_of=lambda msg: lanes.priority_of(config(), msg), gate=gate))
+        configuration_set=lambda name: live.current.configuration_set_named(name),
+        lane_of=lambda msg: lanes.priority_of(live.current, msg), gate=gate))
     submitter = QueueSubmitter(store, events, scheduler, config, users, journal=journal,
                                on_accept=[metrics.accepted.inc, gate.accepted])
     # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
