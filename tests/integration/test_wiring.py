@@ -27,7 +27,7 @@ from relay.suppression.store import SuppressionList
 from relay.testing.dnsserver import DnsServer
 from relay.testing.factories import DnsServers
 from relay.testing.harness import Harness
-from relay.wiring import Components, LiveConfig, Overrides, build
+from relay.wiring import Components, Late, LiveConfig, Overrides, build
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,6 +137,15 @@ async def test_parts_read_the_live_config_a_reload_replaces(
     finally:
         await p.sender.close()
         p.store.env.close()
+
+
+def test_a_forward_reference_is_set_once_and_only_read_once_set() -> None:
+    late: Late[int | None] = Late("the part")
+    with pytest.raises(RuntimeError, match="the part is used before it is built"):
+        late()
+    assert late.set(None) is None and late() is None  # None is a value (no shaper)
+    with pytest.raises(RuntimeError, match="the part is built twice"):
+        late.set(1)
 
 
 @pytest.fixture
