@@ -1,17 +1,20 @@
-"""Wires one relay process: queue, events, scheduler, delivery client, listeners.
+"""Runs one relay process: queue, events, scheduler, delivery client, listeners.
 
-`RelayApp` builds the object graph once from a Config and passes each part
-what it needs (no global singletons). Start order is chosen so nothing is
-accepted before it can be stored, and nothing is delivered before crashed
-leases are recovered; stop order is the reverse, so a SIGTERM drains
-gracefully: listeners stop accepting, transactions under way finish, unstarted
-leases go back to the spool, the store commits and closes.
+`RelayApp` has relay/wiring.py's `build()` make the object graph once from a Config
+(every part given what it needs when it is made; no global singletons) and runs its
+lifecycle. Start order is chosen so nothing is accepted before it can be stored, and
+nothing is delivered before crashed leases are recovered; stop order is the reverse,
+so a SIGTERM drains gracefully: listeners stop accepting, transactions under way
+finish, unstarted leases go back to the spool, the store commits and closes. The
+listeners and the admin API are made here, as they start, from the built parts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import gc
 import logging
 import os
@@ -27,46 +30,22 @@ from typing import Any
 
 import msgspec
 
-from relay import configsets, logfmt, sdnotify, simulator
+from relay import logfmt, sdnotify
 from relay.admin.api import AdminContext
-from relay.admin.metrics import EventLogCollector, Metrics, StateCollector
+from relay.admin.metrics import EventLogCollector, StateCollector
 from relay.admin.server import AdminServer
 from relay.admin.tokens import TokenStore
 from relay.clock import Clock, SystemClock
 from relay.config import Config, ConfigError, load
-from relay.delivery.attempts import RecordingSender
-from relay.delivery.client import Sender
-from relay.delivery.mtasts_fetch import MtaSts
-from relay.delivery.routing import Router
-from relay.delivery.scheduler import Scheduler
-from relay.delivery.sentfrom import SentFrom, prune_sent_op
-from relay.delivery.shaper import ShapedSender, provider_map
-from relay.delivery.yielding import DeliveryGate, LoopLag
-from relay.dkim.keys import KeyStore
-from relay.dkim.sign import Signer
-from relay.dns.resolver import DnsResolver
-from relay.events.destinations import EventRouter
-from relay.events.journal import EventJournal
-from relay.events.log import EventLog
+from relay.delivery.sentfrom import prune_sent_op
 from relay.feedback.listener import FeedbackServer, owned_domains
-from relay.feedback.processor import FeedbackProcessor
-from relay.identity.authorize import SenderPolicy
 from relay.identity.check import rotation_tick
-from relay.identity.gate import MailFromGate
-from relay.identity.outbound import Outbound
-from relay.identity.store import IdentityStore
-from relay.queue.store import QueueStore
 from relay.signals import EarlySignals
-from relay.simulator import Simulator
-from relay.smtp import AuthPolicy, SubmissionServer
-from relay.smtp.submitter import QueueSubmitter
+from relay.smtp import SubmissionServer
 from relay.supervisor import watch_supervisor
-from relay.suppression.guard import Suppressor
 from relay.tlsutil import ensure_self_signed, server_context
-from relay.users import DEV_USER, UserStore
-from relay.verp import Verp
-from relay.warmup import lanes
-from relay.warmup.feedback import ReputationFeedback
+from relay.users import DEV_USER
+from relay.wiring import LiveConfig, Overrides, build
 from relay.workers import worker_share
 
 log = logging.getLogger("relay")
@@ -79,36 +58,30 @@ def _bound(sockets: Iterable[socket.socket]) -> set[tuple[str, int]]:
 class RelayApp:
     def __init__(self, cfg: Config, clock: Clock | None = None,
                  rng: random.Random | None = None,
-                 worker: tuple[int, int] | None = None) -> None:
-        self.cfg = cfg
+                 worker: tuple[int, int] | None = None,
+                 overrides: Overrides | None = None) -> None:
         # Multi-process mode (relay/supervisor.py): (index, count). Worker i owns the
         # destinations of shard i (delivery, recovery); worker 0 also runs the admin API
         # and the feedback listener.
         self.worker = worker if worker is not None and worker[1] > 1 else None
-        # A worker enforces its share of per-destination limits (relay/workers.py).
-        cfg = self.cfg = worker_share(cfg, self.worker)
+        # A worker enforces its share of per-destination limits (relay/workers.py). The
+        # parts that follow a reload read this cell; reload() replaces its Config.
+        self.live = LiveConfig(worker_share(cfg, self.worker))
         self.clock = clock or SystemClock()
-        self.rng = rng or random.Random()
-        self.state_dir = cfg.state_path
+        self.rng = rng or (overrides and overrides.rng) or random.Random()
+        self.overrides = dataclasses.replace(overrides or Overrides(), rng=self.rng)
+        self.state_dir = self.cfg.state_path
         self.listeners: list[SubmissionServer] = []
         self.recovered = 0
         self.dev_password: str | None = None
         self.dev_admin_token: str | None = None
-        self.metrics = Metrics()
         self.admin: AdminServer | None = None
         self.tls: ssl.SSLContext | None = None
         self.feedback_listeners: list[FeedbackServer] = []
-        # The bound (ip, port) of each listener: mail routed there loops back (554 5.4.6).
-        self.own_addresses: set[tuple[str, int]] = set()
-        # (queue id, recipient domain) -> (source IP, provider) of attempts, so a late
-        # reputation bounce or a complaint reaches the warm-up state of the IP that sent,
-        # in whichever worker it arrives, and after a restart (set in start()).
-        self.sent_from = SentFrom(None)
 
-    def _lease_seconds(self) -> float:
-        d = self.cfg.delivery
-        # Longer than any single attempt can take, so a live attempt is never leased twice.
-        return d.connect_timeout + 4 * d.command_timeout + d.data_timeout + 60
+    @property
+    def cfg(self) -> Config:
+        return self.live.get()
 
     def _tls_context(self) -> ssl.SSLContext | None:
         needs_tls = any(lst.tls != "none" for lst in self.cfg.listener)
@@ -121,151 +94,65 @@ class RelayApp:
         return server_context(cert, key)
 
     async def start(self) -> None:
+        # The whole graph, built once (relay/wiring.py); then started in order: the spool
+        # recovered and committing before anything can be accepted, events before the
+        # work that reports them, delivery before the listeners, the admin API last.
+        parts = self.parts = build(self.cfg, self.clock, self.overrides, worker=self.worker,
+                                   live=self.live)
         cfg = self.cfg
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.store = QueueStore(
-            self.state_dir / "queue", self.clock, map_size=cfg.server.queue_map_size,
-            commit_window=cfg.server.commit_window, commit_batch_max=cfg.server.commit_batch_max,
-            lease_seconds=self._lease_seconds())
-        self.store.shard = self.worker
+        self.metrics, self.store, self.sent_from = parts.metrics, parts.store, parts.sent_from
+        self.reputation, self.events, self.users = parts.reputation, parts.events, parts.users
+        self.resolver, self.router, self.sender = parts.resolver, parts.router, parts.sender
+        self.attempts, self.shaped = parts.attempts, parts.shaped
+        self.identities, self.dkim_keys, self.verp = (parts.identities, parts.dkim_keys,
+                                                      parts.verp)
+        self.scheduler, self.suppressor, self.feedback = (parts.scheduler, parts.suppressor,
+                                                          parts.feedback)
+        self.event_router, self.journal, self.loop_lag = (parts.event_router, parts.journal,
+                                                          parts.loop_lag)
+        self.own_addresses = parts.own_addresses
         self.recovered = self.store.write_now(self.store.recover_op(self.clock.now(),
                                                                     shard=self.worker))
         if self.recovered:
             log.warning("recovered %d recipients that were in flight at the last stop",
                         self.recovered)
         await self.store.start()
-        self.sent_from = SentFrom(self.store)
-        # Reputation refusals, late reputation bounces and complaints reach the warm-up
-        # gate of the IP that sent (through the shaper, once it exists below).
-        self.reputation = ReputationFeedback(
-            self.sent_from, lambda: self.shaped, self.clock.now,
-            fixed={simulator.DOMAIN: (simulator.SOURCE, simulator.PROVIDER)})
-        stats = self.store.stats
-        self.store.on_commit.append(
-            lambda: self.metrics.observe_commit(stats.last_batch, stats.last_fsync_seconds))
-        events_path = Path(cfg.events.log)
-        self.events = EventLog(events_path if events_path.is_absolute()
-                               else self.state_dir / events_path, self.clock)
-        self.users = UserStore(self.state_dir / "users.json", self.clock, recheck=0.5)
         if cfg.server.dev_credential and not self.users.names() and not self._secondary:
             self.dev_password = secrets.token_urlsafe(18)
             self.users.add(DEV_USER, self.dev_password)
-        self.resolver = DnsResolver.from_config(cfg.dns, self.clock)
-        self.router = Router(cfg.delivery, self.resolver, self.rng, mta_sts=MtaSts(
-            self.resolver, self.state_dir, self.clock,
-            timeout=float(cfg.delivery.mta_sts_timeout)) if cfg.delivery.mta_sts else None,
-            own_addresses=self.own_addresses, clock=self.clock)
-        self.sender = Sender(cfg.delivery, hostname=cfg.server.hostname, clock=self.clock)
-        # Below the shaper: one log line and one metric per attempted transaction.
-        self.attempts = RecordingSender(self.sender, provider_map(cfg),
-                                        default_source=cfg.delivery.source_address,
-                                        observers=[self.metrics.observe_attempt,
-                                                   self.reputation.remember_attempt])
-        # Pools and warm-up (delivery.pool): transactions go through the shaper, which picks
-        # and binds the source IP, keeps the per-IP caps and holds the excess. The pool and
-        # priority lane of each message: its configuration set, then its credential's
-        # default pool, then delivery.pool (relay/warmup/lanes.py).
-        self.shaped = (ShapedSender(cfg, self.attempts, self.store, self.clock,
-                                    share=self.worker)
-                       if cfg.delivery.pool or cfg.pool else None)
-        if self.shaped is not None:
-            self.shaped.choose = self._pool_and_lane
-            self.shaped.event_log = self.events
-        # Looked at on every message: at most every 0.5 s (an edit by `relay identity`
-        # shows within that; SIGHUP at once).
-        self.identities = IdentityStore.in_state_dir(self.state_dir, self.clock, recheck=0.5)
-        self.dkim_keys = KeyStore.in_state_dir(self.state_dir, self.clock,
-                                               rsa_bits=cfg.dkim.rsa_bits, recheck=0.5)
-        verp = Verp.from_state_dir(self.state_dir)
-        outbound = Outbound(
-            signer=Signer(self.dkim_keys, store=self.store), verp=verp,
-            resolver=self.resolver, identities=cfg.identity,
-            default_domain=cfg.server.return_path_domain or cfg.server.hostname,
-            unsubscribe_base=lambda msg: configsets.unsubscribe_base(
-                self.cfg, msg.configuration_set))
-        self.verp = verp
-        self.scheduler = Scheduler(self.store, self.router, self.shaped or self.attempts,
-                                   self.events, self.clock,
-                                   cfg.delivery, hostname=cfg.server.hostname, rng=self.rng,
-                                   outbound=outbound)
-        if self.worker is not None:
-            # Another worker's submissions do not wake this one: poll more often.
-            self.scheduler.poll_interval = min(self.scheduler.poll_interval, 0.2)
-        # Suppression, feedback (bounces/complaints), the mailbox simulator, event routing.
-        self.suppressor = Suppressor(self.store, lambda: self.cfg)
-        self.scheduler.suppression = self.suppressor
-        self.scheduler.after_settle.append(self.suppressor.after_settle)
-        self.scheduler.configuration_set = lambda name: self.cfg.configuration_set_named(name)
-        self.scheduler.lane_of = lambda msg: lanes.priority_of(self.cfg, msg)
-        self.feedback = FeedbackProcessor(
-            self.store, verp, self.events, self.clock, lambda: self.cfg, self.state_dir,
-            on_reputation=self.reputation.reputation_bounce,
-            on_complaint=self.reputation.complaint)
-        self.scheduler.simulator = Simulator(
-            clock=self.clock, store=self.store, feedback=self.feedback, verp=verp,
-            return_domain=cfg.server.return_path_domain or cfg.server.hostname,
-            observers=[self.metrics.observe_attempt])  # never remember_attempt: no reputation
-        # One outbox for all workers; worker 0 POSTs it, and looks every second because
-        # the other workers' events do not wake it.
-        self.event_router = EventRouter(lambda: self.cfg, self.store, self.clock,
-                                        self.state_dir, drain=not self._secondary,
-                                        poll=1.0 if self.worker is not None else 0.0)
-        self.events.subscribers.append(self.event_router)
         await self.event_router.start()
-        # Events are staged with the state changes they report and replayed after a crash.
-        self.journal = EventJournal(self.store, self.events, self.clock)
         if not self._secondary:
             self.journal.replay()  # one worker publishes what the last run left staged
         self.journal.start()
-        self.scheduler.journal = self.journal
         self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
         self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
-        # Accept first: delivery gives this process's loop to a burst of submissions.
-        self.loop_lag = LoopLag()
-        self.scheduler.gate = DeliveryGate(self.loop_lag,
-                                           max_hold=cfg.delivery.accept_first_max_hold)
-        self.scheduler.gate.on_open.append(self.scheduler.wake)
         self.loop_lag.start()
         self.scheduler.start()
-        submitter = QueueSubmitter(self.store, self.events, self.scheduler, lambda: self.cfg,
-                                   self.users)
-        submitter.journal = self.journal
-        submitter.on_accept.append(self.metrics.accepted.inc)
-        submitter.on_accept.append(self.scheduler.gate.accepted)
-        # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
-        gate = MailFromGate(submitter, outbound, reject=submitter.reject)
-        self.metrics.complaint_source = self.reputation.complaint_source
-        self.events.subscribers.append(self.metrics.observe_event)
         tls = self.tls = self._tls_context()
-        # One lockout tracker for every listener: a lockout on 587 holds on 465 too.
-        auth_policy = AuthPolicy(cfg.limits.auth_failure_delay, cfg.limits.auth_max_failures,
-                                 cfg.limits.auth_lockout)
-        # "off" still holds a credential to its explicit allow list (relay user add --allow).
-        sender_check = SenderPolicy(
-            self.identities, self.users,
-            require_verified=cfg.server.sender_authorization == "verified")
         for lst in cfg.listener:
             if lst.role == "feedback":
                 if self._secondary:
                     # One feedback listener, in worker 0; mail routed to it still loops.
                     self.own_addresses.add((str(lst.address.host), lst.address.port))
                     continue
+                name = str(lst.address)
                 fb = FeedbackServer(lst, cfg.server.hostname, self.feedback,
                                     lambda: owned_domains(self.cfg), tls,
-                                    limits=cfg.limits, feedback=cfg.feedback)
-                self._observe_feedback(fb, str(lst.address))
+                                    limits=cfg.limits, feedback=cfg.feedback,
+                                    **self._feedback_observers(name))
                 await fb.start()
                 self.own_addresses.update(_bound(fb.sockets))
                 self.feedback_listeners.append(fb)
                 continue
             if lst.role != "submission":
                 continue
-            server = SubmissionServer(lst, cfg.limits, cfg.server.hostname, gate,
-                                      self.users, self.clock, tls, auth_policy=auth_policy,
-                                      sender_check=sender_check)
-            self._observe(server, str(lst.address))
-            server.context.on_reject = submitter.reject
-            server.reuse_port = self.worker is not None
+            server = SubmissionServer(lst, cfg.limits, cfg.server.hostname,
+                                      parts.mail_from_gate, self.users, self.clock, tls,
+                                      auth_policy=parts.auth_policy,
+                                      sender_check=parts.sender_policy,
+                                      reuse_port=self.worker is not None,
+                                      on_reject=parts.submitter.reject,
+                                      **self._observers(str(lst.address)))
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
             self.listeners.append(server)
@@ -277,34 +164,23 @@ class RelayApp:
         """A worker other than worker 0 in multi-process mode."""
         return self.worker is not None and self.worker[0] != 0
 
-    def _observe(self, server: SubmissionServer, name: str) -> None:
-        """Session and reply metrics through the listener context's hooks."""
-        ctx = server.context
-        admit = ctx.admit
+    def _observers(self, name: str) -> dict[str, Any]:
+        """A submission listener's metrics hooks: sessions, replies, AUTH defence, accept()
+        failures, implicit-TLS handshakes."""
+        metrics = self.metrics
+        return {"on_session": functools.partial(metrics.observe_session, name),
+                "on_reply": metrics.observe_reply, "on_auth": metrics.observe_auth,
+                "on_accept_failure": metrics.observe_accept_failure,
+                "on_handshake": functools.partial(metrics.observe_tls_gate, name)}
 
-        def counted(ip: str) -> object:
-            refusal = admit(ip)
-            self.metrics.observe_session(name, refusal)
-            return refusal
-
-        ctx.admit = counted  # type: ignore[assignment]
-        ctx.on_reply = self.metrics.observe_reply
-        ctx.on_auth = self.metrics.observe_auth
-        server.on_accept_failure = self.metrics.observe_accept_failure
-        server.on_handshake = lambda result: self.metrics.observe_tls_gate(name, result)
-
-    def _observe_feedback(self, server: FeedbackServer, name: str) -> None:
-        """The feedback listener's metrics: sessions, refused reports, the unparsed store."""
-        server.on_session = self.metrics.observe_feedback_session
-        server.on_report = self.metrics.observe_feedback_report
-        server.on_accept_failure = self.metrics.observe_accept_failure
-        server.on_handshake = lambda result: self.metrics.observe_tls_gate(name, result)
-        self.feedback.unparsed.on_kept = self.metrics.observe_unparsed_kept
-        self.feedback.unparsed.on_dropped = self.metrics.observe_unparsed_dropped
-
-    def _pool_and_lane(self, msg: Any) -> tuple[str, int]:
-        credential = self.users.default_pool(msg.auth_user) if msg.auth_user else ""
-        return (lanes.pool_of(self.cfg, msg, credential), lanes.priority_of(self.cfg, msg))
+    def _feedback_observers(self, name: str) -> dict[str, Any]:
+        """The feedback listener's metrics hooks: sessions, refused reports, accept()
+        failures, implicit-TLS handshakes (the unparsed store's are wired in build())."""
+        metrics = self.metrics
+        return {"on_session": metrics.observe_feedback_session,
+                "on_report": metrics.observe_feedback_report,
+                "on_accept_failure": metrics.observe_accept_failure,
+                "on_handshake": functools.partial(metrics.observe_tls_gate, name)}
 
     async def _prune_loop(self) -> None:
         """Forget sent-message records older than suppression.feedback_window."""
@@ -328,7 +204,7 @@ class RelayApp:
             # make run: an admin token for the dashboard, printed once like the credential.
             self.dev_admin_token = tokens.add(DEV_USER)
         ctx = AdminContext(
-            config=lambda: self.cfg, store=self.store, users=self.users,
+            config=self.live.get, store=self.store, users=self.users,
             tokens=tokens, events=self.events,
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
@@ -386,7 +262,7 @@ class RelayApp:
             needs_restart.append(name)
         if old.admin.address != new.admin.address or old.admin.enabled != new.admin.enabled:
             needs_restart.append("admin")
-        self.cfg = new
+        self.live.replace(new)
         logfmt.set_level(new.server.log_level)
         # Credentials, identities and DKIM state are files the stores re-read when they
         # change; drop the DKIM key cache so a replaced key file is read again too.

@@ -22,12 +22,15 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from relay.delivery.attempts import Attempt
+from relay.queue.committer import StoreStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, *,
+                 complaint_source: Callable[[Any], tuple[str, str] | None] | None = None
+                 ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.accepted = Counter("relay_messages_accepted", "Messages accepted (250 after DATA)",
@@ -96,8 +99,8 @@ class Metrics:
         # For the dashboard: per provider, outcome -> count (since start).
         self.by_provider: dict[str, Tally[str]] = {}
         # (source IP, provider) of the delivery a complaint event is about, when known
-        # (relay/app.py remembers recent attempts).
-        self.complaint_source: Callable[[Any], tuple[str, str] | None] | None = None
+        # (relay/warmup/feedback.py remembers recent attempts).
+        self.complaint_source = complaint_source
 
     # ------------------------------------------------------------------ hooks
 
@@ -130,6 +133,11 @@ class Metrics:
     def observe_commit(self, batch: int, seconds: float) -> None:
         self.commit_batch.observe(batch)
         self.commit_seconds.observe(seconds)
+
+    def observe_store(self, stats: StoreStats) -> None:
+        """After a group commit: its batch size and fsync time (a store commit observer)."""
+        self.commit_batch.observe(stats.last_batch)
+        self.commit_seconds.observe(stats.last_fsync_seconds)
 
     def observe_session(self, listener: str, refusal: object | None) -> None:
         self.sessions.labels(listener, "accepted" if refusal is None else "refused").inc()

@@ -141,7 +141,14 @@ class Scheduler:
     def __init__(self, store: QueueStore, router: RouterLike, sender: Sender,
                  events: EventLog, clock: Clock, cfg: Delivery, *, hostname: str,
                  rng: random.Random | None = None, poll_interval: float = 1.0,
-                 max_workers: int = 200, outbound: OutboundLike | None = None) -> None:
+                 max_workers: int = 200, outbound: OutboundLike | None = None,
+                 suppression: SuppressionLike | None = None,
+                 simulator: LocalDeliveryLike | None = None,
+                 after_settle: Sequence[SettleHook] = (),
+                 journal: EventJournal | None = None,
+                 configuration_set: Callable[[str], Any] | None = None,
+                 lane_of: Callable[[MessageRecord], int] | None = None,
+                 gate: DeliveryGate | None = None) -> None:
         self.store = store
         self.router = router
         self.sender = sender
@@ -153,17 +160,17 @@ class Scheduler:
         self.poll_interval = poll_interval
         self.max_workers = max_workers
         self.outbound = outbound  # DKIM signing + VERP return path (relay.identity.outbound)
-        # Optional parts (relay/app.py wires them): the suppression check before an attempt,
-        # the mailbox simulator, hooks run after every settle (automatic suppression), and
-        # the configuration set of a message (its max_delivery_time).
-        self.suppression: SuppressionLike | None = None
-        self.simulator: LocalDeliveryLike | None = None
-        self.after_settle: list[SettleHook] = []
+        # Optional parts (relay/wiring.py passes them): the suppression check before an
+        # attempt, the mailbox simulator, hooks run after every settle (automatic
+        # suppression), and the configuration set of a message (its max_delivery_time).
+        self.suppression = suppression
+        self.simulator = simulator
+        self.after_settle: list[SettleHook] = list(after_settle)
         # When set, events are staged in the settling transaction (crash-safe events).
-        self.journal: EventJournal | None = None
-        self.configuration_set: Callable[[str], Any] | None = None
+        self.journal = journal
+        self.configuration_set = configuration_set
         # The priority lane of a message (relay/warmup/lanes.py); None: all bulk.
-        self.lane_of: Callable[[MessageRecord], int] | None = None
+        self.lane_of = lane_of
         self.ready: dict[str, LaneQueue] = {}
         # Destinations with queued work that may need another worker (an ordered set).
         self._wanting: dict[str, None] = {}
@@ -176,7 +183,7 @@ class Scheduler:
         self._stopping = False
         self._loop_task: asyncio.Task[None] | None = None
         # When set, delivery gives the loop to a burst of submissions (yielding.py).
-        self.gate: DeliveryGate | None = None
+        self.gate = gate
 
     # ------------------------------------------------------------------ lifecycle
 

@@ -70,7 +70,9 @@ def provider_map(cfg: Config) -> ProviderMap:
 class ShapedSender:
     def __init__(self, cfg: Config, sender: Sender, store: Any, clock: Clock, *,
                  pool: str | None = None, sync_interval: float = 5.0,
-                 share: tuple[int, int] | None = None) -> None:
+                 share: tuple[int, int] | None = None,
+                 choose: Callable[[Any], tuple[str, int]] | None = None,
+                 event_log: Any = None) -> None:
         self.sender = sender
         self.store = store
         self.clock = clock
@@ -83,8 +85,8 @@ class ShapedSender:
         self._conns: dict[str, asyncio.Semaphore] = {}
         self.notices: list[str] = []
         # message -> (pool, lane); None: every message from `pool`, bulk lane.
-        self.choose: Callable[[Any], tuple[str, int]] | None = None
-        self.event_log: Any = None   # relay.events.log.EventLog for WarmupFreeze/Backoff
+        self.choose = choose
+        self.event_log: Any = event_log  # relay.events.log.EventLog for WarmupFreeze/Backoff
         self._flushes: set[asyncio.Task[None]] = set()
 
     def publish(self) -> None:

@@ -36,7 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from relay.tasks import cancel_and_wait
 
@@ -90,7 +90,8 @@ class DeliveryGate:
     submissions hold the loop (see the module's rules)."""
 
     def __init__(self, lag: LoopLag, *, max_hold: float, floor: int = 2,
-                 hold: float = 0.25, burst_min: int = 25) -> None:
+                 hold: float = 0.25, burst_min: int = 25,
+                 on_open: Iterable[Callable[[], None]] = ()) -> None:
         if floor < 1:
             raise ValueError("floor must be at least 1: delivery never stops")
         self.lag = lag
@@ -113,7 +114,7 @@ class DeliveryGate:
         self._closed = False
         self._was_holding = False
         # Called when a hold ends (the scheduler's wake: it promotes again).
-        self.on_open: list[Callable[[], None]] = []
+        self.on_open: list[Callable[[], None]] = list(on_open)
         lag.on_tick.append(self._tick)
 
     # -------------------------------------------------------------- signals

@@ -44,10 +44,12 @@ class EventLog(LineFile):
 
     def __init__(self, path: Path, clock: Clock | None = None, *,
                  max_unwritten: int = MAX_UNWRITTEN,
-                 retry_interval: float = RETRY_INTERVAL) -> None:
+                 retry_interval: float = RETRY_INTERVAL,
+                 subscribers: Iterable[Callable[[Event], None]] = ()) -> None:
         super().__init__(path, clock, max_unwritten=max_unwritten,
                          retry_interval=retry_interval)
-        self.subscribers: list[Callable[[Event], None]] = []
+        # Given every event as it is written (the webhook outbox, metrics).
+        self.subscribers: list[Callable[[Event], None]] = list(subscribers)
 
     def emit(self, events: Iterable[Event]) -> int | None:
         """Write `events` (within this loop turn) and hand them to the subscribers.

@@ -188,7 +188,11 @@ class _FeedbackSMTP(SMTP):
 class FeedbackServer:
     def __init__(self, listener: Listener, hostname: str, processor: FeedbackProcessor,
                  domains: Callable[[], Iterable[str]], ssl_context: ssl.SSLContext | None, *,
-                 limits: Limits | None = None, feedback: Feedback | None = None) -> None:
+                 limits: Limits | None = None, feedback: Feedback | None = None,
+                 on_session: Callable[[object | None], None] | None = None,
+                 on_report: Callable[[str], None] | None = None,
+                 on_accept_failure: Callable[[str], None] | None = None,
+                 on_handshake: Callable[[str], None] | None = None) -> None:
         if listener.role != "feedback":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "FeedbackServer serves role \"feedback\" only")
@@ -210,10 +214,10 @@ class FeedbackServer:
         # Metrics hooks: every connection (refusal or None), a report outcome ("refused"),
         # an accept() failure (errno name), an implicit-TLS connection closed before its
         # session ("refused", "timeout", "failed").
-        self.on_session: Callable[[object | None], None] | None = None
-        self.on_report: Callable[[str], None] | None = None
-        self.on_accept_failure: Callable[[str], None] | None = None
-        self.on_handshake: Callable[[str], None] | None = None
+        self.on_session = on_session
+        self.on_report = on_report
+        self.on_accept_failure = on_accept_failure
+        self.on_handshake = on_handshake
         self._accept_failures: AcceptFailures | None = None
         self._handshaking: set[ImplicitTlsGate] = set()
 

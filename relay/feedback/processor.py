@@ -79,6 +79,8 @@ class FeedbackProcessor:
                  config: Callable[[], Config], state_dir: Path, *,
                  on_reputation: ReputationHook | None = None,
                  on_complaint: ComplaintHook | None = None,
+                 on_unparsed_kept: Callable[[int], None] | None = None,
+                 on_unparsed_dropped: Callable[[str, int], None] | None = None,
                  suppression_scope: Callable[[str], str] = account_scope) -> None:
         self.store = store
         self.verp = verp
@@ -89,7 +91,8 @@ class FeedbackProcessor:
         # Bounded in size and age (feedback.unparsed_max_size / unparsed_max_age).
         self.unparsed = UnparsedStore(self.unparsed_dir, clock, bounds=lambda: (
             int(self.config().feedback.unparsed_max_size),
-            float(self.config().feedback.unparsed_max_age)))
+            float(self.config().feedback.unparsed_max_age)),
+            on_kept=on_unparsed_kept, on_dropped=on_unparsed_dropped)
         self.suppression = SuppressionList(store)
         # A tenant's own list ("" = the account list; relay/suppression/guard.py).
         self.suppression_scope = suppression_scope

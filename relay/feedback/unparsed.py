@@ -30,12 +30,14 @@ FILE_OVERHEAD = 4096
 
 class UnparsedStore:
     def __init__(self, directory: Path, clock: Clock, *,
-                 bounds: Callable[[], tuple[int, float]]) -> None:
+                 bounds: Callable[[], tuple[int, float]],
+                 on_kept: Callable[[int], None] | None = None,
+                 on_dropped: Callable[[str, int], None] | None = None) -> None:
         self.directory = directory
         self.clock = clock
         self.bounds = bounds  # () -> (max total bytes, max age in seconds), read live
-        self.on_kept: Callable[[int], None] | None = None
-        self.on_dropped: Callable[[str, int], None] | None = None
+        self.on_kept = on_kept          # a report kept: its charged bytes (metrics)
+        self.on_dropped = on_dropped    # one dropped to keep the bounds: (reason, bytes)
         self._lock = threading.Lock()
         self._index: deque[tuple[str, int]] | None = None  # (name, charged bytes), oldest first
         self._total = 0

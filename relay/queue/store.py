@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,7 +83,8 @@ class QueueStore:
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
                  commit_window: float = 0.002, commit_batch_max: int = 256,
-                 lease_seconds: float = 1800.0) -> None:
+                 lease_seconds: float = 1800.0, shard: tuple[int, int] | None = None,
+                 commit_observers: Iterable[Callable[[StoreStats], None]] = ()) -> None:
         self.path = Path(path)
         self.clock = clock
         self.lease_seconds = lease_seconds
@@ -94,9 +96,12 @@ class QueueStore:
         self.stats: StoreStats = self.committer.stats
         # Called on the loop after every group commit (relay/admin/metrics.py).
         self.on_commit: list[Callable[[], None]] = self.committer.on_commit
+        # Given the store's figures after every group commit (relay/admin/metrics.py).
+        self.on_commit.extend(functools.partial(observe, self.stats)
+                              for observe in commit_observers)
         # Multi-process mode (server.workers = N): (i, N) makes due()/next_due_at() see
         # only recipients whose domain is shard i, so no two processes lease one recipient.
-        self.shard: tuple[int, int] | None = None
+        self.shard = shard
 
     def _open(self, map_size: int) -> Any:
         """The environment, its stale reader slots cleared and every sub-database open; a

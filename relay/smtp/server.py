@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from relay.clock import Clock
 from relay.config import Limits, Listener
+from relay.queue.ops import NewMessage
 from relay.smtp import replies as R
 from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, raise_fd_limit
 from relay.smtp.authpolicy import AuthPolicy
@@ -54,12 +55,28 @@ class ConnectionLimiter:
             del self.per_ip[ip]
 
 
+def _counted(admit: Callable[[str], R.Reply | None],
+             seen: Callable[[R.Reply | None], None]) -> Callable[[str], R.Reply | None]:
+    """`admit` that also tells `seen` of each connection and its refusal (None: admitted)."""
+    def counted(ip: str) -> R.Reply | None:
+        refusal = admit(ip)
+        seen(refusal)
+        return refusal
+    return counted
+
+
 class SubmissionServer:
     def __init__(self, listener: Listener, limits: Limits, hostname: str,
                  submitter: Submitter, users: UserStore, clock: Clock,
                  ssl_context: ssl.SSLContext | None, *,
                  auth_policy: AuthPolicy | None = None, shutdown_grace: float = 10.0,
-                 sender_check: SenderCheck | None = None) -> None:
+                 sender_check: SenderCheck | None = None, reuse_port: bool = False,
+                 on_session: Callable[[R.Reply | None], None] | None = None,
+                 on_reply: Callable[[str], None] | None = None,
+                 on_auth: Callable[[str], None] | None = None,
+                 on_reject: Callable[[NewMessage, str], None] | None = None,
+                 on_accept_failure: Callable[[str], None] | None = None,
+                 on_handshake: Callable[[str], None] | None = None) -> None:
         if listener.role != "submission":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "SubmissionServer serves role \"submission\" only")
@@ -72,19 +89,23 @@ class SubmissionServer:
         self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
         policy = auth_policy or AuthPolicy(float(limits.auth_failure_delay),
                                            limits.auth_max_failures, float(limits.auth_lockout))
+        admit: Callable[[str], R.Reply | None] = self.limiter.admit
+        if on_session is not None:  # every connection and its refusal, if any (metrics)
+            admit = _counted(admit, on_session)
         self.context = ListenerContext(
             listener=listener, limits=limits, hostname=hostname, submitter=submitter,
             users=users, clock=clock, ssl_context=ssl_context, auth_policy=policy,
             trusted=[ipaddress.ip_network(n, strict=False) for n in listener.trusted_networks],
-            admit=self.limiter.admit, release=self.limiter.release, sender_check=sender_check)
+            admit=admit, release=self.limiter.release, sender_check=sender_check,
+            on_reply=on_reply, on_auth=on_auth, on_reject=on_reject)
         self._server: asyncio.Server | None = None
         # server.workers > 1: every worker binds the same port (SO_REUSEPORT); the kernel
         # spreads new connections across them.
-        self.reuse_port = False
+        self.reuse_port = reuse_port
         # Metrics hooks: an accept() failure (errno name); an implicit-TLS connection
         # closed before its session began ("refused", "timeout", "failed").
-        self.on_accept_failure: Callable[[str], None] | None = None
-        self.on_handshake: Callable[[str], None] | None = None
+        self.on_accept_failure = on_accept_failure
+        self.on_handshake = on_handshake
         self._accept_failures: AcceptFailures | None = None
         self._handshaking: set[ImplicitTlsGate] = set()
 
@@ -104,7 +125,7 @@ class SubmissionServer:
     def _implicit_tls_gate(self) -> ImplicitTlsGate:
         ctx = self.context
         loop = asyncio.get_running_loop()
-        # ctx.admit is read per connection: RelayApp wraps it to count sessions.
+        # ctx.admit also counts sessions when the server was given `on_session`.
         return ImplicitTlsGate(
             ssl_context=ctx.ssl_context, handshake_timeout=float(
                 self.limits.tls_handshake_timeout),

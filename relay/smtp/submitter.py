@@ -10,7 +10,7 @@ wakes the scheduler. A message refused for policy after DATA gets a Reject event
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from relay import configsets
@@ -41,15 +41,17 @@ class QueueSubmitter:
 
     def __init__(self, store: QueueStore, events: EventLog, scheduler: Wakeable,
                  config: Callable[[], Config] | None = None,
-                 users: UserStore | None = None) -> None:
+                 users: UserStore | None = None, *,
+                 journal: EventJournal | None = None,
+                 on_accept: Iterable[Callable[[], None]] = ()) -> None:
         self.store = store
         self.events = events
         self.scheduler = scheduler
         self.config = config
         self.users = users  # a credential's default configuration set
-        self.on_accept: list[Callable[[], None]] = []
+        self.on_accept: list[Callable[[], None]] = list(on_accept)
         # When set, the Send event is committed with the message (relay/events/journal.py).
-        self.journal: EventJournal | None = None
+        self.journal = journal
 
     def _choose_set(self, msg: NewMessage) -> str:
         """Set msg.configuration_set from the header, else the credential's default;

@@ -20,6 +20,7 @@ destinations and `on_change` observers (metrics) are told.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -66,7 +67,6 @@ class ReputationMonitor:
         # scope -> its tenant, for the events of a change; scopes with feedback pending
         self._tenant_of: dict[str, str] = {}
         self._to_evaluate: set[str] = set()
-        self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_sweep = clock.now()
 
@@ -106,8 +106,6 @@ class ReputationMonitor:
             self._tenant_of[scope] = tenant
             if bounces or complaints:
                 self._to_evaluate.add(scope)
-        if bounces or complaints:
-            self._wake.set()
 
     # ------------------------------------------------------------------ the loop
 
@@ -117,26 +115,19 @@ class ReputationMonitor:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         if self.store.running:
             await self.run_once()  # the last counts, in the final commit
 
     async def _run(self) -> None:
         while True:
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.flush_interval)
-            except TimeoutError:
-                pass
-            self._wake.clear()
+            await self.clock.sleep(self.flush_interval)  # one batch per interval
             try:
                 await self.run_once()
             except Exception:
                 log.exception("reputation: counting or evaluating failed; retrying")
-            await asyncio.sleep(self.flush_interval)  # batches, even under a stream
 
     async def run_once(self) -> list[tuple[str, StatusRecord, StatusRecord]]:
         """Write the pending counts, then evaluate the scopes that got feedback (and all

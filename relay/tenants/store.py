@@ -30,6 +30,7 @@ import msgspec
 
 from relay.clock import Clock
 from relay.queue.store import QueueStore
+from relay.tenants import quotastore
 from relay.tenants.model import (
     DEFAULT_TENANT,
     SUPPRESSION_SCOPES,
@@ -394,10 +395,9 @@ _HEALTHY = StatusRecord()
 
 
 def sent_last_24_hours(queue: QueueStore, tenant: str) -> int:
-    """SentLast24Hours of `tenant` for `relay tenant show` and the admin API: 0 until the
-    quota book's counters (sub-database QUOTA_DB) are read here. The hook the quota code
-    replaces: the CLI and the API take any `Callable[[QueueStore, str], int]` in its
-    place (relay.cli.tenant.SENT_LAST_24_HOURS, AdminContext.sent_last_24_hours)."""
+    """SentLast24Hours of `tenant` for `relay tenant show` and the admin API: the
+    recipients committed in the last 24 hours as stored (sub-database QUOTA_DB, the sum of
+    every process on the spool; the simulator's never counted)."""
     if QUOTA_DB not in queue.dbs:
         return 0
-    return 0
+    return quotastore.sent_last_24h(queue, tenant_scope(tenant), queue.clock.now())

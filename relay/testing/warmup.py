@@ -2,29 +2,26 @@
 
 Two mailbox providers: `provider_dns()` serves a.test and a2.test (MX mx.prova.test,
 127.0.0.2) and b.test (MX mx.provb.test, 127.0.0.3); `provider_sinks()` runs a sink on
-each address, on one port. `DeliveryHarness` wires the delivery half of relay/app.py
-(queue → scheduler → shaper → client) on a FakeClock; `Started` starts harnesses and
-closes the ones still open at the end of a test.
+each address, on one port. `DeliveryHarness` is relay/app.py's graph (built by
+relay/wiring.py: queue → scheduler → shaper → client, journal and suppression included)
+on a FakeClock; `Started` starts harnesses and closes the ones still open at the end of a
+test.
 """
 
 from __future__ import annotations
 
-import random
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import msgspec
+
 from relay.clock import FakeClock
 from relay.config import Config
-from relay.delivery.client import Sender
-from relay.delivery.routing import Router
-from relay.delivery.scheduler import Scheduler
 from relay.delivery.shaper import ShapedSender
-from relay.dns.resolver import DnsResolver
-from relay.events.log import EventLog
-from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
+from relay.testing.harness import Harness
 from relay.testing.sink import Sink
 
 ZONE = {
@@ -50,37 +47,23 @@ def provider_sinks() -> Iterator[tuple[Sink, Sink]]:
         yield a, b
 
 
-class DeliveryHarness:
-    """Queue in `tmp`/queue, events in `events`; scheduler → shaper → client, as relay/app.py
-    wires them (without lanes: a subclass adds what it needs)."""
+class DeliveryHarness(Harness):
+    """relay/app.py's graph (relay/testing/harness.py) for a warm-up config on `clock`:
+    queue in `tmp`/queue, events in `events`; scheduler → shaper → client."""
 
     def __init__(self, tmp: Path, cfg: Config, clock: FakeClock, events: Path) -> None:
-        self.clock = clock
-        self.cfg = cfg
-        self.store = QueueStore(tmp / "queue", self.clock)
-        self.events = EventLog(events)
-        resolver = DnsResolver.from_config(self.cfg.dns, self.clock)
-        self.sender = Sender(self.cfg.delivery, hostname="relay.test", clock=self.clock)
-        self.shaped = ShapedSender(self.cfg, self.sender, self.store, self.clock)
-        self.scheduler = Scheduler(
-            self.store, Router(self.cfg.delivery, resolver, random.Random(1)), self.shaped,
-            self.events, self.clock, self.cfg.delivery, hostname="relay.test",
-            rng=random.Random(2))
+        if cfg.state_path != tmp:
+            raise ValueError(f"the config's state directory {cfg.state_path} is not {tmp}")
+        cfg = msgspec.structs.replace(
+            cfg, events=msgspec.structs.replace(cfg.events, log=str(events)))
+        super().__init__(cfg, clock)
+        if self.parts.shaped is None:
+            raise ValueError("a warm-up harness needs delivery.pool or a [[pool]]")
+        self.shaped: ShapedSender = self.parts.shaped
 
     async def run_until(self, until: float) -> None:
         """Deliver what is due, jumping the clock to the next due time, up to `until`."""
-        while True:
-            await self.scheduler.run_until_idle()
-            nd = self.store.next_due_at()
-            if nd is None or nd > until:
-                return
-            self.clock.set(max(nd, self.clock.now()))
-
-    async def close(self) -> None:
-        await self.shaped.close()
-        await self.sender.close()
-        await self.store.close()
-        self.events.close()
+        await self.deliver_until(until)
 
 
 H = TypeVar("H", bound=DeliveryHarness)
@@ -94,7 +77,7 @@ class Started(Generic[H]):
         self.made: list[H] = []
 
     async def start(self, h: H) -> H:
-        await h.store.start()
+        await h.start()
         self.made.append(h)
         return h
 

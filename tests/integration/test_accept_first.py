@@ -12,9 +12,8 @@ burst.
 from __future__ import annotations
 
 import asyncio
-import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,18 +25,17 @@ from relay.app import RelayApp
 from relay.clock import Clock, FakeClock, SystemClock
 from relay.config import from_dict
 from relay.delivery.client import Sender
-from relay.delivery.routing import Router
 from relay.delivery.scheduler import Scheduler
 from relay.delivery.yielding import DeliveryGate, LoopLag
-from relay.dns.resolver import DnsResolver
-from relay.events.log import EventLog
 from relay.identity.store import IdentityStore
 from relay.queue.ops import NewMessage
 from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
 from relay.testing.factories import DnsServers
+from relay.testing.harness import Harness
 from relay.testing.process import free_port
 from relay.testing.sink import Sink
+from relay.wiring import Overrides
 
 ROUNDS, PER_ROUND = 10, 25
 TOTAL = ROUNDS * PER_ROUND
@@ -79,51 +77,43 @@ class Rig:
 MakeRig = Callable[..., Awaitable[Rig]]
 
 
-async def _delivery_parts(tmp_path: Path, dns: DnsServer, sink: Sink,
-                          clock: Clock) -> tuple[QueueStore, Sender, Scheduler]:
-    """A started store, the SMTP client and a scheduler delivering to `sink`."""
-    cfg = from_dict({
+async def _delivery_parts(tmp_path: Path, dns: DnsServer, sink: Sink, clock: Clock,
+                          overrides: Overrides | None = None, *,
+                          deliver: bool = False) -> Harness:
+    """relay/app.py's graph delivering to `sink`, started (with the scheduler's own loop
+    when `deliver`)."""
+    h = Harness(from_dict({
         "server": {"hostname": "relay.test", "state_dir": str(tmp_path)},
         "dns": {"nameservers": [f"127.0.0.1:{dns.port}"], "timeout": "2s"},
         "delivery": {"port": sink.port, "max_messages_per_connection": 1000},
-    })
-    store = QueueStore(tmp_path / "queue", clock)
-    await store.start()
-    sender = Sender(cfg.delivery, hostname="relay.test", clock=clock)
-    scheduler = Scheduler(
-        store, Router(cfg.delivery, DnsResolver.from_config(cfg.dns, clock), random.Random(1)),
-        sender, EventLog(tmp_path / "events.jsonl"), clock, cfg.delivery,
-        hostname="relay.test", rng=random.Random(2))
-    return store, sender, scheduler
+    }), clock, overrides)
+    await h.start(deliver=deliver)
+    return h
 
 
 @pytest.fixture
 async def make_rig(tmp_path: Path, dns_server: DnsServer) -> AsyncIterator[MakeRig]:
-    rigs: list[Rig] = []
+    made: list[Harness] = []
     sink = Sink("127.0.0.2", 0)
     sink.start()
 
     async def make(*, threshold: float, max_hold: float) -> Rig:
-        store, sender, scheduler = await _delivery_parts(tmp_path, dns_server, sink,
-                                                         SystemClock())
         lag = LoopLag(interval=0.005, threshold=threshold, hold=0.2)
-        gate = DeliveryGate(lag, max_hold=max_hold, floor=2, hold=0.2, burst_min=1)
-        gate.on_open.append(scheduler.wake)
-        scheduler.gate = gate
-        lag.start()
-        scheduler.start()
-        rig = Rig(store, scheduler, gate, lag, sink, sender)
-        rigs.append(rig)
-        return rig
+
+        def gate(lag: LoopLag, on_open: Sequence[Callable[[], None]]) -> DeliveryGate:
+            return DeliveryGate(lag, max_hold=max_hold, floor=2, hold=0.2, burst_min=1,
+                                on_open=on_open)
+
+        h = await _delivery_parts(tmp_path, dns_server, sink, SystemClock(),
+                                  Overrides(loop_lag=lag, gate=gate), deliver=True)
+        made.append(h)
+        return Rig(h.store, h.scheduler, h.parts.gate, lag, sink, h.sender)
 
     try:
         yield make
     finally:
-        for rig in rigs:
-            await rig.scheduler.stop()
-            await rig.lag.stop()
-            await rig.sender.close()
-            await rig.store.close()
+        for h in made:
+            await h.close()
         sink.stop()
 
 
@@ -160,8 +150,8 @@ async def test_a_burst_backlog_at_one_destination_is_not_given_back(
     msgs/s, half of the time). Now one promotion holds them all: everything is sent
     without the clock moving."""
     with Sink("127.0.0.2", 0) as sink:
-        store, sender, scheduler = await _delivery_parts(tmp_path, dns_server, sink,
-                                                         FakeClock())
+        h = await _delivery_parts(tmp_path, dns_server, sink, FakeClock())
+        store, scheduler = h.store, h.scheduler
         try:
             await asyncio.gather(*(store.submit_record(NewMessage(
                 sender="app@example.com", recipients=[f"u{i}@dest.test"],
@@ -171,8 +161,7 @@ async def test_a_burst_backlog_at_one_destination_is_not_given_back(
             assert sink.message_count == 1500
             assert store.next_due_at() is None
         finally:
-            await sender.close()
-            await store.close()
+            await h.close()
 
 
 async def test_the_app_holds_delivery_for_a_burst_through_its_listener(

@@ -19,24 +19,18 @@ import pytest
 from aiosmtpd.smtp import Envelope
 
 from relay.clock import FakeClock
-from relay.config import Config, from_dict
-from relay.delivery.client import Sender
-from relay.delivery.routing import Router
-from relay.delivery.scheduler import Scheduler
+from relay.config import from_dict
 from relay.dkim.keys import KeyStore
-from relay.dkim.sign import Signer
-from relay.dns.resolver import DnsResolver
-from relay.events.log import EventLog, read_events
-from relay.identity.outbound import Outbound
+from relay.events.log import read_events
 from relay.queue.ops import NewMessage
 from relay.queue.records import State
-from relay.queue.store import QueueStore
 from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
 from relay.testing.factories import DnsServers
+from relay.testing.harness import Harness as AppGraph
 from relay.testing.require import require_path, require_program
 from relay.testing.sink import Received, Sink
-from relay.verp import Verp
+from relay.wiring import Overrides
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 
@@ -75,30 +69,17 @@ def publish(server: DnsServer, keys: KeyStore, domain: str) -> None:
             server.set(f"{key.selector}._domainkey.{domain}", "TXT", [key.record])
 
 
-class Harness:
+class Harness(AppGraph):
     def __init__(self, tmp: Path, dns: DnsServer, sink: Sink, identities: list[Any]) -> None:
-        self.clock = FakeClock()
-        self.dns = dns
-        self.sink = sink
-        self.cfg: Config = from_dict({
-            "server": {"hostname": "relay.test", "state_dir": str(tmp)},
+        super().__init__(from_dict({
+            "server": {"hostname": "relay.test", "state_dir": str(tmp),
+                       "return_path_domain": "rp.relay.test"},
             "dns": {"nameservers": [dns.nameserver], "timeout": "2s"},
             "delivery": {"port": sink.port, "retry_jitter": 0.0},
             "identity": identities,
-        })
-        self.store = QueueStore(tmp / "queue", self.clock)
-        self.events = EventLog(tmp / "events.jsonl")
-        self.keys = KeyStore.in_state_dir(tmp, self.clock)
-        self.signer = Signer(self.keys, store=self.store)
-        self.verp = Verp.from_state_dir(tmp)
-        resolver = DnsResolver.from_config(self.cfg.dns, self.clock)
-        self.sender = Sender(self.cfg.delivery, hostname="relay.test", clock=self.clock)
-        outbound = Outbound(signer=self.signer, verp=self.verp, resolver=resolver,
-                            identities=self.cfg.identity, default_domain="rp.relay.test")
-        self.scheduler = Scheduler(
-            self.store, Router(self.cfg.delivery, resolver, random.Random(1)), self.sender,
-            self.events, self.clock, self.cfg.delivery, hostname="relay.test",
-            rng=random.Random(2), outbound=outbound)
+        }), FakeClock(), Overrides(rng=random.Random(2)))
+        self.dns = dns
+        self.sink = sink
 
     async def submit(self, body: bytes, rcpts: list[str], sender: str = "app@example.com",
                      from_: str = "app@example.com") -> str:
@@ -114,10 +95,6 @@ class Harness:
                 return
             self.clock.set(max(nd, self.clock.now()))
 
-    async def close(self) -> None:
-        await self.sender.close()
-        await self.store.close()
-        self.events.close()
 
 
 @pytest.fixture
@@ -131,7 +108,7 @@ async def harness(tmp_path: Path, dns_server: DnsServer) -> AsyncIterator[Harnes
         ])
         h.keys.keygen("example.com", "s1", "both")
         publish(dns_server, h.keys, "example.com")
-        await h.store.start()
+        await h.start()
         yield h
         await h.close()
 
@@ -217,7 +194,7 @@ async def test_signature_is_reused_after_a_restart(
     again = Harness(tmp_path, dns_server, harness.sink, [{"domain": "example.com",
                                                           "mail_from": "bounce.example.com"}])
     harness.sink.policy = None
-    await again.store.start()
+    await again.start()
     try:
         await again.run()
         second = harness.sink.messages[-1]

@@ -14,19 +14,16 @@ import pytest
 from aiosmtpd.smtp import Envelope
 
 from relay.clock import FakeClock
-from relay.config import Config, from_dict
-from relay.delivery.client import Sender
-from relay.delivery.routing import Router
-from relay.delivery.scheduler import Scheduler
-from relay.dns.resolver import DnsResolver
-from relay.events.log import EventLog, read_events
+from relay.config import from_dict
+from relay.events.log import read_events
 from relay.events.model import send_event
 from relay.queue.ops import NewMessage
 from relay.queue.records import State
-from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
 from relay.testing.factories import DnsServers
+from relay.testing.harness import Harness as AppGraph
 from relay.testing.sink import Sink
+from relay.wiring import Overrides
 
 HOUR = 3600.0
 
@@ -55,22 +52,13 @@ class Switch:
         return None
 
 
-class Harness:
+class Harness(AppGraph):
     def __init__(self, tmp: Path, dns_port: int, sink_port: int) -> None:
-        self.clock = FakeClock()
-        self.cfg: Config = from_dict({
+        super().__init__(from_dict({
             "server": {"hostname": "relay.test", "state_dir": str(tmp)},
             "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "2s"},
             "delivery": {"port": sink_port, "retry_jitter": 0.1},
-        })
-        self.store = QueueStore(tmp / "queue", self.clock)
-        self.events = EventLog(tmp / "events.jsonl")
-        resolver = DnsResolver.from_config(self.cfg.dns, self.clock)
-        self.sender = Sender(self.cfg.delivery, hostname="relay.test", clock=self.clock)
-        self.scheduler = Scheduler(
-            self.store, Router(self.cfg.delivery, resolver, random.Random(1)), self.sender,
-            self.events, self.clock, self.cfg.delivery, hostname="relay.test",
-            rng=random.Random(2))
+        }), FakeClock(), Overrides(rng=random.Random(2)))
 
     async def submit(self, rcpt: str) -> str:
         record = await self.store.submit_record(NewMessage(
@@ -95,18 +83,13 @@ class Harness:
         return [e for e in read_events(self.events.path)
                 if e["mail"]["messageId"] == mid]  # type: ignore[index]
 
-    async def close(self) -> None:
-        await self.sender.close()
-        await self.store.close()
-        self.events.close()
-
 
 @pytest.fixture
 async def harness(tmp_path: Path, dns_server: DnsServer) -> Any:
     with Sink("127.0.0.2", 0) as sink:
         h = Harness(tmp_path, dns_server.port, sink.port)
         h.sink = sink  # type: ignore[attr-defined]
-        await h.store.start()
+        await h.start()
         yield h
         await h.close()
 

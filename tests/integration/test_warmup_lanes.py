@@ -29,8 +29,6 @@ from relay.queue.ops import NewMessage
 from relay.testing.dnsserver import DnsServer
 from relay.testing.sink import Rules, Sink
 from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
-from relay.users import UserStore
-from relay.warmup import lanes
 
 START = 1_790_035_200.0 + 9 * 3600   # 2026-09-22 09:00 UTC
 DAY_ONE = dt.datetime.fromtimestamp(START, dt.UTC).date().isoformat()
@@ -80,12 +78,6 @@ class Harness(DeliveryHarness):
     def __init__(self, tmp: Path, settings: dict[str, Any]) -> None:
         cfg: Config = from_dict(settings)
         super().__init__(tmp, cfg, FakeClock(START), cfg.state_path / cfg.events.log)
-        self.users = UserStore(tmp / "users.json")
-        self.shaped.event_log = self.events
-        self.shaped.choose = lambda msg: (
-            lanes.pool_of(self.cfg, msg, self.users.default_pool(msg.auth_user)),
-            lanes.priority_of(self.cfg, msg))
-        self.scheduler.lane_of = lambda msg: lanes.priority_of(self.cfg, msg)
 
     async def submit(self, rcpt: str, *, cs: str = "", user: str = "",
                      tags: dict[str, list[str]] | None = None) -> None:

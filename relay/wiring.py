@@ -1,0 +1,315 @@
+"""Builds one relay process's object graph from a Config: `build(cfg, clock, overrides)`.
+
+Constructor injection only: every part is given what it needs when it is made, and nothing
+is set on a part or appended to one of its hooks afterwards, so `Components` can be read
+top to bottom as the data flow (docs/architecture.md). Two parts need one built after
+them, and get an explicit forward reference (`Late`) rather than a later assignment:
+reputation feedback reaches the warm-up shaper, and the delivery gate wakes the scheduler;
+the metrics ask reputation feedback which IP sent a complained-about message.
+
+`build()` starts nothing and does no network I/O: it opens the spool and the state files
+as the parts' constructors do. Starting, in the order that accepts nothing before it can
+be stored and delivers nothing before recovery, is `relay.app.RelayApp.start()`'s job (and
+`relay.testing.harness`'s, for tests). `Overrides` replaces parts at the edges for tests:
+the random source, the resolver, the network client, the simulator, the loop-lag probe and
+the delivery gate, the scheduler's poll interval.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from relay import configsets, simulator
+from relay.admin.metrics import Metrics
+from relay.clock import Clock, SystemClock
+from relay.config import Config
+from relay.delivery.attempts import RecordingSender
+from relay.delivery.client import Sender
+from relay.delivery.mtasts_fetch import MtaSts
+from relay.delivery.outcome import Sender as SenderLike
+from relay.delivery.routing import Router
+from relay.delivery.scheduler import LocalDeliveryLike, Scheduler
+from relay.delivery.sentfrom import SentFrom
+from relay.delivery.shaper import ShapedSender, provider_map
+from relay.delivery.yielding import DeliveryGate, LoopLag
+from relay.dkim.keys import KeyStore
+from relay.dkim.sign import Signer
+from relay.dns.resolver import DnsResolver
+from relay.events.destinations import EventRouter
+from relay.events.journal import EventJournal
+from relay.events.log import EventLog
+from relay.feedback.processor import FeedbackProcessor
+from relay.identity.authorize import SenderPolicy
+from relay.identity.gate import MailFromGate
+from relay.identity.outbound import Outbound
+from relay.identity.store import IdentityStore
+from relay.queue.store import QueueStore
+from relay.simulator import Simulator
+from relay.smtp.authpolicy import AuthPolicy
+from relay.smtp.submitter import QueueSubmitter
+from relay.suppression.guard import Suppressor
+from relay.users import UserStore
+from relay.verp import Verp
+from relay.warmup import lanes
+from relay.warmup.feedback import ReputationFeedback
+
+T = TypeVar("T")
+_UNSET: Any = object()
+
+# The delivery gate of `Overrides.gate`: made from the loop-lag probe and the hooks to call
+# when a hold ends (the scheduler's wake).
+GateFactory = Callable[[LoopLag, Sequence[Callable[[], None]]], DeliveryGate]
+
+
+class Late(Generic[T]):
+    """A part that another needs but that is built after it: `build()` sets it once,
+    before anything starts; calling the holder returns it."""
+
+    __slots__ = ("_value", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self._value: T = _UNSET
+
+    def set(self, value: T) -> T:
+        if self._value is not _UNSET:
+            raise RuntimeError(f"{self.what} is built twice")
+        self._value = value
+        return value
+
+    def __call__(self) -> T:
+        if self._value is _UNSET:
+            raise RuntimeError(f"{self.what} is used before it is built")
+        return self._value
+
+
+class LiveConfig:
+    """The running Config. Parts that follow a reload (SIGHUP) read it through `get` (or,
+    in build()'s own closures, `current`); `RelayApp.reload` replaces it."""
+
+    __slots__ = ("current",)
+
+    def __init__(self, cfg: Config) -> None:
+        self.current = cfg
+
+    def get(self) -> Config:
+        return self.current
+
+    def replace(self, cfg: Config) -> None:
+        self.current = cfg
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """Parts replaced at the edges (tests); None: the production part."""
+
+    rng: random.Random | None = None
+    resolver: DnsResolver | None = None
+    sender: Sender | None = None            # the network SMTP client, below the recorder
+    simulator: LocalDeliveryLike | None = None
+    loop_lag: LoopLag | None = None
+    gate: GateFactory | None = None
+    poll_interval: float | None = None      # the scheduler's idle poll, in seconds
+
+
+@dataclass(frozen=True)
+class Components:
+    """Every part of one relay process, in the order `build()` makes them."""
+
+    config: LiveConfig
+    clock: Clock
+    rng: random.Random
+    worker: tuple[int, int] | None
+    state_dir: Path
+    metrics: Metrics
+    store: QueueStore
+    sent_from: SentFrom
+    reputation: ReputationFeedback
+    event_router: EventRouter
+    events: EventLog
+    journal: EventJournal
+    users: UserStore
+    resolver: DnsResolver
+    own_addresses: set[tuple[str, int]]
+    router: Router
+    sender: Sender
+    attempts: RecordingSender
+    shaped: ShapedSender | None
+    identities: IdentityStore
+    dkim_keys: KeyStore
+    signer: Signer
+    verp: Verp
+    outbound: Outbound
+    suppressor: Suppressor
+    feedback: FeedbackProcessor
+    simulator: LocalDeliveryLike
+    loop_lag: LoopLag
+    gate: DeliveryGate
+    scheduler: Scheduler
+    submitter: QueueSubmitter
+    mail_from_gate: MailFromGate
+    auth_policy: AuthPolicy
+    sender_policy: SenderPolicy
+
+    @property
+    def secondary(self) -> bool:
+        """A worker other than worker 0 in multi-process mode."""
+        return self.worker is not None and self.worker[0] != 0
+
+    @property
+    def delivery(self) -> SenderLike:
+        """The sender chain the scheduler calls: the shaper when pools are configured."""
+        return self.shaped if self.shaped is not None else self.attempts
+
+
+def lease_seconds(cfg: Config) -> float:
+    d = cfg.delivery
+    # Longer than any single attempt can take, so a live attempt is never leased twice.
+    return float(d.connect_timeout + 4 * d.command_timeout + d.data_timeout + 60)
+
+
+def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None = None, *,
+          worker: tuple[int, int] | None = None,
+          live: LiveConfig | None = None) -> Components:
+    """The parts of one process for `cfg` (already given its worker's share, see
+    relay/workers.py). `worker`: (index, count) in multi-process mode. `live`: the config
+    cell a reload replaces (a new one when not given)."""
+    over = overrides if overrides is not None else Overrides()
+    clock = clock if clock is not None else SystemClock()
+    live = live if live is not None else LiveConfig(cfg)
+    config = live.get
+    rng = over.rng if over.rng is not None else random.Random()
+    secondary = worker is not None and worker[0] != 0
+    state_dir = cfg.state_path
+    state_dir.mkdir(parents=True, exist_ok=True)
+    return_domain = cfg.server.return_path_domain or cfg.server.hostname
+
+    late_reputation: Late[ReputationFeedback] = Late("reputation feedback")
+    late_shaped: Late[ShapedSender | None] = Late("the warm-up shaper")
+    late_scheduler: Late[Scheduler] = Late("the scheduler")
+
+    def complaint_source(event: Any) -> tuple[str, str] | None:
+        return late_reputation().complaint_source(event)
+
+    metrics = Metrics(complaint_source=complaint_source)
+    store = QueueStore(
+        state_dir / "queue", clock, map_size=cfg.server.queue_map_size,
+        commit_window=cfg.server.commit_window, commit_batch_max=cfg.server.commit_batch_max,
+        lease_seconds=lease_seconds(cfg), shard=worker,
+        commit_observers=[metrics.observe_store])
+    # (queue id, recipient domain) -> (source IP, provider) of attempts, so a late
+    # reputation bounce or a complaint reaches the warm-up state of the IP that sent, in
+    # whichever worker it arrives, and after a restart.
+    sent_from = SentFrom(store)
+    # Reputation refusals, late reputation bounces and complaints reach the warm-up gate
+    # of the IP that sent (through the shaper, built below).
+    reputation = late_reputation.set(ReputationFeedback(
+        sent_from, late_shaped, clock.now,
+        fixed={simulator.DOMAIN: (simulator.SOURCE, simulator.PROVIDER)}))
+    # One outbox for all workers; worker 0 POSTs it, and looks every second because the
+    # other workers' events do not wake it.
+    event_router = EventRouter(config, store, clock, state_dir, drain=not secondary,
+                               poll=1.0 if worker is not None else 0.0)
+    events_path = Path(cfg.events.log)
+    events = EventLog(events_path if events_path.is_absolute() else state_dir / events_path,
+                      clock, subscribers=[event_router, metrics.observe_event])
+    # Events are staged with the state changes they report and replayed after a crash.
+    journal = EventJournal(store, events, clock)
+    users = UserStore(state_dir / "users.json", clock, recheck=0.5)
+    resolver = over.resolver if over.resolver is not None else DnsResolver.from_config(
+        cfg.dns, clock)
+    # The bound (ip, port) of each listener (RelayApp adds them as they bind): mail routed
+    # there loops back (554 5.4.6).
+    own_addresses: set[tuple[str, int]] = set()
+    router = Router(cfg.delivery, resolver, rng, mta_sts=MtaSts(
+        resolver, state_dir, clock,
+        timeout=float(cfg.delivery.mta_sts_timeout)) if cfg.delivery.mta_sts else None,
+        own_addresses=own_addresses, clock=clock)
+    sender = over.sender if over.sender is not None else Sender(
+        cfg.delivery, hostname=cfg.server.hostname, clock=clock)
+    # Below the shaper: one log line and one metric per attempted transaction.
+    attempts = RecordingSender(sender, provider_map(cfg),
+                               default_source=cfg.delivery.source_address,
+                               observers=[metrics.observe_attempt,
+                                          reputation.remember_attempt])
+
+    def pool_and_lane(msg: Any) -> tuple[str, int]:
+        current = live.current
+        credential = users.default_pool(msg.auth_user) if msg.auth_user else ""
+        return (lanes.pool_of(current, msg, credential), lanes.priority_of(current, msg))
+
+    # Pools and warm-up (delivery.pool): transactions go through the shaper, which picks
+    # and binds the source IP, keeps the per-IP caps and holds the excess. The pool and
+    # priority lane of each message: its configuration set, then its credential's default
+    # pool, then delivery.pool (relay/warmup/lanes.py).
+    shaped = late_shaped.set(
+        ShapedSender(cfg, attempts, store, clock, share=worker, choose=pool_and_lane,
+                     event_log=events)
+        if cfg.delivery.pool or cfg.pool else None)
+    # Looked at on every message: at most every 0.5 s (an edit by `relay identity` shows
+    # within that; SIGHUP at once).
+    identities = IdentityStore.in_state_dir(state_dir, clock, recheck=0.5)
+    dkim_keys = KeyStore.in_state_dir(state_dir, clock, rsa_bits=cfg.dkim.rsa_bits,
+                                      recheck=0.5)
+    verp = Verp.from_state_dir(state_dir)
+    signer = Signer(dkim_keys, store=store)
+    outbound = Outbound(
+        signer=signer, verp=verp, resolver=resolver, identities=cfg.identity,
+        default_domain=return_domain,
+        unsubscribe_base=lambda msg: configsets.unsubscribe_base(
+            live.current, msg.configuration_set))
+    # Suppression, feedback (bounces/complaints), the mailbox simulator.
+    suppressor = Suppressor(store, config)
+    feedback = FeedbackProcessor(
+        store, verp, events, clock, config, state_dir,
+        on_reputation=reputation.reputation_bounce, on_complaint=reputation.complaint,
+        on_unparsed_kept=metrics.observe_unparsed_kept,
+        on_unparsed_dropped=metrics.observe_unparsed_dropped)
+    local: LocalDeliveryLike = over.simulator if over.simulator is not None else Simulator(
+        clock=clock, store=store, feedback=feedback, verp=verp, return_domain=return_domain,
+        observers=[metrics.observe_attempt])  # never remember_attempt: no reputation
+    # Accept first: delivery gives this process's loop to a burst of submissions; when a
+    # hold ends, the scheduler promotes again.
+    loop_lag = over.loop_lag if over.loop_lag is not None else LoopLag()
+
+    def wake_scheduler() -> None:
+        late_scheduler().wake()
+
+    gate = (over.gate(loop_lag, [wake_scheduler]) if over.gate is not None
+            else DeliveryGate(loop_lag, max_hold=cfg.delivery.accept_first_max_hold,
+                              on_open=[wake_scheduler]))
+    poll_interval = over.poll_interval if over.poll_interval is not None else (
+        # Another worker's submissions do not wake this one: poll more often.
+        0.2 if worker is not None else 1.0)
+    scheduler = late_scheduler.set(Scheduler(
+        store, router, shaped if shaped is not None else attempts, events, clock,
+        cfg.delivery, hostname=cfg.server.hostname, rng=rng, poll_interval=poll_interval,
+        outbound=outbound, suppression=suppressor, simulator=local,
+        after_settle=[suppressor.after_settle], journal=journal,
+        configuration_set=lambda name: live.current.configuration_set_named(name),
+        lane_of=lambda msg: lanes.priority_of(live.current, msg), gate=gate))
+    submitter = QueueSubmitter(store, events, scheduler, config, users, journal=journal,
+                               on_accept=[metrics.accepted.inc, gate.accepted])
+    # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
+    mail_from_gate = MailFromGate(submitter, outbound, reject=submitter.reject)
+    # One lockout tracker for every listener: a lockout on 587 holds on 465 too.
+    auth_policy = AuthPolicy(cfg.limits.auth_failure_delay, cfg.limits.auth_max_failures,
+                             cfg.limits.auth_lockout)
+    # "off" still holds a credential to its explicit allow list (relay user add --allow).
+    sender_policy = SenderPolicy(
+        identities, users, require_verified=cfg.server.sender_authorization == "verified")
+    return Components(
+        config=live, clock=clock, rng=rng, worker=worker, state_dir=state_dir,
+        metrics=metrics, store=store, sent_from=sent_from, reputation=reputation,
+        event_router=event_router, events=events, journal=journal, users=users,
+        resolver=resolver, own_addresses=own_addresses, router=router, sender=sender,
+        attempts=attempts, shaped=shaped, identities=identities, dkim_keys=dkim_keys,
+        signer=signer, verp=verp, outbound=outbound, suppressor=suppressor,
+        feedback=feedback, simulator=local, loop_lag=loop_lag, gate=gate,
+        scheduler=scheduler, submitter=submitter, mail_from_gate=mail_from_gate,
+        auth_policy=auth_policy, sender_policy=sender_policy)
+
