@@ -43,6 +43,7 @@ from relay.identity.check import rotation_tick
 from relay.signals import EarlySignals
 from relay.smtp import SubmissionServer
 from relay.supervisor import watch_supervisor
+from relay.tenants import quotastore, repstore
 from relay.tlsutil import ensure_self_signed, server_context
 from relay.users import DEV_USER
 from relay.wiring import LiveConfig, Overrides, build
@@ -124,6 +125,8 @@ class RelayApp:
         if not self._secondary:
             self.journal.replay()  # one worker publishes what the last run left staged
         self.journal.start()
+        self.tenants, self.monitor = parts.tenants, parts.monitor
+        self.monitor.start()
         self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
         self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
         self.loop_lag.start()
@@ -183,11 +186,17 @@ class RelayApp:
                 "on_handshake": functools.partial(metrics.observe_tls_gate, name)}
 
     async def _prune_loop(self) -> None:
-        """Forget sent-message records older than suppression.feedback_window."""
+        """Forget sent-message records older than suppression.feedback_window, quota
+        counts older than 24 hours and reputation counts past reputation.max_window."""
         while True:
             try:
-                before = self.clock.now() - self.cfg.suppression.feedback_window
+                now = self.clock.now()
+                before = now - self.cfg.suppression.feedback_window
                 await self.store.write(prune_sent_op(self.store, before))
+                await self.store.write(quotastore.prune_op(self.store, now))
+                await self.store.write(repstore.prune_op(
+                    self.store, now, float(self.cfg.reputation.max_window)))
+                self.parts.quotas.sweep(now)
             except Exception:
                 log.exception("pruning sent-message records failed")
             await self.clock.sleep(3600.0)
@@ -208,7 +217,7 @@ class RelayApp:
             tokens=tokens, events=self.events,
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
-            listeners=self.listener_status, verp=self.verp)
+            listeners=self.listener_status, verp=self.verp, tenants=self.tenants)
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,
             open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)
@@ -301,6 +310,7 @@ class RelayApp:
         await self.scheduler.stop()
         await self.loop_lag.stop()
         await self.journal.stop()
+        await self.monitor.stop()  # the last reputation counts, before the final commit
         if self.shaped is not None:
             await self.shaped.close()
         await self.sender.close()

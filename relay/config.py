@@ -402,6 +402,9 @@ class Tenants(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A tenant in the sandbox sends at most this many (its own lower limits hold).
     sandbox_max_24h_send: PositiveInt = 200
     sandbox_max_send_rate: Annotated[float, msgspec.Meta(gt=0)] = 1.0
+    # Queued mail of a paused tenant or configuration set is held, not bounced, and looked
+    # at again this often until the resume (or its max delivery time).
+    paused_recheck: Duration = Duration(60)
 
 
 # A rate line: a fraction strictly between 0 and 1 (0.05 = 5 %).

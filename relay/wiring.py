@@ -52,6 +52,12 @@ from relay.simulator import Simulator
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.submitter import QueueSubmitter
 from relay.suppression.guard import Suppressor
+from relay.tenants import quotastore, repstore
+from relay.tenants.model import DEFAULT_TENANT
+from relay.tenants.monitor import ReputationMonitor
+from relay.tenants.quota import QuotaBook
+from relay.tenants.reputation import Lines, ReputationBook
+from relay.tenants.store import RECHECK_SECONDS, TenantStore
 from relay.users import UserStore
 from relay.verp import Verp
 from relay.warmup import lanes
@@ -154,6 +160,10 @@ class Components:
     mail_from_gate: MailFromGate
     auth_policy: AuthPolicy
     sender_policy: SenderPolicy
+    tenants: TenantStore
+    quotas: QuotaBook
+    reputation_book: ReputationBook
+    monitor: ReputationMonitor
 
     @property
     def secondary(self) -> bool:
@@ -191,6 +201,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     late_reputation: Late[ReputationFeedback] = Late("reputation feedback")
     late_shaped: Late[ShapedSender | None] = Late("the warm-up shaper")
     late_scheduler: Late[Scheduler] = Late("the scheduler")
+    late_monitor: Late[ReputationMonitor] = Late("the reputation monitor")
 
     def complaint_source(event: Any) -> tuple[str, str] | None:
         return late_reputation().complaint_source(event)
@@ -215,8 +226,13 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     event_router = EventRouter(config, store, clock, state_dir, drain=not secondary,
                                poll=1.0 if worker is not None else 0.0)
     events_path = Path(cfg.events.log)
+
+    def count_reputation(event: Any) -> None:
+        late_monitor()(event)
+
     events = EventLog(events_path if events_path.is_absolute() else state_dir / events_path,
-                      clock, subscribers=[event_router, metrics.observe_event])
+                      clock, subscribers=[event_router, metrics.observe_event,
+                                          count_reputation])
     # Events are staged with the state changes they report and replayed after a crash.
     journal = EventJournal(store, events, clock)
     users = UserStore(state_dir / "users.json", clock, recheck=0.5)
@@ -262,13 +278,36 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         default_domain=return_domain,
         unsubscribe_base=lambda msg: configsets.unsubscribe_base(
             live.current, msg.configuration_set))
+    # The account model (relay/tenants/): tenants and their status, looked at on every
+    # message (an edit by `relay tenant` in another process shows within RECHECK_SECONDS);
+    # the quota counters and reputation counts as the spool holds them.
+    tenants = TenantStore(store, clock, recheck=RECHECK_SECONDS)
+    quotas = QuotaBook()
+    quotastore.load(store, quotas, clock.now())
+    reputation_book = ReputationBook(Lines.of(cfg.reputation))
+    repstore.load(store, reputation_book, clock.now())
+    monitor = late_monitor.set(ReputationMonitor(
+        store, tenants, reputation_book, events, clock,
+        is_simulator=lambda address: address.rpartition("@")[2].lower() == simulator.DOMAIN,
+        on_change=[metrics.observe_reputation_change]))
+
+    def suppression_scope(tenant: str) -> str:
+        """The tenant whose own suppression list applies, "" for the account's."""
+        t = tenants.get(tenant)
+        return tenant if t is not None and t.suppression_scope == "tenant" else ""
+
+    def paused(msg: Any) -> str | None:
+        rec = tenants.paused(msg.tenant or DEFAULT_TENANT, msg.configuration_set)
+        return None if rec is None else f"sending paused ({rec.reason or rec.status})"
+
     # Suppression, feedback (bounces/complaints), the mailbox simulator.
-    suppressor = Suppressor(store, config)
+    suppressor = Suppressor(store, config, scope_of=suppression_scope)
     feedback = FeedbackProcessor(
         store, verp, events, clock, config, state_dir,
         on_reputation=reputation.reputation_bounce, on_complaint=reputation.complaint,
         on_unparsed_kept=metrics.observe_unparsed_kept,
-        on_unparsed_dropped=metrics.observe_unparsed_dropped)
+        on_unparsed_dropped=metrics.observe_unparsed_dropped,
+        suppression_scope=suppression_scope)
     local: LocalDeliveryLike = over.simulator if over.simulator is not None else Simulator(
         clock=clock, store=store, feedback=feedback, verp=verp, return_domain=return_domain,
         observers=[metrics.observe_attempt])  # never remember_attempt: no reputation
@@ -291,7 +330,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         outbound=outbound, suppression=suppressor, simulator=local,
         after_settle=[suppressor.after_settle], journal=journal,
         configuration_set=lambda name: live.current.configuration_set_named(name),
-        lane_of=lambda msg: lanes.priority_of(live.current, msg), gate=gate))
+        lane_of=lambda msg: lanes.priority_of(live.current, msg), gate=gate,
+        paused=paused, paused_recheck=float(cfg.tenants.paused_recheck)))
     submitter = QueueSubmitter(store, events, scheduler, config, users, journal=journal,
                                on_accept=[metrics.accepted.inc, gate.accepted])
     # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
@@ -311,5 +351,6 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         signer=signer, verp=verp, outbound=outbound, suppressor=suppressor,
         feedback=feedback, simulator=local, loop_lag=loop_lag, gate=gate,
         scheduler=scheduler, submitter=submitter, mail_from_gate=mail_from_gate,
-        auth_policy=auth_policy, sender_policy=sender_policy)
+        auth_policy=auth_policy, sender_policy=sender_policy, tenants=tenants,
+        quotas=quotas, reputation_book=reputation_book, monitor=monitor)
 

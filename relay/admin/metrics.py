@@ -25,6 +25,8 @@ from relay.delivery.attempts import Attempt
 from relay.queue.committer import StoreStats
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+# Distinct tenant label values per process; later tenants are counted as "other".
+MAX_TENANT_LABELS = 200
 
 
 class Metrics:
@@ -96,6 +98,20 @@ class Metrics:
             "relay_feedback_unparsed_dropped_files", "Unparseable feedback messages removed "
             "or never kept, by reason (as relay_feedback_unparsed_dropped_bytes)",
             ["reason"], registry=r)
+        # The account model: per tenant (at most MAX_TENANT_LABELS names, the rest "other",
+        # so a platform with thousands of tenants cannot blow up the series count).
+        self.tenant_refusals = Counter(
+            "relay_tenant_refusals", "Recipients or messages refused for a tenant's account "
+            "state, by tenant and reason (rate, daily_quota, sandbox, paused, tenant)",
+            ["tenant", "reason"], registry=r)
+        self.tenant_accepted = Counter(
+            "relay_tenant_recipients_accepted", "Recipients accepted, by tenant", ["tenant"],
+            registry=r)
+        self.reputation_changes = Counter(
+            "relay_reputation_status_changes", "Reputation status changes of tenants and "
+            "configuration sets, by scope kind and new status", ["scope", "status"],
+            registry=r)
+        self._tenant_labels: set[str] = set()
         # For the dashboard: per provider, outcome -> count (since start).
         self.by_provider: dict[str, Tally[str]] = {}
         # (source IP, provider) of the delivery a complaint event is about, when known
@@ -103,6 +119,25 @@ class Metrics:
         self.complaint_source = complaint_source
 
     # ------------------------------------------------------------------ hooks
+
+    def tenant_label(self, tenant: str) -> str:
+        """`tenant` as a label value: the first MAX_TENANT_LABELS names seen, then "other"."""
+        if tenant in self._tenant_labels:
+            return tenant
+        if len(self._tenant_labels) < MAX_TENANT_LABELS:
+            self._tenant_labels.add(tenant)
+            return tenant
+        return "other"
+
+    def observe_tenant_refusal(self, tenant: str, reason: str) -> None:
+        self.tenant_refusals.labels(self.tenant_label(tenant), reason).inc()
+
+    def observe_tenant_accepted(self, tenant: str, recipients: int) -> None:
+        self.tenant_accepted.labels(self.tenant_label(tenant)).inc(recipients)
+
+    def observe_reputation_change(self, scope: str, old: Any, new: Any) -> None:
+        kind = scope.partition(":")[0]
+        self.reputation_changes.labels(kind, str(getattr(new, "status", ""))).inc()
 
     def observe_attempt(self, a: Attempt) -> None:
         counter = {"delivered": self.deliveries, "bounced": self.bounces}.get(a.kind,

@@ -45,6 +45,7 @@ from relay.config import Delivery
 from relay.delivery.attempts import current_message, current_message_id
 from relay.delivery.classify import from_route
 from relay.delivery.outcome import Outcome, Sender, outcomes_of
+from relay.delivery.outcome import held as held_outcome
 from relay.delivery.settle import Retry, decide, events_for
 from relay.delivery.yielding import DeliveryGate
 from relay.dns.route import Route, RouteFailure, Target
@@ -148,7 +149,9 @@ class Scheduler:
                  journal: EventJournal | None = None,
                  configuration_set: Callable[[str], Any] | None = None,
                  lane_of: Callable[[MessageRecord], int] | None = None,
-                 gate: DeliveryGate | None = None) -> None:
+                 gate: DeliveryGate | None = None,
+                 paused: Callable[[MessageRecord], str | None] | None = None,
+                 paused_recheck: float = 60.0) -> None:
         self.store = store
         self.router = router
         self.sender = sender
@@ -171,6 +174,12 @@ class Scheduler:
         self.configuration_set = configuration_set
         # The priority lane of a message (relay/warmup/lanes.py); None: all bulk.
         self.lane_of = lane_of
+        # Why a message's tenant or configuration set is paused (relay/tenants/), or None.
+        # A paused message's recipients are held, not attempted and not bounced, and
+        # looked at again every `paused_recheck` seconds until the resume or their
+        # max delivery time (then they expire as any other).
+        self.paused = paused
+        self.paused_recheck = paused_recheck
         self.ready: dict[str, LaneQueue] = {}
         # Destinations with queued work that may need another worker (an ordered set).
         self._wanting: dict[str, None] = {}
@@ -386,6 +395,12 @@ class Scheduler:
         or None when it was settled in place."""
         current_message_id.set(task.message.id)  # for the per-attempt log line
         current_message.set(task.message)        # pool and lane, for the shaper
+        if self.paused is not None:
+            why = self.paused(task.message)
+            if why is not None:
+                until = self.clock.now() + self.paused_recheck
+                await self._settle(task, [held_outcome(why, until)] * len(task.items))
+                return None
         if self.suppression is not None:
             listed = self.suppression.suppressed(
                 task.message, [it.recipient.address for it in task.items])

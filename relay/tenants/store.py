@@ -30,7 +30,7 @@ import msgspec
 
 from relay.clock import Clock
 from relay.queue.store import QueueStore
-from relay.tenants import quotastore
+from relay.tenants import quotastore, repstore
 from relay.tenants.model import (
     DEFAULT_TENANT,
     SUPPRESSION_SCOPES,
@@ -364,9 +364,19 @@ class TenantStore:
         """An operator's resume of `scope`: Healthy, who and when, and a fresh
         reputation window from now (last_fresh_start)."""
         now = self.clock.now()
-        return self._scope_op(scope, lambda old: msgspec.structs.replace(
+        change = self._scope_op(scope, lambda old: msgspec.structs.replace(
             old, status="Healthy", reason=reason or "resumed by the operator",
             automatic=False, changed_at=now, changed_by=who, last_fresh_start=now))
+        # The fresh start: the counts that caused a pause are forgotten with it.
+        forget = repstore.reset_op(self.queue, scope) if "reputation" in self.queue.dbs \
+            else None
+
+        def op(txn: Any) -> StatusRecord:
+            rec = change(txn)
+            if forget is not None:
+                forget(txn)
+            return rec
+        return op
 
     def set_status_op(self, scope: str, record: StatusRecord
                       ) -> Callable[[Any], StatusRecord]:

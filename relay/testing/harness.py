@@ -35,6 +35,7 @@ class Harness:
         self.sender, self.shaped, self.users = p.sender, p.shaped, p.users
         self.keys, self.signer, self.verp = p.dkim_keys, p.signer, p.verp
         self.journal, self.feedback, self.submitter = p.journal, p.feedback, p.submitter
+        self.tenants, self.monitor = p.tenants, p.monitor
         self.recovered = 0
         self._delivering = False
 
@@ -46,6 +47,7 @@ class Harness:
         await p.event_router.start()
         p.journal.replay()
         p.journal.start()
+        p.monitor.start()
         if deliver:
             p.loop_lag.start()
             p.scheduler.start()
@@ -68,6 +70,7 @@ class Harness:
             self._delivering = False
         await p.loop_lag.stop()
         await p.journal.stop()
+        await p.monitor.stop()
         if p.shaped is not None:
             await p.shaped.close()
         await p.sender.close()

@@ -65,7 +65,10 @@ def assert_connected(p: Components) -> None:
     assert p.submitter.on_accept == [p.metrics.accepted.inc, p.gate.accepted]
     assert p.mail_from_gate.inner is p.submitter and p.mail_from_gate.outbound is p.outbound
     assert p.mail_from_gate.reject == p.submitter.reject
-    assert p.events.subscribers == [p.event_router, p.metrics.observe_event]
+    assert p.events.subscribers[:2] == [p.event_router, p.metrics.observe_event]
+    assert len(p.events.subscribers) == 3  # and the reputation monitor (through a Late)
+    assert p.monitor.tenants is p.tenants and p.monitor.store is p.store
+    assert s.paused is not None
     assert p.journal.store is p.store and p.journal.log is p.events
     assert p.outbound.signer is p.signer and p.outbound.verp is p.verp
     assert p.feedback.verp is p.verp and p.feedback.events is p.events
