@@ -2,7 +2,8 @@
 
 Routing: an event goes to every enabled [[event_destination]] with configuration_set ""
 (account-level) and to those of the message's configuration set (mail.tags
-"ses:configuration-set"), filtered by event_types. A set with
+"ses:configuration-set"), filtered by event_types; a destination owned by a tenant
+(`tenant = "NAME"`) gets only that tenant's events. A set with
 include_original_headers = false gets events without mail.headers.
 
 - file: one JSON object per line, appended as it comes (relay/events/linefile.py, the
@@ -132,9 +133,11 @@ class EventRouter:
         cfg = self.config()
         cs_name = configuration_set_of(event).lower()
         kind = event_type_key(event)
+        tenant = event.tenant
         return [d for d in cfg.event_destination
                 if d.enabled and kind in d.event_types
-                and (not d.configuration_set or d.configuration_set.lower() == cs_name)]
+                and (not d.configuration_set or d.configuration_set.lower() == cs_name)
+                and (not d.tenant or d.tenant == tenant)]
 
     def _encode(self, event: Event) -> bytes:
         cs_name = configuration_set_of(event)

@@ -3,6 +3,8 @@ mail.tags["ses:tenant"]; a record written before tenants belongs to `default`.""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import msgspec
 
 from relay.events import model as M
@@ -73,3 +75,17 @@ def test_reputation_status_change_routes_by_tenant_and_set() -> None:
     tenant_ev = M.reputation_event(scope="tenant", name="acme", tenant="acme",
                                    old="Healthy", new=new, now=1_700_000_000.0)
     assert "ses:configuration-set" not in tenant_ev.mail.tags
+
+
+def test_a_tenant_owned_destination_gets_only_its_tenants_events(tmp_path: Path) -> None:
+    from relay.clock import FakeClock
+    from relay.config import from_dict
+    from relay.events.destinations import EventRouter
+
+    cfg = from_dict({"server": {"state_dir": str(tmp_path)}, "event_destination": [
+        {"name": "all", "type": "file"},
+        {"name": "acme-only", "type": "file", "tenant": "acme"}]})
+    router = EventRouter(lambda: cfg, None, FakeClock(), tmp_path)  # type: ignore[arg-type]
+    names = [[d.name for d in router.destinations(M.send_event(_record(tenant=t)))]
+             for t in ("acme", "other", "")]
+    assert names == [["all", "acme-only"], ["all"], ["all"]]
