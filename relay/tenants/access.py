@@ -6,14 +6,14 @@ API), else it belongs to the credential's own tenant. A tenant may use its own
 identities, configuration sets, pools and event destinations and the shared ones (owner
 ""), never another tenant's (SES: every resource a message references must be
 associated with its tenant). No I/O here; the refusals are SMTP replies with enhanced
-status codes.
+status codes (`Refusal`, which the SMTP session turns into its `Reply`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from relay.smtp.replies import Reply
+from relay.tenants.refusals import Refusal as Reply
 from relay.tenants.model import DEFAULT_TENANT, valid_tenant_name
 
 HEADER = "X-SES-TENANT"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from relay.smtp.replies import Reply
 from relay.tenants.access import (
     TENANT_INVALID,
     credential_tenants,
@@ -13,6 +12,7 @@ from relay.tenants.access import (
     refuse_resource,
     resolve_tenant,
 )
+from relay.tenants.refusals import Refusal as Reply
 
 
 @pytest.mark.parametrize(("tenants", "default", "header", "expected"), [
