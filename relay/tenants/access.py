@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from relay.tenants.refusals import Refusal as Reply
 from relay.tenants.model import DEFAULT_TENANT, valid_tenant_name
+from relay.tenants.refusals import Refusal as Reply
 
 HEADER = "X-SES-TENANT"
 
