@@ -1,9 +1,9 @@
 """PURE: the configuration set of a submitted message, and the headers removed before delivery.
 
 `X-SES-CONFIGURATION-SET` (or `X-Relay-Configuration-Set`) picks a [[configuration_set]];
-`X-SES-MESSAGE-TAGS` carries tags (parsed at submission by relay/smtp/message.py). All
-three are removed from the stored message, so they never reach the recipient, as with
-SES. No I/O.
+`X-SES-MESSAGE-TAGS` carries tags (parsed at submission by relay/smtp/message.py);
+`X-SES-TENANT` names the message's tenant (relay/tenants/account.py). All of them are
+removed from the stored message, so they never reach the recipient, as with SES. No I/O.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import re
 from relay.config import Config
 
 SET_HEADERS = ("x-ses-configuration-set", "x-relay-configuration-set")
-STRIPPED = frozenset({*SET_HEADERS, "x-ses-message-tags"})
+TENANT_HEADER = "x-ses-tenant"
+STRIPPED = frozenset({*SET_HEADERS, "x-ses-message-tags", TENANT_HEADER})
 _HEADER_LIMIT = 256 * 1024
 
 
@@ -39,21 +40,31 @@ def _name(field: bytes) -> str:
     return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
 
 
+def requested_tenant(body: bytes, known: list[tuple[str, str]] | None = None) -> str | None:
+    """The X-SES-TENANT value, or None when the message has none."""
+    return _header_value(body, known, (TENANT_HEADER,))
+
+
+def _header_value(body: bytes, known: list[tuple[str, str]] | None,
+                  names: tuple[str, ...]) -> str | None:
+    if known is not None:
+        for name, text in known:
+            if name.lower() in names:
+                return re.sub(r"\s+", " ", text).strip()
+        return None
+    head, _ = _split(body)
+    for f in _fields(head):
+        if _name(f) in names:
+            value = f.split(b":", 1)[1] if b":" in f else b""
+            return re.sub(r"\s+", " ", value.decode("utf-8", "replace")).strip()
+    return None
+
+
 def requested_set(body: bytes, known: list[tuple[str, str]] | None = None) -> str:
     """The configuration set named in the header ("" if none). `known`: the header fields
     of `body` as relay.events.headers.read_fields reads them (listed at DATA); then the
     body is not read again."""
-    if known is not None:
-        for name, text in known:
-            if name.lower() in SET_HEADERS:
-                return re.sub(r"\s+", " ", text).strip()
-        return ""
-    head, _ = _split(body)
-    for f in _fields(head):
-        if _name(f) in SET_HEADERS:
-            value = f.split(b":", 1)[1] if b":" in f else b""
-            return re.sub(r"\s+", " ", value.decode("utf-8", "replace")).strip()
-    return ""
+    return _header_value(body, known, SET_HEADERS) or ""
 
 
 def strip_headers(body: bytes, known: list[tuple[str, str]] | None = None) -> bytes:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Any
 
 from relay.identity.outbound import Outbound
 from relay.queue.ops import NewMessage
@@ -28,7 +29,8 @@ class MailFromGate:
         self.reject = reject  # a Reject event for a permanent refusal
 
     async def submit(self, msg: NewMessage,
-                     on_durable: Callable[[str], None] | None = None) -> str:
+                     on_durable: Callable[[str], None] | None = None,
+                     account: Any = None) -> str:
         failure = await self.outbound.submission_failure(msg.sender,
                                                          msg.headers.get("From", ""))
         if failure is not None:
@@ -36,4 +38,6 @@ class MailFromGate:
             if failure.kind == "bounced" and self.reject is not None:
                 self.reject(msg, failure.text)
             raise MessageRefused(Reply(failure.code, failure.enhanced, failure.text))
-        return await self.inner.submit(msg, on_durable)
+        if account is None:
+            return await self.inner.submit(msg, on_durable)
+        return await self.inner.submit(msg, on_durable, account=account)  # type: ignore[call-arg]

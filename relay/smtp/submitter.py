@@ -25,6 +25,9 @@ from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
 from relay.smtp import replies as R
 from relay.smtp.session import MessageRefused
+from relay.tenants.access import first_refusal
+from relay.tenants.account import AccountGate, Transaction
+from relay.tenants.refusals import Refusal
 from relay.users import UserStore
 
 log = logging.getLogger("relay")
@@ -43,7 +46,10 @@ class QueueSubmitter:
                  config: Callable[[], Config] | None = None,
                  users: UserStore | None = None, *,
                  journal: EventJournal | None = None,
-                 on_accept: Iterable[Callable[[], None]] = ()) -> None:
+                 on_accept: Iterable[Callable[[], None]] = (),
+                 account: AccountGate | None = None,
+                 resources: Callable[[NewMessage], list[tuple[str, str, str]]] | None = None
+                 ) -> None:
         self.store = store
         self.events = events
         self.scheduler = scheduler
@@ -52,6 +58,12 @@ class QueueSubmitter:
         self.on_accept: list[Callable[[], None]] = list(on_accept)
         # When set, the Send event is committed with the message (relay/events/journal.py).
         self.journal = journal
+        # The account model (relay/tenants/account.py): the message's tenant, a paused
+        # configuration set, quota counts committed with the message. `resources(msg)`:
+        # the (kind, name, owner) of the identity, set and pool the message uses, each of
+        # which must be shared or its tenant's.
+        self.account = account
+        self.resources = resources
 
     def _choose_set(self, msg: NewMessage) -> str:
         """Set msg.configuration_set from the header, else the credential's default;
@@ -82,33 +94,69 @@ class QueueSubmitter:
             headers_truncated=truncated, tenant=msg.tenant)
         self.events.emit([reject_event(record, reason)])
 
+    def _refuse(self, msg: NewMessage, refusal: Refusal) -> MessageRefused:
+        self.reject(msg, refusal.text)
+        return MessageRefused(R.Reply(*refusal))
+
+    def _settle_account(self, msg: NewMessage, account: Transaction) -> None:
+        """The message's tenant (X-SES-TENANT), then what its set and resources allow."""
+        gate = self.account
+        if gate is None:
+            return
+        header = configsets.requested_tenant(msg.body, msg.header_fields)
+        refusal = gate.settle_tenant(account, header, msg.recipients)
+        msg.tenant = account.tenant
+        if refusal is None:
+            refusal = gate.configuration_set_paused(account, msg.configuration_set)
+        if refusal is None and self.resources is not None:
+            refusal = first_refusal(account.tenant, self.resources(msg))
+        if refusal is not None:
+            raise self._refuse(msg, refusal)
+
     async def submit(self, msg: NewMessage,
-                     on_durable: Callable[[str], None] | None = None) -> str:
+                     on_durable: Callable[[str], None] | None = None,
+                     account: Transaction | None = None) -> str:
         # Configuration set (X-SES-CONFIGURATION-SET) and tag headers never leave relay.
         unknown = self._choose_set(msg)
+        if account is not None:
+            msg.tenant = account.tenant
         if unknown:
             # As SES: a set that does not exist refuses the message (554), with a Reject.
             self.reject(msg, f"Configuration set {unknown} does not exist")
             raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
+        if account is not None:
+            self._settle_account(msg, account)
         stripped = configsets.strip_headers(msg.body, msg.header_fields)
         if stripped is not msg.body:
             msg.header_fields = without_fields(msg.header_fields, configsets.STRIPPED)
         msg.body = stripped
         journal = self.journal
+        # The quota counts of the message's recipients, in its own transaction.
+        counts = (self.account.commit_op(account)
+                  if self.account is not None and account is not None else None)
         if journal is None:
-            record = await self.store.submit_record(msg, on_durable=on_durable)
+            def count(txn: object, rec: MessageRecord) -> None:
+                if counts is not None:
+                    counts(txn)
+
+            record = await self.store.submit_record(
+                msg, also=count if counts is not None else None, on_durable=on_durable)
             self.events.emit([send_event(record)])
         else:
             staged: list[bytes] = []
             sent: list[Event] = []
 
             def stage(txn: object, rec: MessageRecord) -> None:
+                if counts is not None:
+                    counts(txn)
                 sent.append(send_event(rec))
                 staged.extend(journal.stage(txn, sent))
 
             record = await self.store.submit_record(msg, also=stage, on_durable=on_durable)
             journal.published(sent, staged)
+        if self.account is not None and account is not None:
+            self.account.accepted(account)
         for cb in self.on_accept:
             cb()
         self.scheduler.wake()
