@@ -20,6 +20,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -53,6 +54,8 @@ from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.submitter import QueueSubmitter
 from relay.suppression.guard import Suppressor
 from relay.tenants import quotastore, repstore
+from relay.tenants.access import may_use
+from relay.tenants.account import AccountGate
 from relay.tenants.model import DEFAULT_TENANT
 from relay.tenants.monitor import ReputationMonitor
 from relay.tenants.quota import QuotaBook
@@ -164,6 +167,7 @@ class Components:
     quotas: QuotaBook
     reputation_book: ReputationBook
     monitor: ReputationMonitor
+    account: AccountGate
 
     @property
     def secondary(self) -> bool:
@@ -286,9 +290,12 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     quotastore.load(store, quotas, clock.now())
     reputation_book = ReputationBook(Lines.of(cfg.reputation))
     repstore.load(store, reputation_book, clock.now())
+
+    def is_simulator(address: str) -> bool:
+        return address.rpartition("@")[2].lower() == simulator.DOMAIN
+
     monitor = late_monitor.set(ReputationMonitor(
-        store, tenants, reputation_book, events, clock,
-        is_simulator=lambda address: address.rpartition("@")[2].lower() == simulator.DOMAIN,
+        store, tenants, reputation_book, events, clock, is_simulator=is_simulator,
         on_change=[metrics.observe_reputation_change]))
 
     def suppression_scope(tenant: str) -> str:
@@ -332,8 +339,41 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         configuration_set=lambda name: live.current.configuration_set_named(name),
         lane_of=lambda msg: lanes.priority_of(live.current, msg), gate=gate,
         paused=paused, paused_recheck=float(cfg.tenants.paused_recheck)))
+
+    def verified(tenant: str, identity: str) -> bool:
+        """Is `identity` a verified identity that `tenant` may use (its own or shared)?"""
+        rec = identities.get(identity)
+        return rec is not None and rec.verified and may_use(tenant, rec.tenant)
+
+    account = AccountGate(
+        tenants, quotas, store, credential=users.get, defaults=lambda: live.current.tenants,
+        verified=verified, is_simulator=is_simulator, now=clock.now,
+        on_refusal=[metrics.observe_tenant_refusal],
+        on_accepted=[metrics.observe_tenant_accepted])
+
+    def resources(msg: Any) -> list[tuple[str, str, str]]:
+        """(kind, name, owner) of the identity, configuration set and pool `msg` uses."""
+        current = live.current
+        out: list[tuple[str, str, str]] = []
+        address = parseaddr(msg.headers.get("From", ""))[1].lower()
+        for identity in (address, address.rpartition("@")[2]):
+            if identity and identities.get(identity) is not None:
+                out.append(("identity", identity, identities.owner(identity)))
+                break
+        cs = current.configuration_set_named(msg.configuration_set) \
+            if msg.configuration_set else None
+        if cs is not None:
+            out.append(("configuration set", cs.name, cs.tenant))
+        pool_name = lanes.pool_of(current, msg, users.default_pool(msg.auth_user)
+                                  if msg.auth_user else "")
+        pool = next((p for p in current.pool if p.name == pool_name), None)
+        if pool is not None:
+            out.append(("pool", pool.name, pool.tenant))
+        return out
+
     submitter = QueueSubmitter(store, events, scheduler, config, users, journal=journal,
-                               on_accept=[metrics.accepted.inc, gate.accepted])
+                               on_accept=[metrics.accepted.inc, gate.accepted],
+                               account=account, resources=resources)
     # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
     mail_from_gate = MailFromGate(submitter, outbound, reject=submitter.reject)
     # One lockout tracker for every listener: a lockout on 587 holds on 465 too.
@@ -352,5 +392,6 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         feedback=feedback, simulator=local, loop_lag=loop_lag, gate=gate,
         scheduler=scheduler, submitter=submitter, mail_from_gate=mail_from_gate,
         auth_policy=auth_policy, sender_policy=sender_policy, tenants=tenants,
-        quotas=quotas, reputation_book=reputation_book, monitor=monitor)
+        quotas=quotas, reputation_book=reputation_book, monitor=monitor,
+        account=account)
 
