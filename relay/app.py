@@ -44,6 +44,7 @@ from relay.signals import EarlySignals
 from relay.smtp import SubmissionServer
 from relay.supervisor import watch_supervisor
 from relay.tenants import quotastore, repstore
+from relay.tenants.model import tenant_scope
 from relay.tlsutil import ensure_self_signed, server_context
 from relay.users import DEV_USER
 from relay.wiring import LiveConfig, Overrides, build
@@ -217,7 +218,8 @@ class RelayApp:
             tokens=tokens, events=self.events,
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
-            listeners=self.listener_status, verp=self.verp, tenants=self.tenants)
+            listeners=self.listener_status, verp=self.verp, tenants=self.tenants,
+            **self._sent_last_24_hours())
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,
             open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)
@@ -228,6 +230,15 @@ class RelayApp:
             self.events, lambda: self.event_router.files))
         self.admin = AdminServer(ctx, self.cfg.admin.address)
         await self.admin.start()
+
+    def _sent_last_24_hours(self) -> dict[str, Any]:
+        """One process: its quota book, reservations included (no spool read); several:
+        the counts every worker committed to the spool (AdminContext's default)."""
+        if self.worker is not None:
+            return {}
+        quotas, now = self.parts.quotas, self.clock.now
+        return {"sent_last_24_hours":
+                lambda _store, name: quotas.sent_last_24h(tenant_scope(name), now())}
 
     def _loop_figures(self) -> tuple[float, float]:
         gate = self.scheduler.gate

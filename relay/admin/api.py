@@ -52,6 +52,7 @@ from relay.queue.store import QueueStore
 from relay.suppression.policy import SUPPRESSION_REASONS, normalize, valid_address
 from relay.suppression.store import Entry, SuppressionList
 from relay.tenants.model import StatusRecord, Tenant, tenant_scope
+from relay.tenants.quota import effective_limits
 from relay.tenants.store import (
     NoSuchTenant,
     TenantError,
@@ -469,6 +470,7 @@ def _tenant_json(ctx: AdminContext, t: Tenant, *, sent: bool) -> dict[str, Any]:
     """A tenant in SES's names (GetTenant, GetAccount's SendQuota and
     ProductionAccessEnabled) with relay's reputation status record."""
     st = ctx.tenant_store().tenant_status(t.name)
+    limits = effective_limits(ctx.config().tenants, t).tenant
     body: dict[str, Any] = {
         "TenantName": t.name, "CreatedTimestamp": _when(t.created_at),
         "SendingStatus": _sending_status(st),
@@ -480,8 +482,13 @@ def _tenant_json(ctx: AdminContext, t: Tenant, *, sent: bool) -> dict[str, Any]:
             "ChangedTimestamp": _when(st.changed_at), "ChangedBy": st.changed_by,
             "LastFreshStart": _when(st.last_fresh_start), "BounceRate": st.bounce_rate,
             "ComplaintRate": st.complaint_rate, "Volume": st.volume},
-        "SendQuota": {"Max24HourSend": t.quota.max_24h_send,
-                      "MaxSendRate": t.quota.max_send_rate},
+        # What the tenant sends under (SES's GetAccount SendQuota): its own quota, else
+        # [tenants], capped by the sandbox's while in it; -1: unlimited (as SES says).
+        "SendQuota": {"Max24HourSend": limits.max_24h_send or -1,
+                      "MaxSendRate": limits.max_send_rate or -1.0},
+        # The tenant's own settings (null: [tenants] decides).
+        "Quota": {"Max24HourSend": t.quota.max_24h_send,
+                  "MaxSendRate": t.quota.max_send_rate},
     }
     if sent:
         body["SendQuota"]["SentLast24Hours"] = ctx.sent_last_24_hours(ctx.store, t.name)
@@ -503,7 +510,14 @@ def _tenant_error(e: TenantError) -> web.Response:
 async def tenants_list(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     tenants = ctx.tenant_store().tenants()
-    return _json({"Tenants": [_tenant_json(ctx, t, sent=False) for t in tenants.values()]})
+    cfg = ctx.config().reputation
+    return _json({
+        "Tenants": [_tenant_json(ctx, t, sent=True) for t in tenants.values()],
+        # The lines the statuses are decided on ([reputation]), for the dashboard.
+        "ReputationLines": {"BounceReview": cfg.bounce_review, "BouncePause": cfg.bounce_pause,
+                            "ComplaintReview": cfg.complaint_review,
+                            "ComplaintPause": cfg.complaint_pause,
+                            "MinVolume": cfg.min_volume}})
 
 
 async def tenants_add(request: web.Request) -> web.Response:

@@ -24,6 +24,8 @@ def test_dashboard_renders_in_chromium(admin: Admin, tmp_path: Path) -> None:
     wait_until(lambda: admin.call("GET", f"/api/queue/{ids[0]}")[1]["recipients"][0]
                ["state"] == "deferred", 15, "a deferral")
     wait_until(lambda: admin.sinks[0].message_count >= 2, 15, "deliveries")
+    assert admin.call("POST", "/api/tenants", {"TenantName": "acme"})[0] == 201
+    assert admin.call("POST", "/api/tenants/acme/pause", {"Reason": "list cleanup"})[0] == 200
     requests: list[str] = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -44,6 +46,11 @@ def test_dashboard_renders_in_chromium(admin: Admin, tmp_path: Path) -> None:
             assert page.locator("#chart-depth path.depth-area").count() == 3
             assert ids[0] in page.locator("#oldest").inner_text()
             assert page.locator("#error").inner_text() == ""
+            paused = page.locator('#tenants tr[data-status="Paused"]')
+            assert paused.count() == 1 and "acme" in paused.inner_text()
+            assert "list cleanup" in paused.inner_text() and "200 / 200" not in paused.inner_text()
+            assert "0 / 200" in paused.inner_text()  # the sandbox's daily quota
+            assert page.locator('#tenants tr[data-status="Healthy"]').count() == 1  # default
             shot = tmp_path / "dashboard.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -48,8 +48,10 @@ def test_create_show_pause_resume_production(admin: Admin) -> None:
     t = body["Tenant"]
     assert (t["TenantName"], t["SendingStatus"], t["ProductionAccessEnabled"],
             t["SuppressionScope"]) == ("acme", "ENABLED", False, "tenant")
-    assert t["SendQuota"] == {"Max24HourSend": 1000, "MaxSendRate": 5.0,
+    # In the sandbox it sends under the sandbox's limits; its own quota is kept.
+    assert t["SendQuota"] == {"Max24HourSend": 200, "MaxSendRate": 1.0,
                               "SentLast24Hours": 0}
+    assert t["Quota"] == {"Max24HourSend": 1000, "MaxSendRate": 5.0}
     assert t["ReputationStatus"]["Status"] == "Healthy"
     assert t["ReputationStatus"]["LastFreshStart"] is None
 
@@ -71,6 +73,7 @@ def test_create_show_pause_resume_production(admin: Admin) -> None:
 
     status, body = admin.call("POST", "/api/tenants/acme/production")
     assert status == 200 and body["Tenant"]["ProductionAccessEnabled"] is True
+    assert body["Tenant"]["SendQuota"]["Max24HourSend"] == 1000
     assert body["Tenant"]["ProductionAccessTimestamp"]
 
     status, body = admin.call("GET", "/api/tenants/acme")
