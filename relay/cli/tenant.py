@@ -25,12 +25,14 @@ from relay.queue.store import QueueStore
 from relay.tenants.model import (
     DEFAULT_TENANT,
     SUPPRESSION_SCOPES,
+    Quota,
     StatusRecord,
     Tenant,
     configuration_set_scope,
     tenant_scope,
     valid_tenant_name,
 )
+from relay.tenants.quota import effective_limits
 from relay.tenants.store import (
     TenantError,
     TenantStore,
@@ -195,6 +197,12 @@ def show_data(ts: TenantStore, name: str,
 
 def cmd_show(args: argparse.Namespace) -> int:
     data: dict[str, Any] = _run(args, lambda ts: show_data(ts, args.name))
+    # What it sends under: its own quota, else [tenants], capped by the sandbox's.
+    t = Tenant(args.name, sandbox=bool(data["sandbox"]),
+               quota=Quota(data["max_24h_send"], data["max_send_rate"]))
+    limits = effective_limits(load_config(args).tenants, t).tenant
+    data["send_quota"] = {"max_24h_send": limits.max_24h_send,
+                          "max_send_rate": limits.max_send_rate}
     if args.json:
         print(json.dumps(data))
         return 0
@@ -212,8 +220,10 @@ def cmd_show(args: argparse.Namespace) -> int:
         ("LastFreshStart", st["last_fresh_start"] or "-"),
         ("Sandbox", "yes" if data["sandbox"] else
          f"no (production since {data['production_at'] or 'creation'})"),
-        ("Max24HourSend", val(data["max_24h_send"])),
-        ("MaxSendRate", val(data["max_send_rate"])),
+        ("Max24HourSend", val(data["send_quota"]["max_24h_send"])
+         + f" (own: {val(data['max_24h_send'])})"),
+        ("MaxSendRate", val(data["send_quota"]["max_send_rate"])
+         + f" (own: {val(data['max_send_rate'])})"),
         ("SentLast24Hours", str(data["sent_last_24_hours"])),
         ("SuppressionScope", data["suppression_scope"]),
         ("CreatedAt", data["created_at"] or "-"),

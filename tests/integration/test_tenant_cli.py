@@ -65,8 +65,9 @@ def test_add_list_show_production_quota(cfg: str, capsys: pytest.CaptureFixture[
     code, out, _ = _run(capsys, "tenant", "show", "acme", "--config", cfg)
     shown = dict(line.split(":", 1) for line in out.splitlines())
     assert shown["Status"].strip() == "Healthy"
-    assert shown["Max24HourSend"].strip() == "500"
-    assert shown["MaxSendRate"].strip() == "2.0"
+    # In the sandbox: the sandbox's limits hold; its own quota is shown beside them.
+    assert shown["Max24HourSend"].strip() == "200 (own: 500)"
+    assert shown["MaxSendRate"].strip() == "1.0 (own: 2.0)"
     assert shown["SentLast24Hours"].strip() == "0"
     assert shown["LastFreshStart"].strip() == "-"
     assert shown["Sandbox"].strip() == "yes"
