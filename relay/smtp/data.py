@@ -1,10 +1,13 @@
 """PURE: one DATA section checked and dot-unstuffed, fed in pieces split anywhere.
 
-`DataScanner` gives the verdict of a line-by-line reader (RFC 5321 §4.5.3.1.6 line
-limit, the message size limit, bare CR or LF refused: §2.3.8, against SMTP smuggling)
-with C-speed bytes operations on whole chunks; `eod_prefix` tracks a possible end
-marker split across chunks. The reading loop (asyncio) is
-`relay.smtp.session.read_data_section`; this module does no I/O.
+`DataSection` is the sans-I/O half of reading DATA: the chunks read go in, and it
+says how much to read next (the rest of an end marker split across chunks, or up to
+the next one), finds the end of data without ever consuming past it, and feeds the
+rest to a `DataScanner`. `DataScanner` gives the verdict of a line-by-line reader
+(RFC 5321 §4.5.3.1.6 line limit, the message size limit, bare CR or LF refused:
+§2.3.8, against SMTP smuggling) with C-speed bytes operations on whole chunks. The
+reading loop (asyncio) is `relay.smtp.session.read_data_section`; this module does no
+I/O.
 """
 
 from __future__ import annotations
@@ -149,3 +152,46 @@ def eod_prefix(tail: bytes) -> int:
         if tail.endswith(EOD[:k]):
             return k
     return 0
+
+
+class DataSection:
+    """One DATA section, from the bytes after DATA's own CRLF to the lone '.' line.
+
+    Only CRLF '.' CRLF ends the data ('.' CRLF as the first line too): the data ends at
+    the first EOD in b"\\r\\n" + stream. `need` is how many bytes to read exactly next
+    while what was fed ends with the start of an EOD (at first: DATA's own CRLF), which
+    cannot overshoot it (KMP); 0 means any chunk that ends at or before the next EOD
+    (`readuntil(EOD)`, or what a limit lets through). `feed(chunk)` is True at the end
+    of data; `result()` is then (parts, None) or (None, fault).
+    """
+
+    __slots__ = ("held", "matched", "scanner")
+
+    def __init__(self, size_limit: int, line_limit: int) -> None:
+        self.scanner = DataScanner(size_limit, line_limit)
+        self.matched = 2  # how many bytes of EOD what was fed so far ends with
+        self.held = b""  # bytes fed but not scanned: the '.' or '.\r' of a possible EOD
+
+    @property
+    def need(self) -> int:
+        return len(EOD) - self.matched if self.matched else 0
+
+    def feed(self, chunk: bytes) -> bool:
+        matched, held = self.matched, self.held
+        tail = EOD[:matched] + chunk[-len(EOD):]
+        data = held + chunk if held else chunk
+        if tail.endswith(EOD):
+            self.scanner.feed(data[:-3])  # all but the '.' CRLF
+            return True
+        self.matched = matched = eod_prefix(tail)
+        keep = matched - 2
+        if keep > 0:
+            self.held = data[-keep:]
+            data = data[:-keep]
+        else:
+            self.held = b""
+        self.scanner.feed(data)
+        return False
+
+    def result(self) -> tuple[list[bytes] | None, R.Reply | None]:
+        return self.scanner.result()

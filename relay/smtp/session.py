@@ -29,7 +29,7 @@ from relay.queue.ops import NewMessage
 from relay.smtp import policy as P
 from relay.smtp import replies as R
 from relay.smtp.authpolicy import AuthPolicy
-from relay.smtp.data import EOD, DataScanner, eod_prefix
+from relay.smtp.data import EOD, DataSection
 from relay.smtp.message import (
     complete_and_list_fields,
     header_addresses,
@@ -759,7 +759,8 @@ async def read_data_section(
         reader: asyncio.StreamReader, size_limit: int, line_limit: int,
         progress: Callable[[], bool],
 ) -> tuple[list[bytes] | None, R.Reply | None] | None:
-    """Read one DATA section from `reader` in chunks; `DataScanner` judges it.
+    """Read one DATA section from `reader` in chunks (`DataSection` finds its end and
+    `DataScanner` judges it).
 
     The same result as reading it with `reader.readuntil(b"\\r\\n")` line by line with
     a reader limit of `line_limit`. Returns (parts, None) or (None, fault), or None if
@@ -767,17 +768,16 @@ async def read_data_section(
     bytes: the idle timer restarts there) says to stop. Raises IncompleteReadError at
     EOF. Never reads past the end of data: `readuntil(EOD)` (on LimitOverrunError, no
     EOD spans the end of the `consumed` bytes: readuntil keeps the last len(EOD) - 1),
-    except while what was read ends with the start of an EOD (at first: DATA's own
-    CRLF), when `readexactly` reads the rest of it, which cannot overshoot (KMP).
+    except while what was read ends with the start of an EOD, when `readexactly` reads
+    the `need`ed rest of it.
     At most the reader's buffer (about 2 x its limit + one socket read) is read at once.
     """
-    scanner = DataScanner(size_limit, line_limit)
-    matched = 2  # how many bytes of EOD what was read so far ends with
-    held = b""  # bytes read but not fed: the '.' or '.\r' of a possible EOD
+    section = DataSection(size_limit, line_limit)
     unreported = 0  # bytes read by readexactly since the last progress()
     while True:
-        if matched:
-            chunk = await reader.readexactly(len(EOD) - matched)
+        need = section.need
+        if need:
+            chunk = await reader.readexactly(need)
             unreported += len(chunk)
             # As a line reader would: progress at the end of a line or after a limit's worth,
             # not for a few bytes of a line that never ends (slowloris).
@@ -792,19 +792,8 @@ async def read_data_section(
             unreported = 0
             if not progress():
                 return None
-        tail = EOD[:matched] + chunk[-len(EOD):]
-        data = held + chunk if held else chunk
-        if tail.endswith(EOD):
-            scanner.feed(data[:-3])  # all but the '.' CRLF
-            return scanner.result()
-        matched = eod_prefix(tail)
-        keep = max(0, matched - 2)
-        if keep:
-            held = data[-keep:]
-            data = data[:-keep]
-        else:
-            held = b""
-        scanner.feed(data)
+        if section.feed(chunk):
+            return section.result()
 
 
 class _NoHooks:
