@@ -2,8 +2,11 @@
 
 Each reply carries an RFC 3463 enhanced status code (RFC 2034 ENHANCEDSTATUSCODES), except
 the greeting, EHLO/HELO lines and intermediate 334/354 replies, which RFC 2034 exempts.
-aiosmtpd emits some replies of its own as inline literals without enhanced codes;
-`enhance()` maps those to ours so no reply leaves without one. Tests import these
+aiosmtpd still emits the replies of its command loop (empty, over-long or unknown
+command lines) and of the commands relay leaves to it (NOOP, RSET, QUIT, HELP, VRFY,
+EXPN, AUTH's base64 errors) as inline literals without enhanced codes; `enhance()` maps
+those to ours so no reply leaves without one. It changes no decision: every other
+command is answered by relay/smtp/policy.py. Tests import these
 constants instead of repeating strings.
 """
 

@@ -1,13 +1,18 @@
 """aiosmtpd glue for one submission connection: `SubmissionSession` (an aiosmtpd SMTP subclass).
 
-Owns the per-connection policy that aiosmtpd does not: who may send (AUTH over TLS, or a
-trusted network; never an open relay, RFC 5321 §3.6), AUTH with brute-force defence
-(authpolicy), EHLO keywords, recipient/message/size caps, bare CR/LF rejection in DATA
-(RFC 5321 §2.3.8, anti-smuggling), recipient syntax at RCPT (address.py), the Received:
-line, the header section rules of message.py at DATA, and "250 only after commit"
-(it awaits `Submitter.submit`). Every reply comes from `replies`; aiosmtpd's own literals
-are given enhanced codes in `push()`. Decisions that need no I/O live in authpolicy and
-message; this module must not read the wall clock (Clock injected) or touch storage.
+Gathers the facts of the session (HELO given, authenticated, TLS active, trusted network,
+counts), asks the PURE decisions of policy.py (HELO/EHLO, AUTH, MAIL, RCPT, DATA; MAIL
+and RCPT arguments are parsed there, not by aiosmtpd) and writes the `Reply` they
+return; a 421 closes the connection. Around them it owns what needs the connection:
+admission and the session time cap, STARTTLS over the loop's own TLS, the credential
+check (users.py, scrypt in a thread) and the brute-force defence (authpolicy), sending
+authorization (`sender_check`), strict command lines (`_CommandReader`: a bare CR/LF
+line or one past the command limit raises `CommandRefused`), reading DATA in chunks
+(`read_data_section`; data.py finds the end and judges it), the Received: line and the
+header section rules of message.py, and "250 only after commit" (it awaits
+`Submitter.submit`). aiosmtpd's own replies (its command loop, NOOP, RSET, QUIT, HELP,
+VRFY, EXPN) get enhanced codes in `push()` (replies.enhance). This module must not read
+the wall clock (Clock injected) or touch storage.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, TLSSetupException
 
@@ -300,7 +305,8 @@ class SubmissionSession(SMTP):
     def _timeout_cb(self) -> None:
         # RFC 5321 §4.5.3.2: tell the client why before closing.
         self._write_now(R.TIMEOUT)
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
+        log.info("%s: idle timeout, closing", self.client_ip)
+        self._close()
 
     def _session_timeout_cb(self) -> None:
         self._session_timer = None
@@ -390,7 +396,7 @@ class SubmissionSession(SMTP):
             await self._reply(refusal)
             return
         assert self.session is not None
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.envelope = self._create_envelope()
         self.session.extended_smtp = True
         self.session.host_name = hostname
         lines = [self.hostname, *self._ehlo_keywords()]
@@ -405,7 +411,7 @@ class SubmissionSession(SMTP):
             await self._reply(refusal)
             return
         assert self.session is not None
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.envelope = self._create_envelope()
         self.session.extended_smtp = False
         self.session.host_name = hostname
         await self.push(f"250 {self.hostname}")
@@ -429,13 +435,14 @@ class SubmissionSession(SMTP):
         aiosmtpd's pure-Python asyncio.sslproto layer (15% of the accept profile), with
         the same effects as aiosmtpd's STARTTLS path in connection_made()."""
         await self._reply(R.READY_TLS)
-        transport = self.transport
-        assert transport is not None and self.session is not None
+        transport, context = self.transport, self.tls_context
+        assert transport is not None and context is not None and self.session is not None
         # Plaintext pipelined after STARTTLS is never read as a command (CVE-2024-34083).
         self._reader._buffer.clear()  # type: ignore[attr-defined]
         try:
             tls_transport = await self.loop.start_tls(
-                transport, self, self.tls_context, server_side=True,  # type: ignore[arg-type]
+                cast(asyncio.WriteTransport, transport),  # uvloop's are duck-typed
+                self, context, server_side=True,
                 ssl_handshake_timeout=float(self.ctx.limits.tls_handshake_timeout))
         except (OSError, ValueError, TimeoutError) as e:
             raise TLSSetupException() from e
@@ -449,7 +456,7 @@ class SubmissionSession(SMTP):
         self.transport = tls_transport
         # (No clear here: the client's first command over TLS may already be buffered.)
         # RFC 3207 §4.2: forget everything from before TLS (aiosmtpd's connection_made).
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.envelope = self._create_envelope()
         peer = self.session.peer
         self.session = self._create_session()
         self.session.peer = peer
@@ -617,11 +624,11 @@ class SubmissionSession(SMTP):
             self._in_data = False
         self.message_count += 1
         if fault is not None or body is None:
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            self.envelope = self._create_envelope()
             await self.push(str(fault or R.INTERNAL_ERROR))
             return
         reply, sent = await self._submit(body)
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        self.envelope = self._create_envelope()
         if sent:
             await self._writer.drain()
         else:
