@@ -1,7 +1,9 @@
 """SMTP listeners: the submission server (TLS, AUTH, session policy) in front of the queue.
 
 Owns: replies (every reply as a constant), authpolicy (pure brute-force defence),
-session (the aiosmtpd protocol subclass), server (binding, connection limits, shutdown),
+policy (pure HELO/AUTH/MAIL/RCPT/DATA decisions), data (pure DATA end-of-data and
+checks), address and message (pure checks at RCPT and DATA), session (the aiosmtpd
+protocol subclass: glue), server (binding, connection limits, shutdown),
 admission (implicit TLS counted before its handshake, the open-file limit, accept()
 failures).
 Must not: touch LMDB directly (it calls a `Submitter`), read the wall clock (a Clock is

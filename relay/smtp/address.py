@@ -1,17 +1,20 @@
 """PURE recipient address syntax (RFC 5321 §4.1.2 Mailbox, RFC 6531 with SMTPUTF8).
 
-`recipient_syntax_error(address)` says why an RCPT TO address can never be delivered to,
-or None: a local part (dot-atom or quoted string, at most 64 octets) "@" a domain that
-is a host name (LDH labels, or U-labels that IDNA-encode to them, with a non-numeric
-top-level label) or an address literal ("[192.0.2.1]", "[IPv6:2001:db8::1]"). What
-fails here is refused at RCPT (501 5.1.3) and so never queued, looked up in DNS,
-bounced or suppressed. No I/O.
+`parse_path(arg)` splits a MAIL FROM / RCPT TO argument into its address and the
+parameters after it. `recipient_syntax_error(address)` says why an RCPT TO address can
+never be delivered to, or None: a local part (dot-atom or quoted string, at most 64
+octets) "@" a domain that is a host name (LDH labels, or U-labels that IDNA-encode to
+them, with a non-numeric top-level label) or an address literal ("[192.0.2.1]",
+"[IPv6:2001:db8::1]"). What fails here is refused at RCPT (501 5.1.3) and so never
+queued, looked up in DNS, bounced or suppressed. No I/O.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 
 # atext (RFC 5322 §3.2.3) plus any non-ASCII character (RFC 6531 §3.3 UTF8-non-ascii).
 _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\x80-\U0010ffff]+"
@@ -78,3 +81,32 @@ def _literal_ok(domain: str) -> bool:
         return isinstance(ipaddress.ip_address(inner), ipaddress.IPv4Address)
     except ValueError:
         return False
+
+
+# `<local@domain>` with a dot-atom local part and an LDH domain, then any blanks: what
+# email's get_angle_addr() consumes for such an address (see parse_path).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_SIMPLE_PATH = re.compile(
+    rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*")
+
+
+def parse_path(arg: str) -> tuple[str | None, str]:
+    """(address, the parameters after it) of a MAIL FROM / RCPT TO argument (after its
+    keyword); address None when it cannot be parsed, "" when `arg` is empty, "<>" for
+    the null path. The RFC 5322 parser of the email package (comments, quoted strings,
+    obsolete forms) as aiosmtpd reads a path, with a fast path for the usual
+    `<dot.atom@host.name> [params]` that gives the same answer (the full parser was
+    ~4 % of the event loop under load)."""
+    m = _SIMPLE_PATH.match(arg)
+    if m is not None:
+        rest = arg[m.end():]
+        if not (rest[:1].isspace() or rest.startswith("(")):  # comments, odd blanks
+            return m.group(1), rest
+    if not arg:
+        return "", ""
+    try:
+        parse = get_angle_addr if arg.lstrip().startswith("<") else get_addr_spec
+        address, rest = parse(arg)
+    except HeaderParseError:
+        return None, ""
+    return str(address.addr_spec), rest

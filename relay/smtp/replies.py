@@ -2,8 +2,11 @@
 
 Each reply carries an RFC 3463 enhanced status code (RFC 2034 ENHANCEDSTATUSCODES), except
 the greeting, EHLO/HELO lines and intermediate 334/354 replies, which RFC 2034 exempts.
-aiosmtpd emits some replies of its own as inline literals without enhanced codes;
-`enhance()` maps those to ours so no reply leaves without one. Tests import these
+aiosmtpd still emits the replies of its command loop (empty, over-long or unknown
+command lines) and of the commands relay leaves to it (NOOP, RSET, QUIT, HELP, VRFY,
+EXPN, AUTH's base64 errors) as inline literals without enhanced codes; `enhance()` maps
+those to ours so no reply leaves without one. It changes no decision: every other
+command is answered by relay/smtp/policy.py. Tests import these
 constants instead of repeating strings.
 """
 
@@ -88,6 +91,23 @@ BARE_NEWLINE = Reply(550, "5.6.11", "message contains bare CR or LF")
 BARE_NEWLINE_COMMAND = Reply(500, "5.5.2", "Error: bare <CR> or <LF> in command line; "
                                            "lines must end with <CR><LF>")
 DATA_SYNTAX = Reply(501, "5.5.4", "Syntax: DATA")
+NEED_HELO = Reply(503, "5.5.1", "Error: send HELO first")
+NEED_MAIL = Reply(503, "5.5.1", "Error: need MAIL command")
+NESTED_MAIL = Reply(503, "5.5.1", "Error: nested MAIL command")
+HELO_SYNTAX = Reply(501, "5.5.4", "Syntax: HELO hostname")
+# MAIL FROM / RCPT TO syntax; with EHLO the parameters are named too.
+MAIL_SYNTAX = Reply(501, "5.5.4", "Syntax: MAIL FROM: <address>")
+MAIL_SYNTAX_EXTENDED = Reply(501, "5.5.4", "Syntax: MAIL FROM: <address> [SP <mail-parameters>]")
+RCPT_SYNTAX = Reply(501, "5.5.4", "Syntax: RCPT TO: <address>")
+RCPT_SYNTAX_EXTENDED = Reply(501, "5.5.4", "Syntax: RCPT TO: <address> [SP <mail-parameters>]")
+MALFORMED_SENDER = Reply(553, "5.1.3", "Error: malformed address")
+BODY_UNKNOWN = Reply(501, "5.5.4", "Error: BODY can only be one of 7BIT, 8BITMIME")
+SMTPUTF8_ARGUMENT = Reply(501, "5.5.4", "Error: SMTPUTF8 takes no arguments")
+MAIL_PARAMETERS_UNKNOWN = Reply(555, "5.5.4",
+                                "MAIL FROM parameters not recognized or not implemented")
+RCPT_PARAMETERS_UNKNOWN = Reply(555, "5.5.4",
+                                "RCPT TO parameters not recognized or not implemented")
+STARTTLS_SYNTAX = Reply(501, "5.5.4", "Syntax: STARTTLS")
 NEED_RCPT = Reply(503, "5.5.1", "Error: need RCPT command")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "Error: TLS already active")  # Postfix says 554
 
@@ -104,23 +124,19 @@ _EXACT: dict[str, Reply] = {
     "554 Command refused due to lack of security": Reply(554, "5.7.0", "Command refused due "
                                                                         "to lack of security"),
     "530 Must issue a STARTTLS command first": STARTTLS_FIRST,
-    "503 Error: send HELO first": Reply(503, "5.5.1", "Error: send HELO first"),
+    "503 Error: send HELO first": NEED_HELO,
     "503 Error: send EHLO first": NEED_EHLO,
     "503 Already authenticated": ALREADY_AUTHENTICATED,
     "501 Not enough value": AUTH_SYNTAX,
     "501 Too many values": AUTH_SYNTAX,
-    "503 Error: nested MAIL command": Reply(503, "5.5.1", "Error: nested MAIL command"),
-    "501 Error: BODY can only be one of 7BIT, 8BITMIME": Reply(
-        501, "5.5.4", "Error: BODY can only be one of 7BIT, 8BITMIME"),
-    "501 Error: SMTPUTF8 takes no arguments": Reply(501, "5.5.4", "Error: SMTPUTF8 takes no "
-                                                                   "arguments"),
+    "503 Error: nested MAIL command": NESTED_MAIL,
+    "501 Error: BODY can only be one of 7BIT, 8BITMIME": BODY_UNKNOWN,
+    "501 Error: SMTPUTF8 takes no arguments": SMTPUTF8_ARGUMENT,
     "501 Error: SMTPUTF8 disabled": Reply(501, "5.6.7", "Error: SMTPUTF8 disabled"),
     "552 Error: message size exceeds fixed maximum message size": MESSAGE_TOO_BIG,
-    "555 MAIL FROM parameters not recognized or not implemented": Reply(
-        555, "5.5.4", "MAIL FROM parameters not recognized or not implemented"),
-    "555 RCPT TO parameters not recognized or not implemented": Reply(
-        555, "5.5.4", "RCPT TO parameters not recognized or not implemented"),
-    "503 Error: need MAIL command": Reply(503, "5.5.1", "Error: need MAIL command"),
+    "555 MAIL FROM parameters not recognized or not implemented": MAIL_PARAMETERS_UNKNOWN,
+    "555 RCPT TO parameters not recognized or not implemented": RCPT_PARAMETERS_UNKNOWN,
+    "503 Error: need MAIL command": NEED_MAIL,
     "503 Error: need RCPT command": NEED_RCPT,
     "500 Line too long (see RFC5321 4.5.3.1.6)": LINE_TOO_LONG,
     "552 Error: Too much mail data": MESSAGE_TOO_BIG,

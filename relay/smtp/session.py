@@ -1,26 +1,29 @@
 """aiosmtpd glue for one submission connection: `SubmissionSession` (an aiosmtpd SMTP subclass).
 
-Owns the per-connection policy that aiosmtpd does not: who may send (AUTH over TLS, or a
-trusted network; never an open relay, RFC 5321 §3.6), AUTH with brute-force defence
-(authpolicy), EHLO keywords, recipient/message/size caps, bare CR/LF rejection in DATA
-(RFC 5321 §2.3.8, anti-smuggling), recipient syntax at RCPT (address.py), the Received:
-line, the header section rules of message.py at DATA, and "250 only after commit"
-(it awaits `Submitter.submit`). Every reply comes from `replies`; aiosmtpd's own literals
-are given enhanced codes in `push()`. Decisions that need no I/O live in authpolicy and
-message; this module must not read the wall clock (Clock injected) or touch storage.
+Gathers the facts of the session (HELO given, authenticated, TLS active, trusted network,
+counts), asks the PURE decisions of policy.py (HELO/EHLO, AUTH, MAIL, RCPT, DATA; MAIL
+and RCPT arguments are parsed there, not by aiosmtpd) and writes the `Reply` they
+return; a 421 closes the connection. Around them it owns what needs the connection:
+admission and the session time cap, STARTTLS over the loop's own TLS, the credential
+check (users.py, scrypt in a thread) and the brute-force defence (authpolicy), sending
+authorization (`sender_check`), strict command lines (`_CommandReader`: a bare CR/LF
+line or one past the command limit raises `CommandRefused`), reading DATA in chunks
+(`read_data_section`; data.py finds the end and judges it), the Received: line and the
+header section rules of message.py, and "250 only after commit" (it awaits
+`Submitter.submit`). aiosmtpd's own replies (its command loop, NOOP, RSET, QUIT, HELP,
+VRFY, EXPN) get enhanced codes in `push()` (replies.enhance). This module must not read
+the wall clock (Clock injected) or touch storage.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import logging
-import re
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, AnyStr, Protocol
+from typing import Any, AnyStr, Protocol, cast
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, TLSSetupException
 
@@ -28,9 +31,10 @@ from relay.clock import Clock
 from relay.config import Limits, Listener
 from relay.queue.committer import StoreFull, StoreUnavailable
 from relay.queue.ops import NewMessage
+from relay.smtp import policy as P
 from relay.smtp import replies as R
-from relay.smtp.address import recipient_syntax_error
 from relay.smtp.authpolicy import AuthPolicy
+from relay.smtp.data import EOD, DataSection
 from relay.smtp.message import (
     complete_and_list_fields,
     header_addresses,
@@ -44,11 +48,8 @@ from relay.users import UserStore
 log = logging.getLogger(__name__)
 
 IDENT = "ESMTP relay"
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f]")  # C0 controls and DEL
 
 
-# The RFC 4954 AUTH= parameter of MAIL FROM (a mailbox as xtext, or "<>").
-_AUTH_PARAMETER = re.compile(r"[ \t]+AUTH=[^ \t]*", re.IGNORECASE)
 
 
 class Submitter(Protocol):
@@ -127,51 +128,57 @@ class ListenerContext:
         return any(addr in net for net in self.trusted)
 
 
-def _has_control(text: str) -> bool:
-    return _CONTROL_RE.search(text) is not None
+class CommandRefused(Exception):
+    """A command line refused before it is parsed (raised by `_CommandReader`): aiosmtpd's
+    command loop hands it to `SubmissionSession.handle_exception`, which answers `reply`
+    (and closes after a 421)."""
+
+    def __init__(self, reply: R.Reply) -> None:
+        super().__init__(str(reply))
+        self.reply = reply
 
 
 class _CommandReader(asyncio.StreamReader):
     """aiosmtpd's reader, made strict about command lines (RFC 5321 §2.3.8).
 
     aiosmtpd reads commands (and AUTH continuations) with `readuntil(b"\\n")`, so a line
-    ending in a bare LF (or in CR CR LF) would be run as a command. Such a line is
-    replaced by an empty one (aiosmtpd answers "500 Error: bad syntax") and
-    flagged, so `SubmissionSession.push` sends BARE_NEWLINE_COMMAND instead. DATA is read
-    in chunks by `read_data_section` and checked by `_DataScanner`. A CR inside a command
-    line splits nothing; MAIL/RCPT/EHLO/HELO refuse it as a control character.
+    ending in a bare LF (or in CR CR LF) would be run as a command: such a line raises
+    CommandRefused(BARE_NEWLINE_COMMAND) instead, never run. DATA is read in chunks by
+    `read_data_section` and checked by `DataScanner`. A CR inside a command line splits
+    nothing; MAIL/RCPT/EHLO/HELO refuse it as a control character.
+    limits.max_commands_per_session (resource exhaustion): command and AUTH lines are
+    counted here; past the limit CommandRefused(TOO_MANY_COMMANDS) closes the session.
+    The rest of an over-long line (read after LimitOverrunError, then answered "command
+    line too long" by aiosmtpd) is counted but not judged for its ending.
     """
 
-    bad_line_ending = False
-    # limits.max_commands_per_session (resource exhaustion): command and AUTH lines counted
-    # here; past the limit the line is replaced by an empty one and `over_limit` set, so the session
-    # answers TOO_MANY_COMMANDS and closes (see SubmissionSession.push).
     command_count = 0
     command_limit = 0
-    over_limit = False
+    _draining = False  # the last line overran the limit: aiosmtpd reads its rest
 
     async def readuntil(self, separator: Any = b"\n") -> bytes:
-        line = await super().readuntil(separator)
-        if separator == b"\n" and self.command_limit:
+        if separator != b"\n":
+            return await super().readuntil(separator)
+        try:
+            line = await super().readuntil(separator)
+        except asyncio.LimitOverrunError:
+            self._draining = True
+            raise
+        if self.command_limit:
             self.command_count += 1
             if self.command_count > self.command_limit:
-                self.over_limit = True
-                return b"\r\n"
-        if separator == b"\n" and (not line.endswith(b"\r\n") or line.endswith(b"\r\r\n")):
-            self.bad_line_ending = True
-            return b"\r\n"
+                raise CommandRefused(R.TOO_MANY_COMMANDS)
+        if self._draining:
+            self._draining = False
+        elif not line.endswith(b"\r\n") or line.endswith(b"\r\r\n"):
+            raise CommandRefused(R.BARE_NEWLINE_COMMAND)
         return line
 
 
-# `<local@domain>` with a dot-atom local part and an LDH domain, then any blanks: what
-# email's get_angle_addr() consumes for such an address (see SubmissionSession._getaddr).
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_PATH = re.compile(
-    rf"[ \t]*<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>[ \t]*")
-
-
-_MALFORMED = "553 5.1.3 Error: malformed address"  # aiosmtpd, when it cannot parse a path
 _METHOD_NAMES: dict[type, list[str]] = {}  # SubmissionSession.__dir__, per class
+_SENDER_OK = str(R.SENDER_OK)
+_RECIPIENT_OK = str(R.RECIPIENT_OK)
+_GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"  # RFC 2034 exempts 354
 
 
 async def start_data(smtp: SMTP, arg: str | None) -> bool:
@@ -179,13 +186,11 @@ async def start_data(smtp: SMTP, arg: str | None) -> bool:
     follows. For the sessions that read DATA themselves instead of aiosmtpd's line loop
     (this one and the feedback listener's); HELO and sender checks come before."""
     assert smtp.envelope is not None
-    if not smtp.envelope.rcpt_tos:
-        await smtp.push(str(R.NEED_RCPT))
+    refusal = P.decide_data_start(arg, recipients=len(smtp.envelope.rcpt_tos))
+    if refusal is not None:
+        await smtp.push(str(refusal))
         return False
-    if arg:
-        await smtp.push(str(R.DATA_SYNTAX))
-        return False
-    await smtp.push("354 End data with <CR><LF>.<CR><LF>")
+    await smtp.push(_GO_AHEAD)
     return True
 
 
@@ -220,7 +225,7 @@ class SubmissionSession(SMTP):
         self._registered = False
         self._implicit_tls = False
         self._in_data = False
-        self._in_rcpt = False
+        self._close_after_reply = False  # the reply being written is a 421
         self.message_count = 0
         self.recipient_count = 0  # accepted RCPTs across the session's transactions
         self.auth_attempts = 0
@@ -300,7 +305,8 @@ class SubmissionSession(SMTP):
     def _timeout_cb(self) -> None:
         # RFC 5321 §4.5.3.2: tell the client why before closing.
         self._write_now(R.TIMEOUT)
-        super()._timeout_cb()  # type: ignore[no-untyped-call]
+        log.info("%s: idle timeout, closing", self.client_ip)
+        self._close()
 
     def _session_timeout_cb(self) -> None:
         self._session_timer = None
@@ -346,41 +352,32 @@ class SubmissionSession(SMTP):
     # --- replies ---------------------------------------------------------------------------
 
     async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str) and isinstance(self._reader, _CommandReader) \
-                and self._reader.over_limit:
-            self._reader.over_limit = False
-            log.warning("%s: more than %d commands in one connection, closing", self.client_ip,
-                        self._reader.command_limit)
-            reply = str(R.TOO_MANY_COMMANDS)
-            if self.ctx.on_reply is not None:
-                self.ctx.on_reply(reply)
-            await super().push(reply)
-            self._close()
-            return
         if isinstance(status, str):
-            if self._in_rcpt and status == _MALFORMED:
-                status = str(R.BAD_RECIPIENT)
-            if isinstance(self._reader, _CommandReader) and self._reader.bad_line_ending:
-                self._reader.bad_line_ending = False
-                if status == "500 Error: bad syntax":
-                    status = str(R.BARE_NEWLINE_COMMAND)
+            # aiosmtpd's own replies (its command loop, NOOP, RSET, QUIT, HELP, VRFY,
+            # EXPN, AUTH's base64 errors) get enhanced status codes; ours have them.
             status = R.enhance(status)
             if self.ctx.on_reply is not None:
                 self.ctx.on_reply(status)
         await super().push(status)
+        if self._close_after_reply:
+            self._close()
+
+    async def _reply(self, reply: R.Reply) -> None:
+        """Write one of our replies; after a 421 the connection closes (RFC 5321 §3.8)."""
+        if reply.code == 421:
+            self._close_after_reply = True
+        await self.push(str(reply))
 
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, CommandRefused):
+            if error.reply is R.TOO_MANY_COMMANDS:
+                log.warning("%s: more than %d commands in one connection, closing",
+                            self.client_ip, self.ctx.limits.max_commands_per_session)
+            if error.reply.code == 421:
+                self._close_after_reply = True
+            return str(error.reply)
         log.exception("%s: session error", self.client_ip, exc_info=error)
         return str(R.INTERNAL_ERROR)
-
-    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
-        hook = self._hooks().get(command)
-        if hook is None:
-            return await super()._call_handler_hook(command, *args)
-        return await hook(*args)
-
-    def _hooks(self) -> dict[str, Callable[..., Awaitable[str]]]:
-        return {"MAIL": self._hook_mail, "RCPT": self._hook_rcpt}
 
     # --- commands --------------------------------------------------------------------------
 
@@ -394,11 +391,12 @@ class SubmissionSession(SMTP):
         return keywords
 
     async def smtp_EHLO(self, hostname: str | None) -> None:
-        if not hostname or _has_control(hostname):
-            await self.push(str(R.BAD_HELO))
+        refusal = P.decide_helo(hostname, extended=True)
+        if refusal is not None:
+            await self._reply(refusal)
             return
         assert self.session is not None
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.envelope = self._create_envelope()
         self.session.extended_smtp = True
         self.session.host_name = hostname
         lines = [self.hostname, *self._ehlo_keywords()]
@@ -408,11 +406,15 @@ class SubmissionSession(SMTP):
                                      + [f"250 {lines[-1]}"]))
 
     async def smtp_HELO(self, hostname: str | None) -> None:
-        if hostname and _has_control(hostname):
-            await self.push(str(R.BAD_HELO.with_text("Syntax: HELO hostname "
-                                                     "(printable characters only)")))
+        refusal = P.decide_helo(hostname, extended=False)
+        if refusal is not None:
+            await self._reply(refusal)
             return
-        await super().smtp_HELO(hostname)
+        assert self.session is not None
+        self.envelope = self._create_envelope()
+        self.session.extended_smtp = False
+        self.session.host_name = hostname
+        await self.push(f"250 {self.hostname}")
 
     async def smtp_STARTTLS(self, arg: str | None) -> None:
         # aiosmtpd would answer 220 again and layer TLS inside TLS (RFC 3207 §4: one
@@ -420,8 +422,11 @@ class SubmissionSession(SMTP):
         if self.tls_active:
             await self.push(str(R.TLS_ALREADY_ACTIVE))
             return
-        if arg or not self.tls_context:
-            await super().smtp_STARTTLS(arg)  # 501 / 454, as aiosmtpd answers them
+        if arg:
+            await self._reply(R.STARTTLS_SYNTAX)
+            return
+        if not self.tls_context:
+            await self._reply(R.TLS_NOT_AVAILABLE)
             return
         await self._start_tls()
 
@@ -429,14 +434,15 @@ class SubmissionSession(SMTP):
         """STARTTLS through the event loop's own TLS (uvloop: native) rather than
         aiosmtpd's pure-Python asyncio.sslproto layer (15% of the accept profile), with
         the same effects as aiosmtpd's STARTTLS path in connection_made()."""
-        await self.push("220 Ready to start TLS")
-        transport = self.transport
-        assert transport is not None and self.session is not None
+        await self._reply(R.READY_TLS)
+        transport, context = self.transport, self.tls_context
+        assert transport is not None and context is not None and self.session is not None
         # Plaintext pipelined after STARTTLS is never read as a command (CVE-2024-34083).
         self._reader._buffer.clear()  # type: ignore[attr-defined]
         try:
             tls_transport = await self.loop.start_tls(
-                transport, self, self.tls_context, server_side=True,  # type: ignore[arg-type]
+                cast(asyncio.WriteTransport, transport),  # uvloop's are duck-typed
+                self, context, server_side=True,
                 ssl_handshake_timeout=float(self.ctx.limits.tls_handshake_timeout))
         except (OSError, ValueError, TimeoutError) as e:
             raise TLSSetupException() from e
@@ -450,7 +456,7 @@ class SubmissionSession(SMTP):
         self.transport = tls_transport
         # (No clear here: the client's first command over TLS may already be buffered.)
         # RFC 3207 §4.2: forget everything from before TLS (aiosmtpd's connection_made).
-        self._set_rset_state()  # type: ignore[no-untyped-call]
+        self.envelope = self._create_envelope()
         peer = self.session.peer
         self.session = self._create_session()
         self.session.peer = peer
@@ -461,45 +467,33 @@ class SubmissionSession(SMTP):
         self.auth_user = ""
 
     async def smtp_AUTH(self, arg: str | None) -> None:
-        assert self.session is not None
-        if await self.check_helo_needed("EHLO"):
+        session = self.session
+        assert session is not None
+        decided = P.decide_auth(
+            arg, helo=bool(session.host_name), extended=session.extended_smtp,
+            offered=self.ctx.listener.auth == "required", tls_active=self.tls_active,
+            authenticated=bool(session.authenticated))
+        if isinstance(decided, R.Reply):
+            await self._reply(decided)
             return
-        if not self.session.extended_smtp:
-            await self.push(str(R.NEED_EHLO))
-            return
-        if self.ctx.listener.auth != "required":
-            await self.push(str(R.AUTH_UNAVAILABLE))
-            return
-        if not self.tls_active:
-            await self.push(str(R.ENCRYPTION_REQUIRED))
-            return
-        if self.session.authenticated:
-            await self.push(str(R.ALREADY_AUTHENTICATED))
-            return
-        args = (arg or "").split()
-        if not 1 <= len(args) <= 2:
-            await self.push(str(R.AUTH_SYNTAX))
-            return
-        mechanism = args[0].upper()
-        if mechanism not in ("PLAIN", "LOGIN"):
-            await self.push(str(R.AUTH_MECHANISM_UNKNOWN))
-            return
+        mechanism = decided[0]
         self.auth_attempts += 1
-        if self.auth_attempts > self.ctx.max_auth_attempts:
-            self._auth_event("too_many")
-            log.warning("%s: too many AUTH attempts in one connection, closing", self.client_ip)
-            await self.push(str(R.TOO_MANY_AUTH_ATTEMPTS))
-            self._close()
-            return
         policy, clock = self.ctx.auth_policy, self.ctx.clock
         # Only the client address is ever locked (authpolicy): failures for this user
         # name from other addresses never refuse its owner here.
-        if policy.is_locked(self.client_ip, clock.monotonic()):
+        refusal = P.decide_auth_attempt(
+            self.auth_attempts, max_attempts=self.ctx.max_auth_attempts,
+            locked=policy.is_locked(self.client_ip, clock.monotonic()))
+        if refusal is R.TOO_MANY_AUTH_ATTEMPTS:
+            self._auth_event("too_many")
+            log.warning("%s: too many AUTH attempts in one connection, closing", self.client_ip)
+        elif refusal is R.AUTH_LOCKED:
             self._auth_event("locked")
-            await self.push(str(R.AUTH_LOCKED))
+        if refusal is not None:
+            await self._reply(refusal)
             return
         method = SMTP.auth_PLAIN if mechanism == "PLAIN" else SMTP.auth_LOGIN
-        result: AuthResult = await method(self, self, [mechanism, *args[1:]])
+        result: AuthResult = await method(self, self, decided)
         if not result.success:
             return  # aiosmtpd already answered (bad base64, '*' abort, ...)
         creds = result.auth_data
@@ -512,7 +506,7 @@ class SubmissionSession(SMTP):
                 None, self.ctx.users.verify, user, creds.password)
         if ok:
             policy.record_success(self.client_ip, user, clock.monotonic())
-            self.session.authenticated = True
+            session.authenticated = True
             self.auth_user = user
             log.info("%s: authenticated as %r", self.client_ip, user)
             await self.push(str(R.AUTH_OK))
@@ -541,114 +535,60 @@ class SubmissionSession(SMTP):
             await self.push(str(R.LINE_TOO_LONG))
             self._close()
             return MISSING
-        reader = self._reader
-        if isinstance(reader, _CommandReader) and reader.over_limit:
-            await self.push("500 Error: bad syntax")  # answered as TOO_MANY_COMMANDS
-            return MISSING
-        if isinstance(reader, _CommandReader) and reader.bad_line_ending:
-            reader.bad_line_ending = False
-            await self.push(str(R.BARE_NEWLINE_COMMAND))
-            return MISSING
-        return response
+        return response  # (a refused line raised CommandRefused: see _CommandReader)
 
     def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
         # Called by aiosmtpd's auth_PLAIN/auth_LOGIN once the credentials are decoded; the
         # (slow, scrypt) check happens asynchronously in smtp_AUTH.
         return AuthResult(success=True, auth_data=auth_data)
 
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's parse (email's RFC 5322 parser, ~4 % of the event loop under load),
-        with a fast path for the usual `<dot.atom@host.name> [params]`: the same answer."""
-        m = _SIMPLE_PATH.match(arg)
-        rest = arg[m.end():] if m is not None else ""
-        if m is None or rest[:1].isspace() or rest.startswith("("):  # comments, odd blanks
-            return super()._getaddr(arg)
-        addr = m.group(1)
-        if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
-            return None, None
-        return addr, rest
-
     async def smtp_MAIL(self, arg: str | None) -> None:
-        assert self.session is not None
-        if self.ctx.shutting_down:
-            await self.push(str(R.SHUTTING_DOWN))
-            self._close()
+        session, envelope = self.session, self.envelope
+        assert session is not None and envelope is not None
+        authenticated = bool(session.authenticated)
+        may_send = authenticated or self.ctx.is_trusted(self.client_ip)
+        decided = P.decide_mail(
+            arg, helo=bool(session.host_name), extended=session.extended_smtp,
+            may_send=may_send, refusal=R.AUTH_REQUIRED if may_send else self._not_allowed_reply(),
+            authenticated=authenticated, in_transaction=bool(envelope.mail_from),
+            shutting_down=self.ctx.shutting_down, message_count=self.message_count,
+            max_messages=self.ctx.limits.max_messages_per_connection,
+            size_limit=self.data_size_limit or 0)
+        if isinstance(decided, R.Reply):
+            await self._reply(decided)
             return
-        if self.message_count >= self.ctx.limits.max_messages_per_connection:
-            await self.push(str(R.TOO_MANY_MESSAGES))
-            self._close()
-            return
-        if self.session.host_name and not self.may_send():
-            await self.push(str(self._not_allowed_reply()))
-            return
-        if arg is not None:
-            if _has_control(arg):
-                await self.push(str(R.BAD_SENDER))
-                return
-            path = self._strip_command_keyword("FROM:", arg)
-            if path is not None and path.startswith("<@"):
-                await self.push(str(R.SOURCE_ROUTE))
-                return
-        await super().smtp_MAIL(self._without_auth_parameter(arg))
-
-    def _without_auth_parameter(self, arg: str | None) -> str | None:
-        """RFC 4954 §5: after AUTH a client may name the message's original submitter with
-        `MAIL FROM:<...> AUTH=<mailbox>` (sendmail as a smarthost client always does).
-        relay accepts and ignores it: the credential is what authorizes the message."""
-        if arg is None or self.session is None or not self.session.authenticated:
-            return arg
-        path, bracket, params = arg.partition(">")  # the parameters follow the path
-        return path + bracket + _AUTH_PARAMETER.sub("", params) if bracket else arg
-
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        assert self.session is not None
-        if self.session.host_name and not self.may_send():
-            await self.push(str(self._not_allowed_reply()))
-            return
-        if arg is not None:
-            if _has_control(arg):
-                await self.push(str(R.BAD_RECIPIENT))
-                return
-            path = self._strip_command_keyword("TO:", arg)
-            if path is not None and path.startswith("<@"):
-                await self.push(str(R.SOURCE_ROUTE))
-                return
-        self._in_rcpt = True  # aiosmtpd's "553 malformed address" is answered as ours
-        try:
-            await super().smtp_RCPT(arg)
-        finally:
-            self._in_rcpt = False
-
-    async def _hook_mail(self, address: str, options: list[str]) -> str:
-        assert self.envelope is not None
-        if _has_control(address):
-            return str(R.BAD_SENDER)
+        address = decided.address
         if self.ctx.sender_check is not None and address:
             reason = self.ctx.sender_check(self.auth_user or None, address)
             if reason is not None:
                 log.info("%s: MAIL FROM <%s> refused: %s", self.client_ip, address, reason)
-                return str(R.SENDER_NOT_AUTHORIZED.with_text(reason))
-        self.envelope.mail_from = address
-        self.envelope.mail_options.extend(options)
-        return str(R.SENDER_OK)
+                await self._reply(R.SENDER_NOT_AUTHORIZED.with_text(reason))
+                return
+        envelope.mail_from = address
+        envelope.mail_options.extend(decided.options)
+        envelope.smtp_utf8 = decided.smtputf8
+        await self.push(_SENDER_OK)
 
-    async def _hook_rcpt(self, address: str, options: list[str]) -> str:
-        assert self.envelope is not None
-        if _has_control(address):
-            return str(R.BAD_RECIPIENT)
-        # Never queued, so never looked up in DNS, bounced or suppressed.
-        why = recipient_syntax_error(address)
-        if why is not None:
-            log.info("%s: RCPT TO <%s> refused: %s", self.client_ip, address, why)
-            return str(R.BAD_RECIPIENT.with_text(f"{R.BAD_RECIPIENT.text} ({why})"))
-        if len(self.envelope.rcpt_tos) >= self.ctx.limits.max_recipients:
-            return str(R.TOO_MANY_RECIPIENTS)  # RFC 5321 §4.5.3.1.10: 452, not 552
-        if self.recipient_count >= self.ctx.limits.max_recipients_per_session:
-            return str(R.TOO_MANY_SESSION_RECIPIENTS)
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        session, envelope = self.session, self.envelope
+        assert session is not None and envelope is not None
+        may_send = bool(session.authenticated) or self.ctx.is_trusted(self.client_ip)
+        limits = self.ctx.limits
+        decided = P.decide_rcpt(
+            arg, helo=bool(session.host_name), extended=session.extended_smtp,
+            may_send=may_send, refusal=R.AUTH_REQUIRED if may_send else self._not_allowed_reply(),
+            in_transaction=bool(envelope.mail_from), recipients=len(envelope.rcpt_tos),
+            max_recipients=limits.max_recipients, session_recipients=self.recipient_count,
+            max_session_recipients=limits.max_recipients_per_session)
+        if isinstance(decided, R.Reply):
+            if decided.enhanced == "5.1.3":  # an address that can never be delivered to
+                log.info("%s: RCPT %s refused: %s", self.client_ip, arg, decided.text)
+            await self._reply(decided)
+            return
         self.recipient_count += 1
-        self.envelope.rcpt_tos.append(address)
-        self.envelope.rcpt_options.extend(options)
-        return str(R.RECIPIENT_OK)
+        envelope.rcpt_tos.append(decided.address)
+        envelope.rcpt_options.extend(decided.options)
+        await self.push(_RECIPIENT_OK)
 
     def data_received(self, data: bytes) -> None:
         # RFC 5321 §4.5.3.2.6: the DATA timeout runs between what the client sends, so a
@@ -666,14 +606,17 @@ class SubmissionSession(SMTP):
             self._reset_timeout()
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        assert self.session is not None
-        if await self.check_helo_needed():
+        session, envelope = self.session, self.envelope
+        assert session is not None and envelope is not None
+        may_send = self.may_send()
+        refusal = P.decide_data(
+            arg, helo=bool(session.host_name), may_send=may_send,
+            refusal=R.AUTH_REQUIRED if may_send else self._not_allowed_reply(),
+            recipients=len(envelope.rcpt_tos))
+        if refusal is not None:
+            await self._reply(refusal)
             return
-        if not self.may_send():
-            await self.push(str(self._not_allowed_reply()))
-            return
-        if not await start_data(self, arg):
-            return
+        await self.push(_GO_AHEAD)
         self._in_data = True
         try:
             body, fault = await self._read_data()
@@ -681,11 +624,11 @@ class SubmissionSession(SMTP):
             self._in_data = False
         self.message_count += 1
         if fault is not None or body is None:
-            self._set_post_data_state()  # type: ignore[no-untyped-call]
+            self.envelope = self._create_envelope()
             await self.push(str(fault or R.INTERNAL_ERROR))
             return
         reply, sent = await self._submit(body)
-        self._set_post_data_state()  # type: ignore[no-untyped-call]
+        self.envelope = self._create_envelope()
         if sent:
             await self._writer.drain()
         else:
@@ -702,7 +645,7 @@ class SubmissionSession(SMTP):
         message rejected, but reading continues to the real end, so a smuggled
         "\\n.\\r\\nMAIL FROM..." is data of this one rejected message, never a second
         transaction (inbound SMTP smuggling). Read in chunks (`read_data_section`), with the
-        same replies as a line-by-line reader: see `_DataScanner`.
+        same replies as a line-by-line reader: see `DataScanner`.
         """
         if self.transport is None:
             return None, None
@@ -787,10 +730,7 @@ class SubmissionSession(SMTP):
         sessions) after this; the client need not wait for it. Nothing else can be
         written meanwhile: the task is parked in submit(), and it reads the next command
         only after resuming. The command-limit and bare-LF replies stay with push()."""
-        reader = self._reader
-        if self.transport is None or self.transport.is_closing() or (
-                isinstance(reader, _CommandReader)
-                and (reader.over_limit or reader.bad_line_ending)):
+        if self.transport is None or self.transport.is_closing():
             return
         reply = _queued_reply(queue_id)
         if self.ctx.on_reply is not None:
@@ -822,175 +762,36 @@ def _queued_reply(queue_id: str) -> str:
     return str(R.QUEUED.with_text(R.QUEUED.text.format(queue_id=queue_id)))
 
 
-# --- DATA ------------------------------------------------------------------------------------
-
-_EOD = b"\r\n.\r\n"  # end of data (RFC 5321 §4.1.1.4); DATA's own CRLF may be its first two
-
-
-@functools.lru_cache(maxsize=8)
-def _long_line(line_limit: int) -> re.Pattern[bytes]:
-    # Between two LFs of CRLF-only text: a line whose content is over line_limit bytes.
-    return re.compile(rb"\n[^\n]{%d}" % (line_limit + 2))
-
-
-class _DataScanner:
-    """Checks and dot-unstuffs one DATA section, fed in pieces split anywhere.
-
-    The verdict is the one of a line-by-line reader (lines end at CRLF; the first faulty
-    line decides, and within one line: longer than `line_limit` bytes before its CRLF →
-    LINE_TOO_LONG, else ending past byte `size_limit` → MESSAGE_TOO_BIG, else a CR or LF
-    not part of a CRLF → BARE_NEWLINE). Clean pieces are checked with C-speed bytes
-    operations and kept unstuffed ('.' removed at the start of every line); once a fault
-    is certain nothing more is kept and the remaining lines up to the decisive one are
-    walked one by one.
-    """
-
-    __slots__ = ("bare", "cr", "doomed", "fault", "line_limit", "parts", "run", "size",
-                 "size_limit")
-
-    def __init__(self, size_limit: int, line_limit: int) -> None:
-        self.size_limit = size_limit  # 0: no limit
-        self.line_limit = line_limit
-        self.parts: list[bytes] = []
-        self.fault: R.Reply | None = None
-        self.doomed = False  # some fault is certain (its kind not yet): keep nothing
-        self.size = 0  # bytes fed
-        self.run = 0  # bytes fed since the start of the current line
-        self.cr = False  # the last byte fed is a CR (maybe half of a CRLF)
-        self.bare = False  # the current line has a bare CR or LF
-
-    def feed(self, data: bytes) -> None:
-        if self.fault is not None or not data:
-            return
-        if not self.doomed:
-            if self._feed_clean(data):
-                return
-            self.doomed = True
-            self.parts = []
-        self._feed_lines(data)
-
-    def result(self) -> tuple[list[bytes] | None, R.Reply | None]:
-        """At the end of data (everything fed ends with CRLF, or nothing was fed)."""
-        if self.fault is not None or self.doomed:
-            return None, self.fault or R.INTERNAL_ERROR  # (doomed: its line has ended)
-        return self.parts, None
-
-    def _feed_clean(self, data: bytes) -> bool:
-        """Keep `data` if it cannot make the message faulty; False (nothing done) if not."""
-        n = len(data)
-        size = self.size + n
-        if self.size_limit and size > self.size_limit:
-            return False
-        cr_in = self.cr
-        cr_out = data[-1] == 13  # judged with the next piece
-        crlf = data.count(b"\r\n")
-        if cr_in:
-            if data[0] != 10:
-                return False
-            crlf += 1
-        if data.count(b"\n") != crlf or data.count(b"\r") + cr_in - cr_out != crlf:
-            return False  # a bare CR or LF
-        limit = self.line_limit
-        first = data.find(b"\n")
-        if first < 0:
-            run = self.run + n
-        else:
-            if self.run + first - 1 > limit:  # the line going on from the last piece
-                return False
-            last = data.rfind(b"\n")
-            if last - first > limit + 2 and _long_line(limit).search(data, first, last + 1):
-                return False
-            run = n - last - 1
-        if run - cr_out > limit:
-            return False
-        if self.run == 0 and data[0] == 46:  # '.' starting a line
-            data = data[1:]
-        elif cr_in and data[1:2] == b".":
-            data = b"\n" + data[2:]
-        self.parts.append(data.replace(b"\r\n.", b"\r\n"))
-        self.size, self.run, self.cr = size, run, cr_out
-        return True
-
-    def _feed_lines(self, data: bytes) -> None:
-        """Line by line, until the fault is known."""
-        limit = self.line_limit
-        i, n = 0, len(data)
-        if self.cr:
-            self.cr = False
-            if data[0] == 10:
-                self._end_line(self.run - 1, self.size + 1)
-                i = 1
-            else:
-                self.bare = True
-        while self.fault is None and i < n:
-            j = data.find(b"\r\n", i)
-            if j < 0:
-                cr_out = data[-1] == 13
-                end = n - cr_out
-                if data.find(b"\n", i, end) >= 0 or data.find(b"\r", i, end) >= 0:
-                    self.bare = True
-                self.run += n - i
-                self.cr = cr_out
-                if self.run - cr_out > limit:
-                    self.fault = R.LINE_TOO_LONG
-                break
-            if data.find(b"\n", i, j) >= 0 or data.find(b"\r", i, j) >= 0:
-                self.bare = True
-            self._end_line(self.run + j - i, self.size + j + 2)
-            i = j + 2
-        self.size += n
-
-    def _end_line(self, length: int, end: int) -> None:
-        if length > self.line_limit:
-            self.fault = R.LINE_TOO_LONG
-        elif self.size_limit and end > self.size_limit:
-            self.fault = R.MESSAGE_TOO_BIG
-        elif self.bare:
-            self.fault = R.BARE_NEWLINE
-        self.run = 0
-        self.bare = False
-
-
-def _eod_prefix(tail: bytes) -> int:
-    """How many bytes of _EOD `tail` ends with (0 to 4)."""
-    if tail[-1:] not in (b"\r", b"\n", b"."):
-        return 0
-    for k in (4, 3, 2, 1):
-        if tail.endswith(_EOD[:k]):
-            return k
-    return 0
-
-
 async def read_data_section(
         reader: asyncio.StreamReader, size_limit: int, line_limit: int,
         progress: Callable[[], bool],
 ) -> tuple[list[bytes] | None, R.Reply | None] | None:
-    """Read one DATA section from `reader` in chunks; `_DataScanner` judges it.
+    """Read one DATA section from `reader` in chunks (`DataSection` finds its end and
+    `DataScanner` judges it).
 
     The same result as reading it with `reader.readuntil(b"\\r\\n")` line by line with
     a reader limit of `line_limit`. Returns (parts, None) or (None, fault), or None if
     `progress()` (called after every chunk that ends a line or has a limit's worth of
     bytes: the idle timer restarts there) says to stop. Raises IncompleteReadError at
-    EOF. Never reads past the end of data: `readuntil(_EOD)` (on LimitOverrunError, no
-    _EOD spans the end of the `consumed` bytes: readuntil keeps the last len(_EOD) - 1),
-    except while what was read ends with the start of an _EOD (at first: DATA's own
-    CRLF), when `readexactly` reads the rest of it, which cannot overshoot (KMP).
+    EOF. Never reads past the end of data: `readuntil(EOD)` (on LimitOverrunError, no
+    EOD spans the end of the `consumed` bytes: readuntil keeps the last len(EOD) - 1),
+    except while what was read ends with the start of an EOD, when `readexactly` reads
+    the `need`ed rest of it.
     At most the reader's buffer (about 2 x its limit + one socket read) is read at once.
     """
-    scanner = _DataScanner(size_limit, line_limit)
-    matched = 2  # how many bytes of _EOD what was read so far ends with
-    held = b""  # bytes read but not fed: the '.' or '.\r' of a possible _EOD
+    section = DataSection(size_limit, line_limit)
     unreported = 0  # bytes read by readexactly since the last progress()
     while True:
-        if matched:
-            chunk = await reader.readexactly(len(_EOD) - matched)
+        need = section.need
+        if need:
+            chunk = await reader.readexactly(need)
             unreported += len(chunk)
             # As a line reader would: progress at the end of a line or after a limit's worth,
             # not for a few bytes of a line that never ends (slowloris).
             report = b"\n" in chunk or unreported > line_limit
         else:
             try:
-                chunk = await reader.readuntil(_EOD)
+                chunk = await reader.readuntil(EOD)
             except asyncio.LimitOverrunError as e:
                 chunk = await reader.read(e.consumed)
             report = True
@@ -998,19 +799,8 @@ async def read_data_section(
             unreported = 0
             if not progress():
                 return None
-        tail = _EOD[:matched] + chunk[-len(_EOD):]
-        data = held + chunk if held else chunk
-        if tail.endswith(_EOD):
-            scanner.feed(data[:-3])  # all but the '.' CRLF
-            return scanner.result()
-        matched = _eod_prefix(tail)
-        keep = max(0, matched - 2)
-        if keep:
-            held = data[-keep:]
-            data = data[:-keep]
-        else:
-            held = b""
-        scanner.feed(data)
+        if section.feed(chunk):
+            return section.result()
 
 
 class _NoHooks:
