@@ -156,6 +156,7 @@ class RelayApp:
                                       sender_check=parts.sender_policy,
                                       reuse_port=self.worker is not None,
                                       on_reject=parts.submitter.reject,
+                                      account=parts.account,
                                       **self._observers(str(lst.address)))
             await server.start()
             self.own_addresses.update(_bound(server.sockets))

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
 from relay.identity.outbound import Outbound
 from relay.queue.ops import NewMessage
 from relay.smtp.replies import Reply
 from relay.smtp.session import MessageRefused, Submitter
+from relay.tenants.account import Transaction
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class MailFromGate:
 
     async def submit(self, msg: NewMessage,
                      on_durable: Callable[[str], None] | None = None,
-                     account: Any = None) -> str:
+                     account: Transaction | None = None) -> str:
         failure = await self.outbound.submission_failure(msg.sender,
                                                          msg.headers.get("From", ""))
         if failure is not None:
@@ -38,6 +38,4 @@ class MailFromGate:
             if failure.kind == "bounced" and self.reject is not None:
                 self.reject(msg, failure.text)
             raise MessageRefused(Reply(failure.code, failure.enhanced, failure.text))
-        if account is None:
-            return await self.inner.submit(msg, on_durable)
-        return await self.inner.submit(msg, on_durable, account=account)  # type: ignore[call-arg]
+        return await self.inner.submit(msg, on_durable, account=account)

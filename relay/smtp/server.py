@@ -25,6 +25,7 @@ from relay.smtp import replies as R
 from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, raise_fd_limit
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.session import ListenerContext, SenderCheck, SubmissionSession, Submitter
+from relay.tenants.account import AccountGate
 from relay.users import UserStore
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,8 @@ class SubmissionServer:
                  on_auth: Callable[[str], None] | None = None,
                  on_reject: Callable[[NewMessage, str], None] | None = None,
                  on_accept_failure: Callable[[str], None] | None = None,
-                 on_handshake: Callable[[str], None] | None = None) -> None:
+                 on_handshake: Callable[[str], None] | None = None,
+                 account: AccountGate | None = None) -> None:
         if listener.role != "submission":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "SubmissionServer serves role \"submission\" only")
@@ -97,7 +99,7 @@ class SubmissionServer:
             users=users, clock=clock, ssl_context=ssl_context, auth_policy=policy,
             trusted=[ipaddress.ip_network(n, strict=False) for n in listener.trusted_networks],
             admit=admit, release=self.limiter.release, sender_check=sender_check,
-            on_reply=on_reply, on_auth=on_auth, on_reject=on_reject)
+            on_reply=on_reply, on_auth=on_auth, on_reject=on_reject, account=account)
         self._server: asyncio.Server | None = None
         # server.workers > 1: every worker binds the same port (SO_REUSEPORT); the kernel
         # spreads new connections across them.

@@ -43,6 +43,8 @@ from relay.smtp.message import (
     received_header,
     scan_header_section,
 )
+from relay.tenants.account import AccountGate, Transaction
+from relay.tenants.refusals import Refusal
 from relay.users import UserStore
 
 log = logging.getLogger(__name__)
@@ -61,7 +63,8 @@ class Submitter(Protocol):
     loop turn later, when its task resumes. Calling it is optional."""
 
     async def submit(self, msg: NewMessage,
-                     on_durable: Callable[[str], None] | None = None) -> str: ...
+                     on_durable: Callable[[str], None] | None = None,
+                     account: Transaction | None = None) -> str: ...
 
 
 class MessageRefused(Exception):
@@ -103,6 +106,9 @@ class ListenerContext:
     on_auth: Callable[[str], None] | None = None
     # A message refused for policy after DATA (a Reject event): (message, reason).
     on_reject: Callable[[NewMessage, str], None] | None = None
+    # The account model (relay/tenants/account.py): a paused tenant at MAIL, the sandbox
+    # and the quotas at RCPT; None: no limits (tests of the bare session).
+    account: AccountGate | None = None
 
     # Client address -> trusted, asked at MAIL, RCPT and DATA of every message; parsing
     # the address each time was ~2 % of the accept path. `trusted` is fixed for the
@@ -199,6 +205,8 @@ class SubmissionSession(SMTP):
 
     def __init__(self, ctx: ListenerContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
+        # The account state of the transaction under way (MAIL to the end of DATA).
+        self._account: Transaction | None = None
         limits = ctx.limits
         # aiosmtpd sizes its StreamReader from this class attribute in __init__.
         self.line_length_limit = limits.line_length_limit + 1  # + a transparency dot
@@ -279,7 +287,20 @@ class SubmissionSession(SMTP):
             # §4.2) and cleared the plaintext read buffer (CVE-2024-34083).
             self.auth_user = ""
 
+    def _create_envelope(self) -> Any:
+        """Every new transaction (RSET, HELO/EHLO, STARTTLS, the end of DATA, accepted or
+        not) gives back what the last one reserved and did not commit."""
+        account = self._account
+        if account is not None:
+            account.release()
+            self._account = None
+        return super()._create_envelope()
+
     def connection_lost(self, error: Exception | None) -> None:
+        account = self._account
+        if account is not None:
+            account.release()
+            self._account = None
         if self._session_timer is not None:
             self._session_timer.cancel()
             self._session_timer = None
@@ -564,6 +585,13 @@ class SubmissionSession(SMTP):
                 log.info("%s: MAIL FROM <%s> refused: %s", self.client_ip, address, reason)
                 await self._reply(R.SENDER_NOT_AUTHORIZED.with_text(reason))
                 return
+        if self.ctx.account is not None:
+            txn = self.ctx.account.begin(self.auth_user or None)
+            if isinstance(txn, Refusal):
+                log.info("%s: MAIL FROM <%s> refused: %s", self.client_ip, address, txn.text)
+                await self._reply(R.Reply(*txn))
+                return
+            self._account = txn
         envelope.mail_from = address
         envelope.mail_options.extend(decided.options)
         envelope.smtp_utf8 = decided.smtputf8
@@ -585,6 +613,12 @@ class SubmissionSession(SMTP):
                 log.info("%s: RCPT %s refused: %s", self.client_ip, arg, decided.text)
             await self._reply(decided)
             return
+        if self._account is not None and self.ctx.account is not None:
+            limit = self.ctx.account.recipient(self._account, decided.address)
+            if limit is not None:  # nothing is queued for this recipient
+                log.info("%s: RCPT %s refused: %s", self.client_ip, arg, limit.text)
+                await self._reply(R.Reply(*limit))
+                return
         self.recipient_count += 1
         envelope.rcpt_tos.append(decided.address)
         envelope.rcpt_options.extend(decided.options)
@@ -707,7 +741,8 @@ class SubmissionSession(SMTP):
         sent: list[str] = []
         try:
             queue_id = await self.ctx.submitter.submit(
-                msg, on_durable=lambda qid: self._reply_when_durable(qid, sent))
+                msg, on_durable=lambda qid: self._reply_when_durable(qid, sent),
+                account=self._account)
         except MessageRefused as e:
             log.info("%s: message refused: %s", self.client_ip, e.reply)
             return str(e.reply), False

@@ -39,7 +39,8 @@ class RecordingSubmitter:
         self._count = 0
 
     async def submit(self, msg: NewMessage,
-                     on_durable: Callable[[str], None] | None = None) -> str:
+                     on_durable: Callable[[str], None] | None = None,
+                     account: object = None) -> str:
         # on_durable is left uncalled: the session then replies after submit() returns.
         if self.fail is not None:
             raise self.fail

@@ -36,7 +36,8 @@ class HeldSubmitter:
         self.fail_in_callback = False
 
     async def submit(self, msg: NewMessage,
-                     on_durable: Callable[[str], None] | None = None) -> str:
+                     on_durable: Callable[[str], None] | None = None,
+                     account: object = None) -> str:
         def durable(queue_id: str) -> None:
             if self.fail_in_callback:
                 raise RuntimeError("a broken on_durable callback")
