@@ -83,6 +83,7 @@ import contextlib
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import msgspec
 
@@ -168,8 +169,7 @@ class _Wire(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)   # uvloop's are duck-typed
         if self._machine is not None:
             self._arm(self._machine.timeout)
 
