@@ -35,39 +35,22 @@ Choices (RFC 5321 §5.1, RFC 3207, RFC 7435):
   opened (Postfix's smtp_mx_session_limit): a session is a connection that got a
   greeting, whatever it said; connections refused, timed out or dropped before a
   greeting count only against the addresses routing gave (mx_address_limit).
-- One transaction per message: RCPT for each recipient, per-recipient RCPT
-  replies recorded; the DATA reply applies to every accepted recipient.
-- PIPELINING (RFC 2920 §3.1) when the server offers it: MAIL, every RCPT and
-  DATA go in one write and the replies are read in order. A refused MAIL fails
-  every recipient with its reply. With no recipient accepted the server refuses
-  DATA (503/554); a broken one that says 354 gets the lone "." and never the
-  body. Without PIPELINING: one command at a time, and RSET instead of DATA
-  when no recipient was accepted.
+- The dialogue (one transaction per message, PIPELINING groups, what each refusal
+  means for the recipients and the connection) is relay/delivery/transaction.py's.
 - A pooled connection goes straight to MAIL if its last transaction ended
   cleanly (Postfix's connection cache does the same); RSET only after one was
   abandoned half-way (DATA refused). A reused connection that turns out dead
   before it answered anything (so no body was sent: nothing can be delivered
   twice) is dropped and the message tried once more on a fresh connection.
-- The pool key is the target, not the destination: (MX host name, IP address,
-  port, source address), like Postfix's connection cache looking up by next-hop
-  address. Many domains hosted behind one MX share its connections. `send()`
-  walks its targets in order and takes, before opening anything, the most
-  recently used idle connection under one of their keys: for a target of the
-  most preferred MX level any such connection; for a less preferred one only a
-  connection whose last transaction was for the same destination (made when its
-  better MX failed; another domain's backup-MX connection would skip this one's
-  primary). The host name is in the key because the EHLO/STARTTLS dialogue and
-  a verified certificate are for that name; the source address because it fixes
-  the EHLO name (its PTR). TLS as above: a connection made with weaker TLS than
-  the message needs (plain for "require", unverified for "verify") stays pooled
-  for others and a new one is opened.
-- Caps: at most delivery.max_connections_per_destination idle connections per
-  key (the scheduler's per-destination workers and the shaper's site limit bound
-  the busy ones) and `delivery.max_idle_connections` in
-  all; over either, the oldest idle one is closed, so fds and memory stay
-  bounded whatever the number of destinations. A connection counts against the
-  shaping site of the transaction using it (`_site_open`): reused by another
-  site, it moves to that site's count, within that site's limit.
+- The pool (relay/delivery/pool.py): keyed by target, not destination (MX host
+  name, IP address, port, source address: the EHLO/STARTTLS dialogue and a
+  verified certificate are for that name, the source address fixes the EHLO
+  name), so domains behind one MX share its connections; a connection made with
+  weaker TLS than the message needs stays pooled for others and a new one is
+  opened; idle caps per key and in all; per-site connection counts.
+- The server speaking while a connection is idle, or replying more than it was
+  asked, and the connection is never reused (a reply nobody asked for would be
+  taken as the answer to the next command).
 - Closing: QUIT, waiting at most min(command_timeout, 5 s), then the socket is
   aborted. The reaper closes the expired idle connections of a pass together
   (one pass at a time), so a pass lasts one bounded QUIT, not one per connection.
