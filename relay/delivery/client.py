@@ -420,10 +420,8 @@ class Sender:
     # ------------------------------------------------------------------ pool callbacks
 
     async def _prepare(self, conn: _Conn) -> bool:
-        """Make a pooled connection ready for MAIL: RSET if its last transaction was left
-        half-way. False (and closed): unusable."""
-        if not conn.rset_needed:
-            return True
+        """RSET a pooled connection whose last transaction was left half-way. False (and
+        closed): unusable."""
         rset = Command(b"RSET\r\n", 250)
         await conn.wire.run(rset, rset.start())
         if not rset.ok:

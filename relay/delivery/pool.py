@@ -66,6 +66,7 @@ class Pooled(Protocol):
     destination: str     # the destination its last transaction was for
     tls: bool
     verified: bool       # the certificate was checked against the MX host name
+    rset_needed: bool    # its last transaction was left half-way: `prepare` first
 
     @property
     def alive(self) -> bool: ...
@@ -83,7 +84,7 @@ class Pool(Generic[C]):
         self._cfg = delivery
         self._clock = clock
         self._discard = discard    # close a connection (QUIT first if the flag says)
-        self._prepare = prepare    # make a taken one ready for MAIL; False: it is unusable
+        self._prepare = prepare    # RSET a taken one (rset_needed); False: it was unusable
         self._by_key: dict[PoolKey, list[C]] = {}   # idle, per key, oldest first
         self.idle: dict[C, None] = {}   # every idle connection, oldest first
         self.site_open: dict[str, int] = {}   # open connections per shaping site
@@ -124,7 +125,7 @@ class Pool(Generic[C]):
                     or not conn.alive):
                 await self._discard(conn, conn.alive)
                 continue
-            if not await self._prepare(conn):
+            if conn.rset_needed and not await self._prepare(conn):
                 continue
             return conn
         return None
