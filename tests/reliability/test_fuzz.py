@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from smtpkit import PASSWORD, USER, expect, plain, send_ok, tls_session
 
 from relay.config import ConfigError, loads
-from relay.delivery.client import _valid_address
 from relay.delivery.retry import delay_for_attempt, next_attempt_at
+from relay.delivery.transaction import valid_address as _valid_address
 from relay.smtp import replies as R
 from relay.testing.submission import RawClient, Tls, running_server
 from relay.users import UserStore

@@ -9,7 +9,10 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.delivery.client import PLAIN_ADDRESS, _quoted, _valid_address, _wire_body
+from relay.delivery.transaction import PLAIN_ADDRESS
+from relay.delivery.transaction import quoted as _quoted
+from relay.delivery.transaction import valid_address as _valid_address
+from relay.delivery.transaction import wire_body as _wire_body
 from relay.smtp.message import _memo_addresses, _parse_addresses, header_addresses
 
 
