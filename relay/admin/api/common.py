@@ -1,4 +1,5 @@
-"""The admin API's HTTP helpers: JSON responses and errors, query and body decoding.
+"""The admin API's HTTP helpers: JSON responses and errors, query and body decoding, the
+handler type and the request key of the caller's token name.
 
 Query strings and JSON bodies are decoded into the Structs of relay.admin.params; a
 BadInput raised here or in a handler becomes a 400 naming the field (relay.admin.api.guard).
