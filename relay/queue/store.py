@@ -161,9 +161,12 @@ class QueueStore:
         return self.committer.write_now(fn)
 
     async def submit(self, msg: NewMessage,
-                     on_durable: Callable[[str], None] | None = None) -> str:
+                     on_durable: Callable[[str], None] | None = None,
+                     account: object = None) -> str:
         """Queue a message durably; return its id only after the synced commit (a
-        Submitter, relay/smtp/session.py: `on_durable(id)` when the commit syncs)."""
+        Submitter, relay/smtp/session.py: `on_durable(id)` when the commit syncs). The
+        bare store keeps no account model: `account` (a tenants transaction) is the
+        business of relay/smtp/submitter.py, and is None where the store is used alone."""
         return (await self.submit_record(msg, on_durable=on_durable)).id
 
     async def submit_record(
