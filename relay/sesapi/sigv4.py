@@ -218,9 +218,8 @@ def _parse_request(path: str, query: str, headers: Iterable[tuple[str, str]],
         return Failure(Problem.INCOMPLETE,
                        f"The query string is longer than {MAX_QUERY_BYTES} bytes")
     fields: dict[str, list[str]] = {}
-    count = size = 0
-    for name, value in headers:
-        count += 1
+    size = 0
+    for count, (name, value) in enumerate(headers, 1):
         size += len(name) + len(value)
         if count > MAX_HEADERS or size > MAX_HEADER_BYTES:
             return Failure(Problem.INCOMPLETE, f"Too many header fields (at most "

@@ -297,7 +297,7 @@ def test_hostile_sizes_are_refused_before_any_signature_work() -> None:
     parts = urlsplit(request.url)
     base = [*request.headers.items(), ("Host", parts.netloc)]
     many = base + [(f"X-Junk-{i}", "x") for i in range(sigv4.MAX_HEADERS)]
-    huge = base + [("X-Junk", "x" * sigv4.MAX_HEADER_BYTES)]
+    huge = [*base, ("X-Junk", "x" * sigv4.MAX_HEADER_BYTES)]
     for headers, query in ((many, ""), (huge, ""),
                            (base, "a=1&" * (sigv4.MAX_QUERY_PARAMS + 1)),
                            (base, "a=" + "x" * sigv4.MAX_QUERY_BYTES)):
