@@ -369,6 +369,22 @@ class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     public_url: str = ""
 
 
+# An AWS region name as clients configure it ("us-east-1", "eu-central-1", "local").
+_REGION_RE = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+class Api(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    # The region SES API clients sign for (AWS Signature V4's credential scope) and SES
+    # SMTP passwords are derived for (`relay user keys smtp-password`).
+    region: str = "us-east-1"
+
+    def __post_init__(self) -> None:
+        if len(self.region) > 32 or not _REGION_RE.match(self.region):
+            raise ValueError(f"region {self.region!r}: expected a region name like "
+                             "\"us-east-1\" (at most 32 lower-case letters, digits and "
+                             "single '-')")
+
+
 class Events(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # JSON lines; relative paths are under server.state_dir.
     log: str = "events.jsonl"
@@ -653,6 +669,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: Limits = Limits()
     feedback: Feedback = Feedback()
     admin: Admin = Admin()
+    api: Api = Api()
     events: Events = Events()
     identity: list[Identity] = []
     dkim: Dkim = Dkim()
