@@ -219,6 +219,16 @@ class ApiKeyStore:
             raise ApiKeyError(f"no access key {key_id!r}")
         return self._decrypt(key_id, record)
 
+    def check(self) -> int:
+        """The records file and every secret in it as the server needs them (`relay
+        serve` checks before it starts): the number of keys; ApiKeyError naming the file
+        otherwise. A server started on a key file that decrypts nothing would refuse
+        every signed request as from an unknown key."""
+        keys = self._file.read().keys
+        for key_id, record in keys.items():
+            self._decrypt(key_id, record)
+        return len(keys)
+
     # --- the server ------------------------------------------------------------------
 
     def _records(self) -> dict[str, KeyRecord]:
