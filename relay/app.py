@@ -297,6 +297,7 @@ class RelayApp:
             getattr(self.dkim_keys, cache, {}).clear()
         self.users.read_all()
         self.users.refresh()
+        self.parts.api_keys.refresh()
         self.identities.refresh()
         summary = "reloaded config, TLS certificate, credentials and DKIM keys"
         if needs_restart:

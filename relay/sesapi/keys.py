@@ -237,6 +237,11 @@ class ApiKeyStore:
         except ApiKeyError:
             return self._file.value.keys  # a bad edit keeps the last good records
 
+    def refresh(self) -> None:
+        """Look at the file now (SIGHUP)."""
+        with suppress(ApiKeyError):  # a bad edit keeps the last good records
+            self._file.current(force=True)
+
     def lookup(self, key_id: str) -> tuple[str, str] | None:
         """(credential name, secret) of `key_id`, or None (unknown, or undecryptable)."""
         record = self._records().get(key_id)
