@@ -383,3 +383,13 @@ def test_the_2011_aws_test_suite_with_a_date_header(name: str, path: str,
 ])
 def test_the_ses_smtp_password_of_a_secret(region: str, secret: str, password: str) -> None:
     assert smtp_password(secret, region) == password
+
+
+@pytest.mark.parametrize("signature", ["zz" * 32, "é" * 64, "ab", "A" * 64])
+def test_a_signature_that_is_not_64_hex_digits_is_a_mismatch_not_a_crash(
+        signature: str) -> None:
+    request = rest_json_send()
+    auth = request.headers["Authorization"]
+    request.headers.replace_header("Authorization",
+                                   auth.rsplit("Signature=", 1)[0] + f"Signature={signature}")
+    failed(check(request), Problem.MISMATCH)
