@@ -157,12 +157,18 @@ class RelayApp:
                                       reuse_port=self.worker is not None,
                                       on_reject=parts.submitter.reject,
                                       account=parts.account,
+                                      key_login=self._key_login,
                                       **self._observers(str(lst.address)))
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
             self.listeners.append(server)
         if cfg.admin.enabled and not self._secondary:
             await self._start_admin()
+
+    def _key_login(self, login: str, password: bytes) -> str | None:
+        """SMTP AUTH with an access key id and its SES SMTP password for [api] region:
+        the credential the key sends as, or None."""
+        return self.parts.api_keys.smtp_login(login, password, self.live.current.api.region)
 
     @property
     def _secondary(self) -> bool:
@@ -291,6 +297,7 @@ class RelayApp:
             getattr(self.dkim_keys, cache, {}).clear()
         self.users.read_all()
         self.users.refresh()
+        self.parts.api_keys.refresh()
         self.identities.refresh()
         summary = "reloaded config, TLS certificate, credentials and DKIM keys"
         if needs_restart:

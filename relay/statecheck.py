@@ -4,11 +4,12 @@ Each state file the server loads is read here the way the server reads it (the s
 stores and loaders), so a damaged one stops the start with a StateError naming the file
 and what is wrong, instead of a traceback halfway through, or worse a running relay that
 treats a corrupt users.json as "no users" and answers every login 535. Checked: the
-queue (LMDB), verp.key, users.json, identities.json, admin_tokens.json (when the admin
-API runs), each domain's DKIM state.json and the private keys it names, and that the
-event log can be opened. Files relay makes on its own when missing (verp.key, the queue,
-the self-signed certificate, which is remade when it does not parse) are not an error
-when absent. Must not: change a file that exists.
+queue (LMDB), verp.key, users.json, api_keys.json with the api_keys.key that decrypts
+it, identities.json, admin_tokens.json (when the admin API runs), each domain's DKIM
+state.json and the private keys it names, and that the event log can be opened. Files
+relay makes on its own when missing (verp.key, the queue, the self-signed certificate,
+which is remade when it does not parse) are not an error when absent. Must not: change
+a file that exists.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def check_state(cfg: Config) -> None:
 
     Verp.from_state_dir(state)  # made when missing; StateError when unusable
     _check_users(cfg)
+    _check_api_keys(cfg)
     _check_identities(cfg)
     if cfg.admin.enabled:
         _check_tokens(cfg)
@@ -65,6 +67,12 @@ def _load(path: Path, load: Callable[[], object], errors: type[Exception]) -> No
         raise StateError(str(e)) from None
     except OSError as e:
         raise StateError(f"{path}: cannot read: {e.strerror or e}") from None
+
+
+def _check_api_keys(cfg: Config) -> None:
+    from relay.sesapi.keys import ApiKeyError, ApiKeyStore
+
+    _load(cfg.state_path / ApiKeyStore.FILE, ApiKeyStore(cfg.state_path).check, ApiKeyError)
 
 
 def _check_identities(cfg: Config) -> None:

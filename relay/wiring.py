@@ -49,6 +49,7 @@ from relay.identity.gate import MailFromGate
 from relay.identity.outbound import Outbound
 from relay.identity.store import IdentityStore
 from relay.queue.store import QueueStore
+from relay.sesapi.keys import ApiKeyStore
 from relay.simulator import Simulator
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.submitter import QueueSubmitter
@@ -142,6 +143,7 @@ class Components:
     events: EventLog
     journal: EventJournal
     users: UserStore
+    api_keys: ApiKeyStore
     resolver: DnsResolver
     own_addresses: set[tuple[str, int]]
     router: Router
@@ -240,6 +242,9 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     # Events are staged with the state changes they report and replayed after a crash.
     journal = EventJournal(store, events, clock)
     users = UserStore(state_dir / "users.json", clock, recheck=0.5)
+    # SES API access keys (each sends as one of `users`): the SigV4 verifier's lookup and
+    # SMTP AUTH with a key id and its SES SMTP password.
+    api_keys = ApiKeyStore(state_dir, clock, recheck=0.5)
     resolver = over.resolver if over.resolver is not None else DnsResolver.from_config(
         cfg.dns, clock)
     # The bound (ip, port) of each listener (RelayApp adds them as they bind): mail routed
@@ -386,6 +391,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         config=live, clock=clock, rng=rng, worker=worker, state_dir=state_dir,
         metrics=metrics, store=store, sent_from=sent_from, reputation=reputation,
         event_router=event_router, events=events, journal=journal, users=users,
+        api_keys=api_keys,
         resolver=resolver, own_addresses=own_addresses, router=router, sender=sender,
         attempts=attempts, shaped=shaped, identities=identities, dkim_keys=dkim_keys,
         signer=signer, verp=verp, outbound=outbound, suppressor=suppressor,

@@ -19,10 +19,12 @@ import sys
 from typing import Any
 
 from relay.cli import CliError, load_config
+from relay.cli import keys as keys_cli
 from relay.cli.output import table
 from relay.cli.tenant import check_tenants_exist
 from relay.events.model import iso
 from relay.identity.model import IdentityError, check_pattern
+from relay.sesapi.keys import ApiKeyError, ApiKeyStore
 from relay.tenants.store import TenantError, check_quota
 from relay.users import (
     MIN_NEW_PASSWORD_LENGTH,
@@ -124,6 +126,8 @@ def register(sub: Any) -> None:
     lst = actions.add_parser("list", help="list users", description="List SMTP users.")
     lst.add_argument("--json", action="store_true", help="print a JSON array")
     lst.set_defaults(func=run_list)
+
+    keys_cli.register(actions)
 
 
 def _tenants_option(parser: argparse.ArgumentParser) -> None:
@@ -374,9 +378,12 @@ def run_remove(args: argparse.Namespace) -> int:
     store = _store(args)
     try:
         store.remove(args.name)
-    except (UserError, OSError) as e:
+        # Its access keys go with it: they would sign as a credential that is gone.
+        revoked = ApiKeyStore(load_config(args).state_path).revoke_user(args.name)
+    except (UserError, ApiKeyError, OSError) as e:
         raise CliError(str(e)) from None
-    print(f"user {args.name!r} removed")
+    print(f"user {args.name!r} removed" + (f" with its access keys {', '.join(revoked)}"
+                                          if revoked else ""))
     return 0
 
 

@@ -15,6 +15,7 @@ One job per module; this one re-exports their public names (`from relay.config i
   delivery.py   sections of delivery: delivery, pool, warmup_plan, warmup, provider, backoff
   sending.py    identity, dkim, configuration_set, events, event_destination, suppression
   tenants.py    tenants (default quotas, the sandbox) and reputation
+  api.py        api: the SES HTTP API (the region clients sign for)
   root.py       Config: the whole file, one field per section
   describe.py   how problems name types and values
   load.py       TOML → Config: the schema walk, ConfigError, load/loads/from_dict
@@ -23,6 +24,7 @@ One job per module; this one re-exports their public names (`from relay.config i
 
 from __future__ import annotations
 
+from relay.config.api import Api
 from relay.config.checks import config_warnings
 from relay.config.delivery import (
     DEFAULT_RETRY_SCHEDULE,
@@ -71,6 +73,7 @@ __all__ = [
     "DEFAULT_RETRY_SCHEDULE",
     "Address",
     "Admin",
+    "Api",
     "Backoff",
     "Config",
     "ConfigError",

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import msgspec
 
+from relay.config.api import Api
 from relay.config.delivery import Backoff, Delivery, Pool, Provider, Warmup, WarmupPlan
 from relay.config.sending import (
     ConfigurationSet,
@@ -30,6 +31,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: Limits = Limits()
     feedback: Feedback = Feedback()
     admin: Admin = Admin()
+    api: Api = Api()
     events: Events = Events()
     identity: list[Identity] = []
     dkim: Dkim = Dkim()

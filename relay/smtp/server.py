@@ -78,7 +78,8 @@ class SubmissionServer:
                  on_reject: Callable[[NewMessage, str], None] | None = None,
                  on_accept_failure: Callable[[str], None] | None = None,
                  on_handshake: Callable[[str], None] | None = None,
-                 account: AccountGate | None = None) -> None:
+                 account: AccountGate | None = None,
+                 key_login: Callable[[str, bytes], str | None] | None = None) -> None:
         if listener.role != "submission":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "SubmissionServer serves role \"submission\" only")
@@ -99,7 +100,8 @@ class SubmissionServer:
             users=users, clock=clock, ssl_context=ssl_context, auth_policy=policy,
             trusted=[ipaddress.ip_network(n, strict=False) for n in listener.trusted_networks],
             admit=admit, release=self.limiter.release, sender_check=sender_check,
-            on_reply=on_reply, on_auth=on_auth, on_reject=on_reject, account=account)
+            on_reply=on_reply, on_auth=on_auth, on_reject=on_reject, account=account,
+            key_login=key_login)
         self._server: asyncio.Server | None = None
         # server.workers > 1: every worker binds the same port (SO_REUSEPORT); the kernel
         # spreads new connections across them.

@@ -109,6 +109,10 @@ class ListenerContext:
     # The account model (relay/tenants/account.py): a paused tenant at MAIL, the sandbox
     # and the quotas at RCPT; None: no limits (tests of the bare session).
     account: AccountGate | None = None
+    # SES-style login with an API access key (relay/sesapi/keys.py): (login, password) ->
+    # the credential the key belongs to when login is an access key id and password its
+    # SES SMTP password, else None. Cheap (a regex, or a few HMACs): run on the loop.
+    key_login: Callable[[str, bytes], str | None] | None = None
 
     # Client address -> trusted, asked at MAIL, RCPT and DATA of every message; parsing
     # the address each time was ~2 % of the accept path. `trusted` is fixed for the
@@ -520,16 +524,28 @@ class SubmissionSession(SMTP):
         creds = result.auth_data
         assert isinstance(creds, LoginPassword)
         user = creds.login.decode("utf-8", "replace")
-        # A repeat credential is answered from the verified cache on the loop; scrypt
-        # (~85 ms) runs in a thread.
-        ok = self.ctx.users.verify_cached(user, creds.password) or \
-            await asyncio.get_running_loop().run_in_executor(
+        # A repeat credential is answered from the verified cache on the loop; an access
+        # key id with its SES SMTP password by a few HMACs on the loop; scrypt (~85 ms)
+        # runs in a thread. A wrong password for a key pays the scrypt of an unknown user
+        # like any failure, so a failure's time says nothing about which names exist.
+        sender = user
+        ok = self.ctx.users.verify_cached(user, creds.password)
+        if not ok and self.ctx.key_login is not None:
+            owner = self.ctx.key_login(user, creds.password)
+            if owner is not None and self.ctx.users.get(owner) is not None:
+                ok, sender = True, owner
+        if not ok:
+            ok = await asyncio.get_running_loop().run_in_executor(
                 None, self.ctx.users.verify, user, creds.password)
         if ok:
             policy.record_success(self.client_ip, user, clock.monotonic())
             session.authenticated = True
-            self.auth_user = user
-            log.info("%s: authenticated as %r", self.client_ip, user)
+            self.auth_user = sender
+            if sender != user:
+                log.info("%s: authenticated as %r with access key %s", self.client_ip,
+                         sender, user)
+            else:
+                log.info("%s: authenticated as %r", self.client_ip, user)
             await self.push(str(R.AUTH_OK))
             return
         delay = policy.record_failure(self.client_ip, user, clock.monotonic())

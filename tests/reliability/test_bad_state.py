@@ -73,6 +73,27 @@ def _corrupt_admin_tokens(state: Path) -> str:
     return "admin_tokens.json is not a valid tokens file"
 
 
+def _corrupt_api_keys(state: Path) -> str:
+    (state / "api_keys.json").write_text('{"version": 1, "keys": {"AKIA')
+    return "api_keys.json is not a valid API keys file"
+
+
+def _api_keys_without_their_key_file(state: Path) -> str:
+    from relay.sesapi.keys import ApiKeyStore
+
+    ApiKeyStore(state).create("app")
+    (state / "api_keys.key").unlink()
+    return "api_keys.key is missing"
+
+
+def _api_keys_under_another_key_file(state: Path) -> str:
+    from relay.sesapi.keys import ApiKeyStore
+
+    key_id, _ = ApiKeyStore(state).create("app")
+    (state / "api_keys.key").write_bytes(os.urandom(32))
+    return f"api_keys.json: key {key_id} cannot be decrypted"
+
+
 def _corrupt_identities(state: Path) -> str:
     (state / "identities.json").write_text("{]")
     return "identities.json is not a valid identities file"
@@ -110,7 +131,9 @@ def _event_log_is_a_directory(state: Path) -> str:
 
 DAMAGE: list[Callable[[Path], str]] = [
     _garbage_queue, _empty_verp_key, _short_verp_key, _truncated_users, _users_wrong_shape,
-    _users_unusable_record, _corrupt_admin_tokens, _corrupt_identities, _corrupt_dkim_state,
+    _users_unusable_record, _corrupt_api_keys, _api_keys_without_their_key_file,
+    _api_keys_under_another_key_file, _corrupt_admin_tokens, _corrupt_identities,
+    _corrupt_dkim_state,
     _garbage_dkim_key, _missing_dkim_key, _event_log_is_a_directory]
 
 
@@ -142,7 +165,8 @@ def test_sound_state_of_every_kind_starts(tmp_path: Path) -> None:
     for args, stdin in ((("user", "add", "app", "--password-stdin"), "a long password\n"),
                         (("identity", "add", "example.com"), None),
                         (("dkim", "keygen", "example.com", "--type", "both"), None),
-                        (("admin", "token", "add", "ops"), None)):
+                        (("admin", "token", "add", "ops"), None),
+                        (("user", "keys", "create", "app"), None)):
         done = run_cli(*args, config=config, input=stdin)
         assert done.returncode == 0, (args, done.stdout, done.stderr)
     relay = RelayProcess(config, log_dir=tmp_path / "logs").start(timeout=20)

@@ -385,3 +385,11 @@ def test_tenant_owned_sets_pools_and_destinations() -> None:
 def test_tenant_ownership_problems_are_named(text: str, expected: str) -> None:
     found = problems(text)
     assert any(p.startswith(expected) for p in found), found
+
+
+# --------------------------------------------------------------------------- api.region
+def test_api_region_defaults_to_us_east_1_and_must_be_a_region_name() -> None:
+    assert loads("").api.region == "us-east-1"
+    assert loads('[api]\nregion = "eu-central-1"\n').api.region == "eu-central-1"
+    (problem,) = problems('[api]\nregion = "EU West"\n')
+    assert problem.startswith("api: region 'EU West': expected a region name"), problem
