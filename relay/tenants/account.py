@@ -33,7 +33,13 @@ from relay.queue.store import QueueStore
 from relay.tenants import quotastore
 from relay.tenants.access import credential_tenants, resolve_tenant
 from relay.tenants.model import DEFAULT_TENANT, Quota, Tenant
-from relay.tenants.quota import QuotaBook, Reservation, TenantDefaults, effective_limits
+from relay.tenants.quota import (
+    QuotaBook,
+    Reservation,
+    TenantDefaults,
+    effective_limits,
+    worker_share,
+)
 from relay.tenants.refusals import PAUSED_ACCOUNT, Refusal, paused_configuration_set
 from relay.tenants.sandbox import decide_sandbox_recipient
 from relay.tenants.store import TenantStore
@@ -81,10 +87,13 @@ class AccountGate:
                  is_simulator: Callable[[str], bool],
                  now: Callable[[], float],
                  on_refusal: Sequence[Callable[[str, str], None]] = (),
-                 on_accepted: Sequence[Callable[[str, int], None]] = ()) -> None:
+                 on_accepted: Sequence[Callable[[str, int], None]] = (),
+                 worker: tuple[int, int] | None = None) -> None:
         """`credential(name)`: the credential's record; `defaults()`: the [tenants]
         settings; `verified(tenant, identity)`: is `identity` (an address or a domain) a
-        verified identity `tenant` may use; `is_simulator(address)`."""
+        verified identity `tenant` may use; `is_simulator(address)`; `worker`: (index,
+        count) in multi-process mode, whose share of each limit this process enforces
+        (relay/tenants/quota.py, Rule 5)."""
         self.tenants = tenants
         self.quotas = quotas
         self.store = store
@@ -95,6 +104,7 @@ class AccountGate:
         self.now = now
         self.on_refusal = list(on_refusal)
         self.on_accepted = list(on_accepted)
+        self.worker = worker
 
     def _refused(self, tenant: str, reason: str, refusal: Refusal) -> Refusal:
         for observe in self.on_refusal:
@@ -121,7 +131,7 @@ class AccountGate:
         override = (Quota(rec.max_24h_send, rec.max_send_rate)
                     if rec is not None and (rec.max_24h_send is not None
                                             or rec.max_send_rate is not None) else None)
-        return effective_limits(self.defaults(), tenant, override)
+        return worker_share(effective_limits(self.defaults(), tenant, override), self.worker)
 
     def recipient(self, txn: Transaction, address: str) -> Refusal | None:
         """Check and reserve one recipient of `txn`; the refusal of this recipient, or

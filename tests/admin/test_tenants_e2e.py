@@ -487,3 +487,29 @@ def test_counts_status_and_pause_survive_a_restart(
         assert status == 200 and body["Tenant"]["SendQuota"]["SentLast24Hours"] == 2
     finally:
         admin.relay.stop()
+
+
+# ------------------------------------------------------------------ several workers
+
+
+def test_a_daily_quota_holds_across_workers(
+        tmp_path: Path, dns: DnsServer, sinks: tuple[Sink, Sink]) -> None:
+    # server.workers = 2: two processes accept on the same port, each with its own quota
+    # book; together they never accept more than the tenant's max_24h_send.
+    admin = make_admin_relay(tmp_path, dns, sinks, workers=2)
+    try:
+        tenant(admin, "many", "--no-sandbox", "--max-24h-send", "4")
+        accepted = 0
+        for i in range(10):  # separate connections, spread over both workers
+            with session(admin, "many-app") as s:
+                assert s.mail("app@example.com")[0] == 250
+                got = s.rcpt(f"w{i}@ok.test")
+                if got[0] == 250:
+                    queued(s.data(message(f"many {i}", f"w{i}@ok.test")))
+                    accepted += 1
+                else:
+                    assert reply(got) == DAILY
+        assert accepted <= 4, accepted
+        assert show(admin, "many")["sent_last_24_hours"] == accepted
+    finally:
+        admin.relay.stop()
