@@ -87,6 +87,7 @@ def start_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink]) -> tuple[Ad
                   "connect_timeout": "5s", "command_timeout": "10s", "data_timeout": "10s",
                   "pool": "dedicated"},
         tenants={"paused_recheck": "1s", "sandbox_max_send_rate": 20.0},
+        configuration_set=[{"name": "promo"}],
         reputation={"min_volume": 10, "complaint_review": 0.01, "complaint_pause": 0.05})
     a.submit_port = submit_port
     return a, feedback_port
@@ -278,6 +279,36 @@ def test_the_daily_454_rset_gives_back_and_the_simulator_is_free(
         assert reply(s.rcpt("d5@ok.test")) == DAILY
         assert s.rcpt(SIMULATOR)[0] == 250
         s.rset()
+    # A disconnect without QUIT gives its reservations back, as RSET does.
+    tenant(admin, "drop", "--no-sandbox", "--max-24h-send", "2")
+    s = smtplib.SMTP("127.0.0.1", admin.submit_port, timeout=10)
+    s.starttls(context=admin.tls.client)
+    s.login("drop-app", PASSWORD)
+    assert s.mail("app@example.com")[0] == 250
+    assert s.rcpt("g1@ok.test")[0] == 250 and s.rcpt("g2@ok.test")[0] == 250
+    assert reply(s.rcpt("g3@ok.test")) == DAILY
+    s.close()  # the socket, no QUIT
+
+    def both_free() -> bool:
+        with session(admin, "drop-app") as s:
+            s.mail("app@example.com")
+            ok = s.rcpt("g4@ok.test")[0] == 250 and s.rcpt("g5@ok.test")[0] == 250
+            s.rset()
+            return ok
+    wait_for("the units given back at the disconnect", both_free, 5)
+    # A credential's own quota overrides its tenant's, counted in its own scope.
+    cli(admin, "user", "add", "daily-small", "--tenant", "daily", "--password-stdin",
+        input=PASSWORD + "\n")
+    cli(admin, "tenant", "quota", "daily", "--max-24h-send", "100")
+    cli(admin, "user", "quota", "daily-small", "--max-24h-send", "1")
+
+    def override_holds() -> bool:
+        with session(admin, "daily-small") as s:
+            s.mail("app@example.com")
+            ok = s.rcpt("o1@ok.test")[0] == 250 and reply(s.rcpt("o2@ok.test")) == DAILY
+            s.rset()
+            return ok
+    wait_for("the credential's own quota", override_holds, 5)
     # Isolation: the default tenant's credential is not limited by it.
     with session(admin, "app") as s:
         assert s.mail("app@example.com")[0] == 250
@@ -414,6 +445,43 @@ def test_complaints_pause_a_while_b_delivers_and_resume_releases(
         ["Paused"]
 
 
+def test_the_simulator_never_moves_reputation(relay: tuple[Admin, int]) -> None:
+    admin, _ = relay
+    tenant(admin, "tsim", api={"Sandbox": False})
+    # 12 complaints over 12 sends, all the simulator's: nothing counts (SES's rule).
+    with session(admin, "tsim-app") as s:
+        assert s.mail("app@example.com")[0] == 250
+        for i in range(12):
+            assert s.rcpt(f"complaint+{i}@simulator.relay.test")[0] == 250
+        mid = queued(s.data(message("to the simulator")))
+    wait_for("the simulator's complaints", lambda: sum(
+        len(e["complaint"]["complainedRecipients"])
+        for e in of_message(admin, mid, "Complaint")) == 12)
+    time.sleep(1.5)  # a flush and an evaluation of the monitor
+    assert show(admin, "tsim")["status"] == "Healthy"
+    assert not [e for e in events(admin, "ReputationStatusChange") if e["tenant"] == "tsim"]
+
+
+def test_a_paused_configuration_set(relay: tuple[Admin, int]) -> None:
+    admin, _ = relay
+    tenant(admin, "cs", api={"Sandbox": False})
+    cli(admin, "tenant", "pause", "promo", "--configuration-set", "--reason", "audit")
+
+    def refused() -> str:
+        with session(admin, "cs-app") as s:
+            s.mail("app@example.com")
+            s.rcpt("c1@ok.test")
+            return reply(s.data(message("promo one", "c1@ok.test",
+                                        X_SES_CONFIGURATION_SET="promo")))
+    wait_for("the set's pause", lambda: refused() ==
+             "554 5.7.1 Sending paused for configuration set promo", 5)
+    send(admin, "cs-app", "c2@ok.test", "no set")  # the tenant itself still sends
+    delivered(admin, "no set")
+    cli(admin, "tenant", "resume", "promo", "--configuration-set")
+    wait_for("the set's resume", lambda: refused().startswith("250 "), 5)
+    delivered(admin, "promo one")
+
+
 # ------------------------------------------------------------------ 4. X-SES-TENANT
 
 
@@ -434,6 +502,7 @@ def test_a_platform_credential_names_the_tenant_per_message(relay: tuple[Admin, 
     assert dev["tenant"] == "pb" and dev["mail"]["tags"]["ses:tenant"] == ["pb"]
     assert show(admin, "pb")["sent_last_24_hours"] == 1
     assert show(admin, "pa")["sent_last_24_hours"] == 0
+    assert f"attempt {mid} tenant=pb domain=ok.test" in admin.relay.output(tail=200_000)
     # Without the header: its own tenant.
     mid = send(admin, "platform", "p2@ok.test", "for pa")
     (ev,) = wait_for("the Send event", lambda: of_message(admin, mid, "Send"))
@@ -444,9 +513,22 @@ def test_a_platform_credential_names_the_tenant_per_message(relay: tuple[Admin, 
         assert s.rcpt("p3@ok.test")[0] == 250
         got_reply = reply(s.data(message("for pc", "p3@ok.test", X_SES_TENANT="pc")))
     assert got_reply.startswith("554 5.7.1 ") and "tenant pc is not allowed" in got_reply
-    time.sleep(1.0)
-    assert not in_sink(admin, "for pc")
+    # A paused tenant named by the header: refused with the pause's answer.
+    cli(admin, "tenant", "pause", "pb")
+
+    def paused_at_data() -> bool:
+        with session(admin, "platform") as s:
+            s.mail("app@example.com")
+            s.rcpt("p4@ok.test")
+            return reply(s.data(message("for pb paused", "p4@ok.test",
+                                        X_SES_TENANT="pb"))) == PAUSED
+    wait_for("the named tenant's pause", paused_at_data, 5)
+    assert show(admin, "pa")["status"] == "Healthy"
+    send(admin, "platform", "p5@ok.test", "for pa still")  # its own tenant still sends
+    delivered(admin, "for pa still")
+    assert not in_sink(admin, "for pc") and not in_sink(admin, "for pb paused")
     assert show(admin, "pc")["sent_last_24_hours"] == 0
+    assert show(admin, "pb")["sent_last_24_hours"] == 1
 
 
 # ------------------------------------------------------------------ 5. suppression scope
