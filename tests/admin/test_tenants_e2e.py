@@ -531,6 +531,47 @@ def test_a_platform_credential_names_the_tenant_per_message(relay: tuple[Admin, 
     assert show(admin, "pb")["sent_last_24_hours"] == 1
 
 
+def test_a_platform_credentials_own_tenant_does_not_stop_the_others(
+        relay: tuple[Admin, int]) -> None:
+    # Its own tenant is new (so in the sandbox), paused and out of quota; the tenant a
+    # message names is none of these, and that message is the named tenant's business.
+    admin, _ = relay
+    cli(admin, "tenant", "add", "qa", "--max-24h-send", "1")
+    cli(admin, "tenant", "add", "qb", "--no-sandbox")
+    cli(admin, "user", "add", "platform2", "--tenant", "qa", "--tenants", "qb",
+        "--password-stdin", input=PASSWORD + "\n")
+    cli(admin, "tenant", "pause", "qa")
+    to = ["q1@ok.test", "q2@ok.test"]  # not verified identities of anyone
+
+    def for_qb() -> str:
+        with session(admin, "platform2") as s:
+            s.mail("app@example.com")
+            for rcpt in to:
+                assert s.rcpt(rcpt)[0] == 250, rcpt
+            return reply(s.data(message("for qb", ", ".join(to), X_SES_TENANT="qb")))
+    wait_for("the message for qb accepted", lambda: for_qb().startswith("250 "), 5)
+    wait_for("both recipients", lambda: rcpts_in_sink(admin, "for qb") == to)
+    assert show(admin, "qb")["sent_last_24_hours"] == 2
+    # Without the header the message is its own tenant's: refused whole, at DATA.
+    with session(admin, "platform2") as s:
+        assert s.mail("app@example.com")[0] == 250
+        assert s.rcpt("q3@ok.test")[0] == 250
+        assert reply(s.data(message("for qa", "q3@ok.test"))) == PAUSED
+    cli(admin, "tenant", "resume", "qa")
+    cli(admin, "tenant", "production", "qa")
+
+    def for_qa() -> str:
+        with session(admin, "platform2") as s:
+            s.mail("app@example.com")
+            s.rcpt("q3@ok.test")
+            s.rcpt("q4@ok.test")
+            return reply(s.data(message("for qa", "q3@ok.test")))
+    # qa's quota of 1 refuses the two-recipient message whole (never half accepted).
+    wait_for("qa's quota at DATA", lambda: for_qa() == DAILY, 5)
+    assert show(admin, "qa")["sent_last_24_hours"] == 0
+    assert not in_sink(admin, "for qa")
+
+
 # ------------------------------------------------------------------ 5. suppression scope
 
 
