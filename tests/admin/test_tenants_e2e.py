@@ -279,6 +279,10 @@ def test_the_daily_454_rset_gives_back_and_the_simulator_is_free(
         assert reply(s.rcpt("d5@ok.test")) == DAILY
         assert s.rcpt(SIMULATOR)[0] == 250
         s.rset()
+    # Per-tenant series: its refusals by reason, its counted recipients.
+    _, text = admin.call("GET", "/metrics", token=None)
+    assert 'relay_tenant_refusals_total{tenant="daily",reason="daily_quota"} 2.0' in text
+    assert 'relay_tenant_recipients_accepted_total{tenant="daily"} 3.0' in text
     # A disconnect without QUIT gives its reservations back, as RSET does.
     tenant(admin, "drop", "--no-sandbox", "--max-24h-send", "2")
     s = smtplib.SMTP("127.0.0.1", admin.submit_port, timeout=10)
