@@ -281,7 +281,7 @@ def test_the_daily_454_rset_gives_back_and_the_simulator_is_free(
         s.rset()
     # Per-tenant series: its refusals by reason, its counted recipients.
     _, text = admin.call("GET", "/metrics", token=None)
-    assert 'relay_tenant_refusals_total{tenant="daily",reason="daily_quota"} 2.0' in text
+    assert 'relay_tenant_refusals_total{reason="daily_quota",tenant="daily"} 2.0' in text
     assert 'relay_tenant_recipients_accepted_total{tenant="daily"} 3.0' in text
     # A disconnect without QUIT gives its reservations back, as RSET does.
     tenant(admin, "drop", "--no-sandbox", "--max-24h-send", "2")
