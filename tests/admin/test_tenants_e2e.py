@@ -88,6 +88,8 @@ def start_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink]) -> tuple[Ad
                   "pool": "dedicated"},
         tenants={"paused_recheck": "1s", "sandbox_max_send_rate": 20.0},
         configuration_set=[{"name": "promo"}],
+        event_destination=[{"name": "ta-events", "type": "file", "tenant": "ta"},
+                           {"name": "tb-events", "type": "file", "tenant": "tb"}],
         reputation={"min_volume": 10, "complaint_review": 0.01, "complaint_pause": 0.05})
     a.submit_port = submit_port
     return a, feedback_port
@@ -178,9 +180,11 @@ def send_many(admin: Admin, user: str, mail: list[tuple[str, str]]) -> list[str]
     return ids
 
 
-def events(admin: Admin, kind: str | None = None) -> list[dict[str, Any]]:
-    path = admin.state / "events.jsonl"
-    lines = path.read_text().splitlines() if path.exists() else []
+def events(admin: Admin, kind: str | None = None,
+           path: str = "events.jsonl") -> list[dict[str, Any]]:
+    """The events in a file destination (the event log by default), of `kind` or all."""
+    file = admin.state / path
+    lines = file.read_text().splitlines() if file.exists() else []
     return [ev for ev in map(json.loads, lines) if kind is None or ev["eventType"] == kind]
 
 
@@ -404,6 +408,13 @@ def test_complaints_pause_a_while_b_delivers_and_resume_releases(
     assert shown["status"] == "Paused" and shown["status_record"]["automatic"] is True
     assert "complaint rate" in shown["status_record"]["reason"]
     assert of_message(admin, mids[0], "Complaint")[0]["tenant"] == "ta"
+    # Each tenant's own destination gets its events only.
+    own = wait_for("ta's destination", lambda: [
+        e for e in events(admin, path="ta-events.jsonl")
+        if e["eventType"] == "ReputationStatusChange"])
+    assert own[0]["reputationStatusChange"]["newStatus"] == "Paused"
+    assert {e["tenant"] for e in events(admin, path="ta-events.jsonl")} == {"ta"}
+    assert not [e for e in events(admin, path="tb-events.jsonl") if e["tenant"] != "tb"]
 
     # A new message of A: refused at MAIL; B is untouched.
     def refused_at_mail() -> bool:
@@ -427,6 +438,7 @@ def test_complaints_pause_a_while_b_delivers_and_resume_releases(
                      ["diagnosticCode"]]
     assert len(paused_delays) == 1, paused_delays
     assert show(admin, "tb")["status"] == "Healthy"
+    assert {e["tenant"] for e in events(admin, path="tb-events.jsonl")} == {"tb"}
 
     # The operator resumes A: the held message goes, a fresh window starts.
     status, body = admin.call("POST", "/api/tenants/ta/resume", {"Reason": "list cleaned"})
