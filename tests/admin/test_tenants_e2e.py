@@ -403,6 +403,9 @@ def test_complaints_pause_a_while_b_delivers_and_resume_releases(
     assert (rsc["scope"], rsc["name"], rsc["oldStatus"], rsc["newStatus"],
             rsc["automatic"]) == ("tenant", "ta", "Healthy", "Paused", True)
     assert rsc["volume"] == 11 and rsc["complaintRate"] == pytest.approx(1 / 11)
+    _, text = admin.call("GET", "/metrics", token=None)
+    assert re.search(r'relay_reputation_status_changes_total\{scope="tenant",'
+                     r'status="Paused"\} [1-9]', text), text
     assert change["mail"]["tags"]["ses:tenant"] == ["ta"]
     shown = show(admin, "ta")
     assert shown["status"] == "Paused" and shown["status_record"]["automatic"] is True
@@ -608,7 +611,11 @@ def test_tenant_scoped_suppression_over_the_feedback_path(relay: tuple[Admin, in
     send(admin, "sb-app", address, "sb first")
     delivered(admin, "sb first")
     assert not in_sink(admin, "sa second")
-    # The account-level list does not hold it.
+    # A's own list holds it (`relay suppression list --tenant`), the account's does not.
+    own = [json.loads(line) for line in cli(
+        admin, "suppression", "list", "--tenant", "sa", "--json").splitlines()]
+    assert [(e["address"], e["reason"]) for e in own] == [(address, "COMPLAINT")], own
+    assert address not in cli(admin, "suppression", "list", "--json")
     _, body = admin.call("GET", f"/api/suppression?prefix={address}")
     assert not any(e["address"] == address for e in body["entries"])
 
