@@ -87,7 +87,7 @@ def start_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink]) -> tuple[Ad
                   "connect_timeout": "5s", "command_timeout": "10s", "data_timeout": "10s",
                   "pool": "dedicated"},
         tenants={"paused_recheck": "1s", "sandbox_max_send_rate": 20.0},
-        configuration_set=[{"name": "promo"}],
+        configuration_set=[{"name": "promo"}, {"name": "short", "max_delivery_time": "4s"}],
         event_destination=[{"name": "ta-events", "type": "file", "tenant": "ta"},
                            {"name": "tb-events", "type": "file", "tenant": "tb"}],
         reputation={"min_volume": 10, "complaint_review": 0.01, "complaint_pause": 0.05})
@@ -499,6 +499,28 @@ def test_a_paused_configuration_set(relay: tuple[Admin, int]) -> None:
     cli(admin, "tenant", "resume", "promo", "--configuration-set")
     wait_for("the set's resume", lambda: refused().startswith("250 "), 5)
     delivered(admin, "promo one")
+
+
+def test_held_mail_still_expires_at_its_max_delivery_time(relay: tuple[Admin, int]) -> None:
+    # Held while its tenant is paused, not bounced for it; its max delivery time (4 s,
+    # its configuration set's) still ends it, with the expiry's bounce event.
+    admin, _ = relay
+    tenant(admin, "tx", api={"Sandbox": False})
+    TEMPFAIL.add("slow@ok.test")
+    try:
+        mid = send(admin, "tx-app", "slow@ok.test", "tx held", X_SES_CONFIGURATION_SET="short")
+        wait_for("its first attempt", lambda: of_message(admin, mid, "DeliveryDelay"))
+        cli(admin, "tenant", "pause", "tx")
+        wait_for("the hold", lambda: any(
+            "sending paused" in e["deliveryDelay"]["delayedRecipients"][0]["diagnosticCode"]
+            for e in of_message(admin, mid, "DeliveryDelay")))
+        assert not of_message(admin, mid, "Bounce")
+        (bounce,) = wait_for("the expiry", lambda: of_message(admin, mid, "Bounce"), 8)
+    finally:
+        TEMPFAIL.discard("slow@ok.test")
+    assert bounce["bounce"]["bounceType"] == "Transient", bounce
+    assert bounce["tenant"] == "tx"
+    assert not in_sink(admin, "tx held")
 
 
 # ------------------------------------------------------------------ 4. X-SES-TENANT
