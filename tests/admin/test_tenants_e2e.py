@@ -59,6 +59,8 @@ TEMPFAIL: set[str] = set()
 def policy(stage: str, arg: str, envelope: Any) -> str | None:
     if stage == "rcpt" and arg.lower().strip("<>") in TEMPFAIL:
         return "451 4.2.0 try again later"
+    if stage == "rcpt" and arg.lower().strip("<>").startswith("gone"):
+        return "550 5.1.1 mailbox gone"
     return sink_policy(stage, arg, envelope)
 
 
@@ -462,6 +464,30 @@ def test_complaints_pause_a_while_b_delivers_and_resume_releases(
     assert [e["reputationStatusChange"]["newStatus"]
             for e in events(admin, "ReputationStatusChange") if e["tenant"] == "ta"] == \
         ["Paused"]
+
+
+def test_hard_bounces_at_delivery_pause_a_tenant(relay: tuple[Admin, int]) -> None:
+    # Ten recipients the receiver refuses with 550: a bounce rate of 100 % over 10
+    # sends, past the 10 % pause line (SES's default) once the minimum volume is there.
+    admin, _ = relay
+    tenant(admin, "hb", api={"Sandbox": False})
+    with session(admin, "hb-app") as s:
+        assert s.mail("app@example.com")[0] == 250
+        for i in range(10):
+            assert s.rcpt(f"gone{i}@ok.test")[0] == 250
+        mid = queued(s.data(message("to the gone")))
+    (change,) = wait_for("the pause", lambda: [
+        e for e in events(admin, "ReputationStatusChange") if e["tenant"] == "hb"])
+    rsc = change["reputationStatusChange"]
+    assert (rsc["newStatus"], rsc["volume"], rsc["bounceRate"]) == ("Paused", 10, 1.0)
+    assert "bounce rate" in rsc["reason"]
+    assert sum(len(e["bounce"]["bouncedRecipients"])
+               for e in of_message(admin, mid, "Bounce")) == 10
+
+    def refused_at_mail() -> bool:
+        with session(admin, "hb-app") as s:
+            return reply(s.mail("app@example.com")) == PAUSED
+    wait_for("the pause at MAIL", refused_at_mail, 5)
 
 
 def test_the_simulator_never_moves_reputation(relay: tuple[Admin, int]) -> None:
