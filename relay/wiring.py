@@ -354,7 +354,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         tenants, quotas, store, credential=users.get, defaults=lambda: live.current.tenants,
         verified=verified, is_simulator=is_simulator, now=clock.now,
         on_refusal=[metrics.observe_tenant_refusal],
-        on_accepted=[metrics.observe_tenant_accepted])
+        on_accepted=[metrics.observe_tenant_accepted], worker=worker)
 
     def resources(msg: Any) -> list[tuple[str, str, str]]:
         """(kind, name, owner) of the identity, configuration set and pool `msg` uses."""

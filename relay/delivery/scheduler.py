@@ -54,7 +54,7 @@ from relay.events.log import EventLog
 from relay.events.model import SUPPRESSED_RESPONSE, Event
 from relay.queue.keys import DueItem
 from relay.queue.ops import Leased, Result, Settled
-from relay.queue.records import Action, MessageRecord
+from relay.queue.records import Action, MessageRecord, State
 from relay.queue.store import QueueStore
 from relay.warmup.lanes import BULK, LANES
 
@@ -398,8 +398,12 @@ class Scheduler:
         if self.paused is not None:
             why = self.paused(task.message)
             if why is not None:
-                until = self.clock.now() + self.paused_recheck
-                await self._settle(task, [held_outcome(why, until)] * len(task.items))
+                hold = held_outcome(why, self.clock.now() + self.paused_recheck)
+                # One DeliveryDelay when a recipient is first held; the rechecks while
+                # the pause lasts publish none (its expiry still bounces).
+                again = all(it.recipient.last_response == hold.response
+                            for it in task.items)
+                await self._settle(task, [hold] * len(task.items), quiet=again)
                 return None
         if self.suppression is not None:
             listed = self.suppression.suppressed(
@@ -497,7 +501,9 @@ class Scheduler:
             log.exception("settling %s to %s failed", task.message.id, task.destination)
 
     async def _settle(self, task: Task, outcomes: Sequence[Outcome | None], *,
-                      local_error: bool = False) -> list[Settled]:
+                      local_error: bool = False, quiet: bool = False) -> list[Settled]:
+        """Write the decisions for `task`'s recipients and publish their events;
+        `quiet`: none for the recipients left DEFERRED (a held recipient rechecked)."""
         now = self.clock.now()
         msg = task.message
         policy = Retry(self.cfg.retry_schedule, self._max_delivery_time(msg),
@@ -509,15 +515,21 @@ class Scheduler:
                                   d.next_attempt_at))
         settle = self.store.settle_op(results, now)
         journal = self.journal
+
+        def events_of(done: list[Settled]) -> list[Event]:
+            if quiet:
+                done = [d for d in done if d.recipient.state is not State.DEFERRED]
+            return self._events_for(done, now)
+
         if journal is None:
             settled = await self.store.write(settle)
-            self.events.emit(self._events_for(settled, now))
+            self.events.emit(events_of(settled))
         else:
             # The events are committed with the state change (relay/events/journal.py):
             # a crash between the commit and the log write cannot lose them.
             def op(txn: Any) -> tuple[list[Settled], list[Event], list[bytes]]:
                 done = settle(txn)
-                evs = self._events_for(done, now)
+                evs = events_of(done)
                 return done, evs, journal.stage(txn, evs)
 
             settled, events, keys = await self.store.write(op)

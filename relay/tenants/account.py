@@ -8,11 +8,13 @@
   quota (relay/tenants/quota.py) is reserved for the recipient, or SES's 454 answers that
   exact recipient, so a multi-recipient message is never half queued past a limit and
   nothing is queued for the refused one;
-- at the end of DATA, `settle_tenant()`: a platform credential names the message's
-  tenant with `X-SES-TENANT`; naming one it may not use is refused, and naming another
-  than its own moves the whole message there: the RCPT reservations are given back and
-  every recipient is reserved in the named tenant at once (all or none), its pause and
-  sandbox checked;
+- a platform credential (allowed several tenants) names the message's tenant with
+  `X-SES-TENANT`, known only at the end of DATA, so for it MAIL and RCPT check nothing
+  (its own tenant's pause, sandbox or quota must not stop a message for another one);
+- at the end of DATA, `settle_tenant()`: naming a tenant the credential may not use is
+  refused; a platform credential's message (for the named tenant, else its own) has
+  every recipient reserved at once (all or none), its tenant's pause and sandbox
+  checked; a message of a one-tenant credential keeps what RCPT reserved;
 - `commit_op()`: the reservations' counts, written in the accepting transaction (the
   message's own group commit), then `accepted()`; `release()` on RSET, a refused or
   failed DATA, or a disconnect (idempotent).
@@ -33,7 +35,13 @@ from relay.queue.store import QueueStore
 from relay.tenants import quotastore
 from relay.tenants.access import credential_tenants, resolve_tenant
 from relay.tenants.model import DEFAULT_TENANT, Quota, Tenant
-from relay.tenants.quota import QuotaBook, Reservation, TenantDefaults, effective_limits
+from relay.tenants.quota import (
+    QuotaBook,
+    Reservation,
+    TenantDefaults,
+    effective_limits,
+    worker_share,
+)
 from relay.tenants.refusals import PAUSED_ACCOUNT, Refusal, paused_configuration_set
 from relay.tenants.sandbox import decide_sandbox_recipient
 from relay.tenants.store import TenantStore
@@ -65,6 +73,8 @@ class Transaction:
     record: CredentialRecord | None
     reservations: list[Reservation] = field(default_factory=list)
     simulator: list[bool] = field(default_factory=list)  # per reserved recipient
+    # A platform credential's: its tenant is settled at DATA, nothing checked before.
+    deferred: bool = False
 
     def release(self) -> None:
         for r in self.reservations:
@@ -81,10 +91,13 @@ class AccountGate:
                  is_simulator: Callable[[str], bool],
                  now: Callable[[], float],
                  on_refusal: Sequence[Callable[[str, str], None]] = (),
-                 on_accepted: Sequence[Callable[[str, int], None]] = ()) -> None:
+                 on_accepted: Sequence[Callable[[str, int], None]] = (),
+                 worker: tuple[int, int] | None = None) -> None:
         """`credential(name)`: the credential's record; `defaults()`: the [tenants]
         settings; `verified(tenant, identity)`: is `identity` (an address or a domain) a
-        verified identity `tenant` may use; `is_simulator(address)`."""
+        verified identity `tenant` may use; `is_simulator(address)`; `worker`: (index,
+        count) in multi-process mode, whose share of each limit this process enforces
+        (relay/tenants/quota.py, Rule 5)."""
         self.tenants = tenants
         self.quotas = quotas
         self.store = store
@@ -95,6 +108,7 @@ class AccountGate:
         self.now = now
         self.on_refusal = list(on_refusal)
         self.on_accepted = list(on_accepted)
+        self.worker = worker
 
     def _refused(self, tenant: str, reason: str, refusal: Refusal) -> Refusal:
         for observe in self.on_refusal:
@@ -110,6 +124,8 @@ class AccountGate:
         """A new transaction of `credential` (None: a trusted network, no credential)."""
         record = self.credential(credential) if credential else None
         tenant = (record.tenant if record is not None else "") or DEFAULT_TENANT
+        if record is not None and len(credential_tenants(tenant, record.allowed_tenants)) > 1:
+            return Transaction(tenant, credential or "", record, deferred=True)
         if self.tenants.paused(tenant) is not None:
             return self._refused(tenant, "paused", PAUSED_ACCOUNT)
         return Transaction(tenant, credential or "", record)
@@ -121,11 +137,13 @@ class AccountGate:
         override = (Quota(rec.max_24h_send, rec.max_send_rate)
                     if rec is not None and (rec.max_24h_send is not None
                                             or rec.max_send_rate is not None) else None)
-        return effective_limits(self.defaults(), tenant, override)
+        return worker_share(effective_limits(self.defaults(), tenant, override), self.worker)
 
     def recipient(self, txn: Transaction, address: str) -> Refusal | None:
         """Check and reserve one recipient of `txn`; the refusal of this recipient, or
         None (then it is counted until commit or release)."""
+        if txn.deferred:
+            return None  # settle_tenant() checks the whole message at DATA
         tenant = self._tenant(txn.tenant)
         simulator = self.is_simulator(address)
         if tenant.sandbox:
@@ -148,8 +166,10 @@ class AccountGate:
     def settle_tenant(self, txn: Transaction, header_value: str | None,
                       recipients: Sequence[str]) -> Refusal | None:
         """The message's tenant from `X-SES-TENANT` (None: not given); when it names
-        another tenant than the transaction's, move every recipient there at once."""
-        if header_value is None or not header_value.strip():
+        another tenant than the transaction's, or the credential is a platform's (its
+        recipients not yet checked), check and reserve every recipient there at once."""
+        named = header_value is not None and bool(header_value.strip())
+        if not named and not txn.deferred:
             return None
         rec = txn.record
         allowed = credential_tenants(rec.tenant, rec.allowed_tenants) if rec is not None \
@@ -157,7 +177,7 @@ class AccountGate:
         resolved = resolve_tenant(allowed, txn.tenant, header_value)
         if isinstance(resolved, Refusal):
             return self._refused(txn.tenant, "tenant", resolved)
-        if resolved == txn.tenant:
+        if resolved == txn.tenant and not txn.deferred:
             return None
         if self.tenants.paused(resolved) is not None:
             return self._refused(resolved, "paused", PAUSED_ACCOUNT)
@@ -178,6 +198,7 @@ class AccountGate:
                                  got)
         txn.release()
         txn.tenant = resolved
+        txn.deferred = False
         txn.reservations.extend(got)
         txn.simulator.extend(simulator)
         return None

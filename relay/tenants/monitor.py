@@ -132,11 +132,13 @@ class ReputationMonitor:
     async def run_once(self) -> list[tuple[str, StatusRecord, StatusRecord]]:
         """Write the pending counts, then evaluate the scopes that got feedback (and all
         known scopes every `evaluate_every`); return the changes made."""
+        # The scopes to evaluate are taken with the counts: counts that arrive while this
+        # batch is written wait for the next one, and so does their scope's evaluation.
         pending, self._pending = self._pending, []
+        scopes, self._to_evaluate = self._to_evaluate, set()
         if pending:
             await self.store.write(repstore.record_op(self.store, pending))
         now = self.clock.now()
-        scopes, self._to_evaluate = self._to_evaluate, set()
         if now - self._last_sweep >= self.evaluate_every:
             self._last_sweep = now
             scopes |= set(self.book.scopes()) | set(self.tenants.statuses())

@@ -29,6 +29,13 @@ credential allowed several tenants) reserves all its recipients at once or none
 Rule 4 (the mailbox simulator): as in SES, its recipients count toward the send rate and
 not toward the daily quota.
 
+Rule 5 (several workers): with server.workers = N each process keeps its own book, so
+worker i of N enforces its share of every limit (`worker_share()`): the daily figures split
+so the shares add up to the limit exactly (a worker whose share is nothing refuses every
+counted recipient), the rate divided by N. A tenant whose sessions all land on one worker
+may be refused before its whole quota is used; the workers together never accept more.
+At start every worker loads every stored count, so after a restart each may refuse early.
+
 The tenant's scope always counts its recipients (SentLast24Hours of the tenant), also
 those sent under a credential's override. Nothing here reads a clock or does I/O.
 """
@@ -65,7 +72,8 @@ class TenantDefaults(Protocol):
 
 @dataclass(frozen=True)
 class Cap:
-    """One scope's limits; 0: unlimited."""
+    """One scope's limits; 0: unlimited; a negative daily figure: nothing (a worker's
+    share of a limit smaller than the number of workers, Rule 5)."""
 
     max_24h_send: int = 0
     max_send_rate: float = 0.0
@@ -110,6 +118,33 @@ def effective_limits(defaults: TenantDefaults, tenant: Tenant,
               override.max_send_rate if override.max_send_rate is not None
               else base.max_send_rate)
     return Limits(sandbox, capped(own))
+
+
+def _split(total: int, worker: tuple[int, int]) -> int:
+    """Worker i's share of a daily limit (the shares add up to `total`); -1 for a share of
+    nothing, as 0 means unlimited."""
+    if total <= 0:
+        return total
+    i, n = worker
+    part = total // n + (1 if i < total % n else 0)
+    return part if part > 0 else -1
+
+
+def worker_share(limits: Limits, worker: tuple[int, int] | None) -> Limits:
+    """Rule 5: the part of `limits` worker (i, N) enforces (None or N = 1: all of it)."""
+    if worker is None or worker[1] <= 1:
+        return limits
+    n = worker[1]
+
+    def part(cap: Cap) -> Cap:
+        return Cap(_split(cap.max_24h_send, worker), cap.max_send_rate / n)
+    return Limits(part(limits.tenant),
+                  part(limits.credential) if limits.credential is not None else None)
+
+
+def _full(cap: int, total: int, adding: int = 1) -> bool:
+    """Would `adding` more recipients pass the daily figure `cap` (0: unlimited)?"""
+    return cap != 0 and total + adding > max(cap, 0)
 
 
 class Reservation:
@@ -177,9 +212,9 @@ class QuotaBook:
         t_window = self._window(t_scope)
         c_window = self._window(c_scope) if c_cap is not None else None
         if not simulator and (
-                (t_cap.max_24h_send > 0 and t_window.total(now) >= t_cap.max_24h_send)
-                or (c_cap is not None and c_window is not None and c_cap.max_24h_send > 0
-                    and c_window.total(now) >= c_cap.max_24h_send)):
+                _full(t_cap.max_24h_send, t_window.total(now))
+                or (c_cap is not None and c_window is not None
+                    and _full(c_cap.max_24h_send, c_window.total(now)))):
             return DAILY_QUOTA_EXCEEDED
         if t_bucket is not None:
             t_bucket.take(now)
@@ -209,8 +244,8 @@ class QuotaBook:
             return RATE_EXCEEDED
         counted = sum(1 for sim in simulator if not sim)
         for scope, cap in checked:
-            if counted and cap.max_24h_send > 0 and \
-                    self._window(scope).total(now) + counted > cap.max_24h_send:
+            if counted and _full(cap.max_24h_send, self._window(scope).total(now),
+                                 counted):
                 return DAILY_QUOTA_EXCEEDED
         for b in buckets:
             b.take_many(now, len(simulator))

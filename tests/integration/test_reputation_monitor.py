@@ -5,6 +5,7 @@ a resume is a fresh start; the counts survive a restart."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 from relay.clock import FakeClock
@@ -163,5 +164,30 @@ async def test_two_processes_publish_a_change_once_and_counts_survive_restart(
         book = ReputationBook(Lines.of(Lines_()))
         repstore.load(store, book, clock.now())
         assert book.figures(tenant_scope("a"), clock.now()).sends == 120
+    finally:
+        await store.close()
+
+
+async def test_bounces_counted_while_a_batch_is_written_are_evaluated(
+        tmp_path: Path) -> None:
+    # The monitor writes a batch (sends only), and the bounces of that mail arrive while
+    # the write is under way: the next batch writes them and evaluates the tenant. (The
+    # scope was taken for evaluation after the write, so the bounces' evaluation ran on
+    # the counts without them and the next batch evaluated nothing: no pause for up to
+    # evaluate_every.)
+    clock = FakeClock(T0)
+    store = QueueStore(tmp_path / "queue", clock)
+    await store.start()
+    rig = Rig(tmp_path, clock, store)
+    await rig.tenants.write(rig.tenants.add_op("a"))
+    try:
+        sent = rig.send("a", 100)
+        rig.bounce(sent[:1])                    # in the first batch: evaluated, healthy
+        first = asyncio.create_task(rig.monitor.run_once())
+        await asyncio.sleep(0)                  # the first batch's write has begun
+        rig.bounce(sent[1:20])                  # 20 %, counted during that write
+        await first
+        await rig.monitor.run_once()
+        assert rig.tenants.tenant_status("a").status == "Paused"
     finally:
         await store.close()

@@ -18,6 +18,7 @@ from relay.tenants.quota import (
     Reservation,
     credential_scope,
     effective_limits,
+    worker_share,
 )
 from relay.tenants.refusals import DAILY_QUOTA_EXCEEDED, RATE_EXCEEDED
 from relay.tenants.window import WINDOW_SECONDS, RollingWindow
@@ -332,3 +333,21 @@ def test_reserve_many_goes_into_rate_debt_and_the_next_recipient_waits() -> None
     assert book.reserve_many("t", "p", limits, clock.now(), [True]) == RATE_EXCEEDED
     clock.advance(0.1)
     assert isinstance(book.reserve("t", "p", limits, clock.now()), Reservation)
+
+
+def test_workers_split_every_limit_and_together_never_pass_it() -> None:
+    limits = Limits(Cap(5, 3.0), Cap(1, 0.0))
+    assert worker_share(limits, None) is limits and worker_share(limits, (0, 1)) is limits
+    parts = [worker_share(limits, (i, 2)) for i in range(2)]
+    assert [p.tenant for p in parts] == [Cap(3, 1.5), Cap(2, 1.5)]
+    # A share of nothing is -1 (0 would be unlimited); unlimited stays unlimited.
+    assert [p.credential for p in parts] == [Cap(1, 0.0), Cap(-1, 0.0)]
+    books = [QuotaBook(), QuotaBook()]  # one per worker process
+    got = [books[i].reserve("t", "u", Limits(parts[i].tenant), T0 + n)
+           for n in range(4) for i in range(2)]
+    assert sum(isinstance(r, Reservation) for r in got) == 5
+    nothing = Limits(Cap(-1, 0.0))
+    assert QuotaBook().reserve("t", "u", nothing, T0) == DAILY_QUOTA_EXCEEDED
+    assert isinstance(QuotaBook().reserve("t", "u", nothing, T0, simulator=True),
+                      Reservation)
+    assert QuotaBook().reserve_many("t", "u", nothing, T0, [False]) == DAILY_QUOTA_EXCEEDED
