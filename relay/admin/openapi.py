@@ -21,6 +21,7 @@ from relay.admin.params import (
     StatusChange,
     SuppressionAdd,
     SuppressionQuery,
+    SuppressionRemoveQuery,
     TenantAdd,
     UserAdd,
 )
@@ -158,7 +159,8 @@ def document() -> dict[str, Any]:
                         errors=(400, 401))},
         "/api/suppression/{address}": {"delete": _op(
             "Remove an address from the suppression list",
-            _resp("Removed", _OBJ), params=[_p("address", "the suppressed address")],
+            _resp("Removed", _OBJ), params=[_p("address", "the suppressed address"),
+                                            *_query(SuppressionRemoveQuery, components)],
             errors=(400, 401, 404))},
         "/api/identities": {"get": _op(
             "Identities (config and `relay identity add`) with their DNS verification and "

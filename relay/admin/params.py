@@ -75,6 +75,11 @@ class QueueQuery(Params):
     domain: Annotated[str, Meta(description="only messages with a recipient here")] = ""
 
 
+# A tenant's own suppression list instead of the account-level one ("": the account's).
+TenantParam = Annotated[str, Meta(pattern=r"^([A-Za-z0-9_-]{1,64})?$",
+                                  description="a tenant's own list (\"\": the account's)")]
+
+
 class SuppressionQuery(Params):
     """GET /api/suppression."""
 
@@ -84,6 +89,13 @@ class SuppressionQuery(Params):
     offset: Annotated[int, Meta(ge=0, le=1 << 31,
                                 description="skip this many matching entries")] = 0
     prefix: Annotated[str, Meta(description="only addresses starting with this")] = ""
+    tenant: TenantParam = ""
+
+
+class SuppressionRemoveQuery(Params):
+    """DELETE /api/suppression/{address}."""
+
+    tenant: TenantParam = ""
 
 
 class EventsQuery(Params):
@@ -105,6 +117,7 @@ class SuppressionAdd(Params):
     # Any case is accepted (the handler upper-cases it, then checks it against the
     # list), so the list is documented here rather than enforced by the type.
     reason: Annotated[str, Meta(extra_json_schema={"enum": SUPPRESSION_REASONS})] = "BOUNCE"
+    tenant: TenantParam = ""
 
 
 class UserAdd(Params):
@@ -142,7 +155,8 @@ class StatusChange(Params):
     Reason: Annotated[str, Meta(max_length=500, description="why (kept with the status)")] = ""
 
 
-QUERIES: tuple[type[Params], ...] = (QueueQuery, SuppressionQuery, EventsQuery)
+QUERIES: tuple[type[Params], ...] = (QueueQuery, SuppressionQuery, SuppressionRemoveQuery,
+                                     EventsQuery)
 BODIES: tuple[type[Params], ...] = (SuppressionAdd, UserAdd, TenantAdd, StatusChange)
 
 P = TypeVar("P", bound=Params)

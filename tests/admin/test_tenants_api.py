@@ -135,3 +135,22 @@ def test_remove_rules_and_the_cli_on_the_same_spool(admin: Admin) -> None:
     assert status == 200 and body == {"TenantName": "beta", "removed": True}
     assert admin.call("GET", "/api/tenants/beta")[0] == 404
     assert admin.call("DELETE", "/api/tenants/beta")[0] == 404
+
+
+def test_suppression_api_takes_a_tenant(admin: Admin) -> None:
+    """POST/GET/DELETE /api/suppression with `tenant`: that tenant's own list, apart from
+    the account's; a bad tenant name is a 400 naming the field."""
+    status, body = admin.call("POST", "/api/suppression",
+                              {"address": "x@own-list.test", "reason": "COMPLAINT",
+                               "tenant": "acme"})
+    assert status == 201, body
+    status, body = admin.call("GET", "/api/suppression?tenant=acme")
+    assert [e["address"] for e in body["entries"]] == ["x@own-list.test"]
+    status, body = admin.call("GET", "/api/suppression?prefix=x@own-list")
+    assert status == 200 and body["entries"] == []       # not on the account's list
+    status, body = admin.call("DELETE", "/api/suppression/x@own-list.test")
+    assert status == 404                                  # nor removable from it
+    status, body = admin.call("DELETE", "/api/suppression/x@own-list.test?tenant=acme")
+    assert status == 200 and body["removed"] is True
+    status, body = admin.call("GET", "/api/suppression?tenant=no%20spaces")
+    assert status == 400 and "tenant" in json.dumps(body)

@@ -1,4 +1,5 @@
-"""/api/suppression: page through, add to and remove from the account's suppression list.
+"""/api/suppression: page through, add to and remove from the account's suppression list
+(or, with `tenant`, a tenant's own list).
 
 Reads and writes relay/suppression's list in the queue's LMDB environment.
 """
@@ -13,7 +14,12 @@ from msgspec import UnsetType
 
 from relay.admin.api.common import _body, _error, _json, _query
 from relay.admin.api.context import _ctx
-from relay.admin.params import BadInput, SuppressionAdd, SuppressionQuery
+from relay.admin.params import (
+    BadInput,
+    SuppressionAdd,
+    SuppressionQuery,
+    SuppressionRemoveQuery,
+)
 from relay.events.model import iso
 from relay.suppression.policy import SUPPRESSION_REASONS, normalize, valid_address
 from relay.suppression.store import Entry, SuppressionList
@@ -41,7 +47,8 @@ async def suppression_list(request: web.Request) -> web.Response:
     def page() -> tuple[list[dict[str, Any]], int]:
         rows: list[dict[str, Any]] = []
         matched = 0
-        for e in SuppressionList(ctx.store).entries(reason=reason, prefix=prefix):
+        for e in SuppressionList(ctx.store, query.tenant).entries(reason=reason,
+                                                                   prefix=prefix):
             if offset <= matched < offset + limit:
                 rows.append(_entry_row(e))
             matched += 1
@@ -61,7 +68,7 @@ async def suppression_add(request: web.Request) -> web.Response:
     if reason not in SUPPRESSION_REASONS:
         raise BadInput("reason", f"reason: expected one of {', '.join(SUPPRESSION_REASONS)}, "
                                  f"got {data.reason!r}")
-    lst = SuppressionList(ctx.store)
+    lst = SuppressionList(ctx.store, data.tenant)
     added = await ctx.store.write(lst.add_op(
         [Entry(address, reason, ctx.clock.now(), "", "added through the admin API")]))
     return _json({"address": address, "reason": reason, "added": bool(added)},
@@ -73,7 +80,8 @@ async def suppression_remove(request: web.Request) -> web.Response:
     entry that is no valid address included."""
     ctx = _ctx(request)
     raw = request.match_info["address"]
-    removed = await ctx.store.write(SuppressionList(ctx.store).remove_one_op(raw))
+    tenant = _query(request, SuppressionRemoveQuery).tenant
+    removed = await ctx.store.write(SuppressionList(ctx.store, tenant).remove_one_op(raw))
     if removed is None:
         return _error(404, f"{normalize(raw) or raw!r} is not on the suppression list",
                       "address")
