@@ -350,3 +350,17 @@ def template_message(subject: str, text: str | None, html: str | None, *, from_a
         headers=headers_of(extra.get("Headers"), f"{where}.Headers"),
         attachments=attachments_of(extra.get("Attachments"), f"{where}.Attachments"),
         field_prefix=where)
+
+
+def preview_message(subject: str, text: str | None, html: str | None) -> str:
+    """TestRenderEmailTemplate's RenderedTemplate: the rendered parts as a MIME message
+    (Subject and body; no addresses), as text."""
+    _one_line(subject, "Subject")
+    msg = EmailMessage(policy=SMTP)
+    msg["Subject"] = subject
+    _set_body(msg, None if text is None else Body(text),
+              None if html is None else Body(html), "TemplateContent")
+    for part in msg.walk():
+        if part is not msg:
+            del part["MIME-Version"]
+    return msg.as_bytes(policy=SMTP).decode("ascii")

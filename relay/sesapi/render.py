@@ -431,10 +431,10 @@ def parse(source: str, field_name: str = "", *, inline: bool = False) -> Part:
                 stack.append(_Frame(body, None, "inline", _line_of(source, tok.at),
                                     inline=params[1][1:-1]))
             elif tok.kind == "else":
-                block = top.block
-                if block is None or top.target is block.inverse:
+                current = top.block
+                if current is None or top.target is current.inverse:
                     raise fail("'{{else}}' outside an #if, #unless, #each or #with", tok)
-                top.target = block.inverse
+                top.target = current.inverse
                 if tok.content:
                     params = _params(tok.content)
                     kind = _BLOCKS.get(params[0]) if params else None
@@ -442,7 +442,7 @@ def parse(source: str, field_name: str = "", *, inline: bool = False) -> Part:
                         raise fail("expected {{else}}, {{else if x}} or {{else unless x}}",
                                    tok)
                     chained = Block(kind, _param(params[1]))
-                    block.inverse.append(chained)
+                    current.inverse.append(chained)
                     stack.append(_Frame(chained.body, chained, top.name,
                                         _line_of(source, tok.at), chained=True))
             elif tok.kind == "close":
