@@ -48,7 +48,7 @@ MAX_DATA_CHARS = 262_144  # TemplateData (SES's EmailTemplateData max length)
 MAX_DATA_DEPTH = 64  # JSON nesting in TemplateData
 MAX_DEPTH = 64  # block nesting, at parse and (with partials) at render
 MAX_OUTPUT_CHARS = 10 * 1024 * 1024  # one render: subject, text and HTML together
-MAX_STEPS = 2_000_000  # node visits in one render
+MAX_STEPS = 1_000_000  # node visits in one render
 
 UNSUPPORTED_INLINE = "Template contains unsupported operations."
 
@@ -217,7 +217,8 @@ def _tokens(source: str, fname: str) -> list[_Token]:
             continue
         if source.startswith("{", k):  # {{{raw}}}
             end = source.find("}}}", k + 1)
-            tilde = source.find("}~}}", k + 1)
+            # (searched no further than the plain end: many raw tags stay linear)
+            tilde = source.find("}~}}", k + 1, end + 4 if end >= 0 else n)
             if tilde >= 0 and (end < 0 or tilde < end):
                 content, strip_right, close = source[k + 1:tilde], True, tilde + 4
             elif end >= 0:
@@ -609,6 +610,12 @@ class _Renderer:
             raise self.fail(f"the rendered template exceeds {MAX_OUTPUT_CHARS} characters")
         self.out.append(s)
 
+    def step(self) -> None:
+        """One unit of work (a node, a loop turn): bounded by MAX_STEPS."""
+        self.steps += 1
+        if self.steps > MAX_STEPS:
+            raise self.fail(f"rendering the template takes more than {MAX_STEPS} steps")
+
     def value(self, param: Param, scopes: list[_Scope]) -> Any:
         if isinstance(param, Value):
             return param.value
@@ -645,9 +652,7 @@ class _Renderer:
         if depth > MAX_DEPTH:
             raise self.fail(f"blocks and partials nested deeper than {MAX_DEPTH}")
         for node in nodes:
-            self.steps += 1
-            if self.steps > MAX_STEPS:
-                raise self.fail(f"rendering the template takes more than {MAX_STEPS} steps")
+            self.step()
             if isinstance(node, str):
                 self.emit(node)
             elif isinstance(node, Var):
@@ -692,6 +697,7 @@ class _Renderer:
             last = len(items) - 1
             keyed = isinstance(value, dict)
             for index, (key, item) in enumerate(items):
+                self.step()  # a loop turn is work even when its body is empty
                 data = {"index": index, "first": index == 0, "last": index == last}
                 if keyed:
                     data["key"] = key
