@@ -238,7 +238,7 @@ def _attach(msg: EmailMessage, att: Attachment, where: str, inline_html: bool) -
     description = _one_line(att.description, f"{where}.ContentDescription")
     if len(description) > 1000:
         raise MessageError(f"{where}.ContentDescription", "at most 1000 characters")
-    headers = [("Content-Description", description)] if description else None
+    headers = [f"Content-Description: {description}"] if description else None
     kwargs: dict[str, Any] = {"maintype": m.group(1), "subtype": m.group(2), "cte": cte,
                               "filename": name, "disposition": disposition,
                               "headers": headers}
