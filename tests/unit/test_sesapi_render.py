@@ -159,9 +159,11 @@ def test_else_if_chains_unless_and_with() -> None:
 
 
 def test_truthiness_and_value_printing_follow_handlebars() -> None:
-    for falsy in (False, 0, 0.0, "", [], None):
+    falsies: tuple[Any, ...] = (False, 0, 0.0, "", [], None)
+    truthies: tuple[Any, ...] = (True, 1, "0", [0], {})
+    for falsy in falsies:
         assert text("{{#if v}}T{{else}}F{{/if}}", {"v": falsy}) == "F"
-    for truthy in (True, 1, "0", [0], {}):
+    for truthy in truthies:
         assert text("{{#if v}}T{{else}}F{{/if}}", {"v": truthy}) == "T"
     data = {"t": True, "n": 3, "f": 1.0, "g": 0.5, "l": [1, "a"], "o": {"a": 1}}
     assert text("{{t}} {{n}} {{f}} {{g}} {{l}} {{o}}", data) == \
