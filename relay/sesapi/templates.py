@@ -263,3 +263,52 @@ class TemplateStore:
             return render.render(compiled, data, template_name=tpl.name)
         assert content is not None
         return render.render(check_content(*content), data)
+
+
+# ---------------------------------------------------------------------- a request's template
+
+_ARN = re.compile(r"arn:[^:]+:ses:[^:]*:[^:]*:template/(.+)\Z")
+
+
+class RequestTemplate(msgspec.Struct, frozen=True):
+    """The template of a SendEmail `Content.Template` (or SendBulkEmail `DefaultContent
+    .Template`): the name for the Rendering Failure event ("" when inline), the compiled
+    parts, and the parsed TemplateData."""
+
+    name: str
+    compiled: render.CompiledTemplate
+    data: dict[str, Any]
+
+
+def request_template(store: TemplateStore, template: Any, *, tenant: str | None = None,
+                     where: str = "Content.Template") -> RequestTemplate:
+    """Resolve a request's `Template` object: TemplateName, TemplateArn (`...:template/NAME`)
+    or inline TemplateContent (simple substitutions only, as SES); TemplateData absent
+    means no data. Raises TemplateNotFound, TemplateStoreError, render.TemplateError and
+    render.TemplateDataError, each naming the field under `where`."""
+    if not isinstance(template, dict):
+        raise TemplateStoreError(f"{where}: expected an object")
+    name, arn, content = (template.get("TemplateName"), template.get("TemplateArn"),
+                          template.get("TemplateContent"))
+    if sum(x is not None for x in (name, arn, content)) != 1:
+        raise TemplateStoreError(f"{where}: give exactly one of TemplateName, TemplateArn "
+                                 "and TemplateContent")
+    raw_data = template.get("TemplateData")
+    data = render.parse_data("{}" if raw_data is None else raw_data, f"{where}.TemplateData")
+    if content is not None:
+        if not isinstance(content, dict):
+            raise TemplateStoreError(f"{where}.TemplateContent: expected an object")
+        compiled = check_content(content.get("Subject"), content.get("Text"),
+                                 content.get("Html"), inline=True,
+                                 prefix=f"{where}.TemplateContent.")
+        return RequestTemplate("", compiled, data)
+    if arn is not None:
+        m = _ARN.match(arn) if isinstance(arn, str) else None
+        if m is None:
+            raise TemplateStoreError(f"{where}.TemplateArn: expected "
+                                     f"arn:aws:ses:REGION:ACCOUNT:template/NAME, got {arn!r}")
+        name = m.group(1)
+    checked = check_name(name, f"{where}.TemplateName" if arn is None
+                         else f"{where}.TemplateArn")
+    tpl, compiled = store.compiled(checked, tenant=tenant)
+    return RequestTemplate(tpl.name, compiled, data)

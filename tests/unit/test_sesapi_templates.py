@@ -175,3 +175,39 @@ def test_templates_survive_a_restart(tmp_path: Path, clock: FakeClock) -> None:
         assert (kept.subject, kept.tenant) == (SUBJECT, "acme")
     finally:
         q.close_sync()
+
+
+def test_a_request_template_by_name_arn_or_inline_content(store: TemplateStore) -> None:
+    from relay.sesapi.render import render
+    from relay.sesapi.templates import request_template
+
+    store.queue.write_now(store.create_op("MyTemplate", SUBJECT, TEXT, HTML))
+    data = json.dumps({"name": "Ann", "favoriteanimal": "cat"})
+    by_name = request_template(store, {"TemplateName": "MyTemplate", "TemplateData": data})
+    by_arn = request_template(store, {
+        "TemplateArn": "arn:aws:ses:us-east-1:123456789012:template/MyTemplate",
+        "TemplateData": data})
+    for got in (by_name, by_arn):
+        assert got.name == "MyTemplate"
+        assert render(got.compiled, got.data).subject == "Greetings, Ann!"
+    inline = request_template(store, {"TemplateContent": {"Subject": "Hi {{name}}",
+                                                          "Text": "x"},
+                                      "TemplateData": data})
+    assert inline.name == "" and render(inline.compiled, inline.data).subject == "Hi Ann"
+    with pytest.raises(TemplateError, match=r"^Content\.Template\.TemplateContent\.Text: "
+                                            r"Template contains unsupported operations\."):
+        request_template(store, {"TemplateContent": {"Subject": "s",
+                                                     "Text": "{{#if a}}b{{/if}}"}})
+    with pytest.raises(TemplateNotFound):
+        request_template(store, {"TemplateName": "Other"})
+    with pytest.raises(TemplateStoreError, match="exactly one of"):
+        request_template(store, {"TemplateName": "MyTemplate",
+                                 "TemplateContent": {"Subject": "s", "Text": "t"}})
+    with pytest.raises(TemplateDataError, match=r"^Content\.Template\.TemplateData: "):
+        request_template(store, {"TemplateName": "MyTemplate", "TemplateData": "nope"})
+    with pytest.raises(TemplateStoreError, match=r"^Content\.Template\.TemplateArn: expected"):
+        request_template(store, {"TemplateArn": "MyTemplate"})
+    # No TemplateData: no data, so the first attribute the template outputs is missing.
+    with pytest.raises(RenderingFailure, match="Attribute 'name' is not present"):
+        got = request_template(store, {"TemplateName": "MyTemplate"})
+        render(got.compiled, got.data, template_name=got.name)
