@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from relay.sesapi import render as R
 from relay.sesapi.render import (
@@ -291,3 +293,28 @@ def test_many_tags_parse_in_one_pass() -> None:
     source = unit * (R.MAX_TEMPLATE_BYTES // len(unit) - 1)
     out = text(source, {"a": "z"})
     assert out.count("zz.") == source.count(unit)
+
+
+# ---------------------------------------------------------------- any input
+
+_PIECES = ["{{", "}}", "{{{", "}}}", "~", "#", "/", "if ", "each ", "with ", "unless ",
+           "else", "this", "../", "@index", "@root.", ".", "a", "b", "[x y]", '"q"', "> p",
+           '#*inline "p"', "!--", "--", "!", "&", "^", " ", "\n", "\\", "0", "length"]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=40))
+@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+def test_any_template_parses_or_is_refused_and_renders_or_fails_cleanly(
+        pieces: list[str]) -> None:
+    """Whatever the caller sends: a TemplateError, a RenderingFailure or text, never
+    another exception."""
+    source = "".join(pieces)
+    try:
+        tpl = compile_template("s", source, source)
+    except TemplateError:
+        return
+    for data in ({}, {"a": [1, {"b": 2}], "b": {"a": "x"}, "x y": True}):
+        try:
+            render(tpl, data)
+        except RenderingFailure:
+            pass
