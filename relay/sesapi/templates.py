@@ -122,7 +122,9 @@ class TemplateStore:
     def __init__(self, queue: QueueStore, clock: Clock) -> None:
         self.queue = queue
         self.clock = clock
-        self._cache: OrderedDict[tuple[str, float], render.CompiledTemplate] = OrderedDict()
+        # (name, created_at, updated_at) -> compiled: a changed or recreated template misses
+        self._cache: OrderedDict[tuple[str, float, float], render.CompiledTemplate] = \
+            OrderedDict()
 
     def _db(self) -> Any:
         return self.queue.named_db(TEMPLATES_DB)
@@ -237,7 +239,7 @@ class TemplateStore:
         """A stored template and its compiled form (kept for the next send until the
         template changes)."""
         tpl = self.get(name, tenant=tenant)
-        key = (tpl.name, tpl.updated_at)
+        key = (tpl.name, tpl.created_at, tpl.updated_at)
         compiled = self._cache.get(key)
         if compiled is None:
             compiled = render.compile_template(tpl.subject, tpl.text, tpl.html)
