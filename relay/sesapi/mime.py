@@ -42,6 +42,17 @@ _TOKEN = r"[!#$%&'*+.^_`|~0-9A-Za-z-]+"
 _CONTENT_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})\Z")
 _DISPOSITIONS = {"ATTACHMENT": "attachment", "INLINE": "inline"}
 _ENCODINGS = {"BASE64": "base64", "QUOTED_PRINTABLE": "quoted-printable", "SEVEN_BIT": "7bit"}
+# File extensions SES refuses in attachments ("Amazon SES unsupported attachment types",
+# in the SES developer guide): extensions used often as attack vectors.
+UNSUPPORTED_EXTENSIONS = frozenset({
+    "ade", "adp", "app", "asp", "bas", "bat", "cer", "chm", "cmd", "com", "cpl", "crt", "csh",
+    "der", "exe", "fxp", "gadget", "hlp", "hta", "inf", "ins", "isp", "its", "js", "jse",
+    "ksh", "lib", "lnk", "mad", "maf", "mag", "mam", "maq", "mar", "mas", "mat", "mau", "mav",
+    "maw", "mda", "mdb", "mde", "mdt", "mdw", "mdz", "msc", "msh", "msh1", "msh2", "mshxml",
+    "msh1xml", "msh2xml", "msi", "msp", "mst", "ops", "pcd", "pif", "plg", "prf", "prg",
+    "reg", "scf", "scr", "sct", "shb", "shs", "sys", "ps1", "ps1xml", "ps2", "ps2xml", "psc1",
+    "psc2", "tmp", "url", "vb", "vbe", "vbs", "vps", "vsmacros", "vss", "vst", "vsw", "vxd",
+    "ws", "wsc", "wsf", "wsh", "xnk"})
 # Content types by extension when an attachment gives none (no mimetypes: it reads files).
 _TYPES = {
     "pdf": "application/pdf", "zip": "application/zip", "json": "application/json",
@@ -150,14 +161,14 @@ def _charset(charset: str, field_name: str) -> str:
 def build_message(*, from_address: str, subject: str, text: Body | None = None,
                   html: Body | None = None, to: Sequence[str] = (), cc: Sequence[str] = (),
                   reply_to: Sequence[str] = (), headers: Sequence[tuple[str, str]] = (),
-                  attachments: Sequence[Attachment] = (), field_prefix: str = "Content.Simple"
-                  ) -> bytes:
+                  attachments: Sequence[Attachment] = (), field_prefix: str = "Content.Simple",
+                  from_field: str = "FromEmailAddress") -> bytes:
     """The message bytes (CRLF line ends). MessageError names the offending field:
-    From/To/Cc/Reply-To as FromEmailAddress, Destination.ToAddresses[i], ...; the rest
-    under `field_prefix`."""
+    From/To/Cc/Reply-To as `from_field` (SES v1: "Source"), Destination.ToAddresses[i], ...;
+    the rest under `field_prefix` (SES v1: "Message")."""
     if text is None and html is None:
         raise MessageError(f"{field_prefix}.Body", "needs Text or Html")
-    sender = _addresses([from_address], "FromEmailAddress", indexed=False)
+    sender = _addresses([from_address], from_field, indexed=False)
     to_addrs = _addresses(to, "Destination.ToAddresses")
     cc_addrs = _addresses(cc, "Destination.CcAddresses")
     reply_addrs = _addresses(reply_to, "ReplyToAddresses")
@@ -211,6 +222,10 @@ def _attach(msg: EmailMessage, att: Attachment, where: str, inline_html: bool) -
     name = _one_line(att.file_name, f"{where}.FileName")
     if not name or len(name) > 255:
         raise MessageError(f"{where}.FileName", "expected 1-255 characters")
+    extension = name.rpartition(".")[2].lower() if "." in name else ""
+    if extension in UNSUPPORTED_EXTENSIONS:
+        raise MessageError(f"{where}.FileName", f"attachments of type .{extension} are not "
+                           "accepted (SES's unsupported attachment types)")
     ctype = att.content_type or _TYPES.get(name.rpartition(".")[2].lower(),
                                            "application/octet-stream")
     _one_line(ctype, f"{where}.ContentType")
@@ -321,8 +336,10 @@ def attachments_of(value: Any, where: str) -> list[Attachment]:
 
 def simple_message(simple: Mapping[str, Any], *, from_address: str, to: Sequence[str] = (),
                    cc: Sequence[str] = (), reply_to: Sequence[str] = (),
-                   where: str = "Content.Simple") -> bytes:
-    """SendEmail's `Content.Simple` (the request's JSON object) as message bytes."""
+                   where: str = "Content.Simple", from_field: str = "FromEmailAddress"
+                   ) -> bytes:
+    """SendEmail's `Content.Simple` (the request's JSON object) as message bytes; SES v1's
+    `Message` has the same shape (where="Message", from_field="Source")."""
     if not isinstance(simple, Mapping):
         raise MessageError(where, "expected an object")
     subject = _get(simple, "Subject", where, Mapping, True)
@@ -334,7 +351,7 @@ def simple_message(simple: Mapping[str, Any], *, from_address: str, to: Sequence
         html=_body(body.get("Html"), f"{where}.Body.Html"),
         headers=headers_of(simple.get("Headers"), f"{where}.Headers"),
         attachments=attachments_of(simple.get("Attachments"), f"{where}.Attachments"),
-        field_prefix=where)
+        field_prefix=where, from_field=from_field)
 
 
 def template_message(subject: str, text: str | None, html: str | None, *, from_address: str,

@@ -237,3 +237,23 @@ def test_preview_is_the_rendered_mime_message() -> None:
     text = preview_message("Hi Zoë", "t", "<p>h</p>")
     msg = parse(text.encode("ascii"))
     assert msg["Subject"] == "Hi Zoë" and msg.get_content_type() == "multipart/alternative"
+
+
+def test_attachment_types_ses_refuses_are_refused() -> None:
+    for name in ("setup.exe", "run.BAT", "x.tar.js", "macro.vbs"):
+        with pytest.raises(MessageError, match=r"^Content\.Simple\.Attachments\[0\]\.FileName: "
+                                               "attachments of type"):
+            simple_message(simple(Attachments=[{"RawContent": b"x", "FileName": name}]),
+                           from_address=FROM)
+    ok = simple_message(simple(Attachments=[{"RawContent": b"x", "FileName": "exe"}]),
+                        from_address=FROM)  # no extension: accepted
+    assert b'filename="exe"' in ok
+
+
+def test_ses_v1_message_shape_names_its_own_fields() -> None:
+    with pytest.raises(MessageError, match=r"^Source: must not contain a line break"):
+        simple_message(simple(), from_address="a@b.org\r\nX: y", where="Message",
+                       from_field="Source")
+    with pytest.raises(MessageError, match=r"^Message\.Subject\.Data: "):
+        simple_message(simple(subject="a\nb"), from_address=FROM, where="Message",
+                       from_field="Source")
