@@ -18,9 +18,16 @@ from typing import Any
 import pytest
 
 from relay.clock import SystemClock
-from relay.config import Duration, Limits
+from relay.config import Duration, Limits, Tenants
+from relay.events.log import EventLog
 from relay.queue.store import QueueStore
 from relay.smtp.session import Submitter
+from relay.smtp.submitter import QueueSubmitter
+from relay.tenants import quotastore
+from relay.tenants.account import AccountGate
+from relay.tenants.model import tenant_scope
+from relay.tenants.quota import QuotaBook
+from relay.tenants.store import RECHECK_SECONDS, TenantStore
 from relay.testing.submission import RawClient, RecordingSubmitter, make_listener, running_server
 
 BODY = (b"From: <bench@sender.test>\r\nTo: <user@bench.test>\r\nSubject: bench\r\n\r\n"
@@ -28,11 +35,13 @@ BODY = (b"From: <bench@sender.test>\r\nTo: <user@bench.test>\r\nSubject: bench\r
 
 
 @contextlib.asynccontextmanager
-async def _session(submitter: Submitter) -> AsyncIterator[RawClient]:
+async def _session(submitter: Submitter,
+                   account: AccountGate | None = None) -> AsyncIterator[RawClient]:
     listener = make_listener(tls="none", auth="none", trusted_networks=["127.0.0.0/8"])
     async with running_server(tls=None, listener=listener, submitter=submitter,  # type: ignore[arg-type]
                               limits=Limits(auth_failure_delay=Duration(0.0),
-                                            max_messages_per_connection=100_000)) as server:
+                                            max_messages_per_connection=100_000),
+                              account=account) as server:
         client = await RawClient.connect(server.port)
         assert (await client.read_reply()).code == 220
         assert (await client.cmd("EHLO bench.client")).code == 250
@@ -50,10 +59,11 @@ async def _transaction(client: RawClient) -> int:
     return (await client.read_reply()).code
 
 
-def _run(benchmark: Any, loop: asyncio.AbstractEventLoop, submitter: Submitter) -> None:
+def _run(benchmark: Any, loop: asyncio.AbstractEventLoop, submitter: Submitter,
+         account: AccountGate | None = None) -> None:
     async def enter() -> tuple[contextlib.AsyncExitStack, RawClient]:
         stack = contextlib.AsyncExitStack()
-        client = await stack.enter_async_context(_session(submitter))
+        client = await stack.enter_async_context(_session(submitter, account))
         return stack, client
 
     stack, client = loop.run_until_complete(enter())
@@ -84,3 +94,27 @@ def test_transaction_queue_store(benchmark: Any, loop: asyncio.AbstractEventLoop
                                  queue: QueueStore) -> None:
     _run(benchmark, loop, queue)
     assert queue.message_count() >= 1
+
+
+def test_transaction_queue_store_account_gate(benchmark: Any, loop: asyncio.AbstractEventLoop,
+                                              queue: QueueStore) -> None:
+    """As test_transaction_queue_store, with the account model on (the default tenant, a
+    quota of 10 million a day and 100,000 a second, so the check runs and never refuses):
+    the pause check at MAIL, the quota reservation at RCPT, the counts committed in the
+    message's transaction. Against test_transaction_queue_store: what the checks cost."""
+    clock = SystemClock()
+    tenants = TenantStore(queue, clock, recheck=RECHECK_SECONDS)
+    defaults = Tenants(max_24h_send=10_000_000, max_send_rate=100_000.0)
+    account = AccountGate(tenants, QuotaBook(), queue, credential=lambda name: None,
+                          defaults=lambda: defaults, verified=lambda t, i: False,
+                          is_simulator=lambda a: False, now=clock.now)
+    submitter = QueueSubmitter(queue, EventLog(queue.path.parent / "events.jsonl"),
+                               _NoScheduler(), account=account)
+    _run(benchmark, loop, submitter, account)
+    assert queue.message_count() >= 1
+    assert quotastore.sent_last_24h(queue, tenant_scope("default"), clock.now()) >= 1
+
+
+class _NoScheduler:
+    def wake(self) -> None:
+        pass
