@@ -76,9 +76,10 @@ class QueueStore:
     # status (relay/tenants/repstore.py).
     # "tenants": the tenants by name and "status": the reputation status of each tenant
     # and configuration set (relay/tenants/store.py).
+    # "templates": the SES API's email templates by name (relay/sesapi/templates.py).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
            "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
-           "suppression_tenant", "quota", "reputation", "tenants", "status")
+           "suppression_tenant", "quota", "reputation", "tenants", "status", "templates")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
