@@ -1,0 +1,409 @@
+"""The SES v2 operations (REST-JSON) on relay's own parts: SendEmail, GetAccount and the
+email identities.
+
+`SendEmail` builds the message as the SMTP path does (relay/smtp/session.py `_submit`)
+and hands it to the same submitter (the MAIL FROM gate over the queue submitter), so
+everything after acceptance is shared: the From authorization of the key's credential,
+the account gate (pause, sandbox, rate and 24-hour quota) for its tenant, the header
+section rules and the Message-ID/Date completion, configuration sets, tags, DKIM, VERP,
+events, quotas and suppression. `Content.Raw` is the client's MIME message;
+`Content.Simple` is built by relay/sesapi/mime.py. ConfigurationSetName and TenantName
+become the X-SES-CONFIGURATION-SET and X-SES-TENANT fields the submitter reads (and
+strips) for SMTP; EmailTags join the message tags. The answer, `{"MessageId": <queue
+id>}`, is given only after the message's commit synced, as SMTP's 250.
+
+Every API message carries two tags SES itself adds: `ses:operation` ("SendEmail"; SES
+says "SendSmtpEmail" for SMTP) and `ses:caller-identity` (the access key id that signed
+the request), so its Send, Delivery, ... events say it came from the API and by which key.
+
+Refusals are `ApiError`s (relay/sesapi/errors.py). Must not: touch the network or block
+(everything here is dict lookups and a commit awaited).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from email.parser import HeaderParser
+from email.policy import compat32
+from typing import Any
+
+from relay.clock import Clock
+from relay.config import Config
+from relay.identity.store import IdentityStore
+from relay.queue.committer import StoreFull, StoreUnavailable
+from relay.queue.ops import NewMessage
+from relay.sesapi import mime
+from relay.sesapi.errors import (
+    ApiError,
+    bad_request,
+    for_refusal,
+    message_rejected,
+    not_found,
+)
+from relay.smtp.message import (
+    complete_and_list_fields,
+    header_addresses,
+    header_block,
+    header_refusal,
+    random_uuid,
+    scan_header_section,
+)
+from relay.smtp.session import MessageRefused, SenderCheck, Submitter
+from relay.tenants.account import AccountGate, Transaction
+from relay.tenants.model import DEFAULT_TENANT, Quota, Tenant, tenant_scope
+from relay.tenants.quota import QuotaBook, effective_limits
+from relay.tenants.refusals import Refusal
+from relay.tenants.store import TenantStore
+from relay.users import UserStore
+
+log = logging.getLogger("relay.sesapi")
+
+MAX_RECIPIENTS = 50  # SES: "Recipient count exceeds 50"
+OPERATION_TAG = "ses:operation"
+CALLER_TAG = "ses:caller-identity"
+# SES message tag names and values: letters, digits, '_', '-', '.', '@'; 256 at most.
+_TAG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,256}$")
+_ADDRESS_RE = re.compile(r"^[^\s<>()\",;:\\]+@[^\s<>()\",;:\\@]+$")
+# SES's EnforcementStatus for relay's reputation statuses.
+_ENFORCEMENT = {"Healthy": "HEALTHY", "UnderReview": "PROBATION", "Paused": "SHUTDOWN"}
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who signed the request: the access key, the credential it sends as, its address."""
+
+    key_id: str
+    user: str
+    client_ip: str
+
+
+@dataclass
+class ApiContext:
+    """What the operations use, given by relay/app.py from the built parts."""
+
+    config: Callable[[], Config]
+    clock: Clock
+    users: UserStore
+    identities: IdentityStore
+    tenants: TenantStore
+    quotas: QuotaBook
+    account: AccountGate
+    submitter: Submitter
+    sender_check: SenderCheck | None = None
+    on_reject: Callable[[NewMessage, str], None] | None = None
+
+
+# ---------------------------------------------------------------------- request fields
+
+
+def _field(obj: Mapping[str, Any], key: str, kind: type, where: str,
+           required: bool = False) -> Any:
+    value = obj.get(key)
+    if value is None:
+        if required:
+            raise bad_request(f"{where}{key} is required")
+        return None
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise bad_request(f"{where}{key}: expected {_KINDS.get(kind, 'a value')}")
+    return value
+
+
+_KINDS: dict[type, str] = {str: "a string", list: "a list", dict: "an object",
+                           bool: "a boolean"}
+
+
+def _strings(obj: Mapping[str, Any], key: str, where: str) -> list[str]:
+    values = _field(obj, key, list, where) or []
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise bad_request(f"{where}{key}[{i}]: expected a string")
+    return list(values)
+
+
+def _address(value: str, where: str) -> str:
+    """The bare address of `value` ("Name <a@b>" or "a@b"); BadRequest naming `where`."""
+    found = header_addresses(value)
+    if len(found) != 1 or not _ADDRESS_RE.match(found[0]) or len(found[0]) > 320:
+        raise bad_request(f"{where}: {value!r} is not an email address")
+    return found[0]
+
+
+def _tags(obj: Mapping[str, Any]) -> dict[str, list[str]]:
+    tags: dict[str, list[str]] = {}
+    for i, tag in enumerate(_field(obj, "EmailTags", list, "") or []):
+        where = f"EmailTags[{i}]"
+        if not isinstance(tag, dict):
+            raise bad_request(f"{where}: expected an object with Name and Value")
+        name = _field(tag, "Name", str, f"{where}.", required=True)
+        value = _field(tag, "Value", str, f"{where}.", required=True)
+        if not _TAG_RE.match(name) or not _TAG_RE.match(value):
+            raise bad_request(f"{where}: a tag name and value are 1 to 256 letters, digits, "
+                              "'_', '-', '.' or '@'")
+        if name.lower().startswith("ses:"):
+            raise bad_request(f"{where}.Name: {name!r}: the ses: prefix is reserved")
+        tags.setdefault(name, []).append(value)
+    return tags
+
+
+# ---------------------------------------------------------------------- SendEmail
+
+
+def _raw_message(raw: Any) -> bytes:
+    if not isinstance(raw, dict):
+        raise bad_request("Content.Raw: expected an object with Data")
+    data = _field(raw, "Data", str, "Content.Raw.", required=True)
+    try:
+        body = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_request("Content.Raw.Data: not base64") from None
+    if not body.strip():
+        raise bad_request("Content.Raw.Data: the message is empty")
+    # SMTP's line ends: a message written with bare LF (as Python's email package and
+    # most SDK examples do) is stored and signed with CRLF, as DATA would have carried it.
+    return re.sub(rb"\r?\n", b"\r\n", body)
+
+
+def _with_fields(body: bytes, fields: Sequence[tuple[str, str]]) -> bytes:
+    """`body` with header fields in front (the request's parameters as the headers the
+    shared submitter reads for SMTP; it strips them before queueing)."""
+    lines = b"".join(f"{name}: {value}\r\n".encode() for name, value in fields if value)
+    return lines + body
+
+
+class SesV2:
+    def __init__(self, ctx: ApiContext) -> None:
+        self.ctx = ctx
+
+    def _credential(self, caller: Caller) -> Any:
+        record = self.ctx.users.get(caller.user)
+        if record is None:  # the credential was removed after the key was looked up
+            raise ApiError(403, "UnrecognizedClientException",
+                           "The security token included in the request is invalid.")
+        return record
+
+    async def send_email(self, caller: Caller, request: Mapping[str, Any]) -> dict[str, Any]:
+        self._credential(caller)
+        content = _field(request, "Content", dict, "", required=True)
+        kinds = [k for k in ("Simple", "Raw", "Template") if content.get(k) is not None]
+        if len(kinds) != 1:
+            raise bad_request("Content: give exactly one of Simple, Raw or Template")
+        destination = _field(request, "Destination", dict, "") or {}
+        to = _strings(destination, "ToAddresses", "Destination.")
+        cc = _strings(destination, "CcAddresses", "Destination.")
+        bcc = _strings(destination, "BccAddresses", "Destination.")
+        reply_to = _strings(request, "ReplyToAddresses", "")
+        from_value = _field(request, "FromEmailAddress", str, "")
+        config_set = _field(request, "ConfigurationSetName", str, "") or ""
+        tenant_name = _field(request, "TenantName", str, "") or ""
+        if _field(request, "FromEmailAddressIdentityArn", str, "") or \
+                _field(request, "FeedbackForwardingEmailAddressIdentityArn", str, ""):
+            raise bad_request("identity ARNs (cross-account sending authorization) are not "
+                              "supported by relay")
+        feedback = _field(request, "FeedbackForwardingEmailAddress", str, "")
+        if feedback:
+            _address(feedback, "FeedbackForwardingEmailAddress")
+        tags = _tags(request)
+        if kinds[0] == "Template":
+            raise bad_request("Content.Template: templates are not supported by this relay "
+                              "version yet; send Content.Simple or Content.Raw")
+        if kinds[0] == "Simple":
+            if not from_value:
+                raise bad_request("FromEmailAddress is required with Content.Simple")
+            try:
+                body = mime.simple_message(content["Simple"], from_address=from_value, to=to,
+                                           cc=cc, reply_to=reply_to)
+            except mime.MessageError as e:
+                raise bad_request(str(e)) from None
+        else:
+            body = _raw_message(content["Raw"])
+        body = _with_fields(body, [("X-SES-CONFIGURATION-SET", config_set),
+                                   ("X-SES-TENANT", tenant_name)])
+        if not (to or cc or bcc) and kinds[0] == "Raw":
+            # SES: a raw message without Destination goes to its To, Cc and Bcc fields.
+            to = [a for name in ("To", "Cc", "Bcc")
+                  for a in header_addresses(_header(body, name) or "")]
+        recipients = [_address(a, "Destination") for a in to + cc + bcc]
+        if not recipients:
+            raise bad_request("Destination: at least one recipient is required")
+        if len(recipients) > MAX_RECIPIENTS:
+            raise message_rejected(f"Recipient count exceeds {MAX_RECIPIENTS}.")
+        if from_value:
+            sender = _address(from_value, "FromEmailAddress")
+        else:
+            found = header_addresses(_header(body, "From") or "")
+            if not found:
+                raise bad_request("FromEmailAddress is required when the raw message has "
+                                  "no From header")
+            sender = _address(found[0], "the raw message's From")
+        return {"MessageId": await self._submit(caller, sender, recipients, body, tags)}
+
+    async def _submit(self, caller: Caller, sender: str, recipients: list[str],
+                      body: bytes, tags: dict[str, list[str]]) -> str:
+        ctx = self.ctx
+        cfg = ctx.config()
+        limits = cfg.limits
+        if len(body) > int(limits.max_message_size):
+            raise message_rejected(f"Message length is more than {int(limits.max_message_size)} "
+                                   "bytes long")
+        if ctx.sender_check is not None:  # as at MAIL FROM
+            reason = ctx.sender_check(caller.user, sender)
+            if reason is not None:
+                raise message_rejected(reason)
+        txn = self._begin(caller, recipients)
+        try:
+            max_hops = limits.max_hop_count
+            section = scan_header_section(body, 0, max_hops, int(limits.max_header_size))
+            fault = header_refusal(section, max_hops)
+            fields = None
+            headers = section.headers
+            if fault is None:
+                now = ctx.clock.now()
+                body, added, fields = complete_and_list_fields(
+                    body, section, hostname=cfg.server.hostname, now=now,
+                    unique=random_uuid())
+                headers.update(added)
+            refusal = self._check_from(caller, section.from_value) if fault is None else None
+            msg_tags = {**section.tags, **tags, OPERATION_TAG: ["SendEmail"],
+                        CALLER_TAG: [caller.key_id]}
+            msg = NewMessage(sender=sender, recipients=recipients, body=body,
+                             client_ip=caller.client_ip, auth_user=caller.user,
+                             headers=headers, tags=msg_tags, header_fields=fields)
+            if fault is not None or refusal is not None:
+                reason = refusal or (fault.text if fault is not None else "")
+                if ctx.on_reject is not None:
+                    ctx.on_reject(msg, reason)
+                if fault is not None:
+                    raise for_refusal(fault.code, fault.enhanced, fault.text)
+                raise message_rejected(reason)
+            try:
+                queue_id = await ctx.submitter.submit(msg, account=txn)
+            except MessageRefused as e:
+                raise for_refusal(e.reply.code, e.reply.enhanced, e.reply.text) from None
+            except StoreFull:
+                raise ApiError(503, "ServiceUnavailable",
+                               "Insufficient system storage; try again later") from None
+            except StoreUnavailable:
+                log.exception("api: queue unavailable")
+                raise ApiError(503, "ServiceUnavailable",
+                               "The queue is temporarily unavailable; try again later"
+                               ) from None
+        finally:
+            txn.release()  # nothing left after a commit (accepted() cleared it)
+        log.info("%s: api key %s queued %s from=<%s> rcpts=%d size=%d", caller.client_ip,
+                 caller.key_id, queue_id, sender, len(recipients), len(msg.body))
+        return queue_id
+
+    def _begin(self, caller: Caller, recipients: Sequence[str]) -> Transaction:
+        """The account gate as for MAIL FROM and each RCPT TO of an SMTP transaction."""
+        gate = self.ctx.account
+        txn = gate.begin(caller.user)
+        if isinstance(txn, Refusal):
+            raise for_refusal(*txn)
+        for address in recipients:
+            limit = gate.recipient(txn, address)
+            if limit is not None:
+                txn.release()
+                raise for_refusal(*limit)
+        return txn
+
+    def _check_from(self, caller: Caller, value: str | None) -> str | None:
+        """Every From: address must be one the key's credential may send as (SMTP's
+        `_check_from`); a message without From: is refused where senders are checked."""
+        check = self.ctx.sender_check
+        if check is None:
+            return None
+        addresses = header_addresses(value or "")
+        if not addresses:
+            return check(caller.user, "")
+        for address in addresses:
+            reason = check(caller.user, address)
+            if reason is not None:
+                return reason
+        return None
+
+    # ------------------------------------------------------------------ GetAccount
+
+    def get_account(self, caller: Caller) -> dict[str, Any]:
+        ctx = self.ctx
+        record = self._credential(caller)
+        name = record.tenant or DEFAULT_TENANT
+        tenant = ctx.tenants.get(name) or Tenant(name)
+        override = (Quota(record.max_24h_send, record.max_send_rate)
+                    if record.max_24h_send is not None or record.max_send_rate is not None
+                    else None)
+        limits = effective_limits(ctx.config().tenants, tenant, override)
+        caps = [limits.tenant] + ([limits.credential] if limits.credential else [])
+        daily = [c.max_24h_send for c in caps if c.max_24h_send > 0]
+        rate = [c.max_send_rate for c in caps if c.max_send_rate > 0]
+        status = ctx.tenants.tenant_status(name).status
+        return {
+            "DedicatedIpAutoWarmupEnabled": False,
+            "EnforcementStatus": _ENFORCEMENT.get(status, "HEALTHY"),
+            "ProductionAccessEnabled": not tenant.sandbox,
+            "SendQuota": {
+                "Max24HourSend": float(min(daily)) if daily else -1.0,
+                "MaxSendRate": float(min(rate)) if rate else -1.0,
+                "SentLast24Hours": float(ctx.quotas.sent_last_24h(tenant_scope(name),
+                                                                  ctx.clock.now())),
+            },
+            "SendingEnabled": ctx.tenants.paused(name) is None,
+        }
+
+    # ------------------------------------------------------------------ identities
+
+    def _tenant(self, caller: Caller) -> str:
+        return self._credential(caller).tenant or DEFAULT_TENANT
+
+    def list_email_identities(self, caller: Caller, query: Mapping[str, str]
+                              ) -> dict[str, Any]:
+        tenant = self._tenant(caller)
+        try:
+            page_size = int(query.get("PageSize") or 1000)
+            start = int(query.get("NextToken") or 0)
+        except ValueError:
+            raise bad_request("PageSize and NextToken must be numbers") from None
+        if not 1 <= page_size <= 1000 or start < 0:
+            raise bad_request("PageSize must be between 1 and 1000")
+        visible = sorted(n for n, r in self.ctx.identities.all().items()
+                         if not r.tenant or r.tenant == tenant)
+        page = visible[start:start + page_size]
+        out: dict[str, Any] = {"EmailIdentities": [
+            {"IdentityType": "EMAIL_ADDRESS" if "@" in n else "DOMAIN",
+             "IdentityName": n, "SendingEnabled": True,
+             "VerificationStatus": _verification(self.ctx.identities, n)}
+            for n in page]}
+        if start + page_size < len(visible):
+            out["NextToken"] = str(start + page_size)
+        return out
+
+    def get_email_identity(self, caller: Caller, name: str) -> dict[str, Any]:
+        tenant = self._tenant(caller)
+        rec = self.ctx.identities.get(name.strip().lower())
+        if rec is None or (rec.tenant and rec.tenant != tenant):
+            raise not_found(f"Email identity {name} does not exist.")
+        status = _verification(self.ctx.identities, rec.name)
+        return {
+            "IdentityType": "EMAIL_ADDRESS" if "@" in rec.name else "DOMAIN",
+            "FeedbackForwardingStatus": True,
+            "VerifiedForSendingStatus": rec.verified,
+            "VerificationStatus": status,
+            "DkimAttributes": {"SigningEnabled": True},
+            "Tags": [],
+        }
+
+
+def _verification(identities: IdentityStore, name: str) -> str:
+    rec = identities.get(name)
+    return "SUCCESS" if rec is not None and rec.verified else "PENDING"
+
+
+def _header(body: bytes, name: str) -> str | None:
+    """The first `name` field of the header section, unfolded (None when absent)."""
+    text = header_block(body).decode("utf-8", "replace")
+    value = HeaderParser(policy=compat32).parsestr(text, headersonly=True).get(name)
+    return re.sub(r"\r?\n(?=[ \t])", "", value) if isinstance(value, str) else None
