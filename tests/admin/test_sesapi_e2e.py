@@ -281,3 +281,54 @@ def test_an_oversized_body_is_refused_before_it_is_read(relay: Admin) -> None:
     resp = conn.getresponse()
     assert resp.status == 403
     assert resp.getheader("x-amzn-ErrorType") == "MissingAuthenticationTokenException"
+
+
+def test_rate_sandbox_and_pause_are_the_ses_exceptions(relay: Admin) -> None:
+    cli(relay, "tenant", "add", "tr", "--no-sandbox", "--max-send-rate", "1")
+    cli(relay, "user", "add", "tr-app", "--tenant", "tr", "--password-stdin",
+        input=PASSWORD + "\n")
+    cli(relay, "tenant", "add", "ts")  # in the sandbox
+    cli(relay, "user", "add", "ts-app", "--tenant", "ts", "--password-stdin",
+        input=PASSWORD + "\n")
+    simple = {"Subject": {"Data": "api limits"}, "Body": {"Text": {"Data": "x"}}}
+
+    def send(ses: Any, to: str) -> None:
+        ses.send_email(FromEmailAddress="app@example.com",
+                       Destination={"ToAddresses": [to]}, Content={"Simple": simple})
+
+    rate = client(relay, new_key(relay, "tr-app"))
+
+    def rate_refused() -> str:
+        # The tenant store re-reads the spool every half second; one message a second
+        # passes, the next within that second is refused.
+        try:
+            send(rate, "r1@ok.test")
+            send(rate, "r2@ok.test")
+        except rate.exceptions.TooManyRequestsException as e:
+            assert e.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+            return str(e)
+        return ""
+
+    assert "Maximum sending rate exceeded" in wait_for("a rate refusal", rate_refused)
+    sandbox = client(relay, new_key(relay, "ts-app"))
+
+    def sandbox_refused() -> str:
+        try:
+            send(sandbox, "stranger@ok.test")
+        except sandbox.exceptions.MessageRejected as e:
+            return str(e)
+        return ""
+
+    assert "not verified" in wait_for("a sandbox refusal", sandbox_refused)
+    cli(relay, "tenant", "pause", "tr")
+
+    def pause_refused() -> bool:
+        time.sleep(1.0)  # a second apart: the rate limit is not what refuses
+        try:
+            send(rate, "r3@ok.test")
+        except rate.exceptions.SendingPausedException:
+            return True
+        return False
+
+    assert wait_for("a pause refusal", pause_refused)
+    assert rate.get_account()["SendingEnabled"] is False
