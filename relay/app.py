@@ -254,7 +254,7 @@ class RelayApp:
         ctx = ApiContext(
             config=self.live.get, clock=self.clock, users=self.users,
             identities=self.identities, tenants=parts.tenants, quotas=parts.quotas,
-            account=parts.account, submitter=parts.mail_from_gate,
+            account=parts.account, submitter=parts.mail_from_gate, store=self.store,
             sender_check=parts.sender_policy, on_reject=parts.submitter.reject)
         api = cfg.api
         tls = server_context(Path(api.tls_cert), Path(api.tls_key)) if api.tls_cert else None

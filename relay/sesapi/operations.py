@@ -22,8 +22,10 @@ Refusals are `ApiError`s (relay/sesapi/errors.py). Must not: touch the network o
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import datetime as dt
 import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -37,6 +39,7 @@ from relay.config import Config
 from relay.identity.store import IdentityStore
 from relay.queue.committer import StoreFull, StoreUnavailable
 from relay.queue.ops import NewMessage
+from relay.queue.store import QueueStore
 from relay.sesapi import mime
 from relay.sesapi.errors import (
     ApiError,
@@ -54,6 +57,9 @@ from relay.smtp.message import (
     scan_header_section,
 )
 from relay.smtp.session import MessageRefused, SenderCheck, Submitter
+from relay.suppression.policy import SUPPRESSION_REASONS, normalize, valid_address
+from relay.suppression.store import Entry, SuppressionList
+from relay.tenants.access import credential_tenants
 from relay.tenants.account import AccountGate, Transaction
 from relay.tenants.model import DEFAULT_TENANT, Quota, Tenant, tenant_scope
 from relay.tenants.quota import QuotaBook, effective_limits
@@ -94,6 +100,7 @@ class ApiContext:
     quotas: QuotaBook
     account: AccountGate
     submitter: Submitter
+    store: QueueStore
     sender_check: SenderCheck | None = None
     on_reject: Callable[[NewMessage, str], None] | None = None
 
@@ -395,6 +402,123 @@ class SesV2:
             "DkimAttributes": {"SigningEnabled": True},
             "Tags": [],
         }
+
+
+    # ------------------------------------------------------------------ suppression
+
+    def _suppression(self, caller: Caller, tenant_name: str | None, write: bool
+                     ) -> SuppressionList:
+        """The list that applies to the mail of the caller's tenant (or of `tenant_name`,
+        one its credential may use): the tenant's own with suppression scope "tenant",
+        else the account-level list, which only the default tenant's keys change."""
+        record = self._credential(caller)
+        allowed = credential_tenants(record.tenant, record.allowed_tenants)
+        tenant = tenant_name or allowed[0]
+        if tenant not in allowed:
+            raise bad_request(f"TenantName: {tenant!r} is not a tenant this key may use")
+        t = self.ctx.tenants.get(tenant)
+        if t is not None and t.suppression_scope == "tenant":
+            return SuppressionList(self.ctx.store, tenant)
+        if write and tenant != DEFAULT_TENANT:
+            raise bad_request(f"tenant {tenant!r} uses the account-level suppression list, "
+                              "which only the default tenant's keys change")
+        return SuppressionList(self.ctx.store)
+
+    async def put_suppressed_destination(self, caller: Caller, request: Mapping[str, Any]
+                                         ) -> dict[str, Any]:
+        raw = _field(request, "EmailAddress", str, "", required=True)
+        reason = _field(request, "Reason", str, "", required=True)
+        if reason not in SUPPRESSION_REASONS:
+            raise bad_request(f"Reason: expected one of {', '.join(SUPPRESSION_REASONS)}, "
+                              f"got {reason!r}")
+        address = normalize(raw)
+        if not valid_address(address):
+            raise bad_request(f"EmailAddress: {raw!r} is not an email address")
+        lst = self._suppression(caller, _field(request, "TenantName", str, ""), write=True)
+        await self.ctx.store.write(lst.add_op([Entry(
+            address, reason, self.ctx.clock.now(), "",
+            f"added through the SES API by {caller.key_id}")]))
+        return {}
+
+    def get_suppressed_destination(self, caller: Caller, raw: str,
+                                   query: Mapping[str, list[str]]) -> dict[str, Any]:
+        lst = self._suppression(caller, _one(query, "TenantName"), write=False)
+        entry = lst.get(normalize(raw))
+        if entry is None:
+            raise not_found(f"Email address {raw} does not exist on your suppression list.")
+        return {"SuppressedDestination": {
+            "EmailAddress": entry.address, "Reason": entry.reason,
+            "LastUpdateTime": entry.created_at,
+            "Attributes": {"MessageId": entry.message_id, "FeedbackId": ""}}}
+
+    async def delete_suppressed_destination(self, caller: Caller, raw: str,
+                                            query: Mapping[str, list[str]]) -> dict[str, Any]:
+        lst = self._suppression(caller, _one(query, "TenantName"), write=True)
+        removed = await self.ctx.store.write(lst.remove_one_op(raw))
+        if removed is None:
+            raise not_found(f"Email address {raw} does not exist on your suppression list.")
+        return {}
+
+    async def list_suppressed_destinations(self, caller: Caller,
+                                           query: Mapping[str, list[str]]) -> dict[str, Any]:
+        lst = self._suppression(caller, _one(query, "TenantName"), write=False)
+        reasons = set(query.get("Reason", []))
+        if reasons - set(SUPPRESSION_REASONS):
+            raise bad_request(f"Reason: expected {' or '.join(SUPPRESSION_REASONS)}")
+        start, end = _date(query, "StartDate"), _date(query, "EndDate")
+        try:
+            size = int(_one(query, "PageSize") or 1000)
+            offset = int(_one(query, "NextToken") or 0)
+        except ValueError:
+            raise bad_request("PageSize and NextToken must be numbers") from None
+        if not 1 <= size <= 1000 or offset < 0:
+            raise bad_request("PageSize must be between 1 and 1000")
+
+        def page() -> tuple[list[Entry], bool]:
+            rows: list[Entry] = []
+            matched = 0
+            for e in lst.entries():
+                if (reasons and e.reason not in reasons) or \
+                        (start is not None and e.created_at < start) or \
+                        (end is not None and e.created_at > end):
+                    continue
+                if matched >= offset + size:
+                    return rows, True
+                if matched >= offset:
+                    rows.append(e)
+                matched += 1
+            return rows, False
+
+        rows, more = await asyncio.to_thread(page)
+        out: dict[str, Any] = {"SuppressedDestinationSummaries": [
+            {"EmailAddress": e.address, "Reason": e.reason, "LastUpdateTime": e.created_at}
+            for e in rows]}
+        if more:
+            out["NextToken"] = str(offset + size)
+        return out
+
+
+def _one(query: Mapping[str, list[str]], name: str) -> str | None:
+    values = query.get(name)
+    return values[0] if values else None
+
+
+def _date(query: Mapping[str, list[str]], name: str) -> float | None:
+    """A query timestamp as botocore writes it (ISO 8601) or epoch seconds."""
+    text = _one(query, name)
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise bad_request(f"{name}: {text!r} is not a timestamp") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
 
 
 def _verification(identities: IdentityStore, name: str) -> str:

@@ -157,7 +157,9 @@ class ApiServer:
                          caller: Caller) -> Any:
         path = raw_path.rstrip("/") or "/"
         v2 = self.v2
-        params = dict(parse_qsl(query))
+        params: dict[str, list[str]] = {}
+        for name, value in parse_qsl(query, keep_blank_values=True):
+            params.setdefault(name, []).append(value)
         if method == "POST" and path == "/v2/email/outbound-emails":
             return await v2.send_email(caller, _json(body))
         if method == "GET" and path == "/v2/email/account":
@@ -168,11 +170,29 @@ class ApiServer:
                 "PageSize": str(request.get("PageSize") or ""),
                 "NextToken": str(request.get("NextToken") or "")})
         if method == "GET" and path == "/v2/email/identities":
-            return v2.list_email_identities(caller, params)
-        prefix = "/v2/email/identities/"
-        if method == "GET" and path.startswith(prefix) and "/" not in path[len(prefix):]:
-            return v2.get_email_identity(caller, unquote(path[len(prefix):]))
+            return v2.list_email_identities(caller, {k: v[0] for k, v in params.items()})
+        identity = _label(path, "/v2/email/identities/")
+        if method == "GET" and identity is not None:
+            return v2.get_email_identity(caller, identity)
+        suppressed = "/v2/email/suppression/addresses"
+        if path == suppressed and method == "PUT":
+            return await v2.put_suppressed_destination(caller, _json(body))
+        if path == suppressed and method == "GET":
+            return await v2.list_suppressed_destinations(caller, params)
+        address = _label(path, suppressed + "/")
+        if address is not None and method == "GET":
+            return v2.get_suppressed_destination(caller, address, params)
+        if address is not None and method == "DELETE":
+            return await v2.delete_suppressed_destination(caller, address, params)
         raise unsupported(method, path, operation_of(method, path) or "")
+
+
+def _label(path: str, prefix: str) -> str | None:
+    """The one path segment after `prefix`, decoded (None: `path` is not prefix + one)."""
+    if not path.startswith(prefix) or not path[len(prefix):] \
+            or "/" in path[len(prefix):]:
+        return None
+    return unquote(path[len(prefix):])
 
 
 def _sha256(body: bytes) -> str:

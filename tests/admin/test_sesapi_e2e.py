@@ -332,3 +332,33 @@ def test_rate_sandbox_and_pause_are_the_ses_exceptions(relay: Admin) -> None:
 
     assert wait_for("a pause refusal", pause_refused)
     assert rate.get_account()["SendingEnabled"] is False
+
+
+def test_suppressed_destinations_put_get_list_delete(relay: Admin) -> None:
+    ses = client(relay, new_key(relay, "app"))
+    ses.put_suppressed_destination(EmailAddress="Gone@OK.test", Reason="BOUNCE")
+    ses.put_suppressed_destination(EmailAddress="angry@ok.test", Reason="COMPLAINT")
+    got = ses.get_suppressed_destination(EmailAddress="gone@ok.test")["SuppressedDestination"]
+    assert got["EmailAddress"] == "gone@ok.test" and got["Reason"] == "BOUNCE"
+    assert isinstance(got["LastUpdateTime"], dt.datetime)
+    listed = ses.list_suppressed_destinations(Reasons=["COMPLAINT"])
+    assert [s["EmailAddress"] for s in listed["SuppressedDestinationSummaries"]] == \
+        ["angry@ok.test"]
+    first = ses.list_suppressed_destinations(PageSize=1)
+    assert len(first["SuppressedDestinationSummaries"]) == 1 and "NextToken" in first
+    second = ses.list_suppressed_destinations(PageSize=1, NextToken=first["NextToken"])
+    assert second["SuppressedDestinationSummaries"] != first["SuppressedDestinationSummaries"]
+    # A suppressed recipient is accepted, then not delivered (as SES).
+    mid = ses.send_email(FromEmailAddress="app@example.com",
+                         Destination={"ToAddresses": ["gone@ok.test"]},
+                         Content={"Simple": {"Subject": {"Data": "api suppressed"},
+                                             "Body": {"Text": {"Data": "x"}}}})["MessageId"]
+    wait_for("the Bounce event", lambda: events(relay, mid, "Bounce"))
+    assert not in_sink(relay, "api suppressed")
+    ses.delete_suppressed_destination(EmailAddress="gone@ok.test")
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.get_suppressed_destination(EmailAddress="gone@ok.test")
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.delete_suppressed_destination(EmailAddress="gone@ok.test")
+    with pytest.raises(ses.exceptions.BadRequestException):
+        ses.put_suppressed_destination(EmailAddress="x@ok.test", Reason="TIRED")
