@@ -42,6 +42,7 @@ from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.identity.check import rotation_tick
 from relay.sesapi.operations import ApiContext
 from relay.sesapi.server import ApiServer
+from relay.sesapi.templates import TemplateStore
 from relay.signals import EarlySignals
 from relay.smtp import SubmissionServer
 from relay.supervisor import watch_supervisor
@@ -255,7 +256,9 @@ class RelayApp:
             config=self.live.get, clock=self.clock, users=self.users,
             identities=self.identities, tenants=parts.tenants, quotas=parts.quotas,
             account=parts.account, submitter=parts.mail_from_gate, store=self.store,
-            sender_check=parts.sender_policy, on_reject=parts.submitter.reject)
+            templates=TemplateStore(self.store, self.clock),
+            sender_check=parts.sender_policy, on_reject=parts.submitter.reject,
+            on_rendering_failure=parts.submitter.rendering_failure)
         api = cfg.api
         tls = server_context(Path(api.tls_cert), Path(api.tls_key)) if api.tls_cert else None
         self.api = ApiServer(ctx, parts.api_keys, address=api.address,

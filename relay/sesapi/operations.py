@@ -40,7 +40,7 @@ from relay.identity.store import IdentityStore
 from relay.queue.committer import StoreFull, StoreUnavailable
 from relay.queue.ops import NewMessage
 from relay.queue.store import QueueStore
-from relay.sesapi import mime
+from relay.sesapi import mime, render
 from relay.sesapi.errors import (
     ApiError,
     bad_request,
@@ -48,6 +48,8 @@ from relay.sesapi.errors import (
     message_rejected,
     not_found,
 )
+from relay.sesapi.template_api import template_errors
+from relay.sesapi.templates import TemplateStore, request_template
 from relay.smtp.message import (
     complete_and_list_fields,
     header_addresses,
@@ -101,8 +103,12 @@ class ApiContext:
     account: AccountGate
     submitter: Submitter
     store: QueueStore
+    templates: TemplateStore | None = None
     sender_check: SenderCheck | None = None
     on_reject: Callable[[NewMessage, str], None] | None = None
+    # A template that cannot render with the message's data (SES's Rendering Failure
+    # event): (message, template name, error) -> the id the event gives the message.
+    on_rendering_failure: Callable[[NewMessage, str, str], str] | None = None
 
 
 # ---------------------------------------------------------------------- request fields
@@ -216,9 +222,15 @@ class SesV2:
             _address(feedback, "FeedbackForwardingEmailAddress")
         tags = _tags(request)
         if kinds[0] == "Template":
-            raise bad_request("Content.Template: templates are not supported by this relay "
-                              "version yet; send Content.Simple or Content.Raw")
-        if kinds[0] == "Simple":
+            if not from_value:
+                raise bad_request("FromEmailAddress is required with Content.Template")
+            rendered = self._render(caller, content["Template"], from_value, to, cc,
+                                    reply_to)
+            if isinstance(rendered, tuple):  # a Rendering Failure: accepted, never sent
+                return {"MessageId": self._rendering_failure(
+                    caller, from_value, to + cc + bcc, tags, config_set, *rendered)}
+            body = rendered
+        elif kinds[0] == "Simple":
             if not from_value:
                 raise bad_request("FromEmailAddress is required with Content.Simple")
             try:
@@ -248,6 +260,45 @@ class SesV2:
                                   "no From header")
             sender = _address(found[0], "the raw message's From")
         return {"MessageId": await self._submit(caller, sender, recipients, body, tags)}
+
+    def _render(self, caller: Caller, template: Any, from_value: str, to: list[str],
+                cc: list[str], reply_to: list[str]) -> bytes | tuple[str, str]:
+        """The message of a `Content.Template`, or (template name, the rendering
+        failure's text)."""
+        store = self.ctx.templates
+        if store is None:
+            raise bad_request("Content.Template: templates are not available")
+        with template_errors():
+            resolved = request_template(store, template, tenant=self._tenant(caller))
+            try:
+                out = render.render(resolved.compiled, resolved.data,
+                                    template_name=resolved.name)
+            except render.RenderingFailure as e:
+                return resolved.name, str(e)
+            return mime.template_message(out.subject, out.text, out.html,
+                                         from_address=from_value, to=to, cc=cc,
+                                         reply_to=reply_to, template=template)
+
+    def _rendering_failure(self, caller: Caller, from_value: str, recipients: list[str],
+                           tags: dict[str, list[str]], config_set: str, name: str,
+                           error: str) -> str:
+        """SES accepts a message whose template fails to render, sends nothing, and
+        reports a Rendering Failure event; the MessageId is the event's."""
+        sender = _address(from_value, "FromEmailAddress")
+        rcpts = [_address(a, "Destination") for a in recipients]
+        body = _with_fields(b"\r\n", [("From", from_value), ("To", ", ".join(rcpts)),
+                                       ("X-SES-CONFIGURATION-SET", config_set)])
+        msg = NewMessage(sender=sender, recipients=rcpts, body=body,
+                         client_ip=caller.client_ip, auth_user=caller.user,
+                         headers={"From": from_value, "To": ", ".join(rcpts)},
+                         tags={**tags, OPERATION_TAG: ["SendEmail"],
+                               CALLER_TAG: [caller.key_id]},
+                         tenant=self._tenant(caller))
+        log.info("%s: api key %s: template %r failed to render: %s", caller.client_ip,
+                 caller.key_id, name, error)
+        if self.ctx.on_rendering_failure is None:
+            raise bad_request(f"Content.Template: {error}")
+        return self.ctx.on_rendering_failure(msg, name, error)
 
     async def _submit(self, caller: Caller, sender: str, recipients: list[str],
                       body: bytes, tags: dict[str, list[str]]) -> str:
@@ -364,7 +415,11 @@ class SesV2:
     # ------------------------------------------------------------------ identities
 
     def _tenant(self, caller: Caller) -> str:
-        return self._credential(caller).tenant or DEFAULT_TENANT
+        return self.tenant_of(caller.user)
+
+    def tenant_of(self, user: str) -> str:
+        """The tenant credential `user` acts as (its own)."""
+        return self._credential(Caller("", user, "")).tenant or DEFAULT_TENANT
 
     def list_email_identities(self, caller: Caller, query: Mapping[str, str]
                               ) -> dict[str, Any]:

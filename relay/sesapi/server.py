@@ -36,6 +36,7 @@ from relay.sesapi.catalog import operation_of
 from relay.sesapi.errors import ApiError, bad_request, unsupported
 from relay.sesapi.keys import ApiKeyStore
 from relay.sesapi.operations import ApiContext, Caller, SesV2
+from relay.sesapi.template_api import TemplateApi
 
 log = logging.getLogger("relay.sesapi")
 
@@ -61,6 +62,8 @@ class ApiServer:
         self.max_body = max_body
         self.tls = tls
         self.v2 = SesV2(ctx)
+        self.templates = (TemplateApi(ctx.templates, ctx.store, self.v2.tenant_of)
+                          if ctx.templates is not None else None)
         self._runner: web.AppRunner | None = None
 
     @property
@@ -174,6 +177,12 @@ class ApiServer:
         identity = _label(path, "/v2/email/identities/")
         if method == "GET" and identity is not None:
             return v2.get_email_identity(caller, identity)
+        templates = self.templates
+        if templates is not None:
+            found = await _template_operation(templates, method, path, params, body,
+                                              caller)
+            if found is not None:
+                return found
         suppressed = "/v2/email/suppression/addresses"
         if path == suppressed and method == "PUT":
             return await v2.put_suppressed_destination(caller, _json(body))
@@ -185,6 +194,35 @@ class ApiServer:
         if address is not None and method == "DELETE":
             return await v2.delete_suppressed_destination(caller, address, params)
         raise unsupported(method, path, operation_of(method, path) or "")
+
+
+async def _template_operation(api: TemplateApi, method: str, path: str,
+                              params: dict[str, list[str]], body: bytes,
+                              caller: Caller) -> Any:
+    """Create/Get/Update/Delete/ListEmailTemplates and TestRenderEmailTemplate; None: the
+    request is none of them."""
+    base = "/v2/email/templates"
+    user = caller.user
+    if path == base:
+        if method == "POST":
+            return await api.create(user, _json(body))
+        if method == "GET":
+            return api.list(user, params)
+        return None
+    name = _label(path, base + "/")
+    if name is not None:
+        if method == "GET":
+            return api.get(user, name)
+        if method == "PUT":
+            return await api.update(user, name, _json(body))
+        if method == "DELETE":
+            return await api.delete(user, name)
+        return None
+    if path.endswith("/render") and method == "POST":
+        name = _label(path.removesuffix("/render"), base + "/")
+        if name is not None:
+            return api.test_render(user, name, _json(body))
+    return None
 
 
 def _label(path: str, prefix: str) -> str | None:

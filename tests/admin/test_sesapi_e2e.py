@@ -362,3 +362,51 @@ def test_suppressed_destinations_put_get_list_delete(relay: Admin) -> None:
         ses.delete_suppressed_destination(EmailAddress="gone@ok.test")
     with pytest.raises(ses.exceptions.BadRequestException):
         ses.put_suppressed_destination(EmailAddress="x@ok.test", Reason="TIRED")
+
+
+def test_templates_crud_render_send_and_a_rendering_failure(relay: Admin) -> None:
+    ses = client(relay, new_key(relay, "app"))
+    ses.create_email_template(TemplateName="welcome", TemplateContent={
+        "Subject": "Hello {{name}}",
+        "Text": ("Dear {{name}},{{#if vip}} a gift awaits.{{/if}}"
+                 "{{#each items}} [{{this}}]{{/each}}"),
+        "Html": "<p>Dear {{name}}</p>"})
+    with pytest.raises(ses.exceptions.AlreadyExistsException):
+        ses.create_email_template(TemplateName="welcome",
+                                  TemplateContent={"Subject": "x", "Text": "y"})
+    assert ses.get_email_template(TemplateName="welcome")["TemplateContent"]["Subject"] == \
+        "Hello {{name}}"
+    assert "welcome" in [t["TemplateName"] for t in
+                         ses.list_email_templates()["TemplatesMetadata"]]
+    rendered = ses.test_render_email_template(
+        TemplateName="welcome", TemplateData=json.dumps({"name": "Ann", "vip": True,
+                                                         "items": ["a", "b"]}))
+    assert "Subject: Hello Ann" in rendered["RenderedTemplate"]
+    mid = ses.send_email(
+        FromEmailAddress="app@example.com", Destination={"ToAddresses": ["tpl@ok.test"]},
+        Content={"Template": {"TemplateName": "welcome", "TemplateData": json.dumps(
+            {"name": "Bo", "vip": True, "items": ["x", "y"]})}})["MessageId"]
+    got = wait_for("the templated message", lambda: in_sink(relay, "Hello Bo"))
+    text = BytesParser().parsebytes(got[0].data)
+    plain = next(p for p in text.walk() if p.get_content_type() == "text/plain")
+    assert "Dear Bo, a gift awaits. [x] [y]" in plain.get_payload(decode=True).decode()
+    assert events(relay, mid, "Send")
+    # Data without `name`: accepted, nothing sent, a Rendering Failure event (as SES).
+    failed = ses.send_email(
+        FromEmailAddress="app@example.com", Destination={"ToAddresses": ["tpl2@ok.test"]},
+        Content={"Template": {"TemplateName": "welcome", "TemplateData": "{}"}})["MessageId"]
+    event = wait_for("the Rendering Failure", lambda: events(relay, failed,
+                                                             "Rendering Failure"))[0]
+    assert event["failure"]["templateName"] == "welcome"
+    assert "name" in event["failure"]["errorMessage"]
+    assert not events(relay, failed, "Send")
+    ses.update_email_template(TemplateName="welcome",
+                              TemplateContent={"Subject": "Hi {{name}}", "Text": "t"})
+    ses.delete_email_template(TemplateName="welcome")
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.get_email_template(TemplateName="welcome")
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.send_email(FromEmailAddress="app@example.com",
+                       Destination={"ToAddresses": ["tpl@ok.test"]},
+                       Content={"Template": {"TemplateName": "welcome",
+                                             "TemplateData": "{}"}})
