@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
 from email.parser import BytesParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -410,3 +411,23 @@ def test_templates_crud_render_send_and_a_rendering_failure(relay: Admin) -> Non
                        Destination={"ToAddresses": ["tpl@ok.test"]},
                        Content={"Template": {"TemplateName": "welcome",
                                              "TemplateData": "{}"}})
+
+
+def test_https_with_the_configured_certificate(tmp_path: Path, dns: DnsServer,
+                                               sinks: tuple[Sink, Sink]) -> None:
+    port = free_port()
+    # make_admin_relay writes its SMTP certificate to tmp_path; the API serves it too.
+    admin = make_admin_relay(tmp_path, dns, sinks, api={
+        "enabled": True, "address": f"127.0.0.1:{port}",
+        "tls_cert": str(tmp_path / "cert.pem"), "tls_key": str(tmp_path / "key.pem")})
+    try:
+        assert f"SES API on 127.0.0.1:{port} port {port} (https)" in admin.relay.stdout()
+        ca = tmp_path / "ca.pem"
+        admin.tls.ca.cert_pem.write_to_path(str(ca))
+        key = new_key(admin, "app")
+        ses = boto3.client("sesv2", region_name=REGION, endpoint_url=f"https://127.0.0.1:{port}",
+                           aws_access_key_id=key[0], aws_secret_access_key=key[1],
+                           verify=str(ca), config=BotoConfig(retries={"total_max_attempts": 1}))
+        assert ses.get_account()["SendingEnabled"] is True
+    finally:
+        admin.relay.stop()
