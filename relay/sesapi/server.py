@@ -14,6 +14,10 @@ Every failure is answered as the SES v2 REST-JSON protocol does: the HTTP status
 error type in `x-amzn-ErrorType` and `{"message": ...}`; botocore raises
 `client.exceptions.<type>` from it. A path relay does not serve is named as the SES
 operation it is (relay/sesapi/catalog.py) in a 400, never a 500.
+
+SES v1 (the query protocol: a form POSTed to "/", XML answers) is served on the same
+listener for SendEmail, SendRawEmail and GetSendQuota (relay/sesapi/v1.py); its SigV4
+refusals and errors use v1's codes (SignatureDoesNotMatch, Throttling, ...).
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from urllib.parse import parse_qsl, unquote
 from aiohttp import web
 
 from relay.config import Address
-from relay.sesapi import sigv4
+from relay.sesapi import sigv4, v1
 from relay.sesapi.catalog import operation_of
 from relay.sesapi.errors import ApiError, bad_request, unsupported
 from relay.sesapi.keys import ApiKeyStore
@@ -42,6 +46,10 @@ log = logging.getLogger("relay.sesapi")
 
 BODY_TIMEOUT = 120.0  # seconds for the whole body: 40 MB at ~350 KB/s
 _CHUNK = 256 * 1024
+
+
+class _SignatureError(ApiError):
+    """A SigV4 refusal, already in the terms of the request's protocol."""
 
 
 def error_response(err: ApiError, request_id: str) -> web.Response:
@@ -98,15 +106,26 @@ class ApiServer:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         request_id = str(uuid.uuid4())
+        query_protocol = request.path in ("", "/")  # SES v1: POST / with a form
         try:
-            result = await self._handle(request)
+            result = await self._handle(request, query_protocol)
         except ApiError as err:
+            if query_protocol:
+                status, text = v1.xml_error(err, request_id,
+                                            signature=isinstance(err, _SignatureError))
+                return web.Response(status=status, text=text, content_type="text/xml",
+                                    headers={"x-amzn-RequestId": request_id})
             return error_response(err, request_id)
         except Exception:
             log.exception("SES API: %s %s failed", request.method, request.path)
             return error_response(ApiError(500, "InternalFailure",
                                            "The request processing has failed because of "
                                            "an unknown error."), request_id)
+        if query_protocol:
+            action, fields = result
+            return web.Response(text=v1.xml_result(action, fields, request_id),
+                                content_type="text/xml",
+                                headers={"x-amzn-RequestId": request_id})
         return web.Response(body=json.dumps(result).encode(), content_type="application/json",
                             headers={"x-amzn-RequestId": request_id})
 
@@ -135,7 +154,7 @@ class ApiServer:
                            "The request body was not received in time") from None
         return b"".join(chunks)
 
-    async def _handle(self, request: web.Request) -> Any:
+    async def _handle(self, request: web.Request, query_protocol: bool) -> Any:
         body = await self._read(request)
         raw_path, _, query = request.raw_path.partition("?")
         # A large body's SHA-256 (~2.5 ms a MB) in a thread, off the event loop.
@@ -148,13 +167,38 @@ class ApiServer:
         if isinstance(verified, sigv4.Failure):
             log.info("SES API: %s %s refused: %s", request.method, request.path,
                      verified.message)
-            raise ApiError.of(verified.error("json"))
+            error = verified.error("query" if query_protocol else "json")
+            raise _SignatureError(error.status, error.code, error.message)
         user = self.keys.user_of(verified.key_id)
         if user is None:  # revoked between the lookup and now
             raise ApiError(403, "UnrecognizedClientException",
                            "The security token included in the request is invalid.")
         caller = Caller(verified.key_id, user, request.remote or "")
+        if query_protocol:
+            return await self._v1_operation(request.method, query, body, caller)
         return await self._operation(request.method, raw_path, query, body, caller)
+
+    async def _v1_operation(self, method: str, query: str, body: bytes, caller: Caller
+                            ) -> tuple[str, dict[str, Any]]:
+        """SES v1: (the action, its result's fields)."""
+        try:
+            form = body.decode("utf-8") if method == "POST" else ""
+            pairs = parse_qsl(query, keep_blank_values=True, max_num_fields=v1.MAX_PARAMS)
+            pairs += parse_qsl(form, keep_blank_values=True, max_num_fields=v1.MAX_PARAMS)
+        except (UnicodeDecodeError, ValueError):
+            raise bad_request("The request body is not a form of at most "
+                              f"{v1.MAX_PARAMS} UTF-8 parameters") from None
+        request = v1.unflatten(pairs)
+        action = request.pop("Action", "")
+        request.pop("Version", None)
+        if action in ("SendEmail", "SendRawEmail"):
+            sent = await self.v2.send_email(caller, v1.to_v2(action, request))
+            return action, {"MessageId": sent["MessageId"]}
+        if action == "GetSendQuota":
+            quota = self.v2.get_account(caller)["SendQuota"]
+            return action, {k: quota[k] for k in ("Max24HourSend", "MaxSendRate",
+                                                  "SentLast24Hours")}
+        raise v1.unsupported_action(action if isinstance(action, str) else "")
 
     async def _operation(self, method: str, raw_path: str, query: str, body: bytes,
                          caller: Caller) -> Any:

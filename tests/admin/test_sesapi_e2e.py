@@ -431,3 +431,44 @@ def test_https_with_the_configured_certificate(tmp_path: Path, dns: DnsServer,
         assert ses.get_account()["SendingEnabled"] is True
     finally:
         admin.relay.stop()
+
+
+def test_ses_v1_send_raw_email_send_email_and_quota(relay: Admin) -> None:
+    key = new_key(relay, "app")
+    ses = boto3.client(
+        "ses", region_name=REGION, endpoint_url=f"http://127.0.0.1:{relay.data['api_port']}",
+        aws_access_key_id=key[0], aws_secret_access_key=key[1],
+        config=BotoConfig(retries={"total_max_attempts": 1}))
+    raw = ses.send_raw_email(Source="app@example.com", Destinations=["v1raw@ok.test"],
+                             RawMessage={"Data": raw_message("api v1 raw", "v1raw@ok.test")},
+                             Tags=[{"Name": "kind", "Value": "v1"}])
+    simple = ses.send_email(Source="app@example.com",
+                            Destination={"ToAddresses": ["v1@ok.test"]},
+                            Message={"Subject": {"Data": "api v1 simple"},
+                                     "Body": {"Text": {"Data": "words"}}})
+    for answer, subject in ((raw, "api v1 raw"), (simple, "api v1 simple")):
+        wait_for(subject, lambda s=subject: in_sink(relay, s))
+        send = wait_for("Send", lambda a=answer: events(relay, a["MessageId"], "Send"))[0]
+        assert send["mail"]["tags"]["ses:caller-identity"] == [key[0]]
+    assert events(relay, raw["MessageId"], "Send")[0]["mail"]["tags"]["kind"] == ["v1"]
+    assert ses.get_send_quota()["Max24HourSend"] == -1.0
+    with pytest.raises(ses.exceptions.ClientError) as caught:
+        ses.send_email(Source="app@example.com", Destination={"ToAddresses": []},
+                       Message={"Subject": {"Data": "x"}, "Body": {"Text": {"Data": "x"}}})
+    assert caught.value.response["Error"]["Code"] == "InvalidParameterValue"
+    assert "recipient" in str(caught.value)
+    with pytest.raises(ses.exceptions.ConfigurationSetDoesNotExistException):
+        ses.send_raw_email(Source="app@example.com", Destinations=["x@ok.test"],
+                           ConfigurationSetName="nope",
+                           RawMessage={"Data": raw_message("x", "x@ok.test")})
+    with pytest.raises(ses.exceptions.ClientError) as caught:
+        ses.verify_email_identity(EmailAddress="a@example.com")
+    assert caught.value.response["Error"]["Code"] == "InvalidAction"
+    assert "VerifyEmailIdentity" in str(caught.value)
+    wrong = boto3.client(
+        "ses", region_name=REGION, endpoint_url=f"http://127.0.0.1:{relay.data['api_port']}",
+        aws_access_key_id=key[0], aws_secret_access_key="x" * 40,
+        config=BotoConfig(retries={"total_max_attempts": 1}))
+    with pytest.raises(wrong.exceptions.ClientError) as caught:
+        wrong.get_send_quota()
+    assert caught.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
