@@ -49,7 +49,7 @@ from relay.sesapi.errors import (
     not_found,
 )
 from relay.sesapi.template_api import template_errors
-from relay.sesapi.templates import TemplateStore, request_template
+from relay.sesapi.templates import RequestTemplate, TemplateStore, request_template
 from relay.smtp.message import (
     complete_and_list_fields,
     header_addresses,
@@ -72,6 +72,16 @@ from relay.users import UserStore
 log = logging.getLogger("relay.sesapi")
 
 MAX_RECIPIENTS = 50  # SES: "Recipient count exceeds 50"
+MAX_BULK_ENTRIES = 50  # SES: BulkEmailEntries per SendBulkEmail
+# SendBulkEmail's per-entry Status for the error a single send would have answered.
+_BULK_STATUS = {
+    "MessageRejected": "MESSAGE_REJECTED",
+    "MailFromDomainNotVerifiedException": "MAIL_FROM_DOMAIN_NOT_VERIFIED",
+    "TooManyRequestsException": "ACCOUNT_THROTTLED",
+    "LimitExceededException": "ACCOUNT_DAILY_QUOTA_EXCEEDED",
+    "BadRequestException": "INVALID_PARAMETER",
+    "ServiceUnavailable": "TRANSIENT_FAILURE",
+}
 OPERATION_TAG = "ses:operation"
 CALLER_TAG = "ses:caller-identity"
 # SES message tag names and values: letters, digits, '_', '-', '.', '@'; 256 at most.
@@ -146,10 +156,11 @@ def _address(value: str, where: str) -> str:
     return found[0]
 
 
-def _tags(obj: Mapping[str, Any]) -> dict[str, list[str]]:
+def _tags(obj: Mapping[str, Any], key: str = "EmailTags", prefix: str = ""
+          ) -> dict[str, list[str]]:
     tags: dict[str, list[str]] = {}
-    for i, tag in enumerate(_field(obj, "EmailTags", list, "") or []):
-        where = f"EmailTags[{i}]"
+    for i, tag in enumerate(_field(obj, key, list, prefix) or []):
+        where = f"{prefix}{key}[{i}]"
         if not isinstance(tag, dict):
             raise bad_request(f"{where}: expected an object with Name and Value")
         name = _field(tag, "Name", str, f"{where}.", required=True)
@@ -240,9 +251,18 @@ class SesV2:
                 raise bad_request(str(e)) from None
         else:
             body = _raw_message(content["Raw"])
+        mid = await self._deliver(caller, body, kinds[0] == "Raw", from_value, to, cc, bcc,
+                                  tags, config_set, tenant_name)
+        return {"MessageId": mid}
+
+    async def _deliver(self, caller: Caller, body: bytes, raw: bool, from_value: str | None,
+                       to: list[str], cc: list[str], bcc: list[str],
+                       tags: dict[str, list[str]], config_set: str, tenant_name: str) -> str:
+        """Queue a built message as SMTP would (the queue id), after the request's checks:
+        its recipients, its envelope sender."""
         body = _with_fields(body, [("X-SES-CONFIGURATION-SET", config_set),
                                    ("X-SES-TENANT", tenant_name)])
-        if not (to or cc or bcc) and kinds[0] == "Raw":
+        if not (to or cc or bcc) and raw:
             # SES: a raw message without Destination goes to its To, Cc and Bcc fields.
             to = [a for name in ("To", "Cc", "Bcc")
                   for a in header_addresses(_header(body, name) or "")]
@@ -259,20 +279,80 @@ class SesV2:
                 raise bad_request("FromEmailAddress is required when the raw message has "
                                   "no From header")
             sender = _address(found[0], "the raw message's From")
-        return {"MessageId": await self._submit(caller, sender, recipients, body, tags)}
+        return await self._submit(caller, sender, recipients, body, tags)
+
+    async def send_bulk_email(self, caller: Caller, request: Mapping[str, Any]
+                              ) -> dict[str, Any]:
+        """SendBulkEmail: one message per entry, from the default template with the entry's
+        data; each entry queued whole or refused with its own status, never half-queued."""
+        self._credential(caller)
+        from_value = _field(request, "FromEmailAddress", str, "", required=True)
+        default = _field(request, "DefaultContent", dict, "", required=True)
+        template = _field(default, "Template", dict, "DefaultContent.", required=True)
+        entries = _field(request, "BulkEmailEntries", list, "", required=True)
+        if not 1 <= len(entries) <= MAX_BULK_ENTRIES:
+            raise bad_request(f"BulkEmailEntries: 1 to {MAX_BULK_ENTRIES} entries")
+        reply_to = _strings(request, "ReplyToAddresses", "")
+        config_set = _field(request, "ConfigurationSetName", str, "") or ""
+        tenant_name = _field(request, "TenantName", str, "") or ""
+        default_tags = _tags(request, "DefaultEmailTags")
+        resolved = self._resolve(caller, template, "DefaultContent.Template")
+        results: list[dict[str, Any]] = []
+        for i, entry in enumerate(entries):
+            where = f"BulkEmailEntries[{i}]"
+            try:
+                if not isinstance(entry, dict):
+                    raise bad_request(f"{where}: expected an object")
+                destination = _field(entry, "Destination", dict, f"{where}.", required=True)
+                to = _strings(destination, "ToAddresses", f"{where}.Destination.")
+                cc = _strings(destination, "CcAddresses", f"{where}.Destination.")
+                bcc = _strings(destination, "BccAddresses", f"{where}.Destination.")
+                tags = {**default_tags, **_tags(entry, "ReplacementTags", f"{where}.")}
+                data = resolved.data
+                replacement = (entry.get("ReplacementEmailContent") or {}).get(
+                    "ReplacementTemplate") or {}
+                text = replacement.get("ReplacementTemplateData") \
+                    if isinstance(replacement, dict) else None
+                if text is not None:
+                    with template_errors():
+                        data = render.parse_data(
+                            text, f"{where}.ReplacementEmailContent.ReplacementTemplate."
+                            "ReplacementTemplateData")
+                rendered = self._render_resolved(resolved, data, template, from_value, to,
+                                                 cc, reply_to)
+                if isinstance(rendered, tuple):
+                    mid = self._rendering_failure(caller, from_value, to + cc + bcc, tags,
+                                                  config_set, *rendered)
+                else:
+                    mid = await self._deliver(caller, rendered, False, from_value, to, cc,
+                                              bcc, tags, config_set, tenant_name)
+                results.append({"Status": "SUCCESS", "MessageId": mid})
+            except ApiError as e:
+                results.append({"Status": _bulk_status(e), "Error": e.message})
+        return {"BulkEmailEntryResults": results}
 
     def _render(self, caller: Caller, template: Any, from_value: str, to: list[str],
                 cc: list[str], reply_to: list[str]) -> bytes | tuple[str, str]:
         """The message of a `Content.Template`, or (template name, the rendering
         failure's text)."""
+        resolved = self._resolve(caller, template, "Content.Template")
+        return self._render_resolved(resolved, resolved.data, template, from_value, to, cc,
+                                     reply_to)
+
+    def _resolve(self, caller: Caller, template: Any, where: str) -> RequestTemplate:
         store = self.ctx.templates
         if store is None:
-            raise bad_request("Content.Template: templates are not available")
+            raise bad_request(f"{where}: templates are not available")
         with template_errors():
-            resolved = request_template(store, template, tenant=self._tenant(caller))
+            return request_template(store, template, tenant=self._tenant(caller),
+                                    where=where)
+
+    def _render_resolved(self, resolved: RequestTemplate, data: dict[str, Any],
+                         template: Any, from_value: str, to: list[str], cc: list[str],
+                         reply_to: list[str]) -> bytes | tuple[str, str]:
+        with template_errors():
             try:
-                out = render.render(resolved.compiled, resolved.data,
-                                    template_name=resolved.name)
+                out = render.render(resolved.compiled, data, template_name=resolved.name)
             except render.RenderingFailure as e:
                 return resolved.name, str(e)
             return mime.template_message(out.subject, out.text, out.html,
@@ -551,6 +631,16 @@ class SesV2:
         if more:
             out["NextToken"] = str(offset + size)
         return out
+
+
+def _bulk_status(err: ApiError) -> str:
+    if err.code == "SendingPausedException":
+        return ("CONFIGURATION_SET_SENDING_PAUSED" if "configuration set" in err.message
+                else "ACCOUNT_SENDING_PAUSED")
+    if err.code == "NotFoundException":
+        return ("CONFIGURATION_SET_NOT_FOUND" if err.message.startswith("Configuration Set")
+                else "TEMPLATE_NOT_FOUND")
+    return _BULK_STATUS.get(err.code, "FAILED")
 
 
 def _one(query: Mapping[str, list[str]], name: str) -> str | None:

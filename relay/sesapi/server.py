@@ -209,6 +209,8 @@ class ApiServer:
             params.setdefault(name, []).append(value)
         if method == "POST" and path == "/v2/email/outbound-emails":
             return await v2.send_email(caller, _json(body))
+        if method == "POST" and path == "/v2/email/outbound-bulk-emails":
+            return await v2.send_bulk_email(caller, _json(body))
         if method == "GET" and path == "/v2/email/account":
             return v2.get_account(caller)
         if method == "POST" and path == "/v2/email/list-identities":

@@ -472,3 +472,37 @@ def test_ses_v1_send_raw_email_send_email_and_quota(relay: Admin) -> None:
     with pytest.raises(wrong.exceptions.ClientError) as caught:
         wrong.get_send_quota()
     assert caught.value.response["Error"]["Code"] == "SignatureDoesNotMatch"
+
+
+def test_bulk_email_per_entry_data_and_results(relay: Admin) -> None:
+    ses = client(relay, new_key(relay, "app"))
+    ses.create_email_template(TemplateName="bulk", TemplateContent={
+        "Subject": "Bulk for {{name}}", "Text": "Hi {{name}} from {{team}}"})
+    got = ses.send_bulk_email(
+        FromEmailAddress="app@example.com",
+        DefaultContent={"Template": {"TemplateName": "bulk",
+                                     "TemplateData": json.dumps({"name": "all",
+                                                                 "team": "ops"})}},
+        DefaultEmailTags=[{"Name": "run", "Value": "r1"}],
+        BulkEmailEntries=[
+            {"Destination": {"ToAddresses": ["b1@ok.test"]},
+             "ReplacementEmailContent": {"ReplacementTemplate": {
+                 "ReplacementTemplateData": json.dumps({"name": "Cy", "team": "web"})}}},
+            {"Destination": {"ToAddresses": ["b2@ok.test"]}},
+            {"Destination": {"ToAddresses": ["not an address"]}},
+            {"Destination": {"ToAddresses": ["b4@ok.test"]},
+             "ReplacementEmailContent": {"ReplacementTemplate": {
+                 "ReplacementTemplateData": "{}"}}},
+        ])["BulkEmailEntryResults"]
+    assert [r["Status"] for r in got] == ["SUCCESS", "SUCCESS", "INVALID_PARAMETER",
+                                          "SUCCESS"]
+    assert "not an address" in got[2]["Error"]
+    first = wait_for("entry 1", lambda: in_sink(relay, "Bulk for Cy"))[0]
+    assert first.rcpt_tos == ["b1@ok.test"] and b"Hi Cy from web" in first.data
+    second = wait_for("entry 2", lambda: in_sink(relay, "Bulk for all"))[0]
+    assert second.rcpt_tos == ["b2@ok.test"]
+    send = wait_for("Send", lambda: events(relay, got[0]["MessageId"], "Send"))[0]
+    assert send["mail"]["tags"]["run"] == ["r1"]
+    failure = wait_for("Rendering Failure", lambda: events(
+        relay, got[3]["MessageId"], "Rendering Failure"))[0]
+    assert failure["failure"]["templateName"] == "bulk"
