@@ -257,6 +257,7 @@ class RelayApp:
             identities=self.identities, tenants=parts.tenants, quotas=parts.quotas,
             account=parts.account, submitter=parts.mail_from_gate, store=self.store,
             templates=TemplateStore(self.store, self.clock),
+            dkim_selectors=self._dkim_selectors,
             sender_check=parts.sender_policy, on_reject=parts.submitter.reject,
             on_rendering_failure=parts.submitter.rendering_failure)
         api = cfg.api
@@ -266,6 +267,17 @@ class RelayApp:
                              max_body=lambda: int(self.live.current.api.max_body_size),
                              tls=tls)
         await self.api.start()
+
+    def _dkim_selectors(self, domain: str) -> tuple[list[str], list[str]]:
+        """The active and pending DKIM selectors of `domain` (none when it has no keys)."""
+        try:
+            keys = self.dkim_keys.get(domain)
+        except Exception:  # an unreadable key file: nothing to show
+            keys = None
+        active = keys.active if keys is not None else None
+        pending = keys.pending if keys is not None else None
+        return ([k.selector for k in active.keys] if active else [],
+                [k.selector for k in pending.keys] if pending else [])
 
     def _sent_last_24_hours(self) -> dict[str, Any]:
         """One process: its quota book, reservations included (no spool read); several:

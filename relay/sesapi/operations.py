@@ -114,6 +114,8 @@ class ApiContext:
     submitter: Submitter
     store: QueueStore
     templates: TemplateStore | None = None
+    # A domain's DKIM selectors: (active, pending), for GetEmailIdentity's DkimAttributes.
+    dkim_selectors: Callable[[str], tuple[list[str], list[str]]] | None = None
     sender_check: SenderCheck | None = None
     on_reject: Callable[[NewMessage, str], None] | None = None
     # A template that cannot render with the message's data (SES's Rendering Failure
@@ -529,14 +531,64 @@ class SesV2:
         if rec is None or (rec.tenant and rec.tenant != tenant):
             raise not_found(f"Email identity {name} does not exist.")
         status = _verification(self.ctx.identities, rec.name)
+        active: list[str] = []
+        pending: list[str] = []
+        if self.ctx.dkim_selectors is not None:
+            active, pending = self.ctx.dkim_selectors(rec.name.rpartition("@")[2])
+        dkim: dict[str, Any] = {
+            "SigningEnabled": bool(active),
+            "Status": "SUCCESS" if active and rec.verified else
+                      "PENDING" if active or pending else "NOT_STARTED",
+            # SES's tokens are the selectors: relay's records are TXT at
+            # <selector>._domainkey.<domain> (`relay dkim show DOMAIN`).
+            "Tokens": active + pending, "SigningAttributesOrigin": "AWS_SES"}
         return {
             "IdentityType": "EMAIL_ADDRESS" if "@" in rec.name else "DOMAIN",
             "FeedbackForwardingStatus": True,
             "VerifiedForSendingStatus": rec.verified,
             "VerificationStatus": status,
-            "DkimAttributes": {"SigningEnabled": True},
+            "DkimAttributes": dkim,
             "Tags": [],
         }
+
+    # ------------------------------------------------------------------ configuration sets
+
+    def _sets(self, caller: Caller) -> list[Any]:
+        tenant = self._tenant(caller)
+        return [cs for cs in self.ctx.config().configuration_set
+                if not cs.tenant or cs.tenant == tenant]
+
+    def list_configuration_sets(self, caller: Caller, query: Mapping[str, list[str]]
+                                ) -> dict[str, Any]:
+        names = sorted(cs.name for cs in self._sets(caller))
+        try:
+            size = int(_one(query, "PageSize") or 1000)
+            start = int(_one(query, "NextToken") or 0)
+        except ValueError:
+            raise bad_request("PageSize and NextToken must be numbers") from None
+        out: dict[str, Any] = {"ConfigurationSets": names[start:start + max(size, 1)]}
+        if start + size < len(names):
+            out["NextToken"] = str(start + size)
+        return out
+
+    def get_configuration_set(self, caller: Caller, name: str) -> dict[str, Any]:
+        cs = next((c for c in self._sets(caller) if c.name == name), None)
+        if cs is None:
+            raise not_found(f"Configuration set <{name}> does not exist.")
+        reasons = [r for r in cs.suppression_reasons if r != "account"]
+        out: dict[str, Any] = {
+            "ConfigurationSetName": cs.name,
+            "DeliveryOptions": {"TlsPolicy": "REQUIRE" if cs.tls == "require" else "OPTIONAL",
+                                **({"SendingPoolName": cs.pool} if cs.pool else {}),
+                                **({"MaxDeliverySeconds": int(cs.max_delivery_time)}
+                                   if cs.max_delivery_time else {})},
+            "ReputationOptions": {"ReputationMetricsEnabled": True},
+            "SendingOptions": {"SendingEnabled": self.ctx.tenants.paused(
+                self._tenant(caller), cs.name) is None},
+            "Tags": []}
+        if "account" not in cs.suppression_reasons:
+            out["SuppressionOptions"] = {"SuppressedReasons": reasons}
+        return out
 
 
     # ------------------------------------------------------------------ suppression

@@ -229,6 +229,15 @@ class ApiServer:
                                               caller)
             if found is not None:
                 return found
+        if method == "GET" and path == "/v2/email/configuration-sets":
+            return v2.list_configuration_sets(caller, params)
+        if method == "POST" and path == "/v2/email/list-configuration-sets":
+            request = _json(body) if body else {}
+            return v2.list_configuration_sets(caller, {
+                k: [str(request[k])] for k in ("PageSize", "NextToken") if request.get(k)})
+        config_set = _label(path, "/v2/email/configuration-sets/")
+        if method == "GET" and config_set is not None:
+            return v2.get_configuration_set(caller, config_set)
         suppressed = "/v2/email/suppression/addresses"
         if path == suppressed and method == "PUT":
             return await v2.put_suppressed_destination(caller, _json(body))

@@ -41,7 +41,10 @@ def relay(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer,
     api_port = free_port()
     a = make_admin_relay(tmp_path_factory.mktemp("sesapi"), dns, sinks,
                          api={"enabled": True, "address": f"127.0.0.1:{api_port}",
-                              "max_body_size": "1MB"})
+                              "max_body_size": "1MB"},
+                         configuration_set=[{"name": "promo"},
+                                            {"name": "strict", "tls": "require",
+                                             "suppression_reasons": ["BOUNCE"]}])
     a.data["api_port"] = api_port
     try:
         yield a
@@ -506,3 +509,26 @@ def test_bulk_email_per_entry_data_and_results(relay: Admin) -> None:
     failure = wait_for("Rendering Failure", lambda: events(
         relay, got[3]["MessageId"], "Rendering Failure"))[0]
     assert failure["failure"]["templateName"] == "bulk"
+
+
+def test_configuration_sets_and_dkim_tokens(relay: Admin) -> None:
+    ses = client(relay, new_key(relay, "app"))
+    assert ses.list_configuration_sets()["ConfigurationSets"] == ["promo", "strict"]
+    strict = ses.get_configuration_set(ConfigurationSetName="strict")
+    assert strict["DeliveryOptions"]["TlsPolicy"] == "REQUIRE"
+    assert strict["SuppressionOptions"]["SuppressedReasons"] == ["BOUNCE"]
+    assert strict["SendingOptions"]["SendingEnabled"] is True
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.get_configuration_set(ConfigurationSetName="absent")
+    cli(relay, "dkim", "keygen", "tokens.example")
+    cli(relay, "identity", "add", "tokens.example")
+    dkim = wait_for("the identity", lambda: _identity(ses, "tokens.example"))["DkimAttributes"]
+    assert dkim["Tokens"] and dkim["Status"] == "PENDING" and dkim["SigningEnabled"] is True
+
+
+def _identity(ses: Any, name: str) -> dict[str, Any] | None:
+    try:
+        got: dict[str, Any] = ses.get_email_identity(EmailIdentity=name)
+    except ses.exceptions.NotFoundException:
+        return None
+    return got
