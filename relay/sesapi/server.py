@@ -44,6 +44,7 @@ from relay.sesapi.template_api import TemplateApi
 
 log = logging.getLogger("relay.sesapi")
 
+KEEPALIVE = 30.0
 BODY_TIMEOUT = 120.0  # seconds for the whole body: 40 MB at ~350 KB/s
 _CHUNK = 256 * 1024
 
@@ -89,8 +90,12 @@ class ApiServer:
         return app
 
     async def start(self) -> None:
+        # keepalive_timeout: an idle kept-alive connection is closed after KEEPALIVE
+        # seconds (aiohttp's default is an hour); max_* bound the request head.
         self._runner = web.AppRunner(self.make_app(), access_log=None, handle_signals=False,
-                                     shutdown_timeout=2.0)
+                                     shutdown_timeout=2.0, keepalive_timeout=KEEPALIVE,
+                                     max_line_size=8190, max_field_size=8190,
+                                     max_headers=100)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.address.host, self.address.port,
                            ssl_context=self.tls, reuse_address=True)
