@@ -38,6 +38,7 @@ from relay.admin.tokens import TokenStore
 from relay.clock import Clock, SystemClock
 from relay.config import Config, ConfigError, load
 from relay.delivery.sentfrom import prune_sent_op
+from relay.dkim.keys import DkimError
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.identity.check import rotation_tick
 from relay.sesapi.operations import ApiContext
@@ -257,7 +258,7 @@ class RelayApp:
             identities=self.identities, tenants=parts.tenants, quotas=parts.quotas,
             account=parts.account, submitter=parts.mail_from_gate, store=self.store,
             templates=TemplateStore(self.store, self.clock),
-            dkim_selectors=self._dkim_selectors,
+            dkim_selectors=self._dkim_selectors, dkim_keygen=self._dkim_keygen,
             sender_check=parts.sender_policy, on_reject=parts.submitter.reject,
             on_rendering_failure=parts.submitter.rendering_failure)
         api = cfg.api
@@ -278,6 +279,11 @@ class RelayApp:
         pending = keys.pending if keys is not None else None
         return ([k.selector for k in active.keys] if active else [],
                 [k.selector for k in pending.keys] if pending else [])
+
+    def _dkim_keygen(self, domain: str) -> None:
+        """First DKIM keys for `domain` (`relay dkim keygen`), unless it has some."""
+        with contextlib.suppress(DkimError):  # it has keys already
+            self.dkim_keys.keygen(domain)
 
     def _sent_last_24_hours(self) -> dict[str, Any]:
         """One process: its quota book, reservations included (no spool read); several:

@@ -36,6 +36,7 @@ from typing import Any
 
 from relay.clock import Clock
 from relay.config import Config
+from relay.identity.model import IdentityError, check_identity_name
 from relay.identity.store import IdentityStore
 from relay.queue.committer import StoreFull, StoreUnavailable
 from relay.queue.ops import NewMessage
@@ -116,6 +117,8 @@ class ApiContext:
     templates: TemplateStore | None = None
     # A domain's DKIM selectors: (active, pending), for GetEmailIdentity's DkimAttributes.
     dkim_selectors: Callable[[str], tuple[list[str], list[str]]] | None = None
+    # First DKIM keys for a domain that has none (blocking: RSA key generation).
+    dkim_keygen: Callable[[str], None] | None = None
     sender_check: SenderCheck | None = None
     on_reject: Callable[[NewMessage, str], None] | None = None
     # A template that cannot render with the message's data (SES's Rendering Failure
@@ -550,6 +553,51 @@ class SesV2:
             "DkimAttributes": dkim,
             "Tags": [],
         }
+
+    async def create_email_identity(self, caller: Caller, request: Mapping[str, Any]
+                                    ) -> dict[str, Any]:
+        """A new identity of the caller's tenant (shared when it is the default tenant),
+        not verified until the operator's `relay identity verify` finds its DNS records;
+        a domain gets DKIM keys when it has none (their selectors are the Tokens)."""
+        raw = _field(request, "EmailIdentity", str, "", required=True)
+        if request.get("DkimSigningAttributes") is not None:
+            raise bad_request("DkimSigningAttributes: bring-your-own DKIM keys are not "
+                              "supported through the API; use `relay dkim` on the server")
+        tenant = self._tenant(caller)
+        owner = "" if tenant == DEFAULT_TENANT else tenant
+        try:
+            name = check_identity_name(raw)
+        except IdentityError as e:
+            raise bad_request(f"EmailIdentity: {e}") from None
+        if self.ctx.identities.get(name) is not None:
+            raise ApiError(400, "AlreadyExistsException",
+                           f"Email identity {name} already exists.")
+        try:
+            await asyncio.to_thread(self.ctx.identities.add, name, owner)
+        except IdentityError as e:
+            raise ApiError(400, "AlreadyExistsException", str(e)) from None
+        if "@" not in name and self.ctx.dkim_keygen is not None:
+            await asyncio.to_thread(self.ctx.dkim_keygen, name)
+        got = self.get_email_identity(caller, name)
+        return {"IdentityType": got["IdentityType"], "VerifiedForSendingStatus": False,
+                "DkimAttributes": got["DkimAttributes"]}
+
+    async def delete_email_identity(self, caller: Caller, name: str) -> dict[str, Any]:
+        """Remove an identity the caller's tenant owns (a shared one: the default
+        tenant's keys only). Its DKIM keys stay on the server."""
+        tenant = self._tenant(caller)
+        rec = self.ctx.identities.get(name.strip().lower())
+        owner = "" if tenant == DEFAULT_TENANT else tenant
+        if rec is None or (rec.tenant and rec.tenant != tenant):
+            raise not_found(f"Email identity {name} does not exist.")
+        if rec.tenant != owner:
+            raise bad_request(f"Email identity {name} is shared; only the default tenant's "
+                              "keys remove it")
+        try:
+            await asyncio.to_thread(self.ctx.identities.remove, rec.name)
+        except IdentityError:
+            raise not_found(f"Email identity {name} does not exist.") from None
+        return {}
 
     # ------------------------------------------------------------------ configuration sets
 

@@ -225,9 +225,13 @@ class ApiServer:
                 "NextToken": str(request.get("NextToken") or "")})
         if method == "GET" and path == "/v2/email/identities":
             return v2.list_email_identities(caller, {k: v[0] for k, v in params.items()})
+        if method == "POST" and path == "/v2/email/identities":
+            return await v2.create_email_identity(caller, _json(body))
         identity = _label(path, "/v2/email/identities/")
         if method == "GET" and identity is not None:
             return v2.get_email_identity(caller, identity)
+        if method == "DELETE" and identity is not None:
+            return await v2.delete_email_identity(caller, identity)
         templates = self.templates
         if templates is not None:
             found = await _template_operation(templates, method, path, params, body,

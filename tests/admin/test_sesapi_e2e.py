@@ -532,3 +532,25 @@ def _identity(ses: Any, name: str) -> dict[str, Any] | None:
     except ses.exceptions.NotFoundException:
         return None
     return got
+
+
+def test_create_and_delete_an_email_identity_with_its_dkim_tokens(relay: Admin) -> None:
+    ses = client(relay, new_key(relay, "app"))
+    made = ses.create_email_identity(EmailIdentity="made.example")
+    assert made["IdentityType"] == "DOMAIN" and made["VerifiedForSendingStatus"] is False
+    tokens = made["DkimAttributes"]["Tokens"]
+    assert tokens and made["DkimAttributes"]["Status"] == "PENDING"
+    state = KeyStore.in_state_dir(relay.state, SystemClock()).get("made.example")
+    assert state is not None and state.active is not None
+    assert tokens == [k.selector for k in state.active.keys]
+    with pytest.raises(ses.exceptions.AlreadyExistsException):
+        ses.create_email_identity(EmailIdentity="made.example")
+    with pytest.raises(ses.exceptions.BadRequestException):
+        ses.create_email_identity(EmailIdentity="not a domain")
+    address = ses.create_email_identity(EmailIdentity="someone@made.example")
+    assert address["IdentityType"] == "EMAIL_ADDRESS"
+    ses.delete_email_identity(EmailIdentity="made.example")
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.get_email_identity(EmailIdentity="made.example")
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.delete_email_identity(EmailIdentity="made.example")
