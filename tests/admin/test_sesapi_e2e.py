@@ -187,6 +187,19 @@ def test_signature_failures_are_the_sdk_exceptions(relay: Admin,
     assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
     monkeypatch.undo()
     assert client(relay, (key_id, secret)).get_account()["SendingEnabled"] is True
+    # A body changed after it was signed (a proxy or an attacker rewriting the recipient).
+    tampered = client(relay, (key_id, secret))
+
+    def rewrite(request: Any, **kwargs: Any) -> None:
+        request.body = request.body.replace(b"real@ok.test", b"evil@ok.test")
+
+    tampered.meta.events.register("before-send.sesv2.SendEmail", rewrite)
+    with pytest.raises(tampered.exceptions.ClientError) as caught:
+        tampered.send_email(FromEmailAddress="app@example.com",
+                            Destination={"ToAddresses": ["real@ok.test"]},
+                            Content={"Simple": {"Subject": {"Data": "api tampered"},
+                                                "Body": {"Text": {"Data": "x"}}}})
+    assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
 
 
 def test_daily_quota_is_limit_exceeded_429(relay: Admin) -> None:
