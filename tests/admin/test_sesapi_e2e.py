@@ -567,3 +567,28 @@ def test_create_and_delete_an_email_identity_with_its_dkim_tokens(relay: Admin) 
         ses.get_email_identity(EmailIdentity="made.example")
     with pytest.raises(ses.exceptions.NotFoundException):
         ses.delete_email_identity(EmailIdentity="made.example")
+
+
+def test_tenant_name_picks_a_tenant_the_credential_may_use(relay: Admin) -> None:
+    cli(relay, "tenant", "add", "tp", "--no-sandbox")
+    cli(relay, "user", "add", "platform", "--tenants", "tp", "--password-stdin",
+        input=PASSWORD + "\n")
+    ses = client(relay, new_key(relay, "platform"))
+    simple = {"Subject": {"Data": "api tenant"}, "Body": {"Text": {"Data": "x"}}}
+
+    def sent_as_tp() -> str:
+        try:
+            return str(ses.send_email(FromEmailAddress="app@example.com", TenantName="tp",
+                                      Destination={"ToAddresses": ["tenant@ok.test"]},
+                                      Content={"Simple": simple})["MessageId"])
+        except ses.exceptions.ClientError:
+            return ""  # until the tenant store has re-read the spool
+
+    mid = wait_for("a message of tenant tp", sent_as_tp, timeout=5)
+    send = wait_for("Send", lambda: events(relay, mid, "Send"))[0]
+    assert send["tenant"] == "tp" and send["mail"]["tags"]["ses:tenant"] == ["tp"]
+    with pytest.raises(ses.exceptions.MessageRejected) as caught:
+        ses.send_email(FromEmailAddress="app@example.com", TenantName="tq",
+                       Destination={"ToAddresses": ["tenant@ok.test"]},
+                       Content={"Simple": simple})
+    assert "tenant tq is not allowed" in str(caught.value)
