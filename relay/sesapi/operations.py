@@ -87,6 +87,7 @@ OPERATION_TAG = "ses:operation"
 CALLER_TAG = "ses:caller-identity"
 # SES message tag names and values: letters, digits, '_', '-', '.', '@'; 256 at most.
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,256}$")
+_LONG_LINE = re.compile(rb"[^\r\n]{999}")
 _ADDRESS_RE = re.compile(r"^[^\s<>()\",;:\\]+@[^\s<>()\",;:\\@]+$")
 # SES's EnforcementStatus for relay's reputation statuses.
 _ENFORCEMENT = {"Healthy": "HEALTHY", "UnderReview": "PROBATION", "Paused": "SHUTDOWN"}
@@ -194,7 +195,14 @@ def _raw_message(raw: Any) -> bytes:
         raise bad_request("Content.Raw.Data: the message is empty")
     # SMTP's line ends: a message written with bare LF (as Python's email package and
     # most SDK examples do) is stored and signed with CRLF, as DATA would have carried it.
-    return re.sub(rb"\r?\n", b"\r\n", body)
+    body = re.sub(rb"\r?\n", b"\r\n", body)
+    # As DATA refuses it (RFC 5322 2.1.1): no line may be longer than 998 octets, or the
+    # next MTA would refuse or break it after relay accepted and signed it.
+    if _LONG_LINE.search(body):
+        raise message_rejected("Content.Raw.Data: a line of the message is longer than "
+                               "998 octets (RFC 5322 2.1.1); encode the body "
+                               "(quoted-printable or base64)")
+    return body
 
 
 def _with_fields(body: bytes, fields: Sequence[tuple[str, str]]) -> bytes:

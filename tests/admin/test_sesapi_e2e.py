@@ -592,3 +592,13 @@ def test_tenant_name_picks_a_tenant_the_credential_may_use(relay: Admin) -> None
                        Destination={"ToAddresses": ["tenant@ok.test"]},
                        Content={"Simple": simple})
     assert "tenant tq is not allowed" in str(caught.value)
+
+
+def test_a_raw_line_over_998_octets_is_refused_as_data_refuses_it(relay: Admin) -> None:
+    ses = client(relay, new_key(relay, "app"))
+    data = (b"From: app@example.com\nTo: long@ok.test\nSubject: api long line\n\n"
+            + b"x" * 999 + b"\n")
+    with pytest.raises(ses.exceptions.MessageRejected) as caught:
+        ses.send_email(Content={"Raw": {"Data": data}})
+    assert "998" in str(caught.value)
+    ses.send_email(Content={"Raw": {"Data": data.replace(b"x" * 999, b"x" * 998)}})
