@@ -333,6 +333,9 @@ class RelayApp:
             if name == "server" and msgspec.structs.replace(
                     old.server, log_level=new.server.log_level) == new.server:
                 continue
+            if name == "api" and msgspec.structs.replace(
+                    old.api, region=new.api.region) == new.api:
+                continue  # the region is read per request (SigV4, SES SMTP passwords)
             needs_restart.append(name)
         if old.admin.address != new.admin.address or old.admin.enabled != new.admin.enabled:
             needs_restart.append("admin")

@@ -12,6 +12,8 @@ import base64
 import datetime as dt
 import http.client
 import json
+import os
+import signal
 import time
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
@@ -25,11 +27,12 @@ from adminkit import PASSWORD, Admin, make_admin_relay
 from relay.clock import SystemClock
 from relay.dkim.keys import KeyStore
 from relay.testing.dnsserver import DnsServer
-from relay.testing.process import free_port, run_cli
+from relay.testing.process import free_port, run_cli, write_config
 from relay.testing.sink import Received, Sink
 
 boto3 = pytest.importorskip("boto3")
 import botocore.auth  # noqa: E402
+import botocore.exceptions  # noqa: E402
 from botocore.config import Config as BotoConfig  # noqa: E402
 
 REGION = "us-east-1"
@@ -602,3 +605,32 @@ def test_a_raw_line_over_998_octets_is_refused_as_data_refuses_it(relay: Admin) 
         ses.send_email(Content={"Raw": {"Data": data}})
     assert "998" in str(caught.value)
     ses.send_email(Content={"Raw": {"Data": data.replace(b"x" * 999, b"x" * 998)}})
+
+
+def test_a_reload_changes_the_region_clients_sign_for(tmp_path: Path, dns: DnsServer,
+                                                      sinks: tuple[Sink, Sink]) -> None:
+    port = free_port()
+    admin = make_admin_relay(tmp_path, dns, sinks,
+                             api={"enabled": True, "address": f"127.0.0.1:{port}"})
+    try:
+        admin.data["api_port"] = port
+        key = new_key(admin, "app")
+        assert client(admin, key).get_account()["SendingEnabled"] is True
+        data = dict(admin.data)
+        data["api"] = {"enabled": True, "address": f"127.0.0.1:{port}",
+                       "region": "eu-west-1"}
+        data.pop("api_port")
+        write_config(admin.config, data)
+        os.kill(admin.relay.pid, signal.SIGHUP)
+        line = wait_for("the reload", lambda: next(
+            (x for x in admin.relay.stdout().splitlines() if "relay: reload" in x), ""))
+        assert "relay: reloaded" in line and "[api]" not in line, line
+        with pytest.raises(botocore.exceptions.ClientError) as caught:
+            client(admin, key).get_account()
+        assert caught.value.response["Error"]["Code"] == "InvalidSignatureException"
+        eu = boto3.client("sesv2", region_name="eu-west-1",
+                          endpoint_url=f"http://127.0.0.1:{port}",
+                          aws_access_key_id=key[0], aws_secret_access_key=key[1])
+        assert eu.get_account()["SendingEnabled"] is True
+    finally:
+        admin.relay.stop()
