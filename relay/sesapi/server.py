@@ -304,7 +304,7 @@ def _sha256(body: bytes) -> str:
 def _json(body: bytes) -> dict[str, Any]:
     try:
         value = json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # nesting past the stack too
         raise bad_request("The request body is not valid JSON") from None
     if not isinstance(value, dict):
         raise bad_request("The request body must be a JSON object")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from relay.sesapi.catalog import OPERATIONS, operation_of
-from relay.sesapi.errors import for_refusal, unsupported
+from relay.sesapi.errors import ApiError, for_refusal, unsupported
 from relay.smtp import replies as R
 from relay.tenants import refusals
 
@@ -56,3 +56,11 @@ def test_an_unsupported_operation_is_a_400_naming_it() -> None:
     err = unsupported("GET", "/nowhere")
     assert (err.status, err.code) == (404, "NotFoundException")
     assert "GET /nowhere" in err.message
+
+
+def test_a_request_body_nested_past_the_stack_is_a_bad_request() -> None:
+    from relay.sesapi.server import _json
+
+    with pytest.raises(ApiError) as caught:
+        _json(b"[" * 100_000 + b"]" * 100_000)
+    assert caught.value.code == "BadRequestException"
