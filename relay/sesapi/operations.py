@@ -87,6 +87,7 @@ OPERATION_TAG = "ses:operation"
 CALLER_TAG = "ses:caller-identity"
 # SES message tag names and values: letters, digits, '_', '-', '.', '@'; 256 at most.
 _TAG_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,256}$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LONG_LINE = re.compile(rb"[^\r\n]{999}")
 _ADDRESS_RE = re.compile(r"^[^\s<>()\",;:\\]+@[^\s<>()\",;:\\@]+$")
 # SES's EnforcementStatus for relay's reputation statuses.
@@ -205,9 +206,19 @@ def _raw_message(raw: Any) -> bytes:
     return body
 
 
+def _name(request: Mapping[str, Any], key: str, prefix: str = "") -> str:
+    """A configuration set or tenant name (SES: letters, digits, '_', '-'; 1-64), ""."""
+    value = _field(request, key, str, prefix) or ""
+    if value and not _NAME_RE.match(value):
+        raise bad_request(f"{prefix}{key}: {value[:80]!r}: expected 1 to 64 letters, "
+                          "digits, '_' or '-'")
+    return value
+
+
 def _with_fields(body: bytes, fields: Sequence[tuple[str, str]]) -> bytes:
     """`body` with header fields in front (the request's parameters as the headers the
-    shared submitter reads for SMTP; it strips them before queueing)."""
+    shared submitter reads for SMTP; it strips them before queueing). Values are names
+    checked by `_name` or addresses checked by `_address`: no CR or LF."""
     lines = b"".join(f"{name}: {value}\r\n".encode() for name, value in fields if value)
     return lines + body
 
@@ -235,8 +246,8 @@ class SesV2:
         bcc = _strings(destination, "BccAddresses", "Destination.")
         reply_to = _strings(request, "ReplyToAddresses", "")
         from_value = _field(request, "FromEmailAddress", str, "")
-        config_set = _field(request, "ConfigurationSetName", str, "") or ""
-        tenant_name = _field(request, "TenantName", str, "") or ""
+        config_set = _name(request, "ConfigurationSetName")
+        tenant_name = _name(request, "TenantName")
         if _field(request, "FromEmailAddressIdentityArn", str, "") or \
                 _field(request, "FeedbackForwardingEmailAddressIdentityArn", str, ""):
             raise bad_request("identity ARNs (cross-account sending authorization) are not "
@@ -306,8 +317,8 @@ class SesV2:
         if not 1 <= len(entries) <= MAX_BULK_ENTRIES:
             raise bad_request(f"BulkEmailEntries: 1 to {MAX_BULK_ENTRIES} entries")
         reply_to = _strings(request, "ReplyToAddresses", "")
-        config_set = _field(request, "ConfigurationSetName", str, "") or ""
-        tenant_name = _field(request, "TenantName", str, "") or ""
+        config_set = _name(request, "ConfigurationSetName")
+        tenant_name = _name(request, "TenantName")
         default_tags = _tags(request, "DefaultEmailTags")
         resolved = self._resolve(caller, template, "DefaultContent.Template")
         results: list[dict[str, Any]] = []
@@ -379,11 +390,11 @@ class SesV2:
         reports a Rendering Failure event; the MessageId is the event's."""
         sender = _address(from_value, "FromEmailAddress")
         rcpts = [_address(a, "Destination") for a in recipients]
-        body = _with_fields(b"\r\n", [("From", from_value), ("To", ", ".join(rcpts)),
+        body = _with_fields(b"\r\n", [("From", sender), ("To", ", ".join(rcpts)),
                                        ("X-SES-CONFIGURATION-SET", config_set)])
         msg = NewMessage(sender=sender, recipients=rcpts, body=body,
                          client_ip=caller.client_ip, auth_user=caller.user,
-                         headers={"From": from_value, "To": ", ".join(rcpts)},
+                         headers={"From": sender, "To": ", ".join(rcpts)},
                          tags={**tags, OPERATION_TAG: ["SendEmail"],
                                CALLER_TAG: [caller.key_id]},
                          tenant=self._tenant(caller))

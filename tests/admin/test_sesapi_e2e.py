@@ -260,6 +260,14 @@ def test_bad_requests_and_unsupported_operations_name_the_field(relay: Admin) ->
                        Destination={"ToAddresses": ["x@ok.test"]},
                        Content={"Simple": {"Subject": {"Data": "x"}, "Body": {}}})
     assert "Content.Simple.Body" in str(caught.value)
+    # A header smuggled into a parameter that becomes a header field.
+    with pytest.raises(ses.exceptions.BadRequestException) as caught:
+        ses.send_email(FromEmailAddress="app@example.com",
+                       ConfigurationSetName="promo\r\nBcc: spy@ok.test",
+                       Destination={"ToAddresses": ["x@ok.test"]},
+                       Content={"Simple": {"Subject": {"Data": "x"},
+                                           "Body": {"Text": {"Data": "x"}}}})
+    assert "ConfigurationSetName" in str(caught.value)
     with pytest.raises(ses.exceptions.BadRequestException) as caught:
         ses.create_contact_list(ContactListName="people")
     assert "CreateContactList" in str(caught.value)
