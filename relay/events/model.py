@@ -250,9 +250,12 @@ def tenant_of(msg: MessageRecord) -> str:
 
 
 def tags_of(msg: MessageRecord) -> dict[str, list[str]]:
-    """The message tags, plus SES's `ses:configuration-set` when the message has one and
-    `ses:tenant` always."""
+    """The message tags, plus SES's `ses:configuration-set` when the message has one,
+    `ses:tenant` always, and `ses:operation`: how it was sent, SES's "SendSmtpEmail" for
+    SMTP (the SES API's messages carry "SendEmail" and the key as `ses:caller-identity`,
+    relay/sesapi/operations.py)."""
     tags = {**msg.tags, "ses:tenant": [tenant_of(msg)]}
+    tags.setdefault("ses:operation", ["SendSmtpEmail"])
     if msg.configuration_set:
         tags["ses:configuration-set"] = [msg.configuration_set]
     return tags

@@ -148,6 +148,10 @@ def test_raw_and_simple_reach_the_sink_dkim_signed_with_their_events(
         wait_for("the Delivery event", lambda m=mid: events(relay, m, "Delivery"))
     assert events(relay, raw["MessageId"], "Send")[0]["mail"]["tags"]["campaign"] == \
         ["launch"]
+    smtp_id = relay.send("smtp@ok.test", subject="smtp beside the api")
+    smtp_send = wait_for("the SMTP Send event", lambda: events(relay, smtp_id, "Send"))[0]
+    assert smtp_send["mail"]["tags"]["ses:operation"] == ["SendSmtpEmail"]
+    assert "ses:caller-identity" not in smtp_send["mail"]["tags"]
     simple_msg = in_sink(relay, "api simple")
     assert sorted(r for m in simple_msg for r in m.rcpt_tos) == \
         ["hidden@ok.test", "simple@ok.test"]
