@@ -162,12 +162,18 @@ def test_raw_and_simple_reach_the_sink_dkim_signed_with_their_events(
 
 def test_a_raw_message_without_destination_goes_to_its_header_recipients(
         relay: Admin) -> None:
-    ses = client(relay, new_key(relay, "app"))
-    data = raw_message("api header rcpts", "hdr@ok.test")
-    ses.send_email(Content={"Raw": {"Data": data}})
+    key = new_key(relay, "app")
+    ses = client(relay, key)
+    data = raw_message("api header rcpts", "hdr@ok.test").replace(
+        b"\n\n", b"\nX-SES-MESSAGE-TAGS: team=a, ses:configuration-set=promo, "
+        b"ses:caller-identity=AKIAFAKEFAKEFAKEFAKE\n\n", 1)
+    mid = ses.send_email(Content={"Raw": {"Data": data}})["MessageId"]
     got = wait_for("the message", lambda: in_sink(relay, "api header rcpts"))
     assert got[0].rcpt_tos == ["hdr@ok.test"]
-    assert got[0].mail_from.endswith("@relay.test") or "example.com" in got[0].mail_from
+    assert b"X-SES-MESSAGE-TAGS" not in got[0].data
+    tags = wait_for("Send", lambda: events(relay, mid, "Send"))[0]["mail"]["tags"]
+    assert tags["team"] == ["a"] and tags["ses:caller-identity"] == [key[0]]
+    assert "ses:configuration-set" not in tags  # a client's ses: tags are dropped
 
 
 # ------------------------------------------------------------------ refusals
