@@ -38,8 +38,12 @@ from relay.admin.tokens import TokenStore
 from relay.clock import Clock, SystemClock
 from relay.config import Config, ConfigError, load
 from relay.delivery.sentfrom import prune_sent_op
+from relay.dkim.keys import DkimError
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.identity.check import rotation_tick
+from relay.sesapi.operations import ApiContext
+from relay.sesapi.server import ApiServer
+from relay.sesapi.templates import TemplateStore
 from relay.signals import EarlySignals
 from relay.smtp import SubmissionServer
 from relay.supervisor import watch_supervisor
@@ -78,6 +82,8 @@ class RelayApp:
         self.dev_password: str | None = None
         self.dev_admin_token: str | None = None
         self.admin: AdminServer | None = None
+        self.api: ApiServer | None = None
+        self.dev_api_key: tuple[str, str] | None = None
         self.tls: ssl.SSLContext | None = None
         self.feedback_listeners: list[FeedbackServer] = []
 
@@ -164,6 +170,8 @@ class RelayApp:
             self.listeners.append(server)
         if cfg.admin.enabled and not self._secondary:
             await self._start_admin()
+        if cfg.api.enabled and not self._secondary:
+            await self._start_api()
 
     def _key_login(self, login: str, password: bytes) -> str | None:
         """SMTP AUTH with an access key id and its SES SMTP password for [api] region:
@@ -238,6 +246,45 @@ class RelayApp:
         self.admin = AdminServer(ctx, self.cfg.admin.address)
         await self.admin.start()
 
+    async def _start_api(self) -> None:
+        """The SES HTTP API (worker 0 only, like the admin API); with dev_credential, a
+        development access key for the dev credential, printed once, when it has none."""
+        parts, cfg = self.parts, self.cfg
+        if cfg.server.dev_credential and self.users.get(DEV_USER) is not None \
+                and not parts.api_keys.list_keys(DEV_USER):
+            self.dev_api_key = parts.api_keys.create(DEV_USER)
+        ctx = ApiContext(
+            config=self.live.get, clock=self.clock, users=self.users,
+            identities=self.identities, tenants=parts.tenants, quotas=parts.quotas,
+            account=parts.account, submitter=parts.mail_from_gate, store=self.store,
+            templates=TemplateStore(self.store, self.clock),
+            dkim_selectors=self._dkim_selectors, dkim_keygen=self._dkim_keygen,
+            sender_check=parts.sender_policy, on_reject=parts.submitter.reject,
+            on_rendering_failure=parts.submitter.rendering_failure)
+        api = cfg.api
+        tls = server_context(Path(api.tls_cert), Path(api.tls_key)) if api.tls_cert else None
+        self.api = ApiServer(ctx, parts.api_keys, address=api.address,
+                             region=lambda: self.live.current.api.region,
+                             max_body=lambda: int(self.live.current.api.max_body_size),
+                             tls=tls)
+        await self.api.start()
+
+    def _dkim_selectors(self, domain: str) -> tuple[list[str], list[str]]:
+        """The active and pending DKIM selectors of `domain` (none when it has no keys)."""
+        try:
+            keys = self.dkim_keys.get(domain)
+        except Exception:  # an unreadable key file: nothing to show
+            keys = None
+        active = keys.active if keys is not None else None
+        pending = keys.pending if keys is not None else None
+        return ([k.selector for k in active.keys] if active else [],
+                [k.selector for k in pending.keys] if pending else [])
+
+    def _dkim_keygen(self, domain: str) -> None:
+        """First DKIM keys for `domain` (`relay dkim keygen`), unless it has some."""
+        with contextlib.suppress(DkimError):  # it has keys already
+            self.dkim_keys.keygen(domain)
+
     def _sent_last_24_hours(self) -> dict[str, Any]:
         """One process: its quota book, reservations included (no spool read); several:
         the counts every worker committed to the spool (AdminContext's default)."""
@@ -286,6 +333,9 @@ class RelayApp:
             if name == "server" and msgspec.structs.replace(
                     old.server, log_level=new.server.log_level) == new.server:
                 continue
+            if name == "api" and msgspec.structs.replace(
+                    old.api, region=new.api.region) == new.api:
+                continue  # the region is read per request (SigV4, SES SMTP passwords)
             needs_restart.append(name)
         if old.admin.address != new.admin.address or old.admin.enabled != new.admin.enabled:
             needs_restart.append("admin")
@@ -322,6 +372,8 @@ class RelayApp:
         self._prune_task.cancel()
         for fb in self.feedback_listeners:
             await fb.stop()
+        if self.api is not None:
+            await self.api.stop()
         if self.admin is not None:
             await self.admin.stop()
         for server in self.listeners:
@@ -388,6 +440,13 @@ async def serve(cfg: Config, config_path: Path | None = None,
               f"port {server.port}", flush=True)
     for fb in app.feedback_listeners:
         print(f"relay: feedback listener on {fb.listener.address} port {fb.port}", flush=True)
+    if app.dev_api_key is not None:
+        key_id, secret = app.dev_api_key
+        print(f"relay: development SES API access key (shown once): {key_id!r} secret "
+              f"{secret!r} (region {cfg.api.region!r})", flush=True)
+    if app.api is not None:
+        print(f"relay: SES API on {cfg.api.address} port {app.api.port} "
+              f"({'https' if app.api.tls is not None else 'http'})", flush=True)
     if app.admin is not None:
         print(f"relay: admin API and dashboard on {cfg.admin.address} port {app.admin.port}",
               flush=True)

@@ -6,6 +6,7 @@ passed their own validation.
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import urllib.parse
 from collections.abc import Callable, Iterable
@@ -131,7 +132,20 @@ def config_warnings(cfg: Config) -> list[str]:
         out.append('server.sender_authorization: "off" lets every credential send as any '
                    'address; it is meant for the development config (server.dev_credential '
                    '= true). Use "verified" in production')
+    api = cfg.api
+    if api.enabled and not api.tls_cert and not _loopback(api.address.host):
+        out.append(f"api.address: {api.address} is not a loopback address and api.tls_cert "
+                   "is empty: the SES API's requests (signed, but with every message in "
+                   "clear) travel over plain HTTP; set tls_cert/tls_key or listen on "
+                   "127.0.0.1 behind a TLS reverse proxy")
     return out
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def _check_configuration_sets(cfg: Config) -> Iterable[str]:

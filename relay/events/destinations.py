@@ -70,8 +70,10 @@ _dec = msgspec.msgpack.Decoder(OutboxItem)
 
 
 def event_type_key(event: Event) -> str:
-    """"DeliveryDelay" → "deliveryDelay", as written in event_types."""
-    return event.eventType[:1].lower() + event.eventType[1:]
+    """"DeliveryDelay" → "deliveryDelay", "Rendering Failure" → "renderingFailure", as
+    written in event_types."""
+    kind = event.eventType.replace(" ", "")
+    return kind[:1].lower() + kind[1:]
 
 
 def signature(secret: str, body: bytes) -> str:

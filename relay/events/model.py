@@ -22,11 +22,11 @@ from relay.tenants.model import DEFAULT_TENANT, StatusRecord
 # The eventType of the events a message gets (the operator's Warmup* events aside), in
 # the order the admin API lists them (/api/events?type=).
 EVENT_TYPES: list[str] = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject",
-                          "Subscription", "ReputationStatusChange"]
+                          "Subscription", "ReputationStatusChange", "Rendering Failure"]
 # The same types as an event destination's event_types names them (SES's lowerCamel
 # spelling there), in the order of its default.
 EventTypeName = Literal["send", "reject", "delivery", "bounce", "complaint", "deliveryDelay",
-                        "subscription", "reputationStatusChange"]
+                        "subscription", "reputationStatusChange", "renderingFailure"]
 EVENT_TYPE_NAMES: tuple[EventTypeName, ...] = typing.get_args(EventTypeName)
 
 
@@ -123,6 +123,13 @@ class Reject(msgspec.Struct):
     reason: str
 
 
+class Failure(msgspec.Struct):
+    """SES's Rendering Failure: a template that could not render with a message's data."""
+
+    templateName: str
+    errorMessage: str
+
+
 class Subscription(msgspec.Struct):
     contactList: str
     timestamp: str
@@ -174,6 +181,7 @@ class Event(msgspec.Struct, omit_defaults=True):
     subscription: Subscription | None = None
     warmup: Warmup | None = None
     reputationStatusChange: ReputationStatusChange | None = None
+    failure: Failure | None = None  # a Rendering Failure (SES's field name)
 
 
 # The diagnostic of a recipient that relay did not attempt because it is suppressed.
@@ -242,9 +250,12 @@ def tenant_of(msg: MessageRecord) -> str:
 
 
 def tags_of(msg: MessageRecord) -> dict[str, list[str]]:
-    """The message tags, plus SES's `ses:configuration-set` when the message has one and
-    `ses:tenant` always."""
+    """The message tags, plus SES's `ses:configuration-set` when the message has one,
+    `ses:tenant` always, and `ses:operation`: how it was sent, SES's "SendSmtpEmail" for
+    SMTP (the SES API's messages carry "SendEmail" and the key as `ses:caller-identity`,
+    relay/sesapi/operations.py)."""
     tags = {**msg.tags, "ses:tenant": [tenant_of(msg)]}
+    tags.setdefault("ses:operation", ["SendSmtpEmail"])
     if msg.configuration_set:
         tags["ses:configuration-set"] = [msg.configuration_set]
     return tags
@@ -335,6 +346,11 @@ def subscription_event(msg: MessageRecord, address: str, now: float,
 def reject_event(msg: MessageRecord, reason: str) -> Event:
     return Event(eventType="Reject", mail=mail_of(msg),
                  tenant=tenant_of(msg), reject=Reject(reason))
+
+
+def rendering_failure_event(msg: MessageRecord, template_name: str, error: str) -> Event:
+    return Event(eventType="Rendering Failure", mail=mail_of(msg),
+                 tenant=tenant_of(msg), failure=Failure(template_name, error))
 
 
 def warmup_event(kind: str, ip: str, provider: str, reason: str, until: float | None,

@@ -357,12 +357,15 @@ def _extract_headers_parsed(body: bytes) -> tuple[dict[str, str], dict[str, list
 
 
 def parse_tags(value: str) -> dict[str, list[str]]:
-    """`name=value, name2=value2` → {"name": ["value"], "name2": ["value2"]}."""
+    """`name=value, name2=value2` → {"name": ["value"], "name2": ["value2"]}. Names with
+    SES's reserved prefix "ses:" are relay's own (the tenant, the configuration set that
+    routes events, how and by which key a message was sent): a client's are dropped, as
+    SES refuses them."""
     tags: dict[str, list[str]] = {}
     for item in value.split(","):
         name, eq, val = item.partition("=")
         name, val = name.strip(), val.strip()
-        if name and eq:
+        if name and eq and not name.lower().startswith("ses:"):
             tags.setdefault(name, []).append(val)
     return tags
 

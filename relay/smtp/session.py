@@ -242,6 +242,9 @@ class SubmissionSession(SMTP):
         self.recipient_count = 0  # accepted RCPTs across the session's transactions
         self.auth_attempts = 0
         self.auth_user = ""
+        # The access key id of an AUTH with a key and its SES SMTP password ("": none);
+        # its messages carry it as ses:caller-identity, as the SES API's do.
+        self.auth_key_id = ""
         self._last_timer_reset = 0.0
         self._session_timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] = loop.create_future()
@@ -541,6 +544,7 @@ class SubmissionSession(SMTP):
             policy.record_success(self.client_ip, user, clock.monotonic())
             session.authenticated = True
             self.auth_user = sender
+            self.auth_key_id = user if sender != user else ""
             if sender != user:
                 log.info("%s: authenticated as %r with access key %s", self.client_ip,
                          sender, user)
@@ -746,7 +750,9 @@ class SubmissionSession(SMTP):
         msg = NewMessage(
             sender=envelope.mail_from or "", recipients=recipients, body=body,
             client_ip=self.client_ip, helo=self.session.host_name or "",
-            auth_user=self.auth_user, headers=headers, tags=section.tags,
+            auth_user=self.auth_user, headers=headers,
+            tags={**section.tags, "ses:caller-identity": [self.auth_key_id]}
+            if self.auth_key_id else section.tags,
             header_fields=fields)
         if fault is not None:
             reason = refusal or fault.text

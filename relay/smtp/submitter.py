@@ -18,7 +18,7 @@ from relay.config import Config
 from relay.events.headers import header_fields, without_fields
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
-from relay.events.model import Event, reject_event, send_event
+from relay.events.model import Event, reject_event, rendering_failure_event, send_event
 from relay.queue.keys import new_message_id
 from relay.queue.ops import NewMessage
 from relay.queue.records import MessageRecord
@@ -82,6 +82,17 @@ class QueueSubmitter:
 
     def reject(self, msg: NewMessage, reason: str) -> None:
         """A Reject event (SES `reject.reason`) for a message refused for policy after DATA."""
+        self.events.emit([reject_event(self._unqueued(msg), reason)])
+
+    def rendering_failure(self, msg: NewMessage, template_name: str, error: str) -> str:
+        """A Rendering Failure event for an API message whose template could not render
+        (accepted, never queued, as SES); the message id the event gives it."""
+        record = self._unqueued(msg)
+        self.events.emit([rendering_failure_event(record, template_name, error)])
+        return record.id
+
+    def _unqueued(self, msg: NewMessage) -> MessageRecord:
+        """The record an event gives a message that is not queued."""
         if self.config is not None and not msg.configuration_set:
             self._choose_set(msg)
         now = self.store.clock.now()
@@ -92,7 +103,7 @@ class QueueSubmitter:
             auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
             configuration_set=msg.configuration_set, header_fields=fields,
             headers_truncated=truncated, tenant=msg.tenant)
-        self.events.emit([reject_event(record, reason)])
+        return record
 
     def _refuse(self, msg: NewMessage, refusal: Refusal) -> MessageRefused:
         self.reject(msg, refusal.text)

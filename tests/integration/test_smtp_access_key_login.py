@@ -93,6 +93,8 @@ async def test_a_key_and_its_smtp_password_send_as_the_keys_credential(
         expect(await client.cmd(b64(smtp_password(secret, REGION))), R.AUTH_OK)
         await client.close()
     assert [m.auth_user for m in submitter.messages] == [USER]
+    # The key is recorded with the message, as for the SES API's (ses:caller-identity).
+    assert [m.tags.get("ses:caller-identity") for m in submitter.messages] == [[key_id]]
 
 
 async def test_refused_keys_answer_and_cost_as_an_unknown_user_does(

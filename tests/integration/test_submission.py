@@ -542,6 +542,10 @@ def test_extract_headers_and_tags() -> None:
     assert headers == {"Subject": "=?utf-8?q?hi?="}
     assert tags == {"a": ["1"], "b": ["2"]}
     assert parse_tags("k=v, bad, =x, k=w") == {"k": ["v", "w"]}
+    # SES's reserved prefix: a client cannot pose as another configuration set (whose
+    # event destinations the tag routes to), tenant, operation or access key.
+    assert parse_tags("ses:configuration-set=other, SES:caller-identity=AKIAX, k=v") == \
+        {"k": ["v"]}
 
 
 def test_received_header() -> None:

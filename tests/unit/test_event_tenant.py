@@ -54,7 +54,8 @@ def test_record_from_before_tenants_is_the_default_tenant() -> None:
 
 def test_tags_of_keeps_the_message_tags() -> None:
     msg = _record(tags={"campaign": ["spring"]})
-    assert M.tags_of(msg) == {"campaign": ["spring"], "ses:tenant": ["default"]}
+    assert M.tags_of(msg) == {"campaign": ["spring"], "ses:tenant": ["default"],
+                              "ses:operation": ["SendSmtpEmail"]}
 
 
 def test_reputation_status_change_routes_by_tenant_and_set() -> None:
