@@ -11,6 +11,7 @@ from adminkit import ZONE, Admin, make_admin_relay, sink_policy
 
 from relay.testing.dnsserver import DnsServer
 from relay.testing.factories import DnsServers
+from relay.testing.process import free_port
 from relay.testing.sink import Sink
 
 
@@ -41,3 +42,17 @@ def admin(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer,
     finally:
         a.relay.stop()
 
+
+
+@pytest.fixture(scope="module")
+def api_relay(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer,
+              sinks: tuple[Sink, Sink]) -> Iterator[Admin]:
+    """As `admin`, with the SES API on (its port in data["api_port"])."""
+    api_port = free_port()
+    a = make_admin_relay(tmp_path_factory.mktemp("sesapi"), dns, sinks,
+                         api={"enabled": True, "address": f"127.0.0.1:{api_port}"})
+    a.data["api_port"] = api_port
+    try:
+        yield a
+    finally:
+        a.relay.stop()

@@ -10,32 +10,21 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from adminkit import Admin, make_admin_relay
+from adminkit import Admin
 
-from relay.testing.dnsserver import DnsServer
-from relay.testing.process import free_port, run_cli
+from relay.testing.process import run_cli
 from relay.testing.require import require_path
-from relay.testing.sink import Sink
 
 AWS = Path(sys.executable).parent / "aws"
 
 
 @pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer,
-          sinks: tuple[Sink, Sink]) -> Iterator[Admin]:
-    api_port = free_port()
-    a = make_admin_relay(tmp_path_factory.mktemp("sesapi-awscli"), dns, sinks,
-                         api={"enabled": True, "address": f"127.0.0.1:{api_port}"})
-    a.data["api_port"] = api_port
-    try:
-        yield a
-    finally:
-        a.relay.stop()
+def relay(api_relay: Admin) -> Admin:
+    return api_relay
 
 
 @pytest.fixture(scope="module")

@@ -8,34 +8,23 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from email.parser import BytesParser
 from pathlib import Path
 from typing import Any
 
 import pytest
-from adminkit import Admin, make_admin_relay
+from adminkit import Admin
 
-from relay.testing.dnsserver import DnsServer
-from relay.testing.process import free_port, run_cli
+from relay.testing.process import run_cli
 from relay.testing.require import require_path, require_program
-from relay.testing.sink import Sink
 
 NODE_DIR = Path(__file__).resolve().parents[1] / "node"
 REGION = "us-east-1"
 
 
 @pytest.fixture(scope="module")
-def relay(tmp_path_factory: pytest.TempPathFactory, dns: DnsServer,
-          sinks: tuple[Sink, Sink]) -> Iterator[Admin]:
-    api_port = free_port()
-    a = make_admin_relay(tmp_path_factory.mktemp("sesapi-node"), dns, sinks,
-                         api={"enabled": True, "address": f"127.0.0.1:{api_port}"})
-    a.data["api_port"] = api_port
-    try:
-        yield a
-    finally:
-        a.relay.stop()
+def relay(api_relay: Admin) -> Admin:
+    return api_relay
 
 
 def _key(admin: Admin) -> tuple[str, str]:
