@@ -600,6 +600,10 @@ class SesV2:
         clears it), used for the return path of its mail from now on, over the
         [[identity]] config's mail_from."""
         rec = self._own_identity(caller, name)
+        if rec.tenant != ("" if self._tenant(caller) == DEFAULT_TENANT
+                          else self._tenant(caller)):
+            raise bad_request(f"Email identity {name} is shared; only the default tenant's "
+                              "keys change its MAIL FROM domain")
         raw = _field(request, "MailFromDomain", str, "") or ""
         behavior = _field(request, "BehaviorOnMxFailure", str, "") or "USE_DEFAULT_VALUE"
         if behavior not in _MX_FAILURE_IN:

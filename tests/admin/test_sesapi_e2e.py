@@ -703,3 +703,31 @@ def test_mail_from_attributes_put_get_and_the_return_path_at_the_sink(
     with pytest.raises(ses.exceptions.NotFoundException):
         ses.put_email_identity_mail_from_attributes(EmailIdentity="absent.example",
                                                     MailFromDomain="b.absent.example")
+
+
+def test_mail_from_attributes_only_on_the_keys_tenant_identities(relay: Admin) -> None:
+    cli(relay, "tenant", "add", "mt", "--no-sandbox")
+    cli(relay, "user", "add", "mt-app", "--tenant", "mt", "--password-stdin",
+        input=PASSWORD + "\n")
+    mine = client(relay, new_key(relay, "mt-app"))
+    default = client(relay, new_key(relay, "app"))
+    default.create_email_identity(EmailIdentity="shared-mf.example")
+
+    def made() -> bool:
+        try:
+            mine.create_email_identity(EmailIdentity="mt-mf.example")
+        except mine.exceptions.ClientError:
+            return False  # until the tenant store has re-read the spool
+        return True
+
+    wait_for("mt's identity", made, timeout=5)
+    mine.put_email_identity_mail_from_attributes(EmailIdentity="mt-mf.example",
+                                                 MailFromDomain="b.mt-mf.example")
+    assert mine.get_email_identity(EmailIdentity="mt-mf.example")["MailFromAttributes"][
+        "MailFromDomain"] == "b.mt-mf.example"
+    with pytest.raises(default.exceptions.NotFoundException):
+        default.put_email_identity_mail_from_attributes(EmailIdentity="mt-mf.example",
+                                                        MailFromDomain="c.mt-mf.example")
+    with pytest.raises(mine.exceptions.BadRequestException):
+        mine.put_email_identity_mail_from_attributes(EmailIdentity="shared-mf.example",
+                                                     MailFromDomain="b.shared-mf.example")
