@@ -286,7 +286,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         signer=signer, verp=verp, resolver=resolver, identities=cfg.identity,
         default_domain=return_domain,
         unsubscribe_base=lambda msg: configsets.unsubscribe_base(
-            live.current, msg.configuration_set))
+            live.current, msg.configuration_set),
+        records=identities.all)
     # The account model (relay/tenants/): tenants and their status, looked at on every
     # message (an edit by `relay tenant` in another process shows within RECHECK_SECONDS);
     # the quota counters and reputation counts as the spool holds them.

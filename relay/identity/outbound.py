@@ -2,7 +2,8 @@
 
 `Outbound.prepare()` runs once per delivery attempt of a message to one destination:
 it prepends the (cached) DKIM signature and picks the return-path domain: the
-identity's `mail_from` when its MX is published; otherwise the server default
+identity's MAIL FROM domain (set through the SES API on its record, else its [[identity]]
+`mail_from`) when its MX is published; otherwise the server default
 (`on_mx_failure = "use_default"`) or a permanent refusal (`"reject"`). A null sender
 (a bounce) is never rewritten. `sender_for()` gives each recipient its own VERP address.
 When the message's configuration set has `list_unsubscribe`, signing waits for
@@ -14,19 +15,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from relay.config import Identity
 from relay.delivery.outcome import Outcome
 from relay.dkim.sign import Signer
 from relay.dns.answers import Resolver
 from relay.identity.model import covering, normalize
+from relay.identity.store import IdentityRecord
 from relay.queue.records import MessageRecord
 from relay.smtp.message import header_addresses
 from relay.verp import Verp
 
 log = logging.getLogger(__name__)
+
+MxFailure = Literal["use_default", "reject"]
 
 
 @dataclass(frozen=True)
@@ -46,6 +51,22 @@ def settings_for(address: str, identities: Sequence[Identity]) -> Identity | Non
     return by_name.get(name) if name else None
 
 
+def mail_from_settings(address: str, identities: Sequence[Identity],
+                       records: Mapping[str, IdentityRecord]) -> tuple[str, MxFailure]:
+    """(mail_from, on_mx_failure) of the identity covering `address` (an address beats its
+    domain): the MAIL FROM set through the API on its record when there is one, else its
+    [[identity]] config's; ("", "use_default") when none has one."""
+    by_name = {normalize(i.address or i.domain): i for i in identities}
+    api = {n: r for n, r in records.items() if r.mail_from}
+    name = covering(address, by_name.keys() | api.keys())
+    if name is None:
+        return "", "use_default"
+    if name in api:
+        return api[name].mail_from.lower(), api[name].on_mx_failure
+    ident = by_name[name]
+    return ident.mail_from.lower(), ident.on_mx_failure
+
+
 def identity_address(from_header: str, sender: str) -> str:
     """The address whose identity decides the return path: the first From:, else the
     envelope sender."""
@@ -55,7 +76,8 @@ def identity_address(from_header: str, sender: str) -> str:
 class Outbound:
     def __init__(self, *, signer: Signer | None, verp: Verp | None, resolver: Resolver,
                  identities: Sequence[Identity], default_domain: str,
-                 unsubscribe_base: Callable[[MessageRecord], str] | None = None) -> None:
+                 unsubscribe_base: Callable[[MessageRecord], str] | None = None,
+                 records: Callable[[], Mapping[str, IdentityRecord]] | None = None) -> None:
         self.signer = signer
         self.verp = verp
         self.resolver = resolver
@@ -63,25 +85,40 @@ class Outbound:
         self.default_domain = default_domain
         # The List-Unsubscribe URL prefix for a message ("" = none).
         self.unsubscribe_base = unsubscribe_base
+        # The identity records (IdentityStore.all): their API-set MAIL FROM wins.
+        self.records = records
+
+    def mail_from_of(self, address: str) -> tuple[str, MxFailure]:
+        """(mail_from, on_mx_failure) for mail from `address` (see mail_from_settings)."""
+        return mail_from_settings(address, self.identities,
+                                  self.records() if self.records is not None else {})
 
     async def return_domain(self, address: str) -> str | Outcome:
-        ident = settings_for(address, self.identities) if address else None
-        if ident is None or not ident.mail_from:
+        mail_from, on_mx_failure = self.mail_from_of(address) if address \
+            else ("", "use_default")
+        if not mail_from:
             return self.default_domain
-        mail_from = ident.mail_from.lower()
         mx = await self.resolver.mx(mail_from)
         if mx.ok and any(not r.is_null for r in mx.records):
             return mail_from
         if mx.temporary:
             return Outcome("deferred", 451, "4.4.3",
                            f"MAIL FROM domain {mail_from}: MX lookup failed ({mx.reason})")
-        if ident.on_mx_failure == "use_default":
+        if on_mx_failure == "use_default":
             log.warning("MAIL FROM domain %s has no MX record; using %s", mail_from,
                         self.default_domain)
             return self.default_domain
         return Outcome("bounced", 550, "5.7.1",
                        f"MAIL FROM domain {mail_from} has no MX record and its identity "
                        f"has on_mx_failure = \"reject\"; message not sent")
+
+    async def mail_from_status(self, mail_from: str) -> str:
+        """SES's MailFromDomainStatus of `mail_from` now: SUCCESS (an MX is published),
+        TEMPORARY_FAILURE (the lookup failed) or FAILED (no MX)."""
+        mx = await self.resolver.mx(mail_from)
+        if mx.ok and any(not r.is_null for r in mx.records):
+            return "SUCCESS"
+        return "TEMPORARY_FAILURE" if mx.temporary else "FAILED"
 
     async def submission_failure(self, sender: str, from_header: str) -> Outcome | None:
         """At the end of DATA, as SES (MailFromDomainNotVerified): a refusal when the
@@ -91,10 +128,9 @@ class Outbound:
         if sender in ("", "<>") or self.verp is None:
             return None
         address = identity_address(from_header, sender)
-        ident = settings_for(address, self.identities)
-        if ident is None or not ident.mail_from or ident.on_mx_failure != "reject":
+        mail_from, on_mx_failure = self.mail_from_of(address)
+        if not mail_from or on_mx_failure != "reject":
             return None
-        mail_from = ident.mail_from.lower()
         mx = await self.resolver.mx(mail_from)
         if mx.ok and any(not r.is_null for r in mx.records):
             return None

@@ -8,6 +8,7 @@ when it changes, like users.json.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -24,6 +25,10 @@ class IdentityRecord(msgspec.Struct, frozen=True):
     checked_at: float = 0.0
     # The tenant that owns it ("" = shared: every tenant may send as it).
     tenant: str = ""
+    # Custom MAIL FROM set through the SES API (PutEmailIdentityMailFromAttributes):
+    # "" = none, the [[identity]] config's applies. Wins over the config's when set.
+    mail_from: str = ""
+    on_mx_failure: Literal["use_default", "reject"] = "use_default"
 
 
 class _File(msgspec.Struct):
@@ -116,6 +121,24 @@ class IdentityStore:
             if old is None:
                 raise IdentityError(f"no identity {n!r}")
             records[n] = rec = msgspec.structs.replace(old, tenant=tenant)
+            self._write(records)
+        self._maybe_reload(force=True)
+        return rec
+
+    def set_mail_from(self, name: str, mail_from: str,
+                      on_mx_failure: Literal["use_default", "reject"] = "use_default"
+                      ) -> IdentityRecord:
+        """Give identity `name` a custom MAIL FROM domain ("" clears it); the caller
+        checked it is a subdomain of the identity's domain."""
+        n = check_identity_name(name)
+        with self._file.locked():
+            records = self._read()
+            old = records.get(n)
+            if old is None:
+                raise IdentityError(f"no identity {n!r}")
+            records[n] = rec = msgspec.structs.replace(
+                old, mail_from=mail_from.lower(),
+                on_mx_failure=on_mx_failure if mail_from else "use_default")
             self._write(records)
         self._maybe_reload(force=True)
         return rec

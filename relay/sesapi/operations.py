@@ -28,16 +28,18 @@ import binascii
 import datetime as dt
 import logging
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.parser import HeaderParser
 from email.policy import compat32
-from typing import Any
+from typing import Any, Literal
 
 from relay.clock import Clock
 from relay.config import Config
+from relay.config.types import valid_domain
 from relay.identity.model import IdentityError, check_identity_name
-from relay.identity.store import IdentityStore
+from relay.identity.outbound import mail_from_settings
+from relay.identity.store import IdentityRecord, IdentityStore
 from relay.queue.committer import StoreFull, StoreUnavailable
 from relay.queue.ops import NewMessage
 from relay.queue.store import QueueStore
@@ -91,6 +93,9 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _LONG_LINE = re.compile(rb"[^\r\n]{999}")
 _ADDRESS_RE = re.compile(r"^[^\s<>()\",;:\\]+@[^\s<>()\",;:\\@]+$")
 # SES's EnforcementStatus for relay's reputation statuses.
+_MX_FAILURE_IN: dict[str, Literal["use_default", "reject"]] = {
+    "USE_DEFAULT_VALUE": "use_default", "REJECT_MESSAGE": "reject"}
+_MX_FAILURE_OUT = {v: k for k, v in _MX_FAILURE_IN.items()}
 _ENFORCEMENT = {"Healthy": "HEALTHY", "UnderReview": "PROBATION", "Paused": "SHUTDOWN"}
 
 
@@ -122,6 +127,9 @@ class ApiContext:
     # First DKIM keys for a domain that has none (blocking: RSA key generation).
     dkim_keygen: Callable[[str], None] | None = None
     sender_check: SenderCheck | None = None
+    # A MAIL FROM domain's MailFromDomainStatus (its MX now): SUCCESS, FAILED or
+    # TEMPORARY_FAILURE (Outbound.mail_from_status); None: PENDING.
+    mail_from_status: Callable[[str], Awaitable[str]] | None = None
     on_reject: Callable[[NewMessage, str], None] | None = None
     # A template that cannot render with the message's data (SES's Rendering Failure
     # event): (message, template name, error) -> the id the event gives the message.
@@ -547,11 +555,15 @@ class SesV2:
             out["NextToken"] = str(start + page_size)
         return out
 
-    def get_email_identity(self, caller: Caller, name: str) -> dict[str, Any]:
+    def _own_identity(self, caller: Caller, name: str) -> IdentityRecord:
         tenant = self._tenant(caller)
         rec = self.ctx.identities.get(name.strip().lower())
         if rec is None or (rec.tenant and rec.tenant != tenant):
             raise not_found(f"Email identity {name} does not exist.")
+        return rec
+
+    async def get_email_identity(self, caller: Caller, name: str) -> dict[str, Any]:
+        rec = self._own_identity(caller, name)
         status = _verification(self.ctx.identities, rec.name)
         active: list[str] = []
         pending: list[str] = []
@@ -564,7 +576,7 @@ class SesV2:
             # SES's tokens are the selectors: relay's records are TXT at
             # <selector>._domainkey.<domain> (`relay dkim show DOMAIN`).
             "Tokens": active + pending, "SigningAttributesOrigin": "AWS_SES"}
-        return {
+        out: dict[str, Any] = {
             "IdentityType": "EMAIL_ADDRESS" if "@" in rec.name else "DOMAIN",
             "FeedbackForwardingStatus": True,
             "VerifiedForSendingStatus": rec.verified,
@@ -572,6 +584,43 @@ class SesV2:
             "DkimAttributes": dkim,
             "Tags": [],
         }
+        mail_from, on_failure = mail_from_settings(
+            rec.name, self.ctx.config().identity, self.ctx.identities.all())
+        if mail_from:
+            check = self.ctx.mail_from_status
+            out["MailFromAttributes"] = {
+                "MailFromDomain": mail_from,
+                "MailFromDomainStatus": await check(mail_from) if check else "PENDING",
+                "BehaviorOnMxFailure": _MX_FAILURE_OUT[on_failure]}
+        return out
+
+    async def put_email_identity_mail_from_attributes(
+            self, caller: Caller, name: str, request: Mapping[str, Any]) -> dict[str, Any]:
+        """The identity's custom MAIL FROM domain (a subdomain of its domain; "" or none
+        clears it), used for the return path of its mail from now on, over the
+        [[identity]] config's mail_from."""
+        rec = self._own_identity(caller, name)
+        if rec.tenant != ("" if self._tenant(caller) == DEFAULT_TENANT
+                          else self._tenant(caller)):
+            raise bad_request(f"Email identity {name} is shared; only the default tenant's "
+                              "keys change its MAIL FROM domain")
+        raw = _field(request, "MailFromDomain", str, "") or ""
+        behavior = _field(request, "BehaviorOnMxFailure", str, "") or "USE_DEFAULT_VALUE"
+        if behavior not in _MX_FAILURE_IN:
+            raise bad_request("BehaviorOnMxFailure: expected USE_DEFAULT_VALUE or "
+                              f"REJECT_MESSAGE, got {behavior!r}")
+        mail_from = raw.strip().rstrip(".").lower()
+        domain = rec.name.rpartition("@")[2]
+        if mail_from and (not valid_domain(mail_from)
+                          or not mail_from.endswith("." + domain)):
+            raise bad_request(f"MailFromDomain: {raw!r} is not a subdomain of the "
+                              f"identity's domain {domain}, e.g. bounce.{domain}")
+        try:
+            await asyncio.to_thread(self.ctx.identities.set_mail_from, rec.name,
+                                    mail_from, _MX_FAILURE_IN[behavior])
+        except IdentityError:
+            raise not_found(f"Email identity {name} does not exist.") from None
+        return {}
 
     async def create_email_identity(self, caller: Caller, request: Mapping[str, Any]
                                     ) -> dict[str, Any]:
@@ -597,7 +646,7 @@ class SesV2:
             raise ApiError(400, "AlreadyExistsException", str(e)) from None
         if "@" not in name and self.ctx.dkim_keygen is not None:
             await asyncio.to_thread(self.ctx.dkim_keygen, name)
-        got = self.get_email_identity(caller, name)
+        got = await self.get_email_identity(caller, name)
         return {"IdentityType": got["IdentityType"], "VerifiedForSendingStatus": False,
                 "DkimAttributes": got["DkimAttributes"]}
 

@@ -229,9 +229,13 @@ class ApiServer:
             return await v2.create_email_identity(caller, _json(body))
         identity = _label(path, "/v2/email/identities/")
         if method == "GET" and identity is not None:
-            return v2.get_email_identity(caller, identity)
+            return await v2.get_email_identity(caller, identity)
         if method == "DELETE" and identity is not None:
             return await v2.delete_email_identity(caller, identity)
+        mail_from = _label(path.removesuffix("/mail-from"), "/v2/email/identities/")
+        if method == "PUT" and path.endswith("/mail-from") and mail_from is not None:
+            return await v2.put_email_identity_mail_from_attributes(caller, mail_from,
+                                                                    _json(body))
         templates = self.templates
         if templates is not None:
             found = await _template_operation(templates, method, path, params, body,

@@ -652,3 +652,82 @@ def test_a_reload_changes_the_region_clients_sign_for(tmp_path: Path, dns: DnsSe
         assert eu.get_account()["SendingEnabled"] is True
     finally:
         admin.relay.stop()
+
+
+def test_mail_from_attributes_put_get_and_the_return_path_at_the_sink(
+        relay: Admin, dns: DnsServer) -> None:
+    ses = client(relay, new_key(relay, "app"))
+    ses.create_email_identity(EmailIdentity="mf.example")
+    assert "MailFromAttributes" not in ses.get_email_identity(EmailIdentity="mf.example")
+    dns.set("bounce.mf.example", "MX", "10 mx.ok.test")
+    ses.put_email_identity_mail_from_attributes(
+        EmailIdentity="mf.example", MailFromDomain="bounce.mf.example",
+        BehaviorOnMxFailure="REJECT_MESSAGE")
+    got = ses.get_email_identity(EmailIdentity="mf.example")["MailFromAttributes"]
+    assert got == {"MailFromDomain": "bounce.mf.example", "MailFromDomainStatus": "SUCCESS",
+                   "BehaviorOnMxFailure": "REJECT_MESSAGE"}
+
+    def send(subject: str) -> None:
+        ses.send_email(FromEmailAddress="app@mf.example",
+                       Destination={"ToAddresses": ["mf@ok.test"]},
+                       Content={"Simple": {"Subject": {"Data": subject},
+                                           "Body": {"Text": {"Data": "x"}}}})
+
+    send("custom mail from")
+    (msg,) = wait_for("the message", lambda: in_sink(relay, "custom mail from"))
+    assert msg.mail_from.endswith("@bounce.mf.example"), msg.mail_from
+    # REJECT_MESSAGE and no MX: refused at submission, as SES does.
+    ses.put_email_identity_mail_from_attributes(
+        EmailIdentity="mf.example", MailFromDomain="nomx.mf.example",
+        BehaviorOnMxFailure="REJECT_MESSAGE")
+    assert ses.get_email_identity(EmailIdentity="mf.example")["MailFromAttributes"][
+        "MailFromDomainStatus"] == "FAILED"
+    with pytest.raises(ses.exceptions.MailFromDomainNotVerifiedException):
+        send("no mx")
+    # An empty MailFromDomain clears it: the default return path again.
+    ses.put_email_identity_mail_from_attributes(EmailIdentity="mf.example",
+                                                MailFromDomain="")
+    assert "MailFromAttributes" not in ses.get_email_identity(EmailIdentity="mf.example")
+    send("default mail from")
+    (msg,) = wait_for("the message", lambda: in_sink(relay, "default mail from"))
+    assert not msg.mail_from.endswith("mf.example"), msg.mail_from
+    with pytest.raises(ses.exceptions.BadRequestException) as caught:
+        ses.put_email_identity_mail_from_attributes(EmailIdentity="mf.example",
+                                                    MailFromDomain="bounce.other.example")
+    assert "MailFromDomain" in str(caught.value)
+    with pytest.raises(ses.exceptions.BadRequestException) as caught:
+        ses.put_email_identity_mail_from_attributes(
+            EmailIdentity="mf.example", MailFromDomain="b.mf.example",
+            BehaviorOnMxFailure="SOMETIMES")
+    assert "BehaviorOnMxFailure" in str(caught.value)
+    with pytest.raises(ses.exceptions.NotFoundException):
+        ses.put_email_identity_mail_from_attributes(EmailIdentity="absent.example",
+                                                    MailFromDomain="b.absent.example")
+
+
+def test_mail_from_attributes_only_on_the_keys_tenant_identities(relay: Admin) -> None:
+    cli(relay, "tenant", "add", "mt", "--no-sandbox")
+    cli(relay, "user", "add", "mt-app", "--tenant", "mt", "--password-stdin",
+        input=PASSWORD + "\n")
+    mine = client(relay, new_key(relay, "mt-app"))
+    default = client(relay, new_key(relay, "app"))
+    default.create_email_identity(EmailIdentity="shared-mf.example")
+
+    def made() -> bool:
+        try:
+            mine.create_email_identity(EmailIdentity="mt-mf.example")
+        except mine.exceptions.ClientError:
+            return False  # until the tenant store has re-read the spool
+        return True
+
+    wait_for("mt's identity", made, timeout=5)
+    mine.put_email_identity_mail_from_attributes(EmailIdentity="mt-mf.example",
+                                                 MailFromDomain="b.mt-mf.example")
+    assert mine.get_email_identity(EmailIdentity="mt-mf.example")["MailFromAttributes"][
+        "MailFromDomain"] == "b.mt-mf.example"
+    with pytest.raises(default.exceptions.NotFoundException):
+        default.put_email_identity_mail_from_attributes(EmailIdentity="mt-mf.example",
+                                                        MailFromDomain="c.mt-mf.example")
+    with pytest.raises(mine.exceptions.BadRequestException):
+        mine.put_email_identity_mail_from_attributes(EmailIdentity="shared-mf.example",
+                                                     MailFromDomain="b.shared-mf.example")
