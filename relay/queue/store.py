@@ -225,10 +225,20 @@ class QueueStore:
         """Every sub-database handle by name (for relay/queue/ops.py functions)."""
         return self._db
 
-    def read_db(self, name: str) -> list[tuple[bytes, bytes]]:
-        """Every (key, value) of a small sub-database, in one read transaction."""
+    def read_db(self, name: str, prefix: bytes = b"") -> list[tuple[bytes, bytes]]:
+        """Every (key, value) of a small sub-database, or of its keys starting with
+        `prefix`, in key order, in one read transaction."""
         with self._read() as txn, txn.cursor(db=self._db[name]) as cur:
-            return [(bytes(k), bytes(v)) for k, v in cur.iternext()]
+            if not prefix:
+                return [(bytes(k), bytes(v)) for k, v in cur.iternext()]
+            out: list[tuple[bytes, bytes]] = []
+            if cur.set_range(prefix):
+                for k, v in cur.iternext():
+                    key = bytes(k)
+                    if not key.startswith(prefix):
+                        break
+                    out.append((key, bytes(v)))
+            return out
 
     def read(self, fn: Callable[[Any], T]) -> T:
         """Run `fn(txn)` in one read transaction (sub-databases through named_db)."""

@@ -71,20 +71,7 @@ class SuppressionList:
         return self.store.read(read)
 
     def _raw_entries(self) -> list[bytes]:
-        if not self._prefix:
-            return [raw for _, raw in self.store.read_db(self.DB)]
-        prefix, db = self._prefix, self._db()
-
-        def read(txn: Any) -> list[bytes]:
-            out: list[bytes] = []
-            with txn.cursor(db=db) as cur:
-                if cur.set_range(prefix):
-                    for key, raw in cur:
-                        if not bytes(key).startswith(prefix):
-                            break
-                        out.append(bytes(raw))
-            return out
-        return self.store.read(read)
+        return [raw for _, raw in self.store.read_db(self._name, self._prefix)]
 
     def entries(self, *, reason: str | None = None, prefix: str = "") -> Iterator[Entry]:
         for raw in self._raw_entries():

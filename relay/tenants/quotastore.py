@@ -63,25 +63,14 @@ def stored_counts(store: Any, now: float,
                   scope: str | None = None) -> list[tuple[str, int, int]]:
     """(scope, second, count) of every stored count still inside the 24-hour window at
     `now`, of one scope or all, in one read transaction."""
-    db = store.named_db(DB)
     edge = math.floor(now) - WINDOW_SECONDS
     prefix = scope.encode("utf-8") + _SEP if scope is not None else b""
-
-    def read(txn: Any) -> list[tuple[str, int, int]]:
-        out: list[tuple[str, int, int]] = []
-        with txn.cursor(db=db) as cur:
-            if not cur.set_range(prefix):
-                return out
-            for k, v in cur.iternext():
-                k = bytes(k)
-                if not k.startswith(prefix):
-                    break
-                s, second = parse_key(k)
-                if second > edge:
-                    out.append((s, second, _SECOND.unpack(bytes(v))[0]))
-        return out
-    result: list[tuple[str, int, int]] = store.read(read)
-    return result
+    out: list[tuple[str, int, int]] = []
+    for k, v in store.read_db(DB, prefix):
+        s, second = parse_key(k)
+        if second > edge:
+            out.append((s, second, _SECOND.unpack(v)[0]))
+    return out
 
 
 def load(store: Any, book: QuotaBook, now: float) -> None:

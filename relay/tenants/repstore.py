@@ -54,25 +54,14 @@ def record_op(store: Any, entries: Iterable[Entry]) -> Callable[[Any], None]:
 
 def stored(store: Any, scope: str | None = None, since: float = 0.0) -> list[Entry]:
     """Stored counts of one scope or all, of the hours ending after `since`."""
-    db = store.named_db(DB)
     prefix = scope.encode("utf-8") + _SEP if scope is not None else b""
     first_hour = math.floor(since / HOUR)
-
-    def read(txn: Any) -> list[Entry]:
-        out: list[Entry] = []
-        with txn.cursor(db=db) as cur:
-            if not cur.set_range(prefix):
-                return out
-            for k, v in cur.iternext():
-                k = bytes(k)
-                if not k.startswith(prefix):
-                    break
-                s, hour = parse_key(k)
-                if hour >= first_hour:
-                    out.append((s, hour, *_COUNTS.unpack(bytes(v))))
-        return out
-    result: list[Entry] = store.read(read)
-    return result
+    out: list[Entry] = []
+    for k, v in store.read_db(DB, prefix):
+        s, hour = parse_key(k)
+        if hour >= first_hour:
+            out.append((s, hour, *_COUNTS.unpack(v)))
+    return out
 
 
 def load(store: Any, book: ReputationBook, now: float) -> None:
