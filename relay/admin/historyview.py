@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from relay.admin.params import BadInput
 from relay.events.model import iso
 from relay.history.model import (
     HistoryMessage,
@@ -174,3 +175,43 @@ def send_data_points(points: Iterable[tuple[float, dict[str, int]]]) -> list[dic
         if any(v for k, v in row.items() if k != "Timestamp"):
             out.append(row)
     return out
+
+
+def _counts(point: Any) -> dict[str, int]:
+    counts: dict[str, int] = msgspec.structs.asdict(point)
+    counts.pop("t", None)
+    return counts
+
+
+def stats_of(stats: Any, since: float, until: float, by: str, tenant: str,
+             configuration_set: str, bucket: int) -> dict[str, Any]:
+    """The answer of GET /api/stats (and `relay stats --json`) from a StatsStore."""
+    # Counts are kept per dimension, not per pair of them.
+    if tenant and configuration_set:
+        raise BadInput("configuration_set", "configuration_set: cannot be combined with "
+                                            "tenant (statistics are kept per dimension)")
+    for name, value in (("tenant", tenant), ("configuration_set", configuration_set)):
+        if value and by and by != name:
+            raise BadInput(name, f"{name}: only with by={name} or without by (statistics "
+                                 f"are kept per dimension)")
+    try:
+        series = stats.query(since, until, by=by, tenant=tenant,
+                             configuration_set=configuration_set, bucket=bucket)
+        # Totals and SendDataPoints count every recipient once: from the whole traffic
+        # (or the tenant / configuration set asked for), not from a sum over the series
+        # (a recipient's Send has no provider yet).
+        if by and not (tenant or configuration_set):
+            whole = stats.query(since, until, bucket=bucket)
+        else:
+            whole = stats.query(since, until, tenant=tenant,
+                                configuration_set=configuration_set, bucket=bucket)
+    except ValueError as e:
+        raise BadInput("by" if by else "bucket", str(e)) from None
+    answer = stats_answer(((p.t, s.key, _counts(p)) for s in series for p in s.points),
+                          since, until, bucket,
+                          keys=[tenant or configuration_set] if not by else ())
+    whole_points = [(p.t, _counts(p)) for s in whole for p in s.points]
+    totals = stats_answer(((t, "", c) for t, c in whole_points), since, until, bucket)
+    answer["totals"] = totals["totals"]
+    answer["SendDataPoints"] = send_data_points(whole_points)
+    return answer

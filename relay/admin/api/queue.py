@@ -17,15 +17,14 @@ from msgspec import UnsetType
 from relay.admin.api.common import _error, _json, _query
 from relay.admin.api.context import _ctx
 from relay.admin.params import BadInput, DomainQuery, QueueQuery, domain_name
-from relay.events.model import Event, bounce_event, iso
-from relay.queue.ops import Settled
+from relay.admin.queueactions import (
+    DOMAIN_CHUNK,
+    OPERATOR_BOUNCE,
+    OPERATOR_DELETE,
+    bounce_events,
+)
+from relay.events.model import bounce_event, iso
 from relay.queue.records import Action, MessageRecord, RecipientRecord
-
-OPERATOR_BOUNCE = "554 5.0.0 bounced by the operator"
-# A recipient removed by a per-destination delete from a message that keeps recipients
-# elsewhere: settled without a bounce event, with this as its last response.
-OPERATOR_DELETE = "554 5.0.0 deleted by the operator (no bounce sent)"
-DOMAIN_CHUNK = 200
 
 
 def _message_row(msg: MessageRecord, rcpts: list[RecipientRecord]) -> dict[str, Any]:
@@ -116,16 +115,6 @@ async def queue_delete(request: web.Request) -> web.Response:
 
 async def queue_bounce(request: web.Request) -> web.Response:
     return await _queue_action(request, "bounce")
-
-
-def bounce_events(settled: list[Settled], now: float, hostname: str) -> list[Event]:
-    """One Bounce event per message of `settled` (an operator bounce)."""
-    by_message: dict[str, list[Settled]] = {}
-    for s in settled:
-        by_message.setdefault(s.message.id, []).append(s)
-    return [bounce_event(group[0].message, [s.recipient.address for s in group],
-                         group[0].recipient.last_response, now, hostname)
-            for group in by_message.values()]
 
 
 async def _domain_action(request: web.Request, what: str) -> web.Response:
