@@ -257,7 +257,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     sender = over.sender if over.sender is not None else Sender(
         cfg.delivery, hostname=cfg.server.hostname, clock=clock)
     # Below the shaper: one log line and one metric per attempted transaction.
-    attempts = RecordingSender(sender, provider_map(cfg),
+    attempts = RecordingSender(sender, provider_map(cfg), clock=clock,
                                default_source=cfg.delivery.source_address,
                                observers=[metrics.observe_attempt,
                                           reputation.remember_attempt])
