@@ -17,9 +17,10 @@ and those outcomes go through the same settle path (retries, expiry, events). Sc
 
 Every answer is an attempt like a network one: one "relay.delivery" log line and one
 `Attempt` to the observers (Prometheus, the message history) with provider, source IP
-and MX host "simulator" (no remote IP, no TLS). As with SES, the simulator never moves reputation: it bypasses the warm-up
-shaper (no caps used, no sends or bounces counted against an IP) and its attempts are not
-remembered as sent from any IP, so its complaints reach no IP's warm-up state either.
+and MX host "simulator" (no remote IP, no TLS). As with SES, the simulator never moves
+reputation: it bypasses the warm-up shaper (no caps used, no sends or bounces counted
+against an IP) and its attempts are not remembered as sent from any IP, so its complaints
+reach no IP's warm-up state either.
 """
 
 from __future__ import annotations
