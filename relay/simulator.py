@@ -36,7 +36,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from relay.clock import Clock
-from relay.delivery.attempts import Attempt, TransactionInfo, record_attempts
+from relay.delivery.attempts import Attempt, TransactionInfo, record_attempts, started
 from relay.delivery.outcome import Kind, Outcome
 from relay.events.model import SUPPRESSED_RESPONSE
 from relay.feedback.processor import FeedbackProcessor
@@ -101,7 +101,7 @@ class Simulator:
         try:
             # The same fields as a network attempt: MX host "simulator", no address, no
             # TLS, no time on the wire.
-            tx = TransactionInfo(mx_host=MX_HOST, started_at=self.clock.now(),
+            tx = TransactionInfo(mx_host=MX_HOST, started_at=started(self.clock),
                              received_at=msg.received_at,
                              configuration_set=msg.configuration_set)
             record_attempts(msg.id, addresses, answers, SOURCE, PROVIDER, self.observers,

@@ -22,6 +22,7 @@ Must not: change what is sent or its outcome.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
@@ -126,6 +127,13 @@ def dkim_selectors(data: bytes) -> list[str]:
     return out
 
 
+def started(clock: Clock) -> float:
+    """Now, to the millisecond below: an attempt's start is then never after the time of
+    the events that report its outcome (SES timestamps are cut to milliseconds), so the
+    history orders an attempt before its Delivery or Bounce."""
+    return math.floor(clock.now() * 1000) / 1000
+
+
 class RecordingSender:
     def __init__(self, inner: Sender, providers: ProviderMap, *, clock: Clock,
                  default_source: str = "",
@@ -138,7 +146,7 @@ class RecordingSender:
 
     async def send(self, destination: str, targets: Sequence[Any], sender: str,
                    recipients: Sequence[str], data: bytes, **kwargs: Any) -> SendResult:
-        started_at, began = self.clock.now(), self.clock.monotonic()
+        started_at, began = started(self.clock), self.clock.monotonic()
         result = await self.inner.send(destination, targets, sender, recipients, data, **kwargs)
         duration_ms = max(0, round((self.clock.monotonic() - began) * 1000))
         try:

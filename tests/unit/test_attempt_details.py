@@ -144,7 +144,7 @@ async def test_network_attempt_carries_the_transaction(
 
 
 async def test_a_plain_list_result_has_no_connection_details() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_790_000_000.1239)
     seen: list[Attempt] = []
     rec = RecordingSender(_Answering(clock, [OK], 0.0), ProviderMap(), clock=clock,
                           default_source="", observers=[seen.append])
@@ -157,6 +157,8 @@ async def test_a_plain_list_result_has_no_connection_details() -> None:
     assert (a.mx_host, a.remote_ip, a.tls, a.reused) == ("mx1.gmail.test", "", False, False)
     assert (a.source_ip, a.dkim, a.received_at, a.delay_ms, a.configuration_set) == \
         ("default", [], 0.0, 0, "")
+    # Cut to the millisecond, as the events' timestamps are: never after them.
+    assert a.started_at == 1_790_000_000.123
 
 
 async def test_a_failing_observer_never_changes_the_outcome() -> None:
