@@ -22,6 +22,7 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 import pytest
+from adminkit import Admin
 
 from relay.admin.api import AdminContext
 from relay.admin.api.livefeed import MAX_STREAMS
@@ -46,6 +47,8 @@ from relay.queue.store import QueueStore
 from relay.suppression.store import Entry, SuppressionList
 from relay.testing.factories import merged_config
 from relay.testing.historydata import Attempt, history_op, message
+from relay.testing.process import run_cli
+from relay.testing.wait import wait_until
 from relay.users import UserStore
 
 
@@ -529,3 +532,46 @@ async def test_stats_bad_input_names_the_parameter(api: Api, params: dict[str, s
                                                    field: str) -> None:
     status, body = await api.call("GET", "/api/stats", params=params)
     assert status == 400 and body["field"] == field, body
+
+
+# ---------------------------------------------------------------------- a real relay
+
+
+def test_a_real_relay_records_what_it_sends(admin: Admin) -> None:
+    """Sent through a real `relay serve` to a sink: the message is found by recipient,
+    with its attempt and delivery in the timeline; a rejected one shows its bounce; the
+    CLI reads the same history from the spool beside the running server."""
+    delivered = admin.send("history-reader@ok.test", "History check")
+    bounced = admin.send("nobody@ok.test", "History bounce")
+
+    def row(recipient: str, status: str) -> Any:
+        code, body = admin.call("GET", f"/api/messages?recipient={recipient}")
+        assert code == 200, body
+        found = [m for m in body["messages"] if m["status"] == status]
+        return found[0] if found else None
+
+    first = wait_until(lambda: row("history-reader@ok.test", "delivered"), 20,
+                       "the delivered message in the history")
+    assert first["id"] == delivered and first["subject"] == "History check"
+    code, detail = admin.call("GET", f"/api/messages/{delivered}")
+    assert code == 200, detail
+    kinds = [e["kind"] for e in detail["timeline"]]
+    assert kinds.index("accepted") < kinds.index("attempt") < kinds.index("delivered")
+    attempt = next(e for e in detail["timeline"] if e["kind"] == "attempt")
+    assert attempt["result"] == "delivered" and attempt["remote_ip"] == "127.0.0.2"
+    assert attempt["source_ip"] in ("127.0.0.10", "127.0.0.11")
+    assert attempt["mx_host"] and attempt["response"].startswith("250")
+    delivery = next(e for e in detail["timeline"] if e["kind"] == "delivered")
+    assert delivery["event"]["eventType"] == "Delivery"
+    assert [e["Type"] for e in detail["Insights"][0]["Events"]] == ["SEND", "DELIVERY"]
+
+    wait_until(lambda: row("nobody@ok.test", "bounced"), 20, "the bounce in the history")
+    code, detail = admin.call("GET", f"/api/messages/{bounced}")
+    types = [e["Type"] for e in detail["Insights"][0]["Events"]]
+    assert types[0] == "SEND" and types[-1] == "PERMANENT_BOUNCE", types
+
+    shown = run_cli("message", "show", delivered, "--json", config=admin.config)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == delivered
+    code, stats = admin.call("GET", "/api/stats")
+    assert code == 200 and stats["totals"]["sent"] >= 2 and stats["totals"]["delivered"] >= 1
