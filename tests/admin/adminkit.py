@@ -15,6 +15,9 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from email.message import EmailMessage
+from email.mime.message import MIMEMessage
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +51,26 @@ def sink_policy(stage: str, arg: str, envelope: Any) -> str | None:
     if stage == "rcpt" and arg.lower().startswith("nobody@"):
         return "550 5.1.1 no such user"
     return None
+
+
+def complaint(rcpt: str, return_path: str) -> bytes:
+    """An ARF report (RFC 5965) as a mailbox provider's feedback loop sends it."""
+    msg = MIMEMultipart("report", report_type="feedback-report")
+    msg["From"] = "fbl@feedback.gmail.test"
+    msg["To"] = return_path
+    msg["Subject"] = "complaint"
+    msg.attach(MIMEText("This is an email abuse report.\r\n"))
+    fields = MIMEText("", "plain")
+    fields.set_payload("Feedback-Type: abuse\r\nUser-Agent: test-fbl/1.0\r\nVersion: 1\r\n"
+                       f"Original-Mail-From: <{return_path}>\r\n"
+                       f"Original-Rcpt-To: <{rcpt}>\r\n")
+    fields.replace_header("Content-Type", "message/feedback-report")
+    msg.attach(fields)
+    original = MIMEText("the original\r\n")
+    original["Return-Path"] = f"<{return_path}>"
+    original["Subject"] = "to the big provider"
+    msg.attach(MIMEMessage(original))
+    return msg.as_bytes()
 
 
 @dataclass

@@ -8,40 +8,17 @@ from __future__ import annotations
 import re
 import smtplib
 from collections.abc import Iterator
-from email.mime.message import MIMEMessage
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.parser import BytesParser
 from pathlib import Path
 
 import pytest
-from adminkit import Admin, make_admin_relay
+from adminkit import Admin, complaint, make_admin_relay
 
 from relay.queue.keys import shard_of
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port
 from relay.testing.sink import Received, Sink
 from relay.testing.wait import wait_until
-
-
-def complaint(rcpt: str, return_path: str) -> bytes:
-    """An ARF report (RFC 5965) as a mailbox provider's feedback loop sends it."""
-    msg = MIMEMultipart("report", report_type="feedback-report")
-    msg["From"] = "fbl@feedback.gmail.test"
-    msg["To"] = return_path
-    msg["Subject"] = "complaint"
-    msg.attach(MIMEText("This is an email abuse report.\r\n"))
-    fields = MIMEText("", "plain")
-    fields.set_payload("Feedback-Type: abuse\r\nUser-Agent: test-fbl/1.0\r\nVersion: 1\r\n"
-                       f"Original-Mail-From: <{return_path}>\r\n"
-                       f"Original-Rcpt-To: <{rcpt}>\r\n")
-    fields.replace_header("Content-Type", "message/feedback-report")
-    msg.attach(fields)
-    original = MIMEText("the original\r\n")
-    original["Return-Path"] = f"<{return_path}>"
-    original["Subject"] = "to the big provider"
-    msg.attach(MIMEMessage(original))
-    return msg.as_bytes()
 
 
 def _feedback_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],
