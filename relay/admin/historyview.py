@@ -55,10 +55,17 @@ def _event(raw: bytes) -> Any:
         return None
 
 
+ATTEMPT_FIELDS = ("result", "source_ip", "mx_host", "remote_ip", "tls", "reused", "response",
+                  "delay_ms", "duration_ms", "provider", "dkim")
+
+
 def timeline_row(e: TimelineEntry) -> dict[str, Any]:
     """An entry with its time in ISO 8601 and its SES event decoded (fields at their
     defaults left out, as the record keeps them)."""
     row: dict[str, Any] = msgspec.to_builtins(e)
+    if e.kind == "attempt":
+        # An attempt shows every detail, false and zero included ("was it over TLS?").
+        row = {f: getattr(e, f) for f in ATTEMPT_FIELDS} | row
     row.pop("event", None)
     row["ts"] = iso(e.ts)
     event = _event(e.event)
