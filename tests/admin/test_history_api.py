@@ -570,6 +570,14 @@ def test_a_real_relay_records_what_it_sends(admin: Admin) -> None:
     types = [e["Type"] for e in detail["Insights"][0]["Events"]]
     assert types[0] == "SEND" and types[-1] == "PERMANENT_BOUNCE", types
 
+    # The hard bounce put the address on the suppression list, naming its cause: the
+    # message and the Bounce event's feedbackId.
+    bounce = next(e for e in detail["timeline"] if e["kind"] == "bounced")["event"]
+    code, listed = admin.call("GET", "/api/suppression?q=nobody%40ok")
+    assert code == 200 and listed["count"] == 1, listed
+    assert listed["entries"][0]["message_id"] == bounced
+    assert listed["entries"][0]["feedback_id"] == bounce["bounce"]["feedbackId"]
+
     shown = run_cli("message", "show", delivered, "--json", config=admin.config)
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["id"] == delivered
