@@ -25,7 +25,7 @@ import pytest
 from adminkit import Admin
 
 from relay.admin.api import AdminContext
-from relay.admin.api.livefeed import MAX_STREAMS
+from relay.admin.api.livefeed import MAX_STREAMS, LiveFeed
 from relay.admin.metrics import Metrics
 from relay.admin.server import AdminServer
 from relay.admin.tokens import TokenStore
@@ -248,6 +248,14 @@ async def test_stream_gets_an_event_another_writer_appends(api: Api, tmp_path: P
     frame = got[got.index(b"event: Delivery"):]
     data = frame.split(b"\ndata: ", 1)[1].split(b"\n", 1)[0]
     assert json.loads(data)["mail"]["messageId"] == "0190000000000000beef"
+
+
+async def test_stream_sends_heartbeats_when_idle(api: Api) -> None:
+    api.ctx.live = LiveFeed(api.ctx.events.path, api.ctx.clock, heartbeat=0.3)
+    headers = {"Authorization": f"Bearer {api.token}"}
+    async with api.session.get(api.base + "/api/events/stream", headers=headers) as resp:
+        got = await _read_until(resp, b": heartbeat\n\n", 5)
+    assert b": heartbeat" in got
 
 
 async def test_stream_needs_the_token(api: Api) -> None:
