@@ -167,6 +167,19 @@ def test_statuses_only_move_forward(h: HistoryStore) -> None:
     assert ids(h, status="complained") == [msg.id] == ids(h, status="delivered")
 
 
+def test_a_replayed_batch_changes_nothing(h: HistoryStore) -> None:
+    msg = record(T0, ["a@gmail.com", "b@gmail.com"])
+    send, rest = delivered_story(msg)
+    put(h, send, rest)
+    before = h.get(msg.id)
+    stats = StatsStore(h.store)
+    counted = totals(stats.query(T0, T0 + DAY))
+    put(h, send, rest)                               # the journal publishes them again
+    assert h.get(msg.id) == before
+    assert totals(stats.query(T0, T0 + DAY)) == counted
+    assert counted["sent"] == 2 and counted["attempts"] == 3
+
+
 def test_the_index_follows_status_changes(h: HistoryStore) -> None:
     msg = record(T0, ["a@example.net"])
     put(h, from_events(M.send_event(msg)))
