@@ -146,6 +146,10 @@ def test_the_provider_panel_counts_every_workers_deliveries(two_workers: Admin) 
     history = body["history"]
     assert history["messages"] == 2 * sum(PER_WORKER.values()), history
     assert history["bytes"] > 0 and history["oldest"].endswith("Z")
+    _, text = admin.call("GET", "/metrics", token=None)
+    assert f"relay_history_messages {float(history['messages'])}" in text, text
+    assert f"relay_history_bytes {float(history['bytes'])}" in text, text
+    assert "relay_history_dropped_total 0.0" in text, text
 
     # Kept in the spool: a restart forgets nothing.
     assert admin.relay.terminate(30) == 0
