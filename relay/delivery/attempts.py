@@ -98,15 +98,14 @@ class TransactionInfo:
 def dkim_selectors(data: bytes) -> list[str]:
     """ "d=DOMAIN s=SELECTOR" for each DKIM-Signature field of a message's header section
     (only before its first blank line, at most _HEADER_SCAN bytes, _MAX_SIGNATURES)."""
-    head = data[:_HEADER_SCAN]
-    end = len(head)
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        at = head.find(sep)
-        if at >= 0:
-            end = min(end, at)
     if data.startswith((b"\r\n", b"\n")):
         return []  # no header section at all
-    head = head[:end]
+    end = min(len(data), _HEADER_SCAN)
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        at = data.find(sep, 0, end)
+        if at >= 0:
+            end = at
+    head = data[:end]  # the header section only: a copy of a few KB, not of the body
     out: list[str] = []
     for m in _DKIM_FIELD.finditer(head):
         # The field runs to the first line end not followed by whitespace (folding).
