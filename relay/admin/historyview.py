@@ -58,8 +58,7 @@ def _event(raw: bytes) -> Any:
 def timeline_row(e: TimelineEntry) -> dict[str, Any]:
     """An entry with its time in ISO 8601 and its SES event decoded (fields at their
     defaults left out, as the record keeps them)."""
-    row: dict[str, Any] = msgspec.to_builtins(e)
-    row.pop("event", None)
+    row: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(e, event=b""))
     row["ts"] = iso(e.ts)
     event = _event(e.event)
     if event is not None:

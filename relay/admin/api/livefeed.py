@@ -129,6 +129,10 @@ class LiveFeed:
             except OSError as e:
                 log.warning("event stream: cannot read %s: %s", self.path, e)
                 lines = []
+            except Exception:
+                # Never end the feed on a surprise: the streams would go silent.
+                log.exception("event stream: reading %s failed", self.path)
+                lines = []
             for line in lines:
                 data = frame(line)
                 for stream in list(self.streams):
