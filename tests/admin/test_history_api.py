@@ -166,6 +166,17 @@ async def test_domain_actions_name_a_bad_domain(api: Api, value: str) -> None:
         assert status == 400 and body["field"] == "domain", (path, body)
 
 
+async def test_domain_actions_need_the_token(api: Api) -> None:
+    msg = await submit(api.store, ["a@slow.test"])
+    for method, path in (("POST", "/api/queue/retry"), ("POST", "/api/queue/bounce"),
+                         ("DELETE", "/api/queue")):
+        for token in (None, "rly_wrong"):
+            status, body = await api.call(method, path, token=token,
+                                          params={"domain": "slow.test"})
+            assert status == 401 and set(body) == {"error"}, (path, body)
+    assert [r.state for r in api.store.recipients(msg.id)] == [State.QUEUED]
+
+
 async def test_per_message_actions_still_work(api: Api) -> None:
     msg = await submit(api.store, ["a@x.test", "b@y.test"])
     status, body = await api.call("POST", f"/api/queue/{msg.id}/bounce")
