@@ -200,7 +200,9 @@ def stats_of(stats: Any, since: float, until: float, by: str, tenant: str,
         # Totals and SendDataPoints count every recipient once: from the whole traffic
         # (or the tenant / configuration set asked for), not from a sum over the series
         # (a recipient's Send has no provider yet).
-        if by and not (tenant or configuration_set):
+        if not by:
+            whole = series
+        elif not (tenant or configuration_set):
             whole = stats.query(since, until, bucket=bucket)
         else:
             whole = stats.query(since, until, tenant=tenant,
