@@ -286,6 +286,16 @@ async def test_stream_limit_then_shutdown_ends_streams(api: Api) -> None:
         async with api.session.get(api.base + "/api/events/stream", headers=headers) as extra:
             assert extra.status == 429
             assert "20" in (await extra.json())["error"]
+        # A client that leaves frees its slot (noticed within a second or so).
+        opened.pop().close()
+        for _ in range(50):
+            again = await api.session.get(api.base + "/api/events/stream", headers=headers)
+            if again.status == 200:
+                break
+            again.release()
+            await asyncio.sleep(0.1)
+        assert again.status == 200
+        opened.append(again)
         # Stopping the server ends every open stream at once (not after its timeout).
         started = time.monotonic()
         await api.server.stop()
