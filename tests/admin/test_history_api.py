@@ -612,3 +612,22 @@ def test_a_real_relay_records_what_it_sends(admin: Admin) -> None:
     assert json.loads(shown.stdout)["id"] == delivered
     code, stats = admin.call("GET", "/api/stats")
     assert code == 200 and stats["totals"]["sent"] >= 2 and stats["totals"]["delivered"] >= 1
+
+
+async def test_a_real_relay_streams_its_events(admin: Admin) -> None:
+    """The live stream of a running relay shows the Send and Delivery of a message sent
+    after it opened."""
+    headers = {"Authorization": f"Bearer {admin.token}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session, \
+            session.get(admin.base + "/api/events/stream", headers=headers) as resp:
+        assert resp.status == 200
+        await _read_until(resp, b"\n\n", 5)
+        qid = await asyncio.to_thread(admin.send, "live-reader@ok.test", "Live check")
+        frames: list[bytes] = []
+        got = b""
+        async with asyncio.timeout(20):
+            while not any(f.startswith(b"event: Delivery") for f in frames):
+                got += await resp.content.readany()
+                *whole, got = got.split(b"\n\n")
+                frames += [f for f in whole if qid.encode() in f]
+    assert frames[0].startswith(b"event: Send\ndata: ")
