@@ -62,11 +62,10 @@ ATTEMPT_FIELDS = ("result", "source_ip", "mx_host", "remote_ip", "tls", "reused"
 def timeline_row(e: TimelineEntry) -> dict[str, Any]:
     """An entry with its time in ISO 8601 and its SES event decoded (fields at their
     defaults left out, as the record keeps them)."""
-    row: dict[str, Any] = msgspec.to_builtins(e)
+    row: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(e, event=b""))
     if e.kind == "attempt":
         # An attempt shows every detail, false and zero included ("was it over TLS?").
         row = {f: getattr(e, f) for f in ATTEMPT_FIELDS} | row
-    row.pop("event", None)
     row["ts"] = iso(e.ts)
     event = _event(e.event)
     if event is not None:
@@ -208,7 +207,9 @@ def stats_of(stats: Any, since: float, until: float, by: str, tenant: str,
         # Totals and SendDataPoints count every recipient once: from the whole traffic
         # (or the tenant / configuration set asked for), not from a sum over the series
         # (a recipient's Send has no provider yet).
-        if by and not (tenant or configuration_set):
+        if not by:
+            whole = series
+        elif not (tenant or configuration_set):
             whole = stats.query(since, until, bucket=bucket)
         else:
             whole = stats.query(since, until, tenant=tenant,
