@@ -84,6 +84,7 @@ class HistoryMessage(msgspec.Struct, omit_defaults=True):
     auth_user: str = ""
     identity: str = ""                       # the sending identity: the From domain
     dkim: list[str] = []                     # DKIM selectors used ("d=... s=...")
+    source: str = ""                         # how it came in: "smtp" | "api"
     recipients: list[RecipientHistory] = []
     # True while only attempts or later events are known (the Send not recorded yet:
     # another worker accepted it, or its batch is still pending).

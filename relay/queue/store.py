@@ -77,9 +77,13 @@ class QueueStore:
     # "tenants": the tenants by name and "status": the reputation status of each tenant
     # and configuration set (relay/tenants/store.py).
     # "templates": the SES API's email templates by name (relay/sesapi/templates.py).
+    # "history", "history_tl", "history_ix": each message's history, its timeline entries
+    # and their inverted index; "stats": sending statistics per 15-minute bucket
+    # (relay/history/keys.py has the keys; pruned by relay/history/retention.py).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
            "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
-           "suppression_tenant", "quota", "reputation", "tenants", "status", "templates")
+           "suppression_tenant", "quota", "reputation", "tenants", "status", "templates",
+           "history", "history_tl", "history_ix", "stats")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,

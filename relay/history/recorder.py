@@ -1,0 +1,112 @@
+"""The history's feed: an EventLog subscriber and a delivery-attempt observer that batch
+what they see and write it with the queue's group commit, off the hot path.
+
+`__call__(event)` and `observe_attempt(attempt)` are sync and do no I/O: they turn what
+they get into messages and timeline entries (relay/history/entries.py) and append them
+to a pending batch. A task writes the batch as one op (HistoryStore.record_op) per
+`flush` interval, riding in the queue's own synced transactions (never a sync of its
+own); `stop()` writes the last batch while the store still runs. Memory is bounded: past
+`max_pending` entries waiting, new ones are counted in `dropped` and not kept (the
+history never holds delivery up). A kill -9 loses at most the last batch's history,
+never a message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import msgspec
+
+from relay.clock import Clock
+from relay.events.model import Event
+from relay.history.entries import (
+    AttemptLike,
+    entries_from_event,
+    entry_from_attempt,
+    message_from_event,
+)
+from relay.history.model import HistoryMessage, TimelineEntry
+from relay.history.store import HistoryStore
+from relay.queue.store import QueueStore
+
+log = logging.getLogger("relay.history")
+
+_json = msgspec.json.Encoder()
+
+
+class HistoryRecorder:
+    def __init__(self, queue_store: QueueStore, history: HistoryStore, clock: Clock, *,
+                 flush: float = 0.5, max_pending: int = 100_000) -> None:
+        self.store = queue_store
+        self.history = history
+        self.clock = clock
+        self.flush_interval = flush
+        self.max_pending = max_pending
+        self.dropped = 0          # entries not recorded: the pending batch was full
+        self.recorded = 0         # entries written
+        self._messages: list[HistoryMessage] = []
+        self._entries: list[tuple[str, TimelineEntry]] = []
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def pending(self) -> int:
+        return len(self._entries)
+
+    # ------------------------------------------------------------------ feeding (sync)
+
+    def __call__(self, event: Event) -> None:
+        """The EventLog subscriber: the event's message and entries, pending."""
+        if not event.mail.messageId:
+            return  # about no message (Warmup*, ReputationStatusChange)
+        entries = entries_from_event(event, _json.encode(event))
+        if not self._room(len(entries)):
+            return
+        msg = message_from_event(event)
+        if msg is not None:
+            self._messages.append(msg)
+        self._entries.extend(entries)
+
+    def observe_attempt(self, attempt: AttemptLike) -> None:
+        """A delivery attempt's entry, pending."""
+        if self._room(1):
+            self._entries.append(entry_from_attempt(attempt))
+
+    def _room(self, n: int) -> bool:
+        if len(self._entries) + n > self.max_pending:
+            self.dropped += n
+            return False
+        return True
+
+    # ------------------------------------------------------------------ the loop
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="history-recorder")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self.store.running:
+            await self.run_once()  # the last batch, in the final commit
+
+    async def _run(self) -> None:
+        while True:
+            await self.clock.sleep(self.flush_interval)  # one batch per interval
+            try:
+                await self.run_once()
+            except Exception:
+                log.exception("history: recording a batch failed; its entries are lost")
+
+    async def run_once(self) -> int:
+        """Write the pending batch (one op); return how many entries it held."""
+        messages, self._messages = self._messages, []
+        entries, self._entries = self._entries, []
+        if not messages and not entries:
+            return 0
+        n: int = await self.store.write_soon(self.history.record_op(messages, entries))
+        self.recorded += n
+        return n
