@@ -12,12 +12,16 @@ from typing import Any
 
 import msgspec
 
+from relay.admin.historyview import METRICS
 from relay.admin.params import (
     BODIES,
     QUERIES,
+    DomainQuery,
     EventsQuery,
+    MessagesQuery,
     Params,
     QueueQuery,
+    StatsQuery,
     StatusChange,
     SuppressionAdd,
     SuppressionQuery,
@@ -25,6 +29,7 @@ from relay.admin.params import (
     TenantAdd,
     UserAdd,
 )
+from relay.history.model import ENTRY_KINDS, STATUSES
 from relay.queue.records import PENDING_STATES
 from relay.suppression.policy import SUPPRESSION_REASONS
 from relay.tenants.model import REPUTATION_STATUSES, SUPPRESSION_SCOPES
@@ -71,6 +76,7 @@ def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None
         op["responses"][str(code)] = _resp({400: "Wrong input; `field` names it",
                                             401: "Missing or unknown bearer token",
                                             404: "No such item",
+                                            429: "Too many at once",
                                             409: "Already exists, or still in use",
                                             501: "Not available in this build"}[code], _ERROR)
     if params:
@@ -99,7 +105,9 @@ def document() -> dict[str, Any]:
     suppressed = {"type": "object", "properties": {
         "address": {"type": "string"}, "reason": {"enum": SUPPRESSION_REASONS},
         "created_at": {"type": "string"}, "message_id": {"type": "string"},
-        "diagnostic": {"type": "string"}}}
+        "diagnostic": {"type": "string"},
+        "feedback_id": {"type": "string",
+                        "description": "the Bounce or Complaint event that put it there"}}}
 
     message = {"type": "object", "properties": {
         "id": {"type": "string"}, "received_at": {"type": "string"},
@@ -127,13 +135,59 @@ def document() -> dict[str, Any]:
             "MaxSendRate": {"type": ["number", "null"]},
             "SentLast24Hours": {"type": "integer"}}}}}
     tenant_body = {"type": "object", "properties": {"Tenant": tenant}}
+    text = {"type": "string"}
+    texts = {"type": "array", "items": text}
+    history_row = {"type": "object", "properties": {
+        "id": text, "received_at": text, "sender": text, "from": texts, "to": texts,
+        "subject": text, "message_id": text, "tenant": text, "configuration_set": text,
+        "size": {"type": "integer"}, "status": {"enum": list(STATUSES)},
+        "partial": {"type": "boolean", "description": "its Send is not recorded (yet)"},
+        "recipients": {"type": "array", "items": {"type": "object", "properties": {
+            "address": text, "status": {"enum": list(STATUSES)},
+            "attempts": {"type": "integer"}, "provider": text, "last_response": text,
+            "updated_at": _NULLABLE_TEXT}}}}}
+    timeline_entry = {"type": "object", "properties": {
+        "ts": text, "recipient": text, "kind": {"enum": list(ENTRY_KINDS)},
+        "result": text, "source_ip": text, "mx_host": text, "remote_ip": text,
+        "tls": {"type": "boolean"}, "reused": {"type": "boolean"}, "response": text,
+        "delay_ms": {"type": "integer"}, "duration_ms": {"type": "integer"},
+        "provider": text, "dkim": texts, "event_type": text, "detail": text,
+        "event": {"type": "object", "description": "the SES event as published"}}}
+    insight = {"type": "object", "properties": {
+        "Destination": text, "Isp": text, "Events": {"type": "array", "items": {
+            "type": "object", "properties": {
+                "Timestamp": text, "Type": {"enum": [
+                    "SEND", "DELIVERY", "TRANSIENT_BOUNCE", "PERMANENT_BOUNCE",
+                    "UNDETERMINED_BOUNCE", "COMPLAINT", "DELIVERY_DELAY", "REJECT",
+                    "RENDERING_FAILURE", "SUBSCRIPTION", "OPEN", "CLICK"]},
+                "Details": _OBJ}}}}}
+    history_detail = {"allOf": [history_row, {"type": "object", "properties": {
+        "tags": _OBJ, "dkim": texts, "client_ip": text, "auth_user": text,
+        "identity": text, "timeline": {"type": "array", "items": timeline_entry},
+        "MessageId": text, "FromEmailAddress": text, "Subject": text,
+        "EmailTags": {"type": "array", "items": _OBJ},
+        "Insights": {"type": "array", "items": insight}}}]}
+    counts = {"type": "object", "properties": {m: {"type": "integer"} for m in METRICS}}
+    domain_done = _resp("Done", {"type": "object", "properties": {
+        "domain": text, "messages": {"type": "integer"}, "recipients": {"type": "integer"}}})
+    domain_params = _query(DomainQuery, components)
     paths: dict[str, Any] = {
         "/api/queue": {"get": _op(
             "List queued messages, oldest first",
             _resp("Messages", {"type": "object", "properties": {
                 "messages": {"type": "array", "items": message},
                 "count": {"type": "integer"}, "matched": {"type": "integer"}}}),
-            params=_query(QueueQuery, components))},
+            params=_query(QueueQuery, components)),
+            "delete": _op(
+                "Remove every waiting recipient at a destination domain without a bounce "
+                "(a message with recipients elsewhere keeps them)", domain_done,
+                params=domain_params)},
+        "/api/queue/retry": {"post": _op(
+            "Attempt now every waiting recipient at a destination domain",
+            domain_done, params=domain_params)},
+        "/api/queue/bounce": {"post": _op(
+            "Fail every waiting recipient at a destination domain, with Bounce events",
+            domain_done, params=domain_params)},
         "/api/queue/{id}": {
             "get": _op("One message with its recipients", _resp("The message", message),
                        params=[_ID], errors=(400, 401, 404)),
@@ -209,6 +263,38 @@ def document() -> dict[str, Any]:
             "Recent events, newest first (SES event publishing shape)",
             _resp("Events", _OBJ),
             params=_query(EventsQuery, components))},
+        "/api/events/stream": {"get": _op(
+            "Server-Sent Events: every event published from now on by any worker "
+            "(`event: <eventType>`, `data: <SES event JSON>`, a comment as heartbeat "
+            "every 15 s); at most 20 streams at once",
+            {"description": "The stream", "content": {"text/event-stream": {}}},
+            errors=(401, 429))},
+        "/api/messages": {"get": _op(
+            "Search the message history, newest first, paged by cursor",
+            _resp("Messages", {"type": "object", "properties": {
+                "messages": {"type": "array", "items": history_row},
+                "count": {"type": "integer"},
+                "next_cursor": {"type": "string", "description": "\"\": no more"},
+                "scanned": {"type": "integer"}}}),
+            params=_query(MessagesQuery, components))},
+        "/api/messages/{id}": {"get": _op(
+            "One message's history: its recipients, timeline (attempts and events) and "
+            "SES GetMessageInsights' fields",
+            _resp("The message", history_detail),
+            params=[_p("id", "a queue id or a Message-ID header value")],
+            errors=(400, 401, 404))},
+        "/api/stats": {"get": _op(
+            "Sending statistics per bucket (default: the last 24 hours in 15 minutes), "
+            "per value of a dimension, with totals and SES SendDataPoints",
+            _resp("Statistics", {"type": "object", "properties": {
+                "bucket_seconds": {"type": "integer"}, "since": text, "until": text,
+                "series": {"type": "array", "items": {"type": "object", "properties": {
+                    "key": text, "points": {"type": "array", "items": {
+                        "allOf": [{"type": "object", "properties": {"t": text}},
+                                  counts]}}}}},
+                "totals": counts,
+                "SendDataPoints": {"type": "array", "items": _OBJ}}}),
+            params=_query(StatsQuery, components))},
         "/api/status": {"get": _op("Summary of the running instance (relay status)",
                                    _resp("Status", _OBJ), errors=(401,))},
         "/api/dashboard": {"get": _op(

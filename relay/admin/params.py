@@ -12,6 +12,8 @@ Pure: no aiohttp here; relay.admin.api reads the request and hands over what it 
 
 from __future__ import annotations
 
+import datetime as dt
+import math
 from collections.abc import Iterable
 from typing import (
     TYPE_CHECKING,
@@ -29,6 +31,7 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from msgspec import inspect as mi
 
 from relay.events.model import EVENT_TYPES
+from relay.history.model import STATUSES
 from relay.queue.records import PENDING_STATES
 from relay.suppression.policy import SUPPRESSION_REASONS
 from relay.tenants.model import SuppressionScope
@@ -40,11 +43,13 @@ if TYPE_CHECKING:
     PendingState = str
     SuppressionReason = str
     EventType = str
+    HistoryStatus = str
 else:
     # The lists are owned by their modules; msgspec reads them as Literal choices.
     PendingState = Literal[tuple(PENDING_STATES)]
     SuppressionReason = Literal[tuple(SUPPRESSION_REASONS)]
     EventType = Literal[tuple(EVENT_TYPES)]
+    HistoryStatus = Literal[tuple(STATUSES)]
 
 
 class BadInput(Exception):
@@ -89,6 +94,8 @@ class SuppressionQuery(Params):
     offset: Annotated[int, Meta(ge=0, le=1 << 31,
                                 description="skip this many matching entries")] = 0
     prefix: Annotated[str, Meta(description="only addresses starting with this")] = ""
+    q: Annotated[str, Meta(max_length=320,
+                           description="only addresses containing this")] = ""
     tenant: TenantParam = ""
 
 
@@ -105,6 +112,104 @@ class EventsQuery(Params):
     limit: Limit = 100
     message_id: Annotated[str, Meta(description="mail.messageId")] = ""
     recipient: Annotated[str, Meta(description="an address in mail.destination")] = ""
+
+
+# An instant: ISO 8601 ("2026-01-02T03:04:05Z"; no zone = UTC) or epoch seconds. Read by
+# `instant()`, which names the parameter when it is neither.
+Instant = Annotated[str, Meta(max_length=64,
+                              description="ISO 8601 or epoch seconds")]
+HISTORY_MAX_LIMIT = 500
+# A queue id (20 hex) or a Message-ID header value; kept under LMDB's key size.
+_TEXT = 200
+
+
+class MessagesQuery(Params):
+    """GET /api/messages: every given condition must hold."""
+
+    recipient: Annotated[str, Meta(max_length=_TEXT, description="a recipient address")] = ""
+    sender: Annotated[str, Meta(max_length=_TEXT,
+                                description="the envelope sender (MAIL FROM)")] = ""
+    subject: Annotated[str, Meta(max_length=_TEXT,
+                                 description="words of the subject (all must match)")] = ""
+    message_id: Annotated[str, Meta(max_length=_TEXT,
+                                    description="a queue id or a Message-ID header")] = ""
+    tenant: Annotated[str, Meta(max_length=_TEXT, description="the sending tenant")] = ""
+    configuration_set: Annotated[str, Meta(max_length=_TEXT,
+                                           description="the configuration set")] = ""
+    identity: Annotated[str, Meta(max_length=_TEXT,
+                                  description="the sending identity (From domain)")] = ""
+    status: Annotated[HistoryStatus, Meta(
+        description="a recipient has this status now")] | UnsetType = UNSET
+    since: Instant = ""
+    until: Instant = ""
+    limit: Annotated[int, Meta(ge=1, le=HISTORY_MAX_LIMIT,
+                               description="at most this many")] = 50
+    cursor: Annotated[str, Meta(max_length=_TEXT,
+                                description="the previous page's next_cursor")] = ""
+
+
+STATS_DIMENSIONS = ("tenant", "configuration_set", "identity", "provider")
+STATS_BUCKETS = (900, 3600, 86400)
+if TYPE_CHECKING:
+    StatsDimension = str
+else:
+    StatsDimension = Literal[STATS_DIMENSIONS]
+
+
+class StatsQuery(Params):
+    """GET /api/stats (since/until: the last 24 hours by default)."""
+
+    since: Instant = ""
+    until: Instant = ""
+    by: Annotated[StatsDimension, Meta(
+        description="one series per value of this dimension")] | UnsetType = UNSET
+    tenant: Annotated[str, Meta(max_length=_TEXT, description="only this tenant")] = ""
+    configuration_set: Annotated[str, Meta(max_length=_TEXT,
+                                           description="only this configuration set")] = ""
+    # One of STATS_BUCKETS (checked by the handler: from_query reads integers by range).
+    bucket: Annotated[int, Meta(extra_json_schema={"enum": list(STATS_BUCKETS)},
+                                description="seconds per point")] = 900
+
+
+class DomainQuery(Params):
+    """The per-destination queue actions."""
+
+    # Required: checked by `domain_name()`, so a missing one is named like a wrong one.
+    domain: Annotated[str, Meta(max_length=253, description="the recipients' domain "
+                                                           "(required)")] = ""
+
+
+def instant(key: str, raw: str) -> float | None:
+    """`raw` ("" = not given) as epoch seconds: ISO 8601 (no zone = UTC) or a number."""
+    text = raw.strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(value) or not 0 <= value < 1e11:
+            raise BadInput(key, f"{key}: expected epoch seconds or an ISO 8601 time, "
+                                f"got {raw!r}")
+        return value
+    try:
+        when = dt.datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError:
+        raise BadInput(key, f"{key}: expected an ISO 8601 time (2026-01-02T03:04:05Z) or "
+                            f"epoch seconds, got {raw!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def domain_name(key: str, raw: str) -> str:
+    """A destination domain, lower-cased; a clear 400 for anything else."""
+    domain = raw.strip().lower().rstrip(".")
+    if (not domain or "@" in domain or "." not in domain or len(domain) > 253
+            or any(c.isspace() or c in "/\\" for c in domain)):
+        raise BadInput(key, f"{key}: expected a domain name like example.com, got {raw!r}")
+    return domain
 
 
 # ------------------------------------------------------------------ JSON bodies
@@ -156,7 +261,7 @@ class StatusChange(Params):
 
 
 QUERIES: tuple[type[Params], ...] = (QueueQuery, SuppressionQuery, SuppressionRemoveQuery,
-                                     EventsQuery)
+                                     EventsQuery, MessagesQuery, StatsQuery, DomainQuery)
 BODIES: tuple[type[Params], ...] = (SuppressionAdd, UserAdd, TenantAdd, StatusChange)
 
 P = TypeVar("P", bound=Params)

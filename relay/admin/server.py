@@ -1,8 +1,9 @@
 """Runs the admin HTTP server on `[admin] address` (loopback by default) in relay's loop.
 
 Owns: the aiohttp runner and site, and the sampler that records queue depth every
-`[admin] history_interval` for the dashboard. Stopping closes the listening socket
-and waits briefly for requests in progress.
+`[admin] history_interval` for the dashboard. Stopping ends the open event streams
+(GET /api/events/stream, which would otherwise hold it for the runner's shutdown
+timeout), closes the listening socket and waits briefly for requests in progress.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ class AdminServer:
     async def stop(self) -> None:
         await cancel_and_wait(self._sampler)
         self._sampler = None
+        if self.ctx.live is not None:
+            await self.ctx.live.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

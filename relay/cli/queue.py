@@ -1,4 +1,5 @@
-"""`relay queue list|show|retry|delete|bounce`: see and act on the spool.
+"""`relay queue list|show|retry|delete|bounce`: see and act on the spool; the actions take
+message ids, --all, or --domain D (every waiting recipient at one destination domain).
 
 Works beside a running server: LMDB allows many processes, writes take the
 store's cross-process write lock, and the server's scheduler re-checks each
@@ -14,6 +15,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from relay.admin.params import BadInput, domain_name
+from relay.admin.queueactions import (
+    DOMAIN_CHUNK,
+    OPERATOR_BOUNCE,
+    OPERATOR_DELETE,
+    bounce_events,
+)
 from relay.cli import CliError, load_config
 from relay.cli.output import progress, table, wants_progress
 from relay.clock import SystemClock
@@ -53,6 +61,9 @@ def register(sub: Any) -> None:
         sp = qsub.add_parser(name, parents=[common], help=helptext)
         sp.add_argument("ids", nargs="*", metavar="ID")
         sp.add_argument("--all", action="store_true", help="every queued message")
+        sp.add_argument("--domain", metavar="DOMAIN",
+                        help="every waiting recipient at this destination domain (a "
+                             "message's recipients elsewhere are left as they are)")
         sp.add_argument("--progress", action="store_true",
                         help="progress bar on stderr even if it is not a terminal")
         sp.set_defaults(func=func)
@@ -135,13 +146,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def _targets(store: QueueStore, args: argparse.Namespace) -> list[str]:
     if args.all == bool(args.ids):
-        raise CliError("give message ids or --all (not both)")
+        raise CliError("give message ids, --all or --domain (one of them)")
     if args.all:
         return [m.id for m, _ in store.messages()]
     return list(args.ids)
 
 
 def _act(args: argparse.Namespace, what: str) -> int:
+    if args.domain is not None:
+        return _act_domain(args, what)
     cfg = load_config(args)
     store = _open(cfg)
     clock = SystemClock()
@@ -160,7 +173,7 @@ def _act(args: argparse.Namespace, what: str) -> int:
                     store.write_now(store.operator_op(mid, Action.RETRY, now))
                 else:
                     settled = store.write_now(store.operator_op(
-                        mid, Action.BOUNCE, now, "554 5.0.0 bounced by the operator"))
+                        mid, Action.BOUNCE, now, OPERATOR_BOUNCE))
                     if settled:
                         if events is None:
                             events = EventLog(_events_path(cfg))
@@ -177,6 +190,49 @@ def _act(args: argparse.Namespace, what: str) -> int:
             events.close()
     print(f"{what}: {done} message(s)")
     return 1 if missing else 0
+
+
+def _act_domain(args: argparse.Namespace, what: str) -> int:
+    """retry / bounce / delete every waiting recipient at one destination domain, as
+    POST /api/queue/retry?domain= (and bounce, DELETE) do."""
+    if args.ids or args.all:
+        raise CliError("give message ids, --all or --domain (one of them)")
+    try:
+        domain = domain_name("domain", args.domain)
+    except BadInput as e:
+        raise CliError(f"--{e.message}") from None
+    cfg = load_config(args)
+    store = _open(cfg)
+    clock = SystemClock()
+    events: EventLog | None = None
+    messages: set[str] = set()
+    recipients = 0
+    try:
+        mids = store.pending_at(domain)
+        chunks = range(0, len(mids), DOMAIN_CHUNK)
+        bar = len(chunks) > 1 and wants_progress(args.progress)
+        for i in progress(chunks, len(chunks), label=what, enabled=bar):
+            chunk, now = mids[i:i + DOMAIN_CHUNK], clock.now()
+            if what == "delete":
+                settled = store.write_now(store.drop_domain_op(chunk, domain, now,
+                                                               OPERATOR_DELETE))
+            elif what == "retry":
+                settled = store.write_now(store.domain_op(chunk, domain, Action.RETRY, now))
+            else:
+                settled = store.write_now(store.domain_op(chunk, domain, Action.BOUNCE, now,
+                                                          OPERATOR_BOUNCE))
+                if settled:
+                    if events is None:
+                        events = EventLog(_events_path(cfg))
+                    events.emit(bounce_events(settled, now, cfg.server.hostname))
+            messages.update(s.message.id for s in settled)
+            recipients += len(settled)
+    finally:
+        store.close_sync()
+        if events is not None:
+            events.close()
+    print(f"{what}: {recipients} recipient(s) at {domain} in {len(messages)} message(s)")
+    return 0
 
 
 def _events_path(cfg: Config) -> Path:

@@ -280,6 +280,11 @@ def delivery_event(msg: MessageRecord, recipients: list[str], response: str, now
         remoteMtaIp=remote_ip))
 
 
+def bounce_feedback_id(message_id: str, now: float) -> str:
+    """The feedbackId of the Bounce that `bounce_event` makes for a message at `now`."""
+    return f"{message_id}-{int(now * 1000):x}"
+
+
 def bounce_event(msg: MessageRecord, recipients: list[str], response: str, now: float,
                  reporting_mta: str, *, expired: bool = False,
                  subtype: str | None = None) -> Event:
@@ -291,7 +296,7 @@ def bounce_event(msg: MessageRecord, recipients: list[str], response: str, now: 
         bounceType=bounce_type, bounceSubType=sub,
         bouncedRecipients=[BouncedRecipient(r, "failed", status, f"smtp; {response}")
                            for r in recipients],
-        timestamp=iso(now), feedbackId=f"{msg.id}-{int(now * 1000):x}",
+        timestamp=iso(now), feedbackId=bounce_feedback_id(msg.id, now),
         reportingMTA=f"dns; {reporting_mta}"))
 
 

@@ -160,15 +160,18 @@ class FeedbackProcessor:
         bounce_type, sub = bounce_kind(rs)
         diagnostic = rs.diagnostic or f"smtp; {rs.status}"
         reporting = f"dns; {report.reporting_mta}" if report.reporting_mta else ""
-        self.events.emit([feedback_bounce_event(
+        event = feedback_bounce_event(
             msg, [(address, rs.action or "failed", rs.status, diagnostic)], now, reporting,
-            bounce_type=bounce_type, subtype=sub)])
+            bounce_type=bounce_type, subtype=sub)
+        self.events.emit([event])
+        feedback_id = event.bounce.feedbackId if event.bounce is not None else ""
         suppressed = False
         if bounce_type == "Permanent":
             text = f"{rs.status} {diagnostic}"
             klass = classify_failure(text if not rs.status.startswith("5.1.") else rs.status)
             if klass is FailureClass.RECIPIENT:
-                suppressed = await self._suppress(msg, address, Reason.BOUNCE, diagnostic)
+                suppressed = await self._suppress(msg, address, Reason.BOUNCE, diagnostic,
+                                                  feedback_id)
             elif klass is FailureClass.REPUTATION and self.on_reputation is not None:
                 self.on_reputation(msg, address, diagnostic)
         return Handled("bounce" if bounce_type == "Permanent" else "transient", msg.id,
@@ -176,25 +179,28 @@ class FeedbackProcessor:
 
     async def _complaint(self, msg: MessageRecord, address: str, report: Report) -> Handled:
         now = self.clock.now()
-        self.events.emit([complaint_event(
+        event = complaint_event(
             msg, [address], now, feedback_type=report.feedback_type,
-            user_agent=report.user_agent, arrival=report.arrival_date)])
+            user_agent=report.user_agent, arrival=report.arrival_date)
+        self.events.emit([event])
         if self.on_complaint is not None:
             self.on_complaint(msg, address)
         suppressed = False
         if report.feedback_type != "not-spam":
-            suppressed = await self._suppress(msg, address, Reason.COMPLAINT,
-                                              f"complaint; {report.feedback_type}")
+            suppressed = await self._suppress(
+                msg, address, Reason.COMPLAINT, f"complaint; {report.feedback_type}",
+                event.complaint.feedbackId if event.complaint is not None else "")
         return Handled("complaint", msg.id, address, suppressed)
 
     async def _suppress(self, msg: MessageRecord, address: str, reason: Reason,
-                        why: str) -> bool:
+                        why: str, feedback_id: str = "") -> bool:
         """Put `address` on the list that applies to `msg`'s tenant."""
         if address.rpartition("@")[2].lower() == SIMULATOR_DOMAIN:
             return False
         if not auto_adds(self.config().suppression, reason):
             return False
-        entry = Entry(address, reason.value, self.clock.now(), msg.id, why[:300])
+        entry = Entry(address, reason.value, self.clock.now(), msg.id, why[:300],
+                      feedback_id)
         scope = self.suppression_scope(msg.tenant or DEFAULT_TENANT)
         lst = SuppressionList(self.store, scope) if scope else self.suppression
         added = await self.store.write(lst.add_op([entry], replace=False))

@@ -356,24 +356,96 @@ def operator_op(db: Db, mid: str, action: Action, now: float,
                 response: str = "") -> Callable[[Any], list[Settled]]:
     """retry / bounce for every non-final, not in-flight recipient of a message."""
     def op(txn: Any) -> list[Settled]:
-        mraw = txn.get(mid.encode("ascii"), db=db["messages"])
-        if mraw is None:
-            raise KeyError(mid)
-        msg = msg_dec.decode(mraw)
+        return _operate(txn, db, mid, action, now, response, None)
+    return op
+
+
+def domain_op(db: Db, mids: list[str], domain: str, action: Action, now: float,
+              response: str = "") -> Callable[[Any], list[Settled]]:
+    """retry / bounce the non-final, not in-flight recipients at `domain` of each message
+    of `mids` (one gone since it was listed is skipped): the per-destination actions."""
+    def op(txn: Any) -> list[Settled]:
         out: list[Settled] = []
-        for idx, rr in recipients_in(txn, db, mid):
-            if rr.state in FINAL_STATES or rr.state is State.INFLIGHT:
+        for mid in mids:
+            try:
+                out.extend(_operate(txn, db, mid, action, now, response, domain))
+            except KeyError:
                 continue
-            # RETRY makes it due now; any other action keeps its due time.
-            due = now if action is Action.RETRY else rr.next_attempt_at
-            new = apply(rr, Result(mid, idx, action, response, next_attempt_at=due), now)
-            move(txn, db, mid, idx, rr, new)
-            out.append(Settled(msg, idx, new))
+        return out
+    return op
+
+
+def _operate(txn: Any, db: Db, mid: str, action: Action, now: float, response: str,
+             domain: str | None) -> list[Settled]:
+    mraw = txn.get(mid.encode("ascii"), db=db["messages"])
+    if mraw is None:
+        raise KeyError(mid)
+    msg = msg_dec.decode(mraw)
+    out: list[Settled] = []
+    for idx, rr in recipients_in(txn, db, mid):
+        if rr.state in FINAL_STATES or rr.state is State.INFLIGHT:
+            continue
+        if domain is not None and rr.domain != domain:
+            continue
+        # RETRY makes it due now; any other action keeps its due time.
+        due = now if action is Action.RETRY else rr.next_attempt_at
+        new = apply(rr, Result(mid, idx, action, response, next_attempt_at=due), now)
+        move(txn, db, mid, idx, rr, new)
+        out.append(Settled(msg, idx, new))
+    if out or domain is None:
         done = remove_if_done(txn, db, mid)
         for s in out:
             s.message_done = done
+    return out
+
+
+def drop_domain_op(db: Db, mids: list[str], domain: str, now: float,
+                   response: str) -> Callable[[Any], list[Settled]]:
+    """Remove the waiting (not in-flight) recipients at `domain` of each of `mids`
+    without a bounce: a message with nothing else left to deliver is deleted (as
+    `delete_op` does); one that still has recipients elsewhere keeps them, and those at
+    `domain` are settled as bounced with `response` (the caller publishes no event), so
+    no other destination's mail is lost."""
+    def op(txn: Any) -> list[Settled]:
+        out: list[Settled] = []
+        for mid in mids:
+            mraw = txn.get(mid.encode("ascii"), db=db["messages"])
+            if mraw is None:
+                continue
+            msg = msg_dec.decode(mraw)
+            rcpts = recipients_in(txn, db, mid)
+            targets = [(i, r) for i, r in rcpts if r.state not in FINAL_STATES
+                       and r.state is not State.INFLIGHT and r.domain == domain]
+            if not targets:
+                continue
+            chosen = {i for i, _ in targets}
+            if all(r.state in FINAL_STATES or i in chosen for i, r in rcpts):
+                delete_message(txn, db, mid, rcpts)
+                out.extend(Settled(msg, i, r, message_done=True) for i, r in targets)
+                continue
+            for idx, rr in targets:
+                new = apply(rr, Result(mid, idx, Action.BOUNCE, response), now)
+                move(txn, db, mid, idx, rr, new)
+                out.append(Settled(msg, idx, new))
         return out
     return op
+
+
+def pending_at(txn: Any, db: Db, domain: str) -> list[str]:
+    """The ids of the messages with a waiting or in-flight recipient at `domain`, oldest
+    first (one pass over the recipient records)."""
+    out: list[str] = []
+    with txn.cursor(db=db["recipients"]) as cur:
+        for key, val in cur.iternext():
+            if len(key) != ID_LEN + 2:
+                continue
+            rr = rcpt_dec.decode(val)
+            if rr.state in FINAL_STATES or rr.domain != domain:
+                continue
+            mid, _ = parse_rcpt_key(key)
+            if not out or out[-1] != mid:
+                out.append(mid)
+    return out
 
 
 def delete_op(db: Db, mid: str) -> Callable[[Any], MessageRecord]:

@@ -218,6 +218,14 @@ class QueueStore:
     def delete_op(self, mid: str) -> Callable[[Any], MessageRecord]:
         return ops.delete_op(self._db, mid)
 
+    def domain_op(self, mids: list[str], domain: str, action: Action, now: float,
+                  response: str = "") -> Callable[[Any], list[Settled]]:
+        return ops.domain_op(self._db, mids, domain, action, now, response)
+
+    def drop_domain_op(self, mids: list[str], domain: str, now: float,
+                       response: str) -> Callable[[Any], list[Settled]]:
+        return ops.drop_domain_op(self._db, mids, domain, now, response)
+
     # ------------------------------------------------------------------ reading
 
     def named_db(self, name: str) -> Any:
@@ -336,6 +344,11 @@ class QueueStore:
                 mid = bytes(key).decode("ascii")
                 rcpts = ops.recipients_in(txn, self._db, mid)
                 yield msg_dec.decode(val), [r for _, r in rcpts]
+
+    def pending_at(self, domain: str) -> list[str]:
+        """Ids of the messages with a recipient not yet final at `domain`, oldest first."""
+        with self._read() as txn:
+            return ops.pending_at(txn, self._db, domain)
 
     def count_by_state(self) -> dict[str, int]:
         counts = {s.value: 0 for s in State}

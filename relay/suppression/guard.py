@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Sequence
 
 from relay.config import Config
+from relay.events.model import bounce_feedback_id
 from relay.queue.ops import Settled
 from relay.queue.records import MessageRecord, State
 from relay.queue.store import QueueStore
@@ -79,7 +80,9 @@ class Suppressor:
             return None
         if classify_failure(response) is not FailureClass.RECIPIENT:
             return None
-        return Entry(address, Reason.BOUNCE.value, now, message_id, response[:300])
+        # The Bounce event of this settle (relay/delivery/settle.py) has the same `now`.
+        return Entry(address, Reason.BOUNCE.value, now, message_id, response[:300],
+                     bounce_feedback_id(message_id, now))
 
     async def after_settle(self, settled: list[Settled], now: float) -> None:
         by_list: dict[int, tuple[SuppressionList, list[Entry]]] = {}

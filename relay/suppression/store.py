@@ -26,6 +26,9 @@ class Entry(msgspec.Struct, array_like=True, tag=1):
     created_at: float
     message_id: str = ""
     diagnostic: str = ""  # the response or feedback type that put it there
+    # The feedbackId of the Bounce or Complaint event that put it there ("" when added by
+    # hand, or in entries written before it was kept).
+    feedback_id: str = ""
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -73,12 +76,17 @@ class SuppressionList:
     def _raw_entries(self) -> list[bytes]:
         return [raw for _, raw in self.store.read_db(self._name, self._prefix)]
 
-    def entries(self, *, reason: str | None = None, prefix: str = "") -> Iterator[Entry]:
+    def entries(self, *, reason: str | None = None, prefix: str = "",
+                contains: str = "") -> Iterator[Entry]:
+        """The entries in address order; `contains`: only addresses with this in them."""
+        needle = contains.lower()
         for raw in self._raw_entries():
             entry = _dec.decode(raw)
             if reason and entry.reason != reason:
                 continue
             if prefix and not entry.address.startswith(prefix.lower()):
+                continue
+            if needle and needle not in entry.address:
                 continue
             yield entry
 

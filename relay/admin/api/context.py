@@ -13,6 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
+from relay.admin.api.livefeed import LiveFeed
 from relay.admin.metrics import Metrics
 from relay.admin.tokens import TokenStore
 from relay.clock import Clock
@@ -52,6 +53,12 @@ class AdminContext:
     sent_last_24_hours: Callable[[QueueStore, str], int] = sent_last_24_hours
     started_at: float = 0.0                     # clock.now() at start (0: set in __post_init__)
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
+    # The message history and sending statistics (relay/history/); None: the API makes
+    # its own on `store` (they keep no state but the LMDB sub-databases).
+    message_history: Any = None                 # relay.history.store.HistoryStore
+    stats: Any = None                           # relay.history.stats.StatsStore
+    # The event stream's follower of the event log (made at the first stream).
+    live: LiveFeed | None = None
 
     def __post_init__(self) -> None:
         if not self.started_at:
@@ -100,6 +107,23 @@ class AdminContext:
         if self.tenants is None:
             self.tenants = TenantStore(self.store, self.clock)
         return self.tenants
+
+    def history_store(self) -> Any:
+        if self.message_history is None:
+            from relay.history.store import HistoryStore
+            self.message_history = HistoryStore(self.store)
+        return self.message_history
+
+    def stats_store(self) -> Any:
+        if self.stats is None:
+            from relay.history.stats import StatsStore
+            self.stats = StatsStore(self.store)
+        return self.stats
+
+    def live_feed(self) -> LiveFeed:
+        if self.live is None:
+            self.live = LiveFeed(self.events.path, self.clock)
+        return self.live
 
     def sample(self) -> dict[str, Any]:
         point: dict[str, Any] = {"t": self.clock.now(), **self.depth()}

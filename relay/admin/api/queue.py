@@ -1,11 +1,14 @@
-"""/api/queue: list, show, retry, bounce and delete queued messages.
+"""/api/queue: list, show, retry, bounce and delete queued messages, one by one or every
+recipient waiting for one destination domain (`?domain=`).
 
 Actions go through the store's group committer like the scheduler's own writes; a bounce
-publishes its Bounce event.
+publishes its Bounce event. A per-destination action finds its messages in a thread and
+changes them in ops of DOMAIN_CHUNK messages, so no one transaction grows with the queue.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -13,7 +16,13 @@ from msgspec import UnsetType
 
 from relay.admin.api.common import _error, _json, _query
 from relay.admin.api.context import _ctx
-from relay.admin.params import BadInput, QueueQuery
+from relay.admin.params import BadInput, DomainQuery, QueueQuery, domain_name
+from relay.admin.queueactions import (
+    DOMAIN_CHUNK,
+    OPERATOR_BOUNCE,
+    OPERATOR_DELETE,
+    bounce_events,
+)
 from relay.events.model import bounce_event, iso
 from relay.queue.records import Action, MessageRecord, RecipientRecord
 
@@ -86,7 +95,7 @@ async def _queue_action(request: web.Request, what: str) -> web.Response:
             ctx.wake_scheduler()
             return _json({"id": mid, "retried": len(settled)})
         settled = await store.write(store.operator_op(
-            mid, Action.BOUNCE, now, "554 5.0.0 bounced by the operator"))
+            mid, Action.BOUNCE, now, OPERATOR_BOUNCE))
     except KeyError:
         return _error(404, f"no queued message with id {mid!r}", "id")
     if settled:
@@ -106,3 +115,44 @@ async def queue_delete(request: web.Request) -> web.Response:
 
 async def queue_bounce(request: web.Request) -> web.Response:
     return await _queue_action(request, "bounce")
+
+
+async def _domain_action(request: web.Request, what: str) -> web.Response:
+    ctx = _ctx(request)
+    domain = domain_name("domain", _query(request, DomainQuery).domain)
+    store = ctx.store
+    mids = await asyncio.to_thread(store.pending_at, domain)
+    messages: set[str] = set()
+    recipients = 0
+    for i in range(0, len(mids), DOMAIN_CHUNK):
+        chunk, now = mids[i:i + DOMAIN_CHUNK], ctx.clock.now()
+        if what == "delete":
+            settled = await store.write(store.drop_domain_op(chunk, domain, now,
+                                                             OPERATOR_DELETE))
+        elif what == "retry":
+            settled = await store.write(store.domain_op(chunk, domain, Action.RETRY, now))
+        else:
+            settled = await store.write(store.domain_op(chunk, domain, Action.BOUNCE, now,
+                                                        OPERATOR_BOUNCE))
+            if settled:
+                ctx.events.emit(bounce_events(settled, now, ctx.config().server.hostname))
+        messages.update(s.message.id for s in settled)
+        recipients += len(settled)
+    if what == "retry" and recipients:
+        ctx.wake_scheduler()
+    return _json({"domain": domain, "messages": len(messages), "recipients": recipients})
+
+
+async def queue_domain_retry(request: web.Request) -> web.Response:
+    """POST /api/queue/retry?domain=D: attempt now every waiting recipient at D."""
+    return await _domain_action(request, "retry")
+
+
+async def queue_domain_bounce(request: web.Request) -> web.Response:
+    """POST /api/queue/bounce?domain=D: fail them, with Bounce events."""
+    return await _domain_action(request, "bounce")
+
+
+async def queue_domain_delete(request: web.Request) -> web.Response:
+    """DELETE /api/queue?domain=D: remove them without a bounce."""
+    return await _domain_action(request, "delete")

@@ -12,16 +12,22 @@ from relay.admin.api.common import Handler
 from relay.admin.api.context import CTX, AdminContext
 from relay.admin.api.events import events
 from relay.admin.api.guard import _guard, _security_headers
+from relay.admin.api.history import message_show, messages_search
 from relay.admin.api.identities import identities
 from relay.admin.api.pages import dashboard, metrics, openapi
 from relay.admin.api.queue import (
     queue_bounce,
     queue_delete,
+    queue_domain_bounce,
+    queue_domain_delete,
+    queue_domain_retry,
     queue_list,
     queue_retry,
     queue_show,
 )
+from relay.admin.api.stats import stats
 from relay.admin.api.status import dashboard_data, status
+from relay.admin.api.stream import events_stream
 from relay.admin.api.suppression import (
     suppression_add,
     suppression_list,
@@ -42,6 +48,10 @@ from relay.admin.api.warmup import warmup
 
 ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/api/queue", queue_list),
+    # Per destination (?domain=), before the per-message paths they could be read as.
+    ("POST", "/api/queue/retry", queue_domain_retry),
+    ("POST", "/api/queue/bounce", queue_domain_bounce),
+    ("DELETE", "/api/queue", queue_domain_delete),
     ("GET", "/api/queue/{id}", queue_show),
     ("POST", "/api/queue/{id}/retry", queue_retry),
     ("POST", "/api/queue/{id}/bounce", queue_bounce),
@@ -62,6 +72,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("POST", "/api/tenants/{name}/resume", tenants_resume),
     ("POST", "/api/tenants/{name}/production", tenants_production),
     ("GET", "/api/events", events),
+    ("GET", "/api/events/stream", events_stream),
+    ("GET", "/api/messages", messages_search),
+    ("GET", "/api/messages/{id}", message_show),
+    ("GET", "/api/stats", stats),
     ("GET", "/api/status", status),
     ("GET", "/api/dashboard", dashboard_data),
     ("GET", "/metrics", metrics),

@@ -26,8 +26,11 @@ from relay.suppression.store import Entry, SuppressionList
 
 
 def _entry_row(e: Entry) -> dict[str, Any]:
+    """An entry with what put it there: the message (queue id), the Bounce or Complaint
+    event's feedbackId and the diagnostic (empty when added by hand or not kept)."""
     return {"address": e.address, "reason": e.reason, "created_at": iso(e.created_at),
-            "message_id": e.message_id, "diagnostic": e.diagnostic}
+            "message_id": e.message_id, "feedback_id": e.feedback_id,
+            "diagnostic": e.diagnostic}
 
 
 def _address(raw: str, field_name: str = "address") -> str:
@@ -38,7 +41,8 @@ def _address(raw: str, field_name: str = "address") -> str:
 
 
 async def suppression_list(request: web.Request) -> web.Response:
-    """Paged by offset (the list is in address order); filter by reason and prefix."""
+    """Paged by offset (the list is in address order); filter by reason, prefix and `q`
+    (a part of the address)."""
     query = _query(request, SuppressionQuery)
     ctx = _ctx(request)
     reason = None if isinstance(query.reason, UnsetType) else query.reason
@@ -47,8 +51,8 @@ async def suppression_list(request: web.Request) -> web.Response:
     def page() -> tuple[list[dict[str, Any]], int]:
         rows: list[dict[str, Any]] = []
         matched = 0
-        for e in SuppressionList(ctx.store, query.tenant).entries(reason=reason,
-                                                                   prefix=prefix):
+        for e in SuppressionList(ctx.store, query.tenant).entries(
+                reason=reason, prefix=prefix, contains=query.q.strip()):
             if offset <= matched < offset + limit:
                 rows.append(_entry_row(e))
             matched += 1
