@@ -37,7 +37,8 @@ FLAKY = ("flaky.test", "later.test")
 
 class DeferFirst:
     """The sink's policy: adminkit's, plus a 451 for the first RCPT of each address at a
-    FLAKY domain (and a 250 for every later one), as a greylisting MX answers."""
+    FLAKY domain (and a 250 for every later one), as a greylisting MX answers. A 4.2.0,
+    not a 4.7.x: that would also pause the warming IPs (relay/warmup/backoff.py)."""
 
     def __init__(self) -> None:
         self._seen: set[str] = set()
@@ -49,7 +50,7 @@ class DeferFirst:
             with self._lock:
                 if address not in self._seen:
                     self._seen.add(address)
-                    return "451 4.7.1 greylisted, come back later"
+                    return "450 4.2.0 greylisted, come back later"
             return None
         return sink_policy(stage, arg, envelope)  # type: ignore[arg-type]
 
