@@ -393,3 +393,83 @@ async def test_recorder_writes_a_batch_per_flush(tmp_path: Path) -> None:
     assert view is not None
     assert [r.status for r in view.message.recipients] == ["delivered", "bounced"]
     reopened.close_sync()
+
+
+# A recipient's story: (deferred attempts before the end, the end).
+_ENDS = ("delivered", "delivered+complaint", "delivered+unsubscribe", "bounced", "expired",
+         "suppressed", "pending")
+
+
+def _story(msg: MessageRecord, plan: list[tuple[int, str]]) -> list[M.Event | Attempt]:
+    """A message's Send, attempts and events in time order, each recipient as `plan`
+    says (its deferred attempts each followed by a DeliveryDelay, then its end)."""
+    t = msg.received_at
+    out: list[M.Event | Attempt] = [M.send_event(msg)]
+    for n, (rcpt, (deferrals, end)) in enumerate(zip(msg.recipients, plan, strict=True)):
+        at = t + 10 * (n + 1)
+        for _ in range(deferrals):
+            out.append(Attempt(msg.id, rcpt, "deferred", at, t, response="451 later"))
+            out.append(M.delay_event(msg, [rcpt], "451 4.4.1 later", at + 1, t + DAY, "mx"))
+            at += 100
+        if end.startswith("delivered"):
+            out.append(Attempt(msg.id, rcpt, "delivered", at, t))
+            out.append(M.delivery_event(msg, [rcpt], "250 ok", at + 1, "mx"))
+            if end.endswith("complaint"):
+                out.append(M.complaint_event(msg, [rcpt], at + 500))
+            elif end.endswith("unsubscribe"):
+                out.append(M.subscription_event(msg, rcpt, at + 400))
+        elif end == "bounced":
+            out.append(Attempt(msg.id, rcpt, "bounced", at, t, response="550 5.1.1 no"))
+            out.append(M.bounce_event(msg, [rcpt], "550 5.1.1 no", at + 1, "mx"))
+        elif end == "expired":
+            out.append(M.bounce_event(msg, [rcpt], "451 4.4.1 later", at + 1, "mx",
+                                      expired=True))
+        elif end == "suppressed":
+            out.append(M.bounce_event(msg, [rcpt], M.SUPPRESSED_RESPONSE, at, "mx"))
+    return out
+
+
+def _batch(items: list[M.Event | Attempt]) -> Batch:
+    events = [i for i in items if isinstance(i, M.Event)]
+    msgs, entries = from_events(*events)
+    return msgs, entries + from_attempts(*(i for i in items if isinstance(i, Attempt)))[1]
+
+
+def test_any_order_of_a_messages_entries_gives_the_same_history(tmp_path: Path) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    store = QueueStore(tmp_path / "q", FakeClock(T0))
+    h = HistoryStore(store)
+    plans = st.lists(st.tuples(st.integers(0, 2), st.sampled_from(_ENDS)),
+                     min_size=1, max_size=3)
+
+    @settings(max_examples=40, deadline=None,
+              suppress_health_check=[HealthCheck.too_slow])
+    @given(plan=plans, data=st.data())
+    def check(plan: list[tuple[int, str]], data: st.DataObject) -> None:
+        rcpts = [f"r{i}@gmail.com" for i in range(len(plan))]
+        in_order, shuffled = record(T0, rcpts), record(T0, rcpts)
+        story = _story(in_order, plan)
+        put(h, _batch(story))
+        other = _story(shuffled, plan)
+        order = data.draw(st.permutations(range(len(other))))
+        cuts = sorted(data.draw(st.sets(st.integers(1, len(other)), max_size=4)))
+        items = [other[i] for i in order]
+        for lo, hi in zip([0, *cuts], [*cuts, len(items)], strict=True):
+            if hi > lo:
+                put(h, _batch(items[lo:hi]))
+        a, b = h.get(in_order.id), h.get(shuffled.id)
+        assert a is not None and b is not None
+        assert not b.message.partial
+        assert [(r.address, r.status, r.attempts, r.provider) for r in a.message.recipients] \
+            == [(r.address, r.status, r.attempts, r.provider) for r in b.message.recipients]
+        assert [(e.recipient, e.kind, e.ts) for e in a.timeline] == \
+            [(e.recipient, e.kind, e.ts) for e in b.timeline]
+        assert {k[:-20] for k in K.index_keys(a.message) if k[:1] != K.F_MESSAGE_ID} == \
+            {k[:-20] for k in K.index_keys(b.message) if k[:1] != K.F_MESSAGE_ID}
+
+    try:
+        check()
+    finally:
+        store.close_sync()
