@@ -361,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client", choices=["loadgen", "smtp-source"], default="loadgen",
                    help="load generator: bench/loadgen.py, or Postfix's smtp-source "
                         "(C, cheaper; plain SMTP only, so with --tls none)")
+    p.add_argument("--history", action=argparse.BooleanOptionalAction, default=True,
+                   help="[history] enabled (--no-history: relay records no message "
+                        "history or sending statistics; for A/B runs of its cost)")
     args = p.parse_args(argv)
     if args.tls == "implicit":
         p.error("the generated config has no implicit-TLS listener; use starttls or none")
@@ -378,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
         sc = Scenario(size, args.messages, args.sessions, args.tls, args.reuse,
                       workers=args.workers,
                       profile=f"{args.profile}-{size}.txt" if args.profile else "",
-                      extra=args.config_extra.replace("\\n", "\n"),
+                      extra=args.config_extra.replace("\\n", "\n") + (
+                          "" if args.history else "\n[history]\nenabled = false\n"),
                       delivery_extra=args.delivery_extra.replace("\\n", "\n"),
                       commit_window=args.commit_window, client=args.client,
                       tls_resume=args.tls_resume)

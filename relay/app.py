@@ -40,6 +40,8 @@ from relay.config import Config, ConfigError, load
 from relay.delivery.sentfrom import prune_sent_op
 from relay.dkim.keys import DkimError
 from relay.feedback.listener import FeedbackServer, owned_domains
+from relay.history.recorder import HistoryRecorder
+from relay.history.retention import HistoryPruner
 from relay.identity.check import rotation_tick
 from relay.sesapi.operations import ApiContext
 from relay.sesapi.server import ApiServer
@@ -55,6 +57,7 @@ from relay.wiring import LiveConfig, Overrides, build
 from relay.workers import worker_share
 
 log = logging.getLogger("relay")
+
 
 def _bound(sockets: Iterable[socket.socket]) -> set[tuple[str, int]]:
     """The (ip, port) each listening socket is bound to."""
@@ -86,6 +89,8 @@ class RelayApp:
         self.dev_api_key: tuple[str, str] | None = None
         self.tls: ssl.SSLContext | None = None
         self.feedback_listeners: list[FeedbackServer] = []
+        self.history_recorder: HistoryRecorder | None = None
+        self.history_pruner: HistoryPruner | None = None
 
     @property
     def cfg(self) -> Config:
@@ -125,6 +130,10 @@ class RelayApp:
             log.warning("recovered %d recipients that were in flight at the last stop",
                         self.recovered)
         await self.store.start()
+        # The history's batches ride in the group commit: from now on they can be written.
+        self.history_recorder = parts.recorder
+        if self.history_recorder is not None:
+            self.history_recorder.start()
         if cfg.server.dev_credential and not self.users.names() and not self._secondary:
             self.dev_password = secrets.token_urlsafe(18)
             self.users.add(DEV_USER, self.dev_password)
@@ -136,6 +145,10 @@ class RelayApp:
         self.monitor.start()
         self._prune_task = asyncio.create_task(self._prune_loop(), name="feedback-prune")
         self._dkim_task = asyncio.create_task(self._dkim_loop(), name="dkim-rotation")
+        # One history pruner per spool, as one journal replay: worker 0's.
+        self.history_pruner = parts.pruner if not self._secondary else None
+        if self.history_pruner is not None:
+            self.history_pruner.start()
         self.loop_lag.start()
         self.scheduler.start()
         tls = self.tls = self._tls_context()
@@ -371,6 +384,8 @@ class RelayApp:
     async def stop(self) -> None:
         self._dkim_task.cancel()
         self._prune_task.cancel()
+        if self.history_pruner is not None:
+            await self.history_pruner.stop()
         for fb in self.feedback_listeners:
             await fb.stop()
         if self.api is not None:
@@ -387,6 +402,10 @@ class RelayApp:
             await self.shaped.close()
         await self.sender.close()
         await self.event_router.stop()
+        if self.history_recorder is not None:
+            # After delivery and the journal stopped: the last attempts and events, in
+            # the final commit.
+            await self.history_recorder.stop()
         self.sent_from.flush()  # the last deliveries' attributions, in the final commit
         await self.store.close()
         self.events.close()

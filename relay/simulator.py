@@ -16,10 +16,11 @@ and those outcomes go through the same settle path (retries, expiry, events). Sc
                      schedule, then a Transient Bounce at max_delivery_time
 
 Every answer is an attempt like a network one: one "relay.delivery" log line and one
-`Attempt` to the observers (Prometheus, the dashboard) with provider and source IP
-"simulator". As with SES, the simulator never moves reputation: it bypasses the warm-up
-shaper (no caps used, no sends or bounces counted against an IP) and its attempts are not
-remembered as sent from any IP, so its complaints reach no IP's warm-up state either.
+`Attempt` to the observers (Prometheus, the message history) with provider, source IP
+and MX host "simulator" (no remote IP, no TLS). As with SES, the simulator never moves
+reputation: it bypasses the warm-up shaper (no caps used, no sends or bounces counted
+against an IP) and its attempts are not remembered as sent from any IP, so its complaints
+reach no IP's warm-up state either.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from email.parser import BytesParser
 from email.policy import compat32
 
 from relay.clock import Clock
-from relay.delivery.attempts import Attempt, record_attempts
+from relay.delivery.attempts import Attempt, TransactionInfo, record_attempts, started
 from relay.delivery.outcome import Kind, Outcome
 from relay.events.model import SUPPRESSED_RESPONSE
 from relay.feedback.processor import FeedbackProcessor
@@ -51,6 +52,8 @@ DOMAIN = "simulator.relay.test"
 MTA = DOMAIN
 # The provider and source IP its attempts (and complaints) are counted under.
 PROVIDER = SOURCE = "simulator"
+# The MX host its attempts report (the message history, the delivery log line).
+MX_HOST = "simulator"
 SCENARIOS = ("success", "bounce", "ooto", "complaint", "suppressionlist", "softbounce")
 
 
@@ -96,8 +99,13 @@ class Simulator:
         """The answer for each address of one attempt, logged and counted as one."""
         answers = [_OUTCOMES.get(scenario(a), _UNKNOWN) for a in addresses]
         try:
+            # The same fields as a network attempt: MX host "simulator", no address, no
+            # TLS, no time on the wire.
+            tx = TransactionInfo(mx_host=MX_HOST, started_at=started(self.clock),
+                             received_at=msg.received_at,
+                             configuration_set=msg.configuration_set)
             record_attempts(msg.id, addresses, answers, SOURCE, PROVIDER, self.observers,
-                            tenant=msg.tenant or DEFAULT_TENANT)
+                            tenant=msg.tenant or DEFAULT_TENANT, transaction=tx)
         except Exception:  # observability must never break delivery
             log.exception("could not record a simulator attempt")
         return answers

@@ -5,7 +5,8 @@ is set on a part or appended to one of its hooks afterwards, so `Components` can
 top to bottom as the data flow (docs/architecture.md). Two parts need one built after
 them, and get an explicit forward reference (`Late`) rather than a later assignment:
 reputation feedback reaches the warm-up shaper, and the delivery gate wakes the scheduler;
-the metrics ask reputation feedback which IP sent a complained-about message.
+the metrics ask reputation feedback which IP sent a complained-about message, and read the
+message history's size and the recorder's drops.
 
 `build()` starts nothing and does no network I/O: it opens the spool and the state files
 as the parts' constructors do. Starting, in the order that accepts nothing before it can
@@ -25,7 +26,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from relay import configsets, simulator
-from relay.admin.metrics import Metrics
+from relay.admin.metrics import HistoryUsage, Metrics
 from relay.clock import Clock, SystemClock
 from relay.config import Config
 from relay.delivery.attempts import RecordingSender
@@ -44,6 +45,10 @@ from relay.events.destinations import EventRouter
 from relay.events.journal import EventJournal
 from relay.events.log import EventLog
 from relay.feedback.processor import FeedbackProcessor
+from relay.history.recorder import HistoryRecorder
+from relay.history.retention import HistoryPruner
+from relay.history.stats import StatsStore
+from relay.history.store import HistoryStore
 from relay.identity.authorize import SenderPolicy
 from relay.identity.gate import MailFromGate
 from relay.identity.outbound import Outbound
@@ -170,6 +175,13 @@ class Components:
     reputation_book: ReputationBook
     monitor: ReputationMonitor
     account: AccountGate
+    # The message history and sending statistics ([history] enabled; None otherwise): the
+    # stores the admin API and the CLI read, the recorder fed by the event log and every
+    # attempt (network and simulator), the pruner (worker 0 runs it).
+    history: HistoryStore | None = None
+    stats: StatsStore | None = None
+    recorder: HistoryRecorder | None = None
+    pruner: HistoryPruner | None = None
 
     @property
     def secondary(self) -> bool:
@@ -208,16 +220,38 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     late_shaped: Late[ShapedSender | None] = Late("the warm-up shaper")
     late_scheduler: Late[Scheduler] = Late("the scheduler")
     late_monitor: Late[ReputationMonitor] = Late("the reputation monitor")
+    late_history: Late[HistoryStore] = Late("the message history")
+    late_recorder: Late[HistoryRecorder] = Late("the history recorder")
 
     def complaint_source(event: Any) -> tuple[str, str] | None:
         return late_reputation().complaint_source(event)
 
-    metrics = Metrics(complaint_source=complaint_source)
+    keep_history = cfg.history.enabled
+    metrics = Metrics(
+        complaint_source=complaint_source,
+        # The history's size, read from the spool at most every 30 s, off the loop.
+        history_usage=HistoryUsage(lambda: late_history().usage(), clock)
+        if keep_history else None,
+        history_dropped=lambda: late_recorder().dropped)
     store = QueueStore(
         state_dir / "queue", clock, map_size=cfg.server.queue_map_size,
         commit_window=cfg.server.commit_window, commit_batch_max=cfg.server.commit_batch_max,
         lease_seconds=lease_seconds(cfg), shard=worker,
         commit_observers=[metrics.observe_store])
+    # The message history: batches of what the event log and the attempts say, written
+    # once per [history] flush with the group commit (never in an SMTP reply's path).
+    history = late_history.set(HistoryStore(store)) if keep_history else None
+    stats = StatsStore(store) if keep_history else None
+    recorder = late_recorder.set(HistoryRecorder(
+        store, history, clock, flush=float(cfg.history.flush))) \
+        if history is not None else None
+    pruner = HistoryPruner(
+        history, stats, clock, retention=float(cfg.history.retention),
+        stats_retention=float(cfg.history.stats_retention),
+        max_bytes=int(cfg.history.max_disk)) \
+        if history is not None and stats is not None else None
+    history_feed = [recorder] if recorder is not None else []
+    attempt_history = [recorder.observe_attempt] if recorder is not None else []
     # (queue id, recipient domain) -> (source IP, provider) of attempts, so a late
     # reputation bounce or a complaint reaches the warm-up state of the IP that sent, in
     # whichever worker it arrives, and after a restart.
@@ -238,7 +272,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
 
     events = EventLog(events_path if events_path.is_absolute() else state_dir / events_path,
                       clock, subscribers=[event_router, metrics.observe_event,
-                                          count_reputation])
+                                          count_reputation, *history_feed])
     # Events are staged with the state changes they report and replayed after a crash.
     journal = EventJournal(store, events, clock)
     users = UserStore(state_dir / "users.json", clock, recheck=0.5)
@@ -257,10 +291,10 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     sender = over.sender if over.sender is not None else Sender(
         cfg.delivery, hostname=cfg.server.hostname, clock=clock)
     # Below the shaper: one log line and one metric per attempted transaction.
-    attempts = RecordingSender(sender, provider_map(cfg),
+    attempts = RecordingSender(sender, provider_map(cfg), clock=clock,
                                default_source=cfg.delivery.source_address,
                                observers=[metrics.observe_attempt,
-                                          reputation.remember_attempt])
+                                          reputation.remember_attempt, *attempt_history])
 
     def pool_and_lane(msg: Any) -> tuple[str, int]:
         current = live.current
@@ -323,7 +357,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         suppression_scope=suppression_scope)
     local: LocalDeliveryLike = over.simulator if over.simulator is not None else Simulator(
         clock=clock, store=store, feedback=feedback, verp=verp, return_domain=return_domain,
-        observers=[metrics.observe_attempt])  # never remember_attempt: no reputation
+        # never remember_attempt: no reputation
+        observers=[metrics.observe_attempt, *attempt_history])
     # Accept first: delivery gives this process's loop to a burst of submissions; when a
     # hold ends, the scheduler promotes again.
     loop_lag = over.loop_lag if over.loop_lag is not None else LoopLag()
@@ -400,5 +435,5 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         scheduler=scheduler, submitter=submitter, mail_from_gate=mail_from_gate,
         auth_policy=auth_policy, sender_policy=sender_policy, tenants=tenants,
         quotas=quotas, reputation_book=reputation_book, monitor=monitor,
-        account=account)
+        account=account, history=history, stats=stats, recorder=recorder, pruner=pruner)
 

@@ -7,12 +7,15 @@ way, under provider and source IP "simulator"), the store's `on_commit` callback
 batch size and commit+fsync latency) and the listeners' admission hook
 (sessions). Gauges that describe state (queue depth by state, oldest message
 age, open sessions, warm-up cap and usage per IP) are computed at scrape time
-by `StateCollector`, from the live objects, never cached.
+by `StateCollector`, from the live objects, never cached. The message history's size
+(`HistoryCollector`) is the exception: read from the spool at most every 30 s
+(`HistoryUsage`), never on the event loop.
 Must not: import aiohttp (the HTTP side is relay.admin.api).
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -21,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from relay.clock import Clock
 from relay.delivery.attempts import Attempt
 from relay.queue.committer import StoreStats
 
@@ -31,10 +35,16 @@ MAX_TENANT_LABELS = 200
 
 class Metrics:
     def __init__(self, *,
-                 complaint_source: Callable[[Any], tuple[str, str] | None] | None = None
-                 ) -> None:
+                 complaint_source: Callable[[Any], tuple[str, str] | None] | None = None,
+                 history_usage: HistoryUsage | None = None,
+                 history_dropped: Callable[[], int] | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # The message history's size ([history] enabled; None otherwise): the gauges, and
+        # /api/status's "history" block, read it through this cache.
+        self.history_usage = history_usage
+        if history_usage is not None:
+            r.register(HistoryCollector(history_usage, history_dropped or (lambda: 0)))
         self.accepted = Counter("relay_messages_accepted", "Messages accepted (250 after DATA)",
                                 registry=r)
         self.rejected = Counter(
@@ -297,3 +307,63 @@ class EventLogCollector(Collector):
             "relay_event_destination_file_dropped_events", "Events a file event destination "
             "could not keep in memory while its writes failed",
             value=sum(f.dropped for f in files))
+
+
+# How often the history's size is read from the spool at most (a scrape or /api/status
+# in between gets the last figures).
+HISTORY_USAGE_EVERY = 30.0
+
+
+class HistoryUsage:
+    """HistoryStore.usage() ({"messages", "bytes", "oldest"}), read at most every `every`
+    seconds of `clock`. `read()` may touch the spool: call it from a thread (the /metrics
+    scrape renders in one); `cached()` never does (the last figures, None when stale)."""
+
+    def __init__(self, usage: Callable[[], dict[str, int]], clock: Clock, *,
+                 every: float = HISTORY_USAGE_EVERY) -> None:
+        self._usage = usage
+        self._clock = clock
+        self.every = every
+        self._lock = threading.Lock()
+        self._value: dict[str, int] | None = None
+        self._at = 0.0
+
+    def cached(self) -> dict[str, int] | None:
+        value = self._value
+        if value is None or self._clock.monotonic() - self._at >= self.every:
+            return None
+        return value
+
+    def read(self) -> dict[str, int]:
+        with self._lock:  # two scrapes at once read the spool once
+            value = self.cached()
+            if value is None:
+                value = self._value = dict(self._usage())
+                self._at = self._clock.monotonic()
+            return value
+
+
+class HistoryCollector(Collector):
+    """relay_history_messages and relay_history_bytes (the spool's history, every
+    worker's), and relay_history_dropped_total (this process's recorder)."""
+
+    def __init__(self, usage: HistoryUsage, dropped: Callable[[], int]) -> None:
+        self.usage = usage
+        self.dropped = dropped
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # computed only at collect time
+
+    def collect(self) -> Iterator[Metric]:
+        figures = self.usage.read()
+        yield GaugeMetricFamily(
+            "relay_history_messages", "Messages in the message history ([history])",
+            value=figures.get("messages", 0))
+        yield GaugeMetricFamily(
+            "relay_history_bytes", "Disk the message history and sending statistics use "
+            "in the spool (LMDB pages of their sub-databases; [history] max_disk caps it)",
+            value=figures.get("bytes", 0))
+        yield CounterMetricFamily(
+            "relay_history_dropped", "History entries this process could not record "
+            "because its pending batch was full (delivery never waits for the history)",
+            value=self.dropped())

@@ -16,6 +16,7 @@ One job per module; this one re-exports their public names (`from relay.config i
   sending.py    identity, dkim, configuration_set, events, event_destination, suppression
   tenants.py    tenants (default quotas, the sandbox) and reputation
   api.py        api: the SES HTTP API (the region clients sign for)
+  history.py    history: the message history and sending statistics (retention, flush)
   root.py       Config: the whole file, one field per section
   describe.py   how problems name types and values
   load.py       TOML → Config: the schema walk, ConfigError, load/loads/from_dict
@@ -35,6 +36,7 @@ from relay.config.delivery import (
     Warmup,
     WarmupPlan,
 )
+from relay.config.history import History
 from relay.config.load import ConfigError, from_dict, load, loads
 from relay.config.root import Config
 from relay.config.sending import (
@@ -86,6 +88,7 @@ __all__ = [
     "Events",
     "Feedback",
     "Fraction",
+    "History",
     "HostPort",
     "Identity",
     "Limits",

@@ -1,5 +1,5 @@
 """Config: the whole configuration file, one field per top-level section (the sections are
-declared in server.py, delivery.py, sending.py and tenants.py).
+declared in server.py, delivery.py, sending.py, tenants.py, api.py and history.py).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import msgspec
 
 from relay.config.api import Api
 from relay.config.delivery import Backoff, Delivery, Pool, Provider, Warmup, WarmupPlan
+from relay.config.history import History
 from relay.config.sending import (
     ConfigurationSet,
     Dkim,
@@ -33,6 +34,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     admin: Admin = Admin()
     api: Api = Api()
     events: Events = Events()
+    history: History = History()
     identity: list[Identity] = []
     dkim: Dkim = Dkim()
     pool: list[Pool] = []

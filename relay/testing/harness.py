@@ -7,9 +7,10 @@ on loopback (relay/testing/dnsserver.py, through `dns.nameservers`), sinks on 12
 (relay/testing/sink.py, through `delivery.port`), and what `Overrides` replaces.
 
 `start()` starts it in RelayApp's order without the listeners, the admin API and the
-hourly/daily loops (pruning, DKIM rotation): the spool recovered and committing, the event
-outbox, the journal (replaying what a previous run left staged), and with `deliver=True`
-the loop-lag probe and the scheduler's own loop. Without it the test drives delivery:
+hourly/daily loops (pruning, history retention, DKIM rotation): the spool recovered and
+committing, the history recorder, the event outbox, the journal (replaying what a
+previous run left staged), and with `deliver=True` the loop-lag probe and the scheduler's
+own loop. Without it the test drives delivery:
 `await h.scheduler.run_until_idle()`, or `deliver_until()` that jumps a FakeClock from due
 time to due time. `close()` stops it in RelayApp.stop()'s order.
 """
@@ -36,6 +37,9 @@ class Harness:
         self.keys, self.signer, self.verp = p.dkim_keys, p.signer, p.verp
         self.journal, self.feedback, self.submitter = p.journal, p.feedback, p.submitter
         self.tenants, self.monitor = p.tenants, p.monitor
+        # The message history ([history] enabled): its store, statistics and recorder
+        # (`await h.recorder.run_once()` writes what is pending now).
+        self.history, self.stats, self.recorder = p.history, p.stats, p.recorder
         self.recovered = 0
         self._delivering = False
 
@@ -44,6 +48,8 @@ class Harness:
         self.recovered = p.store.write_now(p.store.recover_op(self.clock.now(),
                                                               shard=p.worker))
         await p.store.start()
+        if p.recorder is not None:
+            p.recorder.start()
         await p.event_router.start()
         p.journal.replay()
         p.journal.start()
@@ -75,6 +81,8 @@ class Harness:
             await p.shaped.close()
         await p.sender.close()
         await p.event_router.stop()
+        if p.recorder is not None:
+            await p.recorder.stop()
         p.sent_from.flush()
         await p.store.close()
         p.events.close()

@@ -81,10 +81,19 @@ def test_simulator_mail_is_counted_and_logged_but_never_moves_reputation(
     assert _sample(text, "relay_complaints_total", "simulator") == SENT["complaint"], text
     assert _sample(text, "relay_complaints_total", "other") == 0, text
 
-    _, dash = admin.call("GET", "/api/dashboard")
-    panel = dash["providers"]["simulator"]
-    assert (panel["attempts"], panel["delivered"], panel["bounced"], panel["complained"]) == \
-        (total, SENT["success"] + SENT["complaint"], SENT["bounce"], SENT["complaint"])
+    # The panel reads the sending statistics, which each process writes once per
+    # [history] flush: they show within moments.
+    def panel() -> tuple[int, int, int, int]:
+        _, dash = admin.call("GET", "/api/dashboard")
+        p = dash["providers"].get("simulator", {})
+        return (p.get("attempts"), p.get("delivered"), p.get("bounced"), p.get("complained"))
+
+    want = (total, SENT["success"] + SENT["complaint"], SENT["bounce"], SENT["complaint"])
+    try:
+        wait_until(lambda: panel() == want, 15, "the simulator's panel")
+    except AssertionError:
+        raise AssertionError(f"(attempts, delivered, bounced, complained): {panel()}, "
+                             f"expected {want}") from None
 
     lines = _attempt_lines(admin)
     assert len(lines) == total
@@ -122,3 +131,22 @@ def test_the_attempt_log_line_has_the_fields_of_a_network_attempt(
     simulated = wait_until(lambda: line_for(sim_id), 15, "the simulator attempt's line")
     assert set(simulated) == set(network)
     assert (simulated["provider"], simulated["source_ip"]) == ("simulator", "simulator")
+    # Every field the README promises, and where the attempt went, how and how long.
+    for rec in (network, simulated):
+        for key in ("queue_id", "tenant", "recipient_domain", "source_ip", "provider",
+                    "response", "result", "mx_host", "remote_ip", "tls", "delay",
+                    "duration"):
+            assert key in rec, (key, rec)
+        assert rec["tenant"] == "default" and rec["result"] == "delivered"
+        assert str(rec["response"]).startswith("250 ")
+        assert isinstance(rec["delay"], float) and isinstance(rec["duration"], float)
+        assert 0.0 <= rec["duration"] <= rec["delay"] < 60.0
+    assert (network["recipient_domain"], network["mx_host"], network["remote_ip"],
+            network["tls"]) == ("ok.test", "mx.ok.test", "127.0.0.2", False)
+    assert network["source_ip"] in ("127.0.0.10", "127.0.0.11")
+    assert (simulated["recipient_domain"], simulated["mx_host"], simulated["remote_ip"],
+            simulated["tls"], simulated["duration"]) == (SIM, "simulator", "", False, 0.0)
+    text = next(json.loads(line)["message"] for line in admin.relay.stderr().splitlines()
+                if line.startswith("{") and f'"queue_id": "{network_id}"' in line)
+    assert f"attempt {network_id} tenant=default domain=ok.test source_ip=" in text
+    assert " mx_host=mx.ok.test remote_ip=127.0.0.2 tls=no delay=" in text

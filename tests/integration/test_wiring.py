@@ -66,7 +66,16 @@ def assert_connected(p: Components) -> None:
     assert p.mail_from_gate.inner is p.submitter and p.mail_from_gate.outbound is p.outbound
     assert p.mail_from_gate.reject == p.submitter.reject
     assert p.events.subscribers[:2] == [p.event_router, p.metrics.observe_event]
-    assert len(p.events.subscribers) == 3  # and the reputation monitor (through a Late)
+    # and the reputation monitor (through a Late), and the history recorder
+    assert len(p.events.subscribers) == 4 and p.events.subscribers[3] is p.recorder
+    # The history hears every attempt, the network's and the simulator's.
+    assert p.recorder is not None and p.history is not None and p.stats is not None
+    assert p.recorder.observe_attempt in p.attempts.observers
+    assert p.recorder.observe_attempt in getattr(p.simulator, "observers", [])
+    assert p.recorder.history is p.history and p.recorder.store is p.store
+    assert p.pruner is not None and p.pruner.history is p.history
+    assert p.pruner.stats is p.stats
+    assert p.metrics.history_usage is not None
     assert p.monitor.tenants is p.tenants and p.monitor.store is p.store
     assert s.paused is not None
     assert p.journal.store is p.store and p.journal.log is p.events
@@ -91,6 +100,18 @@ async def test_the_dev_config_builds_a_complete_connected_graph(tmp_path: Path) 
     assert p.store.shard is None and p.scheduler.poll_interval == 1.0
     assert p.event_router.drain is True
     assert p.sender_policy.require_verified is False  # the dev config's "off"
+    await h.start()
+    await h.close()
+
+
+async def test_history_disabled_builds_no_history_parts(
+        make_config: Callable[..., Config]) -> None:
+    h = Harness(make_config(history={"enabled": False}))
+    p = h.parts
+    assert (p.history, p.stats, p.recorder, p.pruner) == (None, None, None, None)
+    assert len(p.events.subscribers) == 3
+    assert p.attempts.observers == [p.metrics.observe_attempt, p.reputation.remember_attempt]
+    assert p.metrics.history_usage is None
     await h.start()
     await h.close()
 

@@ -393,3 +393,30 @@ def test_api_region_defaults_to_us_east_1_and_must_be_a_region_name() -> None:
     assert loads('[api]\nregion = "eu-central-1"\n').api.region == "eu-central-1"
     (problem,) = problems('[api]\nregion = "EU West"\n')
     assert problem.startswith("api: region 'EU West': expected a region name"), problem
+
+
+# --------------------------------------------------------------------------- history
+def test_history_defaults() -> None:
+    h = loads("").history
+    assert (h.enabled, h.retention, h.stats_retention, h.flush, h.max_disk) == \
+        (True, 30 * 86400, 15 * 86400, 0.5, 0)
+    h = loads('[history]\nenabled = false\nretention = "7d"\nstats_retention = "14d"\n'
+              'flush = "2s"\nmax_disk = "2GB"\n').history
+    assert (h.enabled, h.retention, h.stats_retention, h.flush, h.max_disk) == \
+        (False, 7 * 86400, 14 * 86400, 2.0, 2_000_000_000)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ('[history]\nstats_retention = "13d"\n',
+     'history: stats_retention = "13d": expected at least 14d: sending statistics keep '
+     '14 days'),
+    ('[history]\nstats_retention = "1h"\n',
+     'history: stats_retention = "1h": expected at least 14d'),
+    ('[history]\nflush = "0s"\n', 'history: flush = "0s": expected a duration above 0'),
+    ('[history]\nretention = 0\n', 'history: retention = "0s": expected a duration above 0'),
+    ('[history]\nmax_disk = "lots"\n', 'history.max_disk: expected a size in bytes'),
+    ('[history]\nkeep = "30d"\n', "history.keep: unknown key"),
+])
+def test_history_problems_name_key_value_and_expectation(text: str, expected: str) -> None:
+    found = problems(text)
+    assert any(p.startswith(expected) for p in found), found
