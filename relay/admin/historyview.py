@@ -16,6 +16,7 @@ import msgspec
 
 from relay.admin.params import BadInput
 from relay.events.model import iso
+from relay.history import keys as K
 from relay.history.model import (
     HistoryMessage,
     RecipientHistory,
@@ -23,8 +24,8 @@ from relay.history.model import (
     summary_status,
 )
 
-METRICS = ("sent", "delivered", "deferred", "bounced", "complained", "rejected",
-           "attempts", "suppressed")
+# The metrics of a statistics point, in the order tables show them.
+METRICS: tuple[str, ...] = tuple(K.METRICS)
 
 _json_dec = msgspec.json.Decoder()
 
@@ -127,7 +128,7 @@ def message_detail(msg: HistoryMessage, timeline: Sequence[TimelineEntry],
     the SES GetMessageInsights fields."""
     return {**message_row(msg), "tags": msg.tags, "dkim": list(msg.dkim),
             "client_ip": msg.client_ip, "auth_user": msg.auth_user,
-            "identity": msg.identity,
+            "identity": msg.identity, "source": msg.source,
             "timeline": [timeline_row(e) for e in timeline],
             **insights(msg, by_recipient)}
 

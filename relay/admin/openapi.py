@@ -12,7 +12,6 @@ from typing import Any
 
 import msgspec
 
-from relay.admin.historyview import METRICS
 from relay.admin.params import (
     BODIES,
     QUERIES,
@@ -29,6 +28,7 @@ from relay.admin.params import (
     TenantAdd,
     UserAdd,
 )
+from relay.history.keys import METRICS
 from relay.history.model import ENTRY_KINDS, STATUSES
 from relay.queue.records import PENDING_STATES
 from relay.suppression.policy import SUPPRESSION_REASONS
@@ -163,7 +163,8 @@ def document() -> dict[str, Any]:
                 "Details": _OBJ}}}}}
     history_detail = {"allOf": [history_row, {"type": "object", "properties": {
         "tags": _OBJ, "dkim": texts, "client_ip": text, "auth_user": text,
-        "identity": text, "timeline": {"type": "array", "items": timeline_entry},
+        "identity": text, "source": {"enum": ["smtp", "api", ""]},
+        "timeline": {"type": "array", "items": timeline_entry},
         "MessageId": text, "FromEmailAddress": text, "Subject": text,
         "EmailTags": {"type": "array", "items": _OBJ},
         "Insights": {"type": "array", "items": insight}}}]}

@@ -10,14 +10,17 @@ QueueStore.submit_record; requests are real HTTP with aiohttp's client.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
+import msgspec
 import pytest
 
 from relay.admin.api import AdminContext
@@ -30,6 +33,7 @@ from relay.config import Config
 from relay.config.types import Address
 from relay.events.log import EventLog, read_events
 from relay.events.model import (
+    Event,
     bounce_event,
     complaint_event,
     delay_event,
@@ -41,6 +45,7 @@ from relay.queue.records import MessageRecord, State
 from relay.queue.store import QueueStore
 from relay.suppression.store import Entry, SuppressionList
 from relay.testing.factories import merged_config
+from relay.testing.historydata import Attempt, history_op, message
 from relay.users import UserStore
 
 
@@ -194,7 +199,6 @@ async def test_suppression_search_and_cause(api: Api) -> None:
 async def test_suppression_entries_written_before_the_cause_field_still_read(
         api: Api) -> None:
     """An entry stored by an older relay (five fields) lists with an empty feedback id."""
-    import msgspec
 
     class OldEntry(msgspec.Struct, array_like=True, tag=1):
         address: str
@@ -269,3 +273,259 @@ async def test_stream_limit_then_shutdown_ends_streams(api: Api) -> None:
     finally:
         for resp in opened:
             resp.release()
+
+
+# ---------------------------------------------------------------------- history
+
+
+@dataclass
+class Filled:
+    invoice: MessageRecord      # alice delivered, bob deferred then bounced
+    welcome: MessageRecord      # carol delivered, then complained
+    bulk: list[MessageRecord]   # newest last
+    bulk_start: float
+
+
+@pytest.fixture
+async def filled(api: Api) -> Filled:
+    now = time.time()
+    t0 = now - 3 * 3600
+    invoice = message(t0, ["alice@gmail.test", "bob@ok.test"], "Invoice for March",
+                      msgid="inv-1@acme.test", tenant="acme", configuration_set="tx")
+    welcome = message(t0 + 60, ["carol@ok.test"], "Welcome aboard",
+                      sender="news@news.test", from_="news@news.test")
+    events: list[Event] = [
+        send_event(invoice),
+        delivery_event(invoice, ["alice@gmail.test"], "250 2.0.0 OK queued", t0 + 5,
+                       "gmail-smtp-in.l.gmail.test"),
+        delay_event(invoice, ["bob@ok.test"], "451 4.2.0 mailbox busy", t0 + 6,
+                    t0 + 86400, "relay.test"),
+        bounce_event(invoice, ["bob@ok.test"], "550 5.1.1 no such user", t0 + 900,
+                     "relay.test"),
+        send_event(welcome),
+        delivery_event(welcome, ["carol@ok.test"], "250 ok", t0 + 65, "mx.ok.test"),
+        complaint_event(welcome, ["carol@ok.test"], t0 + 3600, feedback_type="abuse"),
+    ]
+    attempts = [
+        Attempt(invoice.id, "alice@gmail.test", "delivered", "250 2.0.0 OK queued",
+                t0 + 4, t0),
+        Attempt(invoice.id, "bob@ok.test", "deferred", "451 4.2.0 mailbox busy", t0 + 5,
+                t0, provider="", mx_host="mx.ok.test", tls=False),
+        Attempt(invoice.id, "bob@ok.test", "bounced", "550 5.1.1 no such user", t0 + 899,
+                t0, provider="", mx_host="mx.ok.test", tls=False),
+    ]
+    bulk_start = now - 3600
+    bulk = []
+    for i in range(12):
+        m = message(bulk_start + i, [f"reader{i}@ok.test"], f"Newsletter {i}",
+                    sender="news@news.test", from_="news@news.test")
+        bulk.append(m)
+        events += [send_event(m), delivery_event(m, m.recipients, "250 ok", bulk_start + i
+                                                 + 1, "mx.ok.test")]
+    await api.store.write(history_op(api.store, events, attempts))
+    return Filled(invoice, welcome, bulk, bulk_start)
+
+
+async def _ids(api: Api, **params: str) -> list[str]:
+    status, body = await api.call("GET", "/api/messages", params=params)
+    assert status == 200, (params, body)
+    return [m["id"] for m in body["messages"]]
+
+
+async def test_search_pages_newest_first_without_duplicates(api: Api, filled: Filled) -> None:
+    everything = [m.id for m in reversed(filled.bulk)] + [filled.welcome.id,
+                                                          filled.invoice.id]
+    assert await _ids(api) == everything
+    seen: list[str] = []
+    cursor = ""
+    for _ in range(10):
+        params = {"limit": "5", **({"cursor": cursor} if cursor else {})}
+        status, body = await api.call("GET", "/api/messages", params=params)
+        assert status == 200 and body["count"] == len(body["messages"]) <= 5
+        seen += [m["id"] for m in body["messages"]]
+        cursor = body["next_cursor"]
+        if not cursor:
+            break
+    assert seen == everything                   # every message once, in order
+
+
+async def test_search_filters(api: Api, filled: Filled) -> None:
+    inv, wel = filled.invoice.id, filled.welcome.id
+    bulk = {m.id for m in filled.bulk}
+    assert await _ids(api, recipient="Alice@Gmail.test") == [inv]
+    assert await _ids(api, sender="app@acme.test") == [inv]
+    assert await _ids(api, subject="invoice") == [inv]
+    assert await _ids(api, subject="march INVOICE") == [inv]        # every word
+    assert await _ids(api, subject="invoice welcome") == []
+    assert await _ids(api, message_id="inv-1@acme.test") == [inv]
+    assert await _ids(api, message_id="<inv-1@acme.test>") == [inv]
+    assert await _ids(api, message_id=wel) == [wel]                  # a queue id
+    assert await _ids(api, tenant="acme") == [inv]
+    assert await _ids(api, configuration_set="tx") == [inv]
+    assert await _ids(api, identity="acme.test") == [inv]
+    assert await _ids(api, status="bounced") == [inv]
+    assert await _ids(api, status="complained") == [wel]
+    assert await _ids(api, status="deferred") == []                  # bob moved on
+    assert set(await _ids(api, status="delivered")) == {inv, wel, *bulk}
+    # Conditions hold for the message: a recipient has the status, another the address.
+    assert await _ids(api, status="bounced", recipient="alice@gmail.test") == [inv]
+    assert await _ids(api, status="complained", recipient="alice@gmail.test") == []
+    # since / until: ISO 8601 or epoch seconds, on the receive time.
+    since = filled.bulk_start - 1
+    assert set(await _ids(api, since=str(since))) == bulk
+    iso_since = dt.datetime.fromtimestamp(since, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert set(await _ids(api, since=iso_since)) == bulk
+    assert await _ids(api, until=str(since)) == [wel, inv]
+    assert await _ids(api, until=str(since), sender="news@news.test") == [wel]
+
+
+async def test_search_row_shape(api: Api, filled: Filled) -> None:
+    status, body = await api.call("GET", "/api/messages", params={"tenant": "acme"})
+    assert status == 200 and body["scanned"] >= 1 and body["next_cursor"] == ""
+    row = body["messages"][0]
+    assert row["id"] == filled.invoice.id and row["subject"] == "Invoice for March"
+    assert row["from"] == ["Billing <billing@acme.test>"]
+    assert row["to"] == ["alice@gmail.test", "bob@ok.test"] and row["tenant"] == "acme"
+    assert row["message_id"] == "inv-1@acme.test" and row["configuration_set"] == "tx"
+    assert row["received_at"].endswith("Z") and row["status"] == "bounced"
+    rcpts = {r["address"]: r for r in row["recipients"]}
+    assert rcpts["alice@gmail.test"]["status"] == "delivered"
+    assert rcpts["alice@gmail.test"]["provider"] == "gmail"
+    assert rcpts["bob@ok.test"]["status"] == "bounced"
+    assert rcpts["bob@ok.test"]["attempts"] == 2
+    assert "no such user" in rcpts["bob@ok.test"]["last_response"]
+
+
+async def test_message_detail_timeline_and_insights(api: Api, filled: Filled) -> None:
+    inv = filled.invoice
+    status, body = await api.call("GET", f"/api/messages/{inv.id}")
+    assert status == 200, body
+    assert body["id"] == inv.id and body["client_ip"] == "192.0.2.7"
+    assert body["identity"] == "acme.test" and body["auth_user"] == "app"
+    assert body["source"] == "smtp"
+    assert body["tags"]["ses:configuration-set"] == ["tx"]
+    kinds = [(e["recipient"], e["kind"]) for e in body["timeline"]]
+    bob = [k for r, k in kinds if r == "bob@ok.test"]
+    assert bob == ["accepted", "attempt", "deferred", "attempt", "bounced"]
+    assert [e["ts"] for e in body["timeline"]] == sorted(e["ts"] for e in body["timeline"])
+    attempt = next(e for e in body["timeline"] if e["kind"] == "attempt"
+                   and e["recipient"] == "alice@gmail.test")
+    assert attempt["mx_host"] == "gmail-smtp-in.l.gmail.test" and attempt["tls"] is True
+    assert attempt["source_ip"] == "127.0.0.10" and attempt["duration_ms"] == 120
+    assert attempt["dkim"] == ["d=acme.test s=sel1"] and attempt["result"] == "delivered"
+    bounced = next(e for e in body["timeline"] if e["kind"] == "bounced")
+    assert bounced["event"]["eventType"] == "Bounce"
+    assert bounced["event"]["bounce"]["bouncedRecipients"][0]["emailAddress"] == "bob@ok.test"
+    # SES GetMessageInsights
+    assert body["MessageId"] == inv.id and body["Subject"] == "Invoice for March"
+    assert "billing@acme.test" in body["FromEmailAddress"]
+    assert {"Name": "ses:configuration-set", "Value": "tx"} in body["EmailTags"]
+    insights = {i["Destination"]: i for i in body["Insights"]}
+    assert [e["Type"] for e in insights["alice@gmail.test"]["Events"]] == ["SEND", "DELIVERY"]
+    assert insights["alice@gmail.test"]["Isp"] == "gmail"
+    bob_events = insights["bob@ok.test"]["Events"]
+    assert [e["Type"] for e in bob_events] == ["SEND", "DELIVERY_DELAY", "PERMANENT_BOUNCE"]
+    assert bob_events[-1]["Details"]["Bounce"]["BounceType"] == "PERMANENT"
+    assert "5.1.1" in bob_events[-1]["Details"]["Bounce"]["DiagnosticCode"]
+    # By its Message-ID header, with or without <>.
+    for ident in ("inv-1@acme.test", "<inv-1@acme.test>"):
+        status, same = await api.call("GET", f"/api/messages/{quote(ident, safe='')}")
+        assert status == 200 and same["id"] == inv.id
+
+
+async def test_complaint_insight(api: Api, filled: Filled) -> None:
+    status, body = await api.call("GET", f"/api/messages/{filled.welcome.id}")
+    assert status == 200
+    events = body["Insights"][0]["Events"]
+    assert [e["Type"] for e in events] == ["SEND", "DELIVERY", "COMPLAINT"]
+    assert events[-1]["Details"]["Complaint"]["ComplaintFeedbackType"] == "abuse"
+    assert body["status"] == "complained"
+
+
+async def test_unknown_message_is_404(api: Api, filled: Filled) -> None:
+    for ident in ("0123456789abcdef0123", "nobody-sent-this@x.test"):
+        status, body = await api.call("GET", f"/api/messages/{ident}")
+        assert status == 404 and body["field"] == "id", body
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"limit": "0"}, "limit"), ({"limit": "501"}, "limit"), ({"limit": "ten"}, "limit"),
+    ({"since": "yesterday"}, "since"), ({"until": "2026-13-01"}, "until"),
+    ({"since": "200", "until": "100"}, "until"), ({"status": "lost"}, "status"),
+    ({"colour": "red"}, "colour"), ({"since": "nan"}, "since"),
+])
+async def test_search_bad_input_names_the_parameter(api: Api, params: dict[str, str],
+                                                    field: str) -> None:
+    status, body = await api.call("GET", "/api/messages", params=params)
+    assert status == 400 and body["field"] == field, body
+    assert field in body["error"]
+
+
+@pytest.mark.parametrize("path", ["/api/messages", "/api/messages/inv-1@acme.test",
+                                  "/api/stats", "/api/events/stream"])
+async def test_history_needs_the_token(api: Api, filled: Filled, path: str) -> None:
+    for token in (None, "rly_wrong"):
+        status, body = await api.call("GET", path, token=token)
+        assert status == 401 and set(body) == {"error"}, body
+        assert "inv-1" not in json.dumps(body) and filled.invoice.id not in json.dumps(body)
+
+
+# ---------------------------------------------------------------------- statistics
+
+
+async def test_stats_series_totals_and_send_data_points(api: Api, filled: Filled) -> None:
+    status, body = await api.call("GET", "/api/stats")
+    assert status == 200, body
+    assert body["bucket_seconds"] == 900
+    assert [s["key"] for s in body["series"]] == [""]
+    points = body["series"][0]["points"]
+    assert 96 <= len(points) <= 97                 # every bucket of the last 24 hours
+    totals = body["totals"]
+    # 2 + 1 + 12 recipients accepted; alice, carol and the 12 readers delivered.
+    assert totals["sent"] == 15 and totals["delivered"] == 14
+    assert totals["bounced"] == 1 and totals["complained"] == 1
+    assert totals["attempts"] == 3 and totals["deferred"] == 1
+    assert sum(p["sent"] for p in points) == 15
+    sdp = body["SendDataPoints"]
+    assert sum(p["DeliveryAttempts"] for p in sdp) == 15
+    assert sum(p["Bounces"] for p in sdp) == 1 and sum(p["Complaints"] for p in sdp) == 1
+    assert all(p["Timestamp"].endswith("Z") for p in sdp)
+
+
+async def _stats(api: Api, params: dict[str, str]) -> Any:
+    status, body = await api.call("GET", "/api/stats", params=params)
+    assert status == 200, (params, body)
+    return body
+
+
+async def test_stats_by_dimension_and_filters(api: Api, filled: Filled) -> None:
+    body = await _stats(api, {"by": "tenant"})
+    by_tenant = {s["key"]: sum(p["sent"] for p in s["points"]) for s in body["series"]}
+    assert by_tenant["acme"] == 2 and sum(by_tenant.values()) == 15
+    assert body["totals"]["sent"] == 15
+    body = await _stats(api, {"by": "provider"})
+    by_provider = {s["key"]: sum(p["delivered"] for p in s["points"]) for s in body["series"]}
+    assert by_provider["gmail"] == 1
+    assert body["totals"]["sent"] == 15          # totals count every recipient once
+    body = await _stats(api, {"tenant": "acme"})
+    assert [s["key"] for s in body["series"]] == ["acme"]
+    assert body["totals"]["sent"] == 2 and body["totals"]["bounced"] == 1
+    body = await _stats(api, {"configuration_set": "tx", "bucket": "3600"})
+    assert body["bucket_seconds"] == 3600 and body["totals"]["sent"] == 2
+    assert len(body["series"][0]["points"]) in (24, 25)
+    body = await _stats(api, {
+        "since": str(filled.bulk_start - 1), "until": str(filled.bulk_start + 600)})
+    assert body["totals"]["sent"] == 12
+
+
+@pytest.mark.parametrize(("params", "field"), [
+    ({"by": "isp"}, "by"), ({"bucket": "1000"}, "bucket"), ({"bucket": "x"}, "bucket"),
+    ({"since": "last week"}, "since"), ({"until": "1", "since": "2"}, "until"),
+    ({"tenant": "acme", "by": "provider"}, "tenant"),
+    ({"tenant": "acme", "configuration_set": "tx"}, "configuration_set"),
+    ({"since": "0", "until": "1700000000"}, "since"),
+])
+async def test_stats_bad_input_names_the_parameter(api: Api, params: dict[str, str],
+                                                   field: str) -> None:
+    status, body = await api.call("GET", "/api/stats", params=params)
+    assert status == 400 and body["field"] == field, body

@@ -19,6 +19,8 @@ from relay.admin.tokens import TokenStore
 from relay.clock import Clock
 from relay.config import Config
 from relay.events.log import EventLog
+from relay.history.stats import StatsStore
+from relay.history.store import HistoryStore
 from relay.queue.records import PENDING_STATES
 from relay.queue.store import QueueStore
 from relay.tenants.store import TenantStore, sent_last_24_hours
@@ -55,8 +57,8 @@ class AdminContext:
     history: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=HISTORY_POINTS))
     # The message history and sending statistics (relay/history/); None: the API makes
     # its own on `store` (they keep no state but the LMDB sub-databases).
-    message_history: Any = None                 # relay.history.store.HistoryStore
-    stats: Any = None                           # relay.history.stats.StatsStore
+    message_history: HistoryStore | None = None
+    stats: StatsStore | None = None
     # The event stream's follower of the event log (made at the first stream).
     live: LiveFeed | None = None
 
@@ -108,15 +110,13 @@ class AdminContext:
             self.tenants = TenantStore(self.store, self.clock)
         return self.tenants
 
-    def history_store(self) -> Any:
+    def history_store(self) -> HistoryStore:
         if self.message_history is None:
-            from relay.history.store import HistoryStore
             self.message_history = HistoryStore(self.store)
         return self.message_history
 
-    def stats_store(self) -> Any:
+    def stats_store(self) -> StatsStore:
         if self.stats is None:
-            from relay.history.stats import StatsStore
             self.stats = StatsStore(self.store)
         return self.stats
 
