@@ -113,6 +113,12 @@ class Page:
         self.page.click(f'nav.tabs button[data-tab="{name}"]')
         self.page.wait_for_selector(f'body[data-view="{name}"]', state="attached", timeout=T)
 
+    def shown(self, query_part: str) -> None:
+        """Wait until the messages table shows the answer to a query containing this."""
+        self.page.wait_for_selector(
+            f'#msg-results[data-busy="0"][data-query*="{query_part}"]', state="attached",
+            timeout=T)
+
     def confirm(self, ok: bool = True) -> None:
         self.page.wait_for_selector("dialog#confirm[open]", timeout=T)
         self.page.click("#confirm-ok" if ok else "#confirm-cancel")
@@ -185,12 +191,13 @@ def test_search_a_recipient_and_open_its_timeline(page: Page, admin: Admin) -> N
     page.tab("messages")
     page.page.fill('#msg-search input[name="recipient"]', "reader@ok.test")
     page.page.click("#msg-go")
-    row = page.page.wait_for_selector(f'#msg-rows tr[data-id="{qid}"]', timeout=T)
+    page.shown("recipient=reader%40ok.test")
+    page.page.wait_for_selector(f'#msg-rows tr[data-id="{qid}"]', timeout=T)
     # The attacker-chosen subject is text, not markup.
     assert page.page.locator(f'#msg-rows tr[data-id="{qid}"] td.subject').inner_text() == HOSTILE
     assert page.page.locator("#msg-rows img").count() == 0
     assert page.page.locator("#msg-rows tr").count() == 1
-    row.click()
+    page.page.click(f'#msg-rows tr[data-id="{qid}"]')
     attempt = '#msg-timeline .rcpt[data-address="reader@ok.test"] tr.tl[data-kind="attempt"]'
     page.page.wait_for_selector(attempt, timeout=T)
     assert page.page.locator("#msg-detail-subject").inner_text() == HOSTILE
@@ -200,10 +207,42 @@ def test_search_a_recipient_and_open_its_timeline(page: Page, admin: Admin) -> N
     assert "mx.ok.test" in first.locator("td.mx-host").inner_text()
     assert first.locator("td.reply").inner_text().startswith("250")
     assert first.get_attribute("data-result") == "delivered"
+    # Delivered: nothing left in the queue to act on.
+    assert page.page.locator("#msg-queue-state").inner_text() == "not in the queue any more"
+    assert page.page.locator('[data-msg-action="retry"]').is_disabled()
     page.shot("messages")
     # One page at a time, never more than 100 rows asked for.
     asked = page.api_requests("/api/messages")
     assert asked and all(int(q["limit"][0]) <= 100 for q in asked), asked
+
+
+def test_messages_page_by_cursor(page: Page, admin: Admin) -> None:
+    ids = [admin.send("pager@ok.test", f"page me {i}") for i in range(11)]
+
+    def recorded() -> bool:
+        return admin.call("GET", "/api/messages?recipient=pager@ok.test&limit=20")[1][
+            "count"] == len(ids)
+    wait_until(recorded, 15, "the 11 messages in the history")
+    page.tab("messages")
+    page.page.fill('#msg-search input[name="recipient"]', "pager@ok.test")
+    page.page.select_option('#msg-search select[name="limit"]', "10")
+    page.page.click("#msg-go")
+    page.shown("recipient=pager%40ok.test&limit=10")
+    newest = f'#msg-rows tr[data-id="{ids[-1]}"]'
+    rows = page.page.locator("#msg-rows tr")
+    assert [r.get_attribute("data-id") for r in rows.all()] == ids[:0:-1]  # newest first
+    assert page.page.locator("#msg-prev").is_disabled()
+    page.page.click("#msg-next")
+    page.shown(f"limit=10&cursor={ids[1]}")
+    page.page.wait_for_selector(f'#msg-rows tr[data-id="{ids[0]}"]', timeout=T)
+    assert rows.count() == 1 and page.page.locator("#msg-next").is_disabled()
+    page.page.click("#msg-prev")
+    page.shown("recipient=pager%40ok.test&limit=10")
+    page.page.wait_for_selector(newest, timeout=T)
+    assert rows.count() == 10
+    cursors = [q.get("cursor", [""])[0] for q in page.api_requests("/api/messages")]
+    assert cursors[-3:] == ["", ids[1], ""], cursors  # the second page from the first's end
+    assert all(q["limit"] == ["10"] for q in page.api_requests("/api/messages")[-3:])
 
 
 def test_retry_a_deferred_message_from_the_page(page: Page, admin: Admin) -> None:
