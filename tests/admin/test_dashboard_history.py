@@ -243,6 +243,11 @@ def test_messages_page_by_cursor(page: Page, admin: Admin) -> None:
     cursors = [q.get("cursor", [""])[0] for q in page.api_requests("/api/messages")]
     assert cursors[-3:] == ["", ids[1], ""], cursors  # the second page from the first's end
     assert all(q["limit"] == ["10"] for q in page.api_requests("/api/messages")[-3:])
+    # A time range (read as UTC, like every time the page shows) that ends before them.
+    page.page.fill('#msg-search input[name="until"]', "2020-01-01T00:00:00")
+    page.page.click("#msg-go")
+    page.shown("until=1577836800")
+    assert rows.count() == 0 and page.page.locator("#msg-empty").is_visible()
 
 
 def test_retry_a_deferred_message_from_the_page(page: Page, admin: Admin) -> None:
@@ -299,6 +304,31 @@ def test_add_and_remove_a_suppression(page: Page, admin: Admin) -> None:
     page.confirm()
     page.page.wait_for_selector(row, state="detached", timeout=T)
     assert admin.call("GET", "/api/suppression?prefix=blocked-by-hand")[1]["entries"] == []
+
+
+def test_a_bounce_suppression_shows_its_cause_and_opens_the_message(page: Page,
+                                                                     admin: Admin) -> None:
+    qid = admin.send("nobody@ok.test", "to a mailbox that does not exist")
+    wait_until(lambda: admin.call("GET", "/api/suppression?q=nobody@ok.test")[1]["entries"],
+               15, "the hard bounce's suppression")
+    wait_until(lambda: admin.call("GET", f"/api/messages/{qid}")[1].get("status") == "bounced",
+               15, "the bounce in the message's history")
+    page.tab("suppression")
+    page.page.fill("#sup-q", "nobody@ok")
+    page.page.press("#sup-q", "Enter")
+    row = '#sup-rows tr[data-address="nobody@ok.test"]'
+    page.page.wait_for_selector(row, timeout=T)
+    assert "BOUNCE" in page.page.locator(row).inner_text()
+    assert "550 5.1.1" in page.page.locator(f"{row} td.cause").inner_text()
+    page.page.click(f'{row} a.open-message[data-id="{qid}"]')  # the message that caused it
+    page.page.wait_for_selector('body[data-view="messages"]', state="attached", timeout=T)
+    attempt = ('#msg-timeline .rcpt[data-address="nobody@ok.test"] '
+               'tr.tl[data-kind="attempt"][data-result="bounced"]')
+    page.page.wait_for_selector(attempt, timeout=T)
+    assert "550 5.1.1" in page.page.locator(attempt).first.locator("td.reply").inner_text()
+    assert page.page.locator('#msg-timeline .rcpt[data-address="nobody@ok.test"] '
+                             ".badge").first.inner_text() == "bounced"
+    page.shot("suppression-cause")
 
 
 def test_the_statistics_chart_draws_points_and_the_reputation_lines(page: Page,
