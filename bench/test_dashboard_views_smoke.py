@@ -21,7 +21,7 @@ def test_every_dashboard_view_loads_over_a_built_history(tmp_path: Path) -> None
     print(result)
     assert set(result["views"]) == {
         "messages: newest 50", "messages: one recipient", "messages: subject word + status",
-        "messages: next page", "message: timeline", "messages: no match",
+        "messages: next page", "message: timeline", "messages: no match (a tenant's all)",
         "statistics: 24 h", "statistics: 7 days", "statistics: 14 days per provider",
         "suppression", "queue"}
     assert all(seconds > 0 for seconds in result["views"].values())
