@@ -5,7 +5,8 @@ Sub-databases and keys: relay/history/keys.py. Writes are ops for `store.write_s
 batch of messages and timeline entries (relay/history/recorder.py makes them), moving
 each recipient's status forward only (model.advance), keeping the inverted index equal
 to the messages' current fields and statuses, and adding the statistics counts
-(relay/history/entries.py stat_deltas) in the same transaction. An op may run again on
+(relay/history/entries.py stat_deltas) in the same transaction; an entry already
+recorded (a replayed event) changes nothing. An op may run again on
 the committer's retry (a map resize), so it never changes what it was given.
 
 Search plan (`search()`): the most selective condition given (message id > recipient >
@@ -103,6 +104,10 @@ def merge(cur: HistoryMessage | None, new: HistoryMessage) -> HistoryMessage:
                 setattr(cur, f, _copy_value(getattr(new, f)))
     for r in new.recipients:
         _find(cur, r.address)
+    if not new.partial:
+        # the Send's order (the envelope's), whatever order the stub learnt them in
+        rank = {r.address.lower(): n for n, r in enumerate(new.recipients)}
+        cur.recipients.sort(key=lambda r: rank.get(r.address.lower(), len(rank)))
     for d in new.dkim:
         if d not in cur.dkim:
             cur.dkim.append(d)
@@ -141,6 +146,13 @@ def apply_entry(msg: HistoryMessage, entry: TimelineEntry) -> None:
     r.status = new
 
 
+def _same(a: TimelineEntry, b: TimelineEntry) -> bool:
+    """The same happening: an event published twice (the journal's replay after a
+    crash), an attempt reported twice. Entries of one microsecond otherwise differ in
+    recipient, kind or result."""
+    return a.recipient == b.recipient and a.kind == b.kind and a.result == b.result
+
+
 class HistoryStore:
     """The history of the queue spool `store` (its four sub-databases, keys.DBS)."""
 
@@ -155,7 +167,9 @@ class HistoryStore:
 
     def record_op(self, messages: list[HistoryMessage],
                   entries: list[tuple[str, TimelineEntry]]) -> Callable[[Any], int]:
-        """An op recording a batch; returns how many entries it appended."""
+        """An op recording a batch; returns how many entries it appended (an entry
+        recorded already, at the same microsecond for the same recipient, kind and
+        result, is skipped: replayed events count once)."""
         msgs_db, tl_db, ix_db, stats_db = self._msgs, self._tl, self._ix, self._stats
         ordered = sorted(entries, key=lambda e: e[1].ts)
 
@@ -180,12 +194,15 @@ class HistoryStore:
                 if msg is None:
                     msg = HistoryMessage(id=qid, received_at=K.id_time(qid), partial=True)
                     keep(qid, msg)
-                apply_entry(msg, e)
-                seq = 0
-                key = K.timeline_key(qid, e.ts, seq)
-                while txn.get(key, db=tl_db) is not None:
+                seq, key, raw = 0, K.timeline_key(qid, e.ts), b""
+                while (raw := txn.get(key, db=tl_db)) is not None:
+                    if _same(K.entry_dec.decode(raw), e):
+                        break  # a replayed event: recorded already
                     seq += 1
                     key = K.timeline_key(qid, e.ts, seq)
+                if raw is not None:
+                    continue
+                apply_entry(msg, e)
                 txn.put(key, K.enc.encode(e), db=tl_db)
                 for bucket, dim, value, metric, n in stat_deltas(e, msg):
                     sk = K.stats_key(bucket, dim, value, metric)

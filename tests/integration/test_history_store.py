@@ -167,6 +167,19 @@ def test_statuses_only_move_forward(h: HistoryStore) -> None:
     assert ids(h, status="complained") == [msg.id] == ids(h, status="delivered")
 
 
+def test_a_replayed_batch_changes_nothing(h: HistoryStore) -> None:
+    msg = record(T0, ["a@gmail.com", "b@gmail.com"])
+    send, rest = delivered_story(msg)
+    put(h, send, rest)
+    before = h.get(msg.id)
+    stats = StatsStore(h.store)
+    counted = totals(stats.query(T0, T0 + DAY))
+    put(h, send, rest)                               # the journal publishes them again
+    assert h.get(msg.id) == before
+    assert totals(stats.query(T0, T0 + DAY)) == counted
+    assert counted["sent"] == 2 and counted["attempts"] == 3
+
+
 def test_the_index_follows_status_changes(h: HistoryStore) -> None:
     msg = record(T0, ["a@example.net"])
     put(h, from_events(M.send_event(msg)))
@@ -364,7 +377,7 @@ async def test_recorder_writes_a_batch_per_flush(tmp_path: Path) -> None:
     store = QueueStore(tmp_path / "q", clock)
     await store.start()
     h = HistoryStore(store)
-    rec = HistoryRecorder(store, h, clock, flush=0.5, max_pending=4)
+    rec = HistoryRecorder(store, h, clock, flush=0.5, max_pending=4, max_op=2)
     rec.start()
     try:
         msg = record(T0, ["a@gmail.com", "b@gmail.com"])
