@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -45,9 +44,7 @@ current_message: ContextVar[Any] = ContextVar("relay_current_message", default=N
 _HEADER_SCAN = 256 * 1024
 # At most this many signatures are reported per attempt (relay adds one per algorithm).
 _MAX_SIGNATURES = 8
-_DKIM_FIELD = re.compile(rb"^dkim-signature[ \t]*:", re.IGNORECASE | re.MULTILINE)
-_TAG = re.compile(rb"(?:^|;)\s*([ds])\s*=\s*([^;\s]*)")
-_FOLDED = re.compile(rb"\r?\n[ \t]")
+_FIELD = b"\ndkim-signature"
 
 
 @dataclass(frozen=True)
@@ -98,32 +95,44 @@ class TransactionInfo:
 def dkim_selectors(data: bytes) -> list[str]:
     """ "d=DOMAIN s=SELECTOR" for each DKIM-Signature field of a message's header section
     (only before its first blank line, at most _HEADER_SCAN bytes, _MAX_SIGNATURES)."""
-    head = data[:_HEADER_SCAN]
-    end = len(head)
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        at = head.find(sep)
-        if at >= 0:
-            end = min(end, at)
     if data.startswith((b"\r\n", b"\n")):
         return []  # no header section at all
-    head = head[:end]
+    end = min(len(data), _HEADER_SCAN)
+    for sep in (b"\r\n\r\n", b"\n\n"):  # each search stops where the last one found
+        at = data.find(sep, 0, end)
+        if at >= 0:
+            end = at
+    head = data[:end]  # the header section only: a copy of a few KB, not of the body
+    low = b"\n" + head.lower()  # so every field starts after a b"\n"
     out: list[str] = []
-    for m in _DKIM_FIELD.finditer(head):
-        # The field runs to the first line end not followed by whitespace (folding).
-        start = m.end()
-        stop = start
+    at = low.find(_FIELD)
+    while at >= 0 and len(out) < _MAX_SIGNATURES:
+        colon = at + len(_FIELD)
+        while colon < len(low) and low[colon] in b" \t":
+            colon += 1
+        nxt = low.find(_FIELD, colon)
+        if colon >= len(low) or low[colon] != ord(":"):
+            at = nxt  # another field whose name starts the same ("DKIM-Signatures:")
+            continue
+        # The field runs to the first line end not followed by whitespace (folding);
+        # positions in `low` are one past those in `head`.
+        stop = colon
         while True:
-            nl = head.find(b"\n", stop)
-            if nl < 0 or nl + 1 >= len(head) or head[nl + 1] not in b" \t":
-                stop = len(head) if nl < 0 else nl
+            nl = low.find(b"\n", stop + 1)
+            if nl < 0 or nl + 1 >= len(low) or low[nl + 1] not in b" \t":
+                stop = len(low) if nl < 0 else nl
                 break
-            stop = nl + 1
-        value = _FOLDED.sub(b" ", head[start:stop])
-        tags = {k.decode(): v.decode("ascii", "replace") for k, v in _TAG.findall(value)}
-        if tags.get("d") or tags.get("s"):
-            out.append(f"d={tags.get('d', '').lower()} s={tags.get('s', '')}")
-        if len(out) >= _MAX_SIGNATURES:
-            break
+            stop = nl
+        tags: dict[bytes, bytes] = {}
+        for part in head[colon:stop - 1].split(b";"):
+            name, eq, value = part.partition(b"=")
+            name = name.strip()  # folding whitespace (CRLF, spaces, tabs) around the tag
+            if eq and name in (b"d", b"s") and name not in tags:
+                tags[name] = value.strip()
+        if tags:
+            out.append(f"d={tags.get(b'd', b'').decode('ascii', 'replace').lower()} "
+                       f"s={tags.get(b's', b'').decode('ascii', 'replace')}")
+        at = nxt
     return out
 
 

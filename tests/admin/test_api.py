@@ -280,6 +280,13 @@ def test_status_and_dashboard_data(admin: Admin, traffic: dict[str, str]) -> Non
     assert status == 200 and body["hostname"] == "relay.test"
     assert body["queue"]["depth"]["deferred"] >= 1
     assert body["listeners"][0]["port"] == admin.submit_port
+    # The provider panel reads the sending statistics, written once per [history] flush.
+    def shown(providers: dict[str, dict[str, int]]) -> bool:
+        return (providers.get("other", {}).get("bounced", 0) >= 1
+                and providers.get("gmail", {}).get("delivered", 0) >= 1)
+
+    wait_until(lambda: shown(admin.call("GET", "/api/dashboard")[1]["providers"]), 10,
+               "the delivery and the bounce on the panel")
     status, body = admin.call("GET", "/api/dashboard")
     assert status == 200
     assert body["providers"]["gmail"]["delivered"] == 1

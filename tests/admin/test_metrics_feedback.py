@@ -95,6 +95,9 @@ def test_complaint_by_provider_and_outbox_backlog(fb_admin: tuple[Admin, int]) -
         return int(float(found.group(1))) if found else -1
 
     wait_until(lambda: backlog() >= 3, 10, "three events in the webhook outbox")
+    # The panel reads the sending statistics, written once per [history] flush.
+    wait_until(lambda: admin.call("GET", "/api/dashboard")[1]["providers"]
+               .get("gmail", {}).get("complained") == 1, 10, "the complaint on the panel")
     status, dash = admin.call("GET", "/api/dashboard")
     assert dash["providers"]["gmail"]["complained"] == 1
     assert "other" not in dash["providers"] or not dash["providers"]["other"]["complained"]
