@@ -247,6 +247,7 @@ class RelayApp:
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
             listeners=self.listener_status, verp=self.verp, tenants=self.tenants,
+            message_history=self.parts.history, stats=self.parts.stats,
             **self._sent_last_24_hours())
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,

@@ -58,8 +58,7 @@ def _event(raw: bytes) -> Any:
 def timeline_row(e: TimelineEntry) -> dict[str, Any]:
     """An entry with its time in ISO 8601 and its SES event decoded (fields at their
     defaults left out, as the record keeps them)."""
-    row: dict[str, Any] = msgspec.to_builtins(e)
-    row.pop("event", None)
+    row: dict[str, Any] = msgspec.to_builtins(msgspec.structs.replace(e, event=b""))
     row["ts"] = iso(e.ts)
     event = _event(e.event)
     if event is not None:
@@ -201,7 +200,9 @@ def stats_of(stats: Any, since: float, until: float, by: str, tenant: str,
         # Totals and SendDataPoints count every recipient once: from the whole traffic
         # (or the tenant / configuration set asked for), not from a sum over the series
         # (a recipient's Send has no provider yet).
-        if by and not (tenant or configuration_set):
+        if not by:
+            whole = series
+        elif not (tenant or configuration_set):
             whole = stats.query(since, until, bucket=bucket)
         else:
             whole = stats.query(since, until, tenant=tenant,

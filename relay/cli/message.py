@@ -76,7 +76,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         value = detail.get(key)
         if isinstance(value, list):
             value = ", ".join(value)
-        if value not in ("", None):
+        if value not in ("", None, 0):  # size 0: not known (only the Send's size is)
             print(f"{key:18} {value}")
     if detail.get("partial"):
         print(f"{'partial':18} yes (its Send is not in the history)")

@@ -77,6 +77,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
         for point in series["points"]:
             if any(point[m] for m in METRICS):
                 rows.append({"bucket": point["t"], "key": series["key"] or "-", **point})
+    rows.sort(key=lambda r: (r["bucket"], r["key"]))
     columns: list[str | tuple[str, str]] = ["bucket"]
     if by:
         columns.append(("key", by.replace("_", " ")))

@@ -22,9 +22,10 @@ from urllib.parse import quote
 import aiohttp
 import msgspec
 import pytest
+from adminkit import Admin
 
 from relay.admin.api import AdminContext
-from relay.admin.api.livefeed import MAX_STREAMS
+from relay.admin.api.livefeed import MAX_STREAMS, LiveFeed
 from relay.admin.metrics import Metrics
 from relay.admin.server import AdminServer
 from relay.admin.tokens import TokenStore
@@ -46,6 +47,8 @@ from relay.queue.store import QueueStore
 from relay.suppression.store import Entry, SuppressionList
 from relay.testing.factories import merged_config
 from relay.testing.historydata import Attempt, history_op, message
+from relay.testing.process import run_cli
+from relay.testing.wait import wait_until
 from relay.users import UserStore
 
 
@@ -163,6 +166,17 @@ async def test_domain_actions_name_a_bad_domain(api: Api, value: str) -> None:
         assert status == 400 and body["field"] == "domain", (path, body)
 
 
+async def test_domain_actions_need_the_token(api: Api) -> None:
+    msg = await submit(api.store, ["a@slow.test"])
+    for method, path in (("POST", "/api/queue/retry"), ("POST", "/api/queue/bounce"),
+                         ("DELETE", "/api/queue")):
+        for token in (None, "rly_wrong"):
+            status, body = await api.call(method, path, token=token,
+                                          params={"domain": "slow.test"})
+            assert status == 401 and set(body) == {"error"}, (path, body)
+    assert [r.state for r in api.store.recipients(msg.id)] == [State.QUEUED]
+
+
 async def test_per_message_actions_still_work(api: Api) -> None:
     msg = await submit(api.store, ["a@x.test", "b@y.test"])
     status, body = await api.call("POST", f"/api/queue/{msg.id}/bounce")
@@ -247,6 +261,14 @@ async def test_stream_gets_an_event_another_writer_appends(api: Api, tmp_path: P
     assert json.loads(data)["mail"]["messageId"] == "0190000000000000beef"
 
 
+async def test_stream_sends_heartbeats_when_idle(api: Api) -> None:
+    api.ctx.live = LiveFeed(api.ctx.events.path, api.ctx.clock, heartbeat=0.3)
+    headers = {"Authorization": f"Bearer {api.token}"}
+    async with api.session.get(api.base + "/api/events/stream", headers=headers) as resp:
+        got = await _read_until(resp, b": heartbeat\n\n", 5)
+    assert b": heartbeat" in got
+
+
 async def test_stream_needs_the_token(api: Api) -> None:
     async with api.session.get(api.base + "/api/events/stream") as resp:
         assert resp.status == 401
@@ -264,6 +286,16 @@ async def test_stream_limit_then_shutdown_ends_streams(api: Api) -> None:
         async with api.session.get(api.base + "/api/events/stream", headers=headers) as extra:
             assert extra.status == 429
             assert "20" in (await extra.json())["error"]
+        # A client that leaves frees its slot (noticed within a second or so).
+        opened.pop().close()
+        for _ in range(50):
+            again = await api.session.get(api.base + "/api/events/stream", headers=headers)
+            if again.status == 200:
+                break
+            again.release()
+            await asyncio.sleep(0.1)
+        assert again.status == 200
+        opened.append(again)
         # Stopping the server ends every open stream at once (not after its timeout).
         started = time.monotonic()
         await api.server.stop()
@@ -529,3 +561,73 @@ async def test_stats_bad_input_names_the_parameter(api: Api, params: dict[str, s
                                                    field: str) -> None:
     status, body = await api.call("GET", "/api/stats", params=params)
     assert status == 400 and body["field"] == field, body
+
+
+# ---------------------------------------------------------------------- a real relay
+
+
+def test_a_real_relay_records_what_it_sends(admin: Admin) -> None:
+    """Sent through a real `relay serve` to a sink: the message is found by recipient,
+    with its attempt and delivery in the timeline; a rejected one shows its bounce; the
+    CLI reads the same history from the spool beside the running server."""
+    delivered = admin.send("history-reader@ok.test", "History check")
+    bounced = admin.send("nobody@ok.test", "History bounce")
+
+    def row(recipient: str, status: str) -> Any:
+        code, body = admin.call("GET", f"/api/messages?recipient={recipient}")
+        assert code == 200, body
+        found = [m for m in body["messages"] if m["status"] == status]
+        return found[0] if found else None
+
+    first = wait_until(lambda: row("history-reader@ok.test", "delivered"), 20,
+                       "the delivered message in the history")
+    assert first["id"] == delivered and first["subject"] == "History check"
+    code, detail = admin.call("GET", f"/api/messages/{delivered}")
+    assert code == 200, detail
+    kinds = [e["kind"] for e in detail["timeline"]]
+    assert kinds.index("accepted") < kinds.index("attempt") < kinds.index("delivered")
+    attempt = next(e for e in detail["timeline"] if e["kind"] == "attempt")
+    assert attempt["result"] == "delivered" and attempt["remote_ip"] == "127.0.0.2"
+    assert attempt["source_ip"] in ("127.0.0.10", "127.0.0.11")
+    assert attempt["mx_host"] and attempt["response"].startswith("250")
+    delivery = next(e for e in detail["timeline"] if e["kind"] == "delivered")
+    assert delivery["event"]["eventType"] == "Delivery"
+    assert [e["Type"] for e in detail["Insights"][0]["Events"]] == ["SEND", "DELIVERY"]
+
+    wait_until(lambda: row("nobody@ok.test", "bounced"), 20, "the bounce in the history")
+    code, detail = admin.call("GET", f"/api/messages/{bounced}")
+    types = [e["Type"] for e in detail["Insights"][0]["Events"]]
+    assert types[0] == "SEND" and types[-1] == "PERMANENT_BOUNCE", types
+
+    # The hard bounce put the address on the suppression list, naming its cause: the
+    # message and the Bounce event's feedbackId.
+    bounce = next(e for e in detail["timeline"] if e["kind"] == "bounced")["event"]
+    code, listed = admin.call("GET", "/api/suppression?q=nobody%40ok")
+    assert code == 200 and listed["count"] == 1, listed
+    assert listed["entries"][0]["message_id"] == bounced
+    assert listed["entries"][0]["feedback_id"] == bounce["bounce"]["feedbackId"]
+
+    shown = run_cli("message", "show", delivered, "--json", config=admin.config)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["id"] == delivered
+    code, stats = admin.call("GET", "/api/stats")
+    assert code == 200 and stats["totals"]["sent"] >= 2 and stats["totals"]["delivered"] >= 1
+
+
+async def test_a_real_relay_streams_its_events(admin: Admin) -> None:
+    """The live stream of a running relay shows the Send and Delivery of a message sent
+    after it opened."""
+    headers = {"Authorization": f"Bearer {admin.token}"}
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session, \
+            session.get(admin.base + "/api/events/stream", headers=headers) as resp:
+        assert resp.status == 200
+        await _read_until(resp, b"\n\n", 5)
+        qid = await asyncio.to_thread(admin.send, "live-reader@ok.test", "Live check")
+        frames: list[bytes] = []
+        got = b""
+        async with asyncio.timeout(20):
+            while not any(f.startswith(b"event: Delivery") for f in frames):
+                got += await resp.content.readany()
+                *whole, got = got.split(b"\n\n")
+                frames += [f for f in whole if qid.encode() in f]
+    assert frames[0].startswith(b"event: Send\ndata: ")

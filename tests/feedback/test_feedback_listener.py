@@ -128,7 +128,8 @@ async def test_yahoo_text_bounce_is_classified(h: Harness) -> None:
     (ev,) = h.events_of("Bounce")
     assert ev["bounce"]["bounceType"] == "Permanent"
     assert ev["bounce"]["bounceSubType"] == "NoEmail"
-    assert h.suppression.get("missing@yahoo.com") is not None
+    entry = h.suppression.get("missing@yahoo.com")
+    assert entry is not None and entry.feedback_id == ev["bounce"]["feedbackId"]
 
 
 async def test_yahoo_arf_complaint(h: Harness) -> None:
@@ -141,6 +142,7 @@ async def test_yahoo_arf_complaint(h: Harness) -> None:
     assert c["userAgent"] == "Yahoo!-Mail-Feedback/2.0"
     entry = h.suppression.get("angry@yahoo.com")
     assert entry is not None and entry.reason == "COMPLAINT" and entry.message_id == msg.id
+    assert entry.feedback_id == c["feedbackId"]      # the event that put it there
 
 
 async def test_microsoft_jmrp_found_through_attached_return_path(h: Harness) -> None:

@@ -28,6 +28,7 @@ log = logging.getLogger("relay.admin")
 MAX_STREAMS = 20
 POLL = 0.5
 BUFFER_BYTES = 4 << 20
+HEARTBEAT = 15.0    # seconds without an event before a stream sends a comment line
 
 
 class _EventType(msgspec.Struct):
@@ -81,12 +82,14 @@ class Stream:
 
 class LiveFeed:
     def __init__(self, path: Path, clock: Clock, *, max_streams: int = MAX_STREAMS,
-                 poll: float = POLL, buffer_bytes: int = BUFFER_BYTES) -> None:
+                 poll: float = POLL, buffer_bytes: int = BUFFER_BYTES,
+                 heartbeat: float = HEARTBEAT) -> None:
         self.path = path
         self.clock = clock
         self.max_streams = max_streams
         self.poll = poll
         self.buffer_bytes = buffer_bytes
+        self.heartbeat = heartbeat
         self.streams: set[Stream] = set()
         self.closing = False
         self._task: asyncio.Task[None] | None = None
@@ -125,6 +128,10 @@ class LiveFeed:
                 lines = await asyncio.to_thread(follower.read)
             except OSError as e:
                 log.warning("event stream: cannot read %s: %s", self.path, e)
+                lines = []
+            except Exception:
+                # Never end the feed on a surprise: the streams would go silent.
+                log.exception("event stream: reading %s failed", self.path)
                 lines = []
             for line in lines:
                 data = frame(line)

@@ -1,9 +1,10 @@
 """GET /api/events/stream: Server-Sent Events of every event published from now on.
 
-Each event is `event: <eventType>` and `data: <the SES event JSON>`; a comment line every
-HEARTBEAT seconds keeps proxies and the client's read timeout from closing an idle
-stream. The bearer token goes in the Authorization header like every /api/ call (the
-dashboard reads the stream with fetch(), not EventSource, so it can send the header).
+Each event is `event: <eventType>` and `data: <the SES event JSON>`; a comment line after
+15 s without one (livefeed.HEARTBEAT) keeps proxies and the client's read timeout from
+closing an idle stream. The bearer token goes in the Authorization header like every
+/api/ call (the dashboard reads the stream with fetch(), not EventSource, so it can send
+the header).
 At most relay.admin.api.livefeed.MAX_STREAMS at once: 429 beyond. A client that does not
 take what is written within WRITE_TIMEOUT is dropped; one that left is noticed within a
 second; the admin server's stop ends every stream at once.
@@ -19,7 +20,6 @@ from aiohttp import web
 from relay.admin.api.common import _error
 from relay.admin.api.context import _ctx
 
-HEARTBEAT = 15.0
 WRITE_TIMEOUT = 30.0
 _CHECK = 1.0    # how often a stream with nothing to send looks whether its client left
 
@@ -42,7 +42,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
         last_write = ctx.clock.monotonic()
         while not stream.closed:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stream.ready.wait(), _CHECK)
+                await asyncio.wait_for(stream.ready.wait(), min(_CHECK, feed.heartbeat))
             transport = request.transport
             if transport is None or transport.is_closing():
                 break
@@ -51,7 +51,7 @@ async def events_stream(request: web.Request) -> web.StreamResponse:
                 chunks.append(f": {stream.dropped} event(s) dropped: this client read too "
                               f"slowly\n\n".encode())
                 stream.dropped = 0
-            if not chunks and ctx.clock.monotonic() - last_write >= HEARTBEAT:
+            if not chunks and ctx.clock.monotonic() - last_write >= feed.heartbeat:
                 chunks = [b": heartbeat\n\n"]
             if chunks:
                 await asyncio.wait_for(resp.write(b"".join(chunks)), WRITE_TIMEOUT)
