@@ -285,6 +285,35 @@ def test_retry_a_destination_domain_behind_the_confirmation(page: Page, admin: A
                and delivered_to(admin, "bob@later.test"), 15, "both retried deliveries")
 
 
+def test_bounce_a_message_and_delete_a_domain_from_the_queue_view(page: Page,
+                                                                   admin: Admin) -> None:
+    bounced, *dropped = [admin.send(f"{name}@busy.test", "busy") for name in ("b1", "d1", "d2")]
+    wait_until(lambda: all(state_of(admin, q) == "deferred" for q in (bounced, *dropped)),
+               15, "the busy mailbox's deferrals")
+    page.tab("queue")
+    page.page.wait_for_selector(f'#q-rows tr[data-id="{bounced}"]', timeout=T)
+    page.page.click(f'#q-rows tr[data-id="{bounced}"] button[data-action="bounce"]')
+    page.confirm()
+    page.page.wait_for_selector('#q-action-result[data-ok="1"]', state="attached", timeout=T)
+    assert page.page.locator("#q-action-result").inner_text() == (
+        f"{bounced}: 1 recipient(s) bounced")
+    assert state_of(admin, bounced) == "gone"
+    page.page.wait_for_selector(f'#q-rows tr[data-id="{bounced}"]', state="detached",
+                                timeout=T)
+    page.page.fill("#q-domain", "busy.test")
+    page.page.click('#q-domain-form button[data-domain-action="delete"]')
+    assert "busy.test" in page.page.locator("#confirm-text").inner_text()
+    page.confirm()
+    page.page.wait_for_selector('#q-domain-result[data-ok="1"]', state="attached", timeout=T)
+    assert "2 recipient(s) in 2 message(s) deleted" in page.page.locator(
+        "#q-domain-result").inner_text()
+    assert [state_of(admin, q) for q in dropped] == ["gone", "gone"]
+    # The bounce tells the sender (a Bounce event); the delete does not.
+    bounces = {q: admin.call("GET", f"/api/events?type=Bounce&message_id={q}")[1]["count"]
+               for q in (bounced, *dropped)}
+    assert bounces == {bounced: 1, dropped[0]: 0, dropped[1]: 0}
+
+
 def test_add_and_remove_a_suppression(page: Page, admin: Admin) -> None:
     address = "blocked-by-hand@example.org"
     page.tab("suppression")
