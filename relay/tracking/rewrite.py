@@ -49,12 +49,13 @@ import re
 from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 MAX_DEPTH = 16             # multipart nesting
 MAX_PARTS = 500            # MIME entities walked in one message
 MAX_HEADER = 64 * 1024     # one part's header section
 MAX_HTML = 4 * 1024 * 1024  # an HTML part's encoded body
-MAX_TAGS = 200_000         # tags scanned in one message
+MAX_TAGS = 200_000         # tags read one by one in a message (links, comments, ...)
 MAX_LINKS = 1000           # links numbered in one message; later ones are not tracked
 MAX_TAG = 16 * 1024        # one start tag, attributes included
 MAX_TAGS_PER_LINK = 50     # ses:tags pairs kept per link
@@ -125,7 +126,7 @@ def _split_header(raw: bytes, start: int, end: int) -> int:
         return start + 1
     limit = min(end, start + MAX_HEADER)
     crlf = raw.find(b"\n\r\n", start, limit)
-    lf = raw.find(b"\n\n", start, limit)
+    lf = raw.find(b"\n\n", start, crlf + 1 if crlf >= 0 else limit)
     if crlf >= 0 and (lf < 0 or crlf < lf):
         return crlf + 3
     if lf >= 0:
@@ -269,14 +270,28 @@ _ATTR = re.compile(
     rb"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+"
     rb"(?:\"([^\"]*+)(\"?)|'([^']*+)('?)|([^\t\n\f\r >]*+)))?)")
 # The rest of any other start tag, up to and including its ">".
-_TAG_REST = re.compile(
+_TAG_REST_SOURCE = (
     rb"(?:[\t\n\f\r /]|[^\t\n\f\r />][^\t\n\f\r />=]*+"
     rb"(?:[\t\n\f\r ]*+=[\t\n\f\r ]*+(?:\"[^\"]*+\"|'[^']*+'|[^\t\n\f\r >]*+))?+)*+>")
+_TAG_REST = re.compile(_TAG_REST_SOURCE)
+# What the scan has nothing to do with, skipped in one C-level match: text, whole start
+# tags other than <a>, <area> and the raw-text elements, end tags other than </body>, and
+# a "<" that opens no tag. It stops at anything else (and at a tag it cannot finish), which
+# the loop then reads one token at a time.
+_SKIP = re.compile(
+    rb"(?:[^<]++"
+    rb"|<(?!(?i:a|area|script|style|title|textarea|xmp|iframe|noembed|noframes)"
+    rb"[\t\n\f\r />])[A-Za-z][^\t\n\f\r />]*+" + _TAG_REST_SOURCE +
+    rb"|</(?!(?i:body)[\t\n\f\r />])[A-Za-z][^>]*+>"
+    rb"|<(?![A-Za-z!?/])"
+    rb")*+")
 _RAW_TEXT = {name: re.compile(rb"</" + name + rb"[\t\n\f\r />]", re.I) for name in (
     b"script", b"style", b"title", b"textarea", b"xmp", b"iframe", b"noembed",
     b"noframes")}
 _CHARREF = re.compile(r"&(#[0-9]+;?|#[xX][0-9a-fA-F]+;?|[A-Za-z][A-Za-z0-9]*;?)")
 _TRACKABLE = re.compile(r"https?://", re.I)
+_C0_AND_SPACE = "".join(map(chr, range(0x21)))
+_TAB_NEWLINE = dict.fromkeys(map(ord, "\t\n\r"))
 _LONG_LINE = re.compile(rb"[^\n]{%d}" % (LINE_LIMIT + 1))
 
 
@@ -286,6 +301,8 @@ def _unescape_attribute(text: str) -> str:
     ("?a=1&copy=2" keeps its "&copy")."""
     if "&" not in text:
         return text
+    if "&" not in text.replace("&amp;", ""):  # the usual case: query strings
+        return text.replace("&amp;", "&")
 
     def one(m: re.Match[str]) -> str:
         ref = m.group(1)
@@ -304,7 +321,7 @@ def _url_of(value: bytes, codec: str) -> str:
     """An href value as the URL a browser follows: references decoded, C0 controls and
     spaces trimmed, tabs and line breaks removed."""
     text = _unescape_attribute(value.decode(codec, "replace"))
-    return re.sub(r"[\t\n\r]", "", text.strip("".join(map(chr, range(0x21)))))
+    return text.strip(_C0_AND_SPACE).translate(_TAB_NEWLINE)
 
 
 def _tags_of(value: bytes, codec: str) -> tuple[tuple[str, str], ...]:
@@ -321,8 +338,7 @@ def _attr_escape(url: str) -> bytes:
     return html.escape(url, quote=True).encode("ascii", "xmlcharrefreplace")
 
 
-@dataclass
-class _Attr:
+class _Attr(NamedTuple):
     name: bytes      # lower-case
     value: bytes | None
     start: int       # the attribute with the separators before it
@@ -335,24 +351,26 @@ def _attributes(data: bytes, pos: int) -> tuple[list[_Attr], int]:
     its ">"; -1 when the tag does not end (or a quote does not close) within MAX_TAG."""
     limit = min(len(data), pos + MAX_TAG)
     attrs: list[_Attr] = []
+    match = _ATTR.match
     while True:
-        m = _ATTR.match(data, pos, limit)
+        m = match(data, pos, limit)
         if m is None:
             return attrs, -1
-        if m.group(1):
+        end_tag, name, dq, dq_end, sq, sq_end, bare = m.groups()
+        if end_tag:
             return attrs, m.end()
-        if m.group(3) is not None:
-            if not m.group(4):
+        if dq is not None:
+            if not dq_end:
                 return attrs, -1
-            value: bytes | None = m.group(3)
-        elif m.group(5) is not None:
-            if not m.group(6):
+            value: bytes | None = dq
+        elif sq is not None:
+            if not sq_end:
                 return attrs, -1
-            value = m.group(5)
+            value = sq
         else:
-            value = m.group(7)
-        attrs.append(_Attr(m.group(2).lower(), value, m.start(), m.end(), m.start(2)))
+            value = bare
         pos = m.end()
+        attrs.append(_Attr(name.lower(), value, m.start(), pos, m.start(2)))
 
 
 class _Budget:
@@ -377,7 +395,8 @@ def _scan(data: bytes, codec: str, links: list[Link], budget: _Budget, *,
     pos = 0
     n = len(data)
     while pos < n:
-        m = _TAG.search(data, pos)
+        skipped = _SKIP.match(data, pos)
+        m = _TAG.search(data, skipped.end() if skipped is not None else pos)
         if m is None:
             break
         budget.tags -= 1
@@ -431,12 +450,13 @@ def _scan(data: bytes, codec: str, links: list[Link], budget: _Budget, *,
             pos = k + 1
             continue
         pos = end
-        link = _link(data, attrs, codec, len(links), budget)
-        if link is None:
+        found = _link(attrs, codec, len(links), budget)
+        if found is None:
             continue
+        link, href, tags = found
         links.append(link)
         if click_url is not None:
-            edits.extend(_link_edits(data, attrs, click_url(link.index)))
+            edits.extend(_link_edits(data, href, tags, click_url(link.index)))
     if open_url is not None:
         at = body_close if body_close >= 0 else len(data.rstrip(b"\r\n"))
         edits.append((at, at, b"<img src=\"" + _attr_escape(open_url)
@@ -462,9 +482,10 @@ def _scan(data: bytes, codec: str, links: list[Link], budget: _Budget, *,
     return result
 
 
-def _link(data: bytes, attrs: list[_Attr], codec: str, index: int,
-          budget: _Budget) -> Link | None:
-    """The trackable link of an <a> or <area>'s attributes, or None."""
+def _link(attrs: list[_Attr], codec: str, index: int,
+          budget: _Budget) -> tuple[Link, _Attr, _Attr | None] | None:
+    """The trackable link of an <a> or <area>'s attributes (with its href and ses:tags
+    attributes), or None."""
     href = tags = None
     for a in attrs:
         if a.name == b"href":
@@ -479,16 +500,14 @@ def _link(data: bytes, attrs: list[_Attr], codec: str, index: int,
     if not _TRACKABLE.match(url):
         return None
     budget.links -= 1
-    return Link(index, url, _tags_of(tags.value, codec)
-                if tags is not None and tags.value is not None else ())
+    pairs = _tags_of(tags.value, codec) if tags is not None and tags.value is not None else ()
+    return Link(index, url, pairs), href, tags
 
 
-def _link_edits(data: bytes, attrs: list[_Attr],
+def _link_edits(data: bytes, href: _Attr, tags: _Attr | None,
                 target: str) -> list[tuple[int, int, bytes, bool]]:
     """The href pointed at `target` and the ses:tags attribute removed."""
-    href = next(a for a in attrs if a.name == b"href")
-    edits = [(href.name_start, href.end, b"href=\"" + _attr_escape(target) + b"\"", True)]
-    tags = next((a for a in attrs if a.name == b"ses:tags"), None)
+    edits = [(href.name_start, href.end, b'href="' + _attr_escape(target) + b'"', True)]
     if tags is not None:
         # "<a ses:tags=x href=y>" loses " ses:tags=x"; "<a ses:tags="x"href=y>" keeps a space
         follows = data[tags.end:tags.end + 1]
