@@ -215,17 +215,23 @@ _IDENTITY = ("7bit", "8bit", "binary")
 # Charsets in which the bytes of "<", ">", "=" and the quotes can be part of another
 # character: the byte-level scan would misread them.
 _NOT_ASCII_SAFE = ("utf_16", "utf_32", "utf_7", "iso2022", "hz", "cp1026", "cp037",
-                   "cp273", "cp424", "cp500", "cp875", "cp1140")
+                   "cp273", "cp424", "cp500", "cp875", "cp1140", "idna", "punycode",
+                   "raw_unicode_escape", "unicode_escape", "undefined")
+
+
+_PROBE = b"<a href=\"x\" b='y'>&amp;</a>"
 
 
 def _codec(charset: str) -> str | None:
     """The Python codec of an ASCII-compatible charset; None for one the scan must not
     touch (unknown, or not ASCII-compatible)."""
     try:
-        name = codecs.lookup(charset).name.replace("-", "_")
-    except LookupError:
+        name = codecs.lookup(charset[:64]).name.replace("-", "_")
+        if name.startswith(_NOT_ASCII_SAFE) or _PROBE.decode(name) != _PROBE.decode():
+            return None  # not ASCII-compatible, or not a text encoding ("base64", "rot13")
+    except (LookupError, ValueError, TypeError):
         return None
-    return None if name.startswith(_NOT_ASCII_SAFE) else name
+    return name
 
 
 def _decode(body: bytes, encoding: str) -> bytes | None:
@@ -317,16 +323,23 @@ def _unescape_attribute(text: str) -> str:
     return _CHARREF.sub(one, text)
 
 
+def _text(value: bytes, codec: str) -> str:
+    try:
+        return value.decode(codec, "replace")
+    except (UnicodeError, LookupError):  # a codec without "replace": read it as Latin-1
+        return value.decode("latin-1")
+
+
 def _url_of(value: bytes, codec: str) -> str:
     """An href value as the URL a browser follows: references decoded, C0 controls and
     spaces trimmed, tabs and line breaks removed."""
-    text = _unescape_attribute(value.decode(codec, "replace"))
+    text = _unescape_attribute(_text(value, codec))
     return text.strip(_C0_AND_SPACE).translate(_TAB_NEWLINE)
 
 
 def _tags_of(value: bytes, codec: str) -> tuple[tuple[str, str], ...]:
     pairs: list[tuple[str, str]] = []
-    for item in _unescape_attribute(value.decode(codec, "replace")).split(";"):
+    for item in _unescape_attribute(_text(value, codec)).split(";"):
         name, _, val = item.partition(":")
         name, val = name.strip()[:256], val.strip()[:256]
         if name and len(pairs) < MAX_TAGS_PER_LINK:
