@@ -31,6 +31,8 @@ import struct
 from dataclasses import dataclass
 from typing import Literal
 
+OPEN_PATH = "/t/o/"    # + token: the open pixel
+CLICK_PATH = "/t/c/"   # + token: the click redirect
 TOKEN_LEN = 36
 MAC_LEN = 12
 MIN_SECRET = 16
