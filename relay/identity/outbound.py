@@ -53,6 +53,11 @@ class Prepared:
     # Open/click tracking: each recipient's copy rewritten, `data` not signed yet.
     tracking: TrackingPlan | None = None
 
+    @property
+    def per_recipient(self) -> bool:
+        """Each recipient gets its own copy (data_for), so no two share a transaction."""
+        return bool(self.unsubscribe) or self.tracking is not None
+
 
 def settings_for(address: str, identities: Sequence[Identity]) -> Identity | None:
     """The [[identity]] settings covering `address` (an address entry beats its domain)."""

@@ -100,10 +100,11 @@ class Harness(AppGraph):
             self.cfg, msg.configuration_set, msg.tracking)
         self.tokens = Tokens(self.verp.derived_key(KEY_LABEL))
 
-    async def submit(self, body: bytes, rcpts: list[str]) -> tuple[str, bytes]:
+    async def submit(self, body: bytes, rcpts: list[str],
+                     sender: str = "news@example.com") -> tuple[str, bytes]:
         """Through the submitter; the queue id and the body as stored."""
         mid = await self.submitter.submit(NewMessage(
-            sender="news@example.com", recipients=rcpts, body=body,
+            sender=sender, recipients=rcpts, body=body,
             headers={"From": "news@example.com"}))
         stored = self.store.body(mid)
         assert stored is not None
@@ -211,3 +212,21 @@ async def test_https_policy_optional_keeps_each_links_scheme(harness: Harness) -
     assert re.findall(r'href="(https?)://t\.example\.com/t/c/', html) == ["https", "http"]
     assert re.search(r'<img src="http://t\.example\.com/t/o/', html)
     assert b"List-Unsubscribe" not in received.data
+
+
+async def test_recipients_sharing_a_null_sender_still_get_their_own_copies(
+        harness: Harness) -> None:
+    """Without a VERP return path to tell them apart, two recipients at one domain would
+    share one transaction, and the second would get the first one's tokens."""
+    mid, _ = await harness.submit(message("optional"), ["a@dest.test", "b@dest.test"],
+                                  sender="")
+    await harness.deliver_until()
+    got = by_recipient(harness)
+    assert sorted(got) == ["a@dest.test", "b@dest.test"]
+    assert all(len(m.rcpt_tos) == 1 for m in harness.sink.messages)
+    for index, rcpt in enumerate(["a@dest.test", "b@dest.test"]):
+        html = parts(got[rcpt].data)["text/html"]
+        tokens = re.findall(r"/t/[oc]/([A-Za-z0-9_-]{36})", html)
+        assert len(tokens) == 3
+        assert {(t.queue_id, t.recipient) for t in map(harness.tokens.verify, tokens)
+                if t is not None} == {(mid, index)}
