@@ -2,19 +2,25 @@
 
 `X-SES-CONFIGURATION-SET` (or `X-Relay-Configuration-Set`) picks a [[configuration_set]];
 `X-SES-MESSAGE-TAGS` carries tags (parsed at submission by relay/smtp/message.py);
-`X-SES-TENANT` names the message's tenant (relay/tenants/account.py). All of them are
-removed from the stored message, so they never reach the recipient, as with SES. No I/O.
+`X-SES-TENANT` names the message's tenant (relay/tenants/account.py); `X-SES-TRACKING`
+turns the set's open and click tracking off for one message (SES's per-request
+ConfigurationOverrides.Tracking, which has no SMTP header of its own): "none", or the
+kinds kept, "open" or "click". All of them are removed from the stored message, so they
+never reach the recipient, as with SES. No I/O.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from relay.config import Config
+from relay.tracking.token import CLICK_PATH, OPEN_PATH
 
 SET_HEADERS = ("x-ses-configuration-set", "x-relay-configuration-set")
 TENANT_HEADER = "x-ses-tenant"
-STRIPPED = frozenset({*SET_HEADERS, "x-ses-message-tags", TENANT_HEADER})
+TRACKING_HEADER = "x-ses-tracking"
+STRIPPED = frozenset({*SET_HEADERS, "x-ses-message-tags", TENANT_HEADER, TRACKING_HEADER})
 _HEADER_LIMIT = 256 * 1024
 
 
@@ -98,3 +104,50 @@ def unsubscribe_base(cfg: Config, name: str) -> str:
         return ""
     base = cfg.admin.public_url.rstrip("/") or f"https://{cfg.server.hostname}"
     return f"{base}/unsubscribe/"
+
+
+def requested_tracking(body: bytes, known: list[tuple[str, str]] | None = None) -> str:
+    """The X-SES-TRACKING override as the message record keeps it: "" (no header: the
+    configuration set decides), "none", "open", "click" or "open,click" (the kinds the
+    message allows). A value relay cannot read is "none": tracking is a matter of the
+    recipient's consent, so a mistake turns it off, never on."""
+    value = _header_value(body, known, (TRACKING_HEADER,))
+    if value is None:
+        return ""
+    kinds = {k for k in re.split(r"[\s,;]+", value.lower()[:64]) if k}
+    if kinds and kinds <= {"open", "click"}:
+        return ",".join(k for k in ("open", "click") if k in kinds)
+    return "none"
+
+
+@dataclass(frozen=True)
+class TrackingPlan:
+    """How one message's copies are tracked (relay/tracking/rewrite.py does the work)."""
+
+    open_base: str     # "https://track.example.com/t/o/" + token; "" = no open pixel
+    click_host: str    # the tracking domain of the redirects; "" = links left alone
+    click_https: bool  # every redirect over https; else with the scheme of its link
+
+    def open_url(self, token: str) -> str:
+        return self.open_base + token
+
+    def click_url(self, token: str, link: str) -> str:
+        https = self.click_https or link[:6].lower() == "https:"
+        return f"{'https' if https else 'http'}://{self.click_host}{CLICK_PATH}{token}"
+
+
+def tracking_plan(cfg: Config, name: str, override: str = "") -> TrackingPlan | None:
+    """The tracking of a message of configuration set `name` with the X-SES-TRACKING
+    override `override` (requested_tracking); None when it is not tracked at all."""
+    cs = cfg.configuration_set_named(name) if name else None
+    if cs is None or not cs.tracking.domain:
+        return None
+    t = cs.tracking
+    allowed = set(override.split(",")) if override else {"open", "click"}
+    track_open, track_click = t.open and "open" in allowed, t.click and "click" in allowed
+    if not track_open and not track_click:
+        return None
+    domain = t.domain.lower()
+    scheme = "http" if t.https_policy == "optional" else "https"
+    return TrackingPlan(f"{scheme}://{domain}{OPEN_PATH}" if track_open else "",
+                        domain if track_click else "", t.https_policy == "require")

@@ -85,6 +85,12 @@ class Verp:
     def _mac(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()[:MAC_LEN]
 
+    def derived_key(self, label: bytes) -> bytes:
+        """A key for another purpose (the tracking tokens) derived from this secret:
+        HMAC-SHA256(secret, label). One secret file to keep; the derived key is not the
+        VERP key, so a MAC of one kind is never a valid MAC of the other."""
+        return hmac.new(self._secret, b"derive:" + label, hashlib.sha256).digest()
+
     def token(self, queue_id: str, index: int) -> str:
         if not 0 <= index <= 0xFFFF:
             raise ValueError("recipient index out of range")

@@ -46,6 +46,7 @@ from relay.config.sending import (
     Events,
     Identity,
     Suppression,
+    Tracking,
 )
 from relay.config.server import Admin, Dns, Feedback, Limits, Listener, Server, Tls
 from relay.config.tenants import Reputation, Tenants
@@ -108,6 +109,7 @@ __all__ = [
     "Suppression",
     "Tenants",
     "Tls",
+    "Tracking",
     "Warmup",
     "WarmupPlan",
     "config_warnings",

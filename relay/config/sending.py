@@ -49,6 +49,29 @@ class Dkim(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     check_interval: Duration = Duration(3600)
 
 
+class Tracking(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """[configuration_set.tracking]: open and click tracking of the set's HTML mail."""
+
+    # An open pixel in every HTML part; HTML links rewritten to signed redirects.
+    open: bool = False
+    click: bool = False
+    # The custom tracking domain the pixel and the redirects use, served by relay's HTTP
+    # side behind the operator's TLS proxy (required when open or click is true).
+    domain: str = ""
+    # SES's HttpsPolicy: "require" (pixel and links over https), "require_open_only"
+    # (the pixel over https, a link with the scheme of the link it replaces), "optional"
+    # (the pixel over http, each link with its own scheme).
+    https_policy: Literal["require", "require_open_only", "optional"] = "require"
+
+    def __post_init__(self) -> None:
+        if self.domain and not valid_domain(self.domain.lower()):
+            raise ValueError(f"domain {self.domain!r}: expected a domain name "
+                             "such as \"track.example.com\"")
+        if (self.open or self.click) and not self.domain:
+            raise ValueError("domain \"\": expected the tracking domain (e.g. "
+                             "\"track.example.com\") when open or click is true")
+
+
 class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Chosen per message with X-SES-CONFIGURATION-SET (or X-Relay-Configuration-Set)."""
 
@@ -81,6 +104,9 @@ class ConfigurationSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # The tenant that owns it ("" = shared by every tenant). Tenants live in the spool
     # (`relay tenant add`), so only the name's syntax is checked here.
     tenant: str = ""
+    # Open and click tracking (relay/tracking/); a message turns it off for itself with
+    # X-SES-TRACKING (relay/configsets.py).
+    tracking: Tracking = msgspec.field(default_factory=Tracking)
 
     def __post_init__(self) -> None:
         if self.tenant and not valid_tenant_name(self.tenant):

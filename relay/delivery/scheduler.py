@@ -449,9 +449,9 @@ class Scheduler:
             await self._settle(task, [prep.failure] * len(task.items))
             return None
         groups: dict[tuple[str, int], list[Leased]] = {}
-        for it in task.items:  # List-Unsubscribe differs per recipient too
+        for it in task.items:  # List-Unsubscribe and tracked links differ per recipient too
             key = (self.outbound.sender_for(prep, msg, it.index),
-                   it.index if prep.unsubscribe else -1)
+                   it.index if prep.per_recipient else -1)
             groups.setdefault(key, []).append(it)
         by_index: dict[int, Outcome] = {}
         for (sender, _), items in groups.items():

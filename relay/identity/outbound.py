@@ -6,9 +6,14 @@ identity's MAIL FROM domain (set through the SES API on its record, else its [[i
 `mail_from`) when its MX is published; otherwise the server default
 (`on_mx_failure = "use_default"`) or a permanent refusal (`"reject"`). A null sender
 (a bounce) is never rewritten. `sender_for()` gives each recipient its own VERP address.
-When the message's configuration set has `list_unsubscribe`, signing waits for
+When the message's configuration set has `list_unsubscribe`, or open or click tracking
+(`tracking`, not turned off by the message's X-SES-TRACKING), signing waits for
 `data_for()`: each recipient's copy gets its RFC 8058 List-Unsubscribe headers (the
-token is the recipient's VERP token) and its own DKIM signature over them.
+token is the recipient's VERP token), its HTML rewritten with that recipient's tracking
+tokens (relay/tracking/rewrite.py; the key derived from the VERP secret), and its own DKIM
+signature over the copy as sent. The copy is made in a worker thread (the rewrite and the
+signature are CPU work) and is the same bytes on every attempt, so its cached signature
+stays valid.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from relay.config import Identity
+from relay.configsets import TrackingPlan
 from relay.delivery.outcome import Outcome
 from relay.dkim.sign import Signer
 from relay.dns.answers import Resolver
@@ -27,6 +33,8 @@ from relay.identity.model import covering, normalize
 from relay.identity.store import IdentityRecord
 from relay.queue.records import MessageRecord
 from relay.smtp.message import header_addresses
+from relay.tracking.rewrite import links_of, rewrite
+from relay.tracking.token import KEY_LABEL, Tokens
 from relay.verp import Verp
 
 log = logging.getLogger(__name__)
@@ -42,6 +50,13 @@ class Prepared:
     failure: Outcome | None = None
     # "https://host/unsubscribe/": per-recipient List-Unsubscribe, `data` not signed yet.
     unsubscribe: str = ""
+    # Open/click tracking: each recipient's copy rewritten, `data` not signed yet.
+    tracking: TrackingPlan | None = None
+
+    @property
+    def per_recipient(self) -> bool:
+        """Each recipient gets its own copy (data_for), so no two share a transaction."""
+        return bool(self.unsubscribe) or self.tracking is not None
 
 
 def settings_for(address: str, identities: Sequence[Identity]) -> Identity | None:
@@ -77,7 +92,9 @@ class Outbound:
     def __init__(self, *, signer: Signer | None, verp: Verp | None, resolver: Resolver,
                  identities: Sequence[Identity], default_domain: str,
                  unsubscribe_base: Callable[[MessageRecord], str] | None = None,
-                 records: Callable[[], Mapping[str, IdentityRecord]] | None = None) -> None:
+                 records: Callable[[], Mapping[str, IdentityRecord]] | None = None,
+                 tracking: Callable[[MessageRecord], TrackingPlan | None] | None = None,
+                 ) -> None:
         self.signer = signer
         self.verp = verp
         self.resolver = resolver
@@ -87,6 +104,9 @@ class Outbound:
         self.unsubscribe_base = unsubscribe_base
         # The identity records (IdentityStore.all): their API-set MAIL FROM wins.
         self.records = records
+        # The tracking of a message (relay.configsets.tracking_plan; None = not tracked).
+        self.tracking = tracking
+        self.tokens = Tokens(verp.derived_key(KEY_LABEL)) if verp is not None else None
 
     def mail_from_of(self, address: str) -> tuple[str, MxFailure]:
         """(mail_from, on_mx_failure) for mail from `address` (see mail_from_settings)."""
@@ -152,8 +172,9 @@ class Outbound:
                 return Prepared(body, None, rd)
             domain = rd
         base = self.unsubscribe_base(msg) if self.unsubscribe_base is not None else ""
-        if base and self.verp is not None:
-            return Prepared(body, domain, unsubscribe=base)
+        plan = self.tracking(msg) if self.tracking is not None else None
+        if self.verp is not None and (base or plan is not None):
+            return Prepared(body, domain, unsubscribe=base, tracking=plan)
         if self.signer is not None:
             sig = await self.signer.sign_message(msg.id, body, msg.headers)
             if sig:
@@ -161,19 +182,48 @@ class Outbound:
         return Prepared(body, domain)
 
     async def data_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> bytes:
-        """What recipient `index` is sent: `prepared.data`, or with List-Unsubscribe
-        headers for that recipient and a DKIM signature covering them."""
-        if not prepared.unsubscribe or self.verp is None:
+        """What recipient `index` is sent: `prepared.data`, or that recipient's own copy
+        (List-Unsubscribe headers, tracked HTML) with a DKIM signature covering it."""
+        if (not prepared.unsubscribe and prepared.tracking is None) or self.verp is None:
             return prepared.data
-        url = prepared.unsubscribe + self.verp.token(msg.id, index)
-        body = (f"List-Unsubscribe: <{url}>\r\n"
-                "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").encode("ascii") \
-            + prepared.data
+        return await asyncio.to_thread(self._copy_for, prepared, msg, index)
+
+    def _copy_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> bytes:
+        """Recipient `index`'s copy, signed (in a worker thread: CPU work)."""
+        assert self.verp is not None
+        body = prepared.data
+        if prepared.tracking is not None:
+            body = self._tracked(body, prepared.tracking, msg.id, index)
+        if prepared.unsubscribe:
+            url = prepared.unsubscribe + self.verp.token(msg.id, index)
+            body = (f"List-Unsubscribe: <{url}>\r\n"
+                    "List-Unsubscribe-Post: List-Unsubscribe=One-Click\r\n").encode("ascii") \
+                + body
         if self.signer is not None:
-            sig = await asyncio.to_thread(self.signer.signature, f"{msg.id}/{index}", body,
-                                          msg.headers)
-            body = sig + body
+            body = self.signer.signature(f"{msg.id}/{index}", body, msg.headers) + body
         return body
+
+    def _tracked(self, body: bytes, plan: TrackingPlan, queue_id: str, index: int) -> bytes:
+        """The message with recipient `index`'s open pixel and click redirects."""
+        tokens = self.tokens
+        assert tokens is not None
+        try:
+            open_url = plan.open_url(tokens.open_token(queue_id, index)) \
+                if plan.open_base else None
+            tokens.click_token(queue_id, index, 0)  # the id and index fit a token
+        except ValueError as e:  # not a queue id of relay's, or > 65535 recipients
+            log.warning("message %s recipient %d not tracked: %s", queue_id, index, e)
+            return body
+        click_url: Callable[[int], str] | None = None
+        if plan.click_host:
+            # Unless every redirect is https, each keeps the scheme of its link.
+            links = [] if plan.click_https else links_of(body)
+
+            def click_url(i: int) -> str:
+                return plan.click_url(tokens.click_token(queue_id, index, i),
+                                      links[i].url if i < len(links) else "")
+
+        return rewrite(body, open_url=open_url, click_url=click_url).data
 
     def sender_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> str:
         if prepared.return_domain is None or self.verp is None:

@@ -79,6 +79,8 @@ class NewMessage(msgspec.Struct):
     header_fields: list[tuple[str, str]] | None = None
     # The sending tenant ("" = the default tenant).
     tenant: str = ""
+    # The X-SES-TRACKING override (relay/configsets.py requested_tracking).
+    tracking: str = ""
 
 
 @dataclass(frozen=True)

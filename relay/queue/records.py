@@ -96,6 +96,9 @@ class MessageRecord(msgspec.Struct, array_like=True, tag=1):
     # The tenant that sent it (relay/tenants/model.py); "" in records written before
     # tenants existed, which belong to the default tenant.
     tenant: str = ""
+    # X-SES-TRACKING (relay/configsets.py requested_tracking): "" = as the configuration
+    # set says; "none", "open", "click": what the message allows of the set's tracking.
+    tracking: str = ""
 
 
 class RecipientRecord(msgspec.Struct, array_like=True, tag=1):

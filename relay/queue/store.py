@@ -193,7 +193,7 @@ class QueueStore:
             size=len(msg.body), client_ip=msg.client_ip, helo=msg.helo,
             auth_user=msg.auth_user, headers=dict(msg.headers), tags=dict(msg.tags),
             configuration_set=msg.configuration_set, header_fields=fields,
-            headers_truncated=truncated, tenant=msg.tenant)
+            headers_truncated=truncated, tenant=msg.tenant, tracking=msg.tracking)
         durable = None if on_durable is None else (lambda rec: on_durable(rec.id))
         return await self.committer.write_soon(
             ops.submit_op(self._db, record, msg.body, also), len(msg.body), durable)

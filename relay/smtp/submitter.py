@@ -138,6 +138,7 @@ class QueueSubmitter:
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
         if account is not None:
             self._settle_account(msg, account)
+        msg.tracking = configsets.requested_tracking(msg.body, msg.header_fields)
         stripped = configsets.strip_headers(msg.body, msg.header_fields)
         if stripped is not msg.body:
             msg.header_fields = without_fields(msg.header_fields, configsets.STRIPPED)

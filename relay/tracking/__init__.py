@@ -1,0 +1,1 @@
+"""Engagement tracking: signed open/click tokens, the HTML rewriter, the automated-hit rules."""
