@@ -240,16 +240,19 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         commit_observers=[metrics.observe_store])
     # The message history: batches of what the event log and the attempts say, written
     # once per [history] flush with the group commit (never in an SMTP reply's path).
-    history = late_history.set(HistoryStore(store)) if keep_history else None
-    stats = StatsStore(store) if keep_history else None
-    recorder = late_recorder.set(HistoryRecorder(
-        store, history, clock, flush=float(cfg.history.flush))) \
-        if history is not None else None
-    pruner = HistoryPruner(
-        history, stats, clock, retention=float(cfg.history.retention),
-        stats_retention=float(cfg.history.stats_retention),
-        max_bytes=int(cfg.history.max_disk)) \
-        if history is not None and stats is not None else None
+    history: HistoryStore | None = None
+    stats: StatsStore | None = None
+    recorder: HistoryRecorder | None = None
+    pruner: HistoryPruner | None = None
+    if keep_history:
+        history = late_history.set(HistoryStore(store))
+        stats = StatsStore(store)
+        recorder = late_recorder.set(HistoryRecorder(store, history, clock,
+                                                     flush=float(cfg.history.flush)))
+        pruner = HistoryPruner(history, stats, clock, retention=float(cfg.history.retention),
+                               stats_retention=float(cfg.history.stats_retention),
+                               max_bytes=int(cfg.history.max_disk))
+    # The recorder hears every event and every attempt (network and simulator alike).
     history_feed = [recorder] if recorder is not None else []
     attempt_history = [recorder.observe_attempt] if recorder is not None else []
     # (queue id, recipient domain) -> (source IP, provider) of attempts, so a late
