@@ -8,6 +8,8 @@ restart of the process.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import re
 import urllib.error
@@ -79,8 +81,16 @@ def test_every_response_forbids_framing_and_sniffing(edges_admin: Admin) -> None
         assert got["X-Content-Type-Options"] == "nosniff", (path, dict(got))
         assert "frame-ancestors 'none'" in got["Content-Security-Policy"], (path, dict(got))
     # The dashboard keeps its own policy, with frame-ancestors added.
-    _, dashboard, _ = request(edges_admin, "GET", "/")
-    assert "default-src 'self'" in dashboard["Content-Security-Policy"]
+    _, dashboard, page = request(edges_admin, "GET", "/")
+    csp = dashboard["Content-Security-Policy"]
+    assert "default-src 'self'" in csp
+    # Only the page's own script runs (by its hash): an event handler that slipped into
+    # the page with a subject line or an address would not.
+    script = re.search(rb"<script>(.*?)</script>", page, re.DOTALL)
+    assert script is not None
+    digest = base64.b64encode(hashlib.sha256(script.group(1)).digest()).decode()
+    script_src = re.search(r"script-src ([^;]*)", csp)
+    assert script_src is not None and script_src.group(1) == f"'sha256-{digest}'", csp
 
 
 def subscription_events(admin: Admin) -> list[dict[str, Any]]:
