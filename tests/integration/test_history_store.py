@@ -184,6 +184,8 @@ def test_the_index_follows_status_changes(h: HistoryStore) -> None:
     msg = record(T0, ["a@example.net"])
     put(h, from_events(M.send_event(msg)))
     assert ids(h, status="queued") == [msg.id]
+    queued = h.get(msg.id)
+    assert queued is not None and queued.message.recipients[0].updated_at == T0
     put(h, from_attempts(Attempt(msg.id, "a@example.net", "deferred", T0 + 1, T0,
                                  response="421 busy")))
     assert ids(h, status="queued") == [] and ids(h, status="deferred") == [msg.id]
