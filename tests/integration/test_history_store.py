@@ -377,7 +377,7 @@ async def test_recorder_writes_a_batch_per_flush(tmp_path: Path) -> None:
     store = QueueStore(tmp_path / "q", clock)
     await store.start()
     h = HistoryStore(store)
-    rec = HistoryRecorder(store, h, clock, flush=0.5, max_pending=4)
+    rec = HistoryRecorder(store, h, clock, flush=0.5, max_pending=4, max_op=2)
     rec.start()
     try:
         msg = record(T0, ["a@gmail.com", "b@gmail.com"])
