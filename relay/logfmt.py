@@ -1,8 +1,9 @@
 """Log output: human-readable lines by default, JSON lines with `--log-format json`.
 
 A JSON line has `ts` (ISO 8601 UTC), `level`, `logger`, `message`, and every
-`extra={...}` field the call gave (for delivery attempts: queue_id,
-recipient_domain, source_ip, provider, result, response, remote_mta).
+`extra={...}` field the call gave (for delivery attempts: queue_id, tenant,
+recipient_domain, source_ip, provider, result, response, remote_mta, mx_host,
+remote_ip, tls, delay and duration in seconds).
 """
 
 from __future__ import annotations

@@ -245,3 +245,20 @@ def stat_deltas(entry: TimelineEntry, msg: HistoryMessage) -> list[StatDelta]:
         if metric not in _NO_PROVIDER:
             out.append((bucket, DIMENSIONS["provider"], provider, code, 1))
     return out
+
+
+# SES GetMessageInsights' event types by entry kind (a Bounce's by its bounceType).
+_INSIGHT = {"accepted": "SEND", "delivered": "DELIVERY", "deferred": "DELIVERY_DELAY",
+            "complained": "COMPLAINT", "rejected": "REJECT",
+            "rendering_failure": "RENDERING_FAILURE", "unsubscribed": "SUBSCRIPTION",
+            "open": "OPEN", "click": "CLICK"}
+_BOUNCE_INSIGHT = {"Permanent": "PERMANENT_BOUNCE", "Transient": "TRANSIENT_BOUNCE",
+                   "Undetermined": "UNDETERMINED_BOUNCE"}
+
+
+def insight_type(entry: TimelineEntry) -> str:
+    """The SES GetMessageInsights `Type` of an entry; "" for a delivery attempt (no SES
+    event: it is relay's own detail)."""
+    if entry.event_type == "Bounce":
+        return _BOUNCE_INSIGHT.get(entry.detail.partition("/")[0], "UNDETERMINED_BOUNCE")
+    return _INSIGHT.get(entry.kind, "")

@@ -139,7 +139,8 @@ def apply_entry(msg: HistoryMessage, entry: TimelineEntry) -> None:
             r.provider = entry.provider
     new = advance(r.status, kind)
     changed = new != r.status
-    if changed or (new == kind and entry.ts >= r.updated_at):
+    target = "queued" if kind == "accepted" else kind
+    if changed or (new == target and entry.ts >= r.updated_at):
         if entry.response:
             r.last_response = entry.response
         r.updated_at = max(r.updated_at, entry.ts)
@@ -188,7 +189,7 @@ class HistoryStore:
 
             for m in messages:
                 keep(m.id, merge(load(m.id), m))
-            deltas: dict[bytes, int] = {}
+            deltas: dict[tuple[int, bytes, str, bytes], int] = {}
             for qid, e in ordered:
                 msg = load(qid)
                 if msg is None:
@@ -205,8 +206,8 @@ class HistoryStore:
                 apply_entry(msg, e)
                 txn.put(key, K.enc.encode(e), db=tl_db)
                 for bucket, dim, value, metric, n in stat_deltas(e, msg):
-                    sk = K.stats_key(bucket, dim, value, metric)
-                    deltas[sk] = deltas.get(sk, 0) + n
+                    dk = (bucket, dim, value, metric)
+                    deltas[dk] = deltas.get(dk, 0) + n
             for qid, (old_keys, msg) in touched.items():
                 if msg is None:
                     continue
@@ -216,7 +217,8 @@ class HistoryStore:
                 for k in new_keys - old_keys:
                     txn.put(k, b"", db=ix_db)
                 txn.put(K.message_key(qid), K.enc.encode(msg), db=msgs_db)
-            for sk, n in deltas.items():
+            for (bucket, dim, value, metric), n in deltas.items():
+                sk = K.stats_key(bucket, dim, value, metric)
                 raw = txn.get(sk, db=stats_db)
                 total = (K.COUNT.unpack(raw)[0] if raw is not None else 0) + n
                 txn.put(sk, K.COUNT.pack(total), db=stats_db)

@@ -184,6 +184,8 @@ def test_the_index_follows_status_changes(h: HistoryStore) -> None:
     msg = record(T0, ["a@example.net"])
     put(h, from_events(M.send_event(msg)))
     assert ids(h, status="queued") == [msg.id]
+    queued = h.get(msg.id)
+    assert queued is not None and queued.message.recipients[0].updated_at == T0
     put(h, from_attempts(Attempt(msg.id, "a@example.net", "deferred", T0 + 1, T0,
                                  response="421 busy")))
     assert ids(h, status="queued") == [] and ids(h, status="deferred") == [msg.id]
@@ -486,3 +488,16 @@ def test_any_order_of_a_messages_entries_gives_the_same_history(tmp_path: Path) 
         check()
     finally:
         store.close_sync()
+
+
+def test_a_batch_is_cut_into_ops_of_bounded_size() -> None:
+    from relay.history.recorder import _chunks
+
+    m1, m2 = record(T0, ["a@x.com"]), record(T0 + 1, ["b@x.com"])
+    b1, b2 = from_events(M.send_event(m1)), from_events(M.send_event(m2))
+    lone = HistoryMessage(id="f" * 20)
+    cut = _chunks(b1[0] + b2[0] + [lone], b1[1] + b2[1], 1)
+    assert [([m.id for m in ms], [q for q, _ in es]) for ms, es in cut] == [
+        ([m1.id], [m1.id]), ([m2.id, lone.id], [m2.id])]
+    assert _chunks([], [], 5) == []
+    assert _chunks([lone], [], 5) == [([lone], [])]

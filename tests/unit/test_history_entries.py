@@ -13,6 +13,7 @@ from relay.history import keys as K
 from relay.history.entries import (
     entries_from_event,
     entry_from_attempt,
+    insight_type,
     message_from_event,
     parse_time,
     stat_deltas,
@@ -180,3 +181,15 @@ def test_stat_deltas(entry: TimelineEntry, msg: HistoryMessage,
     got = stat_deltas(entry, msg)
     assert all(b == B0 and n == 1 for b, _, _, _, n in got)
     assert [(m.decode(), d.decode(), v) for _, d, v, m, _ in got] == expect
+
+
+@pytest.mark.parametrize(("n", "types"), [
+    (0, ["SEND", "SEND"]), (1, ["DELIVERY"]), (2, ["PERMANENT_BOUNCE"]),
+    (3, ["TRANSIENT_BOUNCE"] * 2), (4, ["PERMANENT_BOUNCE"]), (5, ["TRANSIENT_BOUNCE"]),
+    (7, ["DELIVERY_DELAY"]), (8, ["COMPLAINT"]), (9, ["REJECT"] * 2),
+    (10, ["SUBSCRIPTION"]), (11, ["RENDERING_FAILURE"]),
+])
+def test_insight_types(n: int, types: list[str]) -> None:
+    event = EVENTS[n][0]
+    assert [insight_type(e) for _, e in entries_from_event(event, b"{}")] == types
+    assert insight_type(entry_from_attempt(Attempt())[1]) == ""
