@@ -43,7 +43,7 @@ _json = msgspec.json.Encoder()
 
 class HistoryRecorder:
     def __init__(self, queue_store: QueueStore, history: HistoryStore, clock: Clock, *,
-                 flush: float = 0.5, max_pending: int = 100_000, max_op: int = 500) -> None:
+                 flush: float = 0.5, max_pending: int = 100_000, max_op: int = 250) -> None:
         self.store = queue_store
         self.history = history
         self.clock = clock

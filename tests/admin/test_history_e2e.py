@@ -116,6 +116,7 @@ def test_each_history_lists_exactly_its_attempts_and_events_in_order(
     attempt = next(e for e in delivered["timeline"] if e["kind"] == "attempt")
     assert attempt["mx_host"] == "mx.ok.test" and attempt["response"].startswith("250")
     assert delivered["subject"] == "Quarterly invoice 2291"
+    assert delivered["size"] > 200  # from the queue's record: SES events carry no size
     event = next(e for e in delivered["timeline"] if e["kind"] == "delivered")["event"]
     assert event["eventType"] == "Delivery" and event["mail"]["messageId"] == ids["delivered"]
     insights = delivered["Insights"]

@@ -391,8 +391,8 @@ async def test_recorder_writes_a_batch_per_flush(tmp_path: Path) -> None:
         assert rec.dropped == 2 and rec.pending == 3            # full: counted, not kept
         await asyncio.sleep(0)                                  # the task sleeps
         clock.advance(0.5)
-        for _ in range(500):
-            if rec.recorded:
+        for _ in range(500):  # two ops of at most max_op entries, one after the other
+            if rec.recorded >= 3:
                 break
             await asyncio.sleep(0.01)
         assert rec.recorded == 3 and rec.pending == 0
