@@ -27,7 +27,9 @@ from relay.cli.output import progress, table, wants_progress
 from relay.clock import SystemClock
 from relay.config import Config
 from relay.events.log import EventLog
-from relay.events.model import bounce_event, iso
+from relay.events.model import Event, bounce_event, iso
+from relay.history.entries import batch_of
+from relay.history.store import HistoryStore
 from relay.queue.records import Action, MessageRecord, RecipientRecord, State
 from relay.queue.store import QueueStore
 
@@ -177,7 +179,7 @@ def _act(args: argparse.Namespace, what: str) -> int:
                     if settled:
                         if events is None:
                             events = EventLog(_events_path(cfg))
-                        events.emit([bounce_event(
+                        _publish(cfg, store, events, [bounce_event(
                             settled[0].message, [s.recipient.address for s in settled],
                             settled[0].recipient.last_response, now, cfg.server.hostname)])
                 done += 1
@@ -224,7 +226,8 @@ def _act_domain(args: argparse.Namespace, what: str) -> int:
                 if settled:
                     if events is None:
                         events = EventLog(_events_path(cfg))
-                    events.emit(bounce_events(settled, now, cfg.server.hostname))
+                    _publish(cfg, store, events, bounce_events(settled, now,
+                                                               cfg.server.hostname))
             messages.update(s.message.id for s in settled)
             recipients += len(settled)
     finally:
@@ -233,6 +236,14 @@ def _act_domain(args: argparse.Namespace, what: str) -> int:
             events.close()
     print(f"{what}: {recipients} recipient(s) at {domain} in {len(messages)} message(s)")
     return 0
+
+
+def _publish(cfg: Config, store: QueueStore, events: EventLog, published: list[Event]) -> None:
+    """Publish events this command caused, and record them in the message history (the
+    running server's recorder never sees events another process publishes)."""
+    events.emit(published)
+    if cfg.history.enabled:
+        store.write_now(HistoryStore(store).record_op(*batch_of(published)))
 
 
 def _events_path(cfg: Config) -> Path:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
+import msgspec
+
 from relay.events.model import Event
 from relay.history.keys import DIMENSIONS, METRICS, address_of, bucket_of, domain_of
 from relay.history.model import HistoryMessage, RecipientHistory, TimelineEntry
@@ -60,6 +62,9 @@ class AttemptLike(Protocol):
     def dkim(self) -> list[str]: ...
     @property
     def received_at(self) -> float: ...
+
+
+_json = msgspec.json.Encoder()
 
 
 def parse_time(text: str, default: float = 0.0) -> float:
@@ -142,6 +147,21 @@ def entries_from_event(event: Event, raw: bytes) -> list[Keyed]:
         return _group(qid, mail_ts, kind, raw, "rendering_failure",
                       [("", f.errorMessage, f.templateName)])
     return []
+
+
+def batch_of(events: list[Event]) -> tuple[list[HistoryMessage], list[Keyed]]:
+    """The history of `events` as one record_op's arguments: what a process without a
+    recorder (the `relay queue` commands) writes for the events it publishes."""
+    messages: list[HistoryMessage] = []
+    entries: list[Keyed] = []
+    for event in events:
+        if not event.mail.messageId:
+            continue
+        entries.extend(entries_from_event(event, _json.encode(event)))
+        msg = message_from_event(event)
+        if msg is not None:
+            messages.append(msg)
+    return messages, entries
 
 
 def bounce_kind(bounce_type: str, subtype: str, action: str) -> str:

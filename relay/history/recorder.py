@@ -22,24 +22,14 @@ import asyncio
 import contextlib
 import logging
 
-import msgspec
-
 from relay.clock import Clock
 from relay.events.model import Event
-from relay.history.entries import (
-    AttemptLike,
-    entries_from_event,
-    entry_from_attempt,
-    message_from_event,
-)
+from relay.history.entries import AttemptLike, batch_of, entry_from_attempt
 from relay.history.model import HistoryMessage, TimelineEntry
 from relay.history.store import HistoryStore
 from relay.queue.store import QueueStore
 
 log = logging.getLogger("relay.history")
-
-_json = msgspec.json.Encoder()
-
 
 class HistoryRecorder:
     def __init__(self, queue_store: QueueStore, history: HistoryStore, clock: Clock, *,
@@ -64,15 +54,10 @@ class HistoryRecorder:
 
     def __call__(self, event: Event) -> None:
         """The EventLog subscriber: the event's message and entries, pending."""
-        if not event.mail.messageId:
-            return  # about no message (Warmup*, ReputationStatusChange)
-        entries = entries_from_event(event, _json.encode(event))
-        if not self._room(len(entries)):
-            return
-        msg = message_from_event(event)
-        if msg is not None:
-            self._messages.append(msg)
-        self._entries.extend(entries)
+        messages, entries = batch_of([event])  # none for an event about no message
+        if entries and self._room(len(entries)):
+            self._messages.extend(messages)
+            self._entries.extend(entries)
 
     def observe_attempt(self, attempt: AttemptLike) -> None:
         """A delivery attempt's entry, pending."""

@@ -186,3 +186,19 @@ def test_the_statistics_sum_to_the_events(traffic: tuple[Admin, dict[str, str]])
     cli = run_cli("stats", "--json", config=admin.config)
     assert cli.returncode == 0, cli.stderr
     assert json.loads(cli.stdout)["totals"]["delivered"] == 2
+
+
+def test_a_bounce_by_the_cli_is_in_the_history(traffic: tuple[Admin, dict[str, str]]) -> None:
+    # `relay queue bounce` publishes its Bounce event from its own process, which the
+    # server's recorder never sees: the command records it itself. (Last in this module:
+    # it adds to the statistics counted above.)
+    admin, _ = traffic
+    mid = admin.send("stuck@busy.test", "Never arrives")
+    wait_until(lambda: _statuses(admin, mid) == {"deferred"}, 20, "the deferral")
+    done = run_cli("queue", "bounce", mid, config=admin.config)
+    assert done.returncode == 0, done.stderr
+    msg = _message(admin, mid)
+    assert _kinds(msg["timeline"]) == ["accepted", "attempt:deferred", "deferred", "bounced"]
+    assert msg["recipients"][0]["status"] == "bounced"
+    assert msg["timeline"][-1]["event"]["bounce"]["bouncedRecipients"][0]["emailAddress"] \
+        == "stuck@busy.test"
