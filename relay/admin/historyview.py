@@ -164,11 +164,36 @@ def stats_answer(points: Iterable[tuple[float, str, dict[str, int]]], since: flo
             if m in cell:
                 cell[m] += n
                 totals[m] += n
+    series = _top_series(series)
     out_series = [{"key": key, "points": [{"t": iso(s), **cells.get(s, zero())}
                                           for s in starts]}
                   for key, cells in sorted(series.items())]
     return {"bucket_seconds": bucket, "since": iso(first), "until": iso(until),
             "series": out_series, "totals": totals}
+
+
+# Series in one answer: every bucket of a series is a point, so a platform with thousands
+# of tenants (or a breakdown by provider over 14 days of 15-minute buckets) would answer
+# megabytes. The busiest MAX_SERIES - 1 keep their own series, the rest are summed.
+MAX_SERIES = 20
+OTHER = "(other)"
+
+
+def _top_series(series: dict[str, dict[int, dict[str, int]]]
+                ) -> dict[str, dict[int, dict[str, int]]]:
+    if len(series) <= MAX_SERIES:
+        return series
+    volume = {k: sum(sum(c.values()) for c in cells.values()) for k, cells in series.items()}
+    ranked = sorted(series, key=lambda k: (-volume[k], k))
+    kept = {k: series[k] for k in ranked[:MAX_SERIES - 1]}
+    other: dict[int, dict[str, int]] = {}
+    for k in ranked[MAX_SERIES - 1:]:
+        for start, counts in series[k].items():
+            cell = other.setdefault(start, zero())
+            for m, n in counts.items():
+                cell[m] += n
+    kept[OTHER] = other
+    return kept
 
 
 def send_data_points(points: Iterable[tuple[float, dict[str, int]]]) -> list[dict[str, Any]]:

@@ -2,7 +2,8 @@
 of a dimension, their totals and SES GetSendStatistics' SendDataPoints.
 
 since/until default to the last 24 hours; `bucket` is 900, 3600 or 86400 seconds; every
-bucket of the range is a point (zeros included), so a chart needs no gap filling. Read in
+bucket of the range is a point (zeros included), so a chart needs no gap filling; at most
+MAX_SERIES series (the busiest; the rest summed under "(other)"). Read in
 a thread.
 """
 
