@@ -274,8 +274,8 @@ def test_get_with_timeline(benchmark: Any, spools: Any, size: str) -> None:
 @BUILD_TIMEOUT
 @pytest.mark.parametrize("size", SIZES)
 def test_prune_op_chunk(benchmark: Any, spools: Any, size: str) -> None:
-    """prune_op() of the 2,000 oldest messages (timeline and index keys with them), in a
-    transaction then aborted: the op's own time, which the event loop spends."""
+    """prune_op() of the PRUNE_CHUNK (250) oldest messages (timeline and index keys with
+    them), in a transaction then aborted: the op's own time, which the event loop spends."""
     sp = spools[size]
 
     def run() -> int:

@@ -84,6 +84,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {w['ip']:18} {w['pool']:12} {w['plan'] or '-':22} {w['day'] or '-':>4} "
                   f"{w['cap_today'] if w['cap_today'] is not None else '-':>8} "
                   f"{w['sent_today']:>8}{'  FROZEN' if w['frozen'] else ''}")
+    history = data.get("history")
+    if history:
+        print(f"  history: {history['messages']} message(s), "
+              f"{history['bytes'] / 1e6:.1f} MB, oldest {history['oldest'] or '-'}")
     for provider, tally in data["deliveries"].items():
         print(f"  {provider}: " + ", ".join(f"{k} {v}" for k, v in sorted(tally.items())))
     return 0

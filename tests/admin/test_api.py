@@ -339,6 +339,7 @@ def test_admin_token_cli_and_status(admin: Admin, traffic: dict[str, str]) -> No
     assert st.returncode == 0, st.stderr
     assert "relay on relay.test" in st.stdout and "deferred" in st.stdout
     assert "127.0.0.10" in st.stdout
+    assert re.search(r"history: \d+ message\(s\), [\d.]+ MB, oldest ", st.stdout), st.stdout
     st_json = run_cli("status", "--json", "--token-file", str(token_file), config=admin.config)
     assert json.loads(st_json.stdout)["hostname"] == "relay.test"
     removed = run_cli("admin", "token", "remove", "ops", config=admin.config)
