@@ -37,7 +37,9 @@ from relay.history.model import (
 from relay.queue.keys import msg_dec
 from relay.queue.store import QueueStore
 
-MAX_SCAN = 200_000
+# About a quarter of a second at a million messages (the worst case: a condition no
+# candidate meets); the caller pages on with next_cursor.
+MAX_SCAN = 100_000
 MAX_LIMIT = 500
 # Group-commit ops run on the event loop (relay/queue/committer.py): a prune op of 250
 # messages holds it for about 15 ms (2,000 held it 130 ms), and the pruner runs them one
