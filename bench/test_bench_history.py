@@ -36,7 +36,7 @@ from relay.clock import SystemClock
 from relay.events import model as M
 from relay.history.entries import entries_from_event, entry_from_attempt, message_from_event
 from relay.history.model import HistoryMessage, MessageQuery, RecipientHistory, TimelineEntry
-from relay.history.store import HistoryStore
+from relay.history.store import PRUNE_CHUNK, HistoryStore
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
 
@@ -274,7 +274,7 @@ def test_get_with_timeline(benchmark: Any, spools: Any, size: str) -> None:
 @BUILD_TIMEOUT
 @pytest.mark.parametrize("size", SIZES)
 def test_prune_op_chunk(benchmark: Any, spools: Any, size: str) -> None:
-    """prune_op() of the PRUNE_CHUNK (250) oldest messages (timeline and index keys with
+    """prune_op() of the PRUNE_CHUNK (100) oldest messages (timeline and index keys with
     them), in a transaction then aborted: the op's own time, which the event loop spends."""
     sp = spools[size]
 
@@ -285,7 +285,7 @@ def test_prune_op_chunk(benchmark: Any, spools: Any, size: str) -> None:
         finally:
             txn.abort()
 
-    assert benchmark.pedantic(run, rounds=5, iterations=1) == min(2000, sp.size)
+    assert benchmark.pedantic(run, rounds=5, iterations=1) == min(PRUNE_CHUNK, sp.size)
     _info(benchmark, sp)
 
 

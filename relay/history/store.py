@@ -41,10 +41,10 @@ from relay.queue.store import QueueStore
 # candidate meets); the caller pages on with next_cursor.
 MAX_SCAN = 100_000
 MAX_LIMIT = 500
-# Group-commit ops run on the event loop (relay/queue/committer.py): a prune op of 250
-# messages holds it for about 15 ms (2,000 held it 130 ms), and the pruner runs them one
-# after the other until nothing older remains.
-PRUNE_CHUNK = 250
+# Group-commit ops run on the event loop (relay/queue/committer.py): a prune op of 100
+# messages holds it for about 12 ms (2,000 held it 130 ms, bench/test_bench_history.py),
+# and the pruner runs them one after the other until nothing older remains.
+PRUNE_CHUNK = 100
 
 # The message fields a Send's data sets (the others, recipients and dkim, are merged).
 _DATA_FIELDS = ("received_at", "sender", "tenant", "configuration_set", "tags", "subject",
