@@ -42,6 +42,7 @@ from relay.admin.api.tenants import (
     tenants_resume,
     tenants_show,
 )
+from relay.admin.api.tracking import click_redirect, open_pixel
 from relay.admin.api.unsubscribe import unsubscribe, unsubscribe_page
 from relay.admin.api.users import users_add, users_list, users_remove
 from relay.admin.api.warmup import warmup
@@ -83,6 +84,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/", dashboard),
     ("POST", "/unsubscribe/{token}", unsubscribe),
     ("GET", "/unsubscribe/{token}", unsubscribe_page),
+    ("GET", "/t/o/{token}", open_pixel),
+    ("HEAD", "/t/o/{token}", open_pixel),
+    ("GET", "/t/c/{token}", click_redirect),
+    ("HEAD", "/t/c/{token}", click_redirect),
 ]
 
 
