@@ -82,15 +82,12 @@ class TrackingState:
         return seen
 
 
-_STATE: web.AppKey[TrackingState] = web.AppKey("relay_tracking", TrackingState)
+# Set by make_app (routes.py) when the application is built.
+TRACKING_STATE: web.AppKey[TrackingState] = web.AppKey("relay_tracking", TrackingState)
 
 
 def _state(request: web.Request) -> TrackingState:
-    state = request.app.get(_STATE)
-    if state is None:
-        state = TrackingState(_ctx(request))
-        request.app[_STATE] = state
-    return state
+    return request.app[TRACKING_STATE]
 
 
 def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
