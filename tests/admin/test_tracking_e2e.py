@@ -33,6 +33,8 @@ from relay.testing.process import run_cli
 from relay.testing.sink import Received, Sink
 from relay.testing.wait import wait_until
 from relay.tracking.automated import BUILTIN_RULES
+from relay.tracking.token import KEY_LABEL, Tokens
+from relay.verp import Verp
 
 TEXT = "Hello,\n\nthe sale: https://shop.example/sale (text is never rewritten)\n"
 HTML = ('<html><body><p>Sale! <a href="https://shop.example/sale?a=1&amp;b=2" '
@@ -149,6 +151,12 @@ def test_tracked_message_opens_and_clicks(tracked: tuple[Admin, DnsServer]) -> N
     flipped = clicks[0][:-1] + ("A" if clicks[0][-1] != "A" else "B")
     for path in (f"/t/c/{flipped}", f"/t/o/{clicks[0]}", f"/t/c/{opens[0]}",
                  f"/t/c/{'A' * 36}", f"/t/o/{'x' * 5000}", "/t/c/%00%0d%0a"):
+        assert hit(admin, path).status == 404, path
+    # Genuine MACs (relay's own key) naming what the message does not have: a link
+    # index past its links, another recipient, a message relay never tracked.
+    tokens = Tokens(Verp.from_state_dir(admin.state).derived_key(KEY_LABEL))
+    for path in (f"/t/c/{tokens.click_token(mid, 0, 2)}", f"/t/o/{tokens.open_token(mid, 1)}",
+                 f"/t/o/{tokens.open_token('0' * 20, 0)}"):
         assert hit(admin, path).status == 404, path
     # HEAD (a link checker's probe) answers like GET but publishes nothing.
     head = hit(admin, f"/t/c/{clicks[0]}", method="HEAD")
