@@ -169,6 +169,9 @@ def test_tracked_message_opens_and_clicks(tracked: tuple[Admin, DnsServer]) -> N
     assert pixel.status == 200 and pixel.body == PIXEL  # type: ignore[attr-defined]
     assert pixel.getheader("Content-Type") == "image/gif"
     assert "no-store" in pixel.getheader("Cache-Control", "")
+    # The client loads it again at once: answered, not published twice.
+    again = hit(admin, f"/t/o/{opens[0]}", forwarded="198.51.100.9, 127.0.0.1")
+    assert again.status == 200 and again.body == PIXEL  # type: ignore[attr-defined]
     click = hit(admin, f"/t/c/{clicks[0]}", forwarded="198.51.100.9")
     assert click.status == 302 and click.getheader("Location") == SALE
     # A security scanner follows the other link: published, flagged, not engagement.
@@ -210,8 +213,16 @@ def test_tracked_message_opens_and_clicks(tracked: tuple[Admin, DnsServer]) -> N
     assert status == 200, stats
     assert stats["totals"]["opened"] == 1 and stats["totals"]["clicked"] == 1, stats["totals"]
 
-    # Exactly one Open and two Clicks: the forged tokens and the HEAD published nothing.
+    # Exactly one Open and two Clicks: the forged tokens, the HEAD and the repeated
+    # pixel load published nothing.
     assert len(events(admin, "Open")) == 1 and len(events(admin, "Click")) == 2
+    # `relay stats` shows the same engagement.
+    shown = run_cli("stats", "--json", config=admin.config)
+    assert shown.returncode == 0, shown.stderr
+    totals = json.loads(shown.stdout)["totals"]
+    assert totals["opened"] == 1 and totals["clicked"] == 1, totals
+    table = run_cli("stats", config=admin.config)
+    assert table.returncode == 0 and "OPENED" in table.stdout and "CLICKED" in table.stdout
 
 
 def test_opted_out_message_is_untouched(tracked: tuple[Admin, DnsServer]) -> None:

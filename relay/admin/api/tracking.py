@@ -11,8 +11,10 @@ only links that were in the message are ever redirected to.
 
 A genuine GET publishes an SES Open or Click event to the message's destinations (the
 event log, hence the history and statistics), with the verdict of relay/tracking/
-automated.py (`automated`, `automatedReason`); a hit a person made also marks the
-recipient engaged (relay/tracking/engagement.py, the warm-up's engaged lane). HEAD gets
+automated.py (`automated`, `automatedReason`); the same token again from the same
+address and user agent within REPEAT_WINDOW seconds is answered but not published twice.
+A hit a person made also marks the recipient engaged (relay/tracking/engagement.py, the
+warm-up's engaged lane). HEAD gets
 the same status and headers but publishes nothing: a HEAD is a link checker's or a
 prefetcher's probe, never a reader loading an image or following a link.
 
@@ -45,6 +47,10 @@ MAX_FORWARDED = 2048      # characters of X-Forwarded-For read (its right end)
 MAX_HOPS = 20             # addresses of X-Forwarded-For looked at
 RECENT_MAX = 10_000       # recipients whose recent clicks are remembered
 CLICKS_KEPT = 64          # clicks remembered per recipient
+# The same token from the same address and user agent again within this many seconds
+# (a client loading the pixel twice, a replayed request) is answered but not published
+# again: one event per hit a reader made, and a replay loop cannot flood the event log.
+REPEAT_WINDOW = 10.0
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -62,6 +68,7 @@ class TrackingState:
             ctx.store, lambda: float(ctx.config().warmup.engaged_window), ctx.clock.now)
         self._proxies_of: tuple[object, tuple[_Net, ...]] = (None, ())
         self.recent: OrderedDict[tuple[str, int], list[tuple[int, float]]] = OrderedDict()
+        self.last_hits: OrderedDict[tuple[str, str, str], float] = OrderedDict()
 
     def proxies(self, ctx: AdminContext) -> tuple[_Net, ...]:
         cfg = ctx.config()
@@ -70,6 +77,15 @@ class TrackingState:
                          for n in cfg.admin.trusted_proxies)
             self._proxies_of = (cfg, nets)
         return self._proxies_of[1]
+
+    def repeated(self, token: str, ip: str, agent: str, at: float) -> bool:
+        """Whether this hit repeats one published within REPEAT_WINDOW (and note it)."""
+        key = (token, ip, agent)
+        before = self.last_hits.pop(key, None)
+        self.last_hits[key] = at if before is None or at - before > REPEAT_WINDOW else before
+        while len(self.last_hits) > RECENT_MAX:
+            self.last_hits.popitem(last=False)
+        return before is not None and 0 <= at - before <= REPEAT_WINDOW
 
     def clicks(self, key: tuple[str, int], link: int, at: float) -> list[tuple[int, float]]:
         """The recipient's recent clicks, this one included."""
@@ -164,6 +180,8 @@ def _hit(request: web.Request, kind: Literal["open", "click"]) -> web.Response:
                    state.proxies(ctx))
     agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
     address = msg.recipients[found.recipient]
+    if state.repeated(token, ip, agent, now):
+        return answer
     if link is not None:
         clicks = state.clicks((found.queue_id, found.recipient), found.link, now)
         verdict = classify(Hit("click", ip, agent, now, copied_at, clicks, len(links)),
