@@ -13,7 +13,8 @@ token is the recipient's VERP token), its HTML rewritten with that recipient's t
 tokens (relay/tracking/rewrite.py; the key derived from the VERP secret), and its own DKIM
 signature over the copy as sent. The copy is made in a worker thread (the rewrite and the
 signature are CPU work) and is the same bytes on every attempt, so its cached signature
-stays valid.
+stays valid. A tracked copy's links and time go to the spool (relay/tracking/links.py,
+with the next group commit) for the open and click routes, which outlive the body.
 """
 
 from __future__ import annotations
