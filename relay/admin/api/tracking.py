@@ -33,6 +33,7 @@ from aiohttp import web
 
 from relay.admin.api.context import AdminContext, _ctx
 from relay.events.model import click_event, open_event
+from relay.queue.records import MessageRecord
 from relay.tracking.automated import BUILTIN_RULES, MAX_USER_AGENT, Hit, classify
 from relay.tracking.engagement import Engagement
 from relay.tracking.links import TrackedLinks
@@ -51,6 +52,10 @@ CLICKS_KEPT = 64          # clicks remembered per recipient
 # (a client loading the pixel twice, a replayed request) is answered but not published
 # again: one event per hit a reader made, and a replay loop cannot flood the event log.
 REPEAT_WINDOW = 10.0
+# Message records read for hits, kept this many seconds (a campaign's message with many
+# recipients is decoded once, not once per hit), at most RECORDS_MAX of them.
+RECORD_TTL = 60.0
+RECORDS_MAX = 256
 
 _Net = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -69,6 +74,20 @@ class TrackingState:
         self._proxies_of: tuple[object, tuple[_Net, ...]] = (None, ())
         self.recent: OrderedDict[tuple[str, int], list[tuple[int, float]]] = OrderedDict()
         self.last_hits: OrderedDict[tuple[str, str, str], float] = OrderedDict()
+        self.records: OrderedDict[str, tuple[float, MessageRecord | None]] = OrderedDict()
+        self.store = ctx.store
+
+    def message(self, mid: str, now: float) -> MessageRecord | None:
+        """The message's record, sent or still queued (cached for RECORD_TTL)."""
+        cached = self.records.get(mid)
+        if cached is not None and 0 <= now - cached[0] <= RECORD_TTL:
+            return cached[1]
+        msg = self.store.sent_message(mid) or self.store.message(mid)
+        self.records[mid] = (now, msg)
+        self.records.move_to_end(mid)
+        while len(self.records) > RECORDS_MAX:
+            self.records.popitem(last=False)
+        return msg
 
     def proxies(self, ctx: AdminContext) -> tuple[_Net, ...]:
         cfg = ctx.config()
@@ -165,7 +184,8 @@ def _hit(request: web.Request, kind: Literal["open", "click"]) -> web.Response:
         if found.link >= len(links):
             return _not_found()
         link = links[found.link]
-    msg = ctx.store.sent_message(found.queue_id) or ctx.store.message(found.queue_id)
+    now = ctx.clock.now()
+    msg = state.message(found.queue_id, now)
     if msg is None or not 0 <= found.recipient < len(msg.recipients):
         return _not_found()
     if link is not None:
@@ -175,7 +195,6 @@ def _hit(request: web.Request, kind: Literal["open", "click"]) -> web.Response:
         answer = web.Response(body=PIXEL, content_type="image/gif", headers=NO_CACHE)
     if request.method != "GET":
         return answer
-    now = ctx.clock.now()
     ip = client_ip(request.remote or "", request.headers.get("X-Forwarded-For", ""),
                    state.proxies(ctx))
     agent = request.headers.get("User-Agent", "")[:MAX_USER_AGENT]
