@@ -52,6 +52,7 @@ from relay.supervisor import watch_supervisor
 from relay.tenants import quotastore, repstore
 from relay.tenants.model import tenant_scope
 from relay.tlsutil import ensure_self_signed, server_context
+from relay.tracking import engagement
 from relay.users import DEV_USER
 from relay.wiring import LiveConfig, Overrides, build
 from relay.workers import worker_share
@@ -225,6 +226,14 @@ class RelayApp:
                 await self.store.write(quotastore.prune_op(self.store, now))
                 await self.store.write(repstore.prune_op(
                     self.store, now, float(self.cfg.reputation.max_window)))
+                # Engagement older than the engaged window, in bounded ops.
+                window = float(self.live.current.warmup.engaged_window)
+                resume = b""
+                while True:
+                    resume = await self.store.write(engagement.prune_op(
+                        self.store, now - window, resume))
+                    if not resume:
+                        break
                 self.parts.quotas.sweep(now)
             except Exception:
                 log.exception("pruning sent-message records failed")
@@ -248,6 +257,7 @@ class RelayApp:
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
             listeners=self.listener_status, verp=self.verp, tenants=self.tenants,
             message_history=self.parts.history, stats=self.parts.stats,
+            tracked_links=self.parts.tracked_links, engagement=self.parts.engagement,
             **self._sent_last_24_hours())
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,
@@ -408,6 +418,8 @@ class RelayApp:
             # the final commit.
             await self.history_recorder.stop()
         self.sent_from.flush()  # the last deliveries' attributions, in the final commit
+        if self.parts.tracked_links is not None:
+            self.parts.tracked_links.flush()  # the last tracked copies' links, likewise
         await self.store.close()
         self.events.close()
 

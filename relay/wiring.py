@@ -67,6 +67,8 @@ from relay.tenants.monitor import ReputationMonitor
 from relay.tenants.quota import QuotaBook
 from relay.tenants.reputation import Lines, ReputationBook
 from relay.tenants.store import RECHECK_SECONDS, TenantStore
+from relay.tracking.engagement import Engagement
+from relay.tracking.links import TrackedLinks
 from relay.users import UserStore
 from relay.verp import Verp
 from relay.warmup import lanes
@@ -182,6 +184,10 @@ class Components:
     stats: StatsStore | None = None
     recorder: HistoryRecorder | None = None
     pruner: HistoryPruner | None = None
+    # Open and click tracking: each tracked copy's links (for the /t/c/ redirect), and who
+    # opened or clicked lately (the warm-up's engaged lane).
+    tracked_links: TrackedLinks | None = None
+    engagement: Engagement | None = None
 
     @property
     def secondary(self) -> bool:
@@ -299,10 +305,17 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
                                observers=[metrics.observe_attempt,
                                           reputation.remember_attempt, *attempt_history])
 
+    # Recipients who opened or clicked within warmup.engaged_window take the engaged lane.
+    engagement = Engagement(store, lambda: float(live.current.warmup.engaged_window),
+                            clock.now)
+
+    def lane_of(msg: Any) -> int:
+        return lanes.priority_of(live.current, msg, engagement.any_engaged)
+
     def pool_and_lane(msg: Any) -> tuple[str, int]:
         current = live.current
         credential = users.default_pool(msg.auth_user) if msg.auth_user else ""
-        return (lanes.pool_of(current, msg, credential), lanes.priority_of(current, msg))
+        return (lanes.pool_of(current, msg, credential), lane_of(msg))
 
     # Pools and warm-up (delivery.pool): transactions go through the shaper, which picks
     # and binds the source IP, keeps the per-IP caps and holds the excess. The pool and
@@ -319,12 +332,18 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
                                       recheck=0.5)
     verp = Verp.from_state_dir(state_dir)
     signer = Signer(dkim_keys, store=store)
+    tracked_links = TrackedLinks(store)
     outbound = Outbound(
         signer=signer, verp=verp, resolver=resolver, identities=cfg.identity,
         default_domain=return_domain,
         unsubscribe_base=lambda msg: configsets.unsubscribe_base(
             live.current, msg.configuration_set),
-        records=identities.all)
+        records=identities.all,
+        # Open and click tracking of the message's configuration set, unless its
+        # X-SES-TRACKING turned it off; each tracked copy's links kept for the redirect.
+        tracking=lambda msg: configsets.tracking_plan(
+            live.current, msg.configuration_set, msg.tracking),
+        tracked_links=tracked_links, now=clock.now)
     # The account model (relay/tenants/): tenants and their status, looked at on every
     # message (an edit by `relay tenant` in another process shows within RECHECK_SECONDS);
     # the quota counters and reputation counts as the spool holds them.
@@ -381,7 +400,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         outbound=outbound, suppression=suppressor, simulator=local,
         after_settle=[suppressor.after_settle], journal=journal,
         configuration_set=lambda name: live.current.configuration_set_named(name),
-        lane_of=lambda msg: lanes.priority_of(live.current, msg), gate=gate,
+        lane_of=lane_of, gate=gate,
         paused=paused, paused_recheck=float(cfg.tenants.paused_recheck)))
 
     def verified(tenant: str, identity: str) -> bool:
@@ -438,5 +457,6 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         scheduler=scheduler, submitter=submitter, mail_from_gate=mail_from_gate,
         auth_policy=auth_policy, sender_policy=sender_policy, tenants=tenants,
         quotas=quotas, reputation_book=reputation_book, monitor=monitor,
-        account=account, history=history, stats=stats, recorder=recorder, pruner=pruner)
+        account=account, history=history, stats=stats, recorder=recorder, pruner=pruner,
+        tracked_links=tracked_links, engagement=engagement)
 

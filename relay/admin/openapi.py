@@ -89,6 +89,14 @@ def _op(summary: str, ok: dict[str, Any], *, params: list[dict[str, Any]] | None
     return op
 
 
+def _tracking_path(summary: str, ok: dict[str, Any]) -> dict[str, Any]:
+    op = {"summary": summary, "security": [],
+          "parameters": [_p("token", "from the tracked message")],
+          "responses": {**ok, "404": {"description": "Unknown, altered or forged token "
+                                                     "(nothing published)"}}}
+    return {"get": op, "head": op}
+
+
 def _p(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "schema": {"type": "string"},
             "description": description}
@@ -328,6 +336,15 @@ def document() -> dict[str, Any]:
                     "responses": {"200": {"description": "HTML",
                                           "content": {"text/html": {}}},
                                   "404": {"description": "Unknown or forged token"}}}},
+        "/t/o/{token}": _tracking_path(
+            "Open tracking pixel (public: the signed token is the credential); a GET "
+            "publishes an Open event, a HEAD nothing",
+            {"200": {"description": "A 1x1 transparent GIF, not cacheable",
+                     "content": {"image/gif": {}}}}),
+        "/t/c/{token}": _tracking_path(
+            "Click tracking redirect (public: the signed token is the credential); a GET "
+            "publishes a Click event, a HEAD nothing",
+            {"302": {"description": "To the link of the message the token names"}}),
     }
     return {
         "openapi": "3.1.0",

@@ -132,6 +132,9 @@ class Warmup(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     complaint_rate_limit: Fraction = 0.001
     reputation_window: Duration = Duration(24 * 3600)
     reputation_min_messages: PositiveInt = 200
+    # A recipient who opened or clicked (a person's hit, not a machine's) within this
+    # window counts as engaged: its mail takes the engaged lane. 0: no engagement signal.
+    engaged_window: Duration = Duration(30 * 86400)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", self.day_boundary):

@@ -123,3 +123,6 @@ class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # one-click), i.e. the HTTPS reverse proxy in front of `address`: List-Unsubscribe
     # URLs are built on it. "": https://<server.hostname>.
     public_url: str = ""
+    # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For gives a tracking hit's
+    # client address (relay/admin/api/tracking.py); [] = the peer address.
+    trusted_proxies: list[Network] = []

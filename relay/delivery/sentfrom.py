@@ -45,11 +45,13 @@ def key_of(queue_id: str, domain: str) -> bytes:
 
 def prune_sent_op(store: _Store, before: float) -> Callable[[Any], int]:
     """An op (for the store's write()) that forgets the "sent" records (message records
-    the queue keeps after delivery for matching late bounces and complaints) and the
-    delivery attributions ("sent_from") of messages received before `before` (ids sort
-    by time); at most 10,000 of each per op. The count of sent records forgotten."""
+    the queue keeps after delivery for matching late bounces and complaints), the
+    delivery attributions ("sent_from") and the tracked links ("tracking",
+    relay/tracking/links.py) of messages received before `before` (ids sort by time);
+    at most 10,000 of each per op. The count of sent records forgotten."""
     bound = f"{max(0, int(before * 1000)):012x}".encode("ascii")
     sent, sent_from = store.named_db("sent"), store.named_db(DB)
+    tracking = store.named_db("tracking")  # relay/tracking/links.py, keyed the same way
 
     def prune(txn: Any, db: Any) -> int:
         old: list[bytes] = []
@@ -64,6 +66,7 @@ def prune_sent_op(store: _Store, before: float) -> Callable[[Any], int]:
 
     def op(txn: Any) -> int:
         prune(txn, sent_from)
+        prune(txn, tracking)
         return prune(txn, sent)
     return op
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 import typing
+from collections.abc import Sequence
 from typing import Literal
 
 import msgspec
@@ -22,11 +23,13 @@ from relay.tenants.model import DEFAULT_TENANT, StatusRecord
 # The eventType of the events a message gets (the operator's Warmup* events aside), in
 # the order the admin API lists them (/api/events?type=).
 EVENT_TYPES: list[str] = ["Send", "Delivery", "Bounce", "Complaint", "DeliveryDelay", "Reject",
-                          "Subscription", "ReputationStatusChange", "Rendering Failure"]
+                          "Subscription", "ReputationStatusChange", "Rendering Failure",
+                          "Open", "Click"]
 # The same types as an event destination's event_types names them (SES's lowerCamel
 # spelling there), in the order of its default.
 EventTypeName = Literal["send", "reject", "delivery", "bounce", "complaint", "deliveryDelay",
-                        "subscription", "reputationStatusChange", "renderingFailure"]
+                        "subscription", "reputationStatusChange", "renderingFailure",
+                        "open", "click"]
 EVENT_TYPE_NAMES: tuple[EventTypeName, ...] = typing.get_args(EventTypeName)
 
 
@@ -138,6 +141,32 @@ class Subscription(msgspec.Struct):
     oldTopicPreferences: dict[str, object]
 
 
+class Open(msgspec.Struct):
+    """A recipient's mail client loaded the open pixel (relay/tracking/). `automated`:
+    a machine made the hit (a security scanner, a prefetching proxy ...: relay's rules,
+    relay/data/tracking_bots.toml), with the rule that said so in `automatedReason`
+    ("" for a person's); such hits are published but never count as engagement."""
+
+    ipAddress: str
+    timestamp: str
+    userAgent: str
+    automated: bool = False
+    automatedReason: str = ""
+
+
+class Click(msgspec.Struct):
+    """A recipient followed a tracked link: the original URL and its `ses:tags` (SES's
+    linkTags: each name with its values); `automated` as in Open."""
+
+    ipAddress: str
+    timestamp: str
+    userAgent: str
+    link: str
+    linkTags: dict[str, list[str]]
+    automated: bool = False
+    automatedReason: str = ""
+
+
 class Warmup(msgspec.Struct):
     """relay-specific (no SES counterpart): a warm-up plan froze or an IP backed off."""
 
@@ -182,6 +211,8 @@ class Event(msgspec.Struct, omit_defaults=True):
     warmup: Warmup | None = None
     reputationStatusChange: ReputationStatusChange | None = None
     failure: Failure | None = None  # a Rendering Failure (SES's field name)
+    open: Open | None = None
+    click: Click | None = None
 
 
 # The diagnostic of a recipient that relay did not attempt because it is suppressed.
@@ -346,6 +377,28 @@ def subscription_event(msg: MessageRecord, address: str, now: float,
                                           "topicSubscriptionStatus": []},
                      oldTopicPreferences={"unsubscribeAll": False,
                                           "topicSubscriptionStatus": []}))
+
+
+def open_event(msg: MessageRecord, address: str, now: float, *, ip: str, user_agent: str,
+               automated: bool, reason: str) -> Event:
+    """SES's Open: recipient `address` of `msg` loaded the open pixel."""
+    return Event(eventType="Open", mail=mail_of(msg, [address]), tenant=tenant_of(msg),
+                 open=Open(ipAddress=ip, timestamp=iso(now), userAgent=user_agent,
+                           automated=automated, automatedReason=reason))
+
+
+def click_event(msg: MessageRecord, address: str, now: float, *, ip: str, user_agent: str,
+                link: str, tags: Sequence[tuple[str, str]], automated: bool,
+                reason: str) -> Event:
+    """SES's Click: recipient `address` of `msg` followed `link` (its ses:tags pairs
+    become linkTags, each name with the list of its values)."""
+    link_tags: dict[str, list[str]] = {}
+    for name, value in tags:
+        link_tags.setdefault(name, []).append(value)
+    return Event(eventType="Click", mail=mail_of(msg, [address]), tenant=tenant_of(msg),
+                 click=Click(ipAddress=ip, timestamp=iso(now), userAgent=user_agent,
+                             link=link, linkTags=link_tags, automated=automated,
+                             automatedReason=reason))
 
 
 def reject_event(msg: MessageRecord, reason: str) -> Event:

@@ -142,6 +142,16 @@ def entries_from_event(event: Event, raw: bytes) -> list[Keyed]:
         s = event.subscription
         return _group(qid, parse_time(s.timestamp, mail_ts), kind, raw, "unsubscribed",
                       [(a, "", s.source) for a in _unique(event.mail.destination)])
+    if kind == "Open" and event.open is not None:
+        o = event.open
+        return _group(qid, parse_time(o.timestamp, mail_ts), kind, raw, "open",
+                      [(a, "", _automated(o.automated, o.automatedReason))
+                       for a in _unique(event.mail.destination)], remote_ip=o.ipAddress)
+    if kind == "Click" and event.click is not None:
+        k = event.click
+        return _group(qid, parse_time(k.timestamp, mail_ts), kind, raw, "click",
+                      [(a, k.link, _automated(k.automated, k.automatedReason))
+                       for a in _unique(event.mail.destination)], remote_ip=k.ipAddress)
     if kind == "Rendering Failure" and event.failure is not None:
         f = event.failure
         return _group(qid, mail_ts, kind, raw, "rendering_failure",
@@ -162,6 +172,15 @@ def batch_of(events: list[Event]) -> tuple[list[HistoryMessage], list[Keyed]]:
         if msg is not None:
             messages.append(msg)
     return messages, entries
+
+
+# The detail of an open or click entry a machine made (relay/tracking/automated.py): it
+# is shown in the timeline but is not engagement, so it counts in no statistic.
+AUTOMATED = "automated"
+
+
+def _automated(automated: bool, reason: str) -> str:
+    return f"{AUTOMATED}: {reason}" if automated else ""
 
 
 def bounce_kind(bounce_type: str, subtype: str, action: str) -> str:
@@ -228,6 +247,7 @@ _METRICS_OF: dict[str, tuple[str, ...]] = {
     "accepted": ("sent",), "delivered": ("delivered",), "bounced": ("bounced",),
     "expired": ("bounced",), "suppressed": ("bounced", "suppressed"),
     "complained": ("complained",), "rejected": ("rejected",),
+    "open": ("opened",), "click": ("clicked",),
 }
 # Metrics not counted per provider: they happen before any attempt.
 _NO_PROVIDER = frozenset({"sent", "rejected"})
@@ -236,6 +256,8 @@ _NO_PROVIDER = frozenset({"sent", "rejected"})
 def metrics_of(entry: TimelineEntry) -> tuple[str, ...]:
     if entry.kind == "attempt":
         return ("attempts", "deferred") if entry.result == "deferred" else ("attempts",)
+    if entry.kind in ("open", "click") and entry.detail.startswith(AUTOMATED):
+        return ()  # a machine's hit: published and in the timeline, not engagement
     return _METRICS_OF.get(entry.kind, ())
 
 

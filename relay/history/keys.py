@@ -57,7 +57,9 @@ DIMENSIONS: dict[str, bytes] = {"": b"a", "tenant": b"t", "configuration_set": b
                                 "identity": b"i", "provider": b"p"}
 METRICS: dict[str, bytes] = {"sent": b"s", "delivered": b"d", "deferred": b"f",
                              "bounced": b"b", "complained": b"c", "rejected": b"r",
-                             "attempts": b"a", "suppressed": b"u"}
+                             "attempts": b"a", "suppressed": b"u",
+                             # engagement: opens and clicks a person made (not automated)
+                             "opened": b"o", "clicked": b"k"}
 METRIC_NAMES: dict[bytes, str] = {v: k for k, v in METRICS.items()}
 
 _WORD = re.compile(r"\w+")

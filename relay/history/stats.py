@@ -32,6 +32,8 @@ class StatsPoint(msgspec.Struct):
     rejected: int = 0
     attempts: int = 0           # delivery attempts (network or simulator)
     suppressed: int = 0
+    opened: int = 0             # opens and clicks by people (automated hits not counted)
+    clicked: int = 0
 
 
 class StatsSeries(msgspec.Struct):

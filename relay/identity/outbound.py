@@ -13,7 +13,8 @@ token is the recipient's VERP token), its HTML rewritten with that recipient's t
 tokens (relay/tracking/rewrite.py; the key derived from the VERP secret), and its own DKIM
 signature over the copy as sent. The copy is made in a worker thread (the rewrite and the
 signature are CPU work) and is the same bytes on every attempt, so its cached signature
-stays valid.
+stays valid. A tracked copy's links and time go to the spool (relay/tracking/links.py,
+with the next group commit) for the open and click routes, which outlive the body.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from relay.identity.model import covering, normalize
 from relay.identity.store import IdentityRecord
 from relay.queue.records import MessageRecord
 from relay.smtp.message import header_addresses
-from relay.tracking.rewrite import links_of, rewrite
+from relay.tracking.links import TrackedLinks
+from relay.tracking.rewrite import Link, links_of, rewrite
 from relay.tracking.token import KEY_LABEL, Tokens
 from relay.verp import Verp
 
@@ -94,6 +96,8 @@ class Outbound:
                  unsubscribe_base: Callable[[MessageRecord], str] | None = None,
                  records: Callable[[], Mapping[str, IdentityRecord]] | None = None,
                  tracking: Callable[[MessageRecord], TrackingPlan | None] | None = None,
+                 tracked_links: TrackedLinks | None = None,
+                 now: Callable[[], float] | None = None,
                  ) -> None:
         self.signer = signer
         self.verp = verp
@@ -106,6 +110,10 @@ class Outbound:
         self.records = records
         # The tracking of a message (relay.configsets.tracking_plan; None = not tracked).
         self.tracking = tracking
+        # Where each tracked copy's links and time are kept for the click and open routes
+        # (relay/tracking/links.py), and the clock that times the copies.
+        self.tracked_links = tracked_links
+        self.now = now
         self.tokens = Tokens(verp.derived_key(KEY_LABEL)) if verp is not None else None
 
     def mail_from_of(self, address: str) -> tuple[str, MxFailure]:
@@ -186,14 +194,22 @@ class Outbound:
         (List-Unsubscribe headers, tracked HTML) with a DKIM signature covering it."""
         if (not prepared.unsubscribe and prepared.tracking is None) or self.verp is None:
             return prepared.data
-        return await asyncio.to_thread(self._copy_for, prepared, msg, index)
+        body, links = await asyncio.to_thread(self._copy_for, prepared, msg, index)
+        if links is not None and self.tracked_links is not None and self.now is not None:
+            # Back on the loop: the links go with the next group commit (never a sync of
+            # their own), before the copy is sent.
+            self.tracked_links.remember(msg.id, index, links, self.now())
+        return body
 
-    def _copy_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> bytes:
-        """Recipient `index`'s copy, signed (in a worker thread: CPU work)."""
+    def _copy_for(self, prepared: Prepared, msg: MessageRecord,
+                  index: int) -> tuple[bytes, list[Link] | None]:
+        """Recipient `index`'s copy, signed, and its tracked links (None: not tracked) (in
+        a worker thread: CPU work)."""
         assert self.verp is not None
         body = prepared.data
+        links: list[Link] | None = None
         if prepared.tracking is not None:
-            body = self._tracked(body, prepared.tracking, msg.id, index)
+            body, links = self._tracked(body, prepared.tracking, msg.id, index)
         if prepared.unsubscribe:
             url = prepared.unsubscribe + self.verp.token(msg.id, index)
             body = (f"List-Unsubscribe: <{url}>\r\n"
@@ -201,10 +217,12 @@ class Outbound:
                 + body
         if self.signer is not None:
             body = self.signer.signature(f"{msg.id}/{index}", body, msg.headers) + body
-        return body
+        return body, links
 
-    def _tracked(self, body: bytes, plan: TrackingPlan, queue_id: str, index: int) -> bytes:
-        """The message with recipient `index`'s open pixel and click redirects."""
+    def _tracked(self, body: bytes, plan: TrackingPlan, queue_id: str,
+                 index: int) -> tuple[bytes, list[Link] | None]:
+        """The message with recipient `index`'s open pixel and click redirects, and its
+        trackable links (None when the copy is not tracked)."""
         tokens = self.tokens
         assert tokens is not None
         try:
@@ -213,7 +231,7 @@ class Outbound:
             tokens.click_token(queue_id, index, 0)  # the id and index fit a token
         except ValueError as e:  # not a queue id of relay's, or > 65535 recipients
             log.warning("message %s recipient %d not tracked: %s", queue_id, index, e)
-            return body
+            return body, None
         click_url: Callable[[int], str] | None = None
         if plan.click_host:
             # Unless every redirect is https, each keeps the scheme of its link.
@@ -223,7 +241,8 @@ class Outbound:
                 return plan.click_url(tokens.click_token(queue_id, index, i),
                                       links[i].url if i < len(links) else "")
 
-        return rewrite(body, open_url=open_url, click_url=click_url).data
+        done = rewrite(body, open_url=open_url, click_url=click_url)
+        return done.data, done.links
 
     def sender_for(self, prepared: Prepared, msg: MessageRecord, index: int) -> str:
         if prepared.return_domain is None or self.verp is None:

@@ -80,10 +80,13 @@ class QueueStore:
     # "history", "history_tl", "history_ix": each message's history, its timeline entries
     # and their inverted index; "stats": sending statistics per 15-minute bucket
     # (relay/history/keys.py has the keys; pruned by relay/history/retention.py).
+    # "tracking": the links and copy times of tracked messages, for the open and click
+    # routes (relay/tracking/links.py; pruned with "sent"); "engaged": when each recipient
+    # last opened or clicked (relay/tracking/engagement.py; pruned by the engaged window).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
            "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
            "suppression_tenant", "quota", "reputation", "tenants", "status", "templates",
-           "history", "history_tl", "history_ix", "stats")
+           "history", "history_tl", "history_ix", "stats", "tracking", "engaged")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,

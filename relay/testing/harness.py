@@ -84,5 +84,7 @@ class Harness:
         if p.recorder is not None:
             await p.recorder.stop()
         p.sent_from.flush()
+        if p.tracked_links is not None:
+            p.tracked_links.flush()
         await p.store.close()
         p.events.close()

@@ -4,14 +4,17 @@ Pool: the message's [[configuration_set]] `pool`, else its credential's default 
 (`relay user add NAME --pool P`, users.json), else `delivery.pool`.
 Lane (lower goes first, in the scheduler's per-destination ready queue and in the
 warm-up gate when a cap is scarce): TRANSACTIONAL for a configuration set with
-`priority = "transactional"`, ENGAGED for a set marked `engaged = true` or a message
-tagged `engagement=high` (X-SES-MESSAGE-TAGS), BULK otherwise. A cold IP thus spends
+`priority = "transactional"`, ENGAGED for a set marked `engaged = true`, a message
+tagged `engagement=high` (X-SES-MESSAGE-TAGS) or one to a recipient who opened or
+clicked within warmup.engaged_window (`engaged`, fed by the tracking events:
+relay/tracking/engagement.py), BULK otherwise. A cold IP thus spends
 its small daily cap on mail that builds reputation, and a bulk campaign sharing the
 pool never starves transactional mail. No I/O.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 TRANSACTIONAL = 0
@@ -23,8 +26,10 @@ NAMES = {TRANSACTIONAL: "transactional", ENGAGED: "engaged", BULK: "bulk"}
 ENGAGED_TAG = ("engagement", "high")
 
 
-def priority_of(cfg: Any, msg: Any) -> int:
-    """The lane of a MessageRecord under a relay.config.Config."""
+def priority_of(cfg: Any, msg: Any,
+                engaged: Callable[[Sequence[str]], bool] | None = None) -> int:
+    """The lane of a MessageRecord under a relay.config.Config; `engaged`: whether one of
+    these recipients engaged recently (None: no engagement signal)."""
     if msg.configuration_set:
         cs = cfg.configuration_set_named(msg.configuration_set)
         if cs is not None:
@@ -34,6 +39,8 @@ def priority_of(cfg: Any, msg: Any) -> int:
                 return ENGAGED
     name, value = ENGAGED_TAG
     if value in msg.tags.get(name, ()):
+        return ENGAGED
+    if engaged is not None and engaged(msg.recipients):
         return ENGAGED
     return BULK
 

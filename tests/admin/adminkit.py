@@ -137,7 +137,8 @@ class Admin:
 
 def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],
                      extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None,
-                     workers: int = 1, **overrides: Any) -> Admin:
+                     workers: int = 1, admin_extra: dict[str, Any] | None = None,
+                     **overrides: Any) -> Admin:
     tls = Tls()
     cert, key = tls.write_files(tmp)
     submit_port, admin_port = free_port(), free_port()
@@ -149,7 +150,7 @@ def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],
     data.update({
         "tls": {"cert": str(cert), "key": str(key)},
         "admin": {"enabled": True, "address": f"127.0.0.1:{admin_port}",
-                  "history_interval": "1s"},
+                  "history_interval": "1s", **(admin_extra or {})},
         "warmup": {"pacing": "none"},
         "provider": [{"name": "gmail", "mx": ["*.gmail.test"]}],
         "pool": [{"name": "dedicated", "ips": ["127.0.0.10", "127.0.0.11"],

@@ -21,7 +21,6 @@ from pathlib import Path
 import dkim
 import pytest
 
-from relay import configsets
 from relay.clock import FakeClock
 from relay.config import from_dict
 from relay.dkim.keys import KeyStore
@@ -94,10 +93,6 @@ class Harness(AppGraph):
         }), FakeClock(), Overrides(rng=random.Random(3)))
         self.sink = sink
         self.dns_server = dns
-        # The one line relay/wiring.py's build() passes the Outbound (the configuration
-        # set's tracking for a message), given here to the Outbound build() made.
-        self.parts.outbound.tracking = lambda msg: configsets.tracking_plan(
-            self.cfg, msg.configuration_set, msg.tracking)
         self.tokens = Tokens(self.verp.derived_key(KEY_LABEL))
 
     async def submit(self, body: bytes, rcpts: list[str],

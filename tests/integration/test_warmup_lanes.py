@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
 from aiosmtpd.smtp import Envelope
 
+from relay.admin.api import AdminContext, make_app
+from relay.admin.tokens import TokenStore
 from relay.cli import main
 from relay.clock import FakeClock
 from relay.config import Config, from_dict
@@ -48,7 +53,8 @@ def sinks() -> Iterator[tuple[Sink, Sink]]:
 
 def settings(tmp: Path, dns_port: int, sink_port: int, *, caps: list[int],
              overflow: str = "defer", per_destination: int = 10,
-             prova: dict[str, Any] | None = None) -> dict[str, Any]:
+             prova: dict[str, Any] | None = None,
+             extra_sets: tuple[dict[str, Any], ...] = ()) -> dict[str, Any]:
     return {
         "server": {"hostname": "relay.test", "state_dir": str(tmp)},
         "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "2s"},
@@ -68,6 +74,7 @@ def settings(tmp: Path, dns_port: int, sink_port: int, *, caps: list[int],
             {"name": "alerts", "priority": "transactional"},
             {"name": "newsletter"},
             {"name": "engaged", "engaged": True},
+            *extra_sets,
         ],
     }
 
@@ -148,6 +155,75 @@ async def test_cold_ip_cap_goes_to_transactional_then_engaged_first(
     assert Counter(m.peer for m in a.messages) == {"127.0.0.10": 3, "127.0.0.11": 3}
     # The three bulk messages left over wait for day 2.
     assert h.store.message_count() == 3
+
+
+TRACKED = (b"From: app@example.com\r\nSubject: news\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: text/html; charset=utf-8\r\n\r\n"
+           b'<html><body><a href="https://shop.example/sale">Sale</a></body></html>\r\n')
+TOKEN = re.compile(rb"https://track\.example\.com(/t/[oc]/[A-Za-z0-9_-]{36})")
+BROWSER = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"
+
+
+async def test_recipients_who_opened_or_clicked_go_first_on_a_cold_ip(
+        make: Any, sinks: tuple[Sink, Sink], tmp_path: Path) -> None:
+    """Day 1: three tracked newsletters; fan0 opens, fan1 clicks (through the admin
+    server's public routes on a real socket), a scanner clicks scan0's link (flagged
+    automated). Day 2 allows 2 per IP (4): six bulk messages are queued first, then one
+    each to fan0, fan1 and scan0. The two engaged readers' mail goes first; scan0's
+    waits behind the bulk mail (a machine's click is not engagement)."""
+    a, _ = sinks
+    h = await make(caps=[3, 2], per_destination=1, extra_sets=(
+        {"name": "tracked", "tracking": {"open": True, "click": True,
+                                         "domain": "track.example.com"}},))
+    for rcpt in ("fan0@a.test", "fan1@a.test", "scan0@a.test"):
+        await h.store.submit_record(NewMessage(
+            sender="app@example.com", recipients=[rcpt], body=TRACKED,
+            configuration_set="tracked"))
+    await h.run_until(START + 60)
+    urls = {m.rcpt_tos[0]: [u.decode() for u in TOKEN.findall(m.data)] for m in a.messages}
+    assert sorted(urls) == ["fan0@a.test", "fan1@a.test", "scan0@a.test"]
+    h.clock.set(START + 3600)   # an hour after delivery: no "right after delivery" rule
+    ctx = AdminContext(config=h.parts.config.get, store=h.store, users=h.users,
+                       tokens=TokenStore.in_state_dir(tmp_path), events=h.events,
+                       metrics=h.parts.metrics, clock=h.clock, verp=h.verp,
+                       tracked_links=h.parts.tracked_links,
+                       engagement=h.parts.engagement)
+    runner = web.AppRunner(make_app(ctx))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    hits = [("fan0@a.test", "/t/o/", BROWSER), ("fan1@a.test", "/t/c/", BROWSER),
+            ("scan0@a.test", "/t/c/", "Mozilla/5.0 (compatible; Barracuda Sentinel)")]
+    try:
+        async with aiohttp.ClientSession() as http:
+            for rcpt, kind, agent in hits:
+                path = next(u for u in urls[rcpt] if u.startswith(kind))
+                async with http.get(f"http://127.0.0.1:{port}{path}", allow_redirects=False,
+                                    headers={"User-Agent": agent}) as resp:
+                    assert resp.status in (200, 302), (rcpt, resp.status)
+    finally:
+        await runner.cleanup()
+    await h.store.write(lambda txn: None)  # after the hits' writes: they are committed
+    engagement = h.parts.engagement
+    assert engagement is not None
+    assert engagement.last("fan0@a.test") == START + 3600
+    assert engagement.last("fan1@a.test") == START + 3600
+    assert engagement.last("scan0@a.test") is None
+
+    day2 = START + 86400
+    h.clock.set(day2)
+    for i in range(6):
+        await h.submit(f"bulk{i}@a.test", cs="newsletter")
+    h.clock.set(day2 + 1)
+    for rcpt in ("scan0@a.test", "fan0@a.test", "fan1@a.test"):
+        await h.submit(rcpt, cs="newsletter")
+    h.clock.set(day2 + 2)
+    await h.run_until(day2 + 60)
+    sent = [m.rcpt_tos[0] for m in a.messages][3:]
+    assert len(sent) == 4
+    assert set(sent[:2]) == {"fan0@a.test", "fan1@a.test"}
+    assert all(r.startswith("bulk") for r in sent[2:])
 
 
 class InFlight:

@@ -24,6 +24,8 @@ from relay.history.store import HistoryStore
 from relay.queue.records import PENDING_STATES
 from relay.queue.store import QueueStore
 from relay.tenants.store import TenantStore, sent_last_24_hours
+from relay.tracking.engagement import Engagement
+from relay.tracking.links import TrackedLinks
 from relay.users import UserStore
 from relay.warmup import gate as gate_mod
 from relay.warmup.store import total_states
@@ -61,6 +63,10 @@ class AdminContext:
     stats: StatsStore | None = None
     # The event stream's follower of the event log (made at the first stream).
     live: LiveFeed | None = None
+    # Open and click tracking (relay/admin/api/tracking.py): the links of tracked copies
+    # and the engagement store (None: the routes make theirs on `store`).
+    tracked_links: TrackedLinks | None = None
+    engagement: Engagement | None = None
 
     def __post_init__(self) -> None:
         if not self.started_at:

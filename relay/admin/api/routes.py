@@ -42,6 +42,12 @@ from relay.admin.api.tenants import (
     tenants_resume,
     tenants_show,
 )
+from relay.admin.api.tracking import (
+    TRACKING_STATE,
+    TrackingState,
+    click_redirect,
+    open_pixel,
+)
 from relay.admin.api.unsubscribe import unsubscribe, unsubscribe_page
 from relay.admin.api.users import users_add, users_list, users_remove
 from relay.admin.api.warmup import warmup
@@ -83,6 +89,10 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/", dashboard),
     ("POST", "/unsubscribe/{token}", unsubscribe),
     ("GET", "/unsubscribe/{token}", unsubscribe_page),
+    ("GET", "/t/o/{token}", open_pixel),
+    ("HEAD", "/t/o/{token}", open_pixel),
+    ("GET", "/t/c/{token}", click_redirect),
+    ("HEAD", "/t/c/{token}", click_redirect),
 ]
 
 
@@ -90,6 +100,7 @@ def make_app(ctx: AdminContext) -> web.Application:
     app = web.Application(middlewares=[_guard], client_max_size=1 << 20)
     app.on_response_prepare.append(_security_headers)
     app[CTX] = ctx
+    app[TRACKING_STATE] = TrackingState(ctx)
     for method, path, handler in ROUTES:
         app.router.add_route(method, path, handler)
     return app
