@@ -222,7 +222,9 @@ class RelayApp:
             try:
                 now = self.clock.now()
                 before = now - self.cfg.suppression.feedback_window
-                await self.store.write(prune_sent_op(self.store, before))
+                links_before = now - float(self.cfg.admin.tracked_link_retention)
+                await self.store.write(prune_sent_op(self.store, before,
+                                                     min(before, links_before)))
                 await self.store.write(quotastore.prune_op(self.store, now))
                 await self.store.write(repstore.prune_op(
                     self.store, now, float(self.cfg.reputation.max_window)))

@@ -126,3 +126,8 @@ class Admin(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # Reverse proxies (addresses or CIDRs) whose X-Forwarded-For gives a tracking hit's
     # client address (relay/admin/api/tracking.py); [] = the peer address.
     trusted_proxies: list[Network] = []
+    # How long a tracked message's click links keep redirecting (its link list is kept
+    # this long in the spool; a link in a months-old newsletter must not break). Its
+    # Open/Click events need the message record, kept for suppression.feedback_window:
+    # a hit after that still redirects, and publishes nothing.
+    tracked_link_retention: Duration = Duration(365 * 86400.0)

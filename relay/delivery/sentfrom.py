@@ -43,17 +43,24 @@ def key_of(queue_id: str, domain: str) -> bytes:
     return f"{queue_id}/{domain.lower()}".encode()
 
 
-def prune_sent_op(store: _Store, before: float) -> Callable[[Any], int]:
+def _bound(before: float) -> bytes:
+    return f"{max(0, int(before * 1000)):012x}".encode("ascii")
+
+
+def prune_sent_op(store: _Store, before: float,
+                  links_before: float | None = None) -> Callable[[Any], int]:
     """An op (for the store's write()) that forgets the "sent" records (message records
-    the queue keeps after delivery for matching late bounces and complaints), the
-    delivery attributions ("sent_from") and the tracked links ("tracking",
-    relay/tracking/links.py) of messages received before `before` (ids sort by time);
-    at most 10,000 of each per op. The count of sent records forgotten."""
-    bound = f"{max(0, int(before * 1000)):012x}".encode("ascii")
+    the queue keeps after delivery for matching late bounces and complaints) and the
+    delivery attributions ("sent_from") of messages received before `before` (ids sort
+    by time), and the tracked links ("tracking", relay/tracking/links.py) of those
+    received before `links_before` (default: `before`); at most 10,000 of each per op.
+    The count of sent records forgotten."""
+    bound = _bound(before)
+    links_bound = _bound(before if links_before is None else links_before)
     sent, sent_from = store.named_db("sent"), store.named_db(DB)
     tracking = store.named_db("tracking")  # relay/tracking/links.py, keyed the same way
 
-    def prune(txn: Any, db: Any) -> int:
+    def prune(txn: Any, db: Any, bound: bytes = bound) -> int:
         old: list[bytes] = []
         with txn.cursor(db=db) as cur:
             for key in cur.iternext(keys=True, values=False):
@@ -66,7 +73,7 @@ def prune_sent_op(store: _Store, before: float) -> Callable[[Any], int]:
 
     def op(txn: Any) -> int:
         prune(txn, sent_from)
-        prune(txn, tracking)
+        prune(txn, tracking, links_bound)
         return prune(txn, sent)
     return op
 

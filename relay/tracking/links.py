@@ -12,8 +12,10 @@ index of a click token) and the time of that recipient's copy (the delivery, for
     "<queue id>/<index>"    -> msgpack float: when recipient `index`'s copy was last made
 
 Keys start with the queue id (its first 12 hex digits are its time), like the "sent"
-records: `relay.delivery.sentfrom.prune_sent_op` forgets them with those records, after
-suppression.feedback_window, when the message record a hit needs is gone too. The writes
+records: `relay.delivery.sentfrom.prune_sent_op` forgets them after
+[admin] tracked_link_retention (a year by default: a link in an old newsletter keeps
+working), long after the message record a hit's event needs ([suppression]
+feedback_window); a hit in between is redirected and publishes nothing. The writes
 of one loop turn go as one op into the next group commit (no sync of their own, never in
 an SMTP reply's path); a crash loses at most the links of copies made in that commit
 window, and their hits then answer 404.

@@ -27,6 +27,7 @@ from adminkit import PASSWORD, Admin, make_admin_relay
 from relay.admin.api.tracking import PIXEL
 from relay.clock import SystemClock
 from relay.dkim.keys import KeyStore
+from relay.queue.store import QueueStore
 from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import run_cli
@@ -223,6 +224,25 @@ def test_tracked_message_opens_and_clicks(tracked: tuple[Admin, DnsServer]) -> N
     assert totals["opened"] == 1 and totals["clicked"] == 1, totals
     table = run_cli("stats", config=admin.config)
     assert table.returncode == 0 and "OPENED" in table.stdout and "CLICKED" in table.stdout
+
+    # Weeks later a message's record is forgotten ([suppression] feedback_window; here
+    # removed from the spool by hand before any hit, as the prune does): the link in the
+    # reader's mailbox still leads where it did ([admin] tracked_link_retention),
+    # publishing nothing, since no event can be made without the message.
+    old_mid = submit(admin, "reader@ok.test", "tracked long ago")
+    old_html = parts(received(admin, "tracked long ago").data)["text/html"]
+    spool = QueueStore(admin.state / "queue", SystemClock())
+    try:
+        wait_until(lambda: spool.sent_message(old_mid), 10, "the sent record")
+        spool.write_now(lambda txn: txn.delete(old_mid.encode(),
+                                               db=spool.named_db("sent")))
+    finally:
+        spool.close_sync()
+    later = hit(admin, f"/t/c/{CLICK.findall(old_html)[0]}")
+    assert later.status == 302 and later.getheader("Location") == SALE
+    assert hit(admin, f"/t/o/{OPEN.findall(old_html)[0]}").status == 200
+    time.sleep(1.0)  # an event published by mistake would be in the log by now
+    assert len(events(admin, "Open")) == 1 and len(events(admin, "Click")) == 2
 
 
 def test_opted_out_message_is_untouched(tracked: tuple[Admin, DnsServer]) -> None:

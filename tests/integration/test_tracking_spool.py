@@ -1,5 +1,5 @@
 """The spool state of open and click tracking on a real LMDB store: each tracked copy's
-links (relay/tracking/links.py), pruned with the "sent" records, and who engaged lately
+links (relay/tracking/links.py), pruned after their own retention, and who engaged lately
 (relay/tracking/engagement.py), pruned by the window in bounded ops."""
 
 from __future__ import annotations
@@ -41,7 +41,12 @@ async def test_links_of_a_tracked_copy_are_kept_and_pruned_with_the_sent_records
     assert fresh.lookup(new, 0) == (LINKS, NOW - 5)
     assert fresh.lookup(new, 1) == (LINKS, NOW - 3)
     assert fresh.lookup(new, 2) is None        # a recipient whose copy was never made
-    await store.write(prune_sent_op(store, NOW - 5 * DAY))
+    # The sent records go after the feedback window; the links stay for their own,
+    # longer retention (a link in an old newsletter keeps working)...
+    await store.write(prune_sent_op(store, NOW - 5 * DAY, NOW - 30 * DAY))
+    assert fresh.lookup(old, 0) == (LINKS, NOW - 10 * DAY)
+    # ...and go once they are past it.
+    await store.write(prune_sent_op(store, NOW - 5 * DAY, NOW - 5 * DAY))
     assert fresh.lookup(old, 0) is None
     assert fresh.lookup(new, 0) == (LINKS, NOW - 5)
 

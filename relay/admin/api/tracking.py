@@ -186,14 +186,17 @@ def _hit(request: web.Request, kind: Literal["open", "click"]) -> web.Response:
         link = links[found.link]
     now = ctx.clock.now()
     msg = state.message(found.queue_id, now)
-    if msg is None or not 0 <= found.recipient < len(msg.recipients):
+    if msg is not None and not 0 <= found.recipient < len(msg.recipients):
         return _not_found()
     if link is not None:
         answer = web.Response(status=302, headers={**NO_CACHE, "Location": location(link.url),
                                                    "Referrer-Policy": "no-referrer"})
     else:
         answer = web.Response(body=PIXEL, content_type="image/gif", headers=NO_CACHE)
-    if request.method != "GET":
+    if request.method != "GET" or msg is None:
+        # A HEAD publishes nothing; nor does a hit after the message record is forgotten
+        # ([suppression] feedback_window): its link keeps working for
+        # [admin] tracked_link_retention, but no event can be made without the message.
         return answer
     ip = client_ip(request.remote or "", request.headers.get("X-Forwarded-For", ""),
                    state.proxies(ctx))
