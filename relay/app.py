@@ -39,6 +39,7 @@ from relay.clock import Clock, SystemClock
 from relay.config import Config, ConfigError, load
 from relay.delivery.sentfrom import prune_sent_op
 from relay.dkim.keys import DkimError
+from relay.drain import DrainState
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.history.recorder import HistoryRecorder
 from relay.history.retention import HistoryPruner
@@ -152,6 +153,8 @@ class RelayApp:
         self.loop_lag.start()
         self.scheduler.start()
         tls = self.tls = self._tls_context()
+        # `relay node drain`: read at start and on every SIGHUP (relay/drain.py).
+        self.drain = DrainState(self.state_dir)
         for lst in cfg.listener:
             if lst.role == "feedback":
                 if self._secondary:
@@ -177,6 +180,7 @@ class RelayApp:
                                       on_reject=parts.submitter.reject,
                                       account=parts.account,
                                       key_login=self._key_login,
+                                      draining=self.drain,
                                       **self._observers(str(lst.address)))
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
@@ -248,7 +252,7 @@ class RelayApp:
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
             listeners=self.listener_status, verp=self.verp, tenants=self.tenants,
             message_history=self.parts.history, stats=self.parts.stats,
-            **self._sent_last_24_hours())
+            draining=self.drain, **self._sent_last_24_hours())
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,
             open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)
@@ -484,6 +488,7 @@ async def serve(cfg: Config, config_path: Path | None = None,
     sdnotify.notify("READY=1", f"STATUS=serving, {len(app.listeners)} listener(s)")
 
     def hangup() -> None:
+        app.drain.refresh()  # `relay node drain` / `undrain` (relay/drain.py)
         if config_path is None:
             log.warning("SIGHUP: relay runs on the embedded config; nothing to reload")
             return

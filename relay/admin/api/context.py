@@ -61,6 +61,8 @@ class AdminContext:
     stats: StatsStore | None = None
     # The event stream's follower of the event log (made at the first stream).
     live: LiveFeed | None = None
+    # `relay node drain` in effect (relay/drain.py): GET /health answers 503.
+    draining: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         if not self.started_at:
