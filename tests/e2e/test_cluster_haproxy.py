@@ -15,11 +15,14 @@ one (no PROXY header) for node-to-node transfer, as docs/cluster.md describes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import smtplib
 import ssl
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,8 +58,6 @@ class Node:
     admin_port: int
 
     def health(self) -> int:
-        import urllib.error
-        import urllib.request
         try:
             with urllib.request.urlopen(f"http://{self.host}:{self.admin_port}/health",
                                         timeout=5) as resp:
@@ -165,10 +166,8 @@ def _greeting(port: int, source: str) -> str | None:
     except (OSError, smtplib.SMTPException):
         return None
     with_code = f"{code} {text.decode()}"
-    try:
+    with contextlib.suppress(OSError):
         smtp.close()
-    except OSError:
-        pass
     return with_code
 
 
