@@ -207,7 +207,8 @@ class RelayApp:
         return {"on_session": functools.partial(metrics.observe_session, name),
                 "on_reply": metrics.observe_reply, "on_auth": metrics.observe_auth,
                 "on_accept_failure": metrics.observe_accept_failure,
-                "on_handshake": functools.partial(metrics.observe_tls_gate, name)}
+                "on_handshake": functools.partial(metrics.observe_tls_gate, name),
+                "on_proxy_refused": functools.partial(metrics.observe_proxy_refused, name)}
 
     def _feedback_observers(self, name: str) -> dict[str, Any]:
         """The feedback listener's metrics hooks: sessions, refused reports, accept()

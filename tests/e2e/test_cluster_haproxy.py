@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import smtplib
+import socket
 import ssl
 import subprocess
 import time
@@ -239,6 +240,18 @@ def test_haproxy_client_address_drain_and_transfer(
     assert other is not None and other.startswith("220"), other
     for s in held:
         s.close()
+
+    # -- a PROXY header straight from the client (not a proxy_trusted peer) is refused:
+    # closed without a greeting, logged and counted
+    with socket.create_connection((b.host, b.proxy_port), timeout=5,
+                                  source_address=(CLIENT, 0)) as raw:
+        raw.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.22 1 587\r\n")
+        assert raw.recv(100) == b""
+    with urllib.request.urlopen(f"http://{b.host}:{b.admin_port}/metrics", timeout=5) as resp:
+        metrics = resp.read().decode()
+    assert f'relay_smtp_proxy_header_refused_total{{listener="{b.host}:{b.proxy_port}",' \
+           'reason="untrusted"} 1.0' in metrics
+    assert "not in proxy_trusted" in b.relay.stderr()
 
     # -- queue a few messages on a (its sink defers them)
     for i in range(5):
