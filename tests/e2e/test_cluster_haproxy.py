@@ -245,8 +245,11 @@ def test_haproxy_client_address_drain_and_transfer(
     # closed without a greeting, logged and counted
     with socket.create_connection((b.host, b.proxy_port), timeout=5,
                                   source_address=(CLIENT, 0)) as raw:
-        raw.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.22 1 587\r\n")
-        assert raw.recv(100) == b""
+        try:  # closed at once (a reset, as the server aborts): never a greeting
+            raw.sendall(b"PROXY TCP4 192.0.2.1 127.0.0.22 1 587\r\n")
+            assert raw.recv(100) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            pass
     with urllib.request.urlopen(f"http://{b.host}:{b.admin_port}/metrics", timeout=5) as resp:
         metrics = resp.read().decode()
     assert f'relay_smtp_proxy_header_refused_total{{listener="{b.host}:{b.proxy_port}",' \
