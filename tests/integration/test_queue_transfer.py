@@ -114,3 +114,19 @@ def test_claim_skips_a_message_in_flight_and_gives_back_as_it_was(tmp_path: Path
         assert store.write_now(claim_op(store.dbs, "0" * len(mid), now)) == "gone"
     finally:
         store.close_sync()
+
+
+def test_hundreds_of_messages_each_delivered_once_with_progress(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    ids = _queue(tmp_path / "state", [[f"r{i}@x.test"] for i in range(300)])
+    with Sink("127.0.0.2", 0) as peer:
+        done = run_cli("queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
+                       config=config, timeout=120)
+        got = peer.messages
+    assert done.returncode == 0, done.stderr
+    assert "transferred 300 message(s)" in done.stdout
+    assert "relay: transfer: 300 of 300 sent" in done.stderr
+    seen = [line.split(": ", 1)[1].split("@")[0] for m in got
+            for line in m.data.decode().split("\r\n") if line.startswith("X-Relay-Transfer-Id")]
+    assert sorted(seen) == sorted(ids)  # every one, none twice
+    assert _states(tmp_path / "state") == {}
