@@ -83,3 +83,29 @@ def test_drain_survives_reload_and_restart_until_undrain(tmp_path: Path) -> None
         assert _greeting(smtp_port)[0] == 220
     finally:
         relay.stop()
+
+
+def test_drain_reaches_every_worker(tmp_path: Path) -> None:
+    # server.workers = 2: the supervisor passes the SIGHUP on; both workers share the
+    # port (SO_REUSEPORT), so every new connection, whichever worker takes it, gets 421.
+    smtp_port, admin_port = free_port(), free_port()
+    config = write_config(tmp_path / "relay.toml", {
+        "server": {"hostname": "relay.test", "state_dir": str(tmp_path / "state"),
+                   "workers": 2},
+        "listener": [listener_config("none", "none", smtp_port,
+                                     trusted_networks=["127.0.0.0/8"])],
+        "admin": {"enabled": True, "address": f"127.0.0.1:{admin_port}"},
+    })
+    relay = RelayProcess(config, log_dir=tmp_path / "logs").start()
+    try:
+        assert run_cli("node", "drain", config=config).returncode == 0
+        _until(admin_port, 503)
+        deadline = time.monotonic() + 10
+        while True:  # until both workers have read the drain
+            codes = [_greeting(smtp_port)[0] for _ in range(8)]
+            if codes == [421] * 8:
+                break
+            assert time.monotonic() < deadline, codes
+            time.sleep(0.05)
+    finally:
+        relay.stop()
