@@ -39,6 +39,7 @@ from relay.clock import Clock, SystemClock
 from relay.config import Config, ConfigError, load
 from relay.delivery.sentfrom import prune_sent_op
 from relay.dkim.keys import DkimError
+from relay.drain import DrainState
 from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.history.recorder import HistoryRecorder
 from relay.history.retention import HistoryPruner
@@ -153,6 +154,8 @@ class RelayApp:
         self.loop_lag.start()
         self.scheduler.start()
         tls = self.tls = self._tls_context()
+        # `relay node drain`: read at start and on every SIGHUP (relay/drain.py).
+        self.drain = DrainState(self.state_dir)
         for lst in cfg.listener:
             if lst.role == "feedback":
                 if self._secondary:
@@ -178,6 +181,7 @@ class RelayApp:
                                       on_reject=parts.submitter.reject,
                                       account=parts.account,
                                       key_login=self._key_login,
+                                      draining=self.drain,
                                       **self._observers(str(lst.address)))
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
@@ -204,7 +208,8 @@ class RelayApp:
         return {"on_session": functools.partial(metrics.observe_session, name),
                 "on_reply": metrics.observe_reply, "on_auth": metrics.observe_auth,
                 "on_accept_failure": metrics.observe_accept_failure,
-                "on_handshake": functools.partial(metrics.observe_tls_gate, name)}
+                "on_handshake": functools.partial(metrics.observe_tls_gate, name),
+                "on_proxy_refused": functools.partial(metrics.observe_proxy_refused, name)}
 
     def _feedback_observers(self, name: str) -> dict[str, Any]:
         """The feedback listener's metrics hooks: sessions, refused reports, accept()
@@ -260,7 +265,7 @@ class RelayApp:
             listeners=self.listener_status, verp=self.verp, tenants=self.tenants,
             message_history=self.parts.history, stats=self.parts.stats,
             tracked_links=self.parts.tracked_links, engagement=self.parts.engagement,
-            **self._sent_last_24_hours())
+            draining=self.drain, **self._sent_last_24_hours())
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,
             open_sessions=lambda: {str(s.listener.address): len(s.context.sessions)
@@ -498,6 +503,7 @@ async def serve(cfg: Config, config_path: Path | None = None,
     sdnotify.notify("READY=1", f"STATUS=serving, {len(app.listeners)} listener(s)")
 
     def hangup() -> None:
+        app.drain.refresh()  # `relay node drain` / `undrain` (relay/drain.py)
         if config_path is None:
             log.warning("SIGHUP: relay runs on the embedded config; nothing to reload")
             return

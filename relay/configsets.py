@@ -20,7 +20,14 @@ from relay.tracking.token import CLICK_PATH, OPEN_PATH
 SET_HEADERS = ("x-ses-configuration-set", "x-relay-configuration-set")
 TENANT_HEADER = "x-ses-tenant"
 TRACKING_HEADER = "x-ses-tracking"
-STRIPPED = frozenset({*SET_HEADERS, "x-ses-message-tags", TENANT_HEADER, TRACKING_HEADER})
+# `relay queue transfer` (relay/cli/transfer.py): "<queue id>@<node>" of the message on the
+# node that handed it over; read only from an authenticated session, kept as the tag
+# TRANSFERRED_TAG (in the Send event and the history), and removed like the others.
+TRANSFER_HEADER = "x-relay-transfer-id"
+TRANSFERRED_TAG = "relay:transferred-from"
+_TRANSFER_ID = re.compile(r"[A-Za-z0-9._-]{1,64}@[A-Za-z0-9._-]{1,253}")
+STRIPPED = frozenset({*SET_HEADERS, "x-ses-message-tags", TENANT_HEADER, TRACKING_HEADER,
+                      TRANSFER_HEADER})
 _HEADER_LIMIT = 256 * 1024
 
 
@@ -49,6 +56,15 @@ def _name(field: bytes) -> str:
 def requested_tenant(body: bytes, known: list[tuple[str, str]] | None = None) -> str | None:
     """The X-SES-TENANT value, or None when the message has none."""
     return _header_value(body, known, (TENANT_HEADER,))
+
+
+def requested_transfer_id(body: bytes, known: list[tuple[str, str]] | None = None
+                          ) -> str | None:
+    """The X-Relay-Transfer-Id value when it is one ("<queue id>@<node>"), else None."""
+    value = _header_value(body, known, (TRANSFER_HEADER,))
+    if value is None or _TRANSFER_ID.fullmatch(value) is None:
+        return None
+    return value
 
 
 def _header_value(body: bytes, known: list[tuple[str, str]] | None,

@@ -87,6 +87,11 @@ class Metrics:
             "their SMTP session: refused (over a connection cap, before any handshake), "
             "timeout (limits.tls_handshake_timeout), failed (a bad handshake)",
             ["listener", "result"], registry=r)
+        self.proxy_refused = Counter(
+            "relay_smtp_proxy_header_refused", "Connections to a proxy_protocol listener "
+            "closed before their SMTP session: untrusted (a peer outside proxy_trusted), "
+            "malformed (a bad PROXY header), timeout (limits.proxy_header_timeout)",
+            ["listener", "reason"], registry=r)
         self.feedback_sessions = Counter(
             "relay_feedback_sessions", "Connections to the feedback listener, by result "
             "(refused: over limits.max_connections or max_connections_per_ip)",
@@ -192,6 +197,9 @@ class Metrics:
 
     def observe_tls_gate(self, listener: str, result: str) -> None:
         self.tls_gate.labels(listener, result).inc()
+
+    def observe_proxy_refused(self, listener: str, reason: str) -> None:
+        self.proxy_refused.labels(listener, reason).inc()
 
     def observe_feedback_session(self, refusal: object | None) -> None:
         self.feedback_sessions.labels("accepted" if refusal is None else "refused").inc()

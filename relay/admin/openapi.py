@@ -315,6 +315,13 @@ def document() -> dict[str, Any]:
                              "security": [],
                              "responses": {"200": {"description": "Metrics",
                                                    "content": {"text/plain": {}}}}}},
+        "/health": {"get": {"summary": "Load balancer health check (public): 200 \"ok\", "
+                                       "503 \"draining\" while `relay node drain` is in effect",
+                            "security": [],
+                            "responses": {"200": {"description": "Serving",
+                                                  "content": {"text/plain": {}}},
+                                          "503": {"description": "Draining",
+                                                  "content": {"text/plain": {}}}}}},
         "/openapi.json": {"get": {"summary": "This document", "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3.1"}}}},
         "/": {"get": {"summary": "The dashboard page (HTML; asks for a token)", "security": [],

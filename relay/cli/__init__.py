@@ -20,7 +20,7 @@ from relay.statedir import StateError
 
 # Modules adding sub-commands; each has register(subparsers).
 _COMMAND_MODULES = ("serve", "check_config", "user", "queue", "identity", "dkim", "warmup",
-                    "admin", "status", "suppression", "tenant", "message", "stats")
+                    "admin", "status", "suppression", "tenant", "message", "stats", "node")
 
 
 def default_config_path() -> Path:

@@ -1,5 +1,6 @@
 """`relay queue list|show|retry|delete|bounce`: see and act on the spool; the actions take
 message ids, --all, or --domain D (every waiting recipient at one destination domain).
+`relay queue transfer` (to another node) is relay/cli/transfer.py.
 
 Works beside a running server: LMDB allows many processes, writes take the
 store's cross-process write lock, and the server's scheduler re-checks each
@@ -69,6 +70,9 @@ def register(sub: Any) -> None:
         sp.add_argument("--progress", action="store_true",
                         help="progress bar on stderr even if it is not a terminal")
         sp.set_defaults(func=func)
+
+    from relay.cli import transfer  # `relay queue transfer`: its own module
+    transfer.add_parser(qsub, common)
 
 
 def _open(cfg: Config) -> QueueStore:

@@ -40,12 +40,25 @@ class Listener(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     auth: Literal["required", "none"] = "required"
     role: Literal["submission", "feedback"] = "submission"
     trusted_networks: list[Network] = []
+    # PROXY protocol v1/v2 (a TCP load balancer such as HAProxy's send-proxy-v2): every
+    # connection must come from `proxy_trusted` and start with the header, whose client
+    # address then stands for the connection's own everywhere.
+    proxy_protocol: bool = False
+    proxy_trusted: list[Network] = []
 
     def __post_init__(self) -> None:
         if self.role == "submission" and self.auth == "none" and not self.trusted_networks:
             raise ValueError(
                 "auth = \"none\" on a submission listener needs trusted_networks; "
                 "relay is never an open relay")
+        if self.proxy_protocol and not self.proxy_trusted:
+            raise ValueError(
+                "proxy_protocol = true needs proxy_trusted: expected the load balancers' "
+                "CIDRs, like [\"10.0.0.5/32\"] (a header from anyone else is refused)")
+        if self.proxy_protocol and self.role != "submission":
+            raise ValueError(
+                f"proxy_protocol = true on a role = \"{self.role}\" listener: expected "
+                "it on role = \"submission\" listeners only")
 
 
 class Tls(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -75,6 +88,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # A TLS handshake (implicit TLS, STARTTLS) that has not completed after this long is
     # closed; the connection holds its slot under the caps above until then.
     tls_handshake_timeout: Duration = Duration(10.0)
+    # On a proxy_protocol listener: the PROXY header not complete after this long closes
+    # the connection (no greeting is sent before it).
+    proxy_header_timeout: Duration = Duration(5.0)
     # Authentication failures: growing delay, then a per-IP lockout.
     auth_failure_delay: Duration = Duration(0.5)
     auth_max_failures: PositiveInt = 5
@@ -94,6 +110,9 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.tls_handshake_timeout <= 0:
             raise ValueError(f"tls_handshake_timeout = {self.tls_handshake_timeout}: "
                              "expected a duration above 0, like \"10s\"")
+        if self.proxy_header_timeout <= 0:
+            raise ValueError(f"proxy_header_timeout = {self.proxy_header_timeout}: "
+                             "expected a duration above 0, like \"5s\"")
 
 
 class Feedback(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

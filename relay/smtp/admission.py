@@ -59,7 +59,8 @@ class ImplicitTlsGate(asyncio.Protocol):
                  admit: Callable[[str], object | None], release: Callable[[str], None],
                  session: Callable[[], HandOver],
                  on_handshake: Callable[[str], None] | None = None,
-                 pending: set[ImplicitTlsGate] | None = None) -> None:
+                 pending: set[ImplicitTlsGate] | None = None,
+                 client: tuple[str, int] | None = None) -> None:
         self.ssl_context = ssl_context
         self.handshake_timeout = handshake_timeout
         self.admit = admit
@@ -67,6 +68,9 @@ class ImplicitTlsGate(asyncio.Protocol):
         self.session = session
         self.on_handshake = on_handshake  # "refused", "timeout", "failed" (metrics)
         self.ip = ""
+        # The client address of a PROXY header (relay/smtp/proxygate.py), which stands
+        # for the socket's peer in the caps; None: the peer itself.
+        self.client = client
         self._holding = False  # the gate holds a connection slot (not yet handed over)
         self._task: asyncio.Task[None] | None = None
         self._transport: asyncio.Transport | None = None
@@ -76,7 +80,7 @@ class ImplicitTlsGate(asyncio.Protocol):
 
     def connection_made(self, base: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, base)  # uvloop's transports are duck-typed
-        self.ip = peer_ip(transport)
+        self.ip = self.client[0] if self.client is not None else peer_ip(transport)
         if self.admit(self.ip) is not None:
             # Over a cap: close now. A TLS alert or a 421 would first cost a handshake,
             # which is what a flood of connections is after.

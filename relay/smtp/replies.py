@@ -46,6 +46,8 @@ TOO_MANY_MESSAGES = Reply(421, "4.7.0", "Error: too many messages in this connec
 TOO_MANY_AUTH_ATTEMPTS = Reply(421, "4.7.0", "Error: too many AUTH attempts")
 TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Error: too many commands in this connection")
 SHUTTING_DOWN = Reply(421, "4.3.2", "Service shutting down, try again later")
+# `relay node drain`: this node takes no new mail while it finishes its queue.
+DRAINING = Reply(421, "4.3.2", "Service not available on this node (draining), try again later")
 AUTH_LOCKED = Reply(454, "4.7.0", "Temporary authentication failure, try again later")
 TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Error: too many recipients")

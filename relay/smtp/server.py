@@ -24,6 +24,7 @@ from relay.queue.ops import NewMessage
 from relay.smtp import replies as R
 from relay.smtp.admission import AcceptFailures, ImplicitTlsGate, raise_fd_limit
 from relay.smtp.authpolicy import AuthPolicy
+from relay.smtp.proxygate import ProxyHeaderGate
 from relay.smtp.session import ListenerContext, SenderCheck, SubmissionSession, Submitter
 from relay.tenants.account import AccountGate
 from relay.users import UserStore
@@ -79,7 +80,9 @@ class SubmissionServer:
                  on_accept_failure: Callable[[str], None] | None = None,
                  on_handshake: Callable[[str], None] | None = None,
                  account: AccountGate | None = None,
-                 key_login: Callable[[str, bytes], str | None] | None = None) -> None:
+                 key_login: Callable[[str, bytes], str | None] | None = None,
+                 draining: Callable[[], bool] | None = None,
+                 on_proxy_refused: Callable[[str], None] | None = None) -> None:
         if listener.role != "submission":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "SubmissionServer serves role \"submission\" only")
@@ -102,6 +105,10 @@ class SubmissionServer:
             admit=admit, release=self.limiter.release, sender_check=sender_check,
             on_reply=on_reply, on_auth=on_auth, on_reject=on_reject, account=account,
             key_login=key_login)
+        if draining is not None:
+            self.context.draining = draining
+        self.on_proxy_refused = on_proxy_refused
+        self._proxied: set[ProxyHeaderGate] = set()
         self._server: asyncio.Server | None = None
         # server.workers > 1: every worker binds the same port (SO_REUSEPORT); the kernel
         # spreads new connections across them.
@@ -126,16 +133,38 @@ class SubmissionServer:
             return int(sock.getsockname()[1])
         raise RuntimeError("the server is not started")
 
-    def _implicit_tls_gate(self) -> ImplicitTlsGate:
+    def _session(self, client: tuple[str, int] | None = None) -> SubmissionSession:
+        session = SubmissionSession(self.context, asyncio.get_running_loop())
+        session.proxied_peer = client
+        return session
+
+    def _implicit_tls_gate(self, client: tuple[str, int] | None = None) -> ImplicitTlsGate:
         ctx = self.context
-        loop = asyncio.get_running_loop()
         # ctx.admit also counts sessions when the server was given `on_session`.
         return ImplicitTlsGate(
             ssl_context=ctx.ssl_context, handshake_timeout=float(
                 self.limits.tls_handshake_timeout),
             admit=ctx.admit, release=ctx.release,
-            session=lambda: SubmissionSession(ctx, loop), on_handshake=self.on_handshake,
-            pending=self._handshaking)
+            session=lambda: self._session(client), on_handshake=self.on_handshake,
+            pending=self._handshaking, client=client)
+
+    def _proxy_gate(self) -> ProxyHeaderGate:
+        return ProxyHeaderGate(
+            trusted=[ipaddress.ip_network(n, strict=False) for n in self.listener.proxy_trusted],
+            timeout=float(self.limits.proxy_header_timeout), hand_over=self._hand_over,
+            listener=str(self.listener.address), pending=self._proxied,
+            on_refused=self.on_proxy_refused)
+
+    def _hand_over(self, transport: asyncio.Transport,
+                   client: tuple[str, int] | None) -> asyncio.BaseProtocol:
+        """After a PROXY header: the protocol the listener would have accepted with, made
+        with the header's client address (None: the socket's peer stands)."""
+        protocol: asyncio.BaseProtocol = (
+            self._implicit_tls_gate(client) if self.listener.tls == "implicit"
+            else self._session(client))
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        return protocol
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -145,12 +174,15 @@ class SubmissionServer:
         implicit = self.listener.tls == "implicit"
         factory: Callable[[], asyncio.BaseProtocol] = (
             self._implicit_tls_gate if implicit else lambda: SubmissionSession(ctx, loop))
+        if self.listener.proxy_protocol:  # the PROXY header first, then as above
+            factory = self._proxy_gate
         # Implicit TLS: the gate starts the handshake itself, after admission.
         self._server = await loop.create_server(
             factory, host=self.listener.address.host, port=self.listener.address.port,
             reuse_address=True, reuse_port=self.reuse_port or None, backlog=512)
-        log.info("submission listener on %s (tls=%s, auth=%s)", self.listener.address,
-                 self.listener.tls, self.listener.auth)
+        log.info("submission listener on %s (tls=%s, auth=%s%s)", self.listener.address,
+                 self.listener.tls, self.listener.auth,
+                 ", PROXY protocol" if self.listener.proxy_protocol else "")
 
     async def stop(self) -> None:
         """Stop accepting; close idle sessions now, give busy ones `shutdown_grace` s."""
@@ -161,6 +193,8 @@ class SubmissionServer:
             self._accept_failures = None
         server, self._server = self._server, None
         server.close()
+        for proxied in list(self._proxied):
+            proxied.abort()
         for gate in list(self._handshaking):
             gate.abort()
         ctx = self.context

@@ -98,6 +98,9 @@ class ListenerContext:
     release: Callable[[str], None]
     sessions: set[SubmissionSession] = field(default_factory=set)
     shutting_down: bool = False
+    # `relay node drain` (relay/drain.py): new connections and new transactions get
+    # 421 4.3.2 while it answers True; deliveries go on.
+    draining: Callable[[], bool] = lambda: False
     max_auth_attempts: int = 10
     sender_check: SenderCheck | None = None
     on_reply: Callable[[str], None] | None = None  # every reply sent (metrics)
@@ -206,6 +209,9 @@ async def start_data(smtp: SMTP, arg: str | None) -> bool:
 
 class SubmissionSession(SMTP):
     preadmitted = False  # set by ImplicitTlsGate: counted against the caps already
+    # Set by the PROXY protocol gate (relay/smtp/proxygate.py) before connection_made:
+    # the client (address, port) its header gave, which stands for the socket's peer.
+    proxied_peer: tuple[str, int] | None = None
 
     def __init__(self, ctx: ListenerContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
@@ -274,13 +280,20 @@ class SubmissionSession(SMTP):
         first = self.transport is None
         super().connection_made(transport)
         if first:
-            peer = transport.get_extra_info("peername")
+            peer = self.proxied_peer or transport.get_extra_info("peername")
+            if self.proxied_peer is not None and self.session is not None:
+                self.session.peer = self.proxied_peer  # type: ignore[assignment]  # aiosmtpd types it str; it is the (host, port) of peername
             self.client_ip = str(peer[0]) if peer else ""
             # An implicit-TLS connection was counted, and admitted, before its handshake
             # (relay/smtp/admission.py); it owns its slot from here on.
             self._implicit_tls = self.preadmitted or \
                 transport.get_extra_info("sslcontext") is not None
-            refusal = None if self.preadmitted else self.ctx.admit(self.client_ip)
+            if self.ctx.draining():
+                refusal: R.Reply | None = R.DRAINING
+                if self.preadmitted:  # the slot the TLS gate took is given back now
+                    self.ctx.release(self.client_ip)
+            else:
+                refusal = None if self.preadmitted else self.ctx.admit(self.client_ip)
             self.admitted = refusal is None
             self._refusal = refusal
             self._registered = self.admitted
@@ -587,6 +600,10 @@ class SubmissionSession(SMTP):
         session, envelope = self.session, self.envelope
         assert session is not None and envelope is not None
         authenticated = bool(session.authenticated)
+        if self.ctx.draining():  # a session opened before the drain: no new transaction
+            log.info("%s: MAIL refused: this node is draining", self.client_ip)
+            await self._reply(R.DRAINING)
+            return
         may_send = authenticated or self.ctx.is_trusted(self.client_ip)
         decided = P.decide_mail(
             arg, helo=bool(session.host_name), extended=session.extended_smtp,

@@ -139,6 +139,10 @@ class QueueSubmitter:
         if account is not None:
             self._settle_account(msg, account)
         msg.tracking = configsets.requested_tracking(msg.body, msg.header_fields)
+        if msg.auth_user:  # a relay node handing over its queue (`relay queue transfer`)
+            transferred = configsets.requested_transfer_id(msg.body, msg.header_fields)
+            if transferred is not None:
+                msg.tags = {**msg.tags, configsets.TRANSFERRED_TAG: [transferred]}
         stripped = configsets.strip_headers(msg.body, msg.header_fields)
         if stripped is not msg.body:
             msg.header_fields = without_fields(msg.header_fields, configsets.STRIPPED)

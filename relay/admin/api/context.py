@@ -67,6 +67,8 @@ class AdminContext:
     # and the engagement store (None: the routes make theirs on `store`).
     tracked_links: TrackedLinks | None = None
     engagement: Engagement | None = None
+    # `relay node drain` in effect (relay/drain.py): GET /health answers 503.
+    draining: Callable[[], bool] = lambda: False
 
     def __post_init__(self) -> None:
         if not self.started_at:

@@ -1,4 +1,5 @@
-"""The endpoints outside /api/: /metrics (Prometheus), /openapi.json and the dashboard page."""
+"""The endpoints outside /api/: /metrics (Prometheus), /openapi.json, the dashboard page and
+/health (a load balancer's health check)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,16 @@ from relay.admin.openapi import document
 async def metrics(request: web.Request) -> web.Response:
     body = await asyncio.to_thread(_ctx(request).metrics.render)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+async def health(request: web.Request) -> web.Response:
+    """200 "ok", or 503 "draining" while `relay node drain` is in effect: public (no
+    token), tiny and cheap, for a load balancer polling every second or two (HAProxy's
+    `option httpchk GET /health`)."""
+    if _ctx(request).draining():
+        return web.Response(status=503, text="draining\n",
+                            headers={"Cache-Control": "no-store"})
+    return web.Response(text="ok\n", headers={"Cache-Control": "no-store"})
 
 
 async def openapi(request: web.Request) -> web.Response:

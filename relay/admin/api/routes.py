@@ -14,7 +14,7 @@ from relay.admin.api.events import events
 from relay.admin.api.guard import _guard, _security_headers
 from relay.admin.api.history import message_show, messages_search
 from relay.admin.api.identities import identities
-from relay.admin.api.pages import dashboard, metrics, openapi
+from relay.admin.api.pages import dashboard, health, metrics, openapi
 from relay.admin.api.queue import (
     queue_bounce,
     queue_delete,
@@ -85,6 +85,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/api/status", status),
     ("GET", "/api/dashboard", dashboard_data),
     ("GET", "/metrics", metrics),
+    ("GET", "/health", health),
     ("GET", "/openapi.json", openapi),
     ("GET", "/", dashboard),
     ("POST", "/unsubscribe/{token}", unsubscribe),

@@ -1,0 +1,243 @@
+"""`relay queue transfer --to HOST:PORT`: hand every queued message to another relay node.
+
+For retiring a node (drain it first: `relay node drain`). One message at a time over one
+SMTP connection to the peer's submission listener, with a cluster credential (`--user`,
+the password on stdin with `--password-stdin`): the message's waiting recipients are
+claimed in the spool (relay/queue/transfer.py: the running relay's scheduler cannot take
+them meanwhile), sent with MAIL/RCPT/DATA, and the message is removed locally only after
+the peer's 250 to DATA. Any other answer, or a lost connection, gives the recipients back
+as they were, with one line saying why: nothing is lost (at least once: a crash between
+the peer's 250 and the local removal sends the message twice).
+
+What the peer needs to keep of the message is sent as header fields its submission reads
+and removes: X-SES-CONFIGURATION-SET, X-SES-TENANT (the credential must be allowed the
+tenant: a platform credential), X-SES-MESSAGE-TAGS, X-SES-TRACKING, and
+X-Relay-Transfer-Id: <queue id>@<this node's server.hostname>, which the peer records as
+the tag "relay:transferred-from" of its Send event and history (from an authenticated
+session only). The peer gives the message its own queue id.
+
+Exit codes: 0 every message transferred (or nothing to do), 1 some stayed queued (each
+named on stderr) or the peer could not be reached.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import smtplib
+import ssl
+import sys
+import time
+from typing import Any
+
+from relay.cli import CliError, load_config
+from relay.clock import SystemClock
+from relay.config import Config
+from relay.config.types import HostPort, parse_host_port
+from relay.configsets import TRANSFERRED_TAG
+from relay.queue.records import MessageRecord
+from relay.queue.store import QueueStore
+from relay.queue.transfer import Claim, claim_op, finish_op, give_back_op
+
+PROGRESS_EVERY = 100  # messages between progress lines
+TIMEOUT = 120.0  # seconds for any one SMTP reply
+
+
+def add_parser(qsub: Any, common: argparse.ArgumentParser) -> None:
+    sp = qsub.add_parser("transfer", parents=[common],
+                         help="hand every queued message to another relay node over SMTP")
+    sp.add_argument("--to", required=True, metavar="HOST:PORT",
+                    help="the peer's submission listener")
+    sp.add_argument("--user", help="the cluster credential's user name on the peer")
+    sp.add_argument("--password-stdin", action="store_true",
+                    help="read the credential's password from the first line of stdin")
+    sp.add_argument("--tls", choices=("starttls", "none"), default="starttls",
+                    help="STARTTLS before AUTH (default), or none (a trusted network)")
+    sp.add_argument("--tls-no-verify", action="store_true",
+                    help="do not verify the peer's certificate (self-signed peers)")
+    sp.add_argument("--limit", type=int, default=0, metavar="N",
+                    help="transfer at most N messages (default: all)")
+    sp.add_argument("--verbose", action="store_true", help="one line per message")
+    sp.set_defaults(func=cmd_transfer)
+
+
+class PeerLost(Exception):
+    """The connection to the peer is gone: stop (the message in hand is given back)."""
+
+
+class Peer:
+    """One SMTP connection to the peer, opened on first use and after a loss."""
+
+    def __init__(self, to: HostPort, tls: str, verify: bool, user: str | None,
+                 password: str | None) -> None:
+        self.to, self.tls, self.verify = to, tls, verify
+        self.user, self.password = user, password
+        self.smtp: smtplib.SMTP | None = None
+
+    def connect(self) -> smtplib.SMTP:
+        if self.smtp is not None:
+            return self.smtp
+        try:
+            smtp = smtplib.SMTP(str(self.to.host), self.to.port, timeout=TIMEOUT)
+            smtp.ehlo()
+            if self.tls == "starttls":
+                context = ssl.create_default_context()
+                if not self.verify:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if self.user is not None:
+                smtp.login(self.user, self.password or "")
+        except smtplib.SMTPAuthenticationError as e:
+            raise CliError(f"the peer {self.to} refused the credential {self.user!r}: "
+                           f"{e.smtp_code} {_text(e.smtp_error)}") from None
+        except (OSError, smtplib.SMTPException) as e:
+            raise CliError(f"cannot reach the peer {self.to}: {e}") from None
+        self.smtp = smtp
+        return smtp
+
+    def send(self, sender: str, recipients: list[str], data: bytes) -> str:
+        """The peer's 250 reply to DATA, or raise PeerRefused / PeerLost."""
+        smtp = self.connect()
+        utf8 = not (sender.isascii() and all(r.isascii() for r in recipients))
+        try:
+            code, text = smtp.mail(sender, ["SMTPUTF8"] if utf8 else [])
+            if code != 250:
+                self._reset()
+                raise PeerRefused(f"MAIL FROM answered {code} {_text(text)}")
+            for rcpt in recipients:
+                code, text = smtp.rcpt(rcpt)
+                if code not in (250, 251):
+                    self._reset()
+                    raise PeerRefused(f"RCPT TO:<{rcpt}> answered {code} {_text(text)}")
+            code, text = smtp.data(data)
+        except smtplib.SMTPDataError as e:
+            raise PeerRefused(f"DATA answered {e.smtp_code} {_text(e.smtp_error)}") from None
+        except (OSError, smtplib.SMTPServerDisconnected) as e:
+            self.smtp = None
+            raise PeerLost(f"connection to {self.to} lost: {e}") from None
+        if code != 250:
+            raise PeerRefused(f"DATA answered {code} {_text(text)}")
+        return _text(text)
+
+    def _reset(self) -> None:
+        try:
+            assert self.smtp is not None
+            self.smtp.rset()
+        except (OSError, smtplib.SMTPException):
+            self.smtp = None
+
+    def close(self) -> None:
+        if self.smtp is not None:
+            with contextlib.suppress(OSError, smtplib.SMTPException):
+                self.smtp.quit()
+            self.smtp = None
+
+
+class PeerRefused(Exception):
+    """The peer refused this message (the next one may still go)."""
+
+
+def _text(raw: bytes | str) -> str:
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    return " ".join(text.split())
+
+
+def transfer_fields(msg: MessageRecord, node: str) -> bytes:
+    """The header fields that carry what the peer must keep of the message."""
+    fields = [("X-Relay-Transfer-Id", f"{msg.id}@{node}")]
+    if msg.configuration_set:
+        fields.append(("X-SES-CONFIGURATION-SET", msg.configuration_set))
+    if msg.tenant:
+        fields.append(("X-SES-TENANT", msg.tenant))
+    if msg.tracking:
+        fields.append(("X-SES-TRACKING", msg.tracking))
+    tags = [f"{name}={value}" for name, values in msg.tags.items()
+            if not name.startswith(("ses:", "relay:")) for value in values]
+    if tags:
+        fields.append(("X-SES-MESSAGE-TAGS", ", ".join(tags)))
+    return b"".join(f"{name}: {value}\r\n".encode("utf-8", "surrogateescape")
+                    for name, value in fields)
+
+
+def _password(args: argparse.Namespace) -> str | None:
+    if args.user is None:
+        if args.password_stdin:
+            raise CliError("--password-stdin needs --user")
+        return None
+    if not args.password_stdin:
+        raise CliError("--user needs --password-stdin (the password is read from stdin)")
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise CliError("--password-stdin: no password on stdin")
+    return line
+
+
+def _open(cfg: Config) -> QueueStore:
+    path = cfg.state_path / "queue"
+    if not (path / "data.mdb").exists():
+        raise CliError(f"no queue at {path} (has relay ever run with this config?)")
+    return QueueStore(path, SystemClock(), map_size=cfg.server.queue_map_size)
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    cfg = load_config(args)
+    try:
+        to = parse_host_port(args.to, None)
+    except ValueError as e:
+        raise CliError(f"--to {args.to!r}: {e}; expected HOST:PORT") from None
+    if args.limit < 0:
+        raise CliError(f"--limit {args.limit}: expected 0 (all) or more")
+    password = _password(args)
+    node = cfg.server.hostname
+    store = _open(cfg)
+    peer = Peer(to, args.tls, not args.tls_no_verify, args.user, password)
+    clock = SystemClock()
+    done = failed = skipped = 0
+    try:
+        mids = [m.id for m, _ in store.messages()]
+        if args.limit:
+            mids = mids[:args.limit]
+        total = len(mids)
+        began = time.monotonic()
+        for mid in mids:
+            claimed = store.write_now(claim_op(store.dbs, mid, clock.now()))
+            if not isinstance(claimed, Claim):
+                if claimed == "in flight":
+                    skipped += 1
+                    print(f"relay: {mid}: skipped, a delivery is under way (run again)",
+                          file=sys.stderr)
+                continue
+            try:
+                reply = _send(store, peer, claimed, node)
+            except PeerRefused as e:
+                store.write_now(give_back_op(store.dbs, claimed, clock.now()))
+                failed += 1
+                print(f"relay: {mid}: not transferred, stays queued: {e}", file=sys.stderr)
+                continue
+            except (PeerLost, CliError) as e:
+                store.write_now(give_back_op(store.dbs, claimed, clock.now()))
+                raise CliError(f"{mid}: not transferred, stays queued: {e}; stopped after "
+                               f"{done} of {total}") from None
+            store.write_now(finish_op(store.dbs, claimed))
+            done += 1
+            if args.verbose:
+                print(f"{mid}: {len(claimed.recipients)} recipient(s) -> {to}: {reply}")
+            if done % PROGRESS_EVERY == 0:
+                print(f"relay: transfer: {done} of {total} sent to {to}, {failed} refused "
+                      f"({time.monotonic() - began:.0f}s)", file=sys.stderr, flush=True)
+    finally:
+        peer.close()
+        store.close_sync()
+    print(f"transferred {done} message(s) to {to} (tag {TRANSFERRED_TAG!r} at the peer); "
+          f"{failed} refused and still queued; {skipped} skipped (in flight)")
+    return 0 if failed == 0 and skipped == 0 else 1
+
+
+def _send(store: QueueStore, peer: Peer, claim: Claim, node: str) -> str:
+    body = store.body(claim.message.id)
+    if body is None:
+        raise PeerRefused("its body is missing from the spool")
+    return peer.send(claim.message.sender, claim.addresses,
+                     transfer_fields(claim.message, node) + body)

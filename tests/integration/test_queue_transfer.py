@@ -1,0 +1,132 @@
+"""`relay queue transfer` against a real SMTP peer (a loopback sink): a message is removed
+from the spool only after the peer's 250; a refused one stays queued as it was, named on
+stderr; an unreachable peer changes nothing. The peer sees the queue id in
+X-Relay-Transfer-Id. Also the spool ops: a message with a delivery in flight is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from relay.clock import SystemClock
+from relay.queue.ops import NewMessage
+from relay.queue.records import State
+from relay.queue.store import QueueStore
+from relay.queue.transfer import Claim, claim_op, give_back_op
+from relay.testing.process import free_port, run_cli, write_config
+from relay.testing.sink import Sink
+
+
+def _refuse_nobody(stage: str, arg: str, envelope: Any) -> str | None:
+    if stage == "rcpt" and "nobody@" in arg.lower():
+        return "550 5.1.1 no such user"
+    return None
+
+
+def _queue(state: Path, recipients: list[list[str]]) -> list[str]:
+    async def fill() -> list[str]:
+        store = QueueStore(state / "queue", SystemClock())
+        await store.start()
+        try:
+            return [await store.submit(NewMessage(
+                sender="app@example.com", recipients=rcpts,
+                body=f"From: app@example.com\r\nSubject: m{i}\r\n\r\nbody {i}\r\n".encode(),
+                configuration_set="", tags={"campaign": ["spring"]}))
+                for i, rcpts in enumerate(recipients)]
+        finally:
+            await store.close()
+    return asyncio.run(fill())
+
+
+def _states(state: Path) -> dict[str, list[State]]:
+    store = QueueStore(state / "queue", SystemClock())
+    try:
+        return {m.id: [r.state for r in rcpts] for m, rcpts in store.messages()}
+    finally:
+        store.close_sync()
+
+
+def _config(tmp: Path) -> Path:
+    return write_config(tmp / "relay.toml", {
+        "server": {"hostname": "node-a.test", "state_dir": str(tmp / "state")},
+        "listener": [{"address": f"127.0.0.1:{free_port()}", "tls": "starttls"}]})
+
+
+def test_transfer_removes_only_what_the_peer_accepted(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    ids = _queue(tmp_path / "state", [["a@x.test"], ["nobody@x.test"], ["b@x.test", "c@x.test"]])
+    with Sink("127.0.0.2", 0, policy=_refuse_nobody) as peer:
+        done = run_cli("queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
+                       config=config)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "transferred 2 message(s)" in done.stdout
+        assert f"{ids[1]}: not transferred, stays queued: RCPT TO:<nobody@x.test> answered " \
+               "550" in done.stderr
+        got = peer.messages
+    assert [m.rcpt_tos for m in got] == [["a@x.test"], ["b@x.test", "c@x.test"]]
+    for msg, mid in zip(got, (ids[0], ids[2]), strict=True):
+        text = msg.data.decode()
+        assert f"X-Relay-Transfer-Id: {mid}@node-a.test\r\n" in text
+        assert "X-SES-MESSAGE-TAGS: campaign=spring\r\n" in text
+    # The refused message is still queued, its recipient back to "queued".
+    assert _states(tmp_path / "state") == {ids[1]: [State.QUEUED]}
+
+
+def test_unreachable_peer_changes_nothing(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    ids = _queue(tmp_path / "state", [["a@x.test"], ["b@x.test"]])
+    done = run_cli("queue", "transfer", "--to", f"127.0.0.1:{free_port()}", "--tls", "none",
+                   config=config)
+    assert done.returncode == 1
+    assert "cannot reach the peer" in done.stderr and "Traceback" not in done.stderr
+    assert _states(tmp_path / "state") == {mid: [State.QUEUED] for mid in ids}
+
+
+def test_bad_arguments_are_named(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    _queue(tmp_path / "state", [["a@x.test"]])
+    for args, expected in (
+        (["--to", "nohost"], "--to 'nohost'"),
+        (["--to", "127.0.0.1:25", "--user", "u"], "--user needs --password-stdin"),
+        (["--to", "127.0.0.1:25", "--limit", "-1"], "--limit -1"),
+    ):
+        done = run_cli("queue", "transfer", *args, config=config)
+        assert done.returncode == 1 and expected in done.stderr, done.stderr
+
+
+def test_claim_skips_a_message_in_flight_and_gives_back_as_it_was(tmp_path: Path) -> None:
+    (mid,) = _queue(tmp_path / "state", [["a@x.test", "b@x.test"]])
+    store = QueueStore(tmp_path / "state" / "queue", SystemClock())
+    try:
+        now = SystemClock().now()
+        claim = store.write_now(claim_op(store.dbs, mid, now))
+        assert isinstance(claim, Claim) and claim.addresses == ["a@x.test", "b@x.test"]
+        assert [r.state for r in store.recipients(mid)] == [State.INFLIGHT] * 2
+        # A second claim (another transfer, or the scheduler's lease) finds it in flight.
+        assert store.write_now(claim_op(store.dbs, mid, now)) == "in flight"
+        assert store.write_now(give_back_op(store.dbs, claim, now)) == 2
+        after = store.recipients(mid)
+        assert [r.state for r in after] == [State.QUEUED] * 2
+        assert [r.next_attempt_at for r in after] == \
+            [r.next_attempt_at for _, r in claim.recipients]
+        assert store.write_now(claim_op(store.dbs, "0" * len(mid), now)) == "gone"
+    finally:
+        store.close_sync()
+
+
+def test_hundreds_of_messages_each_delivered_once_with_progress(tmp_path: Path) -> None:
+    config = _config(tmp_path)
+    ids = _queue(tmp_path / "state", [[f"r{i}@x.test"] for i in range(300)])
+    with Sink("127.0.0.2", 0) as peer:
+        done = run_cli("queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
+                       config=config, timeout=120)
+        got = peer.messages
+    assert done.returncode == 0, done.stderr
+    assert "transferred 300 message(s)" in done.stdout
+    assert "relay: transfer: 300 of 300 sent" in done.stderr
+    seen = [line.split(": ", 1)[1].split("@")[0] for m in got
+            for line in m.data.decode().split("\r\n") if line.startswith("X-Relay-Transfer-Id")]
+    assert sorted(seen) == sorted(ids)  # every one, none twice
+    assert _states(tmp_path / "state") == {}
