@@ -43,6 +43,7 @@ from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.history.recorder import HistoryRecorder
 from relay.history.retention import HistoryPruner
 from relay.identity.check import rotation_tick
+from relay.queue.records import PENDING_STATES
 from relay.sesapi.operations import ApiContext
 from relay.sesapi.server import ApiServer
 from relay.sesapi.templates import TemplateStore
@@ -91,6 +92,9 @@ class RelayApp:
         self.feedback_listeners: list[FeedbackServer] = []
         self.history_recorder: HistoryRecorder | None = None
         self.history_pruner: HistoryPruner | None = None
+        # [cluster] redis_url set: this node's relay.cluster.node.ClusterNode (worker 0's
+        # under server.workers = N). None: a single node, and redis is never imported.
+        self.cluster: Any = None
 
     @property
     def cfg(self) -> Config:
@@ -181,10 +185,23 @@ class RelayApp:
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
             self.listeners.append(server)
+        if cfg.cluster.enabled and not self._secondary:
+            await self._start_cluster()
         if cfg.admin.enabled and not self._secondary:
             await self._start_admin()
         if cfg.api.enabled and not self._secondary:
             await self._start_api()
+
+    async def _start_cluster(self) -> None:
+        # Imported here, only with [cluster] set: a single node never loads redis.
+        from relay.cluster.node import ClusterNode
+
+        store = self.store
+        self.cluster = ClusterNode(
+            self.cfg.cluster, self.clock, state_dir=self.state_dir,
+            queue_depth=lambda: sum(store.count_by_state().get(s, 0) for s in PENDING_STATES))
+        self.metrics.add_collector(self.cluster.collector)
+        await self.cluster.start()
 
     def _key_login(self, login: str, password: bytes) -> str | None:
         """SMTP AUTH with an access key id and its SES SMTP password for [api] region:
@@ -247,7 +264,7 @@ class RelayApp:
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
             listeners=self.listener_status, verp=self.verp, tenants=self.tenants,
-            message_history=self.parts.history, stats=self.parts.stats,
+            message_history=self.parts.history, stats=self.parts.stats, cluster=self.cluster,
             **self._sent_last_24_hours())
         self.metrics.add_collector(StateCollector(
             depth=ctx.depth, oldest_age=ctx.oldest_age,
@@ -383,6 +400,8 @@ class RelayApp:
             await self.clock.sleep(self.cfg.dkim.check_interval)
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         self._dkim_task.cancel()
         self._prune_task.cancel()
         if self.history_pruner is not None:

@@ -1,6 +1,7 @@
-"""Digests of the files a deployment distributes to every node of a cluster: the config
-file and the state files that hold credentials (SMTP users, SES access keys and their
-key, identities, DKIM keys, admin tokens, the VERP key). Each node publishes them in its
+"""Digests of the files a deployment distributes to every node of a cluster: the state
+files that hold credentials (SMTP users, SES access keys and their key, identities, DKIM
+keys, admin tokens, the VERP key). The config file is not among them: it names the node
+(node_id, its addresses), so it differs legitimately. Each node publishes them in its
 heartbeat; `relay cluster status` names any node whose copy differs from the others'.
 """
 
@@ -27,11 +28,9 @@ def _digest_path(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
-def file_digests(state_dir: Path, config_path: Path | None) -> dict[str, str]:
+def file_digests(state_dir: Path) -> dict[str, str]:
     """{name: digest} of the shared files ("absent" for a missing one)."""
     out = {}
-    if config_path is not None:
-        out["config"] = _digest_path(config_path)
     for name in SHARED_STATE:
         try:
             out[name] = _digest_path(state_dir / name)

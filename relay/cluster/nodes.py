@@ -41,13 +41,16 @@ class Heartbeat:
 
     async def beat(self) -> None:
         """Write this node's heartbeat (ClusterUnavailable when Redis does not answer)."""
+        # Both read the disk (the spool's recipients, the distributed files): off the loop.
+        depth = await asyncio.to_thread(self.queue_depth)
+        digests = await asyncio.to_thread(self.digests)
         now = self.clock.now()
         ttl_ms = int(self.client.cfg.node_ttl * 1000)
         fields = {"node_id": self.client.node_id, "pid": os.getpid(), "version": VERSION,
-                  "queue_depth": self.queue_depth(), "started": round(self.started, 3),
+                  "queue_depth": depth, "started": round(self.started, 3),
                   "last_seen": round(now, 3),
                   "latency_ms": round((self.client.latency or 0.0) * 1000, 3),
-                  "digests": json.dumps(self.digests(), sort_keys=True)}
+                  "digests": json.dumps(digests, sort_keys=True)}
         node_key = self._node_key(self.client.node_id)
         nodes_key = self.client.key("nodes")
 

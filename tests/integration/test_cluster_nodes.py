@@ -1,0 +1,124 @@
+"""Two real relay processes sharing one real redis-server: each publishes its heartbeat,
+`relay cluster status` (and /api/cluster on a node's admin API) lists both with their
+queue depth and names the node whose credential files differ; relay_cluster_redis_up is
+1 on a node's /metrics. Without [cluster], a clear "not configured"."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.testing.process import (
+    RelayProcess,
+    free_port,
+    listener_config,
+    relay_config,
+    run_cli,
+    write_config,
+)
+from relay.testing.redisserver import RedisServer
+from relay.testing.require import require_program
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    require_program("redis-server")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def _node(tmp: Path, name: str, redis_url: str, admin_port: int | None = None) -> Path:
+    data: dict[str, Any] = relay_config(tmp / name / "state", "127.0.0.1:1", free_port(),
+                                        [listener_config("none", "none", trusted_networks=["127.0.0.0/8"])])
+    data["cluster"] = {"redis_url": redis_url, "node_id": name, "heartbeat": "200ms",
+                       "node_ttl": "5s"}
+    if admin_port is not None:
+        data["admin"] = {"enabled": True, "address": f"127.0.0.1:{admin_port}"}
+    return write_config(tmp / name / "relay.toml", data)
+
+
+def _status(config: Path) -> tuple[int, dict[str, Any]]:
+    done = run_cli("cluster", "status", "--json", config=config)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_cluster_status_lists_both_nodes_and_the_one_whose_files_differ(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    admin_port = free_port()
+    a = _node(tmp_path, "node-a", redis_server.url, admin_port)
+    b = _node(tmp_path, "node-b", redis_server.url)
+    token = run_cli("admin", "token", "add", "tests", config=a).stdout.strip()
+    procs = [RelayProcess(a, log_dir=tmp_path / "node-a" / "logs").start()]
+    try:
+        # The deployment distributes node-a's files to node-b (the VERP key node-a made
+        # at its start, the admin tokens)...
+        (tmp_path / "node-b" / "state").mkdir(parents=True)
+        for name in ("verp.key", "admin_tokens.json"):
+            shutil.copy2(tmp_path / "node-a" / "state" / name,
+                         tmp_path / "node-b" / "state" / name)
+        # ...but an SMTP user is added on node-b alone: its users.json differs
+        added = run_cli("user", "add", "app", "--password-stdin", config=b,
+                        input="pw-123456789\n")
+        assert added.returncode == 0, added.stderr
+        procs.append(RelayProcess(b, log_dir=tmp_path / "node-b" / "logs").start())
+        deadline = time.monotonic() + 10
+        while True:
+            code, data = _status(a)
+            if len(data.get("nodes", [])) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert data["configured"] and data["redis_up"], data
+        assert [n["node_id"] for n in data["nodes"]] == ["node-a", "node-b"]
+        assert all(n["queue_depth"] == 0 and n["pid"] > 0 for n in data["nodes"])
+        assert data["differing"] == {"node-b": ["users.json"]}
+        assert code == 1  # a node's files differ: a deployment check fails on it
+
+        text = run_cli("cluster", "status", config=b)
+        assert "2 live node(s)" in text.stdout and "differs: users.json" in text.stdout
+
+        def get(path: str) -> bytes:
+            req = urllib.request.Request(f"http://127.0.0.1:{admin_port}{path}",
+                                         headers={"Authorization": f"Bearer {token}"})
+            with urllib.request.urlopen(req, timeout=10) as resp:
+                body: bytes = resp.read()
+                return body
+
+        api = json.loads(get("/api/cluster"))
+        assert [n["node_id"] for n in api["nodes"]] == ["node-a", "node-b"]
+        assert api["differing"] == {"node-b": ["users.json"]}
+        assert b"relay_cluster_redis_up 1.0" in get("/metrics")
+        spec = json.loads(get("/openapi.json"))
+        assert "/api/cluster" in spec["paths"]
+    finally:
+        for p in procs:
+            p.stop()
+    # a node that stopped leaves the live list at once
+    _code, data = _status(a)
+    assert data["nodes"] == []
+
+
+def test_without_cluster_status_says_not_configured(tmp_path: Path) -> None:
+    data = relay_config(tmp_path / "state", "127.0.0.1:1", free_port(),
+                        [listener_config("none", "none", trusted_networks=["127.0.0.0/8"])])
+    config = write_config(tmp_path / "relay.toml", data)
+    code, answer = _status(config)
+    assert code == 0
+    assert answer["configured"] is False and "not configured" in answer["message"]
+    text = run_cli("cluster", "status", config=config)
+    assert text.returncode == 0 and "not configured" in text.stdout
+
+
+def test_cluster_status_with_redis_unreachable_says_so_without_a_traceback(
+        tmp_path: Path) -> None:
+    config = _node(tmp_path, "node-a", f"redis://127.0.0.1:{free_port()}/0")
+    done = run_cli("cluster", "status", config=config)
+    assert done.returncode == 1
+    assert "redis unreachable" in done.stderr and "Traceback" not in done.stderr
