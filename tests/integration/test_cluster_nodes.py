@@ -36,8 +36,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 def _node(tmp: Path, name: str, redis_url: str, admin_port: int | None = None) -> Path:
+    listener = listener_config("none", "none", trusted_networks=["127.0.0.0/8"])
     data: dict[str, Any] = relay_config(tmp / name / "state", "127.0.0.1:1", free_port(),
-                                        [listener_config("none", "none", trusted_networks=["127.0.0.0/8"])])
+                                        [listener])
     data["cluster"] = {"redis_url": redis_url, "node_id": name, "heartbeat": "200ms",
                        "node_ttl": "5s"}
     if admin_port is not None:
@@ -106,8 +107,8 @@ def test_cluster_status_lists_both_nodes_and_the_one_whose_files_differ(
 
 
 def test_without_cluster_status_says_not_configured(tmp_path: Path) -> None:
-    data = relay_config(tmp_path / "state", "127.0.0.1:1", free_port(),
-                        [listener_config("none", "none", trusted_networks=["127.0.0.0/8"])])
+    listener = listener_config("none", "none", trusted_networks=["127.0.0.0/8"])
+    data = relay_config(tmp_path / "state", "127.0.0.1:1", free_port(), [listener])
     config = write_config(tmp_path / "relay.toml", data)
     code, answer = _status(config)
     assert code == 0

@@ -10,12 +10,11 @@ import textwrap
 
 import pytest
 
-from relay.testing.process import free_port
-
-from relay.cluster.fallback import Ledger, Pending, local_share
 from relay.cluster.digests import differing
+from relay.cluster.fallback import Ledger, Pending, local_share
 from relay.config import ConfigError, loads
 from relay.config.cluster import Cluster, parse_sentinel_url
+from relay.testing.process import free_port
 
 
 @pytest.mark.parametrize("url", [
