@@ -201,6 +201,8 @@ class RelayApp:
             self.cfg.cluster, self.clock, state_dir=self.state_dir,
             queue_depth=lambda: sum(store.count_by_state().get(s, 0) for s in PENDING_STATES))
         self.metrics.add_collector(self.cluster.collector)
+        # The tenant quotas counted in Redis, for the gate's recipient_shared().
+        self.parts.account.shared = self.cluster.quota
         await self.cluster.start()
 
     def _key_login(self, login: str, password: bytes) -> str | None:

@@ -14,6 +14,7 @@ from relay.cluster.digests import file_digests
 from relay.cluster.flags import SharedFlags
 from relay.cluster.limits import SharedLimits
 from relay.cluster.nodes import Heartbeat
+from relay.cluster.quota import SharedQuota
 from relay.config.cluster import Cluster
 
 
@@ -27,6 +28,7 @@ class ClusterNode:
         self.heartbeat.limits = self.limits
         self.flags = SharedFlags(self.client, clock)
         self.collector = ClusterCollector(self.client)
+        self.quota = SharedQuota(self.limits)
 
     async def start(self) -> None:
         """Start the heartbeat and the flag subscription. Redis need not be up: the node
@@ -37,6 +39,7 @@ class ClusterNode:
         self.flags.start()
 
     async def stop(self) -> None:
+        await self.quota.drain()
         await self.flags.stop()
         await self.heartbeat.stop()
         await self.client.close()
