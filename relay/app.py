@@ -203,6 +203,8 @@ class RelayApp:
         self.metrics.add_collector(self.cluster.collector)
         # The tenant quotas counted in Redis, for the gate's recipient_shared().
         self.parts.account.shared = self.cluster.quota
+        # Operator pauses made on any node hold here (the SMTP gate, the scheduler's hold).
+        self.parts.tenants.shared_status = self.cluster.shared_status
         await self.cluster.start()
 
     def _key_login(self, login: str, password: bytes) -> str | None:

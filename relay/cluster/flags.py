@@ -36,6 +36,18 @@ async def _hgetall(r: Any, key: str) -> dict[bytes, bytes]:
     return dict(await r.hgetall(key))
 
 
+# Status scopes (relay.tenants.model) -> flag kinds.
+SCOPE_KINDS = {"tenant:": "tenant", "configuration-set:": "configset"}
+
+
+def scope_flag(scope: str) -> tuple[str, str]:
+    """(kind, name) of the flag of a status scope ("tenant:acme" -> ("tenant", "acme"))."""
+    for prefix, kind in SCOPE_KINDS.items():
+        if scope.startswith(prefix):
+            return kind, scope[len(prefix):]
+    raise ValueError(f"not a status scope: {scope!r}")
+
+
 class SharedFlags:
     def __init__(self, client: ClusterClient, clock: Clock) -> None:
         self.client = client
@@ -57,6 +69,15 @@ class SharedFlags:
     def get(self, kind: str, name: str) -> str | None:
         """The flag of `name` in this node's view (no Redis call)."""
         return self.view[kind].get(name)
+
+    def scope_status(self, scope: str) -> str | None:
+        """The shared status of a status scope (relay.tenants.model), or None."""
+        kind, name = scope_flag(scope)
+        return self.get(kind, name)
+
+    async def set_scope_status(self, scope: str, value: str | None) -> None:
+        kind, name = scope_flag(scope)
+        await self.set(kind, name, value)
 
     async def set(self, kind: str, name: str, value: str | None) -> None:
         """Set (None: remove) a flag cluster-wide and announce it to every node."""

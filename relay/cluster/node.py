@@ -8,6 +8,8 @@ import contextlib
 from collections.abc import Callable
 from pathlib import Path
 
+import msgspec
+
 from relay.clock import Clock
 from relay.cluster.client import ClusterClient, ClusterCollector, ClusterUnavailable
 from relay.cluster.digests import file_digests
@@ -16,6 +18,22 @@ from relay.cluster.limits import SharedLimits
 from relay.cluster.nodes import Heartbeat
 from relay.cluster.quota import SharedQuota
 from relay.config.cluster import Cluster
+from relay.tenants.model import StatusRecord
+
+
+async def publish_status_once(cfg: Cluster, scope: str, record: StatusRecord | None,
+                              clock: Clock) -> bool:
+    """`ClusterNode.publish_status` through a short-lived connection (the CLI)."""
+    client = ClusterClient(cfg, clock)
+    try:
+        flags = SharedFlags(client, clock)
+        await flags.set_scope_status(
+            scope, None if record is None else msgspec.json.encode(record).decode())
+    except ClusterUnavailable:
+        return False
+    finally:
+        await client.close()
+    return True
 
 
 class ClusterNode:
@@ -29,6 +47,28 @@ class ClusterNode:
         self.flags = SharedFlags(self.client, clock)
         self.collector = ClusterCollector(self.client)
         self.quota = SharedQuota(self.limits)
+
+    def shared_status(self, scope: str) -> StatusRecord | None:
+        """The status an operator set for `scope` on any node (pause), from the flag
+        view; None when none is set cluster-wide."""
+        raw = self.flags.scope_status(scope)
+        if raw is None:
+            return None
+        try:
+            return msgspec.json.decode(raw, type=StatusRecord)
+        except msgspec.DecodeError:
+            return None
+
+    async def publish_status(self, scope: str, record: StatusRecord | None) -> bool:
+        """An operator's pause or resume of `scope` (its new record; None removes the
+        cluster-wide record), to every node; False when Redis is unreachable (the change
+        holds on this node only)."""
+        try:
+            await self.flags.set_scope_status(
+                scope, None if record is None else msgspec.json.encode(record).decode())
+        except ClusterUnavailable:
+            return False
+        return True
 
     async def start(self) -> None:
         """Start the heartbeat and the flag subscription. Redis need not be up: the node

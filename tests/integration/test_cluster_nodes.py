@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import smtplib
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -123,3 +124,40 @@ def test_cluster_status_with_redis_unreachable_says_so_without_a_traceback(
     done = run_cli("cluster", "status", config=config)
     assert done.returncode == 1
     assert "redis unreachable" in done.stderr and "Traceback" not in done.stderr
+
+
+def _mail_from_reply(port: int) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=10) as s:
+        s.ehlo("client.test")
+        return s.mail("app@example.com")
+
+
+def test_a_tenant_pause_on_one_node_stops_acceptance_on_the_other(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """`relay tenant pause` run against node B: node A refuses the tenant's mail (554
+    5.7.1, as SES) soon after; `relay tenant resume` against node A undoes it on both."""
+    a = _node(tmp_path, "node-a", redis_server.url)
+    b = _node(tmp_path, "node-b", redis_server.url)
+    procs = [RelayProcess(c, log_dir=tmp_path / c.parent.name / "logs").start() for c in (a, b)]
+    try:
+        port_a, port_b = (next(iter(p.ports.values())) for p in procs)
+        assert _mail_from_reply(port_a)[0] == 250
+        paused = run_cli("tenant", "pause", "default", "--reason", "audit", config=b)
+        assert paused.returncode == 0, paused.stderr
+        assert "reaches every node" in paused.stdout
+        deadline = time.monotonic() + 5  # within a second in the flags test; CI is slow
+        while _mail_from_reply(port_a)[0] == 250 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        code, text = _mail_from_reply(port_a)
+        assert (code, b"5.7.1" in text) == (554, True), text
+        assert _mail_from_reply(port_b)[0] == 554
+        resumed = run_cli("tenant", "resume", "default", config=a)
+        assert resumed.returncode == 0, resumed.stderr
+        deadline = time.monotonic() + 5
+        while _mail_from_reply(port_b)[0] != 250 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _mail_from_reply(port_b)[0] == 250  # node B's own pause record is older
+        assert _mail_from_reply(port_a)[0] == 250
+    finally:
+        for p in procs:
+            p.stop()

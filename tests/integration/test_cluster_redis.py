@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
@@ -247,3 +248,43 @@ async def test_heartbeat_lists_nodes_and_names_the_one_whose_files_differ(
     await a.heartbeat.beat()
     assert [n["node_id"] for n in await b.heartbeat.live()] == ["node-a"]
     await c.close()
+
+
+async def test_the_newer_of_a_nodes_own_status_and_the_cluster_s_decides(
+        redis_server: RedisServer, make_store: Any) -> None:
+    """A pause published by node B stops tenant acme on node A (its TenantStore's view);
+    a resume published later wins over node B's own older pause record."""
+    from relay.cluster.node import ClusterNode
+    from relay.tenants.store import TenantStore
+
+    clock = SystemClock()
+    nodes, stores = [], []
+    for name in ("node-a", "node-b"):
+        node = ClusterNode(_cfg(redis_server, name), clock, state_dir=redis_server.dir,
+                           queue_depth=lambda: 0)
+        store = TenantStore(await make_store(clock, name=name), clock)
+        store.shared_status = node.shared_status
+        await store.write(store.add_op("acme"))
+        node.flags.start()
+        nodes.append(node)
+        stores.append(store)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(n.flags.ready.wait() for n in nodes)), 5)
+        seen = asyncio.Event()
+        nodes[0].flags.on_change(lambda kind, name, value: seen.set())
+        rec = await stores[1].write(stores[1].pause_op("tenant:acme", who="test"))
+        assert await nodes[1].publish_status("tenant:acme", rec)
+        await asyncio.wait_for(seen.wait(), 1.0)
+        assert stores[0].paused("acme") is not None
+        assert stores[0].paused("other") is None
+        seen_b = asyncio.Event()
+        nodes[1].flags.on_change(lambda kind, name, value: seen_b.set())
+        resumed = await stores[0].write(stores[0].resume_op("tenant:acme", who="test"))
+        assert await nodes[0].publish_status("tenant:acme", resumed)
+        assert stores[0].paused("acme") is None
+        await asyncio.wait_for(seen_b.wait(), 1.0)
+        assert stores[1].paused("acme") is None
+        assert stores[1].status("tenant:acme").paused  # its own record: older
+    finally:
+        for node in nodes:
+            await node.stop()
