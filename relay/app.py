@@ -43,7 +43,6 @@ from relay.feedback.listener import FeedbackServer, owned_domains
 from relay.history.recorder import HistoryRecorder
 from relay.history.retention import HistoryPruner
 from relay.identity.check import rotation_tick
-from relay.queue.records import PENDING_STATES
 from relay.sesapi.operations import ApiContext
 from relay.sesapi.server import ApiServer
 from relay.sesapi.templates import TemplateStore
@@ -185,7 +184,8 @@ class RelayApp:
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
             self.listeners.append(server)
-        if cfg.cluster.enabled and not self._secondary:
+        self.cluster = parts.cluster
+        if self.cluster is not None:
             await self._start_cluster()
         if cfg.admin.enabled and not self._secondary:
             await self._start_admin()
@@ -193,19 +193,10 @@ class RelayApp:
             await self._start_api()
 
     async def _start_cluster(self) -> None:
-        # Imported here, only with [cluster] set: a single node never loads redis.
-        from relay.cluster.node import ClusterNode
-
-        store = self.store
-        self.cluster = ClusterNode(
-            self.cfg.cluster, self.clock, state_dir=self.state_dir,
-            queue_depth=lambda: sum(store.count_by_state().get(s, 0) for s in PENDING_STATES))
+        # Built by wiring (its quotas and pause view are the gate's and the tenant
+        # store's); worker 0 alone writes the heartbeat.
         self.metrics.add_collector(self.cluster.collector)
-        # The tenant quotas counted in Redis, for the gate's recipient_shared().
-        self.parts.account.shared = self.cluster.quota
-        # Operator pauses made on any node hold here (the SMTP gate, the scheduler's hold).
-        self.parts.tenants.shared_status = self.cluster.shared_status
-        await self.cluster.start()
+        await self.cluster.start(heartbeat=not self._secondary)
 
     def _key_login(self, login: str, password: bytes) -> str | None:
         """SMTP AUTH with an access key id and its SES SMTP password for [api] region:

@@ -70,12 +70,14 @@ class ClusterNode:
             return False
         return True
 
-    async def start(self) -> None:
-        """Start the heartbeat and the flag subscription. Redis need not be up: the node
-        runs on its local shares until it answers."""
-        with contextlib.suppress(ClusterUnavailable):
-            await self.heartbeat.once()
-        self.heartbeat.start()
+    async def start(self, heartbeat: bool = True) -> None:
+        """Start the flag subscription and (`heartbeat`: worker 0 of a node) the
+        heartbeat. Redis need not be up: the node runs on its local shares until it
+        answers."""
+        if heartbeat:
+            with contextlib.suppress(ClusterUnavailable):
+                await self.heartbeat.once()
+            self.heartbeat.start()
         self.flags.start()
 
     async def stop(self) -> None:

@@ -108,9 +108,10 @@ class Heartbeat:
         self._task = asyncio.create_task(self._loop(), name="cluster-heartbeat")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        if self._task is None:
+            return  # never started (another worker of this node writes the heartbeat)
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
         try:  # leave the live list now rather than after node_ttl
             await self.client.call(lambda r: r.zrem(self.client.key("nodes"),
                                                     self.client.node_id))

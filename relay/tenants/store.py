@@ -166,14 +166,15 @@ class TenantStore:
     `recheck`: seconds between looks at the generation (0: every read, for the CLI;
     RECHECK_SECONDS in the server)."""
 
-    def __init__(self, queue: QueueStore, clock: Clock, *, recheck: float = 0.0) -> None:
+    def __init__(self, queue: QueueStore, clock: Clock, *, recheck: float = 0.0,
+                 shared_status: Callable[[str], StatusRecord | None] | None = None) -> None:
         self.queue = queue
         self.clock = clock
         self.recheck = recheck
         # [cluster]: the status an operator last set on any node (relay.cluster.node's
         # shared_status, kept current by pub/sub); the newer of it and this node's own
         # record decides (a pause on one node holds on all, and so does a resume).
-        self.shared_status: Callable[[str], StatusRecord | None] | None = None
+        self.shared_status = shared_status
         self._checked_at: float | None = None
         self._generation: int = -1
         self._tenants: dict[str, Tenant] = {}

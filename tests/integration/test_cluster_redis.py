@@ -262,8 +262,8 @@ async def test_the_newer_of_a_nodes_own_status_and_the_cluster_s_decides(
     for name in ("node-a", "node-b"):
         node = ClusterNode(_cfg(redis_server, name), clock, state_dir=redis_server.dir,
                            queue_depth=lambda: 0)
-        store = TenantStore(await make_store(clock, name=name), clock)
-        store.shared_status = node.shared_status
+        store = TenantStore(await make_store(clock, name=name), clock,
+                            shared_status=node.shared_status)
         await store.write(store.add_op("acme"))
         node.flags.start()
         nodes.append(node)
