@@ -28,6 +28,10 @@ T = TypeVar("T")
 # Connections to Redis per node; calls beyond it wait their turn in ClusterClient (a full
 # pool is not an outage: redis-py would raise MaxConnectionsError).
 MAX_CONNECTIONS = 32
+# After a failed call, calls fail at once (the local share decides) for this long, then
+# one tries again: a Redis that is black-holed costs one timeout per interval, not one per
+# recipient.
+RETRY_INTERVAL = 1.0
 
 
 class ClusterUnavailable(Exception):
@@ -63,6 +67,7 @@ class ClusterClient:
         self.failures = 0
         self._on_up: list[Callable[[], None]] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._failed_at: float | None = None  # clock.monotonic() of the last failure
 
     def key(self, *parts: str) -> str:
         return self.prefix + ":".join(parts)
@@ -73,7 +78,10 @@ class ClusterClient:
 
     async def call(self, make: Callable[[aioredis.Redis], Awaitable[T]]) -> T:
         """`await make(redis)`, bounded by the command timeout; ClusterUnavailable when
-        Redis does not answer."""
+        Redis does not answer, or at once within RETRY_INTERVAL of the last failure."""
+        if (self._failed_at is not None
+                and self.clock.monotonic() - self._failed_at < RETRY_INTERVAL):
+            raise ClusterUnavailable("redis: unreachable (retrying within a second)")
         async with self._slots:
             started = time.monotonic()
             try:
@@ -84,6 +92,7 @@ class ClusterClient:
                 raise ClusterUnavailable(f"redis: {type(e).__name__}: {e}") from None
             # A measurement of the network, not a policy decision: the real clock.
             self.latency = max(0.0, time.monotonic() - started)
+            self._failed_at = None
         if not self.up:
             self.up = True
             log.info("cluster: redis reachable (%s)", self.node_id)
@@ -93,6 +102,7 @@ class ClusterClient:
 
     def _down(self, error: BaseException) -> None:
         self.failures += 1
+        self._failed_at = self.clock.monotonic()
         if self.up or self.failures == 1:
             log.warning("cluster: redis unreachable, using local shares: %s: %s",
                         type(error).__name__, error)

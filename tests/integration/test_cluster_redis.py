@@ -185,6 +185,8 @@ async def test_redis_down_falls_back_to_the_local_share_and_reconciles_once(
         with pytest.raises(ClusterUnavailable):
             await a.client.ping()
         assert b"relay_cluster_redis_up 0.0" in generate_latest(registry)
+        failures = a.client.failures  # within a second of a failure no call waits on Redis
+
         # (100 - 20 already counted) // 2 live nodes = 40 for this node, no more
         local = [await a.limits.take("warm", 1, 100, 86400) for _ in range(60)]
         assert sum(g.granted for g in local) == 40
@@ -192,13 +194,17 @@ async def test_redis_down_falls_back_to_the_local_share_and_reconciles_once(
         # (50 - 10) // 2 = 20
         res = [await a.limits.reserve("quota", 1, 50, 86400, 1) for _ in range(30)]
         assert sum(1 for r in res if r is not None) == 20
+        assert a.client.failures == failures
+        clock.advance(1.0)
         with pytest.raises(ClusterUnavailable):
             await a.limits.reconcile()  # still down: nothing confirmed, nothing lost
+        assert a.client.failures == failures + 1  # it tried again after a second
         assert len(a.limits.ledger) == 2
 
         # This test's Redis keeps nothing across a restart (no persistence): what it holds
         # afterwards is exactly what the node counted while it was away, added once.
         redis_server.start()
+        clock.advance(1.0)
         assert await a.limits.reconcile() == 2
         assert await a.limits.reconcile() == 0  # not doubled
         assert (await b.limits.take("warm", 0, 100, 86400)).count == 40
