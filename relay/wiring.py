@@ -339,7 +339,7 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         from relay.cluster.node import ClusterNode
 
         cluster = ClusterNode(
-            cfg.cluster, clock, state_dir=state_dir,
+            cfg.cluster, clock, state_dir=state_dir, store=store,
             queue_depth=lambda: sum(store.count_by_state().get(s, 0) for s in PENDING_STATES))
     tenants = TenantStore(store, clock, recheck=RECHECK_SECONDS,
                           shared_status=cluster.shared_status if cluster else None)
@@ -365,7 +365,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         return None if rec is None else f"sending paused ({rec.reason or rec.status})"
 
     # Suppression, feedback (bounces/complaints), the mailbox simulator.
-    suppressor = Suppressor(store, config, scope_of=suppression_scope)
+    suppressor = Suppressor(store, config, scope_of=suppression_scope,
+                            on_added=cluster.suppression.added if cluster else None)
     feedback = FeedbackProcessor(
         store, verp, events, clock, config, state_dir,
         on_reputation=reputation.reputation_bounce, on_complaint=reputation.complaint,

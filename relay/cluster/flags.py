@@ -29,7 +29,8 @@ log = logging.getLogger("relay.cluster")
 VIEW_KINDS = ("tenant", "configset", "ip")
 SUPPRESSION = "suppression"
 CACHE_SIZE = 50_000
-Listener = Callable[[str, str, str | None], None]  # (kind, name, value or None)
+# (kind, name, value or None, node that made the change: "" when not known)
+Listener = Callable[[str, str, str | None, str], None]
 
 
 async def _hgetall(r: Any, key: str) -> dict[bytes, bytes]:
@@ -57,6 +58,7 @@ class SharedFlags:
         self.view: dict[str, dict[str, str]] = {k: {} for k in VIEW_KINDS}
         self._cache: OrderedDict[str, str | None] = OrderedDict()
         self._listeners: list[Listener] = []
+        self._reload_listeners: list[Callable[[], None]] = []
         self.ready = asyncio.Event()  # set once the first view is loaded
         self._task: asyncio.Task[None] | None = None
 
@@ -65,6 +67,10 @@ class SharedFlags:
 
     def on_change(self, listener: Listener) -> None:
         self._listeners.append(listener)
+
+    def on_reload(self, listener: Callable[[], None]) -> None:
+        """`listener()` each time the view was reloaded whole (the subscription began)."""
+        self._reload_listeners.append(listener)
 
     def get(self, kind: str, name: str) -> str | None:
         """The flag of `name` in this node's view (no Redis call)."""
@@ -88,7 +94,7 @@ class SharedFlags:
         keys = [self._hash(kind)]
         args = [name, value or "", self.channel, message]
         await self.client.call(lambda r: self.scripts.flag_set(keys=keys, args=args))
-        self._apply(kind, name, value)
+        self._apply(kind, name, value, self.client.node_id)
 
     async def suppressed(self, address: str) -> str | None:
         """The suppression entry of `address` (None: not suppressed): from the cache,
@@ -108,7 +114,7 @@ class SharedFlags:
         while len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
 
-    def _apply(self, kind: str, name: str, value: str | None) -> None:
+    def _apply(self, kind: str, name: str, value: str | None, node: str) -> None:
         if kind == SUPPRESSION:
             self._cache.pop(name.lower(), None)
         elif kind in self.view:
@@ -117,7 +123,7 @@ class SharedFlags:
             else:
                 self.view[kind][name] = value
         for listener in self._listeners:
-            listener(kind, name, value)
+            listener(kind, name, value, node)
 
     async def _load(self) -> None:
         for kind in VIEW_KINDS:
@@ -125,6 +131,8 @@ class SharedFlags:
             raw = await self.client.call(functools.partial(_hgetall, key=key))
             self.view[kind] = {k.decode(): v.decode() for k, v in raw.items()}
         self._cache.clear()
+        for listener in self._reload_listeners:
+            listener()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._subscribe_loop(), name="cluster-flags")
@@ -161,9 +169,10 @@ class SharedFlags:
         try:
             change = json.loads(data)
             kind, name, value = change["kind"], change["name"], change["value"]
+            node = change.get("node", "")
         except (ValueError, KeyError, TypeError):
             log.warning("cluster: ignored a malformed change message")
             return
-        if isinstance(kind, str) and isinstance(name, str) and (
+        if isinstance(kind, str) and isinstance(name, str) and isinstance(node, str) and (
                 value is None or isinstance(value, str)):
-            self._apply(kind, name, value)
+            self._apply(kind, name, value, node)

@@ -17,7 +17,9 @@ from relay.cluster.flags import SharedFlags
 from relay.cluster.limits import SharedLimits
 from relay.cluster.nodes import Heartbeat
 from relay.cluster.quota import SharedQuota
+from relay.cluster.suppression import SuppressionReplica
 from relay.config.cluster import Cluster
+from relay.queue.store import QueueStore
 from relay.tenants.model import StatusRecord
 
 
@@ -38,7 +40,9 @@ async def publish_status_once(cfg: Cluster, scope: str, record: StatusRecord | N
 
 class ClusterNode:
     def __init__(self, cfg: Cluster, clock: Clock, *, state_dir: Path,
-                 queue_depth: Callable[[], int]) -> None:
+                 queue_depth: Callable[[], int], store: QueueStore | None = None) -> None:
+        """`store`: the node's spool, whose suppression lists follow the cluster's (None:
+        no copy kept, e.g. a test of the other parts)."""
         self.client = ClusterClient(cfg, clock)
         self.heartbeat = Heartbeat(self.client, clock, queue_depth=queue_depth,
                                    digests=lambda: file_digests(state_dir))
@@ -47,6 +51,8 @@ class ClusterNode:
         self.flags = SharedFlags(self.client, clock)
         self.collector = ClusterCollector(self.client)
         self.quota = SharedQuota(self.limits)
+        self.suppression = (SuppressionReplica(self.flags, store) if store is not None
+                            else None)
 
     def shared_status(self, scope: str) -> StatusRecord | None:
         """The status an operator set for `scope` on any node (pause), from the flag
@@ -82,6 +88,8 @@ class ClusterNode:
 
     async def stop(self) -> None:
         await self.quota.drain()
+        if self.suppression is not None:
+            await self.suppression.drain()
         await self.flags.stop()
         await self.heartbeat.stop()
         await self.client.close()

@@ -142,7 +142,7 @@ async def test_a_pause_on_one_node_reaches_the_other_within_a_second(
         b.flags.start()
         await asyncio.wait_for(asyncio.gather(a.flags.ready.wait(), b.flags.ready.wait()), 5)
         seen = asyncio.Event()
-        b.flags.on_change(lambda kind, name, value: seen.set()
+        b.flags.on_change(lambda kind, name, value, node: seen.set()
                           if (kind, name, value) == ("tenant", "acme", "paused") else None)
         await a.flags.set("tenant", "acme", "paused")
         await asyncio.wait_for(seen.wait(), 1.0)
@@ -150,7 +150,8 @@ async def test_a_pause_on_one_node_reaches_the_other_within_a_second(
         # the suppression list: b caches "not suppressed", a's add invalidates it
         assert await b.flags.suppressed("User@Example.com") is None
         gone = asyncio.Event()
-        b.flags.on_change(lambda kind, name, value: gone.set() if kind == "suppression" else None)
+        b.flags.on_change(
+            lambda kind, name, value, node: gone.set() if kind == "suppression" else None)
         await a.flags.set("suppression", "user@example.com", "BOUNCE")
         await asyncio.wait_for(gone.wait(), 1.0)
         assert await b.flags.suppressed("user@example.com") == "BOUNCE"
@@ -277,14 +278,14 @@ async def test_the_newer_of_a_nodes_own_status_and_the_cluster_s_decides(
     try:
         await asyncio.wait_for(asyncio.gather(*(n.flags.ready.wait() for n in nodes)), 5)
         seen = asyncio.Event()
-        nodes[0].flags.on_change(lambda kind, name, value: seen.set())
+        nodes[0].flags.on_change(lambda kind, name, value, node: seen.set())
         rec = await stores[1].write(stores[1].pause_op("tenant:acme", who="test"))
         assert await nodes[1].publish_status("tenant:acme", rec)
         await asyncio.wait_for(seen.wait(), 1.0)
         assert stores[0].paused("acme") is not None
         assert stores[0].paused("other") is None
         seen_b = asyncio.Event()
-        nodes[1].flags.on_change(lambda kind, name, value: seen_b.set())
+        nodes[1].flags.on_change(lambda kind, name, value, node: seen_b.set())
         resumed = await stores[0].write(stores[0].resume_op("tenant:acme", who="test"))
         assert await nodes[0].publish_status("tenant:acme", resumed)
         assert stores[0].paused("acme") is None
@@ -293,4 +294,72 @@ async def test_the_newer_of_a_nodes_own_status_and_the_cluster_s_decides(
         assert stores[1].status("tenant:acme").paused  # its own record: older
     finally:
         for node in nodes:
+            await node.stop()
+
+
+async def test_a_hard_bounce_learned_on_one_node_suppresses_on_the_other(
+        redis_server: RedisServer, make_store: Any, tmp_path: Path) -> None:
+    """Node A's scheduler settles a hard bounce; node B's own copy of the list (what its
+    scheduler reads before an attempt) has the address within a second; a removal on B
+    reaches A; a node that subscribes later copies what it lacks."""
+    from relay.cluster.node import ClusterNode
+    from relay.config import from_dict
+    from relay.queue.ops import NewMessage, Settled
+    from relay.queue.records import RecipientRecord, State
+    from relay.suppression.guard import Suppressor
+    from relay.suppression.store import SuppressionList
+
+    clock = SystemClock()
+    cfg = from_dict({"server": {"hostname": "relay.test", "state_dir": str(tmp_path)}})
+    nodes, stores = [], []
+    for name in ("node-a", "node-b"):
+        store = await make_store(clock, name=name)
+        node = ClusterNode(_cfg(redis_server, name), clock, state_dir=redis_server.dir,
+                           queue_depth=lambda: 0, store=store)
+        node.flags.start()
+        nodes.append(node)
+        stores.append(store)
+    late: list[ClusterNode] = []
+    try:
+        await asyncio.wait_for(asyncio.gather(*(n.flags.ready.wait() for n in nodes)), 5)
+        assert nodes[0].suppression is not None and nodes[1].suppression is not None
+        guard = Suppressor(stores[0], lambda: cfg, on_added=nodes[0].suppression.added)
+        msg = NewMessage(sender="app@example.com", recipients=["gone@example.net"],
+                         body=b"Subject: hi\r\n\r\nx\r\n")
+        record = await stores[0].submit_record(msg)
+        bounced = RecipientRecord("gone@example.net", "example.net", State.BOUNCED,
+                                  last_response="550 5.1.1 no such user")
+        arrived = asyncio.Event()
+        nodes[1].flags.on_change(lambda kind, name, value, node: arrived.set()
+                                 if node == "node-a" else None)
+        await guard.after_settle([Settled(record, 0, bounced)], clock.now())
+        await asyncio.wait_for(arrived.wait(), 1.0)
+        await nodes[1].suppression.drain()  # its write to node B's spool
+        entry = SuppressionList(stores[1]).get("gone@example.net")
+        assert entry is not None and entry.reason == "BOUNCE"
+        assert "5.1.1" in entry.diagnostic
+
+        # a third node, subscribing later, copies the list from Redis
+        store_c = await make_store(clock, name="node-c")
+        late.append(ClusterNode(_cfg(redis_server, "node-c"), clock,
+                                state_dir=redis_server.dir, queue_depth=lambda: 0,
+                                store=store_c))
+        late[0].flags.start()
+        await asyncio.wait_for(late[0].flags.ready.wait(), 5)
+        assert late[0].suppression is not None
+        await late[0].suppression.drain()
+        assert SuppressionList(store_c).get("gone@example.net") is not None
+
+        # an operator's removal on node B reaches node A
+        removed = asyncio.Event()
+        nodes[0].flags.on_change(lambda kind, name, value, node: removed.set()
+                                 if node == "node-b" and value is None else None)
+        assert await stores[1].write(SuppressionList(stores[1]).remove_op(
+            ["gone@example.net"])) == 1
+        nodes[1].suppression.removed("", ["gone@example.net"])
+        await asyncio.wait_for(removed.wait(), 1.0)
+        await nodes[0].suppression.drain()
+        assert SuppressionList(stores[0]).get("gone@example.net") is None
+    finally:
+        for node in nodes + late:
             await node.stop()
