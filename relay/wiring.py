@@ -372,7 +372,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         on_reputation=reputation.reputation_bounce, on_complaint=reputation.complaint,
         on_unparsed_kept=metrics.observe_unparsed_kept,
         on_unparsed_dropped=metrics.observe_unparsed_dropped,
-        suppression_scope=suppression_scope)
+        suppression_scope=suppression_scope,
+        on_suppressed=cluster.suppression.added if cluster else None)
     local: LocalDeliveryLike = over.simulator if over.simulator is not None else Simulator(
         clock=clock, store=store, feedback=feedback, verp=verp, return_domain=return_domain,
         # never remember_attempt: no reputation

@@ -161,3 +161,61 @@ def test_a_tenant_pause_on_one_node_stops_acceptance_on_the_other(
     finally:
         for p in procs:
             p.stop()
+
+
+def test_a_daily_quota_holds_across_two_nodes_of_the_ses_api(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """[tenants] max_24h_send = 50 on two nodes sharing one Redis: SendEmail requests
+    alternating between them get exactly 50 accepted (each node alone would take 50),
+    then SES's refusal (Daily message quota exceeded, LimitExceededException) from either
+    node. (50, not 100: the test stays within its time budget; the in-process test of
+    the gate runs 100.)"""
+    boto3 = pytest.importorskip("boto3")
+    from botocore.config import Config as BotoConfig
+
+    api_ports = {}
+    configs = []
+    for name in ("node-a", "node-b"):
+        api_ports[name] = free_port()
+        listener = listener_config("none", "none", trusted_networks=["127.0.0.0/8"])
+        data: dict[str, Any] = relay_config(tmp_path / name / "state", "127.0.0.1:1",
+                                            free_port(), [listener])
+        data["cluster"] = {"redis_url": redis_server.url, "node_id": name}
+        data["tenants"] = {"max_24h_send": 50}
+        data["api"] = {"enabled": True, "address": f"127.0.0.1:{api_ports[name]}"}
+        configs.append(write_config(tmp_path / name / "relay.toml", data))
+    a, b = configs
+    assert run_cli("user", "add", "app", "--password-stdin", config=a,
+                   input="pw-123456789\n").returncode == 0
+    made = run_cli("user", "keys", "create", "app", "--json", config=a)
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    # the deployment distributes the credential files to node-b
+    (tmp_path / "node-b" / "state").mkdir(parents=True)
+    for name in ("users.json", "api_keys.json", "api_keys.key"):
+        shutil.copy2(tmp_path / "node-a" / "state" / name, tmp_path / "node-b" / "state" / name)
+    procs = [RelayProcess(c, log_dir=tmp_path / c.parent.name / "logs").start() for c in configs]
+    try:
+        clients = [boto3.client(
+            "sesv2", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id=key["AccessKeyId"],
+            aws_secret_access_key=key["SecretAccessKey"],
+            config=BotoConfig(retries={"total_max_attempts": 1}, connect_timeout=5,
+                              read_timeout=15)) for port in api_ports.values()]
+        accepted, refused = 0, []
+        for i in range(56):
+            ses = clients[i % 2]
+            try:
+                ses.send_email(FromEmailAddress="app@example.com",
+                               Destination={"ToAddresses": [f"user{i}@ok.test"]},
+                               Content={"Simple": {"Subject": {"Data": f"quota {i}"},
+                                                   "Body": {"Text": {"Data": "x"}}}})
+                accepted += 1
+            except ses.exceptions.LimitExceededException as e:
+                refused.append((i, str(e)))
+        assert accepted == 50
+        assert [i for i, _ in refused] == list(range(50, 56))
+        assert all("Daily message quota exceeded" in text for _, text in refused)
+    finally:
+        for p in procs:
+            p.stop()
