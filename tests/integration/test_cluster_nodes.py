@@ -184,7 +184,7 @@ def test_a_daily_quota_holds_across_two_nodes_of_the_ses_api(
         data["tenants"] = {"max_24h_send": 50}
         data["api"] = {"enabled": True, "address": f"127.0.0.1:{api_ports[name]}"}
         configs.append(write_config(tmp_path / name / "relay.toml", data))
-    a, b = configs
+    a = configs[0]
     assert run_cli("user", "add", "app", "--password-stdin", config=a,
                    input="pw-123456789\n").returncode == 0
     made = run_cli("user", "keys", "create", "app", "--json", config=a)
