@@ -20,8 +20,10 @@ from typing import Any
 
 import msgspec
 
-from relay.cluster.client import ClusterUnavailable
+from relay.clock import Clock
+from relay.cluster.client import ClusterClient, ClusterUnavailable
 from relay.cluster.flags import SUPPRESSION, SharedFlags
+from relay.config.cluster import Cluster
 from relay.queue.store import QueueStore
 from relay.suppression.store import Entry, SuppressionList
 
@@ -36,6 +38,37 @@ async def _hscan(r: Any, key: str, cursor: int) -> tuple[int, dict[bytes, bytes]
 
 def _field(tenant: str, address: str) -> str:
     return f"{tenant}\0{address.lower()}"
+
+
+async def publish_once(cfg: Cluster, clock: Clock, tenant: str, entries: list[Entry],
+                       removed: list[str]) -> bool:
+    """Share an operator's suppression changes (the CLI) through a short-lived connection,
+    pipelined by RESYNC_BATCH; False when Redis is unreachable."""
+    client = ClusterClient(cfg, clock)
+    flags = SharedFlags(client, clock)
+    key = client.key("flags", SUPPRESSION)
+    changes = ([(_field(tenant, e.address), json.dumps(msgspec.to_builtins(e)))
+                for e in entries] + [(_field(tenant, a), "") for a in removed])
+    try:
+        for start in range(0, len(changes), RESYNC_BATCH):
+            chunk = changes[start:start + RESYNC_BATCH]
+
+            async def send(r: Any, chunk: list[tuple[str, str]] = chunk) -> None:
+                async with r.pipeline(transaction=False) as p:
+                    for name, value in chunk:
+                        message = json.dumps({"kind": SUPPRESSION, "name": name,
+                                              "value": value or None,
+                                              "node": f"cli@{client.node_id}"})
+                        await flags.scripts.flag_set(
+                            keys=[key], args=[name, value, flags.channel, message], client=p)
+                    await p.execute()
+
+            await client.call(send)
+    except ClusterUnavailable:
+        return False
+    finally:
+        await client.close()
+    return True
 
 
 class SuppressionReplica:

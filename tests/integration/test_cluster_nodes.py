@@ -219,3 +219,35 @@ def test_a_daily_quota_holds_across_two_nodes_of_the_ses_api(
     finally:
         for p in procs:
             p.stop()
+
+
+def test_an_operator_suppression_on_one_node_reaches_the_others_copy(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """`relay suppression add` against node B: node A's own copy of the list (what its
+    scheduler reads) has the address soon after; `relay suppression remove` against node
+    A takes it off node B's."""
+    a = _node(tmp_path, "node-a", redis_server.url)
+    b = _node(tmp_path, "node-b", redis_server.url)
+    procs = [RelayProcess(c, log_dir=tmp_path / c.parent.name / "logs").start() for c in (a, b)]
+
+    def listed(config: Path) -> list[str]:
+        done = run_cli("suppression", "list", "--json", config=config)
+        assert done.returncode == 0, done.stderr
+        return [json.loads(line)["address"] for line in done.stdout.splitlines() if line]
+
+    try:
+        added = run_cli("suppression", "add", "Gone@Example.net", config=b)
+        assert added.returncode == 0, added.stderr
+        deadline = time.monotonic() + 5
+        while listed(a) != ["gone@example.net"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listed(a) == ["gone@example.net"]
+        removed = run_cli("suppression", "remove", "gone@example.net", config=a)
+        assert removed.returncode == 0, removed.stderr
+        deadline = time.monotonic() + 5
+        while listed(b) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert listed(b) == []
+    finally:
+        for p in procs:
+            p.stop()
