@@ -40,19 +40,26 @@ async def publish_status_once(cfg: Cluster, scope: str, record: StatusRecord | N
 
 class ClusterNode:
     def __init__(self, cfg: Cluster, clock: Clock, *, state_dir: Path,
-                 queue_depth: Callable[[], int], store: QueueStore | None = None) -> None:
+                 queue_depth: Callable[[], int], store: QueueStore | None = None,
+                 workers: int = 1, first: bool = True) -> None:
         """`store`: the node's spool, whose suppression lists follow the cluster's (None:
-        no copy kept, e.g. a test of the other parts)."""
+        no copy kept, e.g. a test of the other parts). `workers`: the processes of this
+        node (server.workers), each with its own connection and local share; `first`:
+        this is the node's first (or only) worker."""
         self.client = ClusterClient(cfg, clock)
         self.heartbeat = Heartbeat(self.client, clock, queue_depth=queue_depth,
                                    digests=lambda: file_digests(state_dir))
-        self.limits = SharedLimits(self.client, clock, lambda: self.heartbeat.live_count)
+        # While Redis is away each process of each live node takes its share.
+        self.limits = SharedLimits(self.client, clock,
+                                   lambda: self.heartbeat.live_count * max(1, workers))
         self.heartbeat.limits = self.limits
         self.flags = SharedFlags(self.client, clock)
         self.collector = ClusterCollector(self.client)
         self.quota = SharedQuota(self.limits)
-        self.suppression = (SuppressionReplica(self.flags, store) if store is not None
-                            else None)
+        # The workers of a node share one spool: the first alone copies other nodes'
+        # suppression changes into it; every worker shares its own.
+        self.suppression = (SuppressionReplica(self.flags, store, copy=workers <= 1 or first)
+                            if store is not None else None)
 
     def shared_status(self, scope: str) -> StatusRecord | None:
         """The status an operator set for `scope` on any node (pause), from the flag
@@ -77,13 +84,12 @@ class ClusterNode:
         return True
 
     async def start(self, heartbeat: bool = True) -> None:
-        """Start the flag subscription and (`heartbeat`: worker 0 of a node) the
-        heartbeat. Redis need not be up: the node runs on its local shares until it
-        answers."""
-        if heartbeat:
-            with contextlib.suppress(ClusterUnavailable):
-                await self.heartbeat.once()
-            self.heartbeat.start()
+        """Start the flag subscription and the heartbeat (`heartbeat` False: a worker
+        other than a node's first only reads the live node list). Redis need not be up:
+        the node runs on its local shares until it answers."""
+        with contextlib.suppress(ClusterUnavailable):
+            await self.heartbeat.once(write=heartbeat)
+        self.heartbeat.start(write=heartbeat)
         self.flags.start()
 
     async def stop(self) -> None:

@@ -35,6 +35,7 @@ class Heartbeat:
         self.live_count = 1  # the live nodes last seen (this one, until Redis says)
         self.limits: SharedLimits | None = None  # reconciled on each beat when set
         self._task: asyncio.Task[None] | None = None
+        self._writes = True
 
     def _node_key(self, node: str) -> str:
         return self.client.key("node", node)
@@ -97,21 +98,28 @@ class Heartbeat:
         self.live_count = max(1, len(out))
         return out
 
-    async def once(self) -> None:
-        """One round: heartbeat, live list, and the counts owed since Redis was away."""
-        await self.beat()
+    async def once(self, write: bool = True) -> None:
+        """One round: heartbeat (`write`), live list, and the counts owed since Redis was
+        away."""
+        if write:
+            await self.beat()
         await self.live()
         if self.limits is not None and len(self.limits.ledger):
             await self.limits.reconcile()
 
-    def start(self) -> None:
-        self._task = asyncio.create_task(self._loop(), name="cluster-heartbeat")
+    def start(self, write: bool = True) -> None:
+        """Beat every `heartbeat`; `write` False (a worker other than a node's first):
+        only read the live node list and reconcile."""
+        self._writes = write
+        self._task = asyncio.create_task(self._loop(write), name="cluster-heartbeat")
 
     async def stop(self) -> None:
         if self._task is None:
-            return  # never started (another worker of this node writes the heartbeat)
+            return
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
+        if not self._writes:
+            return  # another worker of this node writes (and removes) the heartbeat
         try:  # leave the live list now rather than after node_ttl
             await self.client.call(lambda r: r.zrem(self.client.key("nodes"),
                                                     self.client.node_id))
@@ -119,10 +127,10 @@ class Heartbeat:
         except ClusterUnavailable:
             pass
 
-    async def _loop(self) -> None:
+    async def _loop(self, write: bool) -> None:
         while True:
             try:
-                await self.once()
+                await self.once(write)
             except ClusterUnavailable:
                 pass  # logged by the client once per outage; the local shares hold
             except Exception:

@@ -72,13 +72,16 @@ async def publish_once(cfg: Cluster, clock: Clock, tenant: str, entries: list[En
 
 
 class SuppressionReplica:
-    def __init__(self, flags: SharedFlags, store: QueueStore) -> None:
+    def __init__(self, flags: SharedFlags, store: QueueStore, copy: bool = True) -> None:
+        """`copy` False: share this process's changes, but leave copying the others'
+        into the spool to another process of the node (its first worker)."""
         self.flags = flags
         self.store = store
         self._tasks: set[asyncio.Task[Any]] = set()
         self.applied = 0  # changes from other nodes written to this node's copy
-        flags.on_change(self._changed)
-        flags.on_reload(self._reloaded)
+        if copy:
+            flags.on_change(self._changed)
+            flags.on_reload(self._reloaded)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)

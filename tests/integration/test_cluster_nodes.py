@@ -251,3 +251,24 @@ def test_an_operator_suppression_on_one_node_reaches_the_others_copy(
     finally:
         for p in procs:
             p.stop()
+
+
+def test_a_node_of_two_workers_is_one_node_in_the_cluster(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """server.workers = 2: one heartbeat (the first worker's), both workers up; stopping
+    the node takes it off the live list."""
+    config = _node(tmp_path, "node-w", redis_server.url)
+    text = config.read_text().replace("[server]\n", "[server]\nworkers = 2\n", 1)
+    config.write_text(text)
+    proc = RelayProcess(config, log_dir=tmp_path / "logs").start()
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            _code, data = _status(config)
+            if data.get("nodes") or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert [n["node_id"] for n in data["nodes"]] == ["node-w"]
+    finally:
+        proc.stop()
+    assert _status(config)[1]["nodes"] == []
