@@ -93,6 +93,9 @@ class RelayApp:
         self.feedback_listeners: list[FeedbackServer] = []
         self.history_recorder: HistoryRecorder | None = None
         self.history_pruner: HistoryPruner | None = None
+        # [cluster] redis_url set: this node's relay.cluster.node.ClusterNode (worker 0's
+        # under server.workers = N). None: a single node, and redis is never imported.
+        self.cluster: Any = None
 
     @property
     def cfg(self) -> Config:
@@ -186,10 +189,19 @@ class RelayApp:
             await server.start()
             self.own_addresses.update(_bound(server.sockets))
             self.listeners.append(server)
+        self.cluster = parts.cluster
+        if self.cluster is not None:
+            await self._start_cluster()
         if cfg.admin.enabled and not self._secondary:
             await self._start_admin()
         if cfg.api.enabled and not self._secondary:
             await self._start_api()
+
+    async def _start_cluster(self) -> None:
+        # Built by wiring (its quotas and pause view are the gate's and the tenant
+        # store's); worker 0 alone writes the heartbeat.
+        self.metrics.add_collector(self.cluster.collector)
+        await self.cluster.start(heartbeat=not self._secondary)
 
     def _key_login(self, login: str, password: bytes) -> str | None:
         """SMTP AUTH with an access key id and its SES SMTP password for [api] region:
@@ -263,7 +275,7 @@ class RelayApp:
             metrics=self.metrics, clock=self.clock, wake_scheduler=self.scheduler.wake,
             identities=self.identities, dkim_keys=self.dkim_keys, warmup_gate=gate,
             listeners=self.listener_status, verp=self.verp, tenants=self.tenants,
-            message_history=self.parts.history, stats=self.parts.stats,
+            message_history=self.parts.history, stats=self.parts.stats, cluster=self.cluster,
             tracked_links=self.parts.tracked_links, engagement=self.parts.engagement,
             draining=self.drain, **self._sent_last_24_hours())
         self.metrics.add_collector(StateCollector(
@@ -292,7 +304,7 @@ class RelayApp:
             dkim_selectors=self._dkim_selectors, dkim_keygen=self._dkim_keygen,
             sender_check=parts.sender_policy, on_reject=parts.submitter.reject,
             mail_from_status=parts.outbound.mail_from_status,
-            on_rendering_failure=parts.submitter.rendering_failure)
+            on_rendering_failure=parts.submitter.rendering_failure, cluster=self.cluster)
         api = cfg.api
         tls = server_context(Path(api.tls_cert), Path(api.tls_key)) if api.tls_cert else None
         self.api = ApiServer(ctx, parts.api_keys, address=api.address,
@@ -400,6 +412,8 @@ class RelayApp:
             await self.clock.sleep(self.cfg.dkim.check_interval)
 
     async def stop(self) -> None:
+        if self.cluster is not None:
+            await self.cluster.stop()
         self._dkim_task.cancel()
         self._prune_task.cancel()
         if self.history_pruner is not None:

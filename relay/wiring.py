@@ -53,6 +53,7 @@ from relay.identity.authorize import SenderPolicy
 from relay.identity.gate import MailFromGate
 from relay.identity.outbound import Outbound
 from relay.identity.store import IdentityStore
+from relay.queue.records import PENDING_STATES
 from relay.queue.store import QueueStore
 from relay.sesapi.keys import ApiKeyStore
 from relay.simulator import Simulator
@@ -188,6 +189,10 @@ class Components:
     # opened or clicked lately (the warm-up's engaged lane).
     tracked_links: TrackedLinks | None = None
     engagement: Engagement | None = None
+    # [cluster] redis_url set: this process as a node (relay.cluster.node.ClusterNode:
+    # shared quotas and pauses; worker 0 also writes the heartbeat). None: one node, and
+    # redis is never imported.
+    cluster: Any = None
 
     @property
     def secondary(self) -> bool:
@@ -347,7 +352,17 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
     # The account model (relay/tenants/): tenants and their status, looked at on every
     # message (an edit by `relay tenant` in another process shows within RECHECK_SECONDS);
     # the quota counters and reputation counts as the spool holds them.
-    tenants = TenantStore(store, clock, recheck=RECHECK_SECONDS)
+    cluster: Any = None
+    if cfg.cluster.enabled:
+        # Imported here, only with [cluster] set: a single node never loads redis.
+        from relay.cluster.node import ClusterNode
+
+        cluster = ClusterNode(
+            cfg.cluster, clock, state_dir=state_dir, store=store,
+            workers=worker[1] if worker is not None else 1, first=not secondary,
+            queue_depth=lambda: sum(store.count_by_state().get(s, 0) for s in PENDING_STATES))
+    tenants = TenantStore(store, clock, recheck=RECHECK_SECONDS,
+                          shared_status=cluster.shared_status if cluster else None)
     quotas = QuotaBook()
     quotastore.load(store, quotas, clock.now())
     reputation_book = ReputationBook(Lines.of(cfg.reputation))
@@ -370,13 +385,15 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         return None if rec is None else f"sending paused ({rec.reason or rec.status})"
 
     # Suppression, feedback (bounces/complaints), the mailbox simulator.
-    suppressor = Suppressor(store, config, scope_of=suppression_scope)
+    suppressor = Suppressor(store, config, scope_of=suppression_scope,
+                            on_added=cluster.suppression.added if cluster else None)
     feedback = FeedbackProcessor(
         store, verp, events, clock, config, state_dir,
         on_reputation=reputation.reputation_bounce, on_complaint=reputation.complaint,
         on_unparsed_kept=metrics.observe_unparsed_kept,
         on_unparsed_dropped=metrics.observe_unparsed_dropped,
-        suppression_scope=suppression_scope)
+        suppression_scope=suppression_scope,
+        on_suppressed=cluster.suppression.added if cluster else None)
     local: LocalDeliveryLike = over.simulator if over.simulator is not None else Simulator(
         clock=clock, store=store, feedback=feedback, verp=verp, return_domain=return_domain,
         # never remember_attempt: no reputation
@@ -412,7 +429,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         tenants, quotas, store, credential=users.get, defaults=lambda: live.current.tenants,
         verified=verified, is_simulator=is_simulator, now=clock.now,
         on_refusal=[metrics.observe_tenant_refusal],
-        on_accepted=[metrics.observe_tenant_accepted], worker=worker)
+        on_accepted=[metrics.observe_tenant_accepted], worker=worker,
+        shared=cluster.quota if cluster else None)
 
     def resources(msg: Any) -> list[tuple[str, str, str]]:
         """(kind, name, owner) of the identity, configuration set and pool `msg` uses."""
@@ -458,5 +476,5 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
         auth_policy=auth_policy, sender_policy=sender_policy, tenants=tenants,
         quotas=quotas, reputation_book=reputation_book, monitor=monitor,
         account=account, history=history, stats=stats, recorder=recorder, pruner=pruner,
-        tracked_links=tracked_links, engagement=engagement)
+        tracked_links=tracked_links, engagement=engagement, cluster=cluster)
 

@@ -306,6 +306,17 @@ def document() -> dict[str, Any]:
             params=_query(StatsQuery, components))},
         "/api/status": {"get": _op("Summary of the running instance (relay status)",
                                    _resp("Status", _OBJ), errors=(401,))},
+        "/api/cluster": {"get": _op(
+            "The cluster as Redis sees it (relay cluster status): live nodes (heartbeat), "
+            "their queue depth, Redis latency, connection leases per node, nodes whose "
+            "distributed files differ; {\"configured\": false} without [cluster]",
+            _resp("Cluster", {"type": "object", "properties": {
+                "configured": {"type": "boolean"}, "redis_up": {"type": "boolean"},
+                "node_id": text, "redis_latency_ms": {"type": "number"},
+                "nodes": {"type": "array", "items": _OBJ},
+                "leases": {"type": "array", "items": _OBJ},
+                "differing": _OBJ, "message": text, "error": text}}),
+            errors=(401,))},
         "/api/dashboard": {"get": _op(
             "Everything the dashboard draws: queue-depth history, per-provider rates, "
             "warm-up, oldest deferred messages", _resp("Dashboard data", _OBJ),

@@ -20,7 +20,8 @@ from relay.statedir import StateError
 
 # Modules adding sub-commands; each has register(subparsers).
 _COMMAND_MODULES = ("serve", "check_config", "user", "queue", "identity", "dkim", "warmup",
-                    "admin", "status", "suppression", "tenant", "message", "stats", "node")
+                    "admin", "status", "suppression", "tenant", "message", "stats", "node",
+                    "cluster")
 
 
 def default_config_path() -> Path:

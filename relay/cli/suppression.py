@@ -11,6 +11,7 @@ to stderr when it is a terminal, or always with --progress.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import csv
 import datetime as dt
 import json
@@ -97,6 +98,20 @@ def _wants_progress(args: argparse.Namespace) -> bool:
     return wants_progress(bool(getattr(args, "progress", False)))
 
 
+def _to_cluster(args: argparse.Namespace, tenant: str, entries: list[Entry],
+                removed: list[str]) -> None:
+    """[cluster] set: the change reaches every node's copy of the list, through Redis."""
+    cfg = load_config(args)
+    if not cfg.cluster.enabled or not (entries or removed):
+        return
+    # Imported here, only with [cluster] set: without it the CLI never loads redis.
+    from relay.cluster.suppression import publish_once
+
+    if not asyncio.run(publish_once(cfg.cluster, SystemClock(), tenant, entries, removed)):
+        raise CliError("changed on this node only: redis unreachable, the other nodes do "
+                       "not see it (run the command again when redis answers)")
+
+
 def cmd_add(args: argparse.Namespace) -> int:
     reason = _reason(args.reason) or "BOUNCE"
     bad = [a for a in args.addresses if not valid_address(normalize(a))]
@@ -106,10 +121,12 @@ def cmd_add(args: argparse.Namespace) -> int:
     try:
         now = SystemClock().now()
         lst = _list(store, args)
-        added = store.write_now(lst.add_op(
-            [Entry(normalize(a), reason, now, "", "added by operator") for a in args.addresses]))
+        entries = [Entry(normalize(a), reason, now, "", "added by operator")
+                   for a in args.addresses]
+        added = store.write_now(lst.add_op(entries))
     finally:
         store.close_sync()
+    _to_cluster(args, lst.tenant, entries, [])
     print(f"added {added} address(es) ({len(args.addresses) - added} already listed, "
           f"reason now {reason})")
     return 0
@@ -119,10 +136,11 @@ def cmd_remove(args: argparse.Namespace) -> int:
     # No syntax check: any listed entry can be removed, a malformed one included.
     store = _open(load_config(args))
     try:
-        removed = store.write_now(_list(store, args).remove_op(
-            list(dict.fromkeys(args.addresses))))
+        lst = _list(store, args)
+        removed = store.write_now(lst.remove_op(list(dict.fromkeys(args.addresses))))
     finally:
         store.close_sync()
+    _to_cluster(args, lst.tenant, [], [normalize(a) for a in dict.fromkeys(args.addresses)])
     print(f"removed {removed} address(es)")
     return 0 if removed == len(set(args.addresses)) else 1
 
@@ -205,6 +223,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         progress.close()
         store.close_sync()
+    _to_cluster(args, lst.tenant, entries, [])
     for s in skipped[:20]:
         print(f"relay: skipped {s}", file=sys.stderr)
     summary = {"read": len(rows), "imported": len(entries), "new": added,

@@ -10,6 +10,7 @@ or duplicate tenant, a value out of range, credentials still in the tenant), 2 u
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import getpass
 import json
@@ -272,12 +273,29 @@ def _scope(args: argparse.Namespace) -> str:
     return tenant_scope(args.name)
 
 
+def _to_cluster(args: argparse.Namespace, scope: str, rec: StatusRecord) -> None:
+    """[cluster] set: the operator's pause or resume reaches every node, by Redis (on each
+    the newer of it and the node's own status decides)."""
+    cfg = load_config(args)
+    if not cfg.cluster.enabled:
+        return
+    # Imported here, only with [cluster] set: without it the CLI never loads redis.
+    from relay.cluster.node import publish_status_once
+
+    if asyncio.run(publish_status_once(cfg.cluster, scope, rec, SystemClock())):
+        print(f"{scope}: the change reaches every node of the cluster")
+    else:
+        raise CliError(f"{scope}: changed on this node only: redis unreachable, the other "
+                       "nodes do not see it (run the command again when redis answers)")
+
+
 def cmd_pause(args: argparse.Namespace) -> int:
     scope = _scope(args)
     rec: StatusRecord = _run(args, lambda ts: ts.write_now(
         ts.pause_op(scope, who=operator(), reason=args.reason)))
     print(f"{scope} paused ({rec.reason}); queued mail is held until "
           f"`relay tenant resume`")
+    _to_cluster(args, scope, rec)
     return 0
 
 
@@ -287,6 +305,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
         ts.resume_op(scope, who=operator(), reason=args.reason)))
     print(f"{scope} resumed: {rec.status}, reputation window starts now "
           f"({iso(rec.last_fresh_start)})")
+    _to_cluster(args, scope, rec)
     return 0
 
 

@@ -16,6 +16,7 @@ One job per module; this one re-exports their public names (`from relay.config i
   sending.py    identity, dkim, configuration_set, events, event_destination, suppression
   tenants.py    tenants (default quotas, the sandbox) and reputation
   api.py        api: the SES HTTP API (the region clients sign for)
+  cluster.py    cluster: the Redis several nodes share (relay/cluster/)
   history.py    history: the message history and sending statistics (retention, flush)
   root.py       Config: the whole file, one field per section
   describe.py   how problems name types and values
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 from relay.config.api import Api
 from relay.config.checks import config_warnings
+from relay.config.cluster import Cluster
 from relay.config.delivery import (
     DEFAULT_RETRY_SCHEDULE,
     Backoff,
@@ -78,6 +80,7 @@ __all__ = [
     "Admin",
     "Api",
     "Backoff",
+    "Cluster",
     "Config",
     "ConfigError",
     "ConfigurationSet",

@@ -9,6 +9,7 @@ from pathlib import Path
 import msgspec
 
 from relay.config.api import Api
+from relay.config.cluster import Cluster
 from relay.config.delivery import Backoff, Delivery, Pool, Provider, Warmup, WarmupPlan
 from relay.config.history import History
 from relay.config.sending import (
@@ -47,6 +48,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     reputation: Reputation = Reputation()
     configuration_set: list[ConfigurationSet] = []
     event_destination: list[EventDestination] = []
+    cluster: Cluster = Cluster()
 
     def configuration_set_named(self, name: str) -> ConfigurationSet | None:
         for cs in self.configuration_set:

@@ -81,7 +81,11 @@ class FeedbackProcessor:
                  on_complaint: ComplaintHook | None = None,
                  on_unparsed_kept: Callable[[int], None] | None = None,
                  on_unparsed_dropped: Callable[[str, int], None] | None = None,
-                 suppression_scope: Callable[[str], str] = account_scope) -> None:
+                 suppression_scope: Callable[[str], str] = account_scope,
+                 on_suppressed: Callable[[str, list[Entry]], None] | None = None) -> None:
+        # on_suppressed(tenant, entries): told what a complaint or bounce report put on a
+        # list ("" the account's), e.g. to share it with the other nodes of a cluster.
+        self.on_suppressed = on_suppressed
         self.store = store
         self.verp = verp
         self.events = events
@@ -204,6 +208,8 @@ class FeedbackProcessor:
         scope = self.suppression_scope(msg.tenant or DEFAULT_TENANT)
         lst = SuppressionList(self.store, scope) if scope else self.suppression
         added = await self.store.write(lst.add_op([entry], replace=False))
+        if self.on_suppressed is not None:
+            self.on_suppressed(scope, [entry])
         if added:
             log.info("suppression: added %s (%s, message %s%s)", address, reason.value,
                      msg.id, f", tenant {scope}" if scope else "")

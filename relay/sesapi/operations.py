@@ -134,6 +134,9 @@ class ApiContext:
     # A template that cannot render with the message's data (SES's Rendering Failure
     # event): (message, template name, error) -> the id the event gives the message.
     on_rendering_failure: Callable[[NewMessage, str, str], str] | None = None
+    # [cluster]: this node (relay.cluster.node.ClusterNode): suppression changes made
+    # here reach every node's copy. None: one node.
+    cluster: Any = None
 
 
 # ---------------------------------------------------------------------- request fields
@@ -424,7 +427,7 @@ class SesV2:
             reason = ctx.sender_check(caller.user, sender)
             if reason is not None:
                 raise message_rejected(reason)
-        txn = self._begin(caller, recipients)
+        txn = await self._begin(caller, recipients)
         try:
             max_hops = limits.max_hop_count
             section = scan_header_section(body, 0, max_hops, int(limits.max_header_size))
@@ -468,14 +471,15 @@ class SesV2:
                  caller.key_id, queue_id, sender, len(recipients), len(msg.body))
         return queue_id
 
-    def _begin(self, caller: Caller, recipients: Sequence[str]) -> Transaction:
-        """The account gate as for MAIL FROM and each RCPT TO of an SMTP transaction."""
+    async def _begin(self, caller: Caller, recipients: Sequence[str]) -> Transaction:
+        """The account gate as for MAIL FROM and each RCPT TO of an SMTP transaction
+        (with [cluster], the quotas counted in Redis across the nodes)."""
         gate = self.ctx.account
         txn = gate.begin(caller.user)
         if isinstance(txn, Refusal):
             raise for_refusal(*txn)
         for address in recipients:
-            limit = gate.recipient(txn, address)
+            limit = await gate.recipient_shared(txn, address)
             if limit is not None:
                 txn.release()
                 raise for_refusal(*limit)
@@ -738,9 +742,11 @@ class SesV2:
         if not valid_address(address):
             raise bad_request(f"EmailAddress: {raw!r} is not an email address")
         lst = self._suppression(caller, _field(request, "TenantName", str, ""), write=True)
-        await self.ctx.store.write(lst.add_op([Entry(
-            address, reason, self.ctx.clock.now(), "",
-            f"added through the SES API by {caller.key_id}")]))
+        entry = Entry(address, reason, self.ctx.clock.now(), "",
+                      f"added through the SES API by {caller.key_id}")
+        await self.ctx.store.write(lst.add_op([entry]))
+        if self.ctx.cluster is not None:
+            self.ctx.cluster.suppression.added(lst.tenant, [entry])
         return {}
 
     def get_suppressed_destination(self, caller: Caller, raw: str,
@@ -760,6 +766,8 @@ class SesV2:
         removed = await self.ctx.store.write(lst.remove_one_op(raw))
         if removed is None:
             raise not_found(f"Email address {raw} does not exist on your suppression list.")
+        if self.ctx.cluster is not None:
+            self.ctx.cluster.suppression.removed(lst.tenant, [removed])
         return {}
 
     async def list_suppressed_destinations(self, caller: Caller,

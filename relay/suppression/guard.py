@@ -42,8 +42,12 @@ def account_scope(tenant: str) -> str:
 
 class Suppressor:
     def __init__(self, store: QueueStore, config: Callable[[], Config],
-                 scope_of: Callable[[str], str] = account_scope) -> None:
+                 scope_of: Callable[[str], str] = account_scope,
+                 on_added: Callable[[str, list[Entry]], None] | None = None) -> None:
+        """`on_added(tenant, entries)`: told what an automatic add put on a list ("" the
+        account's), e.g. to share it with the other nodes of a cluster."""
         self.store = store
+        self.on_added = on_added
         self.list = SuppressionList(store)
         self.config = config
         self.scope_of = scope_of
@@ -96,6 +100,8 @@ class Suppressor:
                 by_list.setdefault(id(lst), (lst, []))[1].append(e)
         for lst, entries in by_list.values():
             added = await self.store.write(lst.add_op(entries, replace=False))
+            if self.on_added is not None:
+                self.on_added(lst.tenant, entries)
             if added:
                 log.info("suppression: added %d address(es) after hard bounces%s", added,
                          f" (tenant {lst.tenant})" if lst.tenant else "")

@@ -36,6 +36,7 @@ from relay.tenants import quotastore
 from relay.tenants.access import credential_tenants, resolve_tenant
 from relay.tenants.model import DEFAULT_TENANT, Quota, Tenant
 from relay.tenants.quota import (
+    Limits,
     QuotaBook,
     Reservation,
     TenantDefaults,
@@ -45,6 +46,13 @@ from relay.tenants.quota import (
 from relay.tenants.refusals import PAUSED_ACCOUNT, Refusal, paused_configuration_set
 from relay.tenants.sandbox import decide_sandbox_recipient
 from relay.tenants.store import TenantStore
+
+
+class SharedQuotas(Protocol):
+    """The cluster's quotas (relay.cluster.quota.SharedQuota), as the gate uses them."""
+
+    async def reserve(self, tenant: str, credential: str, limits: Limits,
+                      simulator: bool = False) -> Any: ...
 
 
 class CredentialRecord(Protocol):
@@ -92,12 +100,15 @@ class AccountGate:
                  now: Callable[[], float],
                  on_refusal: Sequence[Callable[[str, str], None]] = (),
                  on_accepted: Sequence[Callable[[str, int], None]] = (),
-                 worker: tuple[int, int] | None = None) -> None:
+                 worker: tuple[int, int] | None = None,
+                 shared: SharedQuotas | None = None) -> None:
         """`credential(name)`: the credential's record; `defaults()`: the [tenants]
         settings; `verified(tenant, identity)`: is `identity` (an address or a domain) a
         verified identity `tenant` may use; `is_simulator(address)`; `worker`: (index,
         count) in multi-process mode, whose share of each limit this process enforces
-        (relay/tenants/quota.py, Rule 5)."""
+        (relay/tenants/quota.py, Rule 5); `shared`: the cluster's quotas in Redis
+        ([cluster] set: relay.cluster.quota.SharedQuota), reserved by the async
+        `recipient_shared()` instead of this process's book."""
         self.tenants = tenants
         self.quotas = quotas
         self.store = store
@@ -109,6 +120,7 @@ class AccountGate:
         self.on_refusal = list(on_refusal)
         self.on_accepted = list(on_accepted)
         self.worker = worker
+        self.shared = shared
 
     def _refused(self, tenant: str, reason: str, refusal: Refusal) -> Refusal:
         for observe in self.on_refusal:
@@ -139,6 +151,24 @@ class AccountGate:
                                             or rec.max_send_rate is not None) else None)
         return worker_share(effective_limits(self.defaults(), tenant, override), self.worker)
 
+    def _sandbox(self, txn: Transaction, tenant: Tenant, address: str,
+                 simulator: bool) -> Refusal | None:
+        if tenant.sandbox:
+            refusal = decide_sandbox_recipient(
+                address, lambda identity: self.verified(txn.tenant, identity),
+                lambda a: simulator)
+            if refusal is not None:
+                return self._refused(txn.tenant, "sandbox", refusal)
+        return None
+
+    def _reserved(self, txn: Transaction, got: Any, simulator: bool) -> Refusal | None:
+        if isinstance(got, Refusal):
+            return self._refused(txn.tenant, "rate" if "rate" in got.text else "daily_quota",
+                                 got)
+        txn.reservations.append(got)
+        txn.simulator.append(simulator)
+        return None
+
     def recipient(self, txn: Transaction, address: str) -> Refusal | None:
         """Check and reserve one recipient of `txn`; the refusal of this recipient, or
         None (then it is counted until commit or release)."""
@@ -146,20 +176,30 @@ class AccountGate:
             return None  # settle_tenant() checks the whole message at DATA
         tenant = self._tenant(txn.tenant)
         simulator = self.is_simulator(address)
-        if tenant.sandbox:
-            refusal = decide_sandbox_recipient(
-                address, lambda identity: self.verified(txn.tenant, identity),
-                lambda a: simulator)
-            if refusal is not None:
-                return self._refused(txn.tenant, "sandbox", refusal)
+        refusal = self._sandbox(txn, tenant, address, simulator)
+        if refusal is not None:
+            return refusal
         got = self.quotas.reserve(txn.tenant, txn.credential, self._limits(txn, tenant),
                                   self.now(), simulator)
-        if isinstance(got, Refusal):
-            return self._refused(txn.tenant, "rate" if "rate" in got.text else "daily_quota",
-                                 got)
-        txn.reservations.append(got)
-        txn.simulator.append(simulator)
-        return None
+        return self._reserved(txn, got, simulator)
+
+    async def recipient_shared(self, txn: Transaction, address: str) -> Refusal | None:
+        """`recipient()` with the quota counted cluster-wide in Redis (`shared`; without
+        it, exactly `recipient()`). The whole limit, not a worker's share: Redis is one."""
+        if self.shared is None or txn.deferred:
+            return self.recipient(txn, address)
+        tenant = self._tenant(txn.tenant)
+        simulator = self.is_simulator(address)
+        refusal = self._sandbox(txn, tenant, address, simulator)
+        if refusal is not None:
+            return refusal
+        rec = txn.record
+        override = (Quota(rec.max_24h_send, rec.max_send_rate)
+                    if rec is not None and (rec.max_24h_send is not None
+                                            or rec.max_send_rate is not None) else None)
+        limits = effective_limits(self.defaults(), tenant, override)
+        got = await self.shared.reserve(txn.tenant, txn.credential, limits, simulator)
+        return self._reserved(txn, got, simulator)
 
     # ------------------------------------------------------------------ DATA
 

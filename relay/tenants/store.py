@@ -166,10 +166,15 @@ class TenantStore:
     `recheck`: seconds between looks at the generation (0: every read, for the CLI;
     RECHECK_SECONDS in the server)."""
 
-    def __init__(self, queue: QueueStore, clock: Clock, *, recheck: float = 0.0) -> None:
+    def __init__(self, queue: QueueStore, clock: Clock, *, recheck: float = 0.0,
+                 shared_status: Callable[[str], StatusRecord | None] | None = None) -> None:
         self.queue = queue
         self.clock = clock
         self.recheck = recheck
+        # [cluster]: the status an operator last set on any node (relay.cluster.node's
+        # shared_status, kept current by pub/sub); the newer of it and this node's own
+        # record decides (a pause on one node holds on all, and so does a resume).
+        self.shared_status = shared_status
         self._checked_at: float | None = None
         self._generation: int = -1
         self._tenants: dict[str, Tenant] = {}
@@ -252,11 +257,17 @@ class TenantStore:
         """The Paused record that stops a message of `tenant` (its own first, then its
         configuration set's), or None. For the RCPT check and the scheduler's hold."""
         self._fresh()
-        rec = self._statuses.get(tenant_scope(tenant))
-        if rec is not None and rec.paused:
-            return rec
+        scopes = [tenant_scope(tenant)]
         if configuration_set:
-            rec = self._statuses.get(configuration_set_scope(configuration_set))
+            scopes.append(configuration_set_scope(configuration_set))
+        for scope in scopes:
+            rec = self._statuses.get(scope)
+            if self.shared_status is not None:
+                # The newer of this node's record and the one an operator published to
+                # the cluster (a pause on node B, a resume on node A: the resume).
+                shared = self.shared_status(scope)
+                if shared is not None and (rec is None or shared.changed_at >= rec.changed_at):
+                    rec = shared
             if rec is not None and rec.paused:
                 return rec
         return None

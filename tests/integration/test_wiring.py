@@ -52,7 +52,7 @@ def pool_config(make_config: Callable[..., Config]) -> Config:
 def assert_connected(p: Components) -> None:
     """Every part holds the very parts build() made for it."""
     missing = [f.name for f in dataclasses.fields(p)
-               if getattr(p, f.name) is None and f.name not in ("shaped", "worker")]
+               if getattr(p, f.name) is None and f.name not in ("shaped", "worker", "cluster")]
     assert missing == []
     s = p.scheduler
     assert s.store is p.store and s.router is p.router and s.events is p.events

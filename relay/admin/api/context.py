@@ -61,6 +61,8 @@ class AdminContext:
     # its own on `store` (they keep no state but the LMDB sub-databases).
     message_history: HistoryStore | None = None
     stats: StatsStore | None = None
+    # This node of a cluster (relay.cluster.node.ClusterNode); None: no [cluster].
+    cluster: Any = None
     # The event stream's follower of the event log (made at the first stream).
     live: LiveFeed | None = None
     # Open and click tracking (relay/admin/api/tracking.py): the links of tracked copies

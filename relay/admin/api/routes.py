@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from relay.admin.api.cluster import cluster
 from relay.admin.api.common import Handler
 from relay.admin.api.context import CTX, AdminContext
 from relay.admin.api.events import events
@@ -83,6 +84,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     ("GET", "/api/messages/{id}", message_show),
     ("GET", "/api/stats", stats),
     ("GET", "/api/status", status),
+    ("GET", "/api/cluster", cluster),
     ("GET", "/api/dashboard", dashboard_data),
     ("GET", "/metrics", metrics),
     ("GET", "/health", health),

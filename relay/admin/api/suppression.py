@@ -73,8 +73,10 @@ async def suppression_add(request: web.Request) -> web.Response:
         raise BadInput("reason", f"reason: expected one of {', '.join(SUPPRESSION_REASONS)}, "
                                  f"got {data.reason!r}")
     lst = SuppressionList(ctx.store, data.tenant)
-    added = await ctx.store.write(lst.add_op(
-        [Entry(address, reason, ctx.clock.now(), "", "added through the admin API")]))
+    entry = Entry(address, reason, ctx.clock.now(), "", "added through the admin API")
+    added = await ctx.store.write(lst.add_op([entry]))
+    if ctx.cluster is not None:  # [cluster]: to every node's copy
+        ctx.cluster.suppression.added(data.tenant, [entry])
     return _json({"address": address, "reason": reason, "added": bool(added)},
                  201 if added else 200)
 
@@ -89,4 +91,6 @@ async def suppression_remove(request: web.Request) -> web.Response:
     if removed is None:
         return _error(404, f"{normalize(raw) or raw!r} is not on the suppression list",
                       "address")
+    if ctx.cluster is not None:  # [cluster]: from every node's copy
+        ctx.cluster.suppression.removed(tenant, [removed])
     return _json({"address": removed, "removed": True})

@@ -167,9 +167,15 @@ async def _tenant_change(request: web.Request, what: str) -> web.Response:
         make = ts.pause_op if what == "pause" else ts.resume_op
         op = make(tenant_scope(name), who=who, reason=reason)
     try:
-        await ts.write(op)
+        record = await ts.write(op)
     except TenantError as e:
         return _tenant_error(e)
+    # [cluster]: to every node (the newest operator change wins on each).
+    if what != "production" and ctx.cluster is not None and \
+            not await ctx.cluster.publish_status(tenant_scope(name), record):
+        return _error(503, f"tenant {name!r}: changed on this node only: redis is "
+                           "unreachable, the other nodes do not see it; try again",
+                      "cluster")
     tenant = ts.get(name)
     if tenant is None:  # removed meanwhile
         return _error(404, f"no tenant {name!r}", "name")

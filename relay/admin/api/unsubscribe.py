@@ -86,7 +86,9 @@ async def unsubscribe(request: web.Request) -> web.Response:
     cs = ctx.config().configuration_set_named(msg.configuration_set) \
         if msg.configuration_set else None
     if cs is not None and cs.unsubscribe_suppresses:
-        await ctx.store.write(SuppressionList(ctx.store).add_op(
-            [Entry(normalize(address), "COMPLAINT", now, msg.id,
-                   "one-click unsubscribe (List-Unsubscribe-Post)")], replace=False))
+        entry = Entry(normalize(address), "COMPLAINT", now, msg.id,
+                      "one-click unsubscribe (List-Unsubscribe-Post)")
+        await ctx.store.write(SuppressionList(ctx.store).add_op([entry], replace=False))
+        if ctx.cluster is not None:  # [cluster]: to every node's copy
+            ctx.cluster.suppression.added("", [entry])
     return web.Response(text="unsubscribed\n")

@@ -1,0 +1,185 @@
+"""The shared counters as their callers see them: a capped fixed window, a sliding window
+reservation, a connection lease. Each is one script call (relay/cluster/scripts.py) when
+Redis answers; when it does not (ClusterUnavailable), the answer comes from this node's
+local share (relay/cluster/fallback.py) and the count goes into the ledger, added to
+Redis once when it answers again (`reconcile`, run by the heartbeat and on reconnect).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import secrets
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from relay.clock import Clock
+from relay.cluster.client import ClusterClient, ClusterUnavailable
+from relay.cluster.fallback import Ledger, Pending, local_share
+from relay.cluster.scripts import Scripts, ints
+
+log = logging.getLogger("relay.cluster")
+# A reconciliation batch's guard lives this long in Redis: longer than any outage a retry
+# could follow (the windows it adds to are at most a day or so).
+GUARD_TTL_MS = 3 * 86400 * 1000
+# Last counts remembered per key (for the local share), most recently used first.
+MAX_REMEMBERED = 10_000
+
+
+@dataclass(frozen=True)
+class Grant:
+    granted: int
+    count: int  # the window's count after this call (cluster-wide, or local when not shared)
+    shared: bool  # False: decided from the local share (Redis unreachable)
+
+
+@dataclass(frozen=True)
+class Reservation:
+    key: str
+    n: int
+    bucket: int
+    shared: bool
+
+
+async def _invoke(_r: Any, call: Callable[[], Awaitable[Any]]) -> Any:
+    return await call()
+
+
+def _ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+class SharedLimits:
+    def __init__(self, client: ClusterClient, clock: Clock,
+                 live_nodes: Callable[[], int]) -> None:
+        self.client = client
+        self.clock = clock
+        self.live_nodes = live_nodes
+        self.scripts = Scripts(client.redis)
+        self.ledger = Ledger(client.node_id)
+        self._epoch = f"{os.getpid()}-{secrets.token_hex(4)}"
+        self._last: OrderedDict[str, int] = OrderedDict()
+
+    def _remember(self, key: str, count: int) -> None:
+        self._last[key] = count
+        self._last.move_to_end(key)
+        while len(self._last) > MAX_REMEMBERED:
+            self._last.popitem(last=False)
+
+    def share(self, key: str, limit: int) -> int:
+        """This node's local share of `limit` for `key` (Redis unreachable)."""
+        return local_share(limit, self._last.get(key, 0), self.live_nodes())
+
+    # -- fixed windows -----------------------------------------------------------------
+
+    def window_key(self, name: str, window: float) -> str:
+        """The counter of `name`'s current fixed window (`window` seconds, epoch-aligned:
+        a day window is the UTC day)."""
+        return self.client.key("fw", name, str(int(self.clock.now() // window)))
+
+    async def take(self, name: str, n: int, cap: int, window: float,
+                   partial: bool = False) -> Grant:
+        """Up to `n` (all or nothing unless `partial`) of `cap` in `name`'s window."""
+        key = self.window_key(name, window)
+        ttl = _ms(window) + 60_000
+        try:
+            granted, count = ints(await self.client.call(
+                lambda r: self.scripts.fixed_take(keys=[key],
+                                                  args=[n, cap, ttl, 1 if partial else 0])))
+        except ClusterUnavailable:
+            used = self.ledger.used(key)
+            left = self.share(key, cap) - used
+            granted = max(0, min(n, left)) if partial else (n if n <= left else 0)
+            if granted:
+                self.ledger.record(Pending("fixed", key, granted, ttl_ms=ttl))
+            return Grant(granted, used + granted, shared=False)
+        self._remember(key, count)
+        return Grant(granted, count, shared=True)
+
+    # -- sliding windows ---------------------------------------------------------------
+
+    async def reserve(self, name: str, n: int, limit: int, window: float,
+                      bucket: float) -> Reservation | None:
+        """`n` in `name`'s sliding `window` (buckets of `bucket` seconds) if it stays at or
+        below `limit`; None when it would not."""
+        base = self.client.key("sw", name)
+        keys = [base, base + ":ids"]
+        now = _ms(self.clock.now())
+        try:
+            granted, total, b = ints(await self.client.call(
+                lambda r: self.scripts.slide_reserve(
+                    keys=keys, args=[now, _ms(window), _ms(bucket), n, limit])))
+        except ClusterUnavailable:
+            if self.ledger.used(base) + n > self.share(base, limit):
+                return None
+            self.ledger.record(Pending("sliding", base, n, at_ms=now, window_ms=_ms(window),
+                                       bucket_ms=_ms(bucket)))
+            return Reservation(base, n, now // _ms(bucket), shared=False)
+        self._remember(base, total)
+        return Reservation(base, n, b, shared=True) if granted else None
+
+    async def release(self, reservation: Reservation) -> None:
+        """Give a reservation back (best effort: a local one is simply forgotten)."""
+        if not reservation.shared:
+            return
+        keys = [reservation.key]
+        try:
+            await self.client.call(lambda r: self.scripts.slide_release(
+                keys=keys, args=[reservation.bucket, reservation.n]))
+        except ClusterUnavailable:
+            log.warning("cluster: a released reservation of %s stays counted (redis down)",
+                        reservation.key)
+
+    # -- connection leases -------------------------------------------------------------
+
+    def _lease_keys(self, site: str) -> list[str]:
+        base = self.client.key("lease", site)
+        return [base, base + ":holders", self.client.key("lease-sites")]
+
+    async def acquire_lease(self, site: str, max_leases: int, ttl: float) -> str | None:
+        """A lease id for one more connection to `site`, or None at `max_leases`."""
+        lease = f"{self.client.node_id}:{secrets.token_hex(6)}"
+        keys = self._lease_keys(site)
+        args: list[int | str] = [_ms(self.clock.now()), _ms(ttl), max_leases, lease,
+                                 self.client.node_id, site]
+        ok, _held = ints(await self.client.call(
+            lambda r: self.scripts.lease_acquire(keys=keys, args=args)))
+        return lease if ok else None
+
+    async def renew_lease(self, site: str, lease: str, ttl: float) -> bool:
+        """False: the lease expired (this node was too late) and is no longer held."""
+        keys = self._lease_keys(site)[:2]
+        args: list[int | str] = [_ms(self.clock.now()), _ms(ttl), lease]
+        return bool(int(await self.client.call(
+            lambda r: self.scripts.lease_renew(keys=keys, args=args))))
+
+    async def release_lease(self, site: str, lease: str) -> None:
+        keys = self._lease_keys(site)[:2]
+        await self.client.call(lambda r: self.scripts.lease_release(keys=keys, args=[lease]))
+
+    # -- reconciliation ----------------------------------------------------------------
+
+    async def reconcile(self) -> int:
+        """Add the counts made while Redis was unreachable, each batch once. Returns the
+        batches confirmed; ClusterUnavailable if Redis went away again (the rest stay)."""
+        done = 0
+        for batch in self.ledger.seal(self._epoch):
+            p = batch.pending
+            guard = self.client.key("reconciled", batch.batch_id)
+            call: Callable[[], Awaitable[Any]]
+            if p.kind == "fixed":
+                call = functools.partial(self.scripts.fixed_add, keys=[p.key, guard],
+                                         args=[p.n, p.ttl_ms, GUARD_TTL_MS])
+            else:
+                call = functools.partial(
+                    self.scripts.slide_add, keys=[p.key, p.key + ":ids", guard],
+                    args=[p.at_ms, p.window_ms, p.bucket_ms, p.n, GUARD_TTL_MS])
+            await self.client.call(functools.partial(_invoke, call=call))
+            self.ledger.confirm(batch.batch_id)
+            done += 1
+        if done:
+            log.info("cluster: reconciled %d local count(s) into redis", done)
+        return done
