@@ -651,7 +651,7 @@ class SubmissionSession(SMTP):
             await self._reply(decided)
             return
         if self._account is not None and self.ctx.account is not None:
-            limit = self.ctx.account.recipient(self._account, decided.address)
+            limit = await self.ctx.account.recipient_shared(self._account, decided.address)
             if limit is not None:  # nothing is queued for this recipient
                 log.info("%s: RCPT %s refused: %s", self.client_ip, arg, limit.text)
                 await self._reply(R.Reply(*limit))
