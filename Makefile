@@ -14,6 +14,10 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
+# The suite is mostly real processes and sockets waiting on each other: files run in
+# parallel workers (one file's tests stay in one worker, so its module fixtures are made
+# once). PYTEST_WORKERS=0 runs it in this process.
+PYTEST_WORKERS ?= 3
 LINT_PATHS := relay tests $(wildcard bench)
 
 .PHONY: run test lint pytest bench bench-compare clean distclean venv
@@ -52,7 +56,8 @@ lint: $(VENV)/.installed-test
 
 # pytest exit code 5 means "no tests collected": a warning, not a failure.
 pytest: $(VENV)/.installed-test
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(BIN)/pytest $(if $(filter-out 0,$(PYTEST_WORKERS)),-n $(PYTEST_WORKERS) --dist loadfile) \
+	  $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: warning: pytest collected no tests" >&2; exit 0; fi; \
 	exit $$rc
 

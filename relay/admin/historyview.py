@@ -17,6 +17,7 @@ import msgspec
 from relay.admin.params import BadInput
 from relay.events.model import iso
 from relay.history import keys as K
+from relay.history.entries import insight_type
 from relay.history.model import (
     HistoryMessage,
     RecipientHistory,
@@ -73,42 +74,28 @@ def timeline_row(e: TimelineEntry) -> dict[str, Any]:
     return row
 
 
-# Timeline kinds as SES GetMessageInsights' event types ("attempt" is relay's own: the
-# attempts are in the timeline, not in the insights).
-_INSIGHT_TYPES = {"accepted": "SEND", "delivered": "DELIVERY", "deferred": "DELIVERY_DELAY",
-                  "complained": "COMPLAINT", "unsubscribed": "SUBSCRIPTION",
-                  "rejected": "REJECT", "rendering_failure": "RENDERING_FAILURE",
-                  "open": "OPEN", "click": "CLICK"}
-_BOUNCE_TYPES = {"permanent": "PERMANENT_BOUNCE", "transient": "TRANSIENT_BOUNCE",
-                 "undetermined": "UNDETERMINED_BOUNCE"}
-
-
 def insight_event(e: TimelineEntry) -> dict[str, Any] | None:
-    """One InsightsEvent {Timestamp, Type, Details} for a timeline entry, or None."""
+    """One InsightsEvent {Timestamp, Type, Details} for a timeline entry, or None (a
+    delivery attempt: relay's own detail, no SES event)."""
+    etype = insight_type(e)
+    if not etype:
+        return None
     details: dict[str, Any] = {}
-    if e.kind in ("bounced", "expired", "suppressed"):
-        kind, _, sub = e.detail.partition("/")
+    if etype.endswith("_BOUNCE"):
+        sub = e.detail.partition("/")[2]
         if e.kind == "suppressed":
-            kind, sub = kind or "Permanent", sub or "OnAccountSuppressionList"
-        elif e.kind == "expired":
-            kind, sub = kind or "Transient", sub or "General"
-        etype = _BOUNCE_TYPES.get(kind.lower(), "PERMANENT_BOUNCE" if e.kind == "bounced"
-                                  else "UNDETERMINED_BOUNCE")
+            sub = sub or "OnAccountSuppressionList"
         bounce: dict[str, Any] = {"BounceType": etype.removesuffix("_BOUNCE")}
         if sub:
             bounce["BounceSubType"] = sub
         if e.response:
             bounce["DiagnosticCode"] = e.response
         details["Bounce"] = bounce
-    elif e.kind in _INSIGHT_TYPES:
-        etype = _INSIGHT_TYPES[e.kind]
-        if e.kind == "complained":
-            complaint: dict[str, Any] = {}
-            if e.detail:
-                complaint["ComplaintFeedbackType"] = e.detail
-            details["Complaint"] = complaint
-    else:
-        return None
+    elif e.kind == "complained":
+        complaint: dict[str, Any] = {}
+        if e.detail:
+            complaint["ComplaintFeedbackType"] = e.detail
+        details["Complaint"] = complaint
     return {"Timestamp": iso(e.ts), "Type": etype, "Details": details}
 
 

@@ -19,7 +19,6 @@ never a message.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
 from relay.clock import Clock
@@ -28,6 +27,7 @@ from relay.history.entries import AttemptLike, batch_of, entry_from_attempt
 from relay.history.model import HistoryMessage, TimelineEntry
 from relay.history.store import HistoryStore
 from relay.queue.store import QueueStore
+from relay.tasks import cancel_and_wait
 
 log = logging.getLogger("relay.history")
 
@@ -76,11 +76,8 @@ class HistoryRecorder:
         self._task = asyncio.create_task(self._run(), name="history-recorder")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.store.running:
             await self.run_once()  # the last batch, in the final commit
 

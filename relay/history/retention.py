@@ -10,13 +10,13 @@ hold the writer long. One log line per sweep that removed something.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
 
 from relay.clock import Clock
 from relay.history.stats import StatsStore
 from relay.history.store import PRUNE_CHUNK, HistoryStore
+from relay.tasks import cancel_and_wait
 
 log = logging.getLogger("relay.history")
 
@@ -39,11 +39,8 @@ class HistoryPruner:
         self._task = asyncio.create_task(self._run(), name="history-pruner")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:

@@ -20,7 +20,6 @@ destinations and `on_change` observers (metrics) are told.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from relay.clock import Clock
 from relay.events.log import EventLog
 from relay.events.model import Event, reputation_event
 from relay.queue.store import QueueStore
+from relay.tasks import cancel_and_wait
 from relay.tenants import repstore
 from relay.tenants.model import (
     DEFAULT_TENANT,
@@ -113,11 +113,8 @@ class ReputationMonitor:
         self._task = asyncio.create_task(self._run(), name="reputation-monitor")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self.store.running:
             await self.run_once()  # the last counts, in the final commit
 
