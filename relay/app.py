@@ -304,7 +304,8 @@ class RelayApp:
             dkim_selectors=self._dkim_selectors, dkim_keygen=self._dkim_keygen,
             sender_check=parts.sender_policy, on_reject=parts.submitter.reject,
             mail_from_status=parts.outbound.mail_from_status,
-            on_rendering_failure=parts.submitter.rendering_failure, cluster=self.cluster)
+            on_rendering_failure=parts.submitter.rendering_failure, cluster=self.cluster,
+            draining=self.drain)
         api = cfg.api
         tls = server_context(Path(api.tls_cert), Path(api.tls_key)) if api.tls_cert else None
         self.api = ApiServer(ctx, parts.api_keys, address=api.address,

@@ -41,6 +41,11 @@ def message_rejected(message: str) -> ApiError:
     return ApiError(400, "MessageRejected", message)
 
 
+def service_unavailable(message: str) -> ApiError:
+    """AWS's common 503: the SDKs retry it (through the load balancer: another node)."""
+    return ApiError(503, "ServiceUnavailable", message)
+
+
 def unsupported(method: str, path: str, operation: str = "") -> ApiError:
     what = f"the SES operation {operation}" if operation else f"{method} {path}"
     return ApiError(404 if not operation else 400, "BadRequestException" if operation

@@ -50,6 +50,7 @@ from relay.sesapi.errors import (
     for_refusal,
     message_rejected,
     not_found,
+    service_unavailable,
 )
 from relay.sesapi.template_api import template_errors
 from relay.sesapi.templates import RequestTemplate, TemplateStore, request_template
@@ -137,6 +138,8 @@ class ApiContext:
     # [cluster]: this node (relay.cluster.node.ClusterNode): suppression changes made
     # here reach every node's copy. None: one node.
     cluster: Any = None
+    # `relay node drain` in effect (relay/drain.py): sends answer 503, as SMTP 421s.
+    draining: Callable[[], bool] = lambda: False
 
 
 # ---------------------------------------------------------------------- request fields
@@ -247,6 +250,9 @@ class SesV2:
 
     async def send_email(self, caller: Caller, request: Mapping[str, Any]) -> dict[str, Any]:
         self._credential(caller)
+        if self.ctx.draining():
+            raise service_unavailable("This relay node is draining and accepts no mail; "
+                                      "send through another node")
         content = _field(request, "Content", dict, "", required=True)
         kinds = [k for k in ("Simple", "Raw", "Template") if content.get(k) is not None]
         if len(kinds) != 1:

@@ -12,7 +12,14 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from relay.testing.process import RelayProcess, free_port, listener_config, run_cli, write_config
+from relay.testing.process import (
+    RelayProcess,
+    free_port,
+    listener_config,
+    relay_config,
+    run_cli,
+    write_config,
+)
 
 
 def _health(port: int) -> tuple[int, str]:
@@ -107,5 +114,67 @@ def test_drain_reaches_every_worker(tmp_path: Path) -> None:
                 break
             assert time.monotonic() < deadline, codes
             time.sleep(0.05)
+    finally:
+        relay.stop()
+
+
+def test_a_drained_node_refuses_ses_api_sends_with_a_503_the_sdks_retry(
+        tmp_path: Path) -> None:
+    """The SES API stops accepting mail with the SMTP listeners: SendEmail answers 503
+    ServiceUnavailable (AWS's common error, which the SDKs retry, through the load
+    balancer on another node) while drained, and is accepted again after undrain."""
+    import json
+
+    import boto3
+    from botocore.config import Config as BotoConfig
+    from botocore.exceptions import ClientError
+
+    api_port = free_port()
+    data = relay_config(tmp_path / "state", "127.0.0.1:1", free_port(),
+                        [listener_config("none", "none", trusted_networks=["127.0.0.0/8"])])
+    data["api"] = {"enabled": True, "address": f"127.0.0.1:{api_port}"}
+    config = write_config(tmp_path / "relay.toml", data)
+    assert run_cli("user", "add", "app", "--password-stdin", config=config,
+                   input="pw-123456789\n").returncode == 0
+    made = run_cli("user", "keys", "create", "app", "--json", config=config)
+    assert made.returncode == 0, made.stderr
+    key = json.loads(made.stdout)
+    relay = RelayProcess(config, log_dir=tmp_path / "logs").start()
+    try:
+        ses = boto3.client(
+            "sesv2", region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{api_port}",
+            aws_access_key_id=key["AccessKeyId"], aws_secret_access_key=key["SecretAccessKey"],
+            config=BotoConfig(retries={"total_max_attempts": 1}, read_timeout=15))
+
+        def send() -> str:
+            return str(ses.send_email(
+                FromEmailAddress="app@example.com",
+                Destination={"ToAddresses": ["user@ok.test"]},
+                Content={"Simple": {"Subject": {"Data": "drain"},
+                                    "Body": {"Text": {"Data": "x"}}}})["MessageId"])
+
+        assert send()
+        assert run_cli("node", "drain", config=config).returncode == 0
+        deadline = time.monotonic() + 10
+        refused: ClientError | None = None
+        while refused is None and time.monotonic() < deadline:
+            try:
+                send()
+                time.sleep(0.05)
+            except ClientError as e:
+                refused = e
+        assert refused is not None, "SendEmail still accepted while draining"
+        assert refused.response["ResponseMetadata"]["HTTPStatusCode"] == 503
+        assert refused.response["Error"]["Code"] == "ServiceUnavailable"
+        assert "draining" in refused.response["Error"]["Message"]
+        assert run_cli("node", "undrain", config=config).returncode == 0
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert send()
+                break
+            except ClientError:
+                assert time.monotonic() < deadline, "SendEmail still refused after undrain"
+                time.sleep(0.05)
     finally:
         relay.stop()
