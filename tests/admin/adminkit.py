@@ -30,8 +30,9 @@ from relay.testing.process import (
     run_cli,
     write_config,
 )
-from relay.testing.sink import Sink
+from relay.testing.sink import Received, Sink
 from relay.testing.submission import Tls
+from relay.testing.wait import wait_until
 
 PASSWORD = "correct horse battery staple"
 
@@ -123,6 +124,10 @@ class Admin:
         if configuration_set:
             msg["X-SES-CONFIGURATION-SET"] = configuration_set
         msg.set_content(content or f"admin test: {subject}\n")
+        return self.submit(msg, to)
+
+    def submit(self, msg: EmailMessage, to: str) -> str:
+        """Submit `msg` to `to` as app@example.com (STARTTLS, AUTH); its queue id."""
         with smtplib.SMTP("127.0.0.1", self.submit_port, timeout=10) as s:
             s.starttls(context=self.tls.client)
             s.login("app", PASSWORD)
@@ -133,6 +138,16 @@ class Admin:
         m = re.search(r"queued as (\S+)", reply.decode())
         assert m is not None, reply
         return m.group(1)
+
+    def received(self, subject: str) -> Received:
+        """The message with this Subject at the first sink, once it arrives (15 s)."""
+        def find() -> Received | None:
+            for m in self.sinks[0].messages:
+                if email.message_from_bytes(m.data)["Subject"] == subject:
+                    return m
+            return None
+        found: Received = wait_until(find, 15, f"delivery of {subject!r}")
+        return found
 
 
 def make_admin_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink],

@@ -15,14 +15,13 @@ import email.policy
 import http.client
 import json
 import re
-import smtplib
 import time
 from collections.abc import Iterator
 from email.message import EmailMessage
 from typing import Any
 
 import pytest
-from adminkit import PASSWORD, Admin, make_admin_relay
+from adminkit import Admin, make_admin_relay
 
 from relay.admin.api.tracking import PIXEL
 from relay.clock import SystemClock
@@ -31,7 +30,7 @@ from relay.queue.store import QueueStore
 from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import run_cli
-from relay.testing.sink import Received, Sink
+from relay.testing.sink import Sink
 from relay.testing.wait import wait_until
 from relay.tracking.automated import BUILTIN_RULES
 from relay.tracking.token import KEY_LABEL, Tokens
@@ -82,26 +81,8 @@ def submit(admin: Admin, to: str, subject: str, tracking: str | None = None) -> 
         msg["X-SES-TRACKING"] = tracking
     msg.set_content(TEXT)
     msg.add_alternative(HTML, subtype="html", cte="quoted-printable")
-    with smtplib.SMTP("127.0.0.1", admin.submit_port, timeout=10) as s:
-        s.starttls(context=admin.tls.client)
-        s.login("app", PASSWORD)
-        s.mail("app@example.com")
-        s.rcpt(to)
-        code, reply = s.data(msg.as_bytes(policy=email.policy.SMTP))
-    assert code == 250, reply
-    m = re.search(r"queued as (\S+)", reply.decode())
-    assert m is not None, reply
-    return m.group(1)
+    return admin.submit(msg, to)
 
-
-def received(admin: Admin, subject: str) -> Received:
-    def find() -> Received | None:
-        for m in admin.sinks[0].messages:
-            if email.message_from_bytes(m.data)["Subject"] == subject:
-                return m
-        return None
-    found: Received = wait_until(find, 15, f"delivery of {subject!r}")
-    return found
 
 
 def parts(data: bytes) -> dict[str, str]:
@@ -133,7 +114,7 @@ def events(admin: Admin, kind: str) -> list[dict[str, Any]]:
 def test_tracked_message_opens_and_clicks(tracked: tuple[Admin, DnsServer]) -> None:
     admin, server = tracked
     mid = submit(admin, "reader@ok.test", "tracked one")
-    got = received(admin, "tracked one")
+    got = admin.received("tracked one")
     delivered = time.time()
     # The sink's copy: links rewritten in the HTML part only, the pixel there once, the
     # text part as written, and DKIM over the rewritten copy verifies.
@@ -230,7 +211,7 @@ def test_tracked_message_opens_and_clicks(tracked: tuple[Admin, DnsServer]) -> N
     # reader's mailbox still leads where it did ([admin] tracked_link_retention),
     # publishing nothing, since no event can be made without the message.
     old_mid = submit(admin, "reader@ok.test", "tracked long ago")
-    old_html = parts(received(admin, "tracked long ago").data)["text/html"]
+    old_html = parts(admin.received("tracked long ago").data)["text/html"]
     spool = QueueStore(admin.state / "queue", SystemClock())
     try:
         wait_until(lambda: spool.sent_message(old_mid), 10, "the sent record")
@@ -248,7 +229,7 @@ def test_tracked_message_opens_and_clicks(tracked: tuple[Admin, DnsServer]) -> N
 def test_opted_out_message_is_untouched(tracked: tuple[Admin, DnsServer]) -> None:
     admin, _ = tracked
     submit(admin, "private@ok.test", "not tracked", tracking="none")
-    body = parts(received(admin, "not tracked").data)
+    body = parts(admin.received("not tracked").data)
     assert body["text/plain"] == TEXT
     assert body["text/html"] == HTML
     assert "/t/o/" not in body["text/html"] and "/t/c/" not in body["text/html"]

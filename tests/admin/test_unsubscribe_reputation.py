@@ -8,7 +8,6 @@ server; the unsubscribe URL's token is POSTed to the admin server (no bearer tok
 
 from __future__ import annotations
 
-import email.policy
 import json
 import re
 import smtplib
@@ -19,19 +18,19 @@ from email.message import EmailMessage, Message
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
-from email.parser import BytesParser, HeaderParser
+from email.parser import HeaderParser
 from email.policy import compat32
 from typing import Any
 
 import pytest
-from adminkit import PASSWORD, Admin, make_admin_relay
+from adminkit import Admin, make_admin_relay
 
 from relay.clock import SystemClock
 from relay.dkim.keys import KeyStore
 from relay.testing.dkimcheck import dkimpy_verify
 from relay.testing.dnsserver import DnsServer
 from relay.testing.process import free_port, run_cli
-from relay.testing.sink import Received, Sink
+from relay.testing.sink import Sink
 from relay.testing.wait import wait_until
 
 UNSUB = re.compile(rb"List-Unsubscribe: <https://([^/>]+)/unsubscribe/([a-z2-7]+)>", re.I)
@@ -73,26 +72,8 @@ def send(admin: Admin, to: str, subject: str, configuration_set: str = "") -> st
     if configuration_set:
         msg["X-SES-CONFIGURATION-SET"] = configuration_set
     msg.set_content(f"unsubscribe test: {subject}\n")
-    with smtplib.SMTP("127.0.0.1", admin.submit_port, timeout=10) as s:
-        s.starttls(context=admin.tls.client)
-        s.login("app", PASSWORD)
-        s.mail("app@example.com")
-        s.rcpt(to)
-        code, reply = s.data(msg.as_bytes(policy=email.policy.SMTP))
-    assert code == 250, reply
-    m = re.search(r"queued as (\S+)", reply.decode())
-    assert m is not None, reply
-    return m.group(1)
+    return admin.submit(msg, to)
 
-
-def received(admin: Admin, subject: str) -> Received:
-    def find() -> Received | None:
-        for m in admin.sinks[0].messages:
-            if BytesParser().parsebytes(m.data)["Subject"] == subject:
-                return m
-        return None
-    found: Received = wait_until(find, 15, f"delivery of {subject!r}")
-    return found
 
 
 def post(admin: Admin, path: str, body: bytes | None = b"List-Unsubscribe=One-Click",
@@ -123,7 +104,7 @@ def test_one_click_unsubscribe(unsub_admin: tuple[Admin, int, DnsServer]) -> Non
     mid = send(admin, "reader@ok.test", "news one", "news")
     send(admin, "other@ok.test", "plain one", "plain")
     send(admin, "other@ok.test", "no set")
-    msg = received(admin, "news one")
+    msg = admin.received("news one")
     head = msg.data.split(b"\r\n\r\n", 1)[0]
     found = UNSUB.search(head)
     assert found is not None, head
@@ -141,7 +122,7 @@ def test_one_click_unsubscribe(unsub_admin: tuple[Admin, int, DnsServer]) -> Non
     forged_url = msg.data.replace(token.encode(), token[:-1].encode() + other_last, 1)
     assert forged_url != msg.data and not any(dkimpy_verify(forged_url, server))
     for subject in ("plain one", "no set"):
-        other = received(admin, subject).data.split(b"\r\n\r\n", 1)[0].lower()
+        other = admin.received(subject).data.split(b"\r\n\r\n", 1)[0].lower()
         assert not re.search(rb"^list-unsubscribe", other, re.M)
 
     # Forged tokens: 404, no event.
@@ -174,7 +155,7 @@ def test_unsubscribe_suppresses_when_the_set_says_so(
         unsub_admin: tuple[Admin, int, DnsServer]) -> None:
     admin, _, _ = unsub_admin
     send(admin, "quitter@ok.test", "strict one", "strict")
-    head = received(admin, "strict one").data.split(b"\r\n\r\n", 1)[0]
+    head = admin.received("strict one").data.split(b"\r\n\r\n", 1)[0]
     found = UNSUB.search(head)
     assert found is not None, head
     before = len(subscription_events(admin))
@@ -221,7 +202,7 @@ def test_reputation_dsn_backs_off_the_sending_ip(
         unsub_admin: tuple[Admin, int, DnsServer]) -> None:
     admin, feedback_port, _ = unsub_admin
     send(admin, "friend@gmail.test", "to gmail")
-    delivered = received(admin, "to gmail")
+    delivered = admin.received("to gmail")
     source_ip = delivered.peer
     assert gmail_state(admin, source_ip) is None
     with smtplib.SMTP("127.0.0.1", feedback_port, timeout=10) as s:
