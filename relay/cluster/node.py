@@ -18,6 +18,7 @@ from relay.cluster.limits import SharedLimits
 from relay.cluster.nodes import Heartbeat
 from relay.cluster.quota import SharedQuota
 from relay.cluster.suppression import SuppressionReplica
+from relay.cluster.warmup import SharedWarmup
 from relay.config.cluster import Cluster
 from relay.queue.store import QueueStore
 from relay.tenants.model import StatusRecord
@@ -56,6 +57,11 @@ class ClusterNode:
         self.flags = SharedFlags(self.client, clock)
         self.collector = ClusterCollector(self.client)
         self.quota = SharedQuota(self.limits)
+        # Warm-up counts, plan progress and restrictions per IP x provider (the shaper
+        # attaches to it: relay/wiring.py).
+        self.warmup = SharedWarmup(self.client, clock,
+                                   lambda: self.heartbeat.live_count * max(1, workers),
+                                   self.flags)
         # The workers of a node share one spool: the first alone copies other nodes'
         # suppression changes into it; every worker shares its own.
         self.suppression = (SuppressionReplica(self.flags, store, copy=workers <= 1 or first)
@@ -94,6 +100,7 @@ class ClusterNode:
 
     async def stop(self) -> None:
         await self.quota.drain()
+        await self.warmup.drain()
         if self.suppression is not None:
             await self.suppression.drain()
         await self.flags.stop()

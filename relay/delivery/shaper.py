@@ -36,6 +36,7 @@ and backoff pauses hold here too, and the reputation rates are over all of them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -88,13 +89,136 @@ class ShapedSender:
         self.choose = choose
         self.event_log: Any = event_log  # relay.events.log.EventLog for WarmupFreeze/Backoff
         self._flushes: set[asyncio.Task[None]] = set()
+        # [cluster]: relay.cluster.warmup.SharedWarmup (not imported here: a single node
+        # never loads redis); None: this node counts its warming IPs alone.
+        self.shared: Any = None
+        # (IP, provider) -> units granted by the gate, not yet answered by Redis
+        self._in_flight: dict[tuple[str, str], int] = {}
+
+    def attach_shared(self, shared: Any) -> None:
+        """[cluster]: count the warming IPs' sends and plan progress in Redis, and follow
+        every node's restrictions and operator changes (relay/cluster/warmup.py)."""
+        self.shared = shared
+        self.gate.whole_caps = True
+        shared.watch([ip.address for p in self.gate.pools.values() if p.plan is not None
+                      for ip in p.ips], self.adopt_state)
 
     def publish(self) -> None:
-        """Write the gate's backoff/freeze notices to the event log."""
+        """Write the gate's backoff/freeze notices to the event log ([cluster]: and the
+        IPs' restrictions to Redis, for every node)."""
         notes, self.gate.events = self.gate.events, []
         if notes and self.event_log is not None:
             self.event_log.emit([warmup_event(n.kind, n.ip, n.provider, n.reason, n.until,
                                               n.action, n.at) for n in notes])
+        if notes and self.shared is not None:
+            for ip in dict.fromkeys(n.ip for n in notes):
+                self.shared.spawn(self._restrict(ip))
+
+    async def _restrict(self, ip: str) -> None:
+        now = self.clock.now()
+        today = self.gate.days.day_of(now)
+        frozen, reason, held = counters.restrictions(self.gate.state(ip), today, now)
+        try:
+            state = await self.shared.restrict(ip, today, frozen, reason, held)
+        except self.shared.Unavailable:
+            log.warning("warm-up: %s held back on this node only (redis unreachable)", ip)
+            return
+        self.adopt_state(state)
+
+    def adopt_state(self, state: dict[str, Any]) -> None:
+        """An IP's state as the cluster has it (a change made on any node): its freeze,
+        plan progress, counts and backoff pauses."""
+        ip = state["ip"]
+        if not isinstance(ip, str) or not self.gate.knows(ip):
+            return
+        st = self.gate.state(ip)
+        counters.adopt_shared(st, frozen=bool(state["frozen"]), reason=str(state["reason"]),
+                              base=int(state["base"]))
+        for name, p in dict(state["providers"] or {}).items():
+            counters.adopt_counter(
+                counters.counter(st, name), advanced=int(p["adv"]), day=int(p["day"]),
+                sent=int(p["sent"]), hour=int(p["hour"]), hour_sent=int(p["hs"]),
+                freeze_day=int(p["fz"]), paused_until=float(p["pu"]),
+                pause_reason=str(p["pr"]), in_flight=self._unsent(ip, name))
+        self.gate.dirty.add(ip)
+        self.gate.invalidate()
+
+    def _unsent(self, ip: str, provider: str) -> int:
+        """This node's counts of `ip` toward `provider` that Redis does not hold yet:
+        grants awaiting its answer, less refunds queued for the next call."""
+        return self._in_flight.get((ip, provider), 0) - int(self.shared.pending(ip, provider))
+
+    async def _take_shared(self, pool: str, provider: str, lane: int,
+                           decision: gate.Decision, now: float
+                           ) -> tuple[list[tuple[gate.Grant, bool | None]], float, str]:
+        """[cluster]: the gate's grants as Redis confirms them (one script call for all of
+        the transaction's parts). What Redis did not grant is given back to the gate, which
+        then knows the IP's cluster-wide count; the gate is asked once more for that
+        shortfall (another IP of the pool, the overflow) and Redis once more, then the
+        rest is held. -> ((grant, shared: False from the local share, None not counted in
+        Redis: a warm IP), retry_at, reason)."""
+        today, hour = self.gate.days.day_of(now), self.gate.days.hour_of(now)
+        out: list[tuple[gate.Grant, bool | None]] = []
+        retry_at, reason = decision.retry_at, decision.reason
+        grants = decision.grants
+        for attempt in range(2):
+            planned = []
+            for g in grants:
+                plan = self.gate.pools[g.pool].plan
+                if plan is None:
+                    out.append((g, None))
+                else:
+                    cap = self.gate.cap(self.gate.pools[g.pool], g.ip, g.provider, now) or 0
+                    planned.append((g, (g.ip, g.provider, g.count, plan.caps, cap)))
+            if not planned:
+                break
+            for g, _ in planned:
+                key = (g.ip, g.provider)
+                self._in_flight[key] = self._in_flight.get(key, 0) + g.count
+            try:
+                answers = await self.shared.take(
+                    [a for _, a in planned], today, hour, paced=self.gate.pacing != "none",
+                    burst=self.gate.burst)
+            finally:
+                for g, _ in planned:
+                    key = (g.ip, g.provider)
+                    left = self._in_flight.get(key, 0) - g.count
+                    if left > 0:
+                        self._in_flight[key] = left
+                    else:
+                        self._in_flight.pop(key, None)
+            short = 0
+            for (g, _), answer in zip(planned, answers, strict=True):
+                if answer.granted < g.count:
+                    self.gate.give_back(g, g.count - answer.granted, now)
+                    short += g.count - answer.granted
+                if answer.counter is not None:
+                    c = answer.counter
+                    counters.adopt_counter(
+                        counters.counter(self.gate.state(g.ip), g.provider),
+                        advanced=c.advanced, day=c.day, sent=c.sent, hour=c.hour,
+                        hour_sent=c.hour_sent, freeze_day=c.freeze_day,
+                        paused_until=c.paused_until,
+                        in_flight=self._unsent(g.ip, g.provider))
+                    self.gate.dirty.add(g.ip)
+                if answer.granted:
+                    out.append((dataclasses.replace(g, count=answer.granted), answer.shared))
+                if answer.granted < g.count:
+                    n, at = self.gate.available(self.gate.pools[g.pool], g.ip, g.provider, now)
+                    # Redis had less than this node's view: at the IP's next window, or
+                    # (a count that moved meanwhile) in a minute.
+                    retry_at = min(retry_at, at if n == 0 else now + 60.0)
+            if not short or attempt:
+                break
+            again = self.gate.acquire(pool, provider, short, now, lane)
+            grants = again.grants
+            if again.deferred:
+                retry_at = min(retry_at, again.retry_at)
+                reason = reason or again.reason
+        if not reason and math.isfinite(retry_at):
+            reason = (f"warm-up: pool \"{pool}\" has no capacity left toward {provider} "
+                      f"across the cluster until {gate._iso(retry_at)}")
+        return out, retry_at, reason
 
     async def send(self, destination: str, targets: Sequence[Any], sender: str,
                    recipients: Sequence[str], data: bytes, **kwargs: Any) -> list[Outcome]:
@@ -117,27 +241,33 @@ class ShapedSender:
             self.sync()
         want = self.throttle.allowed(site.key, site.limits, now, len(recipients))
         decision = self.gate.acquire(pool, site.provider, want, now, lane)
-        granted = sum(g.count for g in decision.grants)
+        retry_at, reason = decision.retry_at, decision.reason
+        taken: list[tuple[gate.Grant, bool | None]] = [(g, None) for g in decision.grants]
+        if self.shared is not None and decision.grants:
+            taken, retry_at, reason = await self._take_shared(pool, site.provider, lane,
+                                                              decision, now)
+        granted = sum(g.count for g, _ in taken)
         self.throttle.take(site.key, site.limits, now, granted)
         out: list[Outcome] = []
         start = 0
-        parts: list[tuple[gate.Grant, list[str]]] = []
-        for g in decision.grants:
-            parts.append((g, list(recipients[start:start + g.count])))
+        parts: list[tuple[gate.Grant, bool | None, list[str]]] = []
+        for g, shared in taken:
+            parts.append((g, shared, list(recipients[start:start + g.count])))
             start += g.count
         results = await asyncio.gather(*(
             self._send_part(destination, targets, sender, rcpts, data, g, site.key,
-                            site.limits, kwargs) for g, rcpts in parts))
+                            site.limits, kwargs, shared=shared, granted_at=now)
+            for g, shared, rcpts in parts))
         for r in results:
             out.extend(r)
         rest = len(recipients) - start
         if rest:
-            at = decision.retry_at
+            at = retry_at
             if want < len(recipients):
                 at = min(at, self.throttle.next_at(site.key, site.limits, now))
             if not math.isfinite(at):
                 at = now + 300.0
-            reason = decision.reason or (
+            reason = reason or (
                 f"shaping: site {site.key} is at its rate limit until {gate._iso(at)}")
             out.extend([held(reason, at)] * rest)
         if self.gate.dirty:
@@ -146,8 +276,12 @@ class ShapedSender:
 
     async def _send_part(self, destination: str, targets: Sequence[Any], sender: str,
                          rcpts: list[str], data: bytes, grant: gate.Grant, site: str,
-                         limits: SiteLimits, options: dict[str, Any] | None = None
+                         limits: SiteLimits, options: dict[str, Any] | None = None, *,
+                         shared: bool | None = None, granted_at: float | None = None
                          ) -> list[Outcome]:
+        """Send one granted part and settle the gate. `shared` ([cluster]): whether Redis
+        counted the grant (False: the local share), so what was not taken goes back there
+        too; None: not counted in Redis."""
         async with self._semaphore(site, limits):
             result = await self.sender.send(destination, targets, sender, rcpts, data,
                                             **{**(options or {}), "source_address": grant.ip,
@@ -155,6 +289,11 @@ class ShapedSender:
         outs = outcomes_of(result)
         notices = self.gate.settle(grant, [(o.kind, o.response) for o in outs],
                                    self.clock.now())
+        not_taken = sum(1 for o in outs if o.kind == "deferred")
+        if self.shared is not None and shared is not None and not_taken:
+            at = granted_at if granted_at is not None else self.clock.now()
+            self.shared.refund(grant.ip, grant.provider, not_taken, self.gate.days.day_of(at),
+                               self.gate.days.hour_of(at), shared)
         for n in notices:
             log.warning("%s", n)
         self.notices.extend(notices)

@@ -222,6 +222,39 @@ def adopt_restrictions(mine: IpState, peer: IpState, today: int) -> bool:
     return changed
 
 
+def adopt_counter(pc: ProviderCounter, *, advanced: int, day: int, sent: int, hour: int,
+                  hour_sent: int, freeze_day: int, paused_until: float,
+                  pause_reason: str | None = None, in_flight: int = 0) -> None:
+    """PURE but for `pc`: take on a counter as the cluster has it ([cluster]: Redis counts
+    every node's sends of the IP). `in_flight`: this node's units granted locally and not
+    yet answered by Redis, which the cluster's count does not hold yet. The later pause
+    stands (every node sends from the IP). `in_flight` may be negative: units given back
+    (a 4xx) that Redis has not been told of yet."""
+    pc.advanced, pc.day, pc.sent = advanced, day, max(0, sent + in_flight)
+    pc.hour, pc.hour_sent = hour, max(0, hour_sent + in_flight)
+    pc.freeze_day = freeze_day
+    if paused_until > pc.paused_until:
+        pc.paused_until = paused_until
+        if pause_reason is not None:
+            pc.pause_reason = pause_reason
+
+
+def adopt_shared(ip: IpState, *, frozen: bool, reason: str, base: int) -> None:
+    """PURE but for `ip`: the IP's freeze and base progress as the cluster has them (an
+    operator's resume on any node lifts a freeze on every node)."""
+    ip.frozen, ip.frozen_reason, ip.base_advanced = frozen, reason, base
+
+
+def restrictions(ip: IpState, today: int, now: float
+                 ) -> tuple[bool, str, list[tuple[str, float, str, bool]]]:
+    """PURE: what holds `ip` back now, for the other nodes: (frozen, why, per provider
+    (name, paused until, why, frozen today)) for the providers with a pause or a frozen day."""
+    held = [(name, pc.paused_until, pc.pause_reason, pc.freeze_day == today)
+            for name, pc in ip.providers.items()
+            if pc.paused_until > now or pc.freeze_day == today]
+    return ip.frozen, ip.frozen_reason, held
+
+
 def add_counts(total: IpState, other: IpState) -> None:
     """Add `other`'s counts (another worker's) into `total`, for a status of the IP as a
     whole: sends of the same day and hour add up; a later day or hour replaces; frozen if

@@ -114,6 +114,9 @@ class WarmupGate:
     # IP -> the other workers' records of it, as last persisted (the shell's sync): the
     # reputation rates are the IP's over every worker's sends, bounces and complaints.
     peers: dict[str, list[IpState]] = field(default_factory=dict)
+    # [cluster]: Redis counts every node's and worker's sends of an IP, so the gate, a
+    # pre-filter then, keeps to the whole cap, not the worker's split of it.
+    whole_caps: bool = False
 
     def __post_init__(self) -> None:
         self._pool_of = {ip.address: p for p in self.pools.values() for ip in p.ips}
@@ -135,7 +138,9 @@ class WarmupGate:
             return 0
         st = self.state(ip)
         cap = pool.plan.cap(counters.plan_day(counters.counter(st, provider), st, today))
-        return cap if cap is None else split(cap, self.share)
+        if cap is None or self.whole_caps:
+            return cap
+        return split(cap, self.share)
 
     def available(self, pool: PoolSpec, ip: str, provider: str,
                   now: float) -> tuple[int, float]:
@@ -249,6 +254,14 @@ class WarmupGate:
                       f"{provider} until {_iso(retry_at)}")
         return Decision(tuple(grants), remaining, retry_at if remaining else math.inf,
                         reason)
+
+    def give_back(self, grant: Grant, n: int, now: float) -> None:
+        """`n` of `grant` were not granted after all ([cluster]: Redis had less left):
+        uncount them, so the gate's counts are what was sent."""
+        st = self.state(grant.ip)
+        counters.refund(counters.counter(st, grant.provider), n, self.days.day_of(now),
+                        self.days.hour_of(now))
+        self.dirty.add(grant.ip)
 
     def _record(self, ip: str, provider: str, n: int, now: float) -> None:
         st = self.state(ip)
