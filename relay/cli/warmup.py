@@ -3,12 +3,15 @@
 status reads the per-IP counters the server keeps in the queue's LMDB ("warmup"
 sub-database); set/freeze/resume write an operator change there with a higher
 op_seq, which a running server adopts within a few seconds (relay/delivery/shaper.py).
+With [cluster], set/freeze/resume are also made in Redis, which announces them to every
+node (relay/cluster/warmup.py) and keeps them across restarts.
 plan sizes a migration without touching any state.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -162,7 +165,23 @@ def _operator(args: argparse.Namespace, action: str) -> int:
     what = {"set": f"plan day set to {getattr(args, 'day', 0)}", "freeze": "frozen",
             "resume": "resumed"}[action]
     print(f"{args.ip}: {what}")
+    if cfg.cluster.enabled:
+        value = {"set": str(getattr(args, "day", 0)), "freeze": "frozen by the operator",
+                 "resume": ""}[action]
+        _to_cluster(cfg, args.ip, action, value, g.days.day_of(now))
     return 0
+
+
+def _to_cluster(cfg: Config, ip: str, action: str, value: str, today: int) -> None:
+    """[cluster]: the same change in Redis, announced to every node."""
+    # Imported here, only with [cluster] set: without it the CLI never loads redis.
+    from relay.cluster.warmup import operate_once
+
+    if asyncio.run(operate_once(cfg.cluster, ip, action, value, today, SystemClock())):
+        print(f"{ip}: the change reaches every node of the cluster")
+    else:
+        raise CliError(f"{ip}: changed on this node only: redis unreachable, the other "
+                       "nodes do not see it (run the command again when redis answers)")
 
 
 def cmd_set(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ or Sentinel, not Redis Cluster (as the rest of relay.cluster).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
@@ -44,6 +45,7 @@ from relay.clock import Clock
 from relay.cluster.client import ClusterClient, ClusterUnavailable
 from relay.cluster.fallback import Ledger, Pending, local_share
 from relay.cluster.flags import SharedFlags
+from relay.config.cluster import Cluster
 
 log = logging.getLogger("relay.cluster")
 # A refund no transaction carried goes to Redis alone after this long.
@@ -345,10 +347,8 @@ class SharedWarmup:
         call, carrying the refunds queued meanwhile); from the local share when Redis is
         unreachable."""
         if len(self.ledger):
-            try:
+            with contextlib.suppress(ClusterUnavailable):
                 await self.reconcile()
-            except ClusterUnavailable:
-                pass
         asks = [Ask(*a) for a in asks]
         refunds, self._refunds = self._refunds, []
         args: list[Any] = [self.client.prefix, today, hour, repr(self.clock.now()),
@@ -444,17 +444,16 @@ class SharedWarmup:
     # -- reconciliation ------------------------------------------------------------------
 
     def _reconcile_soon(self) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # called outside the event loop: the next take reconciles
+            return
         if len(self.ledger):
-            try:
-                self.spawn(self._reconcile_quietly())
-            except RuntimeError:  # no running loop
-                pass
+            self.spawn(self._reconcile_quietly())
 
     async def _reconcile_quietly(self) -> None:
-        try:
+        with contextlib.suppress(ClusterUnavailable):
             await self.reconcile()
-        except ClusterUnavailable:
-            pass
 
     async def reconcile(self) -> int:
         """Add the counts made while Redis was unreachable, each batch once."""
@@ -491,3 +490,17 @@ class SharedWarmup:
                         len(self._refunds))
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+async def operate_once(cfg: Cluster, ip: str, action: str, value: str, today: int,
+                       clock: Clock) -> bool:
+    """`SharedWarmup.operate` through a short-lived connection (`relay warmup`); False
+    when Redis is unreachable."""
+    client = ClusterClient(cfg, clock)
+    try:
+        await SharedWarmup(client, clock, lambda: 1).operate(ip, action, value, today)
+    except ClusterUnavailable:
+        return False
+    finally:
+        await client.close()
+    return True

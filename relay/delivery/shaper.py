@@ -142,6 +142,7 @@ class ShapedSender:
                 pause_reason=str(p["pr"]), in_flight=self._unsent(ip, name))
         self.gate.dirty.add(ip)
         self.gate.invalidate()
+        self.flush_soon()  # `relay warmup status` on this node shows it too
 
     def _unsent(self, ip: str, provider: str) -> int:
         """This node's counts of `ip` toward `provider` that Redis does not hold yet:

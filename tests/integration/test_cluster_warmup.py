@@ -85,7 +85,7 @@ async def test_the_cap_is_exact_under_concurrency_over_two_connections(
 
 async def test_the_day_is_the_gates_day_with_a_non_zero_boundary(
         nodes: tuple[Node, Node, FakeClock]) -> None:
-    a, b, clock = nodes
+    a, b, _ = nodes
     days = DayClock(boundary=6 * HOUR)  # days start at 06:00 UTC
     start = 1_790_035_200.0 + 22 * HOUR  # 22:00 UTC
     assert (await take(a, 5, (3, 7), start, days)).granted == 3
