@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from relay.clock import Clock
-from relay.cluster.client import ClusterClient, ClusterUnavailable
+from relay.cluster.client import RETRY_INTERVAL, ClusterClient, ClusterUnavailable
 from relay.cluster.fallback import Ledger, Pending, local_share
 from relay.cluster.flags import SharedFlags
 from relay.config.cluster import Cluster
@@ -201,20 +201,28 @@ STATE = _LIB + """
 return state(ARGV[2])
 """
 
-# Counts made while Redis was unreachable, added once (the guard is set in the same step).
-# KEYS: guard. ARGV: prefix, ip, provider, n, day, hour, guard_ttl_ms. -> 1 added, 0 not
+# Counts made while Redis was unreachable, each batch added once (its guard is set in the
+# same step, so a batch whose answer was lost adds nothing when sent again).
+# KEYS: a guard per batch. ARGV: prefix, guard_ttl_ms, then per batch: ip, provider, n,
+# day, hour. -> batches added
 ADD = _LIB + """
-if not redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[7]) then return 0 end
-local ip, prov, n = ARGV[2], ARGV[3], tonumber(ARGV[4])
-local day = tonumber(ARGV[5]); local hour = tonumber(ARGV[6])
-local adv, d, sent = roll(ip, prov, day, is_frozen(ip))
-local k = pckey(ip, prov)
-if d == day then redis.call('HSET', k, 'sent', math.max(0, sent + n)) end
-local h = redis.call('HMGET', k, 'hour', 'hs')
-local hr = num(h[1], -1)
-if hr < hour then redis.call('HSET', k, 'hour', hour, 'hs', math.max(0, n))
-elseif hr == hour then redis.call('HSET', k, 'hs', math.max(0, num(h[2], 0) + n)) end
-return 1
+local added = 0
+for b = 1, #KEYS do
+  local i = 3 + (b - 1) * 5
+  if redis.call('SET', KEYS[b], '1', 'NX', 'PX', ARGV[2]) then
+    added = added + 1
+    local ip, prov, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local day = tonumber(ARGV[i + 3]); local hour = tonumber(ARGV[i + 4])
+    local _, d, sent = roll(ip, prov, day, is_frozen(ip))
+    local k = pckey(ip, prov)
+    if d == day then redis.call('HSET', k, 'sent', math.max(0, sent + n)) end
+    local h = redis.call('HMGET', k, 'hour', 'hs')
+    local hr = num(h[1], -1)
+    if hr < hour then redis.call('HSET', k, 'hour', hour, 'hs', math.max(0, n))
+    elseif hr == hour then redis.call('HSET', k, 'hs', math.max(0, num(h[2], 0) + n)) end
+  end
+end
+return added
 """
 
 
@@ -294,6 +302,7 @@ class SharedWarmup:
         self._flusher: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.calls = 0  # script calls made (round trips), for tests and the bench
+        self._down_at: float | None = None  # clock.monotonic() of the last failed call
         self._watched: tuple[str, ...] = ()
         self._listeners: list[StateListener] = []
         client.on_up(self._reconcile_soon)
@@ -346,7 +355,11 @@ class SharedWarmup:
         """Grant each ask up to what is left of its IP's cap cluster-wide (one script
         call, carrying the refunds queued meanwhile); from the local share when Redis is
         unreachable."""
-        if len(self.ledger):
+        # What this node counted while Redis was away goes in before it takes more (else
+        # every node's first take after an outage would see the count without its own).
+        # Not tried again within a second of a failure: a batch per second at most.
+        if len(self.ledger) and (self._down_at is None or self.clock.monotonic()
+                                 - self._down_at >= RETRY_INTERVAL):
             with contextlib.suppress(ClusterUnavailable):
                 await self.reconcile()
         asks = [Ask(*a) for a in asks]
@@ -361,6 +374,7 @@ class SharedWarmup:
             self.calls += 1
             reply = await self.client.call(lambda r: self.scripts.take(keys=[], args=args))
         except ClusterUnavailable:
+            self._down_at = self.clock.monotonic()
             self._refunds = refunds + self._refunds
             return [self._local(a, today, hour) for a in asks]
         out: list[Answer] = []
@@ -456,21 +470,29 @@ class SharedWarmup:
             await self.reconcile()
 
     async def reconcile(self) -> int:
-        """Add the counts made while Redis was unreachable, each batch once."""
-        done = 0
-        for batch in self.ledger.seal(self._epoch):
+        """Add the counts made while Redis was unreachable, each batch once, all in one
+        call. Returns the batches confirmed; ClusterUnavailable if Redis is still away
+        (they stay, under the same ids)."""
+        batches = self.ledger.seal(self._epoch)
+        if not batches:
+            return 0
+        guards: list[str] = []
+        args: list[Any] = [self.client.prefix, GUARD_TTL_MS]
+        for batch in batches:
             p = batch.pending
             ip, provider, day = p.key.rsplit("|", 2)
-            guard = self.client.key("reconciled", batch.batch_id)
-            args: list[Any] = [self.client.prefix, ip, provider, p.n, int(day), p.at_ms,
-                               GUARD_TTL_MS]
-            self.calls += 1
-            await self.client.call(functools.partial(self._add, keys=[guard], args=args))
+            guards.append(self.client.key("reconciled", batch.batch_id))
+            args += [ip, provider, p.n, int(day), p.at_ms]
+        self.calls += 1
+        try:
+            await self.client.call(functools.partial(self._add, keys=guards, args=args))
+        except ClusterUnavailable:
+            self._down_at = self.clock.monotonic()
+            raise
+        for batch in batches:
             self.ledger.confirm(batch.batch_id)
-            done += 1
-        if done:
-            log.info("cluster: reconciled %d local warm-up count(s) into redis", done)
-        return done
+        log.info("cluster: reconciled %d local warm-up count(s) into redis", len(batches))
+        return len(batches)
 
     async def _add(self, _r: Any, keys: list[str], args: list[Any]) -> Any:
         return await self.scripts.add(keys=keys, args=args)
