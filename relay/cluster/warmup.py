@@ -70,10 +70,10 @@ local function roll(ip, prov, today, frozen)
   local day = num(h[2], -1); local sent = num(h[3], 0)
   if day < today then
     if day >= 0 and sent > 0 and num(h[4], -1) ~= day and not frozen then adv = adv + 1 end
+    if day < 0 then redis.call('SADD', setkey(ip), prov) end
     day = today; sent = 0
+    redis.call('HSET', k, 'adv', adv, 'day', day, 'sent', sent)
   end
-  redis.call('HSET', k, 'adv', adv, 'day', day, 'sent', sent)
-  redis.call('SADD', setkey(ip), prov)
   return adv, day, sent
 end
 local function state(ip)

@@ -1,0 +1,100 @@
+"""What [cluster] adds to a delivery transaction's warm-up decision: the real ShapedSender's
+gate (relay/warmup/gate.py) alone, against the gate plus the shared count in a real
+redis-server on loopback (relay/cluster/warmup.py through ShapedSender._take_shared: one
+script call, the answer adopted by the gate), then the settle of a delivered recipient.
+No SMTP: the figure is the decision's cost, which the transaction adds to its SMTP time.
+Each round is ROUNDS transactions of one recipient from a warming IP to one provider; the
+Redis round trips per transaction are counted (SharedWarmup.calls) and asserted.
+
+    PYTHONPATH=. .venv/bin/pytest bench/test_bench_cluster_warmup.py --benchmark-enable \\
+        --benchmark-only --benchmark-columns=min,median
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.clock import FakeClock
+from relay.cluster.client import ClusterClient
+from relay.cluster.warmup import SharedWarmup
+from relay.config import Config, from_dict
+from relay.config.cluster import Cluster
+from relay.delivery.shaper import ShapedSender
+from relay.queue.store import QueueStore
+from relay.testing.redisserver import RedisServer
+from relay.testing.require import require_program
+from relay.warmup import gate
+
+ROUNDS = 200
+T0 = 1_790_035_200.0 + 9 * 3600
+IP = "192.0.2.10"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    require_program("redis-server")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()
+
+
+def _config(tmp: Path) -> Config:
+    return from_dict({
+        "server": {"hostname": "relay.test", "state_dir": str(tmp / "state")},
+        "delivery": {"pool": "dedicated"},
+        "warmup_plan": [{"name": "big", "caps": [10**9]}],
+        "pool": [{"name": "dedicated", "warmup_plan": "big", "warmup_start": "2026-01-01",
+                  "ips": [IP]}],
+    })
+
+
+async def _shaper(tmp: Path, clock: FakeClock) -> tuple[ShapedSender, QueueStore]:
+    cfg = _config(tmp)
+    store = QueueStore(cfg.state_path / "queue", clock)
+    await store.start()
+    return ShapedSender(cfg, None, store, clock), store  # type: ignore[arg-type]
+
+
+async def _transactions(sh: ShapedSender, clock: FakeClock, shared: bool) -> None:
+    for _ in range(ROUNDS):
+        now = clock.now()
+        decision = sh.gate.acquire("dedicated", "gmail", 1, now)
+        grants: list[Any] = list(decision.grants)
+        if shared:
+            calls = sh.shared.calls
+            taken, _, _ = await sh._take_shared("dedicated", "gmail", gate.BULK, decision, now)
+            grants = [g for g, _ in taken]
+            assert sh.shared.calls == calls + 1  # one Redis round trip per transaction
+        assert [g.count for g in grants] == [1]
+        sh.gate.settle(grants[0], [("delivered", "250 ok")], now)
+        clock.advance(0.01)
+
+
+def test_bench_warmup_decision_local(benchmark: Any, loop: asyncio.AbstractEventLoop,
+                                     tmp_path: Path) -> None:
+    clock = FakeClock(T0)
+    sh, store = loop.run_until_complete(_shaper(tmp_path, clock))
+    try:
+        benchmark(lambda: loop.run_until_complete(_transactions(sh, clock, False)))
+    finally:
+        loop.run_until_complete(store.close())
+
+
+def test_bench_warmup_decision_cluster(benchmark: Any, loop: asyncio.AbstractEventLoop,
+                                       tmp_path: Path, redis_server: RedisServer) -> None:
+    clock = FakeClock(T0)
+    sh, store = loop.run_until_complete(_shaper(tmp_path, clock))
+    client = ClusterClient(Cluster(redis_url=redis_server.url, node_id="bench"), clock)
+    shared = SharedWarmup(client, clock, lambda: 1)
+    sh.attach_shared(shared)
+    try:
+        benchmark(lambda: loop.run_until_complete(_transactions(sh, clock, True)))
+        benchmark.extra_info["redis_calls"] = shared.calls
+    finally:
+        loop.run_until_complete(client.close())
+        loop.run_until_complete(store.close())
