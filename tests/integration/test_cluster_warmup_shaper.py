@@ -7,6 +7,7 @@ goes back to Redis with the next call; the plan day is the cluster's on the next
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from relay.testing.redisserver import RedisServer
 from relay.testing.require import require_program
 from relay.testing.sink import Rules, Sink
 from relay.testing.warmup import DeliveryHarness, provider_dns
+from relay.warmup import gate
 
 DAY = 86400.0
 START = 1_790_035_200.0 + 9 * 3600   # 09:00 UTC
@@ -158,3 +160,51 @@ async def test_a_4xx_is_given_back_to_redis_with_the_next_call_or_within_a_secon
     assert a.shared._flusher is not None
     await a.shared._flusher
     assert a.shared.calls == calls + 1 and a.shared.pending(IP, "prova") == 0
+
+
+async def _until(condition: Any, timeout: float = 5.0) -> bool:
+    """Poll (real time: pub/sub is real I/O) until `condition()` or `timeout`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition() and loop.time() < deadline:
+        await asyncio.sleep(0.02)
+    return bool(condition())
+
+
+async def test_a_backoff_pause_and_a_reputation_freeze_on_one_node_hold_on_the_other(
+        nodes: tuple[Node, Node], sink: Sink) -> None:
+    a, b = nodes
+    for node in nodes:
+        await node.parts.cluster.start()
+        await asyncio.wait_for(node.parts.cluster.flags.ready.wait(), 10)
+    sink.policy = Rules(temp_fail_next=1, temp_fail_reply=(
+        "421 4.7.28 Our system has detected an unusual rate of unsolicited mail"))
+    await a.submit("u0@a.test")
+    await a.deliver_until(START + 10)
+    assert a.shaped.gate.state(IP).providers["prova"].paused_until > START
+
+    def paused_on_b() -> bool:
+        pc = b.shaped.gate.state(IP).providers.get("prova")
+        return pc is not None and pc.paused_until >= START + 3600
+
+    loop = asyncio.get_running_loop()
+    t = loop.time()
+    assert await _until(paused_on_b)
+    assert loop.time() - t < 5.0  # bound generous for a loaded machine; typically ms
+    assert b.shaped.gate.state(IP).providers["prova"].freeze_day == b.shaped.gate.days.day_of(
+        START)
+    calls = b.shared.calls
+    await b.submit("v0@a.test")
+    await b.deliver_until(START + 20)
+    assert sink.message_count == 0 and b.delayed() == 1
+    assert b.shared.calls == calls  # held by b's own gate, no round trip
+
+    # a reputation freeze (bounce rate) learned on node b reaches node a
+    grant = gate.Grant(IP, "mta10.relay.test", "dedicated", "provb", 210)
+    b.shaped.gate._record(IP, "provb", 210, b.clock.now())
+    b.shaped.gate.settle(grant, [("delivered", "250 ok")] * 190
+                         + [("bounced", "550 5.1.1 no such user")] * 20, b.clock.now())
+    assert b.shaped.gate.state(IP).frozen
+    b.shaped.publish()
+    assert await _until(lambda: a.shaped.gate.state(IP).frozen)
+    assert "bounce rate" in a.shaped.gate.state(IP).frozen_reason
