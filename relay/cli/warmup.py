@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from relay.clock import SystemClock
 from relay.config import Config
 from relay.events.log import tail
 from relay.queue.store import QueueStore
+from relay.warmup import counters
 from relay.warmup import gate as gate_mod
 from relay.warmup.planner import plan_for
 from relay.warmup.plans import BUILTIN_PLANS, Plan
@@ -105,7 +107,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     store = _store(cfg, create=False)
     try:
-        rows = _gate(cfg, store, totals=True).status(SystemClock().now())
+        g = _gate(cfg, store, totals=True)
+        if cfg.cluster.enabled:
+            _from_cluster(cfg, g)
+        rows = g.status(SystemClock().now())
     finally:
         if store is not None:
             store.close_sync()
@@ -170,6 +175,25 @@ def _operator(args: argparse.Namespace, action: str) -> int:
                  "resume": ""}[action]
         _to_cluster(cfg, args.ip, action, value, g.days.day_of(now))
     return 0
+
+
+def _from_cluster(cfg: Config, g: gate_mod.WarmupGate) -> None:
+    """[cluster]: the warming IPs' counts, plan days and restrictions as Redis has them
+    (every node's sends), over this node's copy; the copy alone when Redis is away."""
+    # Imported here, only with [cluster] set: without it the CLI never loads redis.
+    from relay.cluster.warmup import states_once
+
+    ips = [ip.address for p in g.pools.values() if p.plan is not None for ip in p.ips]
+    states = asyncio.run(states_once(cfg.cluster, ips, SystemClock()))
+    if states is None:
+        print("warning: redis unreachable: this node's copy of the warm-up counts",
+              file=sys.stderr)
+        return
+    for ip, state in states.items():
+        try:
+            counters.adopt_state(g.state(ip), state)
+        except (KeyError, TypeError, ValueError):
+            print(f"warning: {ip}: unreadable warm-up state in redis", file=sys.stderr)
 
 
 def _to_cluster(cfg: Config, ip: str, action: str, value: str, today: int) -> None:

@@ -526,3 +526,17 @@ async def operate_once(cfg: Cluster, ip: str, action: str, value: str, today: in
     finally:
         await client.close()
     return True
+
+
+async def states_once(cfg: Cluster, ips: Sequence[str], clock: Clock
+                      ) -> dict[str, dict[str, Any]] | None:
+    """Each IP's state as Redis has it, through a short-lived connection (`relay warmup
+    status`); None when Redis is unreachable."""
+    client = ClusterClient(cfg, clock)
+    try:
+        shared = SharedWarmup(client, clock, lambda: 1)
+        return {ip: await shared.state(ip) for ip in ips}
+    except ClusterUnavailable:
+        return None
+    finally:
+        await client.close()

@@ -131,15 +131,8 @@ class ShapedSender:
         ip = state["ip"]
         if not isinstance(ip, str) or not self.gate.knows(ip):
             return
-        st = self.gate.state(ip)
-        counters.adopt_shared(st, frozen=bool(state["frozen"]), reason=str(state["reason"]),
-                              base=int(state["base"]))
-        for name, p in dict(state["providers"] or {}).items():
-            counters.adopt_counter(
-                counters.counter(st, name), advanced=int(p["adv"]), day=int(p["day"]),
-                sent=int(p["sent"]), hour=int(p["hour"]), hour_sent=int(p["hs"]),
-                freeze_day=int(p["fz"]), paused_until=float(p["pu"]),
-                pause_reason=str(p["pr"]), in_flight=self._unsent(ip, name))
+        counters.adopt_state(self.gate.state(ip), state,
+                             lambda provider: self._unsent(ip, provider))
         self.gate.dirty.add(ip)
         self.gate.invalidate()
         self.flush_soon()  # `relay warmup status` on this node shows it too

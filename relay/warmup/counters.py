@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import msgspec
 
@@ -243,6 +244,21 @@ def adopt_shared(ip: IpState, *, frozen: bool, reason: str, base: int) -> None:
     """PURE but for `ip`: the IP's freeze and base progress as the cluster has them (an
     operator's resume on any node lifts a freeze on every node)."""
     ip.frozen, ip.frozen_reason, ip.base_advanced = frozen, reason, base
+
+
+def adopt_state(ip: IpState, state: Mapping[str, Any],
+                in_flight: Callable[[str], int] = lambda provider: 0) -> None:
+    """PURE but for `ip`: an IP's whole state as the cluster has it (relay/cluster/
+    warmup.py's JSON: frozen, reason, base, providers: {name: {adv, day, sent, hour, hs,
+    fz, pu, pr}}); `in_flight(provider)` as for adopt_counter. KeyError, TypeError or
+    ValueError when it is malformed."""
+    adopt_shared(ip, frozen=bool(state["frozen"]), reason=str(state["reason"]),
+                 base=int(state["base"]))
+    for name, p in dict(state["providers"] or {}).items():
+        adopt_counter(counter(ip, str(name)), advanced=int(p["adv"]), day=int(p["day"]),
+                      sent=int(p["sent"]), hour=int(p["hour"]), hour_sent=int(p["hs"]),
+                      freeze_day=int(p["fz"]), paused_until=float(p["pu"]),
+                      pause_reason=str(p["pr"]), in_flight=in_flight(str(name)))
 
 
 def restrictions(ip: IpState, today: int, now: float

@@ -218,3 +218,24 @@ async def test_redis_down_takes_the_local_share_and_reconciles_once(
         assert await a.client.call(
             lambda r: a.warmup.scripts.add(keys=[guard], args=args)) == added
     assert (await take(a, 99, (100,), now)).granted == 65
+
+
+async def test_a_node_that_starts_later_takes_the_changes_made_meanwhile(
+        nodes: tuple[Node, Node, FakeClock]) -> None:
+    """A restart, or a subscription lost while Redis was away: the whole state of every
+    watched IP is read again when the subscription (re)starts."""
+    a, b, clock = nodes
+    today = DayClock().day_of(clock.now())
+    await a.warmup.operate(IP, "set", "4", today)
+    await a.warmup.operate(IP, "freeze", "by the operator", today)
+    seen: list[dict[str, Any]] = []
+    got = asyncio.Event()
+
+    def listener(state: dict[str, Any]) -> None:
+        seen.append(state)
+        got.set()
+
+    b.warmup.watch([IP], listener)
+    b.flags.start()
+    await asyncio.wait_for(got.wait(), 5)
+    assert seen[0]["ip"] == IP and seen[0]["base"] == 3 and seen[0]["frozen"] is True

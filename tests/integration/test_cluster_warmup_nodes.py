@@ -122,6 +122,13 @@ def test_two_nodes_sharing_a_warming_ip_send_exactly_the_plans_cap(
             # both nodes sent: the cap is the cluster's, not one node's
             assert all(_events(c, "Delivery") for c in configs)
 
+            # `relay warmup status` on either node shows the IP's sends from both
+            for c in configs:
+                shown = run_cli("warmup", "status", "--json", config=c)
+                assert shown.returncode == 0, shown.stderr
+                (row,) = json.loads(shown.stdout)
+                assert (row["sent_today"], row["day"], row["cap_today"]) == (CAP, 1, CAP)
+
             # An operator's freeze on node b reaches node a (pub/sub), without a restart.
             done = run_cli("warmup", "freeze", IP, config=configs[1])
             assert done.returncode == 0, done.stderr
