@@ -229,13 +229,16 @@ return added
 class Ask(NamedTuple):
     """One part of a transaction: `n` recipients from `ip` toward `provider`, under the
     plan whose day-indexed caps are `caps`; `cap`: today's cap as this node sees it (the
-    one its local share divides while Redis is unreachable)."""
+    one its local share divides while Redis is unreachable); `seen`: today's count as
+    this node's gate has it without this ask (the cluster's as last adopted, for a local
+    share before this process heard from Redis at all, e.g. started while it was down)."""
 
     ip: str
     provider: str
     n: int
     caps: tuple[int, ...]
     cap: int
+    seen: int = 0
 
 
 @dataclass(frozen=True)
@@ -387,9 +390,11 @@ class SharedWarmup:
         return out
 
     def _local(self, ask: Ask, today: int, hour: int) -> Answer:
-        day, sent = self._last.get((ask.ip, ask.provider), (today, 0))
         slot = _slot(ask.ip, ask.provider, today)
-        share = local_share(ask.cap, sent if day == today else 0, self.live_nodes())
+        day, sent = self._last.get((ask.ip, ask.provider), (-1, 0))
+        if day != today:  # not heard from Redis today: the gate's count, less our own
+            sent = max(0, ask.seen - self.ledger.used(slot))
+        share = local_share(ask.cap, sent, self.live_nodes())
         granted = max(0, min(ask.n, share - self.ledger.used(slot)))
         if granted:
             self.ledger.record(Pending(KIND, slot, granted, at_ms=hour, bucket_ms=1))

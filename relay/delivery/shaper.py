@@ -94,6 +94,9 @@ class ShapedSender:
         self.shared: Any = None
         # (IP, provider) -> units granted by the gate, not yet answered by Redis
         self._in_flight: dict[tuple[str, str], int] = {}
+        # IPs whose restrictions could not be published (Redis away): sent again once a
+        # call succeeds
+        self._unpublished: set[str] = set()
 
     def attach_shared(self, shared: Any) -> None:
         """[cluster]: count the warming IPs' sends and plan progress in Redis, and follow
@@ -121,8 +124,10 @@ class ShapedSender:
         try:
             state = await self.shared.restrict(ip, today, frozen, reason, held)
         except self.shared.Unavailable:
-            log.warning("warm-up: %s held back on this node only (redis unreachable)", ip)
+            log.warning("warm-up: %s held back on this node only until redis answers", ip)
+            self._unpublished.add(ip)
             return
+        self._unpublished.discard(ip)
         self.adopt_state(state)
 
     def adopt_state(self, state: dict[str, Any]) -> None:
@@ -163,7 +168,9 @@ class ShapedSender:
                     out.append((g, None))
                 else:
                     cap = self.gate.cap(self.gate.pools[g.pool], g.ip, g.provider, now) or 0
-                    planned.append((g, (g.ip, g.provider, g.count, plan.caps, cap)))
+                    pc = counters.counter(self.gate.state(g.ip), g.provider)
+                    seen = max(0, counters.sent_today(pc, today) - g.count)
+                    planned.append((g, (g.ip, g.provider, g.count, plan.caps, cap, seen)))
             if not planned:
                 break
             for g, _ in planned:
@@ -181,6 +188,10 @@ class ShapedSender:
                         self._in_flight[key] = left
                     else:
                         self._in_flight.pop(key, None)
+            if self._unpublished and any(answer.shared for answer in answers):
+                for ip in sorted(self._unpublished):
+                    self.shared.spawn(self._restrict(ip))
+                self._unpublished.clear()
             short = 0
             for (g, _), answer in zip(planned, answers, strict=True):
                 if answer.granted < g.count:

@@ -208,3 +208,31 @@ async def test_a_backoff_pause_and_a_reputation_freeze_on_one_node_hold_on_the_o
     b.shaped.publish()
     assert await _until(lambda: a.shaped.gate.state(IP).frozen)
     assert "bounce rate" in a.shaped.gate.state(IP).frozen_reason
+
+
+async def test_redis_down_a_node_sends_its_local_share_and_reconciles_when_it_returns(
+        nodes: tuple[Node, Node], sink: Sink, redis_server: RedisServer) -> None:
+    a, b = nodes
+    for node in nodes:  # both heartbeats: two live nodes
+        await node.parts.cluster.heartbeat.once()
+    await a.parts.cluster.heartbeat.live()
+    assert a.parts.cluster.heartbeat.live_count == 2
+    await b.submit("u0@a.test")
+    await b.deliver_until(START + 10)
+    assert sink.message_count == 1
+    redis_server.stop()
+    # (3 - 1 counted) // 2 live nodes = 1 for node a while Redis is away, no more
+    await a.submit("v0@a.test", "v1@a.test", "v2@a.test")
+    await a.deliver_until(START + 20)
+    assert sink.message_count == 2 and a.delayed() == 2
+    assert not a.events_of("Bounce")
+    # Redis back (empty: no persistence here): node a's count goes in once, before it
+    # takes more, so node b's next take sees it
+    redis_server.start()
+    a.clock.advance(2.0)
+    await a.submit("w0@a.test")
+    await a.deliver_until(START + 30)
+    assert await a.shared.state(IP) == await b.shared.state(IP)
+    state = await a.shared.state(IP)
+    assert state["providers"]["prova"]["sent"] == 2  # the local 1, and w0's 1
+    assert await a.shared.reconcile() == 0
