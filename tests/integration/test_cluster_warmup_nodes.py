@@ -142,3 +142,17 @@ def test_two_nodes_sharing_a_warming_ip_send_exactly_the_plans_cap(
         finally:
             for p in procs:
                 p.stop()
+
+
+def test_with_redis_unreachable_the_cli_says_the_change_holds_on_this_node_only(
+        tmp_path: Path, today: str) -> None:
+    config = _node(tmp_path, "node-a", "127.0.0.21", 1, 1, f"redis://127.0.0.1:{free_port()}/0",
+                   today)
+    done = run_cli("warmup", "freeze", IP, config=config)
+    assert done.returncode == 1
+    assert "changed on this node only: redis unreachable" in done.stderr
+    assert "Traceback" not in done.stderr
+    shown = run_cli("warmup", "status", "--json", config=config)
+    assert shown.returncode == 0, shown.stderr
+    assert "redis unreachable: this node's copy" in shown.stderr
+    assert json.loads(shown.stdout)[0]["frozen"] is True
