@@ -2,7 +2,7 @@
 share one real redis-server: both are given more mail for one provider than the plan's cap
 for the day, and the provider's sink (127.0.0.2) receives exactly the cap from the IP
 (127.0.0.10), not twice it; the rest is held for the next day (DeliveryDelay), not
-bounced. An operator's freeze on one node reaches the other."""
+bounced. `relay warmup set --day` on one node reaches the other's running gate."""
 
 from __future__ import annotations
 
@@ -122,23 +122,19 @@ def test_two_nodes_sharing_a_warming_ip_send_exactly_the_plans_cap(
             # both nodes sent: the cap is the cluster's, not one node's
             assert all(_events(c, "Delivery") for c in configs)
 
-            # `relay warmup status` on either node shows the IP's sends from both
-            for c in configs:
-                shown = run_cli("warmup", "status", "--json", config=c)
-                assert shown.returncode == 0, shown.stderr
-                (row,) = json.loads(shown.stdout)
-                assert (row["sent_today"], row["day"], row["cap_today"]) == (CAP, 1, CAP)
-
-            # An operator's freeze on node b reaches node a (pub/sub), without a restart.
-            done = run_cli("warmup", "freeze", IP, config=configs[1])
+            # `relay warmup set --day 2` on node b reaches node a's running gate
+            # (pub/sub): node a sends new mail at once, under day 2's cap, though its gate
+            # had found the IP full for today.
+            done = run_cli("warmup", "set", IP, "--day", "2", config=configs[1])
             assert done.returncode == 0, done.stderr
             assert "every node" in done.stdout
-
-            def frozen_on_a() -> bool:
-                shown = run_cli("warmup", "status", "--json", config=configs[0])
-                return bool(json.loads(shown.stdout)[0]["frozen"])
-
-            assert _wait(frozen_on_a, 5.0)
+            for i in range(2):
+                _submit(addresses[0][1], addresses[0][0], f"late{i}@a.test")
+            assert _wait(lambda: sink.message_count == CAP + 2, 10.0), sink.message_count
+            # `relay warmup status` on a node shows the IP's sends from both nodes
+            shown = run_cli("warmup", "status", "--json", config=configs[0])
+            (row,) = json.loads(shown.stdout)
+            assert (row["sent_today"], row["day"], row["cap_today"]) == (CAP + 2, 2, 50)
         finally:
             for p in procs:
                 p.stop()
