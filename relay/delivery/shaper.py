@@ -31,6 +31,12 @@ with a higher op_seq; this process merges them (counters.merge_operator) when
 it persists and every `sync_interval` seconds. With server.workers = N it also
 reads the other workers' records of each IP then (`_sync_peers`): their freezes
 and backoff pauses hold here too, and the reputation rates are over all of them.
+
+With [cluster] (`attach_shared`, relay/cluster/warmup.py) the gate is a pre-filter that
+keeps to the whole cap: each transaction's grants to warming IPs are confirmed in Redis
+by one call (`_take_shared`), the shortfall given back to the gate and held; recipients
+not taken are refunded there; the gate adopts the cluster's counts from each answer, and
+every node's operator changes and restrictions by pub/sub (`adopt_state`).
 """
 
 from __future__ import annotations
