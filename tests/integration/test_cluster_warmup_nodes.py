@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import smtplib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def _events(config: Path, kind: str) -> list[dict[str, Any]]:
     return [e for e in read_events(path) if e["eventType"] == kind] if path.exists() else []
 
 
-def _wait(condition: Any, timeout: float = 15.0) -> bool:
+def _wait(condition: Callable[[], bool], timeout: float = 15.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if condition():
