@@ -196,9 +196,11 @@ end
 return announce(ip, ARGV[4], ARGV[5])
 """
 
-# ARGV: prefix, ip. -> the IP's state (JSON)
+# ARGV: prefix, ip... -> each IP's state (JSON)
 STATE = _LIB + """
-return state(ARGV[2])
+local out = {}
+for i = 2, #ARGV do out[#out + 1] = state(ARGV[i]) end
+return out
 """
 
 # Counts made while Redis was unreachable, each batch added once (its guard is set in the
@@ -345,11 +347,9 @@ class SharedWarmup:
             self.spawn(self._reload())
 
     async def _reload(self) -> None:
-        for ip in self._watched:
-            try:
-                self._tell(await self.state(ip))
-            except ClusterUnavailable:
-                return
+        with contextlib.suppress(ClusterUnavailable):
+            for state in (await self.states(self._watched)).values():
+                self._tell(state)
 
     # -- the delivery transaction ------------------------------------------------------
 
@@ -449,10 +449,14 @@ class SharedWarmup:
 
     async def state(self, ip: str) -> dict[str, Any]:
         """The IP's state as Redis has it."""
-        args = [self.client.prefix, ip]
+        return (await self.states([ip]))[ip]
+
+    async def states(self, ips: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """Each IP's state as Redis has it (one call)."""
+        args = [self.client.prefix, *ips]
         self.calls += 1
         raw = await self.client.call(lambda r: self.scripts.state(keys=[], args=args))
-        return dict(json.loads(raw))
+        return {ip: dict(json.loads(one)) for ip, one in zip(ips, raw, strict=True)}
 
     def spawn(self, coro: Any) -> None:
         """Run `coro` in the background (kept until done)."""
@@ -539,8 +543,7 @@ async def states_once(cfg: Cluster, ips: Sequence[str], clock: Clock
     status`); None when Redis is unreachable."""
     client = ClusterClient(cfg, clock)
     try:
-        shared = SharedWarmup(client, clock, lambda: 1)
-        return {ip: await shared.state(ip) for ip in ips}
+        return await SharedWarmup(client, clock, lambda: 1).states(ips)
     except ClusterUnavailable:
         return None
     finally:
