@@ -61,11 +61,14 @@ local function ipkey(ip) return P .. 'wu:ip:' .. ip end
 local function setkey(ip) return P .. 'wu:prov:' .. ip end
 local function num(v, d) local x = tonumber(v); if x == nil then return d end; return x end
 local function is_frozen(ip) return redis.call('HGET', ipkey(ip), 'frozen') == '1' end
--- the lazy roll of relay.warmup.counters.roll: a day counts when sent to and not frozen
-local function roll(ip, prov, today, frozen)
+-- the lazy roll of relay.warmup.counters.roll: a day counts when sent to and not frozen.
+-- A counter Redis does not have starts at `seed` (the node's plan progress: a Redis that
+-- lost its data does not send every IP back to day 1) or else at the IP's base.
+local function roll(ip, prov, today, frozen, seed)
   local k = pckey(ip, prov)
   local h = redis.call('HMGET', k, 'adv', 'day', 'sent', 'fz')
   local adv = tonumber(h[1])
+  if adv == nil and seed ~= nil and seed >= 0 then adv = seed end
   if adv == nil then adv = num(redis.call('HGET', ipkey(ip), 'base'), 0) end
   local day = num(h[2], -1); local sent = num(h[3], 0)
   if day < today then
@@ -87,8 +90,9 @@ local function state(ip)
                    pu = num(c[7], 0), pr = c[8] or ''}
   end
   if next(provs) == nil then provs = cjson.decode('{}') end
-  return cjson.encode({ip = ip, frozen = h[1] == '1', reason = h[2] or '',
-                       base = num(h[3], 0), providers = provs})
+  return cjson.encode({ip = ip, known = redis.call('EXISTS', ipkey(ip)) == 1,
+                       frozen = h[1] == '1', reason = h[2] or '', base = num(h[3], 0),
+                       providers = provs})
 end
 local function announce(ip, channel, node)
   local s = state(ip)
@@ -99,7 +103,8 @@ end
 """
 
 # ARGV: prefix, today, hour, now, paced (1/0), burst, ngrants, nrefunds, then per refund:
-# ip, provider, n, day, hour; then per grant: ip, provider, n, caps ("c1,c2,...").
+# ip, provider, n, day, hour; then per grant: ip, provider, n, caps ("c1,c2,..."), seed
+# (the node's counted days, -1: none).
 # -> per grant: {granted, adv, day, sent, hour, hs, fz, pu}
 TAKE = _LIB + """
 local today = tonumber(ARGV[2]); local hour = tonumber(ARGV[3]); local now = tonumber(ARGV[4])
@@ -122,12 +127,13 @@ for _ = 1, ng do
   local ip, prov, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local caps = {}
   for c in string.gmatch(ARGV[i + 3], '[^,]+') do caps[#caps + 1] = tonumber(c) end
-  i = i + 4
+  local seed = tonumber(ARGV[i + 4])
+  i = i + 5
   local k = pckey(ip, prov)
   local d = today
   local seen = num(redis.call('HGET', k, 'day'), -1)
   if seen > d then d = seen end  -- a node whose clock is behind counts in the newer day
-  local adv, day, sent = roll(ip, prov, d, is_frozen(ip))
+  local adv, day, sent = roll(ip, prov, d, is_frozen(ip), seed)
   local h = redis.call('HMGET', k, 'hour', 'hs', 'fz', 'pu')
   local hr = num(h[1], -1); local hs = num(h[2], 0)
   if hr < hour then hr = hour; hs = 0 end
@@ -241,6 +247,8 @@ class Ask(NamedTuple):
     caps: tuple[int, ...]
     cap: int
     seen: int = 0
+    advanced: int = -1  # the node's counted days (plan day - 1), seeding a counter
+                        # Redis does not have; -1: none
 
 
 @dataclass(frozen=True)
@@ -372,7 +380,7 @@ class SharedWarmup:
         for r in refunds:
             args += [r.ip, r.provider, r.n, r.day, r.hour]
         for a in asks:
-            args += [a.ip, a.provider, a.n, ",".join(map(str, a.caps))]
+            args += [a.ip, a.provider, a.n, ",".join(map(str, a.caps)), a.advanced]
         try:
             self.calls += 1
             reply = await self.client.call(lambda r: self.scripts.take(keys=[], args=args))

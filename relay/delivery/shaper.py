@@ -176,7 +176,9 @@ class ShapedSender:
                     cap = self.gate.cap(self.gate.pools[g.pool], g.ip, g.provider, now) or 0
                     pc = counters.counter(self.gate.state(g.ip), g.provider)
                     seen = max(0, counters.sent_today(pc, today) - g.count)
-                    planned.append((g, (g.ip, g.provider, g.count, plan.caps, cap, seen)))
+                    advanced = counters.plan_day(pc, self.gate.state(g.ip), today) - 1
+                    planned.append((g, (g.ip, g.provider, g.count, plan.caps, cap, seen,
+                                        advanced)))
             if not planned:
                 break
             for g, _ in planned:

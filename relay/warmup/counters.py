@@ -252,9 +252,14 @@ def adopt_state(ip: IpState, state: Mapping[str, Any],
     warmup.py's JSON: frozen, reason, base, providers: {name: {adv, day, sent, hour, hs,
     fz, pu, pr}}); `in_flight(provider)` as for adopt_counter. KeyError, TypeError or
     ValueError when it is malformed."""
-    adopt_shared(ip, frozen=bool(state["frozen"]), reason=str(state["reason"]),
-                 base=int(state["base"]))
-    for name, p in dict(state["providers"] or {}).items():
+    providers = dict(state["providers"] or {})
+    if state.get("known", True):  # an IP no node ever froze, resumed or set: no opinion
+        adopt_shared(ip, frozen=bool(state["frozen"]), reason=str(state["reason"]),
+                     base=int(state["base"]))
+        for name, pc in ip.providers.items():  # not counted in Redis yet: from the base
+            if name not in providers:
+                pc.advanced = ip.base_advanced
+    for name, p in providers.items():
         adopt_counter(counter(ip, str(name)), advanced=int(p["adv"]), day=int(p["day"]),
                       sent=int(p["sent"]), hour=int(p["hour"]), hour_sent=int(p["hs"]),
                       freeze_day=int(p["fz"]), paused_until=float(p["pu"]),

@@ -21,7 +21,8 @@ from relay.cluster.warmup import Ask, SharedWarmup
 from relay.config.cluster import Cluster
 from relay.testing.redisserver import RedisServer
 from relay.testing.require import require_program
-from relay.warmup.counters import DayClock
+from relay.warmup import counters
+from relay.warmup.counters import DayClock, IpState
 
 IP, GMAIL = "192.0.2.10", "gmail"
 HOUR = 3600.0
@@ -239,3 +240,28 @@ async def test_a_node_that_starts_later_takes_the_changes_made_meanwhile(
     b.flags.start()
     await asyncio.wait_for(got.wait(), 5)
     assert seen[0]["ip"] == IP and seen[0]["base"] == 3 and seen[0]["frozen"] is True
+
+
+async def test_a_redis_that_lost_its_data_does_not_send_an_ip_back_to_day_1(
+        nodes: tuple[Node, Node, FakeClock]) -> None:
+    """Redis restarted empty (no persistence): a counter it does not have starts at the
+    node's plan progress (the `advanced` of the ask), and an IP it knows nothing of keeps
+    the node's freeze and base (no opinion), instead of day 1 for every IP."""
+    a, b, clock = nodes
+    caps = (2, 4, 6, 8)
+    days = DayClock()
+    now = clock.now()
+    # the node's gate is on plan day 3 (2 counted days); Redis has nothing
+    (answer,) = await a.warmup.take([Ask(IP, GMAIL, 9, caps, 6, 0, 2)], days.day_of(now),
+                                    days.hour_of(now), paced=False, burst=1.0)
+    assert answer.counter is not None
+    assert (answer.granted, answer.counter.advanced) == (6, 2)  # plan day 3
+    state = await b.warmup.state(IP)
+    assert state["known"] is False
+    st = IpState(frozen=True, frozen_reason="by the operator", base_advanced=2)
+    counters.adopt_state(st, state)
+    assert st.frozen and st.base_advanced == 2 and st.providers[GMAIL].advanced == 2
+    # once an operator change is in Redis, its word stands
+    await b.warmup.operate(IP, "resume", "", days.day_of(now))
+    counters.adopt_state(st, await b.warmup.state(IP))
+    assert not st.frozen
