@@ -361,6 +361,11 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
             cfg.cluster, clock, state_dir=state_dir, store=store,
             workers=worker[1] if worker is not None else 1, first=not secondary,
             queue_depth=lambda: sum(store.count_by_state().get(s, 0) for s in PENDING_STATES))
+        # Provider/site rates and connection leases for all nodes together.
+        if shaped is not None:
+            shaped.share_sites(cluster.shaping)
+        if isinstance(sender, Sender):
+            sender.share_sites(cluster.shaping)
     tenants = TenantStore(store, clock, recheck=RECHECK_SECONDS,
                           shared_status=cluster.shared_status if cluster else None)
     quotas = QuotaBook()

@@ -23,6 +23,9 @@ relay/warmup/lanes.py); without `choose`, every message uses `pool`. Site limits
 reach the client as `site`, `max_connections` (open connections to the site
 across all source IPs) and `messages_per_connection` (overrides
 delivery.max_messages_per_connection for the site's pooled connections).
+With [cluster] (`share_sites`, relay/cluster/shaping.py) a site's messages per second
+and per hour are counted in Redis for all nodes together, one call per transaction
+(`_site_allowed`), and the client's connections to a provider's site hold leases there.
 Backoffs and freezes the gate reports go to `event_log` as WarmupBackoff /
 WarmupFreeze events.
 
@@ -39,7 +42,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -50,13 +53,22 @@ from relay.delivery.outcome import Outcome, Sender, held, outcomes_of
 from relay.events.model import warmup_event
 from relay.warmup import counters, gate
 from relay.warmup.counters import IpState
-from relay.warmup.providers import ProviderMap, ProviderRule, SiteLimits
-from relay.warmup.shaping import SiteThrottle
+from relay.warmup.providers import ProviderMap, ProviderRule, Site, SiteLimits
+from relay.warmup.shaping import SiteGrant, SiteThrottle
 from relay.warmup.store import load_states, peer_states, persist_op, stored_records
 
 log = logging.getLogger("relay.warmup")
 
 _enc = msgspec.msgpack.Encoder()
+
+
+class SiteRates(Protocol):
+    """A site's messages per second and per hour for all nodes together
+    (relay.cluster.shaping.SharedShaping)."""
+
+    async def take(self, site: str, limits: SiteLimits, want: int) -> SiteGrant: ...
+
+    async def give_back(self, grant: SiteGrant, n: int, limits: SiteLimits) -> None: ...
 
 
 def provider_map(cfg: Config) -> ProviderMap:
@@ -83,6 +95,7 @@ class ShapedSender:
         self.sync_interval = sync_interval
         self._synced_at = clock.now()
         self._conns: dict[str, asyncio.Semaphore] = {}
+        self.rates: SiteRates | None = None   # [cluster]: see share_sites
         self.notices: list[str] = []
         # message -> (pool, lane); None: every message from `pool`, bulk lane.
         self.choose = choose
@@ -115,10 +128,11 @@ class ShapedSender:
         now = self.clock.now()
         if now - self._synced_at >= self.sync_interval:
             self.sync()
-        want = self.throttle.allowed(site.key, site.limits, now, len(recipients))
+        allowed = await self._site_allowed(site, now, len(recipients))
+        want = allowed.granted
         decision = self.gate.acquire(pool, site.provider, want, now, lane)
         granted = sum(g.count for g in decision.grants)
-        self.throttle.take(site.key, site.limits, now, granted)
+        await self._site_taken(site, allowed, granted, now)
         out: list[Outcome] = []
         start = 0
         parts: list[tuple[gate.Grant, list[str]]] = []
@@ -134,7 +148,8 @@ class ShapedSender:
         if rest:
             at = decision.retry_at
             if want < len(recipients):
-                at = min(at, self.throttle.next_at(site.key, site.limits, now))
+                at = min(at, allowed.next_at if allowed.shared
+                         else self.throttle.next_at(site.key, site.limits, now))
             if not math.isfinite(at):
                 at = now + 300.0
             reason = decision.reason or (
@@ -160,6 +175,30 @@ class ShapedSender:
         self.notices.extend(notices)
         self.publish()
         return outs
+
+    def share_sites(self, rates: SiteRates) -> None:
+        """[cluster]: site rates counted for all nodes together by `rates`."""
+        self.rates = rates
+
+    async def _site_allowed(self, site: Site, now: float, want: int) -> SiteGrant:
+        """How many of `want` the site's messages per second and per hour allow now: the
+        node's own throttle, or with [cluster] the cluster's (one Redis call, counted at
+        once; a site without rate limits costs none)."""
+        limits = site.limits
+        if self.rates is not None and (limits.messages_per_second > 0
+                                       or limits.messages_per_hour > 0):
+            return await self.rates.take(site.key, limits, want)
+        return SiteGrant(site.key, self.throttle.allowed(site.key, limits, now, want), now)
+
+    async def _site_taken(self, site: Site, allowed: SiteGrant, granted: int,
+                          now: float) -> None:
+        """`granted` of `allowed` go out: counted by the node's throttle, or (cluster) the
+        units the warm-up gate did not use given back."""
+        if allowed.shared:
+            if self.rates is not None and granted < allowed.granted:
+                await self.rates.give_back(allowed, allowed.granted - granted, site.limits)
+        else:
+            self.throttle.take(site.key, site.limits, now, granted)
 
     def _semaphore(self, site: str, limits: SiteLimits) -> asyncio.Semaphore:
         """Transactions under way to `site`, across all source IPs."""
