@@ -38,7 +38,7 @@ import contextlib
 import logging
 import math
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from relay.clock import Clock
@@ -263,7 +263,7 @@ class SharedShaping:
         return sum(1 for lease in self.held.values() if lease.site == site)
 
     async def acquire(self, site: str, max_connections: int,
-                      spare: Callable[[], ConnectionLease | None] = lambda: None
+                      spare: Callable[[], Awaitable[ConnectionLease | None]] | None = None
                       ) -> ConnectionLease | None:
         """A lease for one more connection to `site`, or None when none came within
         `wait` seconds. `spare()`: close one of this node's idle connections to the site
@@ -272,8 +272,8 @@ class SharedShaping:
         delay = POLL_FIRST
         while True:
             lease = self._reuse(site) or await self._acquire_once(site, max_connections)
-            if lease is None:
-                lease = spare()
+            if lease is None and spare is not None:
+                lease = await spare()
             if lease is not None:
                 return lease
             left = deadline - self.clock.monotonic()
@@ -379,6 +379,11 @@ class SharedShaping:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def drain(self) -> None:
+        """Wait for the releases and renewals in flight (stop, tests)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
     def start(self) -> None:
         """Renew every ttl / 3 until stop()."""
         self._renewer = asyncio.get_running_loop().create_task(
@@ -403,5 +408,4 @@ class SharedShaping:
             self.release(lease)
         self._stopped = True   # connections closing from now on: their leases expire
         await self._release_pending()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.drain()

@@ -458,11 +458,13 @@ class Sender:
                 wire.transport.close()
             else:
                 wire.abort()
+            self._pool.closed(conn)
 
     def _drop(self, conn: _Conn) -> None:
         """Close `conn` at once, without QUIT (cancellation, an unexpected error)."""
         self._pool.forget_site(conn)
         conn.wire.abort()
+        self._pool.closed(conn)
 
     # ------------------------------------------------------------------ connect
 

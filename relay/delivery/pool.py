@@ -23,7 +23,7 @@ one ready for MAIL (`prepare`: RSET after a transaction abandoned half-way).
 - Leases ([cluster], `use_leases`): every connection to a provider's site with
   max_connections (relay.warmup.providers.is_provider_site) also holds a lease from the
   `SiteLeases` (relay/cluster/shaping.py), taken before it is opened (`reserve`) or
-  claimed, and given back when it stops counting against the site (`forget_site`). No
+  claimed, and given back once it is closed (`closed`) or moved to another site. No
   lease in time: `reserve` raises NoLease and no connection is opened. A lease reported
   lost closes its connection: at once if idle, else when its transaction ends (`put`).
 """
@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
@@ -53,7 +54,7 @@ class SiteLeases(Protocol):
     """Connection leases shared across nodes (relay.cluster.shaping.SharedShaping)."""
 
     async def acquire(self, site: str, max_connections: int,
-                      spare: Callable[[], ConnectionLease | None] = ...
+                      spare: Callable[[], Awaitable[ConnectionLease | None]] | None = None
                       ) -> ConnectionLease | None: ...
 
     def release(self, lease: ConnectionLease) -> None: ...
@@ -241,7 +242,13 @@ class Pool(Generic[C]):
         if conn.site:
             self.site_open[conn.site] -= 1
             conn.site = ""
-        lease = self._lease.pop(conn, None)
+
+    def closed(self, conn: C) -> None:
+        """`conn` is closed: its lease goes back (only now, so the site never sees one
+        more connection than there are leases)."""
+        self._give_back(self._lease.pop(conn, None))
+
+    def _give_back(self, lease: ConnectionLease | None) -> None:
         if lease is not None and self.leases is not None:
             self.leases.release(lease)
 
@@ -251,12 +258,12 @@ class Pool(Generic[C]):
     async def _acquire(self, site: str, limit: int) -> ConnectionLease:
         """A lease for one more connection to `site`; NoLease when none came in time."""
         assert self.leases is not None
-        lease = await self.leases.acquire(site, limit, lambda: self._spare(site))
+        lease = await self.leases.acquire(site, limit, functools.partial(self._spare, site))
         if lease is None:
             raise NoLease(site)
         return lease
 
-    def _spare(self, site: str) -> ConnectionLease | None:
+    async def _spare(self, site: str) -> ConnectionLease | None:
         """Close this node's oldest idle connection to `site` (another MX host or source
         address than the one wanted) and hand its lease over; None if it has none."""
         conn = next((c for c in self.idle if c.site == site and c in self._lease), None)
@@ -265,7 +272,7 @@ class Pool(Generic[C]):
         self.unpool(conn)
         lease = self._lease.pop(conn)
         self.forget_site(conn)
-        self._close_later(conn)
+        await self._discard(conn, True)
         return lease
 
     def _close_later(self, conn: C) -> None:
@@ -301,21 +308,21 @@ class Pool(Generic[C]):
         """Count the taken `conn` against `site` instead of its own. False ([cluster]: no
         lease for `site` in time): `conn` was closed, open none."""
         self.forget_site(conn)
+        self._give_back(self._lease.pop(conn, None))   # it no longer counts there
         if not site:
             return True
         victims = self.victims(site, limit)
         self.site_open[site] = self.site_open.get(site, 0) + 1
         conn.site = site
+        if victims:   # closed first: their leases are what the new one may take over
+            await asyncio.gather(*(self._discard(c, True) for c in victims))
         try:
             if self._needs_lease(site, limit):
                 self._lease[conn] = await self._acquire(site, limit)
         except NoLease:
             self.forget_site(conn)
-            victims.append(conn)
+            await self._discard(conn, True)
             return False
-        finally:
-            if victims:
-                await asyncio.gather(*(self._discard(c, True) for c in victims))
         return True
 
     async def reserve(self, site: str, limit: int) -> ConnectionLease | None:
@@ -327,14 +334,13 @@ class Pool(Generic[C]):
             self.site_open[site] = self.site_open.get(site, 0) + 1
         lease = None
         try:
+            if victims:   # closed first: their leases are what the new one may take over
+                await asyncio.gather(*(self._discard(c, True) for c in victims))
             if self._needs_lease(site, limit):
                 lease = await self._acquire(site, limit)
         except BaseException:
             self.release(site)
             raise
-        finally:
-            if victims:
-                await asyncio.gather(*(self._discard(c, True) for c in victims))
         return lease
 
     def opened(self, conn: C, site: str, lease: ConnectionLease | None) -> None:
@@ -348,5 +354,4 @@ class Pool(Generic[C]):
         """The connection `reserve` counted was not opened after all."""
         if site:
             self.site_open[site] -= 1
-        if lease is not None and self.leases is not None:
-            self.leases.release(lease)
+        self._give_back(lease)
