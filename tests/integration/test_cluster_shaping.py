@@ -23,14 +23,16 @@ from relay.cluster.limits import SharedLimits
 from relay.cluster.nodes import Heartbeat
 from relay.cluster.shaping import SharedShaping
 from relay.cluster.status import cluster_status
-from relay.config import Duration
+from relay.config import Config, Duration, from_dict
 from relay.config.cluster import Cluster
 from relay.delivery.client import Sender
+from relay.queue.ops import NewMessage
 from relay.testing.delivery import BODY, short_delivery
 from relay.testing.delivery import StubTarget as T
 from relay.testing.redisserver import RedisServer
 from relay.testing.require import require_program
 from relay.testing.sink import Rules, Sink
+from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
 from relay.warmup.providers import SiteLimits
 from relay.warmup.shaping import ConnectionLease
 
@@ -309,3 +311,64 @@ async def test_a_site_without_max_connections_or_of_no_provider_takes_no_lease(
         await sender.close()
         await node.close()
         sink.stop()
+
+
+# ---------------------------------------------------------------------------- two relays
+
+class ClusterHarness(DeliveryHarness):
+    """relay/app.py's delivery graph of one node of a cluster: a warm pool, the provider
+    "prova" (a.test's MX, the sink on 127.0.0.2) at `per_hour` messages an hour (and more
+    connections than both nodes open: a wait for a lease would sleep on the FakeClock)."""
+
+    def __init__(self, tmp: Path, name: str, redis_url: str, dns_port: int, sink_port: int,
+                 per_hour: int, clock: FakeClock) -> None:
+        cfg: Config = from_dict({
+            "server": {"hostname": f"{name}.relay.test", "state_dir": str(tmp)},
+            "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "2s"},
+            "delivery": {"port": sink_port, "pool": "warm", "retry_jitter": 0.0},
+            "provider": [{"name": "prova", "mx": ["mx.prova.test"], "max_connections": 20,
+                          "messages_per_hour": per_hour}],
+            "pool": [{"name": "warm", "ips": ["127.0.0.10"]}],
+            "cluster": {"redis_url": redis_url, "node_id": name},
+        })
+        super().__init__(tmp, cfg, clock, tmp / "events.jsonl")
+        assert self.parts.cluster is not None
+
+    async def submit(self, *rcpts: str) -> None:
+        for rcpt in rcpts:
+            await self.store.submit_record(NewMessage(
+                sender="app@example.com", recipients=[rcpt], body=b"Subject: hi\r\n\r\nhi\r\n"))
+
+    async def close(self) -> None:
+        await super().close()
+        await self.parts.cluster.stop()
+
+
+async def test_two_nodes_deliver_exactly_the_sites_messages_per_hour(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """messages_per_hour = 7 for a provider, two nodes with 6 messages each for it: the
+    provider's sink receives exactly 7 in the hour (each node alone would send all 6);
+    the other 5, held (not an attempt), go out in the next hour."""
+    clock = FakeClock(START)
+    with provider_dns() as dns, provider_sinks() as (sink, _):
+        nodes = [ClusterHarness(tmp_path / name, name, redis_server.url, dns.port, sink.port,
+                                7, clock) for name in ("node-a", "node-b")]
+        started: Started[ClusterHarness] = Started()
+        try:
+            for i, h in enumerate(nodes):
+                await started.start(h)
+                await h.submit(*[f"n{i}-{k}@a.test" for k in range(6)])
+            for _ in range(3):  # both nodes try (and retry) within the hour
+                for h in nodes:
+                    await h.run_until(START + 600)
+            assert sink.message_count == 7
+            assert {m.rcpt_tos[0].split("-")[0] for m in sink.messages} == {"n0", "n1"}
+            held = [r for h in nodes for _, rs in h.store.messages() for r in rs]
+            assert len(held) == 5
+            assert {r.attempts for r in held} == {0}
+            assert {r.next_attempt_at for r in held} == {START + HOUR}
+            for h in nodes:
+                await h.run_until(START + HOUR + 600)
+            assert sink.message_count == 12
+        finally:
+            await started.close()
