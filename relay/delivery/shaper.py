@@ -148,8 +148,7 @@ class ShapedSender:
         if rest:
             at = decision.retry_at
             if want < len(recipients):
-                at = min(at, allowed.next_at if allowed.shared
-                         else self.throttle.next_at(site.key, site.limits, now))
+                at = min(at, self._site_next_at(site, allowed, now))
             if not math.isfinite(at):
                 at = now + 300.0
             reason = decision.reason or (
@@ -184,21 +183,31 @@ class ShapedSender:
         """How many of `want` the site's messages per second and per hour allow now: the
         node's own throttle, or with [cluster] the cluster's (one Redis call, counted at
         once; a site without rate limits costs none)."""
+        if self._cluster_rates(site):
+            assert self.rates is not None
+            return await self.rates.take(site.key, site.limits, want)
+        return SiteGrant(site.key, self.throttle.allowed(site.key, site.limits, now, want), now)
+
+    def _cluster_rates(self, site: Site) -> bool:
+        """Whether `site`'s rates are counted for the cluster ([cluster], a rate set)."""
         limits = site.limits
-        if self.rates is not None and (limits.messages_per_second > 0
-                                       or limits.messages_per_hour > 0):
-            return await self.rates.take(site.key, limits, want)
-        return SiteGrant(site.key, self.throttle.allowed(site.key, limits, now, want), now)
+        return self.rates is not None and (limits.messages_per_second > 0
+                                           or limits.messages_per_hour > 0)
 
     async def _site_taken(self, site: Site, allowed: SiteGrant, granted: int,
                           now: float) -> None:
         """`granted` of `allowed` go out: counted by the node's throttle, or (cluster) the
         units the warm-up gate did not use given back."""
-        if allowed.shared:
-            if self.rates is not None and granted < allowed.granted:
-                await self.rates.give_back(allowed, allowed.granted - granted, site.limits)
-        else:
+        if not self._cluster_rates(site):
             self.throttle.take(site.key, site.limits, now, granted)
+        elif self.rates is not None and granted < allowed.granted:
+            await self.rates.give_back(allowed, allowed.granted - granted, site.limits)
+
+    def _site_next_at(self, site: Site, allowed: SiteGrant, now: float) -> float:
+        """When the site allows more (the cluster's answer, or the node's throttle)."""
+        if self._cluster_rates(site):
+            return allowed.next_at
+        return self.throttle.next_at(site.key, site.limits, now)
 
     def _semaphore(self, site: str, limits: SiteLimits) -> asyncio.Semaphore:
         """Transactions under way to `site`, across all source IPs."""

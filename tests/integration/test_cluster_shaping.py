@@ -11,9 +11,11 @@ having more connections open to a sink than the site allows.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import functools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -321,14 +323,22 @@ class ClusterHarness(DeliveryHarness):
     connections than both nodes open: a wait for a lease would sleep on the FakeClock)."""
 
     def __init__(self, tmp: Path, name: str, redis_url: str, dns_port: int, sink_port: int,
-                 per_hour: int, clock: FakeClock) -> None:
+                 per_hour: int, clock: FakeClock, warmup_cap: int = 0) -> None:
+        pool: dict[str, Any] = {"name": "warm", "ips": ["127.0.0.10"]}
+        plans = []
+        if warmup_cap:  # a warming pool: at most warmup_cap a day per provider
+            day = dt.datetime.fromtimestamp(clock.now(), dt.UTC).date().isoformat()
+            plans = [{"name": "tiny", "caps": [warmup_cap]}]
+            pool.update(warmup_plan="tiny", warmup_start=day)
         cfg: Config = from_dict({
             "server": {"hostname": f"{name}.relay.test", "state_dir": str(tmp)},
             "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "2s"},
             "delivery": {"port": sink_port, "pool": "warm", "retry_jitter": 0.0},
             "provider": [{"name": "prova", "mx": ["mx.prova.test"], "max_connections": 20,
                           "messages_per_hour": per_hour}],
-            "pool": [{"name": "warm", "ips": ["127.0.0.10"]}],
+            "pool": [pool],
+            "warmup": {"pacing": "none"},
+            "warmup_plan": plans,
             "cluster": {"redis_url": redis_url, "node_id": name},
         })
         super().__init__(tmp, cfg, clock, tmp / "events.jsonl")
@@ -370,5 +380,29 @@ async def test_two_nodes_deliver_exactly_the_sites_messages_per_hour(
             for h in nodes:
                 await h.run_until(START + HOUR + 600)
             assert sink.message_count == 12
+        finally:
+            await started.close()
+
+
+async def test_what_the_warm_up_gate_does_not_take_goes_back_to_the_sites_hour(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """A warming pool (3 a day toward the provider on each node, warm-up caps being
+    still per node) and messages_per_hour = 10 for the provider: each node's 6
+    recipients are granted by the site, 3 go, and the 3 the gate held are given back to
+    the hour, which then has 10 - 6 left for anyone."""
+    clock = FakeClock(START)
+    with provider_dns() as dns, provider_sinks() as (sink, _):
+        nodes = [ClusterHarness(tmp_path / name, name, redis_server.url, dns.port, sink.port,
+                                10, clock, warmup_cap=3) for name in ("node-a", "node-b")]
+        started: Started[ClusterHarness] = Started()
+        try:
+            for i, h in enumerate(nodes):
+                await started.start(h)
+                await h.submit(*[f"n{i}-{k}@a.test" for k in range(6)])
+                await h.run_until(START + 600)
+            assert sink.message_count == 6
+            shaping = nodes[0].parts.cluster.shaping
+            left = await shaping.take("prova", SiteLimits(messages_per_hour=10), 10)
+            assert left.granted == 4
         finally:
             await started.close()
