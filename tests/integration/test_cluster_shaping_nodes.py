@@ -10,6 +10,7 @@ exactly on a FakeClock in test_cluster_shaping.py: here only counts, no timing.)
 
 from __future__ import annotations
 
+import json
 import smtplib
 import time
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from relay.testing.process import (
     RelayProcess,
     listener_config,
     relay_config,
+    run_cli,
     write_config,
 )
 from relay.testing.redisserver import RedisServer
@@ -50,16 +52,16 @@ def dns() -> Iterator[DnsServer]:
 
 
 def _node(tmp: Path, name: str, redis_url: str, dns: DnsServer, sink: Sink,
-          provider: dict[str, Any]) -> Path:
+          provider: dict[str, Any], idle: str = "300ms", **cluster: str) -> Path:
     listener = listener_config("none", "none", trusted_networks=["127.0.0.0/8"])
     data: dict[str, Any] = relay_config(
         tmp / name / "state", dns.nameserver, sink.port, [listener], pool="warm",
-        idle_connection_timeout="300ms")
+        idle_connection_timeout=idle)
     data["server"]["hostname"] = f"{name}.relay.test"
     data["pool"] = [{"name": "warm", "ips": ["127.0.0.10"]}]
     data["provider"] = [{"name": "prova", "mx": ["mx.prova.test"], **provider}]
     data["cluster"] = {"redis_url": redis_url, "node_id": name, "heartbeat": "200ms",
-                       "node_ttl": "5s"}
+                       "node_ttl": "5s", **cluster}
     return write_config(tmp / name / "relay.toml", data)
 
 
@@ -138,3 +140,39 @@ def test_two_nodes_deliver_exactly_the_sites_messages_per_hour(
                 p.stop()
         assert sink.message_count == 15
         assert sum(_held_for_the_hour(c) for c in configs) == 5
+
+
+def _leases(config: Path) -> list[tuple[str, str]]:
+    """(site, node) of every live lease, as `relay cluster status --json` shows them."""
+    done = run_cli("cluster", "status", "--json", config=config)
+    return sorted((x["site"], x["node"]) for x in json.loads(done.stdout)["leases"])
+
+
+def test_a_killed_nodes_lease_expires_and_the_other_node_then_delivers(
+        tmp_path: Path, redis_server: RedisServer, dns: DnsServer) -> None:
+    """max_connections = 1, lease_ttl = 3 s: node A delivers and keeps its connection
+    idle (its lease shows in `relay cluster status`), then is killed with -9. Node B's
+    message waits for the lease (at most lease_wait = 8 s) until A's expires, then goes;
+    the status then names B. The sink never has more than one connection open."""
+    with Sink("127.0.0.2", 0) as sink:
+        cluster = {"lease_ttl": "3s", "lease_wait": "8s"}
+        a_cfg, b_cfg = (_node(tmp_path, name, redis_server.url, dns, sink,
+                              {"max_connections": 1}, idle="60s", **cluster)
+                        for name in ("node-a", "node-b"))
+        a = RelayProcess(a_cfg, log_dir=tmp_path / "node-a" / "logs").start()
+        b: RelayProcess | None = None
+        try:
+            _submit(next(iter(a.ports.values())), "a", 1)
+            sink.wait_for(1, timeout=30)
+            wait_until(lambda: _leases(a_cfg) == [("prova", "node-a")], 10,
+                       "node A's lease in the status")
+            a.kill()
+            b = RelayProcess(b_cfg, log_dir=tmp_path / "node-b" / "logs").start()
+            _submit(next(iter(b.ports.values())), "b", 1)
+            sink.wait_for(2, timeout=30)
+            assert _leases(b_cfg) == [("prova", "node-b")]
+            assert sink.peak_connections == 1
+        finally:
+            a.stop()
+            if b is not None:
+                b.stop()
