@@ -363,6 +363,11 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
             queue_depth=lambda: sum(store.count_by_state().get(s, 0) for s in PENDING_STATES))
         if shaped is not None:  # warm-up caps counted across the nodes
             shaped.attach_shared(cluster.warmup)
+        # Provider/site rates and connection leases for all nodes together.
+        if shaped is not None:
+            shaped.share_sites(cluster.shaping)
+        if isinstance(sender, Sender):
+            sender.share_sites(cluster.shaping)
     tenants = TenantStore(store, clock, recheck=RECHECK_SECONDS,
                           shared_status=cluster.shared_status if cluster else None)
     quotas = QuotaBook()

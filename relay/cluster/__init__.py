@@ -16,6 +16,8 @@ One job per module:
   nodes.py     the heartbeat of each node and the live node list
   digests.py   digests of the files a deployment distributes to every node
   quota.py     tenant and credential quotas (24 h, send rate) counted in Redis
+  shaping.py   provider/site messages per second and per hour, and connection leases
+               per site, for all nodes together
   suppression.py  each node's copy of the suppression list follows Redis
   status.py    what `relay cluster status` and /api/cluster show
   node.py      this process as a node: built by relay/wiring.py, started by relay/app.py

@@ -17,6 +17,7 @@ from relay.cluster.flags import SharedFlags
 from relay.cluster.limits import SharedLimits
 from relay.cluster.nodes import Heartbeat
 from relay.cluster.quota import SharedQuota
+from relay.cluster.shaping import SharedShaping
 from relay.cluster.suppression import SuppressionReplica
 from relay.cluster.warmup import SharedWarmup
 from relay.config.cluster import Cluster
@@ -62,6 +63,10 @@ class ClusterNode:
         self.warmup = SharedWarmup(self.client, clock,
                                    lambda: self.heartbeat.live_count * max(1, workers),
                                    self.flags)
+        # Provider/site rates and connection leases (relay/wiring.py hands it to the
+        # shaper and the SMTP client).
+        self.shaping = SharedShaping(self.client, clock, self.limits,
+                                     ttl=float(cfg.lease_ttl), wait=float(cfg.lease_wait))
         # The workers of a node share one spool: the first alone copies other nodes'
         # suppression changes into it; every worker shares its own.
         self.suppression = (SuppressionReplica(self.flags, store, copy=workers <= 1 or first)
@@ -97,10 +102,12 @@ class ClusterNode:
             await self.heartbeat.once(write=heartbeat)
         self.heartbeat.start(write=heartbeat)
         self.flags.start()
+        self.shaping.start()
 
     async def stop(self) -> None:
         await self.quota.drain()
         await self.warmup.drain()
+        await self.shaping.stop()
         if self.suppression is not None:
             await self.suppression.drain()
         await self.flags.stop()

@@ -91,6 +91,12 @@ class Cluster(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     # node_ttl without one.
     heartbeat: Duration = Duration(5)
     node_ttl: Duration = Duration(20)
+    # Each open connection to a provider's site with max_connections holds a lease in
+    # Redis for this long, renewed every third of it; a killed node's leases expire.
+    lease_ttl: Duration = Duration(60)
+    # A new connection to a site whose leases are all held waits at most this long for
+    # one; then its recipients are held and tried again a few seconds later.
+    lease_wait: Duration = Duration(5)
 
     def __post_init__(self) -> None:
         problems = []
@@ -109,6 +115,12 @@ class Cluster(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if value <= 0 or value > 300:
                 problems.append(f"{name} = {duration_text(value)}: expected above 0 and at "
                                 "most 5 minutes, like \"1s\"")
+        if self.lease_ttl < 3 or self.lease_ttl > 3600:
+            problems.append(f"lease_ttl = {duration_text(self.lease_ttl)}: expected at least "
+                            "3 seconds and at most an hour, like \"60s\"")
+        if self.lease_wait < 0 or self.lease_wait > 300:
+            problems.append(f"lease_wait = {duration_text(self.lease_wait)}: expected 0 to 5 "
+                            "minutes, like \"5s\"")
         if self.node_ttl < 2 * self.heartbeat:
             problems.append(f"node_ttl = {duration_text(self.node_ttl)}: expected at least "
                             f"twice heartbeat ({duration_text(self.heartbeat)}), so one late "

@@ -73,7 +73,8 @@ import msgspec
 from relay.clock import Clock, SystemClock
 from relay.config import Delivery
 from relay.delivery.classify import Outcome, from_failure
-from relay.delivery.pool import Pool, PoolKey, Target, pool_key
+from relay.delivery.outcome import held
+from relay.delivery.pool import NoLease, Pool, PoolKey, SiteLeases, Target, pool_key
 from relay.delivery.transaction import (
     Command,
     Extensions,
@@ -88,6 +89,8 @@ __all__ = ["Sender", "Target", "TransactionResult"]
 
 # QUIT on a connection being closed waits at most this long (and command_timeout).
 _QUIT_TIMEOUT = 5.0
+# Recipients for which no connection lease came ([cluster]) are due again this much later.
+LEASE_HOLD = 5.0
 
 
 class TransactionResult(msgspec.Struct, frozen=True):
@@ -353,9 +356,11 @@ class Sender:
                                    need_tls=policy in ("require", "verify"),
                                    need_verified=self._verifies(policy))
             reused = conn is not None
-            if conn is not None and conn.site != site:
-                # Opened for another site sharing this MX host: it counts against ours now.
-                await pool.claim(conn, site, max_connections)
+            # Opened for another site sharing this MX host: it counts against ours now
+            # (False: no lease for our site, [cluster]; it was closed).
+            if (conn is not None and conn.site != site
+                    and not await pool.claim(conn, site, max_connections)):
+                conn, reused = None, False
             if conn is None:
                 conn, failed = await self._open_site(site, max_connections, destination,
                                                      targets, src, ehlo, policy,
@@ -398,6 +403,10 @@ class Sender:
                 self._drop(conn)
             failed = from_failure("local_error", destination, short(e))
             return TransactionResult(list(recipients), [failed] * len(recipients))
+
+    def share_sites(self, leases: SiteLeases) -> None:
+        """[cluster]: each connection to a provider's site holds one of `leases`."""
+        self._pool.use_leases(leases)
 
     def idle_connections(self, destination: str | None = None) -> int:
         """Idle pooled connections: all, or those whose last transaction was for `destination`."""
@@ -449,11 +458,13 @@ class Sender:
                 wire.transport.close()
             else:
                 wire.abort()
+            self._pool.closed(conn)
 
     def _drop(self, conn: _Conn) -> None:
         """Close `conn` at once, without QUIT (cancellation, an unexpected error)."""
         self._pool.forget_site(conn)
         conn.wire.abort()
+        self._pool.closed(conn)
 
     # ------------------------------------------------------------------ connect
 
@@ -462,19 +473,23 @@ class Sender:
                          policy: str | None,
                          sessions: _Sessions) -> tuple[_Conn | None, Outcome]:
         """_open_any, within `site`'s connection limit (the shaper keeps the transactions
-        under way below it, so at the limit at least one of the site's is idle)."""
-        await self._pool.reserve(site, limit)
+        under way below it, so at the limit at least one of the site's is idle). [cluster]:
+        no connection lease for the site in time, and the recipients are held."""
+        try:
+            lease = await self._pool.reserve(site, limit)
+        except NoLease:
+            return None, held(f"shaping: all {limit} connections to site {site} are in "
+                              "use across the cluster", self._clock.now() + LEASE_HOLD)
         try:
             conn, failed = await self._open_any(destination, targets, src, ehlo, policy,
                                                 sessions)
         except BaseException:
-            self._pool.release(site)
+            self._pool.release(site, lease)
             raise
-        if site:
-            if conn is None:
-                self._pool.release(site)
-            else:
-                conn.site = site
+        if conn is None:
+            self._pool.release(site, lease)
+        elif site:
+            self._pool.opened(conn, site, lease)
         return conn, failed
 
     async def _open_any(self, destination: str, targets: Sequence[Target],

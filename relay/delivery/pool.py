@@ -20,20 +20,46 @@ one ready for MAIL (`prepare`: RSET after a transaction abandoned half-way).
   limit (the oldest idle ones of the site are closed to make room: `victims`).
 - Idle expiry: a connection idle for delivery.idle_connection_timeout (or dead) is closed by
   the reaper, one pass at a time, the pass's connections closed together.
+- Leases ([cluster], `use_leases`): every connection to a provider's site with
+  max_connections (relay.warmup.providers.is_provider_site) also holds a lease from the
+  `SiteLeases` (relay/cluster/shaping.py), taken before it is opened (`reserve`) or
+  claimed, and given back once it is closed (`closed`) or moved to another site. No
+  lease in time: `reserve` raises NoLease and no connection is opened. A lease reported
+  lost closes its connection: at once if idle, else when its transaction ends (`put`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, Protocol, TypeVar
 
 from relay.clock import Clock
 from relay.config import Delivery
 from relay.tasks import cancel_and_wait
+from relay.warmup.providers import is_provider_site
+from relay.warmup.shaping import ConnectionLease
 
-__all__ = ["Pool", "PoolKey", "Pooled", "Target", "pool_key"]
+__all__ = ["NoLease", "Pool", "PoolKey", "Pooled", "SiteLeases", "Target", "pool_key"]
+
+
+class NoLease(Exception):
+    """No connection lease for the site came in time: the cluster's connections to it
+    are all in use."""
+
+
+class SiteLeases(Protocol):
+    """Connection leases shared across nodes (relay.cluster.shaping.SharedShaping)."""
+
+    async def acquire(self, site: str, max_connections: int,
+                      spare: Callable[[], Awaitable[ConnectionLease | None]] | None = None
+                      ) -> ConnectionLease | None: ...
+
+    def release(self, lease: ConnectionLease) -> None: ...
+
+    def on_lost(self, callback: Callable[[ConnectionLease], None]) -> None: ...
 
 
 class Target(Protocol):
@@ -90,6 +116,14 @@ class Pool(Generic[C]):
         self.site_open: dict[str, int] = {}   # open connections per shaping site
         self._reaper: asyncio.Task[None] | None = None
         self._reaping = asyncio.Lock()   # one reap pass at a time
+        self.leases: SiteLeases | None = None   # [cluster]: see use_leases
+        self._lease: dict[C, ConnectionLease] = {}   # connection -> its lease
+        self._closing: set[asyncio.Task[None]] = set()
+
+    def use_leases(self, leases: SiteLeases) -> None:
+        """[cluster]: connections to a provider's site hold a lease from `leases`."""
+        self.leases = leases
+        leases.on_lost(self._lease_lost)
 
     # ------------------------------------------------------------------ take and put
 
@@ -133,7 +167,12 @@ class Pool(Generic[C]):
     def put(self, conn: C) -> list[C]:
         """Pool `conn`; return the idle connections to close to keep the caps: at most
         max_connections_per_destination per key and max_idle_connections in all (the
-        oldest go). They no longer count against their site."""
+        oldest go). They no longer count against their site. A connection whose lease
+        was lost is not pooled: it is returned to be closed."""
+        lease = self._lease.get(conn)
+        if lease is not None and lease.lost:
+            self.forget_site(conn)
+            return [conn]
         idle = self._by_key.setdefault(conn.key, [])
         conn.idle_since = self._clock.monotonic()
         idle.append(conn)
@@ -191,9 +230,11 @@ class Pool(Generic[C]):
                 await self.reap()
 
     async def stop(self) -> None:
-        """Stop the reaper."""
+        """Stop the reaper (and wait for the connections being closed)."""
         await cancel_and_wait(self._reaper)
         self._reaper = None
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
 
     # ------------------------------------------------------------------ sites
 
@@ -201,6 +242,55 @@ class Pool(Generic[C]):
         if conn.site:
             self.site_open[conn.site] -= 1
             conn.site = ""
+
+    def closed(self, conn: C) -> None:
+        """`conn` is closed: its lease goes back (only now, so the site never sees one
+        more connection than there are leases)."""
+        self._give_back(self._lease.pop(conn, None))
+
+    def _give_back(self, lease: ConnectionLease | None) -> None:
+        if lease is not None and self.leases is not None:
+            self.leases.release(lease)
+
+    def _needs_lease(self, site: str, limit: int) -> bool:
+        return self.leases is not None and limit > 0 and is_provider_site(site)
+
+    async def _acquire(self, site: str, limit: int) -> ConnectionLease:
+        """A lease for one more connection to `site`; NoLease when none came in time."""
+        assert self.leases is not None
+        lease = await self.leases.acquire(site, limit, functools.partial(self._spare, site))
+        if lease is None:
+            raise NoLease(site)
+        return lease
+
+    async def _spare(self, site: str) -> ConnectionLease | None:
+        """Close this node's oldest idle connection to `site` (another MX host or source
+        address than the one wanted) and hand its lease over; None if it has none."""
+        conn = next((c for c in self.idle if c.site == site and c in self._lease), None)
+        if conn is None:
+            return None
+        self.unpool(conn)
+        lease = self._lease.pop(conn)
+        self.forget_site(conn)
+        await self._discard(conn, True)
+        return lease
+
+    def _close_later(self, conn: C) -> None:
+        task = asyncio.get_running_loop().create_task(self._close(conn))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, conn: C) -> None:
+        await self._discard(conn, True)
+
+    def _lease_lost(self, lease: ConnectionLease) -> None:
+        """Redis no longer holds `lease` for this node: an idle connection holding it
+        closes now, one in use when its transaction ends (put)."""
+        conn = next((c for c, held in self._lease.items() if held is lease), None)
+        if conn is not None and conn in self.idle:
+            self.unpool(conn)
+            self.forget_site(conn)
+            self._close_later(conn)
 
     def victims(self, site: str, limit: int) -> list[C]:
         """Take out of the pool the idle connections of `site` (oldest first) that must close
@@ -214,27 +304,54 @@ class Pool(Generic[C]):
                 self.forget_site(c)
         return victims
 
-    async def claim(self, conn: C, site: str, limit: int) -> None:
-        """Count the taken `conn` against `site` instead of its own."""
+    async def claim(self, conn: C, site: str, limit: int) -> bool:
+        """Count the taken `conn` against `site` instead of its own. False ([cluster]: no
+        lease for `site` in time): `conn` was closed, open none."""
         self.forget_site(conn)
+        self._give_back(self._lease.pop(conn, None))   # it no longer counts there
         if not site:
-            return
+            return True
         victims = self.victims(site, limit)
         self.site_open[site] = self.site_open.get(site, 0) + 1
         conn.site = site
-        if victims:
+        if victims:   # closed first: their leases are what the new one may take over
             await asyncio.gather(*(self._discard(c, True) for c in victims))
+        try:
+            if self._needs_lease(site, limit):
+                self._lease[conn] = await self._acquire(site, limit)
+        except NoLease:
+            self.forget_site(conn)
+            await self._discard(conn, True)
+            return False
+        return True
 
-    async def reserve(self, site: str, limit: int) -> None:
+    async def reserve(self, site: str, limit: int) -> ConnectionLease | None:
         """Count one more connection about to be opened against `site` (before the first
-        await, so concurrent openers see each other), closing idle ones over its limit."""
+        await, so concurrent openers see each other), closing idle ones over its limit;
+        [cluster]: and its lease (NoLease: none in time, nothing counted)."""
         victims = self.victims(site, limit)
         if site:
             self.site_open[site] = self.site_open.get(site, 0) + 1
-        if victims:
-            await asyncio.gather(*(self._discard(c, True) for c in victims))
+        lease = None
+        try:
+            if victims:   # closed first: their leases are what the new one may take over
+                await asyncio.gather(*(self._discard(c, True) for c in victims))
+            if self._needs_lease(site, limit):
+                lease = await self._acquire(site, limit)
+        except BaseException:
+            self.release(site)
+            raise
+        return lease
 
-    def release(self, site: str) -> None:
+    def opened(self, conn: C, site: str, lease: ConnectionLease | None) -> None:
+        """The connection `reserve` counted is open: it counts against `site` (and
+        holds `lease`)."""
+        conn.site = site
+        if lease is not None:
+            self._lease[conn] = lease
+
+    def release(self, site: str, lease: ConnectionLease | None = None) -> None:
         """The connection `reserve` counted was not opened after all."""
         if site:
             self.site_open[site] -= 1
+        self._give_back(lease)

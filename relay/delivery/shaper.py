@@ -23,6 +23,9 @@ relay/warmup/lanes.py); without `choose`, every message uses `pool`. Site limits
 reach the client as `site`, `max_connections` (open connections to the site
 across all source IPs) and `messages_per_connection` (overrides
 delivery.max_messages_per_connection for the site's pooled connections).
+With [cluster] (`share_sites`, relay/cluster/shaping.py) a site's messages per second
+and per hour are counted in Redis for all nodes together, one call per transaction
+(`_site_allowed`), and the client's connections to a provider's site hold leases there.
 Backoffs and freezes the gate reports go to `event_log` as WarmupBackoff /
 WarmupFreeze events.
 
@@ -46,7 +49,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
@@ -57,13 +60,22 @@ from relay.delivery.outcome import Outcome, Sender, held, outcomes_of
 from relay.events.model import warmup_event
 from relay.warmup import counters, gate
 from relay.warmup.counters import IpState
-from relay.warmup.providers import ProviderMap, ProviderRule, SiteLimits
-from relay.warmup.shaping import SiteThrottle
+from relay.warmup.providers import ProviderMap, ProviderRule, Site, SiteLimits
+from relay.warmup.shaping import SiteGrant, SiteThrottle
 from relay.warmup.store import load_states, peer_states, persist_op, stored_records
 
 log = logging.getLogger("relay.warmup")
 
 _enc = msgspec.msgpack.Encoder()
+
+
+class SiteRates(Protocol):
+    """A site's messages per second and per hour for all nodes together
+    (relay.cluster.shaping.SharedShaping)."""
+
+    async def take(self, site: str, limits: SiteLimits, want: int) -> SiteGrant: ...
+
+    async def give_back(self, grant: SiteGrant, n: int, limits: SiteLimits) -> None: ...
 
 
 def provider_map(cfg: Config) -> ProviderMap:
@@ -90,6 +102,7 @@ class ShapedSender:
         self.sync_interval = sync_interval
         self._synced_at = clock.now()
         self._conns: dict[str, asyncio.Semaphore] = {}
+        self.rates: SiteRates | None = None   # [cluster]: see share_sites
         self.notices: list[str] = []
         # message -> (pool, lane); None: every message from `pool`, bulk lane.
         self.choose = choose
@@ -252,7 +265,8 @@ class ShapedSender:
         now = self.clock.now()
         if now - self._synced_at >= self.sync_interval:
             self.sync()
-        want = self.throttle.allowed(site.key, site.limits, now, len(recipients))
+        allowed = await self._site_allowed(site, now, len(recipients))
+        want = allowed.granted
         decision = self.gate.acquire(pool, site.provider, want, now, lane)
         retry_at, reason = decision.retry_at, decision.reason
         taken: list[tuple[gate.Grant, bool | None]] = [(g, None) for g in decision.grants]
@@ -260,7 +274,7 @@ class ShapedSender:
             taken, retry_at, reason = await self._take_shared(pool, site.provider, lane,
                                                               decision, now)
         granted = sum(g.count for g, _ in taken)
-        self.throttle.take(site.key, site.limits, now, granted)
+        await self._site_taken(site, allowed, granted, now)
         out: list[Outcome] = []
         start = 0
         parts: list[tuple[gate.Grant, bool | None, list[str]]] = []
@@ -277,7 +291,7 @@ class ShapedSender:
         if rest:
             at = retry_at
             if want < len(recipients):
-                at = min(at, self.throttle.next_at(site.key, site.limits, now))
+                at = min(at, self._site_next_at(site, allowed, now))
             if not math.isfinite(at):
                 at = now + 300.0
             reason = reason or (
@@ -312,6 +326,40 @@ class ShapedSender:
         self.notices.extend(notices)
         self.publish()
         return outs
+
+    def share_sites(self, rates: SiteRates) -> None:
+        """[cluster]: site rates counted for all nodes together by `rates`."""
+        self.rates = rates
+
+    async def _site_allowed(self, site: Site, now: float, want: int) -> SiteGrant:
+        """How many of `want` the site's messages per second and per hour allow now: the
+        node's own throttle, or with [cluster] the cluster's (one Redis call, counted at
+        once; a site without rate limits costs none)."""
+        if self._cluster_rates(site):
+            assert self.rates is not None
+            return await self.rates.take(site.key, site.limits, want)
+        return SiteGrant(site.key, self.throttle.allowed(site.key, site.limits, now, want), now)
+
+    def _cluster_rates(self, site: Site) -> bool:
+        """Whether `site`'s rates are counted for the cluster ([cluster], a rate set)."""
+        limits = site.limits
+        return self.rates is not None and (limits.messages_per_second > 0
+                                           or limits.messages_per_hour > 0)
+
+    async def _site_taken(self, site: Site, allowed: SiteGrant, granted: int,
+                          now: float) -> None:
+        """`granted` of `allowed` go out: counted by the node's throttle, or (cluster) the
+        units the warm-up gate did not use given back."""
+        if not self._cluster_rates(site):
+            self.throttle.take(site.key, site.limits, now, granted)
+        elif self.rates is not None and granted < allowed.granted:
+            await self.rates.give_back(allowed, allowed.granted - granted, site.limits)
+
+    def _site_next_at(self, site: Site, allowed: SiteGrant, now: float) -> float:
+        """When the site allows more (the cluster's answer, or the node's throttle)."""
+        if self._cluster_rates(site):
+            return allowed.next_at
+        return self.throttle.next_at(site.key, site.limits, now)
 
     def _semaphore(self, site: str, limits: SiteLimits) -> asyncio.Semaphore:
         """Transactions under way to `site`, across all source IPs."""

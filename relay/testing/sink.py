@@ -4,7 +4,8 @@ Owns: an aiosmtpd server on a chosen loopback address (127.0.0.x) and port,
 running in its own thread with its own event loop, so a test's event loop (or
 a relay subprocess) can deliver to it over real sockets. It records every
 accepted message (envelope, raw bytes, peer IP, TLS, EHLO name) and counts
-connections, and answers as a programmable MX would (`Rules` or any `Policy`).
+connections (and the most open at once: `peak_connections`), and answers as a
+programmable MX would (`Rules` or any `Policy`).
 
 Must not: import relay internals, or do per-message work beyond one append
 under a lock (it doubles as the benchmark sink).
@@ -178,7 +179,14 @@ class _CountingSMTP(SMTP):
         if getattr(self, "_original_transport", None) is None:  # not the STARTTLS re-entry
             peer = transport.get_extra_info("peername")
             self._relay_connection = self._relay_sink._count_connection(peer[0] if peer else "")
+            self._relay_open = True
         super().connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if getattr(self, "_relay_open", False):
+            self._relay_open = False
+            self._relay_sink._count_close()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         sink = self._relay_sink
@@ -209,6 +217,8 @@ class Sink:
         self._cond = threading.Condition(self._lock)
         self._messages: list[Received] = []
         self._connection_peers: list[str] = []
+        self._open = 0   # connections open now
+        self._peak = 0   # the most open at once
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: asyncio.Server | None = None
@@ -231,6 +241,18 @@ class Sink:
     def connections(self) -> int:
         with self._lock:
             return len(self._connection_peers)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections open now."""
+        with self._lock:
+            return self._open
+
+    @property
+    def peak_connections(self) -> int:
+        """The most connections that were open at once (since start or clear())."""
+        with self._lock:
+            return self._peak
 
     @property
     def connection_peers(self) -> list[str]:
@@ -258,6 +280,7 @@ class Sink:
             self._messages.clear()
             self._connection_peers.clear()
             self._wire.clear()
+            self._peak = self._open
 
     def wait_for(self, count: int, timeout: float = 5.0) -> list[Received]:
         """Block until at least `count` messages were received; raise TimeoutError if not."""
@@ -288,7 +311,13 @@ class Sink:
     def _count_connection(self, peer: str) -> int:
         with self._lock:
             self._connection_peers.append(peer)
+            self._open += 1
+            self._peak = max(self._peak, self._open)
             return len(self._connection_peers) - 1
+
+    def _count_close(self) -> None:
+        with self._lock:
+            self._open -= 1
 
     def _record_chunk(self, chunk: Chunk) -> None:
         with self._lock:

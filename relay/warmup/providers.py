@@ -26,6 +26,8 @@ from typing import Annotated
 import msgspec
 
 OTHER = "other"
+# The key of a site of no known provider: "mx:" + its sorted MX hosts.
+MX_SITE = "mx:"
 
 
 @dataclass(frozen=True)
@@ -133,6 +135,14 @@ class Site:
     limits: SiteLimits
 
 
+def is_provider_site(key: str) -> bool:
+    """Whether site `key` is a provider's (built-in or [[provider]]), whose limits are
+    the provider's own and so, with [cluster], hold for all nodes together. Any other
+    destination's max_connections is delivery.max_connections_per_destination, a
+    per-node limit."""
+    return bool(key) and not key.startswith(MX_SITE)
+
+
 def _matches(host: str, pattern: str) -> bool:
     if fnmatchcase(host, pattern):
         return True
@@ -169,7 +179,7 @@ class ProviderMap:
                 found = Site(rule.name, rule.name, rule.limits)
                 break
         else:
-            found = Site(OTHER, "mx:" + ",".join(key), self.default_limits)
+            found = Site(OTHER, MX_SITE + ",".join(key), self.default_limits)
         if len(self._cache) > 100_000:
             self._cache.clear()
         self._cache[key] = found

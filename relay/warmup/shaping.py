@@ -3,6 +3,11 @@
 Pure: the caller passes `now`. Keyed by site (relay.warmup.providers.Site.key),
 so every domain hosted at one provider shares one throttle. Concurrency and
 messages per connection are enforced by the shell (relay/delivery/shaper.py).
+
+With [cluster], the same limits are counted in Redis for all nodes together
+(relay/cluster/shaping.py); the records both sides exchange are here: a `SiteGrant`
+(what one transaction may send to a site now) and a `ConnectionLease` (one open
+connection's place under a site's max_connections).
 """
 
 from __future__ import annotations
@@ -13,6 +18,35 @@ from dataclasses import dataclass
 from relay.warmup.providers import SiteLimits
 
 HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class SiteGrant:
+    """How many of a transaction's recipients may go to `site` now (`granted`), and when
+    the next one may if not all (`next_at`, epoch seconds). `shared`: counted in Redis
+    (a grant larger than what was sent is given back there); `hour`: the clock hour it
+    was counted in."""
+
+    site: str
+    granted: int
+    next_at: float
+    hour: int = 0
+    shared: bool = False
+
+
+@dataclass(eq=False)
+class ConnectionLease:
+    """One open connection's place under `site`'s max_connections across the cluster.
+    `shared`: held in Redis (False: taken from this node's local share while Redis was
+    unreachable, registered there at the next renewal); `lost`: Redis no longer holds it
+    for this node (expired and taken by another): its connection closes after the
+    transaction under way."""
+
+    site: str
+    lease_id: str
+    max_connections: int
+    shared: bool = True
+    lost: bool = False
 
 
 @dataclass
