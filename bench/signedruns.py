@@ -39,7 +39,7 @@ from e2e import (
     stop,
     wait_for_line,
 )
-from proctree import settled_cpu, tree_cpu
+from proctree import settled_cpu
 
 from relay.testing.dnsserver import DnsServer
 from relay.testing.opendkim import OpenDkimSigner
@@ -52,12 +52,15 @@ RSA_ONLY = '\n[dkim]\nkey_type = "rsa"\n'
 
 
 def loadgen(port: int, size: int, messages: int, sessions: int, reuse: bool, timeout: float,
-            user: str, password: str) -> dict[str, Any]:
-    """bench/loadgen.py over STARTTLS + AUTH PLAIN; its JSON summary."""
+            user: str, password: str, tls_resume: bool = False) -> dict[str, Any]:
+    """bench/loadgen.py over STARTTLS + AUTH PLAIN; its JSON summary. `tls_resume`: a new
+    connection resumes the previous TLS session (as a smarthost's session cache does)."""
     cmd = [sys.executable, str(HERE / "loadgen.py"), "--host", "127.0.0.1", "--port", str(port),
            "--messages", str(messages), "--size", str(size), "--concurrency", str(sessions),
            "--timeout", str(timeout), "--domain", DOMAIN, "--tls", "starttls",
            "--user", user, "--password", password, "--reuse" if reuse else "--no-reuse"]
+    if tls_resume:
+        cmd.append("--tls-resume")
     done = subprocess.run(cmd, capture_output=True, timeout=timeout + 30, check=False)
     try:
         return dict(json.loads(done.stdout.decode().strip().splitlines()[-1]))
@@ -66,16 +69,17 @@ def loadgen(port: int, size: int, messages: int, sessions: int, reuse: bool, tim
 
 
 class StoringSink:
-    """bench/sinkserver.py on 127.0.0.2 with `--store`: counts and keeps every message."""
+    """bench/sinkserver.py on 127.0.0.2: counts (and with `store`, keeps) every message."""
 
-    def __init__(self, work: Path, messages: int, timeout: float) -> None:
+    def __init__(self, work: Path, messages: int, timeout: float, store: bool = True) -> None:
         self.out = work / "sink.out"
         self.store = work / "sink.messages"
         with self.out.open("wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, str(HERE / "sinkserver.py"), "--host", SINK_HOST, "--port", "0",
                  "--expect", str(messages), "--timeout", str(timeout + 30),
-                 "--store", str(self.store)], stdout=out, stderr=subprocess.STDOUT)
+                 *(["--store", str(self.store)] if store else [])],
+                stdout=out, stderr=subprocess.STDOUT)
         self.port = int(json.loads(wait_for_line(self.out, '"ready"', self.proc, 10))["port"])
 
     def summary(self, timeout: float) -> dict[str, Any]:
@@ -92,28 +96,34 @@ class StoringSink:
         stop(self.proc)
 
 
-def row(load: dict[str, Any], at_sink: dict[str, Any], messages: int, cpu_s: float,
-        sink_store: Path, dns: DnsServer, domain: str) -> dict[str, Any]:
-    """The run's figures; the DKIM audit of what reached the sink."""
+def row(load: dict[str, Any], at_sink: dict[str, Any], messages: int,
+        cpu_s: float) -> dict[str, Any]:
+    """The run's figures."""
     start = float(load["first_connect_at"])
     delivered = int(at_sink.get("messages", 0))
     e2e = at_sink["last_at"] - start if delivered else 0.0
     complete = load["accepted"] == messages and delivered >= messages
-    checked = audit(sink_store, dns, domain) if sink_store.exists() else None
     return {
         "accept_rate": float(load["msgs_per_s"]) if load["accepted"] == messages else 0.0,
         "e2e_rate": round(delivered / e2e, 1) if complete and e2e > 0 else 0.0,
         "p50_ms": load["latency_ms"]["p50"], "p99_ms": load["latency_ms"]["p99"],
         "failed": load["failed"], "delivered": delivered,
         "cpu_ms_per_msg": round(cpu_s * 1000 / delivered, 3) if delivered else None,
-        "dkim_verified": checked.verified if checked else 0,
-        "dkim_failed": checked.failed if checked else 0,
-        "dkim_failures": checked.failures if checked else ["the sink stored nothing"],
     }
 
 
+def signed_row(load: dict[str, Any], at_sink: dict[str, Any], messages: int, cpu_s: float,
+               sink: StoringSink, dns: DnsServer, domain: str) -> dict[str, Any]:
+    """The run's figures and the DKIM audit of every message that reached the sink."""
+    checked = audit(sink.store, dns, domain) if sink.store.exists() else None
+    return {**row(load, at_sink, messages, cpu_s),
+            "dkim_verified": checked.verified if checked else 0,
+            "dkim_failed": checked.failed if checked else 0,
+            "dkim_failures": checked.failures if checked else ["the sink stored nothing"]}
+
+
 def run_relay(size: int, messages: int, sessions: int, reuse: bool, timeout: float,
-              work: Path, workers: int = 1) -> dict[str, Any]:
+              work: Path, workers: int = 1, tls_resume: bool = False) -> dict[str, Any]:
     """relay, STARTTLS + AUTH, RSA-2048 DKIM on every message (see the module docstring)."""
     work.mkdir(parents=True, exist_ok=True)
     dns = DnsServer({DOMAIN: [("MX", f"10 mx.{DOMAIN}", 3600)],
@@ -136,11 +146,12 @@ def run_relay(size: int, messages: int, sessions: int, reuse: bool, timeout: flo
             relay = subprocess.Popen([py, "-m", "relay", "serve", "--config", str(cfg)],
                                      stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
         wait_for_line(relay_out, "relay: ready", relay, 30)
-        cpu0 = tree_cpu([relay.pid])
-        load = loadgen(submit_port, size, messages, sessions, reuse, timeout, "bench", PASSWORD)
+        cpu0 = settled_cpu([relay.pid])  # workers done starting: only the run counts
+        load = loadgen(submit_port, size, messages, sessions, reuse, timeout, "bench", PASSWORD,
+                       tls_resume)
         at_sink = sink.summary(timeout + 30 if load["accepted"] == messages else 2.0)
         cpu = settled_cpu([relay.pid]) - cpu0
-        return row(load, at_sink, messages, cpu, sink.store, dns, SENDER_DOMAIN)
+        return signed_row(load, at_sink, messages, cpu, sink, dns, SENDER_DOMAIN)
     finally:
         if relay is not None:
             stop(relay)
@@ -149,20 +160,21 @@ def run_relay(size: int, messages: int, sessions: int, reuse: bool, timeout: flo
         dns.stop()
 
 
-def _postfix_pids(base: Path, signer: OpenDkimSigner) -> list[int]:
-    """Postfix's master (every other Postfix process is forked by it) and opendkim."""
+def postfix_master_pid(base: Path) -> int:
+    """The pid of the master of the instance in `base` (every other Postfix process is
+    forked by it)."""
     pid_file = base / "queue" / "pid" / "master.pid"
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         try:
-            return [int(pid_file.read_text().split()[0]), signer.pid]
+            return int(pid_file.read_text().split()[0])
         except (OSError, ValueError, IndexError):
             time.sleep(0.1)
     raise RuntimeError(f"no Postfix master pid in {pid_file}")
 
 
-def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
-                timeout: float) -> dict[str, Any]:
+def run_postfix(size: int, messages: int, sessions: int, reuse: bool, timeout: float,
+                tls_resume: bool = False) -> dict[str, Any]:
     """Postfix + OpenDKIM, STARTTLS + AUTH (see the module docstring); its instance dir
     is removed afterwards."""
     base = instance_dir()  # world-traversable: the daemons run as user postfix
@@ -192,20 +204,17 @@ def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
         if st.returncode != 0:
             raise RuntimeError(f"postfix start: {st.stderr}")
         started = True
-        _wait_port(listen, 20)
-        roots = _postfix_pids(base, signer)
-        cpu0 = tree_cpu(roots)
+        wait_port(listen, 20)
+        roots = [postfix_master_pid(base), signer.pid]
+        cpu0 = settled_cpu(roots)
         load = loadgen(listen, size, messages, sessions, reuse, timeout, POSTFIX_USER,
-                       POSTFIX_PASSWORD)
+                       POSTFIX_PASSWORD, tls_resume)
         at_sink = sink.summary(timeout + 30 if load["accepted"] == messages else 2.0)
         cpu = settled_cpu(roots) - cpu0
-        return row(load, at_sink, messages, cpu, sink.store, dns, SENDER_DOMAIN)
+        return signed_row(load, at_sink, messages, cpu, sink, dns, SENDER_DOMAIN)
     finally:
         if started:
-            postfix(conf, "stop")
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and postfix(conf, "status").returncode == 0:
-                time.sleep(0.2)
+            stop_postfix(conf)
         signer.stop()
         if sink is not None:
             sink.stop()
@@ -213,7 +222,15 @@ def run_postfix(size: int, messages: int, sessions: int, reuse: bool,
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _wait_port(port: int, timeout: float) -> None:
+def stop_postfix(conf: Path) -> None:
+    """`postfix stop`, then wait (bounded) until the instance is gone."""
+    postfix(conf, "stop")
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and postfix(conf, "status").returncode == 0:
+        time.sleep(0.2)
+
+
+def wait_port(port: int, timeout: float) -> None:
     import socket
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
