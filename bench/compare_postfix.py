@@ -129,10 +129,9 @@ def run_postfix_plain(size: int, messages: int, sessions: int, reuse: bool,
             f"relay_domains = {DOMAIN}", f"relayhost = [{SINK_HOST}]:{sink.port}",
             "smtpd_peername_lookup = no"])
         (base / "queue").mkdir()
-        for action in ("check", "start"):
-            done = postfix(conf, action)
-            if done.returncode != 0:
-                raise RuntimeError(f"postfix {action}: {done.stderr}")
+        done = postfix(conf, "start")
+        if done.returncode != 0:
+            raise RuntimeError(f"postfix start: {done.stderr}")
         started = True
         signedruns.wait_port(listen, 20)
         roots = [signedruns.postfix_master_pid(base)]
