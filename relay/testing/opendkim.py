@@ -162,7 +162,7 @@ class OpenDkimSigner:
             "milter_default_action = tempfail",
         ]
 
-    def stop(self, grace: float = 1.0) -> None:
+    def stop(self, grace: float = 0.3) -> None:
         """SIGTERM, then SIGKILL after `grace` s: libmilter only notices the signal at its
         next 5 s select timeout, and a throwaway signer has nothing left to finish once
         its Postfix is stopped."""
