@@ -5,7 +5,9 @@ would make the sink the bottleneck of an end-to-end figure. This sink is a
 hand-rolled asyncio protocol on uvloop: it answers 250 to every command (354 to
 DATA, 221 to QUIT), supports pipelining, never advertises STARTTLS, and only
 counts connections, messages and bytes, with the wall-clock time of the first
-and last message.
+and last message. `--store FILE` also appends every message to FILE (a decimal length line,
+then the message as received, dot-stuffing undone), for checks after the run (the
+comparison verifies every DKIM signature from it without spending CPU during the run).
 
     python bench/sinkserver.py --host 127.0.0.2 --port 0 --expect 5000 --timeout 120
 
@@ -22,8 +24,10 @@ import json
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import cast
+from pathlib import Path
+from typing import BinaryIO, cast
 
 _EHLO_REPLY = (b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
                b"250-SIZE 104857600\r\n250 ENHANCEDSTATUSCODES\r\n")
@@ -49,8 +53,9 @@ class SinkProtocol(asyncio.Protocol):
     """One connection. Command mode parses CRLF lines; data mode looks for CRLF.CRLF."""
 
     def __init__(self, stats: SinkStats, on_message: asyncio.Event | None = None,
-                 expect: int = 0) -> None:
+                 expect: int = 0, store: BinaryIO | None = None) -> None:
         self.stats = stats
+        self.store = store
         self.on_message = on_message
         self.expect = expect
         self.transport: asyncio.Transport | None = None
@@ -78,6 +83,10 @@ class SinkProtocol(asyncio.Protocol):
                     self.scan_from = len(self.buf)
                     break
                 size = pos  # payload incl. its last CRLF (the buffer began with CRLF)
+                if self.store is not None:
+                    # From the CRLF before the payload, so a first line's stuffed dot is seen.
+                    message = bytes(self.buf[:pos + 2]).replace(b"\r\n..", b"\r\n.")[2:]
+                    self.store.write(b"%d\n" % len(message) + message)
                 del self.buf[: pos + len(_END)]
                 self.in_data = False
                 self.scan_from = 0
@@ -130,11 +139,19 @@ class SinkProtocol(asyncio.Protocol):
         self.transport = None
 
 
-async def serve(host: str, port: int, expect: int, timeout: float, grace: float) -> SinkStats:
+def stored_messages(path: Path) -> Iterator[bytes]:
+    """The messages a `--store` file holds, in arrival order."""
+    with path.open("rb") as f:
+        while line := f.readline():
+            yield f.read(int(line))
+
+
+async def serve(host: str, port: int, expect: int, timeout: float, grace: float,
+                store: BinaryIO | None = None) -> SinkStats:
     loop = asyncio.get_running_loop()
     stats = SinkStats()
     done = asyncio.Event()
-    server = await loop.create_server(lambda: SinkProtocol(stats, done, expect),
+    server = await loop.create_server(lambda: SinkProtocol(stats, done, expect, store),
                                       host=host, port=port, reuse_address=True, backlog=1024)
     bound = int(server.sockets[0].getsockname()[1])
     print(json.dumps({"event": "ready", "host": host, "port": bound}), flush=True)
@@ -159,12 +176,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=120.0, help="hard wall-clock limit (s)")
     p.add_argument("--grace", type=float, default=0.2,
                    help="seconds to keep counting after --expect is reached")
+    p.add_argument("--store", type=Path, default=None,
+                   help="append every message to this file (length line + message)")
     args = p.parse_args(argv)
     if not args.host.startswith("127."):
         p.error("the bench sink binds loopback (127.0.0.0/8) only")
     import uvloop
 
-    stats = uvloop.run(serve(args.host, args.port, args.expect, args.timeout, args.grace))
+    if args.store is None:
+        stats = uvloop.run(serve(args.host, args.port, args.expect, args.timeout, args.grace))
+    else:
+        with args.store.open("ab", buffering=1 << 20) as store:
+            stats = uvloop.run(serve(args.host, args.port, args.expect, args.timeout,
+                                     args.grace, store))
     print(json.dumps({"event": "summary", **asdict(stats)}), flush=True)
     return 0
 
