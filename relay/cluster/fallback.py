@@ -63,6 +63,38 @@ class Ledger:
                               have.ttl_ms, have.window_ms, have.bucket_ms)
         self._open[slot] = pending
 
+    def forget(self, pending: Pending) -> bool:
+        """Take back `pending` (a reservation given back while Redis is unreachable) from
+        the open counts; False when its batch is already sealed (then it stays counted:
+        more than was sent, never less)."""
+        slot = (pending.kind, pending.key,
+                pending.at_ms // pending.bucket_ms if pending.bucket_ms else 0)
+        have = self._open.get(slot)
+        if have is None or have.n < pending.n:
+            return False
+        if have.n == pending.n:
+            del self._open[slot]
+        else:
+            self._open[slot] = Pending(have.kind, have.key, have.n - pending.n, have.at_ms,
+                                       have.ttl_ms, have.window_ms, have.bucket_ms)
+        return True
+
+    def prune(self, now_ms: int) -> None:
+        """Drop the open sliding-window counts whose window has passed (a per-second
+        rate's, during a long outage): Redis would drop them at once; only what is still
+        inside its window is owed."""
+        gone = [slot for slot, p in self._open.items()
+                if p.kind == "sliding" and p.at_ms + p.window_ms + p.bucket_ms <= now_ms]
+        for slot in gone:
+            del self._open[slot]
+
+    def used_since(self, key: str, since_ms: int) -> int:
+        """What this node counted for `key` at or after `since_ms` (a sliding window's
+        part of the ledger: a per-second rate's counts of a minute ago no longer count)."""
+        return (sum(p.n for p in self._open.values() if p.key == key and p.at_ms >= since_ms)
+                + sum(p.n for p in self._sealed.values()
+                      if p.key == key and p.at_ms >= since_ms))
+
     def used(self, key: str) -> int:
         """What this node counted for `key` since Redis was last reachable."""
         return (sum(p.n for p in self._open.values() if p.key == key)

@@ -42,6 +42,33 @@ class Reservation:
     n: int
     bucket: int
     shared: bool
+    at_ms: int = 0  # when it was taken (a local one: its place in the ledger)
+    window_ms: int = 0
+    bucket_ms: int = 0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One sliding window of a `reserve_all()`: `name`'s `window` seconds in buckets of
+    `bucket` seconds; it must have room for `need` below `limit` (-1: no limit, counted
+    only) and `take` is added (more than `need` for a rate's debt)."""
+
+    name: str
+    limit: int
+    window: float
+    bucket: float
+    need: int
+    take: int
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What `reserve_all()` did: `refused` the index of the first window without room
+    (nothing taken) or None; `held` the reservations of the windows it added to."""
+
+    refused: int | None
+    held: list[Reservation]
+    shared: bool
 
 
 async def _invoke(_r: Any, call: Callable[[], Awaitable[Any]]) -> Any:
@@ -62,16 +89,28 @@ class SharedLimits:
         self.ledger = Ledger(client.node_id)
         self._epoch = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._last: OrderedDict[str, int] = OrderedDict()
+        self._seen_ms: dict[str, int] = {}
 
     def _remember(self, key: str, count: int) -> None:
         self._last[key] = count
         self._last.move_to_end(key)
+        self._seen_ms[key] = _ms(self.clock.now())
         while len(self._last) > MAX_REMEMBERED:
-            self._last.popitem(last=False)
+            gone, _ = self._last.popitem(last=False)
+            self._seen_ms.pop(gone, None)
 
     def share(self, key: str, limit: int) -> int:
         """This node's local share of `limit` for `key` (Redis unreachable)."""
         return local_share(limit, self._last.get(key, 0), self.live_nodes())
+
+    def last_seen(self, key: str, within_ms: int | None = None) -> int:
+        """`key`'s count as Redis last told this node (0 when it never did, or, with
+        `within_ms`, when that was longer ago: a 1 s window's count of a minute ago says
+        nothing of now)."""
+        if within_ms is not None and _ms(self.clock.now()) - self._seen_ms.get(key, 0) \
+                > within_ms:
+            return 0
+        return self._last.get(key, 0)
 
     # -- fixed windows -----------------------------------------------------------------
 
@@ -132,6 +171,101 @@ class SharedLimits:
         except ClusterUnavailable:
             log.warning("cluster: a released reservation of %s stays counted (redis down)",
                         reservation.key)
+
+    # -- every window of a recipient at once -------------------------------------------
+
+    def _keys(self, name: str) -> str:
+        return self.client.key("sw", name)
+
+    async def reserve_all(self, windows: list[Window]) -> Taken:
+        """Every window's `take`, if each has room for its `need`, in ONE script call (one
+        round trip); else nothing (`refused`: the first window without room). Redis
+        unreachable: the same decision on this node's local shares, counted in the
+        ledger. After an outage this node first adds what it owes (`reconcile`), so its
+        own counts of the gap are in Redis before it takes more."""
+        if not windows:
+            return Taken(None, [], shared=True)
+        if len(self.ledger):
+            try:
+                await self.reconcile()
+            except ClusterUnavailable:
+                return self._reserve_all_locally(windows)
+        now = _ms(self.clock.now())
+        keys: list[str] = []
+        args: list[int] = [now, len(windows)]
+        for w in windows:
+            base = self._keys(w.name)
+            keys += [base, base + ":ids"]
+            args += [_ms(w.window), _ms(w.bucket), w.need, w.take, w.limit]
+        try:
+            reply = ints(await self.client.call(
+                lambda r: self.scripts.slide_reserve_all(keys=keys, args=args)))
+        except ClusterUnavailable:
+            return self._reserve_all_locally(windows)
+        refused = reply[0]
+        held = []
+        for i, w in enumerate(windows):
+            total, bucket = reply[1 + 2 * i], reply[2 + 2 * i]
+            self._remember(keys[2 * i], total)
+            if not refused and w.take > 0:
+                held.append(Reservation(keys[2 * i], w.take, bucket, shared=True))
+        return Taken(refused - 1 if refused else None, held, shared=True)
+
+    def _reserve_all_locally(self, windows: list[Window]) -> Taken:
+        now = _ms(self.clock.now())
+        self.ledger.prune(now)
+        for i, w in enumerate(windows):
+            if w.limit < 0:
+                continue
+            key, win = self._keys(w.name), _ms(w.window)
+            share = local_share(w.limit, self.last_seen(key, win), self.live_nodes())
+            if self.ledger.used_since(key, now - win) + w.need > share:
+                return Taken(i, [], shared=False)
+        held = []
+        for w in windows:
+            if w.take <= 0:
+                continue
+            key, win, bms = self._keys(w.name), _ms(w.window), _ms(w.bucket)
+            self.ledger.record(Pending("sliding", key, w.take, at_ms=now, window_ms=win,
+                                       bucket_ms=bms))
+            held.append(Reservation(key, w.take, now // bms, shared=False, at_ms=now,
+                                    window_ms=win, bucket_ms=bms))
+        return Taken(None, held, shared=False)
+
+    async def release_all(self, held: list[Reservation]) -> None:
+        """Give reservations back in one call (best effort: when Redis is unreachable a
+        shared one stays counted until its window passes; a local one leaves the ledger
+        unless its batch is already on its way to Redis)."""
+        for r in held:
+            if not r.shared:
+                self.ledger.forget(Pending("sliding", r.key, r.n, at_ms=r.at_ms,
+                                           window_ms=r.window_ms, bucket_ms=r.bucket_ms))
+        shared = [r for r in held if r.shared]
+        if not shared:
+            return
+        keys = [r.key for r in shared]
+        args = [x for r in shared for x in (r.bucket, r.n)]
+        try:
+            await self.client.call(lambda r: self.scripts.slide_release_all(keys=keys,
+                                                                            args=args))
+        except ClusterUnavailable:
+            log.warning("cluster: %d released reservation(s) stay counted (redis down)",
+                        len(shared))
+
+    async def total(self, name: str, window: float, bucket: float) -> tuple[int, bool]:
+        """`name`'s sliding window total now and whether Redis said so (True), or this
+        node's own figure (False: Redis unreachable): the count Redis last told it plus
+        what it counted since."""
+        key = self._keys(name)
+        keys = [key, key + ":ids"]
+        args = [_ms(self.clock.now()), _ms(window), _ms(bucket)]
+        try:
+            total = int(await self.client.call(
+                lambda r: self.scripts.slide_total(keys=keys, args=args)))
+        except ClusterUnavailable:
+            return self.last_seen(key) + self.ledger.used(key), False
+        self._remember(key, total)
+        return total, True
 
     # -- connection leases -------------------------------------------------------------
 

@@ -54,6 +54,9 @@ class SharedQuotas(Protocol):
     async def reserve(self, tenant: str, credential: str, limits: Limits,
                       simulator: bool = False) -> Any: ...
 
+    async def reserve_many(self, tenant: str, credential: str, limits: Limits,
+                           simulator: Sequence[bool], debt: bool = True) -> Any: ...
+
 
 class CredentialRecord(Protocol):
     """What the gate reads of a credential (relay.users.UserRecord)."""
@@ -200,6 +203,37 @@ class AccountGate:
         limits = effective_limits(self.defaults(), tenant, override)
         got = await self.shared.reserve(txn.tenant, txn.credential, limits, simulator)
         return self._reserved(txn, got, simulator)
+
+    async def recipients_shared(self, txn: Transaction, addresses: Sequence[str]
+                                ) -> Refusal | None:
+        """Every recipient of one request at once (the SES API): each one's sandbox check,
+        then the quota of all of them in ONE call to the cluster (`shared`), all or none;
+        without `shared`, `recipient()` for each. The refusal, or None (all reserved)."""
+        if self.shared is None or txn.deferred:
+            for address in addresses:
+                refusal = self.recipient(txn, address)
+                if refusal is not None:
+                    return refusal
+            return None
+        tenant = self._tenant(txn.tenant)
+        simulator = [self.is_simulator(a) for a in addresses]
+        for address, sim in zip(addresses, simulator, strict=True):
+            refusal = self._sandbox(txn, tenant, address, sim)
+            if refusal is not None:
+                return refusal
+        rec = txn.record
+        override = (Quota(rec.max_24h_send, rec.max_send_rate)
+                    if rec is not None and (rec.max_24h_send is not None
+                                            or rec.max_send_rate is not None) else None)
+        limits = effective_limits(self.defaults(), tenant, override)
+        got = await self.shared.reserve_many(txn.tenant, txn.credential, limits, simulator,
+                                             debt=False)
+        if isinstance(got, Refusal):
+            return self._refused(txn.tenant, "rate" if "rate" in got.text else "daily_quota",
+                                 got)
+        txn.reservations.extend(got)
+        txn.simulator.extend(simulator)
+        return None
 
     # ------------------------------------------------------------------ DATA
 
