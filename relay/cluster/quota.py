@@ -69,6 +69,8 @@ class SharedQuota:
     def __init__(self, limits: SharedLimits) -> None:
         self.limits = limits
         self._pending: set[asyncio.Task[None]] = set()
+        self._to_release: list[Reservation] = []
+        self._flushing = False
 
     def _scopes(self, tenant: str, credential: str,
                 limits: Limits) -> list[tuple[str, Cap]]:
@@ -134,11 +136,18 @@ class SharedQuota:
         return await self.limits.total(f"quota:{tenant_scope(tenant)}", DAY, 1.0)
 
     def release_later(self, held: list[Reservation]) -> None:
-        task = asyncio.get_running_loop().create_task(self._release(held))
+        """Give `held` back soon: every release asked for before the event loop next runs
+        the flush (all of a transaction's recipients on RSET) goes in one call."""
+        self._to_release.extend(held)
+        if self._flushing:
+            return
+        self._flushing = True
+        task = asyncio.get_running_loop().create_task(self._release())
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
-    async def _release(self, held: list[Reservation]) -> None:
+    async def _release(self) -> None:
+        held, self._to_release, self._flushing = self._to_release, [], False
         # One call for all of them; Redis down: they stay counted until the window passes.
         await self.limits.release_all(held)
 
