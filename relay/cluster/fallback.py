@@ -44,6 +44,10 @@ class Batch:
     pending: Pending
 
 
+def _less(p: Pending, n: int) -> Pending:
+    return Pending(p.kind, p.key, p.n - n, p.at_ms, p.ttl_ms, p.window_ms, p.bucket_ms)
+
+
 class Ledger:
     """Counts made while Redis was unreachable, by key, until Redis confirmed each."""
 
@@ -64,20 +68,27 @@ class Ledger:
         self._open[slot] = pending
 
     def forget(self, pending: Pending) -> bool:
-        """Take back `pending` (a reservation given back while Redis is unreachable) from
-        the open counts; False when its batch is already sealed (then it stays counted:
-        more than was sent, never less)."""
-        slot = (pending.kind, pending.key,
-                pending.at_ms // pending.bucket_ms if pending.bucket_ms else 0)
+        """Take back `pending` (a reservation given back while it is owed to Redis): from
+        the open counts of its slot, else from a sealed batch of that slot (lowering a
+        sealed batch never undercounts: a retry of a batch Redis already applied adds
+        nothing, one it did not apply adds the lower figure). False when nothing of its
+        slot is owed any more (Redis has it: give it back there)."""
+        slot = self._slot(pending)
         have = self._open.get(slot)
-        if have is None or have.n < pending.n:
-            return False
-        if have.n == pending.n:
-            del self._open[slot]
-        else:
-            self._open[slot] = Pending(have.kind, have.key, have.n - pending.n, have.at_ms,
-                                       have.ttl_ms, have.window_ms, have.bucket_ms)
-        return True
+        if have is not None and have.n >= pending.n:
+            self._open[slot] = _less(have, pending.n)
+            if not self._open[slot].n:
+                del self._open[slot]
+            return True
+        for batch_id, sealed in self._sealed.items():
+            if self._slot(sealed) == slot and sealed.n >= pending.n:
+                self._sealed[batch_id] = _less(sealed, pending.n)
+                return True
+        return False
+
+    @staticmethod
+    def _slot(p: Pending) -> tuple[str, str, int]:
+        return (p.kind, p.key, p.at_ms // p.bucket_ms if p.bucket_ms else 0)
 
     def prune(self, now_ms: int) -> None:
         """Drop the open sliding-window counts whose window has passed (a per-second
@@ -89,11 +100,15 @@ class Ledger:
             del self._open[slot]
 
     def used_since(self, key: str, since_ms: int) -> int:
-        """What this node counted for `key` at or after `since_ms` (a sliding window's
-        part of the ledger: a per-second rate's counts of a minute ago no longer count)."""
-        return (sum(p.n for p in self._open.values() if p.key == key and p.at_ms >= since_ms)
-                + sum(p.n for p in self._sealed.values()
-                      if p.key == key and p.at_ms >= since_ms))
+        """What this node counted for `key` in buckets not wholly before `since_ms` (a
+        sliding window's part of the ledger, with Redis's rule: a count leaves when its
+        whole bucket is older than the window, never early; a per-second rate's counts of
+        a minute ago no longer count)."""
+        def inside(p: Pending) -> bool:
+            return p.key == key and (p.at_ms // p.bucket_ms + 1) * p.bucket_ms > since_ms \
+                if p.bucket_ms else p.key == key
+        return (sum(p.n for p in self._open.values() if inside(p))
+                + sum(p.n for p in self._sealed.values() if inside(p)))
 
     def used(self, key: str) -> int:
         """What this node counted for `key` since Redis was last reachable."""
@@ -108,6 +123,10 @@ class Ledger:
             self._sealed[f"{self.node_id}:{epoch}:{next(self._ids)}"] = pending
         self._open.clear()
         return [Batch(i, p) for i, p in self._sealed.items()]
+
+    def current(self, batch_id: str) -> Pending | None:
+        """A sealed batch as it is now (`forget` may have lowered it since `seal`)."""
+        return self._sealed.get(batch_id)
 
     def confirm(self, batch_id: str) -> None:
         self._sealed.pop(batch_id, None)

@@ -236,11 +236,11 @@ class SharedLimits:
         """Give reservations back in one call (best effort: when Redis is unreachable a
         shared one stays counted until its window passes; a local one leaves the ledger
         unless its batch is already on its way to Redis)."""
-        for r in held:
-            if not r.shared:
-                self.ledger.forget(Pending("sliding", r.key, r.n, at_ms=r.at_ms,
-                                           window_ms=r.window_ms, bucket_ms=r.bucket_ms))
-        shared = [r for r in held if r.shared]
+        # A local one still owed leaves the ledger; one already added to Redis (its batch
+        # reconciled) is given back there like a shared one: same key, same bucket.
+        shared = [r for r in held if r.shared or not self.ledger.forget(Pending(
+            "sliding", r.key, r.n, at_ms=r.at_ms, window_ms=r.window_ms,
+            bucket_ms=r.bucket_ms))]
         if not shared:
             return
         keys = [r.key for r in shared]
@@ -300,8 +300,14 @@ class SharedLimits:
         """Add the counts made while Redis was unreachable, each batch once. Returns the
         batches confirmed; ClusterUnavailable if Redis went away again (the rest stay)."""
         done = 0
+        now = _ms(self.clock.now())
         for batch in self.ledger.seal(self._epoch):
-            p = batch.pending
+            p = self.ledger.current(batch.batch_id) or batch.pending
+            if p.n <= 0 or (p.kind == "sliding"
+                            and p.at_ms + p.window_ms + p.bucket_ms <= now):
+                # all given back, or its window has passed: Redis would drop it at once
+                self.ledger.confirm(batch.batch_id)
+                continue
             guard = self.client.key("reconciled", batch.batch_id)
             call: Callable[[], Awaitable[Any]]
             if p.kind == "fixed":
