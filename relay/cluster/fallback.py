@@ -44,6 +44,13 @@ class Batch:
     pending: Pending
 
 
+def passed(p: Pending, now_ms: int) -> bool:
+    """A sliding window's count whose whole bucket is older than its window at `now_ms`
+    (Redis has dropped it, or would at once)."""
+    return p.kind == "sliding" and p.bucket_ms > 0 \
+        and (p.at_ms // p.bucket_ms + 1) * p.bucket_ms + p.window_ms <= now_ms
+
+
 def _less(p: Pending, n: int) -> Pending:
     return Pending(p.kind, p.key, p.n - n, p.at_ms, p.ttl_ms, p.window_ms, p.bucket_ms)
 
@@ -94,8 +101,7 @@ class Ledger:
         """Drop the open sliding-window counts whose window has passed (a per-second
         rate's, during a long outage): Redis would drop them at once; only what is still
         inside its window is owed."""
-        gone = [slot for slot, p in self._open.items()
-                if p.kind == "sliding" and p.at_ms + p.window_ms + p.bucket_ms <= now_ms]
+        gone = [slot for slot, p in self._open.items() if passed(p, now_ms)]
         for slot in gone:
             del self._open[slot]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from relay.clock import Clock
 from relay.cluster.client import ClusterClient, ClusterUnavailable
-from relay.cluster.fallback import Ledger, Pending, local_share
+from relay.cluster.fallback import Ledger, Pending, local_share, passed
 from relay.cluster.scripts import Scripts, ints
 
 log = logging.getLogger("relay.cluster")
@@ -303,8 +303,7 @@ class SharedLimits:
         now = _ms(self.clock.now())
         for batch in self.ledger.seal(self._epoch):
             p = self.ledger.current(batch.batch_id) or batch.pending
-            if p.n <= 0 or (p.kind == "sliding"
-                            and p.at_ms + p.window_ms + p.bucket_ms <= now):
+            if p.n <= 0 or passed(p, now):
                 # all given back, or its window has passed: Redis would drop it at once
                 self.ledger.confirm(batch.batch_id)
                 continue
