@@ -94,6 +94,15 @@ class Transaction:
         self.simulator.clear()
 
 
+@dataclass(frozen=True)
+class _Move:
+    """A message settled into `tenant` at DATA: its recipients still to reserve there."""
+
+    tenant: str
+    record: Tenant
+    simulator: list[bool]
+
+
 class AccountGate:
     def __init__(self, tenants: TenantStore, quotas: QuotaBook, store: QueueStore, *,
                  credential: Callable[[str], CredentialRecord | None],
@@ -242,6 +251,39 @@ class AccountGate:
         """The message's tenant from `X-SES-TENANT` (None: not given); when it names
         another tenant than the transaction's, or the credential is a platform's (its
         recipients not yet checked), check and reserve every recipient there at once."""
+        move = self._settling(txn, header_value, recipients)
+        if not isinstance(move, _Move):
+            return move
+        resolved, tenant, simulator = move.tenant, move.record, move.simulator
+        moved = Transaction(resolved, txn.credential, txn.record)
+        got = self.quotas.reserve_many(resolved, txn.credential, self._limits(moved, tenant),
+                                       self.now(), simulator)
+        return self._settled(txn, resolved, simulator, got)
+
+    async def settle_tenant_shared(self, txn: Transaction, header_value: str | None,
+                                   recipients: Sequence[str]) -> Refusal | None:
+        """`settle_tenant()` with the quota counted cluster-wide in Redis (`shared`: one
+        call for all the recipients; without it, exactly `settle_tenant()`)."""
+        if self.shared is None:
+            return self.settle_tenant(txn, header_value, recipients)
+        move = self._settling(txn, header_value, recipients)
+        if not isinstance(move, _Move):
+            return move
+        resolved, tenant, simulator = move.tenant, move.record, move.simulator
+        rec = txn.record
+        override = (Quota(rec.max_24h_send, rec.max_send_rate)
+                    if rec is not None and (rec.max_24h_send is not None
+                                            or rec.max_send_rate is not None) else None)
+        got = await self.shared.reserve_many(
+            resolved, txn.credential, effective_limits(self.defaults(), tenant, override),
+            simulator)
+        return self._settled(txn, resolved, simulator, got)
+
+    def _settling(self, txn: Transaction, header_value: str | None,
+                  recipients: Sequence[str]
+                  ) -> Refusal | _Move | None:
+        """settle_tenant's checks: a refusal, None (nothing to settle), or the tenant to
+        reserve the recipients in (its name, record, and which go to the simulator)."""
         named = header_value is not None and bool(header_value.strip())
         if not named and not txn.deferred:
             return None
@@ -264,9 +306,10 @@ class AccountGate:
                     self.is_simulator)
                 if refusal is not None:
                     return self._refused(resolved, "sandbox", refusal)
-        moved = Transaction(resolved, txn.credential, txn.record)
-        got = self.quotas.reserve_many(resolved, txn.credential, self._limits(moved, tenant),
-                                       self.now(), simulator)
+        return _Move(resolved, tenant, simulator)
+
+    def _settled(self, txn: Transaction, resolved: str, simulator: list[bool],
+                 got: Any) -> Refusal | None:
         if isinstance(got, Refusal):
             return self._refused(resolved, "rate" if "rate" in got.text else "daily_quota",
                                  got)

@@ -21,6 +21,7 @@ from relay.cluster.quota import SharedQuota
 from relay.config import Tenants
 from relay.config.cluster import Cluster
 from relay.tenants.account import AccountGate, Transaction
+from relay.tenants.model import Quota
 from relay.tenants.quota import QuotaBook
 from relay.tenants.refusals import DAILY_QUOTA_EXCEEDED, RATE_EXCEEDED
 from relay.tenants.store import TenantStore
@@ -91,6 +92,8 @@ async def _nodes(server: RedisServer, make_store: Stores, clock: FakeClock,
         store = await make_store(clock, name=name)
         tenants = TenantStore(store, clock)
         await tenants.write(tenants.add_op("acme", sandbox=True))
+        await tenants.write(tenants.add_op("beta", sandbox=False,
+                                           quota=Quota(max_24h_send=4)))
         quota = SharedQuota(SharedLimits(client, clock, lambda: 2))
         gates.append(AccountGate(
             tenants, QuotaBook(), store, credential=lambda n: credential,
@@ -215,5 +218,32 @@ async def test_sent_last_24_hours_while_redis_is_unreachable_is_this_nodes_figur
             nodes.gates[0].accepted(txn)
         # what Redis last told it (6) and what it accepted since (4)
         assert await nodes.quotas[0].sent_last_24h("acme") == (10, False)
+    finally:
+        await nodes.close()
+
+
+async def test_a_platform_credentials_message_is_counted_in_redis_at_data(
+        redis_server: RedisServer, make_store: Stores) -> None:
+    """A credential allowed several tenants names the message's tenant (X-SES-TENANT) at
+    DATA: its recipients are reserved in that tenant's shared quota (4 a day for beta),
+    all at once in one call; two nodes together accept 4, not 4 each."""
+    clock = FakeClock()
+    nodes = await _nodes(redis_server, make_store, clock,
+                         Credential("acme", allowed_tenants=["acme", "beta"]))
+    try:
+        before = _commands(redis_server)
+        answers = []
+        for i in range(4):
+            txn = nodes.begin(i)
+            assert txn.deferred
+            answers.append(await nodes.gates[i % 2].settle_tenant_shared(
+                txn, "beta", [f"a{i}@x.test", f"b{i}@x.test"]))
+            if answers[-1] is None:
+                assert txn.tenant == "beta"
+                nodes.gates[i % 2].accepted(txn)
+        assert answers == [None, None, DAILY_QUOTA_EXCEEDED, DAILY_QUOTA_EXCEEDED]
+        calls = _delta(before, _commands(redis_server))
+        assert calls.get("evalsha", 0) - calls.get("script|load", 0) == 4, calls
+        assert await nodes.quotas[1].sent_last_24h("beta") == (4, True)
     finally:
         await nodes.close()
