@@ -7,12 +7,13 @@ Redis once when it answers again (`reconcile`, run by the heartbeat and on recon
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,8 @@ log = logging.getLogger("relay.cluster")
 GUARD_TTL_MS = 3 * 86400 * 1000
 # Last counts remembered per key (for the local share), most recently used first.
 MAX_REMEMBERED = 10_000
+# Reconciliation batches sent per pipelined round trip.
+RECONCILE_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,6 @@ class Taken:
     shared: bool
 
 
-async def _invoke(_r: Any, call: Callable[[], Awaitable[Any]]) -> Any:
-    return await call()
-
-
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
@@ -90,6 +89,7 @@ class SharedLimits:
         self._epoch = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._last: OrderedDict[str, int] = OrderedDict()
         self._seen_ms: dict[str, int] = {}
+        self._reconciling = asyncio.Lock()
 
     def _remember(self, key: str, count: int) -> None:
         self._last[key] = count
@@ -298,27 +298,46 @@ class SharedLimits:
 
     async def reconcile(self) -> int:
         """Add the counts made while Redis was unreachable, each batch once. Returns the
-        batches confirmed; ClusterUnavailable if Redis went away again (the rest stay)."""
+        batches confirmed; ClusterUnavailable if Redis went away again (the rest stay).
+        One at a time (the heartbeat and every recipient after an outage ask for it: the
+        others wait for the one running, then find nothing owed), and RECONCILE_CHUNK
+        batches per pipelined round trip: a long outage owes thousands of buckets."""
+        async with self._reconciling:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> int:
         done = 0
         now = _ms(self.clock.now())
+        owed: list[tuple[str, Pending]] = []
         for batch in self.ledger.seal(self._epoch):
             p = self.ledger.current(batch.batch_id) or batch.pending
             if p.n <= 0 or passed(p, now):
                 # all given back, or its window has passed: Redis would drop it at once
                 self.ledger.confirm(batch.batch_id)
-                continue
-            guard = self.client.key("reconciled", batch.batch_id)
-            call: Callable[[], Awaitable[Any]]
-            if p.kind == "fixed":
-                call = functools.partial(self.scripts.fixed_add, keys=[p.key, guard],
-                                         args=[p.n, p.ttl_ms, GUARD_TTL_MS])
             else:
-                call = functools.partial(
-                    self.scripts.slide_add, keys=[p.key, p.key + ":ids", guard],
-                    args=[p.at_ms, p.window_ms, p.bucket_ms, p.n, GUARD_TTL_MS])
-            await self.client.call(functools.partial(_invoke, call=call))
-            self.ledger.confirm(batch.batch_id)
-            done += 1
+                owed.append((batch.batch_id, p))
+        for start in range(0, len(owed), RECONCILE_CHUNK):
+            chunk = owed[start:start + RECONCILE_CHUNK]
+            await self.client.call(functools.partial(self._add_batches, chunk=chunk))
+            for batch_id, _p in chunk:
+                self.ledger.confirm(batch_id)
+            done += len(chunk)
         if done:
             log.info("cluster: reconciled %d local count(s) into redis", done)
         return done
+
+    async def _add_batches(self, r: Any, chunk: list[tuple[str, Pending]]) -> list[Any]:
+        """FIXED_ADD / SLIDE_ADD of each batch (guarded by its id), one pipeline."""
+        async with r.pipeline(transaction=False) as pipe:
+            for batch_id, p in chunk:
+                guard = self.client.key("reconciled", batch_id)
+                if p.kind == "fixed":
+                    await self.scripts.fixed_add(keys=[p.key, guard],
+                                                 args=[p.n, p.ttl_ms, GUARD_TTL_MS],
+                                                 client=pipe)
+                else:
+                    await self.scripts.slide_add(
+                        keys=[p.key, p.key + ":ids", guard],
+                        args=[p.at_ms, p.window_ms, p.bucket_ms, p.n, GUARD_TTL_MS],
+                        client=pipe)
+            return list(await pipe.execute())

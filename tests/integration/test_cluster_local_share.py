@@ -1,10 +1,12 @@
 """The quota's local share while Redis is unreachable (a real redis-server, killed), on an
 injected clock: a per-second rate's share is per second (not once for the whole outage);
 a recipient given back (RSET) during the outage returns to the share and is not added to
-Redis later; a node adds what it owes before it takes more once Redis is back."""
+Redis later; a node adds what it owes before it takes more once Redis is back, in a few
+pipelined round trips, once however many recipients ask at the same time."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 
 from relay.clock import FakeClock
 from relay.cluster.client import ClusterClient
-from relay.cluster.limits import SharedLimits
+from relay.cluster.limits import RECONCILE_CHUNK, SharedLimits
 from relay.cluster.quota import SharedQuota
 from relay.config.cluster import Cluster
 from relay.tenants.quota import Cap, Limits
@@ -87,3 +89,31 @@ async def test_a_recipient_given_back_during_an_outage_returns_to_the_share(
         assert await quota.sent_last_24h("acme") == (5, True)
     finally:
         await quota.limits.client.close()
+
+
+async def test_a_long_outage_is_reconciled_in_a_few_round_trips_once(
+        redis_server: RedisServer) -> None:
+    """1,200 recipients a second apart while Redis is away (1,200 buckets owed): when it
+    is back, 20 recipients at once find one reconciliation running and wait for it; it
+    sends the buckets 500 per pipelined round trip."""
+    clock = FakeClock()
+    quota = _quota(redis_server, clock, live=1)
+    limits = Limits(Cap(max_24h_send=100_000))
+    client = quota.limits.client
+    try:
+        assert not isinstance(await quota.reserve("acme", "", limits), type(RATE_EXCEEDED))
+        redis_server.stop()
+        for _ in range(1200):
+            clock.advance(1)
+            got = await quota.reserve("acme", "", limits)
+            assert got != DAILY_QUOTA_EXCEEDED
+        redis_server.start()
+        clock.advance(2)
+        calls = client.calls
+        got_all = await asyncio.gather(*[quota.reserve("acme", "", limits) for _ in range(20)])
+        assert all(g != DAILY_QUOTA_EXCEEDED and all(r.shared for r in g.held)  # type: ignore[union-attr]
+                   for g in got_all)
+        assert client.calls - calls == -(-1200 // RECONCILE_CHUNK) + 20
+        assert await quota.sent_last_24h("acme") == (1220, True)  # 1 before was lost
+    finally:
+        await client.close()
