@@ -59,9 +59,9 @@ class SharedReservation:
             self.quota.release_later(self.held)
 
 
-def daily_window(scope: str, cap: int, n: int, counted_only: bool = False) -> Window:
+def daily_window(scope: str, cap: int, n: int) -> Window:
     """`scope`'s rolling 24 h window taking `n` below `cap` (0: unlimited, counted only)."""
-    limit = -1 if cap == 0 or counted_only else max(0, cap)
+    limit = -1 if cap == 0 else max(0, cap)
     return Window(f"quota:{scope}", limit, DAY, 1.0, n, n)
 
 
