@@ -213,13 +213,12 @@ class SharedLimits:
 
     def _reserve_all_locally(self, windows: list[Window]) -> Taken:
         now = _ms(self.clock.now())
-        self.ledger.prune(now)
         for i, w in enumerate(windows):
             if w.limit < 0:
                 continue
             key, win = self._keys(w.name), _ms(w.window)
             share = local_share(w.limit, self.last_seen(key, win), self.live_nodes())
-            if self.ledger.used_since(key, now - win) + w.need > share:
+            if self.ledger.used_at(key, now) + w.need > share:
                 return Taken(i, [], shared=False)
         held = []
         for w in windows:
@@ -310,8 +309,8 @@ class SharedLimits:
         now = _ms(self.clock.now())
         owed: list[tuple[str, Pending]] = []
         for batch in self.ledger.seal(self._epoch):
-            p = self.ledger.current(batch.batch_id) or batch.pending
-            if p.n <= 0 or passed(p, now):
+            p = self.ledger.current(batch.batch_id)
+            if p is None or p.n <= 0 or passed(p, now):
                 # all given back, or its window has passed: Redis would drop it at once
                 self.ledger.confirm(batch.batch_id)
             else:

@@ -13,15 +13,16 @@ def _rate(n: int, at_ms: int) -> Pending:
                    bucket_ms=100)
 
 
-def test_used_since_counts_buckets_not_wholly_before_the_window() -> None:
+def test_used_at_counts_buckets_not_wholly_older_than_the_window() -> None:
     ledger = Ledger("n1")
     ledger.record(_rate(2, 10_050))  # bucket [10000, 10100)
     ledger.record(_rate(3, 10_950))  # bucket [10900, 11000)
-    assert ledger.used_since("sw:rate:tenant:acme", 10_000) == 5
-    assert ledger.used_since("sw:rate:tenant:acme", 10_100) == 3  # first bucket is out
-    assert ledger.used_since("sw:rate:tenant:acme", 11_000) == 0
-    assert ledger.used_since("sw:other", 0) == 0
     assert ledger.used("sw:rate:tenant:acme") == 5
+    assert ledger.used_at("sw:rate:tenant:acme", 11_000) == 5
+    assert ledger.used_at("sw:rate:tenant:acme", 11_100) == 3  # the first bucket left
+    assert ledger.used_at("sw:rate:tenant:acme", 12_000) == 0
+    assert ledger.used_at("sw:other", 0) == 0
+    assert len(ledger) == 0
 
 
 def test_prune_drops_open_counts_whose_window_has_passed() -> None:
