@@ -65,6 +65,9 @@ class ClusterClient:
         self.up = False
         self.latency: float | None = None  # the last call's round trip, seconds
         self.failures = 0
+        # Round trips asked of Redis (a pipeline or a script is one), answered or not: what
+        # a message costs (the tests and bench/cluster_limits.py count them).
+        self.calls = 0
         self._on_up: list[Callable[[], None]] = []
         self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
         self._failed_at: float | None = None  # clock.monotonic() of the last failure
@@ -83,6 +86,7 @@ class ClusterClient:
                 and self.clock.monotonic() - self._failed_at < RETRY_INTERVAL):
             raise ClusterUnavailable("redis: unreachable (retrying within a second)")
         async with self._slots:
+            self.calls += 1
             started = time.monotonic()
             try:
                 result = await asyncio.wait_for(

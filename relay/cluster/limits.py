@@ -7,18 +7,19 @@ Redis once when it answers again (`reconcile`, run by the heartbeat and on recon
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from relay.clock import Clock
 from relay.cluster.client import ClusterClient, ClusterUnavailable
-from relay.cluster.fallback import Ledger, Pending, local_share
+from relay.cluster.fallback import Ledger, Pending, local_share, passed
 from relay.cluster.scripts import Scripts, ints
 
 log = logging.getLogger("relay.cluster")
@@ -27,6 +28,8 @@ log = logging.getLogger("relay.cluster")
 GUARD_TTL_MS = 3 * 86400 * 1000
 # Last counts remembered per key (for the local share), most recently used first.
 MAX_REMEMBERED = 10_000
+# Reconciliation batches sent per pipelined round trip.
+RECONCILE_CHUNK = 500
 
 
 @dataclass(frozen=True)
@@ -42,10 +45,33 @@ class Reservation:
     n: int
     bucket: int
     shared: bool
+    at_ms: int = 0  # when it was taken (a local one: its place in the ledger)
+    window_ms: int = 0
+    bucket_ms: int = 0
 
 
-async def _invoke(_r: Any, call: Callable[[], Awaitable[Any]]) -> Any:
-    return await call()
+@dataclass(frozen=True)
+class Window:
+    """One sliding window of a `reserve_all()`: `name`'s `window` seconds in buckets of
+    `bucket` seconds; it must have room for `need` below `limit` (-1: no limit, counted
+    only) and `take` is added (more than `need` for a rate's debt)."""
+
+    name: str
+    limit: int
+    window: float
+    bucket: float
+    need: int
+    take: int
+
+
+@dataclass(frozen=True)
+class Taken:
+    """What `reserve_all()` did: `refused` the index of the first window without room
+    (nothing taken) or None; `held` the reservations of the windows it added to."""
+
+    refused: int | None
+    held: list[Reservation]
+    shared: bool
 
 
 def _ms(seconds: float) -> int:
@@ -62,16 +88,29 @@ class SharedLimits:
         self.ledger = Ledger(client.node_id)
         self._epoch = f"{os.getpid()}-{secrets.token_hex(4)}"
         self._last: OrderedDict[str, int] = OrderedDict()
+        self._seen_ms: dict[str, int] = {}
+        self._reconciling = asyncio.Lock()
 
     def _remember(self, key: str, count: int) -> None:
         self._last[key] = count
         self._last.move_to_end(key)
+        self._seen_ms[key] = _ms(self.clock.now())
         while len(self._last) > MAX_REMEMBERED:
-            self._last.popitem(last=False)
+            gone, _ = self._last.popitem(last=False)
+            self._seen_ms.pop(gone, None)
 
     def share(self, key: str, limit: int) -> int:
         """This node's local share of `limit` for `key` (Redis unreachable)."""
         return local_share(limit, self._last.get(key, 0), self.live_nodes())
+
+    def last_seen(self, key: str, within_ms: int | None = None) -> int:
+        """`key`'s count as Redis last told this node (0 when it never did, or, with
+        `within_ms`, when that was longer ago: a 1 s window's count of a minute ago says
+        nothing of now)."""
+        if within_ms is not None and _ms(self.clock.now()) - self._seen_ms.get(key, 0) \
+                > within_ms:
+            return 0
+        return self._last.get(key, 0)
 
     # -- fixed windows -----------------------------------------------------------------
 
@@ -133,6 +172,100 @@ class SharedLimits:
             log.warning("cluster: a released reservation of %s stays counted (redis down)",
                         reservation.key)
 
+    # -- every window of a recipient at once -------------------------------------------
+
+    def _keys(self, name: str) -> str:
+        return self.client.key("sw", name)
+
+    async def reserve_all(self, windows: list[Window]) -> Taken:
+        """Every window's `take`, if each has room for its `need`, in ONE script call (one
+        round trip); else nothing (`refused`: the first window without room). Redis
+        unreachable: the same decision on this node's local shares, counted in the
+        ledger. After an outage this node first adds what it owes (`reconcile`), so its
+        own counts of the gap are in Redis before it takes more."""
+        if not windows:
+            return Taken(None, [], shared=True)
+        if len(self.ledger):
+            try:
+                await self.reconcile()
+            except ClusterUnavailable:
+                return self._reserve_all_locally(windows)
+        now = _ms(self.clock.now())
+        keys: list[str] = []
+        args: list[int] = [now, len(windows)]
+        for w in windows:
+            base = self._keys(w.name)
+            keys += [base, base + ":ids"]
+            args += [_ms(w.window), _ms(w.bucket), w.need, w.take, w.limit]
+        try:
+            reply = ints(await self.client.call(
+                lambda r: self.scripts.slide_reserve_all(keys=keys, args=args)))
+        except ClusterUnavailable:
+            return self._reserve_all_locally(windows)
+        refused = reply[0]
+        held = []
+        for i, w in enumerate(windows):
+            total, bucket = reply[1 + 2 * i], reply[2 + 2 * i]
+            self._remember(keys[2 * i], total)
+            if not refused and w.take > 0:
+                held.append(Reservation(keys[2 * i], w.take, bucket, shared=True))
+        return Taken(refused - 1 if refused else None, held, shared=True)
+
+    def _reserve_all_locally(self, windows: list[Window]) -> Taken:
+        now = _ms(self.clock.now())
+        for i, w in enumerate(windows):
+            if w.limit < 0:
+                continue
+            key, win = self._keys(w.name), _ms(w.window)
+            share = local_share(w.limit, self.last_seen(key, win), self.live_nodes())
+            if self.ledger.used_at(key, now) + w.need > share:
+                return Taken(i, [], shared=False)
+        held = []
+        for w in windows:
+            if w.take <= 0:
+                continue
+            key, win, bms = self._keys(w.name), _ms(w.window), _ms(w.bucket)
+            self.ledger.record(Pending("sliding", key, w.take, at_ms=now, window_ms=win,
+                                       bucket_ms=bms))
+            held.append(Reservation(key, w.take, now // bms, shared=False, at_ms=now,
+                                    window_ms=win, bucket_ms=bms))
+        return Taken(None, held, shared=False)
+
+    async def release_all(self, held: list[Reservation]) -> None:
+        """Give reservations back in one call (best effort: when Redis is unreachable a
+        shared one stays counted until its window passes; a local one leaves the ledger
+        unless its batch is already on its way to Redis)."""
+        # A local one still owed leaves the ledger; one already added to Redis (its batch
+        # reconciled) is given back there like a shared one: same key, same bucket.
+        shared = [r for r in held if r.shared or not self.ledger.forget(Pending(
+            "sliding", r.key, r.n, at_ms=r.at_ms, window_ms=r.window_ms,
+            bucket_ms=r.bucket_ms))]
+        if not shared:
+            return
+        keys = [r.key for r in shared]
+        args = [x for r in shared for x in (r.bucket, r.n)]
+        try:
+            await self.client.call(lambda r: self.scripts.slide_release_all(keys=keys,
+                                                                            args=args))
+        except ClusterUnavailable:
+            log.warning("cluster: %d released reservation(s) stay counted (redis down)",
+                        len(shared))
+
+    async def total(self, name: str, window: float, bucket: float) -> tuple[int, bool]:
+        """`name`'s sliding window total now and whether Redis said so (True), or this
+        node's own figure (False: Redis unreachable): the count Redis last told it plus
+        what it counted since."""
+        key = self._keys(name)
+        keys = [key, key + ":ids"]
+        args = [_ms(self.clock.now()), _ms(window), _ms(bucket)]
+        try:
+            total = int(await self.client.call(
+                lambda r: self.scripts.slide_total(keys=keys, args=args)))
+        except ClusterUnavailable:
+            return self.last_seen(key) + self.ledger.used(key), False
+        self._remember(key, total)
+        return total, True
+
     # -- connection leases -------------------------------------------------------------
 
     def _lease_keys(self, site: str) -> list[str]:
@@ -164,22 +297,46 @@ class SharedLimits:
 
     async def reconcile(self) -> int:
         """Add the counts made while Redis was unreachable, each batch once. Returns the
-        batches confirmed; ClusterUnavailable if Redis went away again (the rest stay)."""
+        batches confirmed; ClusterUnavailable if Redis went away again (the rest stay).
+        One at a time (the heartbeat and every recipient after an outage ask for it: the
+        others wait for the one running, then find nothing owed), and RECONCILE_CHUNK
+        batches per pipelined round trip: a long outage owes thousands of buckets."""
+        async with self._reconciling:
+            return await self._reconcile()
+
+    async def _reconcile(self) -> int:
         done = 0
+        now = _ms(self.clock.now())
+        owed: list[tuple[str, Pending]] = []
         for batch in self.ledger.seal(self._epoch):
-            p = batch.pending
-            guard = self.client.key("reconciled", batch.batch_id)
-            call: Callable[[], Awaitable[Any]]
-            if p.kind == "fixed":
-                call = functools.partial(self.scripts.fixed_add, keys=[p.key, guard],
-                                         args=[p.n, p.ttl_ms, GUARD_TTL_MS])
+            p = self.ledger.current(batch.batch_id)
+            if p is None or p.n <= 0 or passed(p, now):
+                # all given back, or its window has passed: Redis would drop it at once
+                self.ledger.confirm(batch.batch_id)
             else:
-                call = functools.partial(
-                    self.scripts.slide_add, keys=[p.key, p.key + ":ids", guard],
-                    args=[p.at_ms, p.window_ms, p.bucket_ms, p.n, GUARD_TTL_MS])
-            await self.client.call(functools.partial(_invoke, call=call))
-            self.ledger.confirm(batch.batch_id)
-            done += 1
+                owed.append((batch.batch_id, p))
+        for start in range(0, len(owed), RECONCILE_CHUNK):
+            chunk = owed[start:start + RECONCILE_CHUNK]
+            await self.client.call(functools.partial(self._add_batches, chunk=chunk))
+            for batch_id, _p in chunk:
+                self.ledger.confirm(batch_id)
+            done += len(chunk)
         if done:
             log.info("cluster: reconciled %d local count(s) into redis", done)
         return done
+
+    async def _add_batches(self, r: Any, chunk: list[tuple[str, Pending]]) -> list[Any]:
+        """FIXED_ADD / SLIDE_ADD of each batch (guarded by its id), one pipeline."""
+        async with r.pipeline(transaction=False) as pipe:
+            for batch_id, p in chunk:
+                guard = self.client.key("reconciled", batch_id)
+                if p.kind == "fixed":
+                    await self.scripts.fixed_add(keys=[p.key, guard],
+                                                 args=[p.n, p.ttl_ms, GUARD_TTL_MS],
+                                                 client=pipe)
+                else:
+                    await self.scripts.slide_add(
+                        keys=[p.key, p.key + ":ids", guard],
+                        args=[p.at_ms, p.window_ms, p.bucket_ms, p.n, GUARD_TTL_MS],
+                        client=pipe)
+            return list(await pipe.execute())

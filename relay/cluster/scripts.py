@@ -95,6 +95,72 @@ redis.call('HINCRBY', KEYS[1], 't', -n)
 return n
 """
 
+# Every window of a recipient's (or message's) limits at once, all or nothing: one round
+# trip per recipient at acceptance, however many scopes (tenant, credential) and windows
+# (send rate, 24 h) apply. KEYS: per window its hash and its sorted set of bucket ids.
+# ARGV: now_ms, m (windows), then per window: window_ms, bucket_ms, need, take, limit
+# (need: the room it must have; take: what is added, may be more: the rate's debt of a
+# message; limit -1: counted, never refused). Nothing is added unless every window has
+# room. -> {refused (index of the first window without room, 0: none), then per window
+# its total (after taking, when taken) and its bucket}
+SLIDE_RESERVE_ALL = """
+local now = tonumber(ARGV[1]); local m = tonumber(ARGV[2])
+local out = {0}
+for i = 1, m do
+  local h = KEYS[2 * i - 1]; local z = KEYS[2 * i]; local a = 2 + (i - 1) * 5
+  local win = tonumber(ARGV[a + 1]); local bms = tonumber(ARGV[a + 2])
+  local cutoff = (now - win) / bms - 1
+  local total = tonumber(redis.call('HGET', h, 't') or '0')
+  local old = redis.call('ZRANGEBYSCORE', z, '-inf', tostring(cutoff))
+  for _, id in ipairs(old) do
+    total = total - tonumber(redis.call('HGET', h, id) or '0')
+    redis.call('HDEL', h, id)
+  end
+  if #old > 0 then
+    redis.call('ZREMRANGEBYSCORE', z, '-inf', tostring(cutoff))
+    redis.call('HSET', h, 't', total)
+  end
+  local limit = tonumber(ARGV[a + 5])
+  if out[1] == 0 and limit >= 0 and total + tonumber(ARGV[a + 3]) > limit then out[1] = i end
+  out[2 * i] = total; out[2 * i + 1] = math.floor(now / bms)
+end
+if out[1] ~= 0 then return out end
+for i = 1, m do
+  local h = KEYS[2 * i - 1]; local z = KEYS[2 * i]; local a = 2 + (i - 1) * 5
+  local n = tonumber(ARGV[a + 4])
+  if n > 0 then
+    local win = tonumber(ARGV[a + 1]); local bms = tonumber(ARGV[a + 2])
+    local bucket = out[2 * i + 1]
+    redis.call('HINCRBY', h, bucket, n)
+    redis.call('ZADD', z, bucket, bucket)
+    out[2 * i] = redis.call('HINCRBY', h, 't', n)
+    redis.call('PEXPIRE', h, win + bms); redis.call('PEXPIRE', z, win + bms)
+  end
+end
+return out
+"""
+# Give back several reservations at once (SLIDE_RELEASE for each). KEYS: their hashes.
+# ARGV: per key its bucket and n. -> the units given back in all
+SLIDE_RELEASE_ALL = """
+local back = 0
+for i = 1, #KEYS do
+  local c = tonumber(redis.call('HGET', KEYS[i], ARGV[2 * i - 1]) or '0')
+  local n = tonumber(ARGV[2 * i])
+  if c < n then n = c end
+  if n > 0 then
+    redis.call('HINCRBY', KEYS[i], ARGV[2 * i - 1], -n)
+    redis.call('HINCRBY', KEYS[i], 't', -n)
+    back = back + n
+  end
+end
+return back
+"""
+# A sliding window's total now (SentLast24Hours), its expired buckets dropped on the way.
+# KEYS: hash, ids. ARGV: now_ms, window_ms, bucket_ms. -> total
+SLIDE_TOTAL = _TRIM + """
+return total
+"""
+
 # Connection leases per destination site: KEYS[1] a sorted set of lease ids scored by
 # expiry (ms), KEYS[2] a hash lease id -> holder node, KEYS[3] the set of sites with
 # leases (for `relay cluster status`). Expired leases (a dead node's) go first.
@@ -150,6 +216,9 @@ class Scripts:
         self.slide_reserve = redis.register_script(SLIDE_RESERVE)
         self.slide_add = redis.register_script(SLIDE_ADD)
         self.slide_release = redis.register_script(SLIDE_RELEASE)
+        self.slide_reserve_all = redis.register_script(SLIDE_RESERVE_ALL)
+        self.slide_release_all = redis.register_script(SLIDE_RELEASE_ALL)
+        self.slide_total = redis.register_script(SLIDE_TOTAL)
         self.lease_acquire = redis.register_script(LEASE_ACQUIRE)
         self.lease_renew = redis.register_script(LEASE_RENEW)
         self.lease_release = redis.register_script(LEASE_RELEASE)

@@ -200,7 +200,7 @@ class ApiServer:
             sent = await self.v2.send_email(caller, v1.to_v2(action, request))
             return action, {"MessageId": sent["MessageId"]}
         if action == "GetSendQuota":
-            quota = self.v2.get_account(caller)["SendQuota"]
+            quota = (await self.v2.get_account(caller))["SendQuota"]
             return action, {k: quota[k] for k in ("Max24HourSend", "MaxSendRate",
                                                   "SentLast24Hours")}
         raise v1.unsupported_action(action if isinstance(action, str) else "")
@@ -217,7 +217,7 @@ class ApiServer:
         if method == "POST" and path == "/v2/email/outbound-bulk-emails":
             return await v2.send_bulk_email(caller, _json(body))
         if method == "GET" and path == "/v2/email/account":
-            return v2.get_account(caller)
+            return await v2.get_account(caller)
         if method == "POST" and path == "/v2/email/list-identities":
             request = _json(body) if body else {}
             return v2.list_email_identities(caller, {

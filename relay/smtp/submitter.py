@@ -109,13 +109,14 @@ class QueueSubmitter:
         self.reject(msg, refusal.text)
         return MessageRefused(R.Reply(*refusal))
 
-    def _settle_account(self, msg: NewMessage, account: Transaction) -> None:
-        """The message's tenant (X-SES-TENANT), then what its set and resources allow."""
+    async def _settle_account(self, msg: NewMessage, account: Transaction) -> None:
+        """The message's tenant (X-SES-TENANT), then what its set and resources allow
+        (with [cluster], the quota of a tenant named here is counted in Redis)."""
         gate = self.account
         if gate is None:
             return
         header = configsets.requested_tenant(msg.body, msg.header_fields)
-        refusal = gate.settle_tenant(account, header, msg.recipients)
+        refusal = await gate.settle_tenant_shared(account, header, msg.recipients)
         msg.tenant = account.tenant
         if refusal is None:
             refusal = gate.configuration_set_paused(account, msg.configuration_set)
@@ -137,7 +138,7 @@ class QueueSubmitter:
             raise MessageRefused(R.CONFIGURATION_SET_UNKNOWN.with_text(
                 R.CONFIGURATION_SET_UNKNOWN.text.format(name=unknown)))
         if account is not None:
-            self._settle_account(msg, account)
+            await self._settle_account(msg, account)
         msg.tracking = configsets.requested_tracking(msg.body, msg.header_fields)
         if msg.auth_user:  # a relay node handing over its queue (`relay queue transfer`)
             transferred = configsets.requested_transfer_id(msg.body, msg.header_fields)

@@ -54,6 +54,9 @@ class SharedQuotas(Protocol):
     async def reserve(self, tenant: str, credential: str, limits: Limits,
                       simulator: bool = False) -> Any: ...
 
+    async def reserve_many(self, tenant: str, credential: str, limits: Limits,
+                           simulator: Sequence[bool], debt: bool = True) -> Any: ...
+
 
 class CredentialRecord(Protocol):
     """What the gate reads of a credential (relay.users.UserRecord)."""
@@ -89,6 +92,15 @@ class Transaction:
             r.release()
         self.reservations.clear()
         self.simulator.clear()
+
+
+@dataclass(frozen=True)
+class _Move:
+    """A message settled into `tenant` at DATA: its recipients still to reserve there."""
+
+    tenant: str
+    record: Tenant
+    simulator: list[bool]
 
 
 class AccountGate:
@@ -201,6 +213,37 @@ class AccountGate:
         got = await self.shared.reserve(txn.tenant, txn.credential, limits, simulator)
         return self._reserved(txn, got, simulator)
 
+    async def recipients_shared(self, txn: Transaction, addresses: Sequence[str]
+                                ) -> Refusal | None:
+        """Every recipient of one request at once (the SES API): each one's sandbox check,
+        then the quota of all of them in ONE call to the cluster (`shared`), all or none;
+        without `shared`, `recipient()` for each. The refusal, or None (all reserved)."""
+        if self.shared is None or txn.deferred:
+            for address in addresses:
+                refusal = self.recipient(txn, address)
+                if refusal is not None:
+                    return refusal
+            return None
+        tenant = self._tenant(txn.tenant)
+        simulator = [self.is_simulator(a) for a in addresses]
+        for address, sim in zip(addresses, simulator, strict=True):
+            refusal = self._sandbox(txn, tenant, address, sim)
+            if refusal is not None:
+                return refusal
+        rec = txn.record
+        override = (Quota(rec.max_24h_send, rec.max_send_rate)
+                    if rec is not None and (rec.max_24h_send is not None
+                                            or rec.max_send_rate is not None) else None)
+        limits = effective_limits(self.defaults(), tenant, override)
+        got = await self.shared.reserve_many(txn.tenant, txn.credential, limits, simulator,
+                                             debt=False)
+        if isinstance(got, Refusal):
+            return self._refused(txn.tenant, "rate" if "rate" in got.text else "daily_quota",
+                                 got)
+        txn.reservations.extend(got)
+        txn.simulator.extend(simulator)
+        return None
+
     # ------------------------------------------------------------------ DATA
 
     def settle_tenant(self, txn: Transaction, header_value: str | None,
@@ -208,6 +251,39 @@ class AccountGate:
         """The message's tenant from `X-SES-TENANT` (None: not given); when it names
         another tenant than the transaction's, or the credential is a platform's (its
         recipients not yet checked), check and reserve every recipient there at once."""
+        move = self._settling(txn, header_value, recipients)
+        if not isinstance(move, _Move):
+            return move
+        resolved, tenant, simulator = move.tenant, move.record, move.simulator
+        moved = Transaction(resolved, txn.credential, txn.record)
+        got = self.quotas.reserve_many(resolved, txn.credential, self._limits(moved, tenant),
+                                       self.now(), simulator)
+        return self._settled(txn, resolved, simulator, got)
+
+    async def settle_tenant_shared(self, txn: Transaction, header_value: str | None,
+                                   recipients: Sequence[str]) -> Refusal | None:
+        """`settle_tenant()` with the quota counted cluster-wide in Redis (`shared`: one
+        call for all the recipients; without it, exactly `settle_tenant()`)."""
+        if self.shared is None:
+            return self.settle_tenant(txn, header_value, recipients)
+        move = self._settling(txn, header_value, recipients)
+        if not isinstance(move, _Move):
+            return move
+        resolved, tenant, simulator = move.tenant, move.record, move.simulator
+        rec = txn.record
+        override = (Quota(rec.max_24h_send, rec.max_send_rate)
+                    if rec is not None and (rec.max_24h_send is not None
+                                            or rec.max_send_rate is not None) else None)
+        got = await self.shared.reserve_many(
+            resolved, txn.credential, effective_limits(self.defaults(), tenant, override),
+            simulator)
+        return self._settled(txn, resolved, simulator, got)
+
+    def _settling(self, txn: Transaction, header_value: str | None,
+                  recipients: Sequence[str]
+                  ) -> Refusal | _Move | None:
+        """settle_tenant's checks: a refusal, None (nothing to settle), or the tenant to
+        reserve the recipients in (its name, record, and which go to the simulator)."""
         named = header_value is not None and bool(header_value.strip())
         if not named and not txn.deferred:
             return None
@@ -230,9 +306,10 @@ class AccountGate:
                     self.is_simulator)
                 if refusal is not None:
                     return self._refused(resolved, "sandbox", refusal)
-        moved = Transaction(resolved, txn.credential, txn.record)
-        got = self.quotas.reserve_many(resolved, txn.credential, self._limits(moved, tenant),
-                                       self.now(), simulator)
+        return _Move(resolved, tenant, simulator)
+
+    def _settled(self, txn: Transaction, resolved: str, simulator: list[bool],
+                 got: Any) -> Refusal | None:
         if isinstance(got, Refusal):
             return self._refused(resolved, "rate" if "rate" in got.text else "daily_quota",
                                  got)
