@@ -380,7 +380,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
 
     monitor = late_monitor.set(ReputationMonitor(
         store, tenants, reputation_book, events, clock, is_simulator=is_simulator,
-        on_change=[metrics.observe_reputation_change]))
+        on_change=[metrics.observe_reputation_change,
+                   *([cluster.publish_pause] if cluster is not None else [])]))
 
     def suppression_scope(tenant: str) -> str:
         """The tenant whose own suppression list applies, "" for the account's."""

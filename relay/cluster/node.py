@@ -4,7 +4,9 @@ place that imports relay.cluster in a running server)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -23,6 +25,8 @@ from relay.cluster.warmup import SharedWarmup
 from relay.config.cluster import Cluster
 from relay.queue.store import QueueStore
 from relay.tenants.model import StatusRecord
+
+log = logging.getLogger("relay.cluster")
 
 
 async def publish_status_once(cfg: Cluster, scope: str, record: StatusRecord | None,
@@ -69,6 +73,7 @@ class ClusterNode:
                                      ttl=float(cfg.lease_ttl), wait=float(cfg.lease_wait))
         # The workers of a node share one spool: the first alone copies other nodes'
         # suppression changes into it; every worker shares its own.
+        self._publishing: set[asyncio.Task[None]] = set()  # automatic pauses going out
         self.suppression = (SuppressionReplica(self.flags, store, copy=workers <= 1 or first)
                             if store is not None else None)
 
@@ -94,6 +99,25 @@ class ClusterNode:
             return False
         return True
 
+    def publish_pause(self, scope: str, old: StatusRecord, new: StatusRecord) -> None:
+        """A ReputationMonitor observer: an automatic pause of `scope` (its bounce or
+        complaint rate on this node's mail) stops every node within a second, as an
+        operator's does. Only pauses go out: the other nodes' monitors keep their own
+        records, and the newer of a node's record and the published one decides whether it
+        is paused (relay.tenants.store.TenantStore.paused); a resume is the operator's,
+        published by `relay tenant resume` as usual. Runs in the background (the monitor's
+        observers are synchronous)."""
+        if not new.paused or old.paused:
+            return
+        task = asyncio.get_running_loop().create_task(self._publish_pause(scope, new))
+        self._publishing.add(task)
+        task.add_done_callback(self._publishing.discard)
+
+    async def _publish_pause(self, scope: str, record: StatusRecord) -> None:
+        if not await self.publish_status(scope, record):
+            log.warning("cluster: the automatic pause of %s holds on this node only: "
+                        "redis is unreachable", scope)
+
     async def start(self, heartbeat: bool = True) -> None:
         """Start the flag subscription and the heartbeat (`heartbeat` False: a worker
         other than a node's first only reads the live node list). Redis need not be up:
@@ -105,6 +129,8 @@ class ClusterNode:
         self.shaping.start()
 
     async def stop(self) -> None:
+        if self._publishing:
+            await asyncio.gather(*self._publishing, return_exceptions=True)
         await self.quota.drain()
         await self.warmup.drain()
         await self.shaping.stop()

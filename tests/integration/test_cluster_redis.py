@@ -297,6 +297,68 @@ async def test_the_newer_of_a_nodes_own_status_and_the_cluster_s_decides(
             await node.stop()
 
 
+async def test_an_automatic_reputation_pause_on_one_node_stops_the_other(
+        redis_server: RedisServer, make_store: Any, tmp_path: Path) -> None:
+    """Node B's reputation monitor pauses tenant acme on its own mail's bounce rate (no
+    operator): node A's view has acme paused within a second (the monitor's change is
+    published like an operator's pause), while A's own record stays Healthy."""
+    from relay.cluster.node import ClusterNode
+    from relay.events import model as M
+    from relay.events.log import EventLog
+    from relay.queue.records import MessageRecord
+    from relay.tenants.monitor import ReputationMonitor
+    from relay.tenants.reputation import Lines, ReputationBook
+    from relay.tenants.store import TenantStore
+
+    class Thresholds:
+        bounce_review = 0.05
+        bounce_pause = 0.10
+        complaint_review = 0.001
+        complaint_pause = 0.005
+        min_volume = 100
+        window = 7 * 86400.0
+        max_window = 30 * 86400.0
+
+    clock = SystemClock()
+    nodes, stores, queues = [], [], []
+    for name in ("node-a", "node-b"):
+        node = ClusterNode(_cfg(redis_server, name), clock, state_dir=redis_server.dir,
+                           queue_depth=lambda: 0)
+        queue = await make_store(clock, name=name)
+        store = TenantStore(queue, clock, shared_status=node.shared_status)
+        await store.write(store.add_op("acme"))
+        node.flags.start()
+        nodes.append(node)
+        stores.append(store)
+        queues.append(queue)
+    events = EventLog(tmp_path / "events-b.jsonl", clock)
+    monitor = ReputationMonitor(queues[1], stores[1], ReputationBook(Lines.of(Thresholds())),
+                                events, clock, is_simulator=lambda a: False,
+                                on_change=[nodes[1].publish_pause])
+    events.subscribers.append(monitor)
+    try:
+        await asyncio.wait_for(asyncio.gather(*(n.flags.ready.wait() for n in nodes)), 5)
+        seen = asyncio.Event()
+        nodes[0].flags.on_change(lambda kind, name, value, node: seen.set())
+        msgs = [MessageRecord(id=f"m{i}", sender="app@example.com",
+                              recipients=[f"u{i}@example.net"], received_at=clock.now(),
+                              size=10, tenant="acme") for i in range(200)]
+        events.emit([M.send_event(m) for m in msgs])
+        events.emit([M.bounce_event(m, m.recipients, "550 5.1.1 no such user", clock.now(),
+                                    "mx.example.net") for m in msgs[:40]])
+        changes = await monitor.run_once()
+        assert [(scope, new.status) for scope, _old, new in changes] == [
+            ("tenant:acme", "Paused")]
+        await asyncio.wait_for(seen.wait(), 1.0)
+        rec = stores[0].paused("acme")
+        assert rec is not None and rec.automatic
+        assert stores[0].status("tenant:acme").status == "Healthy"  # A's own record
+    finally:
+        await monitor.stop()
+        for node in nodes:
+            await node.stop()
+
+
 async def test_a_hard_bounce_learned_on_one_node_suppresses_on_the_other(
         redis_server: RedisServer, make_store: Any, tmp_path: Path) -> None:
     """Node A's scheduler settles a hard bounce; node B's own copy of the list (what its
