@@ -413,8 +413,6 @@ class RelayApp:
             await self.clock.sleep(self.cfg.dkim.check_interval)
 
     async def stop(self) -> None:
-        if self.cluster is not None:
-            await self.cluster.stop()
         self._dkim_task.cancel()
         self._prune_task.cancel()
         if self.history_pruner is not None:
@@ -434,6 +432,11 @@ class RelayApp:
         if self.shaped is not None:
             await self.shaped.close()
         await self.sender.close()
+        if self.cluster is not None:
+            # After the listeners, deliveries and connections: the last sessions' quota
+            # give-backs, the last transactions' warm-up refunds, the closed connections'
+            # leases and the monitor's last pause reach Redis before the client closes.
+            await self.cluster.stop()
         await self.event_router.stop()
         if self.history_recorder is not None:
             # After delivery and the journal stopped: the last attempts and events, in
