@@ -6,8 +6,16 @@ the password on stdin with `--password-stdin`): the message's waiting recipients
 claimed in the spool (relay/queue/transfer.py: the running relay's scheduler cannot take
 them meanwhile), sent with MAIL/RCPT/DATA, and the message is removed locally only after
 the peer's 250 to DATA. Any other answer, or a lost connection, gives the recipients back
-as they were, with one line saying why: nothing is lost (at least once: a crash between
-the peer's 250 and the local removal sends the message twice).
+as they were, with one line saying why: nothing is lost. At least once on the wire: a
+crash between the peer's 250 and the local removal sends the message again on the next
+run, but a relay peer remembers the transfer ids it queued (relay/queue/transferlog.py)
+and answers such a message "250 ... (duplicate transfer ...)" without queueing it twice;
+it is counted here as "already at the peer" and removed.
+
+Transfer to self: `--to` naming one of this node's own listeners stops before anything is
+claimed; a peer that finds the transfer id's message in its own queue (reached through
+a balancer or another name) answers 550 5.4.6, and the run stops there, the message
+given back. Both exit 2.
 
 What the peer needs to keep of the message is sent as header fields its submission reads
 and removes: X-SES-CONFIGURATION-SET, X-SES-TENANT (the credential must be allowed the
@@ -16,15 +24,20 @@ X-Relay-Transfer-Id: <queue id>@<this node's server.hostname>, which the peer re
 the tag "relay:transferred-from" of its Send event and history (from an authenticated
 session only). The peer gives the message its own queue id.
 
-Exit codes: 0 every message transferred (or nothing to do), 1 some stayed queued (each
-named on stderr) or the peer could not be reached.
+Exit codes: 0 every message transferred or already at the peer (or nothing to do), 1 some
+stayed queued (each named on stderr) or the peer could not be reached, 2 `--to` reaches
+this node itself (nothing moved). `--json`: the counts as one JSON object on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ipaddress
+import json
+import re
 import smtplib
+import socket
 import ssl
 import sys
 import time
@@ -58,11 +71,22 @@ def add_parser(qsub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--limit", type=int, default=0, metavar="N",
                     help="transfer at most N messages (default: all)")
     sp.add_argument("--verbose", action="store_true", help="one line per message")
+    sp.add_argument("--json", action="store_true",
+                    help="the counts as one JSON object on stdout instead of a sentence")
     sp.set_defaults(func=cmd_transfer)
 
 
 class PeerLost(Exception):
     """The connection to the peer is gone: stop (the message in hand is given back)."""
+
+
+class PeerIsSelf(Exception):
+    """The peer is this node (it found the message in its own queue): stop, exit 2."""
+
+
+# The peer's 250 for a message it had already queued from an earlier run (a relay peer's
+# TRANSFER_DUPLICATE reply, relay/smtp/replies.py).
+_DUPLICATE = re.compile(r"\(duplicate transfer [^)]*\)")
 
 
 class Peer:
@@ -113,6 +137,9 @@ class Peer:
                     raise PeerRefused(f"RCPT TO:<{rcpt}> answered {code} {_text(text)}")
             code, text = smtp.data(data)
         except smtplib.SMTPDataError as e:
+            if e.smtp_code == 550 and "5.4.6" in _text(e.smtp_error) \
+                    and "transfer to self" in _text(e.smtp_error):
+                raise PeerIsSelf(_text(e.smtp_error)) from None
             raise PeerRefused(f"DATA answered {e.smtp_code} {_text(e.smtp_error)}") from None
         except (OSError, smtplib.SMTPServerDisconnected) as e:
             self.smtp = None
@@ -181,6 +208,56 @@ def _open(cfg: Config) -> QueueStore:
     return QueueStore(path, SystemClock(), map_size=cfg.server.queue_map_size)
 
 
+_WILDCARDS = ("", "0.0.0.0", "::", "*")
+
+
+def _addresses(host: str) -> set[str]:
+    """The IP addresses `host` names (itself when it is one; none when it does not resolve)."""
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        pass
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None,
+                                                              type=socket.SOCK_STREAM)}
+    except OSError:
+        return set()
+
+
+def _is_local(ip: str) -> bool:
+    """An address of this machine: one a socket can be bound to."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((ip, 0))
+    except OSError:
+        return False
+    return True
+
+
+def own_listener(cfg: Config, to: HostPort) -> str | None:
+    """This node's listener that `to` reaches, if any (then a transfer would go to itself):
+    the same port, and the same address, or any local address for a wildcard listener."""
+    targets = _addresses(to.host)
+    for listener in cfg.listener:
+        address = listener.address
+        if address.port != to.port:
+            continue
+        if address.host in _WILDCARDS:
+            if any(_is_local(ip) for ip in targets):
+                return str(address)
+        elif targets & _addresses(address.host):
+            return str(address)
+    return None
+
+
+def _to_self(to: HostPort, why: str) -> int:
+    print(f"relay: --to {to}: that is this node ({why}); a node cannot transfer its queue to "
+          "itself: name another node's submission listener. Nothing was moved.",
+          file=sys.stderr)
+    return 2
+
+
 def cmd_transfer(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     try:
@@ -189,12 +266,16 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         raise CliError(f"--to {args.to!r}: {e}; expected HOST:PORT") from None
     if args.limit < 0:
         raise CliError(f"--limit {args.limit}: expected 0 (all) or more")
+    mine = own_listener(cfg, to)
+    if mine is not None:
+        return _to_self(to, f"it reaches this node's listener {mine}")
     password = _password(args)
     node = cfg.server.hostname
     store = _open(cfg)
     peer = Peer(to, args.tls, not args.tls_no_verify, args.user, password)
     clock = SystemClock()
-    done = failed = skipped = 0
+    done = duplicates = failed = skipped = 0
+    total = 0
     try:
         mids = [m.id for m, _ in store.messages()]
         if args.limit:
@@ -216,22 +297,38 @@ def cmd_transfer(args: argparse.Namespace) -> int:
                 failed += 1
                 print(f"relay: {mid}: not transferred, stays queued: {e}", file=sys.stderr)
                 continue
+            except PeerIsSelf as e:
+                store.write_now(give_back_op(store.dbs, claimed, clock.now()))
+                return _to_self(to, f"the peer answered {e}")
             except (PeerLost, CliError) as e:
                 store.write_now(give_back_op(store.dbs, claimed, clock.now()))
                 raise CliError(f"{mid}: not transferred, stays queued: {e}; stopped after "
-                               f"{done} of {total}") from None
+                               f"{done + duplicates} of {total}") from None
+            # The peer has it (now, or from an earlier run that died before this removal).
             store.write_now(finish_op(store.dbs, claimed))
-            done += 1
+            duplicate = _DUPLICATE.search(reply) is not None
+            if duplicate:
+                duplicates += 1
+            else:
+                done += 1
             if args.verbose:
-                print(f"{mid}: {len(claimed.recipients)} recipient(s) -> {to}: {reply}")
-            if done % PROGRESS_EVERY == 0:
-                print(f"relay: transfer: {done} of {total} sent to {to}, {failed} refused "
+                print(f"{mid}: {len(claimed.recipients)} recipient(s) -> {to}: {reply}"
+                      + (" (already at the peer)" if duplicate else ""))
+            if (done + duplicates) % PROGRESS_EVERY == 0:
+                print(f"relay: transfer: {done + duplicates} of {total} sent to {to}, "
+                      f"{duplicates} already there, {failed} refused "
                       f"({time.monotonic() - began:.0f}s)", file=sys.stderr, flush=True)
     finally:
         peer.close()
         store.close_sync()
-    print(f"transferred {done} message(s) to {to} (tag {TRANSFERRED_TAG!r} at the peer); "
-          f"{failed} refused and still queued; {skipped} skipped (in flight)")
+    if args.json:
+        print(json.dumps({"to": str(to), "messages": total, "transferred": done,
+                          "duplicates": duplicates, "failed": failed, "skipped": skipped,
+                          "tag": TRANSFERRED_TAG}))
+    else:
+        print(f"{done} transferred, {duplicates} already at the peer (duplicates), "
+              f"{failed} failed (still queued), {skipped} skipped (in flight): "
+              f"{total} message(s) to {to} (tag {TRANSFERRED_TAG!r} at the peer)")
     return 0 if failed == 0 and skipped == 0 else 1
 
 

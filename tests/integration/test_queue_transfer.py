@@ -61,7 +61,7 @@ def test_transfer_removes_only_what_the_peer_accepted(tmp_path: Path) -> None:
         done = run_cli("queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
                        config=config)
         assert done.returncode == 1, done.stdout + done.stderr
-        assert "transferred 2 message(s)" in done.stdout
+        assert "2 transferred, 0 already at the peer (duplicates), 1 failed" in done.stdout
         assert f"{ids[1]}: not transferred, stays queued: RCPT TO:<nobody@x.test> answered " \
                "550" in done.stderr
         got = peer.messages
@@ -124,7 +124,7 @@ def test_hundreds_of_messages_each_delivered_once_with_progress(tmp_path: Path) 
                        config=config, timeout=120)
         got = peer.messages
     assert done.returncode == 0, done.stderr
-    assert "transferred 300 message(s)" in done.stdout
+    assert "300 transferred, 0 already at the peer (duplicates), 0 failed" in done.stdout
     assert "relay: transfer: 300 of 300 sent" in done.stderr
     seen = [line.split(": ", 1)[1].split("@")[0] for m in got
             for line in m.data.decode().split("\r\n") if line.startswith("X-Relay-Transfer-Id")]
