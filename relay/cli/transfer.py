@@ -87,6 +87,8 @@ class PeerIsSelf(Exception):
 # The peer's 250 for a message it had already queued from an earlier run (a relay peer's
 # TRANSFER_DUPLICATE reply, relay/smtp/replies.py).
 _DUPLICATE = re.compile(r"\(duplicate transfer [^)]*\)")
+# A relay peer's TRANSFER_TO_SELF: the message is in its own queue.
+_TO_SELF = re.compile(r"5\.4\.6 .*\(a transfer to self\)")
 
 
 class Peer:
@@ -137,13 +139,12 @@ class Peer:
                     raise PeerRefused(f"RCPT TO:<{rcpt}> answered {code} {_text(text)}")
             code, text = smtp.data(data)
         except smtplib.SMTPDataError as e:
-            if e.smtp_code == 550 and "5.4.6" in _text(e.smtp_error) \
-                    and "transfer to self" in _text(e.smtp_error):
-                raise PeerIsSelf(_text(e.smtp_error)) from None
             raise PeerRefused(f"DATA answered {e.smtp_code} {_text(e.smtp_error)}") from None
         except (OSError, smtplib.SMTPServerDisconnected) as e:
             self.smtp = None
             raise PeerLost(f"connection to {self.to} lost: {e}") from None
+        if code == 550 and _TO_SELF.match(_text(text)):
+            raise PeerIsSelf(_text(text))
         if code != 250:
             raise PeerRefused(f"DATA answered {code} {_text(text)}")
         return _text(text)
