@@ -90,7 +90,9 @@ class Metrics:
         self.proxy_refused = Counter(
             "relay_smtp_proxy_header_refused", "Connections to a proxy_protocol listener "
             "closed before their SMTP session: untrusted (a peer outside proxy_trusted), "
-            "malformed (a bad PROXY header), timeout (limits.proxy_header_timeout)",
+            "malformed (a bad PROXY header), timeout (limits.proxy_header_timeout), limit "
+            "(the listener's limits.max_connections reached, counting connections still "
+            "waiting for their header)",
             ["listener", "reason"], registry=r)
         self.transfer_duplicates = Counter(
             "relay_queue_transfer_duplicates", "Messages from `relay queue transfer` whose "

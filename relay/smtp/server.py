@@ -56,6 +56,18 @@ class ConnectionLimiter:
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
 
+    def hold(self) -> bool:
+        """A slot of the total for a connection whose client is not known yet (waiting
+        for its PROXY header); False when none is left. Not per IP: the peer is the
+        balancer, which carries every client."""
+        if self.total >= self.max_total:
+            return False
+        self.total += 1
+        return True
+
+    def unhold(self) -> None:
+        self.total -= 1
+
 
 def _counted(admit: Callable[[str], R.Reply | None],
              seen: Callable[[R.Reply | None], None]) -> Callable[[str], R.Reply | None]:
@@ -153,7 +165,9 @@ class SubmissionServer:
             trusted=[ipaddress.ip_network(n, strict=False) for n in self.listener.proxy_trusted],
             timeout=float(self.limits.proxy_header_timeout), hand_over=self._hand_over,
             listener=str(self.listener.address), pending=self._proxied,
-            on_refused=self.on_proxy_refused)
+            on_refused=self.on_proxy_refused, hold=self.limiter.hold,
+            unhold=self.limiter.unhold,
+            full=None if self.listener.tls == "implicit" else R.TOO_MANY_CONNECTIONS)
 
     def _hand_over(self, transport: asyncio.Transport,
                    client: tuple[str, int] | None) -> asyncio.BaseProtocol:
