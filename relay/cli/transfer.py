@@ -1,11 +1,12 @@
 """`relay queue transfer --to HOST:PORT`: hand every queued message to another relay node.
 
-For retiring a node (drain it first: `relay node drain`). One message at a time over one
-SMTP connection to the peer's submission listener, with a cluster credential (`--user`,
-the password on stdin with `--password-stdin`): the message's waiting recipients are
-claimed in the spool (relay/queue/transfer.py: the running relay's scheduler cannot take
-them meanwhile), sent with MAIL/RCPT/DATA, and the message is removed locally only after
-the peer's 250 to DATA. Any other answer, or a lost connection, gives the recipients back
+For retiring a node (drain it first: `relay node drain`). Over up to `--connections` SMTP
+connections to the peer's submission listener, with a cluster credential (`--user`, the
+password on stdin with `--password-stdin`), in chunks of CHUNK messages: the chunk's
+waiting recipients are claimed in the spool in one transaction (relay/queue/transfer.py:
+the running relay's scheduler cannot take them meanwhile), each message is sent with
+MAIL/RCPT/DATA, and the messages are removed locally, in one transaction, only after the
+peer's 250 to DATA. Any other answer, or a lost connection, gives the recipients back
 as they were, with one line saying why: nothing is lost. At least once on the wire: a
 crash between the peer's 250 and the local removal sends the message again on the next
 run, but a relay peer remembers the transfer ids it queued (relay/queue/transferlog.py)
@@ -35,12 +36,16 @@ import argparse
 import contextlib
 import ipaddress
 import json
+import queue
 import re
 import smtplib
 import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from relay.cli import CliError, load_config
@@ -50,10 +55,16 @@ from relay.config.types import HostPort, parse_host_port
 from relay.configsets import TRANSFERRED_TAG
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
-from relay.queue.transfer import Claim, claim_op, finish_op, give_back_op
+from relay.queue.transfer import Claim, claim_many_op, settle_claims_op
 
 PROGRESS_EVERY = 100  # messages between progress lines
 TIMEOUT = 120.0  # seconds for any one SMTP reply
+# Messages claimed, sent and settled together: two spool commits per chunk instead of two
+# per message. A crash after the peer's 250s and before the chunk's removal sends at most
+# one chunk again, which a relay peer recognises (duplicates). Bounded in bodies too.
+CHUNK = 64
+CHUNK_BYTES = 16 << 20
+MAX_CONNECTIONS = 16
 
 
 def add_parser(qsub: Any, common: argparse.ArgumentParser) -> None:
@@ -71,6 +82,9 @@ def add_parser(qsub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--limit", type=int, default=0, metavar="N",
                     help="transfer at most N messages (default: all)")
     sp.add_argument("--verbose", action="store_true", help="one line per message")
+    sp.add_argument("--connections", type=int, default=4, metavar="N",
+                    help="SMTP connections to the peer at once (default 4; fewer if the "
+                         "peer refuses some)")
     sp.add_argument("--json", action="store_true",
                     help="the counts as one JSON object on stdout instead of a sentence")
     sp.set_defaults(func=cmd_transfer)
@@ -259,6 +273,91 @@ def _to_self(to: HostPort, why: str) -> int:
     return 2
 
 
+@dataclass
+class Outcome:
+    """What became of one claimed message: the peer's 250 (`reply`), or why not."""
+
+    claim: Claim
+    reply: str = ""
+    refused: str = ""   # this message refused: it stays queued, the run goes on
+    lost: str = ""      # the connection is gone: the run stops after this chunk
+    to_self: str = ""   # the peer is this node: the run stops, exit 2
+
+
+class Senders:
+    """Up to N connections to the peer, each used by one thread at a time. The first is
+    opened at once (a failure stops the run before anything is claimed); the others as
+    the peer takes them (one it refuses, e.g. over its per-IP cap, is done without)."""
+
+    def __init__(self, make: Callable[[], Peer], connections: int) -> None:
+        first = make()
+        first.connect()
+        self.peers: list[Peer] = [first]
+        for _ in range(connections - 1):
+            peer = make()
+            try:
+                peer.connect()
+            except CliError as e:
+                print(f"relay: transfer: the peer took {len(self.peers)} of {connections} "
+                      f"connection(s), going on with those: {e}", file=sys.stderr)
+                break
+            self.peers.append(peer)
+        self.idle: queue.SimpleQueue[Peer] = queue.SimpleQueue()
+        for peer in self.peers:
+            self.idle.put(peer)
+        self.pool = ThreadPoolExecutor(max_workers=len(self.peers),
+                                       thread_name_prefix="transfer")
+
+    def send(self, claim: Claim, data: bytes | None) -> Outcome:
+        if data is None:
+            return Outcome(claim, refused="its body is missing from the spool")
+        peer = self.idle.get()
+        try:
+            msg = claim.message
+            return Outcome(claim, reply=peer.send(msg.sender, claim.addresses, data))
+        except PeerRefused as e:
+            return Outcome(claim, refused=str(e))
+        except PeerIsSelf as e:
+            return Outcome(claim, to_self=str(e))
+        except (PeerLost, CliError) as e:
+            return Outcome(claim, lost=str(e))
+        finally:
+            self.idle.put(peer)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        for peer in self.peers:
+            peer.close()
+
+
+def _chunks(listed: list[tuple[str, int]]) -> Iterator[list[str]]:
+    """The queue ids in chunks of at most CHUNK messages and CHUNK_BYTES of bodies (what
+    is held in memory at once)."""
+    chunk: list[str] = []
+    size = 0
+    for mid, n in listed:
+        if chunk and (len(chunk) >= CHUNK or size + n > CHUNK_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(mid)
+        size += n
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class Tally:
+    total: int = 0
+    done: int = 0
+    duplicates: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+    @property
+    def sent(self) -> int:
+        return self.done + self.duplicates
+
+
 def cmd_transfer(args: argparse.Namespace) -> int:
     cfg = load_config(args)
     try:
@@ -267,75 +366,98 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         raise CliError(f"--to {args.to!r}: {e}; expected HOST:PORT") from None
     if args.limit < 0:
         raise CliError(f"--limit {args.limit}: expected 0 (all) or more")
+    if not 1 <= args.connections <= MAX_CONNECTIONS:
+        raise CliError(f"--connections {args.connections}: expected 1 to {MAX_CONNECTIONS}")
     mine = own_listener(cfg, to)
     if mine is not None:
         return _to_self(to, f"it reaches this node's listener {mine}")
     password = _password(args)
-    node = cfg.server.hostname
     store = _open(cfg)
-    peer = Peer(to, args.tls, not args.tls_no_verify, args.user, password)
-    clock = SystemClock()
-    done = duplicates = failed = skipped = 0
-    total = 0
+    tally = Tally()
+    senders: Senders | None = None
     try:
-        mids = [m.id for m, _ in store.messages()]
+        listed = [(m.id, m.size) for m, _ in store.messages()]
         if args.limit:
-            mids = mids[:args.limit]
-        total = len(mids)
+            listed = listed[:args.limit]
+        tally.total = len(listed)
+        if not listed:
+            _report(args, to, tally)
+            return 0
+        senders = Senders(lambda: Peer(to, args.tls, not args.tls_no_verify, args.user,
+                                       password), args.connections)
         began = time.monotonic()
-        for mid in mids:
-            claimed = store.write_now(claim_op(store.dbs, mid, clock.now()))
-            if not isinstance(claimed, Claim):
-                if claimed == "in flight":
-                    skipped += 1
-                    print(f"relay: {mid}: skipped, a delivery is under way (run again)",
-                          file=sys.stderr)
-                continue
-            try:
-                reply = _send(store, peer, claimed, node)
-            except PeerRefused as e:
-                store.write_now(give_back_op(store.dbs, claimed, clock.now()))
-                failed += 1
-                print(f"relay: {mid}: not transferred, stays queued: {e}", file=sys.stderr)
-                continue
-            except PeerIsSelf as e:
-                store.write_now(give_back_op(store.dbs, claimed, clock.now()))
-                return _to_self(to, f"the peer answered {e}")
-            except (PeerLost, CliError) as e:
-                store.write_now(give_back_op(store.dbs, claimed, clock.now()))
-                raise CliError(f"{mid}: not transferred, stays queued: {e}; stopped after "
-                               f"{done + duplicates} of {total}") from None
-            # The peer has it (now, or from an earlier run that died before this removal).
-            store.write_now(finish_op(store.dbs, claimed))
-            duplicate = _DUPLICATE.search(reply) is not None
-            if duplicate:
-                duplicates += 1
-            else:
-                done += 1
-            if args.verbose:
-                print(f"{mid}: {len(claimed.recipients)} recipient(s) -> {to}: {reply}"
-                      + (" (already at the peer)" if duplicate else ""))
-            if (done + duplicates) % PROGRESS_EVERY == 0:
-                print(f"relay: transfer: {done + duplicates} of {total} sent to {to}, "
-                      f"{duplicates} already there, {failed} refused "
+        for chunk in _chunks(listed):
+            stop = _transfer_chunk(store, senders, chunk, cfg.server.hostname, tally, args, to)
+            print_every = tally.sent // PROGRESS_EVERY != (tally.sent - len(chunk)) \
+                // PROGRESS_EVERY or tally.sent == tally.total
+            if print_every:
+                print(f"relay: transfer: {tally.sent} of {tally.total} sent to {to}, "
+                      f"{tally.duplicates} already there, {tally.failed} refused "
                       f"({time.monotonic() - began:.0f}s)", file=sys.stderr, flush=True)
+            if isinstance(stop, int):
+                return stop
+            if stop:
+                raise CliError(f"{stop}; stopped after {tally.sent} of {tally.total}")
     finally:
-        peer.close()
+        if senders is not None:
+            senders.close()
         store.close_sync()
+    _report(args, to, tally)
+    return 0 if tally.failed == 0 and tally.skipped == 0 else 1
+
+
+def _transfer_chunk(store: QueueStore, senders: Senders, chunk: list[str], node: str,
+                    tally: Tally, args: argparse.Namespace, to: HostPort) -> str | int:
+    """Claim a chunk in one transaction, send its messages over the connections, then in
+    one transaction remove those the peer took and give back the rest. What stops the
+    run ("" to go on): a lost connection's reason, or 2 (the peer is this node)."""
+    clock = SystemClock()
+    claimed = store.write_now(claim_many_op(store.dbs, chunk, clock.now()))
+    claims: list[Claim] = []
+    for mid, got in zip(chunk, claimed, strict=True):
+        if isinstance(got, Claim):
+            claims.append(got)
+        elif got == "in flight":
+            tally.skipped += 1
+            print(f"relay: {mid}: skipped, a delivery is under way (run again)",
+                  file=sys.stderr)
+    bodies = [store.body(c.message.id) for c in claims]
+    outcomes = list(senders.pool.map(
+        lambda c, body: senders.send(c, None if body is None
+                                     else transfer_fields(c.message, node) + body),
+        claims, bodies))
+    del bodies
+    # The peer has these (now, or from an earlier run that died before their removal).
+    taken = [o.claim for o in outcomes if o.reply]
+    back = [o.claim for o in outcomes if not o.reply]
+    store.write_now(settle_claims_op(store.dbs, taken, back, clock.now()))
+    stop: str | int = ""
+    for o in outcomes:
+        mid = o.claim.message.id
+        if o.reply:
+            duplicate = _DUPLICATE.search(o.reply) is not None
+            tally.duplicates += duplicate
+            tally.done += not duplicate
+            if args.verbose:
+                print(f"{mid}: {len(o.claim.recipients)} recipient(s) -> {to}: {o.reply}"
+                      + (" (already at the peer)" if duplicate else ""))
+        elif o.refused:
+            tally.failed += 1
+            print(f"relay: {mid}: not transferred, stays queued: {o.refused}",
+                  file=sys.stderr)
+        elif o.to_self and not isinstance(stop, int):
+            stop = _to_self(to, f"the peer answered {o.to_self}")
+        elif o.lost and not stop:
+            stop = f"{mid}: not transferred, stays queued: {o.lost}"
+    return stop
+
+
+def _report(args: argparse.Namespace, to: HostPort, t: Tally) -> None:
     if args.json:
-        print(json.dumps({"to": str(to), "messages": total, "transferred": done,
-                          "duplicates": duplicates, "failed": failed, "skipped": skipped,
-                          "tag": TRANSFERRED_TAG}))
+        print(json.dumps({"to": str(to), "messages": t.total, "transferred": t.done,
+                          "duplicates": t.duplicates, "failed": t.failed,
+                          "skipped": t.skipped, "tag": TRANSFERRED_TAG}))
     else:
-        print(f"{done} transferred, {duplicates} already at the peer (duplicates), "
-              f"{failed} failed (still queued), {skipped} skipped (in flight): "
-              f"{total} message(s) to {to} (tag {TRANSFERRED_TAG!r} at the peer)")
-    return 0 if failed == 0 and skipped == 0 else 1
-
-
-def _send(store: QueueStore, peer: Peer, claim: Claim, node: str) -> str:
-    body = store.body(claim.message.id)
-    if body is None:
-        raise PeerRefused("its body is missing from the spool")
-    return peer.send(claim.message.sender, claim.addresses,
-                     transfer_fields(claim.message, node) + body)
+        print(f"{t.done} transferred, {t.duplicates} already at the peer (duplicates), "
+              f"{t.failed} failed (still queued), {t.skipped} skipped (in flight): "
+              f"{t.total} message(s) to {to} (tag {TRANSFERRED_TAG!r} at the peer)")
