@@ -82,8 +82,8 @@ def add_parser(qsub: Any, common: argparse.ArgumentParser) -> None:
     sp.add_argument("--limit", type=int, default=0, metavar="N",
                     help="transfer at most N messages (default: all)")
     sp.add_argument("--verbose", action="store_true", help="one line per message")
-    sp.add_argument("--connections", type=int, default=4, metavar="N",
-                    help="SMTP connections to the peer at once (default 4; fewer if the "
+    sp.add_argument("--connections", type=int, default=8, metavar="N",
+                    help="SMTP connections to the peer at once (default 8; fewer if the "
                          "peer refuses some)")
     sp.add_argument("--json", action="store_true",
                     help="the counts as one JSON object on stdout instead of a sentence")
