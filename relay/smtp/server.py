@@ -94,7 +94,8 @@ class SubmissionServer:
                  account: AccountGate | None = None,
                  key_login: Callable[[str, bytes], str | None] | None = None,
                  draining: Callable[[], bool] | None = None,
-                 on_proxy_refused: Callable[[str], None] | None = None) -> None:
+                 on_proxy_refused: Callable[[str], None] | None = None,
+                 limiter: ConnectionLimiter | None = None) -> None:
         if listener.role != "submission":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "SubmissionServer serves role \"submission\" only")
@@ -104,7 +105,10 @@ class SubmissionServer:
         self.listener = listener
         self.limits = limits
         self.shutdown_grace = shutdown_grace
-        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        # `limiter`: the one count every submission listener of the process shares, so
+        # max_connections and max_connections_per_ip hold across 587 and 465 together.
+        self.limiter = limiter or ConnectionLimiter(limits.max_connections,
+                                                    limits.max_connections_per_ip)
         policy = auth_policy or AuthPolicy(float(limits.auth_failure_delay),
                                            limits.auth_max_failures, float(limits.auth_lockout))
         admit: Callable[[str], R.Reply | None] = self.limiter.admit

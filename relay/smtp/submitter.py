@@ -56,7 +56,8 @@ class QueueSubmitter:
                  journal: EventJournal | None = None,
                  on_accept: Iterable[Callable[[], None]] = (),
                  account: AccountGate | None = None,
-                 resources: Callable[[NewMessage], list[tuple[str, str, str]]] | None = None
+                 resources: Callable[[NewMessage], list[tuple[str, str, str]]] | None = None,
+                 on_duplicate_transfer: Iterable[Callable[[], None]] = ()
                  ) -> None:
         self.store = store
         self.events = events
@@ -73,7 +74,7 @@ class QueueSubmitter:
         self.account = account
         self.resources = resources
         # Called for each transferred message recognised as a duplicate (metrics).
-        self.on_duplicate_transfer: list[Callable[[], None]] = []
+        self.on_duplicate_transfer: list[Callable[[], None]] = list(on_duplicate_transfer)
 
     def _choose_set(self, msg: NewMessage) -> str:
         """Set msg.configuration_set from the header, else the credential's default;
