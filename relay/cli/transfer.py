@@ -325,7 +325,7 @@ class Senders:
             self.idle.put(peer)
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        self.pool.shutdown(wait=True, cancel_futures=True)
         for peer in self.peers:
             peer.close()
 
@@ -421,12 +421,18 @@ def _transfer_chunk(store: QueueStore, senders: Senders, chunk: list[str], node:
             tally.skipped += 1
             print(f"relay: {mid}: skipped, a delivery is under way (run again)",
                   file=sys.stderr)
-    bodies = [store.body(c.message.id) for c in claims]
-    outcomes = list(senders.pool.map(
-        lambda c, body: senders.send(c, None if body is None
-                                     else transfer_fields(c.message, node) + body),
-        claims, bodies))
-    del bodies
+    try:
+        bodies = [store.body(c.message.id) for c in claims]
+        outcomes = list(senders.pool.map(
+            lambda c, body: senders.send(c, None if body is None
+                                         else transfer_fields(c.message, node) + body),
+            claims, bodies))
+        del bodies
+    except BaseException:
+        # Interrupted (^C): the whole chunk back as it was, not in flight until the relay's
+        # next start. One the peer took meanwhile goes again next run, as a duplicate.
+        store.write_now(settle_claims_op(store.dbs, [], claims, clock.now()))
+        raise
     # The peer has these (now, or from an earlier run that died before their removal).
     taken = [o.claim for o in outcomes if o.reply]
     back = [o.claim for o in outcomes if not o.reply]
