@@ -3,15 +3,18 @@ its queue. A message whose local removal "failed" after the peer's 250 (its reco
 in the sender's spool, as a crash between the 250 and the removal leaves it) is sent again
 by the next run: the peer answers 250 "already queued" without queueing it, counts it
 (relay_queue_transfer_duplicates_total, a log line), the sender reports it as already at
-the peer and removes it, and the sink receives it once. Two sessions racing with one
+the peer and removes it, and the sink receives it once; the same after a real kill -9 of
+the sender between the peer's 250s and its local removal. Two sessions racing with one
 transfer id queue it once. The record of ids is bounded (pruned by age and count).
 A whole in-process RelayApp as the peer, the CLI as a real process."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +30,7 @@ from relay.queue.ops import NewMessage, put_message
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
 from relay.smtp import replies as R
-from relay.testing.process import free_port, run_cli, write_config
+from relay.testing.process import free_port, relay_command, run_cli, write_config
 from relay.testing.sink import Sink
 from relay.testing.submission import verified_sender
 from relay.testing.wait import wait_for
@@ -197,3 +200,78 @@ def test_record_of_transfer_ids_is_pruned_by_age_and_count(tmp_path: Path) -> No
         assert store.read(lambda txn: transferlog.count(txn, db)) == 1
     finally:
         store.close_sync()
+
+
+async def test_sender_killed_between_the_250s_and_the_removal(tmp_path: Path) -> None:
+    """kill -9 of the sender once the peer has queued three messages (or a few more) of its
+    chunk, before the chunk's removal: after the relay's start-up recovery (here its op,
+    run on the spool), the next run reports those as already at the peer and the others as
+    transferred, and the sink receives each of the ten once. The connection runs through a
+    forwarder that stops passing the peer's bytes once it has accepted three (STARTTLS:
+    the forwarder sees no replies, so it asks the peer's own counter)."""
+    config = _source_config(tmp_path)
+    ids = await _queue(tmp_path / "source", 10)
+    sink = Sink("127.0.0.2", 0).start()
+    app = _peer(tmp_path, sink)
+    await app.start()
+    third = asyncio.Event()
+
+    def accepted() -> int:
+        return int(app.metrics.registry.get_sample_value("relay_messages_accepted_total")
+                   or 0)
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                   stall: bool) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                if stall and accepted() >= 3:  # the peer has three: nothing more reaches
+                    third.set()                # the sender, which waits until killed
+                    await asyncio.Event().wait()
+                writer.write(data)
+                await writer.drain()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", _port(app))
+        await asyncio.gather(pipe(reader, up_writer, False), pipe(up_reader, writer, True))
+
+    forwarder = await asyncio.start_server(forward, "127.0.0.9", 0)
+    front = forwarder.sockets[0].getsockname()[1]
+    proc = subprocess.Popen(relay_command(
+        "queue", "transfer", "--to", f"127.0.0.9:{front}", "--user", "app",
+        "--password-stdin", "--tls-no-verify", "--connections", "1", config=config),
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        text=True)
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(PASSWORD + "\n")
+        proc.stdin.close()
+        await asyncio.wait_for(third.wait(), 30)
+        proc.kill()
+        await asyncio.to_thread(proc.wait, 30)
+        forwarder.close()
+        taken = accepted()  # three, or one or two more that went through meanwhile
+        assert 3 <= taken < 10
+        source = QueueStore(tmp_path / "source" / "queue", SystemClock())
+        try:  # what `relay serve` does first on the sending node
+            assert source.message_count() == 10
+            source.write_now(source.recover_op(SystemClock().now()))
+        finally:
+            source.close_sync()
+        again = await _transfer(config, _port(app), "--json")
+        assert again.returncode == 0, again.stdout + again.stderr
+        counts = json.loads(again.stdout.splitlines()[-1])
+        assert (counts["transferred"], counts["duplicates"], counts["failed"]) == \
+            (10 - taken, taken, 0)
+        await asyncio.to_thread(sink.wait_for, 10, 15.0)
+        await wait_for("the peer's queue empty", lambda: app.store.message_count() == 0 or None)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        forwarder.close()
+        await app.stop()
+        sink.stop()
+    assert sorted(m.rcpt_tos[0] for m in sink.messages) == \
+        sorted(f"r{i}@plain.test" for i in range(10))
+    sends = [line for line in (tmp_path / "peer" / "events.jsonl").read_text().splitlines()
+             if '"Send"' in line]
+    assert len(sends) == 10 and all(any(mid in line for line in sends) for mid in ids)
