@@ -49,6 +49,7 @@ from relay.sesapi.server import ApiServer
 from relay.sesapi.templates import TemplateStore
 from relay.signals import EarlySignals
 from relay.smtp import SubmissionServer
+from relay.smtp.server import ConnectionLimiter
 from relay.supervisor import watch_supervisor
 from relay.tenants import quotastore, repstore
 from relay.tenants.model import tenant_scope
@@ -159,6 +160,7 @@ class RelayApp:
         tls = self.tls = self._tls_context()
         # `relay node drain`: read at start and on every SIGHUP (relay/drain.py).
         self.drain = DrainState(self.state_dir)
+        limiter: ConnectionLimiter | None = None
         for lst in cfg.listener:
             if lst.role == "feedback":
                 if self._secondary:
@@ -176,6 +178,9 @@ class RelayApp:
                 continue
             if lst.role != "submission":
                 continue
+            if limiter is None:  # one count for every submission listener
+                limiter = ConnectionLimiter(cfg.limits.max_connections,
+                                            cfg.limits.max_connections_per_ip)
             server = SubmissionServer(lst, cfg.limits, cfg.server.hostname,
                                       parts.mail_from_gate, self.users, self.clock, tls,
                                       auth_policy=parts.auth_policy,
@@ -184,7 +189,7 @@ class RelayApp:
                                       on_reject=parts.submitter.reject,
                                       account=parts.account,
                                       key_login=self._key_login,
-                                      draining=self.drain,
+                                      draining=self.drain, limiter=limiter,
                                       **self._observers(str(lst.address)))
             await server.start()
             self.own_addresses.update(_bound(server.sockets))

@@ -462,7 +462,8 @@ def build(cfg: Config, clock: Clock | None = None, overrides: Overrides | None =
 
     submitter = QueueSubmitter(store, events, scheduler, config, users, journal=journal,
                                on_accept=[metrics.accepted.inc, gate.accepted],
-                               account=account, resources=resources)
+                               account=account, resources=resources,
+                               on_duplicate_transfer=[metrics.transfer_duplicates.inc])
     # on_mx_failure = "reject": refused at the end of DATA when MAIL FROM has no MX.
     mail_from_gate = MailFromGate(submitter, outbound, reject=submitter.reject)
     # One lockout tracker for every listener: a lockout on 587 holds on 465 too.

@@ -90,8 +90,14 @@ class Metrics:
         self.proxy_refused = Counter(
             "relay_smtp_proxy_header_refused", "Connections to a proxy_protocol listener "
             "closed before their SMTP session: untrusted (a peer outside proxy_trusted), "
-            "malformed (a bad PROXY header), timeout (limits.proxy_header_timeout)",
+            "malformed (a bad PROXY header), timeout (limits.proxy_header_timeout), limit "
+            "(the listener's limits.max_connections reached, counting connections still "
+            "waiting for their header)",
             ["listener", "reason"], registry=r)
+        self.transfer_duplicates = Counter(
+            "relay_queue_transfer_duplicates", "Messages from `relay queue transfer` whose "
+            "X-Relay-Transfer-Id this node had already queued: answered 250, not queued "
+            "again", registry=r)
         self.feedback_sessions = Counter(
             "relay_feedback_sessions", "Connections to the feedback listener, by result "
             "(refused: over limits.max_connections or max_connections_per_ip)",

@@ -221,9 +221,15 @@ def delete_message(txn: Any, db: Db, mid: str,
 
 def submit_op(db: Db, record: MessageRecord, body: bytes,
               also: Callable[[Any, MessageRecord], object] | None = None,
+              before: Callable[[Any], object] | None = None,
               ) -> Callable[[Any], MessageRecord]:
-    """An op that queues a new message; `also(txn, record)` runs in the same transaction."""
+    """An op that queues a new message; `also(txn, record)` runs in the same transaction.
+    `before(txn)` runs first and may raise to queue nothing (the committer gives an op's
+    exception to its caller without rolling back what the op wrote, so a refusal must
+    come before the first write)."""
     def op(txn: Any) -> MessageRecord:
+        if before is not None:
+            before(txn)
         put_message(txn, db, record, body)
         if also is not None:
             also(txn, record)

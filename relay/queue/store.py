@@ -83,10 +83,14 @@ class QueueStore:
     # "tracking": the links and copy times of tracked messages, for the open and click
     # routes (relay/tracking/links.py; pruned with "sent"); "engaged": when each recipient
     # last opened or clicked (relay/tracking/engagement.py; pruned by the engaged window).
+    # "transfers", "transfers_tl": the X-Relay-Transfer-Id of each message accepted from
+    # `relay queue transfer`, and the same by time, so a message sent twice is queued once
+    # (relay/queue/transferlog.py; bounded, pruned as ids are added).
     DBS = ("messages", "bodies", "recipients", "due_new", "due_retry", "warmup",
            "suppression", "sent", "outbox", "event_outbox", "dkim", "inflight", "sent_from",
            "suppression_tenant", "quota", "reputation", "tenants", "status", "templates",
-           "history", "history_tl", "history_ix", "stats", "tracking", "engaged")
+           "history", "history_tl", "history_ix", "stats", "tracking", "engaged",
+           "transfers", "transfers_tl")
     INFLIGHT_COMPLETE = ops.INFLIGHT_COMPLETE
 
     def __init__(self, path: Path | str, clock: Clock, *, map_size: int = 1 << 30,
@@ -180,10 +184,12 @@ class QueueStore:
     async def submit_record(
             self, msg: NewMessage,
             also: Callable[[Any, MessageRecord], object] | None = None,
-            on_durable: Callable[[str], None] | None = None) -> MessageRecord:
+            on_durable: Callable[[str], None] | None = None,
+            before: Callable[[Any], object] | None = None) -> MessageRecord:
         """Queue a message durably; `also(txn, record)` runs in the same transaction
         (the Send event is staged there, so it is committed with the message);
-        `on_durable(queue id)` as in write_soon()."""
+        `on_durable(queue id)` as in write_soon(); `before(txn)` runs in it first, and
+        what it raises is raised here with nothing written."""
         if not msg.recipients:
             raise ValueError("a message needs at least one recipient")
         if len(msg.recipients) > MAX_RECIPIENTS:
@@ -199,7 +205,7 @@ class QueueStore:
             headers_truncated=truncated, tenant=msg.tenant, tracking=msg.tracking)
         durable = None if on_durable is None else (lambda rec: on_durable(rec.id))
         return await self.committer.write_soon(
-            ops.submit_op(self._db, record, msg.body, also), len(msg.body), durable)
+            ops.submit_op(self._db, record, msg.body, also, before), len(msg.body), durable)
 
     # The state-changing ops (relay/queue/ops.py) bound to this store, for write() or
     # write_now().

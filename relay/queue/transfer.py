@@ -87,3 +87,24 @@ def give_back_op(db: Db, claim: Claim, now: float) -> Callable[[Any], int]:
             n += 1
         return n
     return op
+
+
+def claim_many_op(db: Db, mids: list[str], now: float) -> Callable[[Any], list[Claim | str]]:
+    """claim_op for each of `mids`, in one transaction."""
+    ops = [claim_op(db, mid, now) for mid in mids]
+
+    def op(txn: Any) -> list[Claim | str]:
+        return [claim(txn) for claim in ops]
+    return op
+
+
+def settle_claims_op(db: Db, taken: list[Claim], back: list[Claim],
+                     now: float) -> Callable[[Any], None]:
+    """In one transaction: remove the messages the peer took (finish_op), give the others
+    back (give_back_op)."""
+    def op(txn: Any) -> None:
+        for claim in taken:
+            finish_op(db, claim)(txn)
+        for claim in back:
+            give_back_op(db, claim, now)(txn)
+    return op

@@ -14,9 +14,15 @@ no handshake), the gate:
   header's client address, which from then on is the connection's address everywhere
   (admission caps, the AUTH lockout, trusted_networks, Received:, events, logs).
 
-Connections in this phase are not counted against the connection caps (the real client
-is not known yet); they are bounded by the time limit and by coming from trusted
-proxies only, and the listener aborts them when it stops (`pending`).
+Connections in this phase hold a slot of the listener's total connection cap
+(`limits.max_connections`, `hold`/`unhold`), so idle connections from a balancer cannot
+take the listener past it: over the cap a new one is answered 421 4.7.0 (on an
+implicit-TLS listener closed, as its TLS gate does) before its header is read. They are
+not counted per IP (the peer is the balancer; the real client is not known yet): at the
+hand-over the slot is given back and the session admits the header's client against both
+caps at once, so no other connection can take the slot in between. They are also
+bounded by the time limit and by coming from trusted proxies only, and the listener
+aborts them when it stops (`pending`).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import cast
 
+from relay.smtp import replies as R
 from relay.smtp.admission import peer_ip
 from relay.smtp.proxyproto import ProxyRefused, parse
 
@@ -51,14 +58,21 @@ class ProxyHeaderGate(asyncio.Protocol):
 
     def __init__(self, *, trusted: Sequence[IPNetwork], timeout: float, hand_over: HandOver,
                  listener: str, pending: set[ProxyHeaderGate] | None = None,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 on_refused: Callable[[str], None] | None = None,
+                 hold: Callable[[], bool] | None = None,
+                 unhold: Callable[[], None] | None = None,
+                 full: R.Reply | None = None) -> None:
         self.trusted = trusted
         self.timeout = timeout
         self.hand_over = hand_over
         self.listener = listener
         self.pending = pending if pending is not None else set()
-        # Metrics hook: "untrusted", "malformed", "timeout".
+        # Metrics hook: "untrusted", "malformed", "timeout", "limit".
         self.on_refused = on_refused
+        # A slot of the connection cap while the header is awaited (None: not counted),
+        # and the reply for a connection over the cap (None: closed without one).
+        self.hold, self.unhold, self.full = hold, unhold, full
+        self._holding = False
         self.ip = ""
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
@@ -73,6 +87,18 @@ class ProxyHeaderGate(asyncio.Protocol):
             self._refused("untrusted")
             transport.abort()
             return
+        if self.hold is not None:
+            if not self.hold():
+                log.warning("%s: connection to PROXY protocol listener %s refused: "
+                            "max_connections reached", self.ip, self.listener)
+                self._refused("limit")
+                if self.full is None:
+                    transport.abort()
+                else:
+                    transport.write(f"{self.full}\r\n".encode("ascii"))
+                    transport.close()
+                return
+            self._holding = True
         self._transport = transport
         self.pending.add(self)
         self._timer = asyncio.get_running_loop().call_later(self.timeout, self._timed_out)
@@ -118,6 +144,10 @@ class ProxyHeaderGate(asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if self._holding:  # the session (after a hand-over) admits the client itself
+            self._holding = False
+            if self.unhold is not None:
+                self.unhold()
         self.pending.discard(self)
         self._transport = None
 

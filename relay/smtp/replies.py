@@ -33,6 +33,10 @@ OK = Reply(250, "2.0.0", "OK")
 SENDER_OK = Reply(250, "2.1.0", "Sender OK")
 RECIPIENT_OK = Reply(250, "2.1.5", "Recipient OK")
 QUEUED = Reply(250, "2.0.0", "Ok: queued as {queue_id}")  # text is a template
+# A message `relay queue transfer` sent before (relay/queue/transferlog.py): not queued
+# again. The sender counts it by "(duplicate transfer" (relay/cli/transfer.py).
+TRANSFER_DUPLICATE = Reply(250, "2.0.0", "Ok: already queued as {queue_id} "
+                                         "(duplicate transfer {transfer_id})")
 BYE = Reply(221, "2.0.0", "Bye")
 AUTH_OK = Reply(235, "2.7.0", "Authentication successful")
 READY_TLS = Reply(220, "2.0.0", "Ready to start TLS")
@@ -58,6 +62,10 @@ STORE_UNAVAILABLE = Reply(451, "4.3.0", "Error: queue temporarily unavailable, t
 INTERNAL_ERROR = Reply(451, "4.3.0", "Error: internal error, try again later")
 
 # --- permanent failures --------------------------------------------------------------
+# `relay queue transfer --to` reached the sending node itself (RFC 3463 X.4.6: routing
+# loop); the sender stops at this code (relay/cli/transfer.py).
+TRANSFER_TO_SELF = Reply(550, "5.4.6", "Transfer refused: {transfer_id} is a message of "
+                                       "this node's own queue (a transfer to self)")
 AUTH_REQUIRED = Reply(530, "5.7.0", "Authentication required")
 # A STARTTLS listener that requires AUTH, before STARTTLS (AUTH is not offered yet).
 STARTTLS_FIRST = Reply(530, "5.7.0", "Must issue a STARTTLS command first")

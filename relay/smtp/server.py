@@ -56,6 +56,18 @@ class ConnectionLimiter:
         if self.per_ip[ip] <= 0:
             del self.per_ip[ip]
 
+    def hold(self) -> bool:
+        """A slot of the total for a connection whose client is not known yet (waiting
+        for its PROXY header); False when none is left. Not per IP: the peer is the
+        balancer, which carries every client."""
+        if self.total >= self.max_total:
+            return False
+        self.total += 1
+        return True
+
+    def unhold(self) -> None:
+        self.total -= 1
+
 
 def _counted(admit: Callable[[str], R.Reply | None],
              seen: Callable[[R.Reply | None], None]) -> Callable[[str], R.Reply | None]:
@@ -82,7 +94,8 @@ class SubmissionServer:
                  account: AccountGate | None = None,
                  key_login: Callable[[str, bytes], str | None] | None = None,
                  draining: Callable[[], bool] | None = None,
-                 on_proxy_refused: Callable[[str], None] | None = None) -> None:
+                 on_proxy_refused: Callable[[str], None] | None = None,
+                 limiter: ConnectionLimiter | None = None) -> None:
         if listener.role != "submission":
             raise ValueError(f"listener {listener.address} has role {listener.role!r}, "
                              "SubmissionServer serves role \"submission\" only")
@@ -92,7 +105,10 @@ class SubmissionServer:
         self.listener = listener
         self.limits = limits
         self.shutdown_grace = shutdown_grace
-        self.limiter = ConnectionLimiter(limits.max_connections, limits.max_connections_per_ip)
+        # `limiter`: the one count every submission listener of the process shares, so
+        # max_connections and max_connections_per_ip hold across 587 and 465 together.
+        self.limiter = limiter or ConnectionLimiter(limits.max_connections,
+                                                    limits.max_connections_per_ip)
         policy = auth_policy or AuthPolicy(float(limits.auth_failure_delay),
                                            limits.auth_max_failures, float(limits.auth_lockout))
         admit: Callable[[str], R.Reply | None] = self.limiter.admit
@@ -153,7 +169,9 @@ class SubmissionServer:
             trusted=[ipaddress.ip_network(n, strict=False) for n in self.listener.proxy_trusted],
             timeout=float(self.limits.proxy_header_timeout), hand_over=self._hand_over,
             listener=str(self.listener.address), pending=self._proxied,
-            on_refused=self.on_proxy_refused)
+            on_refused=self.on_proxy_refused, hold=self.limiter.hold,
+            unhold=self.limiter.unhold,
+            full=None if self.listener.tls == "implicit" else R.TOO_MANY_CONNECTIONS)
 
     def _hand_over(self, transport: asyncio.Transport,
                    client: tuple[str, int] | None) -> asyncio.BaseProtocol:

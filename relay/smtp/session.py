@@ -68,7 +68,8 @@ class Submitter(Protocol):
 
 
 class MessageRefused(Exception):
-    """A submitter's policy refusal after DATA: `reply` is sent instead of 250."""
+    """A submitter's policy refusal after DATA: `reply` is sent instead of "queued as" (a
+    250 of its own for a duplicate transfer, relay/smtp/submitter.py)."""
 
     def __init__(self, reply: R.Reply) -> None:
         super().__init__(str(reply))
@@ -782,8 +783,9 @@ class SubmissionSession(SMTP):
             queue_id = await self.ctx.submitter.submit(
                 msg, on_durable=lambda qid: self._reply_when_durable(qid, sent),
                 account=self._account)
-        except MessageRefused as e:
-            log.info("%s: message refused: %s", self.client_ip, e.reply)
+        except MessageRefused as e:  # a 250 too: a duplicate transfer, not queued again
+            log.info("%s: message %s: %s", self.client_ip,
+                     "refused" if e.reply.code >= 400 else "not queued", e.reply)
             return str(e.reply), False
         except StoreFull:
             log.warning("%s: store full, answering 452", self.client_ip)

@@ -23,6 +23,9 @@ from relay.queue.keys import new_message_id
 from relay.queue.ops import NewMessage
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
+from relay.queue.transferlog import AlreadyAccepted, TransferToSelf
+from relay.queue.transferlog import check as transfer_check
+from relay.queue.transferlog import record as transfer_record
 from relay.smtp import replies as R
 from relay.smtp.session import MessageRefused
 from relay.tenants.access import first_refusal
@@ -39,6 +42,11 @@ class Wakeable(Protocol):
     def wake(self) -> None: ...
 
 
+class TransferDuplicate(MessageRefused):
+    """A message `relay queue transfer` handed over before: answered 250 (the sender may
+    remove its copy), not queued again."""
+
+
 class QueueSubmitter:
     """What the SMTP server calls: durable submit, then a Send event and a scheduler nudge."""
 
@@ -48,7 +56,8 @@ class QueueSubmitter:
                  journal: EventJournal | None = None,
                  on_accept: Iterable[Callable[[], None]] = (),
                  account: AccountGate | None = None,
-                 resources: Callable[[NewMessage], list[tuple[str, str, str]]] | None = None
+                 resources: Callable[[NewMessage], list[tuple[str, str, str]]] | None = None,
+                 on_duplicate_transfer: Iterable[Callable[[], None]] = ()
                  ) -> None:
         self.store = store
         self.events = events
@@ -64,6 +73,8 @@ class QueueSubmitter:
         # which must be shared or its tenant's.
         self.account = account
         self.resources = resources
+        # Called for each transferred message recognised as a duplicate (metrics).
+        self.on_duplicate_transfer: list[Callable[[], None]] = list(on_duplicate_transfer)
 
     def _choose_set(self, msg: NewMessage) -> str:
         """Set msg.configuration_set from the header, else the credential's default;
@@ -140,10 +151,49 @@ class QueueSubmitter:
         if account is not None:
             await self._settle_account(msg, account)
         msg.tracking = configsets.requested_tracking(msg.body, msg.header_fields)
+        transferred = None
         if msg.auth_user:  # a relay node handing over its queue (`relay queue transfer`)
             transferred = configsets.requested_transfer_id(msg.body, msg.header_fields)
             if transferred is not None:
                 msg.tags = {**msg.tags, configsets.TRANSFERRED_TAG: [transferred]}
+        try:
+            return await self._queue(msg, on_durable, account, transferred)
+        except AlreadyAccepted as e:
+            log.info("transfer %s from %r: already queued as %s, answered 250 without "
+                     "queueing it again (duplicate transfer)", e.transfer_id, msg.auth_user,
+                     e.queue_id)
+            for cb in self.on_duplicate_transfer:
+                cb()
+            raise TransferDuplicate(R.TRANSFER_DUPLICATE.with_text(
+                R.TRANSFER_DUPLICATE.text.format(queue_id=e.queue_id,
+                                                 transfer_id=e.transfer_id))) from None
+        except TransferToSelf as e:
+            log.warning("transfer %s from %r refused: the message is in this node's own "
+                        "queue (relay queue transfer --to names this node)", e.transfer_id,
+                        msg.auth_user)
+            raise MessageRefused(R.TRANSFER_TO_SELF.with_text(
+                R.TRANSFER_TO_SELF.text.format(transfer_id=e.transfer_id))) from None
+
+    def _transfer_ops(self, transferred: str | None) -> tuple[
+            Callable[[object], None] | None, Callable[[object, MessageRecord], None] | None]:
+        """For a transferred message: the check run before anything is written (transfer
+        to self, duplicate) and the write of its id with the message."""
+        if transferred is None:
+            return None, None
+        db = self.store.dbs
+        hostname = self.config().server.hostname if self.config is not None else ""
+        clock = self.store.clock
+
+        def before(txn: object) -> None:
+            transfer_check(txn, db, transferred, hostname)
+
+        def remember(txn: object, rec: MessageRecord) -> None:
+            transfer_record(txn, db, transferred, rec.id, clock.now())
+        return before, remember
+
+    async def _queue(self, msg: NewMessage, on_durable: Callable[[str], None] | None,
+                     account: Transaction | None, transferred: str | None) -> str:
+        before, remember = self._transfer_ops(transferred)
         stripped = configsets.strip_headers(msg.body, msg.header_fields)
         if stripped is not msg.body:
             msg.header_fields = without_fields(msg.header_fields, configsets.STRIPPED)
@@ -156,9 +206,12 @@ class QueueSubmitter:
             def count(txn: object, rec: MessageRecord) -> None:
                 if counts is not None:
                     counts(txn)
+                if remember is not None:
+                    remember(txn, rec)
 
             record = await self.store.submit_record(
-                msg, also=count if counts is not None else None, on_durable=on_durable)
+                msg, also=count if counts is not None or remember is not None else None,
+                on_durable=on_durable, before=before)
             self.events.emit([send_event(record)])
         else:
             staged: list[bytes] = []
@@ -167,10 +220,13 @@ class QueueSubmitter:
             def stage(txn: object, rec: MessageRecord) -> None:
                 if counts is not None:
                     counts(txn)
+                if remember is not None:
+                    remember(txn, rec)
                 sent.append(send_event(rec))
                 staged.extend(journal.stage(txn, sent))
 
-            record = await self.store.submit_record(msg, also=stage, on_durable=on_durable)
+            record = await self.store.submit_record(msg, also=stage, on_durable=on_durable,
+                                                    before=before)
             journal.published(sent, staged)
         if self.account is not None and account is not None:
             self.account.accepted(account)

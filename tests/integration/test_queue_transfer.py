@@ -7,6 +7,9 @@ X-Relay-Transfer-Id. Also the spool ops: a message with a delivery in flight is 
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from relay.queue.ops import NewMessage
 from relay.queue.records import State
 from relay.queue.store import QueueStore
 from relay.queue.transfer import Claim, claim_op, give_back_op
-from relay.testing.process import free_port, run_cli, write_config
+from relay.testing.process import free_port, relay_command, run_cli, write_config
 from relay.testing.sink import Sink
 
 
@@ -61,7 +64,7 @@ def test_transfer_removes_only_what_the_peer_accepted(tmp_path: Path) -> None:
         done = run_cli("queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
                        config=config)
         assert done.returncode == 1, done.stdout + done.stderr
-        assert "transferred 2 message(s)" in done.stdout
+        assert "2 transferred, 0 already at the peer (duplicates), 1 failed" in done.stdout
         assert f"{ids[1]}: not transferred, stays queued: RCPT TO:<nobody@x.test> answered " \
                "550" in done.stderr
         got = peer.messages
@@ -124,9 +127,45 @@ def test_hundreds_of_messages_each_delivered_once_with_progress(tmp_path: Path) 
                        config=config, timeout=120)
         got = peer.messages
     assert done.returncode == 0, done.stderr
-    assert "transferred 300 message(s)" in done.stdout
+    assert "300 transferred, 0 already at the peer (duplicates), 0 failed" in done.stdout
     assert "relay: transfer: 300 of 300 sent" in done.stderr
     seen = [line.split(": ", 1)[1].split("@")[0] for m in got
             for line in m.data.decode().split("\r\n") if line.startswith("X-Relay-Transfer-Id")]
     assert sorted(seen) == sorted(ids)  # every one, none twice
     assert _states(tmp_path / "state") == {}
+
+
+def test_interrupted_transfer_gives_its_chunk_back(tmp_path: Path) -> None:
+    """^C in the middle of a chunk: the claimed messages are given back at once (none left
+    in flight until the relay's next start), and every message is either still queued or
+    at the peer."""
+    config = _config(tmp_path)
+    ids = _queue(tmp_path / "state", [[f"r{i}@x.test"] for i in range(40)])
+    blocked, release = threading.Event(), threading.Event()
+
+    def hold_the_sixth(stage: str, arg: str, envelope: Any) -> str | None:
+        if stage == "rcpt" and arg.strip("<>").lower() == "r5@x.test":
+            blocked.set()
+            release.wait(30)
+        return None
+
+    with Sink("127.0.0.2", 0, policy=hold_the_sixth) as peer:
+        proc = subprocess.Popen(relay_command(
+            "queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
+            "--connections", "1", config=config), stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True)
+        try:
+            assert blocked.wait(30), "the transfer never reached the sixth message"
+            proc.send_signal(signal.SIGINT)
+        finally:
+            release.set()
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 130, err
+        assert "Traceback" not in err
+        delivered = {line.split(": ", 1)[1].split("@")[0] for m in peer.messages
+                     for line in m.data.decode().split("\r\n")
+                     if line.startswith("X-Relay-Transfer-Id")}
+    states = _states(tmp_path / "state")
+    assert all(s == [State.QUEUED] for s in states.values()), states
+    assert set(ids) == set(states) | delivered  # nothing lost
+    assert len(states) >= 34  # the chunk in hand is back in the queue
