@@ -165,22 +165,22 @@ def test_a_tenant_pause_on_one_node_stops_acceptance_on_the_other(
 
 def test_a_daily_quota_holds_across_two_nodes_over_smtp(
         tmp_path: Path, redis_server: RedisServer) -> None:
-    """[tenants] max_24h_send = 30 on two nodes sharing one Redis: recipients submitted
-    over SMTP alternating between them get exactly 30 250s, then SES's 454 at RCPT
-    from either node (each node alone would take 30)."""
+    """[tenants] max_24h_send = 100 on two nodes sharing one Redis: recipients submitted
+    over SMTP alternating between them get exactly 100 250s, then SES's 454 at RCPT
+    from either node (each node alone would take 100)."""
     configs = []
     for name in ("node-a", "node-b"):
         listener = listener_config("none", "none", trusted_networks=["127.0.0.0/8"])
         data: dict[str, Any] = relay_config(tmp_path / name / "state", "127.0.0.1:1",
                                             free_port(), [listener])
         data["cluster"] = {"redis_url": redis_server.url, "node_id": name}
-        data["tenants"] = {"max_24h_send": 30}
+        data["tenants"] = {"max_24h_send": 100}
         configs.append(write_config(tmp_path / name / "relay.toml", data))
     procs = [RelayProcess(c, log_dir=tmp_path / c.parent.name / "logs").start() for c in configs]
     try:
         ports = [next(iter(p.ports.values())) for p in procs]
         answers = []
-        for i in range(34):
+        for i in range(104):
             with smtplib.SMTP("127.0.0.1", ports[i % 2], timeout=10) as s:
                 s.ehlo("client.test")
                 s.mail("app@example.com")
@@ -189,9 +189,9 @@ def test_a_daily_quota_holds_across_two_nodes_over_smtp(
                     code, text = s.data(f"From: app@example.com\r\nTo: user{i}@ok.test\r\n"
                                         f"Subject: quota {i}\r\n\r\nx\r\n".encode())
                 answers.append((code, text.decode()))
-        assert [c for c, _ in answers[:30]] == [250] * 30
-        assert [c for c, _ in answers[30:]] == [454] * 4, answers[30:]
-        assert all("Daily message quota exceeded" in t for _, t in answers[30:])
+        assert [c for c, _ in answers[:100]] == [250] * 100
+        assert [c for c, _ in answers[100:]] == [454] * 4, answers[100:]
+        assert all("Daily message quota exceeded" in t for _, t in answers[100:])
     finally:
         for p in procs:
             p.stop()
