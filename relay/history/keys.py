@@ -17,6 +17,7 @@ No I/O here.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 
@@ -115,6 +116,11 @@ def parse_timeline_key(key: bytes) -> tuple[str, float, int]:
 
 # ------------------------------------------------------------------ "history_ix"
 
+# Memoised: a message's keys are worked out when it is recorded and again from the stored
+# copy at each later op (to delete the keys its new statuses replace), and most values
+# (tenants, sets, senders, statuses, subject words, a message's own recipients) recur, so
+# the normalisation was the largest share of a recording op on the event loop. Bounded.
+@functools.lru_cache(maxsize=16384)
 def index_value(value: str) -> bytes:
     """An indexed (or searched) value: lowercased UTF-8 without NUL, cut to 200 bytes at
     a character boundary."""
@@ -139,6 +145,11 @@ def id_of_index_key(key: bytes) -> str:
 def words(subject: str) -> list[str]:
     """The words a subject is found by: lowercased runs of word characters of 2..40
     characters, each once, in order, at most 30."""
+    return list(_words(subject))
+
+
+@functools.lru_cache(maxsize=4096)  # a sender's subjects recur; each message's keys twice
+def _words(subject: str) -> tuple[str, ...]:
     out: list[str] = []
     seen: set[str] = set()
     for m in _WORD.finditer(subject.lower()):
@@ -148,7 +159,7 @@ def words(subject: str) -> list[str]:
             out.append(w)
             if len(out) >= MAX_WORDS:
                 break
-    return out
+    return tuple(out)
 
 
 def address_of(value: str) -> str:
