@@ -166,27 +166,39 @@ def _fold(text: bytes, b64: bytes) -> bytes:
     characters where a word allows: each fold turns one SP after a ";" or ":" of `text`
     into CRLF SP, so relaxed canonicalisation sees `text` unchanged; b= is split anywhere
     (RFC 6376 §3.5 ignores FWS in it)."""
-    *words, last = _FOLD_AT.split(text)
-    out: list[bytes] = []
+    if b"\0" in text:  # never in relay's own tags; the regex is ~15 µs, this ~1 µs
+        *words, last = _FOLD_AT.split(text)
+    else:
+        *words, last = text.replace(b"; ", b";\0").replace(b": ", b":\0").split(b"\0")
+    lines: list[list[bytes]] = []
+    line: list[bytes] = []
     col = -1  # the first word has no SP before it
     for word in words:
-        if col + 1 + len(word) > _LINE:
-            out.append(b"\r\n")
+        n = len(word)
+        if col + 1 + n > _LINE:
+            lines.append(line)
+            line = []
             col = 0
-        out += (b" ", word)
-        col += 1 + len(word)
+        line.append(word)
+        col += 1 + n
     # "b=" starts a new line unless some of the value fits after it.
     if col + 1 + len(last) + min(len(b64), 16) > _LINE:
-        out.append(b"\r\n")
+        lines.append(line)
+        line = []
         col = 0
-    out += (b" ", last)
+    line.append(last)
     col += 1 + len(last)
     room = max(_LINE - col, 0)
-    out.append(b64[:room])
-    for at in range(room, len(b64), _LINE - 1):
-        out += (b"\r\n ", b64[at:at + _LINE - 1])
-    out.append(b"\r\n")
-    return b"".join(out)[1:]
+    line.append(b64[:room])
+    lines.append(line)
+    # Each line is its words after one SP each ("b=" and the start of the value joined),
+    # lines and the rest of the value's pieces separated by CRLF SP; the first SP cut.
+    out = b"\r\n".join(b" " + b" ".join(ws[:-1]) + ws[-1] if ws is line
+                         else b" " + b" ".join(ws) for ws in lines)
+    rest = [b64[at:at + _LINE - 1] for at in range(room, len(b64), _LINE - 1)]
+    if rest:
+        out += b"\r\n " + b"\r\n ".join(rest)
+    return out[1:] + b"\r\n"
 
 
 def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]]) -> bytes:
