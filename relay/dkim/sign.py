@@ -25,6 +25,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import dkim
 from cryptography.hazmat.primitives import hashes, serialization
@@ -104,6 +105,9 @@ _ALSO_SIGN_B = tuple(h.encode() for h in ALSO_SIGN)
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 _D_TAG = re.compile(rb"(?:^|;)\s*d\s*=\s*([^;\s]+)", re.IGNORECASE)
 _HEADER_LIMIT = 256 * 1024
+# Bodies up to this size are canonicalised and hashed on the event loop (~0.1 ms at 2 KB,
+# ~0.5 ms at 64 KB), larger ones in the signing thread (Signer._compute_split).
+_INLINE_MAX = 64 * 1024
 
 
 def header_block(body: bytes) -> bytes:
@@ -205,6 +209,42 @@ def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]]) -> by
     """The DKIM-Signature header field(s) for `body`, CRLF-terminated (Ed25519 first):
     relaxed/relaxed, sha256, no l=, h= from `signed_headers()`; t= is wall time on
     purpose, not the injected clock (verifiers refuse a signature from the future)."""
+    plan = plan_signatures(body, domain, keys)
+    return plan.assemble(plan.private_operations())
+
+
+@dataclass(frozen=True)
+class SigningPlan:
+    """`sign_with()` in three steps, so its Python part (canonicalisation, hashing the
+    headers, folding) and its private-key operations (an RSA-2048 signature is ~0.85 ms
+    of OpenSSL with the GIL released) can run on different threads: each signature's
+    tag list up to "b=", its key, and the digest the key signs."""
+
+    values: list[bytes]
+    private_keys: list[PrivateKey]
+    digests: list[bytes]
+
+    def private_operations(self) -> list[bytes]:
+        """The signatures (raw), one per key, in the order of the keys."""
+        out: list[bytes] = []
+        for pk, digest in zip(self.private_keys, self.digests, strict=True):
+            if isinstance(pk, rsa.RSAPrivateKey):
+                out.append(pk.sign(digest, _PKCS1, _SHA256))
+            else:
+                out.append(pk.sign(digest))  # RFC 8463: Ed25519 over the SHA-256 hash
+        return out
+
+    def assemble(self, signatures: list[bytes]) -> bytes:
+        """The header fields, the last key's first."""
+        out = b""
+        for value, sig in zip(self.values, signatures, strict=True):
+            out = _fold(b"DKIM-Signature: " + value, base64.b64encode(sig)) + out
+        return out
+
+
+def plan_signatures(body: bytes, domain: str,
+                    keys: list[tuple[DkimKey, bytes]]) -> SigningPlan:
+    """Canonicalise and hash `body` for each key (see `sign_with()`)."""
     fields, text = canon.split_message(body)
     names = [n.lower() for n, _ in fields]
     include = signed_headers(names)
@@ -214,19 +254,18 @@ def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]]) -> by
     stamp = int(SystemClock().now())
     tail = (b"; t=" + str(stamp).encode() + b"; h=" + b" : ".join(include)
             + b"; bh=" + bh + b"; b=")
-    out = b""
+    values: list[bytes] = []
+    private_keys: list[PrivateKey] = []
+    digests: list[bytes] = []
     for key, private in keys:
-        pk = load_private_key(key, private)
         value = (b"v=1; a=" + _algorithm(key) + b"; c=relaxed/relaxed; d=" + domain.encode()
                  + b"; s=" + key.selector.encode() + tail)
         h = signed.copy()
         h.update(canon.relaxed_header(b"DKIM-Signature", value))  # no CRLF (§3.7)
-        if isinstance(pk, rsa.RSAPrivateKey):
-            sig = pk.sign(h.digest(), _PKCS1, _SHA256)
-        else:
-            sig = pk.sign(h.digest())  # RFC 8463: Ed25519 over the SHA-256 hash
-        out = _fold(b"DKIM-Signature: " + value, base64.b64encode(sig)) + out
-    return out
+        values.append(value)
+        private_keys.append(load_private_key(key, private))
+        digests.append(h.digest())
+    return SigningPlan(values, private_keys, digests)
 
 
 def verify_with(body: bytes, records: Mapping[str, str]) -> list[str]:
@@ -328,6 +367,24 @@ class Signer:
         self.signed += 1
         return sig
 
+    async def _compute_split(self, tag: str, body: bytes, state: DomainKeys) -> bytes:
+        """`_compute()` with only the private-key operations in a worker thread (GIL
+        released: they run beside the loop). The canonicalisation and folding (~0.1 ms of
+        Python for a small message) hold the GIL wherever they run, so in the thread they
+        only added GIL hand-offs with the loop (each a futex wake and a context switch)
+        and its wake-ups. A large body, or one that carries a DKIM-Signature (verified
+        first, with dkimpy), is signed in the thread as a whole: the body hash of a large
+        one runs there with the GIL released."""
+        if len(body) > _INLINE_MAX or b"dkim-signature:" in header_block(body).lower():
+            return await asyncio.to_thread(self._compute, tag, body, state)
+        domain, _, gen = tag.partition("/")
+        (generation,) = [g for g in state.generations if g.name == gen]
+        plan = plan_signatures(body, domain, [(k, self.keys.private_key(domain, k))
+                                              for k in generation.keys])
+        sig = plan.assemble(await asyncio.to_thread(plan.private_operations))
+        self.signed += 1
+        return sig
+
     def signature(self, message_id: str, body: bytes,
                   headers: Mapping[str, str] | None = None) -> bytes:
         """Header field(s) to prepend to `body` (b"" when relay has no key for its From).
@@ -366,7 +423,7 @@ class Signer:
         try:
             sig = self.store.get(message_id, tag)
             if sig is None:
-                sig = await asyncio.to_thread(self._compute, tag, body, state)
+                sig = await self._compute_split(tag, body, state)
                 # Queued now, committed in the background: the store commits in queue
                 # order, so it is durable no later than this attempt's settle, and the
                 # send does not wait for an fsync.
