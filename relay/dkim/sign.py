@@ -131,6 +131,11 @@ def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def signed_headers(names: list[bytes]) -> list[bytes]:
     """h= list: each OVERSIGN header once more than present; ALSO_SIGN as present."""
+    return list(_signed_headers(tuple(names)))
+
+
+@functools.lru_cache(maxsize=1024)  # the messages of one sender have the same fields
+def _signed_headers(names: tuple[bytes, ...]) -> tuple[bytes, ...]:
     counts: dict[bytes, int] = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
@@ -139,7 +144,7 @@ def signed_headers(names: list[bytes]) -> list[bytes]:
         out += [h] * (counts.get(h, 0) + 1)
     for h in _ALSO_SIGN_B:
         out += [h] * counts.get(h, 0)
-    return out
+    return tuple(out)
 
 
 def from_domain(body: bytes, headers: Mapping[str, str] | None = None) -> str | None:
@@ -242,14 +247,20 @@ class SigningPlan:
         return out
 
 
+@functools.lru_cache(maxsize=4096)  # From, To, Subject, MIME-Version... recur in bulk mail
+def _relaxed_field(name: bytes, value: bytes) -> bytes:
+    """A signed header field as hashed: relaxed, with its CRLF."""
+    return canon.relaxed_header(name, value) + b"\r\n"
+
+
 def plan_signatures(body: bytes, domain: str,
                     keys: list[tuple[DkimKey, bytes]]) -> SigningPlan:
     """Canonicalise and hash `body` for each key (see `sign_with()`)."""
     fields, text = canon.split_message(body)
     names = [n.lower() for n, _ in fields]
-    include = signed_headers(names)
+    include = _signed_headers(tuple(names))
     bh = base64.b64encode(hashlib.sha256(canon.relaxed_body(text)).digest())
-    signed = hashlib.sha256(b"".join(canon.relaxed_header(n, v) + b"\r\n"
+    signed = hashlib.sha256(b"".join(_relaxed_field(n, v)
                                      for n, v in canon.select_headers(fields, include)))
     stamp = int(SystemClock().now())
     tail = (b"; t=" + str(stamp).encode() + b"; h=" + b" : ".join(include)
