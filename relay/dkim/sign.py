@@ -131,7 +131,13 @@ def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def signed_headers(names: list[bytes]) -> list[bytes]:
     """h= list: each OVERSIGN header once more than present; ALSO_SIGN as present."""
-    return list(_signed_headers(tuple(names)))
+    return list(_h_list(tuple(names)))
+
+
+def _h_list(names: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    # Memoised for the usual header sections; a long one (a client's hundreds of fields)
+    # is worked out each time rather than kept.
+    return _signed_headers(names) if len(names) <= 64 else _signed_headers.__wrapped__(names)
 
 
 @functools.lru_cache(maxsize=1024)  # the messages of one sender have the same fields
@@ -247,9 +253,17 @@ class SigningPlan:
         return out
 
 
-@functools.lru_cache(maxsize=4096)  # From, To, Subject, MIME-Version... recur in bulk mail
 def _relaxed_field(name: bytes, value: bytes) -> bytes:
-    """A signed header field as hashed: relaxed, with its CRLF."""
+    """A signed header field as hashed: relaxed, with its CRLF. Memoised (From, To,
+    Subject, MIME-Version... recur in bulk mail) up to a size: a client's long field is
+    relaxed each time rather than kept."""
+    if len(value) <= 512:
+        return _relaxed_field_memo(name, value)
+    return canon.relaxed_header(name, value) + b"\r\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _relaxed_field_memo(name: bytes, value: bytes) -> bytes:
     return canon.relaxed_header(name, value) + b"\r\n"
 
 
@@ -258,7 +272,7 @@ def plan_signatures(body: bytes, domain: str,
     """Canonicalise and hash `body` for each key (see `sign_with()`)."""
     fields, text = canon.split_message(body)
     names = [n.lower() for n, _ in fields]
-    include = _signed_headers(tuple(names))
+    include = _h_list(tuple(names))
     bh = base64.b64encode(hashlib.sha256(canon.relaxed_body(text)).digest())
     signed = hashlib.sha256(b"".join(_relaxed_field(n, v)
                                      for n, v in canon.select_headers(fields, include)))

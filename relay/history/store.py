@@ -45,9 +45,13 @@ MAX_LIMIT = 500
 # messages holds it for about 12 ms (2,000 held it 130 ms, bench/test_bench_history.py),
 # and the pruner runs them one after the other until nothing older remains.
 PRUNE_CHUNK = 100
-# Messages whose index keys record_op remembers (about 1-2 KB each): the messages of the
-# last few seconds at a few thousand a second, so a delivery finds its Send's keys.
-STORED_KEYS_MAX = 10_000
+# Messages whose index keys record_op remembers: the messages of the last few seconds at
+# a few thousand a second, so a delivery finds its Send's keys; each with a record of at
+# most STORED_RECORD_MAX bytes (one with many recipients or long headers is worked out
+# again instead). About 2.3 KB an entry for a 3-recipient message (record and keys), so
+# ~20 MB when full, ~50 MB with every record at the bound.
+STORED_KEYS_MAX = 8192
+STORED_RECORD_MAX = 2048
 
 # The message fields a Send's data sets (the others, recipients and dkim, are merged).
 _DATA_FIELDS = ("received_at", "sender", "tenant", "configuration_set", "tags", "subject",
@@ -255,7 +259,8 @@ class HistoryStore:
                 stored = K.enc.encode(msg)
                 txn.put(K.message_key(qid), stored, db=msgs_db)
                 stored_keys.pop(qid, None)  # re-inserted last: the oldest go first
-                stored_keys[qid] = (stored, new_keys)
+                if len(stored) <= STORED_RECORD_MAX:
+                    stored_keys[qid] = (stored, new_keys)
             while len(stored_keys) > STORED_KEYS_MAX:
                 del stored_keys[next(iter(stored_keys))]
             for (bucket, dim, value, metric), n in deltas.items():
