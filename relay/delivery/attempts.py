@@ -212,19 +212,24 @@ def record_attempts(queue_id: str, recipients: Sequence[str], outcomes: Sequence
                           duration_ms=tx.duration_ms, dkim=list(tx.dkim),
                           received_at=tx.received_at,
                           configuration_set=tx.configuration_set)
-        delay, duration = _seconds(attempt.delay_ms), _seconds(attempt.duration_ms)
-        log.info("attempt %s tenant=%s domain=%s source_ip=%s provider=%s mx_host=%s "
-                 "remote_ip=%s tls=%s delay=%.3f duration=%.3f result=%s response=%r",
-                 attempt.queue_id or "-", tenant, attempt.recipient_domain,
-                 attempt.source_ip, attempt.provider, attempt.mx_host or "-",
-                 attempt.remote_ip or "-", "yes" if attempt.tls else "no", delay, duration,
-                 attempt.kind, attempt.response,
-                 extra={"queue_id": attempt.queue_id, "tenant": tenant,
-                        "recipient_domain": attempt.recipient_domain,
-                        "source_ip": attempt.source_ip, "provider": attempt.provider,
-                        "result": attempt.kind, "response": attempt.response,
-                        "remote_mta": attempt.remote_mta, "mx_host": attempt.mx_host,
-                        "remote_ip": attempt.remote_ip, "tls": attempt.tls,
-                        "delay": delay, "duration": duration})
+        if log.isEnabledFor(logging.INFO):  # the line's 12-key extra is not free
+            _log_attempt(attempt, tenant)
         for observe in observers:
             observe(attempt)
+
+
+def _log_attempt(attempt: Attempt, tenant: str) -> None:
+    delay, duration = _seconds(attempt.delay_ms), _seconds(attempt.duration_ms)
+    log.info("attempt %s tenant=%s domain=%s source_ip=%s provider=%s mx_host=%s "
+             "remote_ip=%s tls=%s delay=%.3f duration=%.3f result=%s response=%r",
+             attempt.queue_id or "-", tenant, attempt.recipient_domain,
+             attempt.source_ip, attempt.provider, attempt.mx_host or "-",
+             attempt.remote_ip or "-", "yes" if attempt.tls else "no", delay, duration,
+             attempt.kind, attempt.response,
+             extra={"queue_id": attempt.queue_id, "tenant": tenant,
+                    "recipient_domain": attempt.recipient_domain,
+                    "source_ip": attempt.source_ip, "provider": attempt.provider,
+                    "result": attempt.kind, "response": attempt.response,
+                    "remote_mta": attempt.remote_mta, "mx_host": attempt.mx_host,
+                    "remote_ip": attempt.remote_ip, "tls": attempt.tls,
+                    "delay": delay, "duration": duration})

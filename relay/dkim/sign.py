@@ -25,6 +25,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import dkim
 from cryptography.hazmat.primitives import hashes, serialization
@@ -104,6 +105,9 @@ _ALSO_SIGN_B = tuple(h.encode() for h in ALSO_SIGN)
 _HEADER_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:", re.MULTILINE)
 _D_TAG = re.compile(rb"(?:^|;)\s*d\s*=\s*([^;\s]+)", re.IGNORECASE)
 _HEADER_LIMIT = 256 * 1024
+# Bodies up to this size are canonicalised and hashed on the event loop (~0.1 ms at 2 KB,
+# ~0.5 ms at 64 KB), larger ones in the signing thread (Signer._compute_split).
+_INLINE_MAX = 64 * 1024
 
 
 def header_block(body: bytes) -> bytes:
@@ -127,6 +131,17 @@ def header_fields(block: bytes) -> list[tuple[bytes, bytes]]:
 
 def signed_headers(names: list[bytes]) -> list[bytes]:
     """h= list: each OVERSIGN header once more than present; ALSO_SIGN as present."""
+    return list(_h_list(tuple(names)))
+
+
+def _h_list(names: tuple[bytes, ...]) -> tuple[bytes, ...]:
+    # Memoised for the usual header sections; a long one (a client's hundreds of fields)
+    # is worked out each time rather than kept.
+    return _signed_headers(names) if len(names) <= 64 else _signed_headers.__wrapped__(names)
+
+
+@functools.lru_cache(maxsize=1024)  # the messages of one sender have the same fields
+def _signed_headers(names: tuple[bytes, ...]) -> tuple[bytes, ...]:
     counts: dict[bytes, int] = {}
     for n in names:
         counts[n] = counts.get(n, 0) + 1
@@ -135,7 +150,7 @@ def signed_headers(names: list[bytes]) -> list[bytes]:
         out += [h] * (counts.get(h, 0) + 1)
     for h in _ALSO_SIGN_B:
         out += [h] * counts.get(h, 0)
-    return out
+    return tuple(out)
 
 
 def from_domain(body: bytes, headers: Mapping[str, str] | None = None) -> str | None:
@@ -166,55 +181,116 @@ def _fold(text: bytes, b64: bytes) -> bytes:
     characters where a word allows: each fold turns one SP after a ";" or ":" of `text`
     into CRLF SP, so relaxed canonicalisation sees `text` unchanged; b= is split anywhere
     (RFC 6376 §3.5 ignores FWS in it)."""
-    *words, last = _FOLD_AT.split(text)
-    out: list[bytes] = []
+    if b"\0" in text:  # never in relay's own tags; the regex is ~15 µs, this ~1 µs
+        *words, last = _FOLD_AT.split(text)
+    else:
+        *words, last = text.replace(b"; ", b";\0").replace(b": ", b":\0").split(b"\0")
+    lines: list[list[bytes]] = []
+    line: list[bytes] = []
     col = -1  # the first word has no SP before it
     for word in words:
-        if col + 1 + len(word) > _LINE:
-            out.append(b"\r\n")
+        n = len(word)
+        if col + 1 + n > _LINE:
+            lines.append(line)
+            line = []
             col = 0
-        out += (b" ", word)
-        col += 1 + len(word)
+        line.append(word)
+        col += 1 + n
     # "b=" starts a new line unless some of the value fits after it.
     if col + 1 + len(last) + min(len(b64), 16) > _LINE:
-        out.append(b"\r\n")
+        lines.append(line)
+        line = []
         col = 0
-    out += (b" ", last)
+    line.append(last)
     col += 1 + len(last)
     room = max(_LINE - col, 0)
-    out.append(b64[:room])
-    for at in range(room, len(b64), _LINE - 1):
-        out += (b"\r\n ", b64[at:at + _LINE - 1])
-    out.append(b"\r\n")
-    return b"".join(out)[1:]
+    line.append(b64[:room])
+    lines.append(line)
+    # Each line is its words after one SP each ("b=" and the start of the value joined),
+    # lines and the rest of the value's pieces separated by CRLF SP; the first SP cut.
+    out = b"\r\n".join(b" " + b" ".join(ws[:-1]) + ws[-1] if ws is line
+                         else b" " + b" ".join(ws) for ws in lines)
+    rest = [b64[at:at + _LINE - 1] for at in range(room, len(b64), _LINE - 1)]
+    if rest:
+        out += b"\r\n " + b"\r\n ".join(rest)
+    return out[1:] + b"\r\n"
 
 
 def sign_with(body: bytes, domain: str, keys: list[tuple[DkimKey, bytes]]) -> bytes:
     """The DKIM-Signature header field(s) for `body`, CRLF-terminated (Ed25519 first):
     relaxed/relaxed, sha256, no l=, h= from `signed_headers()`; t= is wall time on
     purpose, not the injected clock (verifiers refuse a signature from the future)."""
+    plan = plan_signatures(body, domain, keys)
+    return plan.assemble(plan.private_operations())
+
+
+@dataclass(frozen=True)
+class SigningPlan:
+    """`sign_with()` in three steps, so its Python part (canonicalisation, hashing the
+    headers, folding) and its private-key operations (an RSA-2048 signature is ~0.85 ms
+    of OpenSSL with the GIL released) can run on different threads: each signature's
+    tag list up to "b=", its key, and the digest the key signs."""
+
+    values: list[bytes]
+    private_keys: list[PrivateKey]
+    digests: list[bytes]
+
+    def private_operations(self) -> list[bytes]:
+        """The signatures (raw), one per key, in the order of the keys."""
+        out: list[bytes] = []
+        for pk, digest in zip(self.private_keys, self.digests, strict=True):
+            if isinstance(pk, rsa.RSAPrivateKey):
+                out.append(pk.sign(digest, _PKCS1, _SHA256))
+            else:
+                out.append(pk.sign(digest))  # RFC 8463: Ed25519 over the SHA-256 hash
+        return out
+
+    def assemble(self, signatures: list[bytes]) -> bytes:
+        """The header fields, the last key's first."""
+        out = b""
+        for value, sig in zip(self.values, signatures, strict=True):
+            out = _fold(b"DKIM-Signature: " + value, base64.b64encode(sig)) + out
+        return out
+
+
+def _relaxed_field(name: bytes, value: bytes) -> bytes:
+    """A signed header field as hashed: relaxed, with its CRLF. Memoised (From, To,
+    Subject, MIME-Version... recur in bulk mail) up to a size: a client's long field is
+    relaxed each time rather than kept."""
+    if len(value) <= 512:
+        return _relaxed_field_memo(name, value)
+    return canon.relaxed_header(name, value) + b"\r\n"
+
+
+@functools.lru_cache(maxsize=4096)
+def _relaxed_field_memo(name: bytes, value: bytes) -> bytes:
+    return canon.relaxed_header(name, value) + b"\r\n"
+
+
+def plan_signatures(body: bytes, domain: str,
+                    keys: list[tuple[DkimKey, bytes]]) -> SigningPlan:
+    """Canonicalise and hash `body` for each key (see `sign_with()`)."""
     fields, text = canon.split_message(body)
     names = [n.lower() for n, _ in fields]
-    include = signed_headers(names)
+    include = _h_list(tuple(names))
     bh = base64.b64encode(hashlib.sha256(canon.relaxed_body(text)).digest())
-    signed = hashlib.sha256(b"".join(canon.relaxed_header(n, v) + b"\r\n"
+    signed = hashlib.sha256(b"".join(_relaxed_field(n, v)
                                      for n, v in canon.select_headers(fields, include)))
     stamp = int(SystemClock().now())
     tail = (b"; t=" + str(stamp).encode() + b"; h=" + b" : ".join(include)
             + b"; bh=" + bh + b"; b=")
-    out = b""
+    values: list[bytes] = []
+    private_keys: list[PrivateKey] = []
+    digests: list[bytes] = []
     for key, private in keys:
-        pk = load_private_key(key, private)
         value = (b"v=1; a=" + _algorithm(key) + b"; c=relaxed/relaxed; d=" + domain.encode()
                  + b"; s=" + key.selector.encode() + tail)
         h = signed.copy()
         h.update(canon.relaxed_header(b"DKIM-Signature", value))  # no CRLF (§3.7)
-        if isinstance(pk, rsa.RSAPrivateKey):
-            sig = pk.sign(h.digest(), _PKCS1, _SHA256)
-        else:
-            sig = pk.sign(h.digest())  # RFC 8463: Ed25519 over the SHA-256 hash
-        out = _fold(b"DKIM-Signature: " + value, base64.b64encode(sig)) + out
-    return out
+        values.append(value)
+        private_keys.append(load_private_key(key, private))
+        digests.append(h.digest())
+    return SigningPlan(values, private_keys, digests)
 
 
 def verify_with(body: bytes, records: Mapping[str, str]) -> list[str]:
@@ -316,6 +392,24 @@ class Signer:
         self.signed += 1
         return sig
 
+    async def _compute_split(self, tag: str, body: bytes, state: DomainKeys) -> bytes:
+        """`_compute()` with only the private-key operations in a worker thread (GIL
+        released: they run beside the loop). The canonicalisation and folding (~0.1 ms of
+        Python for a small message) hold the GIL wherever they run, so in the thread they
+        only added GIL hand-offs with the loop (each a futex wake and a context switch)
+        and its wake-ups. A large body, or one that carries a DKIM-Signature (verified
+        first, with dkimpy), is signed in the thread as a whole: the body hash of a large
+        one runs there with the GIL released."""
+        if len(body) > _INLINE_MAX or b"dkim-signature:" in header_block(body).lower():
+            return await asyncio.to_thread(self._compute, tag, body, state)
+        domain, _, gen = tag.partition("/")
+        (generation,) = [g for g in state.generations if g.name == gen]
+        plan = plan_signatures(body, domain, [(k, self.keys.private_key(domain, k))
+                                              for k in generation.keys])
+        sig = plan.assemble(await asyncio.to_thread(plan.private_operations))
+        self.signed += 1
+        return sig
+
     def signature(self, message_id: str, body: bytes,
                   headers: Mapping[str, str] | None = None) -> bytes:
         """Header field(s) to prepend to `body` (b"" when relay has no key for its From).
@@ -354,7 +448,7 @@ class Signer:
         try:
             sig = self.store.get(message_id, tag)
             if sig is None:
-                sig = await asyncio.to_thread(self._compute, tag, body, state)
+                sig = await self._compute_split(tag, body, state)
                 # Queued now, committed in the background: the store commits in queue
                 # order, so it is durable no later than this attempt's settle, and the
                 # send does not wait for an fsync.

@@ -17,6 +17,7 @@ No I/O here.
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 
@@ -115,9 +116,26 @@ def parse_timeline_key(key: bytes) -> tuple[str, float, int]:
 
 # ------------------------------------------------------------------ "history_ix"
 
+# Memoised: a message's keys are worked out when it is recorded and again from the stored
+# copy at each later op (to delete the keys its new statuses replace), and most values
+# (tenants, sets, senders, statuses, subject words, a message's own recipients) recur, so
+# the normalisation was the largest share of a recording op on the event loop. Bounded in
+# entries and, as the values come from clients' headers, in the size of what is kept.
+_MEMO_MAX_CHARS = 512
+
+
 def index_value(value: str) -> bytes:
     """An indexed (or searched) value: lowercased UTF-8 without NUL, cut to 200 bytes at
     a character boundary."""
+    return _index_value(value) if len(value) <= _MEMO_MAX_CHARS else _normalised(value)
+
+
+@functools.lru_cache(maxsize=16384)
+def _index_value(value: str) -> bytes:
+    return _normalised(value)
+
+
+def _normalised(value: str) -> bytes:
     raw = value.strip().lower().replace("\x00", "").encode("utf-8")
     if len(raw) > MAX_VALUE:
         raw = raw[:MAX_VALUE].decode("utf-8", "ignore").encode("utf-8")
@@ -139,6 +157,15 @@ def id_of_index_key(key: bytes) -> str:
 def words(subject: str) -> list[str]:
     """The words a subject is found by: lowercased runs of word characters of 2..40
     characters, each once, in order, at most 30."""
+    return list(_words(subject) if len(subject) <= _MEMO_MAX_CHARS else _words_of(subject))
+
+
+@functools.lru_cache(maxsize=4096)  # a sender's subjects recur; each message's keys twice
+def _words(subject: str) -> tuple[str, ...]:
+    return _words_of(subject)
+
+
+def _words_of(subject: str) -> tuple[str, ...]:
     out: list[str] = []
     seen: set[str] = set()
     for m in _WORD.finditer(subject.lower()):
@@ -148,7 +175,7 @@ def words(subject: str) -> list[str]:
             out.append(w)
             if len(out) >= MAX_WORDS:
                 break
-    return out
+    return tuple(out)
 
 
 def address_of(value: str) -> str:
@@ -191,7 +218,8 @@ def index_fields(msg: HistoryMessage) -> set[tuple[bytes, str]]:
 
 def index_keys(msg: HistoryMessage) -> set[bytes]:
     """Every "history_ix" key of `msg`."""
-    return {index_key(f, v, msg.id) for f, v in index_fields(msg)}
+    tail = SEP + msg.id.encode("ascii")  # index_key() of each, without two calls a key
+    return {f + index_value(v) + tail for f, v in index_fields(msg)}
 
 
 # ------------------------------------------------------------------ "stats"

@@ -45,6 +45,13 @@ MAX_LIMIT = 500
 # messages holds it for about 12 ms (2,000 held it 130 ms, bench/test_bench_history.py),
 # and the pruner runs them one after the other until nothing older remains.
 PRUNE_CHUNK = 100
+# Messages whose index keys record_op remembers: the messages of the last few seconds at
+# a few thousand a second, so a delivery finds its Send's keys; each with a record of at
+# most STORED_RECORD_MAX bytes (one with many recipients or long headers is worked out
+# again instead). About 2.3 KB an entry for a 3-recipient message (record and keys), so
+# ~20 MB when full, ~50 MB with every record at the bound.
+STORED_KEYS_MAX = 8192
+STORED_RECORD_MAX = 2048
 
 # The message fields a Send's data sets (the others, recipients and dkim, are merged).
 _DATA_FIELDS = ("received_at", "sender", "tenant", "configuration_set", "tags", "subject",
@@ -171,6 +178,12 @@ class HistoryStore:
         self._stats = store.named_db(K.STATS_DB)
         self._queued = store.named_db("messages")
         self._sent = store.named_db("sent")
+        # The index keys of the messages this process wrote last, by queue id, with the
+        # stored record they were worked out from: a message's next op (its delivery,
+        # about a second after its Send) finds its record unchanged and need not work out
+        # the keys to replace again. Only used when the stored bytes are equal (another
+        # worker process, a prune, or an aborted transaction changed nothing then).
+        self._stored_keys: dict[str, tuple[bytes, set[bytes]]] = {}
 
     # ------------------------------------------------------------------ writing
 
@@ -190,14 +203,22 @@ class HistoryStore:
             raw = txn.get(key, db=queued_db) or txn.get(key, db=sent_db)
             return msg_dec.decode(raw).size if raw is not None else 0
 
+        stored_keys = self._stored_keys
+
         def op(txn: Any) -> int:
             touched: dict[str, tuple[set[bytes], HistoryMessage | None]] = {}
 
             def load(qid: str) -> HistoryMessage | None:
                 if qid not in touched:
                     raw = txn.get(K.message_key(qid), db=msgs_db)
-                    old = K.message_dec.decode(raw) if raw is not None else None
-                    touched[qid] = (K.index_keys(old) if old is not None else set(), old)
+                    if raw is None:
+                        touched[qid] = (set(), None)
+                    else:
+                        old = K.message_dec.decode(raw)
+                        known = stored_keys.get(qid)
+                        keys = known[1] if known is not None and known[0] == raw \
+                            else K.index_keys(old)
+                        touched[qid] = (keys, old)
                 return touched[qid][1]
 
             def keep(qid: str, msg: HistoryMessage) -> None:
@@ -235,7 +256,13 @@ class HistoryStore:
                     txn.delete(k, db=ix_db)
                 for k in new_keys - old_keys:
                     txn.put(k, b"", db=ix_db)
-                txn.put(K.message_key(qid), K.enc.encode(msg), db=msgs_db)
+                stored = K.enc.encode(msg)
+                txn.put(K.message_key(qid), stored, db=msgs_db)
+                stored_keys.pop(qid, None)  # re-inserted last: the oldest go first
+                if len(stored) <= STORED_RECORD_MAX:
+                    stored_keys[qid] = (stored, new_keys)
+            while len(stored_keys) > STORED_KEYS_MAX:
+                del stored_keys[next(iter(stored_keys))]
             for (bucket, dim, value, metric), n in deltas.items():
                 sk = K.stats_key(bucket, dim, value, metric)
                 raw = txn.get(sk, db=stats_db)

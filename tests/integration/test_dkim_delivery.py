@@ -47,8 +47,12 @@ MULTIPART = (b"From: App <app@example.com>\r\nTo: user@dest.test\r\nSubject: mul
              b"MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"b1\"\r\n\r\n"
              b"--b1\r\nContent-Type: text/plain\r\n\r\nplain\r\n"
              b"--b1\r\nContent-Type: text/html\r\n\r\n<p>html</p>\r\n--b1--\r\n")
+# Over the size whose canonicalisation runs on the event loop (the signing thread then
+# signs it whole): both paths sign what verifiers accept.
+LARGE = (b"From: App <app@example.com>\r\nTo: user@dest.test\r\nSubject: large\r\n\r\n"
+         + b"A line of a large message, long enough to be folded by nobody.\r\n" * 1500)
 MESSAGES = {"7bit": SEVEN_BIT, "8bit": EIGHT_BIT, "long-line": LONG_LINE,
-            "multipart": MULTIPART}
+            "multipart": MULTIPART, "large": LARGE}
 
 
 @pytest.fixture

@@ -199,6 +199,24 @@ def test_the_index_follows_status_changes(h: HistoryStore) -> None:
     assert stored == K.index_keys(view.message)
 
 
+def test_the_index_follows_changes_another_worker_made(h: HistoryStore) -> None:
+    """Two worker processes record one spool (two HistoryStores): a message whose record
+    the other one changed since this one wrote it still loses its replaced index keys
+    (what this store remembers of the keys it wrote is only used for the same record)."""
+    other = HistoryStore(h.store)
+    msg = record(T0, ["a@example.net"])
+    put(h, from_events(M.send_event(msg)))        # this worker: queued
+    put(other, from_attempts(Attempt(msg.id, "a@example.net", "deferred", T0 + 1, T0,
+                                     response="421 busy")))  # the other: deferred
+    put(h, from_events(M.bounce_event(msg, ["a@example.net"], "550 5.1.1 unknown user",
+                                      T0 + 9, "mx")))        # this one again: bounced
+    assert ids(h, status="queued") == [] and ids(h, status="deferred") == []
+    assert ids(h, status="bounced") == [msg.id]
+    view = h.get(msg.id)
+    assert view is not None
+    assert {k for k, _ in h.store.read_db(K.INDEX_DB)} == K.index_keys(view.message)
+
+
 def test_search_by_every_field_and_combinations(h: HistoryStore) -> None:
     m1 = record(T0, ["ann@gmail.com"], subject="Invoice March", tenant="acme",
                 configuration_set="billing", sender="bounce@acme.com",
