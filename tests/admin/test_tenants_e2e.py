@@ -89,7 +89,7 @@ def start_relay(tmp: Path, dns: DnsServer, sinks: tuple[Sink, Sink]) -> tuple[Ad
                   "connect_timeout": "5s", "command_timeout": "10s", "data_timeout": "10s",
                   "pool": "dedicated"},
         tenants={"paused_recheck": "1s", "sandbox_max_send_rate": 20.0},
-        configuration_set=[{"name": "promo"}, {"name": "short", "max_delivery_time": "4s"}],
+        configuration_set=[{"name": "promo"}, {"name": "short", "max_delivery_time": "10s"}],
         event_destination=[{"name": "ta-events", "type": "file", "tenant": "ta"},
                            {"name": "tb-events", "type": "file", "tenant": "tb"}],
         reputation={"min_volume": 10, "complaint_review": 0.01, "complaint_pause": 0.05})
@@ -528,7 +528,7 @@ def test_a_paused_configuration_set(relay: tuple[Admin, int]) -> None:
 
 
 def test_held_mail_still_expires_at_its_max_delivery_time(relay: tuple[Admin, int]) -> None:
-    # Held while its tenant is paused, not bounced for it; its max delivery time (4 s,
+    # Held while its tenant is paused, not bounced for it; its max delivery time (10 s,
     # its configuration set's) still ends it, with the expiry's bounce event.
     admin, _ = relay
     tenant(admin, "tx", api={"Sandbox": False})
@@ -541,7 +541,7 @@ def test_held_mail_still_expires_at_its_max_delivery_time(relay: tuple[Admin, in
             "sending paused" in e["deliveryDelay"]["delayedRecipients"][0]["diagnosticCode"]
             for e in of_message(admin, mid, "DeliveryDelay")))
         assert not of_message(admin, mid, "Bounce")
-        (bounce,) = wait_for("the expiry", lambda: of_message(admin, mid, "Bounce"), 8)
+        (bounce,) = wait_for("the expiry", lambda: of_message(admin, mid, "Bounce"), 16)
     finally:
         TEMPFAIL.discard("slow@ok.test")
     assert bounce["bounce"]["bounceType"] == "Transient", bounce
