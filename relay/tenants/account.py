@@ -156,12 +156,18 @@ class AccountGate:
 
     # ------------------------------------------------------------------ RCPT
 
-    def _limits(self, txn: Transaction, tenant: Tenant) -> Any:
+    def _cluster_limits(self, txn: Transaction, tenant: Tenant) -> Any:
+        """The limits of `txn`'s credential for `tenant`: the credential's own quota over
+        the tenant's and the defaults. The whole limits, as the cluster counts them."""
         rec = txn.record
         override = (Quota(rec.max_24h_send, rec.max_send_rate)
                     if rec is not None and (rec.max_24h_send is not None
                                             or rec.max_send_rate is not None) else None)
-        return worker_share(effective_limits(self.defaults(), tenant, override), self.worker)
+        return effective_limits(self.defaults(), tenant, override)
+
+    def _limits(self, txn: Transaction, tenant: Tenant) -> Any:
+        """This worker's share of them (relay/workers.py), for the local quota book."""
+        return worker_share(self._cluster_limits(txn, tenant), self.worker)
 
     def _sandbox(self, txn: Transaction, tenant: Tenant, address: str,
                  simulator: bool) -> Refusal | None:
@@ -205,11 +211,7 @@ class AccountGate:
         refusal = self._sandbox(txn, tenant, address, simulator)
         if refusal is not None:
             return refusal
-        rec = txn.record
-        override = (Quota(rec.max_24h_send, rec.max_send_rate)
-                    if rec is not None and (rec.max_24h_send is not None
-                                            or rec.max_send_rate is not None) else None)
-        limits = effective_limits(self.defaults(), tenant, override)
+        limits = self._cluster_limits(txn, tenant)
         got = await self.shared.reserve(txn.tenant, txn.credential, limits, simulator)
         return self._reserved(txn, got, simulator)
 
@@ -230,11 +232,7 @@ class AccountGate:
             refusal = self._sandbox(txn, tenant, address, sim)
             if refusal is not None:
                 return refusal
-        rec = txn.record
-        override = (Quota(rec.max_24h_send, rec.max_send_rate)
-                    if rec is not None and (rec.max_24h_send is not None
-                                            or rec.max_send_rate is not None) else None)
-        limits = effective_limits(self.defaults(), tenant, override)
+        limits = self._cluster_limits(txn, tenant)
         got = await self.shared.reserve_many(txn.tenant, txn.credential, limits, simulator,
                                              debt=False)
         if isinstance(got, Refusal):
@@ -270,12 +268,8 @@ class AccountGate:
         if not isinstance(move, _Move):
             return move
         resolved, tenant, simulator = move.tenant, move.record, move.simulator
-        rec = txn.record
-        override = (Quota(rec.max_24h_send, rec.max_send_rate)
-                    if rec is not None and (rec.max_24h_send is not None
-                                            or rec.max_send_rate is not None) else None)
         got = await self.shared.reserve_many(
-            resolved, txn.credential, effective_limits(self.defaults(), tenant, override),
+            resolved, txn.credential, self._cluster_limits(txn, tenant),
             simulator)
         return self._settled(txn, resolved, simulator, got)
 
