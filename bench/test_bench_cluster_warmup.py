@@ -67,7 +67,7 @@ async def _transactions(sh: ShapedSender, clock: FakeClock, shared: bool) -> Non
         grants: list[Any] = list(decision.grants)
         if shared:
             calls = sh.shared.calls
-            taken, _, _ = await sh._take_shared("dedicated", "gmail", gate.BULK, decision, now)
+            taken, _, _, _ = await sh._take_shared("dedicated", "gmail", gate.BULK, decision, now)
             grants = [g for g, _ in taken]
             assert sh.shared.calls == calls + 1  # one Redis round trip per transaction
         assert [g.count for g in grants] == [1]

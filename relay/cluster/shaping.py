@@ -2,14 +2,17 @@
 clock hour counted in Redis, and a connection lease per open connection to a site with
 max_connections ([[provider]] and the built-in providers; relay/warmup/providers.py).
 
-Rates (`take`, `give_back`): one script call per transaction (SITE_TAKE) grants up to
-what is left of both limits at once, partially: the per-second limit is a token bucket
-kept as its "theoretical arrival time" (GCRA: one number per site, the same bucket as
+Rates (`take`): one script call per transaction (SITE_TAKE) grants up to what is left
+of both limits at once, partially: the per-second limit is a token bucket kept as its
+"theoretical arrival time" (GCRA: one number per site, the same bucket as
 relay/warmup/shaping.py's SiteThrottle, one second deep), the hourly one a counter per
 clock hour in SharedLimits' fixed-window key ("fw:site-hour:SITE:HOUR"), so the counts a
-node made while Redis was unreachable are added by SharedLimits.reconcile. What the
-shaper could not use after all (the warm-up gate granted fewer) is given back
-(SITE_GIVE_BACK), a second call only then.
+node made while Redis was unreachable are added by SharedLimits.reconcile. The shaper
+asks after its warm-up gate, for what the gate granted, so nothing is left to give back;
+a transaction from a warming IP asks the site in relay/cluster/warmup.py's script
+(TAKE_SITE: SITE_LIB's functions and the IP's cap in the same call, `prepare` /
+`answered` / `take_local` here). `give_back` (SITE_GIVE_BACK) remains for a caller that
+took more than it sent.
 
 Leases (`acquire`, `release`, `renew`): a new connection to such a site takes a lease
 (SharedLimits.acquire_lease: one call), reuses one this node is giving back, or closes

@@ -13,7 +13,10 @@ Redis keys (prefix from [cluster] key_prefix):
 One script call per delivery transaction (`take`): it first applies the refunds queued
 since the last call (units a provider never took: 4xx, connection failures), then grants
 each of the transaction's parts up to what is left of the IP's cap (partial), and answers
-each counter as Redis has it, which the node's gate adopts. Refunds that no transaction
+each counter as Redis has it, which the node's gate adopts. Toward a provider site with
+rates (relay/cluster/shaping.py), `take_site` makes it the same call (TAKE_SITE): the
+parts are granted in order up to what the site allows now, and the site counts what they
+were granted. Refunds that no transaction
 carries go within REFUND_DELAY (`flush`). Operator changes (freeze, resume, set day) and
 restrictions learned from replies (a reputation freeze, a backoff pause or frozen day) are
 scripts too: they write and PUBLISH the IP's whole state on the flags' channel (kind

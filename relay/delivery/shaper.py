@@ -24,8 +24,11 @@ reach the client as `site`, `max_connections` (open connections to the site
 across all source IPs) and `messages_per_connection` (overrides
 delivery.max_messages_per_connection for the site's pooled connections).
 With [cluster] (`share_sites`, relay/cluster/shaping.py) a site's messages per second
-and per hour are counted in Redis for all nodes together, one call per transaction
-(`_site_allowed`), and the client's connections to a provider's site hold leases there.
+and per hour are counted in Redis for all nodes together, and the client's connections
+to a provider's site hold leases there. The gate decides first (locally), then ONE call
+per transaction confirms its grants: the site's rates and the warming IPs' caps in the
+same script (`_take_cluster`; the site counts exactly what the caps granted, so nothing
+is given back), or the site's alone for a warm pool.
 Backoffs and freezes the gate reports go to `event_log` as WarmupBackoff /
 WarmupFreeze events.
 
@@ -37,7 +40,9 @@ and backoff pauses hold here too, and the reputation rates are over all of them.
 
 With [cluster] (`attach_shared`, relay/cluster/warmup.py) the gate is a pre-filter that
 keeps to the whole cap: each transaction's grants to warming IPs are confirmed in Redis
-by one call (`_take_shared`), the shortfall given back to the gate and held; recipients
+by that call (`_take_shared`), the shortfall given back to the gate and held (a second
+call only when an IP's cap in Redis was short, another node having sent from it since,
+and the gate has another IP for the rest); recipients
 not taken are refunded there; the gate adopts the cluster's counts from each answer, and
 every node's operator changes and restrictions by pub/sub (`adopt_state`).
 """
