@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from relay.cluster.shaping import SharedShaping
 from relay.cluster.status import cluster_status
 from relay.config import Config, Duration, from_dict
 from relay.config.cluster import Cluster
+from relay.delivery.attempts import Attempt, RecordingSender
 from relay.delivery.client import Sender
+from relay.delivery.outcome import outcomes_of
 from relay.queue.ops import NewMessage
 from relay.testing.delivery import BODY, short_delivery
 from relay.testing.delivery import StubTarget as T
@@ -35,7 +38,7 @@ from relay.testing.redisserver import RedisServer
 from relay.testing.require import require_program
 from relay.testing.sink import Rules, Sink
 from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
-from relay.warmup.providers import SiteLimits
+from relay.warmup.providers import ProviderMap, SiteLimits
 from relay.warmup.shaping import ConnectionLease
 
 HOUR = 3600.0
@@ -312,6 +315,43 @@ async def test_a_site_without_max_connections_or_of_no_provider_takes_no_lease(
     finally:
         await sender.close()
         await node.close()
+        sink.stop()
+
+
+async def test_a_recipient_held_for_want_of_a_lease_is_not_logged_as_an_attempt(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The site's only connection lease is node A's: node B's client (the real Sender
+    under RecordingSender, as relay/wiring.py builds it) holds the recipient for the
+    lease, and no attempt is logged or reported for it (it was never tried); once the
+    lease is free the recipient goes, and that is the one attempt."""
+    clock = SystemClock()
+    a, b = (Node(redis_server, f"node-{n}", clock, wait=0.0) for n in "ab")
+    sink = Sink("127.0.0.2", 0).start()
+    sender = Sender(short_delivery(5.0), hostname="relay.test", clock=clock)
+    sender.share_sites(b.shaping)
+    seen: list[Attempt] = []
+    recorder = RecordingSender(sender, ProviderMap(), clock=clock, observers=[seen.append])
+    mx = [T("mx.prova.test", "127.0.0.2", sink.port)]
+    try:
+        lease = await a.shaping.acquire("prova", 1)
+        assert lease is not None
+        with caplog.at_level(logging.INFO, logger="relay.delivery"):
+            r = await recorder.send("a.test", mx, "s@x.test", ["r@a.test"], BODY,
+                                    site="prova", max_connections=1)
+        (outcome,) = outcomes_of(r)
+        assert outcome.hold_until is not None and sink.message_count == 0
+        assert seen == []
+        assert not [x for x in caplog.records if x.getMessage().startswith("attempt ")]
+        a.shaping.release(lease)
+        await a.shaping.drain()
+        r = await recorder.send("a.test", mx, "s@x.test", ["r@a.test"], BODY,
+                                site="prova", max_connections=1)
+        assert [o.kind for o in outcomes_of(r)] == ["delivered"]
+        assert [x.kind for x in seen] == ["delivered"]
+    finally:
+        await sender.close()
+        for node in (a, b):
+            await node.close()
         sink.stop()
 
 
