@@ -196,12 +196,42 @@ def show_data(ts: TenantStore, name: str,
             "sent_last_24_hours": count}
 
 
+def _cluster_sent(cfg: Config, name: str) -> int | None:
+    """SentLast24Hours of tenant `name` across the cluster (its rolling window in Redis,
+    as every node counts it), or None: no [cluster], or Redis unreachable."""
+    if not cfg.cluster.enabled:
+        return None
+    # Imported here, only with [cluster] set: without it the CLI never loads redis.
+    from relay.cluster.client import ClusterClient
+    from relay.cluster.limits import SharedLimits
+    from relay.cluster.quota import SharedQuota
+
+    async def read() -> int | None:
+        clock = SystemClock()
+        client = ClusterClient(cfg.cluster, clock)
+        try:
+            quota = SharedQuota(SharedLimits(client, clock, lambda: 1))
+            count, from_redis = await quota.sent_last_24h(name)
+        finally:
+            await client.close()
+        return int(count) if from_redis else None
+
+    return asyncio.run(read())
+
+
 def cmd_show(args: argparse.Namespace) -> int:
     data: dict[str, Any] = _run(args, lambda ts: show_data(ts, args.name))
+    cfg = load_config(args)
+    # [cluster]: every node's count (this node's spool knows its own only), else this
+    # node's figure, said so.
+    shared = _cluster_sent(cfg, args.name)
+    data["sent_last_24_hours_scope"] = "node" if shared is None else "cluster"
+    if shared is not None:
+        data["sent_last_24_hours"] = shared
     # What it sends under: its own quota, else [tenants], capped by the sandbox's.
     t = Tenant(args.name, sandbox=bool(data["sandbox"]),
                quota=Quota(data["max_24h_send"], data["max_send_rate"]))
-    limits = effective_limits(load_config(args).tenants, t).tenant
+    limits = effective_limits(cfg.tenants, t).tenant
     data["send_quota"] = {"max_24h_send": limits.max_24h_send,
                           "max_send_rate": limits.max_send_rate}
     if args.json:
@@ -225,7 +255,9 @@ def cmd_show(args: argparse.Namespace) -> int:
          + f" (own: {val(data['max_24h_send'])})"),
         ("MaxSendRate", val(data["send_quota"]["max_send_rate"])
          + f" (own: {val(data['max_send_rate'])})"),
-        ("SentLast24Hours", str(data["sent_last_24_hours"])),
+        ("SentLast24Hours", str(data["sent_last_24_hours"]) + (
+            " (this node only: redis unreachable)"
+            if cfg.cluster.enabled and data["sent_last_24_hours_scope"] == "node" else "")),
         ("SuppressionScope", data["suppression_scope"]),
         ("CreatedAt", data["created_at"] or "-"),
     ]

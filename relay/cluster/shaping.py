@@ -2,14 +2,17 @@
 clock hour counted in Redis, and a connection lease per open connection to a site with
 max_connections ([[provider]] and the built-in providers; relay/warmup/providers.py).
 
-Rates (`take`, `give_back`): one script call per transaction (SITE_TAKE) grants up to
-what is left of both limits at once, partially: the per-second limit is a token bucket
-kept as its "theoretical arrival time" (GCRA: one number per site, the same bucket as
+Rates (`take`): one script call per transaction (SITE_TAKE) grants up to what is left
+of both limits at once, partially: the per-second limit is a token bucket kept as its
+"theoretical arrival time" (GCRA: one number per site, the same bucket as
 relay/warmup/shaping.py's SiteThrottle, one second deep), the hourly one a counter per
 clock hour in SharedLimits' fixed-window key ("fw:site-hour:SITE:HOUR"), so the counts a
-node made while Redis was unreachable are added by SharedLimits.reconcile. What the
-shaper could not use after all (the warm-up gate granted fewer) is given back
-(SITE_GIVE_BACK), a second call only then.
+node made while Redis was unreachable are added by SharedLimits.reconcile. The shaper
+asks after its warm-up gate, for what the gate granted, so nothing is left to give back;
+a transaction from a warming IP asks the site in relay/cluster/warmup.py's script
+(TAKE_SITE: SITE_LIB's functions and the IP's cap in the same call, `prepare` /
+`answered` / `take_local` here). `give_back` (SITE_GIVE_BACK) remains for a caller that
+took more than it sent.
 
 Leases (`acquire`, `release`, `renew`): a new connection to such a site takes a lease
 (SharedLimits.acquire_lease: one call), reuses one this node is giving back, or closes
@@ -39,6 +42,7 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from relay.clock import Clock
@@ -59,43 +63,61 @@ LEASE_WAIT = 5.0
 POLL_FIRST = 0.05
 POLL_MAX = 0.5
 
+# The site's two limits as Lua functions, so relay/cluster/warmup.py's transaction script
+# grants a site's and a warming IP's units in the same call.
+# site_room(bucket key, hour key, now_ms, n, interval_ms (0: no per-second limit), burst,
+# hour cap (0: none)) -> how many of n both limits allow now, the bucket's arrival time,
+# the hour's count. site_commit(..., granted, limited (1/0: the room was less than asked),
+# tat, count, hour counter ttl_ms, the hour's end) counts `granted`
+# -> {granted, hour count, next_ms (0: not limited)}.
+SITE_LIB = """
+local function site_room(kr, kh, now, n, T, burst, cap)
+  local grant = n
+  local tat = now
+  if T > 0 then
+    tat = tonumber(redis.call('GET', kr) or '0')
+    if tat < now then tat = now end
+    local room = math.floor((now + burst * T - tat) / T + 1e-9)
+    if room < grant then grant = room end
+  end
+  local count = 0
+  if cap > 0 then
+    count = tonumber(redis.call('GET', kh) or '0')
+    if cap - count < grant then grant = cap - count end
+  end
+  if grant < 0 then grant = 0 end
+  return grant, tat, count
+end
+local function site_commit(kr, kh, now, T, burst, cap, grant, limited, tat, count, ttl,
+                           hour_end)
+  if grant > 0 then
+    if T > 0 then
+      tat = tat + grant * T
+      redis.call('SET', kr, string.format('%.3f', tat), 'PX', math.ceil(tat - now) + 1000)
+    end
+    if cap > 0 then
+      count = redis.call('INCRBY', kh, grant)
+      if redis.call('PTTL', kh) < 0 then redis.call('PEXPIRE', kh, ttl) end
+    end
+  end
+  local next_at = 0
+  if limited then
+    if cap > 0 and count >= cap then next_at = hour_end
+    elseif T > 0 then next_at = math.ceil(tat - burst * T + T) end
+  end
+  return {grant, count, next_at}
+end
+"""
+
 # KEYS: the site's bucket (GCRA arrival time, ms), its counter for this clock hour.
 # ARGV: now_ms, n, interval_ms (0: no per-second limit), burst, hour cap (0: none),
 # hour counter ttl_ms, the hour's end (ms). -> {granted, hour count, next_ms (0: all)}
-SITE_TAKE = """
+SITE_TAKE = SITE_LIB + """
 local now = tonumber(ARGV[1]); local n = tonumber(ARGV[2])
 local T = tonumber(ARGV[3]); local burst = tonumber(ARGV[4]); local cap = tonumber(ARGV[5])
-local grant = n
-local tat = now
-if T > 0 then
-  tat = tonumber(redis.call('GET', KEYS[1]) or '0')
-  if tat < now then tat = now end
-  local room = math.floor((now + burst * T - tat) / T + 1e-9)
-  if room < grant then grant = room end
-end
-local count = 0
-if cap > 0 then
-  count = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if cap - count < grant then grant = cap - count end
-end
-if grant < 0 then grant = 0 end
-if grant > 0 then
-  if T > 0 then
-    tat = tat + grant * T
-    redis.call('SET', KEYS[1], string.format('%.3f', tat), 'PX',
-               math.ceil(tat - now) + 1000)
-  end
-  if cap > 0 then
-    count = redis.call('INCRBY', KEYS[2], grant)
-    if redis.call('PTTL', KEYS[2]) < 0 then redis.call('PEXPIRE', KEYS[2], ARGV[6]) end
-  end
-end
-local next_at = 0
-if grant < n then
-  if cap > 0 and count >= cap then next_at = tonumber(ARGV[7])
-  elseif T > 0 then next_at = math.ceil(tat - burst * T + T) end
-end
-return {grant, count, next_at}
+local grant, tat, count = site_room(KEYS[1], KEYS[2], now, n, T, burst, cap)
+return site_commit(KEYS[1], KEYS[2], now, T, burst, cap, grant, grant < n, tat, count,
+                   ARGV[6], tonumber(ARGV[7]))
 """
 
 # Units a transaction was granted and did not send. KEYS: as SITE_TAKE (the hour it was
@@ -159,6 +181,19 @@ return lost
 """
 
 
+@dataclass(frozen=True)
+class SiteCall:
+    """A site's part of a script call: SITE_LIB's keys and arguments (now_ms, interval_ms,
+    burst, hour cap, hour counter ttl_ms, the hour's end), made at `now` in `hour`."""
+
+    site: str
+    limits: SiteLimits
+    now: float
+    hour: int
+    keys: list[str]
+    args: list[int | str]
+
+
 def _ms(seconds: float) -> int:
     return round(seconds * 1000)
 
@@ -193,24 +228,41 @@ class SharedShaping:
         return [self.client.key("site-rate", site),
                 self.client.key("fw", f"site-hour:{site}", str(hour))]
 
-    async def take(self, site: str, limits: SiteLimits, want: int) -> SiteGrant:
-        """Up to `want` of `site`'s messages per second and per hour, cluster-wide."""
+    def prepare(self, site: str, limits: SiteLimits) -> SiteCall:
+        """The keys and arguments of `site`'s part of a script call made now (SITE_TAKE's,
+        or relay/cluster/warmup.py's transaction script)."""
         now = self.clock.now()
         hour = math.floor(now / HOUR)
         mps, cap = limits.messages_per_second, limits.messages_per_hour
-        keys = self._keys(site, hour)
-        args: list[int | float | str] = [
-            _ms(now), want, f"{1000.0 / mps:.6f}" if mps > 0 else 0, max(1.0, mps), cap,
+        args: list[int | str] = [
+            _ms(now), f"{1000.0 / mps:.6f}" if mps > 0 else 0, f"{max(1.0, mps)!r}", cap,
             _ms(HOUR) + 60_000, _ms((hour + 1) * HOUR)]
-        try:
-            granted, count, next_ms = ints(await self.client.call(
-                lambda r: self._take(keys=keys, args=args)))
-        except ClusterUnavailable:
-            return self._take_local(site, limits, want, now, hour)
-        self._hour_seen[keys[1]] = count
+        return SiteCall(site, limits, now, hour, self._keys(site, hour), args)
+
+    def answered(self, call: SiteCall, granted: int, count: int, next_ms: int) -> SiteGrant:
+        """Redis's answer to `call`: the grant (the hour's count remembered for the local
+        share should Redis go away)."""
+        self._hour_seen[call.keys[1]] = count
         if len(self._hour_seen) > 10_000:
             self._hour_seen.clear()
-        return SiteGrant(site, granted, next_ms / 1000 if next_ms else now, hour, True)
+        return SiteGrant(call.site, granted, next_ms / 1000 if next_ms else call.now,
+                         call.hour, True, limited=next_ms != 0)
+
+    async def take(self, site: str, limits: SiteLimits, want: int) -> SiteGrant:
+        """Up to `want` of `site`'s messages per second and per hour, cluster-wide."""
+        call = self.prepare(site, limits)
+        now_ms, *rest = call.args
+        args = [now_ms, want, *rest]
+        try:
+            granted, count, next_ms = ints(await self.client.call(
+                lambda r: self._take(keys=call.keys, args=args)))
+        except ClusterUnavailable:
+            return self.take_local(call, want)
+        return self.answered(call, granted, count, next_ms)
+
+    def take_local(self, call: SiteCall, want: int) -> SiteGrant:
+        """`call`'s grant from this node's local share (Redis unreachable)."""
+        return self._take_local(call.site, call.limits, want, call.now, call.hour)
 
     def _take_local(self, site: str, limits: SiteLimits, want: int, now: float,
                     hour: int) -> SiteGrant:
@@ -234,7 +286,7 @@ class SharedShaping:
         if n < want:
             next_at = ((hour + 1) * HOUR if full
                        else self._local.next_at(site, share, now))
-        return SiteGrant(site, n, next_at, hour, False)
+        return SiteGrant(site, n, next_at, hour, False, limited=n < want)
 
     async def give_back(self, grant: SiteGrant, n: int, limits: SiteLimits) -> None:
         """`n` of `grant` were not sent after all: the site's count shrinks by them (a

@@ -13,7 +13,10 @@ Redis keys (prefix from [cluster] key_prefix):
 One script call per delivery transaction (`take`): it first applies the refunds queued
 since the last call (units a provider never took: 4xx, connection failures), then grants
 each of the transaction's parts up to what is left of the IP's cap (partial), and answers
-each counter as Redis has it, which the node's gate adopts. Refunds that no transaction
+each counter as Redis has it, which the node's gate adopts. Toward a provider site with
+rates (relay/cluster/shaping.py), `take_site` makes it the same call (TAKE_SITE): the
+parts are granted in order up to what the site allows now, and the site counts what they
+were granted. Refunds that no transaction
 carries go within REFUND_DELAY (`flush`). Operator changes (freeze, resume, set day) and
 restrictions learned from replies (a reputation freeze, a backoff pause or frozen day) are
 scripts too: they write and PUBLISH the IP's whole state on the flags' channel (kind
@@ -32,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -45,7 +49,10 @@ from relay.clock import Clock
 from relay.cluster.client import RETRY_INTERVAL, ClusterClient, ClusterUnavailable
 from relay.cluster.fallback import Ledger, Pending, local_share
 from relay.cluster.flags import SharedFlags
+from relay.cluster.shaping import SITE_LIB, SharedShaping, SiteCall
 from relay.config.cluster import Cluster
+from relay.warmup.providers import SiteLimits
+from relay.warmup.shaping import SiteGrant
 
 log = logging.getLogger("relay.cluster")
 # A refund no transaction carried goes to Redis alone after this long.
@@ -102,57 +109,100 @@ local function announce(ip, channel, node)
 end
 """
 
-# ARGV: prefix, today, hour, now, paced (1/0), burst, ngrants, nrefunds, then per refund:
-# ip, provider, n, day, hour; then per grant: ip, provider, n, caps ("c1,c2,..."), seed
-# (the node's counted days, -1: none).
-# -> per grant: {granted, adv, day, sent, hour, hs, fz, pu}
-TAKE = _LIB + """
-local today = tonumber(ARGV[2]); local hour = tonumber(ARGV[3]); local now = tonumber(ARGV[4])
-local paced = ARGV[5] == '1'; local burst = tonumber(ARGV[6])
+# take_all(today, hour, now, paced, burst, ngrants, nrefunds, i, budget): the refunds and
+# then the grants whose arguments start at ARGV[i]: per refund ip, provider, n, day, hour;
+# per grant ip, provider, n, caps ("c1,c2,..."; "": a warm IP, not counted here), seed (the
+# node's counted days, -1: none). `budget` (nil: none): at most this many granted in all,
+# in the order asked (what a provider site's rates allow).
+# -> per grant {granted, what its IP's cap alone allowed, adv, day, sent, hour, hs, fz, pu},
+# the total granted
+_TAKE_LIB = _LIB + """
+local function take_all(today, hour, now, paced, burst, ng, nr, i, budget)
+  for _ = 1, nr do
+    local k = pckey(ARGV[i], ARGV[i + 1]); local n = tonumber(ARGV[i + 2])
+    local h = redis.call('HMGET', k, 'day', 'sent', 'hour', 'hs')
+    if num(h[1], -1) == tonumber(ARGV[i + 3]) then
+      redis.call('HSET', k, 'sent', math.max(0, num(h[2], 0) - n))
+    end
+    if num(h[3], -1) == tonumber(ARGV[i + 4]) then
+      redis.call('HSET', k, 'hs', math.max(0, num(h[4], 0) - n))
+    end
+    i = i + 5
+  end
+  local out = {}
+  local total = 0
+  for _ = 1, ng do
+    local ip, prov, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    local caps = {}
+    for c in string.gmatch(ARGV[i + 3], '[^,]+') do caps[#caps + 1] = tonumber(c) end
+    local seed = tonumber(ARGV[i + 4])
+    i = i + 5
+    local room = n
+    if budget ~= nil then room = math.max(0, math.min(n, budget - total)) end
+    if #caps == 0 then
+      total = total + room
+      for _, v in ipairs({room, n, 0, -1, 0, -1, 0, -1, '0'}) do out[#out + 1] = v end
+    else
+      local k = pckey(ip, prov)
+      local d = today
+      local seen = num(redis.call('HGET', k, 'day'), -1)
+      if seen > d then d = seen end  -- a node whose clock is behind counts in the newer day
+      local adv, day, sent = roll(ip, prov, d, is_frozen(ip), seed)
+      local h = redis.call('HMGET', k, 'hour', 'hs', 'fz', 'pu')
+      local hr = num(h[1], -1); local hs = num(h[2], 0)
+      if hr < hour then hr = hour; hs = 0 end
+      local pd = adv + 1
+      if pd > #caps then pd = #caps end
+      local cap = caps[pd]
+      local left = cap - sent
+      if paced then
+        local budget_h = math.max(1, math.ceil(cap * burst / 24))
+        if hr == hour then left = math.min(left, budget_h - hs) end
+      end
+      if num(h[4], 0) > now then left = 0 end
+      local w = math.max(0, math.min(n, left))
+      local g = math.min(w, room)
+      total = total + g
+      sent = sent + g
+      if hr == hour then hs = hs + g end
+      redis.call('HSET', k, 'sent', sent, 'hour', hr, 'hs', hs)
+      for _, v in ipairs({g, w, adv, day, sent, hr, hs, num(h[3], -1)}) do
+        out[#out + 1] = v
+      end
+      out[#out + 1] = tostring(num(h[4], 0))
+    end
+  end
+  return out, total
+end
+"""
+
+# ARGV: prefix, today, hour, now, paced (1/0), burst, ngrants, nrefunds, then the refunds
+# and the grants (take_all). -> take_all's per grant answers
+TAKE = _TAKE_LIB + """
+local out = take_all(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5] == '1',
+                     tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), 9, nil)
+return out
+"""
+
+# One delivery transaction to a provider site with rate limits, in one call: what the site
+# allows now (relay/cluster/shaping.py's SITE_LIB) is the budget of the warm-up grants, and
+# the site counts exactly what they granted, so nothing is given back to it afterwards.
+# KEYS: the site's bucket and hour counter. ARGV: as TAKE's first 8, then the site's
+# now_ms, interval_ms, burst, hour cap, hour counter ttl_ms, the hour's end (ms), then the
+# refunds and the grants. -> take_all's per grant answers, then the site's {granted,
+# hour count, next_ms (0: the site allowed every one asked)}
+TAKE_SITE = _TAKE_LIB + SITE_LIB + """
 local ng = tonumber(ARGV[7]); local nr = tonumber(ARGV[8])
-local i = 9
-for _ = 1, nr do
-  local k = pckey(ARGV[i], ARGV[i + 1]); local n = tonumber(ARGV[i + 2])
-  local h = redis.call('HMGET', k, 'day', 'sent', 'hour', 'hs')
-  if num(h[1], -1) == tonumber(ARGV[i + 3]) then
-    redis.call('HSET', k, 'sent', math.max(0, num(h[2], 0) - n))
-  end
-  if num(h[3], -1) == tonumber(ARGV[i + 4]) then
-    redis.call('HSET', k, 'hs', math.max(0, num(h[4], 0) - n))
-  end
-  i = i + 5
-end
-local out = {}
-for _ = 1, ng do
-  local ip, prov, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local caps = {}
-  for c in string.gmatch(ARGV[i + 3], '[^,]+') do caps[#caps + 1] = tonumber(c) end
-  local seed = tonumber(ARGV[i + 4])
-  i = i + 5
-  local k = pckey(ip, prov)
-  local d = today
-  local seen = num(redis.call('HGET', k, 'day'), -1)
-  if seen > d then d = seen end  -- a node whose clock is behind counts in the newer day
-  local adv, day, sent = roll(ip, prov, d, is_frozen(ip), seed)
-  local h = redis.call('HMGET', k, 'hour', 'hs', 'fz', 'pu')
-  local hr = num(h[1], -1); local hs = num(h[2], 0)
-  if hr < hour then hr = hour; hs = 0 end
-  local pd = adv + 1
-  if pd > #caps then pd = #caps end
-  local cap = caps[pd]
-  local left = cap - sent
-  if paced then
-    local budget = math.max(1, math.ceil(cap * burst / 24))
-    if hr == hour then left = math.min(left, budget - hs) end
-  end
-  if num(h[4], 0) > now then left = 0 end
-  local g = math.max(0, math.min(n, left))
-  sent = sent + g
-  if hr == hour then hs = hs + g end
-  redis.call('HSET', k, 'sent', sent, 'hour', hr, 'hs', hs)
-  for _, v in ipairs({g, adv, day, sent, hr, hs, num(h[3], -1)}) do out[#out + 1] = v end
-  out[#out + 1] = tostring(num(h[4], 0))
-end
+local now = tonumber(ARGV[9]); local T = tonumber(ARGV[10]); local burst = tonumber(ARGV[11])
+local cap = tonumber(ARGV[12])
+local want = 0
+for j = 15 + nr * 5, 15 + nr * 5 + (ng - 1) * 5, 5 do want = want + tonumber(ARGV[j + 2]) end
+local room, tat, count = site_room(KEYS[1], KEYS[2], now, want, T, burst, cap)
+local out, total = take_all(tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4]),
+                            ARGV[5] == '1', tonumber(ARGV[6]), ng, nr, 15, room)
+local site = site_commit(KEYS[1], KEYS[2], now, T, burst, cap, total, room < want, tat,
+                         count, ARGV[13], tonumber(ARGV[14]))
+for _, v in ipairs(site) do out[#out + 1] = v end
 return out
 """
 
@@ -268,7 +318,9 @@ class Counter:
 class Answer:
     granted: int
     shared: bool              # False: from the local share (Redis unreachable)
-    counter: Counter | None   # None when not shared
+    counter: Counter | None   # None when not shared, or a warm IP's part (no caps)
+    allowed: int = -1         # what the IP's cap alone allowed (more than `granted` when
+                              # the site's rates cut it); -1: as granted
 
 
 @dataclass(frozen=True)
@@ -283,6 +335,7 @@ class Refund:
 class Scripts:
     def __init__(self, redis: Any) -> None:
         self.take = redis.register_script(TAKE)
+        self.take_site = redis.register_script(TAKE_SITE)
         self.operate = redis.register_script(OPERATE)
         self.restrict = redis.register_script(RESTRICT)
         self.state = redis.register_script(STATE)
@@ -366,6 +419,25 @@ class SharedWarmup:
         """Grant each ask up to what is left of its IP's cap cluster-wide (one script
         call, carrying the refunds queued meanwhile); from the local share when Redis is
         unreachable."""
+        answers, _ = await self._take(asks, today, hour, paced, burst, None)
+        return answers
+
+    async def take_site(self, asks: Sequence[Ask], today: int, hour: int, *, paced: bool,
+                        burst: float, shaping: SharedShaping, site: str,
+                        limits: SiteLimits) -> tuple[list[Answer], SiteGrant]:
+        """`take` and the provider site's rates (relay/cluster/shaping.py) in ONE script
+        call: the asks are granted in order up to what the site allows now, and the site
+        counts exactly what they were granted. An ask with no caps is a warm IP's part,
+        limited by the site only. Redis unreachable: each side's local share, the site's
+        cutting the warm-up's (what it cut goes back to the warm-up's share)."""
+        call = shaping.prepare(site, limits)
+        answers, grant = await self._take(asks, today, hour, paced, burst, (shaping, call))
+        assert grant is not None
+        return answers, grant
+
+    async def _take(self, asks: Sequence[Ask], today: int, hour: int, paced: bool,
+                    burst: float, site: tuple[SharedShaping, SiteCall] | None
+                    ) -> tuple[list[Answer], SiteGrant | None]:
         # What this node counted while Redis was away goes in before it takes more (else
         # every node's first take after an outage would see the count without its own).
         # Not tried again within a second of a failure: a batch per second at most.
@@ -377,25 +449,56 @@ class SharedWarmup:
         refunds, self._refunds = self._refunds, []
         args: list[Any] = [self.client.prefix, today, hour, repr(self.clock.now()),
                            1 if paced else 0, repr(burst), len(asks), len(refunds)]
+        keys: list[str] = []
+        if site is not None:
+            keys = site[1].keys
+            args += site[1].args
         for r in refunds:
             args += [r.ip, r.provider, r.n, r.day, r.hour]
         for a in asks:
             args += [a.ip, a.provider, a.n, ",".join(map(str, a.caps)), a.advanced]
+        script = self.scripts.take if site is None else self.scripts.take_site
         try:
             self.calls += 1
-            reply = await self.client.call(lambda r: self.scripts.take(keys=[], args=args))
+            reply = await self.client.call(lambda r: script(keys=keys, args=args))
         except ClusterUnavailable:
             self._down_at = self.clock.monotonic()
             self._refunds = refunds + self._refunds
-            return [self._local(a, today, hour) for a in asks]
+            return self._take_local(asks, today, hour, site)
         out: list[Answer] = []
         for k, a in enumerate(asks):
-            v = reply[k * 8:(k + 1) * 8]
-            c = Counter(int(v[1]), int(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]),
-                        float(v[7]))
+            v = reply[k * 9:(k + 1) * 9]
+            if not a.caps:
+                out.append(Answer(int(v[0]), True, None, int(v[1])))
+                continue
+            c = Counter(int(v[2]), int(v[3]), int(v[4]), int(v[5]), int(v[6]), int(v[7]),
+                        float(v[8]))
             self._last[(a.ip, a.provider)] = (c.day, c.sent)
-            out.append(Answer(int(v[0]), True, c))
-        return out
+            out.append(Answer(int(v[0]), True, c, int(v[1])))
+        if site is None:
+            return out, None
+        granted, count, next_ms = (int(x) for x in reply[len(asks) * 9:])
+        return out, site[0].answered(site[1], granted, count, next_ms)
+
+    def _take_local(self, asks: Sequence[Ask], today: int, hour: int,
+                    site: tuple[SharedShaping, SiteCall] | None
+                    ) -> tuple[list[Answer], SiteGrant | None]:
+        """The local shares (Redis unreachable): each IP's, then the site's over what
+        they granted, in the order asked; what the site cut goes back to the IP's."""
+        out = [self._local(a, today, hour) if a.caps else Answer(a.n, False, None, a.n)
+               for a in asks]
+        if site is None:
+            return out, None
+        grant = site[0].take_local(site[1], sum(a.granted for a in out))
+        budget = grant.granted
+        for k, (ask, answer) in enumerate(zip(asks, out, strict=True)):
+            g = min(answer.granted, budget)
+            budget -= g
+            if g < answer.granted:
+                if ask.caps:
+                    self.refund(ask.ip, ask.provider, answer.granted - g, today, hour, False)
+                out[k] = dataclasses.replace(answer, granted=g)
+        return out, grant
 
     def _local(self, ask: Ask, today: int, hour: int) -> Answer:
         slot = _slot(ask.ip, ask.provider, today)
@@ -406,7 +509,7 @@ class SharedWarmup:
         granted = max(0, min(ask.n, share - self.ledger.used(slot)))
         if granted:
             self.ledger.record(Pending(KIND, slot, granted, at_ms=hour, bucket_ms=1))
-        return Answer(granted, False, None)
+        return Answer(granted, False, None, granted)
 
     def refund(self, ip: str, provider: str, n: int, day: int, hour: int,
                shared: bool) -> None:

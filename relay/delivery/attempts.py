@@ -205,6 +205,8 @@ def record_attempts(queue_id: str, recipients: Sequence[str], outcomes: Sequence
     both report through here, so their log lines have the same shape."""
     tx = transaction if transaction is not None else TransactionInfo()
     for rcpt, o in zip(recipients, outcomes, strict=False):
+        if o.hold_until is not None:   # held (no connection lease, a cap): never tried
+            continue
         attempt = Attempt(queue_id, rcpt.rpartition("@")[2].lower(), source_ip, provider,
                           o.kind, o.response, o.remote_mta, tenant, recipient=rcpt,
                           mx_host=tx.mx_host or o.remote_mta, remote_ip=tx.remote_ip,

@@ -24,8 +24,11 @@ reach the client as `site`, `max_connections` (open connections to the site
 across all source IPs) and `messages_per_connection` (overrides
 delivery.max_messages_per_connection for the site's pooled connections).
 With [cluster] (`share_sites`, relay/cluster/shaping.py) a site's messages per second
-and per hour are counted in Redis for all nodes together, one call per transaction
-(`_site_allowed`), and the client's connections to a provider's site hold leases there.
+and per hour are counted in Redis for all nodes together, and the client's connections
+to a provider's site hold leases there. The gate decides first (locally), then ONE call
+per transaction confirms its grants: the site's rates and the warming IPs' caps in the
+same script (`_take_cluster`; the site counts exactly what the caps granted, so nothing
+is given back), or the site's alone for a warm pool.
 Backoffs and freezes the gate reports go to `event_log` as WarmupBackoff /
 WarmupFreeze events.
 
@@ -37,7 +40,9 @@ and backoff pauses hold here too, and the reputation rates are over all of them.
 
 With [cluster] (`attach_shared`, relay/cluster/warmup.py) the gate is a pre-filter that
 keeps to the whole cap: each transaction's grants to warming IPs are confirmed in Redis
-by one call (`_take_shared`), the shortfall given back to the gate and held; recipients
+by that call (`_take_shared`), the shortfall given back to the gate and held (a second
+call only when an IP's cap in Redis was short, another node having sent from it since,
+and the gate has another IP for the rest); recipients
 not taken are refunded there; the gate adopts the cluster's counts from each answer, and
 every node's operator changes and restrictions by pub/sub (`adopt_state`).
 """
@@ -74,8 +79,6 @@ class SiteRates(Protocol):
     (relay.cluster.shaping.SharedShaping)."""
 
     async def take(self, site: str, limits: SiteLimits, want: int) -> SiteGrant: ...
-
-    async def give_back(self, grant: SiteGrant, n: int, limits: SiteLimits) -> None: ...
 
 
 def provider_map(cfg: Config) -> ProviderMap:
@@ -167,24 +170,33 @@ class ShapedSender:
         return self._in_flight.get((ip, provider), 0) - int(self.shared.pending(ip, provider))
 
     async def _take_shared(self, pool: str, provider: str, lane: int,
-                           decision: gate.Decision, now: float
-                           ) -> tuple[list[tuple[gate.Grant, bool | None]], float, str]:
-        """[cluster]: the gate's grants as Redis confirms them (one script call for all of
-        the transaction's parts). What Redis did not grant is given back to the gate, which
-        then knows the IP's cluster-wide count; the gate is asked once more for that
-        shortfall (another IP of the pool, the overflow) and Redis once more, then the
-        rest is held. -> ((grant, shared: False from the local share, None not counted in
-        Redis: a warm IP), retry_at, reason)."""
+                           decision: gate.Decision, now: float, site: Site | None = None
+                           ) -> tuple[list[tuple[gate.Grant, bool | None]], float, str,
+                                      SiteGrant | None]:
+        """[cluster]: the gate's grants as Redis confirms them, in ONE script call for all
+        of the transaction's parts and, with `site` (a provider site with rate limits),
+        the site's messages per second and per hour too: the site's grant is what the
+        parts were granted, so nothing goes back to it. What Redis did not grant is given
+        back to the gate, which then knows the IP's cluster-wide count; when an IP's cap
+        (not the site) was short, the gate is asked once more for that shortfall (another
+        IP of the pool, the overflow) and Redis once more (a second call only then: another
+        node sent from the IP since this one last heard), then the rest is held.
+        -> ((grant, shared: False from the local share, None not counted in Redis: a warm
+        IP), retry_at, reason, the site's grant (None without `site`))."""
         today, hour = self.gate.days.day_of(now), self.gate.days.hour_of(now)
         out: list[tuple[gate.Grant, bool | None]] = []
         retry_at, reason = decision.retry_at, decision.reason
         grants = decision.grants
+        allowed: SiteGrant | None = None
+        site_granted = 0
         for attempt in range(2):
-            planned = []
+            planned: list[tuple[gate.Grant, tuple[Any, ...]]] = []
             for g in grants:
                 plan = self.gate.pools[g.pool].plan
-                if plan is None:
+                if plan is None and site is None:
                     out.append((g, None))
+                elif plan is None:   # a warm IP: only the site's rates count it
+                    planned.append((g, (g.ip, g.provider, g.count, (), 0)))
                 else:
                     cap = self.gate.cap(self.gate.pools[g.pool], g.ip, g.provider, now) or 0
                     pc = counters.counter(self.gate.state(g.ip), g.provider)
@@ -198,9 +210,16 @@ class ShapedSender:
                 key = (g.ip, g.provider)
                 self._in_flight[key] = self._in_flight.get(key, 0) + g.count
             try:
-                answers = await self.shared.take(
-                    [a for _, a in planned], today, hour, paced=self.gate.pacing != "none",
-                    burst=self.gate.burst)
+                asks = [a for _, a in planned]
+                paced = self.gate.pacing != "none"
+                if site is None:
+                    answers = await self.shared.take(asks, today, hour, paced=paced,
+                                                     burst=self.gate.burst)
+                else:
+                    answers, allowed = await self.shared.take_site(
+                        asks, today, hour, paced=paced, burst=self.gate.burst,
+                        shaping=self.rates, site=site.key, limits=site.limits)
+                    site_granted += allowed.granted
             finally:
                 for g, _ in planned:
                     key = (g.ip, g.provider)
@@ -217,7 +236,8 @@ class ShapedSender:
             for (g, _), answer in zip(planned, answers, strict=True):
                 if answer.granted < g.count:
                     self.gate.give_back(g, g.count - answer.granted, now)
-                    short += g.count - answer.granted
+                    # the IP's cap's shortfall (what the site's rates cut is not)
+                    short += g.count - max(answer.granted, answer.allowed)
                 if answer.counter is not None:
                     c = answer.counter
                     counters.adopt_counter(
@@ -228,12 +248,17 @@ class ShapedSender:
                         in_flight=self._unsent(g.ip, g.provider))
                     self.gate.dirty.add(g.ip)
                 if answer.granted:
-                    out.append((dataclasses.replace(g, count=answer.granted), answer.shared))
-                if answer.granted < g.count:
+                    shared = None if self.gate.pools[g.pool].plan is None else answer.shared
+                    out.append((dataclasses.replace(g, count=answer.granted), shared))
+                if answer.allowed < g.count and answer.granted < g.count:
                     n, at = self.gate.available(self.gate.pools[g.pool], g.ip, g.provider, now)
                     # Redis had less than this node's view: at the IP's next window, or
                     # (a count that moved meanwhile) in a minute.
                     retry_at = min(retry_at, at if n == 0 else now + 60.0)
+            if allowed is not None and allowed.limited:
+                # the site's rates held the rest back: the site decides when it goes
+                retry_at = min(retry_at, allowed.next_at)
+                break
             if not short or attempt:
                 break
             again = self.gate.acquire(pool, provider, short, now, lane)
@@ -241,10 +266,15 @@ class ShapedSender:
             if again.deferred:
                 retry_at = min(retry_at, again.retry_at)
                 reason = reason or again.reason
+        if allowed is not None and allowed.limited and not reason:
+            reason = (f"shaping: site {allowed.site} is at its rate limit until "
+                      f"{gate._iso(retry_at)}")
         if not reason and math.isfinite(retry_at):
             reason = (f"warm-up: pool \"{pool}\" has no capacity left toward {provider} "
                       f"across the cluster until {gate._iso(retry_at)}")
-        return out, retry_at, reason
+        if allowed is not None:
+            allowed = dataclasses.replace(allowed, granted=site_granted)
+        return out, retry_at, reason, allowed
 
     async def send(self, destination: str, targets: Sequence[Any], sender: str,
                    recipients: Sequence[str], data: bytes, **kwargs: Any) -> list[Outcome]:
@@ -265,16 +295,21 @@ class ShapedSender:
         now = self.clock.now()
         if now - self._synced_at >= self.sync_interval:
             self.sync()
-        allowed = await self._site_allowed(site, now, len(recipients))
-        want = allowed.granted
-        decision = self.gate.acquire(pool, site.provider, want, now, lane)
+        cluster_site = self._cluster_rates(site)
+        # [cluster] and a site with rates: the gate first (local), then ONE call for the
+        # site's rates and the warming IPs' caps together (_take_cluster); else the
+        # node's own throttle first.
+        allowed = (SiteGrant(site.key, len(recipients), now) if cluster_site
+                   else self._site_allowed(site, now, len(recipients)))
+        decision = self.gate.acquire(pool, site.provider, allowed.granted, now, lane)
         retry_at, reason = decision.retry_at, decision.reason
         taken: list[tuple[gate.Grant, bool | None]] = [(g, None) for g in decision.grants]
-        if self.shared is not None and decision.grants:
-            taken, retry_at, reason = await self._take_shared(pool, site.provider, lane,
-                                                              decision, now)
-        granted = sum(g.count for g, _ in taken)
-        await self._site_taken(site, allowed, granted, now)
+        if decision.grants and (cluster_site or self.shared is not None):
+            taken, retry_at, reason, answered = await self._take_cluster(
+                pool, site, lane, decision, now, cluster_site)
+            allowed = answered or allowed
+        if not cluster_site:
+            self.throttle.take(site.key, site.limits, now, sum(g.count for g, _ in taken))
         out: list[Outcome] = []
         start = 0
         parts: list[tuple[gate.Grant, bool | None, list[str]]] = []
@@ -290,7 +325,7 @@ class ShapedSender:
         rest = len(recipients) - start
         if rest:
             at = retry_at
-            if want < len(recipients):
+            if allowed.limited or (not cluster_site and allowed.granted < len(recipients)):
                 at = min(at, self._site_next_at(site, allowed, now))
             if not math.isfinite(at):
                 at = now + 300.0
@@ -331,13 +366,9 @@ class ShapedSender:
         """[cluster]: site rates counted for all nodes together by `rates`."""
         self.rates = rates
 
-    async def _site_allowed(self, site: Site, now: float, want: int) -> SiteGrant:
-        """How many of `want` the site's messages per second and per hour allow now: the
-        node's own throttle, or with [cluster] the cluster's (one Redis call, counted at
-        once; a site without rate limits costs none)."""
-        if self._cluster_rates(site):
-            assert self.rates is not None
-            return await self.rates.take(site.key, site.limits, want)
+    def _site_allowed(self, site: Site, now: float, want: int) -> SiteGrant:
+        """How many of `want` the node's own throttle allows now (a site without rates, or
+        no [cluster]: no call)."""
         return SiteGrant(site.key, self.throttle.allowed(site.key, site.limits, now, want), now)
 
     def _cluster_rates(self, site: Site) -> bool:
@@ -346,14 +377,33 @@ class ShapedSender:
         return self.rates is not None and (limits.messages_per_second > 0
                                            or limits.messages_per_hour > 0)
 
-    async def _site_taken(self, site: Site, allowed: SiteGrant, granted: int,
-                          now: float) -> None:
-        """`granted` of `allowed` go out: counted by the node's throttle, or (cluster) the
-        units the warm-up gate did not use given back."""
-        if not self._cluster_rates(site):
-            self.throttle.take(site.key, site.limits, now, granted)
-        elif self.rates is not None and granted < allowed.granted:
-            await self.rates.give_back(allowed, allowed.granted - granted, site.limits)
+    async def _take_cluster(self, pool: str, site: Site, lane: int, decision: gate.Decision,
+                            now: float, cluster_site: bool
+                            ) -> tuple[list[tuple[gate.Grant, bool | None]], float, str,
+                                       SiteGrant | None]:
+        """[cluster]: the gate's grants confirmed in Redis, one call for the transaction:
+        the warming IPs' caps and (`cluster_site`) the site's rates together
+        (_take_shared), or the site's rates alone when this node shares no warm-up."""
+        if self.shared is not None:
+            return await self._take_shared(pool, site.provider, lane, decision, now,
+                                           site if cluster_site else None)
+        assert self.rates is not None
+        want = sum(g.count for g in decision.grants)
+        allowed = await self.rates.take(site.key, site.limits, want)
+        budget = allowed.granted
+        out: list[tuple[gate.Grant, bool | None]] = []
+        for g in decision.grants:   # in the gate's order, up to what the site allowed
+            n = min(g.count, budget)
+            budget -= n
+            if n < g.count:
+                self.gate.give_back(g, g.count - n, now)
+            if n:
+                out.append((dataclasses.replace(g, count=n), None))
+        retry_at = min(decision.retry_at, allowed.next_at if allowed.limited else math.inf)
+        reason = decision.reason
+        if allowed.limited and not decision.reason:
+            reason = f"shaping: site {site.key} is at its rate limit until {gate._iso(retry_at)}"
+        return out, retry_at, reason, allowed
 
     def _site_next_at(self, site: Site, allowed: SiteGrant, now: float) -> float:
         """When the site allows more (the cluster's answer, or the node's throttle)."""

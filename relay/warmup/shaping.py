@@ -32,6 +32,7 @@ class SiteGrant:
     next_at: float
     hour: int = 0
     shared: bool = False
+    limited: bool = False   # the site's rates held some of the asked back (until next_at)
 
 
 @dataclass(eq=False)

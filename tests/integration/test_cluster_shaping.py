@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import functools
+import logging
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ from relay.cluster.shaping import SharedShaping
 from relay.cluster.status import cluster_status
 from relay.config import Config, Duration, from_dict
 from relay.config.cluster import Cluster
+from relay.delivery.attempts import Attempt, RecordingSender
 from relay.delivery.client import Sender
+from relay.delivery.outcome import outcomes_of
 from relay.queue.ops import NewMessage
 from relay.testing.delivery import BODY, short_delivery
 from relay.testing.delivery import StubTarget as T
@@ -35,7 +38,7 @@ from relay.testing.redisserver import RedisServer
 from relay.testing.require import require_program
 from relay.testing.sink import Rules, Sink
 from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
-from relay.warmup.providers import SiteLimits
+from relay.warmup.providers import ProviderMap, SiteLimits
 from relay.warmup.shaping import ConnectionLease
 
 HOUR = 3600.0
@@ -315,6 +318,43 @@ async def test_a_site_without_max_connections_or_of_no_provider_takes_no_lease(
         sink.stop()
 
 
+async def test_a_recipient_held_for_want_of_a_lease_is_not_logged_as_an_attempt(
+        redis_server: RedisServer, caplog: pytest.LogCaptureFixture) -> None:
+    """The site's only connection lease is node A's: node B's client (the real Sender
+    under RecordingSender, as relay/wiring.py builds it) holds the recipient for the
+    lease, and no attempt is logged or reported for it (it was never tried); once the
+    lease is free the recipient goes, and that is the one attempt."""
+    clock = SystemClock()
+    a, b = (Node(redis_server, f"node-{n}", clock, wait=0.0) for n in "ab")
+    sink = Sink("127.0.0.2", 0).start()
+    sender = Sender(short_delivery(5.0), hostname="relay.test", clock=clock)
+    sender.share_sites(b.shaping)
+    seen: list[Attempt] = []
+    recorder = RecordingSender(sender, ProviderMap(), clock=clock, observers=[seen.append])
+    mx = [T("mx.prova.test", "127.0.0.2", sink.port)]
+    try:
+        lease = await a.shaping.acquire("prova", 1)
+        assert lease is not None
+        with caplog.at_level(logging.INFO, logger="relay.delivery"):
+            r = await recorder.send("a.test", mx, "s@x.test", ["r@a.test"], BODY,
+                                    site="prova", max_connections=1)
+        (outcome,) = outcomes_of(r)
+        assert outcome.hold_until is not None and sink.message_count == 0
+        assert seen == []
+        assert not [x for x in caplog.records if x.getMessage().startswith("attempt ")]
+        a.shaping.release(lease)
+        await a.shaping.drain()
+        r = await recorder.send("a.test", mx, "s@x.test", ["r@a.test"], BODY,
+                                site="prova", max_connections=1)
+        assert [o.kind for o in outcomes_of(r)] == ["delivered"]
+        assert [x.kind for x in seen] == ["delivered"]
+    finally:
+        await sender.close()
+        for node in (a, b):
+            await node.close()
+        sink.stop()
+
+
 # ---------------------------------------------------------------------------- two relays
 
 class ClusterHarness(DeliveryHarness):
@@ -323,7 +363,8 @@ class ClusterHarness(DeliveryHarness):
     connections than both nodes open: a wait for a lease would sleep on the FakeClock)."""
 
     def __init__(self, tmp: Path, name: str, redis_url: str, dns_port: int, sink_port: int,
-                 per_hour: int, clock: FakeClock, warmup_cap: int = 0) -> None:
+                 per_hour: int, clock: FakeClock, warmup_cap: int = 0,
+                 idle: str = "10s") -> None:
         pool: dict[str, Any] = {"name": "warm", "ips": ["127.0.0.10"]}
         plans = []
         if warmup_cap:  # a warming pool: at most warmup_cap a day per provider
@@ -333,7 +374,8 @@ class ClusterHarness(DeliveryHarness):
         cfg: Config = from_dict({
             "server": {"hostname": f"{name}.relay.test", "state_dir": str(tmp)},
             "dns": {"nameservers": [f"127.0.0.1:{dns_port}"], "timeout": "2s"},
-            "delivery": {"port": sink_port, "pool": "warm", "retry_jitter": 0.0},
+            "delivery": {"port": sink_port, "pool": "warm", "retry_jitter": 0.0,
+                         "idle_connection_timeout": idle},
             "provider": [{"name": "prova", "mx": ["mx.prova.test"], "max_connections": 20,
                           "messages_per_hour": per_hour}],
             "pool": [pool],
@@ -387,10 +429,9 @@ async def test_two_nodes_deliver_exactly_the_sites_messages_per_hour(
 async def test_what_the_warm_up_gate_does_not_take_goes_back_to_the_sites_hour(
         tmp_path: Path, redis_server: RedisServer) -> None:
     """A warming pool (3 a day toward the provider, shared by the two nodes) and
-    messages_per_hour = 10 for the provider: each node's 6 recipients are granted by the
-    site; node A sends 3 and gives the 3 its warm-up gate held back to the hour, node B's
-    gate finds the IP's cap spent cluster-wide and gives back all 6, so the hour then has
-    10 - 3 left for anyone."""
+    messages_per_hour = 10 for the provider, 6 recipients on each node: the site counts
+    only what the IP's cap granted (node A's 3; node B's gate, told by Redis that the cap
+    is spent cluster-wide, nothing), so the hour then has 10 - 3 left for anyone."""
     clock = FakeClock(START)
     with provider_dns() as dns, provider_sinks() as (sink, _):
         nodes = [ClusterHarness(tmp_path / name, name, redis_server.url, dns.port, sink.port,
@@ -405,5 +446,81 @@ async def test_what_the_warm_up_gate_does_not_take_goes_back_to_the_sites_hour(
             shaping = nodes[0].parts.cluster.shaping
             left = await shaping.take("prova", SiteLimits(messages_per_hour=10), 10)
             assert left.granted == 7
+        finally:
+            await started.close()
+
+
+async def _script_calls(server: RedisServer) -> int:
+    """EVALSHA/EVAL commands the redis-server has run (every shared limit is one)."""
+    client = ClusterClient(Cluster(redis_url=server.url, node_id="probe"), SystemClock())
+    try:
+        return await evalsha_calls(client)
+    finally:
+        await client.close()
+
+
+async def test_a_rate_limited_site_from_a_warming_ip_costs_one_round_trip_a_transaction(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """A warming pool (5 a day toward the provider) and messages_per_hour = 3 for the
+    provider, 6 messages (6 transactions over one connection, kept open: its lease is
+    taken once, by the first): each transaction makes ONE Redis round trip (the node's
+    ClusterClient.calls, and the EVALSHAs the redis-server ran), for the site's rates
+    and the IP's cap together. The
+    site lets 3 through; the warm-up count in Redis is those 3 (what the site cut went
+    back to the IP's cap in the same call), and the 3 held wait for the next hour
+    without an attempt."""
+    clock = FakeClock(START)
+    with provider_dns() as dns, provider_sinks() as (sink, _):
+        node = ClusterHarness(tmp_path / "node-a", "node-a", redis_server.url, dns.port,
+                              sink.port, 3, clock, warmup_cap=5, idle="1h")
+        started: Started[ClusterHarness] = Started()
+        try:
+            await started.start(node)
+            client = node.parts.cluster.client
+            await node.submit("first@a.test")   # loads the script (NOSCRIPT, then EVALSHA)
+            await node.run_until(START + 60)
+            assert sink.message_count == 1
+            calls, evals = client.calls, await _script_calls(redis_server)
+            for k in range(5):
+                await node.submit(f"r{k}@a.test")
+                await node.run_until(START + 120 + k * 60)
+            assert client.calls - calls == 5
+            assert await _script_calls(redis_server) - evals == 5
+            assert sink.message_count == 3 and sink.connections == 1
+            held = [r for _, rs in node.store.messages() for r in rs]
+            assert len(held) == 3
+            assert {r.attempts for r in held} == {0}
+            assert {r.next_attempt_at for r in held} == {START + HOUR}
+            state = await node.parts.cluster.warmup.state("127.0.0.10")
+            assert state["providers"]["prova"]["sent"] == 3
+            left = await node.parts.cluster.shaping.take(
+                "prova", SiteLimits(messages_per_hour=10), 10)
+            assert left.granted == 10 - 3
+        finally:
+            await started.close()
+
+
+async def test_a_warming_ips_spent_cap_costs_no_round_trip_and_takes_nothing_from_the_site(
+        tmp_path: Path, redis_server: RedisServer) -> None:
+    """The warming IP's cap (2 a day) is smaller than the site's hour (10): 4
+    transactions make 2 round trips and a lease (the gate then knows the cap is spent, and holds the
+    other 2 without asking Redis, the site's count untouched by them)."""
+    clock = FakeClock(START)
+    with provider_dns() as dns, provider_sinks() as (sink, _):
+        node = ClusterHarness(tmp_path / "node-a", "node-a", redis_server.url, dns.port,
+                              sink.port, 10, clock, warmup_cap=2, idle="1h")
+        started: Started[ClusterHarness] = Started()
+        try:
+            await started.start(node)
+            client = node.parts.cluster.client
+            calls = client.calls
+            for k in range(4):
+                await node.submit(f"r{k}@a.test")
+                await node.run_until(START + 60 + k * 60)
+            assert client.calls - calls == 2 + 1   # + 1: the connection's lease
+            assert sink.message_count == 2 and sink.connections == 1
+            left = await node.parts.cluster.shaping.take(
+                "prova", SiteLimits(messages_per_hour=10), 10)
+            assert left.granted == 10 - 2
         finally:
             await started.close()

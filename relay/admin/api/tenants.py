@@ -39,9 +39,24 @@ def _when(t: float | None) -> str | None:
     return iso(t) if t else None
 
 
-def _tenant_json(ctx: AdminContext, t: Tenant, *, sent: bool) -> dict[str, Any]:
+async def _sent_last_24h(ctx: AdminContext, names: list[str]) -> dict[str, int]:
+    """SentLast24Hours of each tenant: with [cluster], every node's (the tenant's rolling
+    window in Redis, as the SES API's GetAccount answers it); while Redis is unreachable,
+    this node's figure (what Redis last said plus what this node accepted since, or its
+    own count if larger); without [cluster], this node's (`ctx.sent_last_24_hours`)."""
+    local = await asyncio.to_thread(
+        lambda: {n: ctx.sent_last_24_hours(ctx.store, n) for n in names})
+    if ctx.cluster is None or not names:
+        return local
+    answers = await asyncio.gather(*(ctx.cluster.quota.sent_last_24h(n) for n in names))
+    return {n: int(count) if from_redis else max(int(count), local[n])
+            for n, (count, from_redis) in zip(names, answers, strict=True)}
+
+
+def _tenant_json(ctx: AdminContext, t: Tenant, *, sent: int | None) -> dict[str, Any]:
     """A tenant in SES's names (GetTenant, GetAccount's SendQuota and
-    ProductionAccessEnabled) with relay's reputation status record."""
+    ProductionAccessEnabled) with relay's reputation status record; `sent`: its
+    SentLast24Hours (None: left out)."""
     st = ctx.tenant_store().tenant_status(t.name)
     limits = effective_limits(ctx.config().tenants, t).tenant
     body: dict[str, Any] = {
@@ -63,8 +78,8 @@ def _tenant_json(ctx: AdminContext, t: Tenant, *, sent: bool) -> dict[str, Any]:
         "Quota": {"Max24HourSend": t.quota.max_24h_send,
                   "MaxSendRate": t.quota.max_send_rate},
     }
-    if sent:
-        body["SendQuota"]["SentLast24Hours"] = ctx.sent_last_24_hours(ctx.store, t.name)
+    if sent is not None:
+        body["SendQuota"]["SentLast24Hours"] = sent
     return body
 
 
@@ -84,8 +99,9 @@ async def tenants_list(request: web.Request) -> web.Response:
     ctx = _ctx(request)
     tenants = ctx.tenant_store().tenants()
     cfg = ctx.config().reputation
+    sent = await _sent_last_24h(ctx, list(tenants))
     return _json({
-        "Tenants": [_tenant_json(ctx, t, sent=True) for t in tenants.values()],
+        "Tenants": [_tenant_json(ctx, t, sent=sent[n]) for n, t in tenants.items()],
         # The lines the statuses are decided on ([reputation]), for the dashboard.
         "ReputationLines": {"BounceReview": cfg.bounce_review, "BouncePause": cfg.bounce_pause,
                             "ComplaintReview": cfg.complaint_review,
@@ -111,7 +127,8 @@ async def tenants_add(request: web.Request) -> web.Response:
         tenant = await ts.write(op)
     except TenantError as e:
         return _tenant_error(e)
-    return _json({"Tenant": _tenant_json(ctx, tenant, sent=True)}, 201)
+    sent = (await _sent_last_24h(ctx, [tenant.name]))[tenant.name]
+    return _json({"Tenant": _tenant_json(ctx, tenant, sent=sent)}, 201)
 
 
 async def tenants_show(request: web.Request) -> web.Response:
@@ -120,8 +137,8 @@ async def tenants_show(request: web.Request) -> web.Response:
     tenant = ctx.tenant_store().get(name)
     if tenant is None:
         return _error(404, f"no tenant {name!r}", "name")
-    data = await asyncio.to_thread(_tenant_json, ctx, tenant, sent=True)
-    return _json({"Tenant": data})
+    sent = (await _sent_last_24h(ctx, [name]))[name]
+    return _json({"Tenant": _tenant_json(ctx, tenant, sent=sent)})
 
 
 async def tenants_remove(request: web.Request) -> web.Response:
@@ -179,4 +196,4 @@ async def _tenant_change(request: web.Request, what: str) -> web.Response:
     tenant = ts.get(name)
     if tenant is None:  # removed meanwhile
         return _error(404, f"no tenant {name!r}", "name")
-    return _json({"Tenant": _tenant_json(ctx, tenant, sent=False)})
+    return _json({"Tenant": _tenant_json(ctx, tenant, sent=None)})
