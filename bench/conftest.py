@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 import uvloop
 
+from relay.testing.redisserver import redis_server  # noqa: F401  (a fixture: a real redis-server)
+
 BENCH_DIR = Path(__file__).resolve().parent
 if str(BENCH_DIR) not in sys.path:
     sys.path.insert(0, str(BENCH_DIR))

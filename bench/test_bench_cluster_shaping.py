@@ -14,30 +14,17 @@ node-local throttle, on a real redis-server on loopback (same machine):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from relay.clock import SystemClock
 from relay.config import Duration
 from relay.config.cluster import Cluster
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.warmup.providers import SiteLimits
 from relay.warmup.shaping import SiteThrottle
 
 LIMITS = SiteLimits(messages_per_second=1e9, messages_per_hour=10**12)
 ROUNDS = 100
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 class _Node:

@@ -18,7 +18,6 @@ ShapedSender._take_shared with the site (TAKE_SITE: one), counted by ClusterClie
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,6 @@ from relay.config.cluster import Cluster
 from relay.delivery.shaper import ShapedSender
 from relay.queue.store import QueueStore
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.warmup import gate
 from relay.warmup.providers import Site, SiteLimits
 
@@ -42,14 +40,6 @@ ROUNDS = 200
 SITE = Site("gmail", "gmail", SiteLimits(messages_per_second=1e9, messages_per_hour=10**12))
 T0 = 1_790_035_200.0 + 9 * 3600
 IP = "192.0.2.10"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _config(tmp: Path) -> Config:

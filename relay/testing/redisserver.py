@@ -17,10 +17,14 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 
+import pytest
+
 from relay.testing.process import free_port
+from relay.testing.require import require_program
 
 PROGRAM = "redis-server"
 
@@ -137,3 +141,14 @@ class RedisSentinel(_Process):
     def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A real redis-server on a loopback port, its data in the test's temp dir, no
+    persistence; stopped after the test (the conftests of tests/integration and bench
+    import it)."""
+    require_program("redis-server")
+    server = RedisServer(tmp_path / "redis").start()
+    yield server
+    server.stop()

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from relay.testing.delivery import MakeSink
+from relay.testing.redisserver import redis_server  # noqa: F401  (a fixture: a real redis-server)
 from relay.testing.sink import Policy, Sink
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import smtplib
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,15 +15,6 @@ from clusterkit import api_key, node_config, start_all
 
 from relay.testing.process import free_port
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def test_sent_last_24_hours_counts_every_nodes_recipients(

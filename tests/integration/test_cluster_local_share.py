@@ -7,10 +7,6 @@ pipelined round trips, once however many recipients ask at the same time."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from relay.clock import FakeClock
 from relay.cluster.client import ClusterClient
@@ -20,15 +16,6 @@ from relay.config.cluster import Cluster
 from relay.tenants.quota import Cap, Limits
 from relay.tenants.refusals import DAILY_QUOTA_EXCEEDED, RATE_EXCEEDED
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _quota(server: RedisServer, clock: FakeClock, live: int = 2) -> SharedQuota:

@@ -10,7 +10,6 @@ import shutil
 import smtplib
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,6 @@ from relay.testing.process import (
     write_config,
 )
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _node(tmp: Path, name: str, redis_url: str, admin_port: int | None = None) -> Path:

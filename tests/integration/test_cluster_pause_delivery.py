@@ -8,30 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from relay.clock import FakeClock
 from relay.config import Config, from_dict
 from relay.queue.ops import NewMessage
 from relay.tenants.model import tenant_scope
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
 
 START = 1_790_035_200.0 + 9 * 3600.0
 SCOPE = tenant_scope("default")
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 class Node(DeliveryHarness):

@@ -5,11 +5,6 @@ holds across nodes; without a shared quota the gate keeps its local book."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
-
 from relay.clock import FakeClock
 from relay.cluster.client import ClusterClient
 from relay.cluster.limits import SharedLimits
@@ -22,15 +17,6 @@ from relay.tenants.refusals import DAILY_QUOTA_EXCEEDED, RATE_EXCEEDED
 from relay.tenants.store import TenantStore
 from relay.testing.factories import Stores
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 async def _gates(redis_server: RedisServer, make_store: Stores, clock: FakeClock,

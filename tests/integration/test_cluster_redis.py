@@ -6,7 +6,7 @@ Redis killed and restarted (local share, metric, reconciliation), and the heartb
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +21,6 @@ from relay.cluster.nodes import Heartbeat
 from relay.cluster.status import cluster_status
 from relay.config.cluster import Cluster
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _cfg(server: RedisServer, node: str) -> Cluster:

@@ -7,11 +7,8 @@ whichever node accepted, and this node's own figure while Redis is unreachable."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import pytest
 import redis
 
 from relay.clock import FakeClock
@@ -27,7 +24,6 @@ from relay.tenants.refusals import DAILY_QUOTA_EXCEEDED, RATE_EXCEEDED
 from relay.tenants.store import TenantStore
 from relay.testing.factories import Stores
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 
 # The commands a quota script runs inside Redis (counted in commandstats, not round trips).
 INSIDE_SCRIPTS = {"hget", "hset", "hdel", "hincrby", "zadd", "zrangebyscore",
@@ -40,14 +36,6 @@ class Credential:
     allowed_tenants: list[str] = field(default_factory=list)
     max_24h_send: int | None = None
     max_send_rate: float | None = None
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _commands(server: RedisServer) -> dict[str, int]:

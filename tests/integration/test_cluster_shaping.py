@@ -14,7 +14,7 @@ import asyncio
 import datetime as dt
 import functools
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ from relay.queue.ops import NewMessage
 from relay.testing.delivery import BODY, short_delivery
 from relay.testing.delivery import StubTarget as T
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.testing.sink import Rules, Sink
 from relay.testing.warmup import DeliveryHarness, Started, provider_dns, provider_sinks
 from relay.warmup.providers import ProviderMap, SiteLimits
@@ -44,14 +43,6 @@ from relay.warmup.shaping import ConnectionLease
 HOUR = 3600.0
 # The start of a clock hour, so a test's hour does not end under it.
 START = 1_790_035_200.0 + 9 * HOUR
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 class Node:

@@ -28,21 +28,12 @@ from relay.testing.process import (
     write_config,
 )
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.testing.sink import Rules, Sink
 from relay.testing.wait import wait_until
 from relay.testing.warmup import provider_dns
 
 PER_NODE = 12
 HOUR = 3600.0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -7,12 +7,10 @@ this node's figure, and the CLI says so."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from clusterkit import node_config
 
 from relay.admin.api import AdminContext
@@ -30,16 +28,7 @@ from relay.tenants.quota import Cap, Limits
 from relay.tenants.store import TenantStore
 from relay.testing.process import run_cli
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.users import UserStore
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 def _show(config: Path) -> dict[str, Any]:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -20,20 +19,11 @@ from relay.cluster.flags import SharedFlags
 from relay.cluster.warmup import Ask, SharedWarmup
 from relay.config.cluster import Cluster
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.warmup import counters
 from relay.warmup.counters import DayClock, IpState
 
 IP, GMAIL = "192.0.2.10", "gmail"
 HOUR = 3600.0
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 class Node:

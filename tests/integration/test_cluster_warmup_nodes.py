@@ -10,7 +10,7 @@ import datetime as dt
 import json
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +26,12 @@ from relay.testing.process import (
     write_config,
 )
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.testing.sink import Sink
 from relay.testing.warmup import provider_dns
 from relay.warmup.counters import DayClock
 
 CAP = 5
 IP = "127.0.0.10"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

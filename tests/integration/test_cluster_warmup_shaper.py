@@ -21,7 +21,6 @@ from relay.events.log import read_events
 from relay.queue.ops import NewMessage
 from relay.testing.dnsserver import DnsServer
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.testing.sink import Rules, Sink
 from relay.testing.warmup import DeliveryHarness, provider_dns
 from relay.warmup import gate
@@ -30,14 +29,6 @@ DAY = 86400.0
 START = 1_790_035_200.0 + 9 * 3600   # 09:00 UTC
 CAPS = [3, 5]
 IP = "127.0.0.10"
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

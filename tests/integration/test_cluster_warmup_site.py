@@ -8,8 +8,7 @@ while Redis is down the site's local share cuts the warm-up's, each reconciled o
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -20,7 +19,6 @@ from relay.cluster.shaping import SharedShaping
 from relay.cluster.warmup import Answer, Ask, SharedWarmup
 from relay.config.cluster import Cluster
 from relay.testing.redisserver import RedisServer
-from relay.testing.require import require_program
 from relay.warmup.counters import DayClock
 from relay.warmup.providers import SiteLimits
 from relay.warmup.shaping import SiteGrant
@@ -29,14 +27,6 @@ IP1, IP2, WARM, GMAIL = "192.0.2.10", "192.0.2.11", "192.0.2.99", "gmail"
 HOUR = 3600.0
 START = 1_790_035_200.0 + 9 * HOUR
 DAYS = DayClock()
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    require_program("redis-server")
-    server = RedisServer(tmp_path / "redis").start()
-    yield server
-    server.stop()
 
 
 class Node:
