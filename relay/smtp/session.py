@@ -53,7 +53,6 @@ IDENT = "ESMTP relay"
 
 
 
-
 class Submitter(Protocol):
     """Commits a message durably and returns its queue id (raises StoreFull/StoreUnavailable,
     or MessageRefused for a policy refusal such as an unknown configuration set).
@@ -253,6 +252,8 @@ class SubmissionSession(SMTP):
         # its messages carry it as ses:caller-identity, as the SES API's do.
         self.auth_key_id = ""
         self._last_timer_reset = 0.0
+        self._idle_deadline = 0.0  # loop.time() past which an idle client is closed
+        self._idle_armed = False  # the timer in _timeout_handle is pending
         self._session_timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] = loop.create_future()
 
@@ -676,6 +677,34 @@ class SubmissionSession(SMTP):
         if now - self._last_timer_reset >= 1.0:
             self._last_timer_reset = now
             self._reset_timeout()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the idle deadline (aiosmtpd calls this on every command line).
+
+        aiosmtpd cancels its timer and makes a new one each time; here one timer is
+        kept and re-armed only when it fires before the deadline, which has moved on
+        meanwhile: a command costs a float store, not a TimerHandle and a heap entry.
+        The connection still closes at the same moment: the last reset + the timeout."""
+        loop = self.loop
+        deadline = loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        handle = self._timeout_handle
+        if handle is not None and self._idle_armed:
+            if handle.when() <= deadline:
+                return
+            handle.cancel()  # an earlier deadline than the armed one (never in practice)
+        self._idle_armed = True
+        self._timeout_handle = loop.call_at(deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_armed = False
+        if self.transport is None:
+            return
+        if self.loop.time() < self._idle_deadline:  # a command came meanwhile
+            self._idle_armed = True
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+            return
+        self._timeout_cb()
 
     async def smtp_DATA(self, arg: str | None) -> None:
         session, envelope = self.session, self.envelope
