@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, AnyStr, Protocol, cast
 
+import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, TLSSetupException
 
 from relay.clock import Clock
@@ -50,6 +51,31 @@ from relay.users import UserStore
 log = logging.getLogger(__name__)
 
 IDENT = "ESMTP relay"
+
+_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
+_sanitized_log = aiosmtpd.smtp.sanitized_log
+
+
+def _sanitized_log_when_enabled(func: Callable[..., None], msg: Any, *args: Any,
+                                **kwargs: Any) -> None:
+    """aiosmtpd's `sanitized_log`, skipped when the line would not be logged.
+
+    aiosmtpd's command loop passes every command line, twice, through `sanitized_log`
+    (a regex to mask AUTH data) for its "mail.log" debug and info lines before the logger
+    looks at its level; relay keeps that logger at WARNING unless it runs at debug
+    (logfmt.set_level), so that work was done for nothing on every command. When the
+    level is enabled the line is sanitised and logged exactly as before."""
+    logger = getattr(func, "__self__", None)
+    level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
+    if level is not None and isinstance(logger, logging.Logger) \
+            and not logger.isEnabledFor(level):
+        return
+    _sanitized_log(func, msg, *args, **kwargs)
+
+
+# The command loop looks the name up in its module at every call.
+aiosmtpd.smtp.sanitized_log = _sanitized_log_when_enabled
+
 
 
 
