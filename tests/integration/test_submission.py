@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -583,3 +584,22 @@ async def test_a_repeat_login_is_answered_without_a_thread(tls: Tls, tmp_path: P
         for client in (first, second, wrong):
             await client.close()
     assert CountingExecutor.submitted == 2  # the wrong password paid scrypt again
+
+
+async def test_aiosmtpd_command_lines_at_debug_still_mask_the_auth_credential(
+        tls: Tls, users: UserStore, caplog: pytest.LogCaptureFixture) -> None:
+    # aiosmtpd's per-line log work is skipped while mail.log is off; when it is on, every
+    # command line is logged and an AUTH line's credential is masked, as before.
+    caplog.set_level(logging.WARNING, logger="mail.log")
+    async with running_server(tls=tls, users=users) as srv:
+        client = await tls_session(srv.port, tls)
+        await client.close()
+    assert not [r for r in caplog.records if r.name == "mail.log"]
+    caplog.set_level(logging.DEBUG, logger="mail.log")
+    async with running_server(tls=tls, users=users) as srv:
+        client = await tls_session(srv.port, tls)
+        await client.close()
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name == "mail.log")
+    assert "EHLO client.test" in text
+    assert "AUTH PLAIN ********" in text
+    assert PLAIN_OK not in text and PASSWORD not in text

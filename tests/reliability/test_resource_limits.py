@@ -34,6 +34,22 @@ async def test_slowloris_command_stage_cut_by_idle_timeout(tls: Tls, users: User
         assert time.monotonic() - began < 4.0
 
 
+async def test_commands_within_the_idle_timeout_keep_the_session_then_idleness_closes_it(
+        tls: Tls, users: UserStore) -> None:
+    # The idle timer is one per connection whose deadline each command moves: it must
+    # still never close an active client, and still close one that went quiet.
+    async with running_server(tls=tls, users=users,
+                              limits=limits(idle_timeout=Duration(0.5))) as srv:
+        client = await connect(srv.port)
+        for _ in range(8):  # 1.6 s in all, over three idle timeouts, a command every 0.2 s
+            assert (await client.cmd("NOOP")).code == 250
+            await asyncio.sleep(0.2)
+        quiet = time.monotonic()
+        expect(await client.read_reply(timeout=5), R.TIMEOUT)
+        assert await client.at_eof()
+        assert time.monotonic() - quiet < 4.0
+
+
 async def test_absolute_session_timeout_despite_activity(tls: Tls, users: UserStore) -> None:
     lim = limits(idle_timeout=Duration(5.0), session_timeout=Duration(0.6))
     async with running_server(tls=tls, users=users, limits=lim) as srv:

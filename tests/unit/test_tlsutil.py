@@ -148,3 +148,52 @@ def test_real_handshake_with_self_signed(tmp_path: Path) -> None:
         assert _handshake(server, client_context(True, cafile=cert), name)
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(server, client_context(True), "relay.test")
+
+
+def _memory_handshake(server: ssl.SSLContext, client: ssl.SSLContext,
+               session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+    """A real TLS handshake over memory BIOs; the client has read the server's tickets."""
+    s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+    srv = server.wrap_bio(s_in, s_out, server_side=True)
+    cli = client.wrap_bio(c_in, c_out, server_hostname="localhost", session=session)
+    done_c = done_s = False
+    for _ in range(10):  # bounded: TLS 1.3 needs two flights each way
+        if not done_c:
+            try:
+                cli.do_handshake()
+                done_c = True
+            except ssl.SSLWantReadError:
+                pass
+        s_in.write(c_out.read())
+        if not done_s:
+            try:
+                srv.do_handshake()
+                done_s = True
+            except ssl.SSLWantReadError:
+                pass
+        c_in.write(s_out.read())
+        if done_c and done_s:
+            break
+    assert done_c and done_s
+    with pytest.raises(ssl.SSLWantReadError):  # reads the post-handshake tickets
+        cli.read(1)
+    return cli
+
+
+def test_server_sends_one_ticket_and_a_client_offering_it_resumes(tmp_path: Path) -> None:
+    cert, key = ensure_self_signed(tmp_path, "localhost")
+    server = server_context(cert, key)
+    tickets: list[object] = []
+    client = client_context(verify=False)
+
+    def seen(conn: object, direction: str, version: object, content_type: object,
+             msg_type: object, data: bytes) -> None:
+        if direction == "read" and msg_type == ssl._TLSMessageType.NEWSESSION_TICKET:  # type: ignore[attr-defined]
+            tickets.append(msg_type)
+
+    client._msg_callback = seen  # type: ignore[attr-defined]
+    first = _memory_handshake(server, client)
+    assert first.version() == "TLSv1.3" and not first.session_reused
+    assert len(tickets) == 1  # OpenSSL's default would send two
+    again = _memory_handshake(server, client, first.session)
+    assert again.session_reused
