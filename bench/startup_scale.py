@@ -81,6 +81,7 @@ class Options:
     keep: bool = False
     workdir: Path | None = None   # default: a new dir under /tmp
     profile: str = ""             # py-spy record the relay from spawn into this file
+    tracemalloc: str = ""         # the relay's Python allocations, by line, into this file
     extra: dict[str, Any] = field(default_factory=dict)   # config sections merged in
 
 
@@ -151,6 +152,42 @@ class SinkProcess:
         self._reader.join(5)
 
 
+def traced_child(path: str, argv: list[str]) -> int:
+    """`relay ARGV` in this process with tracemalloc on: every 30 s, the allocations still
+    held, by line, go to `path` (the largest, and the largest growth since the first
+    report). Allocation tracing slows the relay down: for where memory goes, not for the
+    figures."""
+    import tracemalloc
+
+    from relay.cli import main as relay_main
+
+    tracemalloc.start(1)
+
+    def report() -> None:
+        first: tracemalloc.Snapshot | None = None
+        n = 0
+        while True:
+            time.sleep(30.0)
+            n += 1
+            snap = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)])
+            with open(path, "a") as f:
+                traced, peak = tracemalloc.get_traced_memory()
+                f.write(f"== report {n} at {30 * n} s: traced {traced / 2**20:.1f} MiB "
+                        f"(peak {peak / 2**20:.1f})\n")
+                for st in snap.statistics("lineno")[:25]:
+                    f.write(f"{st.size / 2**20:8.2f} MiB {st.count:9,} {st.traceback}\n")
+                if first is not None:
+                    f.write("-- growth since the first report\n")
+                    for d in snap.compare_to(first, "lineno")[:25]:
+                        f.write(f"{d.size_diff / 2**20:+8.2f} MiB {d.count_diff:+9,} "
+                                f"{d.traceback}\n")
+                else:
+                    first = snap
+    threading.Thread(target=report, daemon=True).start()
+    return relay_main(argv)
+
+
 # ---------------------------------------------------------------------------- measuring
 
 
@@ -199,6 +236,24 @@ class MemorySampler(threading.Thread):
 
     def peak(self, key: str, since: float = 0.0) -> float:
         return max((m.get(key, 0.0) for t, m in self.samples if t >= since), default=0.0)
+
+
+def memory_by_delivered(sampler: MemorySampler, sink: SinkProcess, since: float,
+                        wall_offset: float, every: float = 30.0) -> list[dict[str, float]]:
+    """Every `every` seconds of the window: messages at the sink then, VmRSS and its
+    anonymous and file-backed parts (MiB), so runs delivering at different rates on a
+    noisy machine compare at the same count delivered."""
+    out: list[dict[str, float]] = []
+    for t, m in sampler.samples:
+        if t < since + len(out) * every:
+            continue
+        wall = t + wall_offset
+        delivered = max((n for w, n, _ in sink.samples if w <= wall), default=0)
+        out.append({"s": round(t - since, 1), "delivered": delivered,
+                    "rss": round(m.get("VmRSS", 0.0), 1),
+                    "anon": round(m.get("RssAnon", 0.0), 1),
+                    "file": round(m.get("RssFile", 0.0), 1)})
+    return out
 
 
 def ehlo_once(port: int, timeout: float) -> float:
@@ -329,9 +384,13 @@ def run(opt: Options) -> dict[str, Any]:
                            config(state, port, dns_server.nameserver, sink.port, opt.extra))
         out = work / "relay.out"
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        command = relay_command("serve", config=cfg)
+        if opt.tracemalloc:
+            command = [sys.executable, str(Path(__file__).resolve()), "_traced",
+                       opt.tracemalloc, *command[3:]]
         with out.open("wb") as f:
             wall0, t0 = time.time(), time.monotonic()
-            relay = subprocess.Popen(relay_command("serve", config=cfg), stdout=f,
+            relay = subprocess.Popen(command, stdout=f,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      cwd=ROOT, env=env, start_new_session=True)
         procs.append(relay)
@@ -381,6 +440,7 @@ def run(opt: Options) -> dict[str, Any]:
         r["hwm_mib"] = sampler.peak("VmHWM")
         r["fds_peak"] = sampler.peak("fds", served)
         r["rss_series"] = sampler.series(served)
+        r["memory_by_delivered"] = memory_by_delivered(sampler, sink, served, wall0 - t0)
         r["relay_exited"] = relay.poll()
 
         samples = [(t, m) for t, m, _ in sink.samples if t <= window_end_wall]
@@ -474,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_sink"]:
         return sink_child(argv[1], float(argv[2]))
+    if argv[:1] == ["_traced"]:
+        return traced_child(argv[1], argv[2:])
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--queued", type=int, action="append",
                    help="recipients in the spool (repeatable; default 1,000,000)")
@@ -487,6 +549,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, state)")
     p.add_argument("--profile", default="",
                    help="py-spy record the relay process from spawn (raw stacks to FILE)")
+    p.add_argument("--no-history", action="store_true",
+                   help="[history] enabled = false: no message history written (A/B of its "
+                        "memory: the LMDB pages its writes map)")
+    p.add_argument("--tracemalloc", default="", metavar="FILE",
+                   help="trace the relay's Python allocations; every 30 s the largest (and "
+                        "their growth) by line to FILE (slows the relay: not for figures)")
     p.add_argument("--record", action="store_true", help="append the results to RESULTS.md")
     a = p.parse_args(argv)
     sizes = a.queued or [1_000_000]
@@ -495,7 +563,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for queued in sizes:
         r = run(Options(queued=queued, domains=a.domains, inflight=a.inflight,
-                        window=a.window, spool=a.spool, keep=a.keep, profile=a.profile))
+                        window=a.window, spool=a.spool, keep=a.keep, profile=a.profile,
+                        tracemalloc=a.tracemalloc,
+                        extra={"history": {"enabled": False}} if a.no_history else {}))
         print(json.dumps(r), file=sys.stderr, flush=True)
         if a.keep:
             print(f"kept {r['workdir']}", file=sys.stderr)

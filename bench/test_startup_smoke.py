@@ -29,4 +29,5 @@ def test_startup_smoke_serves_and_delivers(tmp_path: Path) -> None:
     assert r["delivered"] > 0, context
     assert r["probes"] >= 1 and not r["probe_failures"], context
     assert r["rss_serving_mib"] > 0, context
+    assert r["memory_by_delivered"] and r["memory_by_delivered"][0]["rss"] > 0, context
     assert r["exit_code"] == 0, context   # drained on SIGTERM

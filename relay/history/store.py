@@ -20,6 +20,7 @@ at, so a caller pages on through a long scan.
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -45,13 +46,20 @@ MAX_LIMIT = 500
 # messages holds it for about 12 ms (2,000 held it 130 ms, bench/test_bench_history.py),
 # and the pruner runs them one after the other until nothing older remains.
 PRUNE_CHUNK = 100
-# Messages whose index keys record_op remembers: the messages of the last few seconds at
-# a few thousand a second, so a delivery finds its Send's keys; each with a record of at
-# most STORED_RECORD_MAX bytes (one with many recipients or long headers is worked out
-# again instead). About 2.3 KB an entry for a 3-recipient message (record and keys), so
-# ~20 MB when full, ~50 MB with every record at the bound.
-STORED_KEYS_MAX = 8192
+# Messages whose index keys record_op remembers: the messages of the last few seconds, so
+# a delivery finds its Send's keys; each with a record of at most STORED_RECORD_MAX bytes
+# (one with many recipients or long headers is worked out again instead). Bounded by the
+# memory held, not by a count: 8,192 entries held ~20 MiB (2.5 KB a message with 1-3
+# recipients, record and keys), which a 1M-message spool draining for minutes keeps full
+# of deliveries no later op looks up again, on top of the LMDB pages it maps. 4 MiB keeps
+# ~1,600 such messages, ~2 s at the end-to-end rates measured (a Send's delivery comes
+# well within that), and more of the small ones.
+STORED_KEYS_BYTES = 4 << 20
 STORED_RECORD_MAX = 2048
+# What an entry costs beyond its set's table and the lengths of its record and keys
+# (checked with tracemalloc): the dict slot, tuple and queue id; a bytes object's header.
+_STORED_ENTRY_OVERHEAD = 380
+_BYTES_HEADER = sys.getsizeof(b"")
 
 # The message fields a Send's data sets (the others, recipients and dkim, are merged).
 _DATA_FIELDS = ("received_at", "sender", "tenant", "configuration_set", "tags", "subject",
@@ -183,7 +191,9 @@ class HistoryStore:
         # about a second after its Send) finds its record unchanged and need not work out
         # the keys to replace again. Only used when the stored bytes are equal (another
         # worker process, a prune, or an aborted transaction changed nothing then).
-        self._stored_keys: dict[str, tuple[bytes, set[bytes]]] = {}
+        # Each with its cost in bytes (STORED_KEYS_BYTES bounds their sum).
+        self._stored_keys: dict[str, tuple[bytes, set[bytes], int]] = {}
+        self._stored_bytes = 0
 
     # ------------------------------------------------------------------ writing
 
@@ -258,11 +268,15 @@ class HistoryStore:
                     txn.put(k, b"", db=ix_db)
                 stored = K.enc.encode(msg)
                 txn.put(K.message_key(qid), stored, db=msgs_db)
-                stored_keys.pop(qid, None)  # re-inserted last: the oldest go first
+                self._forget_keys(qid)  # re-inserted last: the oldest go first
                 if len(stored) <= STORED_RECORD_MAX:
-                    stored_keys[qid] = (stored, new_keys)
-            while len(stored_keys) > STORED_KEYS_MAX:
-                del stored_keys[next(iter(stored_keys))]
+                    cost = (_STORED_ENTRY_OVERHEAD + sys.getsizeof(new_keys)
+                            + _BYTES_HEADER * (len(new_keys) + 1)
+                            + len(stored) + sum(len(k) for k in new_keys))
+                    stored_keys[qid] = (stored, new_keys, cost)
+                    self._stored_bytes += cost
+            while self._stored_bytes > STORED_KEYS_BYTES and stored_keys:
+                self._forget_keys(next(iter(stored_keys)))
             for (bucket, dim, value, metric), n in deltas.items():
                 sk = K.stats_key(bucket, dim, value, metric)
                 raw = txn.get(sk, db=stats_db)
@@ -270,6 +284,11 @@ class HistoryStore:
                 txn.put(sk, K.COUNT.pack(total), db=stats_db)
             return len(ordered)
         return op
+
+    def _forget_keys(self, qid: str) -> None:
+        known = self._stored_keys.pop(qid, None)
+        if known is not None:
+            self._stored_bytes -= known[2]
 
     def prune_op(self, before_ts: float,
                  max_messages: int = PRUNE_CHUNK) -> Callable[[Any], int]:

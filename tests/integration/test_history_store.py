@@ -519,3 +519,42 @@ def test_a_batch_is_cut_into_ops_of_bounded_size() -> None:
         ([m1.id], [m1.id]), ([m2.id, lone.id], [m2.id])]
     assert _chunks([], [], 5) == []
     assert _chunks([lone], [], 5) == [([lone], [])]
+
+
+def test_what_record_op_remembers_is_bounded_in_bytes_not_in_messages(h: HistoryStore) -> None:
+    """A spool draining for minutes records thousands of deliveries no later op looks up
+    again: the index keys record_op keeps of the messages it wrote last (so a delivery
+    need not work them out again from its Send's record) stay within a memory budget,
+    measured with tracemalloc, whatever the count; the newest are the ones kept, and a
+    message recorded again still finds its keys (the index stays exact)."""
+    import gc
+    import tracemalloc
+
+    budget = history_store.STORED_KEYS_BYTES
+    msgs = [record(T0 + i, [f"user{i}-{n}@example.net" for n in range(6)],
+                   subject=f"Your invoice {i} for the month of November, account {i * 7}")
+            for i in range(3000)]
+    tracemalloc.start()
+    try:
+        for first in range(0, len(msgs), 100):
+            put(h, from_events(*(M.send_event(m) for m in msgs[first:first + 100])))
+        kept = len(h._stored_keys)
+        newest_kept = msgs[-1].id in h._stored_keys
+        oldest_kept = msgs[0].id in h._stored_keys
+        gc.collect()
+        before = tracemalloc.get_traced_memory()[0]
+        h._stored_keys.clear()
+        gc.collect()
+        held = before - tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert 0 < kept < len(msgs)
+    assert held <= budget * 1.1, f"{held / 2**20:.1f} MiB held for {budget / 2**20:.1f}"
+    assert newest_kept and not oldest_kept
+    last = msgs[-1]
+    put(h, delivered_story(last)[1])
+    assert ids(h, status="delivered") == [last.id]
+    view = h.get(last.id)
+    assert view is not None
+    assert ids(h, status="queued", limit=500) and last.id not in ids(h, status="queued",
+                                                                     limit=500)
