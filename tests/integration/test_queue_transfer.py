@@ -6,49 +6,28 @@ X-Relay-Transfer-Id. Also the spool ops: a message with a delivery in flight is 
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import subprocess
 import threading
 from pathlib import Path
 from typing import Any
 
+from transferkit import queue, states
+
 from relay.clock import SystemClock
-from relay.queue.ops import NewMessage
 from relay.queue.records import State
 from relay.queue.store import QueueStore
 from relay.queue.transfer import Claim, claim_op, give_back_op
 from relay.testing.process import free_port, relay_command, run_cli, write_config
 from relay.testing.sink import Sink
 
+SPRING = {"campaign": ["spring"]}
+
 
 def _refuse_nobody(stage: str, arg: str, envelope: Any) -> str | None:
     if stage == "rcpt" and "nobody@" in arg.lower():
         return "550 5.1.1 no such user"
     return None
-
-
-def _queue(state: Path, recipients: list[list[str]]) -> list[str]:
-    async def fill() -> list[str]:
-        store = QueueStore(state / "queue", SystemClock())
-        await store.start()
-        try:
-            return [await store.submit(NewMessage(
-                sender="app@example.com", recipients=rcpts,
-                body=f"From: app@example.com\r\nSubject: m{i}\r\n\r\nbody {i}\r\n".encode(),
-                configuration_set="", tags={"campaign": ["spring"]}))
-                for i, rcpts in enumerate(recipients)]
-        finally:
-            await store.close()
-    return asyncio.run(fill())
-
-
-def _states(state: Path) -> dict[str, list[State]]:
-    store = QueueStore(state / "queue", SystemClock())
-    try:
-        return {m.id: [r.state for r in rcpts] for m, rcpts in store.messages()}
-    finally:
-        store.close_sync()
 
 
 def _config(tmp: Path) -> Path:
@@ -59,7 +38,8 @@ def _config(tmp: Path) -> Path:
 
 def test_transfer_removes_only_what_the_peer_accepted(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    ids = _queue(tmp_path / "state", [["a@x.test"], ["nobody@x.test"], ["b@x.test", "c@x.test"]])
+    ids = queue(tmp_path / "state",
+                [["a@x.test"], ["nobody@x.test"], ["b@x.test", "c@x.test"]], SPRING)
     with Sink("127.0.0.2", 0, policy=_refuse_nobody) as peer:
         done = run_cli("queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
                        config=config)
@@ -74,22 +54,22 @@ def test_transfer_removes_only_what_the_peer_accepted(tmp_path: Path) -> None:
         assert f"X-Relay-Transfer-Id: {mid}@node-a.test\r\n" in text
         assert "X-SES-MESSAGE-TAGS: campaign=spring\r\n" in text
     # The refused message is still queued, its recipient back to "queued".
-    assert _states(tmp_path / "state") == {ids[1]: [State.QUEUED]}
+    assert states(tmp_path / "state") == {ids[1]: [State.QUEUED]}
 
 
 def test_unreachable_peer_changes_nothing(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    ids = _queue(tmp_path / "state", [["a@x.test"], ["b@x.test"]])
+    ids = queue(tmp_path / "state", [["a@x.test"], ["b@x.test"]], SPRING)
     done = run_cli("queue", "transfer", "--to", f"127.0.0.1:{free_port()}", "--tls", "none",
                    config=config)
     assert done.returncode == 1
     assert "cannot reach the peer" in done.stderr and "Traceback" not in done.stderr
-    assert _states(tmp_path / "state") == {mid: [State.QUEUED] for mid in ids}
+    assert states(tmp_path / "state") == {mid: [State.QUEUED] for mid in ids}
 
 
 def test_bad_arguments_are_named(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    _queue(tmp_path / "state", [["a@x.test"]])
+    queue(tmp_path / "state", [["a@x.test"]], SPRING)
     for args, expected in (
         (["--to", "nohost"], "--to 'nohost'"),
         (["--to", "127.0.0.1:25", "--user", "u"], "--user needs --password-stdin"),
@@ -100,7 +80,7 @@ def test_bad_arguments_are_named(tmp_path: Path) -> None:
 
 
 def test_claim_skips_a_message_in_flight_and_gives_back_as_it_was(tmp_path: Path) -> None:
-    (mid,) = _queue(tmp_path / "state", [["a@x.test", "b@x.test"]])
+    (mid,) = queue(tmp_path / "state", [["a@x.test", "b@x.test"]], SPRING)
     store = QueueStore(tmp_path / "state" / "queue", SystemClock())
     try:
         now = SystemClock().now()
@@ -121,7 +101,7 @@ def test_claim_skips_a_message_in_flight_and_gives_back_as_it_was(tmp_path: Path
 
 def test_hundreds_of_messages_each_delivered_once_with_progress(tmp_path: Path) -> None:
     config = _config(tmp_path)
-    ids = _queue(tmp_path / "state", [[f"r{i}@x.test"] for i in range(300)])
+    ids = queue(tmp_path / "state", [[f"r{i}@x.test"] for i in range(300)], SPRING)
     with Sink("127.0.0.2", 0) as peer:
         done = run_cli("queue", "transfer", "--to", f"127.0.0.2:{peer.port}", "--tls", "none",
                        config=config, timeout=120)
@@ -132,7 +112,7 @@ def test_hundreds_of_messages_each_delivered_once_with_progress(tmp_path: Path) 
     seen = [line.split(": ", 1)[1].split("@")[0] for m in got
             for line in m.data.decode().split("\r\n") if line.startswith("X-Relay-Transfer-Id")]
     assert sorted(seen) == sorted(ids)  # every one, none twice
-    assert _states(tmp_path / "state") == {}
+    assert states(tmp_path / "state") == {}
 
 
 def test_interrupted_transfer_gives_its_chunk_back(tmp_path: Path) -> None:
@@ -140,7 +120,7 @@ def test_interrupted_transfer_gives_its_chunk_back(tmp_path: Path) -> None:
     in flight until the relay's next start), and every message is either still queued or
     at the peer."""
     config = _config(tmp_path)
-    ids = _queue(tmp_path / "state", [[f"r{i}@x.test"] for i in range(40)])
+    ids = queue(tmp_path / "state", [[f"r{i}@x.test"] for i in range(40)], SPRING)
     blocked, release = threading.Event(), threading.Event()
 
     def hold_the_sixth(stage: str, arg: str, envelope: Any) -> str | None:
@@ -165,7 +145,7 @@ def test_interrupted_transfer_gives_its_chunk_back(tmp_path: Path) -> None:
         delivered = {line.split(": ", 1)[1].split("@")[0] for m in peer.messages
                      for line in m.data.decode().split("\r\n")
                      if line.startswith("X-Relay-Transfer-Id")}
-    states = _states(tmp_path / "state")
-    assert all(s == [State.QUEUED] for s in states.values()), states
-    assert set(ids) == set(states) | delivered  # nothing lost
-    assert len(states) >= 34  # the chunk in hand is back in the queue
+    left = states(tmp_path / "state")
+    assert all(s == [State.QUEUED] for s in left.values()), left
+    assert set(ids) == set(left) | delivered  # nothing lost
+    assert len(left) >= 34  # the chunk in hand is back in the queue

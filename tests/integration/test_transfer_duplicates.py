@@ -20,13 +20,14 @@ from typing import Any
 
 import aiosmtplib
 import pytest
+from transferkit import fill, one_each
 
 from relay.app import RelayApp
 from relay.clock import SystemClock
 from relay.config import from_dict
 from relay.configsets import TRANSFERRED_TAG
 from relay.queue import transferlog
-from relay.queue.ops import NewMessage, put_message
+from relay.queue.ops import put_message
 from relay.queue.records import MessageRecord
 from relay.queue.store import QueueStore
 from relay.smtp import replies as R
@@ -42,18 +43,6 @@ def _source_config(tmp: Path) -> Path:
     return write_config(tmp / "source.toml", {
         "server": {"hostname": "node-a.test", "state_dir": str(tmp / "source")},
         "listener": [{"address": f"127.0.0.1:{free_port()}", "tls": "starttls"}]})
-
-
-async def _queue(state: Path, n: int) -> list[str]:
-    store = QueueStore(state / "queue", SystemClock())
-    await store.start()
-    try:
-        return [await store.submit(NewMessage(
-            sender="app@example.com", recipients=[f"r{i}@plain.test"],
-            body=f"From: app@example.com\r\nSubject: m{i}\r\n\r\nbody {i}\r\n".encode()))
-            for i in range(n)]
-    finally:
-        await store.close()
 
 
 def _peer(tmp: Path, sink: Sink) -> RelayApp:
@@ -79,7 +68,7 @@ async def test_a_message_sent_twice_is_queued_and_delivered_once(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="relay")
     config = _source_config(tmp_path)
-    ids = await _queue(tmp_path / "source", 3)
+    ids = await fill(tmp_path / "source", one_each(3))
     source = QueueStore(tmp_path / "source" / "queue", SystemClock())
     kept: tuple[MessageRecord, bytes] | None = None
     try:
@@ -210,7 +199,7 @@ async def test_sender_killed_between_the_250s_and_the_removal(tmp_path: Path) ->
     forwarder that stops passing the peer's bytes once it has accepted three (STARTTLS:
     the forwarder sees no replies, so it asks the peer's own counter)."""
     config = _source_config(tmp_path)
-    ids = await _queue(tmp_path / "source", 10)
+    ids = await fill(tmp_path / "source", one_each(10))
     sink = Sink("127.0.0.2", 0).start()
     app = _peer(tmp_path, sink)
     await app.start()

@@ -12,39 +12,16 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from transferkit import fill, one_each, queue, states
+
 from relay.app import RelayApp
-from relay.clock import SystemClock
 from relay.config import from_dict
-from relay.queue.ops import NewMessage
 from relay.queue.records import State
-from relay.queue.store import QueueStore
 from relay.testing.process import free_port, run_cli, write_config
 from relay.testing.submission import verified_sender
 from relay.testing.wait import wait_for
 
 PASSWORD = "pw-for-app"
-
-
-def _queue(state: Path, n: int) -> list[str]:
-    async def fill() -> list[str]:
-        store = QueueStore(state / "queue", SystemClock())
-        await store.start()
-        try:
-            return [await store.submit(NewMessage(
-                sender="app@example.com", recipients=[f"r{i}@plain.test"],
-                body=f"From: app@example.com\r\nSubject: m{i}\r\n\r\nbody {i}\r\n".encode()))
-                for i in range(n)]
-        finally:
-            await store.close()
-    return asyncio.run(fill())
-
-
-def _states(state: Path) -> dict[str, list[State]]:
-    store = QueueStore(state / "queue", SystemClock())
-    try:
-        return {m.id: [r.state for r in rcpts] for m, rcpts in store.messages()}
-    finally:
-        store.close_sync()
 
 
 def test_own_listener_address_is_refused_before_anything_moves(tmp_path: Path) -> None:
@@ -53,7 +30,7 @@ def test_own_listener_address_is_refused_before_anything_moves(tmp_path: Path) -
         "server": {"hostname": "node-a.test", "state_dir": str(tmp_path / "state")},
         "listener": [{"address": f"127.0.0.1:{port}", "tls": "starttls"},
                      {"address": f"0.0.0.0:{wild}", "tls": "starttls"}]})
-    ids = _queue(tmp_path / "state", 2)
+    ids = queue(tmp_path / "state", one_each(2))
     for to, listener in ((f"127.0.0.1:{port}", f"127.0.0.1:{port}"),
                          (f"localhost:{port}", f"127.0.0.1:{port}"),
                          (f"127.0.0.3:{wild}", f"0.0.0.0:{wild}")):
@@ -63,7 +40,7 @@ def test_own_listener_address_is_refused_before_anything_moves(tmp_path: Path) -
             in done.stderr, done.stderr
         assert "Nothing was moved" in done.stderr and "Traceback" not in done.stderr
         assert done.stdout == ""
-    assert _states(tmp_path / "state") == {mid: [State.QUEUED] for mid in ids}
+    assert states(tmp_path / "state") == {mid: [State.QUEUED] for mid in ids}
 
 
 async def _forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -87,7 +64,7 @@ async def test_node_reached_through_a_forwarder_refuses_its_own_messages(
                      "retry_schedule": ["1h"]},
     }
     config = write_config(tmp_path / "relay.toml", data)
-    ids = await asyncio.to_thread(_queue, state, 2)
+    ids = await fill(state, one_each(2))
     app = RelayApp(from_dict(data))
     await app.start()
 
