@@ -19,14 +19,14 @@ hits are still published (marked automated) but do not count as engagement.
 from __future__ import annotations
 
 import ipaddress
-import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Literal, NamedTuple
 
 import msgspec
+
+from relay import datafile
 
 Kind = Literal["open", "click"]
 BOTS_FILE = "data/tracking_bots.toml"
@@ -117,20 +117,14 @@ class _BotsFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     network: list[_Net] = []
 
 
-_SECTIONS: dict[str, type[msgspec.Struct]] = {
+_SECTIONS: dict[str, type[msgspec.Struct]] = {  # datafile.load: unknown keys
     "": _BotsFile, "timing": _Timing, "user_agent": _Agent, "network": _Net}
 
 
 def parse_rules(text: str, source: str = BOTS_FILE) -> BotRules:
     """The rules of a bots file; BotRulesError names what is wrong."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise BotRulesError(f"{source}: not valid TOML: {e}") from None
-    try:
-        data = msgspec.convert(raw, _BotsFile)
-    except msgspec.ValidationError as e:
-        raise BotRulesError(f"{source}: {_explain(str(e), raw)}") from None
+    data = datafile.load(text, source, _BotsFile, _SECTIONS, BotRulesError,
+                         {"Invalid enum value": "expected \"open\" or \"click\""})
     agents = []
     for i, a in enumerate(data.user_agent):
         if (a.contains is None) == (a.equals is None):
@@ -152,32 +146,6 @@ def parse_rules(text: str, source: str = BOTS_FILE) -> BotRules:
     t = data.timing
     return BotRules(t.any_hit_within, t.every_link_within, t.every_link_minimum,
                     tuple(agents), tuple(networks))
-
-
-def _explain(message: str, raw: object) -> str:
-    """msgspec's "<problem> - at `$.network[0].within`" as the config says it:
-    "network[0].within: expected `float` >= 0, got -1"."""
-    problem, _, where = message.partition(" - at `$")
-    key = where.rstrip("`").lstrip(".")
-    path = re.findall(r"[^.\[\]]+|\[\d+\]", key)
-    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
-    if unknown:
-        section = next((p for p in reversed(path) if not p.startswith("[")), "")
-        struct: type[msgspec.Struct] = _SECTIONS.get(section, _BotsFile)
-        known = ", ".join(sorted(f.encode_name for f in msgspec.structs.fields(struct)))
-        return f"{key + '.' if key else ''}{unknown[1]}: unknown key (known keys: {known})"
-    value: object = raw
-    for part in path:
-        if part.startswith("[") and isinstance(value, list):
-            value = value[int(part[1:-1])]
-        elif isinstance(value, dict):
-            value = value.get(part)
-    if ", got `" in problem:
-        problem = problem.partition(", got `")[0]
-    if problem.startswith("Invalid enum value"):
-        problem = "expected \"open\" or \"click\""
-    got = f", got {value!r}" if key and not isinstance(value, dict | list) else ""
-    return f"{key or '(top level)'}: {problem[:1].lower()}{problem[1:]}{got}"
 
 
 def _load_builtin() -> BotRules:

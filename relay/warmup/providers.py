@@ -15,8 +15,6 @@ are errors naming the key), so a damaged copy stops relay before it sends.
 
 from __future__ import annotations
 
-import re
-import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -24,6 +22,8 @@ from importlib import resources
 from typing import Annotated
 
 import msgspec
+
+from relay import datafile
 
 OTHER = "other"
 # The key of a site of no known provider: "mx:" + its sorted MX hosts.
@@ -75,14 +75,8 @@ SHAPING_FILE = "data/shaping.toml"
 
 def parse_shaping(text: str, source: str = SHAPING_FILE) -> tuple[ProviderRule, ...]:
     """The provider rules of a shaping file; ShapingError names what is wrong."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise ShapingError(f"{source}: not valid TOML: {e}") from None
-    try:
-        data = msgspec.convert(raw, _ShapingFile)
-    except msgspec.ValidationError as e:
-        raise ShapingError(f"{source}: {_explain(str(e), raw)}") from None
+    data = datafile.load(text, source, _ShapingFile,
+                         {"": _ShapingFile, "provider": _Provider}, ShapingError)
     seen: set[str] = set()
     for i, p in enumerate(data.provider):
         if p.name == OTHER or p.name in seen:
@@ -94,28 +88,6 @@ def parse_shaping(text: str, source: str = SHAPING_FILE) -> tuple[ProviderRule, 
             p.max_connections, p.messages_per_connection, p.messages_per_second,
             p.messages_per_hour))
         for p in data.provider)
-
-
-def _explain(message: str, raw: object) -> str:
-    """msgspec's "<problem> - at `$.provider[0].max_connections`" as the config says it:
-    "provider[0].max_connections: expected `int` >= 0, got -1"."""
-    problem, _, where = message.partition(" - at `$")
-    key = where.rstrip("`").lstrip(".")
-    unknown = re.fullmatch(r"Object contains unknown field `(.*)`", problem)
-    if unknown:
-        known = ", ".join(sorted(f.encode_name for f in msgspec.structs.fields(
-            _Provider if key else _ShapingFile)))
-        return f"{key + '.' if key else ''}{unknown[1]}: unknown key (known keys: {known})"
-    value: object = raw
-    for part in re.findall(r"[^.\[\]]+|\[\d+\]", key):
-        if part.startswith("[") and isinstance(value, list):
-            value = value[int(part[1:-1])]
-        elif isinstance(value, dict):
-            value = value.get(part)
-    if ", got `" in problem:  # msgspec named the type it got: the value says more
-        problem = problem.partition(", got `")[0]
-    got = f", got {value!r}" if key and not isinstance(value, dict | list) else ""
-    return f"{key or '(top level)'}: {problem[:1].lower()}{problem[1:]}{got}"
 
 
 def _load_builtin() -> tuple[ProviderRule, ...]:
