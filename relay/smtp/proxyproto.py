@@ -29,6 +29,11 @@ V2_MAX_PAYLOAD = 4096  # addresses (at most 216 bytes) and TLVs; HAProxy sends f
 
 _LOCAL, _PROXY = 0x0, 0x1
 _AF_UNSPEC, _AF_INET, _AF_INET6, _AF_UNIX = 0x0, 0x1, 0x2, 0x3
+# The v2 address families carried: (name, address width in bytes, its parser).
+_V2_ADDRESSES: dict[int, tuple[str, int, type[ipaddress.IPv4Address | ipaddress.IPv6Address]]] = {
+    _AF_INET: ("AF_INET", 4, ipaddress.IPv4Address),
+    _AF_INET6: ("AF_INET6", 16, ipaddress.IPv6Address),
+}
 _UNSPEC, _STREAM = 0x0, 0x1
 
 
@@ -130,26 +135,19 @@ def _parse_v2(data: bytes) -> ProxyHeader | None:
         return ProxyHeader(2, None, None, total)
     if proto != _STREAM:
         raise ProxyRefused(f"PROXY v2 transport {proto}: expected STREAM (TCP)")
-    if family == _AF_INET:
-        size = 12
-        if length < size:
-            raise ProxyRefused(f"PROXY v2 AF_INET addresses need {size} bytes, got {length}")
-        src = str(ipaddress.IPv4Address(payload[0:4]))
-        dst = str(ipaddress.IPv4Address(payload[4:8]))
-        sport, dport = struct.unpack_from("!HH", payload, 8)
-    elif family == _AF_INET6:
-        size = 36
-        if length < size:
-            raise ProxyRefused(f"PROXY v2 AF_INET6 addresses need {size} bytes, got {length}")
-        src = str(ipaddress.IPv6Address(payload[0:16]))
-        dst = str(ipaddress.IPv6Address(payload[16:32]))
-        sport, dport = struct.unpack_from("!HH", payload, 32)
-    elif family == _AF_UNIX:
+    if family == _AF_UNIX:
         raise ProxyRefused("PROXY v2 AF_UNIX addresses are not supported: expected "
                            "AF_INET or AF_INET6")
-    else:
+    if family not in _V2_ADDRESSES:
         raise ProxyRefused(f"PROXY v2 address family {family}: expected AF_INET, "
                            "AF_INET6 or AF_UNSPEC")
+    name, width, address = _V2_ADDRESSES[family]
+    size = 2 * width + 4  # source and destination addresses, then the two ports
+    if length < size:
+        raise ProxyRefused(f"PROXY v2 {name} addresses need {size} bytes, got {length}")
+    src = str(address(payload[0:width]))
+    dst = str(address(payload[width:2 * width]))
+    sport, dport = struct.unpack_from("!HH", payload, 2 * width)
     _check_tlvs(payload, size)
     return ProxyHeader(2, (src, sport), (dst, dport), total)
 
