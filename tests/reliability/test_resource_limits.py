@@ -37,7 +37,8 @@ async def test_slowloris_command_stage_cut_by_idle_timeout(tls: Tls, users: User
         for byte in b"NOOP NOOP NOOP NOOP NOOP":  # one byte every 0.1 s, never a CRLF
             if reply.done():
                 break
-            await client.send(bytes([byte]))
+            if not await _send_unless_closed(client, bytes([byte])):
+                break
             await asyncio.sleep(0.1)
         expect(await reply, R.TIMEOUT)
         assert await client.at_eof()
