@@ -1,40 +1,40 @@
-"""aiosmtpd glue for one submission connection: `SubmissionSession` (an aiosmtpd SMTP subclass).
+"""One submission connection: `SubmissionSession`, relay's own SMTP command loop (an
+asyncio Protocol; no aiosmtpd on the submission path).
 
-Gathers the facts of the session (HELO given, authenticated, TLS active, trusted network,
-counts), asks the PURE decisions of policy.py (HELO/EHLO, AUTH, MAIL, RCPT, DATA; MAIL
-and RCPT arguments are parsed there, not by aiosmtpd) and writes the `Reply` they
-return; a 421 closes the connection. Around them it owns what needs the connection:
-admission and the session time cap, STARTTLS over the loop's own TLS, the credential
-check (users.py, scrypt in a thread) and the brute-force defence (authpolicy), sending
-authorization (`sender_check`), strict command lines (`_CommandReader`: a bare CR/LF
-line or one past the command limit raises `CommandRefused`), reading DATA in chunks
-(`read_data_section`; data.py finds the end and judges it), the Received: line and the
-header section rules of message.py, and "250 only after commit" (it awaits
-`Submitter.submit`). aiosmtpd's own replies (its command loop, NOOP, RSET, QUIT, HELP,
-VRFY, EXPN) get enhanced codes in `push()` (replies.enhance). This module must not read
-the wall clock (Clock injected) or touch storage.
+The command loop runs in `data_received`: `CommandLines` (commandlines.py, PURE) cuts
+the lines, each is judged (CRLF only, RFC 5321 §2.3.8; the command-line size limits;
+limits.max_commands_per_session) and dispatched to its `smtp_*` method, which runs to
+its reply synchronously; the replies of one read (a pipelined batch, RFC 2920) leave in
+one write. Only the steps that must wait run as a task: DATA (read in chunks by
+`read_data_section`, data.py finds the end and judges it; then "250 only after commit":
+it awaits `Submitter.submit`), AUTH (its 334 challenges, and scrypt in a thread unless
+the credential is cached), STARTTLS (the loop's own TLS) and a RCPT counted in the
+cluster's Redis; meanwhile what the client sends waits in that task's `_CommandReader`,
+and what is left of it goes back to the command loop when the task ends.
+The session gathers the facts (HELO given, authenticated, TLS active, trusted network,
+counts), asks the PURE decisions of policy.py (HELO/EHLO, AUTH, MAIL, RCPT, DATA) and
+writes the `Reply` they return; a 421 closes the connection. Around them it owns what
+needs the connection: admission and the session time cap, one idle timer, the
+brute-force defence (authpolicy), sending authorization (`sender_check`), the Received:
+line and the header section rules of message.py. Every reply carries an enhanced status
+code (replies.py). This module must not read the wall clock (Clock injected) or touch
+storage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii
 import ipaddress
 import logging
-from collections import defaultdict
-from collections.abc import Callable
+import re
+from base64 import b64decode, b64encode
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from email._header_value_parser import get_addr_spec, get_angle_addr
+from email.errors import HeaderParseError
 from types import MethodType
-from typing import Any, AnyStr, Protocol, cast
-
-import aiosmtpd.smtp
-from aiosmtpd.smtp import (
-    MISSING,
-    SMTP,
-    AuthResult,
-    LoginPassword,
-    TLSSetupException,
-    _AuthMechAttr,
-)
+from typing import Any, NamedTuple, Protocol, cast
 
 from relay.clock import Clock
 from relay.config import Limits, Listener
@@ -43,6 +43,7 @@ from relay.queue.ops import NewMessage
 from relay.smtp import policy as P
 from relay.smtp import replies as R
 from relay.smtp.authpolicy import AuthPolicy
+from relay.smtp.commandlines import CommandLines
 from relay.smtp.data import EOD, DataSection
 from relay.smtp.message import (
     complete_and_list_fields,
@@ -57,34 +58,11 @@ from relay.tenants.refusals import Refusal
 from relay.users import UserStore
 
 log = logging.getLogger(__name__)
+# Every command line at INFO (AUTH's credential masked), as aiosmtpd logged them under
+# this name; relay keeps it at WARNING unless it runs at debug (logfmt.set_level).
+command_log = logging.getLogger("mail.log")
 
 IDENT = "ESMTP relay"
-
-_LOG_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO}
-_sanitized_log = aiosmtpd.smtp.sanitized_log
-
-
-def _sanitized_log_when_enabled(func: Callable[..., None], msg: Any, *args: Any,
-                                **kwargs: Any) -> None:
-    """aiosmtpd's `sanitized_log`, skipped when the line would not be logged.
-
-    aiosmtpd's command loop passes every command line, twice, through `sanitized_log`
-    (a regex to mask AUTH data) for its "mail.log" debug and info lines before the logger
-    looks at its level; relay keeps that logger at WARNING unless it runs at debug
-    (logfmt.set_level), so that work was done for nothing on every command. When the
-    level is enabled the line is sanitised and logged exactly as before."""
-    logger = getattr(func, "__self__", None)
-    level = _LOG_LEVELS.get(getattr(func, "__name__", ""))
-    if level is not None and isinstance(logger, logging.Logger) \
-            and not logger.isEnabledFor(level):
-        return
-    _sanitized_log(func, msg, *args, **kwargs)
-
-
-# The command loop looks the name up in its module at every call.
-aiosmtpd.smtp.sanitized_log = _sanitized_log_when_enabled
-
-
 
 
 class Submitter(Protocol):
@@ -176,32 +154,35 @@ class ListenerContext:
 
 
 class CommandRefused(Exception):
-    """A command line refused before it is parsed (raised by `_CommandReader`): aiosmtpd's
-    command loop hands it to `SubmissionSession.handle_exception`, which answers `reply`
-    (and closes after a 421)."""
+    """A command line refused before it is parsed (raised by `_CommandReader` while a
+    task reads AUTH continuation lines): the task answers `reply` (and closes after a
+    421)."""
 
     def __init__(self, reply: R.Reply) -> None:
         super().__init__(str(reply))
         self.reply = reply
 
 
-class _CommandReader(asyncio.StreamReader):
-    """aiosmtpd's reader, made strict about command lines (RFC 5321 §2.3.8).
+class TlsSetupFailed(Exception):
+    """The STARTTLS handshake failed: the connection closes without a reply."""
 
-    aiosmtpd reads commands (and AUTH continuations) with `readuntil(b"\\n")`, so a line
-    ending in a bare LF (or in CR CR LF) would be run as a command: such a line raises
-    CommandRefused(BARE_NEWLINE_COMMAND) instead, never run. DATA is read in chunks by
-    `read_data_section` and checked by `DataScanner`. A CR inside a command line splits
-    nothing; MAIL/RCPT/EHLO/HELO refuse it as a control character.
-    limits.max_commands_per_session (resource exhaustion): command and AUTH lines are
-    counted here; past the limit CommandRefused(TOO_MANY_COMMANDS) closes the session.
-    The rest of an over-long line (read after LimitOverrunError, then answered "command
-    line too long" by aiosmtpd) is counted but not judged for its ending.
+
+class _CommandReader(asyncio.StreamReader):
+    """What the client sends while a step waits (AUTH, DATA, STARTTLS), strict about the
+    AUTH continuation lines it reads as the command loop is about command lines.
+
+    A line read with `readuntil(b"\\n")` (readline) ending in a bare LF (or in CR CR LF)
+    raises CommandRefused(BARE_NEWLINE_COMMAND) instead, never used (RFC 5321 §2.3.8).
+    DATA is read in chunks by `read_data_section` and checked by `DataScanner`.
+    limits.max_commands_per_session (resource exhaustion): these lines count as commands
+    (the count goes on from the command loop's); past the limit
+    CommandRefused(TOO_MANY_COMMANDS) closes the session. The rest of an over-long line
+    (read after LimitOverrunError) is counted but not judged for its ending.
     """
 
     command_count = 0
     command_limit = 0
-    _draining = False  # the last line overran the limit: aiosmtpd reads its rest
+    _draining = False  # the last line overran the limit: its rest is read next
 
     async def readuntil(self, separator: Any = b"\n") -> bytes:
         if separator != b"\n":
@@ -222,42 +203,99 @@ class _CommandReader(asyncio.StreamReader):
         return line
 
 
-_METHOD_NAMES: dict[type, list[str]] = {}  # SubmissionSession.__dir__, per class
-# Per class: (command, function) of every smtp_* method, (mechanism, function) of every
-# auth_* one: aiosmtpd's dispatch tables, unbound.
-_DISPATCH: dict[type, tuple[list[tuple[str, Any]], list[tuple[str, Any]]]] = {}
+# Per class: command -> function of every smtp_* method, mechanism -> function of every
+# auth_* one ("auth_CRAM__MD5" -> "CRAM-MD5"), worked out once, not per connection.
+_DISPATCH: dict[type, tuple[dict[str, Any], dict[str, Any]]] = {}
 
 
-def _method_names(cls: type) -> list[str]:
-    names = _METHOD_NAMES.get(cls)
-    if names is None:
-        names = _METHOD_NAMES[cls] = sorted(
-            n for n in dir(cls) if n.startswith(("smtp_", "auth_")))
-    return names
-
-
-def _dispatch_tables(cls: type) -> tuple[list[tuple[str, Any]], list[tuple[str, Any]]]:
-    """As aiosmtpd's __init__ names them: "smtp_EHLO" -> "EHLO"; "auth_CRAM__MD5" ->
-    "CRAM-MD5" unless the method carries its own `__auth_mechanism_name__`."""
+def _dispatch_tables(cls: type) -> tuple[dict[str, Any], dict[str, Any]]:
     tables = _DISPATCH.get(cls)
     if tables is None:
-        names = _method_names(cls)
-        commands = [(n.replace("smtp_", ""), getattr(cls, n))
-                    for n in names if n.startswith("smtp_")]
-        mechanisms = [(getattr(getattr(cls, n), "__auth_mechanism_name__",
-                               n.replace("auth_", "").replace("__", "-")), getattr(cls, n))
-                      for n in names if n.startswith("auth_")]
+        names = sorted(n for n in dir(cls) if n.startswith(("smtp_", "auth_")))
+        commands = {n[5:]: getattr(cls, n) for n in names if n.startswith("smtp_")}
+        mechanisms = {n[5:].replace("__", "-"): getattr(cls, n)
+                      for n in names if n.startswith("auth_")}
         tables = _DISPATCH[cls] = (commands, mechanisms)
     return tables
+
+
 _SENDER_OK = str(R.SENDER_OK)
 _RECIPIENT_OK = str(R.RECIPIENT_OK)
+_OK = str(R.OK)
+_BYE = str(R.BYE)
 _GO_AHEAD = "354 End data with <CR><LF>.<CR><LF>"  # RFC 2034 exempts 354
+# The replies of the command loop and of the commands that decide nothing (NOOP, RSET,
+# QUIT, HELP, VRFY, EXPN), worded as aiosmtpd worded them, with enhanced codes.
+_BAD_SYNTAX = R.enhance("500 Error: bad syntax")
+_COMMAND_TOO_LONG = R.enhance("500 Command line too long")
+_TOO_MANY_UNKNOWN = "502 5.5.1 Too many unrecognized commands, goodbye."
+_EXPN = R.enhance("502 EXPN not implemented")
+_VRFY = R.enhance("252 Cannot VRFY user, but will accept message and attempt delivery")
+_AUTH_ABORTED = "501 5.7.0 Auth aborted"
+_BAD_BASE64 = "501 5.5.2 Can't decode base64"
+_BAD_PLAIN = "501 5.5.2 Can't split auth value"
+_LOGIN_USER = b"334 " + b64encode(b"User Name\x00")  # RFC 4954 challenges (LOGIN)
+_LOGIN_PASSWORD = b"334 " + b64encode(b"Password\x00")
+# HELP's syntax lines, for the commands whose syntax is fixed.
+_HELP = {"HELP": "HELP [command]", "NOOP": "NOOP [ignored]", "QUIT": "QUIT",
+         "RSET": "RSET", "VRFY": "VRFY <address>"}
+_HELP_LIST = " ".join(sorted(_HELP))
+_UNKNOWN_LIMIT = 5  # unknown commands in one connection; the next one closes it
+# RFC 5321 §4.5.3.1.4: 512 octets a command line; after EHLO, MAIL's SIZE= and SMTPUTF8
+# parameters add 26 + 10 (RFC 1870, 6531) and AUTH's initial response takes a line.
+_COMMAND_SIZE = 512
+_MAIL_SIZE = _COMMAND_SIZE + 26 + 10
+# AUTH <mechanism> <initial response>: the response masked in the command log.
+_AUTH_LINE = re.compile(rb"(?P<authm>\s*AUTH\s+\S+[^\S\r\n]+)(\S+)(?P<crlf>(?:\r\n)?)",
+                        re.IGNORECASE)
 
 
-async def start_data(smtp: SMTP, arg: str | None) -> bool:
+def _masked(line: bytes) -> bytes:
+    m = _AUTH_LINE.match(line)
+    return m.group("authm") + b"********" + m.group("crlf") if m else line
+
+
+class LoginPassword(NamedTuple):
+    login: bytes
+    password: bytes
+
+
+class SessionState:
+    """What the client said about itself: reset by STARTTLS (RFC 3207 §4.2)."""
+
+    __slots__ = ("authenticated", "extended_smtp", "host_name", "peer", "ssl")
+
+    def __init__(self, peer: Any = None) -> None:
+        self.peer = peer
+        self.host_name: str | None = None
+        self.extended_smtp = False
+        self.authenticated = False
+        self.ssl: dict[str, Any] | None = None
+
+
+class Envelope:
+    """The transaction under way (MAIL to the end of DATA)."""
+
+    __slots__ = ("mail_from", "mail_options", "rcpt_options", "rcpt_tos", "smtp_utf8")
+
+    def __init__(self) -> None:
+        self.mail_from: str | None = None
+        self.mail_options: list[str] = []
+        self.rcpt_tos: list[str] = []
+        self.rcpt_options: list[str] = []
+        self.smtp_utf8 = False
+
+
+class _DataStarter(Protocol):
+    envelope: Any
+
+    async def push(self, status: str) -> None: ...
+
+
+async def start_data(smtp: _DataStarter, arg: str | None) -> bool:
     """DATA's own checks (a recipient given, no argument), then 354: True when the message
-    follows. For the sessions that read DATA themselves instead of aiosmtpd's line loop
-    (this one and the feedback listener's); HELO and sender checks come before."""
+    follows. For the sessions that read DATA themselves instead of a line loop (the
+    feedback listener's); HELO and sender checks come before."""
     assert smtp.envelope is not None
     refusal = P.decide_data_start(arg, recipients=len(smtp.envelope.rcpt_tos))
     if refusal is not None:
@@ -267,7 +305,30 @@ async def start_data(smtp: SMTP, arg: str | None) -> bool:
     return True
 
 
-class SubmissionSession(SMTP):
+_EHLO_REPLIES: dict[tuple[str, int, bool, bool], str] = {}
+
+
+def _ehlo_reply(hostname: str, size: int, starttls: bool, auth: bool) -> str:
+    """The whole multi-line EHLO reply (one write, not one per line: with TLS each write
+    is a record and a send), made once per listener and TLS state."""
+    key = (hostname, size, starttls, auth)
+    reply = _EHLO_REPLIES.get(key)
+    if reply is None:
+        lines = [hostname, "PIPELINING", f"SIZE {size}", "8BITMIME", "SMTPUTF8",
+                 "ENHANCEDSTATUSCODES"]
+        if starttls:
+            lines.append("STARTTLS")
+        if auth:
+            lines.append("AUTH PLAIN LOGIN")
+        reply = _EHLO_REPLIES[key] = "\r\n".join(
+            [f"250-{line}" for line in lines[:-1]] + [f"250 {lines[-1]}"])
+    return reply
+
+
+Step = Coroutine[Any, Any, None]
+
+
+class SubmissionSession(asyncio.Protocol):
     preadmitted = False  # set by ImplicitTlsGate: counted against the caps already
     # Set by the PROXY protocol gate (relay/smtp/proxygate.py) before connection_made:
     # the client (address, port) its header gave, which stands for the socket's peer.
@@ -275,37 +336,39 @@ class SubmissionSession(SMTP):
 
     def __init__(self, ctx: ListenerContext, loop: asyncio.AbstractEventLoop) -> None:
         self.ctx = ctx
+        self.loop = loop
+        limits = ctx.limits
+        self.hostname = ctx.hostname
+        self.line_length_limit = limits.line_length_limit + 1  # + a transparency dot
+        self.data_size_limit = int(limits.max_message_size)
+        starttls = ctx.listener.tls == "starttls" and ctx.ssl_context is not None
+        self.tls_context: Any = ctx.ssl_context if starttls else None
+        self._timeout_duration = float(limits.idle_timeout)
+        self._commands, self._mechanisms = _dispatch_tables(type(self))
+        self.transport: Any = None  # asyncio or uvloop transport (duck-typed)
+        self._plain_transport: Any = None  # under TLS after STARTTLS
+        self._tls_transport: Any = None  # after STARTTLS
+        self.session = SessionState()
         # The account state of the transaction under way (MAIL to the end of DATA).
         self._account: Transaction | None = None
-        limits = ctx.limits
-        # aiosmtpd sizes its StreamReader from this class attribute in __init__.
-        self.line_length_limit = limits.line_length_limit + 1  # + a transparency dot
-        starttls = ctx.listener.tls == "starttls" and ctx.ssl_context is not None
-        self._dispatch_bound = False  # __dir__ lists nothing to aiosmtpd's __init__
-        super().__init__(
-            _NoHooks(),
-            data_size_limit=int(limits.max_message_size),
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=ctx.hostname,
-            ident=IDENT,
-            tls_context=ctx.ssl_context if starttls else None,
-            timeout=float(limits.idle_timeout),
-            auth_required=False,  # enforced in smtp_MAIL (trusted networks may skip AUTH)
-            auth_require_tls=True,
-            loop=loop,
-        )
-        self._bind_dispatch_tables()
-        # Per-instance limits (aiosmtpd's are a class-level dict that grows on every EHLO).
-        self.command_size_limits: defaultdict[str, int] = defaultdict(
-            lambda: SMTP.command_size_limit,
-            {"MAIL": SMTP.command_size_limit + 26 + 10, "AUTH": limits.line_length_limit})
+        self.envelope = Envelope()
+        self._lines = CommandLines(self.line_length_limit)
+        self._out: list[bytes] = []  # replies of this batch, written together
+        self._task: asyncio.Task[None] | None = None  # the waiting step under way
+        self._reader: _CommandReader | None = None  # what the client sends meanwhile
+        self._closed = False  # close() asked: no more commands are read
+        self._eof = False
+        self._write_paused = False  # the transport's buffer is over its high mark
+        self._read_paused = False  # we paused reading until the replies drain
+        self._drained: asyncio.Future[None] | None = None
+        self._close_after_reply = False  # the reply being written is a 421
+        self.command_count = 0
+        self._unknown_left = _UNKNOWN_LIMIT
         self.client_ip = ""
         self.admitted = False
         self._registered = False
         self._implicit_tls = False
         self._in_data = False
-        self._close_after_reply = False  # the reply being written is a 421
         self.message_count = 0
         self.recipient_count = 0  # accepted RCPTs across the session's transactions
         self.auth_attempts = 0
@@ -315,107 +378,352 @@ class SubmissionSession(SMTP):
         self.auth_key_id = ""
         self._last_timer_reset = 0.0
         self._idle_deadline = 0.0  # loop.time() past which an idle client is closed
-        self._idle_armed = False  # the timer in _timeout_handle is pending
+        self._idle_timer: asyncio.TimerHandle | None = None
         self._session_timer: asyncio.TimerHandle | None = None
         self.done: asyncio.Future[None] = loop.create_future()
 
-    def __dir__(self) -> list[str]:
-        """The command and AUTH methods only, and none while aiosmtpd's __init__ runs.
+    @property
+    def _smtp_methods(self) -> dict[str, Any]:
+        """The command table, bound (the loop calls the class's functions directly)."""
+        return {name: MethodType(func, self) for name, func in self._commands.items()}
 
-        aiosmtpd's __init__ builds its dispatch tables (command -> bound method, AUTH
-        mechanism -> method) from dir() and inspect.getmembers() on every connection:
-        ~240 µs on the full list of ~400 names, still ~45 µs on these. The tables are
-        the same for every session of a class, so they are worked out once per class
-        (`_dispatch_tables`) and only bound per connection. Taking the names from the
-        class keeps instance attributes out (`auth_user` is no AUTH mechanism)."""
-        if not self.__dict__.get("_dispatch_bound", True):
-            return []
-        return list(_method_names(type(self)))
-
-    def _bind_dispatch_tables(self) -> None:
-        """aiosmtpd's `_smtp_methods` and `_auth_methods`, as its __init__ would make them
-        from the class's smtp_* and auth_* methods (the handler, _NoHooks, has none)."""
-        commands, mechanisms = _dispatch_tables(type(self))
-        self._smtp_methods = {name: MethodType(func, self) for name, func in commands}
-        self._auth_methods = {name: _AuthMechAttr(MethodType(func, self), True)
-                              for name, func in mechanisms}
-        self._dispatch_bound = True
-
-    def _cb_client_connected(self, reader: asyncio.StreamReader,
-                             writer: asyncio.StreamWriter) -> None:
-        reader.__class__ = _CommandReader  # same object: the protocol keeps feeding it
-        assert isinstance(reader, _CommandReader)
-        reader.command_limit = self.ctx.limits.max_commands_per_session
-        super()._cb_client_connected(reader, writer)
+    @property
+    def _auth_methods(self) -> dict[str, Any]:
+        return {name: MethodType(func, self) for name, func in self._mechanisms.items()}
 
     # --- connection lifecycle ------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        first = self.transport is None
-        super().connection_made(transport)
-        if first:
-            peer = self.proxied_peer or transport.get_extra_info("peername")
-            if self.proxied_peer is not None and self.session is not None:
-                self.session.peer = self.proxied_peer  # type: ignore[assignment]  # aiosmtpd types it str; it is the (host, port) of peername
-            self.client_ip = str(peer[0]) if peer else ""
-            # An implicit-TLS connection was counted, and admitted, before its handshake
-            # (relay/smtp/admission.py); it owns its slot from here on.
-            self._implicit_tls = self.preadmitted or \
-                transport.get_extra_info("sslcontext") is not None
-            if self.ctx.draining():
-                refusal: R.Reply | None = R.DRAINING
-                if self.preadmitted:  # the slot the TLS gate took is given back now
-                    self.ctx.release(self.client_ip)
-            else:
-                refusal = None if self.preadmitted else self.ctx.admit(self.client_ip)
-            self.admitted = refusal is None
-            self._refusal = refusal
-            self._registered = self.admitted
-            self.ctx.sessions.add(self)
-            # Absolute cap (slowloris): the idle timer restarts on every command or
-            # DATA line, so a client trickling valid lines would otherwise never leave.
-            self._session_timer = self.loop.call_later(
-                float(self.ctx.limits.session_timeout), self._session_timeout_cb)
+        self.transport = transport
+        peer = self.proxied_peer or transport.get_extra_info("peername")
+        self.session.peer = peer
+        self.client_ip = str(peer[0]) if peer else ""
+        # An implicit-TLS connection was counted, and admitted, before its handshake
+        # (relay/smtp/admission.py); it owns its slot from here on.
+        self._implicit_tls = self.preadmitted or \
+            transport.get_extra_info("sslcontext") is not None
+        if self.ctx.draining():
+            refusal: R.Reply | None = R.DRAINING
+            if self.preadmitted:  # the slot the TLS gate took is given back now
+                self.ctx.release(self.client_ip)
         else:
-            # STARTTLS completed: aiosmtpd made a fresh Session (AUTH state reset, RFC 3207
-            # §4.2) and cleared the plaintext read buffer (CVE-2024-34083).
-            self.auth_user = ""
+            refusal = None if self.preadmitted else self.ctx.admit(self.client_ip)
+        self.admitted = refusal is None
+        self._registered = self.admitted
+        self.ctx.sessions.add(self)
+        self._reset_timeout()
+        # Absolute cap (slowloris): the idle timer restarts on every command or
+        # DATA line, so a client trickling valid lines would otherwise never leave.
+        self._session_timer = self.loop.call_later(
+            float(self.ctx.limits.session_timeout), self._session_timeout_cb)
+        if refusal is not None:
+            self._send(str(refusal))
+            self._close()
+            return
+        self._send(f"220 {self.hostname} {IDENT}")
+        self._flush()
 
-    def _create_envelope(self) -> Any:
+    def data_received(self, data: bytes) -> None:
+        if self._task is not None:  # a step is waiting: its reader takes the bytes
+            # RFC 5321 §4.5.3.2.6: the DATA timeout runs between what the client sends,
+            # so a line end arriving in the data restarts the idle timer, however few
+            # bytes came (the chunked reader returns only per ~1 KB or at the end).
+            # Bytes trickled without a line end do not restart it (slowloris).
+            if self._in_data and b"\n" in data:
+                self._reset_timeout_sometimes()
+            if self._reader is not None:
+                self._reader.feed_data(data)
+            return
+        if self._closed:
+            return
+        self._lines.feed(data)
+        self._run_commands()
+
+    def eof_received(self) -> bool | None:
+        """The client will send no more: what it sent completely is answered, then the
+        connection closes."""
+        self._eof = True
+        if self._task is None:
+            return False  # every complete line was answered in data_received
+        if self._reader is not None:
+            self._reader.feed_eof()
+        # (Keeping a TLS transport half-open is not possible: it closes, and the step
+        # with it.)
+        return not self.tls_active
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        if self._read_paused:
+            self._read_paused = False
+            if self.transport is not None and not self._closed:
+                self.transport.resume_reading()
+                if self._task is None:
+                    self._run_commands()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self._closed = True
+        account = self._account
+        if account is not None:
+            account.release()
+            self._account = None
+        for timer in (self._session_timer, self._idle_timer):
+            if timer is not None:
+                timer.cancel()
+        self._session_timer = self._idle_timer = None
+        if self._registered:
+            self._registered = False
+            self.ctx.release(self.client_ip)
+        self.ctx.sessions.discard(self)
+        if self._plain_transport is not None:
+            self._plain_transport.close()
+        if self._task is not None:
+            self._task.cancel()
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        self.transport = None
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _create_envelope(self) -> Envelope:
         """Every new transaction (RSET, HELO/EHLO, STARTTLS, the end of DATA, accepted or
         not) gives back what the last one reserved and did not commit."""
         account = self._account
         if account is not None:
             account.release()
             self._account = None
-        return super()._create_envelope()
-
-    def connection_lost(self, error: Exception | None) -> None:
-        account = self._account
-        if account is not None:
-            account.release()
-            self._account = None
-        if self._session_timer is not None:
-            self._session_timer.cancel()
-            self._session_timer = None
-        if self._registered:
-            self._registered = False
-            self.ctx.release(self.client_ip)
-        self.ctx.sessions.discard(self)
-        if not self.done.done():
-            self.done.set_result(None)
-        super().connection_lost(error)
-
-    async def _handle_client(self) -> None:
-        if not self.admitted:
-            await self.push(str(self._refusal or R.TOO_MANY_CONNECTIONS))
-            self._close()
-            return
-        await super()._handle_client()
+        return Envelope()
 
     def _close(self) -> None:
+        """Write what is pending and close; no further command is read."""
+        self._closed = True
+        self._flush()
         if self.transport is not None:
             self.transport.close()
+
+    # --- the command loop ------------------------------------------------------------------
+
+    def _run_commands(self) -> None:
+        """Answer every complete command line buffered, until a step must wait."""
+        lines = self._lines
+        logged = command_log.isEnabledFor(logging.INFO)
+        while not self._closed and self._task is None:
+            if self._write_paused:  # the client does not read its replies: stop reading
+                if not self._read_paused and self.transport is not None:
+                    self._read_paused = True
+                    self.transport.pause_reading()
+                break
+            line = lines.next_line()
+            if line is None:
+                break
+            if logged:
+                command_log.info("%r >> %r", self.session.peer, _masked(line))
+            try:
+                self._command(line, lines.overlong)
+            except Exception as error:
+                self._send(self._exception_reply(error))
+                if self._close_after_reply:
+                    self._close()
+        self._flush()
+        if self._eof and self._task is None and not self._closed:
+            self._close()
+
+    def _command(self, line: bytes, overlong: bool) -> None:
+        limit = self.ctx.limits.max_commands_per_session
+        if limit:
+            self.command_count += 1
+            if self.command_count > limit:
+                self._refuse_line(R.TOO_MANY_COMMANDS)
+                return
+        if overlong:
+            self._send(_COMMAND_TOO_LONG)
+            return
+        if line[-2:-1] != b"\r" or line[-3:-2] == b"\r":  # RFC 5321 §2.3.8: CRLF only
+            self._refuse_line(R.BARE_NEWLINE_COMMAND)
+            return
+        line = line[:-2]
+        if not line:
+            self._send(_BAD_SYNTAX)
+            return
+        verb, _, rest = line.partition(b" ")
+        try:
+            command = verb.upper().decode("ascii")
+        except UnicodeDecodeError:
+            self._send(_BAD_SYNTAX)
+            return
+        # The argument decoded so that non-UTF-8 bytes survive (surrogateescape).
+        arg = str(rest.strip(), "utf-8", "surrogateescape") if rest else None
+        if self.session.extended_smtp:
+            size = _MAIL_SIZE if command == "MAIL" else \
+                self.ctx.limits.line_length_limit if command == "AUTH" else _COMMAND_SIZE
+        else:
+            size = _COMMAND_SIZE
+        if len(line) > size:
+            self._send(_COMMAND_TOO_LONG)
+            return
+        method = self._commands.get(command)
+        if method is None:
+            log.debug("%s: unrecognised command %s", self.client_ip, command)
+            self._unknown_left -= 1
+            if self._unknown_left < 1:
+                log.warning("%s: too many unrecognised commands, closing", self.client_ip)
+                self._send(_TOO_MANY_UNKNOWN)
+                self._close()
+                return
+            self._send(R.enhance(f'500 Error: command "{command}" not recognized'))
+            return
+        self._reset_timeout()  # a valid command
+        step = method(self, arg)
+        if step is not None:
+            self._start(step)
+
+    def _refuse_line(self, reply: R.Reply) -> None:
+        if reply is R.TOO_MANY_COMMANDS:
+            log.warning("%s: more than %d commands in one connection, closing",
+                        self.client_ip, self.ctx.limits.max_commands_per_session)
+        self._reply(reply)
+
+    def _start(self, step: Step) -> None:
+        """Run `step` as a task; the command loop resumes when it ends. What the client
+        sends meanwhile (and what was buffered after this command) goes to a fresh
+        `_CommandReader`, which the step reads AUTH lines or DATA from."""
+        self._flush()
+        reader = _CommandReader(limit=self.line_length_limit, loop=self.loop)
+        reader.set_transport(self.transport)  # it pauses reading when it holds too much
+        reader.command_limit = self.ctx.limits.max_commands_per_session
+        reader.command_count = self.command_count
+        rest = self._lines.take()
+        if rest:
+            reader.feed_data(rest)
+        if self._eof:
+            reader.feed_eof()
+        self._reader = reader
+        self._task = self.loop.create_task(self._run_step(step))
+
+    async def _run_step(self, step: Step) -> None:
+        try:
+            await step
+        except TlsSetupFailed:
+            self._close()
+        except ConnectionResetError:
+            self._close()
+        except Exception as error:
+            await self.push(self._exception_reply(error))
+        self._resume()
+
+    def _resume(self) -> None:
+        """After a step: the command loop takes back what its reader still holds."""
+        reader, self._reader, self._task = self._reader, None, None
+        if reader is None:
+            return
+        self.command_count = reader.command_count
+        rest = bytes(reader._buffer)  # type: ignore[attr-defined]  # StreamReader's buffer
+        if reader._paused and self.transport is not None:  # type: ignore[attr-defined]
+            self.transport.resume_reading()
+        self._lines.feed(rest)
+        if reader._draining:
+            self._lines.draining = True
+        if self.transport is not None and not self._closed:
+            self._run_commands()
+
+    def _exception_reply(self, error: Exception) -> str:
+        if isinstance(error, CommandRefused):
+            if error.reply is R.TOO_MANY_COMMANDS:
+                log.warning("%s: more than %d commands in one connection, closing",
+                            self.client_ip, self.ctx.limits.max_commands_per_session)
+            if error.reply.code == 421:
+                self._close_after_reply = True
+            return str(error.reply)
+        log.exception("%s: session error", self.client_ip, exc_info=error)
+        return str(R.INTERNAL_ERROR)
+
+    # --- replies ---------------------------------------------------------------------------
+
+    def _send(self, status: str) -> None:
+        """Queue one reply (with its enhanced code) for this batch's write."""
+        if self.ctx.on_reply is not None:
+            self.ctx.on_reply(status)
+        self._out.append(status.encode("utf-8", "replace") + b"\r\n")
+
+    def _flush(self) -> None:
+        out = self._out
+        if not out:
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(data)
+
+    def _reply(self, reply: R.Reply) -> None:
+        """One of our replies; after a 421 the connection closes (RFC 5321 §3.8)."""
+        self._send(str(reply))
+        if reply.code == 421:
+            self._close()
+
+    async def push(self, status: str | bytes) -> None:
+        """Write a reply now, from a step (a 334 challenge is bytes, counted as no reply),
+        and wait while the client does not read."""
+        if isinstance(status, str):
+            self._send(R.enhance(status))
+        else:
+            self._out.append(status + b"\r\n")
+        self._flush()
+        if self._close_after_reply:
+            self._close()
+        await self._drain()
+
+    async def _drain(self) -> None:
+        if self._write_paused and self.transport is not None:
+            self._drained = self.loop.create_future()
+            await self._drained
+
+    def _write_now(self, reply: R.Reply) -> None:
+        """Write a reply outside the command loop (timeout, shutdown)."""
+        self._flush()
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(f"{reply}\r\n".encode())
+
+    # --- timers ----------------------------------------------------------------------------
+
+    def _reset_timeout_sometimes(self) -> None:
+        now = self.loop.time()
+        if now - self._last_timer_reset >= 1.0:
+            self._last_timer_reset = now
+            self._reset_timeout()
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """Move the idle deadline (on every valid command).
+
+        One timer is kept and re-armed only when it fires before the deadline, which has
+        moved on meanwhile: a command costs a float store, not a TimerHandle and a heap
+        entry. The connection still closes at the same moment: the last reset + the
+        timeout."""
+        loop = self.loop
+        deadline = loop.time() + (duration or self._timeout_duration)
+        self._idle_deadline = deadline
+        timer = self._idle_timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()  # an earlier deadline than the armed one (never in practice)
+        self._idle_timer = loop.call_at(deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if self.transport is None:
+            return
+        if self.loop.time() < self._idle_deadline:  # a command came meanwhile
+            self._idle_timer = self.loop.call_at(self._idle_deadline, self._idle_check)
+            return
+        self._timeout_cb()
 
     def _timeout_cb(self) -> None:
         # RFC 5321 §4.5.3.2: tell the client why before closing.
@@ -431,7 +739,7 @@ class SubmissionSession(SMTP):
 
     def close_idle(self) -> bool:
         """On shutdown: close now if between transactions; return True if closed."""
-        if self._in_data or (self.envelope is not None and self.envelope.mail_from):
+        if self._in_data or self.envelope.mail_from:
             return False
         self.force_close()
         return True
@@ -440,21 +748,15 @@ class SubmissionSession(SMTP):
         self._write_now(R.SHUTTING_DOWN)
         self._close()
 
-    def _write_now(self, reply: R.Reply) -> None:
-        """Write a reply outside the command loop (timeout, shutdown)."""
-        transport = self.transport
-        write = getattr(transport, "write", None)  # uvloop's transports are duck-typed
-        if transport is not None and callable(write) and not transport.is_closing():
-            write(f"{reply}\r\n".encode())
+    # --- the session's facts ---------------------------------------------------------------
 
     @property
     def tls_active(self) -> bool:
-        return self._implicit_tls or self._tls_protocol is not None
+        return self._implicit_tls or self._tls_transport is not None
 
     def may_send(self) -> bool:
         """Authenticated, or connecting from a trusted network; nobody else (no open relay)."""
-        authenticated = self.session is not None and bool(self.session.authenticated)
-        return authenticated or self.ctx.is_trusted(self.client_ip)
+        return self.session.authenticated or self.ctx.is_trusted(self.client_ip)
 
     def _not_allowed_reply(self) -> R.Reply:
         """Why a client that may not send is refused: on a STARTTLS listener that requires
@@ -464,134 +766,131 @@ class SubmissionSession(SMTP):
             return R.STARTTLS_FIRST
         return R.AUTH_REQUIRED
 
-    # --- replies ---------------------------------------------------------------------------
+    # --- commands: each answers synchronously, or returns the step that must wait ----------
 
-    async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str):
-            # aiosmtpd's own replies (its command loop, NOOP, RSET, QUIT, HELP, VRFY,
-            # EXPN, AUTH's base64 errors) get enhanced status codes; ours have them.
-            status = R.enhance(status)
-            if self.ctx.on_reply is not None:
-                self.ctx.on_reply(status)
-        await super().push(status)
-        if self._close_after_reply:
-            self._close()
-
-    async def _reply(self, reply: R.Reply) -> None:
-        """Write one of our replies; after a 421 the connection closes (RFC 5321 §3.8)."""
-        if reply.code == 421:
-            self._close_after_reply = True
-        await self.push(str(reply))
-
-    async def handle_exception(self, error: Exception) -> str:
-        if isinstance(error, CommandRefused):
-            if error.reply is R.TOO_MANY_COMMANDS:
-                log.warning("%s: more than %d commands in one connection, closing",
-                            self.client_ip, self.ctx.limits.max_commands_per_session)
-            if error.reply.code == 421:
-                self._close_after_reply = True
-            return str(error.reply)
-        log.exception("%s: session error", self.client_ip, exc_info=error)
-        return str(R.INTERNAL_ERROR)
-
-    # --- commands --------------------------------------------------------------------------
-
-    def _ehlo_keywords(self) -> list[str]:
-        keywords = ["PIPELINING", f"SIZE {int(self.ctx.limits.max_message_size)}", "8BITMIME",
-                    "SMTPUTF8", "ENHANCEDSTATUSCODES"]
-        if self.tls_context is not None and not self.tls_active:
-            keywords.append("STARTTLS")
-        if self.ctx.listener.auth == "required" and self.tls_active:
-            keywords.append("AUTH PLAIN LOGIN")
-        return keywords
-
-    async def smtp_EHLO(self, hostname: str | None) -> None:
+    def smtp_EHLO(self, hostname: str | None) -> None:
         refusal = P.decide_helo(hostname, extended=True)
         if refusal is not None:
-            await self._reply(refusal)
+            self._reply(refusal)
             return
-        assert self.session is not None
         self.envelope = self._create_envelope()
         self.session.extended_smtp = True
         self.session.host_name = hostname
-        lines = [self.hostname, *self._ehlo_keywords()]
-        # One write for the whole reply, not one per line: with TLS each write is a
-        # record and a send, and EHLO comes twice per STARTTLS session.
-        await self.push("\r\n".join([f"250-{line}" for line in lines[:-1]]
-                                     + [f"250 {lines[-1]}"]))
+        tls = self.tls_active
+        self._send(_ehlo_reply(
+            self.hostname, self.data_size_limit, self.tls_context is not None and not tls,
+            self.ctx.listener.auth == "required" and tls))
 
-    async def smtp_HELO(self, hostname: str | None) -> None:
+    def smtp_HELO(self, hostname: str | None) -> None:
         refusal = P.decide_helo(hostname, extended=False)
         if refusal is not None:
-            await self._reply(refusal)
+            self._reply(refusal)
             return
-        assert self.session is not None
         self.envelope = self._create_envelope()
         self.session.extended_smtp = False
         self.session.host_name = hostname
-        await self.push(f"250 {self.hostname}")
+        self._send(f"250 {self.hostname}")
 
-    async def smtp_STARTTLS(self, arg: str | None) -> None:
-        # aiosmtpd would answer 220 again and layer TLS inside TLS (RFC 3207 §4: one
-        # STARTTLS per session).
-        if self.tls_active:
-            await self.push(str(R.TLS_ALREADY_ACTIVE))
-            return
+    def smtp_NOOP(self, arg: str | None) -> None:
+        self._send(_OK)
+
+    def smtp_RSET(self, arg: str | None) -> None:
         if arg:
-            await self._reply(R.STARTTLS_SYNTAX)
+            self._send(R.enhance("501 Syntax: RSET"))
             return
+        self.envelope = self._create_envelope()
+        self._send(_OK)
+
+    def smtp_QUIT(self, arg: str | None) -> None:
+        if arg:
+            self._send(R.enhance("501 Syntax: QUIT"))
+            return
+        self._send(_BYE)
+        self._close()
+
+    def smtp_HELP(self, arg: str | None) -> None:
+        if arg:
+            syntax = _HELP.get(arg.upper())
+            if syntax is not None:
+                self._send(R.enhance(f"250 Syntax: {syntax}"))
+                return
+            self._send(R.enhance(f"501 Supported commands: {_HELP_LIST}"))
+            return
+        self._send(R.enhance(f"250 Supported commands: {_HELP_LIST}"))
+
+    def smtp_VRFY(self, arg: str | None) -> None:
+        if not arg:
+            self._send(R.enhance("501 Syntax: VRFY <address>"))
+            return
+        try:
+            if arg.lstrip().startswith("<"):
+                get_angle_addr(arg)
+            else:
+                get_addr_spec(arg)
+        except HeaderParseError:
+            self._send(R.enhance(f"502 Could not VRFY {arg}"))
+            return
+        self._send(_VRFY)
+
+    def smtp_EXPN(self, arg: str | None) -> None:
+        self._send(_EXPN)
+
+    def smtp_STARTTLS(self, arg: str | None) -> Step | None:
+        # One STARTTLS per session (RFC 3207 §4).
+        if self.tls_active:
+            self._send(str(R.TLS_ALREADY_ACTIVE))
+            return None
+        if arg:
+            self._reply(R.STARTTLS_SYNTAX)
+            return None
         if not self.tls_context:
-            await self._reply(R.TLS_NOT_AVAILABLE)
-            return
-        await self._start_tls()
+            self._reply(R.TLS_NOT_AVAILABLE)
+            return None
+        self._reply(R.READY_TLS)
+        # Plaintext pipelined after STARTTLS is never read as a command (CVE-2024-34083):
+        # what is buffered is dropped, and nothing more is read until TLS takes over.
+        self._lines.take()
+        self.transport.pause_reading()
+        return self._start_tls()
 
     async def _start_tls(self) -> None:
-        """STARTTLS through the event loop's own TLS (uvloop: native) rather than
-        aiosmtpd's pure-Python asyncio.sslproto layer (15% of the accept profile), with
-        the same effects as aiosmtpd's STARTTLS path in connection_made()."""
-        await self._reply(R.READY_TLS)
+        """STARTTLS through the event loop's own TLS (uvloop: native)."""
         transport, context = self.transport, self.tls_context
-        assert transport is not None and context is not None and self.session is not None
-        # Plaintext pipelined after STARTTLS is never read as a command (CVE-2024-34083).
-        self._reader._buffer.clear()  # type: ignore[attr-defined]
+        assert transport is not None and context is not None
+        assert self._reader is not None
+        self._reader._buffer.clear()  # type: ignore[attr-defined]  # plaintext: dropped
         try:
             tls_transport = await self.loop.start_tls(
                 cast(asyncio.WriteTransport, transport),  # uvloop's are duck-typed
                 self, context, server_side=True,
                 ssl_handshake_timeout=float(self.ctx.limits.tls_handshake_timeout))
         except (OSError, ValueError, TimeoutError) as e:
-            raise TLSSetupException() from e
+            raise TlsSetupFailed() from e
         if tls_transport is None:  # the connection went away during the handshake
             self._close()
             return
-        self._original_transport = transport
-        self._tls_protocol = tls_transport  # type: ignore[assignment]  # tested for None only
-        self._reader._transport = tls_transport  # type: ignore[attr-defined]
-        self._writer._transport = tls_transport  # type: ignore[attr-defined]
+        self._plain_transport = transport
+        self._tls_transport = tls_transport
         self.transport = tls_transport
+        self._reader._transport = tls_transport  # type: ignore[attr-defined]
         # (No clear here: the client's first command over TLS may already be buffered.)
-        # RFC 3207 §4.2: forget everything from before TLS (aiosmtpd's connection_made).
+        # RFC 3207 §4.2: forget everything from before TLS.
         self.envelope = self._create_envelope()
-        peer = self.session.peer
-        self.session = self._create_session()
-        self.session.peer = peer
+        self.session = SessionState(self.session.peer)
         self.session.ssl = {"cipher": tls_transport.get_extra_info("cipher"),
                             "peercert": tls_transport.get_extra_info("peercert")}
-        self._tls_handshake_okay = True
         self._reset_timeout()
         self.auth_user = ""
 
-    async def smtp_AUTH(self, arg: str | None) -> None:
+    def smtp_AUTH(self, arg: str | None) -> Step | None:
         session = self.session
-        assert session is not None
         decided = P.decide_auth(
             arg, helo=bool(session.host_name), extended=session.extended_smtp,
             offered=self.ctx.listener.auth == "required", tls_active=self.tls_active,
-            authenticated=bool(session.authenticated))
+            authenticated=session.authenticated)
         if isinstance(decided, R.Reply):
-            await self._reply(decided)
-            return
-        mechanism = decided[0]
+            self._reply(decided)
+            return None
         self.auth_attempts += 1
         policy, clock = self.ctx.auth_policy, self.ctx.clock
         # Only the client address is ever locked (authpolicy): failures for this user
@@ -605,40 +904,112 @@ class SubmissionSession(SMTP):
         elif refusal is R.AUTH_LOCKED:
             self._auth_event("locked")
         if refusal is not None:
-            await self._reply(refusal)
+            self._reply(refusal)
+            return None
+        mechanism, response = decided[0], decided[1] if len(decided) > 1 else None
+        step: Step | None = self._mechanisms[mechanism](self, response)
+        return step
+
+    def auth_PLAIN(self, response: str | None) -> Step | None:
+        """RFC 4616. The usual client sends the credential with the command: answered
+        here when it is cached (or an access key); only scrypt needs a step."""
+        if response is None:
+            return self._plain_dialogue()
+        creds = self._plain(self._decode(response))
+        if creds is None or self._verify_now(creds):
+            return None
+        return self._verify(creds)
+
+    def auth_LOGIN(self, response: str | None) -> Step | None:
+        return self._login_dialogue(response)
+
+    def _decode(self, response: str) -> bytes | None:
+        try:
+            return b64decode(response.encode(), validate=True)
+        except (binascii.Error, ValueError):
+            self._send(_BAD_BASE64)
+            return None
+
+    def _plain(self, blob: bytes | None) -> LoginPassword | None:
+        """RFC 4616: [authzid] NUL authcid NUL passwd (authzid ignored)."""
+        if blob is None:
+            return None
+        try:
+            _, login, password = blob.split(b"\x00")
+        except ValueError:
+            self._send(_BAD_PLAIN)
+            return None
+        return LoginPassword(login, password)
+
+    async def _plain_dialogue(self) -> None:
+        creds = self._plain(await self.challenge_auth(b"334 "))
+        if creds is not None and not self._verify_now(creds):
+            await self._verify(creds)
+
+    async def _login_dialogue(self, response: str | None) -> None:
+        login = self._decode(response) if response is not None else \
+            await self.challenge_auth(_LOGIN_USER)
+        if login is None:
             return
-        method = SMTP.auth_PLAIN if mechanism == "PLAIN" else SMTP.auth_LOGIN
-        result: AuthResult = await method(self, self, decided)
-        if not result.success:
-            return  # aiosmtpd already answered (bad base64, '*' abort, ...)
-        creds = result.auth_data
-        assert isinstance(creds, LoginPassword)
+        password = await self.challenge_auth(_LOGIN_PASSWORD)
+        if password is not None:
+            creds = LoginPassword(login, password)
+            if not self._verify_now(creds):
+                await self._verify(creds)
+
+    async def challenge_auth(self, challenge: bytes) -> bytes | None:
+        """Send a 334 challenge and read the client's base64 answer: its bytes, or None
+        (answered: '*' aborts, bad base64, an over-long line closes)."""
+        await self.push(challenge)
+        assert self._reader is not None
+        try:
+            # (A bare CR/LF line raises CommandRefused: see _CommandReader.)
+            line = await self._reader.readline()
+        except ValueError:  # StreamReader.readline: an over-long continuation line
+            await self.push(str(R.LINE_TOO_LONG))
+            self._close()
+            return None
+        if not line.endswith(b"\n"):  # the connection ended
+            self._close()
+            return None
+        blob = line.strip()
+        if blob == b"*":  # RFC 4954 §4
+            log.info("%s: AUTH aborted with '*'", self.client_ip)
+            self._send(_AUTH_ABORTED)
+            return None
+        try:
+            return b64decode(blob, validate=True)
+        except (binascii.Error, ValueError):
+            self._send(_BAD_BASE64)
+            return None
+
+    def _verify_now(self, creds: LoginPassword) -> bool:
+        """A repeat credential is answered from the verified cache on the loop; an access
+        key id with its SES SMTP password by a few HMACs on the loop. True: authenticated
+        (and answered)."""
         user = creds.login.decode("utf-8", "replace")
-        # A repeat credential is answered from the verified cache on the loop; an access
-        # key id with its SES SMTP password by a few HMACs on the loop; scrypt (~85 ms)
-        # runs in a thread. A wrong password for a key pays the scrypt of an unknown user
-        # like any failure, so a failure's time says nothing about which names exist.
-        sender = user
-        ok = self.ctx.users.verify_cached(user, creds.password)
-        if not ok and self.ctx.key_login is not None:
+        if self.ctx.users.verify_cached(user, creds.password):
+            self._authenticated(user, user)
+            return True
+        if self.ctx.key_login is not None:
             owner = self.ctx.key_login(user, creds.password)
             if owner is not None and self.ctx.users.get(owner) is not None:
-                ok, sender = True, owner
-        if not ok:
-            ok = await asyncio.get_running_loop().run_in_executor(
-                None, self.ctx.users.verify, user, creds.password)
+                self._authenticated(user, owner)
+                return True
+        return False
+
+    async def _verify(self, creds: LoginPassword) -> None:
+        """scrypt (~85 ms) in a thread. A wrong password for a key pays the scrypt of an
+        unknown user like any failure, so a failure's time says nothing about which names
+        exist."""
+        user = creds.login.decode("utf-8", "replace")
+        ok = await self.loop.run_in_executor(
+            None, self.ctx.users.verify, user, creds.password)
         if ok:
-            policy.record_success(self.client_ip, user, clock.monotonic())
-            session.authenticated = True
-            self.auth_user = sender
-            self.auth_key_id = user if sender != user else ""
-            if sender != user:
-                log.info("%s: authenticated as %r with access key %s", self.client_ip,
-                         sender, user)
-            else:
-                log.info("%s: authenticated as %r", self.client_ip, user)
-            await self.push(str(R.AUTH_OK))
+            self._authenticated(user, user)
+            self._flush()
             return
+        policy, clock = self.ctx.auth_policy, self.ctx.clock
         delay = policy.record_failure(self.client_ip, user, clock.monotonic())
         # One line per failure, and one per lockout; never the password (AUTH brute force).
         if policy.is_locked(self.client_ip, clock.monotonic()):
@@ -651,32 +1022,28 @@ class SubmissionSession(SMTP):
         await clock.sleep(delay)
         await self.push(str(R.AUTH_INVALID))
 
+    def _authenticated(self, user: str, sender: str) -> None:
+        self.ctx.auth_policy.record_success(self.client_ip, user, self.ctx.clock.monotonic())
+        self.session.authenticated = True
+        self.auth_user = sender
+        self.auth_key_id = user if sender != user else ""
+        if sender != user:
+            log.info("%s: authenticated as %r with access key %s", self.client_ip,
+                     sender, user)
+        else:
+            log.info("%s: authenticated as %r", self.client_ip, user)
+        self._send(str(R.AUTH_OK))
+
     def _auth_event(self, kind: str) -> None:
         if self.ctx.on_auth is not None:
             self.ctx.on_auth(kind)
 
-    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
-                             log_client_response: bool = False) -> Any:
-        try:
-            response = await super().challenge_auth(challenge, encode_to_b64, False)
-        except ValueError:  # StreamReader.readline: an over-long continuation line
-            await self.push(str(R.LINE_TOO_LONG))
-            self._close()
-            return MISSING
-        return response  # (a refused line raised CommandRefused: see _CommandReader)
-
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        # Called by aiosmtpd's auth_PLAIN/auth_LOGIN once the credentials are decoded; the
-        # (slow, scrypt) check happens asynchronously in smtp_AUTH.
-        return AuthResult(success=True, auth_data=auth_data)
-
-    async def smtp_MAIL(self, arg: str | None) -> None:
+    def smtp_MAIL(self, arg: str | None) -> None:
         session, envelope = self.session, self.envelope
-        assert session is not None and envelope is not None
-        authenticated = bool(session.authenticated)
+        authenticated = session.authenticated
         if self.ctx.draining():  # a session opened before the drain: no new transaction
             log.info("%s: MAIL refused: this node is draining", self.client_ip)
-            await self._reply(R.DRAINING)
+            self._reply(R.DRAINING)
             return
         may_send = authenticated or self.ctx.is_trusted(self.client_ip)
         decided = P.decide_mail(
@@ -687,31 +1054,30 @@ class SubmissionSession(SMTP):
             max_messages=self.ctx.limits.max_messages_per_connection,
             size_limit=self.data_size_limit or 0)
         if isinstance(decided, R.Reply):
-            await self._reply(decided)
+            self._reply(decided)
             return
         address = decided.address
         if self.ctx.sender_check is not None and address:
             reason = self.ctx.sender_check(self.auth_user or None, address)
             if reason is not None:
                 log.info("%s: MAIL FROM <%s> refused: %s", self.client_ip, address, reason)
-                await self._reply(R.SENDER_NOT_AUTHORIZED.with_text(reason))
+                self._reply(R.SENDER_NOT_AUTHORIZED.with_text(reason))
                 return
         if self.ctx.account is not None:
             txn = self.ctx.account.begin(self.auth_user or None)
             if isinstance(txn, Refusal):
                 log.info("%s: MAIL FROM <%s> refused: %s", self.client_ip, address, txn.text)
-                await self._reply(R.Reply(*txn))
+                self._reply(R.Reply(*txn))
                 return
             self._account = txn
         envelope.mail_from = address
         envelope.mail_options.extend(decided.options)
         envelope.smtp_utf8 = decided.smtputf8
-        await self.push(_SENDER_OK)
+        self._send(_SENDER_OK)
 
-    async def smtp_RCPT(self, arg: str | None) -> None:
+    def smtp_RCPT(self, arg: str | None) -> Step | None:
         session, envelope = self.session, self.envelope
-        assert session is not None and envelope is not None
-        may_send = bool(session.authenticated) or self.ctx.is_trusted(self.client_ip)
+        may_send = session.authenticated or self.ctx.is_trusted(self.client_ip)
         limits = self.ctx.limits
         decided = P.decide_rcpt(
             arg, helo=bool(session.host_name), extended=session.extended_smtp,
@@ -722,74 +1088,53 @@ class SubmissionSession(SMTP):
         if isinstance(decided, R.Reply):
             if decided.enhanced == "5.1.3":  # an address that can never be delivered to
                 log.info("%s: RCPT %s refused: %s", self.client_ip, arg, decided.text)
-            await self._reply(decided)
-            return
-        if self._account is not None and self.ctx.account is not None:
-            limit = await self.ctx.account.recipient_shared(self._account, decided.address)
+            self._reply(decided)
+            return None
+        account, txn = self.ctx.account, self._account
+        if txn is not None and account is not None:
+            if account.shared is not None and not txn.deferred:
+                # The quota is counted in the cluster's Redis: a step.
+                return self._rcpt_shared(account, txn, arg, decided.address,
+                                         decided.options)
+            # recipient_shared() without Redis is exactly recipient(), on the loop.
+            limit = account.recipient(txn, decided.address)
             if limit is not None:  # nothing is queued for this recipient
                 log.info("%s: RCPT %s refused: %s", self.client_ip, arg, limit.text)
-                await self._reply(R.Reply(*limit))
-                return
+                self._reply(R.Reply(*limit))
+                return None
+        self._accept_rcpt(decided.address, decided.options)
+        return None
+
+    async def _rcpt_shared(self, account: AccountGate, txn: Transaction, arg: str | None,
+                           address: str, options: list[str]) -> None:
+        limit = await account.recipient_shared(txn, address)
+        if limit is not None:  # nothing is queued for this recipient
+            log.info("%s: RCPT %s refused: %s", self.client_ip, arg, limit.text)
+            self._reply(R.Reply(*limit))
+            return
+        self._accept_rcpt(address, options)
+
+    def _accept_rcpt(self, address: str, options: list[str]) -> None:
         self.recipient_count += 1
-        envelope.rcpt_tos.append(decided.address)
-        envelope.rcpt_options.extend(decided.options)
-        await self.push(_RECIPIENT_OK)
+        self.envelope.rcpt_tos.append(address)
+        self.envelope.rcpt_options.extend(options)
+        self._send(_RECIPIENT_OK)
 
-    def data_received(self, data: bytes) -> None:
-        # RFC 5321 §4.5.3.2.6: the DATA timeout runs between what the client sends, so a
-        # line end arriving in the data restarts the idle timer, however few bytes came
-        # (the chunked reader returns only per ~1 KB or at the end). Bytes trickled
-        # without a line end do not restart it (slowloris).
-        if self._in_data and b"\n" in data:
-            self._reset_timeout_sometimes()
-        super().data_received(data)
-
-    def _reset_timeout_sometimes(self) -> None:
-        now = self.loop.time()
-        if now - self._last_timer_reset >= 1.0:
-            self._last_timer_reset = now
-            self._reset_timeout()
-
-    def _reset_timeout(self, duration: float | None = None) -> None:
-        """Move the idle deadline (aiosmtpd calls this on every command line).
-
-        aiosmtpd cancels its timer and makes a new one each time; here one timer is
-        kept and re-armed only when it fires before the deadline, which has moved on
-        meanwhile: a command costs a float store, not a TimerHandle and a heap entry.
-        The connection still closes at the same moment: the last reset + the timeout."""
-        loop = self.loop
-        deadline = loop.time() + (duration or self._timeout_duration)
-        self._idle_deadline = deadline
-        handle = self._timeout_handle
-        if handle is not None and self._idle_armed:
-            if handle.when() <= deadline:
-                return
-            handle.cancel()  # an earlier deadline than the armed one (never in practice)
-        self._idle_armed = True
-        self._timeout_handle = loop.call_at(deadline, self._idle_check)
-
-    def _idle_check(self) -> None:
-        self._idle_armed = False
-        if self.transport is None:
-            return
-        if self.loop.time() < self._idle_deadline:  # a command came meanwhile
-            self._idle_armed = True
-            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
-            return
-        self._timeout_cb()
-
-    async def smtp_DATA(self, arg: str | None) -> None:
-        session, envelope = self.session, self.envelope
-        assert session is not None and envelope is not None
+    def smtp_DATA(self, arg: str | None) -> Step | None:
         may_send = self.may_send()
         refusal = P.decide_data(
-            arg, helo=bool(session.host_name), may_send=may_send,
+            arg, helo=bool(self.session.host_name), may_send=may_send,
             refusal=R.AUTH_REQUIRED if may_send else self._not_allowed_reply(),
-            recipients=len(envelope.rcpt_tos))
+            recipients=len(self.envelope.rcpt_tos))
         if refusal is not None:
-            await self._reply(refusal)
-            return
-        await self.push(_GO_AHEAD)
+            self._reply(refusal)
+            return None
+        self._send(_GO_AHEAD)
+        return self._data()
+
+    async def _data(self) -> None:
+        """The message, then its reply (sent by `_reply_when_durable` the moment its
+        commit has synced, when the submitter says so)."""
         self._in_data = True
         try:
             body, fault = await self._read_data()
@@ -798,12 +1143,13 @@ class SubmissionSession(SMTP):
         self.message_count += 1
         if fault is not None or body is None:
             self.envelope = self._create_envelope()
-            await self.push(str(fault or R.INTERNAL_ERROR))
+            if self.transport is not None and not self._closed:
+                await self.push(str(fault or R.INTERNAL_ERROR))
             return
         reply, sent = await self._submit(body)
         self.envelope = self._create_envelope()
         if sent:
-            await self._writer.drain()
+            await self._drain()
         else:
             await self.push(reply)
         if self.ctx.shutting_down:
@@ -820,7 +1166,7 @@ class SubmissionSession(SMTP):
         transaction (inbound SMTP smuggling). Read in chunks (`read_data_section`), with the
         same replies as a line-by-line reader: see `DataScanner`.
         """
-        if self.transport is None:
+        if self.transport is None or self._reader is None:
             return None, None
 
         def progress() -> bool:
@@ -838,7 +1184,6 @@ class SubmissionSession(SMTP):
     async def _submit(self, parts: list[bytes]) -> tuple[str, bool]:
         """Queue the message: the reply after DATA, and whether it was already sent (by
         `_reply_when_durable`, the moment the commit synced)."""
-        assert self.session is not None and self.envelope is not None
         envelope = self.envelope
         recipients = list(envelope.rcpt_tos)
         trace = received_header(
@@ -905,14 +1250,13 @@ class SubmissionSession(SMTP):
         """The 250 for a message whose commit has just synced, written from the store's
         callback. Under load the session's task resumes a whole loop turn (~10 ms at 50
         sessions) after this; the client need not wait for it. Nothing else can be
-        written meanwhile: the task is parked in submit(), and it reads the next command
-        only after resuming. The command-limit and bare-LF replies stay with push()."""
+        written meanwhile: the step is parked in submit(), and the command loop resumes
+        only after it."""
         if self.transport is None or self.transport.is_closing():
             return
         reply = _queued_reply(queue_id)
-        if self.ctx.on_reply is not None:
-            self.ctx.on_reply(reply)
-        self._writer.write(reply.encode("ascii") + b"\r\n")
+        self._send(reply)
+        self._flush()
         sent.append(reply)
 
 
@@ -978,14 +1322,3 @@ async def read_data_section(
                 return None
         if section.feed(chunk):
             return section.result()
-
-
-class _NoHooks:
-    """aiosmtpd wants a handler object; all our hooks are methods of the session.
-
-    It lists no attributes: aiosmtpd's __init__ looks for auth_* and handle_* members of
-    the handler with inspect.getmembers() and dir() on every connection, and walking
-    object's ~25 inherited names for none was ~40 % of that __init__."""
-
-    def __dir__(self) -> list[str]:
-        return []
