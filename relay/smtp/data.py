@@ -6,7 +6,7 @@ the next one), finds the end of data without ever consuming past it, and feeds t
 rest to a `DataScanner`. `DataScanner` gives the verdict of a line-by-line reader
 (RFC 5321 §4.5.3.1.6 line limit, the message size limit, bare CR or LF refused:
 §2.3.8, against SMTP smuggling) with C-speed bytes operations on whole chunks. The
-reading loop (asyncio) is `relay.smtp.session.read_data_section`; this module does no
+session feeds it as bytes arrive (`DataSection.feed_stream`); this module does no
 I/O.
 """
 
@@ -192,6 +192,25 @@ class DataSection:
             self.held = b""
         self.scanner.feed(data)
         return False
+
+    def feed_stream(self, data: bytes) -> int:
+        """Feed bytes as they were received, split anywhere, which may run past the end
+        of data (a client pipelining its next commands): the pieces `feed` is given are
+        cut as a reader following `need` would cut them (never past an EOD). Returns
+        where the data ended in `data` (what follows is the client's next commands), or
+        -1 when all of it was data."""
+        pos, n = 0, len(data)
+        while pos < n:
+            need = self.need
+            if need:  # the rest of a possible EOD, or less: the bytes that decide it
+                end = min(pos + need, n)
+            else:  # up to the next EOD (none spans the start: nothing of it was fed)
+                k = data.find(EOD, pos)
+                end = n if k < 0 else k + len(EOD)
+            if self.feed(data[pos:end] if pos or end < n else data):
+                return end
+            pos = end
+        return -1
 
     def result(self) -> tuple[list[bytes] | None, R.Reply | None]:
         return self.scanner.result()

@@ -355,7 +355,13 @@ class SubmissionSession(asyncio.Protocol):
         self._lines = CommandLines(self.line_length_limit)
         self._out: list[bytes] = []  # replies of this batch, written together
         self._task: asyncio.Task[None] | None = None  # the waiting step under way
-        self._reader: _CommandReader | None = None  # what the client sends meanwhile
+        # What the client sends while a step waits, for a step that reads lines (AUTH's
+        # continuations): made by the `_reader` property when first asked for.
+        self._stream: _CommandReader | None = None
+        self._section: DataSection | None = None  # the DATA section being received
+        self._data_read: asyncio.Future[tuple[list[bytes] | None, R.Reply | None]] | None \
+            = None  # resolved with the section's result at its end
+        self._unreported = 0  # DATA bytes since the last restart of the idle timer
         self._closed = False  # close() asked: no more commands are read
         self._eof = False
         self._write_paused = False  # the transport's buffer is over its high mark
@@ -424,17 +430,29 @@ class SubmissionSession(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        if self._task is not None:  # a step is waiting: its reader takes the bytes
+        if self._in_data:
             # RFC 5321 §4.5.3.2.6: the DATA timeout runs between what the client sends,
-            # so a line end arriving in the data restarts the idle timer, however few
-            # bytes came (the chunked reader returns only per ~1 KB or at the end).
-            # Bytes trickled without a line end do not restart it (slowloris).
-            if self._in_data and b"\n" in data:
+            # so a line end arriving in the data restarts the idle timer (at most once
+            # a second), as does a line's worth of bytes. Bytes trickled without a line
+            # end do not restart it (slowloris).
+            if b"\n" in data or self._unreported + len(data) > self.line_length_limit:
+                self._unreported = 0
                 self._reset_timeout_sometimes()
-            if self._reader is not None:
-                self._reader.feed_data(data)
-            return
+            else:
+                self._unreported += len(data)
+            if self._section is not None:
+                self._feed_data(data)
+                return
         if self._closed:
+            return
+        if self._task is not None:  # a step is waiting: the bytes wait for it
+            if self._stream is not None:
+                self._stream.feed_data(data)
+                return
+            self._lines.feed(data)
+            if len(self._lines) > 2 * self.line_length_limit and not self._read_paused:
+                self._read_paused = True  # (as a StreamReader would)
+                self.transport.pause_reading()
             return
         self._lines.feed(data)
         self._run_commands()
@@ -443,10 +461,14 @@ class SubmissionSession(asyncio.Protocol):
         """The client will send no more: what it sent completely is answered, then the
         connection closes."""
         self._eof = True
+        if self._section is not None:  # the message was cut short
+            self._end_data((None, None))
+            self._close()
+            return False
         if self._task is None:
             return False  # every complete line was answered in data_received
-        if self._reader is not None:
-            self._reader.feed_eof()
+        if self._stream is not None:
+            self._stream.feed_eof()
         # (Keeping a TLS transport half-open is not possible: it closes, and the step
         # with it.)
         return not self.tls_active
@@ -459,12 +481,15 @@ class SubmissionSession(asyncio.Protocol):
         drained = self._drained
         if drained is not None and not drained.done():
             drained.set_result(None)
-        if self._read_paused:
-            self._read_paused = False
+        if self._task is None:
+            self._resume_reading()
             if self.transport is not None and not self._closed:
-                self.transport.resume_reading()
-                if self._task is None:
-                    self._run_commands()
+                self._run_commands()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and self.transport is not None and not self._closed:
+            self._read_paused = False
+            self.transport.resume_reading()
 
     def connection_lost(self, error: Exception | None) -> None:
         self._closed = True
@@ -591,20 +616,27 @@ class SubmissionSession(asyncio.Protocol):
 
     def _start(self, step: Step) -> None:
         """Run `step` as a task; the command loop resumes when it ends. What the client
-        sends meanwhile (and what was buffered after this command) goes to a fresh
-        `_CommandReader`, which the step reads AUTH lines or DATA from."""
+        sends meanwhile waits (in `_lines`, or in the `_reader` a step asked for)."""
         self._flush()
-        reader = _CommandReader(limit=self.line_length_limit, loop=self.loop)
-        reader.set_transport(self.transport)  # it pauses reading when it holds too much
-        reader.command_limit = self.ctx.limits.max_commands_per_session
-        reader.command_count = self.command_count
-        rest = self._lines.take()
-        if rest:
-            reader.feed_data(rest)
-        if self._eof:
-            reader.feed_eof()
-        self._reader = reader
         self._task = self.loop.create_task(self._run_step(step))
+
+    @property
+    def _reader(self) -> _CommandReader:
+        """A stream reader of what the client sends from here on (buffered bytes first),
+        for a step that reads lines; the command loop takes back what it leaves."""
+        reader = self._stream
+        if reader is None:
+            reader = self._stream = _CommandReader(limit=self.line_length_limit,
+                                                   loop=self.loop)
+            reader.set_transport(self.transport)  # it pauses reading when it holds much
+            reader.command_limit = self.ctx.limits.max_commands_per_session
+            reader.command_count = self.command_count
+            rest = self._lines.take()
+            if rest:
+                reader.feed_data(rest)
+            if self._eof:
+                reader.feed_eof()
+        return reader
 
     async def _run_step(self, step: Step) -> None:
         try:
@@ -619,16 +651,16 @@ class SubmissionSession(asyncio.Protocol):
 
     def _resume(self) -> None:
         """After a step: the command loop takes back what its reader still holds."""
-        reader, self._reader, self._task = self._reader, None, None
-        if reader is None:
-            return
-        self.command_count = reader.command_count
-        rest = bytes(reader._buffer)  # type: ignore[attr-defined]  # StreamReader's buffer
-        if reader._paused and self.transport is not None:  # type: ignore[attr-defined]
-            self.transport.resume_reading()
-        self._lines.feed(rest)
-        if reader._draining:
-            self._lines.draining = True
+        reader, self._stream, self._task = self._stream, None, None
+        if reader is not None:
+            self.command_count = reader.command_count
+            self._lines.feed(bytes(reader._buffer))  # type: ignore[attr-defined]
+            if reader._draining:
+                self._lines.draining = True
+            if reader._paused and self.transport is not None:  # type: ignore[attr-defined]
+                self.transport.resume_reading()
+        if not self._write_paused:
+            self._resume_reading()
         if self.transport is not None and not self._closed:
             self._run_commands()
 
@@ -850,6 +882,7 @@ class SubmissionSession(asyncio.Protocol):
         # Plaintext pipelined after STARTTLS is never read as a command (CVE-2024-34083):
         # what is buffered is dropped, and nothing more is read until TLS takes over.
         self._lines.take()
+        self._read_paused = False  # (start_tls resumes reading itself)
         self.transport.pause_reading()
         return self._start_tls()
 
@@ -857,8 +890,7 @@ class SubmissionSession(asyncio.Protocol):
         """STARTTLS through the event loop's own TLS (uvloop: native)."""
         transport, context = self.transport, self.tls_context
         assert transport is not None and context is not None
-        assert self._reader is not None
-        self._reader._buffer.clear()  # type: ignore[attr-defined]  # plaintext: dropped
+        self._lines.take()  # plaintext that came before reading was paused: dropped
         try:
             tls_transport = await self.loop.start_tls(
                 cast(asyncio.WriteTransport, transport),  # uvloop's are duck-typed
@@ -872,7 +904,6 @@ class SubmissionSession(asyncio.Protocol):
         self._plain_transport = transport
         self._tls_transport = tls_transport
         self.transport = tls_transport
-        self._reader._transport = tls_transport  # type: ignore[attr-defined]
         # (No clear here: the client's first command over TLS may already be buffered.)
         # RFC 3207 §4.2: forget everything from before TLS.
         self.envelope = self._create_envelope()
@@ -961,7 +992,6 @@ class SubmissionSession(asyncio.Protocol):
         """Send a 334 challenge and read the client's base64 answer: its bytes, or None
         (answered: '*' aborts, bad base64, an over-long line closes)."""
         await self.push(challenge)
-        assert self._reader is not None
         try:
             # (A bare CR/LF line raises CommandRefused: see _CommandReader.)
             line = await self._reader.readline()
@@ -1156,30 +1186,48 @@ class SubmissionSession(asyncio.Protocol):
             self.close_idle()
 
     async def _read_data(self) -> tuple[list[bytes] | None, R.Reply | None]:
-        """Read up to the lone '.', keeping at most max_message_size bytes in memory.
+        """Receive up to the lone '.', keeping at most max_message_size bytes in memory.
 
         Only CRLF '.' CRLF ends the data ('.' CRLF as the first line too): the data ends
-        at the first b"\\r\\n.\\r\\n" in b"\\r\\n" + stream, and what follows stays in the
-        reader for the next command (PIPELINING). A bare CR or LF anywhere marks the
+        at the first b"\\r\\n.\\r\\n" in b"\\r\\n" + stream, and what follows is
+        read as the next commands (PIPELINING). A bare CR or LF anywhere marks the
         message rejected, but reading continues to the real end, so a smuggled
         "\\n.\\r\\nMAIL FROM..." is data of this one rejected message, never a second
-        transaction (inbound SMTP smuggling). Read in chunks (`read_data_section`), with the
-        same replies as a line-by-line reader: see `DataScanner`.
+        transaction (inbound SMTP smuggling). The bytes go to a `DataSection` as they
+        come (data_received: `_feed_data`), with the replies of a line-by-line reader:
+        see `DataScanner`. (None, None): the connection ended first.
         """
-        if self.transport is None or self._reader is None:
+        if self.transport is None or self._closed:
             return None, None
-
-        def progress() -> bool:
-            self._reset_timeout_sometimes()
-            return self.transport is not None
-
-        try:
-            result = await read_data_section(
-                self._reader, int(self.data_size_limit or 0), self.line_length_limit, progress)
-        except asyncio.IncompleteReadError:
+        self._section = DataSection(int(self.data_size_limit or 0), self.line_length_limit)
+        self._unreported = 0
+        done: asyncio.Future[tuple[list[bytes] | None, R.Reply | None]] = \
+            self.loop.create_future()
+        self._data_read = done
+        rest = self._lines.take()
+        if rest:
+            self._feed_data(rest)
+        if self._eof and self._section is not None:
+            self._end_data((None, None))
             self._close()
-            return None, None
-        return result if result is not None else (None, None)
+        self._resume_reading()
+        return await done
+
+    def _feed_data(self, data: bytes) -> None:
+        section = self._section
+        assert section is not None
+        end = section.feed_stream(data)
+        if end < 0:
+            return
+        if end < len(data):
+            self._lines.feed(data[end:])  # the next commands, read after the reply
+        self._end_data(section.result())
+
+    def _end_data(self, result: tuple[list[bytes] | None, R.Reply | None]) -> None:
+        self._section = None
+        done = self._data_read
+        if done is not None and not done.done():
+            done.set_result(result)
 
     async def _submit(self, parts: list[bytes]) -> tuple[str, bool]:
         """Queue the message: the reply after DATA, and whether it was already sent (by
@@ -1287,8 +1335,10 @@ async def read_data_section(
         reader: asyncio.StreamReader, size_limit: int, line_limit: int,
         progress: Callable[[], bool],
 ) -> tuple[list[bytes] | None, R.Reply | None] | None:
-    """Read one DATA section from `reader` in chunks (`DataSection` finds its end and
-    `DataScanner` judges it).
+    """Read one DATA section from an asyncio StreamReader in chunks (`DataSection` finds
+    its end and `DataScanner` judges it). The session itself feeds its `DataSection` from
+    data_received (`DataSection.feed_stream`); this is the same section read from a
+    stream (tests/reliability/test_data_reader_diff.py holds it to the line reader).
 
     The same result as reading it with `reader.readuntil(b"\\r\\n")` line by line with
     a reader limit of `line_limit`. Returns (parts, None) or (None, fault), or None if
