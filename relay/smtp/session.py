@@ -240,6 +240,9 @@ _LOGIN_PASSWORD = b"334 " + b64encode(b"Password\x00")
 _HELP = {"HELP": "HELP [command]", "NOOP": "NOOP [ignored]", "QUIT": "QUIT",
          "RSET": "RSET", "VRFY": "VRFY <address>"}
 _HELP_LIST = " ".join(sorted(_HELP))
+# Replies of one batch kept before they are written: a client that pipelines thousands
+# of commands and reads nothing is stopped by the transport's high-water mark.
+_BATCH_REPLIES = 64
 _UNKNOWN_LIMIT = 5  # unknown commands in one connection; the next one closes it
 # RFC 5321 §4.5.3.1.4: 512 octets a command line; after EHLO, MAIL's SIZE= and SMTPUTF8
 # parameters add 26 + 10 (RFC 1870, 6531) and AUTH's initial response takes a line.
@@ -555,6 +558,8 @@ class SubmissionSession(asyncio.Protocol):
                 self._send(self._exception_reply(error))
                 if self._close_after_reply:
                     self._close()
+            if len(self._out) >= _BATCH_REPLIES:  # a long batch: let the transport say
+                self._flush()  # when it is full (pause_writing), checked above
         self._flush()
         if self._eof and self._task is None and not self._closed:
             self._close()

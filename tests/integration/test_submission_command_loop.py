@@ -7,6 +7,7 @@ message's reply, and a client that half-closes after pipelining still gets every
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -49,13 +50,16 @@ class _Counted(SubmissionSession):
     last: _Counted | None = None
 
     def connection_made(self, transport: Any) -> None:
-        self.reads = self.writes = 0
+        self.reads = self.writes = self.most_buffered = 0
         _Counted.last = self
         super().connection_made(_CountingTransport(transport, self))  # type: ignore[arg-type]
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
         super().data_received(data)
+        if self.transport is not None:  # the replies not yet taken by the kernel
+            self.most_buffered = max(self.most_buffered,
+                                     self.transport.get_write_buffer_size())
 
 
 @asynccontextmanager
@@ -178,3 +182,46 @@ async def test_a_client_that_half_closes_after_pipelining_gets_every_reply() -> 
         finally:
             await client.close()
     assert len(submitter.messages) == 1
+
+
+async def test_a_client_that_does_not_read_its_replies_is_no_longer_read() -> None:
+    """Pipelining without reading the replies (resource exhaustion): once the transport's
+    buffer is full the session stops reading, so neither its replies nor the client's
+    commands pile up in memory; when the client reads, every reply comes, in order."""
+    count = 60_000
+    limits = fast_limits(max_commands_per_session=1_000_000)
+    with mock.patch.object(relay.smtp.server, "SubmissionSession", _Counted):
+        async with running_server(tls=None, listener=LISTENER, limits=limits) as server:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+            reader, writer = await asyncio.open_connection(sock=sock)
+            assert (await reader.readline()).startswith(b"220 ")
+            session = _Counted.last
+            assert session is not None and session.transport is not None
+            # Small kernel buffers on the server's side too, and a low high-water mark,
+            # so the replies back up into the session's transport within a few KB.
+            server_sock = session.transport.get_extra_info("socket")
+            server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            server_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            session.transport.set_write_buffer_limits(high=8192)
+
+            async def send() -> None:
+                batch = b"NOOP\r\n" * 2000
+                for _ in range(count // 2000):
+                    writer.write(batch)
+                    await writer.drain()
+
+            sender = asyncio.create_task(send())
+            await asyncio.sleep(0.5)  # the client reads nothing meanwhile
+            most = max(session.most_buffered, session.transport.get_write_buffer_size())
+            data = await asyncio.wait_for(
+                reader.readexactly(count * len(b"250 2.0.0 OK\r\n")), 10)
+            await sender
+            assert data.count(b"250 2.0.0 OK\r\n") == count
+            # 840 KB of replies in all; the session stopped at the high-water mark, with at
+            # most one group of replies (64) over it.
+            assert most <= 8192 + 64 * len(b"250 2.0.0 OK\r\n"), most
+            writer.close()
