@@ -276,9 +276,9 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             # The same CPU by thread of the relay process (workers = 1): the event loop,
             # the group committer's writer, the executor (signing) threads.
             "thread_cpu_ms_per_msg": {
-                thread_names.get(tid, "loop" if tid == relay.pid else f"thread-{tid}"):
+                thread_names.get(tid, "MainThread" if tid == relay.pid else f"thread-{tid}"):
                     round(s * 1000 / max(1, at_sink["messages"]), 3)
-                for tid, s in sorted(threads.items(), key=lambda kv: -kv[1]) if s > 0},
+                for tid, s in sorted(threads.items(), key=lambda kv: -kv[1])},
         }
     finally:
         for p in reversed(procs):
