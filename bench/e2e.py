@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -159,6 +160,7 @@ class Scenario:
     reuse: bool
     workers: int = 1
     profile: str = ""   # py-spy output file (raw collapsed stacks) for the relay process
+    profile_args: tuple[str, ...] = ()  # more py-spy record flags (--native, --gil, --idle)
     extra: str = ""     # appended to the relay config (TOML)
     delivery_extra: str = ""  # keys added to its [delivery] table
     commit_window: float | None = None  # server.commit_window (s); None = the default
@@ -201,10 +203,13 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
         wait_for_line(relay_out, "relay: ready", relay, 30)
         spy: subprocess.Popen[bytes] | None = None
         if sc.profile:
+            # --native cannot sample without pausing the process: blocking then.
+            nonblocking = [] if "--native" in sc.profile_args else ["--nonblocking"]
             spy = subprocess.Popen(
                 [str(Path(py).with_name("py-spy")), "record", "-p", str(relay.pid), "-r", "200",
-                 "-f", "raw", "-o", sc.profile, "--nonblocking", "--subprocesses"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                 "-f", "raw", "-o", sc.profile, *nonblocking, "--subprocesses",
+                 "--threads", *sc.profile_args],
+                stdout=subprocess.DEVNULL, stderr=(work / "py-spy.err").open("wb"))
             time.sleep(1.0)
 
         lg = [py, str(HERE / "loadgen.py"), "--host", "127.0.0.1",
@@ -219,6 +224,7 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             if sc.tls_resume:
                 lg.append("--tls-resume")
         cpu0 = process_tree_cpu(relay.pid)
+        threads0 = thread_cpu(relay.pid)
         if sc.client == "smtp-source":
             load = smtpsource.run("127.0.0.1", plain_port, sc.messages, sc.size, sc.sessions,
                                   reuse=sc.reuse, timeout=timeout, domain=DOMAIN)
@@ -236,6 +242,8 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
         except subprocess.TimeoutExpired:
             stop(sink)
         relay_cpu = process_tree_cpu(relay.pid) - cpu0
+        threads = thread_cpu_delta(threads0, thread_cpu(relay.pid))
+        thread_names = thread_names_of(relay.pid)
         if spy is not None:
             spy.send_signal(signal.SIGINT)
             try:
@@ -265,6 +273,12 @@ def run_scenario(sc: Scenario, work: Path, timeout: float) -> dict[str, Any]:
             # The same until the last 250 only (delivery runs meanwhile, held or not).
             "relay_accept_cpu_ms_per_msg": round(
                 accept_cpu * 1000 / max(1, load["accepted"]), 2),
+            # The same CPU by thread of the relay process (workers = 1): the event loop,
+            # the group committer's writer, the executor (signing) threads.
+            "thread_cpu_ms_per_msg": {
+                thread_names.get(tid, "MainThread" if tid == relay.pid else f"thread-{tid}"):
+                    round(s * 1000 / max(1, at_sink["messages"]), 3)
+                for tid, s in sorted(threads.items(), key=lambda kv: -kv[1])},
         }
     finally:
         for p in reversed(procs):
@@ -312,6 +326,42 @@ def process_tree_cpu(pid: int) -> float:
     return total
 
 
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of `pid`, from /proc/PID/task."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for stat in Path(f"/proc/{pid}/task").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(stat.parent.name)] = (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def thread_cpu_delta(before: dict[int, float], after: dict[int, float]) -> dict[int, float]:
+    """Per thread, the CPU used between two `thread_cpu` readings (new threads whole)."""
+    return {tid: s - before.get(tid, 0.0) for tid, s in after.items()}
+
+
+def thread_names_of(pid: int) -> dict[int, str]:
+    """The Python names of `pid`'s threads by thread id (py-spy dump), {} without py-spy."""
+    spy = Path(sys.executable).with_name("py-spy")
+    if not spy.exists():
+        return {}
+    try:
+        dump = subprocess.run([str(spy), "dump", "--pid", str(pid), "--nonblocking"],
+                              capture_output=True, timeout=30, check=False).stdout.decode()
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    names: dict[int, str] = {}
+    for line in dump.splitlines():
+        m = re.match(r'Thread (\d+) \(\w+\): "([^"]*)"', line)  # Thread 4242 (idle): "x"
+        if m:
+            names[int(m.group(1))] = m.group(2)
+    return names
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"   # smtp-source reports no latency
 
@@ -348,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="keep the temp dir (logs, state)")
     p.add_argument("--profile", default="",
                    help="py-spy the relay process into PREFIX-<size>.txt (raw stacks)")
+    p.add_argument("--profile-args", default="",
+                   help="more py-spy record flags, space-separated, e.g. \"--native\" or "
+                        "\"--gil\" (samples carry the thread: --threads)")
     p.add_argument("--config-extra", default="",
                    help='TOML appended to the relay config, e.g. "[dkim]\\nsign_processes = 0"')
     p.add_argument("--delivery-extra", default="",
@@ -381,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         sc = Scenario(size, args.messages, args.sessions, args.tls, args.reuse,
                       workers=args.workers,
                       profile=f"{args.profile}-{size}.txt" if args.profile else "",
+                      profile_args=tuple(args.profile_args.split()),
                       extra=args.config_extra.replace("\\n", "\n") + (
                           "" if args.history else "\n[history]\nenabled = false\n"),
                       delivery_extra=args.delivery_extra.replace("\\n", "\n"),

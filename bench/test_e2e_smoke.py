@@ -9,6 +9,8 @@ relay's CPU per message read from /proc. No timing assertions (the machine is sh
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 
 import e2e  # bench/ is on sys.path (bench/conftest.py)
@@ -29,6 +31,16 @@ def test_e2e_smoke_accepts_delivers_and_measures(tmp_path: Path) -> None:
     assert row["delivered"] == 20, context
     assert row["relay_cpu_ms_per_msg"] > 0, context
     assert row["p50_ms"] > 0, context
+    # The same CPU by thread: the event loop's, and with py-spy installed every thread by
+    # its Python name (the group committer's writer, the executor threads); together no
+    # more than the process (no workers here, so the process is all of relay).
+    threads = row["thread_cpu_ms_per_msg"]
+    assert "MainThread" in threads, context
+    if Path(sys.executable).with_name("py-spy").exists():
+        assert "lmdb-writer" in threads, context
+    tick_ms = 1000 / os.sysconf("SC_CLK_TCK") / 20  # /proc counts whole clock ticks
+    assert sum(threads.values()) <= row["relay_cpu_ms_per_msg"] + tick_ms * len(threads), \
+        context
 
 
 def test_loadgen_resumes_its_tls_session_on_each_new_connection(tmp_path: Path) -> None:

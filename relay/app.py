@@ -454,6 +454,29 @@ class RelayApp:
         self.events.close()
 
 
+# Young objects collected per pass (gc generation 0's threshold: allocations of tracked
+# objects minus their deallocations). A closed client connection leaves ~75 objects in
+# reference cycles (its session, TLS object and buffers, transport, handler task and the
+# CancelledError that ended it, with its traceback's frames), which only the collector
+# frees; nothing else a message does leaves much. So this number sets how many closed
+# connections one pass frees at once: at 50,000, ~650 of them, a 45-55 ms pause of the
+# event loop every few seconds with a new connection per message (the tail of
+# end-of-DATA -> 250; up to 177 ms measured on a loaded machine); at 10,000, ~130, a
+# pause of ~10 ms, and no more collector time in all (bench/RESULTS.md, "a new
+# connection's CPU in the full relay").
+GC_YOUNG_THRESHOLD = 10_000
+
+
+def tune_gc() -> None:
+    """After start-up: what was built lives for the whole process, so it is taken out of
+    the cyclic collector's view (without that a full collection paused the event loop
+    45-60 ms about every 5 s under load); young objects are collected in passes of
+    GC_YOUNG_THRESHOLD, the older generations rarely."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 100)
+
+
 async def serve(cfg: Config, config_path: Path | None = None,
                 worker: tuple[int, int] | None = None,
                 early: EarlySignals | None = None) -> None:
@@ -483,14 +506,7 @@ async def serve(cfg: Config, config_path: Path | None = None,
     watch_supervisor(loop, orphaned)
     app = RelayApp(cfg, worker=worker)
     await app.start()
-    # Everything built at start-up lives for the whole process: take it out of the cyclic
-    # collector's view, and collect young objects in bigger, rarer passes. Without this a
-    # full collection paused the event loop 45-60 ms about every 5 s under load (measured
-    # with gc.callbacks; bench/RESULTS.md, the throughput work's second pass: "what changed,
-    # what each change did"); with it, at most ~8 ms.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()
     if app.dev_password is not None:
         print(f"relay: development credential (shown once): user {DEV_USER!r} "
               f"password {app.dev_password!r}", flush=True)
