@@ -11,6 +11,10 @@ comparison verifies every DKIM signature from it without spending CPU during the
 
     python bench/sinkserver.py --host 127.0.0.2 --port 0 --expect 5000 --timeout 120
 
+`--chunking` (or BENCH_SINK_CHUNKING=1 in its environment, for benches that start it)
+also advertises CHUNKING (RFC 3030) and takes "BDAT <n> [LAST]" chunks, as Postfix,
+Gmail and Outlook do.
+
 prints one line `{"event": "ready", "host": ..., "port": ...}` when it listens,
 then runs until it has seen `--expect` messages (or `--timeout` seconds have
 passed, or SIGTERM/SIGINT) and prints a JSON summary line. Always bounded.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -31,7 +36,9 @@ from typing import BinaryIO, cast
 
 _EHLO_REPLY = (b"250-sink.bench\r\n250-PIPELINING\r\n250-8BITMIME\r\n"
                b"250-SIZE 104857600\r\n250 ENHANCEDSTATUSCODES\r\n")
+_EHLO_CHUNKING = _EHLO_REPLY.replace(b"250-8BITMIME", b"250-8BITMIME\r\n250-CHUNKING")
 _OK = b"250 2.0.0 ok\r\n"
+_BAD_BDAT = b"501 5.5.4 BDAT needs a chunk size\r\n"
 _QUEUED = b"250 2.0.0 queued\r\n"
 _DATA_GO = b"354 go ahead\r\n"
 _BYE = b"221 2.0.0 bye\r\n"
@@ -53,8 +60,13 @@ class SinkProtocol(asyncio.Protocol):
     """One connection. Command mode parses CRLF lines; data mode looks for CRLF.CRLF."""
 
     def __init__(self, stats: SinkStats, on_message: asyncio.Event | None = None,
-                 expect: int = 0, store: BinaryIO | None = None) -> None:
+                 expect: int = 0, store: BinaryIO | None = None,
+                 chunking: bool = False) -> None:
         self.stats = stats
+        self.ehlo = _EHLO_CHUNKING if chunking else _EHLO_REPLY
+        self.chunk_left = -1      # bytes of the current BDAT chunk still to come (-1: none)
+        self.chunk_last = False   # the current chunk is the message's last
+        self.chunks = bytearray()  # the message so far, with --store
         self.store = store
         self.on_message = on_message
         self.expect = expect
@@ -75,6 +87,23 @@ class SinkProtocol(asyncio.Protocol):
         out: list[bytes] = []
         closing = False
         while self.buf:
+            if self.chunk_left >= 0:
+                take = min(self.chunk_left, len(self.buf))
+                if self.store is not None:
+                    self.chunks += self.buf[:take]
+                del self.buf[:take]
+                self.chunk_left -= take
+                if self.chunk_left:
+                    break
+                self.chunk_left = -1
+                if not self.chunk_last:
+                    out.append(_OK)
+                    continue
+                if self.store is not None:
+                    self.store.write(b"%d\n" % len(self.chunks) + bytes(self.chunks))
+                    self.chunks.clear()
+                out.append(self._message())  # its bytes were counted at each BDAT
+                continue
             if self.in_data:
                 # The buffer starts with the CRLF that preceded DATA's payload (see below),
                 # so an empty message ".\r\n" is found too.
@@ -90,18 +119,8 @@ class SinkProtocol(asyncio.Protocol):
                 del self.buf[: pos + len(_END)]
                 self.in_data = False
                 self.scan_from = 0
-                st = self.stats
-                st.messages += 1
-                st.recipients += self.rcpts
-                st.bytes += size
-                now = time.time()
-                if not st.first_at:
-                    st.first_at = now
-                st.last_at = now
-                self.rcpts = 0
-                out.append(_QUEUED)
-                if self.on_message is not None and self.expect and st.messages >= self.expect:
-                    self.on_message.set()
+                self.stats.bytes += size
+                out.append(self._message())
                 continue
             nl = self.buf.find(b"\n")
             if nl < 0:
@@ -112,7 +131,16 @@ class SinkProtocol(asyncio.Protocol):
             del self.buf[: nl + 1]
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
-                out.append(_EHLO_REPLY if verb == b"EHLO" else _OK)
+                out.append(self.ehlo if verb == b"EHLO" else _OK)
+            elif verb == b"BDAT":
+                args = line[5:].split()
+                if not args or not args[0].isdigit() or len(args[0]) > 12:
+                    out.append(_BAD_BDAT)
+                    closing = True  # out of step: its chunk would be read as commands
+                    break
+                self.chunk_left = int(args[0])
+                self.chunk_last = len(args) > 1 and args[1].upper() == b"LAST"
+                self.stats.bytes += self.chunk_left
             elif verb == b"RCPT":
                 self.rcpts += 1
                 out.append(_OK)
@@ -135,6 +163,20 @@ class SinkProtocol(asyncio.Protocol):
             if closing:
                 self.transport.close()
 
+    def _message(self) -> bytes:
+        """Count a message whose end has come; its reply."""
+        st = self.stats
+        st.messages += 1
+        st.recipients += self.rcpts
+        now = time.time()
+        if not st.first_at:
+            st.first_at = now
+        st.last_at = now
+        self.rcpts = 0
+        if self.on_message is not None and self.expect and st.messages >= self.expect:
+            self.on_message.set()
+        return _QUEUED
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
 
@@ -147,11 +189,12 @@ def stored_messages(path: Path) -> Iterator[bytes]:
 
 
 async def serve(host: str, port: int, expect: int, timeout: float, grace: float,
-                store: BinaryIO | None = None) -> SinkStats:
+                store: BinaryIO | None = None, chunking: bool = False) -> SinkStats:
     loop = asyncio.get_running_loop()
     stats = SinkStats()
     done = asyncio.Event()
-    server = await loop.create_server(lambda: SinkProtocol(stats, done, expect, store),
+    server = await loop.create_server(lambda: SinkProtocol(stats, done, expect, store,
+                                                           chunking),
                                       host=host, port=port, reuse_address=True, backlog=1024)
     bound = int(server.sockets[0].getsockname()[1])
     print(json.dumps({"event": "ready", "host": host, "port": bound}), flush=True)
@@ -178,17 +221,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="seconds to keep counting after --expect is reached")
     p.add_argument("--store", type=Path, default=None,
                    help="append every message to this file (length line + message)")
+    p.add_argument("--chunking", action=argparse.BooleanOptionalAction,
+                   default=os.environ.get("BENCH_SINK_CHUNKING", "") == "1",
+                   help="advertise CHUNKING and take BDAT (default: BENCH_SINK_CHUNKING=1)")
     args = p.parse_args(argv)
     if not args.host.startswith("127."):
         p.error("the bench sink binds loopback (127.0.0.0/8) only")
     import uvloop
 
     if args.store is None:
-        stats = uvloop.run(serve(args.host, args.port, args.expect, args.timeout, args.grace))
+        stats = uvloop.run(serve(args.host, args.port, args.expect, args.timeout, args.grace,
+                                 chunking=args.chunking))
     else:
         with args.store.open("ab", buffering=1 << 20) as store:
             stats = uvloop.run(serve(args.host, args.port, args.expect, args.timeout,
-                                     args.grace, store))
+                                     args.grace, store, chunking=args.chunking))
     print(json.dumps({"event": "summary", **asdict(stats)}), flush=True)
     return 0
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -44,7 +45,6 @@ current_message: ContextVar[Any] = ContextVar("relay_current_message", default=N
 _HEADER_SCAN = 256 * 1024
 # At most this many signatures are reported per attempt (relay adds one per algorithm).
 _MAX_SIGNATURES = 8
-_FIELD = b"\ndkim-signature"
 
 
 @dataclass(frozen=True)
@@ -116,24 +116,23 @@ def dkim_selectors(data: bytes) -> list[str]:
             continue
         # The field runs to the first line end not followed by whitespace (folding);
         # positions in `low` are one past those in `head`.
-        stop = colon
-        while True:
-            nl = low.find(b"\n", stop + 1)
-            if nl < 0 or nl + 1 >= len(low) or low[nl + 1] not in b" \t":
-                stop = len(low) if nl < 0 else nl
-                break
-            stop = nl
+        stop = _FIELD_END.search(low, colon)
+        value = head[colon:stop.start() - 1 if stop is not None else len(head)]
         tags: dict[bytes, bytes] = {}
-        for part in head[colon:stop - 1].split(b";"):
-            name, eq, value = part.partition(b"=")
-            name = name.strip()  # folding whitespace (CRLF, spaces, tabs) around the tag
-            if eq and name in (b"d", b"s") and name not in tags:
-                tags[name] = value.strip()
+        for name, tag in _DS_TAGS.findall(b";" + value):  # a regex pass, not a loop a tag
+            tags.setdefault(name, tag)
         if tags:
-            out.append(f"d={tags.get(b'd', b'').decode('ascii', 'replace').lower()} "
-                       f"s={tags.get(b's', b'').decode('ascii', 'replace')}")
+            out.append(f"d={tags.get(b'd', b'').strip().decode('ascii', 'replace').lower()} "
+                       f"s={tags.get(b's', b'').strip().decode('ascii', 'replace')}")
         at = nxt
     return out
+
+
+_FIELD = b"\ndkim-signature"
+_FIELD_END = re.compile(rb"\n(?![ \t])")
+# The d= and s= tags of a field's value that starts with ";" (names in lower case, as
+# RFC 6376 §3.2 spells them; folding whitespace around a name); a value runs to the next ";".
+_DS_TAGS = re.compile(rb";\s*([ds])\s*=([^;]*)")
 
 
 def started(clock: Clock) -> float:

@@ -35,6 +35,7 @@ log = logging.getLogger("relay.mtasts")
 # A domain whose policy could not be fetched is not asked again for this long (seconds),
 # so a dead policy host does not cost a timeout on every delivery attempt.
 FAILURE_BACKOFF = 300.0
+_SETTLED_MAX = 4096
 
 
 class TxtResolver(Protocol):
@@ -89,11 +90,29 @@ class MtaSts:
         self._memory: dict[str, Policy | None] = {}
         self._failed_until: dict[str, float] = {}
         self._inflight: dict[str, asyncio.Task[Policy | None]] = {}
+        # domain -> (its answer, until when on the monotonic clock): an answer that needed
+        # no fetch holds while its TXT record's answer and the cached policy are valid, so
+        # a delivery costs no task and no TXT lookup meanwhile.
+        self._settled: dict[str, tuple[Policy | None, float]] = {}
         self.fetch_count = 0
+
+    def _settle(self, domain: str, policy: Policy | None, txt: Lookup[str], now: float) -> None:
+        mono = self._clock.monotonic()
+        until = txt.expires_at  # 0.0 (not kept) after a temporary DNS failure
+        if policy is not None:
+            until = min(until, mono + (policy.expires_at() - now))
+        if until <= mono:
+            return
+        if len(self._settled) >= _SETTLED_MAX:
+            self._settled.clear()
+        self._settled[domain] = (policy, until)
 
     async def policy(self, domain: str) -> Policy | None:
         """The policy to apply to `domain` now, or None; never raises."""
         domain = domain.lower().rstrip(".")
+        settled = self._settled.get(domain)
+        if settled is not None and self._clock.monotonic() < settled[1]:
+            return settled[0]
         task = self._inflight.get(domain)
         if task is None:
             task = asyncio.ensure_future(self._policy(domain))
@@ -113,6 +132,7 @@ class MtaSts:
         txt = await self._resolver.txt(f"_mta-sts.{domain}")
         record_id = mtasts.txt_id(txt.records) if txt.ok else None
         if not mtasts.needs_fetch(cached, record_id, now):
+            self._settle(domain, cached, txt, now)
             return cached  # no TXT (or DNS trouble): a valid cached policy still holds
         if self._clock.monotonic() < self._failed_until.get(domain, 0.0):
             return cached

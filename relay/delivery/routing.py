@@ -17,6 +17,18 @@ dropped, 451 4.4.4 when none is left (next hops are the operator's choice, so ex
 An MX route keeps at most delivery.mx_address_limit addresses: MX host names are looked
 up in preference order, a batch at a time, only until that many usable addresses are
 known, so a domain with a hundred MX hosts costs no more lookups than it needs.
+
+Routes are kept (`_RouteCache`, ROUTE_CACHE_ENTRIES destinations, least recently used
+dropped first) for as long as every DNS answer they were built from (Lookup.expires_at:
+the answer's TTL as the resolver caches it, so a route goes when the resolver would ask
+again) and at most LOCAL_ADDRESS_TTL (the loop check's interface addresses); an answer
+of unknown lifetime (a temporary failure, a resolver that does not say) is never kept.
+A hit costs a dict lookup instead of the resolver's cache, `ipaddress` parsing of every
+target and the loop and deny checks. Kept whole only where nothing is random: with MX
+hosts of equal preference (shuffled per message, RFC 5321 §5.1) only the DNS answers are
+kept and the order is drawn again. MTA-STS applies on every hit (the policy source keeps
+its own answer for its TXT record's TTL). A change of listeners or `configure()` (new
+delivery settings: routes, deny_networks, port) drops what was kept.
 """
 
 from __future__ import annotations
@@ -27,12 +39,14 @@ import logging
 import random
 import socket
 from collections.abc import Collection
+from dataclasses import dataclass
 from typing import Protocol
 
 from relay.clock import Clock, SystemClock
 from relay.config import Delivery
 from relay.delivery import mtasts
-from relay.dns.answers import Lookup, Resolver, normalize_name
+from relay.dns.answers import Lookup, MxRecord, Resolver, normalize_name
+from relay.dns.cache import TtlCache
 from relay.dns.route import (
     SMTP_PORT,
     Route,
@@ -94,6 +108,35 @@ def is_local_address(address: str) -> bool:
 # is noticed within this long (on port 25 every MX address is asked about).
 LOCAL_ADDRESS_TTL = 60.0
 _LOCAL_CACHE_MAX = 4096
+# Destinations whose route is kept (about 1 KB each with a few targets).
+ROUTE_CACHE_ENTRIES = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class _Kept:
+    """A destination's route as built, or (MX hosts of equal preference) its DNS answers.
+
+    `route`: the route before MTA-STS and the address limit; None when the MX order is
+    drawn per message, then `mx` and `found` rebuild it without asking the resolver.
+    `own`: relay's listeners when it was built (a loop check depends on them)."""
+
+    route: Route | None
+    mx_route: bool
+    own: frozenset[tuple[str, int]]
+    mx: Lookup[MxRecord] | None = None
+    found: dict[str, Lookup[str]] | None = None
+    # Addresses that passed the loop and deny checks (with the MX port): a new order of
+    # only these needs no checks again.
+    clean: frozenset[str] = frozenset()
+
+
+def _valid_until(lookups: Collection[Lookup[MxRecord] | Lookup[str] | None]) -> float:
+    """When the first of `lookups` expires (0.0 if one has no known lifetime)."""
+    until = float("inf")
+    for found in lookups:
+        if found is not None:
+            until = min(until, found.expires_at)
+    return until
 
 
 class Router:
@@ -109,55 +152,110 @@ class Router:
         # pass a set it fills as listeners bind.
         self.own_addresses = own_addresses
         self._deny = parse_networks(delivery_cfg.deny_networks)
+        # The resolver's clock: a Lookup's expires_at is on its monotonic time.
         self._clock: Clock = clock if clock is not None else SystemClock()
         self._local: dict[str, tuple[bool, float]] = {}  # address -> (local, checked at)
+        self._kept: TtlCache[str, _Kept] = TtlCache(self._clock, ROUTE_CACHE_ENTRIES)
+
+    @property
+    def config(self) -> Delivery:
+        return self._cfg
+
+    def configure(self, delivery_cfg: Delivery) -> None:
+        """Route with new delivery settings (a reload) from the next route on."""
+        self._cfg = delivery_cfg
+        self._deny = parse_networks(delivery_cfg.deny_networks)
+        self._kept.clear()
 
     async def route(self, domain: str) -> Route:
         name = normalize_name(domain)
         if not name or len(name) > 253:
             return invalid_domain(domain)
+        own = frozenset(self.own_addresses)
+        kept = self._kept.get(name)
+        if kept is not None and kept.own == own:
+            route = kept.route
+            if route is None:  # MX hosts of equal preference: a new order, no DNS asked
+                assert kept.mx is not None and kept.found is not None
+                route = (await self._mx_targets(name, kept.mx, dict(kept.found),
+                                                kept.clean))[0]
+            return await self._finish(name, route, kept.mx_route)
+        route, built, until = await self._build(name, own)
+        # Not kept (put drops it) when an answer's lifetime is unknown or already over.
+        self._kept.put(name, built, min(until - self._clock.monotonic(), LOCAL_ADDRESS_TTL))
+        return await self._finish(name, route, built.mx_route)
+
+    async def _build(self, name: str,
+                     own: frozenset[tuple[str, int]]) -> tuple[Route, _Kept, float]:
+        """The route of `name` before MTA-STS and the address limit, what to keep of it,
+        and until when (the clock's monotonic time) it may be kept."""
         hop = select_next_hop(name, self._cfg.routes)
         if hop is not None:
-            found = None if is_ip_literal(hop.host) else await self._resolver.addresses(hop.host)
-            return self._usable(name, next_hop(name, hop.host, hop.port, found), chosen=True)
+            hop_found = None if is_ip_literal(hop.host) else await self._resolver.addresses(
+                hop.host)
+            route = self._usable(name, next_hop(name, hop.host, hop.port, hop_found),
+                                 chosen=True)
+            return route, _Kept(route, False, own), _valid_until([hop_found])
         literal = address_literal(name)
         if isinstance(literal, RouteFailure):
-            return literal
+            return literal, _Kept(literal, False, own), float("inf")
         if literal is not None:
-            return self._usable(name, Targets([Target(literal, literal, self._cfg.port, 0)]))
-        return await self._mx_route(name)
-
-    async def _mx_route(self, name: str) -> Route:
+            route = self._usable(name, Targets([Target(literal, literal, self._cfg.port, 0)]))
+            return route, _Kept(route, False, own), float("inf")
         mx = await self._resolver.mx(name)
+        route, found, drawn = await self._mx_targets(name, mx, {})
+        until = _valid_until([mx, *found.values()])
+        if drawn:
+            clean = frozenset(t.address for t in route.hosts) if isinstance(
+                route, Targets) else frozenset[str]()
+            return route, _Kept(None, True, own, mx, found, clean), until
+        return route, _Kept(route, True, own), until
+
+    async def _mx_targets(self, name: str, mx: Lookup[MxRecord], found: dict[str, Lookup[str]],
+                          clean: frozenset[str] = frozenset(),
+                          ) -> tuple[Route, dict[str, Lookup[str]], bool]:
+        """The MX route from the MX answer, asking for the MX hosts' addresses not in
+        `found` (which it fills); and whether its order was drawn at random. Targets all
+        in `clean` are known to pass the loop and deny checks."""
         plan = plan_mx(name, mx, self._rng)
         if isinstance(plan, RouteFailure):
-            return plan
+            return plan, found, False
+        drawn = len({h.preference for h in plan}) < len(plan)
         implicit = mx.ok and not mx.records
         limit = self._cfg.mx_address_limit
         names = list(dict.fromkeys(h.name for h in plan))
-        found: dict[str, Lookup[str]] = {}
         route: Route
+        asked = 0
         while True:
             # The next MX host names, `limit` at a time (each has at least one address or
             # none): enough for `limit` usable addresses unless some are not usable.
-            batch = names[len(found):len(found) + limit]
+            batch = names[asked:asked + limit]
+            asked += len(batch)
+            wanted = [n for n in batch if n not in found]
             results: list[Lookup[str]]
-            if len(batch) == 1:  # the usual case: no task per lookup (gather makes one each)
-                results = [await self._resolver.addresses(batch[0])]
+            if len(wanted) <= 1:  # the usual case: no task per lookup (gather makes one each)
+                results = [await self._resolver.addresses(n) for n in wanted]
             else:
-                results = await asyncio.gather(*(self._resolver.addresses(n) for n in batch))
-            found.update(zip(batch, results, strict=True))
-            hosts = [h for h in plan if h.name in found]
-            route = self._usable(name, expand(name, hosts, found, self._cfg.port,
-                                              implicit=implicit))
-            if len(found) == len(names) or (
+                results = await asyncio.gather(*(self._resolver.addresses(n) for n in wanted))
+            found.update(zip(wanted, results, strict=True))
+            looked = set(names[:asked])
+            hosts = [h for h in plan if h.name in looked]
+            route = expand(name, hosts, found, self._cfg.port, implicit=implicit)
+            if not (isinstance(route, Targets) and clean.issuperset(
+                    t.address for t in route.hosts)):
+                route = self._usable(name, route)
+            if asked == len(names) or (
                     isinstance(route, Targets) and len(route.hosts) >= limit):
                 break
-        if self.mta_sts is not None and isinstance(route, Targets):
+        return route, found, drawn
+
+    async def _finish(self, name: str, route: Route, mx_route: bool) -> Route:
+        """MTA-STS (MX routes), then at most delivery.mx_address_limit addresses."""
+        if mx_route and self.mta_sts is not None and isinstance(route, Targets):
             route, notes = mtasts.apply(name, await self.mta_sts.policy(name), route)
             for note in notes:
                 log.warning("%s", note)
-        return limited(route, limit)
+        return limited(route, self._cfg.mx_address_limit)
 
     def _usable(self, name: str, route: Route, *, chosen: bool = False) -> Route:
         """`route` without the targets that loop back to this host, then (unless `chosen`:

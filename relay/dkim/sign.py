@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from relay.clock import SystemClock
 from relay.dkim import canon
 from relay.dkim.keys import DkimError, DkimKey, DomainKeys, KeyStore
+from relay.dkim.lane import SigningLane, shared_lane
 from relay.dkim.sigcache import SignatureCache, Spool
 
 log = logging.getLogger(__name__)
@@ -321,8 +322,11 @@ def _log_save_failure(fut: asyncio.Future[None]) -> None:
 
 class Signer:
     def __init__(self, keys: KeyStore, *, cache_size: int = 4096,
-                 store: Spool | None = None) -> None:
+                 store: Spool | None = None, lane: SigningLane | None = None) -> None:
         self.keys = keys
+        # The private-key operations' threads (relay/dkim/lane.py): the process's own
+        # unless given one.
+        self.lane = lane if lane is not None else shared_lane()
         # Durable signatures in the queue spool (`store`), behind the LRU below.
         self.store = SignatureCache(store) if store is not None else None
         self.cache_size = cache_size
@@ -393,20 +397,21 @@ class Signer:
         return sig
 
     async def _compute_split(self, tag: str, body: bytes, state: DomainKeys) -> bytes:
-        """`_compute()` with only the private-key operations in a worker thread (GIL
-        released: they run beside the loop). The canonicalisation and folding (~0.1 ms of
-        Python for a small message) hold the GIL wherever they run, so in the thread they
-        only added GIL hand-offs with the loop (each a futex wake and a context switch)
-        and its wake-ups. A large body, or one that carries a DKIM-Signature (verified
-        first, with dkimpy), is signed in the thread as a whole: the body hash of a large
-        one runs there with the GIL released."""
+        """`_compute()` with only the private-key operations in the signing lane's
+        threads (RSA with the GIL released: it runs beside the loop). The
+        canonicalisation and folding (~0.1 ms of Python for a small message) hold the GIL
+        wherever they run, so in a thread they only added GIL hand-offs with the loop
+        (each a futex wake and a context switch) and its wake-ups. A large body, or one
+        that carries a DKIM-Signature (verified first, with dkimpy), is signed in the
+        default executor as a whole: the body hash of a large one runs there with the
+        GIL released."""
         if len(body) > _INLINE_MAX or b"dkim-signature:" in header_block(body).lower():
             return await asyncio.to_thread(self._compute, tag, body, state)
         domain, _, gen = tag.partition("/")
         (generation,) = [g for g in state.generations if g.name == gen]
         plan = plan_signatures(body, domain, [(k, self.keys.private_key(domain, k))
                                               for k in generation.keys])
-        sig = plan.assemble(await asyncio.to_thread(plan.private_operations))
+        sig = plan.assemble(await self.lane.run(plan))
         self.signed += 1
         return sig
 

@@ -9,7 +9,7 @@ from these values alone (house rule 1), and DNS exceptions never cross this boun
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 T = TypeVar("T")
@@ -29,6 +29,10 @@ class Lookup(Generic[T]):
     records: tuple[T, ...] = ()
     # Human reason for NXDOMAIN/TEMPFAIL ("SERVFAIL from 127.0.0.1:5353", "timed out").
     reason: str = ""
+    # When the answer stops being valid, on the resolver clock's `monotonic()` (its TTL,
+    # as cached); 0.0 = unknown or not to be kept (temporary failures, fakes). Not part of
+    # equality: two answers with the same records are the same answer.
+    expires_at: float = field(default=0.0, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:

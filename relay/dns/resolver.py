@@ -11,6 +11,7 @@ Temporary failures are never cached, so a retry asks again.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import ipaddress
 import socket
@@ -119,20 +120,28 @@ class DnsResolver:
         return await self._lookup(domain, dns.rdatatype.MX, _mx_record)
 
     async def addresses(self, host: str) -> Lookup[str]:
-        v4, v6 = await asyncio.gather(
-            self._lookup(host, dns.rdatatype.A, _address),
-            self._lookup(host, dns.rdatatype.AAAA, _address))
+        name = normalize_name(host)
+        hit4: Lookup[str] | None = self.cache.get((name, "A"))
+        hit6: Lookup[str] | None = self.cache.get((name, "AAAA")) if hit4 is not None else None
+        if hit4 is not None and hit6 is not None:
+            v4, v6 = hit4, hit6
+        else:  # gather makes a task per lookup: only when one is due
+            v4, v6 = await asyncio.gather(
+                self._lookup(host, dns.rdatatype.A, _address),
+                self._lookup(host, dns.rdatatype.AAAA, _address))
         records = v4.records + v6.records
         if records:
-            return found(records)
+            # The combined answer holds while both do (an empty AAAA answer too).
+            return Lookup(Status.OK, records, expires_at=min(v4.expires_at, v6.expires_at))
         # Unsure beats absent: a timeout on either family means "ask again later".
         for result in (v4, v6):
             if result.temporary:
                 return result
         for result in (v4, v6):
             if result.permanent:
-                return result
-        return found(())
+                return dataclasses.replace(
+                    result, expires_at=min(v4.expires_at, v6.expires_at))
+        return Lookup(Status.OK, (), expires_at=min(v4.expires_at, v6.expires_at))
 
     async def txt(self, name: str) -> Lookup[str]:
         return await self._lookup(name, dns.rdatatype.TXT, _txt)
@@ -160,7 +169,10 @@ class DnsResolver:
     async def _fetch(self, key: _Key, rdtype: dns.rdatatype.RdataType,
                      convert: Callable[[dns.rdata.Rdata], Any]) -> Lookup[Any]:
         result, ttl = await self._query(key[0], rdtype, convert)
-        if result.status is not Status.TEMPFAIL:
+        if result.status is not Status.TEMPFAIL and ttl > 0:
+            # The answer carries its expiry, so what is built from it (a route) can be
+            # kept exactly as long.
+            result = dataclasses.replace(result, expires_at=self._clock.monotonic() + ttl)
             self.cache.put(key, result, ttl)
         return result
 

@@ -45,7 +45,7 @@ from relay.backoff import doubling
 from relay.clock import Clock
 from relay.config import Config, EventDestination
 from relay.events.linefile import LineFile
-from relay.events.model import Event, configuration_set_of
+from relay.events.model import Event, configuration_set_of, encoded
 from relay.queue.store import QueueStore
 
 log = logging.getLogger("relay.events")
@@ -146,9 +146,9 @@ class EventRouter:
         if cs_name:
             cs = self.config().configuration_set_named(cs_name)
             if cs is not None and not cs.include_original_headers:
-                event = msgspec.structs.replace(
-                    event, mail=msgspec.structs.replace(event.mail, headers=[]))
-        return _json.encode(event)
+                return _json.encode(msgspec.structs.replace(
+                    event, mail=msgspec.structs.replace(event.mail, headers=[])))
+        return encoded(event)  # the event log's bytes when it is publishing this event
 
     def __call__(self, event: Event) -> None:
         dests = self.destinations(event)

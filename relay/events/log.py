@@ -28,13 +28,12 @@ import msgspec
 
 from relay.clock import Clock
 from relay.events.linefile import MAX_UNWRITTEN, RETRY_INTERVAL, LineFile
-from relay.events.model import Event
+from relay.events.model import Event, publishing
 
 log = logging.getLogger(__name__)
 
 _enc = msgspec.json.Encoder()
 _dec = msgspec.json.Decoder()
-
 
 
 class EventLog(LineFile):
@@ -57,9 +56,17 @@ class EventLog(LineFile):
         they are all in the file; None when memory was full and one was dropped."""
         kept = True
         for ev in events:
-            kept = self.append(_enc.encode(ev) + b"\n") and kept
-            for sub in self.subscribers:
-                sub(ev)
+            data = _enc.encode(ev)
+            kept = self.append(data + b"\n") and kept
+            if self.subscribers:
+                # The subscribers that write the event (history, destinations) take
+                # these bytes through `model.encoded` instead of encoding it again.
+                publishing(ev, data)
+                try:
+                    for sub in self.subscribers:
+                        sub(ev)
+                finally:
+                    publishing(None)
         # Journaled events (Send, Delivery, Bounce...) stay staged in the queue until
         # written, so a crash before the write replays them; the others (Reject,
         # Subscription) could be lost in it, as in a crash just before emit().

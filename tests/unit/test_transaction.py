@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from relay.delivery.outcome import Outcome
 from relay.delivery.transaction import (
+    CHUNKING_MAX,
     MAX_LINE_LENGTH,
     MAX_REPLY_LENGTH,
     MAX_REPLY_LINES,
@@ -469,3 +470,71 @@ def test_command_rset_and_quit() -> None:
 def test_wire_body_dot_stuffs_and_normalises() -> None:
     assert wire_body(b".a\nb\r.\r\n") == b"..a\r\nb\r\n..\r\n.\r\n"
     assert wire_body(b"x") == b"x\r\n.\r\n"
+
+
+# ---------------------------------------------------------------------------- CHUNKING
+
+CHUNKING = {**PIPELINING, "chunking": ""}
+BDAT_REPLIES = b"250 2.1.0 ok\r\n250 2.1.5 ok\r\n550 5.1.1 no such user\r\n250 2.0.0 queued\r\n"
+
+
+@pytest.mark.parametrize("cut", splits(BDAT_REPLIES))
+def test_chunking_sends_mail_rcpt_bdat_and_body_in_one_write(cut: list[int] | None) -> None:
+    """RFC 3030 with PIPELINING: one write, one round of replies, no 354 and no dot."""
+    body = b"Subject: t\r\n\r\n.starts with a dot\r\nbare lf\n"
+    t = transaction(["a@d.test", "n@d.test"], CHUNKING, body=body)
+    chunk = b"Subject: t\r\n\r\n.starts with a dot\r\nbare lf\r\n"  # CRLF, not dot-stuffed
+    assert t.start() == (b"MAIL FROM:<s@x.test> SIZE=%d\r\n" % len(body)
+                         + b"RCPT TO:<a@d.test>\r\nRCPT TO:<n@d.test>\r\n"
+                         + b"BDAT %d LAST\r\n" % len(chunk) + chunk)
+    assert feed(t, BDAT_REPLIES, cut) == b""
+    assert kinds(t.outcomes) == [("delivered", 250, "2.0.0"), ("bounced", 550, "5.1.1")]
+    assert t.done and t.keep and not t.rset_needed and not t.excess
+
+
+def test_chunking_reply_times_under_data_timeout() -> None:
+    t = transaction(["a@d.test"], CHUNKING)
+    t.start()
+    t.receive(b"250 ok\r\n")
+    assert t.timeout == "command"   # the RCPT reply
+    t.receive(b"250 ok\r\n")
+    assert t.timeout == "data"      # BDAT's reply: the server has the whole message
+
+
+def test_chunking_refused_resets_before_the_next_mail() -> None:
+    t = transaction(["a@d.test"], CHUNKING)
+    t.start()
+    feed(t, b"250 ok\r\n250 ok\r\n552 5.3.4 message too big\r\n")
+    assert kinds(t.outcomes) == [("bounced", 552, "5.3.4")]
+    assert t.keep and t.rset_needed
+
+
+def test_chunking_with_no_recipient_accepted_keeps_the_rcpt_replies() -> None:
+    t = transaction(["a@d.test", "b@d.test"], CHUNKING)
+    t.start()
+    feed(t, b"250 ok\r\n550 5.1.1 unknown\r\n452 4.2.2 full\r\n554 5.5.1 no valid recipients\r\n")
+    assert kinds(t.outcomes) == [("bounced", 550, "5.1.1"), ("deferred", 452, "4.2.2")]
+    assert t.keep and t.rset_needed
+
+
+def test_chunking_mail_refused_fails_every_recipient_with_its_reply() -> None:
+    t = transaction(["a@d.test", "b@d.test"], CHUNKING)
+    t.start()
+    feed(t, b"550 5.7.1 sender blocked\r\n503 no MAIL\r\n503 no MAIL\r\n503 5.5.1 no MAIL\r\n")
+    assert kinds(t.outcomes) == [("bounced", 550, "5.7.1")] * 2
+
+
+def test_no_chunking_without_pipelining() -> None:
+    """A serial server gets DATA: BDAT alone would save no round trip."""
+    t = transaction(["a@d.test"], {"chunking": ""})
+    assert t.start() == b"MAIL FROM:<s@x.test>\r\n"
+    assert t.receive(b"250 ok\r\n") == b"RCPT TO:<a@d.test>\r\n"
+    assert t.receive(b"250 ok\r\n") == b"DATA\r\n"
+
+
+def test_no_chunking_for_a_message_over_the_bound() -> None:
+    """Its bytes would go before any recipient is accepted: it waits for 354."""
+    body = BODY + b"x" * CHUNKING_MAX + b"\r\n"
+    t = transaction(["a@d.test"], CHUNKING, body=body)
+    assert t.start().endswith(b"RCPT TO:<a@d.test>\r\nDATA\r\n")
+    assert feed(t, b"250 ok\r\n250 ok\r\n354 go\r\n") == body + b".\r\n"
