@@ -26,6 +26,7 @@ from typing import Any
 
 import msgspec
 
+from relay.history import codec
 from relay.history import keys as K
 from relay.history.entries import stat_deltas
 from relay.history.model import (
@@ -168,6 +169,11 @@ def apply_entry(msg: HistoryMessage, entry: TimelineEntry) -> None:
     r.status = new
 
 
+def _entry_at(txn: Any, db: Any, key: bytes) -> TimelineEntry | None:
+    raw = txn.get(key, db=db)
+    return codec.decode_entry(raw) if raw is not None else None
+
+
 def _same(a: TimelineEntry, b: TimelineEntry) -> bool:
     """The same happening: an event published twice (the journal's replay after a
     crash), an attempt reported twice. Entries of one microsecond otherwise differ in
@@ -224,7 +230,7 @@ class HistoryStore:
                     if raw is None:
                         touched[qid] = (set(), None)
                     else:
-                        old = K.message_dec.decode(raw)
+                        old = codec.decode_message(qid, raw)
                         known = stored_keys.get(qid)
                         keys = known[1] if known is not None and known[0] == raw \
                             else K.index_keys(old)
@@ -233,6 +239,25 @@ class HistoryStore:
 
             def keep(qid: str, msg: HistoryMessage) -> None:
                 touched[qid] = (touched[qid][0], msg)
+
+            # This op's timeline values, written at its end in key order: a page LMDB
+            # splits is split where the next key goes (each insert elsewhere in key order
+            # would leave more half-filled pages behind).
+            puts: dict[bytes, bytes] = {}
+            added: dict[bytes, TimelineEntry] = {}
+            mails: dict[str, bytes | None] = {}
+
+            def mail_for(qid: str, event: bytes) -> bytes | None:
+                # The message's stored `mail` object (the first event's, stored now).
+                if qid not in mails:
+                    stored = txn.get(codec.mail_key(qid), db=tl_db)
+                    mails[qid] = codec.decode_mail(stored) if stored is not None else None
+                if mails[qid] is None:
+                    own = codec.mail_of(event)
+                    if own is not None:
+                        puts[codec.mail_key(qid)] = codec.encode_mail(own)
+                        mails[qid] = own
+                return mails[qid]
 
             for m in messages:
                 merged = merge(load(m.id), m)
@@ -245,28 +270,32 @@ class HistoryStore:
                 if msg is None:
                     msg = HistoryMessage(id=qid, received_at=K.id_time(qid), partial=True)
                     keep(qid, msg)
-                seq, key, raw = 0, K.timeline_key(qid, e.ts), b""
-                while (raw := txn.get(key, db=tl_db)) is not None:
-                    if _same(K.entry_dec.decode(raw), e):
+                seq, key = 0, K.timeline_key(qid, e.ts)
+                while (had := added.get(key) or _entry_at(txn, tl_db, key)) is not None:
+                    if _same(had, e):
                         break  # a replayed event: recorded already
                     seq += 1
                     key = K.timeline_key(qid, e.ts, seq)
-                if raw is not None:
+                if had is not None:
                     continue
                 apply_entry(msg, e)
-                txn.put(key, K.enc.encode(e), db=tl_db)
+                mail = mail_for(qid, e.event) if e.event else None
+                added[key] = e
+                puts[key] = codec.encode_entry(e, mail)
                 for bucket, dim, value, metric, n in stat_deltas(e, msg):
                     dk = (bucket, dim, value, metric)
                     deltas[dk] = deltas.get(dk, 0) + n
-            for qid, (old_keys, msg) in touched.items():
+            for k in sorted(puts):
+                txn.put(k, puts[k], db=tl_db)
+            ix_gone: list[bytes] = []
+            ix_new: list[bytes] = []
+            for qid, (old_keys, msg) in sorted(touched.items()):
                 if msg is None:
                     continue
                 new_keys = K.index_keys(msg)
-                for k in old_keys - new_keys:
-                    txn.delete(k, db=ix_db)
-                for k in new_keys - old_keys:
-                    txn.put(k, b"", db=ix_db)
-                stored = K.enc.encode(msg)
+                ix_gone += old_keys - new_keys
+                ix_new += new_keys - old_keys
+                stored = codec.encode_message(msg)
                 txn.put(K.message_key(qid), stored, db=msgs_db)
                 self._forget_keys(qid)  # re-inserted last: the oldest go first
                 if len(stored) <= STORED_RECORD_MAX:
@@ -277,6 +306,10 @@ class HistoryStore:
                     self._stored_bytes += cost
             while self._stored_bytes > STORED_KEYS_BYTES and stored_keys:
                 self._forget_keys(next(iter(stored_keys)))
+            for k in sorted(ix_gone):
+                txn.delete(k, db=ix_db)
+            for k in sorted(ix_new):
+                txn.put(k, b"", db=ix_db)
             for (bucket, dim, value, metric), n in deltas.items():
                 sk = K.stats_key(bucket, dim, value, metric)
                 raw = txn.get(sk, db=stats_db)
@@ -306,7 +339,7 @@ class HistoryStore:
                             break
                         victims.append((bytes(k), bytes(v)))
             for k, v in victims:
-                msg = K.message_dec.decode(v)
+                msg = codec.decode_message(k.decode("ascii"), v)
                 for ik in K.index_keys(msg):
                     txn.delete(ik, db=ix_db)
                 with txn.cursor(db=tl_db) as cur:
@@ -335,15 +368,20 @@ class HistoryStore:
                 raw = txn.get(K.message_key(qid), db=self._msgs) if qid else None
                 if raw is None:
                     return None
-            msg = K.message_dec.decode(raw)
+            msg = codec.decode_message(qid, raw)
             timeline: list[TimelineEntry] = []
             prefix = K.timeline_prefix(qid)
+            mail = b""
             with txn.cursor(db=self._tl) as cur:
                 if cur.set_range(prefix):
                     for k, v in cur.iternext():
-                        if not bytes(k).startswith(prefix):
+                        key = bytes(k)
+                        if not key.startswith(prefix):
                             break
-                        timeline.append(K.entry_dec.decode(v))
+                        if key == codec.mail_key(qid):
+                            mail = codec.decode_mail(bytes(v))  # the prefix's first
+                        else:
+                            timeline.append(codec.decode_entry(bytes(v), mail))
             return MessageView(msg, _with_events(timeline))
         return self.store.read(read)
 
@@ -376,7 +414,7 @@ class HistoryStore:
                 if all(_probe(txn, self._ix, alts, qid) for alts in probes):
                     raw = txn.get(qid, db=self._msgs)
                     if raw is not None:
-                        found.append(K.message_dec.decode(raw))
+                        found.append(codec.decode_message(qid.decode("ascii"), raw))
                 if len(found) >= limit or scanned >= MAX_SCAN:
                     exhausted = False
                     break

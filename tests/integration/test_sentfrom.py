@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -127,3 +128,26 @@ def test_memory_is_bounded() -> None:
         sent.remember(f"m{i}", "gmail.test", "127.0.0.10", "gmail", durable=False)
     assert sent.lookup("m0", "gmail.test") is None
     assert sent.lookup("m4", "gmail.test") == ("127.0.0.10", "gmail")
+
+
+async def test_by_default_memory_keeps_a_few_mib_and_the_spool_the_rest(
+        store: QueueStore) -> None:
+    """A long drain: 20,000 deliveries keep at most 4 MiB in memory (10,000 of them; all
+    20,000 held 5.1 MiB before, and 100,000 held 33 MiB), and the oldest is still found,
+    in the spool."""
+    sent = SentFrom(store)
+    clock_ms = 1_800_000_000_000
+    mids = [f"{clock_ms + i:012x}{i:08x}" for i in range(20_000)]
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for n, mid in enumerate(mids):
+            sent.remember(mid, f"d{n % 1000}.test", "203.0.113.10", "gmail", durable=True)
+            if n % 2000 == 1999:
+                await committed(sent)
+        held = tracemalloc.get_traced_memory()[0] - base
+    finally:
+        tracemalloc.stop()
+    assert held < 4 << 20, held
+    assert sent.lookup(mids[0], "d0.test") == ("203.0.113.10", "gmail")
+    assert sent.lookup(mids[-1], "d999.test") == ("203.0.113.10", "gmail")
