@@ -3,7 +3,9 @@
 - "history":    the queue id (20 ASCII hex: 12 of milliseconds, 8 random) -> HistoryMessage
 - "history_tl": the queue id + the entry's time in microseconds (8 bytes big-endian) + a
                 sequence number (4 bytes big-endian, so two entries of one microsecond
-                both stay) -> TimelineEntry
+                both stay) -> TimelineEntry; the queue id alone -> the message's SES
+                `mail` object (codec.mail_key)
+  (values in the stored forms of relay/history/codec.py)
 - "history_ix": a field code (1 byte) + the value (lowercased UTF-8, at most 200 bytes,
                 no NUL) + NUL + the queue id -> b"" (an inverted index: the newest
                 message of a value is the last key of its prefix)
