@@ -7,8 +7,9 @@ to a pending batch. A task writes the batch every `flush` interval as ops
 (HistoryStore.record_op) riding in the queue's own synced transactions (never a sync of
 their own): one op of at most `max_op` entries at a time, each after the previous one
 committed. Why bounded: the group commit runs its ops on the event loop, in the same
-transaction as the queue's own writes, so an op must stay short (about 20 µs per
-entry) and small (an LMDB error, such as too many dirty pages in one transaction, would
+transaction as the queue's own writes, so an op must stay short (about 20-40 µs per
+entry; 250 entries held the loop 8-13 ms, a stall every submission session waited out,
+so 50, about 2 ms) and small (an LMDB error, such as too many dirty pages in one transaction, would
 fail the queue's writes of that commit too). `stop()` writes the last batch while the
 store still runs. Memory is bounded: past
 `max_pending` entries waiting, new ones are counted in `dropped` and not kept (the
@@ -33,7 +34,7 @@ log = logging.getLogger("relay.history")
 
 class HistoryRecorder:
     def __init__(self, queue_store: QueueStore, history: HistoryStore, clock: Clock, *,
-                 flush: float = 0.5, max_pending: int = 100_000, max_op: int = 250) -> None:
+                 flush: float = 0.5, max_pending: int = 100_000, max_op: int = 50) -> None:
         self.store = queue_store
         self.history = history
         self.clock = clock
