@@ -2,10 +2,10 @@
 
 Owns: replies (every reply as a constant), authpolicy (pure brute-force defence),
 policy (pure HELO/AUTH/MAIL/RCPT/DATA decisions), data (pure DATA end-of-data and
-checks), address and message (pure checks at RCPT and DATA), session (the aiosmtpd
-protocol subclass: glue), server (binding, connection limits, shutdown),
-admission (implicit TLS counted before its handshake, the open-file limit, accept()
-failures).
+checks), address and message (pure checks at RCPT and DATA), commandlines (pure
+command-line cutting), session (the asyncio protocol: the command loop and glue),
+server (binding, connection limits, shutdown), admission (implicit TLS counted before its
+handshake, the open-file limit, accept() failures).
 Must not: touch LMDB directly (it calls a `Submitter`), read the wall clock (a Clock is
 injected), or accept mail from a client that is neither authenticated nor trusted.
 """

@@ -2,11 +2,11 @@
 
 Each reply carries an RFC 3463 enhanced status code (RFC 2034 ENHANCEDSTATUSCODES), except
 the greeting, EHLO/HELO lines and intermediate 334/354 replies, which RFC 2034 exempts.
-aiosmtpd still emits the replies of its command loop (empty, over-long or unknown
-command lines) and of the commands relay leaves to it (NOOP, RSET, QUIT, HELP, VRFY,
-EXPN, AUTH's base64 errors) as inline literals without enhanced codes; `enhance()` maps
-those to ours so no reply leaves without one. It changes no decision: every other
-command is answered by relay/smtp/policy.py. Tests import these
+The replies of the command loop (empty, over-long or unknown command lines) and of the
+commands that decide nothing (NOOP, RSET, QUIT, HELP, VRFY, EXPN) keep aiosmtpd's
+wording, which clients and tests have seen, written by the session as those literals;
+`enhance()` maps them to ours so no reply leaves without an enhanced code. It changes no
+decision: every other command is answered by relay/smtp/policy.py. Tests import these
 constants instead of repeating strings.
 """
 

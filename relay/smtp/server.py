@@ -1,9 +1,9 @@
 """SubmissionServer: binds one `role = "submission"` listener and runs its sessions.
 
-Owns the listening socket (asyncio `loop.create_server` with the aiosmtpd protocol, so it
-runs on uvloop; not aiosmtpd's threaded Controller), the total/per-IP connection caps
-(421 4.7.0 at greeting; on an implicit-TLS listener they are applied before the TLS
-handshake, see admission.py), and graceful shutdown. Policy per connection is in
+Owns the listening socket (asyncio `loop.create_server` with the session's protocol, so
+it runs on uvloop), the total/per-IP connection caps (421 4.7.0 at greeting; on an
+implicit-TLS listener they are applied before the TLS handshake, see admission.py), and
+graceful shutdown. Policy per connection is in
 session.py. Starting a listener raises the process's soft open-file limit to the hard one
 and has accept() failures logged and counted (`on_accept_failure`).
 """
