@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import gc
 import json
 import signal
 import statistics
@@ -41,6 +40,7 @@ USER, PASSWORD = "bench", "bench-password-1"
 
 
 async def serve(timeout: float, profile: str | None) -> None:
+    from relay.app import tune_gc
     from relay.clock import SystemClock
     from relay.config import Address, Limits, Listener
     from relay.queue.ops import NewMessage
@@ -71,11 +71,7 @@ async def serve(timeout: float, profile: str | None) -> None:
                               DiscardSubmitter(), users, SystemClock(),
                               server_context(cert, key))
     await server.start()
-    # As `relay serve` does after start-up (relay/app.py): start-up objects out of the
-    # collector's view, young objects collected in bigger, rarer passes.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    tune_gc()  # as `relay serve` does after start-up
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
