@@ -16,6 +16,7 @@ import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import aiosmtplib
@@ -25,9 +26,10 @@ from relay.app import RelayApp
 from relay.clock import Clock, FakeClock, SystemClock
 from relay.config import from_dict
 from relay.delivery.client import Sender
-from relay.delivery.scheduler import Scheduler
+from relay.delivery.scheduler import LEASE_SLICE, Scheduler
 from relay.delivery.yielding import DeliveryGate, LoopLag
 from relay.identity.store import IdentityStore
+from relay.queue.keys import DueItem
 from relay.queue.ops import NewMessage
 from relay.queue.store import QueueStore
 from relay.testing.dnsserver import DnsServer
@@ -163,6 +165,32 @@ async def test_a_burst_backlog_at_one_destination_is_not_given_back(
         finally:
             await h.close()
 
+
+async def test_a_large_promotion_is_leased_in_slices(
+        tmp_path: Path, dns_server: DnsServer) -> None:
+    """A promotion of 600 due recipients is leased by ops of at most LEASE_SLICE (each a
+    short hold of the loop in its group commit), and all 600 are leased and queued."""
+    with Sink("127.0.0.2", 0) as sink:
+        h = await _delivery_parts(tmp_path, dns_server, sink, FakeClock())
+        store, scheduler = h.store, h.scheduler
+        try:
+            await asyncio.gather(*(store.submit_record(NewMessage(
+                sender="app@example.com", recipients=[f"u{i}@dest.test"],
+                body=b"Subject: hi\r\n\r\nhello\r\n", headers={"Subject": "hi"}))
+                for i in range(600)))
+            sizes: list[int] = []
+            lease_op = store.lease_op
+
+            def counting_lease_op(items: list[DueItem], now: float) -> Any:
+                sizes.append(len(items))
+                return lease_op(items, now)
+
+            store.lease_op = counting_lease_op  # type: ignore[method-assign]
+            assert await scheduler.promote() == 600
+            assert sizes == [LEASE_SLICE, LEASE_SLICE, 600 - 2 * LEASE_SLICE]
+            assert scheduler.held == 600
+        finally:
+            await h.close()
 
 async def test_the_app_holds_delivery_for_a_burst_through_its_listener(
         tmp_path: Path, dns_server: DnsServer) -> None:
