@@ -1127,11 +1127,10 @@ class SubmissionSession(asyncio.Protocol):
             return None
         account, txn = self.ctx.account, self._account
         if txn is not None and account is not None:
-            if account.shared is not None and not txn.deferred:
+            if account.counts_in_cluster(txn):
                 # The quota is counted in the cluster's Redis: a step.
                 return self._rcpt_shared(account, txn, arg, decided.address,
                                          decided.options)
-            # recipient_shared() without Redis is exactly recipient(), on the loop.
             limit = account.recipient(txn, decided.address)
             if limit is not None:  # nothing is queued for this recipient
                 log.info("%s: RCPT %s refused: %s", self.client_ip, arg, limit.text)

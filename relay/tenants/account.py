@@ -201,10 +201,16 @@ class AccountGate:
                                   self.now(), simulator)
         return self._reserved(txn, got, simulator)
 
+    def counts_in_cluster(self, txn: Transaction) -> bool:
+        """Whether `txn`'s recipients are counted in the cluster's Redis, so that
+        `recipient_shared()` must be awaited; otherwise it is exactly `recipient()`, which
+        a caller on the loop (the SMTP session's RCPT) runs without a task."""
+        return self.shared is not None and not txn.deferred
+
     async def recipient_shared(self, txn: Transaction, address: str) -> Refusal | None:
         """`recipient()` with the quota counted cluster-wide in Redis (`shared`; without
         it, exactly `recipient()`). The whole limit, not a worker's share: Redis is one."""
-        if self.shared is None or txn.deferred:
+        if self.shared is None or txn.deferred:  # counts_in_cluster(), narrowed for mypy
             return self.recipient(txn, address)
         tenant = self._tenant(txn.tenant)
         simulator = self.is_simulator(address)
@@ -220,7 +226,7 @@ class AccountGate:
         """Every recipient of one request at once (the SES API): each one's sandbox check,
         then the quota of all of them in ONE call to the cluster (`shared`), all or none;
         without `shared`, `recipient()` for each. The refusal, or None (all reserved)."""
-        if self.shared is None or txn.deferred:
+        if self.shared is None or txn.deferred:  # counts_in_cluster(), narrowed for mypy
             for address in addresses:
                 refusal = self.recipient(txn, address)
                 if refusal is not None:
