@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import threading
+import weakref
 from collections import deque
 from typing import Protocol
 
@@ -66,6 +68,15 @@ class SigningLane:
         self._threads: list[threading.Thread] = []
         self._closed = False
         self.batches = 0  # wake-ups that found work (for tests and profiles)
+        _lanes.add(self)
+
+    def _after_fork(self) -> None:
+        """In a forked child: the threads were not copied, so start afresh (new ones
+        start at the next plan); plans queued in the parent are the parent's."""
+        self._queue = deque()
+        self._cond = threading.Condition(threading.Lock())
+        self._idle = 0
+        self._threads = []
 
     async def run(self, plan: Plan) -> list[bytes]:
         loop = asyncio.get_running_loop()
@@ -123,6 +134,18 @@ class SigningLane:
             if thread is not threading.current_thread():
                 thread.join()
 
+
+# Every lane, so a forked child resets them (relay spawns its processes; this keeps a
+# fork by anything else from waiting on threads the child does not have).
+_lanes: weakref.WeakSet[SigningLane] = weakref.WeakSet()
+
+
+def _reset_after_fork() -> None:
+    for lane in list(_lanes):
+        lane._after_fork()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 _shared: SigningLane | None = None
 _shared_lock = threading.Lock()

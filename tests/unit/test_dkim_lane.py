@@ -141,3 +141,29 @@ async def test_closed_lane_refuses_and_its_threads_end(store: KeyStore) -> None:
 def test_a_lane_needs_a_thread() -> None:
     with pytest.raises(ValueError):
         SigningLane(threads=0)
+
+
+def test_a_forked_child_signs_on_threads_of_its_own(store: KeyStore) -> None:
+    """The lane's threads are not copied by fork: the child starts its own."""
+    import os
+
+    state = store.get(DOMAIN)
+    assert state is not None and state.active is not None
+    keys = [(k, store.private_key(DOMAIN, k)) for k in state.active.keys]
+    lane = SigningLane(threads=1)
+    try:
+        assert len(asyncio.run(lane.run(plan_signatures(message(1), DOMAIN, keys)))) == 2
+        pid = os.fork()
+        if pid == 0:  # the child: exit 0 only if it signed within the bound
+            code = 1
+            try:
+                async def bounded() -> list[bytes]:
+                    return await asyncio.wait_for(
+                        lane.run(plan_signatures(message(2), DOMAIN, keys)), 10)
+                code = 0 if len(asyncio.run(bounded())) == 2 else 1
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        lane.close()
