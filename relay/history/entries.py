@@ -16,9 +16,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Protocol
 
-import msgspec
-
-from relay.events.model import Event
+from relay.events.model import Event, encoded
 from relay.history.keys import DIMENSIONS, METRICS, address_of, bucket_of, domain_of
 from relay.history.model import HistoryMessage, RecipientHistory, TimelineEntry
 
@@ -62,9 +60,6 @@ class AttemptLike(Protocol):
     def dkim(self) -> list[str]: ...
     @property
     def received_at(self) -> float: ...
-
-
-_json = msgspec.json.Encoder()
 
 
 def parse_time(text: str, default: float = 0.0) -> float:
@@ -167,7 +162,7 @@ def batch_of(events: list[Event]) -> tuple[list[HistoryMessage], list[Keyed]]:
     for event in events:
         if not event.mail.messageId:
             continue
-        entries.extend(entries_from_event(event, _json.encode(event)))
+        entries.extend(entries_from_event(event, encoded(event)))
         msg = message_from_event(event)
         if msg is not None:
             messages.append(msg)
