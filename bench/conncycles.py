@@ -15,7 +15,10 @@ counted) with `--sessions` connections of each kind:
 - plain:   EHLO, QUIT (no TLS);
 - auth:    STARTTLS, AUTH LOGIN, the socket closed at its first challenge;
 - scrypt:  STARTTLS, AUTH PLAIN with an unknown credential, closed during its scrypt;
-- tlsdrop: STARTTLS, the socket closed before the TLS handshake.
+- tlsdrop: STARTTLS, the socket closed before the TLS handshake;
+- tlsstall: STARTTLS, a ClientHello, then nothing until the handshake time limit.
+With `--implicit`, an implicit-TLS listener instead (kinds full, tlsdrop, handshake,
+stall: see `implicit_client`).
 
 After each kind, once every session has ended, `gc.collect()` with gc.DEBUG_SAVEALL
 lists what only the collector could free: one JSON line per kind with the objects per
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import gc
 import json
 import smtplib
@@ -42,25 +46,38 @@ from pathlib import Path
 from typing import Any
 
 USER, PASSWORD = "bench", "bench-password-1"
-KINDS = ("full", "dropped", "data", "timeout", "plain", "auth", "scrypt", "tlsdrop")
+KINDS = ("full", "dropped", "data", "timeout", "plain", "auth", "scrypt", "tlsdrop",
+         "tlsstall")
 IDLE_TIMEOUT = 0.3  # s: the "timeout" kind waits this out
 
 
-def client(port: int, kind: str, count: int) -> None:
+def client(port: int, kind: str, count: int, implicit: bool) -> None:
     """The client process: `count` connections of `kind`, one after the other."""
     ctx = ssl.create_default_context()
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
-    body = b"From: <u@bench.test>\r\nTo: <r@bench.test>\r\nSubject: x\r\n\r\n" + b"The quick brown fox jumps over the lazy dog 0123456789\r\n" * 36
+    if implicit:
+        implicit_client(port, kind, count, ctx)
+        return
+    body = (b"From: <u@bench.test>\r\nTo: <r@bench.test>\r\nSubject: x\r\n\r\n"
+            + b"The quick brown fox jumps over the lazy dog 0123456789\r\n" * 36)
     for _ in range(count):
         s = smtplib.SMTP("127.0.0.1", port, timeout=10)
         s.ehlo("client.test")
         if kind == "plain":
             s.quit()
             continue
-        if kind == "tlsdrop":
+        if kind in ("tlsdrop", "tlsstall"):
             s.putcmd("STARTTLS")
             s.getreply()
+            if kind == "tlsstall":  # a ClientHello, then nothing until the time limit
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                obj = ctx.wrap_bio(incoming, outgoing)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    obj.do_handshake()
+                s.send(outgoing.read())
+                while s.sock.recv(65536):
+                    pass
             s.sock.shutdown(socket.SHUT_RDWR)
             s.close()
             continue
@@ -95,6 +112,32 @@ def client(port: int, kind: str, count: int) -> None:
             code, _ = s.getreply()  # the 421 of the idle timeout, then the close
             assert code == 421, code
             s.close()
+
+
+def implicit_client(port: int, kind: str, count: int, ctx: ssl.SSLContext) -> None:
+    """On an implicit-TLS listener: "full" (TLS, AUTH, one message, QUIT), "tlsdrop"
+    (closed before the handshake), "handshake" (a ClientHello, then closed), "stall" (a
+    ClientHello, then nothing until the handshake time limit)."""
+    for _ in range(count):
+        if kind == "full":
+            s = smtplib.SMTP_SSL("127.0.0.1", port, timeout=10, context=ctx)
+            s.ehlo("client.test")
+            s.login(USER, PASSWORD)
+            s.sendmail("u@bench.test", ["r@bench.test"], b"Subject: x\r\n\r\nx\r\n")
+            s.quit()
+        elif kind in ("tlsdrop", "handshake", "stall"):
+            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+            if kind in ("handshake", "stall"):
+                incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+                obj = ctx.wrap_bio(incoming, outgoing)
+                with contextlib.suppress(ssl.SSLWantReadError):
+                    obj.do_handshake()
+                sock.sendall(outgoing.read())  # the ClientHello
+                sock.recv(65536)  # the server's first flight
+                if kind == "stall":  # until the handshake time limit closes it
+                    while sock.recv(65536):
+                        pass
+            sock.close()
 
 
 def garbage_by_type() -> tuple[int, Counter[str], list[Any]]:
@@ -133,7 +176,7 @@ def edges(found: list[Any], limit: int = 6) -> list[str]:
     return out
 
 
-async def measure(sessions: int, kinds: list[str], referrers: bool) -> None:
+async def measure(sessions: int, kinds: list[str], referrers: bool, implicit: bool) -> None:
     from relay.clock import SystemClock
     from relay.config import Address, Duration, Limits, Listener
     from relay.queue.ops import NewMessage
@@ -157,21 +200,24 @@ async def measure(sessions: int, kinds: list[str], referrers: bool) -> None:
     cert, key = ensure_self_signed(work, "bench.relay")
     users = UserStore(work / "users.json")
     users.add(USER, PASSWORD)
-    listener = Listener(address=Address("127.0.0.1", 0), tls="starttls", auth="required")
+    listener = Listener(address=Address("127.0.0.1", 0),
+                        tls="implicit" if implicit else "starttls", auth="required")
     server = SubmissionServer(
-        listener, Limits(max_connections_per_ip=1000, idle_timeout=Duration(IDLE_TIMEOUT)),
+        listener, Limits(max_connections_per_ip=1000, idle_timeout=Duration(IDLE_TIMEOUT),
+                         tls_handshake_timeout=Duration(IDLE_TIMEOUT)),
         "bench.relay", DiscardSubmitter(), users, SystemClock(), server_context(cert, key))
     await server.start()
     loop = asyncio.get_running_loop()
     # Warm-up (first AUTH's scrypt, imports, caches), then collect what it left.
-    await loop.run_in_executor(None, run_client, server.port, "full", 3)
+    await loop.run_in_executor(None, run_client, server.port, "full", 3, implicit)
     await settle(server)
     garbage_by_type()
     gc.collect()
     gc.disable()
     try:
         for kind in kinds:
-            await loop.run_in_executor(None, run_client, server.port, kind, sessions)
+            await loop.run_in_executor(None, run_client, server.port, kind, sessions,
+                                       implicit)
             await settle(server)
             total, by_type, found = garbage_by_type()
             top = {k: round(v / sessions, 2) for k, v in by_type.most_common(40)}
@@ -190,9 +236,10 @@ async def measure(sessions: int, kinds: list[str], referrers: bool) -> None:
         await server.stop()
 
 
-def run_client(port: int, kind: str, count: int) -> None:
+def run_client(port: int, kind: str, count: int, implicit: bool) -> None:
     subprocess.run([sys.executable, __file__, "--client", kind, "--port", str(port),
-                    "--sessions", str(count)], check=True, timeout=120)
+                    "--sessions", str(count)] + (["--implicit"] if implicit else []),
+                   check=True, timeout=120)
 
 
 async def settle(server: Any) -> None:
@@ -210,14 +257,16 @@ def main() -> int:
     p.add_argument("--sessions", type=int, default=50)
     p.add_argument("--kinds", default=",".join(KINDS))
     p.add_argument("--referrers", action="store_true")
+    p.add_argument("--implicit", action="store_true",
+                   help="an implicit-TLS listener; kinds full, tlsdrop, handshake")
     p.add_argument("--client", default=None, help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.client:
-        client(a.port, a.client, a.sessions)
+        client(a.port, a.client, a.sessions, a.implicit)
         return 0
     import uvloop
-    uvloop.run(measure(a.sessions, a.kinds.split(","), a.referrers))
+    uvloop.run(measure(a.sessions, a.kinds.split(","), a.referrers, a.implicit))
     return 0
 
 
