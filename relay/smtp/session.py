@@ -683,6 +683,7 @@ class SubmissionSession(asyncio.Protocol):
             # exception) into cycles only the cyclic collector frees.
             _untangle(cancelled)
             self._task = self._stream = None
+            self._close()  # (a no-op when the connection is gone, the usual case)
             return
         except Exception as error:
             await self.push(self._exception_reply(error))
