@@ -672,7 +672,7 @@ class SubmissionSession(asyncio.Protocol):
         try:
             await step
         except TlsSetupFailed:
-            self._close()
+            self._tls_failed()
         except ConnectionResetError:
             self._close()
         except asyncio.CancelledError as cancelled:
@@ -688,6 +688,18 @@ class SubmissionSession(asyncio.Protocol):
         except Exception as error:
             await self.push(self._exception_reply(error))
         self._resume()
+
+    def _tls_failed(self) -> None:
+        """The STARTTLS handshake failed or was cut by its time limit: the loop closes the
+        connection under its TLS protocol. The stdlib loop's never tells the session
+        (its connection_lost goes to a TLS protocol that was not yet connected), which
+        would keep the session, its timers and its admission slot for good: the session
+        ends itself here. (uvloop tells it; then this finds it ended already.)"""
+        self._close()
+        transport = self.transport
+        if transport is not None and transport.is_closing():
+            self._task = None  # this step is ending: not to be cancelled
+            self.connection_lost(None)
 
     def _resume(self) -> None:
         """After a step: the command loop takes back what its reader still holds."""
@@ -945,7 +957,7 @@ class SubmissionSession(asyncio.Protocol):
         except (OSError, ValueError, TimeoutError) as e:
             raise TlsSetupFailed() from e
         if tls_transport is None:  # the connection went away during the handshake
-            self._close()
+            self._tls_failed()
             return
         self._plain_transport = transport
         self._tls_transport = tls_transport

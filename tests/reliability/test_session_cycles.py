@@ -3,11 +3,11 @@ collector.
 
 Every connection a client ends (a whole STARTTLS + AUTH + message + QUIT, a hang-up in
 the middle of a command, in the middle of DATA, at an AUTH challenge, during the scrypt
-check, during the AUTH failure delay, and one cut by the idle timeout) must leave
-nothing of relay's in reference cycles: with the collector disabled, `gc.collect()`
-under gc.DEBUG_SAVEALL afterwards finds (almost) no object of a relay type. Objects in
-cycles outlive their connection until the collector runs, and the collector's passes
-over thousands of them are the event loop's longest pauses.
+check, during the AUTH failure delay, and those cut by the idle timeout or by the
+STARTTLS handshake's time limit) must leave nothing of relay's in reference cycles: with
+the collector disabled, `gc.collect()` under gc.DEBUG_SAVEALL afterwards finds no object
+of a relay type. Objects in cycles outlive their connection until the collector runs,
+and the collector's passes over thousands of them are the event loop's longest pauses.
 
 The server runs in-process on a real loop (uvloop, as `relay serve` runs, and the
 stdlib's), with real TLS on loopback; the clients are smtplib in a thread, so their own
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import gc
 import smtplib
 import socket
@@ -106,6 +107,23 @@ def during_failure_delay(port: int, ctx: ssl.SSLContext) -> None:
     _hang_up(s)
 
 
+def tls_handshake_cut(port: int, ctx: ssl.SSLContext) -> None:
+    """STARTTLS, a ClientHello, then nothing until the handshake time limit."""
+    s = smtplib.SMTP("127.0.0.1", port, timeout=10)
+    s.ehlo("client.test")
+    s.putcmd("STARTTLS")
+    assert s.getreply()[0] == 220
+    outgoing = ssl.MemoryBIO()
+    tls = ctx.wrap_bio(ssl.MemoryBIO(), outgoing, server_hostname="127.0.0.1")
+    with contextlib.suppress(ssl.SSLWantReadError):
+        tls.do_handshake()
+    assert s.sock is not None
+    s.sock.sendall(outgoing.read())
+    while s.sock.recv(65536):  # the server's flight, then its close
+        pass
+    s.close()
+
+
 def idle_timeout(port: int, ctx: ssl.SSLContext) -> None:
     s = _tls_client(port, ctx)
     assert s.getreply()[0] == 421  # the idle timeout's reply, then the close
@@ -116,6 +134,7 @@ KINDS: dict[str, Callable[[int, ssl.SSLContext], None]] = {
     "full": full, "mid_command": mid_command, "mid_data": mid_data,
     "at_auth_challenge": at_auth_challenge, "during_scrypt": during_scrypt,
     "during_failure_delay": during_failure_delay, "idle_timeout": idle_timeout,
+    "tls_handshake_cut": tls_handshake_cut,
 }
 
 
@@ -149,7 +168,8 @@ async def _scenario(kind: str) -> Counter[str]:
     tls = Tls()
     client_ctx = tls.client
     client_ctx.check_hostname = False
-    lim = limits(idle_timeout=Duration(IDLE), auth_failure_delay=Duration(5.0),
+    lim = limits(idle_timeout=Duration(IDLE), tls_handshake_timeout=Duration(IDLE),
+                 auth_failure_delay=Duration(5.0),
                  auth_max_failures=1000, max_connections_per_ip=100)
     async with running_server(tls=tls, users=make_users(**{USER: PASSWORD}),
                               limits=lim) as server:
@@ -181,3 +201,29 @@ def test_a_closed_connection_leaves_nothing_of_relay_in_cycles(kind: str, runner
     # DataScanner, _CommandReader, LoginPassword) of every connection, held in cycles by
     # the cancelled step's CancelledError and its traceback.
     assert sum(found.values()) == 0, found
+
+
+async def _slots_after_cut_handshakes() -> tuple[int, int]:
+    tls = Tls()
+    client_ctx = tls.client
+    client_ctx.check_hostname = False
+    lim = limits(tls_handshake_timeout=Duration(IDLE), max_connections_per_ip=2)
+    async with running_server(tls=tls, users=make_users(**{USER: PASSWORD}),
+                              limits=lim) as server:
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            await loop.run_in_executor(None, tls_handshake_cut, server.port, client_ctx)
+        await loop.run_in_executor(None, full, server.port, client_ctx)  # admitted
+        for _ in range(100):  # its own close, seen by the server (at most ~2 s)
+            if not server.context.sessions:
+                break
+            await asyncio.sleep(0.02)
+        return server.limiter.total, len(server.context.sessions)
+
+
+@pytest.mark.parametrize("runner", ["uvloop", "asyncio"])
+def test_a_starttls_handshake_cut_by_its_time_limit_gives_its_connection_slot_back(
+        runner: str) -> None:
+    # Resource exhaustion: handshakes left to time out must not use up the caps.
+    held, sessions = _run(runner, _slots_after_cut_handshakes())
+    assert (held, sessions) == (0, 0)
