@@ -671,7 +671,8 @@ class SubmissionSession(asyncio.Protocol):
     async def _run_step(self, step: Step) -> None:
         try:
             await step
-        except TlsSetupFailed:
+        except TlsSetupFailed as failed:
+            _untangle(failed)
             self._tls_failed()
         except ConnectionResetError:
             self._close()
@@ -955,7 +956,10 @@ class SubmissionSession(asyncio.Protocol):
                 self, context, server_side=True,
                 ssl_handshake_timeout=float(self.ctx.limits.tls_handshake_timeout))
         except (OSError, ValueError, TimeoutError) as e:
-            raise TlsSetupFailed() from e
+            # (Not chained: the loop's TLS waiter keeps `e`, whose traceback holds this
+            # frame and the session; see `_untangle`.)
+            _untangle(e)
+            raise TlsSetupFailed() from None
         if tls_transport is None:  # the connection went away during the handshake
             self._tls_failed()
             return
