@@ -28,6 +28,7 @@ import binascii
 import ipaddress
 import logging
 import re
+import traceback
 from base64 import b64decode, b64encode
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -358,6 +359,11 @@ class SubmissionSession(asyncio.Protocol):
         self._lines = CommandLines(self.line_length_limit)
         self._out: list[bytes] = []  # replies of this batch, written together
         self._task: asyncio.Task[None] | None = None  # the waiting step under way
+        # The step's wait ends by itself when the connection is lost, so the step is not
+        # cancelled: it waits for the client (its DATA, an AUTH continuation line, the
+        # drain of its replies: `_end_step` answers "nothing more") or for a scrypt check.
+        # Any other wait (a commit, Redis, the AUTH failure delay) is cancelled.
+        self._client_wait = False
         # What the client sends while a step waits, for a step that reads lines (AUTH's
         # continuations): made by the `_reader` property when first asked for.
         self._stream: _CommandReader | None = None
@@ -510,14 +516,33 @@ class SubmissionSession(asyncio.Protocol):
         self.ctx.sessions.discard(self)
         if self._plain_transport is not None:
             self._plain_transport.close()
-        if self._task is not None:
-            self._task.cancel()
-        drained = self._drained
-        if drained is not None and not drained.done():
-            drained.set_result(None)
+            self._plain_transport = None
+        self._end_step()
         self.transport = None
         if not self.done.done():
             self.done.set_result(None)
+
+    def _end_step(self) -> None:
+        """The connection is gone: end the waiting step without an exception where the
+        step waits for the client, else cancel it.
+
+        Why not always cancel: a cancelled task's CancelledError keeps its traceback,
+        whose frames hold the session, the future the step awaited (which keeps the same
+        exception) and the TLS objects; those reference cycles outlive the connection
+        until the cyclic collector runs (~40 objects a connection, and the collector's
+        passes are the event loop's longest pauses). A step woken with "the client sent
+        no more" ends like any dropped dialogue and everything is freed at once by
+        reference counting."""
+        if self._section is not None or self._data_read is not None:
+            self._end_data((None, None))  # `_read_data`: the connection ended first
+        if self._stream is not None:
+            self._stream.feed_eof()  # `challenge_auth`: the line never ends
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        task = self._task
+        if task is not None and not self._client_wait:
+            task.cancel()  # `_run_step` takes the CancelledError apart (see there)
 
     def _create_envelope(self) -> Envelope:
         """Every new transaction (RSET, HELO/EHLO, STARTTLS, the end of DATA, accepted or
@@ -646,13 +671,36 @@ class SubmissionSession(asyncio.Protocol):
     async def _run_step(self, step: Step) -> None:
         try:
             await step
-        except TlsSetupFailed:
-            self._close()
+        except TlsSetupFailed as failed:
+            _untangle(failed)
+            self._tls_failed()
         except ConnectionResetError:
             self._close()
+        except asyncio.CancelledError as cancelled:
+            # Cancelled by `_end_step` (the connection is gone while the step waited on
+            # scrypt, a commit, Redis...) or at shutdown: the step ends here. Its frames
+            # are cleared and the exception loses its traceback, which would otherwise
+            # tie the frames, the session and the awaited future (which keeps this same
+            # exception) into cycles only the cyclic collector frees.
+            _untangle(cancelled)
+            self._task = self._stream = None
+            self._close()  # (a no-op when the connection is gone, the usual case)
+            return
         except Exception as error:
             await self.push(self._exception_reply(error))
         self._resume()
+
+    def _tls_failed(self) -> None:
+        """The STARTTLS handshake failed or was cut by its time limit: the loop closes the
+        connection under its TLS protocol. The stdlib loop's never tells the session
+        (its connection_lost goes to a TLS protocol that was not yet connected), which
+        would keep the session, its timers and its admission slot for good: the session
+        ends itself here. (uvloop tells it; then this finds it ended already.)"""
+        self._close()
+        transport = self.transport
+        if transport is not None and transport.is_closing():
+            self._task = None  # this step is ending: not to be cancelled
+            self.connection_lost(None)
 
     def _resume(self) -> None:
         """After a step: the command loop takes back what its reader still holds."""
@@ -718,8 +766,14 @@ class SubmissionSession(asyncio.Protocol):
 
     async def _drain(self) -> None:
         if self._write_paused and self.transport is not None:
-            self._drained = self.loop.create_future()
-            await self._drained
+            drained = self._drained = self.loop.create_future()
+            self._client_wait = True
+            try:
+                await drained
+            finally:
+                self._client_wait = False
+                if self._drained is drained:
+                    self._drained = None
 
     def _write_now(self, reply: R.Reply) -> None:
         """Write a reply outside the command loop (timeout, shutdown)."""
@@ -902,9 +956,12 @@ class SubmissionSession(asyncio.Protocol):
                 self, context, server_side=True,
                 ssl_handshake_timeout=float(self.ctx.limits.tls_handshake_timeout))
         except (OSError, ValueError, TimeoutError) as e:
-            raise TlsSetupFailed() from e
+            # (Not chained: the loop's TLS waiter keeps `e`, whose traceback holds this
+            # frame and the session; see `_untangle`.)
+            _untangle(e)
+            raise TlsSetupFailed() from None
         if tls_transport is None:  # the connection went away during the handshake
-            self._close()
+            self._tls_failed()
             return
         self._plain_transport = transport
         self._tls_transport = tls_transport
@@ -997,6 +1054,7 @@ class SubmissionSession(asyncio.Protocol):
         """Send a 334 challenge and read the client's base64 answer: its bytes, or None
         (answered: '*' aborts, bad base64, an over-long line closes)."""
         await self.push(challenge)
+        self._client_wait = True
         try:
             # (A bare CR/LF line raises CommandRefused: see _CommandReader.)
             line = await self._reader.readline()
@@ -1004,6 +1062,8 @@ class SubmissionSession(asyncio.Protocol):
             await self.push(str(R.LINE_TOO_LONG))
             self._close()
             return None
+        finally:
+            self._client_wait = False
         if not line.endswith(b"\n"):  # the connection ended
             self._close()
             return None
@@ -1038,8 +1098,14 @@ class SubmissionSession(asyncio.Protocol):
         unknown user like any failure, so a failure's time says nothing about which names
         exist."""
         user = creds.login.decode("utf-8", "replace")
-        ok = await self.loop.run_in_executor(
-            None, self.ctx.users.verify, user, creds.password)
+        # Not cancelled by a lost connection (it ends within a scrypt): a client that
+        # hangs up during the check still has its failure counted (AUTH brute force).
+        self._client_wait = True
+        try:
+            ok = await self.loop.run_in_executor(
+                None, self.ctx.users.verify, user, creds.password)
+        finally:
+            self._client_wait = False
         if ok:
             self._authenticated(user, user)
             self._flush()
@@ -1054,6 +1120,8 @@ class SubmissionSession(asyncio.Protocol):
         else:
             self._auth_event("failed")
             log.info("%s: AUTH failed for %r", self.client_ip, user)
+        if self.transport is None:  # gone: nobody to delay or answer
+            return
         await clock.sleep(delay)
         await self.push(str(R.AUTH_INVALID))
 
@@ -1215,7 +1283,11 @@ class SubmissionSession(asyncio.Protocol):
             self._end_data((None, None))
             self._close()
         self._resume_reading()
-        return await done
+        self._client_wait = True
+        try:
+            return await done
+        finally:
+            self._client_wait = False
 
     def _feed_data(self, data: bytes) -> None:
         section = self._section
@@ -1229,7 +1301,7 @@ class SubmissionSession(asyncio.Protocol):
 
     def _end_data(self, result: tuple[list[bytes] | None, R.Reply | None]) -> None:
         self._section = None
-        done = self._data_read
+        done, self._data_read = self._data_read, None
         if done is not None and not done.done():
             done.set_result(result)
 
@@ -1329,6 +1401,16 @@ class SubmissionSession(asyncio.Protocol):
             if reason is not None:
                 return reason
         return None
+
+
+def _untangle(error: BaseException) -> None:
+    """Clear the finished frames of `error`'s traceback (their locals: the session, the
+    future they awaited) and drop the traceback, so that nothing it held waits for the
+    cyclic collector. The frame still running (the caller's) cannot be cleared and is
+    skipped."""
+    traceback.clear_frames(error.__traceback__)
+    error.__traceback__ = None
+    error.__context__ = None
 
 
 def _queued_reply(queue_id: str) -> str:
