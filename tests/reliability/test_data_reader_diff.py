@@ -191,6 +191,13 @@ def streams(line_limit: int) -> st.SearchStrategy[bytes]:
     return st.tuples(body, ending).map(b"".join)
 
 
+# Inbound SMTP smuggling: the bad endings of DATA, and a transaction smuggled after one.
+SMUGGLED = (b"MAIL FROM:<ceo@victim.example>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n"
+            b"From: ceo@victim.example\r\n\r\nSMUGGLED\r\n.\r\n")
+BAD_ENDINGS = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",
+               b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\r\n.\r\r\n"]
+
+
 @st.composite
 def cases(draw: st.DrawFn) -> tuple[bytes, list[int], int, int]:
     line_limit = draw(st.sampled_from([6, 10, 17, 41]))
@@ -220,12 +227,8 @@ def test_chunked_reader_matches_line_reader(case: tuple[bytes, list[int], int, i
 
 def test_chunked_reader_matches_on_smuggling_endings() -> None:
     """Inbound SMTP smuggling: every bad ending, then a smuggled transaction, in many splits."""
-    smuggled = (b"MAIL FROM:<ceo@victim.example>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n"
-                b"From: ceo@victim.example\r\n\r\nSMUGGLED\r\n.\r\n")
-    endings = [b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",
-               b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\r\n.\r\r\n"]
-    for ending in endings:
-        stream = b"From: u@tenant.example\r\n\r\nbody" + ending + smuggled + b"QUIT\r\n"
+    for ending in BAD_ENDINGS:
+        stream = b"From: u@tenant.example\r\n\r\nbody" + ending + SMUGGLED + b"QUIT\r\n"
         for step in (1, 2, 3, 5, 7, 64, 10_000):
             differential(stream, list(range(0, len(stream), step)), 1001, 40_000_000)
 

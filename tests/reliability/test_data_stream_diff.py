@@ -14,8 +14,7 @@ import asyncio
 from typing import Any
 
 from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
-from test_data_reader_diff import old_read_data, pieces_of, streams
+from test_data_reader_diff import BAD_ENDINGS, SMUGGLED, cases, old_read_data, pieces_of
 
 from relay.smtp.data import DataSection
 
@@ -50,15 +49,6 @@ def differential(stream: bytes, cuts: list[int], line_limit: int, size_limit: in
     assert fed(pieces, line_limit, size_limit) == old, (stream, pieces, line_limit, size_limit)
 
 
-@st.composite
-def cases(draw: st.DrawFn) -> tuple[bytes, list[int], int, int]:
-    line_limit = draw(st.sampled_from([6, 10, 17, 41]))
-    size_limit = draw(st.sampled_from([0, 8, 25, 60, 150, 10_000]))
-    stream = draw(streams(line_limit))
-    cuts = draw(st.lists(st.integers(0, 10_000), max_size=12))
-    return stream, cuts, line_limit, size_limit
-
-
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cases())
 @example((b".\r\nQUIT\r\n", [], 10, 0))
@@ -76,10 +66,7 @@ def test_data_fed_as_received_matches_the_line_reader(
 
 
 def test_smuggling_endings_fed_byte_by_byte_and_in_one_piece() -> None:
-    smuggled = (b"MAIL FROM:<ceo@victim.example>\r\nRCPT TO:<r@sink.test>\r\nDATA\r\n"
-                b"From: ceo@victim.example\r\n\r\nSMUGGLED\r\n.\r\n")
-    for ending in (b"\n.\n", b"\r.\r", b"\r.\n", b"\n.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n",
-                   b"\r\n.\r", b"\r\n\x00.\r\n", b"\r\r\n.\r\r\n"):
-        stream = b"From: u@tenant.example\r\n\r\nbody" + ending + smuggled + b"QUIT\r\n"
+    for ending in BAD_ENDINGS:
+        stream = b"From: u@tenant.example\r\n\r\nbody" + ending + SMUGGLED + b"QUIT\r\n"
         for step in (1, 2, 3, 5, 64, 10_000):
             differential(stream, list(range(0, len(stream), step)), 1001, 40_000_000)
