@@ -29,7 +29,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,24 +42,10 @@ async def serve(timeout: float, profile: str | None) -> None:
     from relay.app import tune_gc
     from relay.clock import SystemClock
     from relay.config import Address, Limits, Listener
-    from relay.queue.ops import NewMessage
     from relay.smtp.server import SubmissionServer
+    from relay.testing.submission import DiscardSubmitter
     from relay.tlsutil import ensure_self_signed, server_context
     from relay.users import UserStore
-
-    class DiscardSubmitter:
-        """Answers as the queue does (on_durable, then the id), keeping nothing."""
-
-        count = 0
-
-        async def submit(self, msg: NewMessage,
-                         on_durable: Callable[[str], None] | None = None,
-                         account: object = None) -> str:
-            self.count += 1
-            qid = f"Q{self.count:08d}BENCH"
-            if on_durable is not None:
-                on_durable(qid)
-            return qid
 
     work = Path(tempfile.mkdtemp(prefix="relay-conncost-"))
     cert, key = ensure_self_signed(work, "bench.relay")

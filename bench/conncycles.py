@@ -42,7 +42,6 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,22 +191,10 @@ async def measure(sessions: int, kinds: list[str], referrers: bool, implicit: bo
                   timed: bool) -> None:
     from relay.clock import SystemClock
     from relay.config import Address, Duration, Limits, Listener
-    from relay.queue.ops import NewMessage
     from relay.smtp.server import SubmissionServer
+    from relay.testing.submission import DiscardSubmitter
     from relay.tlsutil import ensure_self_signed, server_context
     from relay.users import UserStore
-
-    class DiscardSubmitter:
-        count = 0
-
-        async def submit(self, msg: NewMessage,
-                         on_durable: Callable[[str], None] | None = None,
-                         account: object = None) -> str:
-            self.count += 1
-            qid = f"Q{self.count:08d}BENCH"
-            if on_durable is not None:
-                on_durable(qid)
-            return qid
 
     work = Path(tempfile.mkdtemp(prefix="relay-conncycles-"))
     cert, key = ensure_self_signed(work, "bench.relay")

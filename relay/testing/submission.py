@@ -49,6 +49,22 @@ class RecordingSubmitter:
         return f"Q{self._count:06d}TEST"
 
 
+class DiscardSubmitter:
+    """Answers as the queue does (on_durable, then the id), keeping nothing: the
+    submission side measured alone (bench/conncost.py, bench/conncycles.py)."""
+
+    count = 0
+
+    async def submit(self, msg: NewMessage,
+                     on_durable: Callable[[str], None] | None = None,
+                     account: object = None) -> str:
+        self.count += 1
+        qid = f"Q{self.count:08d}BENCH"
+        if on_durable is not None:
+            on_durable(qid)
+        return qid
+
+
 class Tls:
     """A throwaway CA, a server certificate for 127.0.0.1/localhost and both SSL contexts."""
 
