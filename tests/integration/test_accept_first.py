@@ -144,6 +144,13 @@ async def test_past_max_hold_the_burst_shares_the_loop(make_rig: MakeRig) -> Non
     await rig.sink.await_for(TOTAL, timeout=20)
 
 
+async def _queue_one_recipient_messages(store: QueueStore, n: int) -> None:
+    """`n` messages of one recipient each at dest.test, queued."""
+    await asyncio.gather(*(store.submit_record(NewMessage(
+        sender="app@example.com", recipients=[f"u{i}@dest.test"],
+        body=b"Subject: hi\r\n\r\nhello\r\n", headers={"Subject": "hi"}))
+        for i in range(n)))
+
 async def test_a_burst_backlog_at_one_destination_is_not_given_back(
         tmp_path: Path, dns_server: DnsServer) -> None:
     """After a burst, 1,500 recipients wait for one destination. With the old
@@ -155,10 +162,7 @@ async def test_a_burst_backlog_at_one_destination_is_not_given_back(
         h = await _delivery_parts(tmp_path, dns_server, sink, FakeClock())
         store, scheduler = h.store, h.scheduler
         try:
-            await asyncio.gather(*(store.submit_record(NewMessage(
-                sender="app@example.com", recipients=[f"u{i}@dest.test"],
-                body=b"Subject: hi\r\n\r\nhello\r\n", headers={"Subject": "hi"}))
-                for i in range(1500)))
+            await _queue_one_recipient_messages(store, 1500)
             await scheduler.run_until_idle()
             assert sink.message_count == 1500
             assert store.next_due_at() is None
@@ -174,10 +178,7 @@ async def test_a_large_promotion_is_leased_in_slices(
         h = await _delivery_parts(tmp_path, dns_server, sink, FakeClock())
         store, scheduler = h.store, h.scheduler
         try:
-            await asyncio.gather(*(store.submit_record(NewMessage(
-                sender="app@example.com", recipients=[f"u{i}@dest.test"],
-                body=b"Subject: hi\r\n\r\nhello\r\n", headers={"Subject": "hi"}))
-                for i in range(600)))
+            await _queue_one_recipient_messages(store, 600)
             sizes: list[int] = []
             lease_op = store.lease_op
 

@@ -11,24 +11,15 @@ from __future__ import annotations
 import asyncio
 
 from smtpkit import PASSWORD, USER, expect, plain
+from test_auth_lockout_by_address import session_from
 
 from relay.clock import FakeClock
 from relay.config import Duration
 from relay.smtp import replies as R
-from relay.testing.submission import RawClient, Tls, fast_limits, running_server
+from relay.testing.submission import Tls, fast_limits, running_server
 from relay.users import UserStore
 
 ATTACKER = "127.0.0.30"
-
-
-async def session_from(source: str, port: int, tls: Tls) -> RawClient:
-    """EHLO, STARTTLS, EHLO from the loopback address `source`."""
-    client = await RawClient.connect(port, local_addr=(source, 0))
-    assert (await client.read_reply()).code == 220
-    assert (await client.cmd("EHLO client.test")).code == 250
-    assert (await client.starttls(tls.client)).code == 220
-    assert (await client.cmd("EHLO client.test")).code == 250
-    return client
 
 
 async def test_guesses_whose_client_hangs_up_before_the_answer_still_lock_the_address(
