@@ -5,8 +5,8 @@ The command loop runs in `data_received`: `CommandLines` (commandlines.py, PURE)
 the lines, each is judged (CRLF only, RFC 5321 §2.3.8; the command-line size limits;
 limits.max_commands_per_session) and dispatched to its `smtp_*` method, which runs to
 its reply synchronously; the replies of one read (a pipelined batch, RFC 2920) leave in
-one write. Only the steps that must wait run as a task: DATA (read in chunks by
-`read_data_section`, data.py finds the end and judges it; then "250 only after commit":
+one write. Only the steps that must wait run as a task: DATA (fed to data.py's
+`DataSection` as it arrives, which finds the end and judges it; then "250 only after commit":
 it awaits `Submitter.submit`), AUTH (its 334 challenges, and scrypt in a thread unless
 the credential is cached), STARTTLS (the loop's own TLS) and a RCPT counted in the
 cluster's Redis; meanwhile what the client sends waits in that task's `_CommandReader`,
@@ -45,7 +45,7 @@ from relay.smtp import policy as P
 from relay.smtp import replies as R
 from relay.smtp.authpolicy import AuthPolicy
 from relay.smtp.commandlines import CommandLines
-from relay.smtp.data import EOD, DataSection
+from relay.smtp.data import DataSection
 from relay.smtp.message import (
     complete_and_list_fields,
     header_addresses,
@@ -174,7 +174,7 @@ class _CommandReader(asyncio.StreamReader):
 
     A line read with `readuntil(b"\\n")` (readline) ending in a bare LF (or in CR CR LF)
     raises CommandRefused(BARE_NEWLINE_COMMAND) instead, never used (RFC 5321 §2.3.8).
-    DATA is read in chunks by `read_data_section` and checked by `DataScanner`.
+    DATA is fed to a `DataSection` as it arrives, not read through this reader.
     limits.max_commands_per_session (resource exhaustion): these lines count as commands
     (the count goes on from the command loop's); past the limit
     CommandRefused(TOO_MANY_COMMANDS) closes the session. The rest of an over-long line
@@ -1415,46 +1415,3 @@ def _untangle(error: BaseException) -> None:
 
 def _queued_reply(queue_id: str) -> str:
     return str(R.QUEUED.with_text(R.QUEUED.text.format(queue_id=queue_id)))
-
-
-async def read_data_section(
-        reader: asyncio.StreamReader, size_limit: int, line_limit: int,
-        progress: Callable[[], bool],
-) -> tuple[list[bytes] | None, R.Reply | None] | None:
-    """Read one DATA section from an asyncio StreamReader in chunks (`DataSection` finds
-    its end and `DataScanner` judges it). The session itself feeds its `DataSection` from
-    data_received (`DataSection.feed_stream`); this is the same section read from a
-    stream (tests/reliability/test_data_reader_diff.py holds it to the line reader).
-
-    The same result as reading it with `reader.readuntil(b"\\r\\n")` line by line with
-    a reader limit of `line_limit`. Returns (parts, None) or (None, fault), or None if
-    `progress()` (called after every chunk that ends a line or has a limit's worth of
-    bytes: the idle timer restarts there) says to stop. Raises IncompleteReadError at
-    EOF. Never reads past the end of data: `readuntil(EOD)` (on LimitOverrunError, no
-    EOD spans the end of the `consumed` bytes: readuntil keeps the last len(EOD) - 1),
-    except while what was read ends with the start of an EOD, when `readexactly` reads
-    the `need`ed rest of it.
-    At most the reader's buffer (about 2 x its limit + one socket read) is read at once.
-    """
-    section = DataSection(size_limit, line_limit)
-    unreported = 0  # bytes read by readexactly since the last progress()
-    while True:
-        need = section.need
-        if need:
-            chunk = await reader.readexactly(need)
-            unreported += len(chunk)
-            # As a line reader would: progress at the end of a line or after a limit's worth,
-            # not for a few bytes of a line that never ends (slowloris).
-            report = b"\n" in chunk or unreported > line_limit
-        else:
-            try:
-                chunk = await reader.readuntil(EOD)
-            except asyncio.LimitOverrunError as e:
-                chunk = await reader.read(e.consumed)
-            report = True
-        if report:
-            unreported = 0
-            if not progress():
-                return None
-        if section.feed(chunk):
-            return section.result()

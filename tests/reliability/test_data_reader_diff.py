@@ -2,7 +2,7 @@
 line-by-line one.
 
 `old_read_data` is the reader `SubmissionSession._read_data` had before: one
-`readuntil(b"\\r\\n")` per line. The new one (`relay.smtp.session.read_data_section`) must
+`readuntil(b"\\r\\n")` per line. The new one (`read_data_section`, below) must
 give the same (body, fault) and leave the same bytes for the next command, for any stream
 delivered in any split: fed directly to an asyncio StreamReader, and sent over a real
 loopback socket to a real submission listener (whole reply transcripts compared).
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -23,7 +24,8 @@ from hypothesis import strategies as st
 import relay.smtp.server
 from relay.config import Size
 from relay.smtp import replies as R
-from relay.smtp.session import SubmissionSession, read_data_section
+from relay.smtp.data import EOD, DataSection
+from relay.smtp.session import SubmissionSession
 from relay.testing.submission import (
     RawClient,
     RecordingSubmitter,
@@ -125,6 +127,49 @@ async def old_session_read_data(self: SubmissionSession) -> tuple[list[bytes] | 
 
 
 # --- running either over a StreamReader ----------------------------------------------------
+
+async def read_data_section(
+        reader: asyncio.StreamReader, size_limit: int, line_limit: int,
+        progress: Callable[[], bool],
+) -> tuple[list[bytes] | None, R.Reply | None] | None:
+    """Read one DATA section from an asyncio StreamReader in chunks (`DataSection` finds
+    its end and `DataScanner` judges it). The session itself feeds its `DataSection` from
+    data_received (`DataSection.feed_stream`); this is the same section read from a
+    stream, as the session did before, held here to the line reader.
+
+    The same result as reading it with `reader.readuntil(b"\\r\\n")` line by line with
+    a reader limit of `line_limit`. Returns (parts, None) or (None, fault), or None if
+    `progress()` (called after every chunk that ends a line or has a limit's worth of
+    bytes: the idle timer restarts there) says to stop. Raises IncompleteReadError at
+    EOF. Never reads past the end of data: `readuntil(EOD)` (on LimitOverrunError, no
+    EOD spans the end of the `consumed` bytes: readuntil keeps the last len(EOD) - 1),
+    except while what was read ends with the start of an EOD, when `readexactly` reads
+    the `need`ed rest of it.
+    At most the reader's buffer (about 2 x its limit + one socket read) is read at once.
+    """
+    section = DataSection(size_limit, line_limit)
+    unreported = 0  # bytes read by readexactly since the last progress()
+    while True:
+        need = section.need
+        if need:
+            chunk = await reader.readexactly(need)
+            unreported += len(chunk)
+            # As a line reader would: progress at the end of a line or after a limit's worth,
+            # not for a few bytes of a line that never ends (slowloris).
+            report = b"\n" in chunk or unreported > line_limit
+        else:
+            try:
+                chunk = await reader.readuntil(EOD)
+            except asyncio.LimitOverrunError as e:
+                chunk = await reader.read(e.consumed)
+            report = True
+        if report:
+            unreported = 0
+            if not progress():
+                return None
+        if section.feed(chunk):
+            return section.result()
+
 
 def pieces_of(stream: bytes, cuts: list[int]) -> list[bytes]:
     points = sorted({c % (len(stream) + 1) for c in cuts} | {0, len(stream)})
